@@ -1,0 +1,374 @@
+// N-API glue: unwrap handles and numbers, call lc::ops, wrap results, and turn
+// C++ exceptions into JS Errors (with a `code`). Argument checking with good
+// messages happens in TypeScript; the checks here only keep bad calls from
+// reaching native memory. No global JS state: the addon is context-aware.
+#include <napi.h>
+
+#include <cstring>
+#include <functional>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "../src/cpu/blas.h"
+#include "../src/ops.h"
+#include "../src/parallel.h"
+
+namespace {
+
+using lc::Tensor;
+
+struct AddonData {
+  Napi::FunctionReference ctor;
+  int64_t reported_bytes = 0;
+};
+
+// Tell V8 how much native memory this thread holds, so the garbage collector
+// runs finalizers of unreferenced tensors under native memory pressure.
+void sync_external(Napi::Env env) {
+  auto* d = env.GetInstanceData<AddonData>();
+  int64_t live = lc::live_bytes_this_thread();
+  int64_t delta = live - d->reported_bytes;
+  if (delta != 0) {
+    Napi::MemoryManagement::AdjustExternalMemory(env, delta);
+    d->reported_bytes = live;
+  }
+}
+
+class NativeTensor : public Napi::ObjectWrap<NativeTensor> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "NativeTensor", {});
+  }
+  explicit NativeTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeTensor>(info) {}
+  Tensor tensor;
+};
+
+Napi::Error js_error(Napi::Env env, const std::string& msg, const std::string& code) {
+  Napi::Error e = Napi::Error::New(env, msg);
+  e.Set("code", Napi::String::New(env, code));
+  return e;
+}
+
+// Every exported function goes through here, so no C++ exception escapes.
+Napi::Function fn(Napi::Env env, const char* name,
+                  std::function<Napi::Value(const Napi::CallbackInfo&)> body) {
+  return Napi::Function::New(
+      env,
+      [body](const Napi::CallbackInfo& info) -> Napi::Value {
+        Napi::Env env = info.Env();
+        try {
+          Napi::Value v = body(info);
+          sync_external(env);
+          return v;
+        } catch (const Napi::Error&) {
+          throw;
+        } catch (const lc::Error& e) {
+          throw js_error(env, e.what(), e.code());
+        } catch (const std::bad_alloc&) {
+          throw js_error(env, "out of memory", "ERR_OUT_OF_MEMORY");
+        } catch (const std::exception& e) {
+          throw js_error(env, e.what(), "ERR_LORA_NATIVE");
+        }
+      },
+      name);
+}
+
+Napi::Value wrap(Napi::Env env, Tensor t) {
+  auto* d = env.GetInstanceData<AddonData>();
+  Napi::Object o = d->ctor.New({});
+  NativeTensor::Unwrap(o)->tensor = std::move(t);
+  return o;
+}
+
+Napi::Value wrap_or_null(Napi::Env env, Tensor t) {
+  return t.storage ? wrap(env, std::move(t)) : env.Null();
+}
+
+NativeTensor* unwrap_raw(const Napi::Value& v, const char* what) {
+  Napi::Env env = v.Env();
+  auto* d = env.GetInstanceData<AddonData>();
+  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(d->ctor.Value()))
+    throw Napi::TypeError::New(env, std::string(what) + ": expected a native tensor handle");
+  return NativeTensor::Unwrap(v.As<Napi::Object>());
+}
+
+const Tensor& T(const Napi::Value& v, const char* what) {
+  NativeTensor* n = unwrap_raw(v, what);
+  if (!n->tensor.storage || n->tensor.storage->released())
+    throw lc::Error(std::string(what) + ": tensor has been disposed", "ERR_TENSOR_DISPOSED");
+  return n->tensor;
+}
+
+const Tensor* optT(const Napi::Value& v, const char* what) {
+  return v.IsNull() || v.IsUndefined() ? nullptr : &T(v, what);
+}
+
+double num(const Napi::Value& v, const char* what) {
+  if (!v.IsNumber()) throw Napi::TypeError::New(v.Env(), std::string(what) + " must be a number");
+  return v.As<Napi::Number>().DoubleValue();
+}
+int64_t i64(const Napi::Value& v, const char* what) { return static_cast<int64_t>(num(v, what)); }
+bool flag(const Napi::Value& v) { return v.ToBoolean().Value(); }
+
+uint64_t u64(const Napi::Value& v, const char* what) {
+  if (!v.IsBigInt()) throw Napi::TypeError::New(v.Env(), std::string(what) + " must be a bigint");
+  bool lossless = true;
+  return v.As<Napi::BigInt>().Uint64Value(&lossless);
+}
+
+lc::Shape shape_arg(const Napi::Value& v, const char* what) {
+  if (!v.IsArray()) throw Napi::TypeError::New(v.Env(), std::string(what) + " must be an array");
+  Napi::Array a = v.As<Napi::Array>();
+  lc::Shape s(a.Length());
+  for (uint32_t i = 0; i < a.Length(); ++i) {
+    s[i] = i64(a.Get(i), what);
+    if (s[i] < 0) throw lc::Error(std::string(what) + ": negative dimension");
+  }
+  return s;
+}
+
+lc::DType dtype_arg(const Napi::Value& v) {
+  int64_t d = i64(v, "dtype");
+  if (d < 0 || d > 2) throw lc::Error("unknown dtype code " + std::to_string(d));
+  return static_cast<lc::DType>(d);
+}
+
+lc::Device device_arg(const Napi::Value& type, const Napi::Value& index) {
+  int64_t t = i64(type, "device type");
+  if (t != 0 && t != 1) throw lc::Error("unknown device type code " + std::to_string(t));
+  return lc::Device{static_cast<lc::DeviceType>(t), static_cast<int>(i64(index, "device index"))};
+}
+
+Napi::Array arr(Napi::Env env, std::initializer_list<Napi::Value> vs) {
+  Napi::Array a = Napi::Array::New(env, vs.size());
+  uint32_t i = 0;
+  for (const auto& v : vs) a.Set(i++, v);
+  return a;
+}
+
+std::vector<Tensor> tensor_list(const Napi::Value& v, const char* what) {
+  if (!v.IsArray()) throw Napi::TypeError::New(v.Env(), std::string(what) + " must be an array");
+  Napi::Array a = v.As<Napi::Array>();
+  std::vector<Tensor> out;
+  out.reserve(a.Length());
+  for (uint32_t i = 0; i < a.Length(); ++i) out.push_back(T(a.Get(i), what));
+  return out;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  auto* data = new AddonData();
+  data->ctor = Napi::Persistent(NativeTensor::Define(env));
+  env.SetInstanceData<AddonData>(data);
+
+  auto def = [&](const char* name, std::function<Napi::Value(const Napi::CallbackInfo&)> body) {
+    exports.Set(name, fn(env, name, std::move(body)));
+  };
+
+  // ---- creation, memory, host transfer
+  def("full", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::full(shape_arg(a[0], "shape"), dtype_arg(a[1]),
+                                       device_arg(a[2], a[3]), num(a[4], "value")));
+  });
+  def("fromArray", [](const Napi::CallbackInfo& a) {
+    if (!a[0].IsTypedArray()) throw Napi::TypeError::New(a.Env(), "fromArray: expected a typed array");
+    Napi::TypedArray ta = a[0].As<Napi::TypedArray>();
+    lc::DType dt = dtype_arg(a[2]);
+    napi_typedarray_type want = dt == lc::DType::F64   ? napi_float64_array
+                                : dt == lc::DType::I32 ? napi_int32_array
+                                                       : napi_float32_array;
+    if (ta.TypedArrayType() != want)
+      throw Napi::TypeError::New(a.Env(), "fromArray: typed array type does not match dtype");
+    const uint8_t* base = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+    return wrap(a.Env(), lc::ops::from_host(base, ta.ByteLength(), shape_arg(a[1], "shape"), dt,
+                                            device_arg(a[3], a[4])));
+  });
+  def("toArray", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    const Tensor& t = T(a[0], "toArray");
+    size_t n = static_cast<size_t>(t.numel());
+    Napi::Env env = a.Env();
+    switch (t.dtype) {
+      case lc::DType::F32: {
+        auto out = Napi::Float32Array::New(env, n);
+        lc::ops::to_host(t, out.Data(), n * 4);
+        return out;
+      }
+      case lc::DType::F64: {
+        auto out = Napi::Float64Array::New(env, n);
+        lc::ops::to_host(t, out.Data(), n * 8);
+        return out;
+      }
+      default: {
+        auto out = Napi::Int32Array::New(env, n);
+        lc::ops::to_host(t, out.Data(), n * 4);
+        return out;
+      }
+    }
+  });
+  def("random", [](const Napi::CallbackInfo& a) {
+    int64_t kind = i64(a[4], "kind");
+    return wrap(a.Env(), lc::ops::random(shape_arg(a[0], "shape"), dtype_arg(a[1]),
+                                         device_arg(a[2], a[3]), static_cast<lc::RandomKind>(kind != 0),
+                                         u64(a[5], "seed"), u64(a[6], "offset"), num(a[7], "a"),
+                                         num(a[8], "b")));
+  });
+  def("view", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), T(a[0], "view").view(shape_arg(a[1], "shape")));
+  });
+  def("dispose", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    NativeTensor* n = unwrap_raw(a[0], "dispose");
+    if (n->tensor.storage) n->tensor.storage->release();
+    return a.Env().Undefined();
+  });
+  def("isDisposed", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    NativeTensor* n = unwrap_raw(a[0], "isDisposed");
+    return Napi::Boolean::New(a.Env(), !n->tensor.storage || n->tensor.storage->released());
+  });
+  def("copy_", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    lc::ops::copy_(T(a[0], "copy_ destination"), T(a[1], "copy_ source"));
+    return a.Env().Undefined();
+  });
+  def("to", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::to(T(a[0], "to"), device_arg(a[1], a[2]), dtype_arg(a[3])));
+  });
+  def("liveBytes", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    return Napi::Number::New(a.Env(), static_cast<double>(lc::live_bytes_this_thread()));
+  });
+
+  // ---- elementwise and shape ops
+  def("binary", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::binary(static_cast<lc::BinaryOp>(i64(a[0], "op")),
+                                         T(a[1], "binary a"), T(a[2], "binary b")));
+  });
+  def("affine", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::affine(T(a[0], "affine"), num(a[1], "alpha"), num(a[2], "beta")));
+  });
+  def("axpy_", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    lc::ops::axpy_(T(a[0], "axpy y"), T(a[1], "axpy x"), num(a[2], "alpha"));
+    return a.Env().Undefined();
+  });
+  def("unary", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::unary(static_cast<lc::UnaryOp>(i64(a[0], "op")), T(a[1], "unary")));
+  });
+  def("unaryBackward", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::unary_backward(static_cast<lc::UnaryOp>(i64(a[0], "op")),
+                                                 T(a[1], "unary x"), T(a[2], "unary grad")));
+  });
+  def("sumTo", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::sum_to(T(a[0], "sum"), shape_arg(a[1], "shape")));
+  });
+  def("expand", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::expand(T(a[0], "expand"), shape_arg(a[1], "shape")));
+  });
+  def("permute", [](const Napi::CallbackInfo& a) {
+    lc::Shape perm = shape_arg(a[1], "perm");
+    return wrap(a.Env(), lc::ops::permute(T(a[0], "permute"), perm));
+  });
+  def("allFinite", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    return Napi::Boolean::New(a.Env(), lc::ops::all_finite(T(a[0], "allFinite")));
+  });
+  def("softmax", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::softmax(T(a[0], "softmax")));
+  });
+  def("softmaxBackward", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::softmax_backward(T(a[0], "softmax y"), T(a[1], "softmax grad")));
+  });
+  def("bmm", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::bmm(T(a[0], "matmul a"), T(a[1], "matmul b"), flag(a[2]), flag(a[3])));
+  });
+
+  // ---- layers
+  def("linear", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::linear(T(a[0], "linear x"), T(a[1], "linear weight"),
+                                         optT(a[2], "linear bias")));
+  });
+  def("linearBackward", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    auto g = lc::ops::linear_backward(T(a[0], "grad"), T(a[1], "x"), T(a[2], "weight"), flag(a[3]),
+                                      flag(a[4]), flag(a[5]));
+    Napi::Env env = a.Env();
+    return arr(env, {wrap_or_null(env, g.dx), wrap_or_null(env, g.dW), wrap_or_null(env, g.db)});
+  });
+  def("loraForward", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    auto o = lc::ops::lora_forward(T(a[0], "x"), T(a[1], "weight"), optT(a[2], "bias"), T(a[3], "A"),
+                                   T(a[4], "B"), num(a[5], "scale"), num(a[6], "dropout"),
+                                   u64(a[7], "seed"), u64(a[8], "offset"));
+    Napi::Env env = a.Env();
+    return arr(env, {wrap(env, o.y), wrap(env, o.h)});
+  });
+  def("loraBackward", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    auto g = lc::ops::lora_backward(T(a[0], "grad"), T(a[1], "x"), T(a[2], "weight"), T(a[3], "A"),
+                                    T(a[4], "B"), T(a[5], "h"), num(a[6], "scale"),
+                                    num(a[7], "dropout"), u64(a[8], "seed"), u64(a[9], "offset"),
+                                    flag(a[10]), flag(a[11]), flag(a[12]), flag(a[13]), flag(a[14]));
+    Napi::Env env = a.Env();
+    return arr(env, {wrap_or_null(env, g.dx), wrap_or_null(env, g.dA), wrap_or_null(env, g.dB),
+                     wrap_or_null(env, g.dW), wrap_or_null(env, g.db)});
+  });
+  def("loraMerge", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    bool ok = lc::ops::lora_merge(T(a[0], "weight"), T(a[1], "A"), T(a[2], "B"), num(a[3], "scale"),
+                                  flag(a[4]));
+    return Napi::Boolean::New(a.Env(), ok);
+  });
+
+  // ---- optimiser: adamStep(params, grads, expAvg, expAvgSq, maxExpAvgSq|null, steps, cfg...)
+  def("adamStep", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    auto ps = tensor_list(a[0], "params"), gs = tensor_list(a[1], "grads");
+    auto ms = tensor_list(a[2], "exp_avg"), vs = tensor_list(a[3], "exp_avg_sq");
+    bool ams = !(a[4].IsNull() || a[4].IsUndefined());
+    std::vector<Tensor> vmax = ams ? tensor_list(a[4], "max_exp_avg_sq") : std::vector<Tensor>{};
+    if (!a[5].IsArray()) throw Napi::TypeError::New(a.Env(), "steps must be an array");
+    Napi::Array steps = a[5].As<Napi::Array>();
+    size_t n = ps.size();
+    if (gs.size() != n || ms.size() != n || vs.size() != n || steps.Length() != n ||
+        (ams && vmax.size() != n))
+      throw lc::Error("adam: parameter, gradient and state lists differ in length");
+    std::vector<lc::AdamParam> list(n);
+    for (size_t i = 0; i < n; ++i)
+      list[i] = lc::AdamParam{ps[i], gs[i], ms[i], vs[i], ams ? vmax[i] : Tensor{},
+                              i64(steps.Get(static_cast<uint32_t>(i)), "step")};
+    lc::AdamConfig cfg{num(a[6], "lr"),    num(a[7], "beta1"), num(a[8], "beta2"),
+                       num(a[9], "eps"),   num(a[10], "weightDecay"), flag(a[11]), ams};
+    lc::ops::adam_step(list, cfg);
+    return a.Env().Undefined();
+  });
+
+  // ---- losses
+  def("crossEntropyForward", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    auto o = lc::ops::cross_entropy_forward(T(a[0], "logits"), T(a[1], "targets"),
+                                            i64(a[2], "ignoreIndex"), num(a[3], "labelSmoothing"));
+    Napi::Env env = a.Env();
+    return arr(env, {wrap(env, o.loss_rows), wrap(env, o.lse)});
+  });
+  def("crossEntropyBackward", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::cross_entropy_backward(
+                             T(a[0], "logits"), T(a[1], "lse"), T(a[2], "targets"),
+                             i64(a[3], "ignoreIndex"), num(a[4], "labelSmoothing"), T(a[5], "grad"),
+                             num(a[6], "scale")));
+  });
+
+  // ---- introspection
+  def("backendInfo", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    Napi::Env env = a.Env();
+    const lc::BlasInfo& b = lc::blas_info();
+    Napi::Object cpu = Napi::Object::New(env);
+    cpu.Set("blas", b.name);
+    cpu.Set("blasPath", b.path);
+    if (!b.reason.empty()) cpu.Set("blasReason", b.reason);
+    cpu.Set("blasThreads", b.threads);
+    cpu.Set("threads", lc::num_threads());
+    Napi::Object cuda = Napi::Object::New(env);
+    cuda.Set("compiled", false);
+    cuda.Set("available", false);
+    cuda.Set("reason", "this build of lora-cuda was compiled without the CUDA backend");
+    cuda.Set("devices", Napi::Array::New(env));
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("cpu", cpu);
+    o.Set("cuda", cuda);
+    return o;
+  });
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(lora_cuda, Init)

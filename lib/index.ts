@@ -1,0 +1,20 @@
+// lora-cuda: LoRA fine-tuning for Node.js on a native core.
+export { Tensor, tensor, zeros, ones, full, randn, rand } from './tensor';
+export type { DType, TensorOptions, TensorDataOptions, TensorData, NestedArray, NestedList } from './tensor';
+export type { DeviceSpec } from './device';
+export { noGrad, isGradEnabled } from './autograd';
+export { manualSeed, getRngState, setRngState } from './random';
+export { Module } from './nn/module';
+export type { StateDict, LoadStateDictResult } from './nn/module';
+export { Linear, Sequential, ModuleList, ReLU, GELU, SiLU, Identity } from './nn/layers';
+export type { LinearOptions } from './nn/layers';
+export * as F from './nn/functional';
+export type { Reduction, CrossEntropyOptions } from './nn/functional';
+export {
+  LoRALinear, injectLora, qkvFilter, getLoraParameters, getLoraAB, loraLayers, mergeLora, unmergeLora,
+} from './lora';
+export type { LoRAOptions, InjectLoraOptions, LoraFilter, LoraInit } from './lora';
+export { Adam, AdamW } from './optim';
+export type { AdamOptions, ParamGroup, ParamGroupInput } from './optim';
+export { backendInfo, cuda, nativeMemoryBytes } from './backend';
+export type { BackendInfo, CudaInfo, CudaDeviceInfo } from './backend';

@@ -1,0 +1,319 @@
+// LoRA: a frozen Linear plus a trainable low-rank update, y = x W^T + b +
+// scale * (drop(x) A^T) B^T, with A [r, in] random and B [out, r] zero so the
+// wrapped layer starts out exactly equal to the original. Forward and backward
+// are one native call each; merging folds scale * B A into W in place.
+import { native } from './native';
+import { Tensor, randn, rand, zeros, record, requireSame } from './tensor';
+import { GradFn, noGrad } from './autograd';
+import { Module } from './nn/module';
+import { Linear } from './nn/layers';
+import { checkLinearInput } from './nn/functional';
+import { nextRandomKey } from './random';
+import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, checkKnownKeys, rangeError, typeError, describe } from './errors';
+
+export type LoraInit = 'gaussian' | 'kaiming';
+
+export interface LoRAOptions {
+  /** Rank of the update (0 disables the adapter). Default 4. */
+  r?: number;
+  /** Scaling numerator: scale = alpha / r (alpha / sqrt(r) with useRslora). Default 1. */
+  alpha?: number;
+  /** Dropout probability on the adapter's input, in [0, 1). Default 0. */
+  dropout?: number;
+  /** A's initialisation: 'gaussian' N(0, 0.01²) (default) or 'kaiming' uniform (PEFT's default). */
+  init?: LoraInit;
+  /** Rank-stabilised scaling alpha / sqrt(r). Default false. */
+  useRslora?: boolean;
+}
+
+const LORA_KEYS = ['r', 'alpha', 'dropout', 'init', 'useRslora'] as const;
+
+interface ResolvedLoRAOptions {
+  r: number;
+  alpha: number;
+  dropout: number;
+  init: LoraInit;
+  useRslora: boolean;
+}
+
+function resolveLoraOptions(where: string, o: Record<string, unknown>): ResolvedLoRAOptions {
+  const r = o.r === undefined ? 4 : checkInt(where, 'options.r', o.r);
+  const alpha = o.alpha === undefined ? 1 : checkNumber(where, 'options.alpha', o.alpha);
+  const dropout = o.dropout === undefined ? 0 : checkNumber(where, 'options.dropout', o.dropout);
+  if (dropout < 0 || dropout >= 1) throw rangeError(where, 'options.dropout', 'in [0, 1)', dropout);
+  const init = o.init === undefined ? 'gaussian' : checkOneOf(where, 'options.init', o.init, ['gaussian', 'kaiming'] as const);
+  const useRslora = o.useRslora === undefined ? false : checkBool(where, 'options.useRslora', o.useRslora);
+  return { r, alpha, dropout, init, useRslora };
+}
+
+export class LoRALinear extends Module {
+  /** The wrapped layer; its weight and bias are frozen. */
+  readonly origLinear: Linear;
+  /** Down projection [r, in] (null when r = 0). */
+  A: Tensor | null;
+  /** Up projection [out, r], zero at start (null when r = 0). */
+  B: Tensor | null;
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+  readonly r: number;
+  readonly alpha: number;
+  readonly scale: number;
+  readonly dropout: number;
+  readonly useRslora: boolean;
+  /** True while scale * B A is folded into origLinear.weight. */
+  merged = false;
+
+  constructor(origLinear: Linear, options?: LoRAOptions) {
+    super();
+    const where = 'LoRALinear';
+    if (!(origLinear instanceof Linear)) {
+      throw typeError(where, 'origLinear', (origLinear as unknown) instanceof LoRALinear ? 'a Linear (this layer is already a LoRALinear)' : 'a Linear', origLinear);
+    }
+    const o = checkOptions(where, options);
+    checkKnownKeys(where, o, LORA_KEYS);
+    const { r, alpha, dropout, init, useRslora } = resolveLoraOptions(where, o);
+    this.origLinear = origLinear;
+    this.A = null;
+    this.B = null;
+    this.inFeatures = origLinear.inFeatures;
+    this.outFeatures = origLinear.outFeatures;
+    this.r = r;
+    this.alpha = alpha;
+    this.dropout = dropout;
+    this.useRslora = useRslora;
+    this.scale = r > 0 ? (useRslora ? alpha / Math.sqrt(r) : alpha / r) : 1;
+    origLinear.weight.requiresGrad_(false);
+    if (origLinear.bias) origLinear.bias.requiresGrad_(false);
+    if (r > 0) {
+      const w = origLinear.weight;
+      const opts = { dtype: w.dtype as 'float32' | 'float64', device: w.device as 'cpu' };
+      const bound = this.inFeatures > 0 ? 1 / Math.sqrt(this.inFeatures) : 0;
+      this.A = (init === 'gaussian'
+        ? randn([r, this.inFeatures], { ...opts, std: 0.01 })
+        : rand([r, this.inFeatures], { ...opts, low: -bound, high: bound })).requiresGrad_(true);
+      this.B = zeros([this.outFeatures, r], opts).requiresGrad_(true);
+    }
+  }
+
+  forward(x: Tensor): Tensor {
+    const where = 'LoRALinear.forward';
+    const M = checkLinearInput(where, x, this.inFeatures);
+    const W = this.origLinear.weight;
+    requireSame(where, x, 'x', W, 'origLinear.weight');
+    if (this.r === 0 || this.merged || !this.A || !this.B) return this.origLinear.forward(x);
+    const A = this.A;
+    const B = this.B;
+    const b = this.origLinear.bias;
+    const p = this.training ? this.dropout : 0;
+    const key = p > 0 ? nextRandomKey() : { seed: 0n, offset: 0n };
+    const x2 = native.view(x._live(where), [M, this.inFeatures]);
+    const [y, h] = native.loraForward(x2, W._live(where), b ? b._live(where) : null, A._live(where), B._live(where),
+      this.scale, p, key.seed, key.offset);
+    const outShape = [...x.shape.slice(0, -1), this.outFeatures];
+    const out = x._make(native.view(y, outShape), outShape);
+    const inputs = [x, W, A, B, ...(b ? [b] : [])];
+    const scale = this.scale;
+    return record(out, 'LoRALinearBackward', inputs, (g) => {
+      const n = (out._gradFn as GradFn).needs;
+      const g2 = native.view(g._h, [M, this.outFeatures]);
+      const [dx, dA, dB, dW, db] = native.loraBackward(g2, x2, W._h, A._h, B._h, h, scale, p, key.seed, key.offset,
+        n[0], n[2], n[3], n[1], !!b && n[4]);
+      const grads: (Tensor | null)[] = [
+        dx ? x._make(native.view(dx, x.shape as number[]), x.shape) : null,
+        dW ? W._make(dW, W.shape) : null,
+        dA ? A._make(dA, A.shape) : null,
+        dB ? B._make(dB, B.shape) : null,
+      ];
+      if (b) grads.push(db ? b._make(db, b.shape) : null);
+      return grads;
+    }, [x, W, A, B], () => native.dispose(h));
+  }
+
+  /**
+   * Folds scale * B A into origLinear.weight in place so forward costs one
+   * GEMM; idempotent. With safe, the merged weight is checked for NaN/Inf first
+   * and, if any appear, the weight is left bit-identical and an Error is thrown.
+   */
+  mergeToOrig(options?: { safe?: boolean }): void {
+    const where = 'LoRALinear.mergeToOrig';
+    const o = checkOptions(where, options);
+    checkKnownKeys(where, o, ['safe']);
+    const safe = o.safe === undefined ? false : checkBool(where, 'options.safe', o.safe);
+    if (this.r === 0 || this.merged || !this.A || !this.B) return;
+    const W = this.origLinear.weight;
+    const ok = noGrad(() => native.loraMerge(W._live(where), this.A!._live(where), this.B!._live(where), this.scale, safe));
+    if (!ok) {
+      throw new Error(`${where}: the merged weight would contain NaN or Inf (check A and B for non-finite values); the weight is unchanged`);
+    }
+    W._bumpVersion();
+    this.merged = true;
+  }
+
+  /** Subtracts scale * B A from origLinear.weight again (exact up to rounding). */
+  unmergeFromOrig(): void {
+    const where = 'LoRALinear.unmergeFromOrig';
+    if (this.r === 0 || !this.merged || !this.A || !this.B) return;
+    const W = this.origLinear.weight;
+    native.loraMerge(W._live(where), this.A._live(where), this.B._live(where), -this.scale, false);
+    W._bumpVersion();
+    this.merged = false;
+  }
+
+  extraRepr(): string {
+    return `inFeatures=${this.inFeatures}, outFeatures=${this.outFeatures}, r=${this.r}, alpha=${this.alpha}, scale=${this.scale}` +
+      (this.dropout ? `, dropout=${this.dropout}` : '') + (this.merged ? ', merged' : '');
+  }
+}
+
+export type LoraFilter = (name: string, module: Module) => boolean;
+
+export interface InjectLoraOptions extends LoRAOptions {
+  /** Selects layers: called with each Linear's dotted name and the layer. */
+  filter?: LoraFilter;
+  /**
+   * Module names: a list matched against the last dotted part of the name (or a
+   * dotted suffix such as 'self_attn.q_proj'), or a RegExp tested on the full name.
+   */
+  targetModules?: readonly string[] | RegExp;
+  /** Freeze every parameter that is not a LoRA A or B. Default true. */
+  freezeBase?: boolean;
+}
+
+function nameMatches(name: string, targets: readonly string[] | RegExp): boolean {
+  if (targets instanceof RegExp) {
+    targets.lastIndex = 0;
+    return targets.test(name);
+  }
+  return targets.some((t) => name === t || name.endsWith(`.${t}`));
+}
+
+/**
+ * Replaces the selected Linear layers of `model` by LoRALinear wrappers and
+ * returns their names in namedModules order. Without filter and targetModules
+ * every Linear is selected. Layers already wrapped count as selected and are
+ * left alone (so a repeated call returns []); a selection that matches nothing
+ * throws, since a misspelt target must not pass silently.
+ */
+export function injectLora(model: Module, options?: InjectLoraOptions): string[] {
+  const where = 'injectLora';
+  if (!(model instanceof Module)) throw typeError(where, 'model', 'a Module', model);
+  const o = checkOptions(where, options);
+  checkKnownKeys(where, o, [...LORA_KEYS, 'filter', 'targetModules', 'freezeBase']);
+  const loraOpts = resolveLoraOptions(where, o);
+  const filter = o.filter as LoraFilter | undefined;
+  if (filter !== undefined && typeof filter !== 'function') throw typeError(where, 'options.filter', 'a function (name, module) => boolean', filter);
+  const targets = o.targetModules as readonly string[] | RegExp | undefined;
+  if (targets !== undefined && !(targets instanceof RegExp)) {
+    if (!Array.isArray(targets) || targets.length === 0 || targets.some((t) => typeof t !== 'string' || t === '')) {
+      throw typeError(where, 'options.targetModules', 'a non-empty array of module names or a RegExp', targets);
+    }
+  }
+  const freezeBase = o.freezeBase === undefined ? true : checkBool(where, 'options.freezeBase', o.freezeBase);
+
+  const selects = (name: string, m: Module): boolean => {
+    if (targets !== undefined && !nameMatches(name, targets)) return false;
+    if (filter !== undefined) {
+      const v = filter(name, m);
+      if (typeof v !== 'boolean') throw typeError(where, `options.filter('${name}', …)`, 'a boolean', v);
+      return v;
+    }
+    return true;
+  };
+
+  const inner = new Set<Module>(); // origLinears of existing wrappers: never wrapped again
+  const chosen: [string, Linear][] = [];
+  const linearNames: string[] = [];
+  let selected = 0;
+  for (const [name, m] of model.namedModules()) {
+    if (m instanceof LoRALinear) {
+      inner.add(m.origLinear);
+      linearNames.push(name);
+      if (selects(name, m.origLinear)) selected++;
+    } else if (m instanceof Linear && !inner.has(m)) {
+      linearNames.push(name);
+      if (selects(name, m)) {
+        selected++;
+        chosen.push([name, m]);
+      }
+    }
+  }
+  if ((filter !== undefined || targets !== undefined) && selected === 0) {
+    const what = targets !== undefined ? `options.targetModules ${targets instanceof RegExp ? String(targets) : describe(targets)}` : 'options.filter';
+    const names = linearNames.length ? linearNames.slice(0, 20).map((n) => `'${n}'`).join(', ') + (linearNames.length > 20 ? ', …' : '') : 'none';
+    throw new RangeError(`${where}: ${what} selected no Linear layer; the model's Linear layers are: ${names}`);
+  }
+  for (const [name] of chosen) {
+    if (name === '') throw new TypeError(`${where}: the model itself is a Linear; wrap it directly with new LoRALinear(model, options)`);
+  }
+  for (const [name, lin] of chosen) model.setSubmodule(name, new LoRALinear(lin, loraOpts));
+
+  if (freezeBase) {
+    const adapters = new Set<Tensor>(getLoraAB(model));
+    for (const p of model.parameters()) if (!adapters.has(p)) p.requiresGrad_(false);
+  }
+  return chosen.map(([name]) => name);
+}
+
+/** True for a Linear whose last name part is q_proj, k_proj or v_proj (any case). */
+export function qkvFilter(name: string, module: Module): boolean {
+  if (!(module instanceof Linear)) return false;
+  const last = String(name).split('.').pop() as string;
+  return /^[qkv]_proj$/i.test(last);
+}
+
+/** Every parameter with requiresGrad (after injectLora: the adapters). */
+export function getLoraParameters(model: Module): Tensor[] {
+  if (!(model instanceof Module)) throw typeError('getLoraParameters', 'model', 'a Module', model);
+  return [...model.parameters()].filter((p) => p.requiresGrad);
+}
+
+/** [A, B] of every LoRALinear with r > 0, in namedModules order. */
+export function getLoraAB(model: Module): Tensor[] {
+  if (!(model instanceof Module)) throw typeError('getLoraAB', 'model', 'a Module', model);
+  const out: Tensor[] = [];
+  for (const m of model.modules()) {
+    if (m instanceof LoRALinear && m.A && m.B) out.push(m.A, m.B);
+  }
+  return out;
+}
+
+/** The LoRALinear layers of a model with their names. */
+export function loraLayers(model: Module): [string, LoRALinear][] {
+  if (!(model instanceof Module)) throw typeError('loraLayers', 'model', 'a Module', model);
+  return [...model.namedModules()].filter((e): e is [string, LoRALinear] => e[1] instanceof LoRALinear);
+}
+
+/**
+ * Merges every adapter into its weight. With safe, a layer whose merge would
+ * produce NaN/Inf makes the whole call fail and layers merged by it are
+ * unmerged again. Returns the names of the layers merged by this call.
+ */
+export function mergeLora(model: Module, options?: { safe?: boolean }): string[] {
+  const where = 'mergeLora';
+  const o = checkOptions(where, options);
+  checkKnownKeys(where, o, ['safe']);
+  const safe = o.safe === undefined ? false : checkBool(where, 'options.safe', o.safe);
+  const done: [string, LoRALinear][] = [];
+  for (const [name, m] of loraLayers(model)) {
+    if (m.merged || m.r === 0) continue;
+    try {
+      m.mergeToOrig({ safe });
+    } catch (e) {
+      for (const [, d] of done) d.unmergeFromOrig();
+      throw new Error(`${where}: layer '${name}': ${(e as Error).message}; no layer was merged`);
+    }
+    done.push([name, m]);
+  }
+  return done.map(([n]) => n);
+}
+
+/** Unmerges every merged adapter; returns the names of the layers unmerged. */
+export function unmergeLora(model: Module): string[] {
+  const out: string[] = [];
+  for (const [name, m] of loraLayers(model)) {
+    if (!m.merged) continue;
+    m.unmergeFromOrig();
+    out.push(name);
+  }
+  return out;
+}

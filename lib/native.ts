@@ -1,0 +1,105 @@
+// Loads the compiled addon and describes its (internal) interface. Users never
+// see these functions: every public entry validates its arguments before
+// calling here.
+import * as fs from 'fs';
+import * as path from 'path';
+
+/** Opaque handle to native tensor storage plus shape. */
+export interface NativeTensor {
+  readonly __nativeTensor: unique symbol;
+}
+
+type N = NativeTensor;
+export interface CpuInfo {
+  blas: string;
+  blasPath: string;
+  blasReason?: string;
+  blasThreads: number;
+  threads: number;
+}
+export interface NativeCudaInfo {
+  compiled: boolean;
+  available: boolean;
+  reason: string;
+  devices: { name: string; memory: number; capability: string }[];
+}
+
+export interface Binding {
+  full(shape: number[], dtype: number, devType: number, devIndex: number, value: number): N;
+  fromArray(data: Float32Array | Float64Array | Int32Array, shape: number[], dtype: number,
+    devType: number, devIndex: number): N;
+  toArray(t: N): Float32Array | Float64Array | Int32Array;
+  random(shape: number[], dtype: number, devType: number, devIndex: number, kind: number,
+    seed: bigint, offset: bigint, a: number, b: number): N;
+  view(t: N, shape: number[]): N;
+  dispose(t: N): void;
+  isDisposed(t: N): boolean;
+  copy_(dst: N, src: N): void;
+  to(t: N, devType: number, devIndex: number, dtype: number): N;
+  liveBytes(): number;
+  binary(op: number, a: N, b: N): N;
+  affine(x: N, alpha: number, beta: number): N;
+  axpy_(y: N, x: N, alpha: number): void;
+  unary(op: number, x: N): N;
+  unaryBackward(op: number, x: N, dy: N): N;
+  sumTo(x: N, shape: number[]): N;
+  expand(x: N, shape: number[]): N;
+  permute(x: N, perm: number[]): N;
+  allFinite(x: N): boolean;
+  softmax(x: N): N;
+  softmaxBackward(y: N, dy: N): N;
+  bmm(a: N, b: N, transA: boolean, transB: boolean): N;
+  linear(x: N, w: N, b: N | null): N;
+  linearBackward(dy: N, x: N, w: N, needDx: boolean, needDw: boolean, needDb: boolean):
+    [N | null, N | null, N | null];
+  loraForward(x: N, w: N, b: N | null, A: N, B: N, scale: number, p: number, seed: bigint,
+    offset: bigint): [N, N];
+  loraBackward(dy: N, x: N, w: N, A: N, B: N, h: N, scale: number, p: number, seed: bigint,
+    offset: bigint, needDx: boolean, needDA: boolean, needDB: boolean, needDw: boolean,
+    needDb: boolean): [N | null, N | null, N | null, N | null, N | null];
+  loraMerge(w: N, A: N, B: N, scale: number, safe: boolean): boolean;
+  adamStep(params: N[], grads: N[], expAvg: N[], expAvgSq: N[], maxExpAvgSq: N[] | null,
+    steps: number[], lr: number, beta1: number, beta2: number, eps: number, weightDecay: number,
+    decoupled: boolean): void;
+  crossEntropyForward(logits: N, targets: N, ignoreIndex: number, labelSmoothing: number): [N, N];
+  crossEntropyBackward(logits: N, lse: N, targets: N, ignoreIndex: number, labelSmoothing: number,
+    grad: N, scale: number): N;
+  backendInfo(): { cpu: CpuInfo; cuda: NativeCudaInfo };
+}
+
+function packageRoot(): string {
+  // lib/ under ts-jest, dist/lib/ when compiled: walk up to our package.json.
+  let dir = __dirname;
+  for (;;) {
+    const pj = path.join(dir, 'package.json');
+    if (fs.existsSync(pj)) {
+      try {
+        if (JSON.parse(fs.readFileSync(pj, 'utf8')).name === 'lora-cuda') return dir;
+      } catch {
+        /* keep looking */
+      }
+    }
+    const up = path.dirname(dir);
+    if (up === dir) return path.resolve(__dirname, '..');
+    dir = up;
+  }
+}
+
+function load(): Binding {
+  const root = packageRoot();
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const gypBuild = require('node-gyp-build') as (dir: string) => Binding;
+    return gypBuild(root);
+  } catch (e) {
+    const err = new Error(
+      `lora-cuda: the native addon could not be loaded from ${root} ` +
+        `(looked in build/Release, build/Debug and prebuilds/${process.platform}-${process.arch}): ` +
+        `${(e as Error).message}. Build it with "npm run build:native" (needs cmake and a C++ compiler).`,
+    );
+    (err as NodeJS.ErrnoException).code = 'ERR_LORA_ADDON_NOT_FOUND';
+    throw err;
+  }
+}
+
+export const native: Binding = load();

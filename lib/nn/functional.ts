@@ -1,0 +1,171 @@
+// Functional forms of the layers and losses (the `F` namespace).
+import { native } from '../native';
+import { Tensor, assertTensor, record, requireFloat, requireSame, tensor, viewOf, dtypeCode } from '../tensor';
+import { GradFn } from '../autograd';
+import { checkInt, checkNumber, checkOneOf, checkOptions, checkKnownKeys, rangeError, typeError } from '../errors';
+
+export type Reduction = 'mean' | 'sum' | 'none';
+const REDUCTIONS: readonly Reduction[] = ['mean', 'sum', 'none'];
+
+/** @internal Validates x [..., inFeatures] against a weight [out, in]; returns M (rows). */
+export function checkLinearInput(where: string, x: unknown, inFeatures: number, what = 'inFeatures'): number {
+  assertTensor(where, 'x', x);
+  requireFloat(where, x, 'x');
+  if (x.ndim < 1) throw rangeError(where, 'x', 'a tensor with at least 1 dim [..., in]', x);
+  const last = x.shape[x.ndim - 1];
+  if (last !== inFeatures) throw rangeError(where, 'x.shape[-1]', `${inFeatures} (${what})`, last);
+  return x.numel / inFeatures;
+}
+
+/** y = x W^T + b for x [..., in], weight [out, in], bias [out]. */
+export function linear(x: Tensor, weight: Tensor, bias: Tensor | null = null): Tensor {
+  const where = 'F.linear';
+  assertTensor(where, 'weight', weight);
+  requireFloat(where, weight, 'weight');
+  if (weight.ndim !== 2) throw rangeError(where, 'weight', 'a 2-D tensor [out, in]', weight);
+  const [outF, inF] = weight.shape;
+  const M = checkLinearInput(where, x, inF, 'weight.shape[1]');
+  requireSame(where, x, 'x', weight, 'weight');
+  if (bias !== null && bias !== undefined) {
+    assertTensor(where, 'bias', bias);
+    requireSame(where, x, 'x', bias, 'bias');
+    if (bias.ndim !== 1 || bias.shape[0] !== outF) throw rangeError(where, 'bias', `a 1-D tensor of ${outF} elements`, bias);
+  } else {
+    bias = null;
+  }
+  const outShape = [...x.shape.slice(0, -1), outF];
+  const x2 = native.view(x._live(where), [M, inF]);
+  const y = native.linear(x2, weight._live(where), bias ? bias._live(where) : null);
+  const out = x._make(native.view(y, outShape), outShape);
+  const inputs = bias ? [x, weight, bias] : [x, weight];
+  return record(out, 'LinearBackward', inputs, (g) => {
+    const fn = out._gradFn as GradFn;
+    const g2 = native.view(g._h, [M, outF]);
+    const [dx, dW, db] = native.linearBackward(g2, x2, weight._h, fn.needs[0], fn.needs[1], !!bias && fn.needs[2]);
+    const grads: (Tensor | null)[] = [
+      dx ? x._make(native.view(dx, x.shape as number[]), x.shape) : null,
+      dW ? weight._make(dW, weight.shape) : null,
+    ];
+    if (bias) grads.push(db ? bias._make(db, bias.shape) : null);
+    return grads;
+  }, inputs);
+}
+
+export function relu(x: Tensor): Tensor {
+  assertTensor('F.relu', 'x', x);
+  return x.relu();
+}
+
+export function gelu(x: Tensor, approximate: 'none' | 'tanh' = 'none'): Tensor {
+  assertTensor('F.gelu', 'x', x);
+  return x.gelu(approximate);
+}
+
+export function silu(x: Tensor): Tensor {
+  assertTensor('F.silu', 'x', x);
+  return x.silu();
+}
+
+function reduce(where: string, t: Tensor, reduction: Reduction): Tensor {
+  if (reduction === 'none') return t;
+  return reduction === 'sum' ? t.sum() : t.mean();
+}
+
+/** Mean squared error; input and target must have the same shape. */
+export function mseLoss(input: Tensor, target: Tensor, options?: { reduction?: Reduction }): Tensor {
+  const where = 'F.mseLoss';
+  assertTensor(where, 'input', input);
+  assertTensor(where, 'target', target);
+  requireFloat(where, input, 'input');
+  requireFloat(where, target, 'target');
+  requireSame(where, input, 'input', target, 'target');
+  if (input.shape.length !== target.shape.length || input.shape.some((d, i) => d !== target.shape[i])) {
+    throw rangeError(where, 'target.shape', `[${input.shape.join(', ')}] (the input's shape)`, target.shape);
+  }
+  const o = checkOptions(where, options);
+  checkKnownKeys(where, o, ['reduction']);
+  const reduction = o.reduction === undefined ? 'mean' : checkOneOf(where, 'options.reduction', o.reduction, REDUCTIONS);
+  const d = input.sub(target);
+  return reduce(where, d.mul(d), reduction);
+}
+
+export interface CrossEntropyOptions {
+  ignoreIndex?: number;
+  reduction?: Reduction;
+  labelSmoothing?: number;
+}
+
+/**
+ * Cross-entropy between logits [N, C] (or [C]) and class indices [N] (or one
+ * index), with a fused log-softmax. Targets equal to ignoreIndex (default -100)
+ * count for nothing; 'mean' divides by the number of other targets.
+ */
+export function crossEntropy(input: Tensor, target: Tensor | ArrayLike<number> | number, options?: CrossEntropyOptions): Tensor {
+  const where = 'F.crossEntropy';
+  assertTensor(where, 'input', input);
+  requireFloat(where, input, 'input');
+  if (input.ndim !== 1 && input.ndim !== 2) {
+    throw rangeError(where, 'input', 'logits of shape [N, C] or [C] (flatten other dims first: logits.reshape(-1, C))', input);
+  }
+  const o = checkOptions(where, options);
+  checkKnownKeys(where, o, ['ignoreIndex', 'reduction', 'labelSmoothing']);
+  const ignoreIndex = o.ignoreIndex === undefined ? -100 : checkInt(where, 'options.ignoreIndex', o.ignoreIndex, -(2 ** 31));
+  const reduction = o.reduction === undefined ? 'mean' : checkOneOf(where, 'options.reduction', o.reduction, REDUCTIONS);
+  const ls = o.labelSmoothing === undefined ? 0 : checkNumber(where, 'options.labelSmoothing', o.labelSmoothing);
+  if (ls < 0 || ls > 1) throw rangeError(where, 'options.labelSmoothing', 'in [0, 1]', ls);
+
+  const C = input.shape[input.ndim - 1];
+  const N = input.ndim === 2 ? input.shape[0] : 1;
+  let ids: ArrayLike<number>;
+  if (target instanceof Tensor) {
+    if (target.dtype !== 'int32') throw typeError(where, 'target', "an int32 tensor of class indices (tensor(ids, { dtype: 'int32' }))", target);
+    const want = input.ndim === 2 ? `[${N}]` : '[] or [1]';
+    if (target.numel !== N || target.ndim > 1 || (input.ndim === 2 && target.ndim !== 1)) throw rangeError(where, 'target.shape', want, target.shape);
+    ids = target.toArray();
+  } else if (typeof target === 'number') {
+    if (input.ndim !== 1) throw typeError(where, 'target', `${N} class indices for ${N} rows`, target);
+    ids = [target];
+  } else if (target !== null && typeof target === 'object' && typeof target.length === 'number') {
+    ids = target;
+    if (ids.length !== N) throw rangeError(where, 'target.length', `${N} (one class index per row of input)`, ids.length);
+  } else {
+    throw typeError(where, 'target', 'an int32 tensor, an array of class indices or a number', target);
+  }
+  let count = 0;
+  const flat = new Int32Array(N);
+  for (let i = 0; i < N; i++) {
+    const t = ids[i];
+    if (typeof t !== 'number' || !Number.isInteger(t)) throw typeError(where, `target[${i}]`, 'an integer class index', t);
+    if (t !== ignoreIndex && (t < 0 || t >= C)) throw rangeError(where, `target[${i}]`, `in [0, ${C}) or ignoreIndex (${ignoreIndex})`, t);
+    if (t !== ignoreIndex) count++;
+    flat[i] = t;
+  }
+  const targets = tensor(flat, { dtype: 'int32', shape: [N], device: input.device as 'cpu' });
+  const logits2 = native.view(input._h, [N, C]);
+  const [rows, lse] = native.crossEntropyForward(logits2, targets._h, ignoreIndex, ls);
+  let out: Tensor;
+  let scale = 1;
+  if (reduction === 'none') {
+    out = input._make(input.ndim === 2 ? rows : native.view(rows, []), input.ndim === 2 ? [N] : []);
+  } else {
+    const s = native.sumTo(rows, []);
+    native.dispose(rows);
+    if (reduction === 'mean') {
+      scale = 1 / count;
+      out = input._make(native.affine(s, scale, 0), []);
+      native.dispose(s);
+    } else {
+      out = input._make(s, []);
+    }
+  }
+  const release = () => {
+    native.dispose(lse);
+    targets.dispose();
+  };
+  return record(out, 'CrossEntropyBackward', [input], (g) => {
+    const d = native.crossEntropyBackward(logits2, lse, targets._h, ignoreIndex, ls, g._h, scale);
+    return [viewOf(input._make(d, [N, C]), input.shape)];
+  }, [input], release);
+}
+
+export { dtypeCode };

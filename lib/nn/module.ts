@@ -1,0 +1,279 @@
+// Module: the JS-side module tree, after torch.nn.Module. Children and
+// parameters are discovered from the instance's own properties in definition
+// order (a Module value is a child, a Tensor value a parameter, unless it was
+// registered as a buffer); properties whose names start with '_' are private
+// and never discovered. Every traversal is built on one generator,
+// namedMembers(), so names and order agree everywhere.
+import { Tensor, assertTensor } from '../tensor';
+import { DeviceSpec, parseDevice } from '../device';
+import { checkBool, checkOptions, checkKnownKeys, rangeError, typeError } from '../errors';
+import { noGrad } from '../autograd';
+
+export interface LoadStateDictResult {
+  missingKeys: string[];
+  unexpectedKeys: string[];
+}
+
+export type StateDict = Record<string, Tensor>;
+
+export abstract class Module {
+  /** Training mode (dropout active); set by train() / eval(). */
+  training = true;
+  /** @internal Names of own Tensor properties that are buffers, not parameters. */
+  private _buffers?: Set<string>;
+
+  abstract forward(...args: unknown[]): unknown;
+
+  /** Marks an own tensor property as a buffer (in the state dict, not a parameter). */
+  registerBuffer(name: string, value: Tensor | null): void {
+    if (typeof name !== 'string' || name === '' || name.includes('.') || name.startsWith('_')) {
+      throw typeError('Module.registerBuffer', 'name', "a non-empty name without '.' that does not start with '_'", name);
+    }
+    if (value !== null) assertTensor('Module.registerBuffer', 'value', value);
+    if (!this._buffers) {
+      Object.defineProperty(this, '_buffers', { value: new Set<string>(), enumerable: false, writable: true });
+    }
+    this._buffers!.add(name);
+    (this as Record<string, unknown>)[name] = value;
+  }
+
+  // ------------------------------------------------------------- traversal
+
+  /** Own (name, value) pairs of one kind, in definition order. */
+  private *ownMembers(kind: 'module' | 'parameter' | 'buffer'): Generator<[string, Module | Tensor]> {
+    for (const key of Object.keys(this)) {
+      if (key.startsWith('_')) continue;
+      const v = (this as Record<string, unknown>)[key];
+      if (kind === 'module' && v instanceof Module) yield [key, v];
+      else if (v instanceof Tensor) {
+        const isBuffer = this._buffers?.has(key) ?? false;
+        if ((kind === 'buffer') === isBuffer && kind !== 'module') yield [key, v];
+      }
+    }
+  }
+
+  /**
+   * The one walk every traversal uses: (prefixed name, value) for each
+   * parameter or buffer of this module and (with recurse) its descendants;
+   * a tensor reachable under two names is listed once, at its first name.
+   */
+  private *namedMembers(kind: 'parameter' | 'buffer', prefix: string, recurse: boolean): Generator<[string, Tensor]> {
+    const seen = new Set<Tensor>();
+    const modules: Iterable<[string, Module]> = recurse ? this.namedModules(prefix) : [[prefix, this]];
+    for (const [modName, mod] of modules) {
+      for (const [name, t] of mod.ownMembers(kind)) {
+        if (seen.has(t as Tensor)) continue;
+        seen.add(t as Tensor);
+        yield [modName ? `${modName}.${name}` : name, t as Tensor];
+      }
+    }
+  }
+
+  /** Direct children as (name, module), in definition order. */
+  *namedChildren(): Generator<[string, Module]> {
+    const seen = new Set<Module>();
+    for (const [name, m] of this.ownMembers('module')) {
+      if (seen.has(m as Module)) continue;
+      seen.add(m as Module);
+      yield [name, m as Module];
+    }
+  }
+
+  *children(): Generator<Module> {
+    for (const [, m] of this.namedChildren()) yield m;
+  }
+
+  /** This module (named `prefix`, '' by default) and all descendants, depth first, each once. */
+  *namedModules(prefix = '', memo: Set<Module> = new Set()): Generator<[string, Module]> {
+    if (memo.has(this)) return;
+    memo.add(this);
+    yield [prefix, this];
+    for (const [name, child] of this.namedChildren()) {
+      yield* child.namedModules(prefix ? `${prefix}.${name}` : name, memo);
+    }
+  }
+
+  *modules(): Generator<Module> {
+    for (const [, m] of this.namedModules()) yield m;
+  }
+
+  *namedParameters(prefix = '', recurse = true): Generator<[string, Tensor]> {
+    yield* this.namedMembers('parameter', prefix, recurse);
+  }
+
+  *parameters(recurse = true): Generator<Tensor> {
+    for (const [, p] of this.namedParameters('', recurse)) yield p;
+  }
+
+  *namedBuffers(prefix = '', recurse = true): Generator<[string, Tensor]> {
+    yield* this.namedMembers('buffer', prefix, recurse);
+  }
+
+  *buffers(recurse = true): Generator<Tensor> {
+    for (const [, b] of this.namedBuffers('', recurse)) yield b;
+  }
+
+  /** Total number of parameter elements (optionally only trainable ones). */
+  numParameters(onlyTrainable = false): number {
+    let n = 0;
+    for (const p of this.parameters()) if (!onlyTrainable || p.requiresGrad) n += p.numel;
+    return n;
+  }
+
+  /** The submodule at a dotted path ('' is this module). */
+  getSubmodule(path: string): Module {
+    if (typeof path !== 'string') throw typeError('Module.getSubmodule', 'path', 'a dotted path string', path);
+    if (path === '') return this;
+    let cur: Module = this;
+    const parts = path.split('.');
+    parts.forEach((part, i) => {
+      const next = part.startsWith('_') ? undefined : (cur as unknown as Record<string, unknown>)[part];
+      if (!(next instanceof Module) || !Object.prototype.hasOwnProperty.call(cur, part)) {
+        const where = i === 0 ? 'the root module' : `'${parts.slice(0, i).join('.')}'`;
+        throw new RangeError(`Module.getSubmodule: ${where} has no submodule '${part}' (path '${path}')`);
+      }
+      cur = next;
+    });
+    return cur;
+  }
+
+  /** Replaces (or adds) the submodule at a dotted path; the parent must exist. */
+  setSubmodule(path: string, module: Module): void {
+    const where = 'Module.setSubmodule';
+    if (typeof path !== 'string' || path === '') throw typeError(where, 'path', 'a non-empty dotted path', path);
+    if (!(module instanceof Module)) throw typeError(where, 'module', 'a Module', module);
+    const parts = path.split('.');
+    const last = parts.pop() as string;
+    if (last.startsWith('_')) throw rangeError(where, 'path', "a name whose parts do not start with '_'", path);
+    const parent = this.getSubmodule(parts.join('.'));
+    const existing = (parent as unknown as Record<string, unknown>)[last];
+    if (existing !== undefined && !(existing instanceof Module)) {
+      throw new TypeError(`${where}: '${path}' holds ${existing instanceof Tensor ? 'a tensor' : 'a non-module value'}, not a module`);
+    }
+    (parent as unknown as Record<string, unknown>)[last] = module;
+  }
+
+  // ---------------------------------------------------------- state dicts
+
+  /** Parameters and buffers by dotted name (the tensors themselves, detached views). */
+  stateDict(): StateDict {
+    const out: StateDict = {};
+    for (const [name, p] of this.namedParameters()) out[name] = p.detach();
+    for (const [name, b] of this.namedBuffers()) out[name] = b.detach();
+    return out;
+  }
+
+  /**
+   * Copies values from a state dict into this module's parameters and buffers.
+   * Everything is checked before anything is written, so a failed load changes
+   * nothing. With strict (the default), missing and unexpected keys throw.
+   */
+  loadStateDict(stateDict: Record<string, Tensor>, options?: { strict?: boolean }): LoadStateDictResult {
+    const where = 'Module.loadStateDict';
+    if (stateDict === null || typeof stateDict !== 'object' || Array.isArray(stateDict)) {
+      throw typeError(where, 'stateDict', 'an object mapping names to tensors', stateDict);
+    }
+    const o = checkOptions(where, options);
+    checkKnownKeys(where, o, ['strict']);
+    const strict = o.strict === undefined ? true : checkBool(where, 'options.strict', o.strict);
+    const own = new Map<string, Tensor>([...this.namedParameters(), ...this.namedBuffers()]);
+    const missingKeys = [...own.keys()].filter((k) => !(k in stateDict));
+    const unexpectedKeys = Object.keys(stateDict).filter((k) => !own.has(k));
+    const problems: string[] = [];
+    for (const [k, target] of own) {
+      if (!(k in stateDict)) continue;
+      const src = stateDict[k];
+      if (!(src instanceof Tensor)) {
+        problems.push(`'${k}' is not a Tensor`);
+      } else if (src.isDisposed) {
+        problems.push(`'${k}' has been disposed`);
+      } else if (src.shape.length !== target.shape.length || src.shape.some((d, i) => d !== target.shape[i])) {
+        problems.push(`'${k}' has shape [${src.shape.join(', ')}], the module expects [${target.shape.join(', ')}]`);
+      }
+    }
+    if (strict && missingKeys.length) problems.push(`missing keys: ${missingKeys.map((k) => `'${k}'`).join(', ')}`);
+    if (strict && unexpectedKeys.length) problems.push(`unexpected keys: ${unexpectedKeys.map((k) => `'${k}'`).join(', ')}`);
+    if (problems.length) throw new RangeError(`${where}: ${problems.join('; ')}`);
+    noGrad(() => {
+      for (const [k, target] of own) if (k in stateDict) target.copy_(stateDict[k]);
+    });
+    return { missingKeys, unexpectedKeys };
+  }
+
+  // ------------------------------------------------------------------ modes
+
+  /** Sets training mode on this module and every descendant; returns this. */
+  train(mode = true): this {
+    checkBool('Module.train', 'mode', mode);
+    for (const m of this.modules()) m.training = mode;
+    return this;
+  }
+
+  eval(): this {
+    return this.train(false);
+  }
+
+  /** Clears parameter gradients (to null, freeing them; or to zeros with setToNone false). */
+  zeroGrad(setToNone = true): void {
+    for (const p of this.parameters()) {
+      if (!p.grad) continue;
+      if (setToNone) {
+        p.grad.dispose();
+        p.grad = null;
+      } else {
+        p.grad.zero_();
+      }
+    }
+  }
+
+  /** Sets requiresGrad on every parameter; returns this. */
+  requiresGrad_(flag = true): this {
+    checkBool('Module.requiresGrad_', 'flag', flag);
+    for (const p of this.parameters()) p.requiresGrad_(flag);
+    return this;
+  }
+
+  /**
+   * Moves every parameter and buffer to a device in place (tensor objects are
+   * kept, so optimisers holding them stay valid); returns this.
+   */
+  to(device: DeviceSpec): this {
+    const dev = parseDevice('Module.to', 'device', device);
+    for (const t of [...this.parameters(), ...this.buffers()]) {
+      if (t.device === dev.name) continue;
+      const moved = t.detach().to(dev.name as DeviceSpec);
+      const grad = t.grad ? t.grad.to(dev.name as DeviceSpec) : null;
+      t._replaceWith(moved);
+      t.grad = grad;
+    }
+    return this;
+  }
+
+  /** Calls fn on every module (children first, like torch's apply); returns this. */
+  apply(fn: (m: Module) => void): this {
+    if (typeof fn !== 'function') throw typeError('Module.apply', 'fn', 'a function', fn);
+    const all = [...this.modules()].reverse();
+    for (const m of all) fn(m);
+    return this;
+  }
+
+  /** A readable tree of the modules, like torch's repr. */
+  toString(): string {
+    const lines = [`${this.constructor.name}${this.extraRepr() ? `(${this.extraRepr()})` : ''}`];
+    const kids = [...this.namedChildren()];
+    if (kids.length) {
+      lines[0] = `${this.constructor.name}(`;
+      for (const [name, child] of kids) {
+        const sub = child.toString().split('\n').join('\n  ');
+        lines.push(`  (${name}): ${sub}`);
+      }
+      lines.push(')');
+    }
+    return lines.join('\n');
+  }
+
+  /** Extra detail for toString(); subclasses override. */
+  extraRepr(): string {
+    return '';
+  }
+}

@@ -1,0 +1,164 @@
+// Adam and AdamW, numerically matching torch.optim.Adam / AdamW. The update of
+// every parameter in a group runs in one native call (a multi-tensor step).
+import { native, NativeTensor } from './native';
+import { Tensor, assertTensor } from './tensor';
+import { checkBool, checkNumber, checkPositive, checkOptions, checkKnownKeys, rangeError, typeError } from './errors';
+
+export interface AdamOptions {
+  /** Learning rate (> 0). Default 1e-3. */
+  lr?: number;
+  /** Decay rates of the moment estimates, each in [0, 1). Default [0.9, 0.999]. */
+  betas?: [number, number];
+  /** Added to the denominator (>= 0). Default 1e-8. */
+  eps?: number;
+  /** L2 penalty for Adam (default 0); decoupled decay for AdamW (default 1e-2). */
+  weightDecay?: number;
+  /** Use the maximum of past squared-gradient averages (AMSGrad). Default false. */
+  amsgrad?: boolean;
+}
+
+export interface ParamGroup {
+  params: Tensor[];
+  lr: number;
+  betas: [number, number];
+  eps: number;
+  weightDecay: number;
+  amsgrad: boolean;
+}
+
+/** A group of parameters with its own options (torch's param groups). */
+export interface ParamGroupInput extends AdamOptions {
+  params: Iterable<Tensor>;
+}
+
+interface AdamState {
+  step: number;
+  expAvg: Tensor;
+  expAvgSq: Tensor;
+  maxExpAvgSq: Tensor | null;
+}
+
+const OPTION_KEYS = ['lr', 'betas', 'eps', 'weightDecay', 'amsgrad'] as const;
+
+export class Adam {
+  readonly paramGroups: ParamGroup[] = [];
+  /** Per-parameter state (step count and moment estimates), created on the first step. */
+  readonly state = new Map<Tensor, AdamState>();
+  protected readonly decoupled: boolean;
+  protected readonly name: string;
+
+  constructor(params: Iterable<Tensor> | Iterable<ParamGroupInput>, options?: AdamOptions) {
+    this.decoupled = new.target === AdamW;
+    this.name = this.decoupled ? 'AdamW' : 'Adam';
+    const where = this.name;
+    const o = checkOptions(where, options);
+    checkKnownKeys(where, o, OPTION_KEYS);
+    const defaults = this.resolve(where, 'options', o, {
+      lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, weightDecay: this.decoupled ? 1e-2 : 0, amsgrad: false,
+    });
+    if (params === null || typeof params !== 'object' || typeof (params as Iterable<unknown>)[Symbol.iterator] !== 'function') {
+      throw typeError(where, 'params', 'an iterable of tensors or of parameter groups', params);
+    }
+    const list = [...(params as Iterable<unknown>)];
+    if (list.length === 0) throw new RangeError(`${where}: params is empty (nothing to optimise; did injectLora select any layer?)`);
+    const groups = list.every((p) => p instanceof Tensor) ? [{ params: list as Tensor[] }] : (list as ParamGroupInput[]);
+    const seen = new Set<Tensor>();
+    groups.forEach((g, gi) => {
+      if (g === null || typeof g !== 'object' || g instanceof Tensor || !('params' in g)) {
+        throw typeError(where, `params[${gi}]`, 'a Tensor or a parameter group { params, ...options }', g);
+      }
+      const { params: ps, ...rest } = g;
+      checkKnownKeys(`${where}: params[${gi}]`, rest as Record<string, unknown>, OPTION_KEYS);
+      const group = this.resolve(where, `params[${gi}]`, rest as Record<string, unknown>, defaults);
+      const tensors = [...(ps as Iterable<unknown>)];
+      tensors.forEach((p, i) => {
+        const what = groups.length > 1 || list[0] !== g ? `params[${gi}].params[${i}]` : `params[${i}]`;
+        assertTensor(where, what, p);
+        p._live(where);
+        if (p.dtype === 'int32') throw rangeError(where, `${what}.dtype`, 'float32 or float64', p.dtype);
+        if (!p.isLeaf) throw new TypeError(`${where}: ${what} is not a leaf tensor (it was computed by ${p.gradFn}); optimise the parameters themselves`);
+        if (seen.has(p)) throw new RangeError(`${where}: ${what} appears more than once`);
+        seen.add(p);
+      });
+      this.paramGroups.push({ ...group, params: tensors as Tensor[] });
+    });
+  }
+
+  private resolve(where: string, prefix: string, o: Record<string, unknown>, d: Omit<ParamGroup, 'params'>): Omit<ParamGroup, 'params'> {
+    const lr = o.lr === undefined ? d.lr : checkPositive(where, `${prefix}.lr`, o.lr);
+    let betas = d.betas;
+    if (o.betas !== undefined) {
+      const b = o.betas as unknown[];
+      if (!Array.isArray(b) || b.length !== 2) throw typeError(where, `${prefix}.betas`, 'a pair [beta1, beta2]', o.betas);
+      b.forEach((v, i) => {
+        checkNumber(where, `${prefix}.betas[${i}]`, v);
+        if ((v as number) < 0 || (v as number) >= 1) throw rangeError(where, `${prefix}.betas[${i}]`, 'in [0, 1)', v);
+      });
+      betas = [b[0] as number, b[1] as number];
+    }
+    const eps = o.eps === undefined ? d.eps : checkNumber(where, `${prefix}.eps`, o.eps);
+    if (eps < 0) throw rangeError(where, `${prefix}.eps`, '>= 0', eps);
+    const weightDecay = o.weightDecay === undefined ? d.weightDecay : checkNumber(where, `${prefix}.weightDecay`, o.weightDecay);
+    if (weightDecay < 0) throw rangeError(where, `${prefix}.weightDecay`, '>= 0', weightDecay);
+    const amsgrad = o.amsgrad === undefined ? d.amsgrad : checkBool(where, `${prefix}.amsgrad`, o.amsgrad);
+    return { lr, betas, eps, weightDecay, amsgrad };
+  }
+
+  /** One update of every parameter that has a gradient (others are skipped, as in torch). */
+  step(): void {
+    const where = `${this.name}.step`;
+    for (const g of this.paramGroups) {
+      checkPositive(where, 'paramGroups[].lr', g.lr);
+      const ps: NativeTensor[] = [];
+      const gs: NativeTensor[] = [];
+      const ms: NativeTensor[] = [];
+      const vs: NativeTensor[] = [];
+      const vmax: NativeTensor[] = [];
+      const steps: number[] = [];
+      const touched: Tensor[] = [];
+      for (const p of g.params) {
+        if (!p.grad) continue;
+        let s = this.state.get(p);
+        if (!s) {
+          const z = () => p.detach().mul(0);
+          s = { step: 0, expAvg: z(), expAvgSq: z(), maxExpAvgSq: g.amsgrad ? z() : null };
+          this.state.set(p, s);
+        }
+        if (g.amsgrad && !s.maxExpAvgSq) s.maxExpAvgSq = p.detach().mul(0);
+        ps.push(p._live(where));
+        gs.push(p.grad._live(where));
+        ms.push(s.expAvg._h);
+        vs.push(s.expAvgSq._h);
+        if (g.amsgrad) vmax.push((s.maxExpAvgSq as Tensor)._h);
+        steps.push(s.step + 1);
+        touched.push(p);
+      }
+      if (!ps.length) continue;
+      native.adamStep(ps, gs, ms, vs, g.amsgrad ? vmax : null, steps, g.lr, g.betas[0], g.betas[1], g.eps,
+        g.weightDecay, this.decoupled);
+      for (const p of touched) {
+        (this.state.get(p) as AdamState).step++;
+        p._bumpVersion();
+      }
+    }
+  }
+
+  /** Clears the gradients of every parameter (to null by default, like torch). */
+  zeroGrad(setToNone = true): void {
+    checkBool(`${this.name}.zeroGrad`, 'setToNone', setToNone);
+    for (const g of this.paramGroups) {
+      for (const p of g.params) {
+        if (!p.grad) continue;
+        if (setToNone) {
+          p.grad.dispose();
+          p.grad = null;
+        } else {
+          p.grad.zero_();
+        }
+      }
+    }
+  }
+}
+
+/** Adam with decoupled weight decay (Loshchilov & Hutter); weightDecay defaults to 1e-2. */
+export class AdamW extends Adam {}

@@ -1,0 +1,121 @@
+// The one interface every device implements. The op layer (ops.h) validates
+// shapes, dtypes and devices and allocates outputs; a backend only computes.
+//
+// Gradient outputs follow one rule, written beside each method: "set" means the
+// output is overwritten; "accumulate" means the result is added to what is
+// there. A null output pointer means that gradient is not wanted and no work
+// is done for it (frozen weights cost nothing).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tensor.h"
+
+namespace lc {
+
+enum class BinaryOp : int { Add = 0, Sub = 1, Mul = 2, Div = 3 };
+enum class UnaryOp : int { Relu = 0, Gelu = 1, GeluTanh = 2, Silu = 3, Exp = 4, Log = 5, Neg = 6 };
+enum class RandomKind : int { Normal = 0, Uniform = 1 };
+
+// One parameter of a multi-tensor Adam/AdamW update.
+struct AdamParam {
+  Tensor param, grad, exp_avg, exp_avg_sq;
+  Tensor max_exp_avg_sq;  // amsgrad only; storage null otherwise
+  int64_t step;           // step count after this update (1 on the first)
+};
+struct AdamConfig {
+  double lr, beta1, beta2, eps, weight_decay;
+  bool decoupled;  // AdamW: p *= 1 - lr*wd before the update; Adam adds wd*p to the gradient
+  bool amsgrad;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+
+  // ---- memory
+  virtual void* allocate(size_t bytes) = 0;
+  virtual void deallocate(void* p, size_t bytes) = 0;
+  virtual void write_from_host(const Tensor& dst, const void* src) = 0;  // same dtype
+  virtual void read_to_host(const Tensor& src, void* dst) = 0;
+  virtual void copy(const Tensor& dst, const Tensor& src) = 0;  // same device; casts dtype
+
+  // ---- creation
+  virtual void fill(const Tensor& t, double value) = 0;
+  // Counter-based (Philox4x32-10): element i of a call depends only on
+  // (seed, offset, i), so every device produces the same values.
+  virtual void random(const Tensor& t, RandomKind kind, uint64_t seed, uint64_t offset, double a,
+                      double b) = 0;
+
+  // ---- elementwise
+  // out[i] = a[bcast] op b[bcast]; a and b are broadcast to out's shape.
+  virtual void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  virtual void affine(const Tensor& x, double alpha, double beta, const Tensor& out) = 0;  // alpha*x+beta
+  virtual void axpy(const Tensor& y, const Tensor& x, double alpha) = 0;  // y += alpha*x (accumulate)
+  virtual void unary(UnaryOp op, const Tensor& x, const Tensor& out) = 0;
+  // dx = dy * f'(x) (set)
+  virtual void unary_backward(UnaryOp op, const Tensor& x, const Tensor& dy, const Tensor& dx) = 0;
+  // out has x's rank (leading dims may be missing) with some dims 1: sums over the others.
+  virtual void reduce_sum_to(const Tensor& x, const Tensor& out) = 0;
+  virtual void expand(const Tensor& x, const Tensor& out) = 0;  // broadcast copy
+  virtual void permute(const Tensor& x, const std::vector<int64_t>& perm, const Tensor& out) = 0;
+  virtual bool all_finite(const Tensor& x) = 0;
+  // Softmax over the last dim (rows = numel / last dim), max-subtracted. y (set).
+  virtual void softmax(const Tensor& x, const Tensor& y) = 0;
+  // dx = y * (dy - sum_j dy_j y_j) per row (set).
+  virtual void softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) = 0;
+
+  // ---- matrix products (row-major, batched with element strides)
+  // C[b] = alpha * op(A[b]) op(B[b]) + beta * C[b]
+  virtual void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, double alpha,
+                    const Tensor& A, int64_t strideA, const Tensor& B, int64_t strideB, double beta,
+                    const Tensor& C, int64_t strideC, int64_t batch) = 0;
+
+  // ---- linear layer: x [M, K], W [N, K], b [N] or null; y [M, N] (set)
+  virtual void linear_forward(const Tensor& x, const Tensor& W, const Tensor* b,
+                              const Tensor& y) = 0;
+  // dx [M, K] (set), dW [N, K] (set), db [N] (set)
+  virtual void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& W,
+                               const Tensor* dx, const Tensor* dW, const Tensor* db) = 0;
+
+  // ---- LoRA: y = x W^T + b + scale * (drop(x) A^T) B^T, A [r, K], B [N, r]
+  // h [M, r] = drop(x) A^T is kept for backward (set). The dropout mask is not
+  // stored: backward regenerates it from (seed, offset). p == 0 means no dropout.
+  virtual void lora_forward(const Tensor& x, const Tensor& W, const Tensor* b, const Tensor& A,
+                            const Tensor& B, double scale, double p, uint64_t seed, uint64_t offset,
+                            const Tensor& y, const Tensor& h) = 0;
+  // dx (set) through both paths; dA, dB, dW, db (set).
+  virtual void lora_backward(const Tensor& dy, const Tensor& x, const Tensor& W, const Tensor& A,
+                             const Tensor& B, const Tensor& h, double scale, double p, uint64_t seed,
+                             uint64_t offset, const Tensor* dx, const Tensor* dA, const Tensor* dB,
+                             const Tensor* dW, const Tensor* db) = 0;
+  // W += scale * B A in place (scale < 0 unmerges). With `safe`, the result is
+  // built aside and checked for non-finite values; on failure W is untouched
+  // and false is returned.
+  virtual bool lora_merge(const Tensor& W, const Tensor& A, const Tensor& B, double scale,
+                          bool safe) = 0;
+
+  // ---- optimiser: every parameter in one call
+  virtual void adam_step(const std::vector<AdamParam>& params, const AdamConfig& cfg) = 0;
+
+  // ---- losses. logits [N, C]; targets int32 [N] (same device); rows whose target equals
+  // ignore_index contribute nothing. loss_rows [N] = -log softmax(logits)[target]
+  // (0 for ignored rows), lse [N] = logsumexp per row (kept for backward).
+  virtual void cross_entropy_forward(const Tensor& logits, const Tensor& targets,
+                                     int64_t ignore_index, double label_smoothing,
+                                     const Tensor& loss_rows, const Tensor& lse) = 0;
+  // dlogits (set) = (softmax - smoothed one-hot) * grad[i] * grad_scale for
+  // non-ignored rows, 0 for ignored ones. grad holds 1 value (a reduced loss)
+  // or N (one per row).
+  virtual void cross_entropy_backward(const Tensor& logits, const Tensor& lse,
+                                      const Tensor& targets, int64_t ignore_index,
+                                      double label_smoothing, const Tensor& grad,
+                                      double grad_scale, const Tensor& dlogits) = 0;
+};
+
+Backend& backend_for(Device dev);
+Backend& cpu_backend();
+
+}  // namespace lc

@@ -1,0 +1,380 @@
+#include "ops.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+namespace lc::ops {
+namespace {
+
+void require_float(const Tensor& t, const char* op, const char* name) {
+  LC_CHECK(t.dtype == DType::F32 || t.dtype == DType::F64,
+           std::string(op) + ": " + name + " must be float32 or float64, got " + dtype_name(t.dtype));
+}
+
+void same(const Tensor& a, const Tensor& b, const char* op, const char* na, const char* nb) {
+  LC_CHECK(a.device() == b.device(), std::string(op) + ": " + na + " is on " + a.device().str() +
+                                         " but " + nb + " is on " + b.device().str());
+  LC_CHECK(a.dtype == b.dtype, std::string(op) + ": " + na + " is " + dtype_name(a.dtype) + " but " +
+                                   nb + " is " + dtype_name(b.dtype));
+}
+
+void rank(const Tensor& t, int64_t r, const char* op, const char* name) {
+  LC_CHECK(t.dim() == r, std::string(op) + ": " + name + " must have " + std::to_string(r) +
+                             " dims, got shape " + shape_str(t.shape));
+}
+
+void dim_eq(int64_t got, int64_t want, const char* op, const std::string& what) {
+  LC_CHECK(got == want, std::string(op) + ": " + what + " must be " + std::to_string(want) +
+                            ", got " + std::to_string(got));
+}
+
+Backend& be(const Tensor& t) { return backend_for(t.device()); }
+
+}  // namespace
+
+Tensor full(const Shape& shape, DType dtype, Device dev, double value) {
+  Tensor t = empty(shape, dtype, dev);
+  if (t.numel()) backend_for(dev).fill(t, value);
+  return t;
+}
+
+Tensor from_host(const void* data, size_t bytes, const Shape& shape, DType dtype, Device dev) {
+  Tensor t = empty(shape, dtype, dev);
+  LC_CHECK(bytes == t.numel() * dtype_size(dtype),
+           "from_host: " + std::to_string(bytes) + " bytes given for shape " + shape_str(shape) +
+               " of " + dtype_name(dtype));
+  if (bytes) backend_for(dev).write_from_host(t, data);
+  return t;
+}
+
+void to_host(const Tensor& t, void* dst, size_t bytes) {
+  LC_CHECK(bytes == t.numel() * dtype_size(t.dtype), "to_host: destination size mismatch");
+  if (bytes) be(t).read_to_host(t, dst);
+}
+
+Tensor random(const Shape& shape, DType dtype, Device dev, RandomKind kind, uint64_t seed,
+              uint64_t offset, double a, double b) {
+  Tensor t = empty(shape, dtype, dev);
+  require_float(t, "random", "tensor");
+  if (t.numel()) backend_for(dev).random(t, kind, seed, offset, a, b);
+  return t;
+}
+
+void copy_(const Tensor& dst, const Tensor& src) {
+  LC_CHECK(dst.numel() == src.numel(), "copy_: source has " + std::to_string(src.numel()) +
+                                           " elements, destination " + std::to_string(dst.numel()));
+  if (!dst.numel()) return;
+  if (dst.device() == src.device()) {
+    be(dst).copy(dst, src);
+    return;
+  }
+  // Across devices: through a host buffer of the source's dtype.
+  Tensor host = empty(src.shape, src.dtype, Device{});
+  be(src).read_to_host(src, host.raw());
+  if (dst.dtype == src.dtype) {
+    be(dst).write_from_host(dst, host.raw());
+  } else {
+    Tensor cast = empty(src.shape, dst.dtype, Device{});
+    cpu_backend().copy(cast, host);
+    be(dst).write_from_host(dst, cast.raw());
+  }
+}
+
+Tensor to(const Tensor& t, Device dev, DType dtype) {
+  Tensor out = empty(t.shape, dtype, dev);
+  copy_(out, t);
+  return out;
+}
+
+Shape broadcast_shapes(const Shape& a, const Shape& b) {
+  size_t r = std::max(a.size(), b.size());
+  Shape out(r);
+  for (size_t i = 0; i < r; ++i) {
+    int64_t da = i < r - a.size() ? 1 : a[i - (r - a.size())];
+    int64_t db = i < r - b.size() ? 1 : b[i - (r - b.size())];
+    LC_CHECK(da == db || da == 1 || db == 1,
+             "shapes " + shape_str(a) + " and " + shape_str(b) + " cannot be broadcast together");
+    out[i] = da == 1 ? db : da;
+  }
+  return out;
+}
+
+Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
+  same(a, b, "binary op", "a", "b");
+  require_float(a, "binary op", "a");
+  Tensor out = empty(broadcast_shapes(a.shape, b.shape), a.dtype, a.device());
+  if (out.numel()) be(a).binary(op, a, b, out);
+  return out;
+}
+
+Tensor affine(const Tensor& x, double alpha, double beta) {
+  require_float(x, "affine", "x");
+  Tensor out = empty(x.shape, x.dtype, x.device());
+  if (out.numel()) be(x).affine(x, alpha, beta, out);
+  return out;
+}
+
+void axpy_(const Tensor& y, const Tensor& x, double alpha) {
+  same(y, x, "accumulate", "destination", "source");
+  require_float(y, "accumulate", "destination");
+  LC_CHECK(y.numel() == x.numel(), "accumulate: shapes " + shape_str(y.shape) + " and " +
+                                       shape_str(x.shape) + " differ");
+  if (y.numel()) be(y).axpy(y, x, alpha);
+}
+
+Tensor unary(UnaryOp op, const Tensor& x) {
+  require_float(x, "unary op", "x");
+  Tensor out = empty(x.shape, x.dtype, x.device());
+  if (out.numel()) be(x).unary(op, x, out);
+  return out;
+}
+
+Tensor unary_backward(UnaryOp op, const Tensor& x, const Tensor& dy) {
+  same(x, dy, "unary backward", "x", "grad");
+  require_float(x, "unary backward", "x");
+  LC_CHECK(x.numel() == dy.numel(), "unary backward: grad shape mismatch");
+  Tensor dx = empty(x.shape, x.dtype, x.device());
+  if (dx.numel()) be(x).unary_backward(op, x, dy, dx);
+  return dx;
+}
+
+Tensor sum_to(const Tensor& x, const Shape& shape) {
+  require_float(x, "sum", "x");
+  LC_CHECK(shape.size() <= x.shape.size(), "sum: cannot reduce " + shape_str(x.shape) + " to " +
+                                                shape_str(shape));
+  size_t off = x.shape.size() - shape.size();
+  for (size_t i = 0; i < shape.size(); ++i)
+    LC_CHECK(shape[i] == x.shape[off + i] || shape[i] == 1,
+             "sum: cannot reduce " + shape_str(x.shape) + " to " + shape_str(shape));
+  Tensor out = empty(shape, x.dtype, x.device());
+  if (!out.numel()) return out;
+  if (!x.numel()) {
+    be(x).fill(out, 0.0);
+    return out;
+  }
+  be(x).reduce_sum_to(x, out);
+  return out;
+}
+
+Tensor expand(const Tensor& x, const Shape& shape) {
+  LC_CHECK(broadcast_shapes(x.shape, shape) == shape,
+           "expand: cannot broadcast " + shape_str(x.shape) + " to " + shape_str(shape));
+  Tensor out = empty(shape, x.dtype, x.device());
+  if (out.numel()) be(x).expand(x, out);
+  return out;
+}
+
+Tensor permute(const Tensor& x, const std::vector<int64_t>& perm) {
+  LC_CHECK(perm.size() == x.shape.size(), "permute: expected " + std::to_string(x.dim()) +
+                                              " dims in the permutation");
+  std::vector<bool> seen(perm.size(), false);
+  Shape shape(perm.size());
+  for (size_t i = 0; i < perm.size(); ++i) {
+    LC_CHECK(perm[i] >= 0 && perm[i] < x.dim() && !seen[perm[i]], "permute: invalid permutation");
+    seen[perm[i]] = true;
+    shape[i] = x.shape[perm[i]];
+  }
+  Tensor out = empty(shape, x.dtype, x.device());
+  if (out.numel()) be(x).permute(x, perm, out);
+  return out;
+}
+
+bool all_finite(const Tensor& x) {
+  require_float(x, "all_finite", "x");
+  return x.numel() == 0 || be(x).all_finite(x);
+}
+
+Tensor softmax(const Tensor& x) {
+  require_float(x, "softmax", "x");
+  LC_CHECK(x.dim() >= 1, "softmax: x must have at least one dim");
+  Tensor y = empty(x.shape, x.dtype, x.device());
+  if (y.numel()) be(x).softmax(x, y);
+  return y;
+}
+
+Tensor softmax_backward(const Tensor& y, const Tensor& dy) {
+  same(y, dy, "softmax backward", "y", "grad");
+  LC_CHECK(y.shape == dy.shape, "softmax backward: grad shape mismatch");
+  Tensor dx = empty(y.shape, y.dtype, y.device());
+  if (dx.numel()) be(y).softmax_backward(y, dy, dx);
+  return dx;
+}
+
+Tensor bmm(const Tensor& a, const Tensor& b, bool tA, bool tB) {
+  const char* op = "matmul";
+  same(a, b, op, "a", "b");
+  require_float(a, op, "a");
+  rank(a, 3, op, "a");
+  rank(b, 3, op, "b");
+  int64_t Ba = a.shape[0], Bb = b.shape[0];
+  LC_CHECK(Ba == Bb || Ba == 1 || Bb == 1, "matmul: batch sizes " + std::to_string(Ba) + " and " +
+                                               std::to_string(Bb) + " differ");
+  int64_t M = tA ? a.shape[2] : a.shape[1], K = tA ? a.shape[1] : a.shape[2];
+  int64_t Kb = tB ? b.shape[2] : b.shape[1], N = tB ? b.shape[1] : b.shape[2];
+  LC_CHECK(K == Kb, "matmul: inner dimensions differ (" + std::to_string(K) + " and " +
+                        std::to_string(Kb) + ")");
+  int64_t batch = std::max(Ba, Bb);
+  Tensor c = empty({batch, M, N}, a.dtype, a.device());
+  if (!c.numel()) return c;
+  be(a).gemm(tA, tB, M, N, K, 1.0, a, Ba == 1 ? 0 : M * K, b, Bb == 1 ? 0 : K * N, 0.0, c, M * N,
+             batch);
+  return c;
+}
+
+namespace {
+void check_linear(const char* op, const Tensor& x, const Tensor& W, const Tensor* b) {
+  rank(x, 2, op, "x");
+  rank(W, 2, op, "weight");
+  same(x, W, op, "x", "weight");
+  require_float(x, op, "x");
+  dim_eq(x.shape[1], W.shape[1], op, "x.shape[1] (in features)");
+  if (b) {
+    same(x, *b, op, "x", "bias");
+    rank(*b, 1, op, "bias");
+    dim_eq(b->shape[0], W.shape[0], op, "bias.shape[0]");
+  }
+}
+void check_adapter(const char* op, const Tensor& W, const Tensor& A, const Tensor& B) {
+  rank(A, 2, op, "A");
+  rank(B, 2, op, "B");
+  same(W, A, op, "weight", "A");
+  same(W, B, op, "weight", "B");
+  dim_eq(A.shape[1], W.shape[1], op, "A.shape[1] (in features)");
+  dim_eq(B.shape[0], W.shape[0], op, "B.shape[0] (out features)");
+  dim_eq(B.shape[1], A.shape[0], op, "B.shape[1] (rank)");
+}
+void check_grad_out(const char* op, const Tensor& dy, const Tensor& x, const Tensor& W) {
+  same(dy, x, op, "grad", "x");
+  rank(dy, 2, op, "grad");
+  dim_eq(dy.shape[0], x.shape[0], op, "grad.shape[0]");
+  dim_eq(dy.shape[1], W.shape[0], op, "grad.shape[1]");
+}
+Tensor maybe(bool want, const Shape& s, const Tensor& like) {
+  return want ? empty(s, like.dtype, like.device()) : Tensor{};
+}
+const Tensor* ptr(const Tensor& t) { return t.storage ? &t : nullptr; }
+bool empty_problem(const Tensor& x, const Tensor& W) { return x.numel() == 0 || W.numel() == 0; }
+}  // namespace
+
+Tensor linear(const Tensor& x, const Tensor& W, const Tensor* b) {
+  check_linear("linear", x, W, b);
+  Tensor y = empty({x.shape[0], W.shape[0]}, x.dtype, x.device());
+  if (y.numel()) be(x).linear_forward(x, W, b, y);
+  return y;
+}
+
+LinearGrads linear_backward(const Tensor& dy, const Tensor& x, const Tensor& W, bool need_dx,
+                            bool need_dW, bool need_db) {
+  check_linear("linear backward", x, W, nullptr);
+  check_grad_out("linear backward", dy, x, W);
+  LinearGrads g{maybe(need_dx, x.shape, x), maybe(need_dW, W.shape, W), maybe(need_db, {W.shape[0]}, W)};
+  if (empty_problem(x, W)) {
+    for (Tensor* t : {&g.dx, &g.dW, &g.db})
+      if (t->storage && t->numel()) be(x).fill(*t, 0.0);
+    return g;
+  }
+  be(x).linear_backward(dy, x, W, ptr(g.dx), ptr(g.dW), ptr(g.db));
+  return g;
+}
+
+LoraOut lora_forward(const Tensor& x, const Tensor& W, const Tensor* b, const Tensor& A,
+                     const Tensor& B, double scale, double p, uint64_t seed, uint64_t offset) {
+  check_linear("lora forward", x, W, b);
+  check_adapter("lora forward", W, A, B);
+  LC_CHECK(p >= 0 && p < 1, "lora forward: dropout must be in [0, 1)");
+  LoraOut o{empty({x.shape[0], W.shape[0]}, x.dtype, x.device()),
+            empty({x.shape[0], A.shape[0]}, x.dtype, x.device())};
+  if (o.y.numel()) be(x).lora_forward(x, W, b, A, B, scale, p, seed, offset, o.y, o.h);
+  return o;
+}
+
+LoraGrads lora_backward(const Tensor& dy, const Tensor& x, const Tensor& W, const Tensor& A,
+                        const Tensor& B, const Tensor& h, double scale, double p, uint64_t seed,
+                        uint64_t offset, bool need_dx, bool need_dA, bool need_dB, bool need_dW,
+                        bool need_db) {
+  const char* op = "lora backward";
+  check_linear(op, x, W, nullptr);
+  check_adapter(op, W, A, B);
+  check_grad_out(op, dy, x, W);
+  same(h, x, op, "h", "x");
+  LC_CHECK(h.dim() == 2 && h.shape[0] == x.shape[0] && h.shape[1] == A.shape[0],
+           "lora backward: saved h has the wrong shape " + shape_str(h.shape));
+  LoraGrads g{maybe(need_dx, x.shape, x), maybe(need_dA, A.shape, A), maybe(need_dB, B.shape, B),
+              maybe(need_dW, W.shape, W), maybe(need_db, {W.shape[0]}, W)};
+  if (empty_problem(x, W)) {
+    for (Tensor* t : {&g.dx, &g.dA, &g.dB, &g.dW, &g.db})
+      if (t->storage && t->numel()) be(x).fill(*t, 0.0);
+    return g;
+  }
+  be(x).lora_backward(dy, x, W, A, B, h, scale, p, seed, offset, ptr(g.dx), ptr(g.dA), ptr(g.dB),
+                      ptr(g.dW), ptr(g.db));
+  return g;
+}
+
+bool lora_merge(const Tensor& W, const Tensor& A, const Tensor& B, double scale, bool safe) {
+  rank(W, 2, "merge", "weight");
+  require_float(W, "merge", "weight");
+  check_adapter("merge", W, A, B);
+  if (!W.numel()) return true;
+  return be(W).lora_merge(W, A, B, scale, safe);
+}
+
+void adam_step(const std::vector<AdamParam>& params, const AdamConfig& cfg) {
+  if (params.empty()) return;
+  Device dev = params[0].param.device();
+  for (const AdamParam& p : params) {
+    const char* op = "adam";
+    require_float(p.param, op, "param");
+    same(p.param, p.grad, op, "param", "grad");
+    same(p.param, p.exp_avg, op, "param", "exp_avg");
+    same(p.param, p.exp_avg_sq, op, "param", "exp_avg_sq");
+    LC_CHECK(p.param.device() == dev, "adam: all parameters must be on one device");
+    int64_t n = p.param.numel();
+    LC_CHECK(p.grad.numel() == n && p.exp_avg.numel() == n && p.exp_avg_sq.numel() == n,
+             "adam: grad or state has the wrong size for a parameter of shape " +
+                 shape_str(p.param.shape));
+    if (cfg.amsgrad) {
+      LC_CHECK(p.max_exp_avg_sq.storage != nullptr && p.max_exp_avg_sq.numel() == n,
+               "adam: amsgrad state missing");
+      same(p.param, p.max_exp_avg_sq, op, "param", "max_exp_avg_sq");
+    }
+    LC_CHECK(p.step >= 1, "adam: step must be >= 1");
+  }
+  backend_for(dev).adam_step(params, cfg);
+}
+
+CrossEntropyOut cross_entropy_forward(const Tensor& logits, const Tensor& targets,
+                                      int64_t ignore_index, double ls) {
+  const char* op = "cross entropy";
+  rank(logits, 2, op, "logits");
+  require_float(logits, op, "logits");
+  LC_CHECK(targets.dtype == DType::I32, "cross entropy: targets must be int32");
+  LC_CHECK(targets.device() == logits.device(), "cross entropy: targets on another device");
+  dim_eq(targets.numel(), logits.shape[0], op, "number of targets");
+  LC_CHECK(logits.shape[1] > 0, "cross entropy: logits must have at least one class");
+  CrossEntropyOut o{empty({logits.shape[0]}, logits.dtype, logits.device()),
+                    empty({logits.shape[0]}, logits.dtype, logits.device())};
+  if (logits.numel())
+    be(logits).cross_entropy_forward(logits, targets, ignore_index, ls, o.loss_rows, o.lse);
+  return o;
+}
+
+Tensor cross_entropy_backward(const Tensor& logits, const Tensor& lse, const Tensor& targets,
+                              int64_t ignore_index, double ls, const Tensor& grad,
+                              double grad_scale) {
+  const char* op = "cross entropy backward";
+  rank(logits, 2, op, "logits");
+  same(logits, lse, op, "logits", "lse");
+  same(logits, grad, op, "logits", "grad");
+  LC_CHECK(targets.dtype == DType::I32 && targets.numel() == logits.shape[0],
+           "cross entropy backward: bad targets");
+  LC_CHECK(grad.numel() == 1 || grad.numel() == logits.shape[0],
+           "cross entropy backward: grad must have 1 or N elements");
+  Tensor d = empty(logits.shape, logits.dtype, logits.device());
+  if (d.numel())
+    be(logits).cross_entropy_backward(logits, lse, targets, ignore_index, ls, grad, grad_scale, d);
+  return d;
+}
+
+}  // namespace lc::ops

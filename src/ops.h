@@ -1,0 +1,70 @@
+// The op layer: checks shapes, dtypes and devices (the TypeScript layer checks
+// first and gives the friendlier message; these checks keep the core safe on
+// its own), allocates outputs and calls the tensor's backend.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "backend.h"
+
+namespace lc::ops {
+
+Tensor full(const Shape& shape, DType dtype, Device dev, double value);
+Tensor from_host(const void* data, size_t bytes, const Shape& shape, DType dtype, Device dev);
+void to_host(const Tensor& t, void* dst, size_t bytes);
+Tensor random(const Shape& shape, DType dtype, Device dev, RandomKind kind, uint64_t seed,
+              uint64_t offset, double a, double b);
+
+void copy_(const Tensor& dst, const Tensor& src);   // same numel; crosses devices
+Tensor to(const Tensor& t, Device dev, DType dtype);  // new tensor (always a copy)
+
+Shape broadcast_shapes(const Shape& a, const Shape& b);
+Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b);
+Tensor affine(const Tensor& x, double alpha, double beta);
+void axpy_(const Tensor& y, const Tensor& x, double alpha);
+Tensor unary(UnaryOp op, const Tensor& x);
+Tensor unary_backward(UnaryOp op, const Tensor& x, const Tensor& dy);
+Tensor sum_to(const Tensor& x, const Shape& shape);
+Tensor expand(const Tensor& x, const Shape& shape);
+Tensor permute(const Tensor& x, const std::vector<int64_t>& perm);
+bool all_finite(const Tensor& x);
+Tensor softmax(const Tensor& x);  // over the last dim
+Tensor softmax_backward(const Tensor& y, const Tensor& dy);
+
+// Batched product of 3-D tensors: a [Ba, m, k] (or [Ba, k, m] with transA),
+// b [Bb, k, n] (or [Bb, n, k]); Ba and Bb equal or 1 (broadcast without a copy).
+Tensor bmm(const Tensor& a, const Tensor& b, bool transA, bool transB);
+
+Tensor linear(const Tensor& x, const Tensor& W, const Tensor* b);
+struct LinearGrads {
+  Tensor dx, dW, db;  // storage null when not requested
+};
+LinearGrads linear_backward(const Tensor& dy, const Tensor& x, const Tensor& W, bool need_dx,
+                            bool need_dW, bool need_db);
+
+struct LoraOut {
+  Tensor y, h;
+};
+LoraOut lora_forward(const Tensor& x, const Tensor& W, const Tensor* b, const Tensor& A,
+                     const Tensor& B, double scale, double p, uint64_t seed, uint64_t offset);
+struct LoraGrads {
+  Tensor dx, dA, dB, dW, db;  // storage null when not requested
+};
+LoraGrads lora_backward(const Tensor& dy, const Tensor& x, const Tensor& W, const Tensor& A,
+                        const Tensor& B, const Tensor& h, double scale, double p, uint64_t seed,
+                        uint64_t offset, bool need_dx, bool need_dA, bool need_dB, bool need_dW,
+                        bool need_db);
+bool lora_merge(const Tensor& W, const Tensor& A, const Tensor& B, double scale, bool safe);
+
+void adam_step(const std::vector<AdamParam>& params, const AdamConfig& cfg);
+
+struct CrossEntropyOut {
+  Tensor loss_rows, lse;
+};
+CrossEntropyOut cross_entropy_forward(const Tensor& logits, const Tensor& targets,
+                                      int64_t ignore_index, double label_smoothing);
+Tensor cross_entropy_backward(const Tensor& logits, const Tensor& lse, const Tensor& targets,
+                              int64_t ignore_index, double label_smoothing, const Tensor& grad,
+                              double grad_scale);
+
+}  // namespace lc::ops

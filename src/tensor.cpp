@@ -1,0 +1,80 @@
+#include "tensor.h"
+
+#include <sstream>
+
+#include "backend.h"
+
+namespace lc {
+
+namespace {
+thread_local int64_t t_live_bytes = 0;
+}
+
+void fail(const std::string& msg) { throw Error(msg); }
+
+size_t dtype_size(DType t) { return t == DType::F64 ? 8 : 4; }
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::F32: return "float32";
+    case DType::F64: return "float64";
+    case DType::I32: return "int32";
+  }
+  return "?";
+}
+
+std::string Device::str() const {
+  return type == DeviceType::CPU ? std::string("cpu") : "cuda:" + std::to_string(index);
+}
+
+int64_t shape_numel(const Shape& s) {
+  int64_t n = 1;
+  for (int64_t d : s) n *= d;
+  return n;
+}
+
+std::string shape_str(const Shape& s) {
+  std::ostringstream o;
+  o << '[';
+  for (size_t i = 0; i < s.size(); ++i) o << (i ? ", " : "") << s[i];
+  o << ']';
+  return o.str();
+}
+
+Storage::Storage(Device dev, size_t bytes) : dev_(dev), bytes_(bytes) {
+  if (bytes_ > 0) {
+    ptr_ = backend_for(dev_).allocate(bytes_);
+    t_live_bytes += static_cast<int64_t>(bytes_);
+  }
+}
+
+Storage::~Storage() { release(); }
+
+void Storage::release() {
+  released_ = true;
+  if (!ptr_) return;
+  backend_for(dev_).deallocate(ptr_, bytes_);
+  ptr_ = nullptr;
+  t_live_bytes -= static_cast<int64_t>(bytes_);
+}
+
+void* Storage::data() const {
+  LC_CHECK(!released(), "tensor memory has been released (dispose() was called)");
+  return ptr_;
+}
+
+int64_t live_bytes_this_thread() { return t_live_bytes; }
+
+Tensor Tensor::view(const Shape& s) const {
+  LC_CHECK(shape_numel(s) == numel(),
+           "view: cannot view a tensor of shape " + shape_str(shape) + " as " + shape_str(s));
+  return Tensor{storage, s, dtype};
+}
+
+Tensor empty(const Shape& shape, DType dtype, Device dev) {
+  for (int64_t d : shape) LC_CHECK(d >= 0, "negative dimension in shape " + shape_str(shape));
+  int64_t n = shape_numel(shape);
+  return Tensor{std::make_shared<Storage>(dev, static_cast<size_t>(n) * dtype_size(dtype)), shape,
+                dtype};
+}
+
+}  // namespace lc

@@ -1,0 +1,95 @@
+// Tensor storage for the native core: a dense, contiguous, row-major buffer
+// with a shape, an element type and a device. Views (reshape, detach) share
+// one Storage; release() frees the memory early and leaves every view marked
+// as released, so later use throws instead of touching freed memory.
+#pragma once
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace lc {
+
+// Every failure in the core is an lc::Error; the binding turns it into a JS Error.
+class Error : public std::runtime_error {
+ public:
+  explicit Error(const std::string& msg, std::string code = "ERR_LORA_NATIVE")
+      : std::runtime_error(msg), code_(std::move(code)) {}
+  const std::string& code() const { return code_; }
+
+ private:
+  std::string code_;
+};
+
+[[noreturn]] void fail(const std::string& msg);
+#define LC_CHECK(cond, msg)              \
+  do {                                   \
+    if (!(cond)) ::lc::fail(msg);        \
+  } while (0)
+
+// I32 holds class indices and token ids; arithmetic ops take floats only.
+enum class DType : int { F32 = 0, F64 = 1, I32 = 2 };
+size_t dtype_size(DType t);
+const char* dtype_name(DType t);
+
+enum class DeviceType : int { CPU = 0, CUDA = 1 };
+struct Device {
+  DeviceType type = DeviceType::CPU;
+  int index = 0;
+  bool operator==(const Device& o) const { return type == o.type && index == o.index; }
+  bool operator!=(const Device& o) const { return !(*this == o); }
+  std::string str() const;
+};
+
+using Shape = std::vector<int64_t>;
+int64_t shape_numel(const Shape& s);
+std::string shape_str(const Shape& s);
+
+class Storage {
+ public:
+  Storage(Device dev, size_t bytes);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+
+  void* data() const;  // throws once released
+  size_t bytes() const { return bytes_; }
+  Device device() const { return dev_; }
+  bool released() const { return released_; }
+  void release();
+
+ private:
+  Device dev_;
+  size_t bytes_;
+  void* ptr_ = nullptr;
+  bool released_ = false;
+};
+
+// Bytes of native memory currently held by storages created on this thread.
+// The binding reports the changes to V8 so the garbage collector sees native
+// pressure; thread-local because each worker thread has its own JS heap.
+int64_t live_bytes_this_thread();
+
+struct Tensor {
+  std::shared_ptr<Storage> storage;
+  Shape shape;
+  DType dtype = DType::F32;
+
+  int64_t numel() const { return shape_numel(shape); }
+  int64_t dim() const { return static_cast<int64_t>(shape.size()); }
+  Device device() const { return storage->device(); }
+  void* raw() const { return storage->data(); }
+  template <typename T>
+  T* data() const {
+    return static_cast<T*>(storage->data());
+  }
+  // Same storage, new shape (numel must match).
+  Tensor view(const Shape& s) const;
+};
+
+Tensor empty(const Shape& shape, DType dtype, Device dev);
+
+}  // namespace lc

@@ -1,0 +1,123 @@
+// Both CPU matrix-product paths: the CBLAS loaded at run time and the built-in
+// blocked kernel (forced with LORA_CUDA_BLAS=builtin), checked against a
+// float64 reference on odd sizes, transposes and batches.
+import { spawnSync } from 'child_process';
+import * as path from 'path';
+import { backendInfo } from '../lib';
+
+interface Case {
+  dtype: 'float32' | 'float64';
+  aShape: number[];
+  bShape: number[];
+  transA: boolean;
+  transB: boolean;
+  a: number[];
+  b: number[];
+}
+
+let seed = 12345;
+function rnd(): number {
+  // xorshift: deterministic inputs shared by parent and child
+  seed ^= seed << 13;
+  seed ^= seed >>> 17;
+  seed ^= seed << 5;
+  return ((seed >>> 0) / 4294967296) * 2 - 1;
+}
+
+function makeCase(dtype: Case['dtype'], batch: [number, number], m: number, n: number, k: number, transA: boolean, transB: boolean): Case {
+  const aShape = [batch[0], transA ? k : m, transA ? m : k];
+  const bShape = [batch[1], transB ? n : k, transB ? k : n];
+  const fill = (s: number[]) => Array.from({ length: s[0] * s[1] * s[2] }, rnd);
+  return { dtype, aShape, bShape, transA, transB, a: fill(aShape), b: fill(bShape) };
+}
+
+function reference(c: Case): Float64Array {
+  const [ba, ra, ca] = c.aShape;
+  const [bb, rb, cb] = c.bShape;
+  const m = c.transA ? ca : ra;
+  const k = c.transA ? ra : ca;
+  const n = c.transB ? rb : cb;
+  const batch = Math.max(ba, bb);
+  const out = new Float64Array(batch * m * n);
+  for (let t = 0; t < batch; t++) {
+    const ao = (ba === 1 ? 0 : t) * ra * ca;
+    const bo = (bb === 1 ? 0 : t) * rb * cb;
+    for (let i = 0; i < m; i++) {
+      for (let j = 0; j < n; j++) {
+        let s = 0;
+        for (let p = 0; p < k; p++) {
+          const av = c.transA ? c.a[ao + p * ca + i] : c.a[ao + i * ca + p];
+          const bv = c.transB ? c.b[bo + j * cb + p] : c.b[bo + p * cb + j];
+          s += av * bv;
+        }
+        out[(t * m + i) * n + j] = s;
+      }
+    }
+  }
+  return out;
+}
+
+const cases: Case[] = [];
+for (const dtype of ['float32', 'float64'] as const) {
+  for (const [m, n, k] of [[1, 1, 1], [3, 17, 5], [17, 3, 1000], [64, 65, 33], [130, 70, 257], [1, 200, 16], [200, 1, 16]]) {
+    for (const [tA, tB] of [[false, false], [true, false], [false, true], [true, true]] as const) {
+      cases.push(makeCase(dtype, [1, 1], m, n, k, tA, tB));
+    }
+  }
+  cases.push(makeCase(dtype, [3, 3], 9, 5, 7, false, false));
+  cases.push(makeCase(dtype, [4, 1], 6, 11, 13, false, true)); // B broadcast over the batch
+  cases.push(makeCase(dtype, [1, 2], 5, 4, 3, true, false)); // A broadcast over the batch
+}
+
+function runChild(env: NodeJS.ProcessEnv): { info: ReturnType<typeof backendInfo>; results: number[][] } {
+  const script = path.join(__dirname, 'helpers', 'blas-child.js');
+  const r = spawnSync(process.execPath, [script], { env, input: JSON.stringify(cases), encoding: 'utf8', maxBuffer: 64 << 20 });
+  if (r.status !== 0) throw new Error(`child failed (${r.status ?? r.error}): ${r.stderr}`);
+  return JSON.parse(r.stdout);
+}
+
+function relError(got: ArrayLike<number>, ref: Float64Array): number {
+  let num = 0;
+  let den = 0;
+  expect(got.length).toBe(ref.length);
+  for (let i = 0; i < ref.length; i++) {
+    num += (got[i] - ref[i]) ** 2;
+    den += ref[i] ** 2;
+  }
+  return Math.sqrt(num / Math.max(den, 1e-300));
+}
+
+describe.each([
+  ['the CBLAS found at run time (or the built-in kernel when none is)', {}],
+  ['the built-in kernel (LORA_CUDA_BLAS=builtin)', { LORA_CUDA_BLAS: 'builtin' }],
+])('matrix products through %s', (_label, extra) => {
+  const env = { ...process.env, ...extra } as NodeJS.ProcessEnv;
+  if (!('LORA_CUDA_BLAS' in extra)) delete env.LORA_CUDA_BLAS;
+  const child = runChild(env);
+
+  test('reports which path it took', () => {
+    if ('LORA_CUDA_BLAS' in extra) {
+      expect(child.info.cpu.blas).toBe('builtin');
+      expect(child.info.cpu.blasReason).toMatch(/LORA_CUDA_BLAS=builtin/);
+    } else {
+      expect(['openblas', 'cblas', 'builtin']).toContain(child.info.cpu.blas);
+      // CI installs OpenBLAS and says so, so a missing library cannot pass silently.
+      if (process.env.LORA_CUDA_EXPECT_BLAS) expect(child.info.cpu.blas).toBe(process.env.LORA_CUDA_EXPECT_BLAS);
+    }
+    expect(child.info.cpu.threads).toBeGreaterThanOrEqual(1);
+  });
+
+  test.each(cases.map((c, i) => [i, `${c.dtype} A${JSON.stringify(c.aShape)}${c.transA ? 'ᵀ' : ''} B${JSON.stringify(c.bShape)}${c.transB ? 'ᵀ' : ''}`] as const))(
+    'case %i: %s', (i) => {
+      const c = cases[i];
+      const err = relError(child.results[i], reference(c));
+      expect(err).toBeLessThan(c.dtype === 'float64' ? 1e-13 : 2e-6);
+    });
+});
+
+test('a library named by LORA_CUDA_BLAS that cannot be loaded falls back to the built-in kernel with the reason', () => {
+  const env = { ...process.env, LORA_CUDA_BLAS: '/nonexistent/libnothing.so' };
+  const child = runChild(env);
+  expect(child.info.cpu.blas).toBe('builtin');
+  expect(child.info.cpu.blasReason).toMatch(/libnothing\.so/);
+});
