@@ -6,4 +6,6 @@ module.exports = {
   testMatch: ['**/*.test.ts'],
   transform: { '^.+\\.ts$': ['ts-jest', { tsconfig: 'tsconfig.test.json' }] },
   testTimeout: 60000,
+  // Examples import the package by name, as users do.
+  moduleNameMapper: { '^lora-cuda$': '<rootDir>/lib' },
 };

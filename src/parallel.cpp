@@ -18,8 +18,8 @@ namespace {
 // parallel_for calls run serially instead of deadlocking on the pool.
 thread_local bool t_in_parallel = false;
 
-// Set once the pool's destructor has run: a parallel_for issued later during
-// static destruction must not touch the dead object.
+// Set once the pool is being torn down at exit: a parallel_for issued later
+// during static destruction runs serially instead of touching it.
 std::atomic<bool> g_pool_dead{false};
 
 int read_num_threads() {
@@ -65,21 +65,20 @@ class Pool {
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
 
-  ~Pool() {
+  // Stops and joins the workers unless a job is in flight (exit() called from
+  // a chunk, or while another thread runs one): joining or destroying the
+  // condition variables then would hang, so the caller leaks the pool instead.
+  bool try_shutdown() {
+    if (!run_mu_.try_lock()) return false;
     {
       std::lock_guard<std::mutex> lk(mu_);
       stop_ = true;
     }
     work_cv_.notify_all();
-    // exit() may be called from inside a chunk on a worker: it cannot join itself.
-    for (auto& t : workers_) {
-      if (!t.joinable()) continue;
-      if (t.get_id() == std::this_thread::get_id())
-        t.detach();
-      else
-        t.join();
-    }
-    g_pool_dead.store(true);
+    for (auto& t : workers_)
+      if (t.joinable()) t.join();
+    run_mu_.unlock();
+    return true;
   }
 
   void run(Job& job) {
@@ -147,11 +146,20 @@ class Pool {
   bool stop_ = false;
 };
 
+// Function-local static so the pool is built on first use and its workers are
+// stopped and joined at process exit.
+struct PoolHolder {
+  Pool* p = new Pool;
+  ~PoolHolder() {
+    g_pool_dead.store(true);
+    // Workers and callers mid-job have t_in_parallel set.
+    if (!t_in_parallel && p->try_shutdown()) delete p;
+  }
+};
+
 Pool& pool() {
-  // Function-local so it is built on first use and destroyed (workers joined)
-  // at process exit.
-  static Pool p;
-  return p;
+  static PoolHolder h;
+  return *h.p;
 }
 
 }  // namespace

@@ -266,7 +266,7 @@ int64_t split_at(int64_t i, int64_t parts, int64_t tiles, int64_t tile, int64_t 
 
 // Below this many multiply-adds per thread, waking another thread costs more
 // than it saves.
-constexpr double kMinWorkPerThread = double(1 << 18);
+constexpr double kMinWorkPerThread = double(1 << 20);
 
 template <typename T, int W>
 void gemm_threaded(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
