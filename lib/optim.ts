@@ -61,7 +61,12 @@ export class Adam {
     }
     const list = [...(params as Iterable<unknown>)];
     if (list.length === 0) throw new RangeError(`${where}: params is empty (nothing to optimise; did injectLora select any layer?)`);
-    const groups = list.every((p) => p instanceof Tensor) ? [{ params: list as Tensor[] }] : (list as ParamGroupInput[]);
+    const flat = list.some((p) => p instanceof Tensor);
+    if (flat) {
+      const bad = list.findIndex((p) => !(p instanceof Tensor));
+      if (bad >= 0) throw typeError(where, `params[${bad}]`, 'a Tensor (a list of tensors, or of parameter groups, not both)', list[bad]);
+    }
+    const groups = flat ? [{ params: list as Tensor[] }] : (list as ParamGroupInput[]);
     const seen = new Set<Tensor>();
     groups.forEach((g, gi) => {
       if (g === null || typeof g !== 'object' || g instanceof Tensor || !('params' in g)) {
@@ -72,7 +77,7 @@ export class Adam {
       const group = this.resolve(where, `params[${gi}]`, rest as Record<string, unknown>, defaults);
       const tensors = [...(ps as Iterable<unknown>)];
       tensors.forEach((p, i) => {
-        const what = groups.length > 1 || list[0] !== g ? `params[${gi}].params[${i}]` : `params[${i}]`;
+        const what = flat ? `params[${i}]` : `params[${gi}].params[${i}]`;
         assertTensor(where, what, p);
         p._live(where);
         if (p.dtype === 'int32') throw rangeError(where, `${what}.dtype`, 'float32 or float64', p.dtype);

@@ -235,6 +235,7 @@ export class Tensor {
   /** Fills with value in place, outside autograd. */
   fill_(value: number): this {
     checkNumberOrNaN('Tensor.fill_', 'value', value);
+    this._live('Tensor.fill_');
     const tmp = native.full(this._shape as number[], DTYPE_CODE[this._dtype], this._device.type, this._device.index, value);
     native.copy_(this._live('Tensor.fill_'), tmp);
     native.dispose(tmp);
@@ -261,6 +262,7 @@ export class Tensor {
    */
   to(target: DeviceSpec | DType): Tensor {
     const where = 'Tensor.to';
+    this._live(where);
     let dev = this._device;
     let dtype = this._dtype;
     if (typeof target === 'string' && (DTYPES as readonly string[]).includes(target)) {
@@ -444,7 +446,7 @@ export class Tensor {
 
   /** Matrix product with torch.matmul's rules (1-D, 2-D and broadcast batches). */
   matmul(other: Tensor): Tensor {
-    return matmul(this, other);
+    return matmul('Tensor.matmul', this, other);
   }
 }
 
@@ -501,6 +503,8 @@ function normalizeDims(where: string, dim: unknown, ndim: number): number[] {
 export function checkShape(where: string, what: string, shape: unknown): number[] {
   if (!Array.isArray(shape)) throw typeError(where, what, 'an array of non-negative integers', shape);
   shape.forEach((d, i) => checkInt(where, `${what}[${i}]`, d));
+  const numel = shape.reduce((a: number, b: number) => a * b, 1);
+  if (numel > Number.MAX_SAFE_INTEGER) throw rangeError(where, what, 'a shape with at most 2^53 - 1 elements', shape);
   return shape.slice();
 }
 
@@ -796,13 +800,12 @@ function unaryOp(where: string, x: Tensor, op: Un): Tensor {
   return record(out, name, [x], (g) => [g._make(native.unaryBackward(op, x._h, g._h), x.shape)], [x]);
 }
 
-function matmul(a: Tensor, b: Tensor): Tensor {
-  const where = 'matmul';
-  assertTensor(where, 'a', a);
-  assertTensor(where, 'b', b);
-  requireFloat(where, a, 'a');
-  requireFloat(where, b, 'b');
-  requireSame(where, a, 'a', b, 'b');
+function matmul(where: string, a: Tensor, b: Tensor): Tensor {
+  assertTensor(where, 'this', a);
+  assertTensor(where, 'other', b);
+  requireFloat(where, a, 'this');
+  requireFloat(where, b, 'other');
+  requireSame(where, a, 'this', b, 'other');
   if (a.ndim === 0 || b.ndim === 0) throw rangeError(where, 'both operands', 'at least 1-D', a.ndim === 0 ? a : b);
   // Promote 1-D operands as torch does, and drop the added dim at the end.
   const a2 = a.ndim === 1 ? [1, a.shape[0]] : a.shape.slice();
@@ -976,17 +979,20 @@ export function tensor(data: TensorData, opts?: TensorDataOptions): Tensor {
 
 /** A tensor filled with `value`. */
 export function full(shape: readonly number[], value: number, opts?: TensorOptions): Tensor {
-  const where = 'full';
+  return filled('full', shape, value, opts);
+}
+
+function filled(where: string, shape: readonly number[], value: number, opts?: TensorOptions): Tensor {
   const s = checkShape(where, 'shape', shape);
   checkNumberOrNaN(where, 'value', value);
   const { dtype, device, requiresGrad } = readOptions(where, opts);
   return finish(new Tensor(native.full(s, DTYPE_CODE[dtype], device.type, device.index, value), s, dtype, device), requiresGrad);
 }
 export function zeros(shape: readonly number[], opts?: TensorOptions): Tensor {
-  return full(shape, 0, opts);
+  return filled('zeros', shape, 0, opts);
 }
 export function ones(shape: readonly number[], opts?: TensorOptions): Tensor {
-  return full(shape, 1, opts);
+  return filled('ones', shape, 1, opts);
 }
 
 function randomTensor(where: string, shape: readonly number[], opts: unknown, kind: 0 | 1, a: number, b: number, extra: string[]): Tensor {

@@ -1,5 +1,6 @@
 #include "tensor.h"
 
+#include <climits>
 #include <sstream>
 
 #include "backend.h"
@@ -28,7 +29,11 @@ std::string Device::str() const {
 
 int64_t shape_numel(const Shape& s) {
   int64_t n = 1;
-  for (int64_t d : s) n *= d;
+  for (int64_t d : s) {
+    LC_CHECK(d >= 0, "negative dimension in shape " + shape_str(s));
+    LC_CHECK(d == 0 || n <= INT64_MAX / d, "shape " + shape_str(s) + " has too many elements");
+    n *= d;
+  }
   return n;
 }
 
@@ -73,6 +78,8 @@ Tensor Tensor::view(const Shape& s) const {
 Tensor empty(const Shape& shape, DType dtype, Device dev) {
   for (int64_t d : shape) LC_CHECK(d >= 0, "negative dimension in shape " + shape_str(shape));
   int64_t n = shape_numel(shape);
+  LC_CHECK(static_cast<uint64_t>(n) <= SIZE_MAX / dtype_size(dtype),
+           "shape " + shape_str(shape) + " is too large to allocate");
   return Tensor{std::make_shared<Storage>(dev, static_cast<size_t>(n) * dtype_size(dtype)), shape,
                 dtype};
 }

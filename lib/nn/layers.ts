@@ -1,10 +1,9 @@
 // Standard layers: Linear, containers and activations.
-import { Tensor, rand, DType } from '../tensor';
+import { Tensor, rand, DType, requireSame } from '../tensor';
 import { DeviceSpec } from '../device';
 import { Module } from './module';
 import * as F from './functional';
 import { checkBool, checkInt, checkOneOf, checkOptions, checkKnownKeys, typeError, rangeError } from '../errors';
-import { noGrad } from '../autograd';
 
 export interface LinearOptions {
   bias?: boolean;
@@ -33,13 +32,14 @@ export class Linear extends Module {
     this.outFeatures = outFeatures;
     // kaiming_uniform_(a = sqrt(5)) reduces to U(-1/sqrt(in), 1/sqrt(in)); the bias uses the same bound.
     const bound = inFeatures > 0 ? 1 / Math.sqrt(inFeatures) : 0;
-    this.weight = noGrad(() => rand([outFeatures, inFeatures], { low: -bound, high: bound, dtype, device })).requiresGrad_(true);
+    this.weight = rand([outFeatures, inFeatures], { low: -bound, high: bound, dtype, device }).requiresGrad_(true);
     this.bias = bias ? rand([outFeatures], { low: -bound, high: bound, dtype, device }).requiresGrad_(true) : null;
   }
 
   forward(x: Tensor): Tensor {
     if (!(x instanceof Tensor)) throw typeError('Linear.forward', 'x', 'a Tensor', x);
     F.checkLinearInput('Linear.forward', x, this.inFeatures);
+    requireSame('Linear.forward', x, 'x', this.weight, 'weight');
     return F.linear(x, this.weight, this.bias);
   }
 
@@ -59,7 +59,9 @@ export class Sequential extends Module {
   }
 
   get length(): number {
-    return [...this.children()].length;
+    let n = 0;
+    while ((this as unknown as Record<string, unknown>)[String(n)] instanceof Module) n++;
+    return n;
   }
 
   at(i: number): Module {
@@ -70,8 +72,9 @@ export class Sequential extends Module {
   }
 
   forward(x: unknown): unknown {
+    // By index, not children(): the same module may appear twice and runs twice.
     let cur = x;
-    for (const m of this.children()) cur = m.forward(cur);
+    for (let i = 0, n = this.length; i < n; i++) cur = this.at(i).forward(cur);
     return cur;
   }
 }
@@ -102,7 +105,7 @@ export class ModuleList extends Module {
   }
 
   *[Symbol.iterator](): Iterator<Module> {
-    yield* this.children();
+    for (let i = 0, n = this.length; i < n; i++) yield this.at(i);
   }
 
   forward(): never {

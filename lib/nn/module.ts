@@ -57,12 +57,12 @@ export abstract class Module {
    * parameter or buffer of this module and (with recurse) its descendants;
    * a tensor reachable under two names is listed once, at its first name.
    */
-  private *namedMembers(kind: 'parameter' | 'buffer', prefix: string, recurse: boolean): Generator<[string, Tensor]> {
+  private *namedMembers(kind: 'parameter' | 'buffer', prefix: string, recurse: boolean, dedup = true): Generator<[string, Tensor]> {
     const seen = new Set<Tensor>();
     const modules: Iterable<[string, Module]> = recurse ? this.namedModules(prefix) : [[prefix, this]];
     for (const [modName, mod] of modules) {
       for (const [name, t] of mod.ownMembers(kind)) {
-        if (seen.has(t as Tensor)) continue;
+        if (dedup && seen.has(t as Tensor)) continue;
         seen.add(t as Tensor);
         yield [modName ? `${modName}.${name}` : name, t as Tensor];
       }
@@ -145,7 +145,13 @@ export abstract class Module {
     const parts = path.split('.');
     const last = parts.pop() as string;
     if (last.startsWith('_')) throw rangeError(where, 'path', "a name whose parts do not start with '_'", path);
-    const parent = this.getSubmodule(parts.join('.'));
+    let parent: Module;
+    try {
+      parent = this.getSubmodule(parts.join('.'));
+    } catch (e) {
+      const why = (e as Error).message.replace(/^Module\.getSubmodule: /, '').replace(/ \(path '.*'\)$/, '');
+      throw new RangeError(`${where}: cannot set '${path}': ${why}`);
+    }
     const existing = (parent as unknown as Record<string, unknown>)[last];
     if (existing !== undefined && !(existing instanceof Module)) {
       throw new TypeError(`${where}: '${path}' holds ${existing instanceof Tensor ? 'a tensor' : 'a non-module value'}, not a module`);
@@ -155,12 +161,20 @@ export abstract class Module {
 
   // ---------------------------------------------------------- state dicts
 
-  /** Parameters and buffers by dotted name (the tensors themselves, detached views). */
+  /**
+   * Parameters and buffers by dotted name, as detached views of the data. A
+   * tensor shared by two modules (tied weights) appears under both names, as
+   * in torch.
+   */
   stateDict(): StateDict {
     const out: StateDict = {};
-    for (const [name, p] of this.namedParameters()) out[name] = p.detach();
-    for (const [name, b] of this.namedBuffers()) out[name] = b.detach();
+    for (const [name, t] of this.stateEntries()) out[name] = t.detach();
     return out;
+  }
+
+  private *stateEntries(): Generator<[string, Tensor]> {
+    yield* this.namedMembers('parameter', '', true, false);
+    yield* this.namedMembers('buffer', '', true, false);
   }
 
   /**
@@ -176,7 +190,7 @@ export abstract class Module {
     const o = checkOptions(where, options);
     checkKnownKeys(where, o, ['strict']);
     const strict = o.strict === undefined ? true : checkBool(where, 'options.strict', o.strict);
-    const own = new Map<string, Tensor>([...this.namedParameters(), ...this.namedBuffers()]);
+    const own = new Map<string, Tensor>(this.stateEntries());
     const missingKeys = [...own.keys()].filter((k) => !(k in stateDict));
     const unexpectedKeys = Object.keys(stateDict).filter((k) => !own.has(k));
     const problems: string[] = [];
@@ -215,6 +229,7 @@ export abstract class Module {
 
   /** Clears parameter gradients (to null, freeing them; or to zeros with setToNone false). */
   zeroGrad(setToNone = true): void {
+    checkBool('Module.zeroGrad', 'setToNone', setToNone);
     for (const p of this.parameters()) {
       if (!p.grad) continue;
       if (setToNone) {
@@ -262,7 +277,7 @@ export abstract class Module {
     const lines = [`${this.constructor.name}${this.extraRepr() ? `(${this.extraRepr()})` : ''}`];
     const kids = [...this.namedChildren()];
     if (kids.length) {
-      lines[0] = `${this.constructor.name}(`;
+      lines[0] = `${this.constructor.name}(${this.extraRepr() ? `${this.extraRepr()}, ` : ''}`;
       for (const [name, child] of kids) {
         const sub = child.toString().split('\n').join('\n  ');
         lines.push(`  (${name}): ${sub}`);

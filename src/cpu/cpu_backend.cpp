@@ -13,6 +13,7 @@
 #include "../parallel.h"
 #include "../philox.h"
 #include "blas.h"
+#include "gemm.h"
 
 namespace lc {
 namespace {
@@ -35,6 +36,26 @@ inline void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, float alpha,
 inline void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
                  int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
   gemm_f64(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+inline void low_rank_rows(float* C, int64_t M, int64_t N, int64_t r, float alpha, const float* U,
+                          const float* V, const float* init, bool acc, double p, uint64_t seed,
+                          uint64_t offset) {
+  low_rank_rows_f32(C, M, N, r, alpha, U, V, init, acc, p, seed, offset);
+}
+inline void low_rank_rows(double* C, int64_t M, int64_t N, int64_t r, double alpha, const double* U,
+                          const double* V, const double* init, bool acc, double p, uint64_t seed,
+                          uint64_t offset) {
+  low_rank_rows_f64(C, M, N, r, alpha, U, V, init, acc, p, seed, offset);
+}
+
+// out [cols, rows] = in [rows, cols]^T, for the small adapter matrices.
+template <typename T>
+std::vector<T> transposed(const T* in, int64_t rows, int64_t cols) {
+  std::vector<T> out(static_cast<size_t>(rows * cols));
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) out[j * rows + i] = in[i * cols + j];
+  return out;
 }
 
 template <typename Fn>
@@ -499,10 +520,7 @@ class CpuBackend final : public Backend {
       using T = decltype(z);
       int64_t M = x.shape[0], K = x.shape[1], N = W.shape[0], r = A.shape[0];
       T* py = y.data<T>();
-      // Frozen path: y = b; y += x W^T.
-      if (b) broadcast_rows(py, b->data<T>(), M, N);
-      lc::gemm(false, true, M, N, K, T(1), x.data<T>(), K, W.data<T>(), K, b ? T(1) : T(0), py, N);
-      // Adapter: h = drop(x) A^T, then y += scale * h B^T (accumulated, no extra pass).
+      // h = drop(x) A^T  [M, r]
       const T* xd = x.data<T>();
       std::vector<T> tmp;
       if (p > 0) {
@@ -511,7 +529,12 @@ class CpuBackend final : public Backend {
         xd = tmp.data();
       }
       lc::gemm(false, true, M, r, K, T(1), xd, K, A.data<T>(), K, T(0), h.data<T>(), r);
-      lc::gemm(false, true, M, N, r, static_cast<T>(scale), h.data<T>(), r, B.data<T>(), r, T(1), py, N);
+      // y = b + scale * h B^T in one pass, then the frozen GEMM accumulates
+      // x W^T on top (beta = 1): no separate bias or adapter pass over y.
+      std::vector<T> Bt = transposed(B.data<T>(), N, r);
+      low_rank_rows(py, M, N, r, static_cast<T>(scale), h.data<T>(), Bt.data(),
+                    b ? b->data<T>() : nullptr, false, 0.0, 0, 0);
+      lc::gemm(false, true, M, N, K, T(1), x.data<T>(), K, W.data<T>(), K, T(1), py, N);
     });
   }
 
@@ -524,18 +547,18 @@ class CpuBackend final : public Backend {
       int64_t M = x.shape[0], K = x.shape[1], N = W.shape[0], r = A.shape[0];
       const T* g = dy.data<T>();
       T sc = static_cast<T>(scale);
-      // dB = scale * dy^T h  [N, r]
+      // dB = scale * dy^T h  [N, r] (set)
       if (dB) lc::gemm(true, false, N, r, M, sc, g, N, h.data<T>(), r, T(0), dB->data<T>(), r);
       std::vector<T> dh;
       if (dA || dx) {
-        // dh = scale * dy B  [M, r]: the gradient reaching the adapter's bottleneck.
+        // dh = scale * dy B  [M, r]: the gradient at the adapter's bottleneck.
         dh.resize(static_cast<size_t>(M * r));
         lc::gemm(false, false, M, r, N, sc, g, N, B.data<T>(), r, T(0), dh.data(), r);
       }
-      std::vector<T> xd_buf;
       if (dA) {
-        // dA = dh^T drop(x)  [r, K]; the mask is regenerated, not stored.
+        // dA = dh^T drop(x)  [r, K] (set); the mask is regenerated, not stored.
         const T* xd = x.data<T>();
+        std::vector<T> xd_buf;
         if (p > 0) {
           xd_buf.resize(static_cast<size_t>(M * K));
           apply_dropout(x.data<T>(), xd_buf.data(), M * K, p, seed, offset);
@@ -544,19 +567,11 @@ class CpuBackend final : public Backend {
         lc::gemm(true, false, r, K, M, T(1), dh.data(), r, xd, K, T(0), dA->data<T>(), K);
       }
       if (dx) {
+        // dx = drop'(dh A) (set, mask applied in the same pass), then the
+        // frozen path dy W accumulates on top (beta = 1).
         T* pdx = dx->data<T>();
-        // dx = dy W + drop'(dh A): the frozen path first, then the adapter path.
-        lc::gemm(false, false, M, K, N, T(1), g, N, W.data<T>(), K, T(0), pdx, K);
-        if (p > 0) {
-          std::vector<T> t(static_cast<size_t>(M * K));
-          lc::gemm(false, false, M, K, r, T(1), dh.data(), r, A.data<T>(), K, T(0), t.data(), K);
-          apply_dropout(t.data(), t.data(), M * K, p, seed, offset);
-          par(M * K, [&](int64_t s, int64_t e) {
-            for (int64_t i = s; i < e; ++i) pdx[i] += t[i];
-          });
-        } else {
-          lc::gemm(false, false, M, K, r, T(1), dh.data(), r, A.data<T>(), K, T(1), pdx, K);
-        }
+        low_rank_rows(pdx, M, K, r, T(1), dh.data(), A.data<T>(), nullptr, false, p, seed, offset);
+        lc::gemm(false, false, M, K, N, T(1), g, N, W.data<T>(), K, T(1), pdx, K);
       }
       if (dW) lc::gemm(true, false, N, K, M, T(1), g, N, x.data<T>(), K, T(0), dW->data<T>(), K);
       if (db) column_sums(g, M, N, db->data<T>());

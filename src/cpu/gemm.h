@@ -19,3 +19,22 @@ void builtin_dgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, do
                    double* C, int64_t ldc);
 
 }  // namespace lc
+
+namespace lc {
+
+// The adapter's rank-r product, row by row: for each row i of C [M, N]
+// (row stride N),
+//   C[i, :] = base + alpha * keep(i, :) * (U[i, :] V)
+// with U [M, r], V [r, N] row-major, base = C[i, :] when `accumulate`, else
+// `row_init` [N] (a bias) or 0, and keep() the dropout mask scaled by
+// 1/(1-p) when p > 0 (drawn from (seed, offset) like every other mask).
+// A GEMM with K = r is a poor fit for BLAS (it streams C through a kernel
+// built for large K); this is one pass over C with each row kept in L1.
+void low_rank_rows_f32(float* C, int64_t M, int64_t N, int64_t r, float alpha, const float* U,
+                       const float* V, const float* row_init, bool accumulate, double p,
+                       uint64_t seed, uint64_t offset);
+void low_rank_rows_f64(double* C, int64_t M, int64_t N, int64_t r, double alpha, const double* U,
+                       const double* V, const double* row_init, bool accumulate, double p,
+                       uint64_t seed, uint64_t offset);
+
+}  // namespace lc
