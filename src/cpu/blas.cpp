@@ -87,13 +87,11 @@ void gemm_impl(Fn lib, Builtin builtin, bool tA, bool tB, int64_t M, int64_t N, 
       for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
     return;
   }
-  // Panel-shaped products (one dimension at most kPanel, like the adapter's
-  // rank-r GEMMs) go to the built-in kernel: OpenBLAS's threading handles
-  // them several times slower (see bench/NOTES.md).
-  constexpr int64_t kPanel = 64;
-  bool panel = M <= kPanel || N <= kPanel || K <= kPanel;
-  if (lib && !panel && fits_int(M) && fits_int(N) && fits_int(K) && fits_int(lda) &&
-      fits_int(ldb) && fits_int(ldc)) {
+  // Every product goes to one library: mixing OpenBLAS's threads (which
+  // spin after each call) with our pool inside one op costs more than the
+  // built-in kernel saves on the adapter's thin products (bench/NOTES.md).
+  if (lib && fits_int(M) && fits_int(N) && fits_int(K) && fits_int(lda) && fits_int(ldb) &&
+      fits_int(ldc)) {
     lib(kRowMajor, tA ? kTrans : kNoTrans, tB ? kTrans : kNoTrans, int(M), int(N), int(K), alpha, A,
         int(lda), B, int(ldb), beta, C, int(ldc));
     return;

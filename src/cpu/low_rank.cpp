@@ -4,6 +4,7 @@
 
 #include "../parallel.h"
 #include "../philox.h"
+#include "blas.h"
 #include "gemm.h"
 
 namespace lc {
@@ -78,7 +79,9 @@ void low_rank_rows(T* C, int64_t M, int64_t N, int64_t r, T alpha, const T* U, c
   };
   // Enough rows per chunk to amortise a thread hand-off (~64K multiply-adds).
   int64_t grain = std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, N * std::max<int64_t>(r, 1)));
-  if (M * N * std::max<int64_t>(r, 1) < (1 << 17)) body(0, M);
+  // With an external BLAS, stay on the calling thread: its worker threads
+  // spin for a while after each call and would fight our pool for the cores.
+  if (M * N * std::max<int64_t>(r, 1) < (1 << 17) || blas_info().name != "builtin") body(0, M);
   else parallel_for(M, grain, body);
 }
 
