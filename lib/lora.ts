@@ -7,7 +7,7 @@ import { Tensor, randn, rand, zeros, record, requireSame } from './tensor';
 import { GradFn, noGrad } from './autograd';
 import { Module } from './nn/module';
 import { Linear } from './nn/layers';
-import { checkLinearInput } from './nn/functional';
+import { checkLinearInput } from './nn/checks';
 import { nextRandomKey } from './random';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, checkKnownKeys, rangeError, typeError, describe } from './errors';
 

@@ -1,7 +1,7 @@
 // Adam and AdamW, numerically matching torch.optim.Adam / AdamW. The update of
 // every parameter in a group runs in one native call (a multi-tensor step).
 import { native, NativeTensor } from './native';
-import { Tensor, assertTensor } from './tensor';
+import { Tensor, assertTensor, clearGrads } from './tensor';
 import { checkBool, checkNumber, checkPositive, checkOptions, checkKnownKeys, rangeError, typeError } from './errors';
 
 export interface AdamOptions {
@@ -151,17 +151,7 @@ export class Adam {
   /** Clears the gradients of every parameter (to null by default, like torch). */
   zeroGrad(setToNone = true): void {
     checkBool(`${this.name}.zeroGrad`, 'setToNone', setToNone);
-    for (const g of this.paramGroups) {
-      for (const p of g.params) {
-        if (!p.grad) continue;
-        if (setToNone) {
-          p.grad.dispose();
-          p.grad = null;
-        } else {
-          p.grad.zero_();
-        }
-      }
-    }
+    for (const g of this.paramGroups) clearGrads(g.params, setToNone);
   }
 }
 

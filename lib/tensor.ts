@@ -454,6 +454,19 @@ export type NestedList = (number | NestedList)[];
 
 // ===================================================================== helpers
 
+/** @internal Clears .grad of each tensor: to null (freeing it) or to zeros in place. */
+export function clearGrads(tensors: Iterable<Tensor>, setToNone: boolean): void {
+  for (const p of tensors) {
+    if (!p.grad) continue;
+    if (setToNone) {
+      p.grad.dispose();
+      p.grad = null;
+    } else {
+      p.grad.zero_();
+    }
+  }
+}
+
 function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
 }

@@ -1,21 +1,12 @@
 // Functional forms of the layers and losses (the `F` namespace).
 import { native } from '../native';
-import { Tensor, assertTensor, record, requireFloat, requireSame, tensor, viewOf, dtypeCode } from '../tensor';
+import { Tensor, assertTensor, record, requireFloat, requireSame, tensor, viewOf } from '../tensor';
+import { checkLinearInput } from './checks';
 import { GradFn } from '../autograd';
 import { checkInt, checkNumber, checkOneOf, checkOptions, checkKnownKeys, rangeError, typeError } from '../errors';
 
 export type Reduction = 'mean' | 'sum' | 'none';
 const REDUCTIONS: readonly Reduction[] = ['mean', 'sum', 'none'];
-
-/** @internal Validates x [..., inFeatures] against a weight [out, in]; returns M (rows). */
-export function checkLinearInput(where: string, x: unknown, inFeatures: number, what = 'inFeatures'): number {
-  assertTensor(where, 'x', x);
-  requireFloat(where, x, 'x');
-  if (x.ndim < 1) throw rangeError(where, 'x', 'a tensor with at least 1 dim [..., in]', x);
-  const last = x.shape[x.ndim - 1];
-  if (last !== inFeatures) throw rangeError(where, 'x.shape[-1]', `${inFeatures} (${what})`, last);
-  return x.numel / inFeatures;
-}
 
 /** y = x W^T + b for x [..., in], weight [out, in], bias [out]. */
 export function linear(x: Tensor, weight: Tensor, bias: Tensor | null = null): Tensor {
@@ -168,4 +159,3 @@ export function crossEntropy(input: Tensor, target: Tensor | ArrayLike<number> |
   }, [input], release);
 }
 
-export { dtypeCode };

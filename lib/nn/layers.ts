@@ -3,6 +3,7 @@ import { Tensor, rand, DType, requireSame } from '../tensor';
 import { DeviceSpec } from '../device';
 import { Module } from './module';
 import * as F from './functional';
+import { checkLinearInput } from './checks';
 import { checkBool, checkInt, checkOneOf, checkOptions, checkKnownKeys, typeError, rangeError } from '../errors';
 
 export interface LinearOptions {
@@ -38,7 +39,7 @@ export class Linear extends Module {
 
   forward(x: Tensor): Tensor {
     if (!(x instanceof Tensor)) throw typeError('Linear.forward', 'x', 'a Tensor', x);
-    F.checkLinearInput('Linear.forward', x, this.inFeatures);
+    checkLinearInput('Linear.forward', x, this.inFeatures);
     requireSame('Linear.forward', x, 'x', this.weight, 'weight');
     return F.linear(x, this.weight, this.bias);
   }

@@ -4,7 +4,7 @@
 // registered as a buffer); properties whose names start with '_' are private
 // and never discovered. Every traversal is built on one generator,
 // namedMembers(), so names and order agree everywhere.
-import { Tensor, assertTensor } from '../tensor';
+import { Tensor, assertTensor, clearGrads } from '../tensor';
 import { DeviceSpec, parseDevice } from '../device';
 import { checkBool, checkOptions, checkKnownKeys, rangeError, typeError } from '../errors';
 import { noGrad } from '../autograd';
@@ -230,15 +230,7 @@ export abstract class Module {
   /** Clears parameter gradients (to null, freeing them; or to zeros with setToNone false). */
   zeroGrad(setToNone = true): void {
     checkBool('Module.zeroGrad', 'setToNone', setToNone);
-    for (const p of this.parameters()) {
-      if (!p.grad) continue;
-      if (setToNone) {
-        p.grad.dispose();
-        p.grad = null;
-      } else {
-        p.grad.zero_();
-      }
-    }
+    clearGrads(this.parameters(), setToNone);
   }
 
   /** Sets requiresGrad on every parameter; returns this. */

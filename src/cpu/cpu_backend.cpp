@@ -379,47 +379,17 @@ class CpuBackend final : public Backend {
   }
 
   void expand(const Tensor& x, const Tensor& out) override {
-    auto run = [&](auto z) {
-      using T = decltype(z);
-      const T* px = x.data<T>();
-      T* po = out.data<T>();
-      const std::vector<int64_t> st[1] = {bcast_strides(x.shape, out.shape)};
-      for_each_bcast<1>(out.shape, st, [&](int64_t base, int64_t len, const int64_t* off,
-                                           const int64_t* ist) {
-        if (!ist) {
-          po[base] = px[off[0]];
-          return;
-        }
-        for (int64_t i = 0; i < len; ++i) po[base + i] = px[off[0] + i * ist[0]];
-      });
-    };
-    if (out.dtype == DType::I32) run(int32_t{});
-    else dispatch_float(out.dtype, "expand", run);
+    gather(x, out, bcast_strides(x.shape, out.shape), "expand");
   }
 
   void permute(const Tensor& x, const std::vector<int64_t>& perm, const Tensor& out) override {
-    auto run = [&](auto z) {
-      using T = decltype(z);
-      const T* px = x.data<T>();
-      T* po = out.data<T>();
-      size_t r = x.shape.size();
-      std::vector<int64_t> xst(r, 1);
-      for (int64_t d = static_cast<int64_t>(r) - 2; d >= 0; --d) xst[d] = xst[d + 1] * x.shape[d + 1];
-      // Input stride for each output dim; a broadcast walk with these strides is a gather.
-      std::vector<int64_t> st0(r);
-      for (size_t d = 0; d < r; ++d) st0[d] = xst[perm[d]];
-      const std::vector<int64_t> st[1] = {st0};
-      for_each_bcast<1>(out.shape, st, [&](int64_t base, int64_t len, const int64_t* off,
-                                           const int64_t* ist) {
-        if (!ist) {
-          po[base] = px[off[0]];
-          return;
-        }
-        for (int64_t i = 0; i < len; ++i) po[base + i] = px[off[0] + i * ist[0]];
-      });
-    };
-    if (out.dtype == DType::I32) run(int32_t{});
-    else dispatch_float(out.dtype, "permute", run);
+    size_t r = x.shape.size();
+    std::vector<int64_t> xst(r, 1);
+    for (int64_t d = static_cast<int64_t>(r) - 2; d >= 0; --d) xst[d] = xst[d + 1] * x.shape[d + 1];
+    // Output dim d walks input dim perm[d].
+    std::vector<int64_t> st(r);
+    for (size_t d = 0; d < r; ++d) st[d] = xst[perm[d]];
+    gather(x, out, st, "permute");
   }
 
   bool all_finite(const Tensor& x) override {
@@ -706,6 +676,29 @@ class CpuBackend final : public Backend {
         }
       }
     });
+  }
+
+ private:
+  // out[i] = x[offset of i under `strides`] in out's index order: a broadcast
+  // (stride 0) or a permutation (strides reordered) of x.
+  static void gather(const Tensor& x, const Tensor& out, const std::vector<int64_t>& strides,
+                     const char* op) {
+    auto run = [&](auto z) {
+      using T = decltype(z);
+      const T* px = x.data<T>();
+      T* po = out.data<T>();
+      const std::vector<int64_t> st[1] = {strides};
+      for_each_bcast<1>(out.shape, st, [&](int64_t base, int64_t len, const int64_t* off,
+                                           const int64_t* ist) {
+        if (!ist) {
+          po[base] = px[off[0]];
+          return;
+        }
+        for (int64_t i = 0; i < len; ++i) po[base + i] = px[off[0] + i * ist[0]];
+      });
+    };
+    if (out.dtype == DType::I32) run(int32_t{});
+    else dispatch_float(out.dtype, op, run);
   }
 };
 
