@@ -1,7 +1,8 @@
 // Adam and AdamW, numerically matching torch.optim.Adam / AdamW. The update of
 // every parameter in a group runs in one native call (a multi-tensor step).
 import { native, NativeTensor } from './native';
-import { Tensor, assertTensor, clearGrads } from './tensor';
+import { Tensor, assertTensor, clearGrads, zeros } from './tensor';
+import { DeviceSpec } from './device';
 import { checkBool, checkNumber, checkPositive, checkOptions, checkKnownKeys, rangeError, typeError } from './errors';
 
 export interface AdamOptions {
@@ -36,6 +37,11 @@ interface AdamState {
   expAvg: Tensor;
   expAvgSq: Tensor;
   maxExpAvgSq: Tensor | null;
+}
+
+// Moment estimates start at exactly zero (not p * 0, which is NaN where p is Inf).
+function zerosLike(p: Tensor): Tensor {
+  return zeros(p.shape, { dtype: p.dtype, device: p.device as DeviceSpec });
 }
 
 const OPTION_KEYS = ['lr', 'betas', 'eps', 'weightDecay', 'amsgrad'] as const;
@@ -125,11 +131,10 @@ export class Adam {
         if (!p.grad) continue;
         let s = this.state.get(p);
         if (!s) {
-          const z = () => p.detach().mul(0);
-          s = { step: 0, expAvg: z(), expAvgSq: z(), maxExpAvgSq: g.amsgrad ? z() : null };
+          s = { step: 0, expAvg: zerosLike(p), expAvgSq: zerosLike(p), maxExpAvgSq: g.amsgrad ? zerosLike(p) : null };
           this.state.set(p, s);
         }
-        if (g.amsgrad && !s.maxExpAvgSq) s.maxExpAvgSq = p.detach().mul(0);
+        if (g.amsgrad && !s.maxExpAvgSq) s.maxExpAvgSq = zerosLike(p);
         ps.push(p._live(where));
         gs.push(p.grad._live(where));
         ms.push(s.expAvg._h);
