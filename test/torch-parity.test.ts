@@ -38,7 +38,7 @@ interface AdamCase {
   name: string;
   optimizer: 'Adam' | 'AdamW';
   dtype: DType;
-  options: { lr?: number; betas?: number[]; eps?: number; weight_decay?: number };
+  options: { lr?: number; betas?: number[]; eps?: number; weight_decay?: number; amsgrad?: boolean };
   init: FixTensor[];
   steps: { grads: FixTensor[]; params: FixTensor[] }[];
 }
@@ -194,11 +194,12 @@ describe('torch parity: Adam / AdamW (float32)', () => {
     test(`${c.optimizer} ${c.name}: ${c.steps.length} steps`, () => {
       const params = c.init.map((p) => make(p, c.dtype, true));
       // pass only the options the torch case set, so library defaults are tested too
-      const opts: { lr?: number; betas?: [number, number]; eps?: number; weightDecay?: number } = {};
+      const opts: { lr?: number; betas?: [number, number]; eps?: number; weightDecay?: number; amsgrad?: boolean } = {};
       if (c.options.lr !== undefined) opts.lr = c.options.lr;
       if (c.options.betas !== undefined) opts.betas = [c.options.betas[0], c.options.betas[1]];
       if (c.options.eps !== undefined) opts.eps = c.options.eps;
       if (c.options.weight_decay !== undefined) opts.weightDecay = c.options.weight_decay;
+      if (c.options.amsgrad !== undefined) opts.amsgrad = c.options.amsgrad;
       const opt = c.optimizer === 'Adam' ? new Adam(params, opts) : new AdamW(params, opts);
 
       c.steps.forEach((step, s) => {
