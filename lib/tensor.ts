@@ -3,7 +3,7 @@
 // a gradient and grad mode is on, record a GradFn that backward() walks.
 import { native, NativeTensor } from './native';
 import { GradFn, isGradEnabled } from './autograd';
-import { CPU, DeviceSpec, ParsedDevice, parseDevice } from './device';
+import { DeviceSpec, ParsedDevice, parseDevice } from './device';
 import { checkInt, checkNumber, checkOptions, checkKnownKeys, checkOneOf, rangeError, typeError } from './errors';
 import { nextRandomKey } from './random';
 
@@ -732,8 +732,10 @@ function runBackward(root: Tensor, rootGrad: Tensor, userGrad: boolean): void {
 
 // ====================================================================== ops
 
-function scalarLike(t: Tensor, v: number): Tensor {
-  return t._make(native.full([], DTYPE_CODE[t.dtype], t._device.type, t._device.index, v), []);
+/** 'Tensor.mul' -> 'MulBackward', the name gradFn reports. */
+function backwardName(where: string): string {
+  const op = where.slice(where.indexOf('.') + 1);
+  return `${op[0].toUpperCase()}${op.slice(1)}Backward`;
 }
 
 function binaryOp(where: string, a: Tensor, bIn: Tensor | number, op: Bin): Tensor {
@@ -744,7 +746,7 @@ function binaryOp(where: string, a: Tensor, bIn: Tensor | number, op: Bin): Tens
     const [alpha, beta] =
       op === Bin.Add ? [1, bIn] : op === Bin.Sub ? [1, -bIn] : op === Bin.Mul ? [bIn, 0] : [1 / bIn, 0];
     const out = a._make(native.affine(a._h, alpha, beta), a.shape);
-    return record(out, `${where.split('.')[1]}Backward`, [a], (g) =>
+    return record(out, backwardName(where), [a], (g) =>
       [alpha === 1 ? g : g._make(native.affine(g._h, alpha, 0), g.shape)]);
   }
   assertTensor(where, 'other', bIn);
@@ -753,7 +755,7 @@ function binaryOp(where: string, a: Tensor, bIn: Tensor | number, op: Bin): Tens
   requireSame(where, a, 'this', b, 'other');
   const shape = broadcastShapes(where, a, b);
   const out = a._make(native.binary(op, a._h, b._h), shape);
-  const name = `${where.split('.')[1]}Backward`;
+  const name = backwardName(where);
   switch (op) {
     case Bin.Add:
       return record(out, name, [a, b], (g) => [sumToShape(g, a.shape), sumToShape(g, b.shape)]);
@@ -809,7 +811,7 @@ function reduceQuotient(g: Tensor, other: Tensor, to: readonly number[]): Tensor
 function unaryOp(where: string, x: Tensor, op: Un): Tensor {
   requireFloat(where, x);
   const out = x._make(native.unary(op, x._h), x.shape);
-  const name = `${where.split('.')[1]}Backward`;
+  const name = backwardName(where);
   return record(out, name, [x], (g) => [g._make(native.unaryBackward(op, x._h, g._h), x.shape)], [x]);
 }
 
@@ -1034,10 +1036,3 @@ export function rand(shape: readonly number[], opts?: TensorOptions & { low?: nu
   return randomTensor('rand', shape, opts, 1, low, high, ['low', 'high']);
 }
 
-/** @internal dtype code for native calls. */
-export function dtypeCode(d: DType): number {
-  return DTYPE_CODE[d];
-}
-
-/** @internal */
-export { scalarLike, CPU };

@@ -156,7 +156,7 @@ describe('autograd', () => {
     const c = a.mul(b);
     expect(c.requiresGrad).toBe(true);
     expect(c.isLeaf).toBe(false);
-    expect(c.gradFn).toBe('mulBackward');
+    expect(c.gradFn).toBe('MulBackward');
     c.sum().backward();
     expect(a.grad).toBeNull();
     expect(a.mul(a).requiresGrad).toBe(false);
