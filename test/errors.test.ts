@@ -462,7 +462,7 @@ describe('Adam / AdamW', () => {
     expectThrows(() => new Adam(null as unknown as Tensor[]), TypeError, /params must be an iterable/);
     expectThrows(() => new Adam([{ params: [p(), 3] }] as never), TypeError, /params\[1\] must be a Tensor, got 3$/);
     expectThrows(() => new Adam([zeros([2], { requiresGrad: true }).mul(2)]), TypeError,
-      /^Adam: params\[0\](\.params\[0\])? is not a leaf tensor \(it was computed by mulBackward\)/);
+      /^Adam: params\[0\](\.params\[0\])? is not a leaf tensor \(it was computed by MulBackward\)/);
     const q = p();
     expectThrows(() => new Adam([q, q]), RangeError, /params\[1\] appears more than once$/);
     expectThrows(() => new Adam([tensor([1], { dtype: 'int32' })]), RangeError, /params\[0\]\.dtype must be float32 or float64, got "int32"$/);
