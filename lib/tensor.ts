@@ -768,41 +768,31 @@ function binaryOp(where: string, a: Tensor, bIn: Tensor | number, op: Bin): Tens
     case Bin.Mul:
       return record(out, name, [a, b], (g) => {
         const fn = out._gradFn as GradFn;
-        const ga = fn.needs[0] ? reduceProduct(g, b, a.shape) : null;
-        const gb = fn.needs[1] ? reduceProduct(g, a, b.shape) : null;
+        const ga = fn.needs[0] ? reduceBinary(Bin.Mul, g, b, a.shape) : null;
+        const gb = fn.needs[1] ? reduceBinary(Bin.Mul, g, a, b.shape) : null;
         return [ga, gb];
       }, [a, b]);
     default:
       return record(out, name, [a, b], (g) => {
         const fn = out._gradFn as GradFn;
-        const ga = fn.needs[0] ? reduceQuotient(g, b, a.shape) : null;
+        const ga = fn.needs[0] ? reduceBinary(Bin.Div, g, b, a.shape) : null;
         let gb: Tensor | null = null;
         if (fn.needs[1]) {
-          // d(a/b)/db = -a / b^2 = -(a/b) / b
-          const q = native.binary(Bin.Div, a._h, b._h);
-          const t = native.binary(Bin.Mul, g._h, q);
-          const t2 = native.binary(Bin.Div, t, b._h);
-          native.dispose(q);
-          native.dispose(t);
-          const neg = native.affine(t2, -1, 0);
-          native.dispose(t2);
-          gb = sumToShape(g._make(neg, shape), b.shape);
-          if (gb._h !== neg) native.dispose(neg);
+          // d(a/b)/db = -(a/b)/b: from the saved output, negated after the reduction.
+          const q = out._make(native.binary(Bin.Div, out._h, b._h), shape);
+          const r = reduceBinary(Bin.Mul, g, q, b.shape);
+          q.dispose();
+          gb = r._make(native.affine(r._h, -1, 0), r.shape);
+          r.dispose();
         }
         return [ga, gb];
-      }, [a, b]);
+      }, [a, b, out]);
   }
 }
 
-function reduceProduct(g: Tensor, other: Tensor, to: readonly number[]): Tensor {
-  const p = g._make(native.binary(Bin.Mul, g._h, other._h), g.shape);
-  const r = sumToShape(p, to);
-  if (r !== p) p.dispose();
-  return r;
-}
-
-function reduceQuotient(g: Tensor, other: Tensor, to: readonly number[]): Tensor {
-  const p = g._make(native.binary(Bin.Div, g._h, other._h), g.shape);
+/** (g op other) summed down to `to`: the gradient of one broadcast operand (other broadcasts to g). */
+function reduceBinary(op: Bin, g: Tensor, other: Tensor, to: readonly number[]): Tensor {
+  const p = g._make(native.binary(op, g._h, other._h), g.shape);
   const r = sumToShape(p, to);
   if (r !== p) p.dispose();
   return r;

@@ -590,7 +590,8 @@ class CpuBackend final : public Backend {
         T omb1 = static_cast<T>(1.0 - c.beta1), omb2 = static_cast<T>(1.0 - c.beta2);
         T eps = static_cast<T>(c.eps), wd = static_cast<T>(c.weight_decay);
         T decay = static_cast<T>(1.0 - c.lr * c.weight_decay);
-        bool decoupled = c.decoupled, l2 = !c.decoupled && c.weight_decay != 0;
+        // Adam adds wd * p to the gradient (L2); AdamW shrinks p first (decoupled).
+        bool l2 = !c.decoupled && c.weight_decay != 0;
         bool shrink = c.decoupled && c.weight_decay != 0;
         par(ap.param.numel(), [&](int64_t s, int64_t e) {
           for (int64_t i = s; i < e; ++i) {
@@ -608,7 +609,6 @@ class CpuBackend final : public Backend {
             p[i] = p[i] - step_size * (m[i] / denom);
           }
         });
-        (void)decoupled;
       });
     }
   }
