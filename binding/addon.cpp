@@ -346,6 +346,51 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
                              num(a[6], "scale")));
   });
 
+  // ---- transformer blocks
+  def("embeddingForward", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::embedding(T(a[0], "embedding ids"), T(a[1], "embedding weight")));
+  });
+  def("embeddingBackward", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::embedding_backward(T(a[0], "embedding ids"),
+                                                     T(a[1], "embedding grad"),
+                                                     i64(a[2], "numEmbeddings")));
+  });
+  def("rmsNormForward", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    auto o = lc::ops::rms_norm(T(a[0], "rmsNorm x"), optT(a[1], "rmsNorm weight"),
+                               num(a[2], "eps"));
+    Napi::Env env = a.Env();
+    return arr(env, {wrap(env, o.y), wrap(env, o.rstd)});
+  });
+  def("rmsNormBackward", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    auto g = lc::ops::rms_norm_backward(T(a[0], "rmsNorm grad"), T(a[1], "rmsNorm x"),
+                                        optT(a[2], "rmsNorm weight"), T(a[3], "rmsNorm rstd"),
+                                        flag(a[4]), flag(a[5]));
+    Napi::Env env = a.Env();
+    return arr(env, {wrap_or_null(env, g.dx), wrap_or_null(env, g.dweight)});
+  });
+  def("rotaryForward", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::rotary(T(a[0], "rotary x"), T(a[1], "rotary cos"),
+                                         T(a[2], "rotary sin")));
+  });
+  def("rotaryBackward", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::rotary_backward(T(a[0], "rotary grad"), T(a[1], "rotary cos"),
+                                                  T(a[2], "rotary sin")));
+  });
+  def("attentionForward", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    auto o = lc::ops::attention(T(a[0], "attention q"), T(a[1], "attention k"),
+                                T(a[2], "attention v"), flag(a[3]), num(a[4], "scale"));
+    Napi::Env env = a.Env();
+    return arr(env, {wrap(env, o.out), wrap(env, o.lse)});
+  });
+  def("attentionBackward", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    auto g = lc::ops::attention_backward(T(a[0], "attention grad"), T(a[1], "attention q"),
+                                         T(a[2], "attention k"), T(a[3], "attention v"),
+                                         T(a[4], "attention lse"), flag(a[5]), num(a[6], "scale"),
+                                         flag(a[7]), flag(a[8]), flag(a[9]));
+    Napi::Env env = a.Env();
+    return arr(env, {wrap_or_null(env, g.dq), wrap_or_null(env, g.dk), wrap_or_null(env, g.dv)});
+  });
+
   // ---- introspection
   def("backendInfo", [](const Napi::CallbackInfo& a) -> Napi::Value {
     Napi::Env env = a.Env();

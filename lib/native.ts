@@ -64,6 +64,21 @@ export interface Binding {
   crossEntropyForward(logits: N, targets: N, ignoreIndex: number, labelSmoothing: number): [N, N];
   crossEntropyBackward(logits: N, lse: N, targets: N, ignoreIndex: number, labelSmoothing: number,
     grad: N, scale: number): N;
+  /** ids int32 (any shape), weight [V, D] -> [...ids.shape, D]. */
+  embeddingForward(ids: N, weight: N): N;
+  /** grad [...ids.shape, D] -> dweight [numEmbeddings, D] (rows scatter-added). */
+  embeddingBackward(ids: N, dy: N, numEmbeddings: number): N;
+  /** x [..., D], weight [D] or null -> [y [..., D], rstd [rows]]. */
+  rmsNormForward(x: N, weight: N | null, eps: number): [N, N];
+  rmsNormBackward(dy: N, x: N, weight: N | null, rstd: N, needDx: boolean, needDweight: boolean):
+    [N | null, N | null];
+  /** x [..., T, Dh], cos/sin [T, Dh] (rotate-half layout). */
+  rotaryForward(x: N, cos: N, sin: N): N;
+  rotaryBackward(dy: N, cos: N, sin: N): N;
+  /** q [B, Hq, T, Dh], k [B, Hkv, S, Dh], v [B, Hkv, S, Dv] -> [out [B, Hq, T, Dv], lse [B, Hq, T]]. */
+  attentionForward(q: N, k: N, v: N, causal: boolean, scale: number): [N, N];
+  attentionBackward(dout: N, q: N, k: N, v: N, lse: N, causal: boolean, scale: number,
+    needDq: boolean, needDk: boolean, needDv: boolean): [N | null, N | null, N | null];
   backendInfo(): { cpu: CpuInfo; cuda: NativeCudaInfo };
 }
 

@@ -113,6 +113,42 @@ class Backend {
                                       const Tensor& targets, int64_t ignore_index,
                                       double label_smoothing, const Tensor& grad,
                                       double grad_scale, const Tensor& dlogits) = 0;
+
+  // ---- transformer blocks
+  // Embedding: ids int32 (any shape, N ids), weight [V, D]; out [N, D] (set) = weight[ids[n]].
+  // An id outside [0, V) throws before anything is written.
+  virtual void embedding_forward(const Tensor& ids, const Tensor& weight, const Tensor& out) = 0;
+  // dweight [V, D] (set): zeros, then row n of dy [N, D] added at row ids[n] (repeated ids add up).
+  virtual void embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dweight) = 0;
+
+  // RMSNorm over the last dim D of x (rows R = numel / D), as Hugging Face's LlamaRMSNorm:
+  // rstd [R] (set) = 1 / sqrt(mean(x^2) + eps) with the mean in double, kept for backward;
+  // y (set) = weight * (x * rstd), weight [D] or null (no scaling).
+  virtual void rms_norm_forward(const Tensor& x, const Tensor* weight, double eps, const Tensor& y,
+                                const Tensor& rstd) = 0;
+  // dx (set), dweight [D] (set; only with a weight).
+  virtual void rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor* weight,
+                                 const Tensor& rstd, const Tensor* dx, const Tensor* dweight) = 0;
+
+  // Rotary position embedding, "rotate half" layout: x [..., T, Dh] (Dh even), cos/sin [T, Dh];
+  // out (set) = x * cos + rotate_half(x) * sin, rotate_half(x) = concat(-x[Dh/2:], x[:Dh/2]).
+  virtual void rotary_forward(const Tensor& x, const Tensor& cos, const Tensor& sin,
+                              const Tensor& out) = 0;
+  // dx (set): the transpose of the forward map applied to dy (cos/sin get no gradient).
+  virtual void rotary_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin,
+                               const Tensor& dx) = 0;
+
+  // Scaled dot-product attention with grouped KV heads: q [B, Hq, T, Dh], k [B, Hkv, S, Dh],
+  // v [B, Hkv, S, Dv], Hq a multiple of Hkv; query head h reads kv head h / (Hq / Hkv).
+  // With `causal` (S == T) query i sees keys 0..i. out [B, Hq, T, Dv] (set) =
+  // softmax(scale * q k^T) v; lse [B, Hq, T] (set) = logsumexp of each row of scaled scores,
+  // kept for backward, which recomputes the probabilities from it. S == 0 gives zero rows.
+  virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                                 double scale, const Tensor& out, const Tensor& lse) = 0;
+  // dq (set); dk, dv (set: summed over the query heads that share a kv head).
+  virtual void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                  const Tensor& v, const Tensor& lse, bool causal, double scale,
+                                  const Tensor* dq, const Tensor* dk, const Tensor* dv) = 0;
 };
 
 Backend& backend_for(Device dev);

@@ -1,6 +1,7 @@
 #include "ops.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -375,6 +376,174 @@ Tensor cross_entropy_backward(const Tensor& logits, const Tensor& lse, const Ten
   if (d.numel())
     be(logits).cross_entropy_backward(logits, lse, targets, ignore_index, ls, grad, grad_scale, d);
   return d;
+}
+
+// ---------------------------------------------------------------- transformer blocks
+
+namespace {
+void check_ids(const char* op, const Tensor& ids, const Tensor& like) {
+  LC_CHECK(ids.dtype == DType::I32, std::string(op) + ": ids must be int32, got " +
+                                        dtype_name(ids.dtype));
+  LC_CHECK(ids.device() == like.device(), std::string(op) + ": ids are on " + ids.device().str() +
+                                              " but the weight is on " + like.device().str());
+}
+// x [..., T, Dh] against cos/sin [T, Dh].
+void check_rotary(const char* op, const Tensor& x, const Tensor& cos, const Tensor& sin) {
+  require_float(x, op, "x");
+  same(x, cos, op, "x", "cos");
+  same(x, sin, op, "x", "sin");
+  rank(cos, 2, op, "cos");
+  LC_CHECK(cos.shape == sin.shape, std::string(op) + ": cos has shape " + shape_str(cos.shape) +
+                                       " but sin has shape " + shape_str(sin.shape));
+  LC_CHECK(x.dim() >= 2, std::string(op) + ": x must have at least 2 dims [..., T, Dh], got " +
+                             "shape " + shape_str(x.shape));
+  dim_eq(x.shape[x.dim() - 2], cos.shape[0], op, "x.shape[-2] (T)");
+  dim_eq(x.shape[x.dim() - 1], cos.shape[1], op, "x.shape[-1] (head dim)");
+  LC_CHECK(cos.shape[1] % 2 == 0, std::string(op) + ": the head dim must be even, got " +
+                                      std::to_string(cos.shape[1]));
+}
+void check_attention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
+                     bool causal) {
+  require_float(q, op, "q");
+  same(q, k, op, "q", "k");
+  same(q, v, op, "q", "v");
+  rank(q, 4, op, "q");
+  rank(k, 4, op, "k");
+  rank(v, 4, op, "v");
+  dim_eq(k.shape[0], q.shape[0], op, "k.shape[0] (batch)");
+  dim_eq(k.shape[3], q.shape[3], op, "k.shape[3] (head dim)");
+  dim_eq(v.shape[0], k.shape[0], op, "v.shape[0] (batch)");
+  dim_eq(v.shape[1], k.shape[1], op, "v.shape[1] (kv heads)");
+  dim_eq(v.shape[2], k.shape[2], op, "v.shape[2] (key length)");
+  LC_CHECK(k.shape[1] >= 1 && q.shape[1] % k.shape[1] == 0,
+           std::string(op) + ": the query heads (" + std::to_string(q.shape[1]) +
+               ") must be a multiple of the kv heads (" + std::to_string(k.shape[1]) + ")");
+  if (causal) dim_eq(k.shape[2], q.shape[2], op, "the key length with causal masking");
+}
+}  // namespace
+
+Tensor embedding(const Tensor& ids, const Tensor& weight) {
+  const char* op = "embedding";
+  rank(weight, 2, op, "weight");
+  require_float(weight, op, "weight");
+  check_ids(op, ids, weight);
+  Shape shape = ids.shape;
+  shape.push_back(weight.shape[1]);
+  Tensor out = empty(shape, weight.dtype, weight.device());
+  if (ids.numel()) be(weight).embedding_forward(ids, weight, out);  // checks the ids
+  return out;
+}
+
+Tensor embedding_backward(const Tensor& ids, const Tensor& dy, int64_t num_embeddings) {
+  const char* op = "embedding backward";
+  require_float(dy, op, "grad");
+  check_ids(op, ids, dy);
+  LC_CHECK(num_embeddings >= 0, "embedding backward: num_embeddings must be >= 0");
+  LC_CHECK(dy.dim() == ids.dim() + 1 &&
+               std::equal(ids.shape.begin(), ids.shape.end(), dy.shape.begin()),
+           "embedding backward: grad has shape " + shape_str(dy.shape) + " for ids of shape " +
+               shape_str(ids.shape));
+  Tensor dw = empty({num_embeddings, dy.shape.back()}, dy.dtype, dy.device());
+  if (ids.numel() || dw.numel()) be(dy).embedding_backward(ids, dy, dw);
+  return dw;
+}
+
+RmsNormOut rms_norm(const Tensor& x, const Tensor* weight, double eps) {
+  const char* op = "rms norm";
+  require_float(x, op, "x");
+  LC_CHECK(x.dim() >= 1, "rms norm: x must have at least one dim");
+  LC_CHECK(std::isfinite(eps) && eps >= 0, "rms norm: eps must be a finite number >= 0");
+  int64_t D = x.shape.back();
+  if (weight) {
+    same(x, *weight, op, "x", "weight");
+    rank(*weight, 1, op, "weight");
+    dim_eq(weight->shape[0], D, op, "weight.shape[0]");
+  }
+  Shape rows(x.shape.begin(), x.shape.end() - 1);
+  RmsNormOut o{empty(x.shape, x.dtype, x.device()),
+               empty({shape_numel(rows)}, x.dtype, x.device())};
+  if (x.numel())
+    be(x).rms_norm_forward(x, weight, eps, o.y, o.rstd);
+  else if (o.rstd.numel())  // D == 0: the mean of nothing counts as 0
+    be(x).fill(o.rstd, 1.0 / std::sqrt(eps));
+  return o;
+}
+
+RmsNormGrads rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor* weight,
+                               const Tensor& rstd, bool need_dx, bool need_dweight) {
+  const char* op = "rms norm backward";
+  require_float(x, op, "x");
+  same(x, dy, op, "x", "grad");
+  same(x, rstd, op, "x", "rstd");
+  LC_CHECK(x.dim() >= 1 && dy.shape == x.shape, "rms norm backward: grad has shape " +
+                                                    shape_str(dy.shape) + ", x has shape " +
+                                                    shape_str(x.shape));
+  int64_t D = x.shape.back();
+  LC_CHECK(rstd.numel() == shape_numel(Shape(x.shape.begin(), x.shape.end() - 1)),
+           "rms norm backward: saved rstd has the wrong size");
+  if (weight) {
+    same(x, *weight, op, "x", "weight");
+    rank(*weight, 1, op, "weight");
+    dim_eq(weight->shape[0], D, op, "weight.shape[0]");
+  }
+  LC_CHECK(!need_dweight || weight, "rms norm backward: dweight requested without a weight");
+  RmsNormGrads g{maybe(need_dx, x.shape, x), maybe(need_dweight, {D}, x)};
+  if (!x.numel()) {
+    for (Tensor* t : {&g.dx, &g.dweight})
+      if (t->storage && t->numel()) be(x).fill(*t, 0.0);
+    return g;
+  }
+  be(x).rms_norm_backward(dy, x, weight, rstd, ptr(g.dx), ptr(g.dweight));
+  return g;
+}
+
+Tensor rotary(const Tensor& x, const Tensor& cos, const Tensor& sin) {
+  check_rotary("rotary", x, cos, sin);
+  Tensor out = empty(x.shape, x.dtype, x.device());
+  if (out.numel()) be(x).rotary_forward(x, cos, sin, out);
+  return out;
+}
+
+Tensor rotary_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin) {
+  check_rotary("rotary backward", dy, cos, sin);
+  Tensor dx = empty(dy.shape, dy.dtype, dy.device());
+  if (dx.numel()) be(dy).rotary_backward(dy, cos, sin, dx);
+  return dx;
+}
+
+AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                       double scale) {
+  check_attention("attention", q, k, v, causal);
+  LC_CHECK(std::isfinite(scale), "attention: scale must be finite");
+  int64_t B = q.shape[0], Hq = q.shape[1], T = q.shape[2], Dv = v.shape[3];
+  AttentionOut o{empty({B, Hq, T, Dv}, q.dtype, q.device()),
+                 empty({B, Hq, T}, q.dtype, q.device())};
+  if (o.lse.numel()) be(q).attention_forward(q, k, v, causal, scale, o.out, o.lse);
+  return o;
+}
+
+AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                  const Tensor& v, const Tensor& lse, bool causal, double scale,
+                                  bool need_dq, bool need_dk, bool need_dv) {
+  const char* op = "attention backward";
+  check_attention(op, q, k, v, causal);
+  LC_CHECK(std::isfinite(scale), "attention backward: scale must be finite");
+  int64_t B = q.shape[0], Hq = q.shape[1], T = q.shape[2];
+  same(q, dout, op, "q", "grad");
+  same(q, lse, op, "q", "lse");
+  LC_CHECK(dout.shape == Shape({B, Hq, T, v.shape[3]}),
+           "attention backward: grad has shape " + shape_str(dout.shape));
+  LC_CHECK(lse.shape == Shape({B, Hq, T}),
+           "attention backward: saved lse has the wrong shape " + shape_str(lse.shape));
+  AttentionGrads g{maybe(need_dq, q.shape, q), maybe(need_dk, k.shape, k),
+                   maybe(need_dv, v.shape, v)};
+  if (!lse.numel()) {  // no query rows: nothing flows back
+    for (Tensor* t : {&g.dq, &g.dk, &g.dv})
+      if (t->storage && t->numel()) be(q).fill(*t, 0.0);
+    return g;
+  }
+  be(q).attention_backward(dout, q, k, v, lse, causal, scale, ptr(g.dq), ptr(g.dk), ptr(g.dv));
+  return g;
 }
 
 }  // namespace lc::ops

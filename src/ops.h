@@ -67,4 +67,35 @@ Tensor cross_entropy_backward(const Tensor& logits, const Tensor& lse, const Ten
                               int64_t ignore_index, double label_smoothing, const Tensor& grad,
                               double grad_scale);
 
+// ---- transformer blocks (see backend.h for the exact semantics)
+// ids int32 of any shape, weight [V, D] -> [...ids.shape, D].
+Tensor embedding(const Tensor& ids, const Tensor& weight);
+// dy [...ids.shape, D] -> dweight [num_embeddings, D].
+Tensor embedding_backward(const Tensor& ids, const Tensor& dy, int64_t num_embeddings);
+
+struct RmsNormOut {
+  Tensor y, rstd;  // rstd [rows]
+};
+RmsNormOut rms_norm(const Tensor& x, const Tensor* weight, double eps);
+struct RmsNormGrads {
+  Tensor dx, dweight;  // storage null when not requested
+};
+RmsNormGrads rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor* weight,
+                               const Tensor& rstd, bool need_dx, bool need_dweight);
+
+Tensor rotary(const Tensor& x, const Tensor& cos, const Tensor& sin);
+Tensor rotary_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin);
+
+struct AttentionOut {
+  Tensor out, lse;  // lse [B, Hq, T]
+};
+AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                       double scale);
+struct AttentionGrads {
+  Tensor dq, dk, dv;  // storage null when not requested
+};
+AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                  const Tensor& v, const Tensor& lse, bool causal, double scale,
+                                  bool need_dq, bool need_dk, bool need_dv);
+
 }  // namespace lc::ops

@@ -16,6 +16,24 @@
 #include "gemm.h"
 
 namespace lc {
+
+// Kernels of the transformer blocks, defined in cpu_transformer.cpp.
+namespace cpu_tf {
+void embedding_forward(const Tensor& ids, const Tensor& weight, const Tensor& out);
+void embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dweight);
+void rms_norm_forward(const Tensor& x, const Tensor* weight, double eps, const Tensor& y,
+                      const Tensor& rstd);
+void rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor* weight,
+                       const Tensor& rstd, const Tensor* dx, const Tensor* dweight);
+void rotary_forward(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& out);
+void rotary_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin, const Tensor& dx);
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                       double scale, const Tensor& out, const Tensor& lse);
+void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const Tensor& lse, bool causal, double scale, const Tensor* dq,
+                        const Tensor* dk, const Tensor* dv);
+}  // namespace cpu_tf
+
 namespace {
 
 constexpr int64_t kGrain = 1 << 15;  // elements per thread chunk for elementwise loops
@@ -676,6 +694,39 @@ class CpuBackend final : public Backend {
         }
       }
     });
+  }
+
+  // ---- transformer blocks (cpu_transformer.cpp)
+  void embedding_forward(const Tensor& ids, const Tensor& weight, const Tensor& out) override {
+    cpu_tf::embedding_forward(ids, weight, out);
+  }
+  void embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dweight) override {
+    cpu_tf::embedding_backward(ids, dy, dweight);
+  }
+  void rms_norm_forward(const Tensor& x, const Tensor* weight, double eps, const Tensor& y,
+                        const Tensor& rstd) override {
+    cpu_tf::rms_norm_forward(x, weight, eps, y, rstd);
+  }
+  void rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor* weight,
+                         const Tensor& rstd, const Tensor* dx, const Tensor* dweight) override {
+    cpu_tf::rms_norm_backward(dy, x, weight, rstd, dx, dweight);
+  }
+  void rotary_forward(const Tensor& x, const Tensor& cos, const Tensor& sin,
+                      const Tensor& out) override {
+    cpu_tf::rotary_forward(x, cos, sin, out);
+  }
+  void rotary_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin,
+                       const Tensor& dx) override {
+    cpu_tf::rotary_backward(dy, cos, sin, dx);
+  }
+  void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                         double scale, const Tensor& out, const Tensor& lse) override {
+    cpu_tf::attention_forward(q, k, v, causal, scale, out, lse);
+  }
+  void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                          const Tensor& lse, bool causal, double scale, const Tensor* dq,
+                          const Tensor* dk, const Tensor* dv) override {
+    cpu_tf::attention_backward(dout, q, k, v, lse, causal, scale, dq, dk, dv);
   }
 
  private:

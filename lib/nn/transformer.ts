@@ -1,0 +1,402 @@
+// Transformer building blocks in the Hugging Face Llama layout: token
+// embedding, RMSNorm, rotary position embedding ("rotate half") with its
+// cos/sin tables, and scaled dot-product attention with grouped KV heads.
+// Each op is one fused native call forward and one backward; arguments are
+// checked here first. Also the Embedding and RMSNorm modules.
+import { native } from '../native';
+import { DType, Tensor, assertTensor, ones, randn, record, requireFloat, requireSame, tensor } from '../tensor';
+import { GradFn, isGradEnabled } from '../autograd';
+import { DeviceSpec, parseDevice } from '../device';
+import { Module } from './module';
+import { checkBool, checkInt, checkKnownKeys, checkNumber, checkOneOf, checkOptions, rangeError, typeError } from '../errors';
+
+type FloatDType = 'float32' | 'float64';
+const FLOAT_DTYPES: readonly FloatDType[] = ['float32', 'float64'];
+
+const shapeStr = (s: readonly number[]) => `[${s.join(', ')}]`;
+
+/** The multi-index of flat element i of a tensor of `shape`, as "[a, b]" (or "[i]" for 1-D/0-D). */
+function multiIndex(shape: readonly number[], i: number): string {
+  if (shape.length <= 1) return `[${i}]`;
+  const idx: number[] = [];
+  for (let d = shape.length - 1; d >= 0; d--) {
+    idx.unshift(i % shape[d]);
+    i = Math.floor(i / shape[d]);
+  }
+  return `[${idx.join(', ')}]`;
+}
+
+/** Cos/sin (or any other constant) must not ask for a gradient the op does not give. */
+function requireConstant(where: string, t: Tensor, what: string): void {
+  if (t.requiresGrad && isGradEnabled()) {
+    throw rangeError(where, `${what}.requiresGrad`, `false (${what} is a constant table and gets no gradient; pass ${what}.detach())`, true);
+  }
+}
+
+// ================================================================ embedding
+
+function embeddingImpl(where: string, ids: unknown, weight: unknown): Tensor {
+  assertTensor(where, 'ids', ids);
+  assertTensor(where, 'weight', weight);
+  requireFloat(where, weight, 'weight');
+  if (weight.ndim !== 2) throw rangeError(where, 'weight', 'a 2-D tensor [numEmbeddings, embeddingDim]', weight);
+  ids._live(where);
+  if (ids.dtype !== 'int32') throw typeError(where, 'ids', "an int32 tensor of token ids (tensor(ids, { dtype: 'int32' }))", ids);
+  if (ids.device !== weight.device) {
+    throw new RangeError(`${where}: ids is on ${ids.device} but weight is on ${weight.device}; move one with .to()`);
+  }
+  const [V, D] = weight.shape;
+  const flat = ids.toArray();
+  for (let i = 0; i < flat.length; i++) {
+    const id = flat[i];
+    if (id < 0 || id >= V) throw rangeError(where, `ids${multiIndex(ids.shape, i)}`, `in [0, ${V}) (weight.shape[0])`, id);
+  }
+  const outShape = [...ids.shape, D];
+  const out = weight._make(native.embeddingForward(ids._h, weight._h), outShape);
+  if (!isGradEnabled() || !weight.requiresGrad) return out;
+  // Backward reads only the ids: it keeps its own copy, so the caller may
+  // dispose or overwrite the ids tensor once forward has run.
+  const saved = tensor(flat, { dtype: 'int32', shape: ids.shape, device: weight.device as DeviceSpec });
+  return record(out, 'EmbeddingBackward', [weight], (g) =>
+    [weight._make(native.embeddingBackward(saved._h, g._h, V), weight.shape)], [], () => saved.dispose());
+}
+
+/**
+ * Looks up rows of weight [V, D] for int32 ids of any shape: returns [...ids.shape, D].
+ * The gradient of weight scatter-adds the output gradient's rows (repeated ids add up);
+ * ids get none. An id outside [0, V) is a RangeError.
+ */
+export function embedding(ids: Tensor, weight: Tensor): Tensor {
+  return embeddingImpl('embedding', ids, weight);
+}
+
+// ================================================================== rmsNorm
+
+function rmsNormImpl(where: string, x: unknown, weight: unknown, eps: unknown): Tensor {
+  assertTensor(where, 'x', x);
+  requireFloat(where, x, 'x');
+  if (x.ndim < 1) throw rangeError(where, 'x', 'a tensor with at least 1 dim [..., D]', x);
+  const D = x.shape[x.ndim - 1];
+  let w: Tensor | null = null;
+  if (weight !== null && weight !== undefined) {
+    assertTensor(where, 'weight', weight);
+    requireFloat(where, weight, 'weight');
+    requireSame(where, x, 'x', weight, 'weight');
+    if (weight.ndim !== 1 || weight.shape[0] !== D) {
+      throw rangeError(where, 'weight', `a 1-D tensor of ${D} elements (x.shape[-1]) or null`, weight);
+    }
+    w = weight;
+  }
+  checkNumber(where, 'eps', eps);
+  if ((eps as number) < 0) throw rangeError(where, 'eps', 'a number >= 0', eps);
+  const [y, rstd] = native.rmsNormForward(x._h, w ? w._h : null, eps as number);
+  const out = x._make(y, x.shape);
+  const inputs = w ? [x, w] : [x];
+  return record(out, 'RmsNormBackward', inputs, (g) => {
+    const fn = out._gradFn as GradFn;
+    const [dx, dw] = native.rmsNormBackward(g._h, x._h, w ? w._h : null, rstd, fn.needs[0], !!w && fn.needs[1]);
+    const grads: (Tensor | null)[] = [dx ? x._make(dx, x.shape) : null];
+    if (w) grads.push(dw ? w._make(dw, w.shape) : null);
+    return grads;
+  }, inputs, () => native.dispose(rstd));
+}
+
+/**
+ * RMS normalisation over the last dim, as Hugging Face's LlamaRMSNorm:
+ * y = weight * (x / sqrt(mean(x², -1) + eps)), the statistics in double.
+ * weight [D] or null (no scaling). Gradients for x and weight, each only when needed.
+ */
+export function rmsNorm(x: Tensor, weight: Tensor | null = null, eps = 1e-6): Tensor {
+  return rmsNormImpl('rmsNorm', x, weight, eps);
+}
+
+// =================================================================== rotary
+
+/**
+ * Rotary position embedding in the "rotate half" layout of Hugging Face's Llama:
+ * out = x * cos + rotate_half(x) * sin, rotate_half(x) = concat(-x[..., Dh/2:], x[..., :Dh/2]).
+ * x [B, H, T, Dh] (Dh even), cos/sin [T, Dh] (constants: see rotaryTables). Gradient for x only.
+ */
+export function applyRotary(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
+  const where = 'applyRotary';
+  assertTensor(where, 'x', x);
+  assertTensor(where, 'cos', cos);
+  assertTensor(where, 'sin', sin);
+  requireFloat(where, x, 'x');
+  requireFloat(where, cos, 'cos');
+  requireFloat(where, sin, 'sin');
+  requireSame(where, x, 'x', cos, 'cos');
+  requireSame(where, x, 'x', sin, 'sin');
+  if (x.ndim !== 4) throw rangeError(where, 'x', 'a 4-D tensor [B, H, T, Dh]', x);
+  const T = x.shape[2];
+  const Dh = x.shape[3];
+  if (Dh % 2 !== 0) throw rangeError(where, 'x.shape[3] (head dim)', 'even (rotate_half splits it into two halves)', Dh);
+  for (const [t, name] of [[cos, 'cos'], [sin, 'sin']] as const) {
+    if (t.ndim !== 2 || t.shape[0] !== T || t.shape[1] !== Dh) {
+      throw rangeError(where, name, `a 2-D tensor of shape ${shapeStr([T, Dh])} ([T, Dh] of x)`, t);
+    }
+    requireConstant(where, t, name);
+  }
+  const out = x._make(native.rotaryForward(x._h, cos._h, sin._h), x.shape);
+  return record(out, 'ApplyRotaryBackward', [x], (g) =>
+    [x._make(native.rotaryBackward(g._h, cos._h, sin._h), x.shape)], [cos, sin]);
+}
+
+/** Llama 3 frequency scaling (transformers' rope_type 'llama3'). */
+export interface Llama3RopeScaling {
+  type: 'llama3';
+  factor: number;
+  lowFreqFactor: number;
+  highFreqFactor: number;
+  originalMaxPositionEmbeddings: number;
+}
+/** Linear scaling (transformers' rope_type 'linear'): inv_freq / factor, i.e. positions / factor. */
+export interface LinearRopeScaling {
+  type: 'linear';
+  factor: number;
+}
+export type RopeScaling = Llama3RopeScaling | LinearRopeScaling;
+
+export interface RotaryTablesOptions {
+  /** Base of the frequencies (rope_theta). */
+  theta: number;
+  /** Frequency scaling (rope_scaling); none by default. */
+  scaling?: RopeScaling | null;
+  /** dtype of the tables; default 'float32'. */
+  dtype?: FloatDType;
+  /** Position of the first row; default 0. */
+  positionOffset?: number;
+}
+
+function checkPositiveNumber(where: string, what: string, v: unknown): number {
+  checkNumber(where, what, v);
+  if ((v as number) <= 0) throw rangeError(where, what, 'a number > 0', v);
+  return v as number;
+}
+
+/** inv_freq [headDim / 2] as transformers computes it for Llama (default, 'linear' or 'llama3'). */
+function ropeInvFreq(headDim: number, theta: number, scaling: RopeScaling | null): Float64Array {
+  const half = headDim / 2;
+  const inv = new Float64Array(half);
+  for (let i = 0; i < half; i++) inv[i] = 1 / theta ** ((2 * i) / headDim);
+  if (scaling === null) return inv;
+  if (scaling.type === 'linear') {
+    for (let i = 0; i < half; i++) inv[i] /= scaling.factor;
+    return inv;
+  }
+  // _compute_llama3_parameters: long wavelengths are divided by factor, short ones kept,
+  // the band between interpolated smoothly.
+  const { factor, lowFreqFactor: low, highFreqFactor: high, originalMaxPositionEmbeddings: oldLen } = scaling;
+  const lowFreqWavelen = oldLen / low;
+  const highFreqWavelen = oldLen / high;
+  for (let i = 0; i < half; i++) {
+    const f = inv[i];
+    const wavelen = (2 * Math.PI) / f;
+    const llama = wavelen > lowFreqWavelen ? f / factor : f;
+    const smooth = (oldLen / wavelen - low) / (high - low);
+    const smoothed = ((1 - smooth) * llama) / factor + smooth * llama;
+    const medium = !(wavelen < highFreqWavelen) && !(wavelen > lowFreqWavelen);
+    inv[i] = medium ? smoothed : llama;
+  }
+  return inv;
+}
+
+function readScaling(where: string, v: unknown): RopeScaling | null {
+  if (v === undefined || v === null) return null;
+  const o = checkOptions(where, v);
+  const type = checkOneOf(where, 'options.scaling.type', o.type, ['llama3', 'linear'] as const);
+  if (type === 'linear') {
+    checkKnownKeys(where, o, ['type', 'factor']);
+    return { type, factor: checkPositiveNumber(where, 'options.scaling.factor', o.factor) };
+  }
+  checkKnownKeys(where, o, ['type', 'factor', 'lowFreqFactor', 'highFreqFactor', 'originalMaxPositionEmbeddings']);
+  const factor = checkPositiveNumber(where, 'options.scaling.factor', o.factor);
+  const lowFreqFactor = checkPositiveNumber(where, 'options.scaling.lowFreqFactor', o.lowFreqFactor);
+  const highFreqFactor = checkPositiveNumber(where, 'options.scaling.highFreqFactor', o.highFreqFactor);
+  if (highFreqFactor <= lowFreqFactor) {
+    throw rangeError(where, 'options.scaling.highFreqFactor', `> options.scaling.lowFreqFactor (${lowFreqFactor})`, highFreqFactor);
+  }
+  const originalMaxPositionEmbeddings = checkPositiveNumber(where, 'options.scaling.originalMaxPositionEmbeddings', o.originalMaxPositionEmbeddings);
+  return { type, factor, lowFreqFactor, highFreqFactor, originalMaxPositionEmbeddings };
+}
+
+/**
+ * The cos/sin tables [T, headDim] of rotary position embedding for positions
+ * positionOffset .. positionOffset + T - 1, as transformers' Llama builds them:
+ * inv_freq_i = 1 / theta^(2i / headDim) (i < headDim / 2), adjusted by `scaling`
+ * ('llama3' as _compute_llama3_parameters, 'linear' as inv_freq / factor);
+ * emb = concat(freqs, freqs) with freqs = position * inv_freq; cos(emb), sin(emb).
+ * Computed in float64, stored in `dtype` (default float32).
+ */
+export function rotaryTables(T: number, headDim: number, options: RotaryTablesOptions): { cos: Tensor; sin: Tensor } {
+  const where = 'rotaryTables';
+  checkInt(where, 'T', T);
+  checkInt(where, 'headDim', headDim);
+  if (headDim === 0 || headDim % 2 !== 0) throw rangeError(where, 'headDim', 'a positive even integer', headDim);
+  if (options === undefined) throw typeError(where, 'options', 'an object with at least { theta }', options);
+  const o = checkOptions(where, options);
+  checkKnownKeys(where, o, ['theta', 'scaling', 'dtype', 'positionOffset']);
+  const theta = checkPositiveNumber(where, 'options.theta', o.theta);
+  const scaling = readScaling(where, o.scaling);
+  const dtype = o.dtype === undefined ? 'float32' : checkOneOf(where, 'options.dtype', o.dtype, FLOAT_DTYPES);
+  const offset = o.positionOffset === undefined ? 0 : checkInt(where, 'options.positionOffset', o.positionOffset);
+
+  const inv = ropeInvFreq(headDim, theta, scaling);
+  const half = headDim / 2;
+  const cos = new Float64Array(T * headDim);
+  const sin = new Float64Array(T * headDim);
+  for (let t = 0; t < T; t++) {
+    const pos = offset + t;
+    const row = t * headDim;
+    for (let i = 0; i < half; i++) {
+      const a = pos * inv[i];
+      const c = Math.cos(a);
+      const s = Math.sin(a);
+      cos[row + i] = c;
+      cos[row + half + i] = c;
+      sin[row + i] = s;
+      sin[row + half + i] = s;
+    }
+  }
+  const shape = [T, headDim];
+  return {
+    cos: tensor(dtype === 'float64' ? cos : Float32Array.from(cos), { dtype, shape }),
+    sin: tensor(dtype === 'float64' ? sin : Float32Array.from(sin), { dtype, shape }),
+  };
+}
+
+// ================================================================ attention
+
+export interface AttentionOptions {
+  /** Query i sees keys 0..i (needs S == T). Default true. */
+  causal?: boolean;
+  /** Multiplies q k^T before the softmax. Default 1 / sqrt(Dh). */
+  scale?: number;
+}
+
+/**
+ * softmax(scale * q k^T [+ causal mask]) v with grouped KV heads:
+ * q [B, Hq, T, Dh], k [B, Hkv, S, Dh], v [B, Hkv, S, Dv] (Dv is usually Dh) -> [B, Hq, T, Dv].
+ * Hq must be a multiple of Hkv; query head h reads kv head floor(h / (Hq / Hkv)), as
+ * transformers' repeat_kv. Causal masking (the default) needs S == T. The softmax is
+ * max-subtracted; forward keeps only the row logsumexp [B, Hq, T] and backward recomputes
+ * the probabilities from it. Gradients for q, k and v, each only when needed.
+ */
+export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, options?: AttentionOptions): Tensor {
+  const where = 'scaledDotProductAttention';
+  assertTensor(where, 'q', q);
+  assertTensor(where, 'k', k);
+  assertTensor(where, 'v', v);
+  requireFloat(where, q, 'q');
+  requireFloat(where, k, 'k');
+  requireFloat(where, v, 'v');
+  requireSame(where, q, 'q', k, 'k');
+  requireSame(where, q, 'q', v, 'v');
+  if (q.ndim !== 4) throw rangeError(where, 'q', 'a 4-D tensor [B, Hq, T, Dh]', q);
+  if (k.ndim !== 4) throw rangeError(where, 'k', 'a 4-D tensor [B, Hkv, S, Dh]', k);
+  if (v.ndim !== 4) throw rangeError(where, 'v', 'a 4-D tensor [B, Hkv, S, Dv]', v);
+  const [B, Hq, T, Dh] = q.shape;
+  const [Bk, Hkv, S, Dk] = k.shape;
+  if (Bk !== B) throw rangeError(where, 'k.shape[0] (batch)', `${B} (q.shape[0])`, Bk);
+  if (Dk !== Dh) throw rangeError(where, 'k.shape[3] (head dim)', `${Dh} (q.shape[3])`, Dk);
+  if (v.shape[0] !== B || v.shape[1] !== Hkv || v.shape[2] !== S) {
+    throw rangeError(where, 'v.shape', `[${B}, ${Hkv}, ${S}, Dv] (k's batch, heads and length)`, v.shape);
+  }
+  if (Hkv === 0) throw rangeError(where, 'k.shape[1] (kv heads)', 'at least 1', Hkv);
+  if (Hq % Hkv !== 0) throw rangeError(where, 'q.shape[1] (query heads)', `a multiple of k.shape[1] (${Hkv} kv heads)`, Hq);
+  const o = checkOptions(where, options);
+  checkKnownKeys(where, o, ['causal', 'scale']);
+  const causal = o.causal === undefined ? true : checkBool(where, 'options.causal', o.causal);
+  const scale = o.scale === undefined ? (Dh > 0 ? 1 / Math.sqrt(Dh) : 1) : checkNumber(where, 'options.scale', o.scale);
+  if (causal && S !== T) {
+    throw rangeError(where, 'k.shape[2] (key length)', `${T} (q.shape[2]) with causal masking (or pass { causal: false })`, S);
+  }
+  const [outH, lse] = native.attentionForward(q._h, k._h, v._h, causal, scale);
+  const out = q._make(outH, [B, Hq, T, v.shape[3]]);
+  return record(out, 'ScaledDotProductAttentionBackward', [q, k, v], (g) => {
+    const fn = out._gradFn as GradFn;
+    const [dq, dk, dv] = native.attentionBackward(g._h, q._h, k._h, v._h, lse, causal, scale, fn.needs[0], fn.needs[1], fn.needs[2]);
+    return [dq ? q._make(dq, q.shape) : null, dk ? k._make(dk, k.shape) : null, dv ? v._make(dv, v.shape) : null];
+  }, [q, k, v], () => native.dispose(lse));
+}
+
+// ================================================================== modules
+
+export interface EmbeddingOptions {
+  dtype?: FloatDType;
+  device?: DeviceSpec;
+}
+
+/** A lookup table: weight [numEmbeddings, embeddingDim], initialised N(0, 1) as torch.nn.Embedding. */
+export class Embedding extends Module {
+  readonly numEmbeddings: number;
+  readonly embeddingDim: number;
+  weight: Tensor;
+
+  constructor(numEmbeddings: number, embeddingDim: number, options?: EmbeddingOptions) {
+    super();
+    const where = 'Embedding';
+    checkInt(where, 'numEmbeddings', numEmbeddings);
+    checkInt(where, 'embeddingDim', embeddingDim);
+    const o = checkOptions(where, options);
+    checkKnownKeys(where, o, ['dtype', 'device']);
+    const dtype: DType = o.dtype === undefined ? 'float32' : checkOneOf(where, 'options.dtype', o.dtype, FLOAT_DTYPES);
+    parseDevice(where, 'options.device', o.device);
+    this.numEmbeddings = numEmbeddings;
+    this.embeddingDim = embeddingDim;
+    this.weight = randn([numEmbeddings, embeddingDim], { dtype, device: o.device as DeviceSpec | undefined }).requiresGrad_(true);
+  }
+
+  /** ids: int32 of any shape -> [...ids.shape, embeddingDim]. */
+  forward(ids: Tensor): Tensor {
+    return embeddingImpl('Embedding.forward', ids, this.weight);
+  }
+
+  extraRepr(): string {
+    return `${this.numEmbeddings}, ${this.embeddingDim}`;
+  }
+}
+
+export interface RMSNormOptions {
+  /** Added to the mean square; default 1e-6 (LlamaRMSNorm's default). */
+  eps?: number;
+  dtype?: FloatDType;
+  device?: DeviceSpec;
+}
+
+/** LlamaRMSNorm: weight [dim] starts at ones; normalises over the last dim. */
+export class RMSNorm extends Module {
+  readonly dim: number;
+  readonly eps: number;
+  weight: Tensor;
+
+  constructor(dim: number, options?: RMSNormOptions) {
+    super();
+    const where = 'RMSNorm';
+    checkInt(where, 'dim', dim);
+    const o = checkOptions(where, options);
+    checkKnownKeys(where, o, ['eps', 'dtype', 'device']);
+    const eps = o.eps === undefined ? 1e-6 : checkNumber(where, 'options.eps', o.eps);
+    if (eps < 0) throw rangeError(where, 'options.eps', 'a number >= 0', eps);
+    const dtype: DType = o.dtype === undefined ? 'float32' : checkOneOf(where, 'options.dtype', o.dtype, FLOAT_DTYPES);
+    parseDevice(where, 'options.device', o.device);
+    this.dim = dim;
+    this.eps = eps;
+    this.weight = ones([dim], { dtype, device: o.device as DeviceSpec | undefined }).requiresGrad_(true);
+  }
+
+  /** x [..., dim] -> same shape. */
+  forward(x: Tensor): Tensor {
+    const where = 'RMSNorm.forward';
+    assertTensor(where, 'x', x);
+    requireFloat(where, x, 'x');
+    if (x.ndim < 1 || x.shape[x.ndim - 1] !== this.dim) {
+      throw rangeError(where, 'x.shape[-1]', `${this.dim} (dim)`, x.ndim < 1 ? x : x.shape[x.ndim - 1]);
+    }
+    return rmsNormImpl(where, x, this.weight, this.eps);
+  }
+
+  extraRepr(): string {
+    return `${this.dim}, eps=${this.eps}`;
+  }
+}
