@@ -14,6 +14,15 @@ export {
   LoRALinear, injectLora, qkvFilter, getLoraParameters, getLoraAB, loraLayers, mergeLora, unmergeLora,
 } from './lora';
 export type { LoRAOptions, InjectLoraOptions, LoraFilter, LoraInit } from './lora';
+export { Embedding, RMSNorm } from './nn/transformer';
+export { LlamaForCausalLM, parseLlamaConfig } from './models/llama';
+export type { LlamaConfig, FromPretrainedOptions } from './models/llama';
+export type { RopeScaling, RotaryTablesOptions, AttentionOptions, EmbeddingOptions, RMSNormOptions } from './nn/transformer';
+export { saveAdapter, loadAdapter, saveMerged } from './peft';
+export type { SaveAdapterOptions } from './peft';
+export { SafetensorsFile, SafetensorsError, loadSafetensors, loadSafetensorsSync, saveSafetensors, saveSafetensorsSync } from './safetensors';
+export type { SafetensorsDtype, SafetensorsEntry, SafetensorsReadOptions, WriteOptions as SafetensorsWriteOptions } from './safetensors';
+export { loadTokenizer, Tokenizer } from './tokenizer';
 export { Adam, AdamW } from './optim';
 export type { AdamOptions, ParamGroup, ParamGroupInput } from './optim';
 export { backendInfo, cuda, nativeMemoryBytes } from './backend';

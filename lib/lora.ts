@@ -60,6 +60,7 @@ export class LoRALinear extends Module {
   readonly scale: number;
   readonly dropout: number;
   readonly useRslora: boolean;
+  readonly init: LoraInit;
   /** True while scale * B A is folded into origLinear.weight. */
   merged = false;
 
@@ -81,6 +82,7 @@ export class LoRALinear extends Module {
     this.alpha = alpha;
     this.dropout = dropout;
     this.useRslora = useRslora;
+    this.init = init;
     this.scale = r > 0 ? (useRslora ? alpha / Math.sqrt(r) : alpha / r) : 1;
     origLinear.weight.requiresGrad_(false);
     if (origLinear.bias) origLinear.bias.requiresGrad_(false);

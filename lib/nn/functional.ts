@@ -159,3 +159,5 @@ export function crossEntropy(input: Tensor, target: Tensor | ArrayLike<number> |
   }, [input], release);
 }
 
+// The transformer ops (fused native forward and backward each).
+export { embedding, rmsNorm, applyRotary, rotaryTables, scaledDotProductAttention } from './transformer';

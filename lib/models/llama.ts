@@ -1,0 +1,421 @@
+// The Llama family (Llama 2/3, Mistral, Qwen2/2.5, SmolLM, TinyLlama) as a
+// module tree with Hugging Face's parameter names, so checkpoints load by name
+// and injectLora(model, { targetModules: ['q_proj', 'v_proj'] }) works as on
+// any tree. Attention, RMSNorm, rotary embeddings and the embedding lookup are
+// fused native ops with fused backward passes.
+import * as fs from 'fs';
+import * as path from 'path';
+import { Module } from '../nn/module';
+import { Linear, ModuleList } from '../nn/layers';
+import * as F from '../nn/functional';
+import {
+  Embedding, RMSNorm, RopeScaling, applyRotary, rotaryTables, scaledDotProductAttention,
+} from '../nn/transformer';
+import { Tensor, randn, tensor, DType } from '../tensor';
+import { noGrad } from '../autograd';
+import { DeviceSpec } from '../device';
+import { SafetensorsFile } from '../safetensors';
+import { checkOneOf, checkOptions, checkKnownKeys, rangeError, typeError } from '../errors';
+
+/** A parsed config.json of a supported architecture. */
+export interface LlamaConfig {
+  modelType: 'llama' | 'mistral' | 'qwen2';
+  vocabSize: number;
+  hiddenSize: number;
+  intermediateSize: number;
+  numHiddenLayers: number;
+  numAttentionHeads: number;
+  numKeyValueHeads: number;
+  headDim: number;
+  rmsNormEps: number;
+  ropeTheta: number;
+  ropeScaling: RopeScaling | null;
+  maxPositionEmbeddings: number;
+  tieWordEmbeddings: boolean;
+  /** Biases on q/k/v (Qwen2, or Llama's attention_bias), and on o (Llama's attention_bias only). */
+  qkvBias: boolean;
+  oBias: boolean;
+  mlpBias: boolean;
+  initializerRange: number;
+  /** The config.json object as read, written back by saveMerged. */
+  raw: Record<string, unknown>;
+}
+
+const ARCHITECTURES: Record<string, LlamaConfig['modelType']> = {
+  LlamaForCausalLM: 'llama',
+  MistralForCausalLM: 'mistral',
+  Qwen2ForCausalLM: 'qwen2',
+};
+
+/** Reads a Hugging Face config.json object; says clearly what it cannot handle. */
+export function parseLlamaConfig(raw: unknown, where = 'parseLlamaConfig'): LlamaConfig {
+  if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw typeError(where, 'config', 'a config.json object', raw);
+  const c = raw as Record<string, unknown>;
+  const archs = Array.isArray(c.architectures) ? (c.architectures as unknown[]).map(String) : [];
+  const mt = typeof c.model_type === 'string' ? c.model_type : undefined;
+  const supported = Object.keys(ARCHITECTURES).join(', ');
+  let modelType: LlamaConfig['modelType'] | undefined = archs.map((a) => ARCHITECTURES[a]).find(Boolean);
+  if (!modelType && mt && (['llama', 'mistral', 'qwen2'] as const).includes(mt as 'llama')) modelType = mt as LlamaConfig['modelType'];
+  if (!modelType) {
+    throw new RangeError(`${where}: unsupported architecture ${archs.length ? archs.join(', ') : JSON.stringify(mt)}; supported: ${supported} (model_type llama, mistral, qwen2)`);
+  }
+  const int = (key: string, dflt?: number): number => {
+    const v = c[key] ?? dflt;
+    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) throw rangeError(where, `config.${key}`, 'a positive integer', v);
+    return v;
+  };
+  const num = (key: string, dflt: number): number => {
+    const v = c[key] ?? dflt;
+    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw rangeError(where, `config.${key}`, 'a positive number', v);
+    return v;
+  };
+  const act = c.hidden_act ?? 'silu';
+  if (act !== 'silu') throw rangeError(where, 'config.hidden_act', '"silu"', act);
+  const hiddenSize = int('hidden_size');
+  const numAttentionHeads = int('num_attention_heads');
+  const numKeyValueHeads = int('num_key_value_heads', numAttentionHeads);
+  if (numAttentionHeads % numKeyValueHeads !== 0) {
+    throw rangeError(where, 'config.num_key_value_heads', `a divisor of num_attention_heads (${numAttentionHeads})`, numKeyValueHeads);
+  }
+  const headDim = c.head_dim == null ? hiddenSize / numAttentionHeads : int('head_dim');
+  if (!Number.isInteger(headDim) || headDim % 2 !== 0) {
+    throw rangeError(where, 'head dim', 'an even integer (hidden_size / num_attention_heads or config.head_dim)', headDim);
+  }
+  let ropeScaling: RopeScaling | null = null;
+  if (c.rope_scaling != null) {
+    const rs = c.rope_scaling as Record<string, unknown>;
+    const type = rs.rope_type ?? rs.type;
+    if (type === 'llama3') {
+      ropeScaling = {
+        type: 'llama3',
+        factor: Number(rs.factor),
+        lowFreqFactor: Number(rs.low_freq_factor),
+        highFreqFactor: Number(rs.high_freq_factor),
+        originalMaxPositionEmbeddings: Number(rs.original_max_position_embeddings),
+      };
+      if (!Object.values(ropeScaling).slice(1).every((v) => Number.isFinite(v) && (v as number) > 0)) {
+        throw rangeError(where, 'config.rope_scaling', 'llama3 scaling with positive factor, low_freq_factor, high_freq_factor, original_max_position_embeddings', rs);
+      }
+    } else if (type === 'linear') {
+      ropeScaling = { type: 'linear', factor: Number(rs.factor) };
+      if (!(ropeScaling.factor > 0)) throw rangeError(where, 'config.rope_scaling.factor', 'a positive number', rs.factor);
+    } else if (type !== 'default') {
+      throw rangeError(where, 'config.rope_scaling.rope_type', '"llama3", "linear" or "default" (others are not supported)', type);
+    }
+  }
+  const attentionBias = c.attention_bias === true;
+  return {
+    modelType,
+    vocabSize: int('vocab_size'),
+    hiddenSize,
+    intermediateSize: int('intermediate_size'),
+    numHiddenLayers: int('num_hidden_layers'),
+    numAttentionHeads,
+    numKeyValueHeads,
+    headDim,
+    rmsNormEps: num('rms_norm_eps', 1e-6),
+    ropeTheta: num('rope_theta', 10000),
+    ropeScaling,
+    maxPositionEmbeddings: int('max_position_embeddings', 2048),
+    tieWordEmbeddings: c.tie_word_embeddings === true,
+    qkvBias: modelType === 'qwen2' || attentionBias,
+    oBias: modelType !== 'qwen2' && attentionBias,
+    mlpBias: c.mlp_bias === true,
+    initializerRange: num('initializer_range', 0.02),
+    raw: { ...c },
+  };
+}
+
+interface BuildOptions {
+  dtype: 'float32' | 'float64';
+  device?: DeviceSpec;
+}
+
+export class LlamaAttention extends Module {
+  q_proj: Linear;
+  k_proj: Linear;
+  v_proj: Linear;
+  o_proj: Linear;
+
+  constructor(readonly config: LlamaConfig, o: BuildOptions) {
+    super();
+    const { hiddenSize: D, numAttentionHeads: H, numKeyValueHeads: Hkv, headDim: hd } = config;
+    this.q_proj = new Linear(D, H * hd, { bias: config.qkvBias, ...o });
+    this.k_proj = new Linear(D, Hkv * hd, { bias: config.qkvBias, ...o });
+    this.v_proj = new Linear(D, Hkv * hd, { bias: config.qkvBias, ...o });
+    this.o_proj = new Linear(H * hd, D, { bias: config.oBias, ...o });
+  }
+
+  /** x [B, T, D] -> [B, T, D], causal, with rotary tables cos/sin [T, headDim]. */
+  forward(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
+    const [B, T] = x.shape;
+    const { numAttentionHeads: H, numKeyValueHeads: Hkv, headDim: hd } = this.config;
+    const heads = (t: Tensor, n: number) => t.reshape(B, T, n, hd).transpose(1, 2);
+    const q = applyRotary(heads(this.q_proj.forward(x), H), cos, sin);
+    const k = applyRotary(heads(this.k_proj.forward(x), Hkv), cos, sin);
+    const v = heads(this.v_proj.forward(x), Hkv);
+    const o = scaledDotProductAttention(q, k, v, { causal: true });
+    return this.o_proj.forward(o.transpose(1, 2).reshape(B, T, H * hd));
+  }
+}
+
+export class LlamaMLP extends Module {
+  gate_proj: Linear;
+  up_proj: Linear;
+  down_proj: Linear;
+
+  constructor(config: LlamaConfig, o: BuildOptions) {
+    super();
+    const { hiddenSize: D, intermediateSize: I } = config;
+    this.gate_proj = new Linear(D, I, { bias: config.mlpBias, ...o });
+    this.up_proj = new Linear(D, I, { bias: config.mlpBias, ...o });
+    this.down_proj = new Linear(I, D, { bias: config.mlpBias, ...o });
+  }
+
+  forward(x: Tensor): Tensor {
+    return this.down_proj.forward(F.silu(this.gate_proj.forward(x)).mul(this.up_proj.forward(x)));
+  }
+}
+
+export class LlamaDecoderLayer extends Module {
+  self_attn: LlamaAttention;
+  mlp: LlamaMLP;
+  input_layernorm: RMSNorm;
+  post_attention_layernorm: RMSNorm;
+
+  constructor(config: LlamaConfig, o: BuildOptions) {
+    super();
+    this.self_attn = new LlamaAttention(config, o);
+    this.mlp = new LlamaMLP(config, o);
+    this.input_layernorm = new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps, dtype: o.dtype });
+    this.post_attention_layernorm = new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps, dtype: o.dtype });
+  }
+
+  forward(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
+    const h = x.add(this.self_attn.forward(this.input_layernorm.forward(x), cos, sin));
+    return h.add(this.mlp.forward(this.post_attention_layernorm.forward(h)));
+  }
+}
+
+export class LlamaModel extends Module {
+  embed_tokens: Embedding;
+  layers: ModuleList;
+  norm: RMSNorm;
+  /** Rotary tables by sequence length (constants, so they are cached). */
+  private _rope = new Map<number, { cos: Tensor; sin: Tensor }>();
+
+  constructor(readonly config: LlamaConfig, o: BuildOptions) {
+    super();
+    this.embed_tokens = new Embedding(config.vocabSize, config.hiddenSize, { dtype: o.dtype });
+    this.layers = new ModuleList(Array.from({ length: config.numHiddenLayers }, () => new LlamaDecoderLayer(config, o)));
+    this.norm = new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps, dtype: o.dtype });
+  }
+
+  private rope(T: number, dtype: DType): { cos: Tensor; sin: Tensor } {
+    let r = this._rope.get(T);
+    if (!r || r.cos.dtype !== dtype || r.cos.isDisposed) {
+      const c = this.config;
+      r = rotaryTables(T, c.headDim, { theta: c.ropeTheta, scaling: c.ropeScaling, dtype: dtype as 'float32' });
+      this._rope.set(T, r);
+    }
+    return r;
+  }
+
+  /** ids int32 [B, T] -> hidden states [B, T, D] after the final norm. */
+  forward(ids: Tensor): Tensor {
+    let x = this.embed_tokens.forward(ids);
+    const { cos, sin } = this.rope(ids.shape[1], x.dtype);
+    for (const layer of this.layers) x = (layer as LlamaDecoderLayer).forward(x, cos, sin);
+    return this.norm.forward(x);
+  }
+}
+
+export interface FromPretrainedOptions {
+  dtype?: 'float32' | 'float64';
+  device?: DeviceSpec;
+}
+
+export class LlamaForCausalLM extends Module {
+  model: LlamaModel;
+  lm_head: Linear;
+  readonly config: LlamaConfig;
+
+  /**
+   * A model with freshly initialised weights (normal with std
+   * initializer_range, as transformers does); fromPretrained() loads a checkpoint.
+   */
+  constructor(config: LlamaConfig | Record<string, unknown>, options?: FromPretrainedOptions & { init?: boolean }) {
+    super();
+    const where = 'LlamaForCausalLM';
+    const cfg = isParsed(config) ? config : parseLlamaConfig(config, where);
+    const o = checkOptions(where, options);
+    checkKnownKeys(where, o, ['dtype', 'device', 'init']);
+    const dtype = o.dtype === undefined ? 'float32' : checkOneOf(where, 'options.dtype', o.dtype, ['float32', 'float64'] as const);
+    const build: BuildOptions = { dtype, device: o.device as DeviceSpec | undefined };
+    this.config = cfg;
+    this.model = new LlamaModel(cfg, build);
+    this.lm_head = new Linear(cfg.hiddenSize, cfg.vocabSize, { bias: false, ...build });
+    if (cfg.tieWordEmbeddings) this.lm_head.weight = this.model.embed_tokens.weight;
+    if (o.init !== false) this.initWeights();
+  }
+
+  private initWeights(): void {
+    const std = this.config.initializerRange;
+    noGrad(() => {
+      for (const m of this.modules()) {
+        if (m instanceof Linear) {
+          m.weight.copy_(randn([...m.weight.shape], { std, dtype: m.weight.dtype as 'float32' }));
+          m.bias?.zero_();
+        } else if (m instanceof Embedding) {
+          m.weight.copy_(randn([...m.weight.shape], { std, dtype: m.weight.dtype as 'float32' }));
+        }
+      }
+    });
+  }
+
+  /** Logits [B, T, vocab] for token ids given as number[][] (equal lengths) or an int32 tensor [B, T]. */
+  forward(inputIds: number[][] | Tensor): Tensor {
+    const ids = toIds('LlamaForCausalLM.forward', 'inputIds', inputIds, this.config.vocabSize);
+    const logits = this.lm_head.forward(this.model.forward(ids));
+    if (ids !== inputIds) ids.dispose();
+    return logits;
+  }
+
+  /**
+   * The causal language-modelling loss as transformers computes it: position t
+   * predicts labels[t + 1]; labels default to the inputs; -100 is ignored.
+   */
+  loss(inputIds: number[][] | Tensor, labels?: number[][] | Tensor): Tensor {
+    const where = 'LlamaForCausalLM.loss';
+    const ids = toIds(where, 'inputIds', inputIds, this.config.vocabSize);
+    const [B, T] = ids.shape;
+    const lab = labels === undefined ? ids.toArray() : labelsArray(where, labels, B, T);
+    const targets = new Array<number>(B * T);
+    for (let b = 0; b < B; b++) {
+      for (let t = 0; t < T; t++) targets[b * T + t] = t + 1 < T ? lab[b * T + t + 1] : -100;
+    }
+    const logits = this.lm_head.forward(this.model.forward(ids));
+    if (ids !== inputIds) ids.dispose();
+    return F.crossEntropy(logits.reshape(B * T, this.config.vocabSize), targets, { ignoreIndex: -100 });
+  }
+
+  /**
+   * Loads config.json and model.safetensors (or a sharded
+   * model.safetensors.index.json) from a Hugging Face checkpoint directory.
+   * F32, F16 and BF16 weights are converted to the requested dtype (float32).
+   */
+  static async fromPretrained(dir: string, options?: FromPretrainedOptions): Promise<LlamaForCausalLM> {
+    const where = 'LlamaForCausalLM.fromPretrained';
+    if (typeof dir !== 'string') throw typeError(where, 'dir', 'a checkpoint directory path', dir);
+    const o = checkOptions(where, options);
+    checkKnownKeys(where, o, ['dtype', 'device']);
+    const configPath = path.join(dir, 'config.json');
+    let raw: unknown;
+    try {
+      raw = JSON.parse(await fs.promises.readFile(configPath, 'utf8'));
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      throw new Error(err.code === 'ENOENT'
+        ? `${where}: ${configPath} not found (expected a Hugging Face checkpoint directory with config.json and model.safetensors)`
+        : `${where}: cannot read ${configPath}: ${err.message}`);
+    }
+    const config = parseLlamaConfig(raw, where);
+    const model = new LlamaForCausalLM(config, { ...(o as FromPretrainedOptions), init: false });
+    const files = await weightFiles(where, dir);
+    const expected = new Map(Object.entries(model.stateDict()));
+    const loaded = new Set<string>();
+    const unexpected: string[] = [];
+    for (const file of files) {
+      const st = await SafetensorsFile.open(file);
+      try {
+        for (const key of st.keys()) {
+          const target = expected.get(key);
+          if (!target) {
+            // Non-persistent rotary buffers that old checkpoints still carry.
+            if (!/\.rotary_emb\.inv_freq$/.test(key)) unexpected.push(key);
+            continue;
+          }
+          const e = st.entry(key);
+          if (e.shape.length !== target.shape.length || e.shape.some((d, i) => d !== target.shape[i])) {
+            throw new RangeError(`${where}: ${path.basename(file)}: '${key}' has shape [${e.shape.join(', ')}], the config implies [${target.shape.join(', ')}]`);
+          }
+          if (!['F32', 'F16', 'BF16', 'F64'].includes(e.dtype)) {
+            throw new RangeError(`${where}: ${path.basename(file)}: '${key}' has dtype ${e.dtype}; F32, F16, BF16 and F64 are supported`);
+          }
+          const t = await st.read(key, { dtype: target.dtype as 'float32' });
+          noGrad(() => target.copy_(t));
+          t.dispose();
+          loaded.add(key);
+        }
+      } finally {
+        st.close();
+      }
+    }
+    if (unexpected.length) {
+      throw new RangeError(`${where}: the checkpoint has weights this architecture does not use: ${list(unexpected)}`);
+    }
+    const missing = [...expected.keys()].filter((k) => !loaded.has(k) && !(k === 'lm_head.weight' && config.tieWordEmbeddings));
+    if (missing.length) throw new RangeError(`${where}: the checkpoint lacks weights: ${list(missing)}`);
+    return model;
+  }
+}
+
+function isParsed(c: unknown): c is LlamaConfig {
+  return typeof c === 'object' && c !== null && 'raw' in c && 'modelType' in c;
+}
+
+function list(keys: string[]): string {
+  return keys.slice(0, 10).map((k) => `'${k}'`).join(', ') + (keys.length > 10 ? `, … (${keys.length} in all)` : '');
+}
+
+async function weightFiles(where: string, dir: string): Promise<string[]> {
+  const single = path.join(dir, 'model.safetensors');
+  const index = path.join(dir, 'model.safetensors.index.json');
+  if (fs.existsSync(index)) {
+    let map: unknown;
+    try {
+      map = JSON.parse(await fs.promises.readFile(index, 'utf8')).weight_map;
+    } catch (e) {
+      throw new Error(`${where}: cannot read ${index}: ${(e as Error).message}`);
+    }
+    if (map === null || typeof map !== 'object') throw new Error(`${where}: ${index} has no weight_map object`);
+    const shards = [...new Set(Object.values(map as Record<string, unknown>).map(String))];
+    for (const s of shards) {
+      if (s.includes('/') || s.includes('\\') || s.startsWith('.')) throw new Error(`${where}: ${index} names a shard outside the directory: ${s}`);
+      if (!fs.existsSync(path.join(dir, s))) throw new Error(`${where}: shard ${s} listed in ${path.basename(index)} is missing`);
+    }
+    return shards.map((s) => path.join(dir, s));
+  }
+  if (fs.existsSync(single)) return [single];
+  const bins = fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => f.endsWith('.bin')) : [];
+  throw new Error(`${where}: no model.safetensors or model.safetensors.index.json in ${dir}` +
+    (bins.length ? ` (found ${bins.join(', ')}: PyTorch .bin checkpoints are not supported; convert them to safetensors)` : ''));
+}
+
+function toIds(where: string, what: string, v: number[][] | Tensor, vocab: number): Tensor {
+  if (v instanceof Tensor) {
+    if (v.dtype !== 'int32' || v.ndim !== 2) throw typeError(where, what, 'an int32 tensor [batch, seq] or number[][]', v);
+    return v;
+  }
+  if (!Array.isArray(v) || v.length === 0 || !v.every(Array.isArray)) throw typeError(where, what, 'number[][] (batch of token id rows) or an int32 tensor', v);
+  const T = v[0].length;
+  if (T === 0) throw rangeError(where, `${what}[0].length`, 'at least 1', T);
+  v.forEach((row, b) => {
+    if (row.length !== T) throw rangeError(where, `${what}[${b}].length`, `${T} (rows must have equal lengths)`, row.length);
+    row.forEach((id, t) => {
+      if (!Number.isInteger(id) || id < 0 || id >= vocab) throw rangeError(where, `${what}[${b}][${t}]`, `a token id in [0, ${vocab})`, id);
+    });
+  });
+  return tensor(v, { dtype: 'int32' });
+}
+
+function labelsArray(where: string, v: number[][] | Tensor, B: number, T: number): ArrayLike<number> {
+  if (v instanceof Tensor) {
+    if (v.dtype !== 'int32' || v.shape[0] !== B || v.shape[1] !== T || v.ndim !== 2) throw rangeError(where, 'labels', `an int32 tensor [${B}, ${T}]`, v);
+    return v.toArray();
+  }
+  if (!Array.isArray(v) || v.length !== B || v.some((r) => !Array.isArray(r) || r.length !== T)) {
+    throw rangeError(where, 'labels', `number[${B}][${T}] like inputIds`, v);
+  }
+  return v.flat();
+}
