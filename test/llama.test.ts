@@ -87,6 +87,9 @@ test('forward accepts an int32 tensor and rejects bad ids', async () => {
   expect(maxAbsDiff(noGrad(() => model.forward(ids)).toArray(), c.logits)).toBeLessThan(2e-4);
   expect(() => model.forward([[1, 2], [3]])).toThrow(/equal lengths/);
   expect(() => model.forward([[1, 999]])).toThrow(/token id in \[0, 40\)/);
+  const windowed = new LlamaForCausalLM({ ...c.config, sliding_window: 4 });
+  expect(() => windowed.forward([[1, 2, 3, 4, 5]])).toThrow(/exceed the model's sliding_window \(4\)/);
+  expect(windowed.forward([[1, 2, 3, 4]]).shape).toEqual([1, 4, 40]);
 });
 
 describe('LoRA on a checkpoint', () => {

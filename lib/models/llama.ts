@@ -31,6 +31,8 @@ export interface LlamaConfig {
   ropeTheta: number;
   ropeScaling: RopeScaling | null;
   maxPositionEmbeddings: number;
+  /** Mistral's (and Qwen2's, when enabled) attention window; longer sequences are refused. */
+  slidingWindow: number | null;
   tieWordEmbeddings: boolean;
   /** Biases on q/k/v (Qwen2, or Llama's attention_bias), and on o (Llama's attention_bias only). */
   qkvBias: boolean;
@@ -104,6 +106,10 @@ export function parseLlamaConfig(raw: unknown, where = 'parseLlamaConfig'): Llam
     }
   }
   const attentionBias = c.attention_bias === true;
+  const window = modelType === 'mistral' || (modelType === 'qwen2' && c.use_sliding_window === true) ? c.sliding_window : null;
+  if (window != null && (typeof window !== 'number' || !Number.isInteger(window) || window <= 0)) {
+    throw rangeError(where, 'config.sliding_window', 'a positive integer or null', window);
+  }
   return {
     modelType,
     vocabSize: int('vocab_size'),
@@ -117,6 +123,7 @@ export function parseLlamaConfig(raw: unknown, where = 'parseLlamaConfig'): Llam
     ropeTheta: num('rope_theta', 10000),
     ropeScaling,
     maxPositionEmbeddings: int('max_position_embeddings', 2048),
+    slidingWindow: (window as number | null | undefined) ?? null,
     tieWordEmbeddings: c.tie_word_embeddings === true,
     qkvBias: modelType === 'qwen2' || attentionBias,
     oBias: modelType !== 'qwen2' && attentionBias,
@@ -276,6 +283,7 @@ export class LlamaForCausalLM extends Module {
   /** Logits [B, T, vocab] for token ids given as number[][] (equal lengths) or an int32 tensor [B, T]. */
   forward(inputIds: number[][] | Tensor): Tensor {
     const ids = toIds('LlamaForCausalLM.forward', 'inputIds', inputIds, this.config.vocabSize);
+    checkLength('LlamaForCausalLM.forward', ids.shape[1], this.config);
     const logits = this.lm_head.forward(this.model.forward(ids));
     if (ids !== inputIds) ids.dispose();
     return logits;
@@ -289,6 +297,7 @@ export class LlamaForCausalLM extends Module {
     const where = 'LlamaForCausalLM.loss';
     const ids = toIds(where, 'inputIds', inputIds, this.config.vocabSize);
     const [B, T] = ids.shape;
+    checkLength(where, T, this.config);
     const lab = labels === undefined ? ids.toArray() : labelsArray(where, labels, B, T);
     const targets = new Array<number>(B * T);
     for (let b = 0; b < B; b++) {
@@ -390,6 +399,12 @@ async function weightFiles(where: string, dir: string): Promise<string[]> {
   const bins = fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => f.endsWith('.bin')) : [];
   throw new Error(`${where}: no model.safetensors or model.safetensors.index.json in ${dir}` +
     (bins.length ? ` (found ${bins.join(', ')}: PyTorch .bin checkpoints are not supported; convert them to safetensors)` : ''));
+}
+
+function checkLength(where: string, T: number, config: LlamaConfig): void {
+  if (config.slidingWindow !== null && T > config.slidingWindow) {
+    throw new RangeError(`${where}: sequences of ${T} tokens exceed the model's sliding_window (${config.slidingWindow}); sliding-window attention is not supported, so use at most ${config.slidingWindow} tokens`);
+  }
 }
 
 function toIds(where: string, what: string, v: number[][] | Tensor, vocab: number): Tensor {
