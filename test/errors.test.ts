@@ -9,26 +9,8 @@ import {
   Tensor, tensor, zeros, ones, full, randn, rand, Linear, ReLU, Module, Sequential, LoRALinear, injectLora,
   Adam, AdamW, F, backendInfo,
 } from '../lib';
+import { expectThrows } from './helpers/expect-throws';
 
-type Ctor = new (...args: never[]) => Error;
-
-/** fn throws an instance of `type` (exactly that class for TypeError/RangeError) whose message matches `re`. */
-function expectThrows(fn: () => unknown, type: Ctor, re: RegExp): Error {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  if (caught === undefined) throw new Error(`expected a ${type.name} matching ${re}, but nothing was thrown`);
-  const err = caught as Error;
-  if (!(err instanceof type)) {
-    throw new Error(`expected a ${type.name} matching ${re}, got ${(err as Error)?.constructor?.name}: ${(err as Error)?.message}`);
-  }
-  if (type === TypeError || type === RangeError) expect(err.constructor).toBe(type);
-  expect(err.message).toMatch(re);
-  return err;
-}
 
 /** The standard message format, anchored. */
 const FORMAT = /^[A-Za-z_.]+(?:\.[A-Za-z_]+)*: .+ must be .+, got .+$/s;

@@ -9,27 +9,8 @@ import {
   embedding, rmsNorm, applyRotary, rotaryTables, scaledDotProductAttention, Embedding, RMSNorm,
 } from '../lib/nn/transformer';
 import { gradcheck, t64 } from './helpers/gradcheck';
+import { expectThrows } from './helpers/expect-throws';
 
-type Ctor = new (...args: never[]) => Error;
-
-/** fn throws exactly `type` with a message matching re. */
-function expectThrows(fn: () => unknown, type: Ctor, re: RegExp): Error {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  if (caught === undefined) throw new Error(`expected a ${type.name} matching ${re}, but nothing was thrown`);
-  const err = caught as Error;
-  if (!(err instanceof type)) {
-    const got = err as { constructor?: { name?: string }; message?: string };
-    throw new Error(`expected a ${type.name} matching ${re}, got ${got?.constructor?.name}: ${got?.message}`);
-  }
-  if (type === TypeError || type === RangeError) expect(err.constructor).toBe(type);
-  expect(err.message).toMatch(re);
-  return err;
-}
 
 const FORMAT = /^[A-Za-z_.]+: .+ must be .+, got .+$/s;
 

@@ -13,39 +13,16 @@
 #include "../parallel.h"
 #include "../philox.h"
 #include "blas.h"
+#include "cpu_transformer.h"
+#include "dispatch.h"
 #include "gemm.h"
 
 namespace lc {
 
-// Kernels of the transformer blocks, defined in cpu_transformer.cpp.
-namespace cpu_tf {
-void embedding_forward(const Tensor& ids, const Tensor& weight, const Tensor& out);
-void embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dweight);
-void rms_norm_forward(const Tensor& x, const Tensor* weight, double eps, const Tensor& y,
-                      const Tensor& rstd);
-void rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor* weight,
-                       const Tensor& rstd, const Tensor* dx, const Tensor* dweight);
-void rotary_forward(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& out);
-void rotary_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin, const Tensor& dx);
-void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
-                       double scale, const Tensor& out, const Tensor& lse);
-void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
-                        const Tensor& lse, bool causal, double scale, const Tensor* dq,
-                        const Tensor* dk, const Tensor* dv);
-}  // namespace cpu_tf
 
 namespace {
 
 constexpr int64_t kGrain = 1 << 15;  // elements per thread chunk for elementwise loops
-
-template <typename Fn>
-void dispatch_float(DType t, const char* op, Fn&& fn) {
-  switch (t) {
-    case DType::F32: fn(float{}); return;
-    case DType::F64: fn(double{}); return;
-    default: fail(std::string(op) + ": expected a float32 or float64 tensor, got " + dtype_name(t));
-  }
-}
 
 inline void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                  int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {

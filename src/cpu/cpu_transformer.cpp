@@ -13,20 +13,13 @@
 
 #include "../backend.h"
 #include "../parallel.h"
+#include "cpu_transformer.h"
+#include "dispatch.h"
 
 namespace lc::cpu_tf {
 namespace {
 
 constexpr int64_t kWork = 1 << 15;  // about this many multiply-adds per thread chunk
-
-template <typename Fn>
-void dispatch_float(DType t, const char* op, Fn&& fn) {
-  switch (t) {
-    case DType::F32: fn(float{}); return;
-    case DType::F64: fn(double{}); return;
-    default: fail(std::string(op) + ": expected a float32 or float64 tensor, got " + dtype_name(t));
-  }
-}
 
 // fn(begin, end) over [0, n) items of about `cost` operations each: serially
 // when the total is small, else on the pool in chunks of at least kWork.
