@@ -11,7 +11,7 @@ export type { LinearOptions } from './nn/layers';
 export * as F from './nn/functional';
 export type { Reduction, CrossEntropyOptions } from './nn/functional';
 export {
-  LoRALinear, injectLora, qkvFilter, getLoraParameters, getLoraAB, loraLayers, mergeLora, unmergeLora,
+  LoRALinear, injectLora, qkvFilter, getLoraParameters, getLoraAB, loraLayers, mergeLora, unmergeLora, withAdaptersDisabled,
 } from './lora';
 export type { LoRAOptions, InjectLoraOptions, LoraFilter, LoraInit } from './lora';
 export { Embedding, RMSNorm } from './nn/transformer';
@@ -24,6 +24,6 @@ export { SafetensorsFile, SafetensorsError, loadSafetensors, loadSafetensorsSync
 export type { SafetensorsDtype, SafetensorsEntry, SafetensorsReadOptions, WriteOptions as SafetensorsWriteOptions } from './safetensors';
 export { loadTokenizer, Tokenizer } from './tokenizer';
 export { Adam, AdamW } from './optim';
-export type { AdamOptions, ParamGroup, ParamGroupInput } from './optim';
+export type { AdamOptions, AdamStateDict, ParamGroup, ParamGroupInput } from './optim';
 export { backendInfo, cuda, nativeMemoryBytes } from './backend';
 export type { BackendInfo, CudaInfo, CudaDeviceInfo } from './backend';

@@ -63,6 +63,8 @@ export class LoRALinear extends Module {
   readonly init: LoraInit;
   /** True while scale * B A is folded into origLinear.weight. */
   merged = false;
+  /** When false, forward is the original layer's (the adapter is kept, not applied). */
+  enabled = true;
 
   constructor(origLinear: Linear, options?: LoRAOptions) {
     super();
@@ -102,7 +104,7 @@ export class LoRALinear extends Module {
     const M = checkLinearInput(where, x, this.inFeatures);
     const W = this.origLinear.weight;
     requireSame(where, x, 'x', W, 'origLinear.weight');
-    if (this.r === 0 || this.merged || !this.A || !this.B) return this.origLinear.forward(x);
+    if (this.r === 0 || this.merged || !this.enabled || !this.A || !this.B) return this.origLinear.forward(x);
     const A = this.A;
     const B = this.B;
     const b = this.origLinear.bias;
@@ -283,6 +285,26 @@ export function getLoraAB(model: Module): Tensor[] {
 export function loraLayers(model: Module): [string, LoRALinear][] {
   if (!(model instanceof Module)) throw typeError('loraLayers', 'model', 'a Module', model);
   return [...model.namedModules()].filter((e): e is [string, LoRALinear] => e[1] instanceof LoRALinear);
+}
+
+/**
+ * Runs fn with every adapter of `model` switched off (forward is the base
+ * model's), then switches them back on, also when fn throws. Merged adapters
+ * cannot be switched off: unmerge them first.
+ */
+export function withAdaptersDisabled<T>(model: Module, fn: () => T): T {
+  const where = 'withAdaptersDisabled';
+  if (typeof fn !== 'function') throw typeError(where, 'fn', 'a function', fn);
+  const layers = loraLayers(model);
+  const merged = layers.filter(([, m]) => m.merged).map(([n]) => n);
+  if (merged.length) throw new Error(`${where}: adapters of ${merged.join(', ')} are merged into their weights; call unmergeLora(model) first`);
+  const prev = layers.map(([, m]) => m.enabled);
+  for (const [, m] of layers) m.enabled = false;
+  try {
+    return fn();
+  } finally {
+    layers.forEach(([, m], i) => { m.enabled = prev[i]; });
+  }
 }
 
 /**

@@ -32,6 +32,12 @@ export interface ParamGroupInput extends AdamOptions {
   params: Iterable<Tensor>;
 }
 
+/** What Adam.stateDict() returns and loadStateDict() takes. */
+export interface AdamStateDict {
+  state: Record<number, { step: number; expAvg: Tensor; expAvgSq: Tensor; maxExpAvgSq?: Tensor }>;
+  paramGroups: (Omit<ParamGroup, 'params'> & { numParams: number })[];
+}
+
 interface AdamState {
   step: number;
   expAvg: Tensor;
@@ -151,6 +157,60 @@ export class Adam {
         p._bumpVersion();
       }
     }
+  }
+
+  /**
+   * The optimiser's state for checkpoints, like torch's: per parameter (by its
+   * index over all groups, in order) the step count and moment estimates, and
+   * the groups' options. The tensors are copies.
+   */
+  stateDict(): AdamStateDict {
+    const state: AdamStateDict['state'] = {};
+    let i = 0;
+    for (const g of this.paramGroups) {
+      for (const p of g.params) {
+        const s = this.state.get(p);
+        if (s) {
+          state[i] = {
+            step: s.step,
+            expAvg: s.expAvg.clone(),
+            expAvgSq: s.expAvgSq.clone(),
+            ...(s.maxExpAvgSq ? { maxExpAvgSq: s.maxExpAvgSq.clone() } : {}),
+          };
+        }
+        i++;
+      }
+    }
+    const paramGroups = this.paramGroups.map(({ params, ...opts }) => ({ ...opts, betas: [...opts.betas] as [number, number], numParams: params.length }));
+    return { state, paramGroups };
+  }
+
+  /** Restores stateDict() output onto an optimiser over the same parameters (shapes are checked first). */
+  loadStateDict(sd: AdamStateDict): void {
+    const where = `${this.name}.loadStateDict`;
+    if (sd === null || typeof sd !== 'object' || typeof sd.state !== 'object' || !Array.isArray(sd.paramGroups)) {
+      throw typeError(where, 'stateDict', 'the object returned by stateDict()', sd);
+    }
+    if (sd.paramGroups.length !== this.paramGroups.length || sd.paramGroups.some((g, i) => g.numParams !== this.paramGroups[i].params.length)) {
+      throw new RangeError(`${where}: the state has groups of ${sd.paramGroups.map((g) => g.numParams).join(', ')} parameters, this optimiser ${this.paramGroups.map((g) => g.params.length).join(', ')}`);
+    }
+    const params = this.paramGroups.flatMap((g) => g.params);
+    for (const [k, s] of Object.entries(sd.state)) {
+      const p = params[Number(k)];
+      if (!p) throw rangeError(where, `state key`, `an index below ${params.length}`, k);
+      for (const t of [s.expAvg, s.expAvgSq, ...(s.maxExpAvgSq ? [s.maxExpAvgSq] : [])]) {
+        assertTensor(where, `state[${k}] tensor`, t);
+        if (t.shape.join() !== p.shape.join()) throw rangeError(where, `state[${k}] shape`, `[${p.shape.join(', ')}]`, t.shape);
+      }
+      if (!Number.isInteger(s.step) || s.step < 0) throw rangeError(where, `state[${k}].step`, 'a non-negative integer', s.step);
+    }
+    this.state.clear();
+    for (const [k, s] of Object.entries(sd.state)) {
+      const p = params[Number(k)];
+      const copy = (t: Tensor) => zerosLike(p).copy_(t);
+      this.state.set(p, { step: s.step, expAvg: copy(s.expAvg), expAvgSq: copy(s.expAvgSq), maxExpAvgSq: s.maxExpAvgSq ? copy(s.maxExpAvgSq) : null });
+    }
+    sd.paramGroups.forEach(({ numParams: _n, ...opts }, i) => Object.assign(this.paramGroups[i], this.resolve(where, `paramGroups[${i}]`, opts as Record<string, unknown>, this.paramGroups[i])));
   }
 
   /** Clears the gradients of every parameter (to null by default, like torch). */

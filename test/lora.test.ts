@@ -1,6 +1,6 @@
 import {
   Adam, AdamW, F, Linear, LoRALinear, Module, ReLU, Sequential, Tensor, getLoraAB, getLoraParameters, injectLora,
-  manualSeed, mergeLora, noGrad, qkvFilter, randn, tensor, unmergeLora, zeros,
+  manualSeed, mergeLora, noGrad, qkvFilter, randn, tensor, unmergeLora, withAdaptersDisabled, zeros,
 } from '../lib';
 import { ToyTransformer } from './helpers/toy';
 
@@ -301,6 +301,19 @@ describe('injectLora', () => {
     expect(q.merged).toBe(false);
     expect(maxAbsDiff(q.origLinear.weight.toArray(), wq)).toBeLessThan(1e-6);
   });
+});
+
+test('withAdaptersDisabled runs the base model and restores the adapters', () => {
+  const model = new ToyTransformer(8, 1);
+  injectLora(model, { r: 2, filter: qkvFilter });
+  for (const p of getLoraAB(model)) noGrad(() => p.copy_(randn([...p.shape])));
+  const x = randn([1, 3, 8]);
+  const withLora = noGrad(() => model.forward(x)).toArray();
+  const base = withAdaptersDisabled(model, () => noGrad(() => model.forward(x)).toArray());
+  expect(maxAbsDiff(base, withLora)).toBeGreaterThan(1e-3);
+  expect(maxAbsDiff(noGrad(() => model.forward(x)).toArray(), withLora)).toBe(0);
+  mergeLora(model);
+  expect(() => withAdaptersDisabled(model, () => 0)).toThrow(/unmergeLora/);
 });
 
 describe('training', () => {

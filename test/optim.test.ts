@@ -76,3 +76,37 @@ test('a parameter that is not a leaf is rejected', () => {
   const p = randn([2]).requiresGrad_(true);
   expect(() => new Adam([p.mul(2)])).toThrow(/not a leaf/);
 });
+
+test('stateDict/loadStateDict: resuming from a saved state continues exactly like an uninterrupted run', () => {
+  const grads = Array.from({ length: 6 }, () => [randn([3, 2]), randn([4])]);
+  const init = [randn([3, 2]), randn([4])];
+  const run = (resumeAt: number | null) => {
+    let ps = init.map((t) => t.clone().requiresGrad_(true));
+    let opt = new AdamW(ps, { lr: 0.05, amsgrad: true });
+    for (let s = 0; s < grads.length; s++) {
+      if (s === resumeAt) {
+        // A fresh optimiser over fresh parameters, restored from the saved state.
+        const sd = opt.stateDict();
+        const values = ps.map((p) => p.detach().clone());
+        ps = values.map((v) => v.requiresGrad_(true));
+        opt = new AdamW(ps, { lr: 0.05, amsgrad: true });
+        opt.loadStateDict(sd);
+      }
+      ps.forEach((p, i) => setGrad(p, grads[s][i]));
+      opt.step();
+      opt.zeroGrad();
+    }
+    return ps.map((p) => Array.from(p.toArray()));
+  };
+  expect(run(3)).toEqual(run(null));
+});
+
+test('loadStateDict rejects a state for other parameters', () => {
+  const a = new Adam([randn([2]).requiresGrad_(true)]);
+  const p = randn([3]).requiresGrad_(true);
+  const b = new Adam([p]);
+  setGrad(p, randn([3]));
+  b.step();
+  expect(() => a.loadStateDict(b.stateDict())).toThrow(/shape/);
+  expect(() => a.loadStateDict({} as never)).toThrow(TypeError);
+});
