@@ -8,8 +8,11 @@ export type OptionSpec =
   | { type: 'boolean'; default?: boolean; help: string };
 
 export type Specs = Record<string, OptionSpec>;
+/** 'steps-a' -> 'stepsA': parsed options are keyed in camelCase. */
+type Camel<S extends string> = S extends `${infer H}-${infer T}` ? `${H}${Capitalize<Camel<T>>}` : S;
+
 export type Parsed<S extends Specs> = {
-  [K in keyof S]: S[K] extends { type: 'string' } ? string | undefined
+  [K in keyof S as Camel<K & string>]: S[K] extends { type: 'string' } ? string | undefined
     : S[K] extends { type: 'number' } ? number | undefined
     : boolean;
 } & { _: string[]; help: boolean };

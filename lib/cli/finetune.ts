@@ -1,0 +1,587 @@
+// `lora-cuda finetune`: LoRA fine-tuning of a Hugging Face Llama-family
+// checkpoint on a .txt or .jsonl file, writing a PEFT adapter directory.
+//
+// The run is deterministic for a seed: the data order comes from a seeded JS
+// PRNG (a function of seed and epoch), LoRA's A init and dropout from the global
+// Philox generator. A checkpoint (OUT/checkpoint: the adapter, the AdamW moments,
+// the step and the generator state) is written by --save-every, at the end, at
+// --max-steps and on Ctrl-C; --resume continues from it and ends with the same
+// adapter, bit for bit, as an uninterrupted run.
+import * as fs from 'fs';
+import * as path from 'path';
+import { performance } from 'perf_hooks';
+import { CliError, CliIO, UsageError } from './io';
+import { Specs, helpText, parseArgs } from './args';
+import {
+  epochOrder, makeBatch, microBatches, readDataFile, splitTrainEval, tokenizeExamples,
+} from './data';
+import { LlamaForCausalLM } from '../models/llama';
+import { loadTokenizer, Tokenizer } from '../tokenizer';
+import { getLoraAB, injectLora, loraLayers } from '../lora';
+import { Linear } from '../nn/layers';
+import { AdamW, AdamStateDict } from '../optim';
+import { getRngState, manualSeed, setRngState } from '../random';
+import { loadAdapter, saveAdapter } from '../peft';
+import { loadSafetensors, saveSafetensors } from '../safetensors';
+import { noGrad } from '../autograd';
+import { Tensor } from '../tensor';
+import { backendInfo } from '../backend';
+
+const COMMAND = 'finetune';
+const SUMMARY = [
+  'LoRA fine-tuning of a Hugging Face Llama-family checkpoint (Llama, Mistral, Qwen2, SmolLM, TinyLlama).',
+  'Writes a PEFT adapter directory (adapter_config.json, adapter_model.safetensors) to --out, and a resume',
+  'checkpoint to OUT/checkpoint (at --save-every steps, at the end, at --max-steps and on Ctrl-C).',
+  '',
+  'Data: .txt = one example per non-empty line; .jsonl = one object per line, {"text": ...} (loss on every',
+  'token) or {"prompt": ..., "completion": ...} (loss on the completion only; the two are joined as they are).',
+  'Examples are tokenized with tokenizer.json (special tokens as its post-processor adds them, e.g. BOS),',
+  'cut to --seq-len and padded at the end of each batch. The learning rate is constant (AdamW).',
+].join('\n');
+
+export const FINETUNE_SPECS = {
+  model: { type: 'string', metavar: 'DIR', help: 'Hugging Face checkpoint: config.json, model.safetensors (or shards), tokenizer.json (required)' },
+  data: { type: 'string', metavar: 'FILE', help: 'training data, .txt or .jsonl (required)' },
+  out: { type: 'string', metavar: 'DIR', default: './lora-adapter', help: 'output adapter directory' },
+  r: { type: 'number', integer: true, min: 1, default: 8, metavar: 'N', help: 'LoRA rank' },
+  alpha: { type: 'number', default: 16, metavar: 'X', help: 'LoRA alpha (scale = alpha / r)' },
+  dropout: { type: 'number', min: 0, default: 0.05, metavar: 'P', help: 'dropout on the adapters\' input, in [0, 1)' },
+  target: { type: 'string', default: 'q_proj,v_proj', metavar: 'NAMES', help: 'comma-separated layer names to adapt, or all-linear (every Linear except lm_head)' },
+  lr: { type: 'number', default: 2e-4, metavar: 'X', help: 'learning rate (constant)' },
+  'weight-decay': { type: 'number', min: 0, default: 0, metavar: 'X', help: 'AdamW decoupled weight decay' },
+  epochs: { type: 'number', integer: true, min: 1, default: 1, metavar: 'N', help: 'passes over the training examples' },
+  'max-steps': { type: 'number', integer: true, min: 0, default: 0, metavar: 'N', help: 'stop (with a checkpoint) once N optimizer steps are done in all, 0 = no limit' },
+  'batch-size': { type: 'number', integer: true, min: 1, default: 4, metavar: 'N', help: 'examples per micro-batch' },
+  'grad-accum': { type: 'number', integer: true, min: 1, default: 1, metavar: 'N', help: 'micro-batches per optimizer step (gradients averaged)' },
+  'seq-len': { type: 'number', integer: true, min: 2, default: 256, metavar: 'N', help: 'tokens per example at most (longer ones are cut)' },
+  'add-eos': { type: 'boolean', help: 'append the EOS token (tokenizer_config.json eos_token) to every example' },
+  seed: { type: 'number', integer: true, min: 0, default: 0, metavar: 'N', help: 'seed of the data order, the split, LoRA init and dropout' },
+  device: { type: 'string', default: 'cpu', metavar: 'cpu|cuda', help: 'where to train' },
+  'eval-every': { type: 'number', integer: true, min: 0, default: 0, metavar: 'N', help: 'held-out loss every N steps and at the end, 0 = off (no split)' },
+  'eval-fraction': { type: 'number', min: 0, max: 0.9, default: 0.1, metavar: 'F', help: 'share of the examples held out when --eval-every is on (at least 1 when there are 2 or more)' },
+  'save-every': { type: 'number', integer: true, min: 0, default: 0, metavar: 'N', help: 'write the adapter and a resume checkpoint every N steps, 0 = only at the end' },
+  'log-every': { type: 'number', integer: true, min: 1, default: 1, metavar: 'N', help: 'print a progress line every N steps' },
+  resume: { type: 'boolean', help: 'continue from OUT/checkpoint (options not given are taken from it)' },
+} satisfies Specs;
+
+/** The same options without defaults, so that the parser tells which were given. */
+const PARSE_SPECS: Specs = Object.fromEntries(Object.entries(FINETUNE_SPECS).map(([k, s]) => {
+  const { default: _d, ...rest } = s as typeof s & { default?: unknown };
+  return [k, rest];
+})) as Specs;
+
+export function finetuneHelp(): string {
+  return helpText(COMMAND, SUMMARY, FINETUNE_SPECS, 'lora-cuda finetune --model DIR --data FILE [options]');
+}
+
+/** Test hooks: called after every optimizer step (inside the command's error handling). */
+export interface FinetuneHooks {
+  onStep?(info: { step: number; totalSteps: number; epoch: number; loss: number }): void | Promise<void>;
+}
+
+/** Resolved options (camelCase). */
+interface Options {
+  model: string;
+  data: string;
+  out: string;
+  r: number;
+  alpha: number;
+  dropout: number;
+  target: string;
+  lr: number;
+  weightDecay: number;
+  epochs: number;
+  maxSteps: number;
+  batchSize: number;
+  gradAccum: number;
+  seqLen: number;
+  addEos: boolean;
+  seed: number;
+  device: string;
+  evalEvery: number;
+  evalFraction: number;
+  saveEvery: number;
+  logEvery: number;
+  resume: boolean;
+}
+
+/** Options that define the run: on --resume they come from the checkpoint and may not be changed. */
+const FIXED_ON_RESUME = ['r', 'alpha', 'dropout', 'target', 'batchSize', 'gradAccum', 'seqLen', 'addEos', 'seed', 'evalFraction'] as const;
+/** Options taken from the checkpoint on --resume unless given again. */
+const CARRIED_ON_RESUME = ['model', 'data', 'lr', 'weightDecay', 'epochs', 'device', 'evalEvery', 'saveEvery', 'logEvery'] as const;
+
+const CHECKPOINT = 'checkpoint';
+const STATE_FILE = 'trainer_state.json';
+const OPTIM_FILE = 'optimizer.safetensors';
+const STATE_FORMAT = 'lora-cuda-finetune';
+
+interface TrainerState {
+  format: string;
+  version: number;
+  step: number;
+  totalSteps: number;
+  stepsPerEpoch: number;
+  rng: { seed: string; offset: string };
+  optimizer: { steps: Record<string, number>; paramGroups: AdamStateDict['paramGroups'] };
+  data: { sha256: string; examples: number };
+  args: Partial<Options>;
+}
+
+function flagOf(key: string): string {
+  return `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+}
+
+function oneLine(msg: string): string {
+  return msg.replace(/\s*\n\s*/g, ' ').trim();
+}
+
+function targetList(t: string): string[] {
+  return t.split(',').map((s) => s.trim()).filter(Boolean);
+}
+
+function resolveOptions(a: Record<string, unknown>, saved: Partial<Options> | undefined): Options {
+  const o: Record<string, unknown> = {};
+  for (const [flag, spec] of Object.entries(FINETUNE_SPECS)) {
+    const key = flag.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+    const given = spec.type === 'boolean' ? a[key] === true || argGiven(a, key) : a[key] !== undefined;
+    if (saved && (FIXED_ON_RESUME as readonly string[]).includes(key) && key in saved) {
+      const was = saved[key as keyof Options];
+      const now = a[key];
+      const same = key === 'target'
+        ? targetList(String(now ?? '')).sort().join() === targetList(String(was)).sort().join()
+        : now === was;
+      if (given && now !== undefined && !same) {
+        throw new UsageError(`--resume: ${flagOf(key)} was ${JSON.stringify(was)} in the checkpoint, got ${JSON.stringify(now)}; resuming needs the same value (leave it out to use the checkpoint's)`);
+      }
+      o[key] = was;
+    } else if (saved && !given && (CARRIED_ON_RESUME as readonly string[]).includes(key) && saved[key as keyof Options] !== undefined) {
+      o[key] = saved[key as keyof Options];
+    } else {
+      o[key] = a[key] ?? ('default' in spec ? spec.default : spec.type === 'boolean' ? false : undefined);
+    }
+  }
+  const opts = o as unknown as Options;
+  opts.resume = a.resume === true;
+  if (!(opts.lr > 0)) throw new UsageError(`--lr must be > 0, got ${opts.lr}`);
+  if (!(opts.alpha > 0)) throw new UsageError(`--alpha must be > 0, got ${opts.alpha}`);
+  if (!(opts.dropout >= 0 && opts.dropout < 1)) throw new UsageError(`--dropout must be in [0, 1), got ${opts.dropout}`);
+  if (opts.device !== 'cpu' && opts.device !== 'cuda') throw new UsageError(`--device must be cpu or cuda, got ${JSON.stringify(opts.device)}`);
+  if (!targetList(opts.target).length) throw new UsageError('--target needs at least one layer name, e.g. q_proj,v_proj');
+  if (saved && saved.evalEvery !== undefined && (opts.evalEvery > 0) !== (saved.evalEvery > 0)) {
+    throw new UsageError(saved.evalEvery > 0
+      ? `--resume: the checkpoint holds out an eval split (--eval-every ${saved.evalEvery}); --eval-every 0 would change the training set, so give N > 0 or leave it out`
+      : '--resume: the checkpoint was trained without an eval split; --eval-every would change the training set, so leave it out');
+  }
+  if (!opts.model) throw new UsageError('--model DIR is required (a Hugging Face checkpoint directory with config.json, model.safetensors and tokenizer.json)');
+  if (!opts.data) throw new UsageError('--data FILE is required (.txt with one example per line, or .jsonl)');
+  return opts;
+}
+
+// parseArgs sets booleans to false when absent; --no-flag also gives false, which we treat as given.
+function argGiven(a: Record<string, unknown>, key: string): boolean {
+  return (a.__given as Set<string> | undefined)?.has(key) ?? false;
+}
+
+function rawArgKeys(argv: string[]): Set<string> {
+  const s = new Set<string>();
+  for (const x of argv) {
+    const m = /^--(?:no-)?([a-z][a-z-]*)/.exec(x);
+    if (m) s.add(m[1].replace(/-([a-z])/g, (_, c: string) => c.toUpperCase()));
+  }
+  return s;
+}
+
+async function readJsonIfExists(file: string): Promise<Record<string, unknown> | null> {
+  try {
+    return JSON.parse(await fs.promises.readFile(file, 'utf8'));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw new CliError(`cannot read ${file}: ${oneLine((e as Error).message)}`);
+  }
+}
+
+function tokenContent(v: unknown): string | null {
+  if (typeof v === 'string') return v;
+  if (v && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string') return (v as { content: string }).content;
+  return null;
+}
+
+async function readCheckpointState(dir: string): Promise<TrainerState> {
+  const file = path.join(dir, STATE_FILE);
+  let s: TrainerState;
+  try {
+    s = JSON.parse(await fs.promises.readFile(file, 'utf8'));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
+      throw new CliError(`--resume: no checkpoint in ${dir} (one is written by --save-every, at the end, at --max-steps and on Ctrl-C); run without --resume to start fresh`);
+    }
+    throw new CliError(`--resume: ${file} is damaged (${oneLine((e as Error).message)}); delete ${dir} to start fresh`);
+  }
+  if (s?.format !== STATE_FORMAT || s.version !== 1 || !Number.isInteger(s.step) || !s.rng || !s.args || !s.optimizer) {
+    throw new CliError(`--resume: ${file} is not a lora-cuda finetune checkpoint (or another version); delete ${dir} to start fresh`);
+  }
+  return s;
+}
+
+const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+function fmtLoss(v: number): string {
+  return v.toFixed(4);
+}
+
+function fmtInt(n: number): string {
+  return n.toLocaleString('en-US');
+}
+
+export async function finetuneCommand(argv: string[], io: CliIO, hooks: FinetuneHooks = {}): Promise<number> {
+  const parsed = parseArgs(COMMAND, PARSE_SPECS, argv) as Record<string, unknown> & { _: string[]; help: boolean };
+  if (parsed.help) {
+    io.stdout(finetuneHelp());
+    return 0;
+  }
+  if (parsed._.length) throw new UsageError(`unexpected argument ${JSON.stringify(parsed._[0])} (options start with --; see lora-cuda finetune --help)`);
+  parsed.__given = rawArgKeys(argv);
+
+  const out = (parsed.out as string | undefined) ?? FINETUNE_SPECS.out.default;
+  const ckptDir = path.join(out, CHECKPOINT);
+  const resumeState = parsed.resume === true ? await readCheckpointState(ckptDir) : null;
+  const opts = resolveOptions(parsed, resumeState?.args);
+
+  if (opts.device === 'cuda') {
+    const info = backendInfo();
+    if (!info.cuda.available) throw new CliError(`--device cuda: CUDA is not available (${oneLine(info.cuda.reason || 'unknown reason')}); use --device cpu`);
+  }
+
+  // The model directory (checked before the slow parts).
+  const modelDir = opts.model;
+  const stat = fs.statSync(modelDir, { throwIfNoEntry: false });
+  if (!stat) throw new CliError(`--model ${modelDir}: directory not found (give a Hugging Face checkpoint directory with config.json, model.safetensors and tokenizer.json)`);
+  if (!stat.isDirectory()) throw new CliError(`--model ${modelDir}: not a directory (give the checkpoint directory, not a file in it)`);
+  if (!fs.existsSync(path.join(modelDir, 'config.json'))) {
+    throw new CliError(`--model ${modelDir}: no config.json (expected a Hugging Face checkpoint directory with config.json, model.safetensors and tokenizer.json)`);
+  }
+  if (!fs.existsSync(path.join(modelDir, 'tokenizer.json'))) {
+    throw new CliError(`--model ${modelDir}: no tokenizer.json (copy tokenizer.json from the base model's repository into this directory)`);
+  }
+
+  // Data, before the model: a bad line fails fast.
+  const data = await readDataFile(opts.data);
+  if (resumeState && resumeState.data.sha256 !== data.sha256) {
+    throw new CliError(`--resume: ${opts.data} differs from the data the checkpoint was trained on; resume with the same file (or start fresh without --resume)`);
+  }
+
+  let tokenizer: Tokenizer;
+  try {
+    tokenizer = await loadTokenizer(modelDir);
+  } catch (e) {
+    throw new CliError(`--model ${modelDir}: ${oneLine((e as Error).message)}`);
+  }
+  const tokConfig = (await readJsonIfExists(path.join(modelDir, 'tokenizer_config.json'))) ?? {};
+  const idOf = (v: unknown): number | null => {
+    const c = tokenContent(v);
+    return c === null ? null : tokenizer.token_to_id(c) ?? null;
+  };
+  let eosId: number | null = null;
+  if (opts.addEos) {
+    eosId = idOf(tokConfig.eos_token);
+    if (eosId === null) {
+      throw new CliError(`--add-eos: ${path.join(modelDir, 'tokenizer_config.json')} names no eos_token that tokenizer.json knows; leave out --add-eos or add "eos_token" to tokenizer_config.json`);
+    }
+  }
+  const padId = idOf(tokConfig.pad_token) ?? eosId ?? idOf(tokConfig.eos_token) ?? 0;
+
+  let sigint: (() => void) | null = null;
+  try {
+    let model: LlamaForCausalLM;
+    try {
+      model = await LlamaForCausalLM.fromPretrained(modelDir, opts.device === 'cuda' ? { device: 'cuda' } : undefined);
+    } catch (e) {
+      if ((e as { code?: string }).code === 'ERR_OUT_OF_MEMORY') throw e;
+      throw new CliError(`--model ${modelDir}: ${oneLine((e as Error).message)}`);
+    }
+    const cfg = model.config;
+    if (cfg.slidingWindow !== null && opts.seqLen > cfg.slidingWindow) {
+      throw new UsageError(`--seq-len ${opts.seqLen} exceeds the model's sliding_window (${cfg.slidingWindow}), which is not implemented; use --seq-len ${cfg.slidingWindow} or less`);
+    }
+    if (padId >= cfg.vocabSize) throw new CliError(`--model ${modelDir}: the tokenizer's pad/eos token id ${padId} is not below vocab_size ${cfg.vocabSize}; the tokenizer does not belong to this model`);
+
+    const tok = tokenizeExamples(data.examples, tokenizer, { seqLen: opts.seqLen, vocabSize: cfg.vocabSize, eosId }, opts.data);
+    if (!tok.examples.length) {
+      throw new CliError(`--data ${opts.data}: no usable examples: all ${data.examples.length} have fewer than 2 tokens or no completion token within --seq-len ${opts.seqLen}`);
+    }
+    const examples = tok.examples;
+    const split = splitTrainEval(examples.length, opts.evalEvery > 0 ? opts.evalFraction : 0, opts.seed);
+    if (resumeState && resumeState.data.examples !== examples.length) {
+      throw new CliError(`--resume: the data gives ${examples.length} examples, the checkpoint had ${resumeState.data.examples}; resume with the same data and tokenizer`);
+    }
+    const train = split.train;
+    const evalSet = split.eval;
+
+    // LoRA, with A initialised from the global generator (seeded).
+    manualSeed(opts.seed);
+    const targets = targetList(opts.target);
+    const allLinear = targets.length === 1 && targets[0] === 'all-linear';
+    const linearNames = [...model.namedModules()].filter(([, m]) => m instanceof Linear).map(([n]) => n);
+    let replaced: string[];
+    try {
+      replaced = injectLora(model, {
+        r: opts.r, alpha: opts.alpha, dropout: opts.dropout, init: 'kaiming',
+        ...(allLinear ? { filter: (name: string) => name !== 'lm_head' } : { targetModules: targets }),
+      });
+    } catch (e) {
+      if (!(e instanceof RangeError)) throw e;
+      const parts = [...new Set(linearNames.map((n) => n.slice(n.lastIndexOf('.') + 1)))];
+      throw new CliError(`--target ${opts.target} selects no layer of this model; its Linear layers are named ${parts.join(', ')} (or use all-linear)`);
+    }
+    const params = getLoraAB(model);
+    const opt = new AdamW(params, { lr: opts.lr, weightDecay: opts.weightDecay });
+
+    const nMicro = Math.ceil(train.length / opts.batchSize);
+    const stepsPerEpoch = Math.ceil(nMicro / opts.gradAccum);
+    const totalSteps = stepsPerEpoch * opts.epochs;
+    let step = 0;
+
+    if (resumeState) {
+      if (resumeState.stepsPerEpoch !== stepsPerEpoch) {
+        throw new CliError(`--resume: the checkpoint has ${resumeState.stepsPerEpoch} steps per epoch, this run ${stepsPerEpoch}; resume with the same data and options`);
+      }
+      try {
+        const loaded = await loadAdapter(model, ckptDir);
+        if (loaded.slice().sort().join() !== replaced.slice().sort().join()) {
+          throw new Error(`it adapts ${loaded.join(', ')}, this run ${replaced.join(', ')}`);
+        }
+        const file = path.join(ckptDir, OPTIM_FILE);
+        const tensors = fs.existsSync(file) ? await loadSafetensors(file) : {};
+        const state: AdamStateDict['state'] = {};
+        for (const [i, steps] of Object.entries(resumeState.optimizer.steps)) {
+          const m = tensors[`state.${i}.exp_avg`];
+          const v = tensors[`state.${i}.exp_avg_sq`];
+          if (!m || !v) throw new Error(`${OPTIM_FILE} lacks the moments of parameter ${i}`);
+          state[Number(i)] = { step: steps, expAvg: m, expAvgSq: v };
+        }
+        opt.loadStateDict({ state, paramGroups: resumeState.optimizer.paramGroups });
+        for (const t of Object.values(tensors)) t.dispose();
+      } catch (e) {
+        throw new CliError(`--resume: the checkpoint in ${ckptDir} does not fit this run: ${oneLine((e as Error).message)}`);
+      }
+      for (const g of opt.paramGroups) {
+        g.lr = opts.lr;
+        g.weightDecay = opts.weightDecay;
+      }
+      setRngState({ seed: BigInt(resumeState.rng.seed), offset: BigInt(resumeState.rng.offset) });
+      step = resumeState.step;
+    }
+
+    const trainable = params.reduce((s, p) => s + p.numel, 0);
+    const layerKinds = [...new Set(replaced.map((n) => n.slice(n.lastIndexOf('.') + 1)))];
+    io.stdout(`model: ${modelDir} (${cfg.modelType}, ${cfg.numHiddenLayers} layers, hidden ${cfg.hiddenSize}, vocab ${cfg.vocabSize}), device ${opts.device}\n`);
+    io.stdout(`lora: r=${opts.r} alpha=${opts.alpha} dropout=${opts.dropout} on ${replaced.length} layers (${layerKinds.join(', ')}), ${fmtInt(trainable)} trainable parameters\n`);
+    const notes = [
+      tok.truncated ? `${tok.truncated} cut to --seq-len ${opts.seqLen}` : '',
+      tok.skipped ? `${tok.skipped} skipped (nothing to predict)` : '',
+    ].filter(Boolean);
+    io.stdout(`data: ${opts.data}: ${examples.length} examples (${train.length} train, ${evalSet.length} eval), ${fmtInt(tok.tokens)} tokens${notes.length ? `; ${notes.join(', ')}` : ''}\n`);
+    if (opts.evalEvery > 0 && !evalSet.length) io.stderr('warning: --eval-every needs at least 2 examples to hold one out; evaluation is off\n');
+    io.stdout(`training: ${opts.epochs} epoch${opts.epochs > 1 ? 's' : ''} x ${stepsPerEpoch} step${stepsPerEpoch > 1 ? 's' : ''} = ${totalSteps} step${totalSteps > 1 ? 's' : ''} (batch ${opts.batchSize} x grad-accum ${opts.gradAccum}), lr ${opts.lr}\n`);
+    if (!resumeState && fs.existsSync(path.join(ckptDir, STATE_FILE))) {
+      io.stderr(`warning: ${ckptDir} holds a checkpoint; starting fresh will replace it (use --resume to continue it)\n`);
+    }
+    if (resumeState) io.stdout(`resuming from ${ckptDir} at step ${step} of ${totalSteps}\n`);
+
+    let rngAtStep = getRngState();
+    const writeAll = async () => {
+      await writeCheckpoint(model, opt, out, ckptDir, {
+        format: STATE_FORMAT,
+        version: 1,
+        step,
+        totalSteps,
+        stepsPerEpoch,
+        rng: { seed: String(rngAtStep.seed), offset: String(rngAtStep.offset) },
+        optimizer: { steps: {}, paramGroups: [] },
+        data: { sha256: data.sha256, examples: examples.length },
+        args: Object.fromEntries([...FIXED_ON_RESUME, ...CARRIED_ON_RESUME].map((k) => [k, opts[k]])) as Partial<Options>,
+      }, opts.model);
+      await saveAdapter(model, out, { baseModelNameOrPath: opts.model });
+    };
+
+    const evaluate = (): { loss: number; tokens: number } => {
+      model.eval();
+      let sum = 0;
+      let n = 0;
+      try {
+        noGrad(() => {
+          for (const mb of microBatches(evalSet, opts.batchSize)) {
+            const b = makeBatch(mb.map((i) => examples[i]), padId);
+            const l = model.loss(b.ids, b.labels);
+            sum += l.item() * b.targets;
+            n += b.targets;
+            l.dispose();
+          }
+        });
+      } finally {
+        model.train();
+      }
+      return { loss: sum / n, tokens: n };
+    };
+
+    const stopAt = opts.maxSteps > 0 ? Math.min(totalSteps, opts.maxSteps) : totalSteps;
+    if (step >= stopAt) {
+      io.stdout(step >= totalSteps
+        ? `nothing to do: the checkpoint is at step ${step} of ${totalSteps} (raise --epochs to train further)\n`
+        : `nothing to do: the checkpoint is at step ${step}, --max-steps is ${opts.maxSteps}\n`);
+      await saveAdapter(model, out, { baseModelNameOrPath: opts.model });
+      io.stdout(`adapter written to ${out}\n`);
+      return 0;
+    }
+
+    let interrupted = false;
+    sigint = () => {
+      if (interrupted) {
+        io.stderr('interrupted again: exiting without saving\n');
+        process.exit(130);
+      }
+      interrupted = true;
+      io.stderr('interrupt: finishing the current step, then saving (Ctrl-C again to quit without saving)\n');
+    };
+    process.on('SIGINT', sigint);
+
+    model.train();
+    let epochCached = -1;
+    let batches: number[][] = [];
+    let winLoss = 0;
+    let winSteps = 0;
+    let winTokens = 0;
+    let winStart = performance.now();
+    const current = { step, batchSize: opts.batchSize, seqLen: opts.seqLen };
+    try {
+      while (step < stopAt && !interrupted) {
+        const epoch = Math.floor(step / stepsPerEpoch);
+        if (epoch !== epochCached) {
+          const order = epochOrder(train.length, opts.seed, epoch).map((i) => train[i]);
+          batches = microBatches(order, opts.batchSize);
+          epochCached = epoch;
+        }
+        const inEpoch = step % stepsPerEpoch;
+        const group = batches.slice(inEpoch * opts.gradAccum, (inEpoch + 1) * opts.gradAccum);
+        rngAtStep = getRngState();
+        current.step = step + 1;
+        let lossSum = 0;
+        let tokens = 0;
+        let abandoned = false;
+        for (let k = 0; k < group.length; k++) {
+          const b = makeBatch(group[k].map((i) => examples[i]), padId);
+          const loss = model.loss(b.ids, b.labels);
+          const v = loss.item();
+          if (!Number.isFinite(v)) {
+            throw new CliError(`the training loss became ${v} at step ${step + 1}; lower --lr (now ${opts.lr})`);
+          }
+          const scaled = group.length > 1 ? loss.mul(1 / group.length) : loss;
+          scaled.backward();
+          if (scaled !== loss) scaled.dispose();
+          loss.dispose();
+          lossSum += v;
+          tokens += b.tokens;
+          if (k < group.length - 1) {
+            await yieldToEventLoop();
+            if (interrupted) {
+              abandoned = true;
+              break;
+            }
+          }
+        }
+        if (abandoned) {
+          // Abandon the half-accumulated step: it is redone on --resume.
+          opt.zeroGrad();
+          setRngState(rngAtStep);
+          break;
+        }
+        opt.step();
+        opt.zeroGrad();
+        step++;
+        rngAtStep = getRngState();
+        const stepLoss = lossSum / group.length;
+        winLoss += stepLoss;
+        winSteps++;
+        winTokens += tokens;
+        if (step % opts.logEvery === 0 || step === stopAt) {
+          const secs = (performance.now() - winStart) / 1000;
+          io.stdout(`step ${step}/${totalSteps}  epoch ${epoch + 1}/${opts.epochs}  loss ${fmtLoss(winLoss / winSteps)}  ${fmtInt(Math.round(winTokens / Math.max(secs, 1e-9)))} tok/s\n`);
+          winLoss = 0;
+          winSteps = 0;
+          winTokens = 0;
+          winStart = performance.now();
+        }
+        await hooks.onStep?.({ step, totalSteps, epoch, loss: stepLoss });
+        if (evalSet.length && (step % opts.evalEvery === 0 || step === totalSteps)) {
+          const ev = evaluate();
+          io.stdout(`eval step ${step}: loss ${fmtLoss(ev.loss)} (${evalSet.length} examples, ${fmtInt(ev.tokens)} target tokens)\n`);
+        }
+        if (opts.saveEvery > 0 && step % opts.saveEvery === 0 && step < stopAt) {
+          await writeAll();
+          io.stdout(`checkpoint at step ${step} written to ${out}\n`);
+        }
+        await yieldToEventLoop();
+      }
+      await writeAll();
+    } catch (e) {
+      if ((e as { code?: string }).code === 'ERR_OUT_OF_MEMORY') {
+        throw new CliError(`out of memory at step ${current.step} (--batch-size ${current.batchSize}, --seq-len ${current.seqLen}): use a smaller --batch-size or --seq-len (raise --grad-accum to keep the effective batch size)`);
+      }
+      throw e;
+    }
+    if (interrupted) {
+      io.stderr(`interrupted at step ${step}/${totalSteps}: adapter and checkpoint written to ${out}; continue with --resume\n`);
+      return 130;
+    }
+    if (step < totalSteps) {
+      io.stdout(`stopped at --max-steps ${opts.maxSteps} (step ${step} of ${totalSteps}); continue with --resume\n`);
+    }
+    io.stdout(`adapter written to ${out}\n`);
+    return 0;
+  } catch (e) {
+    if ((e as { code?: string }).code === 'ERR_OUT_OF_MEMORY') {
+      throw new CliError(`out of memory (--batch-size ${opts.batchSize}, --seq-len ${opts.seqLen}): use a smaller --batch-size or --seq-len, or a smaller model`);
+    }
+    throw e;
+  } finally {
+    if (sigint) process.removeListener('SIGINT', sigint);
+  }
+}
+
+/**
+ * Writes OUT/checkpoint: the adapter, the optimizer's moments
+ * (optimizer.safetensors: state.<i>.exp_avg / exp_avg_sq) and trainer_state.json
+ * (step counts, param groups, RNG state, options). Written to a temporary
+ * directory first and swapped in, so a crash leaves the previous checkpoint.
+ */
+async function writeCheckpoint(
+  model: LlamaForCausalLM, opt: AdamW, out: string, ckptDir: string, state: TrainerState, base: string,
+): Promise<void> {
+  const tmp = path.join(out, `.${CHECKPOINT}-tmp-${process.pid}`);
+  const old = path.join(out, `.${CHECKPOINT}-old-${process.pid}`);
+  await fs.promises.rm(tmp, { recursive: true, force: true });
+  await fs.promises.mkdir(tmp, { recursive: true });
+  await saveAdapter(model, tmp, { baseModelNameOrPath: base });
+  const sd = opt.stateDict();
+  const tensors: Record<string, Tensor> = {};
+  for (const [i, s] of Object.entries(sd.state)) {
+    tensors[`state.${i}.exp_avg`] = s.expAvg;
+    tensors[`state.${i}.exp_avg_sq`] = s.expAvgSq;
+    state.optimizer.steps[i] = s.step;
+  }
+  state.optimizer.paramGroups = sd.paramGroups;
+  try {
+    if (Object.keys(tensors).length) await saveSafetensors(path.join(tmp, OPTIM_FILE), tensors, { metadata: { step: String(state.step) } });
+  } finally {
+    for (const s of Object.values(sd.state)) {
+      s.expAvg.dispose();
+      s.expAvgSq.dispose();
+      s.maxExpAvgSq?.dispose();
+    }
+  }
+  await fs.promises.writeFile(path.join(tmp, STATE_FILE), JSON.stringify(state, null, 2) + '\n');
+  await fs.promises.rm(old, { recursive: true, force: true });
+  if (fs.existsSync(ckptDir)) await fs.promises.rename(ckptDir, old);
+  await fs.promises.rename(tmp, ckptDir);
+  await fs.promises.rm(old, { recursive: true, force: true });
+}

@@ -1,0 +1,393 @@
+// `lora-cuda finetune` end to end, in-process, on a tiny Llama checkpoint and a
+// tiny BPE tokenizer written to a temporary directory.
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { LlamaForCausalLM, backendInfo, loadAdapter, loadTokenizer, noGrad } from '../lib';
+import { SafetensorsFile } from '../lib/safetensors';
+import { CliError, CliIO } from '../lib/cli/io';
+import { FinetuneHooks, finetuneCommand } from '../lib/cli/finetune';
+import { IGNORE_INDEX, epochOrder, makeBatch, splitTrainEval, tokenizeExamples } from '../lib/cli/data';
+import { loadCases, writeCheckpoint } from './helpers/llama-weights';
+
+let tmp: string;
+let modelDir: string;
+let txt: string;
+let jsonl: string;
+
+// Words of the data as single BPE tokens; every other word falls back to letters.
+const WORDS = ['the', 'cat', 'sat', 'on', 'mat', 'dog', 'ran', 'to', 'a', 'big', 'red', 'ball', 'q', 'ans'];
+
+function tokenizerJson(): object {
+  const vocab: Record<string, number> = { '<unk>': 0, '<pad>': 1, '</s>': 2 };
+  for (const c of 'abcdefghijklmnopqrstuvwxyz:?') if (!(c in vocab)) vocab[c] = Object.keys(vocab).length;
+  const merges: string[] = [];
+  // Merge each word left to right: "t h" -> "th", "th e" -> "the", …
+  for (const w of WORDS) {
+    let cur = w[0];
+    for (const ch of w.slice(1)) {
+      if (!(cur + ch in vocab)) {
+        merges.push(`${cur} ${ch}`);
+        vocab[cur + ch] = Object.keys(vocab).length;
+      }
+      cur += ch;
+    }
+  }
+  expect(Object.keys(vocab).length).toBeLessThanOrEqual(67); // the model's vocab_size
+  return {
+    version: '1.0', truncation: null, padding: null,
+    added_tokens: [
+      { id: 0, content: '<unk>', single_word: false, lstrip: false, rstrip: false, normalized: false, special: true },
+      { id: 1, content: '<pad>', single_word: false, lstrip: false, rstrip: false, normalized: false, special: true },
+      { id: 2, content: '</s>', single_word: false, lstrip: false, rstrip: false, normalized: false, special: true },
+    ],
+    normalizer: null, pre_tokenizer: { type: 'WhitespaceSplit' }, post_processor: null, decoder: null,
+    model: {
+      type: 'BPE', dropout: null, unk_token: '<unk>', continuing_subword_prefix: null, end_of_word_suffix: null,
+      fuse_unk: false, byte_fallback: false, vocab, merges,
+    },
+  };
+}
+
+const LINES = [
+  'the cat sat on the mat', 'the dog ran to the mat', 'a big red ball', 'the cat ran to a ball',
+  'the dog sat on a mat', 'a red cat sat', 'the big dog ran', 'the red ball ran to the cat',
+  'a cat on a mat', 'the dog sat', 'big red dog', 'the mat sat on the cat',
+];
+
+beforeAll(async () => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lora-cuda-finetune-'));
+  modelDir = path.join(tmp, 'model');
+  await writeCheckpoint(modelDir, loadCases().cases.llama_gqa);
+  fs.writeFileSync(path.join(modelDir, 'tokenizer.json'), JSON.stringify(tokenizerJson()));
+  fs.writeFileSync(path.join(modelDir, 'tokenizer_config.json'), JSON.stringify({ eos_token: '</s>', pad_token: '<pad>' }));
+  txt = path.join(tmp, 'data.txt');
+  fs.writeFileSync(txt, LINES.join('\n') + '\n\n');
+  jsonl = path.join(tmp, 'data.jsonl');
+  fs.writeFileSync(jsonl, [
+    { prompt: 'q: the cat ?', completion: ' ans sat on the mat' },
+    { prompt: 'q: the dog ?', completion: ' ans ran to a ball' },
+    { text: 'a big red ball' },
+    { prompt: 'q: a ball ?', completion: ' ans big red' },
+  ].map((o) => JSON.stringify(o)).join('\n') + '\n');
+});
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+interface Result {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the command as the CLI entry does: CliErrors become one stderr line and their exit code. */
+async function run(args: string[], hooks?: FinetuneHooks): Promise<Result> {
+  let stdout = '';
+  let stderr = '';
+  const io: CliIO = { stdout: (t) => void (stdout += t), stderr: (t) => void (stderr += t), isTTY: false, columns: 80 };
+  let code: number;
+  try {
+    code = await finetuneCommand(args, io, hooks);
+  } catch (e) {
+    if (!(e instanceof CliError)) throw e;
+    expect(e.message).not.toMatch(/\n/);
+    stderr += `lora-cuda finetune: ${e.message}\n`;
+    code = e.exitCode;
+  }
+  return { code, stdout, stderr };
+}
+
+function losses(stdout: string): number[] {
+  return [...stdout.matchAll(/^step \d+\/\d+ .* loss ([\d.]+)/gm)].map((m) => Number(m[1]));
+}
+
+function adapterTensors(dir: string): Record<string, Float32Array> {
+  const st = SafetensorsFile.openSync(path.join(dir, 'adapter_model.safetensors'));
+  try {
+    return Object.fromEntries(st.keys().map((k) => [k, st.readSync(k).toArray() as Float32Array]));
+  } finally {
+    st.close();
+  }
+}
+
+const base = () => ['--model', modelDir, '--r', '4', '--alpha', '8', '--target', 'q_proj,v_proj,up_proj'];
+
+test('--help lists the options', async () => {
+  const r = await run(['--help']);
+  expect(r.code).toBe(0);
+  for (const flag of ['--model DIR', '--data FILE', '--r N', '--eval-every', '--save-every', '--resume', '--grad-accum', '--seq-len', '--device']) {
+    expect(r.stdout).toContain(flag);
+  }
+});
+
+test('the training loss falls over a few epochs on a tiny repetitive dataset', async () => {
+  const data = path.join(tmp, 'repeat.txt');
+  fs.writeFileSync(data, Array.from({ length: 8 }, (_, i) => (i % 2 ? 'the dog ran to the big red ball' : 'the cat sat on the mat')).join('\n'));
+  const r = await run(['--model', modelDir, '--data', data, '--out', path.join(tmp, 'out-repeat'), '--target', 'q_proj,v_proj,lm_head',
+    '--epochs', '12', '--batch-size', '4', '--lr', '0.05', '--dropout', '0']);
+  expect(r.code).toBe(0);
+  // The head is adapted too: with a frozen random head a tiny model cannot sharpen its logits.
+  expect(r.stdout).toMatch(/on 5 layers \(q_proj, v_proj, lm_head\)/);
+  const l = losses(r.stdout);
+  expect(l).toHaveLength(24); // 12 epochs x 2 steps
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  expect(mean(l.slice(-4))).toBeLessThan(0.5 * mean(l.slice(0, 4))); // about 3.9 -> 0.8
+  expect(mean(l.slice(-4))).toBeLessThan(mean(l.slice(8, 12)));
+});
+
+test('trains on .txt: progress and eval lines, a PEFT adapter that loads into a fresh model', async () => {
+  const out = path.join(tmp, 'out-txt');
+  const r = await run([...base(), '--data', txt, '--out', out, '--epochs', '8', '--batch-size', '4', '--lr', '0.05',
+    '--dropout', '0', '--eval-every', '3', '--eval-fraction', '0.2']);
+  expect(r.stderr).toBe('');
+  expect(r.code).toBe(0);
+  expect(r.stdout).toMatch(/data: .*: 12 examples \(10 train, 2 eval\)/);
+  expect(r.stdout).toMatch(/8 epochs x 3 steps = 24 steps/);
+  const l = losses(r.stdout);
+  expect(l).toHaveLength(24);
+  expect(l[23]).toBeLessThan(l[0]);
+  const evals = [...r.stdout.matchAll(/^eval step (\d+): loss ([\d.]+) \(2 examples/gm)];
+  expect(evals.map((m) => Number(m[1]))).toEqual([3, 6, 9, 12, 15, 18, 21, 24]);
+  expect(r.stdout).toMatch(/tok\/s/);
+  expect(r.stdout.trim().split('\n').pop()).toBe(`adapter written to ${out}`);
+
+  const cfg = JSON.parse(fs.readFileSync(path.join(out, 'adapter_config.json'), 'utf8'));
+  expect(cfg).toMatchObject({ peft_type: 'LORA', r: 4, lora_alpha: 8, lora_dropout: 0, base_model_name_or_path: modelDir });
+  expect(cfg.target_modules.sort()).toEqual(['q_proj', 'up_proj', 'v_proj']);
+  const fresh = await LlamaForCausalLM.fromPretrained(modelDir);
+  const names = await loadAdapter(fresh, out);
+  expect(names).toHaveLength(6);
+  // The trained adapter changes the model's output.
+  const plain = await LlamaForCausalLM.fromPretrained(modelDir);
+  const ids = [[3, 4, 5, 6]];
+  const a = noGrad(() => fresh.forward(ids)).toArray();
+  const b = noGrad(() => plain.forward(ids)).toArray();
+  expect(a.some((v, i) => v !== b[i])).toBe(true);
+  expect(fs.readdirSync(path.join(out, 'checkpoint')).sort()).toEqual(['adapter_config.json', 'adapter_model.safetensors', 'optimizer.safetensors', 'trainer_state.json']);
+});
+
+test('.jsonl prompt/completion: the prompt is masked with -100 and the batch loss matches hand-made labels', async () => {
+  const tok = await loadTokenizer(modelDir);
+  const p = tok.encode('q: the cat ?').ids;
+  const c = tok.encode(' ans sat on the mat', { add_special_tokens: false }).ids;
+  const res = tokenizeExamples(
+    [{ line: 1, prompt: 'q: the cat ?', completion: ' ans sat on the mat' }, { line: 2, text: 'a big red ball' }],
+    tok, { seqLen: 64, vocabSize: 67 });
+  expect(res.examples[0].ids).toEqual([...p, ...c]);
+  const batch = makeBatch(res.examples, 1);
+  const T = p.length + c.length;
+  const textIds = tok.encode('a big red ball').ids;
+  expect(batch.ids[1]).toEqual([...textIds, ...new Array(T - textIds.length).fill(1)]);
+  const hand = [
+    [...p.map(() => -100), ...c],
+    [...textIds, ...new Array(T - textIds.length).fill(-100)],
+  ];
+  expect(batch.labels).toEqual(hand);
+  expect(batch.targets).toBe(c.length + textIds.length - 1);
+
+  const model = await LlamaForCausalLM.fromPretrained(modelDir);
+  const ours = noGrad(() => model.loss(batch.ids, batch.labels)).item();
+  const ref = noGrad(() => model.loss(batch.ids, hand)).item();
+  expect(ours).toBe(ref);
+  // Without the mask (the prompt's tokens counted too) the loss is a different number.
+  const unmasked = noGrad(() => model.loss(batch.ids, [batch.ids[0], hand[1]])).item();
+  expect(unmasked).not.toBe(ours);
+  // Padding at the end changes nothing for the real tokens: the loss of the
+  // padded short row equals its loss alone.
+  const alone = noGrad(() => model.loss([textIds])).item();
+  const paddedOnly = noGrad(() => model.loss([batch.ids[1]], [batch.labels[1]])).item();
+  expect(Math.abs(alone - paddedOnly)).toBeLessThan(1e-6);
+
+  // --add-eos appends </s> with a label; --seq-len truncates; too-short examples are skipped.
+  const eos = tokenizeExamples([{ line: 1, text: 'the cat' }], tok, { seqLen: 64, vocabSize: 67, eosId: 2 });
+  expect(eos.examples[0].ids.at(-1)).toBe(2);
+  const cut = tokenizeExamples([{ line: 1, prompt: 'q: the cat ?', completion: ' ans' }, { line: 2, text: 'a' }], tok, { seqLen: 3, vocabSize: 67 });
+  expect(cut.examples).toHaveLength(0);
+  expect(cut.skipped).toBe(2);
+  expect(IGNORE_INDEX).toBe(-100);
+
+  const out = path.join(tmp, 'out-jsonl');
+  const r = await run(['--model', modelDir, '--target', 'all-linear', '--data', jsonl, '--out', out, '--epochs', '2', '--batch-size', '2', '--add-eos']);
+  expect(r.code).toBe(0);
+  expect(r.stdout).toMatch(/on 14 layers \(q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj\)/);
+  expect(r.stdout).toMatch(/4 examples \(4 train, 0 eval\)/);
+  expect(losses(r.stdout)).toHaveLength(4);
+  const fresh = await LlamaForCausalLM.fromPretrained(modelDir);
+  expect(await loadAdapter(fresh, out)).toHaveLength(14);
+});
+
+test('data order and split are seeded and stable', () => {
+  expect(epochOrder(10, 0, 0)).toEqual(epochOrder(10, 0, 0));
+  expect(epochOrder(10, 0, 0)).not.toEqual(epochOrder(10, 0, 1));
+  expect(epochOrder(10, 0, 0)).not.toEqual(epochOrder(10, 1, 0));
+  expect([...epochOrder(10, 3, 2)].sort((a, b) => a - b)).toEqual([...Array(10).keys()]);
+  expect(splitTrainEval(10, 0.1, 0).eval).toHaveLength(1);
+  expect(splitTrainEval(2, 0.1, 0).eval).toHaveLength(1);
+  expect(splitTrainEval(1, 0.5, 0).eval).toHaveLength(0);
+  expect(splitTrainEval(10, 0.9, 0).train.length).toBe(1);
+});
+
+describe('resume', () => {
+  // 12 examples, 1 held out -> 11 train; batch 2 -> 6 micro-batches; grad-accum 2
+  // -> 3 steps per epoch; 2 epochs -> 6 steps. Dropout is on, so the generator
+  // state matters as much as the adapter, the moments and the data position.
+  const args = (out: string) => [...base(), '--data', txt, '--out', out, '--epochs', '2', '--batch-size', '2',
+    '--grad-accum', '2', '--dropout', '0.1', '--lr', '0.01', '--seed', '7', '--eval-every', '2'];
+  let straight: Record<string, Float32Array>;
+
+  beforeAll(async () => {
+    const r = await run(args(path.join(tmp, 'straight')));
+    expect(r.code).toBe(0);
+    expect(losses(r.stdout)).toHaveLength(6);
+    straight = adapterTensors(path.join(tmp, 'straight'));
+  });
+
+  function expectSame(dir: string): void {
+    const got = adapterTensors(dir);
+    expect(Object.keys(got).sort()).toEqual(Object.keys(straight).sort());
+    for (const k of Object.keys(straight)) expect(Buffer.from(got[k].buffer).equals(Buffer.from(straight[k].buffer))).toBe(true);
+    expect(fs.readFileSync(path.join(dir, 'adapter_model.safetensors')).equals(fs.readFileSync(path.join(tmp, 'straight', 'adapter_model.safetensors')))).toBe(true);
+  }
+
+  test('4 steps (--max-steps), then --resume for the other 2: the same adapter bit for bit', async () => {
+    const out = path.join(tmp, 'resumed');
+    const first = await run([...args(out), '--max-steps', '4', '--save-every', '1']);
+    expect(first.code).toBe(0);
+    expect(first.stdout).toMatch(/stopped at --max-steps 4 \(step 4 of 6\); continue with --resume/);
+    expect(losses(first.stdout)).toHaveLength(4);
+    const second = await run([...args(out), '--resume']);
+    expect(second.code).toBe(0);
+    expect(second.stdout).toMatch(/resuming from .* at step 4 of 6/);
+    expect(second.stdout).toMatch(/^step 5\/6/m);
+    expect(losses(second.stdout)).toHaveLength(2);
+    expectSame(out);
+    // Options not given on --resume come from the checkpoint; finished runs have nothing to do.
+    const again = await run(['--out', out, '--resume']);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toMatch(/nothing to do: the checkpoint is at step 6 of 6/);
+    expectSame(out);
+  });
+
+  test('Ctrl-C (SIGINT) during training saves the adapter and checkpoint, exits 130; --resume finishes identically', async () => {
+    const out = path.join(tmp, 'sigint');
+    const listeners = process.listenerCount('SIGINT');
+    const r = await run(args(out), {
+      onStep: ({ step }) => {
+        expect(process.listenerCount('SIGINT')).toBe(listeners + 1);
+        if (step === 2) setImmediate(() => process.emit('SIGINT'));
+      },
+    });
+    expect(r.code).toBe(130);
+    expect(process.listenerCount('SIGINT')).toBe(listeners);
+    expect(r.stderr).toMatch(/^interrupt: finishing the current step/m);
+    expect(r.stderr).toMatch(/^interrupted at step 2\/6: adapter and checkpoint written to .*; continue with --resume$/m);
+    expect(losses(r.stdout)).toHaveLength(2);
+    expect(fs.existsSync(path.join(out, 'adapter_model.safetensors'))).toBe(true);
+    expect(JSON.parse(fs.readFileSync(path.join(out, 'checkpoint', 'trainer_state.json'), 'utf8')).step).toBe(2);
+    const fresh = await LlamaForCausalLM.fromPretrained(modelDir);
+    expect(await loadAdapter(fresh, out)).toHaveLength(6);
+
+    const rest = await run([...args(out), '--resume']);
+    expect(rest.code).toBe(0);
+    expect(losses(rest.stdout)).toHaveLength(4);
+    expectSame(out);
+  });
+
+  test('SIGINT in the middle of gradient accumulation abandons that step; resume redoes it', async () => {
+    const out = path.join(tmp, 'sigint-mid');
+    // Interrupt as soon as the first micro-batch of step 4 has run: the
+    // step-3 hook schedules the signal after the event loop's next turn.
+    const r = await run(args(out), {
+      onStep: ({ step }) => {
+        if (step === 3) setImmediate(() => setImmediate(() => process.emit('SIGINT')));
+      },
+    });
+    expect(r.code).toBe(130);
+    const state = JSON.parse(fs.readFileSync(path.join(out, 'checkpoint', 'trainer_state.json'), 'utf8'));
+    expect(state.step).toBe(3);
+    expect(r.stderr).toMatch(/interrupted at step 3\/6/);
+    expect(losses(r.stdout)).toHaveLength(3);
+    expect((await run([...args(out), '--resume'])).code).toBe(0);
+    expectSame(out);
+  });
+
+  test('resume refuses changed run-defining options and changed data', async () => {
+    const out = path.join(tmp, 'resumed');
+    const r = await run([...args(out), '--batch-size', '3', '--resume']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/^lora-cuda finetune: --resume: --batch-size was 2 in the checkpoint, got 3; resuming needs the same value/);
+    const other = path.join(tmp, 'other.txt');
+    fs.writeFileSync(other, LINES.slice(1).join('\n'));
+    const d = await run([...args(out), '--data', other, '--resume']);
+    expect(d.code).toBe(1);
+    expect(d.stderr).toMatch(/differs from the data the checkpoint was trained on; resume with the same file/);
+    const none = await run([...args(path.join(tmp, 'never')), '--resume']);
+    expect(none.code).toBe(1);
+    expect(none.stderr).toMatch(/--resume: no checkpoint in .*never.checkpoint .*run without --resume to start fresh/);
+  });
+});
+
+describe('errors: exit code and one line with the fix', () => {
+  const one = (r: Result, code: number, re: RegExp) => {
+    expect(r.code).toBe(code);
+    const lines = r.stderr.trimEnd().split('\n');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/^lora-cuda finetune: /);
+    expect(lines[0]).toMatch(re);
+  };
+  const out = () => path.join(tmp, 'err-out');
+
+  test('usage errors (exit 2)', async () => {
+    one(await run(['--data', txt]), 2, /--model DIR is required/);
+    one(await run(['--model', modelDir]), 2, /--data FILE is required/);
+    one(await run(['--model', modelDir, '--data', txt, '--bogus']), 2, /unknown option --bogus/);
+    one(await run(['--model', modelDir, '--data', txt, '--r', '0']), 2, /--r must be >= 1/);
+    one(await run(['--model', modelDir, '--data', txt, '--dropout', '1']), 2, /--dropout must be in \[0, 1\)/);
+    one(await run(['--model', modelDir, '--data', txt, '--device', 'tpu']), 2, /--device must be cpu or cuda/);
+    one(await run(['--model', modelDir, '--data', txt, '--lr', '0']), 2, /--lr must be > 0/);
+    one(await run(['--model', modelDir, '--data', txt, 'extra']), 2, /unexpected argument "extra"/);
+  });
+
+  test('model, tokenizer and device', async () => {
+    one(await run(['--model', path.join(tmp, 'nope'), '--data', txt, '--out', out()]), 1, /--model .*nope: directory not found \(give a Hugging Face checkpoint directory/);
+    const noTok = path.join(tmp, 'model-no-tok');
+    fs.mkdirSync(noTok, { recursive: true });
+    fs.copyFileSync(path.join(modelDir, 'config.json'), path.join(noTok, 'config.json'));
+    fs.copyFileSync(path.join(modelDir, 'model.safetensors'), path.join(noTok, 'model.safetensors'));
+    one(await run(['--model', noTok, '--data', txt, '--out', out()]), 1, /no tokenizer\.json \(copy tokenizer\.json from the base model's repository/);
+    const noWeights = path.join(tmp, 'model-no-weights');
+    fs.mkdirSync(noWeights, { recursive: true });
+    for (const f of ['config.json', 'tokenizer.json']) fs.copyFileSync(path.join(modelDir, f), path.join(noWeights, f));
+    one(await run(['--model', noWeights, '--data', txt, '--out', out()]), 1, /--model .*: LlamaForCausalLM\.fromPretrained: no model\.safetensors/);
+    one(await run(['--model', path.join(modelDir, 'config.json'), '--data', txt]), 1, /config\.json: not a directory \(give the checkpoint directory/);
+    one(await run([...base(), '--data', txt, '--out', out(), '--target', 'x_proj']), 1,
+      /--target x_proj selects no layer of this model; its Linear layers are named q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head/);
+    const cuda = await run([...base(), '--data', txt, '--out', out(), '--device', 'cuda']);
+    if (!backendInfo().cuda.available) one(cuda, 1, /--device cuda: CUDA is not available \(.+\); use --device cpu/);
+  });
+
+  test('data files', async () => {
+    const w = (name: string, content: string) => {
+      const f = path.join(tmp, name);
+      fs.writeFileSync(f, content);
+      return f;
+    };
+    one(await run([...base(), '--data', path.join(tmp, 'missing.txt')]), 1, /--data .*missing\.txt: file not found/);
+    one(await run([...base(), '--data', w('d.csv', 'a,b')]), 1, /unsupported file extension "\.csv"; use \.txt .* or \.jsonl/);
+    one(await run([...base(), '--data', w('empty.txt', '\n  \n')]), 1, /no training examples \(the file has no non-empty lines\)/);
+    one(await run([...base(), '--data', w('bad1.jsonl', '{"text": "the cat"}\n\n{"text": "a"\n')]), 1, /bad1\.jsonl line 3: not valid JSON/);
+    one(await run([...base(), '--data', w('bad2.jsonl', '{"text": "the cat"}\n{"txt": "a"}\n')]), 1, /line 2: expected "text", or "prompt" and "completion", got keys "txt"/);
+    one(await run([...base(), '--data', w('bad3.jsonl', '{"text": 5}\n')]), 1, /line 1: "text" must be a string, got number/);
+    one(await run([...base(), '--data', w('bad4.jsonl', '{"prompt": "q"}\n')]), 1, /line 1: has "prompt" without "completion"; give both, or "text"/);
+    one(await run([...base(), '--data', w('bad5.jsonl', '["the cat"]\n')]), 1, /line 1: expected a JSON object .* got an array/);
+    one(await run([...base(), '--data', w('short.txt', 'a\nb\n'), '--out', out()]), 1, /no usable examples: all 2 have fewer than 2 tokens/);
+  });
+
+  test('out of memory suggests a smaller --batch-size or --seq-len', async () => {
+    const r = await run([...base(), '--data', txt, '--out', out()], {
+      onStep: () => {
+        throw Object.assign(new Error('out of memory allocating 123 bytes on the CPU'), { code: 'ERR_OUT_OF_MEMORY' });
+      },
+    });
+    one(r, 1, /out of memory at step 1 \(--batch-size 4, --seq-len 256\): use a smaller --batch-size or --seq-len/);
+  });
+});
