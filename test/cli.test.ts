@@ -1,0 +1,437 @@
+// The `lora-cuda` command line, end to end on tiny inputs: commands run
+// in-process through main() with a capturing io; one test runs the real bin
+// script in a child process.
+import { spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import {
+  LlamaForCausalLM, backendInfo, injectLora, loadAdapter, manualSeed, noGrad, randn, saveAdapter,
+} from '../lib';
+import { main } from '../lib/cli/index';
+import { CliIO } from '../lib/cli/io';
+import { DEMO_CONFIG, DEMO_DIGITS, demoSequence } from '../lib/cli/demo';
+import { Progress } from '../lib/cli/progress';
+import { terminalChart, svgChart } from '../lib/cli/chart';
+import { loadCases, writeCheckpoint } from './helpers/llama-weights';
+
+const root = path.resolve(__dirname, '..');
+let tmp: string;
+
+beforeAll(() => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lora-cuda-cli-'));
+});
+afterAll(() => {
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+function capture(isTTY = false) {
+  const out: string[] = [];
+  const err: string[] = [];
+  const io: CliIO = { stdout: (t) => out.push(t), stderr: (t) => err.push(t), isTTY, columns: 100 };
+  return { io, stdout: () => out.join(''), stderr: () => err.join('') };
+}
+
+async function run(argv: string[], isTTY = false) {
+  const c = capture(isTTY);
+  const code = await main(argv, c.io);
+  return { code, stdout: c.stdout(), stderr: c.stderr() };
+}
+
+/** The lines of `text` without the final newline. */
+const lines = (text: string) => text.replace(/\n$/, '').split('\n');
+
+/**
+ * A strict-enough XML well-formedness check: an optional declaration, one root
+ * element, properly nested and closed tags, quoted attributes without raw '<'
+ * or stray '&', no stray '<' or '&' in text. Returns the root's tag and attributes.
+ */
+function parseXmlRoot(xml: string): { tag: string; attrs: Record<string, string>; elements: string[] } {
+  const body = xml.replace(/^<\?xml\s[^?]*\?>/, '');
+  const entity = /&(?!(?:amp|lt|gt|quot|apos|#\d+|#x[0-9a-fA-F]+);)/;
+  const token = /<!--[\s\S]*?-->|<(\/?)([A-Za-z_][\w:.-]*)((?:\s+[A-Za-z_][\w:.-]*\s*=\s*(?:"[^"<]*"|'[^'<]*'))*)\s*(\/?)>|([^<]+)|(<)/gy;
+  const stack: string[] = [];
+  const elements: string[] = [];
+  let root: { tag: string; attrs: Record<string, string> } | null = null;
+  let m: RegExpExecArray | null;
+  while ((m = token.exec(body)) !== null) {
+    const [whole, close, tag, attrText, selfClose, text, stray] = m;
+    if (stray) throw new Error(`stray '<' at ${m.index}`);
+    if (text !== undefined) {
+      if (entity.test(text)) throw new Error(`stray '&' in text ${JSON.stringify(text.slice(0, 40))}`);
+      if (!stack.length && text.trim()) throw new Error(`text outside the root: ${JSON.stringify(text.slice(0, 40))}`);
+      continue;
+    }
+    if (whole.startsWith('<!--')) continue;
+    if (close) {
+      if (stack.pop() !== tag) throw new Error(`</${tag}> does not close the open element`);
+      continue;
+    }
+    const attrs: Record<string, string> = {};
+    for (const a of attrText.matchAll(/([A-Za-z_][\w:.-]*)\s*=\s*(?:"([^"]*)"|'([^']*)')/g)) {
+      if (a[1] in attrs) throw new Error(`duplicate attribute ${a[1]} on <${tag}>`);
+      const v = a[2] ?? a[3];
+      if (entity.test(v)) throw new Error(`stray '&' in attribute ${a[1]}`);
+      attrs[a[1]] = v;
+    }
+    if (!stack.length) {
+      if (root) throw new Error(`a second root element <${tag}>`);
+      root = { tag, attrs };
+    }
+    elements.push(tag);
+    if (!selfClose) stack.push(tag);
+  }
+  if (stack.length) throw new Error(`unclosed <${stack[stack.length - 1]}>`);
+  if (!root) throw new Error('no root element');
+  return { ...root, elements };
+}
+
+describe('lora-cuda demo', () => {
+  let out: string;
+  let result: Awaited<ReturnType<typeof run>>;
+  let summary: Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+  beforeAll(async () => {
+    out = path.join(tmp, 'demo-adapter');
+    result = await run(['demo', '--steps-a', '100', '--steps-b', '200', '--batch-size', '16', '--json', '--chart', '--out', out]);
+    summary = JSON.parse(lines(result.stdout).pop()!);
+  });
+
+  test('exits 0 and prints the JSON summary as the last line of stdout', () => {
+    expect(result.stderr).not.toContain('lora-cuda demo:');
+    expect(result.code).toBe(0);
+    expect(Object.keys(summary)).toEqual(expect.arrayContaining([
+      'before', 'after', 'baseTaskAccuracy', 'trainableParams', 'totalParams', 'adapterBytes', 'tokensPerSecond',
+      'mergeMaxDiff', 'device', 'seconds', 'adapterDir',
+    ]));
+    expect(summary.device).toBe('cpu');
+    expect(summary.adapterDir).toBe(path.resolve(out));
+    expect(summary.seconds).toBeGreaterThan(0);
+    expect(summary.tokensPerSecond).toBeGreaterThan(0);
+  });
+
+  test('LoRA learns task B, which the base cannot do, and the base still does task A', () => {
+    expect(summary.before.accuracy).toBeLessThan(0.2);
+    expect(summary.after.accuracy).toBeGreaterThan(0.9);
+    expect(summary.baseTaskAccuracy).toBeGreaterThan(0.9);
+    expect(summary.mergeMaxDiff).toBeLessThan(1e-4);
+  });
+
+  test('counts parameters and the adapter file', () => {
+    // q_proj [64 -> 64] and v_proj [64 -> 32] in each of 2 layers, r = 8: A [8, in] + B [out, 8].
+    expect(summary.trainableParams).toBe(2 * (8 * 64 + 64 * 8 + 8 * 64 + 32 * 8));
+    expect(summary.totalParams).toBe(new LlamaForCausalLM(DEMO_CONFIG).numParameters() + summary.trainableParams);
+    expect(summary.adapterBytes).toBe(fs.statSync(path.join(out, 'adapter_model.safetensors')).size);
+    expect(summary.adapterBytes).toBeGreaterThan(summary.trainableParams * 4);
+  });
+
+  test('prints the human report, a terminal chart with --chart, and few plain progress lines (not a TTY)', () => {
+    for (const s of ['task B accuracy before fine-tuning', 'task B accuracy after fine-tuning', 'task A accuracy, adapter disabled',
+      'trainable / total parameters', 'adapter size', 'tokens/s', 'merged vs unmerged logits', 'loss (log scale)']) {
+      expect(result.stdout).toContain(s);
+    }
+    expect(result.stderr).not.toContain('\r');
+    expect(lines(result.stderr).length).toBeLessThanOrEqual(8);
+    expect(result.stderr).toMatch(/^phase A: step 100\/100/m);
+  });
+
+  test('the adapter loads into a model of the same config and, on the saved base, does task B', async () => {
+    const fresh = new LlamaForCausalLM(DEMO_CONFIG);
+    expect((await loadAdapter(fresh, out)).sort()).toEqual([
+      'model.layers.0.self_attn.q_proj', 'model.layers.0.self_attn.v_proj',
+      'model.layers.1.self_attn.q_proj', 'model.layers.1.self_attn.v_proj',
+    ]);
+    const config = JSON.parse(fs.readFileSync(path.join(out, 'adapter_config.json'), 'utf8'));
+    expect(config).toMatchObject({ peft_type: 'LORA', r: 8, lora_alpha: 16, target_modules: ['q_proj', 'v_proj'] });
+
+    const base = await LlamaForCausalLM.fromPretrained(path.join(out, 'base-model'));
+    await loadAdapter(base, out);
+    const digits = [[2, 7, 1, 8, 2, 8], [9, 9, 0, 0, 5, 5], [1, 2, 3, 4, 5, 6], [8, 6, 4, 2, 0, 9]];
+    const ids = digits.map((d) => demoSequence('B', d));
+    const logits = noGrad(() => base.forward(ids)).toArray();
+    const V = DEMO_CONFIG.vocab_size;
+    const T = ids[0].length;
+    let ok = 0;
+    ids.forEach((row, b) => {
+      for (let t = DEMO_DIGITS + 2; t < T; t++) {
+        const o = (b * T + t - 1) * V;
+        const pred = [...logits.slice(o, o + V)].reduce((best, v, i, a) => (v > a[best] ? i : best), 0);
+        if (pred === row[t]) ok++;
+      }
+    });
+    expect(ok / (ids.length * DEMO_DIGITS)).toBeGreaterThan(0.8);
+  });
+
+  test('writes a well-formed standalone SVG with both loss curves', () => {
+    const svg = fs.readFileSync(path.join(out, 'loss.svg'), 'utf8');
+    const rootEl = parseXmlRoot(svg);
+    expect(rootEl.tag).toBe('svg');
+    expect(rootEl.attrs.xmlns).toBe('http://www.w3.org/2000/svg');
+    expect(rootEl.attrs.viewBox).toMatch(/^0 0 \d+ \d+$/);
+    expect(rootEl.elements.filter((e) => e === 'polyline').length).toBe(4); // raw + smoothed per phase
+    expect(svg).toContain('phase A: full pretraining');
+    expect(svg).toContain('phase B: LoRA fine-tuning');
+    expect(svg).toContain('loss (log scale)');
+    expect(svg).toMatch(/>step</);
+  });
+
+  test('--svg FILE writes the chart elsewhere', async () => {
+    const svgFile = path.join(tmp, 'charts', 'curve.svg');
+    const r = await run(['demo', '--steps-a', '3', '--steps-b', '3', '--batch-size', '4', '--out', path.join(tmp, 'demo-2'), '--svg', svgFile]);
+    expect(r.code).toBe(0);
+    expect(parseXmlRoot(fs.readFileSync(svgFile, 'utf8')).tag).toBe('svg');
+    expect(fs.existsSync(path.join(tmp, 'demo-2', 'loss.svg'))).toBe(false);
+    expect(r.stdout).not.toContain('loss (log scale)'); // no terminal chart: not a TTY, no --chart
+  });
+});
+
+describe('help, usage errors and exit codes', () => {
+  test('lora-cuda --help lists the commands', async () => {
+    for (const argv of [['--help'], ['-h'], ['help']]) {
+      const r = await run(argv);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toMatch(/^usage: lora-cuda <command>/);
+      for (const cmd of ['demo', 'finetune', 'merge', 'bench']) expect(r.stdout).toMatch(new RegExp(`^  ${cmd} `, 'm'));
+      expect(r.stderr).toBe('');
+    }
+  });
+
+  test.each(['demo', 'finetune', 'merge', 'bench'])('lora-cuda %s --help prints its usage', async (cmd) => {
+    const r = await run([cmd, '--help']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(new RegExp(`^usage: lora-cuda ${cmd}`));
+    expect(r.stdout).toContain('--help');
+    expect(r.stderr).toBe('');
+    const viaHelp = await run(['help', cmd]);
+    expect(viaHelp).toEqual(r);
+  });
+
+  test('--version', async () => {
+    const r = await run(['--version']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe(`lora-cuda ${JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')).version}\n`);
+  });
+
+  test('an unknown option is a usage error: exit 2, one line', async () => {
+    for (const cmd of ['demo', 'merge', 'bench']) {
+      const r = await run([cmd, '--bogus']);
+      expect(r.code).toBe(2);
+      expect(r.stdout).toBe('');
+      expect(lines(r.stderr)).toEqual([`lora-cuda ${cmd}: unknown option --bogus (see lora-cuda ${cmd} --help)`]);
+    }
+  });
+
+  test('bad values and unknown commands are usage errors', async () => {
+    let r = await run(['demo', '--steps-a', 'many']);
+    expect(r.code).toBe(2);
+    expect(lines(r.stderr)).toEqual(['lora-cuda demo: --steps-a must be a number, got "many" (see lora-cuda demo --help)']);
+    r = await run(['demo', '--device', 'tpu']);
+    expect(r.code).toBe(2);
+    expect(lines(r.stderr)).toEqual(['lora-cuda demo: --device must be cpu or cuda, got "tpu" (see lora-cuda demo --help)']);
+    r = await run(['frobnicate']);
+    expect(r.code).toBe(2);
+    expect(lines(r.stderr)).toEqual(['lora-cuda: unknown command \'frobnicate\' (commands: demo, finetune, merge, bench; see lora-cuda --help)']);
+    r = await run(['merge', '--model', tmp]);
+    expect(r.code).toBe(2);
+    expect(lines(r.stderr)).toEqual(['lora-cuda merge: missing --adapter DIR, --out DIR (see lora-cuda merge --help)']);
+  });
+
+  const cudaAvailable = backendInfo().cuda.available;
+  (cudaAvailable ? test.skip : test)('--device cuda without CUDA: exit 1, one line with the reason', async () => {
+    for (const argv of [['demo', '--out', path.join(tmp, 'never')], ['bench']]) {
+      const cmd = argv[0];
+      const r = await run([...argv, '--device', 'cuda']);
+      expect(r.code).toBe(1);
+      expect(r.stdout).toBe('');
+      const err = lines(r.stderr);
+      expect(err).toHaveLength(1);
+      expect(err[0]).toMatch(new RegExp(`^lora-cuda ${cmd}: --device cuda is not available: .+; use --device cpu$`));
+    }
+    expect(fs.existsSync(path.join(tmp, 'never'))).toBe(false);
+  });
+
+  test('an --out that cannot be written fails before training, in one line', async () => {
+    const file = path.join(tmp, 'a-file');
+    fs.writeFileSync(file, 'x');
+    const r = await run(['demo', '--out', path.join(file, 'adapter')]);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toBe('');
+    expect(lines(r.stderr)).toHaveLength(1);
+    expect(r.stderr).toMatch(/^lora-cuda demo: cannot write the adapter to .*a-file\/adapter \(ENOTDIR\); choose another --out$/m);
+  });
+
+  test('unexpected errors say they are bugs; out of memory suggests what to change', async () => {
+    const boom = async (e: Error): Promise<string> => {
+      let stderr = '';
+      await jest.isolateModulesAsync(async () => {
+        jest.doMock('../lib/cli/bench', () => ({ benchCommand: async () => { throw e; } }));
+        const cli = await import('../lib/cli/index');
+        const c = capture();
+        const code = await cli.main(['bench'], c.io);
+        expect(code).toBe(1);
+        expect(c.stdout()).toBe('');
+        expect(lines(c.stderr())).toHaveLength(1);
+        stderr = c.stderr();
+      });
+      jest.dontMock('../lib/cli/bench');
+      return stderr;
+    };
+    expect(await boom(new TypeError('x is undefined\n  somewhere'))).toBe('lora-cuda bench: x is undefined; somewhere (this is a bug; please report it)\n');
+    const oom = Object.assign(new Error('cannot allocate 4294967296 bytes'), { code: 'ERR_OUT_OF_MEMORY' });
+    expect(await boom(oom)).toBe('lora-cuda bench: out of memory (cannot allocate 4294967296 bytes); free memory or use a smaller model\n');
+  });
+});
+
+describe('lora-cuda merge', () => {
+  const ids = [[1, 5, 9, 2, 6, 5, 3], [8, 9, 7, 9, 3, 2, 3]];
+  let modelDir: string;
+  let adapterDir: string;
+  let expected: Float32Array;
+
+  beforeAll(async () => {
+    // Qwen2: q/k/v biases and tied embeddings (lm_head is not written back).
+    modelDir = path.join(tmp, 'qwen2');
+    adapterDir = path.join(tmp, 'qwen2-adapter');
+    await writeCheckpoint(modelDir, loadCases().cases.qwen2_bias_tied_mqa);
+    fs.writeFileSync(path.join(modelDir, 'tokenizer.json'), '{"fake": true}\n');
+    const model = await LlamaForCausalLM.fromPretrained(modelDir);
+    manualSeed(3);
+    injectLora(model, { targetModules: ['q_proj', 'v_proj'], r: 4, alpha: 8 });
+    noGrad(() => {
+      for (const [name, t] of model.namedParameters()) if (name.endsWith('.B')) t.copy_(randn([...t.shape], { std: 0.2 }));
+    });
+    await saveAdapter(model, adapterDir);
+    expected = noGrad(() => model.forward(ids)).toArray() as Float32Array;
+  });
+
+  test('writes a checkpoint whose logits equal the LoRA model\'s', async () => {
+    const outDir = path.join(tmp, 'qwen2-merged');
+    const r = await run(['merge', '--model', modelDir, '--adapter', adapterDir, '--out', outDir]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('loaded');
+    expect(r.stdout).toContain('LoRA r 4, alpha 8 (scale 2) on 4 layers (q_proj, v_proj)');
+    expect(r.stdout).toContain(`wrote ${outDir}`);
+    expect(fs.readFileSync(path.join(outDir, 'tokenizer.json'), 'utf8')).toBe('{"fake": true}\n');
+    const merged = await LlamaForCausalLM.fromPretrained(outDir);
+    expect(merged.config.tieWordEmbeddings).toBe(true);
+    const got = noGrad(() => merged.forward(ids)).toArray();
+    let maxDiff = 0;
+    for (let i = 0; i < got.length; i++) maxDiff = Math.max(maxDiff, Math.abs(got[i] - expected[i]));
+    expect(maxDiff).toBeLessThan(1e-4);
+    // The adapter changed the model: the base alone gives other logits.
+    const base = await LlamaForCausalLM.fromPretrained(modelDir);
+    const plain = noGrad(() => base.forward(ids)).toArray();
+    expect(Math.max(...plain.map((v, i) => Math.abs(v - expected[i])))).toBeGreaterThan(1e-3);
+  });
+
+  test('wrong paths and mismatched adapters fail in one line that says what to fix', async () => {
+    const cases: [string[], RegExp][] = [
+      [['--model', path.join(tmp, 'nope'), '--adapter', adapterDir, '--out', path.join(tmp, 'm1')],
+        /^lora-cuda merge: --model .*nope is not a directory \(give a Hugging Face checkpoint directory/],
+      [['--model', modelDir, '--adapter', path.join(tmp, 'nope'), '--out', path.join(tmp, 'm1')],
+        /^lora-cuda merge: --adapter .*nope is not a directory \(give a PEFT adapter directory/],
+      [['--model', tmp, '--adapter', adapterDir, '--out', path.join(tmp, 'm1')],
+        /^lora-cuda merge: LlamaForCausalLM\.fromPretrained: .*config\.json not found/],
+      [['--model', modelDir, '--adapter', modelDir, '--out', path.join(tmp, 'm1')],
+        /^lora-cuda merge: loadAdapter: .*adapter_config\.json not found \(not a PEFT adapter directory\)/],
+      [['--model', modelDir, '--adapter', adapterDir, '--out', modelDir],
+        /^lora-cuda merge: --out is the --model directory; choose a new directory/],
+    ];
+    for (const [argv, re] of cases) {
+      const r = await run(['merge', ...argv]);
+      expect(r.code).toBe(1);
+      expect(lines(r.stderr)).toHaveLength(1);
+      expect(r.stderr).toMatch(re);
+      expect(r.stderr).not.toContain('this is a bug');
+    }
+    // An adapter trained on another model: shapes do not fit.
+    const other = path.join(tmp, 'llama');
+    await writeCheckpoint(other, loadCases().cases.mistral);
+    const r = await run(['merge', '--model', other, '--adapter', adapterDir, '--out', path.join(tmp, 'm2')]);
+    expect(r.code).toBe(1);
+    expect(lines(r.stderr)).toHaveLength(1);
+    expect(r.stderr).toMatch(/^lora-cuda merge: loadAdapter: .* has shape \[.*\], expected \[.*\] \(was the adapter trained on this base model\?\)$/m);
+    expect(fs.existsSync(path.join(tmp, 'm2'))).toBe(false);
+  });
+});
+
+describe('lora-cuda bench', () => {
+  test('runs and prints the table; --json writes the results', async () => {
+    const file = path.join(tmp, 'bench', 'result.json');
+    const r = await run(['bench', '--quick', '--shapes', 'tiny', '--json', file]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const out = lines(r.stdout);
+    expect(out[0]).toMatch(/^lora-cuda bench: .* cores, BLAS \w+/);
+    expect(out[1]).toMatch(/^\s*M\s+in\s+out\s+r\s+op\s+median ms\s+min ms\s+GFLOP\/s\s+vs baseline\s*$/);
+    for (const op of ['frozen fwd', 'frozen fwd+dx', 'lora fwd', 'lora fwd+bwd', 'merge']) expect(r.stdout).toMatch(new RegExp(`\\s${op.replace('+', '\\+')}\\s`));
+    expect(r.stdout).toContain('x frozen fwd+dx');
+    const json = JSON.parse(fs.readFileSync(file, 'utf8'));
+    expect(json.rows).toHaveLength(5);
+    expect(json.rows[0].shape).toEqual({ M: 64, inF: 32, outF: 32, r: 4 });
+    expect(json.device).toBe('cpu');
+    expect((await run(['bench', '--shapes', 'huge'])).code).toBe(2);
+    expect((await run(['bench', '--help'])).stdout).not.toContain('--shapes'); // for tests only
+  });
+});
+
+describe('progress and charts', () => {
+  test('progress: a redrawn bar on a TTY, four plain lines otherwise', () => {
+    const plain = capture(false);
+    const p = new Progress(plain.io, { label: 'train', total: 100 });
+    for (let s = 1; s <= 100; s++) p.update(s, 'loss 1.0', s * 10);
+    p.done();
+    expect(lines(plain.stderr())).toHaveLength(4);
+    expect(plain.stderr()).toMatch(/^train: step 25\/100, loss 1\.0\b/);
+
+    const tty = capture(true);
+    const q = new Progress(tty.io, { label: 'train', total: 10, intervalMs: 0 });
+    for (let s = 1; s <= 10; s++) q.update(s);
+    q.done();
+    expect(tty.stderr().split('\r').length).toBe(11);
+    expect(tty.stderr()).toContain('██████████');
+    expect(tty.stderr().endsWith('\n')).toBe(true);
+  });
+
+  test('terminal chart (braille and ASCII) and SVG of two phases', () => {
+    const a = Array.from({ length: 50 }, (_, i) => 3 * Math.exp(-i / 10));
+    const b = Array.from({ length: 30 }, (_, i) => 5 * Math.exp(-i / 5) + 0.01);
+    const series = [{ label: 'A', losses: a }, { label: 'B', losses: b }];
+    const braille = terminalChart(series, { width: 40, height: 8 });
+    expect(braille).toMatch(/[\u2801-\u28ff]/);
+    expect(braille).toContain('┴');
+    const ascii = terminalChart(series, { width: 40, height: 8, ascii: true });
+    expect(ascii).toMatch(/^[\x20-\x7e\n]*$/);
+    expect(ascii).toContain('*');
+    expect(ascii).toContain('o');
+    const svg = svgChart([{ label: 'a <&> "b"', losses: [1, 0, NaN, Infinity, 0.5] }], { title: 'x & y' });
+    expect(parseXmlRoot(svg).tag).toBe('svg');
+    expect(svg).toContain('a &lt;&amp;&gt; &quot;b&quot;');
+  });
+});
+
+describe('bin/lora-cuda.js', () => {
+  const built = fs.existsSync(path.join(root, 'dist', 'lib', 'cli', 'index.js'));
+  (built ? test : test.skip)('runs as a child process: --help exits 0, a bad option exits 2', () => {
+    const bin = path.join(root, 'bin', 'lora-cuda.js');
+    expect(fs.readFileSync(bin, 'utf8')).toMatch(/^#!\/usr\/bin\/env node\n/);
+    let r = spawnSync(process.execPath, [bin, '--help'], { cwd: tmp, encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^usage: lora-cuda <command>/);
+    r = spawnSync(process.execPath, [bin, 'demo', '--bogus'], { cwd: tmp, encoding: 'utf8' });
+    expect(r.status).toBe(2);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toBe('lora-cuda demo: unknown option --bogus (see lora-cuda demo --help)\n');
+  });
+  if (!built) {
+    test.skip('bin/lora-cuda.js: dist/ is not built (run npm run build:ts), so the bin script is not run', () => undefined);
+  }
+});
+
+test('package.json declares the bin', () => {
+  const pkg = JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8'));
+  expect(pkg.bin).toEqual({ 'lora-cuda': 'bin/lora-cuda.js' });
+  expect(fs.statSync(path.join(root, 'bin', 'lora-cuda.js')).mode & 0o111).not.toBe(0);
+});
