@@ -1,15 +1,19 @@
 // One way to report bad arguments: "<where>: <what> must be <expected>, got <received>".
 // All public entry points validate here, before any native call.
 
-/** Short, readable description of a received value for error messages. */
-export function describe(v: unknown): string {
+/**
+ * Short, readable description of a received value for error messages. Bounded for untrusted
+ * values (parsed JSON): long strings are cut and arrays nested deeper than two levels shown as […].
+ */
+export function describe(v: unknown, depth = 0): string {
   if (v === null) return 'null';
   if (v === undefined) return 'undefined';
   if (typeof v === 'number' || typeof v === 'boolean' || typeof v === 'bigint') return String(v);
-  if (typeof v === 'string') return JSON.stringify(v);
+  if (typeof v === 'string') return v.length > 200 ? `${JSON.stringify(v.slice(0, 200))}… (${v.length} characters)` : JSON.stringify(v);
   if (typeof v === 'function') return `function ${v.name || '(anonymous)'}`;
   if (Array.isArray(v)) {
-    const items = v.slice(0, 8).map((x) => (typeof x === 'object' && x !== null ? describe(x) : String(x)));
+    if (depth >= 2) return '[…]';
+    const items = v.slice(0, 8).map((x) => (typeof x === 'object' && x !== null ? describe(x, depth + 1) : String(x)));
     return `[${items.join(', ')}${v.length > 8 ? ', …' : ''}]`;
   }
   const o = v as { constructor?: { name?: string }; describe?: () => string };

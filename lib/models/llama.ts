@@ -15,7 +15,7 @@ import { Tensor, randn, tensor, DType } from '../tensor';
 import { noGrad } from '../autograd';
 import { DeviceSpec } from '../device';
 import { SafetensorsFile } from '../safetensors';
-import { checkOneOf, checkOptions, checkKnownKeys, rangeError, typeError } from '../errors';
+import { checkOneOf, checkOptions, checkKnownKeys, describe, rangeError, typeError } from '../errors';
 
 /** A parsed config.json of a supported architecture. */
 export interface LlamaConfig {
@@ -53,17 +53,20 @@ const ARCHITECTURES: Record<string, LlamaConfig['modelType']> = {
 export function parseLlamaConfig(raw: unknown, where = 'parseLlamaConfig'): LlamaConfig {
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) throw typeError(where, 'config', 'a config.json object', raw);
   const c = raw as Record<string, unknown>;
-  const archs = Array.isArray(c.architectures) ? (c.architectures as unknown[]).map(String) : [];
+  // Only strings name architectures; own keys only ("constructor" is no architecture).
+  const archs = Array.isArray(c.architectures) ? (c.architectures as unknown[]).filter((a): a is string => typeof a === 'string') : [];
   const mt = typeof c.model_type === 'string' ? c.model_type : undefined;
   const supported = Object.keys(ARCHITECTURES).join(', ');
-  let modelType: LlamaConfig['modelType'] | undefined = archs.map((a) => ARCHITECTURES[a]).find(Boolean);
+  let modelType: LlamaConfig['modelType'] | undefined = archs.map((a) => (Object.hasOwn(ARCHITECTURES, a) ? ARCHITECTURES[a] : undefined)).find(Boolean);
   if (!modelType && mt && (['llama', 'mistral', 'qwen2'] as const).includes(mt as 'llama')) modelType = mt as LlamaConfig['modelType'];
   if (!modelType) {
-    throw new RangeError(`${where}: unsupported architecture ${archs.length ? archs.join(', ') : JSON.stringify(mt)}; supported: ${supported} (model_type llama, mistral, qwen2)`);
+    const named = archs.length ? archs.slice(0, 4).map((a) => (a.length > 100 ? `${a.slice(0, 100)}…` : a)).join(', ') : describe(mt);
+    throw new RangeError(`${where}: unsupported architecture ${named}; supported: ${supported} (model_type llama, mistral, qwen2)`);
   }
+  // Sizes must be exact: above 2^53 a number is no longer an exact integer.
   const int = (key: string, dflt?: number): number => {
     const v = c[key] ?? dflt;
-    if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) throw rangeError(where, `config.${key}`, 'a positive integer', v);
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) throw rangeError(where, `config.${key}`, 'a positive integer (at most 2^53 - 1)', v);
     return v;
   };
   const num = (key: string, dflt: number): number => {
@@ -85,29 +88,32 @@ export function parseLlamaConfig(raw: unknown, where = 'parseLlamaConfig'): Llam
   }
   let ropeScaling: RopeScaling | null = null;
   if (c.rope_scaling != null) {
+    if (typeof c.rope_scaling !== 'object' || Array.isArray(c.rope_scaling)) throw rangeError(where, 'config.rope_scaling', 'an object or null', c.rope_scaling);
     const rs = c.rope_scaling as Record<string, unknown>;
     const type = rs.rope_type ?? rs.type;
+    // Numbers only: Number('8') or Number([8]) would let a malformed config through.
+    const asNumber = (v: unknown): number => (typeof v === 'number' ? v : NaN);
     if (type === 'llama3') {
       ropeScaling = {
         type: 'llama3',
-        factor: Number(rs.factor),
-        lowFreqFactor: Number(rs.low_freq_factor),
-        highFreqFactor: Number(rs.high_freq_factor),
-        originalMaxPositionEmbeddings: Number(rs.original_max_position_embeddings),
+        factor: asNumber(rs.factor),
+        lowFreqFactor: asNumber(rs.low_freq_factor),
+        highFreqFactor: asNumber(rs.high_freq_factor),
+        originalMaxPositionEmbeddings: asNumber(rs.original_max_position_embeddings),
       };
       if (!Object.values(ropeScaling).slice(1).every((v) => Number.isFinite(v) && (v as number) > 0)) {
         throw rangeError(where, 'config.rope_scaling', 'llama3 scaling with positive factor, low_freq_factor, high_freq_factor, original_max_position_embeddings', rs);
       }
     } else if (type === 'linear') {
-      ropeScaling = { type: 'linear', factor: Number(rs.factor) };
-      if (!(ropeScaling.factor > 0)) throw rangeError(where, 'config.rope_scaling.factor', 'a positive number', rs.factor);
+      ropeScaling = { type: 'linear', factor: asNumber(rs.factor) };
+      if (!(Number.isFinite(ropeScaling.factor) && ropeScaling.factor > 0)) throw rangeError(where, 'config.rope_scaling.factor', 'a positive number', rs.factor);
     } else if (type !== 'default') {
       throw rangeError(where, 'config.rope_scaling.rope_type', '"llama3", "linear" or "default" (others are not supported)', type);
     }
   }
   const attentionBias = c.attention_bias === true;
   const window = modelType === 'mistral' || (modelType === 'qwen2' && c.use_sliding_window === true) ? c.sliding_window : null;
-  if (window != null && (typeof window !== 'number' || !Number.isInteger(window) || window <= 0)) {
+  if (window != null && (typeof window !== 'number' || !Number.isSafeInteger(window) || window <= 0)) {
     throw rangeError(where, 'config.sliding_window', 'a positive integer or null', window);
   }
   return {
@@ -298,7 +304,7 @@ export class LlamaForCausalLM extends Module {
     const ids = toIds(where, 'inputIds', inputIds, this.config.vocabSize);
     const [B, T] = ids.shape;
     checkLength(where, T, this.config);
-    const lab = labels === undefined ? ids.toArray() : labelsArray(where, labels, B, T);
+    const lab = labels === undefined ? ids.toArray() : labelsArray(where, labels, B, T, this.config.vocabSize);
     const targets = new Array<number>(B * T);
     for (let b = 0; b < B; b++) {
       for (let t = 0; t < T; t++) targets[b * T + t] = t + 1 < T ? lab[b * T + t + 1] : -100;
@@ -318,6 +324,7 @@ export class LlamaForCausalLM extends Module {
     if (typeof dir !== 'string') throw typeError(where, 'dir', 'a checkpoint directory path', dir);
     const o = checkOptions(where, options);
     checkKnownKeys(where, o, ['dtype', 'device']);
+    if (o.dtype !== undefined) checkOneOf(where, 'options.dtype', o.dtype, ['float32', 'float64'] as const);
     const configPath = path.join(dir, 'config.json');
     let raw: unknown;
     try {
@@ -329,14 +336,27 @@ export class LlamaForCausalLM extends Module {
         : `${where}: cannot read ${configPath}: ${err.message}`);
     }
     const config = parseLlamaConfig(raw, where);
-    const model = new LlamaForCausalLM(config, { ...(o as FromPretrainedOptions), init: false });
     const files = await weightFiles(where, dir);
-    const expected = new Map(Object.entries(model.stateDict()));
+    // Every header is read before the model is built: config.json decides how much memory the model
+    // takes, and a config that asks for far more parameters than the checkpoint holds (a damaged or
+    // mismatched config.json) is refused here instead of allocated. Smaller differences are left to
+    // the key-by-key checks below, which name the missing or mis-shaped weights.
+    const opened: SafetensorsFile[] = [];
     const loaded = new Set<string>();
     const unexpected: string[] = [];
-    for (const file of files) {
-      const st = await SafetensorsFile.open(file);
-      try {
+    let model: LlamaForCausalLM;
+    try {
+      for (const file of files) opened.push(await SafetensorsFile.open(file));
+      let stored = 0;
+      for (const st of opened) for (const k of st.keys()) stored += st.entry(k).shape.reduce((a, d) => a * d, 1);
+      const needed = parameterCount(config);
+      if (needed > 2 * stored + 2 ** 24) {
+        throw new RangeError(`${where}: ${configPath} describes a model of ${needed} parameters, far more than the ${stored} values the checkpoint holds; the config does not belong to these weights`);
+      }
+      model = new LlamaForCausalLM(config, { ...(o as FromPretrainedOptions), init: false });
+      const expected = new Map(Object.entries(model.stateDict()));
+      for (const st of opened) {
+        const file = st.path;
         for (const key of st.keys()) {
           const target = expected.get(key);
           if (!target) {
@@ -356,17 +376,26 @@ export class LlamaForCausalLM extends Module {
           t.dispose();
           loaded.add(key);
         }
-      } finally {
-        st.close();
       }
+    } finally {
+      for (const st of opened) st.close();
     }
     if (unexpected.length) {
       throw new RangeError(`${where}: the checkpoint has weights this architecture does not use: ${list(unexpected)}`);
     }
-    const missing = [...expected.keys()].filter((k) => !loaded.has(k) && !(k === 'lm_head.weight' && config.tieWordEmbeddings));
+    const missing = Object.keys(model.stateDict()).filter((k) => !loaded.has(k) && !(k === 'lm_head.weight' && config.tieWordEmbeddings));
     if (missing.length) throw new RangeError(`${where}: the checkpoint lacks weights: ${list(missing)}`);
     return model;
   }
+}
+
+/** The number of parameters of the model a config describes (tied embeddings counted once). */
+export function parameterCount(c: LlamaConfig): number {
+  const { hiddenSize: D, intermediateSize: I, vocabSize: V, headDim: hd, numAttentionHeads: H, numKeyValueHeads: Hkv } = c;
+  const attention = D * H * hd + 2 * D * Hkv * hd + H * hd * D + (c.qkvBias ? (H + 2 * Hkv) * hd : 0) + (c.oBias ? D : 0);
+  const mlp = 3 * D * I + (c.mlpBias ? 2 * I + D : 0);
+  const layer = attention + mlp + 2 * D; // and the two RMSNorms
+  return V * D + c.numHiddenLayers * layer + D + (c.tieWordEmbeddings ? 0 : V * D);
 }
 
 function isParsed(c: unknown): c is LlamaConfig {
@@ -424,13 +453,23 @@ function toIds(where: string, what: string, v: number[][] | Tensor, vocab: numbe
   return tensor(v, { dtype: 'int32' });
 }
 
-function labelsArray(where: string, v: number[][] | Tensor, B: number, T: number): ArrayLike<number> {
+function labelsArray(where: string, v: number[][] | Tensor, B: number, T: number, vocab: number): ArrayLike<number> {
+  let flat: ArrayLike<number>;
   if (v instanceof Tensor) {
     if (v.dtype !== 'int32' || v.shape[0] !== B || v.shape[1] !== T || v.ndim !== 2) throw rangeError(where, 'labels', `an int32 tensor [${B}, ${T}]`, v);
-    return v.toArray();
+    flat = v.toArray();
+  } else {
+    if (!Array.isArray(v) || v.length !== B || v.some((r) => !Array.isArray(r) || r.length !== T)) {
+      throw rangeError(where, 'labels', `number[${B}][${T}] like inputIds`, v);
+    }
+    flat = v.flat();
   }
-  if (!Array.isArray(v) || v.length !== B || v.some((r) => !Array.isArray(r) || r.length !== T)) {
-    throw rangeError(where, 'labels', `number[${B}][${T}] like inputIds`, v);
+  // Every label, also labels[b][0], which no position predicts: a bad value is a bad call.
+  for (let i = 0; i < flat.length; i++) {
+    const l = flat[i];
+    if (!(Number.isInteger(l) && ((l >= 0 && l < vocab) || l === -100))) {
+      throw rangeError(where, `labels[${Math.floor(i / T)}][${i % T}]`, `a token id in [0, ${vocab}) or -100 (ignored)`, l);
+    }
   }
-  return v.flat();
+  return flat;
 }
