@@ -5,13 +5,15 @@
 // and merged exports as ordinary Hugging Face checkpoints.
 import * as fs from 'fs';
 import * as path from 'path';
+import { randomBytes } from 'crypto';
 import { Module } from './nn/module';
 import { Linear } from './nn/layers';
 import { LoRALinear, injectLora, loraLayers } from './lora';
 import { Tensor } from './tensor';
 import { noGrad } from './autograd';
 import { SafetensorsFile, saveSafetensors } from './safetensors';
-import { checkOptions, checkKnownKeys, typeError } from './errors';
+import { native } from './native';
+import { checkOptions, checkKnownKeys, describe, typeError } from './errors';
 
 const PREFIX = 'base_model.model.';
 const CONFIG = 'adapter_config.json';
@@ -22,20 +24,42 @@ export interface SaveAdapterOptions {
   baseModelNameOrPath?: string | null;
 }
 
-/** Writes `content` to `file` through a temporary file and a rename. */
-async function writeFileAtomic(file: string, content: string): Promise<void> {
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${Date.now()}.tmp`);
+/**
+ * Writes `content` to a new temporary file beside `file`, fsynced, and returns its path: renaming it
+ * over `file` commits it. On failure nothing is left behind.
+ */
+async function writeTemp(file: string, content: string): Promise<string> {
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
   try {
-    const fh = await fs.promises.open(tmp, 'w');
+    const fh = await fs.promises.open(tmp, 'wx');
     try {
       await fh.writeFile(content);
       await fh.sync();
     } finally {
       await fh.close();
     }
-    await fs.promises.rename(tmp, file);
   } catch (e) {
     await fs.promises.rm(tmp, { force: true });
+    throw e;
+  }
+  return tmp;
+}
+
+/**
+ * Writes `weights` with saveSafetensors and `content` to `configFile`, so that a failure while
+ * writing either (a full disk) leaves both files as they were: the config goes to its temporary
+ * file first, then the weights are written and renamed, then the config is renamed. A config equal
+ * to the file already there is not rewritten (one rename, so the save is atomic).
+ */
+async function writePair(weightsFile: string, tensors: Record<string, Tensor>, metadata: Record<string, string>,
+  configFile: string, content: string): Promise<void> {
+  const old = await fs.promises.readFile(configFile, 'utf8').catch(() => null);
+  const tmp = old === content ? null : await writeTemp(configFile, content);
+  try {
+    await saveSafetensors(weightsFile, tensors, { metadata });
+    if (tmp) await fs.promises.rename(tmp, configFile);
+  } catch (e) {
+    if (tmp) await fs.promises.rm(tmp, { force: true });
     throw e;
   }
 }
@@ -45,9 +69,32 @@ function lastPart(name: string): string {
 }
 
 /**
- * Saves every LoRA adapter of `model` to `dir` in PEFT's format. Weights are
- * written first and the config last, each through a temporary file and a
- * rename, so an interrupted save never leaves a half-written file.
+ * The config fields that give the weights their meaning, as recorded in the weights file's metadata
+ * (key CONFIG_METADATA) by saveAdapter, so that loadAdapter can tell a config that does not belong
+ * to the weights beside it.
+ */
+const CONFIG_METADATA = 'lora_cuda.adapter_config';
+function weightsConfig(c: Record<string, unknown>): string {
+  const tm = c.target_modules;
+  return JSON.stringify({
+    r: c.r,
+    lora_alpha: c.lora_alpha ?? 8,
+    use_rslora: c.use_rslora === true,
+    target_modules: Array.isArray(tm) ? [...tm].sort() : tm,
+  });
+}
+
+/**
+ * Saves every LoRA adapter of `model` to `dir` in PEFT's format. Both files are
+ * written to temporary files and fsynced before either is renamed into place
+ * (weights first, config last), so an interrupted or failed save (a full disk,
+ * a kill) never leaves a half-written file, and until the weights are renamed
+ * the previous adapter is untouched. A config equal to the one already there is
+ * not rewritten, so saving again with the same settings (checkpoints of one
+ * run) replaces the adapter in one atomic rename. When the settings change, a
+ * crash between the two renames leaves the new weights beside the old config;
+ * the weights record the config they belong to, and loadAdapter refuses such a
+ * pair instead of loading them under the wrong settings.
  */
 export async function saveAdapter(model: Module, dir: string, options?: SaveAdapterOptions): Promise<void> {
   const where = 'saveAdapter';
@@ -100,8 +147,8 @@ export async function saveAdapter(model: Module, dir: string, options?: SaveAdap
     revision: null,
   };
   await fs.promises.mkdir(dir, { recursive: true });
-  await saveSafetensors(path.join(dir, WEIGHTS), tensors, { metadata: { format: 'pt' } });
-  await writeFileAtomic(path.join(dir, CONFIG), JSON.stringify(config, null, 2) + '\n');
+  await writePair(path.join(dir, WEIGHTS), tensors, { format: 'pt', [CONFIG_METADATA]: weightsConfig(config) },
+    path.join(dir, CONFIG), JSON.stringify(config, null, 2) + '\n');
 }
 
 function fail(where: string, msg: string): never {
@@ -125,17 +172,17 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
     const err = e as NodeJS.ErrnoException;
     throw new Error(err.code === 'ENOENT' ? `${where}: ${cfgPath} not found (not a PEFT adapter directory)` : `${where}: cannot read ${cfgPath}: ${err.message}`);
   }
-  if (cfg === null || typeof cfg !== 'object') fail(where, `${CONFIG} is not a JSON object`);
-  if (cfg.peft_type !== 'LORA') fail(where, `${CONFIG}: peft_type is ${JSON.stringify(cfg.peft_type)}, only "LORA" is supported`);
+  if (cfg === null || typeof cfg !== 'object' || Array.isArray(cfg)) fail(where, `${CONFIG} is not a JSON object`);
+  if (cfg.peft_type !== 'LORA') fail(where, `${CONFIG}: peft_type is ${describe(cfg.peft_type)}, only "LORA" is supported`);
   const r = cfg.r;
   const alpha = cfg.lora_alpha ?? 8;
   const dropout = cfg.lora_dropout ?? 0;
-  if (typeof r !== 'number' || !Number.isInteger(r) || r <= 0) fail(where, `${CONFIG}: r must be a positive integer, got ${JSON.stringify(r)}`);
-  if (typeof alpha !== 'number' || !Number.isFinite(alpha)) fail(where, `${CONFIG}: lora_alpha must be a number, got ${JSON.stringify(alpha)}`);
-  if (typeof dropout !== 'number' || dropout < 0 || dropout >= 1) fail(where, `${CONFIG}: lora_dropout must be in [0, 1), got ${JSON.stringify(dropout)}`);
+  if (typeof r !== 'number' || !Number.isSafeInteger(r) || r <= 0) fail(where, `${CONFIG}: r must be a positive integer, got ${describe(r)}`);
+  if (typeof alpha !== 'number' || !Number.isFinite(alpha)) fail(where, `${CONFIG}: lora_alpha must be a number, got ${describe(alpha)}`);
+  if (typeof dropout !== 'number' || !(dropout >= 0 && dropout < 1)) fail(where, `${CONFIG}: lora_dropout must be in [0, 1), got ${describe(dropout)}`);
   if (cfg.fan_in_fan_out === true) fail(where, `${CONFIG}: fan_in_fan_out adapters (GPT-2 style Conv1D) are not supported`);
   if (cfg.use_dora === true) fail(where, `${CONFIG}: DoRA adapters are not supported`);
-  if (cfg.bias != null && cfg.bias !== 'none') fail(where, `${CONFIG}: bias ${JSON.stringify(cfg.bias)} is not supported (only "none")`);
+  if (cfg.bias != null && cfg.bias !== 'none') fail(where, `${CONFIG}: bias ${describe(cfg.bias)} is not supported (only "none")`);
   for (const k of ['rank_pattern', 'alpha_pattern'] as const) {
     const v = cfg[k];
     if (v != null && (typeof v !== 'object' || Object.keys(v).length)) fail(where, `${CONFIG}: ${k} is not supported (all layers must share r and lora_alpha)`);
@@ -143,11 +190,15 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
   const tm = cfg.target_modules;
   let targets: string[] | RegExp;
   if (typeof tm === 'string') {
-    targets = new RegExp(`^(?:${tm})$`); // PEFT: a string is a regex matched on the full name
+    try {
+      targets = new RegExp(`^(?:${tm})$`); // PEFT: a string is a regex matched on the full name
+    } catch (e) {
+      fail(where, `${CONFIG}: target_modules ${JSON.stringify(tm.length > 200 ? `${tm.slice(0, 200)}…` : tm)} is not a valid regular expression (${(e as Error).message})`);
+    }
   } else if (Array.isArray(tm) && tm.length && tm.every((t) => typeof t === 'string')) {
     targets = tm as string[];
   } else {
-    fail(where, `${CONFIG}: target_modules must be a list of names or a regex string, got ${JSON.stringify(tm)}`);
+    fail(where, `${CONFIG}: target_modules must be a list of names or a regex string, got ${describe(tm)}`);
   }
 
   const weightsPath = path.join(dir, WEIGHTS);
@@ -167,12 +218,17 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
         continue;
       }
       const e = found.get(m[1]) ?? {};
+      if (e[m[2] as 'A' | 'B']) fail(where, `${WEIGHTS} has two lora_${m[2]} weights for '${m[1]}': '${e[m[2] as 'A' | 'B']}' and '${key}'`);
       e[m[2] as 'A' | 'B'] = key;
       found.set(m[1], e);
     }
     if (unexpected.length) fail(where, `${WEIGHTS} has keys that are not LoRA A/B weights: ${unexpected.slice(0, 8).join(', ')}`);
     const incomplete = [...found].filter(([, e]) => !e.A || !e.B).map(([n]) => n);
     if (incomplete.length) fail(where, `${WEIGHTS} lacks lora_A or lora_B for: ${incomplete.join(', ')}`);
+    const recorded = st.metadata[CONFIG_METADATA];
+    if (recorded !== undefined && recorded !== weightsConfig(cfg)) {
+      fail(where, `${CONFIG} does not belong to ${WEIGHTS}: the weights were saved with ${recorded.length > 300 ? `${recorded.slice(0, 300)}…` : recorded}, the config says ${weightsConfig(cfg)} (was a save interrupted between the two files? save the adapter again)`);
+    }
 
     // The layers the config selects must be exactly those with weights.
     const modules = new Map(model.namedModules());
@@ -191,26 +247,43 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
       const wantB = [lin.outFeatures, r];
       if (a.shape.join() !== wantA.join()) fail(where, `'${a.name}' has shape [${a.shape.join(', ')}], expected [${wantA.join(', ')}]`);
       if (b.shape.join() !== wantB.join()) fail(where, `'${b.name}' has shape [${b.shape.join(', ')}], expected [${wantB.join(', ')}]`);
-      if (m instanceof LoRALinear && m.r !== r) fail(where, `'${name}' is already a LoRALinear with r=${m.r}, the adapter has r=${r}`);
+      if (m instanceof LoRALinear) {
+        if (m.r !== r) fail(where, `'${name}' is already a LoRALinear with r=${m.r}, the adapter has r=${r}`);
+        if (m.alpha !== alpha || m.useRslora !== (cfg.use_rslora === true)) {
+          fail(where, `'${name}' is already a LoRALinear with lora_alpha=${m.alpha}, use_rslora=${m.useRslora}; the adapter has lora_alpha=${alpha}, use_rslora=${cfg.use_rslora === true}`);
+        }
+        if (m.merged) fail(where, `'${name}' is a LoRALinear whose adapter is merged into its weight; call unmergeLora(model) first`);
+      }
     }
 
+    // Every tensor is read and checked before the model is changed, so a failure leaves it as it was.
     const names = [...found.keys()];
-    const fresh = new Set(names);
-    injectLora(model, {
-      r, alpha, dropout, useRslora: cfg.use_rslora === true,
-      init: cfg.init_lora_weights === 'gaussian' ? 'gaussian' : 'kaiming',
-      filter: (name) => fresh.has(name),
-    });
-    for (const name of names) {
-      const layer = model.getSubmodule(name) as LoRALinear;
-      const A = await st.read(found.get(name)!.A!, { dtype: layer.A!.dtype as 'float32' });
-      const B = await st.read(found.get(name)!.B!, { dtype: layer.B!.dtype as 'float32' });
-      noGrad(() => {
-        layer.A!.copy_(A);
-        layer.B!.copy_(B);
+    const values: Tensor[] = [];
+    try {
+      for (const name of names) {
+        const m = modules.get(name)!;
+        const dtype = (m instanceof LoRALinear ? m.origLinear : (m as Linear)).weight.dtype as 'float32';
+        for (const key of [found.get(name)!.A!, found.get(name)!.B!]) {
+          const t = await st.read(key, { dtype });
+          values.push(t);
+          if (!native.allFinite(t._live(where))) fail(where, `${WEIGHTS}: '${key}' holds NaN or Inf`);
+        }
+      }
+      const fresh = new Set(names);
+      injectLora(model, {
+        r, alpha, dropout, useRslora: cfg.use_rslora === true,
+        init: cfg.init_lora_weights === 'gaussian' ? 'gaussian' : 'kaiming',
+        filter: (name) => fresh.has(name),
       });
-      A.dispose();
-      B.dispose();
+      names.forEach((name, i) => {
+        const layer = model.getSubmodule(name) as LoRALinear;
+        noGrad(() => {
+          layer.A!.copy_(values[2 * i]);
+          layer.B!.copy_(values[2 * i + 1]);
+        });
+      });
+    } finally {
+      for (const t of values) t.dispose();
     }
     return names;
   } finally {
@@ -251,10 +324,11 @@ export async function saveMerged(model: Module & { config?: { raw?: Record<strin
   if (model.config?.tieWordEmbeddings && 'lm_head.weight' in out) delete out['lm_head.weight'];
   try {
     await fs.promises.mkdir(dir, { recursive: true });
-    await saveSafetensors(path.join(dir, 'model.safetensors'), out, { metadata: { format: 'pt' } });
     if (model.config?.raw) {
       const cfg = { ...model.config.raw, torch_dtype: 'float32' };
-      await writeFileAtomic(path.join(dir, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
+      await writePair(path.join(dir, 'model.safetensors'), out, { format: 'pt' }, path.join(dir, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
+    } else {
+      await saveSafetensors(path.join(dir, 'model.safetensors'), out, { metadata: { format: 'pt' } });
     }
   } finally {
     for (const t of temps) t.dispose();

@@ -244,6 +244,7 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
 
   const out = (parsed.out as string | undefined) ?? FINETUNE_SPECS.out.default;
   const ckptDir = path.join(out, CHECKPOINT);
+  if (parsed.resume === true) await recoverCheckpoint(out, ckptDir);
   const resumeState = parsed.resume === true ? await readCheckpointState(ckptDir) : null;
   const opts = resolveOptions(parsed, resumeState?.args);
 
@@ -549,10 +550,36 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
 }
 
 /**
+ * Undoes what a kill in the middle of writeCheckpoint leaves behind. Between its two renames
+ * OUT/checkpoint does not exist and the previous checkpoint, complete, waits as
+ * OUT/.checkpoint-old-PID: it is put back. Temporary directories of killed runs are removed.
+ */
+async function recoverCheckpoint(out: string, ckptDir: string): Promise<void> {
+  let names: string[];
+  try {
+    names = await fs.promises.readdir(out);
+  } catch {
+    return; // no output directory yet
+  }
+  const olds = names.filter((n) => n.startsWith(`.${CHECKPOINT}-old-`));
+  const tmps = names.filter((n) => n.startsWith(`.${CHECKPOINT}-tmp-`));
+  if (!fs.existsSync(path.join(ckptDir, STATE_FILE))) {
+    const old = olds.find((n) => fs.existsSync(path.join(out, n, STATE_FILE)));
+    if (old) {
+      await fs.promises.rm(ckptDir, { recursive: true, force: true });
+      await fs.promises.rename(path.join(out, old), ckptDir);
+    }
+  }
+  for (const n of [...olds, ...tmps]) await fs.promises.rm(path.join(out, n), { recursive: true, force: true });
+}
+
+/**
  * Writes OUT/checkpoint: the adapter, the optimizer's moments
  * (optimizer.safetensors: state.<i>.exp_avg / exp_avg_sq) and trainer_state.json
  * (step counts, param groups, RNG state, options). Written to a temporary
- * directory first and swapped in, so a crash leaves the previous checkpoint.
+ * directory first and swapped in, so a crash leaves the previous checkpoint
+ * (put back by recoverCheckpoint on --resume when the crash came between the
+ * two renames).
  */
 async function writeCheckpoint(
   model: LlamaForCausalLM, opt: AdamW, out: string, ckptDir: string, state: TrainerState, base: string,

@@ -1,0 +1,294 @@
+// Fault injection: saves that fail (a full disk, simulated) or are interrupted (SIGKILL of the process
+// while it writes) leave the previous adapter intact and loadable; `lora-cuda finetune --resume`
+// after SIGKILLs ends with the adapter, bit for bit, of an uninterrupted run with the same seed.
+import { ChildProcess, spawn } from 'child_process';
+import fs = require('fs'); // the module object itself, so jest.spyOn reaches the code under test
+import * as os from 'os';
+import * as path from 'path';
+import { Module, injectLora, loadAdapter, manualSeed, noGrad, qkvFilter, randn, saveAdapter } from '../lib';
+import type { LoRALinear } from '../lib';
+import { CliIO } from '../lib/cli/io';
+import { finetuneCommand } from '../lib/cli/finetune';
+import { bits } from './helpers/state';
+import { ToyTransformer } from './helpers/toy';
+import { finetuneFixture } from './helpers/finetune-fixture';
+import { Stack, stackWithLora } from './helpers/stack-model';
+
+const root = path.resolve(__dirname, '..');
+let tmp: string;
+beforeAll(() => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lora-cuda-faults-'));
+});
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+afterEach(() => jest.restoreAllMocks());
+
+const enospc = () => Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+
+function model(alpha: number, seed: number): Module {
+  manualSeed(0);
+  const m = new ToyTransformer(8, 2);
+  injectLora(m, { r: 2, alpha, filter: qkvFilter });
+  manualSeed(seed);
+  noGrad(() => {
+    for (const [, l] of m.namedModules()) if ((l as LoRALinear).B) (l as LoRALinear).B!.copy_(randn([8, 2]));
+  });
+  return m;
+}
+
+/** The files of an adapter directory, byte for byte. */
+function files(dir: string): Record<string, string> {
+  return Object.fromEntries(fs.readdirSync(dir).sort().map((f) => [f, fs.readFileSync(path.join(dir, f)).toString('base64')]));
+}
+
+/** The adapter in `dir` loads, and its values are those of `m`. */
+async function expectLoads(dir: string, m: Module): Promise<void> {
+  manualSeed(0);
+  const fresh = new ToyTransformer(8, 2);
+  expect(await loadAdapter(fresh, dir)).toHaveLength(6);
+  for (const [name, l] of m.namedModules()) {
+    const want = l as LoRALinear;
+    if (!want.B) continue;
+    const got = fresh.getSubmodule(name) as LoRALinear;
+    expect([bits(got.A!), bits(got.B!), got.scale]).toEqual([bits(want.A!), bits(want.B!), want.scale]);
+  }
+}
+
+// ===================================================================== disk full
+
+describe('a save that fails half-way (disk full) leaves the previous adapter as it was', () => {
+  async function previous(label: string): Promise<{ dir: string; v1: Module; before: Record<string, string> }> {
+    const dir = path.join(tmp, `enospc-${label}`);
+    const v1 = model(4, 1);
+    await saveAdapter(v1, dir);
+    return { dir, v1, before: files(dir) };
+  }
+
+  test.each([
+    ['the same settings, ENOSPC in the 2nd write of the weights', 4, 2],
+    ['other settings, ENOSPC in the 2nd write of the weights', 8, 2],
+    ['other settings, ENOSPC in the 1st write of the weights', 8, 1],
+  ])('%s', async (_name, alpha, failAt) => {
+    const { dir, v1, before } = await previous(`w-${alpha}-${failAt}`);
+    const real = fs.write;
+    let calls = 0;
+    jest.spyOn(fs, 'write').mockImplementation(((...args: unknown[]) => {
+      if (++calls === failAt) {
+        const cb = args[args.length - 1] as (e: Error) => void;
+        process.nextTick(() => cb(enospc()));
+        return;
+      }
+      return (real as (...a: unknown[]) => void)(...args);
+    }) as typeof fs.write);
+    await expect(saveAdapter(model(alpha, 2), dir)).rejects.toThrow(/ENOSPC/);
+    jest.restoreAllMocks();
+    expect(files(dir)).toEqual(before); // no temporary file left either
+    await expectLoads(dir, v1);
+  });
+
+  test('other settings, ENOSPC while writing the new config: nothing has been replaced yet', async () => {
+    const { dir, v1, before } = await previous('config');
+    const open = fs.promises.open;
+    jest.spyOn(fs.promises, 'open').mockImplementation(async (...args: Parameters<typeof open>) => {
+      const fh = await open(...args);
+      fh.writeFile = () => Promise.reject(enospc());
+      return fh;
+    });
+    await expect(saveAdapter(model(8, 2), dir)).rejects.toThrow(/ENOSPC/);
+    jest.restoreAllMocks();
+    expect(files(dir)).toEqual(before);
+    await expectLoads(dir, v1);
+  });
+
+  test('a failed rename of the weights (EIO): the previous adapter, and no temporary files', async () => {
+    const { dir, v1, before } = await previous('rename');
+    jest.spyOn(fs, 'rename').mockImplementation(((_a: unknown, _b: unknown, cb: (e: Error) => void) => {
+      process.nextTick(() => cb(Object.assign(new Error('EIO: i/o error, rename'), { code: 'EIO' })));
+    }) as unknown as typeof fs.rename);
+    await expect(saveAdapter(model(8, 2), dir)).rejects.toThrow(/EIO/);
+    jest.restoreAllMocks();
+    expect(files(dir)).toEqual(before);
+    await expectLoads(dir, v1);
+  });
+
+  test('after the failures, a save succeeds and replaces the adapter', async () => {
+    const { dir } = await previous('then-ok');
+    const v2 = model(8, 2);
+    await saveAdapter(v2, dir);
+    expect(Object.keys(files(dir))).toEqual(['adapter_config.json', 'adapter_model.safetensors']);
+    await expectLoads(dir, v2);
+  });
+});
+
+// ============================================================ killed while saving
+
+/** Runs a child, calls onLine for each stdout line; resolves with how it ended. */
+function child(args: string[], onLine: (line: string, c: ChildProcess) => void): Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const c = spawn(process.execPath, ['-r', './test/helpers/ts-register.js', ...args], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    let partial = '';
+    c.stdout!.setEncoding('utf8').on('data', (d: string) => {
+      stdout += d;
+      partial += d;
+      let i: number;
+      while ((i = partial.indexOf('\n')) >= 0) {
+        const line = partial.slice(0, i);
+        partial = partial.slice(i + 1);
+        onLine(line, c);
+      }
+    });
+    c.stderr!.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
+    c.on('error', reject);
+    c.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
+  });
+}
+
+describe('a save killed by SIGKILL leaves the previous adapter intact and loadable', () => {
+  // The adapter files, and temporary files a killed save may leave behind (never read by anything).
+  const TEMP = /^\.adapter_(model\.safetensors|config\.json)\.\d+\.[0-9a-f]+\.tmp$/;
+  const adapterFiles = (dir: string) => {
+    const all = files(dir);
+    for (const f of Object.keys(all)) if (TEMP.test(f)) delete all[f];
+    return all;
+  };
+
+  /** Runs save-child.ts in `mode`, kills it when `trigger` says so. */
+  async function killed(mode: string, trigger: (line: string, dir: string) => boolean) {
+    const dir = path.join(tmp, `kill-${mode}`);
+    const ref = path.join(tmp, `kill-${mode}-ref`);
+    let v1: Record<string, string> = {};
+    let saving = false;
+    const r = await child(['test/helpers/save-child.ts', dir, ref, mode], (line, c) => {
+      if (line === 'saved v1') v1 = files(dir);
+      if (line === 'saving v2') saving = true;
+      if (saving && trigger(line, dir)) c.kill('SIGKILL');
+    });
+    expect({ signal: r.signal, stderr: r.stderr }).toEqual({ signal: 'SIGKILL', stderr: '' });
+    expect(Object.keys(v1)).toEqual(['adapter_config.json', 'adapter_model.safetensors']);
+    return { dir, ref, v1, stdout: r.stdout };
+  }
+
+  test('killed inside the write of the new weights: the old files, byte for byte, and they load', async () => {
+    const { dir, v1, stdout } = await killed('write-pause', (line) => line === 'paused in the write of the weights');
+    expect(stdout).not.toMatch(/saved v2/);
+    expect(Object.keys(files(dir)).some((f) => TEMP.test(f))).toBe(true); // the half-written file
+    expect(adapterFiles(dir)).toEqual(v1);
+    const m = new Stack();
+    expect(await loadAdapter(m, dir)).toHaveLength(48);
+    const want = stackWithLora(16, 1);
+    expect(bits((m.layers.at(47) as LoRALinear).B!)).toBe(bits((want.layers.at(47) as LoRALinear).B!));
+  });
+
+  test('killed whenever the kill lands while the new weights are written: the old adapter or the new one, complete', async () => {
+    const tempSeen = (d: string) => fs.readdirSync(d).some((f) => TEMP.test(f));
+    const { dir, ref, v1 } = await killed('free', (line, d) => {
+      if (line !== 'saving v2') return false;
+      // Kill as soon as the temporary file is there (the write goes on meanwhile).
+      const t0 = Date.now();
+      while (!tempSeen(d) && Date.now() - t0 < 2000) { /* the child is writing */ }
+      return true;
+    });
+    const now = JSON.stringify(adapterFiles(dir));
+    expect([JSON.stringify(v1), JSON.stringify(files(ref))]).toContain(now);
+    expect(await loadAdapter(new Stack(), dir)).toHaveLength(48);
+  });
+
+  test('killed between the two renames, with other settings: the pair is refused, not loaded under the old config', async () => {
+    const { dir, ref, stdout } = await killed('rename-pause', (line) => line === 'paused between the renames');
+    expect(stdout).not.toMatch(/saved v2/);
+    const now = adapterFiles(dir);
+    const r = files(ref);
+    // The new weights are in place, the config is still the old one…
+    expect(now['adapter_model.safetensors']).toBe(r['adapter_model.safetensors']);
+    expect(now['adapter_config.json']).not.toBe(r['adapter_config.json']);
+    // …and loadAdapter says so instead of loading weights meant for lora_alpha 32 with lora_alpha 16.
+    const m = new Stack();
+    const before = [...m.namedModules()].length;
+    await expect(loadAdapter(m, dir)).rejects.toThrow(
+      /^loadAdapter: adapter_config\.json does not belong to adapter_model\.safetensors: the weights were saved with \{"r":64,"lora_alpha":32,.*the config says \{"r":64,"lora_alpha":16,/);
+    expect([...m.namedModules()].length).toBe(before);
+    // The next save repairs it.
+    await saveAdapter(stackWithLora(32, 2), dir);
+    expect(await loadAdapter(m, dir)).toHaveLength(48);
+  });
+});
+
+// ===================================================== finetune --resume after kills
+
+describe('lora-cuda finetune killed with SIGKILL, then --resume', () => {
+  let fixture: { model: string; data: string };
+  beforeAll(async () => {
+    fixture = await finetuneFixture(path.join(tmp, 'ft'));
+  });
+  // 12 examples, batch 2: 6 steps per epoch, 10 epochs = 60 steps; dropout on, so the generator
+  // state matters as much as the weights, the moments and the data position.
+  const args = (out: string) => ['bin/lora-cuda.js', 'finetune', '--model', fixture.model, '--data', fixture.data, '--out', out,
+    '--r', '4', '--alpha', '8', '--target', 'q_proj,v_proj', '--epochs', '10', '--batch-size', '2', '--dropout', '0.1',
+    '--lr', '0.01', '--seed', '3', '--save-every', '2'];
+  const checkpointStep = (line: string) => Number(/^checkpoint at step (\d+) written/.exec(line)?.[1] ?? NaN);
+  const state = (out: string) => JSON.parse(fs.readFileSync(path.join(out, 'checkpoint', 'trainer_state.json'), 'utf8'));
+
+  test('killed twice at different points, resumed each time: the adapter of an uninterrupted run, bit for bit', async () => {
+    const straight = path.join(tmp, 'ft-straight');
+    const s = await child(args(straight), () => undefined);
+    expect({ code: s.code, stderr: s.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(state(straight).step).toBe(60);
+
+    const out = path.join(tmp, 'ft-killed');
+    // 1: killed soon after the checkpoint of step 4
+    const k1 = await child(args(out), (line, c) => { if (checkpointStep(line) === 4) c.kill('SIGKILL'); });
+    expect(k1.signal).toBe('SIGKILL');
+    const at1 = state(out).step;
+    expect(at1).toBeGreaterThanOrEqual(4);
+    expect(at1).toBeLessThan(60);
+    // 2: resumed, and killed again further on
+    const k2 = await child([...args(out), '--resume'], (line, c) => { if (checkpointStep(line) >= Math.min(at1 + 20, 50)) c.kill('SIGKILL'); });
+    expect(k2.signal).toBe('SIGKILL');
+    expect(k2.stdout).toMatch(new RegExp(`resuming from .* at step ${at1} of 60`));
+    const at2 = state(out).step;
+    expect(at2).toBeGreaterThan(at1);
+    expect(at2).toBeLessThan(60);
+    // 3: resumed to the end
+    const done = await child([...args(out), '--resume'], () => undefined);
+    expect({ code: done.code, stderr: done.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(done.stdout).toMatch(new RegExp(`resuming from .* at step ${at2} of 60`));
+    expect(state(out).step).toBe(60);
+    for (const f of ['adapter_model.safetensors', 'adapter_config.json']) {
+      expect(fs.readFileSync(path.join(out, f)).equals(fs.readFileSync(path.join(straight, f)))).toBe(true);
+    }
+  }, 120_000);
+
+  test('a kill between the two renames of a checkpoint (simulated): --resume finds the previous checkpoint', async () => {
+    const io = (): CliIO & { text: () => string } => {
+      let text = '';
+      return { stdout: (t) => void (text += t), stderr: (t) => void (text += t), isTTY: false, columns: 80, text: () => text };
+    };
+    const short = (out: string) => args(out).slice(2).map((a) => (a === '10' ? '2' : a)); // 2 epochs: 12 steps
+    const straight = path.join(tmp, 'ft-rename-straight');
+    expect(await finetuneCommand(short(straight), io())).toBe(0);
+
+    const out = path.join(tmp, 'ft-rename');
+    // The checkpoint of step 6: OUT/checkpoint has been renamed to .checkpoint-old-PID, and the
+    // process dies before the new one is renamed into place.
+    const rename = fs.promises.rename;
+    let crash = false;
+    jest.spyOn(fs.promises, 'rename').mockImplementation(async (from, to) => {
+      if (crash && String(to) === path.join(out, 'checkpoint')) throw new Error('killed (simulated)');
+      return rename(from, to);
+    });
+    const first = finetuneCommand(short(out), io(), {
+      onStep: ({ step }) => { crash = step === 6; },
+    });
+    await expect(first).rejects.toThrow('killed (simulated)');
+    jest.restoreAllMocks();
+    expect(fs.existsSync(path.join(out, 'checkpoint'))).toBe(false);
+    expect(fs.readdirSync(out).filter((f) => f.startsWith('.checkpoint-old-'))).toHaveLength(1);
+
+    const log = io();
+    expect(await finetuneCommand([...short(out), '--resume'], log)).toBe(0);
+    expect(log.text()).toMatch(/resuming from .* at step 4 of 12/);
+    expect(fs.readdirSync(out).filter((f) => f.startsWith('.checkpoint-'))).toEqual([]); // cleaned up
+    expect(fs.readFileSync(path.join(out, 'adapter_model.safetensors')).equals(fs.readFileSync(path.join(straight, 'adapter_model.safetensors')))).toBe(true);
+  });
+});
