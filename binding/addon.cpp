@@ -108,7 +108,13 @@ double num(const Napi::Value& v, const char* what) {
   if (!v.IsNumber()) throw Napi::TypeError::New(v.Env(), std::string(what) + " must be a number");
   return v.As<Napi::Number>().DoubleValue();
 }
-int64_t i64(const Napi::Value& v, const char* what) { return static_cast<int64_t>(num(v, what)); }
+int64_t i64(const Napi::Value& v, const char* what) {
+  double d = num(v, what);
+  // Converting NaN, an infinity or a value beyond int64 is undefined behaviour (UBSan).
+  if (!(d >= -9223372036854775808.0 && d < 9223372036854775808.0))
+    throw Napi::RangeError::New(v.Env(), std::string(what) + " must be an integer");
+  return static_cast<int64_t>(d);
+}
 bool flag(const Napi::Value& v) { return v.ToBoolean().Value(); }
 
 uint64_t u64(const Napi::Value& v, const char* what) {

@@ -294,6 +294,7 @@ export function loraLayers(model: Module): [string, LoRALinear][] {
  */
 export function withAdaptersDisabled<T>(model: Module, fn: () => T): T {
   const where = 'withAdaptersDisabled';
+  if (!(model instanceof Module)) throw typeError(where, 'model', 'a Module', model);
   if (typeof fn !== 'function') throw typeError(where, 'fn', 'a function', fn);
   const layers = loraLayers(model);
   const merged = layers.filter(([, m]) => m.merged).map(([n]) => n);
@@ -308,18 +309,42 @@ export function withAdaptersDisabled<T>(model: Module, fn: () => T): T {
 }
 
 /**
- * Merges every adapter into its weight. With safe, a layer whose merge would
- * produce NaN/Inf makes the whole call fail and layers merged by it are
- * unmerged again. Returns the names of the layers merged by this call.
+ * Merges every adapter into its weight. Every layer's tensors are checked
+ * first (a disposed one fails the call before any weight changes). With safe,
+ * each merge is first tried on a copy of the weight (the same kernel, so the
+ * same result), and a layer whose merge would produce NaN/Inf fails the call
+ * before any weight changes: all of them stay bit-identical. Returns the names
+ * of the layers merged by this call.
  */
 export function mergeLora(model: Module, options?: { safe?: boolean }): string[] {
   const where = 'mergeLora';
+  if (!(model instanceof Module)) throw typeError(where, 'model', 'a Module', model);
   const o = checkOptions(where, options);
   checkKnownKeys(where, o, ['safe']);
   const safe = o.safe === undefined ? false : checkBool(where, 'options.safe', o.safe);
+  const todo = loraLayers(model).filter(([, m]) => !m.merged && m.r > 0 && m.A && m.B);
+  for (const [name, m] of todo) {
+    try {
+      const W = m.origLinear.weight;
+      const [w, a, b] = [W._live(where), m.A!._live(where), m.B!._live(where)];
+      if (!safe) continue;
+      const trial = zeros([...W.shape], { dtype: W.dtype as 'float32', device: W.device as 'cpu' });
+      try {
+        native.copy_(trial._h, w);
+        if (!native.loraMerge(trial._h, a, b, m.scale, true)) {
+          throw new Error('the merged weight would contain NaN or Inf (check A and B for non-finite values)');
+        }
+      } finally {
+        trial.dispose();
+      }
+    } catch (e) {
+      const err = new Error(`${where}: layer '${name}': ${(e as Error).message}; no layer was merged`, { cause: e });
+      if ((e as NodeJS.ErrnoException).code) (err as NodeJS.ErrnoException).code = (e as NodeJS.ErrnoException).code;
+      throw err;
+    }
+  }
   const done: [string, LoRALinear][] = [];
-  for (const [name, m] of loraLayers(model)) {
-    if (m.merged || m.r === 0) continue;
+  for (const [name, m] of todo) {
     try {
       m.mergeToOrig({ safe });
     } catch (e) {
@@ -333,6 +358,7 @@ export function mergeLora(model: Module, options?: { safe?: boolean }): string[]
 
 /** Unmerges every merged adapter; returns the names of the layers unmerged. */
 export function unmergeLora(model: Module): string[] {
+  if (!(model instanceof Module)) throw typeError('unmergeLora', 'model', 'a Module', model);
   const out: string[] = [];
   for (const [name, m] of loraLayers(model)) {
     if (!m.merged) continue;

@@ -124,8 +124,18 @@ export class Adam {
   /** One update of every parameter that has a gradient (others are skipped, as in torch). */
   step(): void {
     const where = `${this.name}.step`;
+    // Everything is checked before anything changes: the options of every group (they are public and
+    // may have been edited since the constructor checked them) and every parameter and gradient. A
+    // throw leaves the parameters, the moments and the step counts as they were.
+    this.paramGroups.forEach((g, gi) => {
+      this.resolve(where, `paramGroups[${gi}]`, g as unknown as Record<string, unknown>, g);
+      for (const p of g.params) {
+        if (!p.grad) continue;
+        p._live(where);
+        p.grad._live(where);
+      }
+    });
     for (const g of this.paramGroups) {
-      checkPositive(where, 'paramGroups[].lr', g.lr);
       const ps: NativeTensor[] = [];
       const gs: NativeTensor[] = [];
       const ms: NativeTensor[] = [];

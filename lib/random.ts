@@ -36,6 +36,10 @@ export function setRngState(state: { seed: bigint; offset: bigint }): void {
   if (typeof state?.seed !== 'bigint' || typeof state?.offset !== 'bigint') {
     throw new TypeError('setRngState: state must be { seed: bigint, offset: bigint }');
   }
+  // Both reach the native generator as unsigned 64-bit integers: out of range they would wrap.
+  for (const k of ['seed', 'offset'] as const) {
+    if (state[k] < 0n || state[k] >= 1n << 64n) throw new RangeError(`setRngState: state.${k} must be in [0, 2^64), got ${state[k]}`);
+  }
   seed = state.seed;
   offset = state.offset;
 }

@@ -235,6 +235,7 @@ export class Tensor {
   /** Fills with value in place, outside autograd. */
   fill_(value: number): this {
     checkNumberOrNaN('Tensor.fill_', 'value', value);
+    if (this._dtype === 'int32') checkInt32Value('Tensor.fill_', 'value', value);
     this._live('Tensor.fill_');
     const tmp = native.full(this._shape as number[], DTYPE_CODE[this._dtype], this._device.type, this._device.index, value);
     native.copy_(this._live('Tensor.fill_'), tmp);
@@ -469,6 +470,13 @@ export function clearGrads(tensors: Iterable<Tensor>, setToNone: boolean): void 
 
 function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+/** A value an int32 tensor can hold (fractions truncate, as in torch; NaN and out-of-range values cannot). */
+function checkInt32Value(where: string, what: string, v: number): void {
+  if (!(v > -2147483649 && v < 2147483648)) {
+    throw rangeError(where, what, 'a number an int32 tensor can hold (integers in [-2147483648, 2147483647])', v);
+  }
 }
 
 function checkNumberOrNaN(where: string, what: string, v: unknown): void {
@@ -991,6 +999,7 @@ function filled(where: string, shape: readonly number[], value: number, opts?: T
   const s = checkShape(where, 'shape', shape);
   checkNumberOrNaN(where, 'value', value);
   const { dtype, device, requiresGrad } = readOptions(where, opts);
+  if (dtype === 'int32') checkInt32Value(where, 'value', value);
   return finish(new Tensor(native.full(s, DTYPE_CODE[dtype], device.type, device.index, value), s, dtype, device), requiresGrad);
 }
 export function zeros(shape: readonly number[], opts?: TensorOptions): Tensor {
@@ -1014,6 +1023,7 @@ export function randn(shape: readonly number[], opts?: TensorOptions & { mean?: 
   const o = checkOptions('randn', opts);
   const mean = o.mean === undefined ? 0 : checkNumber('randn', 'options.mean', o.mean);
   const std = o.std === undefined ? 1 : checkNumber('randn', 'options.std', o.std);
+  if (std < 0) throw rangeError('randn', 'options.std', 'a number >= 0', std);
   return randomTensor('randn', shape, opts, 0, mean, std, ['mean', 'std']);
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <vector>
 
 namespace lc::ops {
@@ -35,6 +36,10 @@ Backend& be(const Tensor& t) { return backend_for(t.device()); }
 }  // namespace
 
 Tensor full(const Shape& shape, DType dtype, Device dev, double value) {
+  // Converting NaN, an infinity or a value outside int32's range to int32 is undefined behaviour.
+  LC_CHECK(dtype != DType::I32 || (value > -2147483649.0 && value < 2147483648.0),
+           "fill: " + std::to_string(value) +
+               " cannot be stored in an int32 tensor (integers in [-2147483648, 2147483647])");
   Tensor t = empty(shape, dtype, dev);
   if (t.numel()) backend_for(dev).fill(t, value);
   return t;

@@ -215,6 +215,17 @@ class CpuBackend final : public Backend {
       if (dst.raw() != src.raw()) std::memmove(dst.raw(), src.raw(), n * dtype_size(dst.dtype));
       return;
     }
+    if (dst.dtype == DType::I32) {
+      // Float to int32 truncates; NaN, infinities and values outside int32's range are refused
+      // (converting them is undefined behaviour), before anything is written.
+      dispatch_float(src.dtype, "copy", [&](auto z) {
+        const auto* s = src.data<decltype(z)>();
+        for (int64_t i = 0; i < n; ++i)
+          if (!(s[i] > -2147483649.0 && s[i] < 2147483648.0))
+            fail("copy: element " + std::to_string(i) + " (" + std::to_string(s[i]) +
+                 ") cannot be converted to int32 (integers in [-2147483648, 2147483647])");
+      });
+    }
     auto cast = [n](auto* d, const auto* s) {
       for (int64_t i = 0; i < n; ++i) d[i] = static_cast<std::remove_pointer_t<decltype(d)>>(s[i]);
     };

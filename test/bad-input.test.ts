@@ -1,0 +1,403 @@
+// Bad input to the public entry points that test/errors.test.ts does not cover: NaN and Inf where
+// they matter, disposed tensors, options edited after construction, values native code cannot
+// represent, adapters that do not fit the model, tensors on another device. Every one is a clear
+// Error (a TypeError or RangeError naming the function and the argument for bad arguments), and
+// the call changes nothing: the checks below compare the state after the throw with the state
+// before, bit for bit.
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import {
+  Adam, AdamW, Linear, LlamaForCausalLM, LoRALinear, Module, Tensor, backendInfo, cuda, full, getRngState, injectLora,
+  loadAdapter, manualSeed, mergeLora, noGrad, parseLlamaConfig, qkvFilter, randn, saveAdapter, setRngState, tensor,
+  unmergeLora, withAdaptersDisabled, zeros,
+} from '../lib';
+import { SafetensorsFile, saveSafetensors } from '../lib/safetensors';
+import { native } from '../lib/native';
+import { expectThrows } from './helpers/expect-throws';
+import { bits, moduleState, optimizerState } from './helpers/state';
+import { ToyTransformer } from './helpers/toy';
+
+let tmp: string;
+beforeAll(() => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lora-cuda-bad-input-'));
+});
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+/** The error fn throws (sync), checked to be an Error with that code and message. */
+function caught(fn: () => unknown): NodeJS.ErrnoException {
+  let e: unknown;
+  try {
+    fn();
+  } catch (err) {
+    e = err;
+  }
+  // Errors made by the native addon belong to the main realm: check the brand, not instanceof.
+  expect(Object.prototype.toString.call(e)).toBe('[object Error]');
+  return e as NodeJS.ErrnoException;
+}
+
+function loraModel(seed = 3): ToyTransformer {
+  manualSeed(seed);
+  const model = new ToyTransformer(8, 2);
+  injectLora(model, { r: 2, alpha: 4, filter: qkvFilter });
+  noGrad(() => {
+    for (const p of model.parameters()) if (p.requiresGrad && p.shape[1] === 2) p.copy_(randn([...p.shape]));
+  });
+  return model;
+}
+
+function layer(model: Module, name: string): LoRALinear {
+  return model.getSubmodule(name) as LoRALinear;
+}
+
+// ======================================================================== merging
+
+describe('merging refuses without changing any weight', () => {
+  test('a finite but huge B whose product with A overflows: mergeToOrig({ safe }) throws, W is bit-identical', () => {
+    const lora = new LoRALinear(new Linear(4, 3), { r: 2, alpha: 2 });
+    lora.A!.fill_(1e30);
+    lora.B!.fill_(1e30); // scale * B A = 2e60: Inf in float32, though every input is finite
+    const x = randn([5, 4]);
+    const y = noGrad(() => lora.forward(x)).toArray();
+    const w = bits(lora.origLinear.weight);
+    const e = expectThrows(() => lora.mergeToOrig({ safe: true }), Error, /^LoRALinear\.mergeToOrig: the merged weight would contain NaN or Inf .*the weight is unchanged$/);
+    expect(e.constructor).toBe(Error);
+    expect(bits(lora.origLinear.weight)).toBe(w);
+    expect(lora.merged).toBe(false);
+    expect(noGrad(() => lora.forward(x)).toArray()).toEqual(y);
+  });
+
+  test('mergeLora({ safe }) over several layers: a later layer overflows, every weight stays bit-identical', () => {
+    const model = loraModel();
+    const bad = layer(model, 'layers.1.self_attn.k_proj');
+    noGrad(() => {
+      bad.A!.fill_(1e20);
+      bad.B!.fill_(1e20);
+    });
+    const before = moduleState(model);
+    expectThrows(() => mergeLora(model, { safe: true }), Error,
+      /^mergeLora: layer 'layers\.1\.self_attn\.k_proj': the merged weight would contain NaN or Inf .*; no layer was merged$/);
+    // Not merged and unmerged again (which is only equal up to rounding): never touched.
+    expect(moduleState(model)).toEqual(before);
+    // The check does not stop a good merge.
+    noGrad(() => bad.B!.zero_());
+    expect(mergeLora(model, { safe: true })).toHaveLength(6);
+  });
+
+  test('a disposed A or B fails mergeLora before any weight changes (safe or not), with its code', () => {
+    // Every weight and adapter but the disposed one, bit for bit, and the merged flags.
+    const live = (m: Module) => [...m.namedParameters()].filter(([, p]) => !p.isDisposed).map(([n, p]) => [n, bits(p)])
+      .concat([...m.namedModules()].map(([n, x]) => [n, String(x instanceof LoRALinear && x.merged)]));
+    for (const safe of [false, true]) {
+      const model = loraModel();
+      layer(model, 'layers.1.self_attn.v_proj').B!.dispose();
+      const before = live(model);
+      const e = caught(() => mergeLora(model, { safe }));
+      expect(e.code).toBe('ERR_TENSOR_DISPOSED');
+      expect(e.message).toMatch(/^mergeLora: layer 'layers\.1\.self_attn\.v_proj': mergeLora: tensor has been disposed; no layer was merged$/);
+      expect(live(model)).toEqual(before);
+    }
+  });
+
+  test('mergeToOrig / unmergeFromOrig with a disposed adapter: ERR_TENSOR_DISPOSED and merged unchanged', () => {
+    const a = new LoRALinear(new Linear(4, 3), { r: 2 });
+    const w = bits(a.origLinear.weight);
+    a.A!.dispose();
+    expect(caught(() => a.mergeToOrig()).code).toBe('ERR_TENSOR_DISPOSED');
+    expect(a.merged).toBe(false);
+    expect(bits(a.origLinear.weight)).toBe(w);
+
+    const b = new LoRALinear(new Linear(4, 3), { r: 2 });
+    b.mergeToOrig();
+    const wm = bits(b.origLinear.weight);
+    b.B!.dispose();
+    expect(caught(() => b.unmergeFromOrig()).code).toBe('ERR_TENSOR_DISPOSED');
+    expect(b.merged).toBe(true);
+    expect(bits(b.origLinear.weight)).toBe(wm);
+  });
+
+  test('mergeLora, unmergeLora and withAdaptersDisabled name themselves for a model that is not a Module', () => {
+    expectThrows(() => mergeLora('model' as unknown as Module), TypeError, /^mergeLora: model must be a Module, got "model"$/);
+    expectThrows(() => unmergeLora(null as unknown as Module), TypeError, /^unmergeLora: model must be a Module, got null$/);
+    expectThrows(() => withAdaptersDisabled({} as Module, () => 1), TypeError, /^withAdaptersDisabled: model must be a Module, got an instance of Object$/);
+  });
+});
+
+// ====================================================================== optimiser
+
+describe('Adam.step checks every group and gradient before changing anything', () => {
+  function setup(): { opt: Adam; p: Tensor; q: Tensor } {
+    manualSeed(5);
+    const p = randn([3]).requiresGrad_(true);
+    const q = randn([2, 2]).requiresGrad_(true);
+    const opt = new AdamW([{ params: [p] }, { params: [q], lr: 0.1 }]);
+    p.mul(randn([3])).sum().backward();
+    q.mul(randn([2, 2])).sum().backward();
+    opt.step(); // some state to keep
+    p.mul(randn([3])).sum().backward();
+    q.mul(randn([2, 2])).sum().backward();
+    return { opt, p, q };
+  }
+
+  // Options are public and may be edited between steps (a schedule); the constructor's checks no longer hold.
+  test.each<[string, (o: Adam) => void, typeof RangeError | typeof TypeError, RegExp]>([
+    ['betas edited out of range', (o) => { o.paramGroups[1].betas = [2, 0.999]; }, RangeError, /^AdamW\.step: paramGroups\[1\]\.betas\[0\] must be in \[0, 1\), got 2$/],
+    ['betas NaN', (o) => { o.paramGroups[1].betas = [0.9, NaN]; }, RangeError, /^AdamW\.step: paramGroups\[1\]\.betas\[1\] must be a finite number, got NaN$/],
+    ['betas not a pair', (o) => { o.paramGroups[0].betas = [0.9] as unknown as [number, number]; }, TypeError, /^AdamW\.step: paramGroups\[0\]\.betas must be a pair \[beta1, beta2\], got \[0\.9\]$/],
+    ['eps negative', (o) => { o.paramGroups[1].eps = -1; }, RangeError, /^AdamW\.step: paramGroups\[1\]\.eps must be >= 0, got -1$/],
+    ['weightDecay Infinity', (o) => { o.paramGroups[1].weightDecay = Infinity; }, RangeError, /^AdamW\.step: paramGroups\[1\]\.weightDecay must be a finite number, got Infinity$/],
+    ['lr NaN in the second group', (o) => { o.paramGroups[1].lr = NaN; }, RangeError, /^AdamW\.step: paramGroups\[1\]\.lr must be a finite number, got NaN$/],
+    ['amsgrad not a boolean', (o) => { (o.paramGroups[1] as { amsgrad: unknown }).amsgrad = 'yes'; }, TypeError, /^AdamW\.step: paramGroups\[1\]\.amsgrad must be a boolean, got "yes"$/],
+  ])('%s: a clear error, and neither group is stepped', (_name, edit, type, re) => {
+    const { opt } = setup();
+    edit(opt);
+    const before = optimizerState(opt);
+    expectThrows(() => opt.step(), type, re);
+    expect(optimizerState(opt)).toEqual(before);
+  });
+
+  test('a disposed gradient of the second group: ERR_TENSOR_DISPOSED, the first group is not stepped either', () => {
+    const { opt, q } = setup();
+    q.grad!.dispose();
+    const before = optimizerState(opt);
+    expect(caught(() => opt.step()).code).toBe('ERR_TENSOR_DISPOSED');
+    expect(optimizerState(opt)).toEqual(before);
+  });
+
+  test('a parameter that never had state gets none from a failed step', () => {
+    const p = randn([2]).requiresGrad_(true);
+    const q = randn([2]).requiresGrad_(true);
+    const opt = new Adam([{ params: [p] }, { params: [q] }]);
+    p.sum().backward();
+    q.sum().backward();
+    opt.paramGroups[1].eps = NaN;
+    const before = [bits(p), bits(q)];
+    expect(() => opt.step()).toThrow(RangeError);
+    expect(opt.state.size).toBe(0);
+    expect([bits(p), bits(q)]).toEqual(before);
+    opt.paramGroups[1].eps = 1e-8;
+    opt.step();
+    expect(opt.state.size).toBe(2);
+  });
+});
+
+// ===================================================================== generator
+
+describe('setRngState refuses what the native generator cannot hold', () => {
+  test.each<[string, { seed: bigint; offset: bigint }, RegExp]>([
+    ['a negative seed', { seed: -1n, offset: 0n }, /^setRngState: state\.seed must be in \[0, 2\^64\), got -1$/],
+    ['a seed of 2^64', { seed: 1n << 64n, offset: 0n }, /^setRngState: state\.seed must be in \[0, 2\^64\), got 18446744073709551616$/],
+    ['a negative offset', { seed: 1n, offset: -5n }, /^setRngState: state\.offset must be in \[0, 2\^64\), got -5$/],
+  ])('%s', (_name, state, re) => {
+    manualSeed(9);
+    randn([2]);
+    const before = getRngState();
+    expectThrows(() => setRngState(state), RangeError, re);
+    expect(getRngState()).toEqual(before);
+  });
+});
+
+// ================================================================ native values
+
+describe('values an int32 tensor cannot hold are refused (converting them is undefined behaviour)', () => {
+  test.each([NaN, Infinity, -Infinity, 2 ** 31, -(2 ** 31) - 1, 1e300])('fill_(%p) on an int32 tensor: an Error, the values unchanged', (v) => {
+    const t = tensor([7, -7], { dtype: 'int32' });
+    const e = caught(() => t.fill_(v));
+    expect(e).toBeInstanceOf(RangeError);
+    expect(e.message).toMatch(/^Tensor\.fill_: value must be a number an int32 tensor can hold \(integers in \[-2147483648, 2147483647\]\)/);
+    expect(Array.from(t.toArray())).toEqual([7, -7]);
+    expect(caught(() => full([2], v, { dtype: 'int32' })).message).toMatch(/^full: value must be a number an int32 tensor can hold/);
+  });
+
+  test('copy_ and to() from a float tensor: NaN, Inf and out-of-range values are refused before anything is written', () => {
+    const t = tensor([1, 2, 3], { dtype: 'int32' });
+    for (const bad of [[0, 1e10, 2], [0, 1, NaN], [-Infinity, 0, 0]]) {
+      const e = caught(() => t.copy_(tensor(bad)));
+      expect(e.message).toMatch(/^copy: element \d \(.*\) cannot be converted to int32/);
+      expect(Array.from(t.toArray())).toEqual([1, 2, 3]);
+      expect(caught(() => tensor(bad, { dtype: 'float64' }).to('int32')).message).toMatch(/cannot be converted to int32/);
+    }
+    // In range, float to int32 truncates toward zero, as a C cast (and torch) does.
+    expect(Array.from(tensor([1.9, -1.9, 2147483647.5, -2147483648.5], { dtype: 'float64' }).to('int32').toArray()))
+      .toEqual([1, -1, 2147483647, -2147483648]);
+    expect(Array.from(t.fill_(-2147483648).toArray())).toEqual([-2147483648, -2147483648, -2147483648]);
+  });
+
+  test('the binding itself refuses integer arguments that are NaN, infinite or beyond int64', () => {
+    // Every public function checks these first; the binding must not convert them regardless
+    // (found by UBSan: static_cast<int64_t>(NaN)).
+    for (const d of [NaN, Infinity, -Infinity, 1e300]) {
+      expect(caught(() => native.full([d], 0, 0, 0, 0)).message).toBe('shape must be an integer');
+    }
+    expect(caught(() => native.embeddingBackward(native.full([1], 2, 0, 0, 0), native.full([1, 2], 0, 0, 0, 0), NaN)).message)
+      .toBe('numEmbeddings must be an integer');
+  });
+});
+
+// ==================================================================== Llama
+
+describe('LlamaForCausalLM', () => {
+  const config = { model_type: 'llama', hidden_size: 8, num_attention_heads: 2, vocab_size: 5, intermediate_size: 4, num_hidden_layers: 1 };
+
+  test.each<[string, number[][], RegExp]>([
+    ['NaN at position 0 (which nothing predicts)', [[NaN, 1, 2]], /^LlamaForCausalLM\.loss: labels\[0\]\[0\] must be a token id in \[0, 5\) or -100 \(ignored\), got NaN$/],
+    ['a fraction', [[1, 1.5, 2]], /labels\[0\]\[1\] must be a token id in \[0, 5\) or -100 \(ignored\), got 1\.5$/],
+    ['vocab_size itself', [[1, 2, 5]], /labels\[0\]\[2\] must be .*, got 5$/],
+    ['-1 (only -100 is ignored)', [[1, -1, 2]], /labels\[0\]\[1\] must be .*, got -1$/],
+  ])('loss() labels with %s: a RangeError naming the label', (_name, labels, re) => {
+    manualSeed(0);
+    const model = new LlamaForCausalLM(config);
+    const before = moduleState(model);
+    expectThrows(() => model.loss([[1, 2, 3]], labels), RangeError, re);
+    expect(moduleState(model)).toEqual(before);
+  });
+
+  test('loss() labels as an int32 tensor are checked the same way', () => {
+    manualSeed(0);
+    const model = new LlamaForCausalLM(config);
+    expectThrows(() => model.loss([[1, 2, 3]], tensor([[1, 2, 7]], { dtype: 'int32' })), RangeError,
+      /^LlamaForCausalLM\.loss: labels\[0\]\[2\] must be a token id in \[0, 5\) or -100 \(ignored\), got 7$/);
+    expect(model.loss([[1, 2, 3]], tensor([[-100, 2, -100]], { dtype: 'int32' })).item()).toBeGreaterThan(0);
+  });
+
+  test('fromPretrained checks its options before reading anything', async () => {
+    await expect(LlamaForCausalLM.fromPretrained(path.join(tmp, 'nowhere'), { dtype: 'int32' as 'float32' })).rejects.toThrow(
+      /^LlamaForCausalLM\.fromPretrained: options\.dtype must be one of "float32", "float64", got "int32"$/);
+  });
+
+  test('parseLlamaConfig: rope_scaling numbers must be numbers, sizes exact integers', () => {
+    const rope = (rs: unknown) => () => parseLlamaConfig({ ...config, rope_scaling: rs });
+    expectThrows(rope({ rope_type: 'linear', factor: '2' }), RangeError, /^parseLlamaConfig: config\.rope_scaling\.factor must be a positive number, got "2"$/);
+    expectThrows(rope({ rope_type: 'linear', factor: [2] }), RangeError, /config\.rope_scaling\.factor must be a positive number, got \[2\]$/);
+    expectThrows(rope({ rope_type: 'linear', factor: 1e999 }), RangeError, /config\.rope_scaling\.factor must be a positive number, got Infinity$/);
+    expectThrows(rope('linear'), RangeError, /^parseLlamaConfig: config\.rope_scaling must be an object or null, got "linear"$/);
+    expectThrows(rope({ rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: '16' }), RangeError,
+      /^parseLlamaConfig: config\.rope_scaling must be llama3 scaling with positive/);
+    expectThrows(() => parseLlamaConfig({ ...config, vocab_size: 2 ** 53 }), RangeError,
+      /^parseLlamaConfig: config\.vocab_size must be a positive integer \(at most 2\^53 - 1\), got 9007199254740992$/);
+    expectThrows(() => parseLlamaConfig({ ...config, model_type: 'toString' }), RangeError, /^parseLlamaConfig: unsupported architecture "toString"/);
+    expect(parseLlamaConfig({ ...config, architectures: ['constructor', 'MistralForCausalLM'] }).modelType).toBe('mistral');
+  });
+});
+
+// ================================================================ adapters
+
+describe('loadAdapter refuses adapters that do not fit, leaving the model as it was', () => {
+  const A = (name: string) => `base_model.model.${name}.lora_A.weight`;
+  const B = (name: string) => `base_model.model.${name}.lora_B.weight`;
+  let dir: string;
+  let good: Record<string, Tensor>;
+
+  beforeAll(async () => {
+    dir = path.join(tmp, 'adapter');
+    await saveAdapter(loraModel(), dir);
+    const st = SafetensorsFile.openSync(path.join(dir, 'adapter_model.safetensors'));
+    good = Object.fromEntries(st.keys().map((k) => [k, st.readSync(k)]));
+    st.close();
+  });
+
+  /** A copy of the adapter with other weights and/or config. */
+  async function variant(label: string, edit: { tensors?: (t: Record<string, Tensor>) => void; config?: (c: Record<string, unknown>) => void; metadata?: Record<string, string> }): Promise<string> {
+    const d = path.join(tmp, `adapter-${label}`);
+    fs.mkdirSync(d, { recursive: true });
+    const cfg = JSON.parse(fs.readFileSync(path.join(dir, 'adapter_config.json'), 'utf8'));
+    edit.config?.(cfg);
+    fs.writeFileSync(path.join(d, 'adapter_config.json'), JSON.stringify(cfg));
+    const tensors = { ...good };
+    edit.tensors?.(tensors);
+    const recorded = SafetensorsFile.openSync(path.join(dir, 'adapter_model.safetensors'));
+    const metadata = edit.metadata ?? recorded.metadata;
+    recorded.close();
+    await saveSafetensors(path.join(d, 'adapter_model.safetensors'), tensors, { metadata });
+    return d;
+  }
+
+  async function refused(model: Module, d: string, re: RegExp): Promise<void> {
+    const before = moduleState(model);
+    await expect(loadAdapter(model, d)).rejects.toThrow(re);
+    expect(moduleState(model)).toEqual(before);
+  }
+
+  const fresh = () => {
+    manualSeed(3);
+    return new ToyTransformer(8, 2);
+  };
+
+  test('NaN or Inf in A or B', async () => {
+    const q = 'layers.1.self_attn.q_proj';
+    const d = await variant('nan', { tensors: (t) => { t[B(q)] = full([8, 2], Infinity); } });
+    await refused(fresh(), d, new RegExp(`^loadAdapter: adapter_model\\.safetensors: '${B(q).replace(/\./g, '\\.')}' holds NaN or Inf$`));
+    const e = await variant('nan-a', { tensors: (t) => { t[A(q)] = tensor(new Float32Array(16).fill(NaN), { shape: [2, 8] }); } });
+    await refused(fresh(), e, /lora_A\.weight' holds NaN or Inf$/);
+  });
+
+  test('two A weights for one layer (PEFT names an adapter "default": lora_A.default.weight)', async () => {
+    const q = 'layers.0.self_attn.q_proj';
+    const d = await variant('dup', { tensors: (t) => { t[`base_model.model.${q}.lora_A.default.weight`] = randn([2, 8]); } });
+    await refused(fresh(), d, /^loadAdapter: adapter_model\.safetensors has two lora_A weights for 'layers\.0\.self_attn\.q_proj': /);
+  });
+
+  test('a config that is not the one the weights were saved with (e.g. a save interrupted between the two files)', async () => {
+    const d = await variant('alpha', { config: (c) => { c.lora_alpha = 32; } });
+    await refused(fresh(), d, /^loadAdapter: adapter_config\.json does not belong to adapter_model\.safetensors: the weights were saved with \{"r":2,"lora_alpha":4,.*\}, the config says \{"r":2,"lora_alpha":32,.*\} \(was a save interrupted between the two files\? save the adapter again\)$/);
+    // Weights without the record (as Python's PEFT writes them) are taken as the config says.
+    const peft = await variant('alpha-peft', { config: (c) => { c.lora_alpha = 32; }, metadata: { format: 'pt' } });
+    const model = fresh();
+    expect(await loadAdapter(model, peft)).toHaveLength(6);
+    expect(layer(model, 'layers.0.self_attn.q_proj').scale).toBe(16);
+  });
+
+  test('into layers that are LoRALinear already: merged, or with another lora_alpha', async () => {
+    const merged = loraModel();
+    mergeLora(merged);
+    await refused(merged, dir, /^loadAdapter: 'layers\.0\.self_attn\.k_proj' is a LoRALinear whose adapter is merged into its weight; call unmergeLora\(model\) first$/);
+    const other = fresh();
+    injectLora(other, { r: 2, alpha: 2, filter: qkvFilter });
+    await refused(other, dir, /^loadAdapter: 'layers\.0\.self_attn\.k_proj' is already a LoRALinear with lora_alpha=2, use_rslora=false; the adapter has lora_alpha=4, use_rslora=false$/);
+    // Same r and alpha: the adapter's values are loaded into the existing layers.
+    const same = fresh();
+    injectLora(same, { r: 2, alpha: 4, filter: qkvFilter });
+    expect(await loadAdapter(same, dir)).toHaveLength(6);
+    expect(bits(layer(same, 'layers.1.self_attn.v_proj').B!)).toBe(bits(good[B('layers.1.self_attn.v_proj')]));
+  });
+
+  test('target_modules that is not a valid regular expression', async () => {
+    const d = await variant('regex', { config: (c) => { c.target_modules = 'q_proj|(v_proj'; }, metadata: { format: 'pt' } });
+    await refused(fresh(), d, /^loadAdapter: adapter_config\.json: target_modules "q_proj\|\(v_proj" is not a valid regular expression \(Invalid regular expression: .*\)$/);
+  });
+
+  test('arguments', async () => {
+    await expect(loadAdapter({} as Module, dir)).rejects.toThrow(/^loadAdapter: model must be a Module, got an instance of Object$/);
+    await expect(loadAdapter(fresh(), 5 as unknown as string)).rejects.toThrow(/^loadAdapter: dir must be a directory path, got 5$/);
+    await expect(saveAdapter(fresh(), dir)).rejects.toThrow(/^saveAdapter: the model has no LoRA layers with r > 0 \(call injectLora first\)$/);
+  });
+});
+
+// ================================================================== devices
+
+describe('tensors and modules on another device', () => {
+  if (!cuda.isAvailable()) {
+    test.skip(`skipped: CUDA is not available (${backendInfo().cuda.reason})`, () => undefined);
+    return;
+  }
+
+  test('a CUDA LoRALinear given a CPU input, and the reverse: a RangeError naming both devices, nothing changed', () => {
+    manualSeed(1);
+    const gpu = new LoRALinear(new Linear(4, 3, { device: 'cuda' }), { r: 2 });
+    const before = moduleState(gpu);
+    expectThrows(() => gpu.forward(zeros([2, 4])), RangeError, /^LoRALinear\.forward: x is on cpu but origLinear\.weight is on cuda:0; move one with \.to\(\)$/);
+    const cpu = new LoRALinear(new Linear(4, 3), { r: 2 });
+    expectThrows(() => cpu.forward(zeros([2, 4], { device: 'cuda' })), RangeError, /^LoRALinear\.forward: x is on cuda:0 but origLinear\.weight is on cpu/);
+    expect(moduleState(gpu)).toEqual(before);
+  });
+
+  test('an adapter loaded into a CUDA model lands on the GPU; binary ops across devices are refused', async () => {
+    const dir = path.join(tmp, 'adapter-cuda');
+    await saveAdapter(loraModel(), dir);
+    const model = new ToyTransformer(8, 2).to('cuda');
+    await loadAdapter(model, dir);
+    expect(layer(model, 'layers.0.self_attn.q_proj').A!.device).toBe('cuda:0');
+    expectThrows(() => zeros([2]).add(zeros([2], { device: 'cuda' })), RangeError, /^Tensor\.add: this is on cpu but other is on cuda:0/);
+  });
+});
