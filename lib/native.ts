@@ -102,6 +102,20 @@ function packageRoot(): string {
 
 function load(): Binding {
   const root = packageRoot();
+  // LORA_CUDA_ADDON: the path of a .node file to load instead (e.g. the sanitizer build of
+  // scripts/test-asan.sh). No fallback: a wrong path must not silently load the normal addon.
+  const override = process.env.LORA_CUDA_ADDON;
+  if (override) {
+    const file = path.resolve(override);
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      return require(file) as Binding;
+    } catch (e) {
+      const err = new Error(`lora-cuda: the native addon named by LORA_CUDA_ADDON could not be loaded from ${file}: ${(e as Error).message}`);
+      (err as NodeJS.ErrnoException).code = 'ERR_LORA_ADDON_NOT_FOUND';
+      throw err;
+    }
+  }
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const gypBuild = require('node-gyp-build') as (dir: string) => Binding;
