@@ -262,10 +262,8 @@ class CpuBackend final : public Backend {
       T* p = t.data<T>();
       par(t.numel(), [&](int64_t s, int64_t e) {
         for (int64_t i = s; i < e; ++i) {
-          double v = kind == RandomKind::Normal
-                         ? a + b * philox_normal(seed, offset, static_cast<uint64_t>(i))
-                         : a + (b - a) * philox_uniform(seed, offset, static_cast<uint64_t>(i));
-          p[i] = static_cast<T>(v);
+          p[i] = static_cast<T>(philox_sample(kind == RandomKind::Normal, seed, offset,
+                                              static_cast<uint64_t>(i), a, b));
         }
       });
     });
