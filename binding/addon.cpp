@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../src/cpu/blas.h"
+#include "../src/cuda_api.h"
 #include "../src/ops.h"
 #include "../src/parallel.h"
 
@@ -397,6 +398,54 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     return arr(env, {wrap_or_null(env, g.dq), wrap_or_null(env, g.dk), wrap_or_null(env, g.dv)});
   });
 
+  // ---- CUDA devices (index -1 = every device used so far)
+  def("cudaSynchronize", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    lc::cuda::synchronize(static_cast<int>(i64(a[0], "device index")));
+    return a.Env().Undefined();
+  });
+  def("cudaMemoryStats", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    lc::cuda::MemoryStats m = lc::cuda::memory_stats(static_cast<int>(i64(a[0], "device index")));
+    Napi::Object o = Napi::Object::New(a.Env());
+    o.Set("allocated", static_cast<double>(m.allocated));
+    o.Set("reserved", static_cast<double>(m.reserved));
+    o.Set("peak", static_cast<double>(m.peak));
+    return o;
+  });
+  def("cudaResetPeak", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    lc::cuda::reset_peak(static_cast<int>(i64(a[0], "device index")));
+    return a.Env().Undefined();
+  });
+  def("cudaEmptyCache", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    lc::cuda::empty_cache(static_cast<int>(i64(a[0], "device index")));
+    return a.Env().Undefined();
+  });
+  def("cudaSetAllowTF32", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    lc::cuda::set_allow_tf32(flag(a[0]));
+    return a.Env().Undefined();
+  });
+  def("cudaGetAllowTF32", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    return Napi::Boolean::New(a.Env(), lc::cuda::allow_tf32());
+  });
+  def("cudaEventRecord", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    return Napi::Number::New(a.Env(), static_cast<double>(lc::cuda::event_record(
+                                          static_cast<int>(i64(a[0], "device index")))));
+  });
+  def("cudaEventElapsed", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    return Napi::Number::New(a.Env(), lc::cuda::event_elapsed_ms(i64(a[0], "start event"),
+                                                                 i64(a[1], "end event")));
+  });
+  def("cudaEventDestroy", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    lc::cuda::event_destroy(i64(a[0], "event"));
+    return a.Env().Undefined();
+  });
+  // C = alpha op(A) op(B) + beta C into an existing 2-D C: the plain GEMM the
+  // benchmarks compare the layers with.
+  def("gemmInto", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    lc::ops::gemm_into(T(a[0], "gemm A"), T(a[1], "gemm B"), T(a[2], "gemm C"), flag(a[3]),
+                       flag(a[4]), num(a[5], "alpha"), num(a[6], "beta"));
+    return a.Env().Undefined();
+  });
+
   // ---- introspection
   def("backendInfo", [](const Napi::CallbackInfo& a) -> Napi::Value {
     Napi::Env env = a.Env();
@@ -407,11 +456,33 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     if (!b.reason.empty()) cpu.Set("blasReason", b.reason);
     cpu.Set("blasThreads", b.threads);
     cpu.Set("threads", lc::num_threads());
+    const lc::cuda::Info& ci = lc::cuda::info();
     Napi::Object cuda = Napi::Object::New(env);
-    cuda.Set("compiled", false);
-    cuda.Set("available", false);
-    cuda.Set("reason", "this build of lora-cuda was compiled without the CUDA backend");
-    cuda.Set("devices", Napi::Array::New(env));
+    cuda.Set("compiled", ci.compiled);
+    cuda.Set("available", ci.available);
+    cuda.Set("reason", ci.reason);
+    Napi::Array devs = Napi::Array::New(env, ci.devices.size());
+    for (size_t i = 0; i < ci.devices.size(); ++i) {
+      const auto& d = ci.devices[i];
+      Napi::Object od = Napi::Object::New(env);
+      od.Set("name", d.name);
+      od.Set("memory", static_cast<double>(d.memory));
+      od.Set("capability", std::to_string(d.major) + "." + std::to_string(d.minor));
+      od.Set("multiprocessors", d.multiprocessors);
+      devs.Set(static_cast<uint32_t>(i), od);
+    }
+    cuda.Set("devices", devs);
+    if (!ci.cublas_path.empty()) {
+      Napi::Object cb = Napi::Object::New(env);
+      cb.Set("path", ci.cublas_path);
+      cb.Set("version", ci.cublas_version);
+      cuda.Set("cublas", cb);
+    } else {
+      cuda.Set("cublas", env.Null());
+    }
+    cuda.Set("runtimeVersion", ci.runtime_version);
+    cuda.Set("driverVersion", ci.driver_version);
+    cuda.Set("architectures", ci.architectures);
     Napi::Object o = Napi::Object::New(env);
     o.Set("cpu", cpu);
     o.Set("cuda", cuda);

@@ -1,10 +1,15 @@
-// What the native backends can do in this process.
+// What the native backends can do in this process, and the CUDA controls.
 import { native, CpuInfo } from './native';
+import { parseDevice } from './device';
+import { typeError } from './errors';
 
 export interface CudaDeviceInfo {
   name: string;
+  /** Total memory in bytes. */
   memory: number;
+  /** Compute capability, e.g. '9.0'. */
   capability: string;
+  multiprocessors: number;
 }
 export interface CudaInfo {
   /** The CUDA backend was compiled into this build. */
@@ -14,6 +19,14 @@ export interface CudaInfo {
   /** Why CUDA is not available, in words ('' when it is). */
   reason: string;
   devices: CudaDeviceInfo[];
+  /** The cuBLAS library loaded at run time, or null when none was found (or not looked for). */
+  cublas: { path: string; version: string } | null;
+  /** CUDA runtime version this build was compiled with (13000 = 13.0; 0 without CUDA). */
+  runtimeVersion: number;
+  /** Highest CUDA version the installed driver supports (0 = no driver). */
+  driverVersion: number;
+  /** GPU architectures compiled in, e.g. '75-real,...,90-real,...,120-virtual'. */
+  architectures: string;
 }
 export interface BackendInfo {
   /** blas: 'openblas', 'cblas' or 'builtin'; blasPath: the library loaded; threads: our CPU pool size. */
@@ -26,6 +39,26 @@ export function backendInfo(): BackendInfo {
   return { cpu: info.cpu, cuda: { ...info.cuda, reason: info.cuda.available ? '' : info.cuda.reason } };
 }
 
+export interface CudaMemoryStats {
+  /** Bytes held by live tensors (and an op's temporaries) on the device. */
+  allocated: number;
+  /** Bytes the caching allocator holds from the driver (allocated plus cached free blocks). */
+  reserved: number;
+  /** Highest `allocated` since the process started or resetPeakMemoryStats(). */
+  peak: number;
+}
+
+function deviceIndex(where: string, device: unknown): number {
+  if (device === undefined) return parseDevice(where, 'device', 'cuda').index;
+  if (typeof device === 'number') {
+    if (!Number.isInteger(device) || device < 0) throw new RangeError(`${where}: device must be a device index >= 0, 'cuda' or 'cuda:N', got ${device}`);
+    return parseDevice(where, 'device', `cuda:${device}`).index;
+  }
+  const d = parseDevice(where, 'device', device);
+  if (d.type !== 1) throw new RangeError(`${where}: device must be a CUDA device ('cuda' or 'cuda:N'), got ${JSON.stringify(device)}`);
+  return d.index;
+}
+
 export const cuda = {
   /** True when a CUDA device can be used. */
   isAvailable(): boolean {
@@ -36,9 +69,44 @@ export const cuda = {
     const c = native.backendInfo().cuda;
     return c.available ? c.devices.length : 0;
   },
+  /**
+   * Waits until the work queued on a device ('cuda', 'cuda:N' or N; default:
+   * every device used so far) is done. An error raised by a queued kernel is
+   * thrown here. Without CUDA, the no-argument form does nothing.
+   */
+  synchronize(device?: string | number): void {
+    if (device === undefined) {
+      if (native.backendInfo().cuda.available) native.cudaSynchronize(-1);
+      return;
+    }
+    native.cudaSynchronize(deviceIndex('cuda.synchronize', device));
+  },
+  /** Memory held on a device (default cuda:0). */
+  memoryStats(device?: string | number): CudaMemoryStats {
+    return native.cudaMemoryStats(deviceIndex('cuda.memoryStats', device));
+  },
+  /** Restarts the `peak` of memoryStats() from the current allocation. */
+  resetPeakMemoryStats(device?: string | number): void {
+    native.cudaResetPeak(deviceIndex('cuda.resetPeakMemoryStats', device));
+  },
+  /** Returns cached, unused device memory to the driver (tensors in use are not touched). */
+  emptyCache(device?: string | number): void {
+    native.cudaEmptyCache(deviceIndex('cuda.emptyCache', device));
+  },
+  /**
+   * TF32 tensor-core math for float32 matrix products: faster on Ampere and
+   * newer, with a 10-bit mantissa for the products. Off by default.
+   */
+  setAllowTF32(allow: boolean): void {
+    if (typeof allow !== 'boolean') throw typeError('cuda.setAllowTF32', 'allow', 'a boolean', allow);
+    native.cudaSetAllowTF32(allow);
+  },
+  getAllowTF32(): boolean {
+    return native.cudaGetAllowTF32();
+  },
 };
 
-/** Bytes of native tensor memory held on this thread (CPU tensors). */
+/** Bytes of native tensor memory (CPU and GPU) held by tensors made on this thread. */
 export function nativeMemoryBytes(): number {
   return native.liveBytes();
 }

@@ -1,5 +1,5 @@
 // lora-cuda: LoRA fine-tuning for Node.js on a native core.
-export { Tensor, tensor, zeros, ones, full, randn, rand } from './tensor';
+export { Tensor, tensor, zeros, ones, full, randn, rand, tidy, keep } from './tensor';
 export type { DType, TensorOptions, TensorDataOptions, TensorData, NestedArray, NestedList } from './tensor';
 export type { DeviceSpec } from './device';
 export { noGrad, isGradEnabled } from './autograd';

@@ -21,7 +21,16 @@ export interface NativeCudaInfo {
   compiled: boolean;
   available: boolean;
   reason: string;
-  devices: { name: string; memory: number; capability: string }[];
+  devices: { name: string; memory: number; capability: string; multiprocessors: number }[];
+  cublas: { path: string; version: string } | null;
+  runtimeVersion: number;
+  driverVersion: number;
+  architectures: string;
+}
+export interface NativeMemoryStats {
+  allocated: number;
+  reserved: number;
+  peak: number;
 }
 
 export interface Binding {
@@ -79,6 +88,18 @@ export interface Binding {
   attentionForward(q: N, k: N, v: N, causal: boolean, scale: number): [N, N];
   attentionBackward(dout: N, q: N, k: N, v: N, lse: N, causal: boolean, scale: number,
     needDq: boolean, needDk: boolean, needDv: boolean): [N | null, N | null, N | null];
+  /** Device index -1: every CUDA device used so far. */
+  cudaSynchronize(index: number): void;
+  cudaMemoryStats(index: number): NativeMemoryStats;
+  cudaResetPeak(index: number): void;
+  cudaEmptyCache(index: number): void;
+  cudaSetAllowTF32(allow: boolean): void;
+  cudaGetAllowTF32(): boolean;
+  cudaEventRecord(index: number): number;
+  cudaEventElapsed(start: number, end: number): number;
+  cudaEventDestroy(event: number): void;
+  /** c = alpha op(a) op(b) + beta c in place (2-D). */
+  gemmInto(a: N, b: N, c: N, transA: boolean, transB: boolean, alpha: number, beta: number): void;
   backendInfo(): { cpu: CpuInfo; cuda: NativeCudaInfo };
 }
 

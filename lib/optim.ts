@@ -1,7 +1,7 @@
 // Adam and AdamW, numerically matching torch.optim.Adam / AdamW. The update of
 // every parameter in a group runs in one native call (a multi-tensor step).
 import { native, NativeTensor } from './native';
-import { Tensor, assertTensor, clearGrads, zeros } from './tensor';
+import { Tensor, assertTensor, clearGrads, keep, zeros } from './tensor';
 import { DeviceSpec } from './device';
 import { checkBool, checkNumber, checkPositive, checkOptions, checkKnownKeys, rangeError, typeError } from './errors';
 
@@ -47,7 +47,8 @@ interface AdamState {
 
 // Moment estimates start at exactly zero (not p * 0, which is NaN where p is Inf).
 function zerosLike(p: Tensor): Tensor {
-  return zeros(p.shape, { dtype: p.dtype, device: p.device as DeviceSpec });
+  // Optimiser state outlives any tidy() scope a step runs in.
+  return keep(zeros(p.shape, { dtype: p.dtype, device: p.device as DeviceSpec }));
 }
 
 const OPTION_KEYS = ['lr', 'betas', 'eps', 'weightDecay', 'amsgrad'] as const;

@@ -228,6 +228,24 @@ Tensor bmm(const Tensor& a, const Tensor& b, bool tA, bool tB) {
   return c;
 }
 
+void gemm_into(const Tensor& a, const Tensor& b, const Tensor& c, bool tA, bool tB, double alpha,
+               double beta) {
+  const char* op = "gemm";
+  same(a, b, op, "a", "b");
+  same(a, c, op, "a", "c");
+  require_float(a, op, "a");
+  rank(a, 2, op, "a");
+  rank(b, 2, op, "b");
+  rank(c, 2, op, "c");
+  int64_t M = tA ? a.shape[1] : a.shape[0], K = tA ? a.shape[0] : a.shape[1];
+  int64_t Kb = tB ? b.shape[1] : b.shape[0], N = tB ? b.shape[0] : b.shape[1];
+  dim_eq(Kb, K, op, "the inner dimension of b");
+  dim_eq(c.shape[0], M, op, "c.shape[0]");
+  dim_eq(c.shape[1], N, op, "c.shape[1]");
+  if (!c.numel()) return;
+  be(a).gemm(tA, tB, M, N, K, alpha, a, 0, b, 0, beta, c, 0, 1);
+}
+
 namespace {
 void check_linear(const char* op, const Tensor& x, const Tensor& W, const Tensor* b) {
   rank(x, 2, op, "x");

@@ -35,6 +35,10 @@ Tensor softmax_backward(const Tensor& y, const Tensor& dy);
 // b [Bb, k, n] (or [Bb, n, k]); Ba and Bb equal or 1 (broadcast without a copy).
 Tensor bmm(const Tensor& a, const Tensor& b, bool transA, bool transB);
 
+// C = alpha op(a) op(b) + beta C in place, 2-D operands on one device.
+void gemm_into(const Tensor& a, const Tensor& b, const Tensor& c, bool transA, bool transB,
+               double alpha, double beta);
+
 Tensor linear(const Tensor& x, const Tensor& W, const Tensor* b);
 struct LinearGrads {
   Tensor dx, dW, db;  // storage null when not requested

@@ -11,7 +11,7 @@ import * as F from '../nn/functional';
 import {
   Embedding, RMSNorm, RopeScaling, applyRotary, rotaryTables, scaledDotProductAttention,
 } from '../nn/transformer';
-import { Tensor, randn, tensor, DType } from '../tensor';
+import { Tensor, keep, randn, tensor, DType } from '../tensor';
 import { noGrad } from '../autograd';
 import { DeviceSpec } from '../device';
 import { SafetensorsFile } from '../safetensors';
@@ -200,8 +200,8 @@ export class LlamaDecoderLayer extends Module {
     super();
     this.self_attn = new LlamaAttention(config, o);
     this.mlp = new LlamaMLP(config, o);
-    this.input_layernorm = new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps, dtype: o.dtype });
-    this.post_attention_layernorm = new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps, dtype: o.dtype });
+    this.input_layernorm = new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps, dtype: o.dtype, device: o.device });
+    this.post_attention_layernorm = new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps, dtype: o.dtype, device: o.device });
   }
 
   forward(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
@@ -214,21 +214,23 @@ export class LlamaModel extends Module {
   embed_tokens: Embedding;
   layers: ModuleList;
   norm: RMSNorm;
-  /** Rotary tables by sequence length (constants, so they are cached). */
+  /** Rotary tables by sequence length (constants, so they are cached; rebuilt when dtype or device change). */
   private _rope = new Map<number, { cos: Tensor; sin: Tensor }>();
 
   constructor(readonly config: LlamaConfig, o: BuildOptions) {
     super();
-    this.embed_tokens = new Embedding(config.vocabSize, config.hiddenSize, { dtype: o.dtype });
+    this.embed_tokens = new Embedding(config.vocabSize, config.hiddenSize, { dtype: o.dtype, device: o.device });
     this.layers = new ModuleList(Array.from({ length: config.numHiddenLayers }, () => new LlamaDecoderLayer(config, o)));
-    this.norm = new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps, dtype: o.dtype });
+    this.norm = new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps, dtype: o.dtype, device: o.device });
   }
 
-  private rope(T: number, dtype: DType): { cos: Tensor; sin: Tensor } {
+  private rope(T: number, dtype: DType, device: string): { cos: Tensor; sin: Tensor } {
     let r = this._rope.get(T);
-    if (!r || r.cos.dtype !== dtype || r.cos.isDisposed) {
+    if (!r || r.cos.dtype !== dtype || r.cos.device !== device || r.cos.isDisposed || r.sin.isDisposed) {
       const c = this.config;
-      r = rotaryTables(T, c.headDim, { theta: c.ropeTheta, scaling: c.ropeScaling, dtype: dtype as 'float32' });
+      r = rotaryTables(T, c.headDim, { theta: c.ropeTheta, scaling: c.ropeScaling, dtype: dtype as 'float32', device: device as DeviceSpec });
+      keep(r.cos);
+      keep(r.sin);
       this._rope.set(T, r);
     }
     return r;
@@ -237,7 +239,7 @@ export class LlamaModel extends Module {
   /** ids int32 [B, T] -> hidden states [B, T, D] after the final norm. */
   forward(ids: Tensor): Tensor {
     let x = this.embed_tokens.forward(ids);
-    const { cos, sin } = this.rope(ids.shape[1], x.dtype);
+    const { cos, sin } = this.rope(ids.shape[1], x.dtype, x.device);
     for (const layer of this.layers) x = (layer as LlamaDecoderLayer).forward(x, cos, sin);
     return this.norm.forward(x);
   }
@@ -286,9 +288,14 @@ export class LlamaForCausalLM extends Module {
     });
   }
 
+  /** Where the model's weights are ('cpu' or 'cuda:N'). */
+  device(): string {
+    return this.model.embed_tokens.weight.device;
+  }
+
   /** Logits [B, T, vocab] for token ids given as number[][] (equal lengths) or an int32 tensor [B, T]. */
   forward(inputIds: number[][] | Tensor): Tensor {
-    const ids = toIds('LlamaForCausalLM.forward', 'inputIds', inputIds, this.config.vocabSize);
+    const ids = toIds('LlamaForCausalLM.forward', 'inputIds', inputIds, this.config.vocabSize, this.device());
     checkLength('LlamaForCausalLM.forward', ids.shape[1], this.config);
     const logits = this.lm_head.forward(this.model.forward(ids));
     if (ids !== inputIds) ids.dispose();
@@ -301,7 +308,7 @@ export class LlamaForCausalLM extends Module {
    */
   loss(inputIds: number[][] | Tensor, labels?: number[][] | Tensor): Tensor {
     const where = 'LlamaForCausalLM.loss';
-    const ids = toIds(where, 'inputIds', inputIds, this.config.vocabSize);
+    const ids = toIds(where, 'inputIds', inputIds, this.config.vocabSize, this.device());
     const [B, T] = ids.shape;
     checkLength(where, T, this.config);
     const lab = labels === undefined ? ids.toArray() : labelsArray(where, labels, B, T, this.config.vocabSize);
@@ -436,10 +443,11 @@ function checkLength(where: string, T: number, config: LlamaConfig): void {
   }
 }
 
-function toIds(where: string, what: string, v: number[][] | Tensor, vocab: number): Tensor {
+/** Token ids as an int32 tensor [B, T] on `device` (a tensor elsewhere is copied there). */
+function toIds(where: string, what: string, v: number[][] | Tensor, vocab: number, device: string): Tensor {
   if (v instanceof Tensor) {
     if (v.dtype !== 'int32' || v.ndim !== 2) throw typeError(where, what, 'an int32 tensor [batch, seq] or number[][]', v);
-    return v;
+    return v.device === device ? v : v.to(device as DeviceSpec);
   }
   if (!Array.isArray(v) || v.length === 0 || !v.every(Array.isArray)) throw typeError(where, what, 'number[][] (batch of token id rows) or an int32 tensor', v);
   const T = v[0].length;
@@ -450,7 +458,7 @@ function toIds(where: string, what: string, v: number[][] | Tensor, vocab: numbe
       if (!Number.isInteger(id) || id < 0 || id >= vocab) throw rangeError(where, `${what}[${b}][${t}]`, `a token id in [0, ${vocab})`, id);
     });
   });
-  return tensor(v, { dtype: 'int32' });
+  return tensor(v, { dtype: 'int32', device: device as DeviceSpec });
 }
 
 function labelsArray(where: string, v: number[][] | Tensor, B: number, T: number, vocab: number): ArrayLike<number> {

@@ -166,6 +166,8 @@ export interface RotaryTablesOptions {
   dtype?: FloatDType;
   /** Position of the first row; default 0. */
   positionOffset?: number;
+  /** Where the tables are made; default 'cpu'. */
+  device?: DeviceSpec;
 }
 
 function checkPositiveNumber(where: string, what: string, v: unknown): number {
@@ -235,7 +237,7 @@ export function rotaryTables(T: number, headDim: number, options: RotaryTablesOp
   if (headDim === 0 || headDim % 2 !== 0) throw rangeError(where, 'headDim', 'a positive even integer', headDim);
   if (options === undefined) throw typeError(where, 'options', 'an object with at least { theta }', options);
   const o = checkOptions(where, options);
-  checkKnownKeys(where, o, ['theta', 'scaling', 'dtype', 'positionOffset']);
+  checkKnownKeys(where, o, ['theta', 'scaling', 'dtype', 'positionOffset', 'device']);
   const theta = checkPositiveNumber(where, 'options.theta', o.theta);
   const scaling = readScaling(where, o.scaling);
   const dtype = o.dtype === undefined ? 'float32' : checkOneOf(where, 'options.dtype', o.dtype, FLOAT_DTYPES);
@@ -260,8 +262,8 @@ export function rotaryTables(T: number, headDim: number, options: RotaryTablesOp
   }
   const shape = [T, headDim];
   return {
-    cos: tensor(dtype === 'float64' ? cos : Float32Array.from(cos), { dtype, shape }),
-    sin: tensor(dtype === 'float64' ? sin : Float32Array.from(sin), { dtype, shape }),
+    cos: tensor(dtype === 'float64' ? cos : Float32Array.from(cos), { dtype, shape, device: o.device as DeviceSpec | undefined }),
+    sin: tensor(dtype === 'float64' ? sin : Float32Array.from(sin), { dtype, shape, device: o.device as DeviceSpec | undefined }),
   };
 }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../backend.h"
+#include "../cuda_api.h"
 #include "../parallel.h"
 #include "../philox.h"
 #include "blas.h"
@@ -748,8 +749,7 @@ Backend& cpu_backend() {
 
 Backend& backend_for(Device dev) {
   if (dev.type == DeviceType::CPU) return cpu_backend();
-  throw Error("device " + dev.str() + " is not available: this build has no CUDA backend",
-              "ERR_CUDA_UNAVAILABLE");
+  return cuda::backend(dev.index);
 }
 
 }  // namespace lc

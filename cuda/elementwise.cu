@@ -1,0 +1,304 @@
+// Elementwise CUDA ops: fill, random draws, casts, binary ops with
+// broadcasting, affine, axpy, unary ops and their derivatives, broadcast and
+// permute copies, the finiteness check, dropout and bias rows. The formulas
+// are those of the CPU backend (src/cpu/cpu_backend.cpp), which is the
+// reference in the parity tests.
+#include "../src/philox.h"
+#include "kernels.cuh"
+#include "ops.h"
+
+namespace lc::cu {
+
+// ================================================================ kernels
+namespace {
+
+constexpr double kSqrt1_2 = 0.70710678118654752440;
+constexpr double kInvSqrt2Pi = 0.39894228040143267794;
+constexpr double kSqrt2OverPi = 0.79788456080286535588;
+
+template <typename T>
+__global__ void fill_kernel(T* p, int64_t n, T v) {
+  LC_GRID_STRIDE(i, n) p[i] = v;
+}
+
+// Same (seed, offset, index) -> value map as the CPU, bit for bit (philox.h).
+template <typename T>
+__global__ void random_kernel(T* p, int64_t n, bool normal, uint64_t seed, uint64_t offset,
+                              double a, double b) {
+  LC_GRID_STRIDE(i, n) p[i] = static_cast<T>(philox_sample(normal, seed, offset, i, a, b));
+}
+
+template <typename D, typename S>
+__global__ void cast_kernel(D* d, const S* s, int64_t n) {
+  LC_GRID_STRIDE(i, n) d[i] = static_cast<D>(s[i]);
+}
+
+template <typename T>
+__device__ __forceinline__ T apply_binary(int op, T a, T b) {
+  switch (op) {
+    case 0: return a + b;
+    case 1: return a - b;
+    case 2: return a * b;
+    default: return a / b;
+  }
+}
+
+template <typename T>
+__global__ void binary_same_kernel(int op, const T* a, const T* b, T* out, int64_t n) {
+  LC_GRID_STRIDE(i, n) out[i] = apply_binary(op, a[i], b[i]);
+}
+
+template <typename T>
+__global__ void binary_scalar_kernel(int op, const T* a, const T* b, T* out, int64_t n) {
+  const T bv = b[0];
+  LC_GRID_STRIDE(i, n) out[i] = apply_binary(op, a[i], bv);
+}
+
+template <typename T>
+__global__ void binary_bcast_kernel(int op, const T* a, Indexer ia, const T* b, Indexer ib,
+                                    T* out, int64_t n) {
+  LC_GRID_STRIDE(i, n) out[i] = apply_binary(op, a[ia(i)], b[ib(i)]);
+}
+
+template <typename T>
+__global__ void affine_kernel(const T* x, T alpha, T beta, T* out, int64_t n) {
+  LC_GRID_STRIDE(i, n) out[i] = alpha * x[i] + beta;
+}
+
+template <typename T>
+__global__ void axpy_kernel(T* y, const T* x, T alpha, int64_t n) {
+  LC_GRID_STRIDE(i, n) y[i] += alpha * x[i];
+}
+
+template <typename T>
+__device__ __forceinline__ T unary_f(int op, T x) {
+  switch (op) {
+    case 0: return x > T(0) ? x : T(0);
+    case 1: return T(0.5) * x * (T(1) + d_erf(x * T(kSqrt1_2)));
+    case 2: {
+      T u = T(kSqrt2OverPi) * (x + T(0.044715) * x * x * x);
+      return T(0.5) * x * (T(1) + d_tanh(u));
+    }
+    case 3: return x / (T(1) + d_exp(-x));
+    case 4: return d_exp(x);
+    case 5: return d_log(x);
+    default: return -x;
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ T unary_df(int op, T x) {
+  switch (op) {
+    case 0: return x > T(0) ? T(1) : T(0);
+    case 1:
+      return T(0.5) * (T(1) + d_erf(x * T(kSqrt1_2))) + x * T(kInvSqrt2Pi) * d_exp(T(-0.5) * x * x);
+    case 2: {
+      T u = T(kSqrt2OverPi) * (x + T(0.044715) * x * x * x);
+      T t = d_tanh(u);
+      return T(0.5) * (T(1) + t) +
+             T(0.5) * x * (T(1) - t * t) * T(kSqrt2OverPi) * (T(1) + T(3 * 0.044715) * x * x);
+    }
+    case 3: {
+      T s = T(1) / (T(1) + d_exp(-x));
+      return s * (T(1) + x * (T(1) - s));
+    }
+    case 4: return d_exp(x);
+    case 5: return T(1) / x;
+    default: return T(-1);
+  }
+}
+
+template <typename T>
+__global__ void unary_kernel(int op, const T* x, T* out, int64_t n) {
+  LC_GRID_STRIDE(i, n) out[i] = unary_f(op, x[i]);
+}
+
+template <typename T>
+__global__ void unary_backward_kernel(int op, const T* x, const T* dy, T* dx, int64_t n) {
+  LC_GRID_STRIDE(i, n) dx[i] = dy[i] * unary_df(op, x[i]);
+}
+
+// Moves elements of 4 or 8 bytes (float, int32, double) by an Indexer.
+template <typename W>
+__global__ void gather_kernel(const W* x, Indexer ix, W* out, int64_t n) {
+  LC_GRID_STRIDE(i, n) out[i] = x[ix(i)];
+}
+
+// *flag starts non-zero; any non-finite element clears it (a plain store:
+// every writer writes the same value).
+template <typename T>
+__global__ void all_finite_kernel(const T* x, int64_t n, int* flag) {
+  LC_GRID_STRIDE(i, n) if (!d_finite(x[i])) *flag = 0;
+}
+
+template <typename T>
+__global__ void dropout_kernel(const T* x, T* out, int64_t n, uint32_t threshold, T keep_scale,
+                               uint64_t seed, uint64_t offset) {
+  LC_GRID_STRIDE(i, n) {
+    out[i] = dropout_keep(seed, offset, static_cast<uint64_t>(i), threshold) ? x[i] * keep_scale
+                                                                             : T(0);
+  }
+}
+
+template <typename T>
+__global__ void broadcast_rows_kernel(T* y, const T* b, int64_t n, int64_t cols) {
+  LC_GRID_STRIDE(i, n) y[i] = b[i % cols];
+}
+
+}  // namespace
+
+// ================================================================ launchers
+
+void fill(Context& c, const Tensor& t, double value) {
+  int64_t n = t.numel();
+  if (!n) return;
+  if (t.dtype == DType::I32) {
+    fill_kernel<int32_t><<<grid_for(n), kThreads, 0, c.stream>>>(dp<int32_t>(t), n,
+                                                                  static_cast<int32_t>(value));
+  } else {
+    dispatch_float(t.dtype, "fill", [&](auto z) {
+      using T = decltype(z);
+      fill_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(dp<T>(t), n, static_cast<T>(value));
+    });
+  }
+  launched(c, "fill");
+}
+
+void random(Context& c, const Tensor& t, bool normal, uint64_t seed, uint64_t offset, double a,
+            double b) {
+  int64_t n = t.numel();
+  if (!n) return;
+  dispatch_float(t.dtype, "random", [&](auto z) {
+    using T = decltype(z);
+    random_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(dp<T>(t), n, normal, seed, offset, a, b);
+  });
+  launched(c, normal ? "randn" : "rand");
+}
+
+void cast_copy(Context& c, const Tensor& dst, const Tensor& src) {
+  int64_t n = dst.numel();
+  if (!n) return;
+  auto from = [&](auto* d) {
+    using D = std::remove_pointer_t<decltype(d)>;
+    switch (src.dtype) {
+      case DType::F32: cast_kernel<D, float><<<grid_for(n), kThreads, 0, c.stream>>>(d, dp<float>(src), n); break;
+      case DType::F64: cast_kernel<D, double><<<grid_for(n), kThreads, 0, c.stream>>>(d, dp<double>(src), n); break;
+      case DType::I32: cast_kernel<D, int32_t><<<grid_for(n), kThreads, 0, c.stream>>>(d, dp<int32_t>(src), n); break;
+    }
+  };
+  switch (dst.dtype) {
+    case DType::F32: from(dp<float>(dst)); break;
+    case DType::F64: from(dp<double>(dst)); break;
+    case DType::I32: from(dp<int32_t>(dst)); break;
+  }
+  launched(c, "copy (dtype cast)");
+}
+
+void binary(Context& c, BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
+  int64_t n = out.numel();
+  if (!n) return;
+  int o = static_cast<int>(op);
+  dispatch_float(out.dtype, "binary op", [&](auto z) {
+    using T = decltype(z);
+    if (a.shape == out.shape && b.shape == out.shape) {
+      binary_same_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(o, dp<T>(a), dp<T>(b), dp<T>(out), n);
+    } else if (a.shape == out.shape && b.numel() == 1) {
+      binary_scalar_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(o, dp<T>(a), dp<T>(b), dp<T>(out), n);
+    } else {
+      auto ix = make_indexers(out.shape, {bcast_strides(a.shape, out.shape), bcast_strides(b.shape, out.shape)});
+      binary_bcast_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(o, dp<T>(a), ix[0], dp<T>(b), ix[1],
+                                                                      dp<T>(out), n);
+    }
+  });
+  launched(c, "binary op");
+}
+
+void affine(Context& c, const Tensor& x, double alpha, double beta, const Tensor& out) {
+  int64_t n = out.numel();
+  if (!n) return;
+  dispatch_float(out.dtype, "affine", [&](auto z) {
+    using T = decltype(z);
+    affine_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(dp<T>(x), static_cast<T>(alpha),
+                                                             static_cast<T>(beta), dp<T>(out), n);
+  });
+  launched(c, "affine");
+}
+
+void axpy(Context& c, const Tensor& y, const Tensor& x, double alpha) {
+  int64_t n = y.numel();
+  if (!n) return;
+  dispatch_float(y.dtype, "accumulate", [&](auto z) {
+    using T = decltype(z);
+    axpy_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(dp<T>(y), dp<T>(x), static_cast<T>(alpha), n);
+  });
+  launched(c, "accumulate");
+}
+
+void unary(Context& c, UnaryOp op, const Tensor& x, const Tensor& out) {
+  int64_t n = out.numel();
+  if (!n) return;
+  dispatch_float(out.dtype, "unary op", [&](auto z) {
+    using T = decltype(z);
+    unary_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(static_cast<int>(op), dp<T>(x), dp<T>(out), n);
+  });
+  launched(c, "unary op");
+}
+
+void unary_backward(Context& c, UnaryOp op, const Tensor& x, const Tensor& dy, const Tensor& dx) {
+  int64_t n = dx.numel();
+  if (!n) return;
+  dispatch_float(dx.dtype, "unary backward", [&](auto z) {
+    using T = decltype(z);
+    unary_backward_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(static_cast<int>(op), dp<T>(x),
+                                                                     dp<T>(dy), dp<T>(dx), n);
+  });
+  launched(c, "unary backward");
+}
+
+void gather(Context& c, const Tensor& x, const Tensor& out, const std::vector<int64_t>& strides) {
+  int64_t n = out.numel();
+  if (!n) return;
+  Indexer ix = make_indexers(out.shape, {strides})[0];
+  if (dtype_size(out.dtype) == 8)
+    gather_kernel<uint64_t><<<grid_for(n), kThreads, 0, c.stream>>>(dp<uint64_t>(x), ix, dp<uint64_t>(out), n);
+  else
+    gather_kernel<uint32_t><<<grid_for(n), kThreads, 0, c.stream>>>(dp<uint32_t>(x), ix, dp<uint32_t>(out), n);
+  launched(c, "expand/permute");
+}
+
+bool all_finite(Context& c, const Tensor& x) {
+  int64_t n = x.numel();
+  if (!n) return true;
+  check(cudaMemsetAsync(c.flag, 1, sizeof(int), c.stream), "cudaMemsetAsync");
+  dispatch_float(x.dtype, "all_finite", [&](auto z) {
+    using T = decltype(z);
+    all_finite_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(dp<T>(x), n, c.flag);
+  });
+  launched(c, "finiteness check");
+  return read_flag(c) != 0;
+}
+
+void dropout(Context& c, const Tensor& x, const Tensor& out, double p, uint64_t seed,
+             uint64_t offset) {
+  int64_t n = out.numel();
+  if (!n) return;
+  uint32_t thr = dropout_threshold(p);
+  dispatch_float(out.dtype, "dropout", [&](auto z) {
+    using T = decltype(z);
+    dropout_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(dp<T>(x), dp<T>(out), n, thr,
+                                                              static_cast<T>(1.0 / (1.0 - p)), seed, offset);
+  });
+  launched(c, "dropout");
+}
+
+void broadcast_rows(Context& c, const Tensor& y, const Tensor& b) {
+  int64_t n = y.numel(), cols = b.numel();
+  if (!n || !cols) return;
+  dispatch_float(y.dtype, "bias", [&](auto z) {
+    using T = decltype(z);
+    broadcast_rows_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(dp<T>(y), dp<T>(b), n, cols);
+  });
+  launched(c, "bias broadcast");
+}
+
+}  // namespace lc::cu

@@ -1,0 +1,78 @@
+// Device helpers shared by the kernel files: strided indexing (broadcast and
+// permuted reads), warp and block reductions, type-generic math, and the
+// float/double dispatch of the launchers.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "../src/cpu/dispatch.h"
+#include "../src/tensor.h"
+#include "indexer.h"
+#include "runtime.h"
+
+namespace lc::cu {
+
+constexpr int kThreads = 256;
+
+#define LC_GRID_STRIDE(i, n)                                                          \
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
+       i += static_cast<int64_t>(blockDim.x) * gridDim.x)
+
+// ---- reductions. Every thread of the warp / block gets the result.
+template <typename A>
+__device__ __forceinline__ A warp_sum(A v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+template <typename A>
+__device__ __forceinline__ A warp_max(A v) {
+  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+// blockDim.x must be a multiple of 32 (at most 1024); every thread must call it.
+template <typename A>
+__device__ A block_sum(A v) {
+  __shared__ A part[32];
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // the previous call's readers are done with `part`
+  if (lane == 0) part[w] = v;
+  __syncthreads();
+  return warp_sum(lane < nw ? part[lane] : A(0));
+}
+template <typename A>
+__device__ A block_max(A v) {
+  __shared__ A part[32];
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) part[w] = v;
+  __syncthreads();
+  return warp_max(lane < nw ? part[lane] : A(-INFINITY));
+}
+
+// ---- math on float and double with the matching precision.
+__device__ __forceinline__ float d_exp(float x) { return expf(x); }
+__device__ __forceinline__ double d_exp(double x) { return exp(x); }
+__device__ __forceinline__ float d_log(float x) { return logf(x); }
+__device__ __forceinline__ double d_log(double x) { return log(x); }
+__device__ __forceinline__ float d_erf(float x) { return erff(x); }
+__device__ __forceinline__ double d_erf(double x) { return erf(x); }
+__device__ __forceinline__ float d_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double d_tanh(double x) { return tanh(x); }
+__device__ __forceinline__ float d_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double d_sqrt(double x) { return sqrt(x); }
+__device__ __forceinline__ bool d_finite(float x) { return isfinite(x); }
+__device__ __forceinline__ bool d_finite(double x) { return isfinite(x); }
+
+// Typed device pointer of a tensor.
+template <typename T>
+inline T* dp(const Tensor& t) {
+  return static_cast<T*>(t.raw());
+}
+
+}  // namespace lc::cu

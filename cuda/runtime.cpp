@@ -1,0 +1,448 @@
+// The CUDA runtime side of the backend: probing (driver, devices, cuBLAS),
+// per-device contexts, error checks, synchronisation, the caching allocator,
+// memory statistics and events. Every CUDA and cuBLAS call is checked.
+#include "runtime.h"
+
+#include <dlfcn.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <unordered_map>
+
+#include "../src/cuda_api.h"
+
+#ifndef LORA_CUDA_ARCHS_STR
+#define LORA_CUDA_ARCHS_STR ""
+#endif
+
+namespace lc::cu {
+namespace {
+
+std::atomic<bool> g_allow_tf32{false};
+
+std::string mib(double bytes) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.1f MiB", bytes / (1024.0 * 1024.0));
+  return b;
+}
+
+std::string cuda_version_str(int v) {
+  return std::to_string(v / 1000) + "." + std::to_string((v % 1000) / 10);
+}
+
+bool sticky(cudaError_t e) {
+  switch (e) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorHardwareStackError:
+    case cudaErrorAssert:
+    case cudaErrorLaunchTimeout:
+      return true;
+    default:
+      return false;
+  }
+}
+
+lc::cuda::Info probe() {
+  lc::cuda::Info info;
+  info.compiled = true;
+  info.runtime_version = CUDART_VERSION;
+  info.architectures = LORA_CUDA_ARCHS_STR;
+  // The static runtime loads the driver library itself; asking the loader first
+  // gives the plain reason when there is none.
+  if (!dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL)) {
+    const char* e = dlerror();
+    info.reason = std::string("no NVIDIA driver: libcuda.so.1 could not be loaded (") +
+                  (e ? e : "not found") + ")";
+    return info;
+  }
+  int dv = 0;
+  cudaDriverGetVersion(&dv);
+  info.driver_version = dv;
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  cudaGetLastError();
+  if (e == cudaErrorInsufficientDriver || (e == cudaSuccess && dv && dv < CUDART_VERSION / 1000 * 1000)) {
+    info.reason = "the NVIDIA driver is too old: it supports CUDA " + cuda_version_str(dv) +
+                  ", this build needs CUDA " + cuda_version_str(CUDART_VERSION / 1000 * 1000) +
+                  " or newer (update the driver)";
+    return info;
+  }
+  if (e == cudaErrorNoDevice || (e == cudaSuccess && n == 0)) {
+    info.reason = "no CUDA GPU was found (the driver is installed; check CUDA_VISIBLE_DEVICES)";
+    return info;
+  }
+  if (e != cudaSuccess) {
+    info.reason = std::string("CUDA could not be initialised: ") + cudaGetErrorString(e) + " (" +
+                  cudaGetErrorName(e) + ")";
+    return info;
+  }
+  for (int i = 0; i < n; ++i) {
+    cudaDeviceProp p;
+    std::memset(&p, 0, sizeof p);
+    if (cudaGetDeviceProperties(&p, i) != cudaSuccess) {
+      cudaGetLastError();
+      continue;
+    }
+    lc::cuda::DeviceInfo d;
+    d.name = p.name;
+    d.memory = static_cast<int64_t>(p.totalGlobalMem);
+    d.major = p.major;
+    d.minor = p.minor;
+    d.multiprocessors = p.multiProcessorCount;
+    info.devices.push_back(d);
+  }
+  if (info.devices.empty()) {
+    info.reason = "no CUDA GPU could be queried";
+    return info;
+  }
+  // Machine code starts at sm_75; older GPUs cannot run these kernels.
+  for (const auto& d : info.devices) {
+    if (d.major * 10 + d.minor < 75) {
+      info.reason = "GPU " + d.name + " has compute capability " + std::to_string(d.major) + "." +
+                    std::to_string(d.minor) + "; this build needs 7.5 or newer";
+      return info;
+    }
+  }
+  const Cublas& b = cublas();
+  info.cublas_path = b.path;
+  info.cublas_version = b.version;
+  if (!b.loaded) {
+    info.reason = b.error +
+                  ". Install cuBLAS 12 or 13 (the CUDA toolkit, or the nvidia-cublas Python wheel with "
+                  "its lib directory on LD_LIBRARY_PATH), or set LORA_CUDA_CUBLAS to the library's path";
+    return info;
+  }
+  info.available = true;
+  return info;
+}
+
+std::mutex g_ctx_mu;
+std::vector<Context*>& contexts() {
+  static auto* v = new std::vector<Context*>();  // never destroyed: tensors may outlive statics
+  return *v;
+}
+
+// Pinned host copies of the device words, per context.
+struct HostWords {
+  DeviceError err;
+  int flag;
+};
+std::unordered_map<const Context*, HostWords*>& host_words() {
+  static auto* m = new std::unordered_map<const Context*, HostWords*>();
+  return *m;
+}
+
+Context* create_context(int index) {
+  auto* c = new Context();
+  c->index = index;
+  check(cudaSetDevice(index), "cudaSetDevice");
+  check(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  int pools = 0;
+  check(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, index), "cudaDeviceGetAttribute");
+  c->pools = pools != 0;
+  if (c->pools) {
+    // Keep freed memory in the pool: a training step then never calls the driver.
+    cudaMemPool_t pool;
+    check(cudaDeviceGetDefaultMemPool(&pool, index), "cudaDeviceGetDefaultMemPool");
+    uint64_t keep = UINT64_MAX;
+    check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep),
+          "cudaMemPoolSetAttribute");
+  }
+  int sms = 1;
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, index), "cudaDeviceGetAttribute");
+  c->multiprocessors = sms;
+  check(cudaMalloc(reinterpret_cast<void**>(&c->err), sizeof(DeviceError)), "cudaMalloc");
+  check(cudaMalloc(reinterpret_cast<void**>(&c->flag), sizeof(int)), "cudaMalloc");
+  check(cudaMemsetAsync(c->err, 0, sizeof(DeviceError), c->stream), "cudaMemsetAsync");
+  HostWords* hw = nullptr;
+  check(cudaMallocHost(reinterpret_cast<void**>(&hw), sizeof(HostWords)), "cudaMallocHost");
+  std::memset(hw, 0, sizeof *hw);
+  host_words()[c] = hw;
+  const char* s = std::getenv("LORA_CUDA_SYNC");
+  c->sync_each_op = s && *s && std::strcmp(s, "0") != 0;
+  check(cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
+  return c;
+}
+
+std::string device_error_message(const DeviceError& d) {
+  auto s = [](long long v) { return std::to_string(v); };
+  switch (d.code) {
+    case kErrEmbeddingId:
+      return "embedding: id " + s(d.a) + " at index " + s(d.b) + " is outside [0, " + s(d.c) + ")";
+    case kErrEmbeddingBackwardId:
+      return "embedding backward: id " + s(d.a) + " at index " + s(d.b) + " is outside [0, " +
+             s(d.c) + ")";
+    case kErrCrossEntropyTarget:
+      return "cross entropy: target " + s(d.a) + " at row " + s(d.b) + " is outside [0, " + s(d.c) +
+             ")";
+    default:
+      return "a CUDA kernel reported bad input (code " + s(d.code) + ")";
+  }
+}
+
+}  // namespace
+
+[[noreturn]] void throw_cuda(cudaError_t e, const std::string& what) {
+  cudaGetLastError();  // a non-sticky error must not be reported again by the next check
+  std::string msg = what + ": " + cudaGetErrorString(e) + " (" + cudaGetErrorName(e) + ")";
+  if (sticky(e)) msg += "; the GPU context is no longer usable in this process";
+  throw Error(msg, e == cudaErrorMemoryAllocation ? "ERR_CUDA_OOM" : "ERR_CUDA");
+}
+
+void check_blas(cublasStatus_t s, const char* what) {
+  if (s == 0) return;
+  std::string name = cublas_status_name(s);
+  const Cublas& b = cublas();
+  std::string detail = b.status_string ? b.status_string(s) : "";
+  throw Error(std::string(what) + " failed: " + name + (detail.empty() ? "" : " (" + detail + ")"),
+              s == 3 ? "ERR_CUDA_OOM" : "ERR_CUDA");
+}
+
+Context& context(int index) {
+  const lc::cuda::Info& i = lc::cuda::info();
+  if (!i.available) throw Error("CUDA is not available: " + i.reason, "ERR_CUDA_UNAVAILABLE");
+  int n = static_cast<int>(i.devices.size());
+  if (index < 0 || index >= n)
+    throw Error("device cuda:" + std::to_string(index) + " does not exist (" + std::to_string(n) +
+                    " CUDA device" + (n == 1 ? "" : "s") + ")",
+                "ERR_CUDA_UNAVAILABLE");
+  std::lock_guard<std::mutex> lk(g_ctx_mu);
+  auto& v = contexts();
+  if (v.size() < static_cast<size_t>(n)) v.resize(n, nullptr);
+  if (!v[index]) v[index] = create_context(index);
+  return *v[index];
+}
+
+Guard::Guard(Context& c) : ctx(c), lock_(c.mu) { check(cudaSetDevice(c.index), "cudaSetDevice"); }
+
+void launched(Context& c, const char* op) {
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) throw_cuda(e, std::string(op) + ": kernel launch failed");
+  if (c.pending.size() < 16) c.pending.push_back(op);
+  else c.pending.back() = std::string("... ") + op;
+  if (c.sync_each_op) sync(c);
+}
+
+void sync(Context& c) {
+  HostWords* hw = host_words()[&c];
+  cudaError_t e = cudaMemcpyAsync(&hw->err, c.err, sizeof(DeviceError), cudaMemcpyDeviceToHost, c.stream);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(c.stream);
+  if (e != cudaSuccess) {
+    size_t n = c.pending.size();
+    std::string ops;
+    for (size_t i = 0; i < n; ++i) ops += (i ? ", " : "") + c.pending[i];
+    c.pending.clear();
+    if (n == 0) throw_cuda(e, "CUDA error at synchronisation");
+    if (n == 1) throw_cuda(e, "CUDA error in " + ops);
+    throw_cuda(e, "CUDA error in one of the ops queued since the last synchronisation (" + ops +
+                      "; set LORA_CUDA_SYNC=1 to stop at the failing one)");
+  }
+  c.pending.clear();
+  if (hw->err.code != kErrNone) {
+    DeviceError d = hw->err;
+    hw->err.code = kErrNone;
+    check(cudaMemsetAsync(c.err, 0, sizeof(DeviceError), c.stream), "cudaMemsetAsync");
+    throw Error(device_error_message(d));
+  }
+}
+
+int read_flag(Context& c) {
+  HostWords* hw = host_words()[&c];
+  check(cudaMemcpyAsync(&hw->flag, c.flag, sizeof(int), cudaMemcpyDeviceToHost, c.stream),
+        "cudaMemcpyAsync");
+  sync(c);
+  return hw->flag;
+}
+
+void* device_alloc(Context& c, size_t bytes) {
+  void* p = nullptr;
+  auto attempt = [&]() { return c.pools ? cudaMallocAsync(&p, bytes, c.stream) : cudaMalloc(&p, bytes); };
+  cudaError_t e = attempt();
+  if (e == cudaErrorMemoryAllocation) {
+    cudaGetLastError();
+    // Give the cache back to the driver (once queued work no longer needs it) and retry once.
+    check(cudaStreamSynchronize(c.stream), "cudaStreamSynchronize");
+    if (c.pools) {
+      cudaMemPool_t pool;
+      check(cudaDeviceGetDefaultMemPool(&pool, c.index), "cudaDeviceGetDefaultMemPool");
+      check(cudaMemPoolTrimTo(pool, 0), "cudaMemPoolTrimTo");
+    }
+    e = attempt();
+  }
+  if (e == cudaErrorMemoryAllocation) {
+    cudaGetLastError();
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    cudaGetLastError();
+    throw Error("CUDA out of memory on cuda:" + std::to_string(c.index) + ": could not allocate " +
+                    mib(static_cast<double>(bytes)) + " (lora-cuda holds " +
+                    mib(static_cast<double>(c.allocated)) + " in tensors; the GPU has " +
+                    mib(static_cast<double>(free_b)) + " free of " +
+                    mib(static_cast<double>(total_b)) + ")",
+                "ERR_CUDA_OOM");
+  }
+  check(e, c.pools ? "cudaMallocAsync" : "cudaMalloc");
+  c.allocated += static_cast<int64_t>(bytes);
+  if (c.allocated > c.peak) c.peak = c.allocated;
+  return p;
+}
+
+void device_free(Context& c, void* p, size_t bytes) noexcept {
+  // Stream-ordered: the memory returns to the pool after the queued work that
+  // uses it. Errors are ignored (at exit the runtime may already be gone).
+  cudaError_t e = c.pools ? cudaFreeAsync(p, c.stream) : cudaFree(p);
+  if (e != cudaSuccess) cudaGetLastError();
+  c.allocated -= static_cast<int64_t>(bytes);
+}
+
+cublasHandle_t blas_handle(Context& c, bool fp32) {
+  const Cublas& b = cublas();
+  if (!c.blas) {
+    cublasHandle_t h = nullptr;
+    check_blas(b.create(&h), "cublasCreate");
+    c.blas = h;
+    check_blas(b.set_stream(h, c.stream), "cublasSetStream");
+  }
+  int want = fp32 && g_allow_tf32.load() ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH;
+  if (want != c.blas_math) {
+    check_blas(b.set_math_mode(c.blas, static_cast<cublasMath_t>(want)), "cublasSetMathMode");
+    c.blas_math = want;
+  }
+  return c.blas;
+}
+
+}  // namespace lc::cu
+
+// ---------------------------------------------------------------- lc::cuda API
+
+namespace lc::cuda {
+
+using namespace lc::cu;
+
+const Info& info() {
+  static const Info i = probe();
+  return i;
+}
+
+void synchronize(int index) {
+  if (index >= 0) {
+    Context& c = context(index);
+    Guard g(c);
+    sync(c);
+    return;
+  }
+  std::vector<Context*> all;
+  {
+    std::lock_guard<std::mutex> lk(g_ctx_mu);
+    all = contexts();
+  }
+  for (Context* c : all)
+    if (c) {
+      Guard g(*c);
+      sync(*c);
+    }
+}
+
+MemoryStats memory_stats(int index) {
+  Context& c = context(index);
+  Guard g(c);
+  MemoryStats s;
+  s.allocated = c.allocated;
+  s.peak = c.peak;
+  if (c.pools) {
+    cudaMemPool_t pool;
+    check(cudaDeviceGetDefaultMemPool(&pool, c.index), "cudaDeviceGetDefaultMemPool");
+    uint64_t r = 0;
+    check(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &r), "cudaMemPoolGetAttribute");
+    s.reserved = static_cast<int64_t>(r);
+  } else {
+    s.reserved = c.allocated;
+  }
+  return s;
+}
+
+void reset_peak(int index) {
+  Context& c = context(index);
+  Guard g(c);
+  c.peak = c.allocated;
+}
+
+void empty_cache(int index) {
+  Context& c = context(index);
+  Guard g(c);
+  sync(c);
+  if (c.pools) {
+    cudaMemPool_t pool;
+    check(cudaDeviceGetDefaultMemPool(&pool, c.index), "cudaDeviceGetDefaultMemPool");
+    check(cudaMemPoolTrimTo(pool, 0), "cudaMemPoolTrimTo");
+  }
+}
+
+void set_allow_tf32(bool allow) { g_allow_tf32.store(allow); }
+bool allow_tf32() { return g_allow_tf32.load(); }
+
+namespace {
+struct Event {
+  cudaEvent_t ev;
+  int dev;
+};
+std::mutex g_ev_mu;
+std::unordered_map<int64_t, Event>& events() {
+  static auto* m = new std::unordered_map<int64_t, Event>();
+  return *m;
+}
+int64_t g_next_event = 1;
+Event find_event(int64_t id) {
+  std::lock_guard<std::mutex> lk(g_ev_mu);
+  auto it = events().find(id);
+  if (it == events().end()) throw Error("unknown CUDA event " + std::to_string(id));
+  return it->second;
+}
+}  // namespace
+
+int64_t event_record(int index) {
+  Context& c = context(index);
+  Guard g(c);
+  cudaEvent_t e;
+  check(cudaEventCreate(&e), "cudaEventCreate");
+  cudaError_t r = cudaEventRecord(e, c.stream);
+  if (r != cudaSuccess) {
+    cudaEventDestroy(e);
+    throw_cuda(r, "cudaEventRecord");
+  }
+  std::lock_guard<std::mutex> lk(g_ev_mu);
+  int64_t id = g_next_event++;
+  events()[id] = Event{e, index};
+  return id;
+}
+
+double event_elapsed_ms(int64_t start, int64_t end) {
+  Event a = find_event(start), b = find_event(end);
+  Context& c = context(b.dev);
+  Guard g(c);
+  sync(c);  // surfaces a kernel error with the op names instead of a bare event error
+  float ms = 0;
+  check(cudaEventElapsedTime(&ms, a.ev, b.ev), "cudaEventElapsedTime");
+  return ms;
+}
+
+void event_destroy(int64_t id) {
+  Event e{};
+  {
+    std::lock_guard<std::mutex> lk(g_ev_mu);
+    auto it = events().find(id);
+    if (it == events().end()) return;
+    e = it->second;
+    events().erase(it);
+  }
+  cudaEventDestroy(e.ev);
+  cudaGetLastError();
+}
+
+}  // namespace lc::cuda

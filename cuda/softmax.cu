@@ -1,0 +1,171 @@
+// Row-wise ops over the last dim: softmax and its backward, and the fused
+// cross entropy (log-softmax and NLL with ignore index and label smoothing).
+// One block per row, its threads striding over the columns; sums in double
+// as on the CPU.
+#include "kernels.cuh"
+#include "ops.h"
+
+namespace lc::cu {
+
+// ================================================================ kernels
+namespace {
+
+template <typename T>
+__global__ void softmax_kernel(const T* x, T* y, int64_t rows, int64_t cols) {
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const T* r = x + row * cols;
+    T* o = y + row * cols;
+    T mx = T(-INFINITY);
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) mx = max(mx, r[j]);
+    mx = block_max(mx);
+    double s = 0;
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) s += static_cast<double>(d_exp(r[j] - mx));
+    s = block_sum(s);
+    const T inv = static_cast<T>(1.0 / s);
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) o[j] = d_exp(r[j] - mx) * inv;
+  }
+}
+
+// dx = y * (dy - sum_j dy_j y_j) per row (set).
+template <typename T>
+__global__ void softmax_backward_kernel(const T* y, const T* dy, T* dx, int64_t rows, int64_t cols) {
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const T* yr = y + row * cols;
+    const T* gr = dy + row * cols;
+    T* dr = dx + row * cols;
+    double dot = 0;
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x)
+      dot += static_cast<double>(gr[j]) * static_cast<double>(yr[j]);
+    const T d = static_cast<T>(block_sum(dot));
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) dr[j] = yr[j] * (gr[j] - d);
+  }
+}
+
+template <typename T>
+__global__ void cross_entropy_forward_kernel(const T* logits, const int32_t* targets, int64_t N,
+                                             int64_t C, int64_t ignore, double ls, T* loss_rows,
+                                             T* lse, DeviceError* err) {
+  for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
+    const T* row = logits + i * C;
+    const int64_t ti = targets[i];
+    const bool ignored = ti == ignore;
+    const bool bad = !ignored && (ti < 0 || ti >= C);
+    double mx = -INFINITY;
+    for (int64_t j = threadIdx.x; j < C; j += blockDim.x) mx = max(mx, static_cast<double>(row[j]));
+    mx = block_max(mx);
+    double s = 0, sum_x = 0;
+    for (int64_t j = threadIdx.x; j < C; j += blockDim.x) {
+      double v = static_cast<double>(row[j]);
+      s += exp(v - mx);
+      sum_x += v;
+    }
+    s = block_sum(s);
+    sum_x = block_sum(sum_x);
+    if (threadIdx.x != 0) continue;
+    const double l = mx + log(s);
+    lse[i] = static_cast<T>(l);
+    if (bad) {
+      if (atomicCAS(&err->code, 0, kErrCrossEntropyTarget) == 0) {
+        err->a = ti;
+        err->b = i;
+        err->c = C;
+      }
+      loss_rows[i] = T(0);
+      continue;
+    }
+    if (ignored) {
+      loss_rows[i] = T(0);
+      continue;
+    }
+    const double nll = l - static_cast<double>(row[ti]);
+    const double smooth = l - sum_x / static_cast<double>(C);
+    loss_rows[i] = static_cast<T>((1.0 - ls) * nll + ls * smooth);
+  }
+}
+
+// dlogits (set) = grad * scale * (softmax - smoothed one-hot); 0 for ignored rows.
+template <typename T>
+__global__ void cross_entropy_backward_kernel(const T* logits, const T* lse, const int32_t* targets,
+                                              int64_t N, int64_t C, int64_t ignore, double ls,
+                                              const T* grad, bool per_row, double grad_scale,
+                                              T* dlogits) {
+  const double off = ls / static_cast<double>(C);
+  for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
+    T* drow = dlogits + i * C;
+    const int64_t ti = targets[i];
+    if (ti == ignore) {
+      for (int64_t j = threadIdx.x; j < C; j += blockDim.x) drow[j] = T(0);
+      continue;
+    }
+    const T* row = logits + i * C;
+    const double gs = grad_scale * static_cast<double>(grad[per_row ? i : 0]);
+    const double l = static_cast<double>(lse[i]);
+    for (int64_t j = threadIdx.x; j < C; j += blockDim.x) {
+      double target = off + (j == ti ? 1.0 - ls : 0.0);
+      drow[j] = static_cast<T>(gs * (exp(static_cast<double>(row[j]) - l) - target));
+    }
+  }
+}
+
+// Threads per row: enough for long rows, no idle warps for short ones.
+int row_threads(int64_t cols) {
+  return cols >= 2048 ? 256 : cols >= 512 ? 128 : cols >= 128 ? 64 : 32;
+}
+unsigned row_grid(int64_t rows) {
+  return static_cast<unsigned>(std::min<int64_t>(rows, 1 << 20));
+}
+
+}  // namespace
+
+// ================================================================ launchers
+
+void softmax(Context& c, const Tensor& x, const Tensor& y) {
+  const int64_t cols = x.shape.back(), rows = cols ? x.numel() / cols : 0;
+  if (!rows || !cols) return;
+  dispatch_float(x.dtype, "softmax", [&](auto z) {
+    using T = decltype(z);
+    softmax_kernel<T><<<row_grid(rows), row_threads(cols), 0, c.stream>>>(dp<T>(x), dp<T>(y), rows, cols);
+  });
+  launched(c, "softmax");
+}
+
+void softmax_backward(Context& c, const Tensor& y, const Tensor& dy, const Tensor& dx) {
+  const int64_t cols = y.shape.back(), rows = cols ? y.numel() / cols : 0;
+  if (!rows || !cols) return;
+  dispatch_float(y.dtype, "softmax backward", [&](auto z) {
+    using T = decltype(z);
+    softmax_backward_kernel<T><<<row_grid(rows), row_threads(cols), 0, c.stream>>>(
+        dp<T>(y), dp<T>(dy), dp<T>(dx), rows, cols);
+  });
+  launched(c, "softmax backward");
+}
+
+void cross_entropy_forward(Context& c, const Tensor& logits, const Tensor& targets,
+                           int64_t ignore_index, double ls, const Tensor& loss_rows,
+                           const Tensor& lse) {
+  const int64_t N = logits.shape[0], C = logits.shape[1];
+  if (!N || !C) return;
+  dispatch_float(logits.dtype, "cross entropy", [&](auto z) {
+    using T = decltype(z);
+    cross_entropy_forward_kernel<T><<<row_grid(N), row_threads(C), 0, c.stream>>>(
+        dp<T>(logits), dp<int32_t>(targets), N, C, ignore_index, ls, dp<T>(loss_rows), dp<T>(lse),
+        c.err);
+  });
+  launched(c, "cross entropy");
+}
+
+void cross_entropy_backward(Context& c, const Tensor& logits, const Tensor& lse,
+                            const Tensor& targets, int64_t ignore_index, double ls,
+                            const Tensor& grad, double grad_scale, const Tensor& dlogits) {
+  const int64_t N = logits.shape[0], C = logits.shape[1];
+  if (!N || !C) return;
+  dispatch_float(logits.dtype, "cross entropy backward", [&](auto z) {
+    using T = decltype(z);
+    cross_entropy_backward_kernel<T><<<row_grid(N), row_threads(C), 0, c.stream>>>(
+        dp<T>(logits), dp<T>(lse), dp<int32_t>(targets), N, C, ignore_index, ls, dp<T>(grad),
+        grad.numel() != 1, grad_scale, dp<T>(dlogits));
+  });
+  launched(c, "cross entropy backward");
+}
+
+}  // namespace lc::cu

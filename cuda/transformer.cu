@@ -1,0 +1,914 @@
+// CUDA kernels of the transformer blocks: embedding, RMSNorm, rotary position
+// embedding and scaled dot-product attention, forward and backward (semantics
+// in src/backend.h, reference in src/cpu/cpu_transformer.cpp). Sums run in
+// double where the CPU sums in double. Attention is a tiled online-softmax
+// kernel (one warp per query row, keys staged through shared memory) with a
+// plain global-memory path for head dims the tiles cannot hold; its backward
+// is atomic-free and deterministic: one kernel per query row (D_i and dq),
+// one per key row (dk and dv, summed over the query heads of its group).
+#include <algorithm>
+#include <initializer_list>
+#include <type_traits>
+
+#include "kernels.cuh"
+#include "ops.h"
+
+namespace lc::cu {
+
+// ================================================================ kernels
+namespace {
+
+constexpr unsigned kFull = 0xffffffffu;
+// The attention tiles stay within the default dynamic shared memory limit, so
+// no opt-in attribute (and no per-architecture limit) is needed.
+constexpr int64_t kSmemBytes = 48 * 1024;
+// The tiled attention kernels keep a row of up to 32 * kMaxNV values per lane
+// in registers; wider heads take the global-memory path.
+constexpr int kMaxNV = 8;
+
+__device__ __forceinline__ float tf_fma(float a, float b, float c) { return fmaf(a, b, c); }
+__device__ __forceinline__ double tf_fma(double a, double b, double c) { return fma(a, b, c); }
+
+template <typename T>
+__device__ __forceinline__ T neg_inf() {
+  return static_cast<T>(-INFINITY);
+}
+
+// ---------------------------------------------------------------- embedding
+
+// Flat index of the first bad id, by atomicMin, so that the report names the
+// lowest index (as the CPU does) whatever the order blocks run in.
+__device__ __forceinline__ void note_bad(unsigned long long* first, int64_t n) {
+  atomicMin(first, static_cast<unsigned long long>(n));
+}
+
+__global__ void ids_check_kernel(const int32_t* ids, int64_t N, int64_t V,
+                                 unsigned long long* first) {
+  LC_GRID_STRIDE(n, N) {
+    const int64_t id = ids[n];
+    if (id < 0 || id >= V) note_bad(first, n);
+  }
+}
+
+// One thread: turns the first bad index (all ones: none) into the device error
+// report; an earlier op's report, if any, wins.
+__global__ void ids_report_kernel(const int32_t* ids, const unsigned long long* first, int64_t N,
+                                  int64_t V, int code, DeviceError* err) {
+  if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  const unsigned long long n = *first;
+  if (n >= static_cast<unsigned long long>(N)) return;
+  if (atomicCAS(&err->code, 0, code) == 0) {
+    err->a = ids[n];
+    err->b = static_cast<long long>(n);
+    err->c = V;
+  }
+}
+
+// Threads over the flat [N, D] output, so consecutive threads copy
+// consecutive columns of a row. A bad id gives a zero row, never a read.
+template <typename T>
+__global__ void embedding_forward_kernel(const int32_t* ids, const T* w, T* out, int64_t N,
+                                         int64_t V, int64_t D, unsigned long long* first) {
+  LC_GRID_STRIDE(i, N * D) {
+    const int64_t n = i / D, d = i - n * D;
+    const int64_t id = ids[n];
+    if (id < 0 || id >= V) {
+      out[i] = T(0);
+      if (d == 0) note_bad(first, n);
+    } else {
+      out[i] = w[id * D + d];
+    }
+  }
+}
+
+// dweight (zeroed before) += dy rows at their ids; repeated ids meet in atomicAdd.
+template <typename T>
+__global__ void embedding_backward_kernel(const int32_t* ids, const T* dy, T* dw, int64_t N,
+                                          int64_t V, int64_t D, unsigned long long* first) {
+  LC_GRID_STRIDE(i, N * D) {
+    const int64_t n = i / D, d = i - n * D;
+    const int64_t id = ids[n];
+    if (id < 0 || id >= V) {
+      if (d == 0) note_bad(first, n);
+    } else {
+      atomicAdd(dw + id * D + d, dy[i]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- RMSNorm
+
+// One block per row (block-uniform row loop, so block_sum's barriers are too).
+template <typename T>
+__global__ void rms_norm_forward_kernel(const T* x, const T* w, double eps, T* y, T* rstd,
+                                        int64_t R, int64_t D) {
+  for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
+    const T* xr = x + r * D;
+    T* yr = y + r * D;
+    double ss = 0;
+    for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
+      ss += static_cast<double>(xr[j]) * static_cast<double>(xr[j]);
+    ss = block_sum(ss);
+    const T rs = static_cast<T>(1.0 / sqrt(ss / static_cast<double>(D) + eps));
+    if (threadIdx.x == 0) rstd[r] = rs;
+    // weight * (x * rstd), in this order, as LlamaRMSNorm and the CPU.
+    if (w)
+      for (int64_t j = threadIdx.x; j < D; j += blockDim.x) yr[j] = w[j] * (xr[j] * rs);
+    else
+      for (int64_t j = threadIdx.x; j < D; j += blockDim.x) yr[j] = xr[j] * rs;
+  }
+}
+
+// dx_k = r g_k - r^3 x_k / D * sum_j g_j x_j, g = dy * weight; one block per row.
+template <typename T>
+__global__ void rms_norm_backward_dx_kernel(const T* dy, const T* x, const T* w, const T* rstd,
+                                            T* dx, int64_t R, int64_t D) {
+  for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
+    const T* xr = x + r * D;
+    const T* gr = dy + r * D;
+    T* dr = dx + r * D;
+    double dot = 0;
+    if (w)
+      for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
+        dot += static_cast<double>(gr[j]) * static_cast<double>(w[j]) * static_cast<double>(xr[j]);
+    else
+      for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
+        dot += static_cast<double>(gr[j]) * static_cast<double>(xr[j]);
+    dot = block_sum(dot);
+    const double rs = static_cast<double>(rstd[r]);
+    const T cc = static_cast<T>(rs * rs * rs * dot / static_cast<double>(D));
+    const T rt = static_cast<T>(rs);
+    if (w)
+      for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
+        dr[j] = rt * (gr[j] * w[j]) - cc * xr[j];
+    else
+      for (int64_t j = threadIdx.x; j < D; j += blockDim.x) dr[j] = rt * gr[j] - cc * xr[j];
+  }
+}
+
+constexpr int kColTile = 32;  // columns per block of the dweight reduction (blockDim.x)
+constexpr int kColRows = 8;   // row lanes per block (blockDim.y)
+
+// First pass of dweight_j = sum_r dy_rj x_rj r_r: block (x, y) sums column tile
+// x over row chunk y into part[y, j] (double). Threads over columns keep the
+// reads coalesced; no atomics, so the result is deterministic.
+template <typename T>
+__global__ void rms_norm_dweight_partial_kernel(const T* dy, const T* x, const T* rstd,
+                                                int64_t R, int64_t D, int64_t chunk_rows,
+                                                double* part) {
+  __shared__ double sh[kColRows][kColTile];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * kColTile + tx;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * chunk_rows;
+  const int64_t r1 = min(R, r0 + chunk_rows);
+  double acc = 0;
+  if (j < D)
+    for (int64_t r = r0 + ty; r < r1; r += kColRows)
+      acc += static_cast<double>(dy[r * D + j]) *
+             (static_cast<double>(x[r * D + j]) * static_cast<double>(rstd[r]));
+  sh[ty][tx] = acc;
+  __syncthreads();
+  if (ty == 0 && j < D) {
+    double s = 0;
+    for (int k = 0; k < kColRows; ++k) s += sh[k][tx];
+    part[static_cast<int64_t>(blockIdx.y) * D + j] = s;
+  }
+}
+
+// Second pass: dweight_j = sum over the P chunks, in chunk order.
+template <typename T>
+__global__ void rms_norm_dweight_final_kernel(const double* part, int64_t P, int64_t D, T* dw) {
+  LC_GRID_STRIDE(j, D) {
+    double s = 0;
+    for (int64_t p = 0; p < P; ++p) s += part[p * D + j];
+    dw[j] = static_cast<T>(s);
+  }
+}
+
+// ---------------------------------------------------------------- rotary
+
+// With h = Dh / 2, per row of Dh at position t = row % Tn:
+//   forward:  out_j = x_j c_j - x_{j+h} s_j (j < h),       x_j c_j + x_{j-h} s_j (j >= h)
+//   adjoint:  dx_j = g_j c_j + g_{j+h} s_{j+h} (j < h),   g_j c_j - g_{j-h} s_{j-h} (j >= h)
+template <typename T>
+__global__ void rotary_kernel(const T* x, const T* cs, const T* sn, T* out, int64_t n, int64_t Tn,
+                              int64_t Dh, bool adjoint) {
+  const int64_t h = Dh / 2;
+  LC_GRID_STRIDE(i, n) {
+    const int64_t r = i / Dh, j = i - r * Dh;
+    const T* xr = x + r * Dh;
+    const T* c = cs + (r % Tn) * Dh;
+    const T* s = sn + (r % Tn) * Dh;
+    T o;
+    if (!adjoint)
+      o = j < h ? xr[j] * c[j] - xr[j + h] * s[j] : xr[j] * c[j] + xr[j - h] * s[j];
+    else
+      o = j < h ? xr[j] * c[j] + xr[j + h] * s[j + h] : xr[j] * c[j] - xr[j - h] * s[j - h];
+    out[i] = o;
+  }
+}
+
+// ---------------------------------------------------------------- attention
+
+struct AttnDims {
+  int64_t B, Hq, Hkv, T, S, Dh, Dv, group;
+};
+
+// Flat kv slice read by query slice bh = b * Hq + h.
+__device__ __forceinline__ int64_t kv_of(const AttnDims& a, int64_t bh) {
+  return (bh / a.Hq) * a.Hkv + (bh % a.Hq) / a.group;
+}
+// Keys visible to query row i.
+__device__ __forceinline__ int64_t visible(const AttnDims& a, int64_t i, bool causal) {
+  return causal ? min(i + 1, a.S) : a.S;
+}
+
+// Odd row stride of a shared-memory tile read one row per lane: lanes then hit
+// distinct banks (for double, distinct bank pairs per half-warp).
+__host__ __device__ __forceinline__ int64_t odd_stride(int64_t n) { return n | 1; }
+
+// The scaled score (scale * q) . k and the plain dot product, summed in index
+// order with explicit fma: every kernel (tiled or not, forward or backward)
+// computes a score with the same operations, so the backward's probabilities
+// are the forward's to the last bit.
+template <typename T>
+__device__ __forceinline__ T score(const T* q, const T* k, int64_t n, T scale) {
+  T acc = T(0);
+  for (int64_t d = 0; d < n; ++d) acc = tf_fma(scale * q[d], k[d], acc);
+  return acc;
+}
+template <typename T>
+__device__ __forceinline__ T dot(const T* a, const T* b, int64_t n) {
+  T acc = T(0);
+  for (int64_t d = 0; d < n; ++d) acc = tf_fma(a[d], b[d], acc);
+  return acc;
+}
+
+// Register row (element d = lane + 32 k) += sum_{lo <= jj < hi} coef of lane jj *
+// src[jj * stride + d], d < len. The whole warp calls it with the same lo, hi.
+template <typename T, int NV>
+__device__ __forceinline__ void acc_rows(T (&acc)[NV], int64_t len, T coef, int lo, int hi,
+                                         const T* src, int64_t stride) {
+  const int lane = threadIdx.x & 31;
+  for (int jj = lo; jj < hi; ++jj) {
+    const T cj = __shfl_sync(kFull, coef, jj);
+    const T* sr = src + jj * stride;
+#pragma unroll
+    for (int k = 0; k < NV; ++k) {
+      const int64_t d = lane + 32 * k;
+      if (d < len) acc[k] += cj * sr[d];
+    }
+  }
+}
+
+// The same on a row in global memory (the plain path): row[d] += sum_{jj < n}
+// coef of lane jj * src[jj * stride + d], in 32-column chunks so that every
+// lane runs every shuffle. The whole warp calls it with the same n.
+template <typename T>
+__device__ void acc_rows_global(T* row, int64_t len, T coef, int n, const T* src, int64_t stride) {
+  const int lane = threadIdx.x & 31;
+  for (int64_t d0 = 0; d0 < len; d0 += 32) {
+    const int64_t d = d0 + lane;
+    T val = d < len ? row[d] : T(0);
+    for (int jj = 0; jj < n; ++jj) {
+      const T cj = __shfl_sync(kFull, coef, jj);
+      if (d < len) val += cj * src[jj * stride + d];
+    }
+    if (d < len) row[d] = val;
+  }
+}
+
+// Block-wide copy of `rows` rows of `len` contiguous elements at src (row
+// stride len) into dst (row stride dstride).
+template <typename T>
+__device__ __forceinline__ void stage_rows(T* dst, int64_t dstride, const T* src, int64_t rows,
+                                           int64_t len) {
+  for (int64_t idx = threadIdx.x; idx < rows * len; idx += blockDim.x) {
+    const int64_t rr = idx / len, d = idx - rr * len;
+    dst[rr * dstride + d] = src[idx];
+  }
+}
+// The same for rows first..first+rows-1 of a [total, len] matrix, zeros past
+// its end (rows of a tile beyond the last query or key).
+template <typename T>
+__device__ __forceinline__ void stage_rows_clamped(T* dst, int64_t dstride, const T* src,
+                                                   int64_t first, int64_t rows, int64_t total,
+                                                   int64_t len) {
+  for (int64_t idx = threadIdx.x; idx < rows * len; idx += blockDim.x) {
+    const int64_t rr = idx / len, d = idx - rr * len;
+    dst[rr * dstride + d] = first + rr < total ? src[(first + rr) * len + d] : T(0);
+  }
+}
+
+extern __shared__ __align__(16) unsigned char tf_smem[];
+
+// Forward, tiled. Block: br = blockDim.x / 32 warps, warp w owns query row
+// i0 + w of one (b, h) slice. Shared memory (elements of T):
+//   Qs [br][Dh] (the block's q rows), Ks [bc][odd(Dh)], Vs [bc][Dv]; bc <= 32.
+// Per key tile, lane l scores key j0 + l against its warp's row; the running
+// max m, sum l (double) and the output row (registers, element lane + 32 k)
+// are rescaled by exp(m_old - m_new) as the tiles go by.
+template <typename T, int NV>
+__global__ void attn_forward_tiled(const T* q, const T* k, const T* v, T* out, T* lse, AttnDims a,
+                                   bool causal, T scale, int bc) {
+  T* Qs = reinterpret_cast<T*>(tf_smem);
+  const int br = blockDim.x >> 5, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t ksd = odd_stride(a.Dh);
+  T* Ks = Qs + br * a.Dh;
+  T* Vs = Ks + bc * ksd;
+  const int64_t nrt = (a.T + br - 1) / br, ntiles = a.B * a.Hq * nrt;
+  for (int64_t tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+    const int64_t bh = tile / nrt, i0 = (tile - bh * nrt) * br;
+    const int64_t kvs = kv_of(a, bh);
+    const int64_t i = i0 + w;
+    const bool row_ok = i < a.T;
+    const int64_t jn = row_ok ? visible(a, i, causal) : 0;
+    // Keys any row of the block sees (block-uniform, so are the barriers below).
+    const int64_t kend = causal ? min(a.S, i0 + br) : a.S;
+    __syncthreads();  // the previous tile's readers are done with Qs
+    stage_rows_clamped(Qs, a.Dh, q + bh * a.T * a.Dh, i0, br, a.T, a.Dh);
+    T m = neg_inf<T>();
+    double l = 0;
+    T acc[NV];
+#pragma unroll
+    for (int kk = 0; kk < NV; ++kk) acc[kk] = T(0);
+    for (int64_t j0 = 0; j0 < kend; j0 += bc) {
+      const int nk = static_cast<int>(min(static_cast<int64_t>(bc), kend - j0));
+      __syncthreads();  // Qs written; the previous key tile's readers are done
+      stage_rows(Ks, ksd, k + (kvs * a.S + j0) * a.Dh, nk, a.Dh);
+      stage_rows(Vs, a.Dv, v + (kvs * a.S + j0) * a.Dv, nk, a.Dv);
+      __syncthreads();
+      if (row_ok && j0 < jn) {  // warp-uniform: key j0 (lane 0) is visible
+        const bool vis = lane < nk && j0 + lane < jn;
+        const T s = vis ? score(Qs + w * a.Dh, Ks + lane * ksd, a.Dh, scale) : neg_inf<T>();
+        const T mn = max(m, warp_max(s));
+        const T corr = m == neg_inf<T>() ? T(0) : d_exp(m - mn);
+        const T p = vis ? d_exp(s - mn) : T(0);
+        l = l * static_cast<double>(corr) + warp_sum(static_cast<double>(p));
+#pragma unroll
+        for (int kk = 0; kk < NV; ++kk) acc[kk] *= corr;
+        const int nv = static_cast<int>(min(static_cast<int64_t>(nk), jn - j0));
+        acc_rows(acc, a.Dv, p, 0, nv, Vs, a.Dv);
+        m = mn;
+      }
+    }
+    if (row_ok) {
+      const int64_t r = bh * a.T + i;
+      T* o = out + r * a.Dv;
+      // No visible keys (S == 0): a zero row and lse = -inf, as the CPU.
+      const T inv = jn ? static_cast<T>(1.0 / l) : T(0);
+#pragma unroll
+      for (int kk = 0; kk < NV; ++kk) {
+        const int64_t d = lane + 32 * kk;
+        if (d < a.Dv) o[d] = jn ? acc[kk] * inv : T(0);
+      }
+      if (lane == 0)
+        lse[r] = jn ? static_cast<T>(static_cast<double>(m) + log(l)) : neg_inf<T>();
+    }
+  }
+}
+
+// Backward, tiled, per query row: D_i = sum_j P_ij dP_ij (saved for the key
+// kernel) and, when dq is wanted, dq_i = sum_j dS_ij k_j. Two sweeps over the
+// key tiles: D_i is needed before any dS_ij. Block as the forward; shared
+// memory: Qs [br][Dh], Gs [br][Dv] (the rows' q and dout), Ks [bc][odd(Dh)],
+// Vs [bc][odd(Dv)] (lane l reads key row l of both).
+template <typename T, int NV>
+__global__ void attn_backward_q_tiled(const T* q, const T* k, const T* v, const T* dout,
+                                      const T* lse, T* Dsave, T* dq, AttnDims a, bool causal,
+                                      T scale, int bc) {
+  T* Qs = reinterpret_cast<T*>(tf_smem);
+  const int br = blockDim.x >> 5, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t ksd = odd_stride(a.Dh), vsd = odd_stride(a.Dv);
+  T* Gs = Qs + br * a.Dh;
+  T* Ks = Gs + br * a.Dv;
+  T* Vs = Ks + bc * ksd;
+  const int64_t nrt = (a.T + br - 1) / br, ntiles = a.B * a.Hq * nrt;
+  const int passes = dq ? 2 : 1;
+  for (int64_t tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+    const int64_t bh = tile / nrt, i0 = (tile - bh * nrt) * br;
+    const int64_t kvs = kv_of(a, bh);
+    const int64_t i = i0 + w, r = bh * a.T + i;
+    const bool row_ok = i < a.T;
+    const int64_t jn = row_ok ? visible(a, i, causal) : 0;
+    const int64_t kend = causal ? min(a.S, i0 + br) : a.S;
+    const T li = row_ok ? lse[r] : T(0);
+    __syncthreads();  // the previous tile's readers are done with Qs, Gs
+    stage_rows_clamped(Qs, a.Dh, q + bh * a.T * a.Dh, i0, br, a.T, a.Dh);
+    stage_rows_clamped(Gs, a.Dv, dout + bh * a.T * a.Dv, i0, br, a.T, a.Dv);
+    double dsum = 0;
+    T Drow = T(0);
+    T acc[NV];
+#pragma unroll
+    for (int kk = 0; kk < NV; ++kk) acc[kk] = T(0);
+    for (int pass = 0; pass < passes; ++pass) {
+      for (int64_t j0 = 0; j0 < kend; j0 += bc) {
+        const int nk = static_cast<int>(min(static_cast<int64_t>(bc), kend - j0));
+        __syncthreads();
+        stage_rows(Ks, ksd, k + (kvs * a.S + j0) * a.Dh, nk, a.Dh);
+        stage_rows(Vs, vsd, v + (kvs * a.S + j0) * a.Dv, nk, a.Dv);
+        __syncthreads();
+        if (row_ok && j0 < jn) {  // warp-uniform
+          const bool vis = lane < nk && j0 + lane < jn;
+          T p = T(0), dP = T(0);
+          if (vis) {
+            p = d_exp(score(Qs + w * a.Dh, Ks + lane * ksd, a.Dh, scale) - li);
+            dP = dot(Gs + w * a.Dv, Vs + lane * vsd, a.Dv);
+          }
+          if (pass == 0) {
+            dsum += warp_sum(static_cast<double>(p) * static_cast<double>(dP));
+          } else {
+            const T ds = vis ? scale * (p * (dP - Drow)) : T(0);
+            const int nv = static_cast<int>(min(static_cast<int64_t>(nk), jn - j0));
+            acc_rows(acc, a.Dh, ds, 0, nv, Ks, ksd);
+          }
+        }
+      }
+      if (pass == 0) {
+        Drow = static_cast<T>(dsum);
+        if (row_ok && lane == 0) Dsave[r] = Drow;
+      }
+    }
+    if (row_ok && dq) {
+      T* o = dq + r * a.Dh;
+#pragma unroll
+      for (int kk = 0; kk < NV; ++kk) {
+        const int64_t d = lane + 32 * kk;
+        if (d < a.Dh) o[d] = acc[kk];
+      }
+    }
+  }
+}
+
+// Backward, tiled, per key row: dk_j = sum dS_ij q_i, dv_j = sum P_ij dout_i
+// over the query heads sharing the kv head and the query rows that see j
+// (i >= j when causal). Block: warp w owns key row j0 + w of one kv slice;
+// lane l takes query row i0 + l of a query tile. Shared memory: Kr [br][Dh],
+// Vr [br][Dv] (the block's key rows), Qs [bc][odd(Dh)], Gs [bc][odd(Dv)],
+// Ls [bc] (lse), Ds [bc] (D_i; dk only).
+template <typename T, int NV>
+__global__ void attn_backward_kv_tiled(const T* q, const T* k, const T* v, const T* dout,
+                                       const T* lse, const T* Dsave, T* dk, T* dv, AttnDims a,
+                                       bool causal, T scale, int bc) {
+  T* Kr = reinterpret_cast<T*>(tf_smem);
+  const int br = blockDim.x >> 5, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t qsd = odd_stride(a.Dh), gsd = odd_stride(a.Dv);
+  T* Vr = Kr + br * a.Dh;
+  T* Qs = Vr + br * a.Dv;
+  T* Gs = Qs + bc * qsd;
+  T* Ls = Gs + bc * gsd;
+  T* Ds = Ls + bc;
+  const int64_t nkt = (a.S + br - 1) / br, ntiles = a.B * a.Hkv * nkt;
+  for (int64_t tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+    const int64_t kvs = tile / nkt, j0 = (tile - kvs * nkt) * br;
+    const int64_t b = kvs / a.Hkv, hk = kvs - b * a.Hkv;
+    const int64_t j = j0 + w;
+    const bool key_ok = j < a.S;
+    __syncthreads();  // the previous tile's readers are done with Kr, Vr
+    stage_rows_clamped(Kr, a.Dh, k + kvs * a.S * a.Dh, j0, br, a.S, a.Dh);
+    stage_rows_clamped(Vr, a.Dv, v + kvs * a.S * a.Dv, j0, br, a.S, a.Dv);
+    T ak[NV], av[NV];
+#pragma unroll
+    for (int kk = 0; kk < NV; ++kk) ak[kk] = av[kk] = T(0);
+    // Query rows below the block's first key see none of its keys.
+    const int64_t istart = causal ? j0 : 0;
+    for (int64_t g = 0; g < a.group; ++g) {
+      const int64_t bh = b * a.Hq + hk * a.group + g;
+      for (int64_t i0 = istart; i0 < a.T; i0 += bc) {
+        const int nq = static_cast<int>(min(static_cast<int64_t>(bc), a.T - i0));
+        __syncthreads();  // Kr, Vr written; the previous query tile's readers are done
+        stage_rows(Qs, qsd, q + (bh * a.T + i0) * a.Dh, nq, a.Dh);
+        stage_rows(Gs, gsd, dout + (bh * a.T + i0) * a.Dv, nq, a.Dv);
+        for (int t = threadIdx.x; t < nq; t += blockDim.x) {
+          Ls[t] = lse[bh * a.T + i0 + t];
+          Ds[t] = Dsave ? Dsave[bh * a.T + i0 + t] : T(0);
+        }
+        __syncthreads();
+        // First lane whose query row sees key j (warp-uniform).
+        const int lo = causal ? static_cast<int>(max(int64_t{0}, min(j - i0, int64_t{nq}))) : 0;
+        if (key_ok && lo < nq) {
+          const bool vis = lane >= lo && lane < nq;
+          T p = T(0), ds = T(0);
+          if (vis) {
+            p = d_exp(score(Qs + lane * qsd, Kr + w * a.Dh, a.Dh, scale) - Ls[lane]);
+            if (dk) ds = scale * (p * (dot(Gs + lane * gsd, Vr + w * a.Dv, a.Dv) - Ds[lane]));
+          }
+          if (dv) acc_rows(av, a.Dv, p, lo, nq, Gs, gsd);
+          if (dk) acc_rows(ak, a.Dh, ds, lo, nq, Qs, qsd);
+        }
+      }
+    }
+    if (key_ok) {
+      const int64_t row = kvs * a.S + j;
+#pragma unroll
+      for (int kk = 0; kk < NV; ++kk) {
+        const int64_t d = lane + 32 * kk;
+        if (dk && d < a.Dh) dk[row * a.Dh + d] = ak[kk];
+        if (dv && d < a.Dv) dv[row * a.Dv + d] = av[kk];
+      }
+    }
+  }
+}
+
+// The plain path for head dims the tiles cannot hold: one warp per row,
+// operands read from global memory, output rows accumulated in place (each
+// lane owns its columns). Warp loops are warp-uniform; no block barriers.
+#define LC_WARP_STRIDE(r, n)                                                                  \
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5); \
+       r < (n); r += static_cast<int64_t>(gridDim.x) * (blockDim.x >> 5))
+
+// Forward as the CPU: the row max first, then p = exp(s - m), l and the output.
+template <typename T>
+__global__ void attn_forward_plain(const T* q, const T* k, const T* v, T* out, T* lse,
+                                   AttnDims a, bool causal, T scale) {
+  const int lane = threadIdx.x & 31;
+  LC_WARP_STRIDE(r, a.B * a.Hq * a.T) {
+    const int64_t i = r % a.T, bh = r / a.T, kvs = kv_of(a, bh);
+    const int64_t jn = visible(a, i, causal);
+    const T* qi = q + r * a.Dh;
+    const T* kb = k + kvs * a.S * a.Dh;
+    const T* vb = v + kvs * a.S * a.Dv;
+    T* o = out + r * a.Dv;
+    for (int64_t d = lane; d < a.Dv; d += 32) o[d] = T(0);
+    if (jn == 0) {
+      if (lane == 0) lse[r] = neg_inf<T>();
+      continue;
+    }
+    T m = neg_inf<T>();
+    for (int64_t j0 = 0; j0 < jn; j0 += 32) {
+      const int64_t j = j0 + lane;
+      const T s = j < jn ? score(qi, kb + j * a.Dh, a.Dh, scale) : neg_inf<T>();
+      m = max(m, warp_max(s));
+    }
+    double l = 0;
+    for (int64_t j0 = 0; j0 < jn; j0 += 32) {
+      const int64_t j = j0 + lane;
+      const T p = j < jn ? d_exp(score(qi, kb + j * a.Dh, a.Dh, scale) - m) : T(0);
+      l += warp_sum(static_cast<double>(p));
+      const int nv = static_cast<int>(min(int64_t{32}, jn - j0));
+      acc_rows_global(o, a.Dv, p, nv, vb + j0 * a.Dv, a.Dv);
+    }
+    const T inv = static_cast<T>(1.0 / l);
+    for (int64_t d = lane; d < a.Dv; d += 32) o[d] *= inv;
+    if (lane == 0) lse[r] = static_cast<T>(static_cast<double>(m) + log(l));
+  }
+}
+
+// Backward per query row (plain): D_i, then dq_i when wanted.
+template <typename T>
+__global__ void attn_backward_q_plain(const T* q, const T* k, const T* v, const T* dout,
+                                      const T* lse, T* Dsave, T* dq, AttnDims a, bool causal,
+                                      T scale) {
+  const int lane = threadIdx.x & 31;
+  LC_WARP_STRIDE(r, a.B * a.Hq * a.T) {
+    const int64_t i = r % a.T, bh = r / a.T, kvs = kv_of(a, bh);
+    const int64_t jn = visible(a, i, causal);
+    const T* qi = q + r * a.Dh;
+    const T* gi = dout + r * a.Dv;
+    const T* kb = k + kvs * a.S * a.Dh;
+    const T* vb = v + kvs * a.S * a.Dv;
+    const T li = lse[r];
+    double dsum = 0;
+    for (int64_t j0 = 0; j0 < jn; j0 += 32) {
+      const int64_t j = j0 + lane;
+      T p = T(0), dP = T(0);
+      if (j < jn) {
+        p = d_exp(score(qi, kb + j * a.Dh, a.Dh, scale) - li);
+        dP = dot(gi, vb + j * a.Dv, a.Dv);
+      }
+      dsum += warp_sum(static_cast<double>(p) * static_cast<double>(dP));
+    }
+    const T Drow = static_cast<T>(dsum);
+    if (lane == 0) Dsave[r] = Drow;
+    if (!dq) continue;
+    T* o = dq + r * a.Dh;
+    for (int64_t d = lane; d < a.Dh; d += 32) o[d] = T(0);
+    for (int64_t j0 = 0; j0 < jn; j0 += 32) {
+      const int64_t j = j0 + lane;
+      T ds = T(0);
+      if (j < jn) {
+        const T p = d_exp(score(qi, kb + j * a.Dh, a.Dh, scale) - li);
+        ds = scale * (p * (dot(gi, vb + j * a.Dv, a.Dv) - Drow));
+      }
+      const int nv = static_cast<int>(min(int64_t{32}, jn - j0));
+      acc_rows_global(o, a.Dh, ds, nv, kb + j0 * a.Dh, a.Dh);
+    }
+  }
+}
+
+// Backward per key row (plain): dk_j and dv_j over the group's query heads.
+template <typename T>
+__global__ void attn_backward_kv_plain(const T* q, const T* k, const T* v, const T* dout,
+                                       const T* lse, const T* Dsave, T* dk, T* dv, AttnDims a,
+                                       bool causal, T scale) {
+  const int lane = threadIdx.x & 31;
+  LC_WARP_STRIDE(row, a.B * a.Hkv * a.S) {
+    const int64_t j = row % a.S, kvs = row / a.S;
+    const int64_t b = kvs / a.Hkv, hk = kvs - b * a.Hkv;
+    const T* kj = k + row * a.Dh;
+    const T* vj = v + row * a.Dv;
+    T* dkj = dk ? dk + row * a.Dh : nullptr;
+    T* dvj = dv ? dv + row * a.Dv : nullptr;
+    if (dkj)
+      for (int64_t d = lane; d < a.Dh; d += 32) dkj[d] = T(0);
+    if (dvj)
+      for (int64_t d = lane; d < a.Dv; d += 32) dvj[d] = T(0);
+    for (int64_t g = 0; g < a.group; ++g) {
+      const int64_t bh = b * a.Hq + hk * a.group + g;
+      // Causal: rows from j on see key j, so every lane of these chunks does.
+      for (int64_t i0 = causal ? j : 0; i0 < a.T; i0 += 32) {
+        const int64_t i = i0 + lane, r = bh * a.T + i;
+        T p = T(0), ds = T(0);
+        if (i < a.T) {
+          p = d_exp(score(q + r * a.Dh, kj, a.Dh, scale) - lse[r]);
+          if (dkj) ds = scale * (p * (dot(dout + r * a.Dv, vj, a.Dv) - Dsave[r]));
+        }
+        const int nq = static_cast<int>(min(int64_t{32}, a.T - i0));
+        const int64_t r0 = bh * a.T + i0;
+        if (dvj) acc_rows_global(dvj, a.Dv, p, nq, dout + r0 * a.Dv, a.Dv);
+        if (dkj) acc_rows_global(dkj, a.Dh, ds, nq, q + r0 * a.Dh, a.Dh);
+      }
+    }
+  }
+}
+
+#undef LC_WARP_STRIDE
+
+// ---------------------------------------------------------------- launch helpers
+
+int row_threads(int64_t cols) {
+  return cols >= 2048 ? 256 : cols >= 512 ? 128 : cols >= 128 ? 64 : 32;
+}
+unsigned row_grid(int64_t rows) {
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(rows, 1 << 20)));
+}
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+AttnDims attn_dims(const Tensor& q, const Tensor& v) {
+  AttnDims a;
+  a.B = q.shape[0];
+  a.Hq = q.shape[1];
+  a.T = q.shape[2];
+  a.Dh = q.shape[3];
+  a.Hkv = v.shape[1];
+  a.S = v.shape[2];
+  a.Dv = v.shape[3];
+  a.group = a.Hkv ? a.Hq / a.Hkv : 1;
+  return a;
+}
+
+// Warps per block (br) and tile rows (bc <= 32) of a tiled attention kernel
+// whose shared memory holds br * per_row + bc * per_key elements of `size`
+// bytes, within kSmemBytes: as many warps as fit with a tile of at least 8
+// rows (1 warp: any tile). br == 0: the head dims are too wide for the tiles.
+struct Tiles {
+  int br = 0, bc = 0;
+  size_t bytes = 0;
+};
+Tiles plan_tiles(const AttnDims& a, int64_t per_row, int64_t per_key, size_t size) {
+  Tiles t;
+  if (std::max(a.Dh, a.Dv) > 32 * kMaxNV) return t;
+  const int64_t cap = kSmemBytes / static_cast<int64_t>(size);
+  for (int br : {8, 4, 2, 1}) {
+    const int64_t left = cap - br * per_row;
+    if (left < per_key) continue;
+    const int64_t bc = std::min<int64_t>(32, left / per_key);
+    if (bc >= 8 || br == 1) {
+      t.br = br;
+      t.bc = static_cast<int>(bc);
+      t.bytes = static_cast<size_t>(br * per_row + bc * per_key) * size;
+      return t;
+    }
+  }
+  return t;
+}
+
+// fn(std::integral_constant<int, NV>) with NV the power of two >= ceil(d / 32).
+template <typename Fn>
+void with_nv(int64_t d, Fn&& fn) {
+  const int64_t n = ceil_div(std::max<int64_t>(d, 1), 32);
+  if (n <= 1) fn(std::integral_constant<int, 1>{});
+  else if (n <= 2) fn(std::integral_constant<int, 2>{});
+  else if (n <= 4) fn(std::integral_constant<int, 4>{});
+  else fn(std::integral_constant<int, 8>{});  // plan_tiles admits d <= 32 * kMaxNV only
+}
+
+constexpr int kPlainThreads = 128;  // 4 warps (rows) per block on the plain path
+
+unsigned plain_grid(int64_t rows) {
+  const int wpb = kPlainThreads / 32;
+  return static_cast<unsigned>(
+      std::max<int64_t>(1, std::min<int64_t>(ceil_div(rows, wpb), 1 << 20)));
+}
+
+// A device word of 64 bits set to all ones (no bad id yet); F64 storage is
+// just its 8 bytes.
+unsigned long long* first_bad_word(Context& c, Tensor& holder) {
+  holder = scratch(c, {1}, DType::F64);
+  auto* p = static_cast<unsigned long long*>(holder.raw());
+  check(cudaMemsetAsync(p, 0xFF, sizeof(unsigned long long), c.stream), "cudaMemsetAsync");
+  return p;
+}
+
+}  // namespace
+
+// ================================================================ launchers
+
+void embedding_forward(Context& c, const Tensor& ids, const Tensor& weight, const Tensor& out) {
+  const int64_t N = ids.numel(), V = weight.shape[0], D = weight.shape[1];
+  if (N == 0) return;
+  const int32_t* pid = dp<int32_t>(ids);
+  Tensor holder;
+  unsigned long long* first = first_bad_word(c, holder);
+  if (D == 0) {  // nothing to copy, but the ids are still checked
+    ids_check_kernel<<<grid_for(N), kThreads, 0, c.stream>>>(pid, N, V, first);
+    launched(c, "embedding");
+  } else {
+    dispatch_float(weight.dtype, "embedding", [&](auto z) {
+      using T = decltype(z);
+      embedding_forward_kernel<T><<<grid_for(N * D), kThreads, 0, c.stream>>>(
+          pid, dp<T>(weight), dp<T>(out), N, V, D, first);
+      launched(c, "embedding");
+    });
+  }
+  ids_report_kernel<<<1, 1, 0, c.stream>>>(pid, first, N, V, kErrEmbeddingId, c.err);
+  launched(c, "embedding");
+}
+
+void embedding_backward(Context& c, const Tensor& ids, const Tensor& dy, const Tensor& dweight) {
+  const int64_t N = ids.numel(), V = dweight.shape[0], D = dweight.shape[1];
+  if (V * D > 0)
+    check(cudaMemsetAsync(dweight.raw(), 0, static_cast<size_t>(V * D) * dtype_size(dweight.dtype),
+                          c.stream),
+          "cudaMemsetAsync");
+  if (N == 0) return;
+  const int32_t* pid = dp<int32_t>(ids);
+  Tensor holder;
+  unsigned long long* first = first_bad_word(c, holder);
+  if (D == 0) {
+    ids_check_kernel<<<grid_for(N), kThreads, 0, c.stream>>>(pid, N, V, first);
+    launched(c, "embedding backward");
+  } else {
+    dispatch_float(dweight.dtype, "embedding backward", [&](auto z) {
+      using T = decltype(z);
+      embedding_backward_kernel<T><<<grid_for(N * D), kThreads, 0, c.stream>>>(
+          pid, dp<T>(dy), dp<T>(dweight), N, V, D, first);
+      launched(c, "embedding backward");
+    });
+  }
+  ids_report_kernel<<<1, 1, 0, c.stream>>>(pid, first, N, V, kErrEmbeddingBackwardId, c.err);
+  launched(c, "embedding backward");
+}
+
+void rms_norm_forward(Context& c, const Tensor& x, const Tensor* weight, double eps,
+                      const Tensor& y, const Tensor& rstd) {
+  const int64_t D = x.shape.back(), R = D ? x.numel() / D : 0;
+  if (R == 0 || D == 0) return;  // D == 0 is filled by the op layer
+  dispatch_float(x.dtype, "rms norm", [&](auto z) {
+    using T = decltype(z);
+    rms_norm_forward_kernel<T><<<row_grid(R), row_threads(D), 0, c.stream>>>(
+        dp<T>(x), weight ? dp<T>(*weight) : nullptr, eps, dp<T>(y), dp<T>(rstd), R, D);
+    launched(c, "rms norm");
+  });
+}
+
+void rms_norm_backward(Context& c, const Tensor& dy, const Tensor& x, const Tensor* weight,
+                       const Tensor& rstd, const Tensor* dx, const Tensor* dweight) {
+  const int64_t D = x.shape.back(), R = D ? x.numel() / D : 0;
+  if (R == 0 || D == 0) return;  // empty x is handled by the op layer
+  dispatch_float(x.dtype, "rms norm backward", [&](auto z) {
+    using T = decltype(z);
+    if (dx) {
+      rms_norm_backward_dx_kernel<T><<<row_grid(R), row_threads(D), 0, c.stream>>>(
+          dp<T>(dy), dp<T>(x), weight ? dp<T>(*weight) : nullptr, dp<T>(rstd), dp<T>(*dx), R, D);
+      launched(c, "rms norm backward");
+    }
+    if (dweight) {
+      // Row chunks: enough blocks to fill the device, each chunk at least
+      // kColRows rows; then a fixed-order sum over the chunks.
+      const int64_t col_tiles = ceil_div(D, kColTile);
+      const int64_t want = ceil_div(8 * std::max(c.multiprocessors, 1), col_tiles);
+      int64_t P = std::max<int64_t>(1, std::min<int64_t>({want, ceil_div(R, kColRows), 1024}));
+      const int64_t chunk_rows = ceil_div(R, P);
+      P = ceil_div(R, chunk_rows);  // no empty chunks
+      Tensor part = scratch(c, {P * D}, DType::F64);
+      rms_norm_dweight_partial_kernel<T>
+          <<<dim3(static_cast<unsigned>(col_tiles), static_cast<unsigned>(P)),
+             dim3(kColTile, kColRows), 0, c.stream>>>(dp<T>(dy), dp<T>(x), dp<T>(rstd), R, D,
+                                                      chunk_rows, dp<double>(part));
+      launched(c, "rms norm backward");
+      rms_norm_dweight_final_kernel<T><<<grid_for(D), kThreads, 0, c.stream>>>(
+          dp<double>(part), P, D, dp<T>(*dweight));
+      launched(c, "rms norm backward");
+    }
+  });
+}
+
+namespace {
+void rotary(Context& c, const Tensor& x, const Tensor& cos, const Tensor& sin, bool adjoint,
+            const Tensor& out) {
+  const int64_t Tn = cos.shape[0], Dh = cos.shape[1], n = x.numel();
+  if (n == 0 || Tn == 0 || Dh == 0) return;
+  const char* op = adjoint ? "rotary backward" : "rotary";
+  dispatch_float(x.dtype, op, [&](auto z) {
+    using T = decltype(z);
+    rotary_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(dp<T>(x), dp<T>(cos), dp<T>(sin),
+                                                              dp<T>(out), n, Tn, Dh, adjoint);
+    launched(c, op);
+  });
+}
+}  // namespace
+
+void rotary_forward(Context& c, const Tensor& x, const Tensor& cos, const Tensor& sin,
+                    const Tensor& out) {
+  rotary(c, x, cos, sin, false, out);
+}
+
+void rotary_backward(Context& c, const Tensor& dy, const Tensor& cos, const Tensor& sin,
+                     const Tensor& dx) {
+  rotary(c, dy, cos, sin, true, dx);
+}
+
+void attention_forward(Context& c, const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                       double scale, const Tensor& out, const Tensor& lse) {
+  const AttnDims a = attn_dims(q, v);
+  const int64_t rows = a.B * a.Hq * a.T;
+  if (rows == 0) return;
+  const char* op = "attention";
+  dispatch_float(q.dtype, op, [&](auto z) {
+    using T = decltype(z);
+    const T s = static_cast<T>(scale);
+    const Tiles t = plan_tiles(a, a.Dh, odd_stride(a.Dh) + a.Dv, sizeof(T));
+    if (t.br) {
+      const unsigned grid = row_grid(a.B * a.Hq * ceil_div(a.T, t.br));
+      with_nv(std::max(a.Dh, a.Dv), [&](auto nv) {
+        attn_forward_tiled<T, decltype(nv)::value><<<grid, 32 * t.br, t.bytes, c.stream>>>(
+            dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(out), dp<T>(lse), a, causal, s, t.bc);
+        launched(c, op);
+      });
+    } else {
+      attn_forward_plain<T><<<plain_grid(rows), kPlainThreads, 0, c.stream>>>(
+          dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(out), dp<T>(lse), a, causal, s);
+      launched(c, op);
+    }
+  });
+}
+
+void attention_backward(Context& c, const Tensor& dout, const Tensor& q, const Tensor& k,
+                        const Tensor& v, const Tensor& lse, bool causal, double scale,
+                        const Tensor* dq, const Tensor* dk, const Tensor* dv) {
+  const AttnDims a = attn_dims(q, v);
+  const int64_t rows = a.B * a.Hq * a.T, keys = a.B * a.Hkv * a.S;
+  // Empty gradients need no work (and may have no memory).
+  const bool want_dq = dq && dq->numel() > 0;
+  const bool want_dk = dk && dk->numel() > 0;
+  const bool want_dv = dv && dv->numel() > 0;
+  const char* op = "attention backward";
+  dispatch_float(q.dtype, op, [&](auto z) {
+    using T = decltype(z);
+    const T s = static_cast<T>(scale);
+    T* pdq = want_dq ? dp<T>(*dq) : nullptr;
+    T* pdk = want_dk ? dp<T>(*dk) : nullptr;
+    T* pdv = want_dv ? dp<T>(*dv) : nullptr;
+    // D_i = sum_j P_ij dP_ij feeds dq and dk; the key kernel reads it back.
+    Tensor Dt;
+    if ((want_dq || want_dk) && rows > 0) {
+      Dt = scratch(c, {rows}, q.dtype);
+      const Tiles t = plan_tiles(a, a.Dh + a.Dv, odd_stride(a.Dh) + odd_stride(a.Dv), sizeof(T));
+      if (t.br) {
+        const unsigned grid = row_grid(a.B * a.Hq * ceil_div(a.T, t.br));
+        with_nv(a.Dh, [&](auto nv) {
+          attn_backward_q_tiled<T, decltype(nv)::value><<<grid, 32 * t.br, t.bytes, c.stream>>>(
+              dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(dout), dp<T>(lse), dp<T>(Dt), pdq, a, causal,
+              s, t.bc);
+          launched(c, op);
+        });
+      } else {
+        attn_backward_q_plain<T><<<plain_grid(rows), kPlainThreads, 0, c.stream>>>(
+            dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(dout), dp<T>(lse), dp<T>(Dt), pdq, a, causal, s);
+        launched(c, op);
+      }
+    }
+    if ((want_dk || want_dv) && keys > 0) {
+      // Read only for dk and only where there are query rows (then Dt exists).
+      const T* pD = want_dk && rows > 0 ? dp<T>(Dt) : nullptr;
+      const Tiles t =
+          plan_tiles(a, a.Dh + a.Dv, odd_stride(a.Dh) + odd_stride(a.Dv) + 2, sizeof(T));
+      if (t.br) {
+        const unsigned grid = row_grid(a.B * a.Hkv * ceil_div(a.S, t.br));
+        with_nv(std::max(a.Dh, a.Dv), [&](auto nv) {
+          attn_backward_kv_tiled<T, decltype(nv)::value><<<grid, 32 * t.br, t.bytes, c.stream>>>(
+              dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(dout), dp<T>(lse), pD, pdk, pdv, a, causal, s,
+              t.bc);
+          launched(c, op);
+        });
+      } else {
+        attn_backward_kv_plain<T><<<plain_grid(keys), kPlainThreads, 0, c.stream>>>(
+            dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(dout), dp<T>(lse), pD, pdk, pdv, a, causal, s);
+        launched(c, op);
+      }
+    }
+  });
+}
+
+}  // namespace lc::cu
