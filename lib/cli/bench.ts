@@ -3,6 +3,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { BENCH_SHAPES, runBenchmarks } from '../bench';
+import { runCudaBenchmarks } from '../bench-cuda';
 import { CliError, CliIO, UsageError } from './io';
 import { helpText, parseArgs, Specs } from './args';
 import { resolveDevice } from './device';
@@ -24,7 +25,8 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
     io.stdout(helpText('bench', `${BENCH_SUMMARY}\n\n` +
       'For each shape (M tokens, in, out, r) it times the frozen layer\'s forward and forward plus input\n' +
       'gradient (the baselines), LoRA forward, LoRA forward plus backward, and merge; each row is the\n' +
-      'median of timed repetitions after warm-up.', SPECS, 'lora-cuda bench [--quick] [--device cpu|cuda] [--json FILE]'));
+      'median of timed repetitions after warm-up. On CUDA the baselines are plain cuBLAS GEMMs, the runs are\n' +
+      'timed with CUDA events, fp32 and TF32, and the floors (matrix rate, copy bandwidth) are measured first.', SPECS, 'lora-cuda bench [--quick] [--device cpu|cuda] [--json FILE]'));
     return 0;
   }
   if (a._.length) throw new UsageError(`unexpected argument '${a._[0]}'`);
@@ -40,15 +42,17 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
       throw new CliError(`cannot write ${json} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); choose another --json FILE`);
     }
   }
-  const result = runBenchmarks({
-    quick: a.quick,
-    shapes: a.shapes as 'full' | 'quick' | 'tiny' | undefined,
-    device,
-    log: (line) => io.stdout(line + '\n'),
-    onShape: (s, i, n) => {
-      if (io.isTTY) io.stderr(`\rmeasuring shape ${i + 1}/${n}: M ${s.M}, in ${s.inF}, out ${s.outF}, r ${s.r}\x1b[K`);
-    },
-  });
+  const result = device === 'cuda'
+    ? runCudaBenchmarks({ quick: a.quick, shapes: a.shapes as 'full' | 'quick' | 'tiny' | undefined, log: (line) => io.stdout(line + '\n') })
+    : runBenchmarks({
+      quick: a.quick,
+      shapes: a.shapes as 'full' | 'quick' | 'tiny' | undefined,
+      device,
+      log: (line) => io.stdout(line + '\n'),
+      onShape: (s, i, n) => {
+        if (io.isTTY) io.stderr(`\rmeasuring shape ${i + 1}/${n}: M ${s.M}, in ${s.inF}, out ${s.outF}, r ${s.r}\x1b[K`);
+      },
+    });
   if (io.isTTY) io.stderr('\r\x1b[K');
   if (json !== undefined) {
     try {

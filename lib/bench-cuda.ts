@@ -1,0 +1,303 @@
+// GPU microbenchmarks: LoRA layers against the plain cuBLAS GEMMs of the
+// frozen layer they wrap, timed with CUDA events. Used by
+// `npm run bench -- --device cuda` and `lora-cuda bench --device cuda`.
+//
+// Method: first the two floors of this GPU, measured in the same process
+// (the matrix rate of a large square GEMM, fp32 and TF32, and the copy
+// bandwidth of a large device-to-device copy); then, per shape (M tokens,
+// d = in = out, r) and math mode:
+//   baseline fwd       y = x W^T                one cuBLAS GEMM
+//   baseline fwd+bwd   y = x W^T, dx = dy W     two cuBLAS GEMMs (the weight is frozen: no dW)
+//   lora fwd           LoRALinear.forward (bias, adapter accumulated into y)
+//   lora fwd+bwd       forward and backward (dx, dA, dB)
+//   merge              W += s B A in place
+// Each row is the median of many runs after warm-up, each run timed between
+// two events on the device's stream. Inputs rotate over enough buffers to
+// exceed the L2 cache, so no run reads the previous run's data from cache.
+import * as os from 'os';
+import { randn, tidy, zeros } from './tensor';
+import { noGrad } from './autograd';
+import { manualSeed } from './random';
+import { Linear } from './nn/layers';
+import { LoRALinear } from './lora';
+import { backendInfo, cuda } from './backend';
+import { native } from './native';
+
+export interface CudaBenchShape {
+  M: number;
+  d: number;
+  r: number;
+}
+
+export interface CudaBenchRow {
+  shape: CudaBenchShape;
+  math: 'fp32' | 'tf32';
+  op: string;
+  medianMs: number;
+  minMs: number;
+  reps: number;
+  /** Useful floating-point work per second. */
+  tflops: number;
+  /** Minimum bytes the op must move, per second. */
+  gbps: number;
+  /** Lower bound from the floors: max(flops / matrix rate, bytes / copy bandwidth). */
+  floorMs: number;
+  ratio: number | null;
+  baseline: string | null;
+}
+
+export interface CudaFloors {
+  /** TFLOP/s of a large square SGEMM, fp32 and TF32. */
+  matrixTflops: { fp32: number; tf32: number };
+  /** GB/s of a large device-to-device copy (bytes read + written). */
+  copyGBps: number;
+}
+
+export interface CudaBenchTarget {
+  metric: string;
+  limit: number;
+  value: number | null;
+  met: boolean;
+}
+
+export interface CudaBenchResult {
+  date: string;
+  machine: { gpu: string; capability: string; memory: number; cpu: string; node: string };
+  cuda: { runtimeVersion: number; driverVersion: number; cublas: { path: string; version: string } | null };
+  reps: number;
+  floors: CudaFloors;
+  rows: CudaBenchRow[];
+  targets: CudaBenchTarget[];
+}
+
+export const CUDA_BENCH_SHAPES: Record<'full' | 'quick' | 'tiny', CudaBenchShape[]> = {
+  full: [2048, 8192].flatMap((M) => [1024, 4096].flatMap((d) => [8, 16, 64].map((r) => ({ M, d, r })))),
+  quick: [{ M: 2048, d: 4096, r: 16 }, { M: 8192, d: 4096, r: 16 }],
+  tiny: [{ M: 64, d: 64, r: 4 }],
+};
+
+export interface RunCudaBenchmarksOptions {
+  shapes?: 'full' | 'quick' | 'tiny' | CudaBenchShape[];
+  /** Timed runs per row (default 50; 10 with quick). */
+  reps?: number;
+  quick?: boolean;
+  /** Math modes (default both). */
+  math?: ('fp32' | 'tf32')[];
+  log?: (line: string) => void;
+}
+
+/** Median and minimum of `reps` event-timed runs of fn after `warmup` untimed ones. */
+function timeCuda(fn: () => void, reps: number, warmup: number): { median: number; min: number } {
+  for (let i = 0; i < warmup; i++) fn();
+  const ts: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    const a = native.cudaEventRecord(0);
+    fn();
+    const b = native.cudaEventRecord(0);
+    ts.push(native.cudaEventElapsed(a, b));
+    native.cudaEventDestroy(a);
+    native.cudaEventDestroy(b);
+  }
+  ts.sort((x, y) => x - y);
+  return { median: ts[Math.floor(ts.length / 2)], min: ts[0] };
+}
+
+/** Enough distinct buffers of `bytes` each to exceed `l2` bytes twice over (2 to 16). */
+function rotation(bytes: number, l2: number): number {
+  return Math.max(2, Math.min(16, Math.ceil((2 * l2) / bytes)));
+}
+
+function measureFloors(reps: number): CudaFloors {
+  const n = 8192;
+  const a = randn([n, n], { device: 'cuda' });
+  const b = randn([n, n], { device: 'cuda' });
+  const c = zeros([n, n], { device: 'cuda' });
+  const rate = (tf32: boolean) => {
+    cuda.setAllowTF32(tf32);
+    try {
+      const t = timeCuda(() => native.gemmInto(a._h, b._h, c._h, false, false, 1, 0), Math.max(5, Math.floor(reps / 5)), 3);
+      return (2 * n * n * n) / (t.median * 1e-3) / 1e12;
+    } finally {
+      cuda.setAllowTF32(false);
+    }
+  };
+  const fp32 = rate(false);
+  const tf32 = rate(true);
+  // 1 GiB copied: 2 GiB moved (read + write).
+  const src = zeros([2 ** 28], { device: 'cuda' });
+  const dst = zeros([2 ** 28], { device: 'cuda' });
+  const t = timeCuda(() => native.copy_(dst._h, src._h), Math.max(5, Math.floor(reps / 5)), 3);
+  const copyGBps = (2 * 4 * 2 ** 28) / (t.median * 1e-3) / 1e9;
+  for (const x of [a, b, c, src, dst]) x.dispose();
+  return { matrixTflops: { fp32, tf32 }, copyGBps };
+}
+
+function benchShape(s: CudaBenchShape, math: 'fp32' | 'tf32', reps: number, floors: CudaFloors, l2: number): CudaBenchRow[] {
+  const { M, d, r } = s;
+  manualSeed(0);
+  const lin = new Linear(d, d, { device: 'cuda' });
+  lin.requiresGrad_(false);
+  const lora = new LoRALinear(lin, { r, alpha: 2 * r });
+  noGrad(() => lora.B!.copy_(randn([d, r], { std: 0.01, device: 'cuda' })));
+  const k = rotation(4 * M * d, l2);
+  const xs = Array.from({ length: k }, () => randn([M, d], { device: 'cuda' }).requiresGrad_(true));
+  const dys = Array.from({ length: k }, () => randn([M, d], { device: 'cuda' }));
+  const y = zeros([M, d], { device: 'cuda' });
+  const dx = zeros([M, d], { device: 'cuda' });
+  let i = 0;
+  const next = () => i++ % k;
+
+  const gemm = 2 * M * d * d;
+  const adapterFwd = 2 * M * r * (2 * d);
+  const adapterBwd = 2 * (2 * M * r * d) + 2 * (2 * M * r * d); // dB, dh; dA, dh A
+  const F32 = 4;
+  const rowFlops = {
+    'baseline fwd': gemm,
+    'baseline fwd+bwd': 2 * gemm,
+    'lora fwd': gemm + adapterFwd,
+    'lora fwd+bwd': 2 * gemm + adapterFwd + adapterBwd,
+    merge: 2 * d * d * r,
+  };
+  // Bytes each op must move at least: inputs read once, outputs written once.
+  const rowBytes = {
+    'baseline fwd': F32 * (M * d + d * d + M * d),
+    'baseline fwd+bwd': F32 * (2 * (M * d + d * d + M * d)),
+    'lora fwd': F32 * (M * d + d * d + M * d),
+    'lora fwd+bwd': F32 * (2 * (M * d + d * d + M * d)),
+    merge: F32 * 2 * d * d,
+  };
+
+  cuda.setAllowTF32(math === 'tf32');
+  const reset = () => {
+    for (const t of [...xs, lora.A!, lora.B!]) {
+      t.grad?.dispose();
+      t.grad = null;
+    }
+  };
+  let times: Record<string, { median: number; min: number }>;
+  try {
+    times = {
+      'baseline fwd': timeCuda(() => {
+        native.gemmInto(xs[next()]._h, lin.weight._h, y._h, false, true, 1, 0);
+      }, reps, 5),
+      'baseline fwd+bwd': timeCuda(() => {
+        const j = next();
+        native.gemmInto(xs[j]._h, lin.weight._h, y._h, false, true, 1, 0);
+        native.gemmInto(dys[j]._h, lin.weight._h, dx._h, false, false, 1, 0);
+      }, reps, 5),
+      'lora fwd': timeCuda(() => tidy(() => {
+        noGrad(() => lora.forward(xs[next()]));
+      }), reps, 5),
+      'lora fwd+bwd': timeCuda(() => tidy(() => {
+        const j = next();
+        lora.forward(xs[j]).backward(dys[j]);
+        reset();
+      }), reps, 5),
+    };
+    // Merge then unmerge keeps W bounded; only the merge is timed.
+    const merges: number[] = [];
+    for (let n = 0; n < reps + 3; n++) {
+      const a = native.cudaEventRecord(0);
+      lora.mergeToOrig();
+      const b = native.cudaEventRecord(0);
+      lora.unmergeFromOrig();
+      if (n >= 3) merges.push(native.cudaEventElapsed(a, b));
+      native.cudaEventDestroy(a);
+      native.cudaEventDestroy(b);
+    }
+    merges.sort((p, q) => p - q);
+    times.merge = { median: merges[Math.floor(merges.length / 2)], min: merges[0] };
+  } finally {
+    cuda.setAllowTF32(false);
+  }
+  for (const t of [...xs, ...dys, y, dx]) t.dispose();
+  lora.A!.dispose();
+  lora.B!.dispose();
+  lin.weight.dispose();
+  lin.bias?.dispose();
+
+  const rate = floors.matrixTflops[math] * 1e12;
+  const bw = floors.copyGBps * 1e9;
+  const base: Record<string, string | null> = {
+    'baseline fwd': null, 'baseline fwd+bwd': null, 'lora fwd': 'baseline fwd', 'lora fwd+bwd': 'baseline fwd+bwd', merge: null,
+  };
+  return (Object.keys(times) as (keyof typeof rowFlops)[]).map((op) => {
+    const t = times[op];
+    const b = base[op];
+    return {
+      shape: s,
+      math,
+      op,
+      medianMs: t.median,
+      minMs: t.min,
+      reps,
+      tflops: rowFlops[op] / (t.median * 1e-3) / 1e12,
+      gbps: rowBytes[op] / (t.median * 1e-3) / 1e9,
+      floorMs: Math.max(rowFlops[op] / rate, rowBytes[op] / bw) * 1e3,
+      ratio: b ? t.median / times[b].median : null,
+      baseline: b,
+    };
+  });
+}
+
+export function formatCudaBenchTable(rows: CudaBenchRow[]): string[] {
+  const header = ['M', 'd', 'r', 'math', 'op', 'median ms', 'floor ms', 'TFLOP/s', 'GB/s', 'vs baseline'];
+  const table = rows.map((r) => [
+    String(r.shape.M), String(r.shape.d), String(r.shape.r), r.math, r.op, r.medianMs.toFixed(4), r.floorMs.toFixed(4),
+    r.tflops.toFixed(2), r.gbps.toFixed(0), r.ratio === null ? '' : `${r.ratio.toFixed(3)}x`,
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...table.map((t) => t[i].length)));
+  const fmt = (cells: string[]) => cells.map((c, i) => (i === 3 || i === 4 || i === 9 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ');
+  return [fmt(header), widths.map((w) => '-'.repeat(w)).join('  '), ...table.map(fmt)];
+}
+
+/** A file-name-friendly GPU name, e.g. 'nvidia-h200'. */
+export function gpuSlug(name: string): string {
+  return name.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '');
+}
+
+/** Runs the GPU benchmarks on cuda:0 and returns the results (the table goes to options.log). */
+export function runCudaBenchmarks(options: RunCudaBenchmarksOptions = {}): CudaBenchResult {
+  const info = backendInfo();
+  if (!info.cuda.available) throw new RangeError(`bench: CUDA is not available (${info.cuda.reason})`);
+  const quick = options.quick ?? false;
+  const log = options.log ?? (() => undefined);
+  const shapes = Array.isArray(options.shapes) ? options.shapes : CUDA_BENCH_SHAPES[options.shapes ?? (quick ? 'quick' : 'full')];
+  const reps = options.reps ?? (quick ? 10 : 50);
+  const maths = options.math ?? ['fp32', 'tf32'];
+  const dev = info.cuda.devices[0];
+  // L2 sizes are not reported by the runtime API here; 64 MiB covers every GPU this build targets.
+  const l2 = 64 * 2 ** 20;
+  log(`lora-cuda bench (CUDA): ${dev.name} (sm ${dev.capability}, ${(dev.memory / 2 ** 30).toFixed(0)} GiB), ` +
+    `cuBLAS ${info.cuda.cublas?.version ?? '?'}, ${reps} runs per row, median, CUDA events`);
+  const floors = measureFloors(reps);
+  log(`floors: matrix ${floors.matrixTflops.fp32.toFixed(1)} TFLOP/s fp32, ${floors.matrixTflops.tf32.toFixed(1)} TFLOP/s tf32; ` +
+    `copy ${floors.copyGBps.toFixed(0)} GB/s`);
+  const rows: CudaBenchRow[] = [];
+  for (const math of maths) for (const s of shapes) rows.push(...benchShape(s, math, reps, floors, l2));
+  for (const line of formatCudaBenchTable(rows)) log(line);
+
+  const targets: CudaBenchTarget[] = [];
+  for (const math of maths) {
+    const fb = rows.filter((r) => r.math === math && r.op === 'lora fwd+bwd' && r.shape.d === 4096 && r.shape.r === 16);
+    const worst = fb.length ? Math.max(...fb.map((r) => r.ratio ?? Infinity)) : null;
+    targets.push({ metric: `lora fwd+bwd / baseline fwd+bwd at d = 4096, r = 16 (${math}, worst M)`, limit: 1.15, value: worst, met: worst !== null && worst <= 1.15 });
+  }
+  const merges = rows.filter((r) => r.op === 'merge' && r.shape.d === 4096);
+  const mergeFrac = merges.length ? Math.min(...merges.map((r) => r.gbps)) / floors.copyGBps : null;
+  targets.push({ metric: 'merge bandwidth / copy bandwidth at d = 4096 (worst)', limit: 0.7, value: mergeFrac, met: mergeFrac !== null && mergeFrac >= 0.7 });
+  for (const t of targets) {
+    const cmp = t.metric.startsWith('merge') ? '>=' : '<=';
+    log(`target: ${t.metric} = ${t.value === null ? 'n/a' : t.value.toFixed(3)} (want ${cmp} ${t.limit}): ${t.met ? 'met' : 'NOT met'}`);
+  }
+  return {
+    date: new Date().toISOString(),
+    machine: { gpu: dev.name, capability: dev.capability, memory: dev.memory, cpu: os.cpus()[0]?.model ?? 'unknown cpu', node: process.version },
+    cuda: { runtimeVersion: info.cuda.runtimeVersion, driverVersion: info.cuda.driverVersion, cublas: info.cuda.cublas },
+    reps,
+    floors,
+    rows,
+    targets,
+  };
+}
+
