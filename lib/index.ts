@@ -23,6 +23,7 @@ export type { SaveAdapterOptions } from './peft';
 export { SafetensorsFile, SafetensorsError, loadSafetensors, loadSafetensorsSync, saveSafetensors, saveSafetensorsSync } from './safetensors';
 export type { SafetensorsDtype, SafetensorsEntry, SafetensorsReadOptions, WriteOptions as SafetensorsWriteOptions } from './safetensors';
 export { loadTokenizer, Tokenizer } from './tokenizer';
+export type { Encoding, TokenizerConstructor } from './tokenizer';
 export { Adam, AdamW } from './optim';
 export type { AdamOptions, AdamStateDict, ParamGroup, ParamGroupInput } from './optim';
 export { backendInfo, cuda, nativeMemoryBytes } from './backend';

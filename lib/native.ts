@@ -142,14 +142,39 @@ function load(): Binding {
     const gypBuild = require('node-gyp-build') as (dir: string) => Binding;
     return gypBuild(root);
   } catch (e) {
-    const err = new Error(
-      `lora-cuda: the native addon could not be loaded from ${root} ` +
-        `(looked in build/Release, build/Debug and prebuilds/${process.platform}-${process.arch}): ` +
-        `${(e as Error).message}. Build it with "npm run build:native" (needs cmake and a C++ compiler).`,
-    );
-    (err as NodeJS.ErrnoException).code = 'ERR_LORA_ADDON_NOT_FOUND';
-    throw err;
+    throw loadError(root, e as Error);
   }
+}
+
+/** One error that lists every place a binary was looked for, what happened there, and the fixes. */
+function loadError(root: string, cause: Error): Error {
+  const platform = `${process.platform}-${process.arch}`;
+  const tried: string[] = [];
+  const candidates = [path.join(root, 'build', 'Release'), path.join(root, 'build', 'Debug'), path.join(root, 'prebuilds', platform)];
+  for (const dir of candidates) {
+    const files = fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => f.endsWith('.node')) : [];
+    if (!files.length) {
+      tried.push(`${path.relative(root, dir)}/: no .node file`);
+      continue;
+    }
+    for (const f of files) {
+      try {
+        // eslint-disable-next-line @typescript-eslint/no-require-imports
+        require(path.join(dir, f));
+        tried.push(`${path.relative(root, path.join(dir, f))}: loads, but was not chosen (${cause.message})`);
+      } catch (err) {
+        tried.push(`${path.relative(root, path.join(dir, f))}: ${(err as Error).message.split('\n')[0]}`);
+      }
+    }
+  }
+  const fixes = platform === 'linux-x64'
+    ? 'The package ships a prebuilt binary for linux-x64 (glibc 2.36 or newer, Node.js 20 or newer); reinstall it if prebuilds/ is missing, ' +
+      'or build from source with "npm run build:native" in the package directory (needs cmake >= 3.18, a C++17 compiler, and npm install cmake-js node-addon-api)'
+    : `No prebuilt binary exists for ${platform}; build from source with "npm run build:native" in the package directory ` +
+      '(needs cmake >= 3.18, a C++17 compiler, and npm install cmake-js node-addon-api)';
+  const err = new Error(`lora-cuda: no native addon could be loaded from ${root}. Tried: ${tried.join('; ')}. ${fixes}.`);
+  (err as NodeJS.ErrnoException).code = 'ERR_LORA_ADDON_NOT_FOUND';
+  return err;
 }
 
 export const native: Binding = load();

@@ -2,10 +2,34 @@
 // @huggingface/tokenizers (pure JS; nothing is downloaded).
 import * as fs from 'fs';
 import * as path from 'path';
-import { Tokenizer } from '@huggingface/tokenizers';
+import { Tokenizer as HFTokenizer } from '@huggingface/tokenizers';
 import { typeError } from './errors';
 
-export { Tokenizer };
+/** What encode() returns. */
+export interface Encoding {
+  ids: number[];
+  tokens: string[];
+  attention_mask: number[];
+  token_type_ids?: number[];
+}
+
+/**
+ * A tokenizer.json tokenizer (@huggingface/tokenizers underneath). The types
+ * are the package's own, so a strict consumer does not compile the
+ * dependency's declarations.
+ */
+export interface Tokenizer {
+  encode(text: string, options?: { text_pair?: string | null; add_special_tokens?: boolean; return_token_type_ids?: boolean | null }): Encoding;
+  decode(ids: number[] | bigint[], options?: { skip_special_tokens?: boolean; clean_up_tokenization_spaces?: boolean | null }): string;
+  tokenize(text: string, options?: { text_pair?: string | null; add_special_tokens?: boolean }): string[];
+  token_to_id(token: string): number | undefined;
+  id_to_token(id: number): string | undefined;
+}
+export interface TokenizerConstructor {
+  /** From the parsed tokenizer.json and tokenizer_config.json. */
+  new (tokenizerJson: object, tokenizerConfig: object): Tokenizer;
+}
+export const Tokenizer: TokenizerConstructor = HFTokenizer as unknown as TokenizerConstructor;
 
 /**
  * Loads tokenizer.json (and tokenizer_config.json when present) from `dir`.
