@@ -100,7 +100,7 @@ class CudaBackend final : public Backend {
   }
   void expand(const Tensor& x, const Tensor& out) override {
     Guard g(c_);
-    gather(c_, x, out, bcast_strides(x.shape, out.shape));
+    gather(c_, x, out, broadcast_strides(x.shape, out.shape));
   }
   void permute(const Tensor& x, const std::vector<int64_t>& perm, const Tensor& out) override {
     Guard g(c_);

@@ -205,7 +205,7 @@ void binary(Context& c, BinaryOp op, const Tensor& a, const Tensor& b, const Ten
     } else if (a.shape == out.shape && b.numel() == 1) {
       binary_scalar_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(o, dp<T>(a), dp<T>(b), dp<T>(out), n);
     } else {
-      auto ix = make_indexers(out.shape, {bcast_strides(a.shape, out.shape), bcast_strides(b.shape, out.shape)});
+      auto ix = make_indexers(out.shape, {broadcast_strides(a.shape, out.shape), broadcast_strides(b.shape, out.shape)});
       binary_bcast_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(o, dp<T>(a), ix[0], dp<T>(b), ix[1],
                                                                       dp<T>(out), n);
     }

@@ -71,18 +71,4 @@ inline std::vector<Indexer> make_indexers(const Shape& out,
   return ix;
 }
 
-// Row-major element strides of `shape`, aligned to the last dims of `out`,
-// 0 on broadcast dims (as the CPU backend's bcast_strides).
-inline std::vector<int64_t> bcast_strides(const Shape& shape, const Shape& out) {
-  size_t r = out.size(), k = shape.size();
-  std::vector<int64_t> st(r, 0);
-  int64_t s = 1;
-  for (size_t i = 0; i < k; ++i) {
-    size_t d = k - 1 - i, o = r - 1 - i;
-    st[o] = shape[d] == 1 ? 0 : s;
-    s *= shape[d];
-  }
-  return st;
-}
-
 }  // namespace lc::cu

@@ -37,6 +37,18 @@ int64_t shape_numel(const Shape& s) {
   return n;
 }
 
+std::vector<int64_t> broadcast_strides(const Shape& shape, const Shape& out) {
+  size_t r = out.size(), k = shape.size();
+  std::vector<int64_t> st(r, 0);
+  int64_t s = 1;
+  for (size_t i = 0; i < k; ++i) {
+    size_t d = k - 1 - i, o = r - 1 - i;
+    st[o] = shape[d] == 1 ? 0 : s;
+    s *= shape[d];
+  }
+  return st;
+}
+
 std::string shape_str(const Shape& s) {
   std::ostringstream o;
   o << '[';

@@ -47,6 +47,10 @@ struct Device {
 using Shape = std::vector<int64_t>;
 int64_t shape_numel(const Shape& s);
 std::string shape_str(const Shape& s);
+// Row-major element strides of `shape` aligned to the last dims of `out`, 0 on
+// broadcast dims, so one counter over `out` walks both (every backend's
+// broadcasting ops read through these).
+std::vector<int64_t> broadcast_strides(const Shape& shape, const Shape& out);
 
 class Storage {
  public:

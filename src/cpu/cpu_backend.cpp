@@ -63,20 +63,6 @@ void par(int64_t n, Fn&& fn) {
   }
 }
 
-// Strides (in elements) of `shape` aligned to the last dims of `out`, 0 on
-// broadcast dims, so one counter walks both.
-std::vector<int64_t> bcast_strides(const Shape& shape, const Shape& out) {
-  size_t r = out.size(), k = shape.size();
-  std::vector<int64_t> st(r, 0);
-  int64_t s = 1;
-  for (size_t i = 0; i < k; ++i) {
-    size_t d = k - 1 - i, o = r - 1 - i;
-    st[o] = shape[d] == 1 ? 0 : s;
-    s *= shape[d];
-  }
-  return st;
-}
-
 // Calls fn(out_index, offsets...) over out's elements in order, with the
 // innermost dimension as a tight loop.
 template <size_t NIn, typename Fn>
@@ -290,8 +276,8 @@ class CpuBackend final : public Backend {
         });
         return;
       }
-      const std::vector<int64_t> st[2] = {bcast_strides(a.shape, out.shape),
-                                          bcast_strides(b.shape, out.shape)};
+      const std::vector<int64_t> st[2] = {broadcast_strides(a.shape, out.shape),
+                                          broadcast_strides(b.shape, out.shape)};
       for_each_bcast<2>(out.shape, st, [&](int64_t base, int64_t len, const int64_t* off,
                                            const int64_t* ist) {
         if (!ist) {
@@ -369,7 +355,7 @@ class CpuBackend final : public Backend {
         return;
       }
       // Walk x with out's (broadcast) strides; out's dims are x's dims or 1.
-      const std::vector<int64_t> st[1] = {bcast_strides(out.shape, x.shape)};
+      const std::vector<int64_t> st[1] = {broadcast_strides(out.shape, x.shape)};
       std::vector<double> acc(static_cast<size_t>(m), 0.0);
       for_each_bcast<1>(x.shape, st, [&](int64_t base, int64_t len, const int64_t* off,
                                          const int64_t* ist) {
@@ -384,7 +370,7 @@ class CpuBackend final : public Backend {
   }
 
   void expand(const Tensor& x, const Tensor& out) override {
-    gather(x, out, bcast_strides(x.shape, out.shape), "expand");
+    gather(x, out, broadcast_strides(x.shape, out.shape), "expand");
   }
 
   void permute(const Tensor& x, const std::vector<int64_t>& perm, const Tensor& out) override {
