@@ -83,7 +83,7 @@ export interface RunBenchmarksOptions {
   shapes?: 'full' | 'quick' | 'tiny' | BenchShape[];
   /** Timed repetitions per row (default 5 with quick, else 15). */
   reps?: number;
-  /** Recorded in the result (only 'cpu' runs in this release). */
+  /** Recorded in the result ('cpu'; the GPU benchmarks are runCudaBenchmarks in bench-cuda.ts). */
   device?: string;
   /** Receives the header, the table and the target line (default: nothing printed). */
   log?: (line: string) => void;
