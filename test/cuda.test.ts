@@ -16,6 +16,8 @@ if (!available) {
   console.warn(`CUDA parity and memory tests skipped: ${info.reason}`);
 }
 const describeCuda = available ? describe : describe.skip;
+// The CPU emulator of the CUDA backend (dev/cuda-emu, scripts/test-cuda-emu.sh) compiles no GPU code.
+const emulated = info.devices[0]?.name === 'lora-cuda CUDA emulator';
 
 // ------------------------------------------------------------------ always
 
@@ -29,7 +31,7 @@ describe('CUDA status (any machine)', () => {
       expect(info.runtimeVersion).toBe(0);
     } else {
       expect(info.runtimeVersion).toBeGreaterThanOrEqual(12000);
-      expect(info.architectures).toMatch(/90/); // H100/H200 machine code is always built
+      expect(info.architectures).toMatch(emulated ? /^emulated$/ : /90/); // H100/H200 machine code is always built
     }
     if (available) {
       expect(info.reason).toBe('');
@@ -325,7 +327,11 @@ describeCuda('CUDA parity with the CPU backend', () => {
     expect(normError(before, merged)).toBeLessThan(1e-5);
     l.unmergeFromOrig();
     expect(normError(w0, lin.weight.toArray())).toBeLessThan(1e-6);
-    noGrad(() => l.B!.fill_(3e38));
+    // scale * B A = 2 * 8 * 3e38 per element: Inf in float32, though every input is finite.
+    noGrad(() => {
+      l.A!.fill_(1);
+      l.B!.fill_(3e38);
+    });
     const exact = Array.from(lin.weight.toArray());
     expect(() => l.mergeToOrig({ safe: true })).toThrow(/non-finite|NaN|Inf/);
     expect(Array.from(lin.weight.toArray())).toEqual(exact);
@@ -442,11 +448,18 @@ describeCuda('CUDA memory and errors', () => {
   });
 
   test('memoryStats counts a tensor while it lives', () => {
-    cuda.synchronize();
-    const before = cuda.memoryStats().allocated;
-    const t = zeros([1024, 1024], { device: 'cuda' });
-    expect(cuda.memoryStats().allocated - before).toBe(4 * 2 ** 20);
-    t.dispose();
-    expect(cuda.memoryStats().allocated).toBe(before);
+    // Allocating can start a garbage collection, whose finalizers free tensors earlier tests left
+    // behind and lower the count by theirs: a round in which that happened is measured again.
+    let deltas: number[] = [];
+    for (let round = 0; round < 3; round++) {
+      cuda.synchronize();
+      const before = cuda.memoryStats().allocated;
+      const t = zeros([1024, 1024], { device: 'cuda' });
+      const during = cuda.memoryStats().allocated;
+      t.dispose();
+      deltas = [during - before, cuda.memoryStats().allocated - before];
+      if (deltas[0] === 4 * 2 ** 20 && deltas[1] === 0) break;
+    }
+    expect(deltas).toEqual([4 * 2 ** 20, 0]);
   });
 });
