@@ -5,6 +5,7 @@ import {
   SafetensorsError, SafetensorsFile, loadSafetensors, loadSafetensorsSync, saveSafetensors, saveSafetensorsSync,
 } from '../lib/safetensors';
 import { Tensor, tensor } from '../lib/tensor';
+import { openFilesUnder } from './helpers/fds';
 
 let dir: string;
 beforeAll(() => {
@@ -56,8 +57,9 @@ function headerOf(file: string): { n: number; text: string; json: Record<string,
   return { n, text, json: JSON.parse(text) };
 }
 
+/** Descriptors open on this suite's temporary files. */
 function openFds(): number {
-  return fs.readdirSync('/proc/self/fd').length;
+  return openFilesUnder(dir);
 }
 
 // ====================================================================== reference files
