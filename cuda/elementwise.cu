@@ -33,6 +33,37 @@ __global__ void cast_kernel(D* d, const S* s, int64_t n) {
   LC_GRID_STRIDE(i, n) d[i] = static_cast<D>(s[i]);
 }
 
+// Float to int32 as on the CPU: NaN, infinities and values outside int32's
+// range are refused (converting them is undefined behaviour) and nothing is
+// written. A check pass finds the first bad element, the cast writes only if
+// there is none, and the report surfaces at the next synchronisation.
+template <typename S>
+__global__ void int32_range_check_kernel(const S* s, int64_t n, unsigned long long* first) {
+  LC_GRID_STRIDE(i, n) {
+    const double v = static_cast<double>(s[i]);
+    if (!(v > -2147483649.0 && v < 2147483648.0)) note_bad(first, i);
+  }
+}
+
+template <typename S>
+__global__ void cast_to_int32_kernel(int32_t* d, const S* s, int64_t n,
+                                     const unsigned long long* first) {
+  if (*first != ~0ull) return;
+  LC_GRID_STRIDE(i, n) d[i] = static_cast<int32_t>(s[i]);
+}
+
+template <typename S>
+__global__ void int32_range_report_kernel(const S* s, const unsigned long long* first, int64_t n,
+                                          DeviceError* err) {
+  if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  const unsigned long long i = *first;
+  if (i >= static_cast<unsigned long long>(n)) return;
+  if (atomicCAS(&err->code, 0, kErrCastInt32) == 0) {
+    err->b = static_cast<long long>(i);
+    err->v = static_cast<double>(s[i]);
+  }
+}
+
 template <typename T>
 __device__ __forceinline__ T apply_binary(int op, T a, T b) {
   switch (op) {
@@ -178,6 +209,21 @@ void random(Context& c, const Tensor& t, bool normal, uint64_t seed, uint64_t of
 void cast_copy(Context& c, const Tensor& dst, const Tensor& src) {
   int64_t n = dst.numel();
   if (!n) return;
+  if (dst.dtype == DType::I32) {  // from a float dtype: checked
+    Tensor holder;
+    unsigned long long* first = first_bad_word(c, holder);
+    dispatch_float(src.dtype, "copy (dtype cast)", [&](auto z) {
+      using S = decltype(z);
+      int32_range_check_kernel<S><<<grid_for(n), kThreads, 0, c.stream>>>(dp<S>(src), n, first);
+      launched(c, "copy (dtype cast)");
+      cast_to_int32_kernel<S><<<grid_for(n), kThreads, 0, c.stream>>>(dp<int32_t>(dst), dp<S>(src),
+                                                                       n, first);
+      launched(c, "copy (dtype cast)");
+      int32_range_report_kernel<S><<<1, 1, 0, c.stream>>>(dp<S>(src), first, n, c.err);
+      launched(c, "copy (dtype cast)");
+    });
+    return;
+  }
   auto from = [&](auto* d) {
     using D = std::remove_pointer_t<decltype(d)>;
     switch (src.dtype) {

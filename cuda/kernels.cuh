@@ -12,6 +12,7 @@
 #include "../src/cpu/dispatch.h"
 #include "../src/tensor.h"
 #include "indexer.h"
+#include "ops.h"
 #include "runtime.h"
 
 namespace lc::cu {
@@ -68,6 +69,22 @@ __device__ __forceinline__ float d_sqrt(float x) { return sqrtf(x); }
 __device__ __forceinline__ double d_sqrt(double x) { return sqrt(x); }
 __device__ __forceinline__ bool d_finite(float x) { return isfinite(x); }
 __device__ __forceinline__ bool d_finite(double x) { return isfinite(x); }
+
+// ---- bad-input reports. A check kernel notes the flat index of the first bad
+// element by atomicMin, so that the report names the lowest index (as the CPU
+// does) whatever the order blocks run in; all ones means none.
+__device__ __forceinline__ void note_bad(unsigned long long* first, int64_t n) {
+  atomicMin(first, static_cast<unsigned long long>(n));
+}
+
+// A device word of 64 bits set to all ones, in scratch memory that `holder`
+// keeps alive while the queued kernels use it (F64 storage is just its 8 bytes).
+inline unsigned long long* first_bad_word(Context& c, Tensor& holder) {
+  holder = scratch(c, {1}, DType::F64);
+  auto* p = static_cast<unsigned long long*>(holder.raw());
+  check(cudaMemsetAsync(p, 0xFF, sizeof(unsigned long long), c.stream), "cudaMemsetAsync");
+  return p;
+}
 
 // Typed device pointer of a tensor.
 template <typename T>

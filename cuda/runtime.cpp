@@ -178,6 +178,9 @@ std::string device_error_message(const DeviceError& d) {
     case kErrEmbeddingBackwardId:
       return "embedding backward: id " + s(d.a) + " at index " + s(d.b) + " is outside [0, " +
              s(d.c) + ")";
+    case kErrCastInt32:  // the CPU backend's words
+      return "copy: element " + s(d.b) + " (" + std::to_string(d.v) +
+             ") cannot be converted to int32 (integers in [-2147483648, 2147483647])";
     case kErrCrossEntropyTarget:
       return "cross entropy: target " + s(d.a) + " at row " + s(d.b) + " is outside [0, " + s(d.c) +
              ")";

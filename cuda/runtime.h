@@ -22,12 +22,14 @@ struct DeviceError {
   int code;  // 0: none
   int pad;
   long long a, b, c;  // what the message needs (the bad value, its index, the bound)
+  double v;           // a bad floating-point value
 };
 enum DeviceErrorCode : int {
   kErrNone = 0,
   kErrEmbeddingId = 1,          // a = id, b = index, c = num embeddings
   kErrEmbeddingBackwardId = 2,  // same
   kErrCrossEntropyTarget = 3,   // a = target, b = row, c = classes
+  kErrCastInt32 = 4,            // b = element, v = its value
 };
 
 struct Context {

@@ -36,12 +36,6 @@ __device__ __forceinline__ T neg_inf() {
 
 // ---------------------------------------------------------------- embedding
 
-// Flat index of the first bad id, by atomicMin, so that the report names the
-// lowest index (as the CPU does) whatever the order blocks run in.
-__device__ __forceinline__ void note_bad(unsigned long long* first, int64_t n) {
-  atomicMin(first, static_cast<unsigned long long>(n));
-}
-
 __global__ void ids_check_kernel(const int32_t* ids, int64_t N, int64_t V,
                                  unsigned long long* first) {
   LC_GRID_STRIDE(n, N) {
@@ -699,15 +693,6 @@ unsigned plain_grid(int64_t rows) {
   const int wpb = kPlainThreads / 32;
   return static_cast<unsigned>(
       std::max<int64_t>(1, std::min<int64_t>(ceil_div(rows, wpb), 1 << 20)));
-}
-
-// A device word of 64 bits set to all ones (no bad id yet); F64 storage is
-// just its 8 bytes.
-unsigned long long* first_bad_word(Context& c, Tensor& holder) {
-  holder = scratch(c, {1}, DType::F64);
-  auto* p = static_cast<unsigned long long*>(holder.raw());
-  check(cudaMemsetAsync(p, 0xFF, sizeof(unsigned long long), c.stream), "cudaMemsetAsync");
-  return p;
 }
 
 }  // namespace

@@ -441,6 +441,27 @@ describeCuda('CUDA memory and errors', () => {
     expect(w.sum().item()).toBeCloseTo(Array.from(w.toArray()).reduce((a, b) => a + b, 0), 4);
   });
 
+  test('float to int32 refuses what the CPU refuses, in its words, and writes nothing', () => {
+    for (const bad of [[0, 1e10, 2], [0, 1, NaN], [-Infinity, 0, NaN], [2 ** 31, 0, 0]]) {
+      let cpuError: Error | null = null;
+      try {
+        tensor([1, 2, 3], { dtype: 'int32' }).copy_(tensor(bad, { dtype: 'float64' }));
+      } catch (e) {
+        cpuError = e as Error;
+      }
+      expect(cpuError).not.toBeNull();
+      const t = tensor([1, 2, 3], { dtype: 'int32', device: 'cuda' });
+      t.copy_(tensor(bad, { dtype: 'float64', device: 'cuda' })); // queued: the kernel finds it
+      expect(() => cuda.synchronize('cuda')).toThrow(cpuError!.message);
+      expect(Array.from(t.toArray())).toEqual([1, 2, 3]);
+    }
+    // In range, truncation toward zero on both devices.
+    const ok = [1.9, -1.9, 2147483647.5, -2147483648.5];
+    expect(Array.from(tensor(ok, { dtype: 'float64', device: 'cuda' }).to('int32').toArray()))
+      .toEqual(Array.from(tensor(ok, { dtype: 'float64' }).to('int32').toArray()));
+    expect(Array.from(tensor([3.7, -0.5], { device: 'cuda' }).to('int32').toArray())).toEqual([3, 0]);
+  });
+
   test('ops refuse tensors of different devices with a clear message', () => {
     const a = randn([3], { device: 'cuda' });
     const b = randn([3]);
