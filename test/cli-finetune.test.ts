@@ -8,61 +8,16 @@ import { SafetensorsFile } from '../lib/safetensors';
 import { CliError, CliIO } from '../lib/cli/io';
 import { FinetuneHooks, finetuneCommand } from '../lib/cli/finetune';
 import { IGNORE_INDEX, epochOrder, makeBatch, splitTrainEval, tokenizeExamples } from '../lib/cli/data';
-import { loadCases, writeCheckpoint } from './helpers/llama-weights';
+import { LINES, finetuneFixture } from './helpers/finetune-fixture';
 
 let tmp: string;
 let modelDir: string;
 let txt: string;
 let jsonl: string;
 
-// Words of the data as single BPE tokens; every other word falls back to letters.
-const WORDS = ['the', 'cat', 'sat', 'on', 'mat', 'dog', 'ran', 'to', 'a', 'big', 'red', 'ball', 'q', 'ans'];
-
-function tokenizerJson(): object {
-  const vocab: Record<string, number> = { '<unk>': 0, '<pad>': 1, '</s>': 2 };
-  for (const c of 'abcdefghijklmnopqrstuvwxyz:?') if (!(c in vocab)) vocab[c] = Object.keys(vocab).length;
-  const merges: string[] = [];
-  // Merge each word left to right: "t h" -> "th", "th e" -> "the", …
-  for (const w of WORDS) {
-    let cur = w[0];
-    for (const ch of w.slice(1)) {
-      if (!(cur + ch in vocab)) {
-        merges.push(`${cur} ${ch}`);
-        vocab[cur + ch] = Object.keys(vocab).length;
-      }
-      cur += ch;
-    }
-  }
-  expect(Object.keys(vocab).length).toBeLessThanOrEqual(67); // the model's vocab_size
-  return {
-    version: '1.0', truncation: null, padding: null,
-    added_tokens: [
-      { id: 0, content: '<unk>', single_word: false, lstrip: false, rstrip: false, normalized: false, special: true },
-      { id: 1, content: '<pad>', single_word: false, lstrip: false, rstrip: false, normalized: false, special: true },
-      { id: 2, content: '</s>', single_word: false, lstrip: false, rstrip: false, normalized: false, special: true },
-    ],
-    normalizer: null, pre_tokenizer: { type: 'WhitespaceSplit' }, post_processor: null, decoder: null,
-    model: {
-      type: 'BPE', dropout: null, unk_token: '<unk>', continuing_subword_prefix: null, end_of_word_suffix: null,
-      fuse_unk: false, byte_fallback: false, vocab, merges,
-    },
-  };
-}
-
-const LINES = [
-  'the cat sat on the mat', 'the dog ran to the mat', 'a big red ball', 'the cat ran to a ball',
-  'the dog sat on a mat', 'a red cat sat', 'the big dog ran', 'the red ball ran to the cat',
-  'a cat on a mat', 'the dog sat', 'big red dog', 'the mat sat on the cat',
-];
-
 beforeAll(async () => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lora-cuda-finetune-'));
-  modelDir = path.join(tmp, 'model');
-  await writeCheckpoint(modelDir, loadCases().cases.llama_gqa);
-  fs.writeFileSync(path.join(modelDir, 'tokenizer.json'), JSON.stringify(tokenizerJson()));
-  fs.writeFileSync(path.join(modelDir, 'tokenizer_config.json'), JSON.stringify({ eos_token: '</s>', pad_token: '<pad>' }));
-  txt = path.join(tmp, 'data.txt');
-  fs.writeFileSync(txt, LINES.join('\n') + '\n\n');
+  ({ model: modelDir, data: txt } = await finetuneFixture(tmp));
   jsonl = path.join(tmp, 'data.jsonl');
   fs.writeFileSync(jsonl, [
     { prompt: 'q: the cat ?', completion: ' ans sat on the mat' },

@@ -1,10 +1,11 @@
 // A tiny checkpoint for `lora-cuda finetune` runs: the llama_gqa test model, a BPE tokenizer whose
-// vocabulary holds the words of the data, and a .txt data file (as test/cli-finetune.test.ts uses).
+// vocabulary holds the words of the data, and a .txt data file.
 import * as fs from 'fs';
 import * as path from 'path';
 import { loadCases, writeCheckpoint } from './llama-weights';
 
-const WORDS = ['the', 'cat', 'sat', 'on', 'mat', 'dog', 'ran', 'to', 'a', 'big', 'red', 'ball'];
+// Words of the data as single BPE tokens; every other word falls back to letters.
+const WORDS = ['the', 'cat', 'sat', 'on', 'mat', 'dog', 'ran', 'to', 'a', 'big', 'red', 'ball', 'q', 'ans'];
 
 export const LINES = [
   'the cat sat on the mat', 'the dog ran to the mat', 'a big red ball', 'the cat ran to a ball',
@@ -12,10 +13,11 @@ export const LINES = [
   'a cat on a mat', 'the dog sat', 'big red dog', 'the mat sat on the cat',
 ];
 
-function tokenizerJson(): object {
+export function tokenizerJson(): object {
   const vocab: Record<string, number> = { '<unk>': 0, '<pad>': 1, '</s>': 2 };
-  for (const c of 'abcdefghijklmnopqrstuvwxyz') if (!(c in vocab)) vocab[c] = Object.keys(vocab).length;
+  for (const c of 'abcdefghijklmnopqrstuvwxyz:?') if (!(c in vocab)) vocab[c] = Object.keys(vocab).length;
   const merges: string[] = [];
+  // Merge each word left to right: "t h" -> "th", "th e" -> "the", …
   for (const w of WORDS) {
     let cur = w[0];
     for (const ch of w.slice(1)) {
@@ -39,13 +41,13 @@ function tokenizerJson(): object {
   };
 }
 
-/** Writes DIR/model (checkpoint + tokenizer) and DIR/data.txt; returns their paths. */
+/** Writes DIR/model (checkpoint + tokenizer) and DIR/data.txt (LINES, then a blank line); returns their paths. */
 export async function finetuneFixture(dir: string): Promise<{ model: string; data: string }> {
   const model = path.join(dir, 'model');
   await writeCheckpoint(model, loadCases().cases.llama_gqa);
   fs.writeFileSync(path.join(model, 'tokenizer.json'), JSON.stringify(tokenizerJson()));
   fs.writeFileSync(path.join(model, 'tokenizer_config.json'), JSON.stringify({ eos_token: '</s>', pad_token: '<pad>' }));
   const data = path.join(dir, 'data.txt');
-  fs.writeFileSync(data, LINES.join('\n') + '\n');
+  fs.writeFileSync(data, LINES.join('\n') + '\n\n');
   return { model, data };
 }
