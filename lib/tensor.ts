@@ -25,7 +25,14 @@ interface Store {
   version: number; // bumped by in-place writes, so stale saved tensors are caught
   disposed: boolean;
   escaped?: boolean; // held by something long-lived (a .grad, optimiser state): tidy() never frees it
+  // The values of an int32 GPU tensor as they were uploaded, valid while `version` is unchanged:
+  // the ops that must check ids on the host (embedding, cross-entropy) read them without waiting
+  // for the device.
+  hostInts?: { version: number; values: Int32Array };
 }
+
+// Host copies of int32 GPU tensors are kept up to this many elements (ids, targets).
+const HOST_INTS_MAX = 1 << 22;
 
 // Open tidy() scopes, innermost last: the tensors that created a storage inside each.
 const scopes: Tensor[][] = [];
@@ -163,6 +170,23 @@ export class Tensor {
     return native.toArray(this._live('Tensor.toArray'));
   }
 
+  /**
+   * @internal The values of an int32 tensor for host-side checks, from the host copy kept since the
+   * last write when there is one (no wait for the device), else read back. Callers must not modify it.
+   */
+  _int32Values(where: string): Int32Array {
+    this._live(where);
+    const c = this._store.hostInts;
+    if (c && c.version === this._store.version) return c.values;
+    return native.toArray(this._h) as Int32Array;
+  }
+
+  /** @internal Keeps `values` (what this int32 GPU tensor now holds) as its host copy. */
+  _keepHostInts(values: Int32Array, copy: boolean): void {
+    if (this._dtype !== 'int32' || this._device.type === 0 || values.length > HOST_INTS_MAX) return;
+    this._store.hostInts = { version: this._store.version, values: copy ? values.slice() : values };
+  }
+
   /** The data as nested arrays of numbers (a number for a 0-d tensor). */
   tolist(): number | NestedList {
     const flat = this.toArray();
@@ -232,6 +256,9 @@ export class Tensor {
       const tmp = native.fromArray(arr, this._shape as number[], DTYPE_CODE[this._dtype], 0, 0);
       native.copy_(h, tmp);
       native.dispose(tmp);
+      this._store.version++;
+      this._keepHostInts(arr as Int32Array, arr === src);
+      return this;
     }
     this._store.version++;
     return this;
@@ -285,7 +312,15 @@ export class Tensor {
     if (dev.name === this._device.name && dtype === this._dtype) return this;
     const h = native.to(this._live(where), dev.type, dev.index, DTYPE_CODE[dtype]);
     const out = new Tensor(h, this._shape, dtype, dev);
-    if (dtype === 'int32') return out;
+    if (dtype === 'int32') {
+      // Ids moved to a GPU keep a host copy when reading one costs no wait.
+      if (this._dtype === 'int32' && dev.type !== 0) {
+        const c = this._store.hostInts;
+        if (c && c.version === this._store.version) out._keepHostInts(c.values, false);
+        else if (this._device.type === 0) out._keepHostInts(native.toArray(this._h) as Int32Array, false);
+      }
+      return out;
+    }
     const from = this._device.name === 'cpu' ? 'cpu' : (this._device.name as DeviceSpec);
     const fromDtype = this._dtype;
     return record(out, 'ToBackward', [this], (g) => [g.to(from).to(fromDtype)]);
@@ -1078,7 +1113,9 @@ export function tensor(data: TensorData, opts?: TensorDataOptions): Tensor {
     throw rangeError(where, 'data length', `${numel} to match shape [${shape.join(', ')}]`, flat.length);
   }
   const h = native.fromArray(flat, shape, DTYPE_CODE[dtype], device.type, device.index);
-  return finish(new Tensor(h, shape, dtype, device), requiresGrad);
+  const t = new Tensor(h, shape, dtype, device);
+  t._keepHostInts(flat as Int32Array, flat === data); // the caller's own Int32Array may change
+  return finish(t, requiresGrad);
 }
 
 /** A tensor filled with `value`. */

@@ -3,8 +3,8 @@
 // op on the CPU and on CUDA from the same inputs and compares outputs and
 // gradients, is skipped with a message saying why.
 import {
-  Adam, AdamW, F, LoRALinear, Linear, Tensor, backendInfo, cuda, manualSeed, noGrad, randn, rand,
-  tensor, tidy, zeros,
+  Adam, AdamW, F, LlamaForCausalLM, LoRALinear, Linear, Tensor, backendInfo, cuda, injectLora, manualSeed,
+  noGrad, randn, rand, tensor, tidy, zeros,
 } from '../lib';
 import { native } from '../lib/native';
 import { expectThrows } from './helpers/expect-throws';
@@ -460,6 +460,43 @@ describeCuda('CUDA memory and errors', () => {
     expect(Array.from(tensor(ok, { dtype: 'float64', device: 'cuda' }).to('int32').toArray()))
       .toEqual(Array.from(tensor(ok, { dtype: 'float64' }).to('int32').toArray()));
     expect(Array.from(tensor([3.7, -0.5], { device: 'cuda' }).to('int32').toArray())).toEqual([3, 0]);
+  });
+
+  test('ids and targets uploaded from the host are checked on the host without waiting for the GPU', () => {
+    // A report queued by a kernel surfaces only at a synchronisation: a step that waited for the
+    // device would throw it early.
+    const queueReport = () => {
+      const w = randn([10, 4], { device: 'cuda' });
+      native.dispose(native.embeddingForward(tensor([99], { dtype: 'int32', device: 'cuda' })._h, w._h));
+    };
+    const config = { model_type: 'llama', hidden_size: 8, num_attention_heads: 2, vocab_size: 11, intermediate_size: 4, num_hidden_layers: 1 };
+    manualSeed(3);
+    const model = new LlamaForCausalLM(config, { device: 'cuda' });
+    injectLora(model, { r: 2, alpha: 4, targetModules: ['q_proj', 'v_proj'] });
+    const w = randn([11, 4], { device: 'cuda', requiresGrad: true });
+    queueReport();
+    const loss = model.loss([[1, 2, 3, 4], [5, 6, 7, 8]]); // ids and labels from number[][]
+    loss.backward();
+    const ids = tensor([[1, 2], [3, 10]], { dtype: 'int32' }).cuda(); // moved from the CPU
+    const e = F.embedding(ids, w);
+    const ce = F.crossEntropy(randn([2, 11], { device: 'cuda' }), tensor([4, 0], { dtype: 'int32', device: 'cuda' }));
+    ids.copy_([0, 0, 1, 1]); // rewritten from the host
+    F.embedding(ids, w);
+    expect(() => cuda.synchronize('cuda')).toThrow(/embedding: id 99 at index 0 is outside \[0, 10\)/);
+    expect(Number.isFinite(loss.item() + ce.item())).toBe(true);
+    expect(e.shape).toEqual([2, 2, 4]);
+
+    // A write on the device drops the host copy: the ids are read back and still checked.
+    ids.copy_(tensor([0, 1, 2, 99], { dtype: 'int32', device: 'cuda' }));
+    expectThrows(() => F.embedding(ids, w), RangeError, /^embedding: ids\[1, 1\] must be in \[0, 11\) \(weight.shape\[0\]\), got 99$/);
+    ids.copy_(tensor([[5, 6], [7, 8]], { dtype: 'float64', device: 'cuda' }));
+    const cpuIds = tensor([[5, 6], [7, 8]], { dtype: 'int32' });
+    expect(Array.from(F.embedding(ids, w).toArray())).toEqual(Array.from(F.embedding(cpuIds, w.cpu()).toArray()));
+    // A caller's Int32Array changed after the upload does not change what is checked.
+    const raw = new Int32Array([1, 2]);
+    const t = tensor(raw, { dtype: 'int32', device: 'cuda' });
+    raw[0] = 99;
+    expect(Array.from(F.embedding(t, w).toArray())).toEqual(Array.from(w.toArray().slice(4, 12)));
   });
 
   test('ops refuse tensors of different devices with a clear message', () => {

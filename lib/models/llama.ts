@@ -311,7 +311,7 @@ export class LlamaForCausalLM extends Module {
     const ids = toIds(where, 'inputIds', inputIds, this.config.vocabSize, this.device());
     const [B, T] = ids.shape;
     checkLength(where, T, this.config);
-    const lab = labels === undefined ? ids.toArray() : labelsArray(where, labels, B, T, this.config.vocabSize);
+    const lab = labels === undefined ? ids._int32Values(where) : labelsArray(where, labels, B, T, this.config.vocabSize);
     const targets = new Array<number>(B * T);
     for (let b = 0; b < B; b++) {
       for (let t = 0; t < T; t++) targets[b * T + t] = t + 1 < T ? lab[b * T + t + 1] : -100;
@@ -465,7 +465,7 @@ function labelsArray(where: string, v: number[][] | Tensor, B: number, T: number
   let flat: ArrayLike<number>;
   if (v instanceof Tensor) {
     if (v.dtype !== 'int32' || v.shape[0] !== B || v.shape[1] !== T || v.ndim !== 2) throw rangeError(where, 'labels', `an int32 tensor [${B}, ${T}]`, v);
-    flat = v.toArray();
+    flat = v._int32Values(where);
   } else {
     if (!Array.isArray(v) || v.length !== B || v.some((r) => !Array.isArray(r) || r.length !== T)) {
       throw rangeError(where, 'labels', `number[${B}][${T}] like inputIds`, v);

@@ -112,7 +112,7 @@ export function crossEntropy(input: Tensor, target: Tensor | ArrayLike<number> |
     if (target.dtype !== 'int32') throw typeError(where, 'target', "an int32 tensor of class indices (tensor(ids, { dtype: 'int32' }))", target);
     const want = input.ndim === 2 ? `[${N}]` : '[] or [1]';
     if (target.numel !== N || target.ndim > 1 || (input.ndim === 2 && target.ndim !== 1)) throw rangeError(where, 'target.shape', want, target.shape);
-    ids = target.toArray();
+    ids = target._int32Values(where);
   } else if (typeof target === 'number') {
     if (input.ndim !== 1) throw typeError(where, 'target', `${N} class indices for ${N} rows`, target);
     ids = [target];

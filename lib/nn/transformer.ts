@@ -46,7 +46,7 @@ function embeddingImpl(where: string, ids: unknown, weight: unknown): Tensor {
     throw new RangeError(`${where}: ids is on ${ids.device} but weight is on ${weight.device}; move one with .to()`);
   }
   const [V, D] = weight.shape;
-  const flat = ids.toArray();
+  const flat = ids._int32Values(where);
   for (let i = 0; i < flat.length; i++) {
     const id = flat[i];
     if (id < 0 || id >= V) throw rangeError(where, `ids${multiIndex(ids.shape, i)}`, `in [0, ${V}) (weight.shape[0])`, id);
