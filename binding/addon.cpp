@@ -359,8 +359,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   });
   def("embeddingBackward", [](const Napi::CallbackInfo& a) {
     return wrap(a.Env(), lc::ops::embedding_backward(T(a[0], "embedding ids"),
-                                                     T(a[1], "embedding grad"),
-                                                     i64(a[2], "numEmbeddings")));
+                                                     optT(a[1], "embedding order"),
+                                                     T(a[2], "embedding grad"),
+                                                     i64(a[3], "numEmbeddings")));
   });
   def("rmsNormForward", [](const Napi::CallbackInfo& a) -> Napi::Value {
     auto o = lc::ops::rms_norm(T(a[0], "rmsNorm x"), optT(a[1], "rmsNorm weight"),

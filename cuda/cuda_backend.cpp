@@ -182,9 +182,12 @@ class CudaBackend final : public Backend {
     Guard g(c_);
     cu::embedding_forward(c_, ids, weight, out);
   }
-  void embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dweight) override {
+  void embedding_backward(const Tensor& ids, const Tensor* order, const Tensor& dy,
+                          const Tensor& dweight) override {
+    if (!order && ids.numel() && dweight.numel())
+      fail("embedding backward on CUDA: the ids' sort order is required");
     Guard g(c_);
-    cu::embedding_backward(c_, ids, dy, dweight);
+    cu::embedding_backward(c_, ids, order, dy, dweight);
   }
   void rms_norm_forward(const Tensor& x, const Tensor* weight, double eps, const Tensor& y,
                         const Tensor& rstd) override {

@@ -69,7 +69,8 @@ void adam_step(Context& c, const std::vector<AdamParam>& params, const AdamConfi
 
 // ---- transformer.cu
 void embedding_forward(Context& c, const Tensor& ids, const Tensor& weight, const Tensor& out);
-void embedding_backward(Context& c, const Tensor& ids, const Tensor& dy, const Tensor& dweight);
+void embedding_backward(Context& c, const Tensor& ids, const Tensor* order, const Tensor& dy,
+                        const Tensor& dweight);
 void rms_norm_forward(Context& c, const Tensor& x, const Tensor* weight, double eps,
                       const Tensor& y, const Tensor& rstd);
 void rms_norm_backward(Context& c, const Tensor& dy, const Tensor& x, const Tensor* weight,

@@ -75,18 +75,36 @@ __global__ void embedding_forward_kernel(const int32_t* ids, const T* w, T* out,
   }
 }
 
-// dweight (zeroed before) += dy rows at their ids; repeated ids meet in atomicAdd.
+// dweight row v (set; rows no id names stay as zeroed) = the dy rows at v's
+// positions added in position order, as the CPU adds them: the same bits, and
+// no atomics. order lists the positions sorted by (id, position), so each id's
+// positions form one run; the threads at the start of a run sum it, one
+// column each (consecutive threads, consecutive columns). Order entries
+// outside [0, N) end a run, so no read leaves the tensors.
 template <typename T>
-__global__ void embedding_backward_kernel(const int32_t* ids, const T* dy, T* dw, int64_t N,
-                                          int64_t V, int64_t D, unsigned long long* first) {
+__global__ void embedding_backward_kernel(const int32_t* ids, const int32_t* order, const T* dy,
+                                          T* dw, int64_t N, int64_t V, int64_t D,
+                                          unsigned long long* first) {
   LC_GRID_STRIDE(i, N * D) {
-    const int64_t n = i / D, d = i - n * D;
+    const int64_t p = i / D, d = i - p * D;
+    const int64_t n = order[p];
+    if (n < 0 || n >= N) continue;
     const int64_t id = ids[n];
     if (id < 0 || id >= V) {
       if (d == 0) note_bad(first, n);
-    } else {
-      atomicAdd(dw + id * D + d, dy[i]);
+      continue;
     }
+    if (p > 0) {
+      const int64_t m = order[p - 1];
+      if (m >= 0 && m < N && ids[m] == id) continue;  // inside a run: its start sums it
+    }
+    T acc = T(0);
+    for (int64_t q = p; q < N; ++q) {
+      const int64_t nq = order[q];
+      if (nq < 0 || nq >= N || ids[nq] != id) break;
+      acc += dy[nq * D + d];
+    }
+    dw[id * D + d] = acc;
   }
 }
 
@@ -720,7 +738,8 @@ void embedding_forward(Context& c, const Tensor& ids, const Tensor& weight, cons
   launched(c, "embedding");
 }
 
-void embedding_backward(Context& c, const Tensor& ids, const Tensor& dy, const Tensor& dweight) {
+void embedding_backward(Context& c, const Tensor& ids, const Tensor* order, const Tensor& dy,
+                        const Tensor& dweight) {
   const int64_t N = ids.numel(), V = dweight.shape[0], D = dweight.shape[1];
   if (V * D > 0)
     check(cudaMemsetAsync(dweight.raw(), 0, static_cast<size_t>(V * D) * dtype_size(dweight.dtype),
@@ -737,7 +756,7 @@ void embedding_backward(Context& c, const Tensor& ids, const Tensor& dy, const T
     dispatch_float(dweight.dtype, "embedding backward", [&](auto z) {
       using T = decltype(z);
       embedding_backward_kernel<T><<<grid_for(N * D), kThreads, 0, c.stream>>>(
-          pid, dp<T>(dy), dp<T>(dweight), N, V, D, first);
+          pid, dp<int32_t>(*order), dp<T>(dy), dp<T>(dweight), N, V, D, first);
       launched(c, "embedding backward");
     });
   }

@@ -76,7 +76,8 @@ export interface Binding {
   /** ids int32 (any shape), weight [V, D] -> [...ids.shape, D]. */
   embeddingForward(ids: N, weight: N): N;
   /** grad [...ids.shape, D] -> dweight [numEmbeddings, D] (rows scatter-added). */
-  embeddingBackward(ids: N, dy: N, numEmbeddings: number): N;
+  /** order: null, or the positions sorted by (id, position) (required on CUDA). */
+  embeddingBackward(ids: N, order: N | null, dy: N, numEmbeddings: number): N;
   /** x [..., D], weight [D] or null -> [y [..., D], rstd [rows]]. */
   rmsNormForward(x: N, weight: N | null, eps: number): [N, N];
   rmsNormBackward(dy: N, x: N, weight: N | null, rstd: N, needDx: boolean, needDweight: boolean):

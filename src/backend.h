@@ -118,8 +118,12 @@ class Backend {
   // Embedding: ids int32 (any shape, N ids), weight [V, D]; out [N, D] (set) = weight[ids[n]].
   // An id outside [0, V) throws before anything is written.
   virtual void embedding_forward(const Tensor& ids, const Tensor& weight, const Tensor& out) = 0;
-  // dweight [V, D] (set): zeros, then row n of dy [N, D] added at row ids[n] (repeated ids add up).
-  virtual void embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dweight) = 0;
+  // dweight [V, D] (set): zeros, then row n of dy [N, D] added at row ids[n], for n ascending
+  // (repeated ids add up in position order, so every backend gives the same bits). order [N]
+  // int32, or null: the positions sorted by (ids[n], n), from which a backend that cannot walk
+  // the positions in turn (CUDA) sums each id's rows without atomics; the CPU does not need it.
+  virtual void embedding_backward(const Tensor& ids, const Tensor* order, const Tensor& dy,
+                                  const Tensor& dweight) = 0;
 
   // RMSNorm over the last dim D of x (rows R = numel / D), as Hugging Face's LlamaRMSNorm:
   // rstd [R] (set) = 1 / sqrt(mean(x^2) + eps) with the mean in double, kept for backward;

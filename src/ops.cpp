@@ -457,17 +457,24 @@ Tensor embedding(const Tensor& ids, const Tensor& weight) {
   return out;
 }
 
-Tensor embedding_backward(const Tensor& ids, const Tensor& dy, int64_t num_embeddings) {
+Tensor embedding_backward(const Tensor& ids, const Tensor* order, const Tensor& dy,
+                          int64_t num_embeddings) {
   const char* op = "embedding backward";
   require_float(dy, op, "grad");
   check_ids(op, ids, dy);
+  if (order) {
+    check_ids(op, *order, dy);
+    LC_CHECK(order->numel() == ids.numel(), "embedding backward: order has " +
+                                                std::to_string(order->numel()) + " positions for " +
+                                                std::to_string(ids.numel()) + " ids");
+  }
   LC_CHECK(num_embeddings >= 0, "embedding backward: num_embeddings must be >= 0");
   LC_CHECK(dy.dim() == ids.dim() + 1 &&
                std::equal(ids.shape.begin(), ids.shape.end(), dy.shape.begin()),
            "embedding backward: grad has shape " + shape_str(dy.shape) + " for ids of shape " +
                shape_str(ids.shape));
   Tensor dw = empty({num_embeddings, dy.shape.back()}, dy.dtype, dy.device());
-  if (ids.numel() || dw.numel()) be(dy).embedding_backward(ids, dy, dw);
+  if (ids.numel() || dw.numel()) be(dy).embedding_backward(ids, order, dy, dw);
   return dw;
 }
 

@@ -74,8 +74,10 @@ Tensor cross_entropy_backward(const Tensor& logits, const Tensor& lse, const Ten
 // ---- transformer blocks (see backend.h for the exact semantics)
 // ids int32 of any shape, weight [V, D] -> [...ids.shape, D].
 Tensor embedding(const Tensor& ids, const Tensor& weight);
-// dy [...ids.shape, D] -> dweight [num_embeddings, D].
-Tensor embedding_backward(const Tensor& ids, const Tensor& dy, int64_t num_embeddings);
+// dy [...ids.shape, D] -> dweight [num_embeddings, D]; order: null or the positions sorted by
+// (id, position), int32 [N] (Backend::embedding_backward; CUDA needs it).
+Tensor embedding_backward(const Tensor& ids, const Tensor* order, const Tensor& dy,
+                          int64_t num_embeddings);
 
 struct RmsNormOut {
   Tensor y, rstd;  // rstd [rows]

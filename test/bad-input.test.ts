@@ -230,7 +230,7 @@ describe('values an int32 tensor cannot hold are refused (converting them is und
     for (const d of [NaN, Infinity, -Infinity, 1e300]) {
       expect(caught(() => native.full([d], 0, 0, 0, 0)).message).toBe('shape must be an integer');
     }
-    expect(caught(() => native.embeddingBackward(native.full([1], 2, 0, 0, 0), native.full([1, 2], 0, 0, 0, 0), NaN)).message)
+    expect(caught(() => native.embeddingBackward(native.full([1], 2, 0, 0, 0), null, native.full([1, 2], 0, 0, 0, 0), NaN)).message)
       .toBe('numEmbeddings must be an integer');
   });
 });

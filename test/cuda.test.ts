@@ -359,6 +359,25 @@ describeCuda('CUDA parity with the CPU backend', () => {
     }
   });
 
+  test('embedding backward adds repeated ids in position order: the CPU gradient, bit for bit', () => {
+    // Many repeats of few ids in float32, where the order of the additions shows in the bits.
+    for (const [V, N, D] of [[5, 3000, 33], [50000, 700, 8], [3, 1, 1]]) {
+      manualSeed(11);
+      const ids = Array.from({ length: N }, (_, i) => ((i * 7919) % 5) * Math.floor(V / 5) % V);
+      const g = randn([N, D]);
+      const grads = (['cpu', 'cuda'] as const).map((dev) => {
+        const w = randn([V, D], { device: dev }).requiresGrad_(true);
+        F.embedding(tensor(ids, { dtype: 'int32', device: dev }), w).backward(g.to(dev));
+        return w.grad!.toArray();
+      });
+      expect(Buffer.from(grads[1].buffer).equals(Buffer.from(grads[0].buffer))).toBe(true);
+    }
+    // The native op refuses to run on CUDA without the order it sums by.
+    const ids = tensor([1], { dtype: 'int32', device: 'cuda' });
+    expect(() => native.embeddingBackward(ids._h, null, randn([1, 2], { device: 'cuda' })._h, 4))
+      .toThrow(/embedding backward on CUDA: the ids' sort order is required/);
+  });
+
   test('int32 tensors move to the GPU and back unchanged', () => {
     const ids = tensor([0, -5, 2 ** 31 - 1, 7], { dtype: 'int32' });
     expect(Array.from(ids.to('cuda').to('cpu').toArray())).toEqual([0, -5, 2 ** 31 - 1, 7]);

@@ -6,7 +6,7 @@
 import { Tensor, tensor, zeros, ones, randn, manualSeed, noGrad, backendInfo } from '../lib';
 import { native } from '../lib/native';
 import {
-  embedding, rmsNorm, applyRotary, rotaryTables, scaledDotProductAttention, Embedding, RMSNorm,
+  embedding, rmsNorm, applyRotary, rotaryTables, scaledDotProductAttention, Embedding, RMSNorm, sortedPositions,
 } from '../lib/nn/transformer';
 import { gradcheck, t64 } from './helpers/gradcheck';
 import { expectThrows } from './helpers/expect-throws';
@@ -115,6 +115,17 @@ describe('embedding', () => {
     expectClose(w.grad!.toArray(), want.toArray(), 1e-15);
     expect(Array.from(w.grad!.toArray()).slice(6, 9)).toEqual([0, 0, 0]);
     expect(embedding(ids, w).gradFn).toBe('EmbeddingBackward');
+  });
+
+  test('sortedPositions: positions sorted by (id, position), by counting and by comparison alike', () => {
+    expect(Array.from(sortedPositions([3, 1, 3, 0, 1, 3], 5))).toEqual([3, 1, 4, 0, 2, 5]);
+    expect(Array.from(sortedPositions([], 5))).toEqual([]);
+    // V far above the number of ids takes the comparison sort; both must agree with a plain sort.
+    for (const V of [7, 100000]) {
+      const ids = Array.from({ length: 500 }, (_, i) => (i * 7919 + (i >> 3)) % 7 * Math.floor(V / 7));
+      const want = ids.map((id, n) => [id, n]).sort((a, b) => a[0] - b[0] || a[1] - b[1]).map((p) => p[1]);
+      expect(Array.from(sortedPositions(ids, V))).toEqual(want);
+    }
   });
 
   test('larger problem (threaded paths) matches one-hot products', () => {
@@ -495,7 +506,7 @@ describe('argument errors', () => {
     expectThrows(() => new Embedding(3, 2, { dtype: 'int32' as 'float32' }), RangeError, /options.dtype must be one of/);
     // the native layer checks ids too
     expect(() => native.embeddingForward(ids32([7], [1])._h, w._h)).toThrow(/id 7 at index 0 is outside \[0, 5\)/);
-    expect(() => native.embeddingBackward(ids32([-2], [1])._h, f64([1, 3], 1)._h, 5)).toThrow(/outside \[0, 5\)/);
+    expect(() => native.embeddingBackward(ids32([-2], [1])._h, null, f64([1, 3], 1)._h, 5)).toThrow(/outside \[0, 5\)/);
   });
 
   test('rmsNorm and RMSNorm', () => {

@@ -55,10 +55,33 @@ function embeddingImpl(where: string, ids: unknown, weight: unknown): Tensor {
   const out = weight._make(native.embeddingForward(ids._h, weight._h), outShape);
   if (!isGradEnabled() || !weight.requiresGrad) return out;
   // Backward reads only the ids: it keeps its own copy, so the caller may
-  // dispose or overwrite the ids tensor once forward has run.
-  const saved = tensor(flat, { dtype: 'int32', shape: ids.shape, device: weight.device as DeviceSpec });
+  // dispose or overwrite the ids tensor once forward has run. A GPU also gets
+  // their sort order, to add repeated ids' rows in position order as the CPU does.
+  const device = weight.device as DeviceSpec;
+  const saved = tensor(flat, { dtype: 'int32', shape: ids.shape, device });
+  const order = device === 'cpu' ? null : tensor(sortedPositions(flat, V), { dtype: 'int32', device });
   return record(out, 'EmbeddingBackward', [weight], (g) =>
-    [weight._make(native.embeddingBackward(saved._h, g._h, V), weight.shape)], [], () => saved.dispose());
+    [weight._make(native.embeddingBackward(saved._h, order ? order._h : null, g._h, V), weight.shape)], [], () => {
+    saved.dispose();
+    order?.dispose();
+  });
+}
+
+/** The positions 0..N-1 of ids (each in [0, V)) sorted by (id, position). */
+export function sortedPositions(ids: ArrayLike<number>, V: number): Int32Array {
+  const N = ids.length;
+  const order = new Int32Array(N);
+  if (V <= 4 * N + 4096) {
+    // Counting sort: stable, O(N + V).
+    const next = new Int32Array(V + 1);
+    for (let n = 0; n < N; n++) next[ids[n] + 1]++;
+    for (let v = 0; v < V; v++) next[v + 1] += next[v];
+    for (let n = 0; n < N; n++) order[next[ids[n]]++] = n;
+  } else {
+    for (let n = 0; n < N; n++) order[n] = n;
+    order.sort((a, b) => ids[a] - ids[b] || a - b);
+  }
+  return order;
 }
 
 /**

@@ -673,8 +673,9 @@ class CpuBackend final : public Backend {
   void embedding_forward(const Tensor& ids, const Tensor& weight, const Tensor& out) override {
     cpu_tf::embedding_forward(ids, weight, out);
   }
-  void embedding_backward(const Tensor& ids, const Tensor& dy, const Tensor& dweight) override {
-    cpu_tf::embedding_backward(ids, dy, dweight);
+  void embedding_backward(const Tensor& ids, const Tensor*, const Tensor& dy,
+                          const Tensor& dweight) override {
+    cpu_tf::embedding_backward(ids, dy, dweight);  // walks the positions in order itself
   }
   void rms_norm_forward(const Tensor& x, const Tensor* weight, double eps, const Tensor& y,
                         const Tensor& rstd) override {
