@@ -5,7 +5,7 @@ import {
   SafetensorsError, SafetensorsFile, loadSafetensors, loadSafetensorsSync, saveSafetensors, saveSafetensorsSync,
 } from '../lib/safetensors';
 import { Tensor, tensor } from '../lib/tensor';
-import { openFilesUnder } from './helpers/fds';
+import { openFilesOf } from './helpers/fds';
 
 let dir: string;
 beforeAll(() => {
@@ -57,10 +57,6 @@ function headerOf(file: string): { n: number; text: string; json: Record<string,
   return { n, text, json: JSON.parse(text) };
 }
 
-/** Descriptors open on this suite's temporary files. */
-function openFds(): number {
-  return openFilesUnder(dir);
-}
 
 // ====================================================================== reference files
 
@@ -517,7 +513,7 @@ describe('atomic writes', () => {
         b.dispose();
         return orig();
       });
-      const fdsBefore = openFds();
+      expect(openFilesOf(path.dirname(p))).toBe(0);
       const run = () => (sync ? saveSafetensorsSync(p, tensors) : saveSafetensors(p, tensors));
       let err: unknown;
       try {
@@ -529,7 +525,7 @@ describe('atomic writes', () => {
       expect((err as Error).message).toMatch(/tensor "b" could not be read: Tensor.toArray: tensor has been disposed/);
       expect((err as NodeJS.ErrnoException).code).toBe('ERR_TENSOR_DISPOSED');
       expectUntouched(p, old);
-      expect(openFds()).toBe(fdsBefore);
+      expect(openFilesOf(path.dirname(p))).toBe(0); // neither the target nor the temporary file
     }
   });
 
@@ -638,17 +634,18 @@ describe('SafetensorsFile', () => {
   });
 
   test('close is idempotent, later reads throw, reads in flight finish', async () => {
-    const fds = openFds();
-    const f = await SafetensorsFile.open(p);
-    expect(openFds()).toBe(fds + 1);
+    const q = tmpFile(); // a file no other test has open
+    fs.copyFileSync(p, q);
+    const f = await SafetensorsFile.open(q);
+    expect(openFilesOf(q)).toBe(1);
     const inFlight = f.keys().map((k) => f.read(k));
     f.close();
     f.close();
     expect(f.isClosed).toBe(true);
     const values = (await Promise.all(inFlight)).map((t) => t.item());
     expect(values.sort()).toEqual([1, 2, 3]);
-    expect(openFds()).toBe(fds);
-    await expect(f.read(f.keys()[0])).rejects.toThrow(`SafetensorsFile.read: ${p} has been closed`);
+    expect(openFilesOf(q)).toBe(0);
+    await expect(f.read(f.keys()[0])).rejects.toThrow(`SafetensorsFile.read: ${q} has been closed`);
     expect(() => f.readSync(f.keys()[0])).toThrow(expect.objectContaining({ code: 'ERR_SAFETENSORS_CLOSED' }));
     expect(f.keys()).toHaveLength(3); // the header stays readable
   });
@@ -727,7 +724,6 @@ describe('malformed files are rejected with a clear message', () => {
 
   test.each(cases)('%s', async (_name, bytes, message) => {
     const p = writeBytes(bytes, 'bad');
-    const fds = openFds();
     let err: unknown;
     try {
       SafetensorsFile.openSync(p);
@@ -741,7 +737,7 @@ describe('malformed files are rejected with a clear message', () => {
     expect((err as Error).message).toMatch(message);
     await expect(SafetensorsFile.open(p)).rejects.toThrow(message);
     await expect(loadSafetensors(p)).rejects.toBeInstanceOf(SafetensorsError);
-    expect(openFds()).toBe(fds); // the descriptor was closed
+    expect(openFilesOf(p)).toBe(0); // the descriptor was closed
   });
 
   test('still valid: padding with spaces, null metadata, unknown extra fields, zero-size tensors', () => {

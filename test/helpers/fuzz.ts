@@ -25,7 +25,7 @@ import { noGrad } from '../../lib/autograd';
 import { Tensor, randn } from '../../lib/tensor';
 import { ToyTransformer } from './toy';
 import { loadCases, writeCheckpoint } from './llama-weights';
-import { openFilesUnder } from './fds';
+import { openFilesOf } from './fds';
 
 // =========================================================================== random numbers
 
@@ -451,7 +451,7 @@ const ST_READ_ERROR = /^SafetensorsFile\.(read|readSync): \S/;
 /** Opens, lists and reads a safetensors file; checks every accepted tensor against the bytes. */
 export async function runSafetensors(file: string, rng: Rng): Promise<Outcome> {
   const bytes = fs.readFileSync(file);
-  const openFds = () => openFilesUnder(path.dirname(file));
+  const openFds = () => openFilesOf(file);
   const fds = openFds();
   const sync = rng.chance(0.5);
   let f: SafetensorsFile;
@@ -693,7 +693,7 @@ const ADAPTER_ERROR = /^(loadAdapter: \S|SafetensorsFile\.open: .* is not a vali
 export async function runAdapter(dir: string): Promise<Outcome> {
   const model = adapterModel();
   const before = snapshot(model);
-  const openFds = () => openFilesUnder(dir);
+  const openFds = () => openFilesOf(dir);
   const fds = openFds();
   let names: string[];
   try {
@@ -819,7 +819,7 @@ const PRETRAINED_ERROR = /^(LlamaForCausalLM\.fromPretrained: \S|SafetensorsFile
 
 /** fromPretrained on a checkpoint directory (config.json, model.safetensors or shards). */
 export async function runPretrained(dir: string): Promise<Outcome> {
-  const openFds = () => openFilesUnder(dir);
+  const openFds = () => openFilesOf(dir);
   const fds = openFds();
   let model: LlamaForCausalLM;
   try {
