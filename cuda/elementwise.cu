@@ -113,7 +113,9 @@ __device__ __forceinline__ T unary_f(int op, T x) {
     case 3: return x / (T(1) + d_exp(-x));
     case 4: return d_exp(x);
     case 5: return d_log(x);
-    default: return -x;
+    case 6: return -x;
+    case 7: return d_sqrt(x);
+    default: return d_abs(x);  // 8; ops outside 0..8 are refused before any launch
   }
 }
 
@@ -135,7 +137,9 @@ __device__ __forceinline__ T unary_df(int op, T x) {
     }
     case 4: return d_exp(x);
     case 5: return T(1) / x;
-    default: return T(-1);
+    case 6: return T(-1);
+    case 7: return T(0.5) / d_sqrt(x);
+    default: return x > T(0) ? T(1) : x < T(0) ? T(-1) : T(0);  // 8: abs
   }
 }
 

@@ -18,7 +18,7 @@ const ARRAY_OF: Record<DType, Float32ArrayConstructor | Float64ArrayConstructor 
 
 // Native op codes (src/backend.h).
 const enum Bin { Add = 0, Sub = 1, Mul = 2, Div = 3 }
-export const enum Un { Relu = 0, Gelu = 1, GeluTanh = 2, Silu = 3, Exp = 4, Log = 5, Neg = 6 }
+export const enum Un { Relu = 0, Gelu = 1, GeluTanh = 2, Silu = 3, Exp = 4, Log = 5, Neg = 6, Sqrt = 7, Abs = 8 }
 
 /** State shared by a tensor and its views (reshape, detach): one storage. */
 interface Store {
@@ -402,6 +402,13 @@ export class Tensor {
   }
   log(): Tensor {
     return unaryOp('Tensor.log', this, Un.Log);
+  }
+  sqrt(): Tensor {
+    return unaryOp('Tensor.sqrt', this, Un.Sqrt);
+  }
+  /** |x|; its gradient is sign(x), 0 at 0 (as torch). */
+  abs(): Tensor {
+    return unaryOp('Tensor.abs', this, Un.Abs);
   }
 
   /** Softmax along dim (default the last), computed stably (max-subtracted). */

@@ -15,7 +15,10 @@
 namespace lc {
 
 enum class BinaryOp : int { Add = 0, Sub = 1, Mul = 2, Div = 3 };
-enum class UnaryOp : int { Relu = 0, Gelu = 1, GeluTanh = 2, Silu = 3, Exp = 4, Log = 5, Neg = 6 };
+enum class UnaryOp : int {
+  Relu = 0, Gelu = 1, GeluTanh = 2, Silu = 3, Exp = 4, Log = 5, Neg = 6, Sqrt = 7, Abs = 8
+};
+constexpr int kUnaryOps = 9;
 enum class RandomKind : int { Normal = 0, Uniform = 1 };
 
 // One parameter of a multi-tensor Adam/AdamW update.

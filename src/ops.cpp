@@ -129,7 +129,15 @@ void axpy_(const Tensor& y, const Tensor& x, double alpha) {
   if (y.numel()) be(y).axpy(y, x, alpha);
 }
 
+namespace {
+void check_unary_op(UnaryOp op) {
+  const int o = static_cast<int>(op);
+  LC_CHECK(o >= 0 && o < kUnaryOps, "unary op: no op " + std::to_string(o));
+}
+}  // namespace
+
 Tensor unary(UnaryOp op, const Tensor& x) {
+  check_unary_op(op);
   require_float(x, "unary op", "x");
   Tensor out = empty(x.shape, x.dtype, x.device());
   if (out.numel()) be(x).unary(op, x, out);
@@ -137,6 +145,7 @@ Tensor unary(UnaryOp op, const Tensor& x) {
 }
 
 Tensor unary_backward(UnaryOp op, const Tensor& x, const Tensor& dy) {
+  check_unary_op(op);
   same(x, dy, "unary backward", "x", "grad");
   require_float(x, "unary backward", "x");
   LC_CHECK(x.numel() == dy.numel(), "unary backward: grad shape mismatch");

@@ -110,6 +110,8 @@ describe('unary ops', () => {
     ['F.silu', (x) => F.silu(x), undefined],
     ['exp', (x) => x.exp(), undefined],
     ['log (positive inputs)', (x) => x.log(), positive],
+    ['sqrt (positive inputs)', (x) => x.sqrt(), positive],
+    ['abs (away from 0)', (x) => x.abs(), awayFromZero(0.05)],
   ];
   test.each(cases)('%s', (_name, fn, map) => {
     gradcheck(fn, [t64([3, 4], 20, { map })]);

@@ -121,6 +121,8 @@ inline T unary_f(UnaryOp op, T x) {
     case UnaryOp::Exp: return std::exp(x);
     case UnaryOp::Log: return std::log(x);
     case UnaryOp::Neg: return -x;
+    case UnaryOp::Sqrt: return std::sqrt(x);
+    case UnaryOp::Abs: return std::abs(x);
   }
   return T(0);
 }
@@ -145,6 +147,8 @@ inline T unary_df(UnaryOp op, T x) {
     case UnaryOp::Exp: return std::exp(x);
     case UnaryOp::Log: return T(1) / x;
     case UnaryOp::Neg: return T(-1);
+    case UnaryOp::Sqrt: return T(0.5) / std::sqrt(x);
+    case UnaryOp::Abs: return x > T(0) ? T(1) : x < T(0) ? T(-1) : T(0);  // torch's sign, 0 at 0
   }
   return T(0);
 }
