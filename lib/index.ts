@@ -25,6 +25,10 @@ export type { SafetensorsDtype, SafetensorsEntry, SafetensorsReadOptions, WriteO
 export { loadTokenizer, Tokenizer } from './tokenizer';
 export type { Encoding, TokenizerConstructor } from './tokenizer';
 export { Adam, AdamW } from './optim';
+export { LambdaLR, getLinearScheduleWithWarmup, getCosineScheduleWithWarmup, getConstantScheduleWithWarmup } from './schedule';
+export type { LrLambda, LambdaLRStateDict } from './schedule';
+export { clipGradNorm } from './nn/utils';
+export type { ClipGradNormOptions } from './nn/utils';
 export type { AdamOptions, AdamStateDict, ParamGroup, ParamGroupInput } from './optim';
 export { backendInfo, cuda, nativeMemoryBytes } from './backend';
 export type { BackendInfo, CudaInfo, CudaDeviceInfo } from './backend';

@@ -102,8 +102,16 @@ export class Adam {
     });
   }
 
-  private resolve(where: string, prefix: string, o: Record<string, unknown>, d: Omit<ParamGroup, 'params'>): Omit<ParamGroup, 'params'> {
-    const lr = o.lr === undefined ? d.lr : checkPositive(where, `${prefix}.lr`, o.lr);
+  /**
+   * Checks options against defaults `d`. A learning rate must be > 0 when given to the constructor;
+   * later (`step`, `loadStateDict`) 0 is allowed too, which schedules reach (warm-up from 0, decay to 0).
+   */
+  private resolve(where: string, prefix: string, o: Record<string, unknown>, d: Omit<ParamGroup, 'params'>, zeroLr = false): Omit<ParamGroup, 'params'> {
+    let lr = d.lr;
+    if (o.lr !== undefined) {
+      lr = checkNumber(where, `${prefix}.lr`, o.lr);
+      if (zeroLr ? lr < 0 : lr <= 0) throw rangeError(where, `${prefix}.lr`, zeroLr ? 'a number >= 0' : 'a number > 0', o.lr);
+    }
     let betas = d.betas;
     if (o.betas !== undefined) {
       const b = o.betas as unknown[];
@@ -129,7 +137,7 @@ export class Adam {
     // may have been edited since the constructor checked them) and every parameter and gradient. A
     // throw leaves the parameters, the moments and the step counts as they were.
     this.paramGroups.forEach((g, gi) => {
-      this.resolve(where, `paramGroups[${gi}]`, g as unknown as Record<string, unknown>, g);
+      this.resolve(where, `paramGroups[${gi}]`, g as unknown as Record<string, unknown>, g, true);
       for (const p of g.params) {
         if (!p.grad) continue;
         p._live(where);
@@ -221,7 +229,7 @@ export class Adam {
       const copy = (t: Tensor) => zerosLike(p).copy_(t);
       this.state.set(p, { step: s.step, expAvg: copy(s.expAvg), expAvgSq: copy(s.expAvgSq), maxExpAvgSq: s.maxExpAvgSq ? copy(s.maxExpAvgSq) : null });
     }
-    sd.paramGroups.forEach(({ numParams: _n, ...opts }, i) => Object.assign(this.paramGroups[i], this.resolve(where, `paramGroups[${i}]`, opts as Record<string, unknown>, this.paramGroups[i])));
+    sd.paramGroups.forEach(({ numParams: _n, ...opts }, i) => Object.assign(this.paramGroups[i], this.resolve(where, `paramGroups[${i}]`, opts as Record<string, unknown>, this.paramGroups[i], true)));
   }
 
   /** Clears the gradients of every parameter (to null by default, like torch). */

@@ -3,8 +3,8 @@
 // op on the CPU and on CUDA from the same inputs and compares outputs and
 // gradients, is skipped with a message saying why.
 import {
-  Adam, AdamW, F, LlamaForCausalLM, LoRALinear, Linear, Tensor, backendInfo, cuda, injectLora, manualSeed,
-  noGrad, randn, rand, tensor, tidy, zeros,
+  Adam, AdamW, F, LlamaForCausalLM, LoRALinear, Linear, Tensor, backendInfo, clipGradNorm, cuda, injectLora,
+  manualSeed, noGrad, randn, rand, tensor, tidy, zeros,
 } from '../lib';
 import { native } from '../lib/native';
 import { expectThrows } from './helpers/expect-throws';
@@ -183,6 +183,7 @@ const CASES: Case[] = [
   ]),
   { name: 'neg, exp, log', inputs: [I([1000], { kind: 'positive' })], run: ([a]) => [a.neg(), a.exp(), a.log()] },
   { name: 'relu, silu', inputs: [I([3, 17])], run: ([a]) => [a.relu(), a.silu()] },
+  { name: 'sqrt, abs', inputs: [I([1000], { kind: 'positive' }), I([3, 17])], run: ([p, a]) => [p.sqrt(), a.abs()] },
   { name: 'gelu exact and tanh', inputs: [I([1000])], run: ([a]) => [a.gelu(), a.gelu('tanh')] },
   { name: 'softmax rows of 1, 17, 1000, 5000', inputs: [I([3, 1]), I([2, 17]), I([3, 1000]), I([2, 5000])],
     run: (xs) => xs.map((x) => x.softmax(-1)) },
@@ -516,6 +517,30 @@ describeCuda('CUDA memory and errors', () => {
     const t = tensor(raw, { dtype: 'int32', device: 'cuda' });
     raw[0] = 99;
     expect(Array.from(F.embedding(t, w).toArray())).toEqual(Array.from(w.toArray().slice(4, 12)));
+  });
+
+  test('clipGradNorm clips on the GPU as on the CPU, without waiting for it', () => {
+    for (const scale of [1, 1e-4]) {
+      const run = (dev: 'cpu' | 'cuda') => {
+        manualSeed(8);
+        const ps = [[17, 3], [1000], [1]].map((s) => zeros(s, { device: dev }).requiresGrad_(true));
+        ps.forEach((p) => {
+          p.grad = randn([...p.shape], { device: dev }).mul(scale);
+        });
+        if (dev === 'cuda') {
+          // A queued report surfaces only at a synchronisation: clipping must not be one.
+          const w = randn([10, 4], { device: 'cuda' });
+          native.dispose(native.embeddingForward(tensor([99], { dtype: 'int32', device: 'cuda' })._h, w._h));
+        }
+        const norm = clipGradNorm(ps, 2);
+        if (dev === 'cuda') expect(() => cuda.synchronize('cuda')).toThrow(/embedding: id 99/);
+        return { norm: norm.item(), grads: ps.map((p) => Array.from(p.grad!.toArray())) };
+      };
+      const cpu = run('cpu');
+      const gpu = run('cuda');
+      expect(Math.abs(gpu.norm - cpu.norm) / cpu.norm).toBeLessThan(1e-5);
+      cpu.grads.forEach((g, i) => expect(normError(g, gpu.grads[i])).toBeLessThan(1e-5));
+    }
   });
 
   test('ops refuse tensors of different devices with a clear message', () => {

@@ -39,12 +39,17 @@ test('changing paramGroups[i].lr between steps takes effect (a schedule)', () =>
   // Adam's first step moves each coordinate by lr (|m̂ / sqrt(v̂)| = 1).
   expect(Array.from(p.toArray()).map((v) => +v.toFixed(5))).toEqual([0.9, 1.1]);
   opt.zeroGrad();
-  opt.paramGroups[0].lr = 0;
+  // lr 0 (where warm-up starts and decay ends) is a step that moves nothing; a negative lr is refused.
+  opt.paramGroups[0].lr = -0.1;
   setGrad(p, tensor([1, -1]));
   expect(() => opt.step()).toThrow(RangeError);
-  opt.paramGroups[0].lr = 1e-9;
+  opt.paramGroups[0].lr = 0;
   opt.step();
   expect(Array.from(p.toArray()).map((v) => +v.toFixed(5))).toEqual([0.9, 1.1]);
+  expect(opt.state.get(p)!.step).toBe(2);
+  opt.paramGroups[0].lr = 0.1;
+  opt.step();
+  expect(Array.from(p.toArray()).map((v) => +v.toFixed(5))).toEqual([0.8, 1.2]);
 });
 
 test('parameters without a gradient are skipped and keep their step count', () => {
