@@ -69,7 +69,8 @@ const base = () => ['--model', modelDir, '--r', '4', '--alpha', '8', '--target',
 test('--help lists the options', async () => {
   const r = await run(['--help']);
   expect(r.code).toBe(0);
-  for (const flag of ['--model DIR', '--data FILE', '--r N', '--eval-every', '--save-every', '--resume', '--grad-accum', '--seq-len', '--device']) {
+  for (const flag of ['--model DIR', '--data FILE', '--r N', '--eval-every', '--save-every', '--resume', '--grad-accum', '--seq-len', '--device',
+    '--lr-schedule NAME', '--warmup-steps N', '--max-grad-norm X']) {
     expect(r.stdout).toContain(flag);
   }
 });
@@ -87,6 +88,34 @@ test('the training loss falls over a few epochs on a tiny repetitive dataset', a
   const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
   expect(mean(l.slice(-4))).toBeLessThan(0.5 * mean(l.slice(0, 4))); // about 3.9 -> 0.8
   expect(mean(l.slice(-4))).toBeLessThan(mean(l.slice(8, 12)));
+});
+
+test('learning-rate schedule and gradient clipping: the rates of transformers\' formulas, the norms logged', async () => {
+  const lrsOf = (stdout: string) => [...stdout.matchAll(/^step \d+\/\d+ .* lr ([\d.e+-]+)/gm)].map((m) => Number(m[1]));
+  const normsOf = (stdout: string) => [...stdout.matchAll(/^step \d+\/\d+ .* grad-norm ([\d.]+)/gm)].map((m) => Number(m[1]));
+  // 12 examples, batch 3 -> 4 steps per epoch, 2 epochs -> 8 steps.
+  const common = [...base(), '--data', txt, '--epochs', '2', '--batch-size', '3', '--lr', '0.01', '--dropout', '0'];
+  const linear = await run([...common, '--out', path.join(tmp, 'out-linear'), '--lr-schedule', 'linear', '--warmup-steps', '3']);
+  expect(linear.code).toBe(0);
+  expect(linear.stdout).toMatch(/lr 0\.01 \(linear, warm-up 3 steps\), gradients clipped to norm 1$/m);
+  // The rate used by step k (k = 1…8) is 0.01 · f(k - 1): f(s) = s / 3 during the warm-up, then (8 - s) / 5.
+  const f = (s: number) => (s < 3 ? s / 3 : Math.max(0, (8 - s) / 5));
+  expect(lrsOf(linear.stdout)).toEqual(Array.from({ length: 8 }, (_, k) => Number((0.01 * f(k)).toExponential(2))));
+  const norms = normsOf(linear.stdout);
+  expect(norms).toHaveLength(8);
+  norms.forEach((n) => expect(n).toBeGreaterThan(0));
+
+  // Clipping changes the run; --max-grad-norm 0 turns it off (and the norm is not logged).
+  const unclipped = await run([...common, '--out', path.join(tmp, 'out-noclip'), '--max-grad-norm', '0']);
+  const clipped = await run([...common, '--out', path.join(tmp, 'out-clip'), '--max-grad-norm', '1e-4']);
+  expect(unclipped.code).toBe(0);
+  expect(clipped.code).toBe(0);
+  expect(unclipped.stdout).toMatch(/no gradient clipping$/m);
+  expect(normsOf(unclipped.stdout)).toHaveLength(0);
+  expect(lrsOf(unclipped.stdout)).toEqual(Array(8).fill(0.01)); // constant by default
+  const a = adapterTensors(path.join(tmp, 'out-noclip'));
+  const b = adapterTensors(path.join(tmp, 'out-clip'));
+  expect(Object.keys(a).some((k) => !Buffer.from(a[k].buffer).equals(Buffer.from(b[k].buffer)))).toBe(true);
 });
 
 test('trains on .txt: progress and eval lines, a PEFT adapter that loads into a fresh model', async () => {
@@ -184,9 +213,11 @@ test('data order and split are seeded and stable', () => {
 describe('resume', () => {
   // 12 examples, 1 held out -> 11 train; batch 2 -> 6 micro-batches; grad-accum 2
   // -> 3 steps per epoch; 2 epochs -> 6 steps. Dropout is on, so the generator
-  // state matters as much as the adapter, the moments and the data position.
+  // state matters as much as the adapter, the moments and the data position; the
+  // learning rate warms up and decays, so a resumed run must pick up the schedule too.
   const args = (out: string) => [...base(), '--data', txt, '--out', out, '--epochs', '2', '--batch-size', '2',
-    '--grad-accum', '2', '--dropout', '0.1', '--lr', '0.01', '--seed', '7', '--eval-every', '2'];
+    '--grad-accum', '2', '--dropout', '0.1', '--lr', '0.01', '--seed', '7', '--eval-every', '2',
+    '--lr-schedule', 'cosine', '--warmup-steps', '2', '--max-grad-norm', '0.5'];
   let straight: Record<string, Float32Array>;
 
   beforeAll(async () => {
@@ -299,6 +330,10 @@ describe('errors: exit code and one line with the fix', () => {
     one(await run(['--model', modelDir, '--data', txt, '--dropout', '1']), 2, /--dropout must be in \[0, 1\)/);
     one(await run(['--model', modelDir, '--data', txt, '--device', 'tpu']), 2, /--device must be cpu or cuda/);
     one(await run(['--model', modelDir, '--data', txt, '--lr', '0']), 2, /--lr must be > 0/);
+    one(await run(['--model', modelDir, '--data', txt, '--lr-schedule', 'step']), 2, /--lr-schedule must be constant, linear, cosine, got "step"/);
+    one(await run(['--model', modelDir, '--data', txt, '--max-grad-norm', '-1']), 2, /--max-grad-norm must be >= 0/);
+    one(await run(['--model', modelDir, '--data', txt, '--out', out(), '--lr-schedule', 'linear', '--warmup-steps', '99']), 2,
+      /--warmup-steps 99 is more than the run's 3 steps, after which the linear schedule reaches 0; use fewer warm-up steps/);
     one(await run(['--model', modelDir, '--data', txt, 'extra']), 2, /unexpected argument "extra"/);
   });
 

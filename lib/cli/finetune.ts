@@ -20,6 +20,8 @@ import { loadTokenizer, Tokenizer } from '../tokenizer';
 import { getLoraAB, injectLora, loraLayers } from '../lora';
 import { Linear } from '../nn/layers';
 import { AdamW, AdamStateDict } from '../optim';
+import { LambdaLR, getConstantScheduleWithWarmup, getCosineScheduleWithWarmup, getLinearScheduleWithWarmup } from '../schedule';
+import { clipGradNorm } from '../nn/utils';
 import { getRngState, manualSeed, setRngState } from '../random';
 import { loadAdapter, saveAdapter } from '../peft';
 import { loadSafetensors, saveSafetensors } from '../safetensors';
@@ -36,7 +38,8 @@ const SUMMARY = [
   'Data: .txt = one example per non-empty line; .jsonl = one object per line, {"text": ...} (loss on every',
   'token) or {"prompt": ..., "completion": ...} (loss on the completion only; the two are joined as they are).',
   'Examples are tokenized with tokenizer.json (special tokens as its post-processor adds them, e.g. BOS),',
-  'cut to --seq-len and padded at the end of each batch. The learning rate is constant (AdamW).',
+  'cut to --seq-len and padded at the end of each batch. AdamW; the learning rate warms up over',
+  '--warmup-steps and then follows --lr-schedule; the gradients are clipped to --max-grad-norm.',
 ].join('\n');
 
 export const FINETUNE_SPECS = {
@@ -47,7 +50,10 @@ export const FINETUNE_SPECS = {
   alpha: { type: 'number', default: 16, metavar: 'X', help: 'LoRA alpha (scale = alpha / r)' },
   dropout: { type: 'number', min: 0, default: 0.05, metavar: 'P', help: 'dropout on the adapters\' input, in [0, 1)' },
   target: { type: 'string', default: 'q_proj,v_proj', metavar: 'NAMES', help: 'comma-separated layer names to adapt, or all-linear (every Linear except lm_head)' },
-  lr: { type: 'number', default: 2e-4, metavar: 'X', help: 'learning rate (constant)' },
+  lr: { type: 'number', default: 2e-4, metavar: 'X', help: 'peak learning rate' },
+  'lr-schedule': { type: 'string', default: 'constant', metavar: 'NAME', help: 'after the warm-up: constant, linear (decay to 0 at the last step) or cosine (decay to 0)' },
+  'warmup-steps': { type: 'number', integer: true, min: 0, default: 0, metavar: 'N', help: 'linear warm-up of the learning rate from 0 over the first N steps' },
+  'max-grad-norm': { type: 'number', min: 0, default: 1, metavar: 'X', help: 'clip the gradients\' joint L2 norm to X before each step, 0 = off' },
   'weight-decay': { type: 'number', min: 0, default: 0, metavar: 'X', help: 'AdamW decoupled weight decay' },
   epochs: { type: 'number', integer: true, min: 1, default: 1, metavar: 'N', help: 'passes over the training examples' },
   'max-steps': { type: 'number', integer: true, min: 0, default: 0, metavar: 'N', help: 'stop (with a checkpoint) once N optimizer steps are done in all, 0 = no limit' },
@@ -89,6 +95,9 @@ interface Options {
   dropout: number;
   target: string;
   lr: number;
+  lrSchedule: 'constant' | 'linear' | 'cosine';
+  warmupSteps: number;
+  maxGradNorm: number;
   weightDecay: number;
   epochs: number;
   maxSteps: number;
@@ -108,7 +117,24 @@ interface Options {
 /** Options that define the run: on --resume they come from the checkpoint and may not be changed. */
 const FIXED_ON_RESUME = ['r', 'alpha', 'dropout', 'target', 'batchSize', 'gradAccum', 'seqLen', 'addEos', 'seed', 'evalFraction'] as const;
 /** Options taken from the checkpoint on --resume unless given again. */
-const CARRIED_ON_RESUME = ['model', 'data', 'lr', 'weightDecay', 'epochs', 'device', 'evalEvery', 'saveEvery', 'logEvery'] as const;
+const CARRIED_ON_RESUME = ['model', 'data', 'lr', 'lrSchedule', 'warmupSteps', 'maxGradNorm', 'weightDecay', 'epochs', 'device', 'evalEvery', 'saveEvery', 'logEvery'] as const;
+
+const SCHEDULES = ['constant', 'linear', 'cosine'] as const;
+
+/** The learning-rate schedule of a run of totalSteps optimizer steps, at step 0. */
+function makeSchedule(opt: AdamW, opts: Options, totalSteps: number): LambdaLR {
+  const numWarmupSteps = opts.warmupSteps;
+  if (opts.lrSchedule === 'constant') return getConstantScheduleWithWarmup(opt, { numWarmupSteps });
+  if (numWarmupSteps > totalSteps) {
+    throw new UsageError(`--warmup-steps ${numWarmupSteps} is more than the run's ${totalSteps} steps, after which the ${opts.lrSchedule} schedule reaches 0; use fewer warm-up steps`);
+  }
+  const o = { numWarmupSteps, numTrainingSteps: totalSteps };
+  return opts.lrSchedule === 'linear' ? getLinearScheduleWithWarmup(opt, o) : getCosineScheduleWithWarmup(opt, o);
+}
+
+function fmtLr(v: number): string {
+  return v.toExponential(2);
+}
 
 const CHECKPOINT = 'checkpoint';
 const STATE_FILE = 'trainer_state.json';
@@ -163,6 +189,9 @@ function resolveOptions(a: Record<string, unknown>, saved: Partial<Options> | un
   const opts = o as unknown as Options;
   opts.resume = a.resume === true;
   if (!(opts.lr > 0)) throw new UsageError(`--lr must be > 0, got ${opts.lr}`);
+  if (!(SCHEDULES as readonly string[]).includes(opts.lrSchedule)) {
+    throw new UsageError(`--lr-schedule must be ${SCHEDULES.join(', ')}, got ${JSON.stringify(opts.lrSchedule)}`);
+  }
   if (!(opts.alpha > 0)) throw new UsageError(`--alpha must be > 0, got ${opts.alpha}`);
   if (!(opts.dropout >= 0 && opts.dropout < 1)) throw new UsageError(`--dropout must be in [0, 1), got ${opts.dropout}`);
   if (opts.device !== 'cpu' && opts.device !== 'cuda') throw new UsageError(`--device must be cpu or cuda, got ${JSON.stringify(opts.device)}`);
@@ -372,6 +401,9 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
       setRngState({ seed: BigInt(resumeState.rng.seed), offset: BigInt(resumeState.rng.offset) });
       step = resumeState.step;
     }
+    // The rate follows the global step, so a resumed run continues the schedule where it stopped.
+    const schedule = makeSchedule(opt, opts, totalSteps);
+    if (step > 0) schedule.loadStateDict({ lastStep: step, baseLrs: [opts.lr] });
 
     const trainable = params.reduce((s, p) => s + p.numel, 0);
     const layerKinds = [...new Set(replaced.map((n) => n.slice(n.lastIndexOf('.') + 1)))];
@@ -383,7 +415,7 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
     ].filter(Boolean);
     io.stdout(`data: ${opts.data}: ${examples.length} examples (${train.length} train, ${evalSet.length} eval), ${fmtInt(tok.tokens)} tokens${notes.length ? `; ${notes.join(', ')}` : ''}\n`);
     if (opts.evalEvery > 0 && !evalSet.length) io.stderr('warning: --eval-every needs at least 2 examples to hold one out; evaluation is off\n');
-    io.stdout(`training: ${opts.epochs} epoch${opts.epochs > 1 ? 's' : ''} x ${stepsPerEpoch} step${stepsPerEpoch > 1 ? 's' : ''} = ${totalSteps} step${totalSteps > 1 ? 's' : ''} (batch ${opts.batchSize} x grad-accum ${opts.gradAccum}), lr ${opts.lr}\n`);
+    io.stdout(`training: ${opts.epochs} epoch${opts.epochs > 1 ? 's' : ''} x ${stepsPerEpoch} step${stepsPerEpoch > 1 ? 's' : ''} = ${totalSteps} step${totalSteps > 1 ? 's' : ''} (batch ${opts.batchSize} x grad-accum ${opts.gradAccum}), lr ${opts.lr} (${opts.lrSchedule}${opts.warmupSteps ? `, warm-up ${opts.warmupSteps} steps` : ''}), ${opts.maxGradNorm > 0 ? `gradients clipped to norm ${opts.maxGradNorm}` : 'no gradient clipping'}\n`);
     if (!resumeState && fs.existsSync(path.join(ckptDir, STATE_FILE))) {
       io.stderr(`warning: ${ckptDir} holds a checkpoint; starting fresh will replace it (use --resume to continue it)\n`);
     }
@@ -450,6 +482,7 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
     let epochCached = -1;
     let batches: number[][] = [];
     let winLoss = 0;
+    let winNorm = 0;
     let winSteps = 0;
     let winTokens = 0;
     let winStart = performance.now();
@@ -496,7 +529,14 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
           setRngState(rngAtStep);
           break;
         }
+        const lrUsed = opt.paramGroups[0].lr;
+        if (opts.maxGradNorm > 0) {
+          const norm = clipGradNorm(params, opts.maxGradNorm);
+          winNorm += norm.item();
+          norm.dispose();
+        }
         opt.step();
+        schedule.step();
         opt.zeroGrad();
         step++;
         rngAtStep = getRngState();
@@ -506,8 +546,10 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
         winTokens += tokens;
         if (step % opts.logEvery === 0 || step === stopAt) {
           const secs = (performance.now() - winStart) / 1000;
-          io.stdout(`step ${step}/${totalSteps}  epoch ${epoch + 1}/${opts.epochs}  loss ${fmtLoss(winLoss / winSteps)}  ${fmtInt(Math.round(winTokens / Math.max(secs, 1e-9)))} tok/s\n`);
+          const norm = opts.maxGradNorm > 0 ? `  grad-norm ${fmtLoss(winNorm / winSteps)}` : '';
+          io.stdout(`step ${step}/${totalSteps}  epoch ${epoch + 1}/${opts.epochs}  loss ${fmtLoss(winLoss / winSteps)}  lr ${fmtLr(lrUsed)}${norm}  ${fmtInt(Math.round(winTokens / Math.max(secs, 1e-9)))} tok/s\n`);
           winLoss = 0;
+          winNorm = 0;
           winSteps = 0;
           winTokens = 0;
           winStart = performance.now();
