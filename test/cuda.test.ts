@@ -8,6 +8,7 @@ import {
 } from '../lib';
 import { native } from '../lib/native';
 import { expectThrows } from './helpers/expect-throws';
+import { collectGarbage } from './helpers/gc';
 
 const info = backendInfo().cuda;
 const available = cuda.isAvailable();
@@ -419,6 +420,7 @@ describeCuda('CUDA memory and errors', () => {
     });
     step(); // optimiser state is created on the first step
     opt.zeroGrad();
+    collectGarbage(); // tensors earlier tests dropped must not be freed during the loop
     cuda.synchronize();
     const before = cuda.memoryStats().allocated;
     cuda.resetPeakMemoryStats();
