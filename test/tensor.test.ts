@@ -4,6 +4,7 @@ import {
   Linear, Tensor, backendInfo, cuda, full, getRngState, manualSeed, nativeMemoryBytes, noGrad, ones, rand, randn,
   setRngState, tensor, zeros,
 } from '../lib';
+import { collectGarbage } from './helpers/gc';
 
 describe('creation and data', () => {
   test('nested arrays infer the shape; flat data takes options.shape', () => {
@@ -208,6 +209,7 @@ describe('autograd', () => {
 
 describe('memory', () => {
   test('dispose frees native memory at once and makes the tensor unusable', () => {
+    collectGarbage(); // else a collection during zeros() may free earlier tests' tensors and hide this one
     const before = nativeMemoryBytes();
     const t = zeros([1024, 1024]);
     expect(nativeMemoryBytes() - before).toBeGreaterThanOrEqual(4 * 1024 * 1024);
