@@ -16,7 +16,7 @@ export {
 export type { LoRAOptions, InjectLoraOptions, LoraFilter, LoraInit } from './lora';
 export { Embedding, RMSNorm } from './nn/transformer';
 export { LlamaForCausalLM, parseLlamaConfig } from './models/llama';
-export type { LlamaConfig, FromPretrainedOptions } from './models/llama';
+export type { LlamaConfig, FromPretrainedOptions, GenerateOptions } from './models/llama';
 export type { RopeScaling, RotaryTablesOptions, AttentionOptions, EmbeddingOptions, RMSNormOptions } from './nn/transformer';
 export { saveAdapter, loadAdapter, saveMerged } from './peft';
 export type { SaveAdapterOptions } from './peft';

@@ -6,7 +6,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import {
-  LlamaForCausalLM, backendInfo, injectLora, loadAdapter, manualSeed, noGrad, randn, saveAdapter,
+  LlamaForCausalLM, backendInfo, injectLora, loadAdapter, loadTokenizer, loraLayers, manualSeed, noGrad, randn, saveAdapter,
 } from '../lib';
 import { main } from '../lib/cli/index';
 import { CliIO } from '../lib/cli/io';
@@ -14,6 +14,7 @@ import { DEMO_CONFIG, DEMO_DIGITS, demoSequence } from '../lib/cli/demo';
 import { Progress } from '../lib/cli/progress';
 import { terminalChart, svgChart } from '../lib/cli/chart';
 import { loadCases, writeCheckpoint } from './helpers/llama-weights';
+import { finetuneFixture } from './helpers/finetune-fixture';
 
 const root = path.resolve(__dirname, '..');
 let tmp: string;
@@ -191,12 +192,12 @@ describe('help, usage errors and exit codes', () => {
       const r = await run(argv);
       expect(r.code).toBe(0);
       expect(r.stdout).toMatch(/^usage: lora-cuda <command>/);
-      for (const cmd of ['demo', 'finetune', 'merge', 'bench']) expect(r.stdout).toMatch(new RegExp(`^  ${cmd} `, 'm'));
+      for (const cmd of ['demo', 'finetune', 'merge', 'generate', 'bench']) expect(r.stdout).toMatch(new RegExp(`^  ${cmd} `, 'm'));
       expect(r.stderr).toBe('');
     }
   });
 
-  test.each(['demo', 'finetune', 'merge', 'bench'])('lora-cuda %s --help prints its usage', async (cmd) => {
+  test.each(['demo', 'finetune', 'merge', 'generate', 'bench'])('lora-cuda %s --help prints its usage', async (cmd) => {
     const r = await run([cmd, '--help']);
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(new RegExp(`^usage: lora-cuda ${cmd}`));
@@ -213,7 +214,7 @@ describe('help, usage errors and exit codes', () => {
   });
 
   test('an unknown option is a usage error: exit 2, one line', async () => {
-    for (const cmd of ['demo', 'merge', 'bench']) {
+    for (const cmd of ['demo', 'merge', 'generate', 'bench']) {
       const r = await run([cmd, '--bogus']);
       expect(r.code).toBe(2);
       expect(r.stdout).toBe('');
@@ -230,7 +231,7 @@ describe('help, usage errors and exit codes', () => {
     expect(lines(r.stderr)).toEqual(['lora-cuda demo: --device must be cpu or cuda, got "tpu" (see lora-cuda demo --help)']);
     r = await run(['frobnicate']);
     expect(r.code).toBe(2);
-    expect(lines(r.stderr)).toEqual(['lora-cuda: unknown command \'frobnicate\' (commands: demo, finetune, merge, bench; see lora-cuda --help)']);
+    expect(lines(r.stderr)).toEqual(['lora-cuda: unknown command \'frobnicate\' (commands: demo, finetune, merge, generate, bench; see lora-cuda --help)']);
     r = await run(['merge', '--model', tmp]);
     expect(r.code).toBe(2);
     expect(lines(r.stderr)).toEqual(['lora-cuda merge: missing --adapter DIR, --out DIR (see lora-cuda merge --help)']);
@@ -434,4 +435,71 @@ test('package.json declares the bin', () => {
   const pkg = JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8'));
   expect(pkg.bin).toEqual({ 'lora-cuda': 'bin/lora-cuda.js' });
   expect(fs.statSync(path.join(root, 'bin', 'lora-cuda.js')).mode & 0o111).not.toBe(0);
+});
+
+describe('lora-cuda generate', () => {
+  let modelDir: string;
+  let adapterDir: string;
+  const prompt = 'the cat sat';
+
+  beforeAll(async () => {
+    ({ model: modelDir } = await finetuneFixture(path.join(tmp, 'gen')));
+    // An adapter with B != 0, so that it changes the output.
+    const m = await LlamaForCausalLM.fromPretrained(modelDir);
+    manualSeed(11);
+    injectLora(m, { targetModules: ['q_proj', 'v_proj'], r: 4, alpha: 64 });
+    noGrad(() => {
+      for (const [, l] of loraLayers(m)) l.B!.copy_(randn([...l.B!.shape]));
+    });
+    adapterDir = path.join(tmp, 'gen-adapter');
+    await saveAdapter(m, adapterDir);
+  });
+
+  /** What the library gives for the same prompt: encode, generate, decode. */
+  async function expected(o: { adapter?: boolean; sample?: { seed: number; temperature: number } }): Promise<string> {
+    const m = await LlamaForCausalLM.fromPretrained(modelDir);
+    if (o.adapter) await loadAdapter(m, adapterDir);
+    const tok = await loadTokenizer(modelDir);
+    const ids = Array.from(tok.encode(prompt).ids, Number);
+    if (o.sample) manualSeed(o.sample.seed);
+    const out = m.generate([ids], { maxNewTokens: 8, eosTokenId: 2, ...(o.sample ? { doSample: true, temperature: o.sample.temperature } : {}) })[0];
+    return `${tok.decode(out, { skip_special_tokens: true })}\n`;
+  }
+
+  test('greedy, with and without an adapter, and seeded sampling: the library\'s output, decoded', async () => {
+    const base = await run(['generate', '--model', modelDir, '--prompt', prompt, '--max-new-tokens', '8', '--device', 'cpu']);
+    expect(base.code).toBe(0);
+    expect(base.stdout).toBe(await expected({}));
+    expect(base.stdout.startsWith(prompt)).toBe(true);
+    expect(lines(base.stderr)).toHaveLength(1);
+    expect(base.stderr).toMatch(/^\d+ new tokens? in [\d.]+ s \([\d.]+ tokens\/s, cpu, greedy\)$/m);
+
+    const adapted = await run(['generate', '--model', modelDir, '--adapter', adapterDir, '--prompt', prompt, '--max-new-tokens', '8', '--device', 'cpu']);
+    expect(adapted.code).toBe(0);
+    expect(adapted.stdout).toBe(await expected({ adapter: true }));
+    expect(adapted.stdout).not.toBe(base.stdout);
+    expect(adapted.stderr).toContain(`adapter ${adapterDir}`);
+
+    const argv = ['generate', '--model', modelDir, '--prompt', prompt, '--max-new-tokens', '8', '--temperature', '2', '--seed', '4', '--device', 'cpu'];
+    const s1 = await run(argv);
+    const s2 = await run(argv);
+    expect(s1.code).toBe(0);
+    expect(s1.stdout).toBe(s2.stdout);
+    expect(s1.stdout).toBe(await expected({ sample: { seed: 4, temperature: 2 } }));
+    expect(s1.stderr).toMatch(/sampled at temperature 2\)$/m);
+  });
+
+  test('errors: one line, exit 2 for usage, 1 for bad files', async () => {
+    let r = await run(['generate', '--model', modelDir]);
+    expect(r.code).toBe(2);
+    expect(lines(r.stderr)).toEqual(['lora-cuda generate: --prompt TEXT is required (see lora-cuda generate --help)']);
+    r = await run(['generate', '--model', modelDir, '--prompt', 'x', '--top-p', '0']);
+    expect(r.code).toBe(2);
+    r = await run(['generate', '--model', modelDir, '--prompt', 'x', '--adapter', path.join(tmp, 'nope'), '--device', 'cpu']);
+    expect(r.code).toBe(1);
+    expect(lines(r.stderr)).toEqual([`lora-cuda generate: --adapter ${path.join(tmp, 'nope')}: not a directory (give a PEFT adapter directory with adapter_config.json and adapter_model.safetensors)`]);
+    r = await run(['generate', '--model', path.join(tmp, 'nope'), '--prompt', 'x', '--device', 'cpu']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^lora-cuda generate: --model .*nope: not a directory/);
+  });
 });

@@ -31,6 +31,11 @@ const COMMANDS: Record<string, Command> = {
     usage: 'lora-cuda merge --model DIR --adapter DIR --out DIR',
     run: async (argv, io) => (await import('./merge')).mergeCommand(argv, io),
   },
+  generate: {
+    summary: 'continue a prompt with a checkpoint, optionally with a LoRA adapter applied',
+    usage: 'lora-cuda generate --model DIR [--adapter DIR] --prompt TEXT [options]',
+    run: async (argv, io) => (await import('./generate')).generateCommand(argv, io),
+  },
   bench: {
     summary: 'microbenchmarks: LoRA layers against the frozen linear layer they wrap',
     usage: 'lora-cuda bench [--quick] [--device cpu|cuda] [--json FILE]',
@@ -70,6 +75,7 @@ export function mainHelp(): string {
     '  npx lora-cuda demo',
     '  npx lora-cuda finetune --model ./SmolLM-135M --data train.jsonl --out ./my-adapter',
     '  npx lora-cuda merge --model ./SmolLM-135M --adapter ./my-adapter --out ./SmolLM-135M-merged',
+    "  npx lora-cuda generate --model ./SmolLM-135M --adapter ./my-adapter --prompt 'Once upon a time'",
     '  npx lora-cuda bench --quick',
     '',
   ].join('\n');

@@ -11,11 +11,11 @@ import * as F from '../nn/functional';
 import {
   Embedding, RMSNorm, RopeScaling, applyRotary, rotaryTables, scaledDotProductAttention,
 } from '../nn/transformer';
-import { Tensor, keep, randn, tensor, DType } from '../tensor';
+import { Tensor, keep, rand, randn, tensor, DType } from '../tensor';
 import { noGrad } from '../autograd';
 import { DeviceSpec } from '../device';
 import { SafetensorsFile } from '../safetensors';
-import { checkOneOf, checkOptions, checkKnownKeys, describe, rangeError, typeError } from '../errors';
+import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, checkKnownKeys, describe, rangeError, typeError } from '../errors';
 
 /** A parsed config.json of a supported architecture. */
 export interface LlamaConfig {
@@ -245,6 +245,22 @@ export class LlamaModel extends Module {
   }
 }
 
+/** Options of LlamaForCausalLM.generate (the names and defaults of transformers' generate). */
+export interface GenerateOptions {
+  /** Tokens to add to each row at most. Default 20. */
+  maxNewTokens?: number;
+  /** Sample from the distribution (true) or take the most likely token (false, the default). */
+  doSample?: boolean;
+  /** Divides the logits before sampling (> 0). Default 1. */
+  temperature?: number;
+  /** Sample among the k most likely tokens only; 0 = all. Default 50. */
+  topK?: number;
+  /** Sample among the most likely tokens whose probabilities add up to topP, in (0, 1]. Default 1. */
+  topP?: number;
+  /** A row ends after one of these tokens. Default: config.json's eos_token_id; null = never. */
+  eosTokenId?: number | number[] | null;
+}
+
 export interface FromPretrainedOptions {
   dtype?: 'float32' | 'float64';
   device?: DeviceSpec;
@@ -322,6 +338,94 @@ export class LlamaForCausalLM extends Module {
   }
 
   /**
+   * Continues each row of inputIds (token ids, rows of equal length; no padding is involved) and
+   * returns the rows with their new tokens, each ending at its first end-of-sequence token. Greedy
+   * by default; with doSample, temperature, top-k and top-p filter the distribution as in
+   * transformers, and the draws come from the global generator (manualSeed makes them repeatable).
+   * Runs without a graph and with dropout off (the modules' training flags are restored after).
+   * Every step runs the whole sequence again (there is no key/value cache): fine for short texts.
+   */
+  generate(inputIds: number[][], options?: GenerateOptions): number[][] {
+    const where = 'LlamaForCausalLM.generate';
+    if (!Array.isArray(inputIds)) throw typeError(where, 'inputIds', 'number[][] (rows of token ids of equal length)', inputIds);
+    const o = checkOptions(where, options);
+    checkKnownKeys(where, o, ['maxNewTokens', 'doSample', 'temperature', 'topK', 'topP', 'eosTokenId']);
+    const maxNew = o.maxNewTokens === undefined ? 20 : checkInt(where, 'options.maxNewTokens', o.maxNewTokens);
+    const doSample = o.doSample === undefined ? false : checkBool(where, 'options.doSample', o.doSample);
+    const temperature = o.temperature === undefined ? 1 : checkNumber(where, 'options.temperature', o.temperature);
+    if (temperature <= 0) throw rangeError(where, 'options.temperature', 'a number > 0 (use doSample: false for greedy decoding)', temperature);
+    const topK = o.topK === undefined ? 50 : checkInt(where, 'options.topK', o.topK);
+    const topP = o.topP === undefined ? 1 : checkNumber(where, 'options.topP', o.topP);
+    if (!(topP > 0 && topP <= 1)) throw rangeError(where, 'options.topP', 'in (0, 1]', topP);
+    const V = this.config.vocabSize;
+    const eos = new Set<number>();
+    const eosGiven = o.eosTokenId === undefined ? this.config.raw.eos_token_id : o.eosTokenId;
+    if (eosGiven !== null && eosGiven !== undefined) {
+      const list = Array.isArray(eosGiven) ? eosGiven : [eosGiven];
+      list.forEach((id, i) => {
+        if (!Number.isInteger(id) || id < 0 || id >= V) {
+          throw rangeError(where, o.eosTokenId === undefined ? 'config eos_token_id' : Array.isArray(eosGiven) ? `options.eosTokenId[${i}]` : 'options.eosTokenId', `a token id in [0, ${V})`, id);
+        }
+        eos.add(id as number);
+      });
+    }
+    // The prompt rows are checked (and their length against the model) as forward() checks them.
+    const first = toIds(where, 'inputIds', inputIds, V, 'cpu');
+    first.dispose();
+    checkLength(where, inputIds[0].length + maxNew, this.config);
+
+    const rows = inputIds.map((r) => r.slice());
+    const done = rows.map(() => false);
+    const modes = [...this.modules()].map((m) => [m, m.training] as const);
+    this.eval();
+    try {
+      noGrad(() => {
+        for (let step = 0; step < maxNew && done.some((d) => !d); step++) {
+          const logits = this.lastLogits(rows);
+          const u = doSample ? rand([rows.length]).toArray() : null;
+          rows.forEach((row, b) => {
+            // Finished rows still run (the batch keeps one length); their tokens are dropped below.
+            const l = logits.subarray(b * V, (b + 1) * V);
+            row.push(doSample ? sampleToken(l, temperature, topK, topP, u![b]) : argmax(l));
+          });
+          rows.forEach((row, b) => {
+            if (!done[b] && eos.has(row[row.length - 1])) done[b] = true;
+          });
+        }
+      });
+    } finally {
+      for (const [m, t] of modes) m.training = t;
+    }
+    // Cut each row after its first end-of-sequence token among the new ones.
+    const T0 = inputIds[0].length;
+    return rows.map((row) => {
+      const k = row.findIndex((id, i) => i >= T0 && eos.has(id));
+      return k < 0 ? row : row.slice(0, k + 1);
+    });
+  }
+
+  /** Logits [B, vocab] of the last position of each row, on the host. */
+  private lastLogits(rows: number[][]): Float32Array | Float64Array {
+    const B = rows.length;
+    const T = rows[0].length;
+    const D = this.config.hiddenSize;
+    const ids = tensor(rows, { dtype: 'int32', device: this.device() as DeviceSpec });
+    const hidden = this.model.forward(ids);
+    ids.dispose();
+    // Only the last position goes through the head: read the hidden states back, keep one row each.
+    const h = hidden.toArray();
+    hidden.dispose();
+    const last = new (h.constructor as Float32ArrayConstructor)(B * D);
+    for (let b = 0; b < B; b++) last.set(h.subarray((b * T + T - 1) * D, (b * T + T) * D), b * D);
+    const x = tensor(last, { shape: [B, D], dtype: hidden.dtype as 'float32', device: this.device() as DeviceSpec });
+    const logits = this.lm_head.forward(x);
+    x.dispose();
+    const out = logits.toArray() as Float32Array | Float64Array;
+    logits.dispose();
+    return out;
+  }
+
+  /**
    * Loads config.json and model.safetensors (or a sharded
    * model.safetensors.index.json) from a Hugging Face checkpoint directory.
    * F32, F16 and BF16 weights are converted to the requested dtype (float32).
@@ -394,6 +498,50 @@ export class LlamaForCausalLM extends Module {
     if (missing.length) throw new RangeError(`${where}: the checkpoint lacks weights: ${list(missing)}`);
     return model;
   }
+}
+
+/** The index of the largest logit (the first of equal ones). */
+function argmax(l: ArrayLike<number>): number {
+  let best = 0;
+  for (let i = 1; i < l.length; i++) if (l[i] > l[best]) best = i;
+  return best;
+}
+
+/**
+ * One token drawn with uniform u in [0, 1) from softmax(logits / temperature), restricted as
+ * transformers' warpers do, in their order: the topK largest logits (ties at the k-th kept), then
+ * the smallest set of the most likely tokens whose probabilities reach topP (at least one).
+ */
+export function sampleToken(l: ArrayLike<number>, temperature: number, topK: number, topP: number, u: number): number {
+  const V = l.length;
+  const order = Array.from({ length: V }, (_, i) => i).sort((a, b) => l[b] - l[a] || a - b);
+  let n = V;
+  if (topK > 0 && topK < V) {
+    const kth = l[order[topK - 1]];
+    n = topK;
+    while (n < V && l[order[n]] === kth) n++;
+  }
+  const max = l[order[0]] / temperature;
+  const p = new Float64Array(n);
+  let sum = 0;
+  for (let i = 0; i < n; i++) {
+    p[i] = Math.exp(l[order[i]] / temperature - max);
+    sum += p[i];
+  }
+  if (topP < 1) {
+    let acc = 0;
+    let keep = 0;
+    while (keep < n && acc < topP * sum) acc += p[keep++];
+    n = Math.max(1, keep);
+    sum = 0;
+    for (let i = 0; i < n; i++) sum += p[i];
+  }
+  let target = u * sum;
+  for (let i = 0; i < n; i++) {
+    target -= p[i];
+    if (target < 0) return order[i];
+  }
+  return order[n - 1];
 }
 
 /** The number of parameters of the model a config describes (tied embeddings counted once). */

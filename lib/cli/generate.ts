@@ -1,0 +1,125 @@
+// `lora-cuda generate`: continue a prompt with a Hugging Face checkpoint, with or without a LoRA
+// adapter, to see what fine-tuning did.
+import * as fs from 'fs';
+import * as path from 'path';
+import { performance } from 'perf_hooks';
+import { LlamaForCausalLM } from '../models/llama';
+import { loadAdapter } from '../peft';
+import { manualSeed } from '../random';
+import { loadTokenizer } from '../tokenizer';
+import { resolveDevice } from './device';
+import { helpText, parseArgs, Specs } from './args';
+import { CliError, CliIO, UsageError } from './io';
+
+export const GENERATE_SUMMARY = 'Continue a prompt with a checkpoint, optionally with a LoRA adapter applied.';
+
+const SPECS = {
+  model: { type: 'string', metavar: 'DIR', help: 'Hugging Face checkpoint: config.json, model.safetensors (or shards), tokenizer.json (required)' },
+  adapter: { type: 'string', metavar: 'DIR', help: 'a PEFT adapter directory to apply (adapter_config.json, adapter_model.safetensors)' },
+  prompt: { type: 'string', metavar: 'TEXT', help: 'the text to continue (required)' },
+  'max-new-tokens': { type: 'number', integer: true, min: 0, default: 50, metavar: 'N', help: 'tokens to generate at most' },
+  temperature: { type: 'number', min: 0, default: 0, metavar: 'T', help: '0 = greedy (the most likely token each step); > 0 samples with this temperature' },
+  'top-k': { type: 'number', integer: true, min: 0, default: 50, metavar: 'K', help: 'when sampling: among the K most likely tokens only, 0 = all' },
+  'top-p': { type: 'number', min: 0, max: 1, default: 1, metavar: 'P', help: 'when sampling: among the most likely tokens whose probabilities reach P' },
+  seed: { type: 'number', integer: true, min: 0, default: 0, metavar: 'N', help: 'seed of the sampling' },
+  device: { type: 'string', metavar: 'cpu|cuda', help: 'where to run (default: cuda when available)' },
+} satisfies Specs;
+
+function oneLine(msg: string): string {
+  return msg.replace(/\s*\n\s*/g, ' ').trim();
+}
+
+/** tokenizer_config.json's eos_token as text ("</s>" or { content: "</s>" }), if any. */
+function eosText(modelDir: string): string | null {
+  let cfg: Record<string, unknown>;
+  try {
+    cfg = JSON.parse(fs.readFileSync(path.join(modelDir, 'tokenizer_config.json'), 'utf8'));
+  } catch {
+    return null;
+  }
+  const v = cfg.eos_token;
+  if (typeof v === 'string') return v;
+  if (v && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string') return (v as { content: string }).content;
+  return null;
+}
+
+export async function generateCommand(argv: string[], io: CliIO): Promise<number> {
+  const a = parseArgs('generate', SPECS, argv);
+  if (a.help) {
+    io.stdout(helpText('generate', `${GENERATE_SUMMARY}\n\n` +
+      'Prints the prompt and its continuation. Generation stops at the end-of-sequence token (config.json\'s\n' +
+      'eos_token_id, or tokenizer_config.json\'s eos_token) or after --max-new-tokens. Each step runs the whole\n' +
+      'sequence again (no key/value cache), which suits short texts.', SPECS,
+    'lora-cuda generate --model DIR [--adapter DIR] --prompt TEXT [options]'));
+    return 0;
+  }
+  if (a._.length) throw new UsageError(`unexpected argument ${JSON.stringify(a._[0])} (give the text with --prompt)`);
+  if (!a.model) throw new UsageError('--model DIR is required (a Hugging Face checkpoint directory with config.json, model.safetensors and tokenizer.json)');
+  if (a.prompt === undefined) throw new UsageError('--prompt TEXT is required');
+  if (a.topP === 0) throw new UsageError('--top-p must be > 0');
+  const device = resolveDevice(a.device);
+  const modelDir = a.model;
+  if (!fs.statSync(modelDir, { throwIfNoEntry: false })?.isDirectory()) {
+    throw new CliError(`--model ${modelDir}: not a directory (give a Hugging Face checkpoint directory with config.json, model.safetensors and tokenizer.json)`);
+  }
+  if (a.adapter !== undefined && !fs.statSync(a.adapter, { throwIfNoEntry: false })?.isDirectory()) {
+    throw new CliError(`--adapter ${a.adapter}: not a directory (give a PEFT adapter directory with adapter_config.json and adapter_model.safetensors)`);
+  }
+
+  let model: LlamaForCausalLM;
+  try {
+    model = await LlamaForCausalLM.fromPretrained(modelDir, { device });
+  } catch (e) {
+    if ((e as { code?: string }).code === 'ERR_OUT_OF_MEMORY') throw e;
+    throw new CliError(oneLine((e as Error).message));
+  }
+  let tokenizer;
+  try {
+    tokenizer = await loadTokenizer(modelDir);
+  } catch (e) {
+    throw new CliError(`--model ${modelDir}: ${oneLine((e as Error).message)}`);
+  }
+  if (a.adapter !== undefined) {
+    try {
+      await loadAdapter(model, a.adapter);
+    } catch (e) {
+      throw new CliError(`${oneLine((e as Error).message)}${/has shape|has no weights for layers|not a Linear layer/.test((e as Error).message) ? ' (was the adapter trained on this base model?)' : ''}`);
+    }
+  }
+
+  const ids = Array.from(tokenizer.encode(a.prompt).ids, Number);
+  if (!ids.length) throw new CliError('--prompt gives no tokens; give some text');
+  const V = model.config.vocabSize;
+  const bad = ids.find((id) => id >= V);
+  if (bad !== undefined) throw new CliError(`--model ${modelDir}: the tokenizer gives id ${bad}, not below vocab_size ${V}; the tokenizer does not belong to this model`);
+  let eos: number | number[] | null = null;
+  const fromConfig = model.config.raw.eos_token_id;
+  if (fromConfig !== undefined && fromConfig !== null) {
+    eos = fromConfig as number | number[];
+  } else {
+    const t = eosText(modelDir);
+    const id = t === null ? undefined : tokenizer.token_to_id(t);
+    eos = id === undefined || id === null ? null : id;
+  }
+
+  manualSeed(a.seed!);
+  const t0 = performance.now();
+  let out: number[];
+  try {
+    out = model.generate([ids], {
+      maxNewTokens: a.maxNewTokens,
+      ...(a.temperature! > 0 ? { doSample: true, temperature: a.temperature, topK: a.topK, topP: a.topP } : {}),
+      eosTokenId: eos,
+    })[0];
+  } catch (e) {
+    if ((e as { code?: string }).code === 'ERR_OUT_OF_MEMORY') throw new CliError('out of memory: use a shorter --prompt or fewer --max-new-tokens');
+    if (e instanceof RangeError) throw new CliError(oneLine(e.message));
+    throw e;
+  }
+  const secs = (performance.now() - t0) / 1000;
+  const added = out.length - ids.length;
+  io.stdout(`${tokenizer.decode(out, { skip_special_tokens: true })}\n`);
+  io.stderr(`${added} new token${added === 1 ? '' : 's'} in ${secs.toFixed(2)} s (${(added / Math.max(secs, 1e-9)).toFixed(1)} tokens/s, ${device}` +
+    `${a.adapter !== undefined ? `, adapter ${a.adapter}` : ''}${a.temperature! > 0 ? `, sampled at temperature ${a.temperature}` : ', greedy'})\n`);
+  return 0;
+}

@@ -1,0 +1,117 @@
+// LlamaForCausalLM.generate: greedy decoding against a plain loop over forward(), end-of-sequence
+// handling, seeded sampling, the top-k / top-p filters, dropout off, and bad input.
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+import { LlamaForCausalLM, injectLora, manualSeed, noGrad } from '../lib';
+import { sampleToken } from '../lib/models/llama';
+import { loadCases, writeCheckpoint } from './helpers/llama-weights';
+import { expectThrows } from './helpers/expect-throws';
+
+let tmp: string;
+let model: LlamaForCausalLM;
+beforeAll(async () => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lora-cuda-generate-'));
+  await writeCheckpoint(tmp, loadCases().cases.llama_gqa);
+  model = await LlamaForCausalLM.fromPretrained(tmp);
+});
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+const PROMPTS = [[1, 5, 9, 2], [7, 7, 3, 60]];
+
+/** Greedy continuation the long way: full logits from forward(), argmax of the last position. */
+function greedyByForward(m: LlamaForCausalLM, prompts: number[][], n: number): number[][] {
+  const rows = prompts.map((r) => r.slice());
+  const V = m.config.vocabSize;
+  for (let s = 0; s < n; s++) {
+    const logits = noGrad(() => m.forward(rows)).toArray();
+    const T = rows[0].length;
+    rows.forEach((row, b) => {
+      const off = (b * T + T - 1) * V;
+      let best = 0;
+      for (let v = 1; v < V; v++) if (logits[off + v] > logits[off + best]) best = v;
+      row.push(best);
+    });
+  }
+  return rows;
+}
+
+test('greedy decoding is the argmax of forward()\'s last logits, step after step', () => {
+  const want = greedyByForward(model, PROMPTS, 6);
+  expect(model.generate(PROMPTS, { maxNewTokens: 6, eosTokenId: null })).toEqual(want);
+  expect(model.generate(PROMPTS, { maxNewTokens: 0 })).toEqual(PROMPTS);
+  expect(PROMPTS).toEqual([[1, 5, 9, 2], [7, 7, 3, 60]]); // the input is not modified
+});
+
+test('each row ends at its first end-of-sequence token; the run stops when all rows have', () => {
+  const full = model.generate(PROMPTS, { maxNewTokens: 6, eosTokenId: null });
+  // The token row 0 produces third, as the end-of-sequence token.
+  const eos = full[0][PROMPTS[0].length + 2];
+  const cut = model.generate(PROMPTS, { maxNewTokens: 6, eosTokenId: eos });
+  const end = (row: number[]) => {
+    const k = row.findIndex((id, i) => i >= 4 && id === eos);
+    return k < 0 ? row : row.slice(0, k + 1);
+  };
+  expect(cut).toEqual(full.map(end));
+  expect(cut[0]).toHaveLength(PROMPTS[0].length + 3);
+  // A list of ids, and config.json's eos_token_id by default.
+  expect(model.generate(PROMPTS, { maxNewTokens: 6, eosTokenId: [66, eos] })).toEqual(cut);
+  const withEos = new LlamaForCausalLM({ ...model.config.raw, eos_token_id: eos });
+  withEos.loadStateDict(model.stateDict());
+  expect(withEos.generate(PROMPTS, { maxNewTokens: 6 })).toEqual(cut);
+});
+
+test('sampling is repeatable under manualSeed; topK 1 and a tiny topP are greedy', () => {
+  const greedy = model.generate(PROMPTS, { maxNewTokens: 5, eosTokenId: null });
+  manualSeed(3);
+  const a = model.generate(PROMPTS, { maxNewTokens: 5, doSample: true, temperature: 1.5, topK: 0, eosTokenId: null });
+  manualSeed(3);
+  const b = model.generate(PROMPTS, { maxNewTokens: 5, doSample: true, temperature: 1.5, topK: 0, eosTokenId: null });
+  expect(a).toEqual(b);
+  expect(a).not.toEqual(greedy); // 10 draws over 67 tokens at a high temperature
+  expect(model.generate(PROMPTS, { maxNewTokens: 5, doSample: true, topK: 1, eosTokenId: null })).toEqual(greedy);
+  expect(model.generate(PROMPTS, { maxNewTokens: 5, doSample: true, topP: 1e-9, eosTokenId: null })).toEqual(greedy);
+});
+
+test('sampleToken: the draw u picks along the filtered distribution (probabilities 3/6, 2/6, 1/6)', () => {
+  const l = [0, Math.log(2), Math.log(3)];
+  const draw = (u: number, topK = 0, topP = 1, t = 1) => sampleToken(l, t, topK, topP, u);
+  expect([0.1, 0.49, 0.51, 0.8, 0.84, 0.95].map((u) => draw(u))).toEqual([2, 2, 1, 1, 0, 0]);
+  // topK 2 drops token 0: 3/5 and 2/5.
+  expect([0.59, 0.61, 0.99].map((u) => draw(u, 2))).toEqual([2, 1, 1]);
+  // topP 0.5 keeps token 2 alone (it reaches 0.5); 0.6 keeps tokens 2 and 1.
+  expect([0.1, 0.99].map((u) => draw(u, 0, 0.5))).toEqual([2, 2]);
+  expect([0.59, 0.61, 0.99].map((u) => draw(u, 0, 0.6))).toEqual([2, 1, 1]);
+  // Ties at the k-th logit are kept, as transformers' top-k does.
+  expect(sampleToken([1, 1, 1, 0], 1, 2, 1, 0.99)).toBe(2);
+  // A high temperature flattens: probabilities near 1/3 each.
+  expect(draw(0.34, 0, 1, 1e6)).toBe(1);
+});
+
+test('dropout is off while generating and the training flags are restored', () => {
+  const m = new LlamaForCausalLM(model.config.raw);
+  m.loadStateDict(model.stateDict());
+  injectLora(m, { r: 4, alpha: 8, dropout: 0.5, targetModules: ['q_proj', 'v_proj'] });
+  m.train();
+  const want = greedyByForward(model, PROMPTS, 4); // B is zero: the adapter adds nothing yet
+  expect(m.generate(PROMPTS, { maxNewTokens: 4, eosTokenId: null })).toEqual(want);
+  expect([...m.modules()].every((x) => x.training)).toBe(true);
+  m.model.layers.at(0)!.eval();
+  m.generate(PROMPTS, { maxNewTokens: 1 });
+  expect(m.model.layers.at(0)!.training).toBe(false);
+  expect(m.model.layers.at(1)!.training).toBe(true);
+});
+
+test('bad input names the argument', () => {
+  const g = (ids: unknown, o?: unknown) => () => model.generate(ids as number[][], o as never);
+  expectThrows(g('hello'), TypeError, /^LlamaForCausalLM\.generate: inputIds must be number\[\]\[\]/);
+  expectThrows(g([[1, 2], [3]]), RangeError, /inputIds\[1\]\.length must be 2 \(rows must have equal lengths\)/);
+  expectThrows(g([[1, 67]]), RangeError, /inputIds\[0\]\[1\] must be a token id in \[0, 67\), got 67/);
+  expectThrows(g([[1]], { maxNewTokens: -1 }), RangeError, /options\.maxNewTokens must be a non-negative integer/);
+  expectThrows(g([[1]], { temperature: 0 }), RangeError, /options\.temperature must be a number > 0 \(use doSample: false for greedy decoding\), got 0/);
+  expectThrows(g([[1]], { topP: 0 }), RangeError, /options\.topP must be in \(0, 1\], got 0/);
+  expectThrows(g([[1]], { topK: 1.5 }), RangeError, /options\.topK must be a non-negative integer/);
+  expectThrows(g([[1]], { eosTokenId: [1, 99] }), RangeError, /options\.eosTokenId\[1\] must be a token id in \[0, 67\), got 99/);
+  expectThrows(g([[1]], { doSample: 1 }), TypeError, /options\.doSample must be a boolean/);
+  expectThrows(g([[1]], { max_new_tokens: 3 }), TypeError, /unknown option "max_new_tokens"/);
+});
