@@ -10,7 +10,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { performance } from 'perf_hooks';
-import { CliError, CliIO, UsageError } from './io';
+import { CliError, CliIO, UsageError, oneLine, tokenContent } from './io';
 import { Specs, helpText, parseArgs } from './args';
 import {
   epochOrder, makeBatch, microBatches, readDataFile, splitTrainEval, tokenizeExamples,
@@ -157,10 +157,6 @@ function flagOf(key: string): string {
   return `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
 }
 
-function oneLine(msg: string): string {
-  return msg.replace(/\s*\n\s*/g, ' ').trim();
-}
-
 function targetList(t: string): string[] {
   return t.split(',').map((s) => s.trim()).filter(Boolean);
 }
@@ -227,12 +223,6 @@ async function readJsonIfExists(file: string): Promise<Record<string, unknown> |
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
     throw new CliError(`cannot read ${file}: ${oneLine((e as Error).message)}`);
   }
-}
-
-function tokenContent(v: unknown): string | null {
-  if (typeof v === 'string') return v;
-  if (v && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string') return (v as { content: string }).content;
-  return null;
 }
 
 async function readCheckpointState(dir: string): Promise<TrainerState> {

@@ -9,7 +9,7 @@ import { manualSeed } from '../random';
 import { loadTokenizer } from '../tokenizer';
 import { resolveDevice } from './device';
 import { helpText, parseArgs, Specs } from './args';
-import { CliError, CliIO, UsageError } from './io';
+import { CliError, CliIO, UsageError, oneLine, tokenContent } from './io';
 
 export const GENERATE_SUMMARY = 'Continue a prompt with a checkpoint, optionally with a LoRA adapter applied.';
 
@@ -25,10 +25,6 @@ const SPECS = {
   device: { type: 'string', metavar: 'cpu|cuda', help: 'where to run (default: cuda when available)' },
 } satisfies Specs;
 
-function oneLine(msg: string): string {
-  return msg.replace(/\s*\n\s*/g, ' ').trim();
-}
-
 /** tokenizer_config.json's eos_token as text ("</s>" or { content: "</s>" }), if any. */
 function eosText(modelDir: string): string | null {
   let cfg: Record<string, unknown>;
@@ -37,10 +33,7 @@ function eosText(modelDir: string): string | null {
   } catch {
     return null;
   }
-  const v = cfg.eos_token;
-  if (typeof v === 'string') return v;
-  if (v && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string') return (v as { content: string }).content;
-  return null;
+  return tokenContent(cfg.eos_token);
 }
 
 export async function generateCommand(argv: string[], io: CliIO): Promise<number> {

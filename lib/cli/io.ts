@@ -29,3 +29,15 @@ export class UsageError extends CliError {
     super(message, 2);
   }
 }
+
+/** A library error's message on one line. */
+export function oneLine(msg: string): string {
+  return msg.replace(/\s*\n\s*/g, ' ').trim();
+}
+
+/** A special token as tokenizer_config.json writes it ("</s>" or { "content": "</s>" }), as text. */
+export function tokenContent(v: unknown): string | null {
+  if (typeof v === 'string') return v;
+  if (v && typeof v === 'object' && typeof (v as { content?: unknown }).content === 'string') return (v as { content: string }).content;
+  return null;
+}
