@@ -27,3 +27,27 @@ test('the quick-start example runs, prints the replaced layers and a falling los
   expect(losses).toHaveLength(4);
   expect(losses[3]).toBeLessThan(losses[0]);
 });
+
+test("the README's training-loop block is examples/training-loop.ts, verbatim", () => {
+  const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
+  const blocks = [...readme.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]);
+  expect(blocks).toContain(fs.readFileSync(path.join(root, 'examples', 'training-loop.ts'), 'utf8'));
+});
+
+test('the training-loop example runs: schedule, clipping, a falling loss, then it counts on', () => {
+  const lines: string[] = [];
+  const spy = jest.spyOn(console, 'log').mockImplementation((...args: unknown[]) => {
+    lines.push(args.map(String).join(' '));
+  });
+  try {
+    jest.isolateModules(() => {
+      require('../examples/training-loop');
+    });
+  } finally {
+    spy.mockRestore();
+  }
+  const losses = lines.filter((l) => l.startsWith('step ')).map((l) => Number(/loss ([\d.]+)/.exec(l)![1]));
+  expect(losses).toHaveLength(4);
+  expect(losses[3]).toBeLessThan(0.1 * losses[0]);
+  expect(lines[lines.length - 1]).toBe('3, 4, 5 -> 6, 7, 8, 9');
+});
