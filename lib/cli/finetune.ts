@@ -51,7 +51,7 @@ export const FINETUNE_SPECS = {
   dropout: { type: 'number', min: 0, default: 0.05, metavar: 'P', help: 'dropout on the adapters\' input, in [0, 1)' },
   target: { type: 'string', default: 'q_proj,v_proj', metavar: 'NAMES', help: 'comma-separated layer names to adapt, or all-linear (every Linear except lm_head)' },
   lr: { type: 'number', default: 2e-4, metavar: 'X', help: 'peak learning rate' },
-  'lr-schedule': { type: 'string', default: 'constant', metavar: 'NAME', help: 'after the warm-up: constant, linear (decay to 0 at the last step) or cosine (decay to 0)' },
+  'lr-schedule': { type: 'string', default: 'constant', metavar: 'NAME', help: 'after the warm-up: constant, linear or cosine (both decay to 0 at the last step of --epochs; --max-steps only pauses the run)' },
   'warmup-steps': { type: 'number', integer: true, min: 0, default: 0, metavar: 'N', help: 'linear warm-up of the learning rate from 0 over the first N steps' },
   'max-grad-norm': { type: 'number', min: 0, default: 1, metavar: 'X', help: 'clip the gradients\' joint L2 norm to X before each step, 0 = off' },
   'weight-decay': { type: 'number', min: 0, default: 0, metavar: 'X', help: 'AdamW decoupled weight decay' },
