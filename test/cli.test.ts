@@ -118,6 +118,24 @@ describe('lora-cuda demo', () => {
     expect(summary.mergeMaxDiff).toBeLessThan(1e-4);
   });
 
+  test('the base model comes with a tokenizer: lora-cuda generate runs task A on the base and task B with the adapter', async () => {
+    const base = path.join(out, 'base-model');
+    const prompts = [[3, 1, 4, 1, 5, 9], [2, 7, 1, 8, 2, 8], [9, 9, 0, 0, 5, 5], [6, 0, 2, 2, 1, 4]];
+    let right = 0;
+    for (const d of prompts) {
+      for (const [task, adapter, want] of [['<copy>', false, d], ['<inc>', true, d.map((x) => (x + 1) % 10)]] as const) {
+        const prompt = `${task} ${d.join(' ')} =`;
+        const r = await run(['generate', '--model', base, ...(adapter ? ['--adapter', out] : []), '--prompt', prompt, '--max-new-tokens', '6', '--device', 'cpu']);
+        expect(r.code).toBe(0);
+        const m = new RegExp(`^${prompt.replace(/[<>]/g, '.')} ((?:\\d ?){6})$`).exec(r.stdout.trim());
+        expect(m).not.toBeNull(); // the prompt, then six digits
+        const got = m![1].split(' ').map(Number);
+        right += got.filter((x, i) => x === want[i]).length;
+      }
+    }
+    expect(right / (prompts.length * 2 * 6)).toBeGreaterThan(0.9); // as the accuracies above
+  });
+
   test('counts parameters and the adapter file', () => {
     // q_proj [64 -> 64] and v_proj [64 -> 32] in each of 2 layers, r = 8: A [8, in] + B [out, 8].
     expect(summary.trainableParams).toBe(2 * (8 * 64 + 64 * 8 + 8 * 64 + 32 * 8));

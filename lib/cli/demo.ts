@@ -37,6 +37,27 @@ export const DEMO_SEQ_LEN = 2 * DEMO_DIGITS + 2;
 const ANSWER_START = DEMO_DIGITS + 2;
 const HELD_OUT = 256;
 
+/**
+ * tokenizer.json for the demo's tokens (id 13 is <unk>): space-separated words, the markers and "="
+ * matched whole, digits one per token. With it the base model in OUT/base-model works with
+ * `lora-cuda generate` and `finetune` like any checkpoint.
+ */
+export function demoTokenizerJson(): object {
+  const vocab: Record<string, number> = Object.fromEntries([...DEMO_TOKENS, '<unk>'].map((t, i) => [t, i]));
+  const added = (id: number, special: boolean) => ({
+    id, content: [...DEMO_TOKENS, '<unk>'][id], single_word: false, lstrip: false, rstrip: false, normalized: false, special,
+  });
+  return {
+    version: '1.0', truncation: null, padding: null,
+    added_tokens: [added(SEP, false), added(MARK_A, false), added(MARK_B, false), added(13, true)],
+    normalizer: null, pre_tokenizer: { type: 'WhitespaceSplit' }, post_processor: null, decoder: null,
+    model: {
+      type: 'BPE', dropout: null, unk_token: '<unk>', continuing_subword_prefix: null, end_of_word_suffix: null,
+      fuse_unk: false, byte_fallback: false, vocab, merges: [],
+    },
+  };
+}
+
 /** The demo model's config.json (a Llama in miniature). */
 export const DEMO_CONFIG = {
   architectures: ['LlamaForCausalLM'],
@@ -294,7 +315,10 @@ export async function runDemo(o: DemoOptions, io: CliIO): Promise<DemoSummary> {
   const before = accuracyOf(logitsOf(model, data.testB, o.device), data.testB, vocab);
   out(`         ${phaseA.seconds.toFixed(1)} s, ${fmtInt(Math.round(phaseA.tokensPerSecond))} tokens/s, ` +
     `final loss ${phaseA.losses[phaseA.losses.length - 1].toFixed(4)}; task A accuracy ${fmtAcc(accA)}, task B accuracy ${fmtAcc(before)}`);
-  await writing(`the base model to ${baseDir}`, () => saveMerged(model, baseDir));
+  await writing(`the base model to ${baseDir}`, async () => {
+    await saveMerged(model, baseDir);
+    await fs.promises.writeFile(path.join(baseDir, 'tokenizer.json'), `${JSON.stringify(demoTokenizerJson())}\n`);
+  });
 
   // Phase B: freeze the base, inject LoRA, train the adapters on task B.
   model.requiresGrad_(false);
@@ -358,7 +382,8 @@ export async function runDemo(o: DemoOptions, io: CliIO): Promise<DemoSummary> {
   out(`wrote ${rel(adapterDir)}/ (adapter_config.json, adapter_model.safetensors: PEFT format)`);
   out(`      ${rel(baseDir)}/ (the pretrained base model as a Hugging Face checkpoint)`);
   out(`      ${rel(svgPath)} (loss curves)`);
-  out(`next: lora-cuda merge --model ${rel(baseDir)} --adapter ${rel(adapterDir)} --out ${rel(adapterDir)}-merged`);
+  out(`next: lora-cuda generate --model ${rel(baseDir)} --adapter ${rel(adapterDir)} --prompt '<inc> 3 1 4 1 5 9 =' --max-new-tokens 6`);
+  out(`      lora-cuda merge --model ${rel(baseDir)} --adapter ${rel(adapterDir)} --out ${rel(adapterDir)}-merged`);
 
   return {
     before: { accuracy: before },
