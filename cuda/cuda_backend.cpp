@@ -2,6 +2,7 @@
 // method locks the device, makes it current and queues the op's kernels on
 // the device's stream (cuda/*.cu); only reads to the host and the finiteness
 // check wait for the GPU.
+#include <algorithm>
 #include <mutex>
 #include <vector>
 
@@ -16,6 +17,14 @@ Tensor scratch(Context& c, const Shape& shape, DType dtype) {
 }
 
 namespace {
+
+// x, with its leading 1s dropped, is out's trailing dims: out is x repeated.
+bool repeats_rows(const Shape& x, const Shape& out) {
+  size_t lead = 0;
+  while (lead < x.size() && x[lead] == 1) ++lead;
+  const size_t k = x.size() - lead;
+  return k <= out.size() && std::equal(x.begin() + lead, x.end(), out.end() - k);
+}
 
 class CudaBackend final : public Backend {
  public:
@@ -100,7 +109,8 @@ class CudaBackend final : public Backend {
   }
   void expand(const Tensor& x, const Tensor& out) override {
     Guard g(c_);
-    gather(c_, x, out, broadcast_strides(x.shape, out.shape));
+    if (repeats_rows(x.shape, out.shape)) broadcast_rows(c_, x, out);  // bias rows: no indexer
+    else gather(c_, x, out, broadcast_strides(x.shape, out.shape));
   }
   void permute(const Tensor& x, const std::vector<int64_t>& perm, const Tensor& out) override {
     Guard g(c_);
@@ -123,6 +133,11 @@ class CudaBackend final : public Backend {
     Guard g(c_);
     cu::softmax_backward(c_, y, dy, dx);
   }
+  void dropout(const Tensor& x, const Tensor& out, double p, uint64_t seed,
+               uint64_t offset) override {
+    Guard g(c_);
+    cu::dropout(c_, x, out, p, seed, offset);
+  }
 
   // ---- products
   void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, double alpha, const Tensor& A,
@@ -131,33 +146,6 @@ class CudaBackend final : public Backend {
     Guard g(c_);
     cu::gemm(c_, C.dtype, tA, tB, M, N, K, alpha, A.raw(), tA ? M : K, sA, B.raw(), tB ? K : N,
              sB, beta, C.raw(), N, sC, batch);
-  }
-  void linear_forward(const Tensor& x, const Tensor& W, const Tensor* b, const Tensor& y) override {
-    Guard g(c_);
-    cu::linear_forward(c_, x, W, b, y);
-  }
-  void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& W, const Tensor* dx,
-                       const Tensor* dW, const Tensor* db) override {
-    Guard g(c_);
-    cu::linear_backward(c_, dy, x, W, dx, dW, db);
-  }
-  void lora_forward(const Tensor& x, const Tensor& W, const Tensor* b, const Tensor& A,
-                    const Tensor& B, double scale, double p, uint64_t seed, uint64_t offset,
-                    const Tensor& y, const Tensor& h) override {
-    Guard g(c_);
-    cu::lora_forward(c_, x, W, b, A, B, scale, p, seed, offset, y, h);
-  }
-  void lora_backward(const Tensor& dy, const Tensor& x, const Tensor& W, const Tensor& A,
-                     const Tensor& B, const Tensor& h, double scale, double p, uint64_t seed,
-                     uint64_t offset, const Tensor* dx, const Tensor* dA, const Tensor* dB,
-                     const Tensor* dW, const Tensor* db) override {
-    Guard g(c_);
-    cu::lora_backward(c_, dy, x, W, A, B, h, scale, p, seed, offset, dx, dA, dB, dW, db);
-  }
-  bool lora_merge(const Tensor& W, const Tensor& A, const Tensor& B, double scale,
-                  bool safe) override {
-    Guard g(c_);
-    return cu::lora_merge(c_, W, A, B, scale, safe);
   }
 
   // ---- optimiser and losses

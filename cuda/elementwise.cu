@@ -175,8 +175,10 @@ __global__ void dropout_kernel(const T* x, T* out, int64_t n, uint32_t threshold
   }
 }
 
-template <typename T>
-__global__ void broadcast_rows_kernel(T* y, const T* b, int64_t n, int64_t cols) {
+// y[i] = b[i % cols]: a broadcast whose source is the output's trailing dims
+// (bias rows), without an Indexer; moves words as gather_kernel does.
+template <typename W>
+__global__ void broadcast_rows_kernel(W* y, const W* b, int64_t n, int64_t cols) {
   LC_GRID_STRIDE(i, n) y[i] = b[i % cols];
 }
 
@@ -341,14 +343,14 @@ void dropout(Context& c, const Tensor& x, const Tensor& out, double p, uint64_t 
   launched(c, "dropout");
 }
 
-void broadcast_rows(Context& c, const Tensor& y, const Tensor& b) {
-  int64_t n = y.numel(), cols = b.numel();
+void broadcast_rows(Context& c, const Tensor& x, const Tensor& out) {
+  int64_t n = out.numel(), cols = x.numel();
   if (!n || !cols) return;
-  dispatch_float(y.dtype, "bias", [&](auto z) {
-    using T = decltype(z);
-    broadcast_rows_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(dp<T>(y), dp<T>(b), n, cols);
-  });
-  launched(c, "bias broadcast");
+  if (dtype_size(out.dtype) == 8)
+    broadcast_rows_kernel<uint64_t><<<grid_for(n), kThreads, 0, c.stream>>>(dp<uint64_t>(out), dp<uint64_t>(x), n, cols);
+  else
+    broadcast_rows_kernel<uint32_t><<<grid_for(n), kThreads, 0, c.stream>>>(dp<uint32_t>(out), dp<uint32_t>(x), n, cols);
+  launched(c, "expand");
 }
 
 }  // namespace lc::cu

@@ -1,13 +1,7 @@
-// Matrix products on cuBLAS: the batched GEMM behind matmul, the frozen
-// linear layer, the LoRA adapter's forward and backward, and the in-place
-// merge. Row-major throughout: a row-major C = op(A) op(B) is the column-major
+// Matrix products on cuBLAS: the batched GEMM behind matmul and behind the
+// linear layer, LoRA and the merge (written from it once, src/composite.cpp).
+// Row-major throughout: a row-major C = op(A) op(B) is the column-major
 // C^T = op(B)^T op(A)^T, so every call hands cuBLAS the operands swapped.
-//
-// The LoRA forward adds the adapter's product into the output through the
-// GEMM's beta = 1 instead of a separate pass, and the backward computes no
-// weight gradient for a frozen weight (dW null). The dropout mask is drawn
-// from (seed, offset) by element index in the same pass that applies it, and
-// redrawn in backward rather than stored.
 #include <climits>
 
 #include "kernels.cuh"
@@ -16,9 +10,8 @@
 namespace lc::cu {
 
 // ================================================================ kernels
-// The products are cuBLAS calls; bias rows, dropout and column sums are the
-// kernels of elementwise.cu and reduce.cu. Only the degenerate K = 0 product
-// needs one of its own.
+// The products are cuBLAS calls; only the degenerate K = 0 product needs a
+// kernel of its own.
 namespace {
 template <typename T>
 __global__ void scale_kernel(T* p, int64_t n, T beta) {
@@ -90,105 +83,6 @@ void gemm(Context& c, DType dtype, bool tA, bool tB, int64_t M, int64_t N, int64
     fail("matrix product: expected float32 or float64");
   }
   launched(c, "matrix product (cuBLAS)");
-}
-
-namespace {
-// One product of dense row-major matrices, batch 1.
-void mm(Context& c, DType dt, bool tA, bool tB, int64_t M, int64_t N, int64_t K, double alpha,
-        const void* A, const void* B, double beta, void* C) {
-  gemm(c, dt, tA, tB, M, N, K, alpha, A, tA ? M : K, 0, B, tB ? K : N, 0, beta, C, N, 0, 1);
-}
-}  // namespace
-
-void linear_forward(Context& c, const Tensor& x, const Tensor& W, const Tensor* b, const Tensor& y) {
-  const int64_t M = x.shape[0], K = x.shape[1], N = W.shape[0];
-  // y = b in every row, then the GEMM accumulates x W^T on top (beta = 1).
-  if (b) broadcast_rows(c, y, *b);
-  mm(c, x.dtype, false, true, M, N, K, 1.0, x.raw(), W.raw(), b ? 1.0 : 0.0, y.raw());
-}
-
-void linear_backward(Context& c, const Tensor& dy, const Tensor& x, const Tensor& W,
-                     const Tensor* dx, const Tensor* dW, const Tensor* db) {
-  const int64_t M = x.shape[0], K = x.shape[1], N = W.shape[0];
-  if (dx) mm(c, x.dtype, false, false, M, K, N, 1.0, dy.raw(), W.raw(), 0.0, dx->raw());  // dy W
-  if (dW) mm(c, x.dtype, true, false, N, K, M, 1.0, dy.raw(), x.raw(), 0.0, dW->raw());   // dy^T x
-  if (db) sum_to(c, dy, *db);
-}
-
-void lora_forward(Context& c, const Tensor& x, const Tensor& W, const Tensor* b, const Tensor& A,
-                  const Tensor& B, double scale, double p, uint64_t seed, uint64_t offset,
-                  const Tensor& y, const Tensor& h) {
-  const int64_t M = x.shape[0], K = x.shape[1], N = W.shape[0], r = A.shape[0];
-  const DType dt = x.dtype;
-  // h = drop(x) A^T  [M, r]
-  Tensor xd;
-  const void* xin = x.raw();
-  if (p > 0) {
-    xd = scratch(c, x.shape, dt);
-    dropout(c, x, xd, p, seed, offset);
-    xin = xd.raw();
-  }
-  mm(c, dt, false, true, M, r, K, 1.0, xin, A.raw(), 0.0, h.raw());
-  // y = b + scale h B^T, then the frozen product x W^T accumulates on top (beta = 1).
-  if (b) broadcast_rows(c, y, *b);
-  mm(c, dt, false, true, M, N, r, scale, h.raw(), B.raw(), b ? 1.0 : 0.0, y.raw());
-  mm(c, dt, false, true, M, N, K, 1.0, x.raw(), W.raw(), 1.0, y.raw());
-}
-
-void lora_backward(Context& c, const Tensor& dy, const Tensor& x, const Tensor& W,
-                   const Tensor& A, const Tensor& B, const Tensor& h, double scale, double p,
-                   uint64_t seed, uint64_t offset, const Tensor* dx, const Tensor* dA,
-                   const Tensor* dB, const Tensor* dW, const Tensor* db) {
-  const int64_t M = x.shape[0], K = x.shape[1], N = W.shape[0], r = A.shape[0];
-  const DType dt = x.dtype;
-  // dB = scale dy^T h  [N, r] (set)
-  if (dB) mm(c, dt, true, false, N, r, M, scale, dy.raw(), h.raw(), 0.0, dB->raw());
-  Tensor dh;
-  if (dA || dx) {
-    // dh = scale dy B  [M, r]: the gradient at the adapter's bottleneck.
-    dh = scratch(c, {M, r}, dt);
-    mm(c, dt, false, false, M, r, N, scale, dy.raw(), B.raw(), 0.0, dh.raw());
-  }
-  if (dA) {
-    // dA = dh^T drop(x)  [r, K] (set); the mask is redrawn, not stored.
-    Tensor xd;
-    const void* xin = x.raw();
-    if (p > 0) {
-      xd = scratch(c, x.shape, dt);
-      dropout(c, x, xd, p, seed, offset);
-      xin = xd.raw();
-    }
-    mm(c, dt, true, false, r, K, M, 1.0, dh.raw(), xin, 0.0, dA->raw());
-  }
-  if (dx) {
-    // dx = drop'(dh A) (set; the mask applied in place), then the frozen path
-    // dy W accumulates on top (beta = 1).
-    mm(c, dt, false, false, M, K, r, 1.0, dh.raw(), A.raw(), 0.0, dx->raw());
-    if (p > 0) dropout(c, *dx, *dx, p, seed, offset);
-    mm(c, dt, false, false, M, K, N, 1.0, dy.raw(), W.raw(), 1.0, dx->raw());
-  }
-  if (dW) mm(c, dt, true, false, N, K, M, 1.0, dy.raw(), x.raw(), 0.0, dW->raw());
-  if (db) sum_to(c, dy, *db);
-}
-
-bool lora_merge(Context& c, const Tensor& W, const Tensor& A, const Tensor& B, double scale,
-                bool safe) {
-  const int64_t N = W.shape[0], K = W.shape[1], r = A.shape[0];
-  const DType dt = W.dtype;
-  if (!safe) {
-    // W += scale B A: one GEMM over W.
-    mm(c, dt, false, false, N, K, r, scale, B.raw(), A.raw(), 1.0, W.raw());
-    return true;
-  }
-  // Build the result aside, check it on the device, and only then replace W,
-  // so a refused merge leaves W bit-identical.
-  Tensor tmp = scratch(c, W.shape, dt);
-  const size_t bytes = static_cast<size_t>(W.numel()) * dtype_size(dt);
-  check(cudaMemcpyAsync(tmp.raw(), W.raw(), bytes, cudaMemcpyDeviceToDevice, c.stream), "cudaMemcpyAsync");
-  mm(c, dt, false, false, N, K, r, scale, B.raw(), A.raw(), 1.0, tmp.raw());
-  if (!all_finite(c, tmp)) return false;
-  check(cudaMemcpyAsync(W.raw(), tmp.raw(), bytes, cudaMemcpyDeviceToDevice, c.stream), "cudaMemcpyAsync");
-  return true;
 }
 
 }  // namespace lc::cu

@@ -28,8 +28,8 @@ bool all_finite(Context& c, const Tensor& x);  // synchronises
 // out = x * keep / (1 - p), the mask from (seed, offset) by element index; out may be x.
 void dropout(Context& c, const Tensor& x, const Tensor& out, double p, uint64_t seed,
              uint64_t offset);
-// y [M, N] (set) = b [N] in every row.
-void broadcast_rows(Context& c, const Tensor& y, const Tensor& b);
+// out (set) = x repeated: x's shape, leading 1s dropped, is out's trailing dims.
+void broadcast_rows(Context& c, const Tensor& x, const Tensor& out);
 
 // ---- reduce.cu
 // out (set): x summed over the dims where out has 1 (or lacks the leading dim).
@@ -45,24 +45,12 @@ void cross_entropy_backward(Context& c, const Tensor& logits, const Tensor& lse,
                             const Tensor& targets, int64_t ignore_index, double label_smoothing,
                             const Tensor& grad, double grad_scale, const Tensor& dlogits);
 
-// ---- linear.cu (cuBLAS products: GEMM, linear, LoRA, merge)
+// ---- linear.cu (cuBLAS products)
 // Row-major C[b] = alpha op(A[b]) op(B[b]) + beta C[b] on raw device pointers of `dtype`;
 // lda/ldb/ldc are the row strides of the stored matrices, s* the batch strides (0 broadcasts).
 void gemm(Context& c, DType dtype, bool tA, bool tB, int64_t M, int64_t N, int64_t K,
           double alpha, const void* A, int64_t lda, int64_t sA, const void* B, int64_t ldb,
           int64_t sB, double beta, void* C, int64_t ldc, int64_t sC, int64_t batch);
-void linear_forward(Context& c, const Tensor& x, const Tensor& W, const Tensor* b, const Tensor& y);
-void linear_backward(Context& c, const Tensor& dy, const Tensor& x, const Tensor& W,
-                     const Tensor* dx, const Tensor* dW, const Tensor* db);
-void lora_forward(Context& c, const Tensor& x, const Tensor& W, const Tensor* b, const Tensor& A,
-                  const Tensor& B, double scale, double p, uint64_t seed, uint64_t offset,
-                  const Tensor& y, const Tensor& h);
-void lora_backward(Context& c, const Tensor& dy, const Tensor& x, const Tensor& W,
-                   const Tensor& A, const Tensor& B, const Tensor& h, double scale, double p,
-                   uint64_t seed, uint64_t offset, const Tensor* dx, const Tensor* dA,
-                   const Tensor* dB, const Tensor* dW, const Tensor* db);
-bool lora_merge(Context& c, const Tensor& W, const Tensor& A, const Tensor& B, double scale,
-                bool safe);
 
 // ---- adam.cu (all parameters of one call in one launch per dtype)
 void adam_step(Context& c, const std::vector<AdamParam>& params, const AdamConfig& cfg);

@@ -1,6 +1,11 @@
 // The one interface every device implements. The op layer (ops.h) validates
 // shapes, dtypes and devices and allocates outputs; a backend only computes.
 //
+// Two kinds of method: primitives (pure virtual), which every backend writes
+// with its own kernels, and composites (linear, LoRA, merge), written once in
+// composite.cpp from the primitives. A backend overrides a composite only to
+// fuse it (the CPU fuses the adapter's rank-r pass).
+//
 // Gradient outputs follow one rule, written beside each method: "set" means the
 // output is overwritten; "accumulate" means the result is added to what is
 // there. A null output pointer means that gradient is not wanted and no work
@@ -69,6 +74,10 @@ class Backend {
   virtual void softmax(const Tensor& x, const Tensor& y) = 0;
   // dx = y * (dy - sum_j dy_j y_j) per row (set).
   virtual void softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) = 0;
+  // out = x * keep / (1 - p), keep drawn from (seed, offset) by element index
+  // (Philox, as random); out may be x. 0 <= p < 1.
+  virtual void dropout(const Tensor& x, const Tensor& out, double p, uint64_t seed,
+                       uint64_t offset) = 0;
 
   // ---- matrix products (row-major, batched with element strides)
   // C[b] = alpha * op(A[b]) op(B[b]) + beta * C[b]
@@ -76,29 +85,30 @@ class Backend {
                     const Tensor& A, int64_t strideA, const Tensor& B, int64_t strideB, double beta,
                     const Tensor& C, int64_t strideC, int64_t batch) = 0;
 
-  // ---- linear layer: x [M, K], W [N, K], b [N] or null; y [M, N] (set)
+  // ---- composites (composite.cpp)
+  // Linear layer: x [M, K], W [N, K], b [N] or null; y [M, N] (set)
   virtual void linear_forward(const Tensor& x, const Tensor& W, const Tensor* b,
-                              const Tensor& y) = 0;
+                              const Tensor& y);
   // dx [M, K] (set), dW [N, K] (set), db [N] (set)
   virtual void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& W,
-                               const Tensor* dx, const Tensor* dW, const Tensor* db) = 0;
+                               const Tensor* dx, const Tensor* dW, const Tensor* db);
 
-  // ---- LoRA: y = x W^T + b + scale * (drop(x) A^T) B^T, A [r, K], B [N, r]
+  // LoRA: y = x W^T + b + scale * (drop(x) A^T) B^T, A [r, K], B [N, r]
   // h [M, r] = drop(x) A^T is kept for backward (set). The dropout mask is not
   // stored: backward regenerates it from (seed, offset). p == 0 means no dropout.
   virtual void lora_forward(const Tensor& x, const Tensor& W, const Tensor* b, const Tensor& A,
                             const Tensor& B, double scale, double p, uint64_t seed, uint64_t offset,
-                            const Tensor& y, const Tensor& h) = 0;
+                            const Tensor& y, const Tensor& h);
   // dx (set) through both paths; dA, dB, dW, db (set).
   virtual void lora_backward(const Tensor& dy, const Tensor& x, const Tensor& W, const Tensor& A,
                              const Tensor& B, const Tensor& h, double scale, double p, uint64_t seed,
                              uint64_t offset, const Tensor* dx, const Tensor* dA, const Tensor* dB,
-                             const Tensor* dW, const Tensor* db) = 0;
+                             const Tensor* dW, const Tensor* db);
   // W += scale * B A in place (scale < 0 unmerges). With `safe`, the result is
   // built aside and checked for non-finite values; on failure W is untouched
   // and false is returned.
   virtual bool lora_merge(const Tensor& W, const Tensor& A, const Tensor& B, double scale,
-                          bool safe) = 0;
+                          bool safe);
 
   // ---- optimiser: every parameter in one call
   virtual void adam_step(const std::vector<AdamParam>& params, const AdamConfig& cfg) = 0;
@@ -158,7 +168,18 @@ class Backend {
                                   const Tensor* dq, const Tensor* dk, const Tensor* dv) = 0;
 };
 
+// The backend of a device (backend.cpp); CUDA devices throw when CUDA is unavailable.
 Backend& backend_for(Device dev);
 Backend& cpu_backend();
+
+// What the CPU backend runs on, as backendInfo reports it.
+struct CpuInfo {
+  std::string blas;         // "openblas", "cblas" or "builtin"
+  std::string blas_path;    // library that was loaded ("" for builtin)
+  std::string blas_reason;  // why the built-in GEMM is used, when it is
+  int blas_threads = 0;     // threads the library reports (builtin: the pool's)
+  int threads = 0;          // threads of the pool the CPU backend splits work over
+};
+CpuInfo cpu_info();
 
 }  // namespace lc

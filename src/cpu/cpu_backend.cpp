@@ -164,23 +164,6 @@ void apply_dropout(const T* x, T* out, int64_t n, double p, uint64_t seed, uint6
   });
 }
 
-// out[j] = sum_i m[i, j] (set)
-template <typename T>
-void column_sums(const T* m, int64_t rows, int64_t cols, T* out) {
-  std::vector<double> acc(static_cast<size_t>(cols), 0.0);
-  for (int64_t i = 0; i < rows; ++i) {
-    const T* row = m + i * cols;
-    for (int64_t j = 0; j < cols; ++j) acc[j] += row[j];
-  }
-  for (int64_t j = 0; j < cols; ++j) out[j] = static_cast<T>(acc[j]);
-}
-
-// y[i, :] = b (the bias, so the GEMM can accumulate on top of it with beta = 1)
-template <typename T>
-void broadcast_rows(T* y, const T* b, int64_t rows, int64_t cols) {
-  for (int64_t i = 0; i < rows; ++i) std::memcpy(y + i * cols, b, sizeof(T) * cols);
-}
-
 class CpuBackend final : public Backend {
  public:
   Device device() const override { return Device{DeviceType::CPU, 0}; }
@@ -442,6 +425,14 @@ class CpuBackend final : public Backend {
     });
   }
 
+  void dropout(const Tensor& x, const Tensor& out, double p, uint64_t seed,
+               uint64_t offset) override {
+    dispatch_float(out.dtype, "dropout", [&](auto z) {
+      using T = decltype(z);
+      apply_dropout(x.data<T>(), out.data<T>(), out.numel(), p, seed, offset);
+    });
+  }
+
   void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, double alpha, const Tensor& A,
             int64_t sA, const Tensor& B, int64_t sB, double beta, const Tensor& C, int64_t sC,
             int64_t batch) override {
@@ -454,27 +445,6 @@ class CpuBackend final : public Backend {
       for (int64_t i = 0; i < batch; ++i)
         lc::gemm(tA, tB, M, N, K, static_cast<T>(alpha), pa + i * sA, lda, pb + i * sB, ldb,
                  static_cast<T>(beta), pc + i * sC, N);
-    });
-  }
-
-  void linear_forward(const Tensor& x, const Tensor& W, const Tensor* b, const Tensor& y) override {
-    dispatch_float(y.dtype, "linear", [&](auto z) {
-      using T = decltype(z);
-      int64_t M = x.shape[0], K = x.shape[1], N = W.shape[0];
-      if (b) broadcast_rows(y.data<T>(), b->data<T>(), M, N);
-      lc::gemm(false, true, M, N, K, T(1), x.data<T>(), K, W.data<T>(), K, b ? T(1) : T(0),
-               y.data<T>(), N);
-    });
-  }
-
-  void linear_backward(const Tensor& dy, const Tensor& x, const Tensor& W, const Tensor* dx,
-                       const Tensor* dW, const Tensor* db) override {
-    dispatch_float(dy.dtype, "linear backward", [&](auto z) {
-      using T = decltype(z);
-      int64_t M = x.shape[0], K = x.shape[1], N = W.shape[0];
-      if (dx) lc::gemm(false, false, M, K, N, T(1), dy.data<T>(), N, W.data<T>(), K, T(0), dx->data<T>(), K);
-      if (dW) lc::gemm(true, false, N, K, M, T(1), dy.data<T>(), N, x.data<T>(), K, T(0), dW->data<T>(), K);
-      if (db) column_sums(dy.data<T>(), M, N, db->data<T>());
     });
   }
 
@@ -539,32 +509,8 @@ class CpuBackend final : public Backend {
         lc::gemm(false, false, M, K, N, T(1), g, N, W.data<T>(), K, T(1), pdx, K);
       }
       if (dW) lc::gemm(true, false, N, K, M, T(1), g, N, x.data<T>(), K, T(0), dW->data<T>(), K);
-      if (db) column_sums(g, M, N, db->data<T>());
+      if (db) reduce_sum_to(dy, *db);  // column sums of dy, in double
     });
-  }
-
-  bool lora_merge(const Tensor& W, const Tensor& A, const Tensor& B, double scale,
-                  bool safe) override {
-    bool ok = true;
-    dispatch_float(W.dtype, "merge", [&](auto z) {
-      using T = decltype(z);
-      int64_t N = W.shape[0], K = W.shape[1], r = A.shape[0];
-      T* pw = W.data<T>();
-      if (!safe) {
-        lc::gemm(false, false, N, K, r, static_cast<T>(scale), B.data<T>(), r, A.data<T>(), K, T(1), pw, K);
-        return;
-      }
-      std::vector<T> tmp(pw, pw + N * K);
-      lc::gemm(false, false, N, K, r, static_cast<T>(scale), B.data<T>(), r, A.data<T>(), K, T(1),
-               tmp.data(), K);
-      for (T v : tmp)
-        if (!std::isfinite(v)) {
-          ok = false;
-          return;
-        }
-      std::memcpy(pw, tmp.data(), sizeof(T) * tmp.size());
-    });
-    return ok;
   }
 
   void adam_step(const std::vector<AdamParam>& params, const AdamConfig& c) override {
