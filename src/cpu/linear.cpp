@@ -1,0 +1,126 @@
+// Matrix products on the CPU: the batched GEMM behind matmul and the linear
+// layer (gemm_f32/gemm_f64: a CBLAS or the built-in kernel), and the LoRA
+// forward and backward fused with the row-wise rank-r pass of low_rank.cpp.
+// A GEMM with K = r is a poor fit for BLAS, so the adapter's product is added
+// into the output row by row (bias and dropout mask in the same pass), and the
+// frozen GEMM accumulates on top of it with beta = 1.
+#include <vector>
+
+#include "blas.h"
+#include "cpu_backend.h"
+#include "gemm.h"
+
+namespace lc {
+namespace {
+
+inline void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                 int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  gemm_f32(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+inline void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, double alpha, const double* A,
+                 int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+  gemm_f64(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+inline void low_rank_rows(float* C, int64_t M, int64_t N, int64_t r, float alpha, const float* U,
+                          const float* V, const float* init, bool acc, double p, uint64_t seed,
+                          uint64_t offset) {
+  low_rank_rows_f32(C, M, N, r, alpha, U, V, init, acc, p, seed, offset);
+}
+inline void low_rank_rows(double* C, int64_t M, int64_t N, int64_t r, double alpha, const double* U,
+                          const double* V, const double* init, bool acc, double p, uint64_t seed,
+                          uint64_t offset) {
+  low_rank_rows_f64(C, M, N, r, alpha, U, V, init, acc, p, seed, offset);
+}
+
+// out [cols, rows] = in [rows, cols]^T, for the small adapter matrices.
+template <typename T>
+std::vector<T> transposed(const T* in, int64_t rows, int64_t cols) {
+  std::vector<T> out(static_cast<size_t>(rows * cols));
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) out[j * rows + i] = in[i * cols + j];
+  return out;
+}
+
+}  // namespace
+
+void CpuBackend::gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, double alpha,
+                      const Tensor& A, int64_t sA, const Tensor& B, int64_t sB, double beta,
+                      const Tensor& C, int64_t sC, int64_t batch) {
+  dispatch_float(C.dtype, "matmul", [&](auto z) {
+    using T = decltype(z);
+    const T* pa = A.data<T>();
+    const T* pb = B.data<T>();
+    T* pc = C.data<T>();
+    int64_t lda = tA ? M : K, ldb = tB ? K : N;
+    for (int64_t i = 0; i < batch; ++i)
+      lc::gemm(tA, tB, M, N, K, static_cast<T>(alpha), pa + i * sA, lda, pb + i * sB, ldb,
+               static_cast<T>(beta), pc + i * sC, N);
+  });
+}
+
+void CpuBackend::lora_forward(const Tensor& x, const Tensor& W, const Tensor* b, const Tensor& A,
+                              const Tensor& B, double scale, double p, uint64_t seed,
+                              uint64_t offset, const Tensor& y, const Tensor& h) {
+  dispatch_float(y.dtype, "lora forward", [&](auto z) {
+    using T = decltype(z);
+    int64_t M = x.shape[0], K = x.shape[1], N = W.shape[0], r = A.shape[0];
+    T* py = y.data<T>();
+    // h = drop(x) A^T  [M, r] (set)
+    Tensor xd;
+    if (p > 0) {
+      xd = empty(x.shape, x.dtype, device());
+      dropout(x, xd, p, seed, offset);
+    }
+    lc::gemm(false, true, M, r, K, T(1), (p > 0 ? xd : x).data<T>(), K, A.data<T>(), K,
+             T(0), h.data<T>(), r);
+    // y = b + scale * h B^T in one pass, then the frozen GEMM accumulates
+    // x W^T on top (beta = 1): no separate bias or adapter pass over y.
+    std::vector<T> Bt = transposed(B.data<T>(), N, r);
+    low_rank_rows(py, M, N, r, static_cast<T>(scale), h.data<T>(), Bt.data(),
+                  b ? b->data<T>() : nullptr, false, 0.0, 0, 0);
+    lc::gemm(false, true, M, N, K, T(1), x.data<T>(), K, W.data<T>(), K, T(1), py, N);
+  });
+}
+
+void CpuBackend::lora_backward(const Tensor& dy, const Tensor& x, const Tensor& W,
+                               const Tensor& A, const Tensor& B, const Tensor& h, double scale,
+                               double p, uint64_t seed, uint64_t offset, const Tensor* dx,
+                               const Tensor* dA, const Tensor* dB, const Tensor* dW,
+                               const Tensor* db) {
+  dispatch_float(dy.dtype, "lora backward", [&](auto z) {
+    using T = decltype(z);
+    int64_t M = x.shape[0], K = x.shape[1], N = W.shape[0], r = A.shape[0];
+    const T* g = dy.data<T>();
+    T sc = static_cast<T>(scale);
+    // dB = scale * dy^T h  [N, r] (set)
+    if (dB) lc::gemm(true, false, N, r, M, sc, g, N, h.data<T>(), r, T(0), dB->data<T>(), r);
+    std::vector<T> dh;
+    if (dA || dx) {
+      // dh = scale * dy B  [M, r]: the gradient at the adapter's bottleneck.
+      dh.resize(static_cast<size_t>(M * r));
+      lc::gemm(false, false, M, r, N, sc, g, N, B.data<T>(), r, T(0), dh.data(), r);
+    }
+    if (dA) {
+      // dA = dh^T drop(x)  [r, K] (set); the mask is regenerated, not stored.
+      Tensor xd;
+      if (p > 0) {
+        xd = empty(x.shape, x.dtype, device());
+        dropout(x, xd, p, seed, offset);
+      }
+      lc::gemm(true, false, r, K, M, T(1), dh.data(), r, (p > 0 ? xd : x).data<T>(), K,
+               T(0), dA->data<T>(), K);
+    }
+    if (dx) {
+      // dx = drop'(dh A) (set, mask applied in the same pass), then the
+      // frozen path dy W accumulates on top (beta = 1).
+      T* pdx = dx->data<T>();
+      low_rank_rows(pdx, M, K, r, T(1), dh.data(), A.data<T>(), nullptr, false, p, seed, offset);
+      lc::gemm(false, false, M, K, N, T(1), g, N, W.data<T>(), K, T(1), pdx, K);
+    }
+    if (dW) lc::gemm(true, false, N, K, M, T(1), g, N, x.data<T>(), K, T(0), dW->data<T>(), K);
+    if (db) reduce_sum_to(dy, *db);  // column sums of dy, in double
+  });
+}
+
+}  // namespace lc

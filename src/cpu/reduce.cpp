@@ -1,0 +1,42 @@
+// Sums over broadcast dims (the gradient of a broadcast, bias gradients,
+// sum/mean), accumulated in double in x's index order.
+#include <cstring>
+#include <vector>
+
+#include "cpu_backend.h"
+
+namespace lc {
+
+void CpuBackend::reduce_sum_to(const Tensor& x, const Tensor& out) {
+  dispatch_float(out.dtype, "sum", [&](auto z) {
+    using T = decltype(z);
+    const T* px = x.data<T>();
+    T* po = out.data<T>();
+    int64_t n = x.numel(), m = out.numel();
+    // Accumulate in double: gradient sums over many rows lose little precision.
+    if (m == 1) {
+      double acc = 0;
+      for (int64_t i = 0; i < n; ++i) acc += px[i];
+      po[0] = static_cast<T>(acc);
+      return;
+    }
+    if (m == n) {
+      std::memcpy(po, px, sizeof(T) * n);
+      return;
+    }
+    // Walk x with out's (broadcast) strides; out's dims are x's dims or 1.
+    const std::vector<int64_t> st[1] = {broadcast_strides(out.shape, x.shape)};
+    std::vector<double> acc(static_cast<size_t>(m), 0.0);
+    for_each_bcast<1>(x.shape, st, [&](int64_t base, int64_t len, const int64_t* off,
+                                       const int64_t* ist) {
+      if (!ist) {
+        acc[off[0]] += px[base];
+        return;
+      }
+      for (int64_t i = 0; i < len; ++i) acc[off[0] + i * ist[0]] += px[base + i];
+    });
+    for (int64_t i = 0; i < m; ++i) po[i] = static_cast<T>(acc[i]);
+  });
+}
+
+}  // namespace lc
