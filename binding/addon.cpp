@@ -10,10 +10,9 @@
 #include <string>
 #include <vector>
 
-#include "../src/cpu/blas.h"
+#include "../src/backend.h"
 #include "../src/cuda_api.h"
 #include "../src/ops.h"
-#include "../src/parallel.h"
 
 namespace {
 
@@ -450,13 +449,13 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   // ---- introspection
   def("backendInfo", [](const Napi::CallbackInfo& a) -> Napi::Value {
     Napi::Env env = a.Env();
-    const lc::BlasInfo& b = lc::blas_info();
+    const lc::CpuInfo b = lc::cpu_info();
     Napi::Object cpu = Napi::Object::New(env);
-    cpu.Set("blas", b.name);
-    cpu.Set("blasPath", b.path);
-    if (!b.reason.empty()) cpu.Set("blasReason", b.reason);
-    cpu.Set("blasThreads", b.threads);
-    cpu.Set("threads", lc::num_threads());
+    cpu.Set("blas", b.blas);
+    cpu.Set("blasPath", b.blas_path);
+    if (!b.blas_reason.empty()) cpu.Set("blasReason", b.blas_reason);
+    cpu.Set("blasThreads", b.blas_threads);
+    cpu.Set("threads", b.threads);
     const lc::cuda::Info& ci = lc::cuda::info();
     Napi::Object cuda = Napi::Object::New(env);
     cuda.Set("compiled", ci.compiled);
