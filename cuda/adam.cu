@@ -6,9 +6,8 @@
 #include <algorithm>
 
 #include "kernels.cuh"
-#include "ops.h"
 
-namespace lc::cu {
+namespace lc::cuda {
 
 // ================================================================ kernels
 namespace {
@@ -82,9 +81,10 @@ __global__ void adam_kernel(const __grid_constant__ AdamTable tab, AdamScalars s
 
 }  // namespace
 
-// ================================================================ launchers
+// ================================================================ methods
 
-void adam_step(Context& c, const std::vector<AdamParam>& params, const AdamConfig& cfg) {
+void CudaBackend::adam_step(const std::vector<AdamParam>& params, const AdamConfig& cfg) {
+  Guard g(c_);
   AdamScalars s{cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay, 1.0 - cfg.lr * cfg.weight_decay,
                 !cfg.decoupled && cfg.weight_decay != 0, cfg.decoupled && cfg.weight_decay != 0};
   for (DType dt : {DType::F32, DType::F64}) {
@@ -97,9 +97,9 @@ void adam_step(Context& c, const std::vector<AdamParam>& params, const AdamConfi
       if (blocks > 0) {
         dispatch_float(dt, "adam", [&](auto z) {
           using T = decltype(z);
-          adam_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, c.stream>>>(tab, s);
+          adam_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, c_.stream>>>(tab, s);
         });
-        launched(c, "adam step");
+        launched(c_, "adam step");
       }
       tab.count = 0;
       blocks = 0;
@@ -129,4 +129,4 @@ void adam_step(Context& c, const std::vector<AdamParam>& params, const AdamConfi
   }
 }
 
-}  // namespace lc::cu
+}  // namespace lc::cuda

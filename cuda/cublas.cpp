@@ -5,7 +5,7 @@
 #include <cstdlib>
 #include <vector>
 
-namespace lc::cu {
+namespace lc::cuda {
 namespace {
 
 template <typename F>
@@ -102,4 +102,4 @@ std::string cublas_status_name(cublasStatus_t s) {
   }
 }
 
-}  // namespace lc::cu
+}  // namespace lc::cuda

@@ -12,7 +12,7 @@
 
 #include <string>
 
-namespace lc::cu {
+namespace lc::cuda {
 
 using cublasHandle_t = struct cublasContext*;
 using cublasStatus_t = int;  // 0 = CUBLAS_STATUS_SUCCESS
@@ -54,4 +54,4 @@ const Cublas& cublas();
 // "CUBLAS_STATUS_..." for a status code.
 std::string cublas_status_name(cublasStatus_t s);
 
-}  // namespace lc::cu
+}  // namespace lc::cuda

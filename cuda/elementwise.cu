@@ -1,13 +1,14 @@
 // Elementwise CUDA ops: fill, random draws, casts, binary ops with
 // broadcasting, affine, axpy, unary ops and their derivatives, broadcast and
-// permute copies, the finiteness check, dropout and bias rows. The formulas
-// are those of the CPU backend (src/cpu/cpu_backend.cpp), which is the
-// reference in the parity tests.
+// permute copies, the finiteness check and dropout. The formulas are those of
+// the CPU backend (src/cpu/elementwise.cpp), which is the reference in the
+// parity tests.
+#include <algorithm>
+
 #include "../src/philox.h"
 #include "kernels.cuh"
-#include "ops.h"
 
-namespace lc::cu {
+namespace lc::cuda {
 
 // ================================================================ kernels
 namespace {
@@ -182,60 +183,72 @@ __global__ void broadcast_rows_kernel(W* y, const W* b, int64_t n, int64_t cols)
   LC_GRID_STRIDE(i, n) y[i] = b[i % cols];
 }
 
+// x, with its leading 1s dropped, is out's trailing dims: out is x repeated.
+bool repeats_rows(const Shape& x, const Shape& out) {
+  size_t lead = 0;
+  while (lead < x.size() && x[lead] == 1) ++lead;
+  const size_t k = x.size() - lead;
+  return k <= out.size() && std::equal(x.begin() + lead, x.end(), out.end() - k);
+}
+
 }  // namespace
 
-// ================================================================ launchers
+// ================================================================ methods
 
-void fill(Context& c, const Tensor& t, double value) {
+void CudaBackend::fill(const Tensor& t, double value) {
+  Guard g(c_);
   int64_t n = t.numel();
   if (!n) return;
   if (t.dtype == DType::I32) {
-    fill_kernel<int32_t><<<grid_for(n), kThreads, 0, c.stream>>>(dp<int32_t>(t), n,
+    fill_kernel<int32_t><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<int32_t>(t), n,
                                                                   static_cast<int32_t>(value));
   } else {
     dispatch_float(t.dtype, "fill", [&](auto z) {
       using T = decltype(z);
-      fill_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(dp<T>(t), n, static_cast<T>(value));
+      fill_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<T>(t), n, static_cast<T>(value));
     });
   }
-  launched(c, "fill");
+  launched(c_, "fill");
 }
 
-void random(Context& c, const Tensor& t, bool normal, uint64_t seed, uint64_t offset, double a,
-            double b) {
+void CudaBackend::random(const Tensor& t, RandomKind kind, uint64_t seed, uint64_t offset,
+                         double a, double b) {
+  Guard g(c_);
   int64_t n = t.numel();
   if (!n) return;
+  const bool normal = kind == RandomKind::Normal;
   dispatch_float(t.dtype, "random", [&](auto z) {
     using T = decltype(z);
-    random_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(dp<T>(t), n, normal, seed, offset, a, b);
+    random_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<T>(t), n, normal, seed, offset, a, b);
   });
-  launched(c, normal ? "randn" : "rand");
+  launched(c_, normal ? "randn" : "rand");
 }
 
-void cast_copy(Context& c, const Tensor& dst, const Tensor& src) {
+// The caller (copy) holds the Guard.
+void CudaBackend::cast(const Tensor& dst, const Tensor& src) {
   int64_t n = dst.numel();
   if (!n) return;
   if (dst.dtype == DType::I32) {  // from a float dtype: checked
     Tensor holder;
-    unsigned long long* first = first_bad_word(c, holder);
+    unsigned long long* first = first_bad_word(c_, holder);
     dispatch_float(src.dtype, "copy (dtype cast)", [&](auto z) {
       using S = decltype(z);
-      int32_range_check_kernel<S><<<grid_for(n), kThreads, 0, c.stream>>>(dp<S>(src), n, first);
-      launched(c, "copy (dtype cast)");
-      cast_to_int32_kernel<S><<<grid_for(n), kThreads, 0, c.stream>>>(dp<int32_t>(dst), dp<S>(src),
+      int32_range_check_kernel<S><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<S>(src), n, first);
+      launched(c_, "copy (dtype cast)");
+      cast_to_int32_kernel<S><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<int32_t>(dst), dp<S>(src),
                                                                        n, first);
-      launched(c, "copy (dtype cast)");
-      int32_range_report_kernel<S><<<1, 1, 0, c.stream>>>(dp<S>(src), first, n, c.err);
-      launched(c, "copy (dtype cast)");
+      launched(c_, "copy (dtype cast)");
+      int32_range_report_kernel<S><<<1, 1, 0, c_.stream>>>(dp<S>(src), first, n, c_.err);
+      launched(c_, "copy (dtype cast)");
     });
     return;
   }
   auto from = [&](auto* d) {
     using D = std::remove_pointer_t<decltype(d)>;
     switch (src.dtype) {
-      case DType::F32: cast_kernel<D, float><<<grid_for(n), kThreads, 0, c.stream>>>(d, dp<float>(src), n); break;
-      case DType::F64: cast_kernel<D, double><<<grid_for(n), kThreads, 0, c.stream>>>(d, dp<double>(src), n); break;
-      case DType::I32: cast_kernel<D, int32_t><<<grid_for(n), kThreads, 0, c.stream>>>(d, dp<int32_t>(src), n); break;
+      case DType::F32: cast_kernel<D, float><<<grid_for(n), kThreads, 0, c_.stream>>>(d, dp<float>(src), n); break;
+      case DType::F64: cast_kernel<D, double><<<grid_for(n), kThreads, 0, c_.stream>>>(d, dp<double>(src), n); break;
+      case DType::I32: cast_kernel<D, int32_t><<<grid_for(n), kThreads, 0, c_.stream>>>(d, dp<int32_t>(src), n); break;
     }
   };
   switch (dst.dtype) {
@@ -243,114 +256,138 @@ void cast_copy(Context& c, const Tensor& dst, const Tensor& src) {
     case DType::F64: from(dp<double>(dst)); break;
     case DType::I32: from(dp<int32_t>(dst)); break;
   }
-  launched(c, "copy (dtype cast)");
+  launched(c_, "copy (dtype cast)");
 }
 
-void binary(Context& c, BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
+void CudaBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
+  Guard g(c_);
   int64_t n = out.numel();
   if (!n) return;
   int o = static_cast<int>(op);
   dispatch_float(out.dtype, "binary op", [&](auto z) {
     using T = decltype(z);
     if (a.shape == out.shape && b.shape == out.shape) {
-      binary_same_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(o, dp<T>(a), dp<T>(b), dp<T>(out), n);
+      binary_same_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(o, dp<T>(a), dp<T>(b), dp<T>(out), n);
     } else if (a.shape == out.shape && b.numel() == 1) {
-      binary_scalar_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(o, dp<T>(a), dp<T>(b), dp<T>(out), n);
+      binary_scalar_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(o, dp<T>(a), dp<T>(b), dp<T>(out), n);
     } else {
       auto ix = make_indexers(out.shape, {broadcast_strides(a.shape, out.shape), broadcast_strides(b.shape, out.shape)});
-      binary_bcast_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(o, dp<T>(a), ix[0], dp<T>(b), ix[1],
+      binary_bcast_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(o, dp<T>(a), ix[0], dp<T>(b), ix[1],
                                                                       dp<T>(out), n);
     }
   });
-  launched(c, "binary op");
+  launched(c_, "binary op");
 }
 
-void affine(Context& c, const Tensor& x, double alpha, double beta, const Tensor& out) {
+void CudaBackend::affine(const Tensor& x, double alpha, double beta, const Tensor& out) {
+  Guard g(c_);
   int64_t n = out.numel();
   if (!n) return;
   dispatch_float(out.dtype, "affine", [&](auto z) {
     using T = decltype(z);
-    affine_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(dp<T>(x), static_cast<T>(alpha),
-                                                             static_cast<T>(beta), dp<T>(out), n);
+    affine_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<T>(x), static_cast<T>(alpha),
+                                                              static_cast<T>(beta), dp<T>(out), n);
   });
-  launched(c, "affine");
+  launched(c_, "affine");
 }
 
-void axpy(Context& c, const Tensor& y, const Tensor& x, double alpha) {
+void CudaBackend::axpy(const Tensor& y, const Tensor& x, double alpha) {
+  Guard g(c_);
   int64_t n = y.numel();
   if (!n) return;
   dispatch_float(y.dtype, "accumulate", [&](auto z) {
     using T = decltype(z);
-    axpy_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(dp<T>(y), dp<T>(x), static_cast<T>(alpha), n);
+    axpy_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<T>(y), dp<T>(x), static_cast<T>(alpha), n);
   });
-  launched(c, "accumulate");
+  launched(c_, "accumulate");
 }
 
-void unary(Context& c, UnaryOp op, const Tensor& x, const Tensor& out) {
+void CudaBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out) {
+  Guard g(c_);
   int64_t n = out.numel();
   if (!n) return;
   dispatch_float(out.dtype, "unary op", [&](auto z) {
     using T = decltype(z);
-    unary_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(static_cast<int>(op), dp<T>(x), dp<T>(out), n);
+    unary_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(static_cast<int>(op), dp<T>(x), dp<T>(out), n);
   });
-  launched(c, "unary op");
+  launched(c_, "unary op");
 }
 
-void unary_backward(Context& c, UnaryOp op, const Tensor& x, const Tensor& dy, const Tensor& dx) {
+void CudaBackend::unary_backward(UnaryOp op, const Tensor& x, const Tensor& dy, const Tensor& dx) {
+  Guard g(c_);
   int64_t n = dx.numel();
   if (!n) return;
   dispatch_float(dx.dtype, "unary backward", [&](auto z) {
     using T = decltype(z);
-    unary_backward_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(static_cast<int>(op), dp<T>(x),
-                                                                     dp<T>(dy), dp<T>(dx), n);
+    unary_backward_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(static_cast<int>(op), dp<T>(x),
+                                                                      dp<T>(dy), dp<T>(dx), n);
   });
-  launched(c, "unary backward");
+  launched(c_, "unary backward");
 }
 
-void gather(Context& c, const Tensor& x, const Tensor& out, const std::vector<int64_t>& strides) {
+// The caller (expand, permute) holds the Guard.
+void CudaBackend::gather(const Tensor& x, const Tensor& out, const std::vector<int64_t>& strides) {
   int64_t n = out.numel();
   if (!n) return;
   Indexer ix = make_indexers(out.shape, {strides})[0];
   if (dtype_size(out.dtype) == 8)
-    gather_kernel<uint64_t><<<grid_for(n), kThreads, 0, c.stream>>>(dp<uint64_t>(x), ix, dp<uint64_t>(out), n);
+    gather_kernel<uint64_t><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<uint64_t>(x), ix, dp<uint64_t>(out), n);
   else
-    gather_kernel<uint32_t><<<grid_for(n), kThreads, 0, c.stream>>>(dp<uint32_t>(x), ix, dp<uint32_t>(out), n);
-  launched(c, "expand/permute");
+    gather_kernel<uint32_t><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<uint32_t>(x), ix, dp<uint32_t>(out), n);
+  launched(c_, "expand/permute");
 }
 
-bool all_finite(Context& c, const Tensor& x) {
+void CudaBackend::expand(const Tensor& x, const Tensor& out) {
+  Guard g(c_);
+  const int64_t n = out.numel(), cols = x.numel();
+  if (!n || !cols) return;
+  if (!repeats_rows(x.shape, out.shape)) {
+    gather(x, out, broadcast_strides(x.shape, out.shape));
+    return;
+  }
+  // Bias rows and the like: no Indexer.
+  if (dtype_size(out.dtype) == 8)
+    broadcast_rows_kernel<uint64_t><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<uint64_t>(out), dp<uint64_t>(x), n, cols);
+  else
+    broadcast_rows_kernel<uint32_t><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<uint32_t>(out), dp<uint32_t>(x), n, cols);
+  launched(c_, "expand");
+}
+
+void CudaBackend::permute(const Tensor& x, const std::vector<int64_t>& perm, const Tensor& out) {
+  Guard g(c_);
+  const size_t r = x.shape.size();
+  std::vector<int64_t> xst(r, 1);
+  for (int64_t d = static_cast<int64_t>(r) - 2; d >= 0; --d) xst[d] = xst[d + 1] * x.shape[d + 1];
+  std::vector<int64_t> st(r);
+  for (size_t d = 0; d < r; ++d) st[d] = xst[perm[d]];  // output dim d walks input dim perm[d]
+  gather(x, out, st);
+}
+
+bool CudaBackend::all_finite(const Tensor& x) {
+  Guard g(c_);
   int64_t n = x.numel();
   if (!n) return true;
-  check(cudaMemsetAsync(c.flag, 1, sizeof(int), c.stream), "cudaMemsetAsync");
+  check(cudaMemsetAsync(c_.flag, 1, sizeof(int), c_.stream), "cudaMemsetAsync");
   dispatch_float(x.dtype, "all_finite", [&](auto z) {
     using T = decltype(z);
-    all_finite_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(dp<T>(x), n, c.flag);
+    all_finite_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<T>(x), n, c_.flag);
   });
-  launched(c, "finiteness check");
-  return read_flag(c) != 0;
+  launched(c_, "finiteness check");
+  return read_flag(c_) != 0;
 }
 
-void dropout(Context& c, const Tensor& x, const Tensor& out, double p, uint64_t seed,
-             uint64_t offset) {
+void CudaBackend::dropout(const Tensor& x, const Tensor& out, double p, uint64_t seed,
+                          uint64_t offset) {
+  Guard g(c_);
   int64_t n = out.numel();
   if (!n) return;
   uint32_t thr = dropout_threshold(p);
   dispatch_float(out.dtype, "dropout", [&](auto z) {
     using T = decltype(z);
-    dropout_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(dp<T>(x), dp<T>(out), n, thr,
-                                                              static_cast<T>(1.0 / (1.0 - p)), seed, offset);
+    dropout_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<T>(x), dp<T>(out), n, thr,
+                                                               static_cast<T>(1.0 / (1.0 - p)), seed, offset);
   });
-  launched(c, "dropout");
+  launched(c_, "dropout");
 }
 
-void broadcast_rows(Context& c, const Tensor& x, const Tensor& out) {
-  int64_t n = out.numel(), cols = x.numel();
-  if (!n || !cols) return;
-  if (dtype_size(out.dtype) == 8)
-    broadcast_rows_kernel<uint64_t><<<grid_for(n), kThreads, 0, c.stream>>>(dp<uint64_t>(out), dp<uint64_t>(x), n, cols);
-  else
-    broadcast_rows_kernel<uint32_t><<<grid_for(n), kThreads, 0, c.stream>>>(dp<uint32_t>(out), dp<uint32_t>(x), n, cols);
-  launched(c, "expand");
-}
-
-}  // namespace lc::cu
+}  // namespace lc::cuda

@@ -14,7 +14,7 @@
 #define LC_INDEXER_FN inline
 #endif
 
-namespace lc::cu {
+namespace lc::cuda {
 
 constexpr int kMaxDims = 10;
 
@@ -71,4 +71,4 @@ inline std::vector<Indexer> make_indexers(const Shape& out,
   return ix;
 }
 
-}  // namespace lc::cu
+}  // namespace lc::cuda

@@ -1,9 +1,10 @@
-// Device helpers shared by the kernel files: strided indexing (broadcast and
-// permuted reads), warp and block reductions, type-generic math, and the
-// float/double dispatch of the launchers.
+// Helpers shared by the kernel files: strided indexing (broadcast and
+// permuted reads), warp and block reductions, type-generic math, the
+// float/double dispatch of the methods, and launch shapes.
 #pragma once
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -11,11 +12,11 @@
 
 #include "../src/cpu/dispatch.h"
 #include "../src/tensor.h"
+#include "cuda_backend.h"
 #include "indexer.h"
-#include "ops.h"
 #include "runtime.h"
 
-namespace lc::cu {
+namespace lc::cuda {
 
 constexpr int kThreads = 256;
 
@@ -88,10 +89,21 @@ inline unsigned long long* first_bad_word(Context& c, Tensor& holder) {
   return p;
 }
 
+// Launch shape of a kernel with one block per row, its threads striding over
+// the columns: enough threads for long rows, no idle warps for short ones; the
+// blocks stride over rows past the grid.
+inline int row_threads(int64_t cols) {
+  return cols >= 2048 ? 256 : cols >= 512 ? 128 : cols >= 128 ? 64 : 32;
+}
+inline unsigned row_grid(int64_t rows) {
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(rows, 1 << 20)));
+}
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
 // Typed device pointer of a tensor.
 template <typename T>
 inline T* dp(const Tensor& t) {
   return static_cast<T*>(t.raw());
 }
 
-}  // namespace lc::cu
+}  // namespace lc::cuda

@@ -5,9 +5,8 @@
 #include <climits>
 
 #include "kernels.cuh"
-#include "ops.h"
 
-namespace lc::cu {
+namespace lc::cuda {
 
 // ================================================================ kernels
 // The products are cuBLAS calls; only the degenerate K = 0 product needs a
@@ -19,7 +18,7 @@ __global__ void scale_kernel(T* p, int64_t n, T beta) {
 }
 }  // namespace
 
-// ================================================================ launchers
+// ================================================================ methods
 namespace {
 
 int as_int(int64_t v, const char* what) {
@@ -33,31 +32,38 @@ cublasOperation_t op(bool t) { return t ? CUBLAS_OP_T : CUBLAS_OP_N; }
 
 }  // namespace
 
-void gemm(Context& c, DType dtype, bool tA, bool tB, int64_t M, int64_t N, int64_t K,
-          double alpha, const void* A, int64_t lda, int64_t sA, const void* B, int64_t ldb,
-          int64_t sB, double beta, void* C, int64_t ldc, int64_t sC, int64_t batch) {
+void CudaBackend::gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, double alpha,
+                       const Tensor& At, int64_t sA, const Tensor& Bt, int64_t sB, double beta,
+                       const Tensor& Ct, int64_t sC, int64_t batch) {
+  Guard g(c_);
+  const DType dtype = Ct.dtype;
+  const void* A = At.raw();
+  const void* B = Bt.raw();
+  void* C = Ct.raw();
+  // Row strides of the stored (untransposed) matrices; C is dense.
+  const int64_t lda = tA ? M : K, ldb = tB ? K : N, ldc = N;
   if (M == 0 || N == 0 || batch == 0) return;
   if (K == 0) {
-    // An empty sum: C = beta C. Callers pass dense C (ldc == N, batches adjacent).
-    LC_CHECK(ldc == N && (batch == 1 || sC == M * N), "matrix product: K = 0 needs a dense C");
+    // An empty sum: C = beta C, over adjacent batches.
+    LC_CHECK(batch == 1 || sC == M * N, "matrix product: K = 0 needs a dense C");
     const int64_t n = batch * M * N;
     if (beta == 1.0) return;
     if (beta == 0.0) {  // C is not read, as cuBLAS does with beta = 0 (it may hold NaN)
-      check(cudaMemsetAsync(C, 0, static_cast<size_t>(n) * dtype_size(dtype), c.stream), "cudaMemsetAsync");
+      check(cudaMemsetAsync(C, 0, static_cast<size_t>(n) * dtype_size(dtype), c_.stream), "cudaMemsetAsync");
       return;
     }
     dispatch_float(dtype, "matrix product", [&](auto z) {
       using T = decltype(z);
-      scale_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(static_cast<T*>(C), n, static_cast<T>(beta));
+      scale_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(static_cast<T*>(C), n, static_cast<T>(beta));
     });
-    launched(c, "matrix product (K = 0)");
+    launched(c_, "matrix product (K = 0)");
     return;
   }
   const int m = as_int(N, "N"), n = as_int(M, "M"), k = as_int(K, "K");
   const int l_a = as_int(ldb, "ldb"), l_b = as_int(lda, "lda"), l_c = as_int(ldc, "ldc");
   const int nb = as_int(batch, "batch");
   const Cublas& b = cublas();
-  cublasHandle_t h = blas_handle(c, dtype == DType::F32);
+  cublasHandle_t h = blas_handle(c_, dtype == DType::F32);
   if (dtype == DType::F32) {
     const float al = static_cast<float>(alpha), be = static_cast<float>(beta);
     const float* pa = static_cast<const float*>(B);
@@ -82,7 +88,7 @@ void gemm(Context& c, DType dtype, bool tA, bool tB, int64_t M, int64_t N, int64
   } else {
     fail("matrix product: expected float32 or float64");
   }
-  launched(c, "matrix product (cuBLAS)");
+  launched(c_, "matrix product (cuBLAS)");
 }
 
-}  // namespace lc::cu
+}  // namespace lc::cuda

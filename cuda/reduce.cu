@@ -6,9 +6,8 @@
 #include <algorithm>
 
 #include "kernels.cuh"
-#include "ops.h"
 
-namespace lc::cu {
+namespace lc::cuda {
 
 // ================================================================ kernels
 namespace {
@@ -57,18 +56,19 @@ __global__ void sum_partials(const double* partial, int64_t m, int splits, T* ou
 
 }  // namespace
 
-// ================================================================ launchers
+// ================================================================ methods
 
-void sum_to(Context& c, const Tensor& x, const Tensor& out) {
+void CudaBackend::reduce_sum_to(const Tensor& x, const Tensor& out) {
+  Guard g(c_);
   const int64_t n = x.numel(), m = out.numel();
   if (!m) return;
   if (!n) {
-    fill(c, out, 0.0);
+    fill(out, 0.0);
     return;
   }
   if (m == n) {  // nothing is summed
     check(cudaMemcpyAsync(out.raw(), x.raw(), n * dtype_size(x.dtype), cudaMemcpyDeviceToDevice,
-                          c.stream),
+                          c_.stream),
           "cudaMemcpyAsync");
     return;
   }
@@ -94,7 +94,7 @@ void sum_to(Context& c, const Tensor& x, const Tensor& out) {
   const int64_t r = n / m;
   Indexer kept = make_indexers(kept_shape, {kept_st})[0];
   Indexer red = make_indexers(red_shape, {red_st})[0];
-  const int64_t sms = c.multiprocessors;
+  const int64_t sms = c_.multiprocessors;
   dispatch_float(x.dtype, "sum", [&](auto z) {
     using T = decltype(z);
     const bool by_block = inner_summed || m < kThreads;
@@ -106,23 +106,23 @@ void sum_to(Context& c, const Tensor& x, const Tensor& out) {
     Tensor partial;
     double* pp = nullptr;
     if (splits > 1) {
-      partial = scratch(c, {splits * m}, DType::F64);
+      partial = scratch(c_, {splits * m}, DType::F64);
       pp = dp<double>(partial);
     }
     if (by_block) {
       if (m > 0x7fffffffLL) fail("sum: too many outputs for one launch: " + std::to_string(m));
       dim3 grid(static_cast<unsigned>(m), static_cast<unsigned>(splits));
-      sum_by_block<T><<<grid, kThreads, 0, c.stream>>>(dp<T>(x), kept, red, m, r, chunk, pp, dp<T>(out));
+      sum_by_block<T><<<grid, kThreads, 0, c_.stream>>>(dp<T>(x), kept, red, m, r, chunk, pp, dp<T>(out));
     } else {
       dim3 grid(static_cast<unsigned>((m + kThreads - 1) / kThreads), static_cast<unsigned>(splits));
-      sum_by_thread<T><<<grid, kThreads, 0, c.stream>>>(dp<T>(x), kept, red, m, r, chunk, pp, dp<T>(out));
+      sum_by_thread<T><<<grid, kThreads, 0, c_.stream>>>(dp<T>(x), kept, red, m, r, chunk, pp, dp<T>(out));
     }
-    launched(c, "sum");
+    launched(c_, "sum");
     if (splits > 1) {
-      sum_partials<T><<<grid_for(m), kThreads, 0, c.stream>>>(pp, m, static_cast<int>(splits), dp<T>(out));
-      launched(c, "sum");
+      sum_partials<T><<<grid_for(m), kThreads, 0, c_.stream>>>(pp, m, static_cast<int>(splits), dp<T>(out));
+      launched(c_, "sum");
     }
   });
 }
 
-}  // namespace lc::cu
+}  // namespace lc::cuda

@@ -16,7 +16,7 @@
 #define LORA_CUDA_ARCHS_STR ""
 #endif
 
-namespace lc::cu {
+namespace lc::cuda {
 namespace {
 
 std::atomic<bool> g_allow_tf32{false};
@@ -48,8 +48,8 @@ bool sticky(cudaError_t e) {
   }
 }
 
-lc::cuda::Info probe() {
-  lc::cuda::Info info;
+Info probe() {
+  Info info;
   info.compiled = true;
   info.runtime_version = CUDART_VERSION;
   info.architectures = LORA_CUDA_ARCHS_STR;
@@ -89,7 +89,7 @@ lc::cuda::Info probe() {
       cudaGetLastError();
       continue;
     }
-    lc::cuda::DeviceInfo d;
+    DeviceInfo d;
     d.name = p.name;
     d.memory = static_cast<int64_t>(p.totalGlobalMem);
     d.major = p.major;
@@ -208,7 +208,7 @@ void check_blas(cublasStatus_t s, const char* what) {
 }
 
 Context& context(int index) {
-  const lc::cuda::Info& i = lc::cuda::info();
+  const Info& i = info();
   if (!i.available) throw Error("CUDA is not available: " + i.reason, "ERR_CUDA_UNAVAILABLE");
   int n = static_cast<int>(i.devices.size());
   if (index < 0 || index >= n)
@@ -320,13 +320,7 @@ cublasHandle_t blas_handle(Context& c, bool fp32) {
   return c.blas;
 }
 
-}  // namespace lc::cu
-
-// ---------------------------------------------------------------- lc::cuda API
-
-namespace lc::cuda {
-
-using namespace lc::cu;
+// ---------------------------------------------------------------- the API of src/cuda_api.h
 
 const Info& info() {
   static const Info i = probe();

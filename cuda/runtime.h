@@ -14,7 +14,7 @@
 #include "../src/tensor.h"
 #include "cublas.h"
 
-namespace lc::cu {
+namespace lc::cuda {
 
 // Written by a kernel that finds bad input (the first report wins), read and
 // cleared at the next synchronisation, which throws it as an Error.
@@ -83,6 +83,10 @@ int read_flag(Context& c);
 void* device_alloc(Context& c, size_t bytes);
 void device_free(Context& c, void* p, size_t bytes) noexcept;
 
+// A temporary tensor on c's device (from the caching allocator; freed in stream
+// order, after the queued work that uses it).
+Tensor scratch(Context& c, const Shape& shape, DType dtype);
+
 // The cuBLAS handle of the device, with the math mode of the TF32 setting.
 cublasHandle_t blas_handle(Context& c, bool fp32);
 
@@ -95,4 +99,4 @@ inline unsigned grid_for(int64_t n, int threads = 256) {
   return static_cast<unsigned>(b);
 }
 
-}  // namespace lc::cu
+}  // namespace lc::cuda

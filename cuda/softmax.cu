@@ -3,9 +3,8 @@
 // One block per row, its threads striding over the columns; sums in double
 // as on the CPU.
 #include "kernels.cuh"
-#include "ops.h"
 
-namespace lc::cu {
+namespace lc::cuda {
 
 // ================================================================ kernels
 namespace {
@@ -107,65 +106,62 @@ __global__ void cross_entropy_backward_kernel(const T* logits, const T* lse, con
   }
 }
 
-// Threads per row: enough for long rows, no idle warps for short ones.
-int row_threads(int64_t cols) {
-  return cols >= 2048 ? 256 : cols >= 512 ? 128 : cols >= 128 ? 64 : 32;
-}
-unsigned row_grid(int64_t rows) {
-  return static_cast<unsigned>(std::min<int64_t>(rows, 1 << 20));
-}
-
 }  // namespace
 
-// ================================================================ launchers
+// ================================================================ methods
 
-void softmax(Context& c, const Tensor& x, const Tensor& y) {
+void CudaBackend::softmax(const Tensor& x, const Tensor& y) {
+  Guard g(c_);
   const int64_t cols = x.shape.back(), rows = cols ? x.numel() / cols : 0;
   if (!rows || !cols) return;
   dispatch_float(x.dtype, "softmax", [&](auto z) {
     using T = decltype(z);
-    softmax_kernel<T><<<row_grid(rows), row_threads(cols), 0, c.stream>>>(dp<T>(x), dp<T>(y), rows, cols);
+    softmax_kernel<T><<<row_grid(rows), row_threads(cols), 0, c_.stream>>>(dp<T>(x), dp<T>(y), rows, cols);
   });
-  launched(c, "softmax");
+  launched(c_, "softmax");
 }
 
-void softmax_backward(Context& c, const Tensor& y, const Tensor& dy, const Tensor& dx) {
+void CudaBackend::softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) {
+  Guard g(c_);
   const int64_t cols = y.shape.back(), rows = cols ? y.numel() / cols : 0;
   if (!rows || !cols) return;
   dispatch_float(y.dtype, "softmax backward", [&](auto z) {
     using T = decltype(z);
-    softmax_backward_kernel<T><<<row_grid(rows), row_threads(cols), 0, c.stream>>>(
+    softmax_backward_kernel<T><<<row_grid(rows), row_threads(cols), 0, c_.stream>>>(
         dp<T>(y), dp<T>(dy), dp<T>(dx), rows, cols);
   });
-  launched(c, "softmax backward");
+  launched(c_, "softmax backward");
 }
 
-void cross_entropy_forward(Context& c, const Tensor& logits, const Tensor& targets,
-                           int64_t ignore_index, double ls, const Tensor& loss_rows,
-                           const Tensor& lse) {
+void CudaBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targets,
+                                        int64_t ignore_index, double ls, const Tensor& loss_rows,
+                                        const Tensor& lse) {
+  Guard g(c_);
   const int64_t N = logits.shape[0], C = logits.shape[1];
   if (!N || !C) return;
   dispatch_float(logits.dtype, "cross entropy", [&](auto z) {
     using T = decltype(z);
-    cross_entropy_forward_kernel<T><<<row_grid(N), row_threads(C), 0, c.stream>>>(
+    cross_entropy_forward_kernel<T><<<row_grid(N), row_threads(C), 0, c_.stream>>>(
         dp<T>(logits), dp<int32_t>(targets), N, C, ignore_index, ls, dp<T>(loss_rows), dp<T>(lse),
-        c.err);
+        c_.err);
   });
-  launched(c, "cross entropy");
+  launched(c_, "cross entropy");
 }
 
-void cross_entropy_backward(Context& c, const Tensor& logits, const Tensor& lse,
-                            const Tensor& targets, int64_t ignore_index, double ls,
-                            const Tensor& grad, double grad_scale, const Tensor& dlogits) {
+void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& lse,
+                                         const Tensor& targets, int64_t ignore_index, double ls,
+                                         const Tensor& grad, double grad_scale,
+                                         const Tensor& dlogits) {
+  Guard g(c_);
   const int64_t N = logits.shape[0], C = logits.shape[1];
   if (!N || !C) return;
   dispatch_float(logits.dtype, "cross entropy backward", [&](auto z) {
     using T = decltype(z);
-    cross_entropy_backward_kernel<T><<<row_grid(N), row_threads(C), 0, c.stream>>>(
+    cross_entropy_backward_kernel<T><<<row_grid(N), row_threads(C), 0, c_.stream>>>(
         dp<T>(logits), dp<T>(lse), dp<int32_t>(targets), N, C, ignore_index, ls, dp<T>(grad),
         grad.numel() != 1, grad_scale, dp<T>(dlogits));
   });
-  launched(c, "cross entropy backward");
+  launched(c_, "cross entropy backward");
 }
 
-}  // namespace lc::cu
+}  // namespace lc::cuda

@@ -61,11 +61,11 @@ target_link_libraries(lora_cuda_emu_core PUBLIC lora_cuda_emu_driver ${CMAKE_DL_
 add_library(lora_cuda_emu_backend OBJECT
   cuda/cublas.cpp
   cuda/runtime.cpp
-  cuda/cuda_backend.cpp
+  cuda/memory.cpp
   ${_emu_generated})
 # The emulator's headers stand in for the CUDA toolkit's; the rewritten files
 # find the unchanged headers of cuda/ (and ../src/) through the include path,
-# cuda/ first (src/ has an ops.h of its own).
+# cuda/ first, as a file of cuda/ would.
 target_include_directories(lora_cuda_emu_backend BEFORE PRIVATE ${_emu}/include)
 target_include_directories(lora_cuda_emu_backend PRIVATE ${CMAKE_SOURCE_DIR}/cuda src)
 target_compile_definitions(lora_cuda_emu_backend PRIVATE LORA_CUDA_ARCHS_STR="emulated")

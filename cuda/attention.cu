@@ -1,19 +1,16 @@
-// CUDA kernels of the transformer blocks: embedding, RMSNorm, rotary position
-// embedding and scaled dot-product attention, forward and backward (semantics
-// in src/backend.h, reference in src/cpu/cpu_transformer.cpp). Sums run in
-// double where the CPU sums in double. Attention is a tiled online-softmax
-// kernel (one warp per query row, keys staged through shared memory) with a
-// plain global-memory path for head dims the tiles cannot hold; its backward
-// is atomic-free and deterministic: one kernel per query row (D_i and dq),
-// one per key row (dk and dv, summed over the query heads of its group).
+// Scaled dot-product attention on CUDA with grouped KV heads (semantics in
+// src/backend.h, reference in src/cpu/attention.cpp). A tiled online-softmax
+// kernel (one warp per query row, keys staged through shared memory), with a
+// plain global-memory path for head dims the tiles cannot hold. The backward
+// is atomic-free and deterministic: one kernel per query row (D_i and dq), one
+// per key row (dk and dv, summed over the query heads of its group).
 #include <algorithm>
 #include <initializer_list>
 #include <type_traits>
 
 #include "kernels.cuh"
-#include "ops.h"
 
-namespace lc::cu {
+namespace lc::cuda {
 
 // ================================================================ kernels
 namespace {
@@ -26,201 +23,13 @@ constexpr int64_t kSmemBytes = 48 * 1024;
 // in registers; wider heads take the global-memory path.
 constexpr int kMaxNV = 8;
 
-__device__ __forceinline__ float tf_fma(float a, float b, float c) { return fmaf(a, b, c); }
-__device__ __forceinline__ double tf_fma(double a, double b, double c) { return fma(a, b, c); }
+__device__ __forceinline__ float attn_fma(float a, float b, float c) { return fmaf(a, b, c); }
+__device__ __forceinline__ double attn_fma(double a, double b, double c) { return fma(a, b, c); }
 
 template <typename T>
 __device__ __forceinline__ T neg_inf() {
   return static_cast<T>(-INFINITY);
 }
-
-// ---------------------------------------------------------------- embedding
-
-__global__ void ids_check_kernel(const int32_t* ids, int64_t N, int64_t V,
-                                 unsigned long long* first) {
-  LC_GRID_STRIDE(n, N) {
-    const int64_t id = ids[n];
-    if (id < 0 || id >= V) note_bad(first, n);
-  }
-}
-
-// One thread: turns the first bad index (all ones: none) into the device error
-// report; an earlier op's report, if any, wins.
-__global__ void ids_report_kernel(const int32_t* ids, const unsigned long long* first, int64_t N,
-                                  int64_t V, int code, DeviceError* err) {
-  if (blockIdx.x != 0 || threadIdx.x != 0) return;
-  const unsigned long long n = *first;
-  if (n >= static_cast<unsigned long long>(N)) return;
-  if (atomicCAS(&err->code, 0, code) == 0) {
-    err->a = ids[n];
-    err->b = static_cast<long long>(n);
-    err->c = V;
-  }
-}
-
-// Threads over the flat [N, D] output, so consecutive threads copy
-// consecutive columns of a row. A bad id gives a zero row, never a read.
-template <typename T>
-__global__ void embedding_forward_kernel(const int32_t* ids, const T* w, T* out, int64_t N,
-                                         int64_t V, int64_t D, unsigned long long* first) {
-  LC_GRID_STRIDE(i, N * D) {
-    const int64_t n = i / D, d = i - n * D;
-    const int64_t id = ids[n];
-    if (id < 0 || id >= V) {
-      out[i] = T(0);
-      if (d == 0) note_bad(first, n);
-    } else {
-      out[i] = w[id * D + d];
-    }
-  }
-}
-
-// dweight row v (set; rows no id names stay as zeroed) = the dy rows at v's
-// positions added in position order, as the CPU adds them: the same bits, and
-// no atomics. order lists the positions sorted by (id, position), so each id's
-// positions form one run; the threads at the start of a run sum it, one
-// column each (consecutive threads, consecutive columns). Order entries
-// outside [0, N) end a run, so no read leaves the tensors.
-template <typename T>
-__global__ void embedding_backward_kernel(const int32_t* ids, const int32_t* order, const T* dy,
-                                          T* dw, int64_t N, int64_t V, int64_t D,
-                                          unsigned long long* first) {
-  LC_GRID_STRIDE(i, N * D) {
-    const int64_t p = i / D, d = i - p * D;
-    const int64_t n = order[p];
-    if (n < 0 || n >= N) continue;
-    const int64_t id = ids[n];
-    if (id < 0 || id >= V) {
-      if (d == 0) note_bad(first, n);
-      continue;
-    }
-    if (p > 0) {
-      const int64_t m = order[p - 1];
-      if (m >= 0 && m < N && ids[m] == id) continue;  // inside a run: its start sums it
-    }
-    T acc = T(0);
-    for (int64_t q = p; q < N; ++q) {
-      const int64_t nq = order[q];
-      if (nq < 0 || nq >= N || ids[nq] != id) break;
-      acc += dy[nq * D + d];
-    }
-    dw[id * D + d] = acc;
-  }
-}
-
-// ---------------------------------------------------------------- RMSNorm
-
-// One block per row (block-uniform row loop, so block_sum's barriers are too).
-template <typename T>
-__global__ void rms_norm_forward_kernel(const T* x, const T* w, double eps, T* y, T* rstd,
-                                        int64_t R, int64_t D) {
-  for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
-    const T* xr = x + r * D;
-    T* yr = y + r * D;
-    double ss = 0;
-    for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
-      ss += static_cast<double>(xr[j]) * static_cast<double>(xr[j]);
-    ss = block_sum(ss);
-    const T rs = static_cast<T>(1.0 / sqrt(ss / static_cast<double>(D) + eps));
-    if (threadIdx.x == 0) rstd[r] = rs;
-    // weight * (x * rstd), in this order, as LlamaRMSNorm and the CPU.
-    if (w)
-      for (int64_t j = threadIdx.x; j < D; j += blockDim.x) yr[j] = w[j] * (xr[j] * rs);
-    else
-      for (int64_t j = threadIdx.x; j < D; j += blockDim.x) yr[j] = xr[j] * rs;
-  }
-}
-
-// dx_k = r g_k - r^3 x_k / D * sum_j g_j x_j, g = dy * weight; one block per row.
-template <typename T>
-__global__ void rms_norm_backward_dx_kernel(const T* dy, const T* x, const T* w, const T* rstd,
-                                            T* dx, int64_t R, int64_t D) {
-  for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
-    const T* xr = x + r * D;
-    const T* gr = dy + r * D;
-    T* dr = dx + r * D;
-    double dot = 0;
-    if (w)
-      for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
-        dot += static_cast<double>(gr[j]) * static_cast<double>(w[j]) * static_cast<double>(xr[j]);
-    else
-      for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
-        dot += static_cast<double>(gr[j]) * static_cast<double>(xr[j]);
-    dot = block_sum(dot);
-    const double rs = static_cast<double>(rstd[r]);
-    const T cc = static_cast<T>(rs * rs * rs * dot / static_cast<double>(D));
-    const T rt = static_cast<T>(rs);
-    if (w)
-      for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
-        dr[j] = rt * (gr[j] * w[j]) - cc * xr[j];
-    else
-      for (int64_t j = threadIdx.x; j < D; j += blockDim.x) dr[j] = rt * gr[j] - cc * xr[j];
-  }
-}
-
-constexpr int kColTile = 32;  // columns per block of the dweight reduction (blockDim.x)
-constexpr int kColRows = 8;   // row lanes per block (blockDim.y)
-
-// First pass of dweight_j = sum_r dy_rj x_rj r_r: block (x, y) sums column tile
-// x over row chunk y into part[y, j] (double). Threads over columns keep the
-// reads coalesced; no atomics, so the result is deterministic.
-template <typename T>
-__global__ void rms_norm_dweight_partial_kernel(const T* dy, const T* x, const T* rstd,
-                                                int64_t R, int64_t D, int64_t chunk_rows,
-                                                double* part) {
-  __shared__ double sh[kColRows][kColTile];
-  const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t j = static_cast<int64_t>(blockIdx.x) * kColTile + tx;
-  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * chunk_rows;
-  const int64_t r1 = min(R, r0 + chunk_rows);
-  double acc = 0;
-  if (j < D)
-    for (int64_t r = r0 + ty; r < r1; r += kColRows)
-      acc += static_cast<double>(dy[r * D + j]) *
-             (static_cast<double>(x[r * D + j]) * static_cast<double>(rstd[r]));
-  sh[ty][tx] = acc;
-  __syncthreads();
-  if (ty == 0 && j < D) {
-    double s = 0;
-    for (int k = 0; k < kColRows; ++k) s += sh[k][tx];
-    part[static_cast<int64_t>(blockIdx.y) * D + j] = s;
-  }
-}
-
-// Second pass: dweight_j = sum over the P chunks, in chunk order.
-template <typename T>
-__global__ void rms_norm_dweight_final_kernel(const double* part, int64_t P, int64_t D, T* dw) {
-  LC_GRID_STRIDE(j, D) {
-    double s = 0;
-    for (int64_t p = 0; p < P; ++p) s += part[p * D + j];
-    dw[j] = static_cast<T>(s);
-  }
-}
-
-// ---------------------------------------------------------------- rotary
-
-// With h = Dh / 2, per row of Dh at position t = row % Tn:
-//   forward:  out_j = x_j c_j - x_{j+h} s_j (j < h),       x_j c_j + x_{j-h} s_j (j >= h)
-//   adjoint:  dx_j = g_j c_j + g_{j+h} s_{j+h} (j < h),   g_j c_j - g_{j-h} s_{j-h} (j >= h)
-template <typename T>
-__global__ void rotary_kernel(const T* x, const T* cs, const T* sn, T* out, int64_t n, int64_t Tn,
-                              int64_t Dh, bool adjoint) {
-  const int64_t h = Dh / 2;
-  LC_GRID_STRIDE(i, n) {
-    const int64_t r = i / Dh, j = i - r * Dh;
-    const T* xr = x + r * Dh;
-    const T* c = cs + (r % Tn) * Dh;
-    const T* s = sn + (r % Tn) * Dh;
-    T o;
-    if (!adjoint)
-      o = j < h ? xr[j] * c[j] - xr[j + h] * s[j] : xr[j] * c[j] + xr[j - h] * s[j];
-    else
-      o = j < h ? xr[j] * c[j] + xr[j + h] * s[j + h] : xr[j] * c[j] - xr[j - h] * s[j - h];
-    out[i] = o;
-  }
-}
-
-// ---------------------------------------------------------------- attention
 
 struct AttnDims {
   int64_t B, Hq, Hkv, T, S, Dh, Dv, group;
@@ -246,13 +55,13 @@ __host__ __device__ __forceinline__ int64_t odd_stride(int64_t n) { return n | 1
 template <typename T>
 __device__ __forceinline__ T score(const T* q, const T* k, int64_t n, T scale) {
   T acc = T(0);
-  for (int64_t d = 0; d < n; ++d) acc = tf_fma(scale * q[d], k[d], acc);
+  for (int64_t d = 0; d < n; ++d) acc = attn_fma(scale * q[d], k[d], acc);
   return acc;
 }
 template <typename T>
 __device__ __forceinline__ T dot(const T* a, const T* b, int64_t n) {
   T acc = T(0);
-  for (int64_t d = 0; d < n; ++d) acc = tf_fma(a[d], b[d], acc);
+  for (int64_t d = 0; d < n; ++d) acc = attn_fma(a[d], b[d], acc);
   return acc;
 }
 
@@ -312,7 +121,7 @@ __device__ __forceinline__ void stage_rows_clamped(T* dst, int64_t dstride, cons
   }
 }
 
-extern __shared__ __align__(16) unsigned char tf_smem[];
+extern __shared__ __align__(16) unsigned char attn_smem[];
 
 // Forward, tiled. Block: br = blockDim.x / 32 warps, warp w owns query row
 // i0 + w of one (b, h) slice. Shared memory (elements of T):
@@ -323,7 +132,7 @@ extern __shared__ __align__(16) unsigned char tf_smem[];
 template <typename T, int NV>
 __global__ void attn_forward_tiled(const T* q, const T* k, const T* v, T* out, T* lse, AttnDims a,
                                    bool causal, T scale, int bc) {
-  T* Qs = reinterpret_cast<T*>(tf_smem);
+  T* Qs = reinterpret_cast<T*>(attn_smem);
   const int br = blockDim.x >> 5, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t ksd = odd_stride(a.Dh);
   T* Ks = Qs + br * a.Dh;
@@ -389,7 +198,7 @@ template <typename T, int NV>
 __global__ void attn_backward_q_tiled(const T* q, const T* k, const T* v, const T* dout,
                                       const T* lse, T* Dsave, T* dq, AttnDims a, bool causal,
                                       T scale, int bc) {
-  T* Qs = reinterpret_cast<T*>(tf_smem);
+  T* Qs = reinterpret_cast<T*>(attn_smem);
   const int br = blockDim.x >> 5, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t ksd = odd_stride(a.Dh), vsd = odd_stride(a.Dv);
   T* Gs = Qs + br * a.Dh;
@@ -462,7 +271,7 @@ template <typename T, int NV>
 __global__ void attn_backward_kv_tiled(const T* q, const T* k, const T* v, const T* dout,
                                        const T* lse, const T* Dsave, T* dk, T* dv, AttnDims a,
                                        bool causal, T scale, int bc) {
-  T* Kr = reinterpret_cast<T*>(tf_smem);
+  T* Kr = reinterpret_cast<T*>(attn_smem);
   const int br = blockDim.x >> 5, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t qsd = odd_stride(a.Dh), gsd = odd_stride(a.Dv);
   T* Vr = Kr + br * a.Dh;
@@ -648,14 +457,6 @@ __global__ void attn_backward_kv_plain(const T* q, const T* k, const T* v, const
 
 // ---------------------------------------------------------------- launch helpers
 
-int row_threads(int64_t cols) {
-  return cols >= 2048 ? 256 : cols >= 512 ? 128 : cols >= 128 ? 64 : 32;
-}
-unsigned row_grid(int64_t rows) {
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(rows, 1 << 20)));
-}
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 AttnDims attn_dims(const Tensor& q, const Tensor& v) {
   AttnDims a;
   a.B = q.shape[0];
@@ -715,126 +516,11 @@ unsigned plain_grid(int64_t rows) {
 
 }  // namespace
 
-// ================================================================ launchers
+// ================================================================ methods
 
-void embedding_forward(Context& c, const Tensor& ids, const Tensor& weight, const Tensor& out) {
-  const int64_t N = ids.numel(), V = weight.shape[0], D = weight.shape[1];
-  if (N == 0) return;
-  const int32_t* pid = dp<int32_t>(ids);
-  Tensor holder;
-  unsigned long long* first = first_bad_word(c, holder);
-  if (D == 0) {  // nothing to copy, but the ids are still checked
-    ids_check_kernel<<<grid_for(N), kThreads, 0, c.stream>>>(pid, N, V, first);
-    launched(c, "embedding");
-  } else {
-    dispatch_float(weight.dtype, "embedding", [&](auto z) {
-      using T = decltype(z);
-      embedding_forward_kernel<T><<<grid_for(N * D), kThreads, 0, c.stream>>>(
-          pid, dp<T>(weight), dp<T>(out), N, V, D, first);
-      launched(c, "embedding");
-    });
-  }
-  ids_report_kernel<<<1, 1, 0, c.stream>>>(pid, first, N, V, kErrEmbeddingId, c.err);
-  launched(c, "embedding");
-}
-
-void embedding_backward(Context& c, const Tensor& ids, const Tensor* order, const Tensor& dy,
-                        const Tensor& dweight) {
-  const int64_t N = ids.numel(), V = dweight.shape[0], D = dweight.shape[1];
-  if (V * D > 0)
-    check(cudaMemsetAsync(dweight.raw(), 0, static_cast<size_t>(V * D) * dtype_size(dweight.dtype),
-                          c.stream),
-          "cudaMemsetAsync");
-  if (N == 0) return;
-  const int32_t* pid = dp<int32_t>(ids);
-  Tensor holder;
-  unsigned long long* first = first_bad_word(c, holder);
-  if (D == 0) {
-    ids_check_kernel<<<grid_for(N), kThreads, 0, c.stream>>>(pid, N, V, first);
-    launched(c, "embedding backward");
-  } else {
-    dispatch_float(dweight.dtype, "embedding backward", [&](auto z) {
-      using T = decltype(z);
-      embedding_backward_kernel<T><<<grid_for(N * D), kThreads, 0, c.stream>>>(
-          pid, dp<int32_t>(*order), dp<T>(dy), dp<T>(dweight), N, V, D, first);
-      launched(c, "embedding backward");
-    });
-  }
-  ids_report_kernel<<<1, 1, 0, c.stream>>>(pid, first, N, V, kErrEmbeddingBackwardId, c.err);
-  launched(c, "embedding backward");
-}
-
-void rms_norm_forward(Context& c, const Tensor& x, const Tensor* weight, double eps,
-                      const Tensor& y, const Tensor& rstd) {
-  const int64_t D = x.shape.back(), R = D ? x.numel() / D : 0;
-  if (R == 0 || D == 0) return;  // D == 0 is filled by the op layer
-  dispatch_float(x.dtype, "rms norm", [&](auto z) {
-    using T = decltype(z);
-    rms_norm_forward_kernel<T><<<row_grid(R), row_threads(D), 0, c.stream>>>(
-        dp<T>(x), weight ? dp<T>(*weight) : nullptr, eps, dp<T>(y), dp<T>(rstd), R, D);
-    launched(c, "rms norm");
-  });
-}
-
-void rms_norm_backward(Context& c, const Tensor& dy, const Tensor& x, const Tensor* weight,
-                       const Tensor& rstd, const Tensor* dx, const Tensor* dweight) {
-  const int64_t D = x.shape.back(), R = D ? x.numel() / D : 0;
-  if (R == 0 || D == 0) return;  // empty x is handled by the op layer
-  dispatch_float(x.dtype, "rms norm backward", [&](auto z) {
-    using T = decltype(z);
-    if (dx) {
-      rms_norm_backward_dx_kernel<T><<<row_grid(R), row_threads(D), 0, c.stream>>>(
-          dp<T>(dy), dp<T>(x), weight ? dp<T>(*weight) : nullptr, dp<T>(rstd), dp<T>(*dx), R, D);
-      launched(c, "rms norm backward");
-    }
-    if (dweight) {
-      // Row chunks: enough blocks to fill the device, each chunk at least
-      // kColRows rows; then a fixed-order sum over the chunks.
-      const int64_t col_tiles = ceil_div(D, kColTile);
-      const int64_t want = ceil_div(8 * std::max(c.multiprocessors, 1), col_tiles);
-      int64_t P = std::max<int64_t>(1, std::min<int64_t>({want, ceil_div(R, kColRows), 1024}));
-      const int64_t chunk_rows = ceil_div(R, P);
-      P = ceil_div(R, chunk_rows);  // no empty chunks
-      Tensor part = scratch(c, {P * D}, DType::F64);
-      rms_norm_dweight_partial_kernel<T>
-          <<<dim3(static_cast<unsigned>(col_tiles), static_cast<unsigned>(P)),
-             dim3(kColTile, kColRows), 0, c.stream>>>(dp<T>(dy), dp<T>(x), dp<T>(rstd), R, D,
-                                                      chunk_rows, dp<double>(part));
-      launched(c, "rms norm backward");
-      rms_norm_dweight_final_kernel<T><<<grid_for(D), kThreads, 0, c.stream>>>(
-          dp<double>(part), P, D, dp<T>(*dweight));
-      launched(c, "rms norm backward");
-    }
-  });
-}
-
-namespace {
-void rotary(Context& c, const Tensor& x, const Tensor& cos, const Tensor& sin, bool adjoint,
-            const Tensor& out) {
-  const int64_t Tn = cos.shape[0], Dh = cos.shape[1], n = x.numel();
-  if (n == 0 || Tn == 0 || Dh == 0) return;
-  const char* op = adjoint ? "rotary backward" : "rotary";
-  dispatch_float(x.dtype, op, [&](auto z) {
-    using T = decltype(z);
-    rotary_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(dp<T>(x), dp<T>(cos), dp<T>(sin),
-                                                              dp<T>(out), n, Tn, Dh, adjoint);
-    launched(c, op);
-  });
-}
-}  // namespace
-
-void rotary_forward(Context& c, const Tensor& x, const Tensor& cos, const Tensor& sin,
-                    const Tensor& out) {
-  rotary(c, x, cos, sin, false, out);
-}
-
-void rotary_backward(Context& c, const Tensor& dy, const Tensor& cos, const Tensor& sin,
-                     const Tensor& dx) {
-  rotary(c, dy, cos, sin, true, dx);
-}
-
-void attention_forward(Context& c, const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
-                       double scale, const Tensor& out, const Tensor& lse) {
+void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                                    double scale, const Tensor& out, const Tensor& lse) {
+  Guard g(c_);
   const AttnDims a = attn_dims(q, v);
   const int64_t rows = a.B * a.Hq * a.T;
   if (rows == 0) return;
@@ -846,21 +532,22 @@ void attention_forward(Context& c, const Tensor& q, const Tensor& k, const Tenso
     if (t.br) {
       const unsigned grid = row_grid(a.B * a.Hq * ceil_div(a.T, t.br));
       with_nv(std::max(a.Dh, a.Dv), [&](auto nv) {
-        attn_forward_tiled<T, decltype(nv)::value><<<grid, 32 * t.br, t.bytes, c.stream>>>(
+        attn_forward_tiled<T, decltype(nv)::value><<<grid, 32 * t.br, t.bytes, c_.stream>>>(
             dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(out), dp<T>(lse), a, causal, s, t.bc);
-        launched(c, op);
+        launched(c_, op);
       });
     } else {
-      attn_forward_plain<T><<<plain_grid(rows), kPlainThreads, 0, c.stream>>>(
+      attn_forward_plain<T><<<plain_grid(rows), kPlainThreads, 0, c_.stream>>>(
           dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(out), dp<T>(lse), a, causal, s);
-      launched(c, op);
+      launched(c_, op);
     }
   });
 }
 
-void attention_backward(Context& c, const Tensor& dout, const Tensor& q, const Tensor& k,
-                        const Tensor& v, const Tensor& lse, bool causal, double scale,
-                        const Tensor* dq, const Tensor* dk, const Tensor* dv) {
+void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
+                                     const Tensor& v, const Tensor& lse, bool causal, double scale,
+                                     const Tensor* dq, const Tensor* dk, const Tensor* dv) {
+  Guard g(c_);
   const AttnDims a = attn_dims(q, v);
   const int64_t rows = a.B * a.Hq * a.T, keys = a.B * a.Hkv * a.S;
   // Empty gradients need no work (and may have no memory).
@@ -877,20 +564,20 @@ void attention_backward(Context& c, const Tensor& dout, const Tensor& q, const T
     // D_i = sum_j P_ij dP_ij feeds dq and dk; the key kernel reads it back.
     Tensor Dt;
     if ((want_dq || want_dk) && rows > 0) {
-      Dt = scratch(c, {rows}, q.dtype);
+      Dt = scratch(c_, {rows}, q.dtype);
       const Tiles t = plan_tiles(a, a.Dh + a.Dv, odd_stride(a.Dh) + odd_stride(a.Dv), sizeof(T));
       if (t.br) {
         const unsigned grid = row_grid(a.B * a.Hq * ceil_div(a.T, t.br));
         with_nv(a.Dh, [&](auto nv) {
-          attn_backward_q_tiled<T, decltype(nv)::value><<<grid, 32 * t.br, t.bytes, c.stream>>>(
+          attn_backward_q_tiled<T, decltype(nv)::value><<<grid, 32 * t.br, t.bytes, c_.stream>>>(
               dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(dout), dp<T>(lse), dp<T>(Dt), pdq, a, causal,
               s, t.bc);
-          launched(c, op);
+          launched(c_, op);
         });
       } else {
-        attn_backward_q_plain<T><<<plain_grid(rows), kPlainThreads, 0, c.stream>>>(
+        attn_backward_q_plain<T><<<plain_grid(rows), kPlainThreads, 0, c_.stream>>>(
             dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(dout), dp<T>(lse), dp<T>(Dt), pdq, a, causal, s);
-        launched(c, op);
+        launched(c_, op);
       }
     }
     if ((want_dk || want_dv) && keys > 0) {
@@ -901,18 +588,18 @@ void attention_backward(Context& c, const Tensor& dout, const Tensor& q, const T
       if (t.br) {
         const unsigned grid = row_grid(a.B * a.Hkv * ceil_div(a.S, t.br));
         with_nv(std::max(a.Dh, a.Dv), [&](auto nv) {
-          attn_backward_kv_tiled<T, decltype(nv)::value><<<grid, 32 * t.br, t.bytes, c.stream>>>(
+          attn_backward_kv_tiled<T, decltype(nv)::value><<<grid, 32 * t.br, t.bytes, c_.stream>>>(
               dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(dout), dp<T>(lse), pD, pdk, pdv, a, causal, s,
               t.bc);
-          launched(c, op);
+          launched(c_, op);
         });
       } else {
-        attn_backward_kv_plain<T><<<plain_grid(keys), kPlainThreads, 0, c.stream>>>(
+        attn_backward_kv_plain<T><<<plain_grid(keys), kPlainThreads, 0, c_.stream>>>(
             dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(dout), dp<T>(lse), pD, pdk, pdv, a, causal, s);
-        launched(c, op);
+        launched(c_, op);
       }
     }
   });
 }
 
-}  // namespace lc::cu
+}  // namespace lc::cuda

@@ -1,0 +1,98 @@
+// The CUDA backend: the Backend interface of src/backend.h on one GPU. One
+// file per op, forward and backward side by side (elementwise, reduce,
+// softmax, linear, adam, embedding, rms_norm, rotary, attention .cu), each a
+// kernels section and then its methods of CudaBackend; memory.cpp holds the
+// memory methods and the registry of backends. The composites (linear, LoRA,
+// merge) are Backend's defaults, written from these (src/composite.cpp).
+//
+// Each method locks the device (Guard; recursive, so a method may call
+// another), makes it current and queues the op's kernels or cuBLAS calls on
+// the device's stream, then returns; only reads to the host and the
+// finiteness check wait for the GPU. Semantics ("set" / "accumulate",
+// shapes) are those of src/backend.h; the CPU backend is the reference each
+// one is tested against.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "../src/backend.h"
+#include "runtime.h"
+
+namespace lc::cuda {
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(Context& c) : c_(c) {}
+  Device device() const override { return Device{DeviceType::CUDA, c_.index}; }
+
+  // ---- memory.cpp
+  void* allocate(size_t bytes) override;
+  void deallocate(void* p, size_t bytes) override;
+  void write_from_host(const Tensor& dst, const void* src) override;
+  void read_to_host(const Tensor& src, void* dst) override;
+  void copy(const Tensor& dst, const Tensor& src) override;
+
+  // ---- elementwise.cu
+  void fill(const Tensor& t, double value) override;
+  void random(const Tensor& t, RandomKind kind, uint64_t seed, uint64_t offset, double a,
+              double b) override;
+  void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) override;
+  void affine(const Tensor& x, double alpha, double beta, const Tensor& out) override;
+  void axpy(const Tensor& y, const Tensor& x, double alpha) override;
+  void unary(UnaryOp op, const Tensor& x, const Tensor& out) override;
+  void unary_backward(UnaryOp op, const Tensor& x, const Tensor& dy, const Tensor& dx) override;
+  void expand(const Tensor& x, const Tensor& out) override;
+  void permute(const Tensor& x, const std::vector<int64_t>& perm, const Tensor& out) override;
+  bool all_finite(const Tensor& x) override;  // synchronises
+  void dropout(const Tensor& x, const Tensor& out, double p, uint64_t seed,
+               uint64_t offset) override;
+
+  // ---- reduce.cu
+  void reduce_sum_to(const Tensor& x, const Tensor& out) override;
+
+  // ---- softmax.cu (softmax and cross entropy)
+  void softmax(const Tensor& x, const Tensor& y) override;
+  void softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) override;
+  void cross_entropy_forward(const Tensor& logits, const Tensor& targets, int64_t ignore_index,
+                             double label_smoothing, const Tensor& loss_rows,
+                             const Tensor& lse) override;
+  void cross_entropy_backward(const Tensor& logits, const Tensor& lse, const Tensor& targets,
+                              int64_t ignore_index, double label_smoothing, const Tensor& grad,
+                              double grad_scale, const Tensor& dlogits) override;
+
+  // ---- linear.cu (cuBLAS)
+  void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, double alpha,
+            const Tensor& A, int64_t strideA, const Tensor& B, int64_t strideB, double beta,
+            const Tensor& C, int64_t strideC, int64_t batch) override;
+
+  // ---- adam.cu (all parameters of one call in one launch per dtype)
+  void adam_step(const std::vector<AdamParam>& params, const AdamConfig& cfg) override;
+
+  // ---- embedding.cu, rms_norm.cu, rotary.cu, attention.cu
+  void embedding_forward(const Tensor& ids, const Tensor& weight, const Tensor& out) override;
+  void embedding_backward(const Tensor& ids, const Tensor* order, const Tensor& dy,
+                          const Tensor& dweight) override;
+  void rms_norm_forward(const Tensor& x, const Tensor* weight, double eps, const Tensor& y,
+                        const Tensor& rstd) override;
+  void rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor* weight,
+                         const Tensor& rstd, const Tensor* dx, const Tensor* dweight) override;
+  void rotary_forward(const Tensor& x, const Tensor& cos, const Tensor& sin,
+                      const Tensor& out) override;
+  void rotary_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin,
+                       const Tensor& dx) override;
+  void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                         double scale, const Tensor& out, const Tensor& lse) override;
+  void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                          const Tensor& lse, bool causal, double scale, const Tensor* dq,
+                          const Tensor* dk, const Tensor* dv) override;
+
+ private:
+  // ---- elementwise.cu
+  void cast(const Tensor& dst, const Tensor& src);  // copy between dtypes (they differ)
+  // out[i] = x[offset of i under `strides`] (a broadcast or a permutation), any dtype.
+  void gather(const Tensor& x, const Tensor& out, const std::vector<int64_t>& strides);
+
+  Context& c_;
+};
+
+}  // namespace lc::cuda
