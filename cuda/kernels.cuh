@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "../src/cpu/dispatch.h"
+#include "../src/dispatch.h"
 #include "../src/tensor.h"
 #include "cuda_backend.h"
 #include "indexer.h"

@@ -12,8 +12,8 @@
 #include <vector>
 
 #include "../backend.h"
+#include "../dispatch.h"
 #include "../parallel.h"
-#include "dispatch.h"
 
 namespace lc {
 

@@ -3,7 +3,7 @@
 #pragma once
 #include <string>
 
-#include "../tensor.h"
+#include "tensor.h"
 
 namespace lc {
 
