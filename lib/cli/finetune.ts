@@ -28,6 +28,7 @@ import { loadSafetensors, saveSafetensors } from '../safetensors';
 import { noGrad } from '../autograd';
 import { Tensor } from '../tensor';
 import { backendInfo } from '../backend';
+import { recoverDir, replaceDir, writeFileAtomic } from '../atomic';
 
 const COMMAND = 'finetune';
 const SUMMARY = [
@@ -263,7 +264,7 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
 
   const out = (parsed.out as string | undefined) ?? FINETUNE_SPECS.out.default;
   const ckptDir = path.join(out, CHECKPOINT);
-  if (parsed.resume === true) await recoverCheckpoint(out, ckptDir);
+  if (parsed.resume === true) await recoverCheckpoint(ckptDir);
   const resumeState = parsed.resume === true ? await readCheckpointState(ckptDir) : null;
   const opts = resolveOptions(parsed, resumeState?.args);
 
@@ -413,7 +414,7 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
 
     let rngAtStep = getRngState();
     const writeAll = async () => {
-      await writeCheckpoint(model, opt, out, ckptDir, {
+      await writeCheckpoint(model, opt, ckptDir, {
         format: STATE_FORMAT,
         version: 1,
         step,
@@ -582,27 +583,11 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
 }
 
 /**
- * Undoes what a kill in the middle of writeCheckpoint leaves behind. Between its two renames
- * OUT/checkpoint does not exist and the previous checkpoint, complete, waits as
- * OUT/.checkpoint-old-PID: it is put back. Temporary directories of killed runs are removed.
+ * Undoes what a kill in the middle of writeCheckpoint leaves behind: a previous checkpoint waiting
+ * aside while OUT/checkpoint is missing is put back, and temporary directories are removed.
  */
-async function recoverCheckpoint(out: string, ckptDir: string): Promise<void> {
-  let names: string[];
-  try {
-    names = await fs.promises.readdir(out);
-  } catch {
-    return; // no output directory yet
-  }
-  const olds = names.filter((n) => n.startsWith(`.${CHECKPOINT}-old-`));
-  const tmps = names.filter((n) => n.startsWith(`.${CHECKPOINT}-tmp-`));
-  if (!fs.existsSync(path.join(ckptDir, STATE_FILE))) {
-    const old = olds.find((n) => fs.existsSync(path.join(out, n, STATE_FILE)));
-    if (old) {
-      await fs.promises.rm(ckptDir, { recursive: true, force: true });
-      await fs.promises.rename(path.join(out, old), ckptDir);
-    }
-  }
-  for (const n of [...olds, ...tmps]) await fs.promises.rm(path.join(out, n), { recursive: true, force: true });
+async function recoverCheckpoint(ckptDir: string): Promise<void> {
+  await recoverDir(ckptDir, (d) => fs.existsSync(path.join(d, STATE_FILE)));
 }
 
 /**
@@ -614,33 +599,27 @@ async function recoverCheckpoint(out: string, ckptDir: string): Promise<void> {
  * two renames).
  */
 async function writeCheckpoint(
-  model: LlamaForCausalLM, opt: AdamW, out: string, ckptDir: string, state: TrainerState, base: string,
+  model: LlamaForCausalLM, opt: AdamW, ckptDir: string, state: TrainerState, base: string,
 ): Promise<void> {
-  const tmp = path.join(out, `.${CHECKPOINT}-tmp-${process.pid}`);
-  const old = path.join(out, `.${CHECKPOINT}-old-${process.pid}`);
-  await fs.promises.rm(tmp, { recursive: true, force: true });
-  await fs.promises.mkdir(tmp, { recursive: true });
-  await saveAdapter(model, tmp, { baseModelNameOrPath: base });
-  const sd = opt.stateDict();
-  const tensors: Record<string, Tensor> = {};
-  for (const [i, s] of Object.entries(sd.state)) {
-    tensors[`state.${i}.exp_avg`] = s.expAvg;
-    tensors[`state.${i}.exp_avg_sq`] = s.expAvgSq;
-    state.optimizer.steps[i] = s.step;
-  }
-  state.optimizer.paramGroups = sd.paramGroups;
-  try {
-    if (Object.keys(tensors).length) await saveSafetensors(path.join(tmp, OPTIM_FILE), tensors, { metadata: { step: String(state.step) } });
-  } finally {
-    for (const s of Object.values(sd.state)) {
-      s.expAvg.dispose();
-      s.expAvgSq.dispose();
-      s.maxExpAvgSq?.dispose();
+  await replaceDir(ckptDir, async (tmp) => {
+    await saveAdapter(model, tmp, { baseModelNameOrPath: base });
+    const sd = opt.stateDict();
+    const tensors: Record<string, Tensor> = {};
+    for (const [i, s] of Object.entries(sd.state)) {
+      tensors[`state.${i}.exp_avg`] = s.expAvg;
+      tensors[`state.${i}.exp_avg_sq`] = s.expAvgSq;
+      state.optimizer.steps[i] = s.step;
     }
-  }
-  await fs.promises.writeFile(path.join(tmp, STATE_FILE), JSON.stringify(state, null, 2) + '\n');
-  await fs.promises.rm(old, { recursive: true, force: true });
-  if (fs.existsSync(ckptDir)) await fs.promises.rename(ckptDir, old);
-  await fs.promises.rename(tmp, ckptDir);
-  await fs.promises.rm(old, { recursive: true, force: true });
+    state.optimizer.paramGroups = sd.paramGroups;
+    try {
+      if (Object.keys(tensors).length) await saveSafetensors(path.join(tmp, OPTIM_FILE), tensors, { metadata: { step: String(state.step) } });
+    } finally {
+      for (const s of Object.values(sd.state)) {
+        s.expAvg.dispose();
+        s.expAvgSq.dispose();
+        s.maxExpAvgSq?.dispose();
+      }
+    }
+    await writeFileAtomic(path.join(tmp, STATE_FILE), JSON.stringify(state, null, 2) + '\n');
+  });
 }
