@@ -24,7 +24,7 @@ export { SafetensorsFile, SafetensorsError, loadSafetensors, loadSafetensorsSync
 export type { SafetensorsDtype, SafetensorsEntry, SafetensorsReadOptions, WriteOptions as SafetensorsWriteOptions } from './safetensors';
 export { loadTokenizer, Tokenizer } from './tokenizer';
 export type { Encoding, TokenizerConstructor } from './tokenizer';
-export { Adam, AdamW } from './optim';
+export { Adam, AdamW, saveOptimizerState, loadOptimizerState } from './optim';
 export { LambdaLR, getLinearScheduleWithWarmup, getCosineScheduleWithWarmup, getConstantScheduleWithWarmup } from './schedule';
 export type { LrLambda, LambdaLRStateDict } from './schedule';
 export { clipGradNorm } from './nn/utils';
