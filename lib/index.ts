@@ -24,9 +24,14 @@ export { SafetensorsFile, SafetensorsError, loadSafetensors, loadSafetensorsSync
 export type { SafetensorsDtype, SafetensorsEntry, SafetensorsReadOptions, WriteOptions as SafetensorsWriteOptions } from './safetensors';
 export { loadTokenizer, Tokenizer } from './tokenizer';
 export type { Encoding, TokenizerConstructor } from './tokenizer';
-export { Adam, AdamW } from './optim';
+export { Adam, AdamW, saveOptimizerState, loadOptimizerState } from './optim';
 export { LambdaLR, getLinearScheduleWithWarmup, getCosineScheduleWithWarmup, getConstantScheduleWithWarmup } from './schedule';
 export type { LrLambda, LambdaLRStateDict } from './schedule';
+export { Trainer, TrainerError, readCheckpoint } from './trainer';
+export type {
+  TrainerOptions, TrainerBatch, BatchSource, TrainData, LossFunction, LrScheduleName, TrainerStepInfo, TrainerLogInfo, TrainerEvalInfo,
+  TrainerCheckpointInfo, CheckpointReason, TrainResult, TrainerErrorCode, CheckpointInfo,
+} from './trainer';
 export { clipGradNorm } from './nn/utils';
 export type { ClipGradNormOptions } from './nn/utils';
 export type { AdamOptions, AdamStateDict, ParamGroup, ParamGroupInput } from './optim';

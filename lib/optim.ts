@@ -3,7 +3,8 @@
 import { native, NativeTensor } from './native';
 import { Tensor, assertTensor, clearGrads, keep, zeros } from './tensor';
 import { DeviceSpec } from './device';
-import { checkBool, checkNumber, checkPositive, checkOptions, checkKnownKeys, rangeError, typeError } from './errors';
+import { checkBool, checkNumber, checkPositive, checkOptions, checkKnownKeys, describe, rangeError, typeError } from './errors';
+import { SafetensorsFile, saveSafetensors } from './safetensors';
 
 export interface AdamOptions {
   /** Learning rate (> 0). Default 1e-3. */
@@ -204,24 +205,40 @@ export class Adam {
     return { state, paramGroups };
   }
 
-  /** Restores stateDict() output onto an optimiser over the same parameters (shapes are checked first). */
+  /**
+   * Restores stateDict() output onto an optimiser over the same parameters. Everything is checked
+   * before anything changes: the groups' sizes and every option of every group (all must be there),
+   * each state's step and tensor shapes, and that a parameter of an amsgrad group has its
+   * maxExpAvgSq (without it the run would silently restart the maximum from zero).
+   */
   loadStateDict(sd: AdamStateDict): void {
     const where = `${this.name}.loadStateDict`;
-    if (sd === null || typeof sd !== 'object' || typeof sd.state !== 'object' || !Array.isArray(sd.paramGroups)) {
+    if (sd === null || typeof sd !== 'object' || sd.state === null || typeof sd.state !== 'object' || !Array.isArray(sd.paramGroups)) {
       throw typeError(where, 'stateDict', 'the object returned by stateDict()', sd);
     }
-    if (sd.paramGroups.length !== this.paramGroups.length || sd.paramGroups.some((g, i) => g.numParams !== this.paramGroups[i].params.length)) {
-      throw new RangeError(`${where}: the state has groups of ${sd.paramGroups.map((g) => g.numParams).join(', ')} parameters, this optimiser ${this.paramGroups.map((g) => g.params.length).join(', ')}`);
+    if (sd.paramGroups.length !== this.paramGroups.length || sd.paramGroups.some((g, i) => g?.numParams !== this.paramGroups[i].params.length)) {
+      throw new RangeError(`${where}: the state has groups of ${sd.paramGroups.map((g) => g?.numParams).join(', ')} parameters, this optimiser ${this.paramGroups.map((g) => g.params.length).join(', ')}`);
     }
+    const groups = sd.paramGroups.map((g, i) => {
+      const missing = OPTION_KEYS.filter((k) => g[k] === undefined);
+      if (missing.length) throw new RangeError(`${where}: stateDict.paramGroups[${i}] lacks ${missing.join(', ')} (give the whole object returned by stateDict())`);
+      const { numParams: _n, ...opts } = g;
+      return this.resolve(where, `paramGroups[${i}]`, opts as Record<string, unknown>, this.paramGroups[i], true);
+    });
     const params = this.paramGroups.flatMap((g) => g.params);
+    const groupOf = this.paramGroups.flatMap((g, gi) => g.params.map(() => gi));
     for (const [k, s] of Object.entries(sd.state)) {
       const p = params[Number(k)];
       if (!p) throw rangeError(where, `state key`, `an index below ${params.length}`, k);
+      if (s === null || typeof s !== 'object') throw typeError(where, `state[${k}]`, 'an object { step, expAvg, expAvgSq, maxExpAvgSq? }', s);
       for (const t of [s.expAvg, s.expAvgSq, ...(s.maxExpAvgSq ? [s.maxExpAvgSq] : [])]) {
         assertTensor(where, `state[${k}] tensor`, t);
         if (t.shape.join() !== p.shape.join()) throw rangeError(where, `state[${k}] shape`, `[${p.shape.join(', ')}]`, t.shape);
       }
       if (!Number.isInteger(s.step) || s.step < 0) throw rangeError(where, `state[${k}].step`, 'a non-negative integer', s.step);
+      if (groups[groupOf[Number(k)]].amsgrad && !s.maxExpAvgSq) {
+        throw new RangeError(`${where}: state[${k}] has no maxExpAvgSq, which amsgrad needs (paramGroups[${groupOf[Number(k)]}].amsgrad is true)`);
+      }
     }
     this.state.clear();
     for (const [k, s] of Object.entries(sd.state)) {
@@ -229,7 +246,7 @@ export class Adam {
       const copy = (t: Tensor) => zerosLike(p).copy_(t);
       this.state.set(p, { step: s.step, expAvg: copy(s.expAvg), expAvgSq: copy(s.expAvgSq), maxExpAvgSq: s.maxExpAvgSq ? copy(s.maxExpAvgSq) : null });
     }
-    sd.paramGroups.forEach(({ numParams: _n, ...opts }, i) => Object.assign(this.paramGroups[i], this.resolve(where, `paramGroups[${i}]`, opts as Record<string, unknown>, this.paramGroups[i], true)));
+    groups.forEach((g, i) => Object.assign(this.paramGroups[i], g));
   }
 
   /** Clears the gradients of every parameter (to null by default, like torch). */
@@ -241,3 +258,137 @@ export class Adam {
 
 /** Adam with decoupled weight decay (Loshchilov & Hutter); weightDecay defaults to 1e-2. */
 export class AdamW extends Adam {}
+
+// ============================================================ state files
+
+/** The metadata key of an optimiser state file that holds its scalars (JSON). */
+const STATE_METADATA = 'lora_cuda.optimizer';
+const STATE_FORMAT = 'lora-cuda-optimizer';
+/** torch's names for the per-parameter tensors, as `state.<index>.<name>` in the file. */
+const TENSOR_NAMES = { expAvg: 'exp_avg', expAvgSq: 'exp_avg_sq', maxExpAvgSq: 'max_exp_avg_sq' } as const;
+
+/** What an optimiser state file holds besides its tensors: the step counts and the param groups. */
+export interface OptimizerStateScalars {
+  /** 'Adam' or 'AdamW' (the decay differs, so a state is not moved from one to the other). */
+  optimizer: 'Adam' | 'AdamW';
+  /** Each parameter's step count, by its index over all groups (parameters not yet stepped are absent). */
+  steps: Record<string, number>;
+  paramGroups: AdamStateDict['paramGroups'];
+}
+
+function optimizerName(optimizer: Adam): 'Adam' | 'AdamW' {
+  return optimizer instanceof AdamW ? 'AdamW' : 'Adam';
+}
+
+function checkOptimizer(where: string, optimizer: unknown): Adam {
+  if (!(optimizer instanceof Adam)) throw typeError(where, 'optimizer', 'an Adam or AdamW optimiser', optimizer);
+  return optimizer;
+}
+
+/**
+ * Writes the optimiser's whole state (stateDict(): every parameter's step count and moment tensors,
+ * maxExpAvgSq included, and every group's options) to one safetensors file, atomically: the tensors as
+ * `state.<i>.exp_avg`, `state.<i>.exp_avg_sq`, `state.<i>.max_exp_avg_sq` in their own dtype, the
+ * scalars as JSON in the metadata (`lora_cuda.optimizer`). loadOptimizerState reads it back.
+ */
+export async function saveOptimizerState(optimizer: Adam, file: string): Promise<void> {
+  const where = 'saveOptimizerState';
+  checkOptimizer(where, optimizer);
+  if (typeof file !== 'string' || file === '') throw typeError(where, 'file', 'a file path', file);
+  const sd = optimizer.stateDict();
+  const tensors: Record<string, Tensor> = {};
+  const steps: Record<string, number> = {};
+  for (const [i, s] of Object.entries(sd.state)) {
+    steps[i] = s.step;
+    for (const [field, name] of Object.entries(TENSOR_NAMES) as [keyof typeof TENSOR_NAMES, string][]) {
+      const t = s[field];
+      if (t) tensors[`state.${i}.${name}`] = t;
+    }
+  }
+  const scalars = { format: STATE_FORMAT, version: 1, optimizer: optimizerName(optimizer), steps, paramGroups: sd.paramGroups };
+  try {
+    await saveSafetensors(file, tensors, { metadata: { [STATE_METADATA]: JSON.stringify(scalars) } });
+  } finally {
+    for (const t of Object.values(tensors)) t.dispose();
+  }
+}
+
+/**
+ * Restores a state written by saveOptimizerState onto an optimiser over the same parameters (same
+ * groups, shapes and dtypes). The file is checked as a whole before the optimiser changes: its
+ * scalars, that every stepped parameter has its moments (and maxExpAvgSq under amsgrad), that no
+ * tensor is left over, and each tensor's dtype and shape.
+ */
+export async function loadOptimizerState(optimizer: Adam, file: string): Promise<void> {
+  const where = 'loadOptimizerState';
+  checkOptimizer(where, optimizer);
+  if (typeof file !== 'string' || file === '') throw typeError(where, 'file', 'a file path', file);
+  await readOptimizerState(where, optimizer, file, null);
+}
+
+/**
+ * loadOptimizerState, with the scalars given instead of read from the file's metadata (checkpoints of
+ * `lora-cuda finetune` format 1 kept them in trainer_state.json).
+ */
+export async function readOptimizerState(where: string, optimizer: Adam, file: string, given: OptimizerStateScalars | null): Promise<void> {
+  const st = await SafetensorsFile.open(file);
+  const read: Tensor[] = [];
+  try {
+    const fail = (msg: string): never => {
+      throw new RangeError(`${where}: ${file}: ${msg}`);
+    };
+    let scalars = given;
+    if (!scalars) {
+      const raw = st.metadata[STATE_METADATA];
+      if (raw === undefined) fail(`no "${STATE_METADATA}" metadata: not an optimiser state written by saveOptimizerState`);
+      let parsed: unknown;
+      try {
+        parsed = JSON.parse(raw as string);
+      } catch (e) {
+        fail(`the "${STATE_METADATA}" metadata is not JSON (${(e as Error).message})`);
+      }
+      const o = parsed as Record<string, unknown>;
+      if (o === null || typeof o !== 'object' || o.format !== STATE_FORMAT || o.version !== 1) {
+        fail(`the "${STATE_METADATA}" metadata is not format ${STATE_FORMAT} version 1`);
+      }
+      scalars = o as unknown as OptimizerStateScalars;
+    }
+    const { steps, paramGroups } = scalars;
+    if (scalars.optimizer !== optimizerName(optimizer)) fail(`it holds the state of ${describe(scalars.optimizer)}, this optimiser is ${optimizerName(optimizer)}`);
+    if (steps === null || typeof steps !== 'object' || Array.isArray(steps)) fail(`steps must be an object mapping parameter indices to step counts, got ${describe(steps)}`);
+    if (!Array.isArray(paramGroups)) fail(`paramGroups must be an array, got ${describe(paramGroups)}`);
+    const params = optimizer.paramGroups.flatMap((g) => g.params);
+    const names = new Set(st.keys());
+    const state: AdamStateDict['state'] = {};
+    for (const [i, step] of Object.entries(steps)) {
+      const p = params[Number(i)];
+      if (!/^\d+$/.test(i) || !p) fail(`state for parameter ${describe(i)}, but this optimiser has ${params.length} parameters`);
+      const entry: Partial<AdamStateDict['state'][number]> = { step };
+      for (const [field, name] of Object.entries(TENSOR_NAMES) as [keyof typeof TENSOR_NAMES, string][]) {
+        const key = `state.${i}.${name}`;
+        if (!names.has(key)) {
+          if (field === 'maxExpAvgSq') continue;
+          fail(`no tensor "${key}": the state of parameter ${i} is incomplete`);
+        }
+        names.delete(key);
+        const e = st.entry(key);
+        const want = p.dtype === 'float64' ? 'F64' : 'F32';
+        if (e.dtype !== want) fail(`"${key}" is ${e.dtype}, parameter ${i} is ${p.dtype}`);
+        if (e.shape.join() !== p.shape.join()) fail(`"${key}" has shape [${e.shape.join(', ')}], parameter ${i} has [${p.shape.join(', ')}]`);
+        const t = await st.read(key, { dtype: p.dtype });
+        read.push(t);
+        entry[field] = t;
+      }
+      state[Number(i)] = entry as AdamStateDict['state'][number];
+    }
+    if (names.size) fail(`tensors that belong to no stepped parameter: ${[...names].slice(0, 8).join(', ')}`);
+    try {
+      optimizer.loadStateDict({ state, paramGroups });
+    } catch (e) {
+      fail((e as Error).message);
+    }
+  } finally {
+    for (const t of read) t.dispose();
+    st.close();
+  }
+}

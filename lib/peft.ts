@@ -5,13 +5,13 @@
 // and merged exports as ordinary Hugging Face checkpoints.
 import * as fs from 'fs';
 import * as path from 'path';
-import { randomBytes } from 'crypto';
 import { Module } from './nn/module';
 import { Linear } from './nn/layers';
 import { LoRALinear, injectLora, loraLayers } from './lora';
 import { Tensor } from './tensor';
 import { noGrad } from './autograd';
 import { SafetensorsFile, saveSafetensors } from './safetensors';
+import { stageFile } from './atomic';
 import { native } from './native';
 import { checkOptions, checkKnownKeys, describe, typeError } from './errors';
 
@@ -25,43 +25,22 @@ export interface SaveAdapterOptions {
 }
 
 /**
- * Writes `content` to a new temporary file beside `file`, fsynced, and returns its path: renaming it
- * over `file` commits it. On failure nothing is left behind.
- */
-async function writeTemp(file: string, content: string): Promise<string> {
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
-  try {
-    const fh = await fs.promises.open(tmp, 'wx');
-    try {
-      await fh.writeFile(content);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-  } catch (e) {
-    await fs.promises.rm(tmp, { force: true });
-    throw e;
-  }
-  return tmp;
-}
-
-/**
  * Writes `weights` with saveSafetensors and `content` to `configFile`, so that a failure while
- * writing either (a full disk) leaves both files as they were: the config goes to its temporary
- * file first, then the weights are written and renamed, then the config is renamed. A config equal
- * to the file already there is not rewritten (one rename, so the save is atomic).
+ * writing either (a full disk) leaves both files as they were: the config is staged beside its target
+ * first, then the weights are written and renamed, then the config is renamed. A config equal to the
+ * file already there is not rewritten (one rename, so the save is atomic).
  */
 async function writePair(weightsFile: string, tensors: Record<string, Tensor>, metadata: Record<string, string>,
   configFile: string, content: string): Promise<void> {
   const old = await fs.promises.readFile(configFile, 'utf8').catch(() => null);
-  const tmp = old === content ? null : await writeTemp(configFile, content);
+  const staged = old === content ? null : await stageFile(configFile, content);
   try {
     await saveSafetensors(weightsFile, tensors, { metadata });
-    if (tmp) await fs.promises.rename(tmp, configFile);
   } catch (e) {
-    if (tmp) await fs.promises.rm(tmp, { force: true });
+    await staged?.discard();
     throw e;
   }
+  await staged?.commit();
 }
 
 function lastPart(name: string): string {

@@ -12,18 +12,18 @@
 // before it has been checked against the file's real size.
 //
 // The writer streams tensor by tensor into a temporary file in the target's directory, fsyncs it and
-// renames it over the target, so the target is either the old file or the complete new one.
+// renames it over the target (atomic.ts), so the target is either the old file or the complete new one.
 //
 // Sync and async variants share one implementation: each operation is a generator that yields file-system
-// requests (Op), driven either by the *Sync fs calls (runSync) or by the callback fs calls (runAsync).
+// requests, driven either by the *Sync fs calls or by the callback fs calls (fsio.ts).
 import * as fs from 'fs';
 import * as os from 'os';
-import * as nodePath from 'path';
-import { randomBytes } from 'crypto';
 import { TextDecoder } from 'util';
 import { constants as bufferConstants } from 'buffer';
 import { DType, Tensor, tensor } from './tensor';
 import { checkKnownKeys, checkOneOf, checkOptions, rangeError, typeError } from './errors';
+import { Io, quietly, readFully, runAsync, runSync, writeFully } from './fsio';
+import { atomicWriteOps } from './atomic';
 
 // ================================================================== types
 
@@ -90,114 +90,7 @@ const DTYPE_RANK: Readonly<Record<SafetensorsDtype, number>> = {
 const MAX_HEADER_BYTES = 100_000_000;
 /** JSON nesting deeper than this is rejected (a valid header nests 3 levels). */
 const MAX_JSON_DEPTH = 64;
-/** Largest single read or write request (fs rejects requests of 2 GiB and more). */
-const IO_CHUNK = 1 << 30;
 const LITTLE_ENDIAN = os.endianness() === 'LE';
-
-// ============================================================ file ops
-
-type Op =
-  | { kind: 'open'; path: string; flags: string }
-  | { kind: 'fstat'; fd: number }
-  | { kind: 'read'; fd: number; buf: Uint8Array; off: number; len: number; pos: number }
-  | { kind: 'write'; fd: number; buf: Uint8Array; off: number; len: number; pos: number }
-  | { kind: 'fsync'; fd: number }
-  | { kind: 'close'; fd: number }
-  | { kind: 'rename'; from: string; to: string }
-  | { kind: 'unlink'; path: string };
-
-/** A computation that yields file-system requests and receives their results. */
-type Io<T> = Generator<Op, T, unknown>;
-
-function doSync(op: Op): unknown {
-  switch (op.kind) {
-    case 'open': return fs.openSync(op.path, op.flags);
-    case 'fstat': return fs.fstatSync(op.fd);
-    case 'read': return fs.readSync(op.fd, op.buf, op.off, op.len, op.pos);
-    case 'write': return fs.writeSync(op.fd, op.buf, op.off, op.len, op.pos);
-    case 'fsync': return fs.fsyncSync(op.fd);
-    case 'close': return fs.closeSync(op.fd);
-    case 'rename': return fs.renameSync(op.from, op.to);
-    case 'unlink': return fs.unlinkSync(op.path);
-  }
-}
-
-function doAsync(op: Op): Promise<unknown> {
-  return new Promise((resolve, reject) => {
-    const done = (err: Error | null, value?: unknown) => (err ? reject(err) : resolve(value));
-    switch (op.kind) {
-      case 'open': return fs.open(op.path, op.flags, done);
-      case 'fstat': return fs.fstat(op.fd, done);
-      case 'read': return fs.read(op.fd, op.buf, op.off, op.len, op.pos, done);
-      case 'write': return fs.write(op.fd, op.buf, op.off, op.len, op.pos, done);
-      case 'fsync': return fs.fsync(op.fd, done);
-      case 'close': return fs.close(op.fd, done);
-      case 'rename': return fs.rename(op.from, op.to, done);
-      case 'unlink': return fs.unlink(op.path, done);
-    }
-  });
-}
-
-function runSync<T>(g: Io<T>): T {
-  let step = g.next();
-  while (!step.done) {
-    let value: unknown;
-    let failed = false;
-    try {
-      value = doSync(step.value);
-    } catch (e) {
-      failed = true;
-      value = e;
-    }
-    step = failed ? g.throw(value) : g.next(value);
-  }
-  return step.value;
-}
-
-async function runAsync<T>(g: Io<T>): Promise<T> {
-  let step = g.next();
-  while (!step.done) {
-    let value: unknown;
-    let failed = false;
-    try {
-      value = await doAsync(step.value);
-    } catch (e) {
-      failed = true;
-      value = e;
-    }
-    step = failed ? g.throw(value) : g.next(value);
-  }
-  return step.value;
-}
-
-/** Runs a cleanup op, ignoring its failure (the error being handled matters more). */
-function* quietly(op: Op): Io<void> {
-  try {
-    yield op;
-  } catch {
-    // ignored
-  }
-}
-
-/** Fills buf[off, off + len) from the file at pos; a short file is an error, not a partial result. */
-function* readFully(fd: number, buf: Uint8Array, off: number, len: number, pos: number, onShort: () => Error): Io<void> {
-  let done = 0;
-  while (done < len) {
-    const n = (yield { kind: 'read', fd, buf, off: off + done, len: Math.min(len - done, IO_CHUNK), pos: pos + done }) as number;
-    if (n === 0) throw onShort();
-    done += n;
-  }
-}
-
-function* writeFully(fd: number, buf: Uint8Array, pos: number): Io<void> {
-  let done = 0;
-  while (done < buf.byteLength) {
-    const len = Math.min(buf.byteLength - done, IO_CHUNK);
-    const n = (yield { kind: 'write', fd, buf, off: done, len, pos: pos + done }) as number;
-    if (n <= 0) throw new Error(`write returned ${n} bytes`);
-    done += n;
-  }
-}
 
 // ============================================================== helpers
 
@@ -925,40 +818,14 @@ function encode(where: string, name: string, t: Tensor, dtype: SafetensorsDtype,
   return out;
 }
 
-function tempPathFor(target: string): string {
-  const dir = nodePath.dirname(target);
-  const base = nodePath.basename(target);
-  return nodePath.join(dir, `.${base}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`);
-}
-
 function* saveOps(where: string, target: string, plan: WritePlan): Io<void> {
-  const tmp = tempPathFor(target);
-  const fd = (yield { kind: 'open', path: tmp, flags: 'wx' }) as number;
-  let open = true;
-  try {
+  yield* atomicWriteOps(target, function* (fd) {
     yield* writeFully(fd, plan.header, 0);
     for (const it of plan.items) {
       if (it.byteLength === 0) continue;
       yield* writeFully(fd, encode(where, it.name, it.t, it.dtype, it.byteLength), it.pos);
     }
-    yield { kind: 'fsync', fd };
-    open = false;
-    yield { kind: 'close', fd };
-    yield { kind: 'rename', from: tmp, to: target };
-  } catch (e) {
-    if (open) yield* quietly({ kind: 'close', fd });
-    yield* quietly({ kind: 'unlink', path: tmp });
-    throw e;
-  }
-  // Make the rename durable (best effort: not every platform or file system can fsync a directory).
-  let dirFd = -1;
-  try {
-    dirFd = (yield { kind: 'open', path: nodePath.dirname(target), flags: 'r' }) as number;
-    yield { kind: 'fsync', fd: dirFd };
-  } catch {
-    // ignored
-  }
-  if (dirFd >= 0) yield* quietly({ kind: 'close', fd: dirFd });
+  });
 }
 
 /**

@@ -296,6 +296,21 @@ describe('resume', () => {
     expectSame(out);
   });
 
+  test('a checkpoint of the format before the Trainer (version 1) resumes to the same adapter', async () => {
+    // test/fixtures/finetune-v1-checkpoint: step 3 of this run (args(...) with --max-steps 3), as
+    // written by the finetune command before checkpoints went through the Trainer.
+    const out = path.join(tmp, 'from-v1');
+    fs.cpSync(path.join(__dirname, 'fixtures', 'finetune-v1-checkpoint'), path.join(out, 'checkpoint'), { recursive: true });
+    expect(JSON.parse(fs.readFileSync(path.join(out, 'checkpoint', 'trainer_state.json'), 'utf8')).version).toBe(1);
+    const r = await run([...args(out), '--resume']);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/resuming from .* at step 3 of 6/);
+    expect(losses(r.stdout)).toHaveLength(3);
+    expectSame(out);
+    expect(JSON.parse(fs.readFileSync(path.join(out, 'checkpoint', 'trainer_state.json'), 'utf8')).version).toBe(2);
+  });
+
   test('resume refuses changed run-defining options and changed data', async () => {
     const out = path.join(tmp, 'resumed');
     const r = await run([...args(out), '--batch-size', '3', '--resume']);
@@ -372,6 +387,28 @@ describe('errors: exit code and one line with the fix', () => {
     one(await run([...base(), '--data', w('bad4.jsonl', '{"prompt": "q"}\n')]), 1, /line 1: has "prompt" without "completion"; give both, or "text"/);
     one(await run([...base(), '--data', w('bad5.jsonl', '["the cat"]\n')]), 1, /line 1: expected a JSON object .* got an array/);
     one(await run([...base(), '--data', w('short.txt', 'a\nb\n'), '--out', out()]), 1, /no usable examples: all 2 have fewer than 2 tokens/);
+  });
+
+  test('an --out that cannot be written fails before the first step, in one line', async () => {
+    const file = path.join(tmp, 'a-file');
+    fs.writeFileSync(file, 'not a directory');
+    const r = await run([...base(), '--data', txt, '--out', path.join(file, 'adapter')]);
+    one(r, 1, /^lora-cuda finetune: cannot write the adapter to .*a-file\/adapter \(ENOTDIR\); choose another --out$/);
+    expect(r.stdout).toBe(''); // nothing trained, not even the model loaded
+  });
+
+  const root = process.getuid?.() === 0;
+  (root ? test.skip : test)(`an --out in a read-only directory fails before the first step${root ? ' (skipped: running as root, where permission bits do not stop writes)' : ''}`, async () => {
+    const ro = path.join(tmp, 'read-only');
+    fs.mkdirSync(ro, { recursive: true });
+    fs.chmodSync(ro, 0o500);
+    try {
+      const r = await run([...base(), '--data', txt, '--out', path.join(ro, 'adapter')]);
+      one(r, 1, /^lora-cuda finetune: cannot write the adapter to .*read-only\/adapter \(EACCES\); choose another --out$/);
+      expect(r.stdout).toBe('');
+    } finally {
+      fs.chmodSync(ro, 0o700);
+    }
   });
 
   test('out of memory suggests a smaller --batch-size or --seq-len', async () => {

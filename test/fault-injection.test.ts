@@ -63,39 +63,39 @@ describe('a save that fails half-way (disk full) leaves the previous adapter as 
     return { dir, v1, before: files(dir) };
   }
 
-  test.each([
-    ['the same settings, ENOSPC in the 2nd write of the weights', 4, 2],
-    ['other settings, ENOSPC in the 2nd write of the weights', 8, 2],
-    ['other settings, ENOSPC in the 1st write of the weights', 8, 1],
-  ])('%s', async (_name, alpha, failAt) => {
-    const { dir, v1, before } = await previous(`w-${alpha}-${failAt}`);
-    const real = fs.write;
+  /** The nth write (from 1) into the temporary file of `name` fails with ENOSPC; other writes go through. */
+  function failWrite(name: string, nth: number): void {
+    const open = fs.open;
+    const write = fs.write;
+    const fds = new Set<number>();
+    jest.spyOn(fs, 'open').mockImplementation(((p: string, flags: string, cb: (e: Error | null, fd: number) => void) => {
+      open(p, flags, (err, fd) => {
+        if (!err && path.basename(p).startsWith(`.${name}.`)) fds.add(fd);
+        cb(err, fd);
+      });
+    }) as unknown as typeof fs.open);
     let calls = 0;
-    jest.spyOn(fs, 'write').mockImplementation(((...args: unknown[]) => {
-      if (++calls === failAt) {
+    jest.spyOn(fs, 'write').mockImplementation(((fd: number, ...args: unknown[]) => {
+      if (fds.has(fd) && ++calls === nth) {
         const cb = args[args.length - 1] as (e: Error) => void;
         process.nextTick(() => cb(enospc()));
         return;
       }
-      return (real as (...a: unknown[]) => void)(...args);
+      return (write as (...a: unknown[]) => void)(fd, ...args);
     }) as typeof fs.write);
+  }
+
+  test.each([
+    ['the same settings, ENOSPC in the 2nd write of the weights', 4, 'adapter_model.safetensors', 2],
+    ['other settings, ENOSPC in the 2nd write of the weights', 8, 'adapter_model.safetensors', 2],
+    ['other settings, ENOSPC in the 1st write of the weights', 8, 'adapter_model.safetensors', 1],
+    ['other settings, ENOSPC while writing the new config: nothing has been replaced yet', 8, 'adapter_config.json', 1],
+  ])('%s', async (_name, alpha, file, failAt) => {
+    const { dir, v1, before } = await previous(`w-${alpha}-${file}-${failAt}`);
+    failWrite(file, failAt);
     await expect(saveAdapter(model(alpha, 2), dir)).rejects.toThrow(/ENOSPC/);
     jest.restoreAllMocks();
     expect(files(dir)).toEqual(before); // no temporary file left either
-    await expectLoads(dir, v1);
-  });
-
-  test('other settings, ENOSPC while writing the new config: nothing has been replaced yet', async () => {
-    const { dir, v1, before } = await previous('config');
-    const open = fs.promises.open;
-    jest.spyOn(fs.promises, 'open').mockImplementation(async (...args: Parameters<typeof open>) => {
-      const fh = await open(...args);
-      fh.writeFile = () => Promise.reject(enospc());
-      return fh;
-    });
-    await expect(saveAdapter(model(8, 2), dir)).rejects.toThrow(/ENOSPC/);
-    jest.restoreAllMocks();
-    expect(files(dir)).toEqual(before);
     await expectLoads(dir, v1);
   });
 
@@ -271,12 +271,12 @@ describe('lora-cuda finetune killed with SIGKILL, then --resume', () => {
     const out = path.join(tmp, 'ft-rename');
     // The checkpoint of step 6: OUT/checkpoint has been renamed to .checkpoint-old-PID, and the
     // process dies before the new one is renamed into place.
-    const rename = fs.promises.rename;
+    const rename = fs.rename;
     let crash = false;
-    jest.spyOn(fs.promises, 'rename').mockImplementation(async (from, to) => {
-      if (crash && String(to) === path.join(out, 'checkpoint')) throw new Error('killed (simulated)');
-      return rename(from, to);
-    });
+    jest.spyOn(fs, 'rename').mockImplementation(((from: string, to: string, cb: (e: Error | null) => void) => {
+      if (crash && to === path.join(out, 'checkpoint')) return process.nextTick(() => cb(new Error('killed (simulated)')));
+      return rename(from, to, cb);
+    }) as typeof fs.rename);
     const first = finetuneCommand(short(out), io(), {
       onStep: ({ step }) => { crash = step === 6; },
     });

@@ -25,6 +25,7 @@ import { helpText, parseArgs, Specs } from './args';
 import { CliDevice, resolveDevice } from './device';
 import { Progress } from './progress';
 import { LossSeries, svgChart, terminalChart } from './chart';
+import { ensureWritableDir as ensureWritable, writeFileAtomic } from '../atomic';
 
 /** Digits 0-9, then the separator and the two task markers; ids 13-15 are unused. */
 export const DEMO_TOKENS = ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '=', '<copy>', '<inc>'];
@@ -260,8 +261,7 @@ const fmtAcc = (a: number) => a.toFixed(3);
 /** Creates `dir` (and parents) and checks it is writable, before any training. */
 function ensureWritableDir(dir: string, what: string): void {
   try {
-    fs.mkdirSync(dir, { recursive: true });
-    fs.accessSync(dir, fs.constants.W_OK);
+    ensureWritable(dir);
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
     throw new CliError(`cannot write ${what} to ${dir} (${err.code ?? err.message}); choose another ${what === 'the SVG chart' ? '--svg' : '--out'}`);
@@ -317,7 +317,7 @@ export async function runDemo(o: DemoOptions, io: CliIO): Promise<DemoSummary> {
     `final loss ${phaseA.losses[phaseA.losses.length - 1].toFixed(4)}; task A accuracy ${fmtAcc(accA)}, task B accuracy ${fmtAcc(before)}`);
   await writing(`the base model to ${baseDir}`, async () => {
     await saveMerged(model, baseDir);
-    await fs.promises.writeFile(path.join(baseDir, 'tokenizer.json'), `${JSON.stringify(demoTokenizerJson())}\n`);
+    await writeFileAtomic(path.join(baseDir, 'tokenizer.json'), `${JSON.stringify(demoTokenizerJson())}\n`);
   });
 
   // Phase B: freeze the base, inject LoRA, train the adapters on task B.
@@ -351,7 +351,7 @@ export async function runDemo(o: DemoOptions, io: CliIO): Promise<DemoSummary> {
     { label: 'phase A: full pretraining (task A)', losses: phaseA.losses },
     { label: 'phase B: LoRA fine-tuning (task B)', losses: phaseB.losses },
   ];
-  await writing(`the SVG chart to ${svgPath}`, () => fs.promises.writeFile(svgPath, svgChart(series, {
+  await writing(`the SVG chart to ${svgPath}`, () => writeFileAtomic(svgPath, svgChart(series, {
     title: `lora-cuda demo: training loss (LoRA r ${DEMO_LORA.r} on ${DEMO_LORA.targetModules.join(', ')})`,
   })));
 

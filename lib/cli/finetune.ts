@@ -1,33 +1,30 @@
 // `lora-cuda finetune`: LoRA fine-tuning of a Hugging Face Llama-family
 // checkpoint on a .txt or .jsonl file, writing a PEFT adapter directory.
 //
-// The run is deterministic for a seed: the data order comes from a seeded JS
-// PRNG (a function of seed and epoch), LoRA's A init and dropout from the global
-// Philox generator. A checkpoint (OUT/checkpoint: the adapter, the AdamW moments,
-// the step and the generator state) is written by --save-every, at the end, at
-// --max-steps and on Ctrl-C; --resume continues from it and ends with the same
-// adapter, bit for bit, as an uninterrupted run.
+// The command parses and checks its options, loads the model, tokenizer and data,
+// and runs a Trainer (lib/trainer.ts), printing from its callbacks and turning its
+// errors into one-line messages. The run is deterministic for a seed: the data
+// order comes from a seeded JS PRNG (a function of seed and epoch), LoRA's A init
+// and dropout from the global Philox generator. A checkpoint (OUT/checkpoint: the
+// adapter, the optimiser state, the step and the generator state) is written by
+// --save-every, at the end, at --max-steps and on Ctrl-C; --resume continues from
+// it and ends with the same adapter, bit for bit, as an uninterrupted run.
 import * as fs from 'fs';
 import * as path from 'path';
-import { performance } from 'perf_hooks';
 import { CliError, CliIO, UsageError, oneLine, tokenContent } from './io';
 import { Specs, helpText, parseArgs } from './args';
 import {
-  epochOrder, makeBatch, microBatches, readDataFile, splitTrainEval, tokenizeExamples,
+  TokenizedExample, epochOrder, makeBatch, microBatches, readDataFile, splitTrainEval, tokenizeExamples,
 } from './data';
 import { LlamaForCausalLM } from '../models/llama';
 import { loadTokenizer, Tokenizer } from '../tokenizer';
-import { getLoraAB, injectLora, loraLayers } from '../lora';
+import { injectLora } from '../lora';
 import { Linear } from '../nn/layers';
-import { AdamW, AdamStateDict } from '../optim';
-import { LambdaLR, getConstantScheduleWithWarmup, getCosineScheduleWithWarmup, getLinearScheduleWithWarmup } from '../schedule';
-import { clipGradNorm } from '../nn/utils';
-import { getRngState, manualSeed, setRngState } from '../random';
-import { loadAdapter, saveAdapter } from '../peft';
-import { loadSafetensors, saveSafetensors } from '../safetensors';
-import { noGrad } from '../autograd';
-import { Tensor } from '../tensor';
+import { manualSeed } from '../random';
+import { saveAdapter } from '../peft';
 import { backendInfo } from '../backend';
+import { ensureWritableDir } from '../atomic';
+import { BatchSource, CheckpointInfo, Trainer, TrainerError, readCheckpoint } from '../trainer';
 
 const COMMAND = 'finetune';
 const SUMMARY = [
@@ -121,34 +118,14 @@ const CARRIED_ON_RESUME = ['model', 'data', 'lr', 'lrSchedule', 'warmupSteps', '
 
 const SCHEDULES = ['constant', 'linear', 'cosine'] as const;
 
-/** The learning-rate schedule of a run of totalSteps optimizer steps, at step 0. */
-function makeSchedule(opt: AdamW, opts: Options, totalSteps: number): LambdaLR {
-  const numWarmupSteps = opts.warmupSteps;
-  if (opts.lrSchedule === 'constant') return getConstantScheduleWithWarmup(opt, { numWarmupSteps });
-  if (numWarmupSteps > totalSteps) {
-    throw new UsageError(`--warmup-steps ${numWarmupSteps} is more than the run's ${totalSteps} steps, after which the ${opts.lrSchedule} schedule reaches 0; use fewer warm-up steps`);
-  }
-  const o = { numWarmupSteps, numTrainingSteps: totalSteps };
-  return opts.lrSchedule === 'linear' ? getLinearScheduleWithWarmup(opt, o) : getCosineScheduleWithWarmup(opt, o);
-}
-
 function fmtLr(v: number): string {
   return v.toExponential(2);
 }
 
 const CHECKPOINT = 'checkpoint';
-const STATE_FILE = 'trainer_state.json';
-const OPTIM_FILE = 'optimizer.safetensors';
-const STATE_FORMAT = 'lora-cuda-finetune';
 
-interface TrainerState {
-  format: string;
-  version: number;
-  step: number;
-  totalSteps: number;
-  stepsPerEpoch: number;
-  rng: { seed: string; offset: string };
-  optimizer: { steps: Record<string, number>; paramGroups: AdamStateDict['paramGroups'] };
+/** What the command stores with each checkpoint (Trainer metadata), to resume with the same options and data. */
+interface RunMetadata {
   data: { sha256: string; examples: number };
   args: Partial<Options>;
 }
@@ -225,31 +202,74 @@ async function readJsonIfExists(file: string): Promise<Record<string, unknown> |
   }
 }
 
-async function readCheckpointState(dir: string): Promise<TrainerState> {
-  const file = path.join(dir, STATE_FILE);
-  let s: TrainerState;
-  try {
-    s = JSON.parse(await fs.promises.readFile(file, 'utf8'));
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
-      throw new CliError(`--resume: no checkpoint in ${dir} (one is written by --save-every, at the end, at --max-steps and on Ctrl-C); run without --resume to start fresh`);
-    }
-    throw new CliError(`--resume: ${file} is damaged (${oneLine((e as Error).message)}); delete ${dir} to start fresh`);
-  }
-  if (s?.format !== STATE_FORMAT || s.version !== 1 || !Number.isInteger(s.step) || !s.rng || !s.args || !s.optimizer) {
-    throw new CliError(`--resume: ${file} is not a lora-cuda finetune checkpoint (or another version); delete ${dir} to start fresh`);
-  }
-  return s;
-}
-
-const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
-
 function fmtLoss(v: number): string {
   return v.toFixed(4);
 }
 
 function fmtInt(n: number): string {
   return n.toLocaleString('en-US');
+}
+
+
+/** The training examples as the Trainer's micro-batches: each epoch in its seeded order, padded per batch. */
+function trainBatches(examples: TokenizedExample[], train: number[], batchSize: number, seed: number, padId: number): BatchSource {
+  let epochCached = -1;
+  let batches: number[][] = [];
+  return {
+    batchesPerEpoch: Math.ceil(train.length / batchSize),
+    batch(epoch, index) {
+      if (epoch !== epochCached) {
+        batches = microBatches(epochOrder(train.length, seed, epoch).map((i) => train[i]), batchSize);
+        epochCached = epoch;
+      }
+      return makeBatch(batches[index].map((i) => examples[i]), padId);
+    },
+  };
+}
+
+/** Reads OUT/checkpoint for --resume (after undoing what a kill during a checkpoint write left behind). */
+async function readResumeState(dir: string): Promise<CheckpointInfo & { metadata: RunMetadata }> {
+  const file = path.join(dir, 'trainer_state.json');
+  const notOurs = () => new CliError(`--resume: ${file} is not a lora-cuda finetune checkpoint (or another version); delete ${dir} to start fresh`);
+  let info: CheckpointInfo;
+  try {
+    info = await readCheckpoint(dir);
+  } catch (e) {
+    if (!(e instanceof TrainerError)) throw e;
+    if (e.code === 'ERR_CHECKPOINT_NOT_FOUND') {
+      throw new CliError(`--resume: no checkpoint in ${dir} (one is written by --save-every, at the end, at --max-steps and on Ctrl-C); run without --resume to start fresh`);
+    }
+    if (e.code === 'ERR_CHECKPOINT_DAMAGED') throw new CliError(`--resume: ${file} is damaged (${oneLine(e.reason ?? e.message)}); delete ${dir} to start fresh`);
+    throw notOurs();
+  }
+  const m = info.metadata as Partial<RunMetadata>;
+  const data = m.data as RunMetadata['data'] | undefined;
+  if (!m.args || typeof m.args !== 'object' || !data || typeof data.sha256 !== 'string' || !Number.isInteger(data.examples)) throw notOurs();
+  return info as CheckpointInfo & { metadata: RunMetadata };
+}
+
+/** The command's message for what the Trainer throws (other errors pass through). */
+function cliError(e: unknown, opts: Options, ckptDir: string): unknown {
+  if (!(e instanceof TrainerError)) {
+    if ((e as { code?: string }).code === 'ERR_OUT_OF_MEMORY') {
+      return new CliError(`out of memory (--batch-size ${opts.batchSize}, --seq-len ${opts.seqLen}): use a smaller --batch-size or --seq-len, or a smaller model`);
+    }
+    return e;
+  }
+  switch (e.code) {
+    case 'ERR_WARMUP_TOO_LONG':
+      return new UsageError(`--warmup-steps ${e.warmupSteps} is more than the run's ${e.totalSteps} steps, after which the ${opts.lrSchedule} schedule reaches 0; use fewer warm-up steps`);
+    case 'ERR_NONFINITE_LOSS':
+      return new CliError(`the training loss became ${e.loss} at step ${e.step}; lower --lr (now ${opts.lr})`);
+    case 'ERR_OUT_OF_MEMORY':
+      return new CliError(`out of memory at step ${e.step} (--batch-size ${opts.batchSize}, --seq-len ${opts.seqLen}): use a smaller --batch-size or --seq-len (raise --grad-accum to keep the effective batch size)`);
+    case 'ERR_CHECKPOINT_MISMATCH':
+      return new CliError(e.mismatch === 'steps-per-epoch'
+        ? `--resume: ${e.reason}; resume with the same data and options`
+        : `--resume: the checkpoint in ${ckptDir} does not fit this run: ${oneLine(e.reason ?? e.message)}`);
+    default:
+      return new CliError(`--resume: ${oneLine(e.message)}; delete ${ckptDir} to start fresh`);
+  }
 }
 
 export async function finetuneCommand(argv: string[], io: CliIO, hooks: FinetuneHooks = {}): Promise<number> {
@@ -263,9 +283,8 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
 
   const out = (parsed.out as string | undefined) ?? FINETUNE_SPECS.out.default;
   const ckptDir = path.join(out, CHECKPOINT);
-  if (parsed.resume === true) await recoverCheckpoint(out, ckptDir);
-  const resumeState = parsed.resume === true ? await readCheckpointState(ckptDir) : null;
-  const opts = resolveOptions(parsed, resumeState?.args);
+  const resumeState = parsed.resume === true ? await readResumeState(ckptDir) : null;
+  const opts = resolveOptions(parsed, resumeState?.metadata.args);
 
   if (opts.device === 'cuda') {
     const info = backendInfo();
@@ -286,7 +305,7 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
 
   // Data, before the model: a bad line fails fast.
   const data = await readDataFile(opts.data);
-  if (resumeState && resumeState.data.sha256 !== data.sha256) {
+  if (resumeState && resumeState.metadata.data.sha256 !== data.sha256) {
     throw new CliError(`--resume: ${opts.data} differs from the data the checkpoint was trained on; resume with the same file (or start fresh without --resume)`);
   }
 
@@ -310,6 +329,14 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
   }
   const padId = idOf(tokConfig.pad_token) ?? eosId ?? idOf(tokConfig.eos_token) ?? 0;
 
+  // Where the results go, before any training: a run must not end unable to save.
+  try {
+    ensureWritableDir(out);
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    throw new CliError(`cannot write the adapter to ${out} (${err.code ?? oneLine(err.message)}); choose another --out`);
+  }
+
   let sigint: (() => void) | null = null;
   try {
     let model: LlamaForCausalLM;
@@ -331,8 +358,8 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
     }
     const examples = tok.examples;
     const split = splitTrainEval(examples.length, opts.evalEvery > 0 ? opts.evalFraction : 0, opts.seed);
-    if (resumeState && resumeState.data.examples !== examples.length) {
-      throw new CliError(`--resume: the data gives ${examples.length} examples, the checkpoint had ${resumeState.data.examples}; resume with the same data and tokenizer`);
+    if (resumeState && resumeState.metadata.data.examples !== examples.length) {
+      throw new CliError(`--resume: the data gives ${examples.length} examples, the checkpoint had ${resumeState.metadata.data.examples}; resume with the same data and tokenizer`);
     }
     const train = split.train;
     const evalSet = split.eval;
@@ -353,49 +380,51 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
       const parts = [...new Set(linearNames.map((n) => n.slice(n.lastIndexOf('.') + 1)))];
       throw new CliError(`--target ${opts.target} selects no layer of this model; its Linear layers are named ${parts.join(', ')} (or use all-linear)`);
     }
-    const params = getLoraAB(model);
-    const opt = new AdamW(params, { lr: opts.lr, weightDecay: opts.weightDecay });
 
-    const nMicro = Math.ceil(train.length / opts.batchSize);
-    const stepsPerEpoch = Math.ceil(nMicro / opts.gradAccum);
-    const totalSteps = stepsPerEpoch * opts.epochs;
-    let step = 0;
+    const saveTo = (dir: string) => saveAdapter(model, dir, { baseModelNameOrPath: opts.model });
+    let interrupted = false;
+    const trainer = new Trainer({
+      model,
+      train: trainBatches(examples, train, opts.batchSize, opts.seed, padId),
+      ...(evalSet.length ? {
+        eval: function* () {
+          for (const mb of microBatches(evalSet, opts.batchSize)) yield makeBatch(mb.map((i) => examples[i]), padId);
+        },
+      } : {}),
+      epochs: opts.epochs,
+      maxSteps: opts.maxSteps,
+      gradAccum: opts.gradAccum,
+      optimizer: { lr: opts.lr, weightDecay: opts.weightDecay },
+      lrSchedule: opts.lrSchedule,
+      warmupSteps: opts.warmupSteps,
+      maxGradNorm: opts.maxGradNorm,
+      logEvery: opts.logEvery,
+      evalEvery: opts.evalEvery,
+      saveEvery: opts.saveEvery,
+      checkpointDir: ckptDir,
+      saveModel: saveTo,
+      metadata: {
+        data: { sha256: data.sha256, examples: examples.length },
+        args: Object.fromEntries([...FIXED_ON_RESUME, ...CARRIED_ON_RESUME].map((k) => [k, opts[k]])),
+      } satisfies RunMetadata,
+      onLog: (l) => {
+        const norm = l.gradNorm === null ? '' : `  grad-norm ${fmtLoss(l.gradNorm)}`;
+        io.stdout(`step ${l.step}/${l.totalSteps}  epoch ${l.epoch + 1}/${opts.epochs}  loss ${fmtLoss(l.loss)}  lr ${fmtLr(l.lr)}${norm}  ${fmtInt(Math.round(l.tokensPerSecond))} tok/s\n`);
+      },
+      onStep: (s) => hooks.onStep?.({ step: s.step, totalSteps: s.totalSteps, epoch: s.epoch, loss: s.loss }),
+      onEval: (ev) => {
+        io.stdout(`eval step ${ev.step}: loss ${fmtLoss(ev.loss)} (${evalSet.length} examples, ${fmtInt(ev.targets)} target tokens)\n`);
+      },
+      onCheckpoint: async (c) => {
+        await saveTo(out);
+        if (c.reason === 'periodic') io.stdout(`checkpoint at step ${c.step} written to ${out}\n`);
+      },
+    });
+    if (resumeState) await trainer.loadCheckpoint(ckptDir);
+    const { stepsPerEpoch, totalSteps } = trainer;
+    const step = trainer.step;
 
-    if (resumeState) {
-      if (resumeState.stepsPerEpoch !== stepsPerEpoch) {
-        throw new CliError(`--resume: the checkpoint has ${resumeState.stepsPerEpoch} steps per epoch, this run ${stepsPerEpoch}; resume with the same data and options`);
-      }
-      try {
-        const loaded = await loadAdapter(model, ckptDir);
-        if (loaded.slice().sort().join() !== replaced.slice().sort().join()) {
-          throw new Error(`it adapts ${loaded.join(', ')}, this run ${replaced.join(', ')}`);
-        }
-        const file = path.join(ckptDir, OPTIM_FILE);
-        const tensors = fs.existsSync(file) ? await loadSafetensors(file) : {};
-        const state: AdamStateDict['state'] = {};
-        for (const [i, steps] of Object.entries(resumeState.optimizer.steps)) {
-          const m = tensors[`state.${i}.exp_avg`];
-          const v = tensors[`state.${i}.exp_avg_sq`];
-          if (!m || !v) throw new Error(`${OPTIM_FILE} lacks the moments of parameter ${i}`);
-          state[Number(i)] = { step: steps, expAvg: m, expAvgSq: v };
-        }
-        opt.loadStateDict({ state, paramGroups: resumeState.optimizer.paramGroups });
-        for (const t of Object.values(tensors)) t.dispose();
-      } catch (e) {
-        throw new CliError(`--resume: the checkpoint in ${ckptDir} does not fit this run: ${oneLine((e as Error).message)}`);
-      }
-      for (const g of opt.paramGroups) {
-        g.lr = opts.lr;
-        g.weightDecay = opts.weightDecay;
-      }
-      setRngState({ seed: BigInt(resumeState.rng.seed), offset: BigInt(resumeState.rng.offset) });
-      step = resumeState.step;
-    }
-    // The rate follows the global step, so a resumed run continues the schedule where it stopped.
-    const schedule = makeSchedule(opt, opts, totalSteps);
-    if (step > 0) schedule.loadStateDict({ lastStep: step, baseLrs: [opts.lr] });
-
-    const trainable = params.reduce((s, p) => s + p.numel, 0);
+    const trainable = trainer.params.reduce((s, p) => s + p.numel, 0);
     const layerKinds = [...new Set(replaced.map((n) => n.slice(n.lastIndexOf('.') + 1)))];
     io.stdout(`model: ${modelDir} (${cfg.modelType}, ${cfg.numHiddenLayers} layers, hidden ${cfg.hiddenSize}, vocab ${cfg.vocabSize}), device ${opts.device}\n`);
     io.stdout(`lora: r=${opts.r} alpha=${opts.alpha} dropout=${opts.dropout} on ${replaced.length} layers (${layerKinds.join(', ')}), ${fmtInt(trainable)} trainable parameters\n`);
@@ -406,58 +435,20 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
     io.stdout(`data: ${opts.data}: ${examples.length} examples (${train.length} train, ${evalSet.length} eval), ${fmtInt(tok.tokens)} tokens${notes.length ? `; ${notes.join(', ')}` : ''}\n`);
     if (opts.evalEvery > 0 && !evalSet.length) io.stderr('warning: --eval-every needs at least 2 examples to hold one out; evaluation is off\n');
     io.stdout(`training: ${opts.epochs} epoch${opts.epochs > 1 ? 's' : ''} x ${stepsPerEpoch} step${stepsPerEpoch > 1 ? 's' : ''} = ${totalSteps} step${totalSteps > 1 ? 's' : ''} (batch ${opts.batchSize} x grad-accum ${opts.gradAccum}), lr ${opts.lr} (${opts.lrSchedule}${opts.warmupSteps ? `, warm-up ${opts.warmupSteps} steps` : ''}), ${opts.maxGradNorm > 0 ? `gradients clipped to norm ${opts.maxGradNorm}` : 'no gradient clipping'}\n`);
-    if (!resumeState && fs.existsSync(path.join(ckptDir, STATE_FILE))) {
+    if (!resumeState && fs.existsSync(path.join(ckptDir, 'trainer_state.json'))) {
       io.stderr(`warning: ${ckptDir} holds a checkpoint; starting fresh will replace it (use --resume to continue it)\n`);
     }
     if (resumeState) io.stdout(`resuming from ${ckptDir} at step ${step} of ${totalSteps}\n`);
 
-    let rngAtStep = getRngState();
-    const writeAll = async () => {
-      await writeCheckpoint(model, opt, out, ckptDir, {
-        format: STATE_FORMAT,
-        version: 1,
-        step,
-        totalSteps,
-        stepsPerEpoch,
-        rng: { seed: String(rngAtStep.seed), offset: String(rngAtStep.offset) },
-        optimizer: { steps: {}, paramGroups: [] },
-        data: { sha256: data.sha256, examples: examples.length },
-        args: Object.fromEntries([...FIXED_ON_RESUME, ...CARRIED_ON_RESUME].map((k) => [k, opts[k]])) as Partial<Options>,
-      }, opts.model);
-      await saveAdapter(model, out, { baseModelNameOrPath: opts.model });
-    };
-
-    const evaluate = (): { loss: number; tokens: number } => {
-      model.eval();
-      let sum = 0;
-      let n = 0;
-      try {
-        noGrad(() => {
-          for (const mb of microBatches(evalSet, opts.batchSize)) {
-            const b = makeBatch(mb.map((i) => examples[i]), padId);
-            const l = model.loss(b.ids, b.labels);
-            sum += l.item() * b.targets;
-            n += b.targets;
-            l.dispose();
-          }
-        });
-      } finally {
-        model.train();
-      }
-      return { loss: sum / n, tokens: n };
-    };
-
-    const stopAt = opts.maxSteps > 0 ? Math.min(totalSteps, opts.maxSteps) : totalSteps;
-    if (step >= stopAt) {
+    if (step >= trainer.stopAt) {
       io.stdout(step >= totalSteps
         ? `nothing to do: the checkpoint is at step ${step} of ${totalSteps} (raise --epochs to train further)\n`
         : `nothing to do: the checkpoint is at step ${step}, --max-steps is ${opts.maxSteps}\n`);
-      await saveAdapter(model, out, { baseModelNameOrPath: opts.model });
+      await saveTo(out);
       io.stdout(`adapter written to ${out}\n`);
       return 0;
     }
 
-    let interrupted = false;
     sigint = () => {
       if (interrupted) {
         io.stderr('interrupted again: exiting without saving\n');
@@ -465,182 +456,23 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
       }
       interrupted = true;
       io.stderr('interrupt: finishing the current step, then saving (Ctrl-C again to quit without saving)\n');
+      trainer.stop();
     };
     process.on('SIGINT', sigint);
 
-    model.train();
-    let epochCached = -1;
-    let batches: number[][] = [];
-    let winLoss = 0;
-    let winNorm = 0;
-    let winSteps = 0;
-    let winTokens = 0;
-    let winStart = performance.now();
-    const current = { step, batchSize: opts.batchSize, seqLen: opts.seqLen };
-    try {
-      while (step < stopAt && !interrupted) {
-        const epoch = Math.floor(step / stepsPerEpoch);
-        if (epoch !== epochCached) {
-          const order = epochOrder(train.length, opts.seed, epoch).map((i) => train[i]);
-          batches = microBatches(order, opts.batchSize);
-          epochCached = epoch;
-        }
-        const inEpoch = step % stepsPerEpoch;
-        const group = batches.slice(inEpoch * opts.gradAccum, (inEpoch + 1) * opts.gradAccum);
-        rngAtStep = getRngState();
-        current.step = step + 1;
-        let lossSum = 0;
-        let tokens = 0;
-        let abandoned = false;
-        for (let k = 0; k < group.length; k++) {
-          const b = makeBatch(group[k].map((i) => examples[i]), padId);
-          const loss = model.loss(b.ids, b.labels);
-          const v = loss.item();
-          if (!Number.isFinite(v)) {
-            throw new CliError(`the training loss became ${v} at step ${step + 1}; lower --lr (now ${opts.lr})`);
-          }
-          const scaled = group.length > 1 ? loss.mul(1 / group.length) : loss;
-          scaled.backward();
-          if (scaled !== loss) scaled.dispose();
-          loss.dispose();
-          lossSum += v;
-          tokens += b.tokens;
-          if (k < group.length - 1) {
-            await yieldToEventLoop();
-            if (interrupted) {
-              abandoned = true;
-              break;
-            }
-          }
-        }
-        if (abandoned) {
-          // Abandon the half-accumulated step: it is redone on --resume.
-          opt.zeroGrad();
-          setRngState(rngAtStep);
-          break;
-        }
-        const lrUsed = opt.paramGroups[0].lr;
-        if (opts.maxGradNorm > 0) {
-          const norm = clipGradNorm(params, opts.maxGradNorm);
-          winNorm += norm.item();
-          norm.dispose();
-        }
-        opt.step();
-        schedule.step();
-        opt.zeroGrad();
-        step++;
-        rngAtStep = getRngState();
-        const stepLoss = lossSum / group.length;
-        winLoss += stepLoss;
-        winSteps++;
-        winTokens += tokens;
-        if (step % opts.logEvery === 0 || step === stopAt) {
-          const secs = (performance.now() - winStart) / 1000;
-          const norm = opts.maxGradNorm > 0 ? `  grad-norm ${fmtLoss(winNorm / winSteps)}` : '';
-          io.stdout(`step ${step}/${totalSteps}  epoch ${epoch + 1}/${opts.epochs}  loss ${fmtLoss(winLoss / winSteps)}  lr ${fmtLr(lrUsed)}${norm}  ${fmtInt(Math.round(winTokens / Math.max(secs, 1e-9)))} tok/s\n`);
-          winLoss = 0;
-          winNorm = 0;
-          winSteps = 0;
-          winTokens = 0;
-          winStart = performance.now();
-        }
-        await hooks.onStep?.({ step, totalSteps, epoch, loss: stepLoss });
-        if (evalSet.length && (step % opts.evalEvery === 0 || step === totalSteps)) {
-          const ev = evaluate();
-          io.stdout(`eval step ${step}: loss ${fmtLoss(ev.loss)} (${evalSet.length} examples, ${fmtInt(ev.tokens)} target tokens)\n`);
-        }
-        if (opts.saveEvery > 0 && step % opts.saveEvery === 0 && step < stopAt) {
-          await writeAll();
-          io.stdout(`checkpoint at step ${step} written to ${out}\n`);
-        }
-        await yieldToEventLoop();
-      }
-      await writeAll();
-    } catch (e) {
-      if ((e as { code?: string }).code === 'ERR_OUT_OF_MEMORY') {
-        throw new CliError(`out of memory at step ${current.step} (--batch-size ${current.batchSize}, --seq-len ${current.seqLen}): use a smaller --batch-size or --seq-len (raise --grad-accum to keep the effective batch size)`);
-      }
-      throw e;
-    }
+    const result = await trainer.train();
     if (interrupted) {
-      io.stderr(`interrupted at step ${step}/${totalSteps}: adapter and checkpoint written to ${out}; continue with --resume\n`);
+      io.stderr(`interrupted at step ${result.step}/${totalSteps}: adapter and checkpoint written to ${out}; continue with --resume\n`);
       return 130;
     }
-    if (step < totalSteps) {
-      io.stdout(`stopped at --max-steps ${opts.maxSteps} (step ${step} of ${totalSteps}); continue with --resume\n`);
+    if (result.step < totalSteps) {
+      io.stdout(`stopped at --max-steps ${opts.maxSteps} (step ${result.step} of ${totalSteps}); continue with --resume\n`);
     }
     io.stdout(`adapter written to ${out}\n`);
     return 0;
   } catch (e) {
-    if ((e as { code?: string }).code === 'ERR_OUT_OF_MEMORY') {
-      throw new CliError(`out of memory (--batch-size ${opts.batchSize}, --seq-len ${opts.seqLen}): use a smaller --batch-size or --seq-len, or a smaller model`);
-    }
-    throw e;
+    throw cliError(e, opts, ckptDir);
   } finally {
     if (sigint) process.removeListener('SIGINT', sigint);
   }
-}
-
-/**
- * Undoes what a kill in the middle of writeCheckpoint leaves behind. Between its two renames
- * OUT/checkpoint does not exist and the previous checkpoint, complete, waits as
- * OUT/.checkpoint-old-PID: it is put back. Temporary directories of killed runs are removed.
- */
-async function recoverCheckpoint(out: string, ckptDir: string): Promise<void> {
-  let names: string[];
-  try {
-    names = await fs.promises.readdir(out);
-  } catch {
-    return; // no output directory yet
-  }
-  const olds = names.filter((n) => n.startsWith(`.${CHECKPOINT}-old-`));
-  const tmps = names.filter((n) => n.startsWith(`.${CHECKPOINT}-tmp-`));
-  if (!fs.existsSync(path.join(ckptDir, STATE_FILE))) {
-    const old = olds.find((n) => fs.existsSync(path.join(out, n, STATE_FILE)));
-    if (old) {
-      await fs.promises.rm(ckptDir, { recursive: true, force: true });
-      await fs.promises.rename(path.join(out, old), ckptDir);
-    }
-  }
-  for (const n of [...olds, ...tmps]) await fs.promises.rm(path.join(out, n), { recursive: true, force: true });
-}
-
-/**
- * Writes OUT/checkpoint: the adapter, the optimizer's moments
- * (optimizer.safetensors: state.<i>.exp_avg / exp_avg_sq) and trainer_state.json
- * (step counts, param groups, RNG state, options). Written to a temporary
- * directory first and swapped in, so a crash leaves the previous checkpoint
- * (put back by recoverCheckpoint on --resume when the crash came between the
- * two renames).
- */
-async function writeCheckpoint(
-  model: LlamaForCausalLM, opt: AdamW, out: string, ckptDir: string, state: TrainerState, base: string,
-): Promise<void> {
-  const tmp = path.join(out, `.${CHECKPOINT}-tmp-${process.pid}`);
-  const old = path.join(out, `.${CHECKPOINT}-old-${process.pid}`);
-  await fs.promises.rm(tmp, { recursive: true, force: true });
-  await fs.promises.mkdir(tmp, { recursive: true });
-  await saveAdapter(model, tmp, { baseModelNameOrPath: base });
-  const sd = opt.stateDict();
-  const tensors: Record<string, Tensor> = {};
-  for (const [i, s] of Object.entries(sd.state)) {
-    tensors[`state.${i}.exp_avg`] = s.expAvg;
-    tensors[`state.${i}.exp_avg_sq`] = s.expAvgSq;
-    state.optimizer.steps[i] = s.step;
-  }
-  state.optimizer.paramGroups = sd.paramGroups;
-  try {
-    if (Object.keys(tensors).length) await saveSafetensors(path.join(tmp, OPTIM_FILE), tensors, { metadata: { step: String(state.step) } });
-  } finally {
-    for (const s of Object.values(sd.state)) {
-      s.expAvg.dispose();
-      s.expAvgSq.dispose();
-      s.maxExpAvgSq?.dispose();
-    }
-  }
-  await fs.promises.writeFile(path.join(tmp, STATE_FILE), JSON.stringify(state, null, 2) + '\n');
-  await fs.promises.rm(old, { recursive: true, force: true });
-  if (fs.existsSync(ckptDir)) await fs.promises.rename(ckptDir, old);
-  await fs.promises.rename(tmp, ckptDir);
-  await fs.promises.rm(old, { recursive: true, force: true });
 }

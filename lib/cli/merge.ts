@@ -7,6 +7,7 @@ import { loadAdapter, saveMerged } from '../peft';
 import { loraLayers } from '../lora';
 import { CliError, CliIO, UsageError } from './io';
 import { helpText, parseArgs, Specs } from './args';
+import { writeFileAtomicSync } from '../atomic';
 
 export const MERGE_SUMMARY = 'Fold a LoRA adapter into its base model and save a plain Hugging Face checkpoint.';
 
@@ -84,7 +85,7 @@ export async function mergeCommand(argv: string[], io: CliIO): Promise<number> {
     const src = path.join(modelDir, f);
     if (fs.existsSync(src)) {
       try {
-        fs.copyFileSync(src, path.join(outDir, f));
+        writeFileAtomicSync(path.join(outDir, f), fs.readFileSync(src));
         copied.push(f);
       } catch (e) {
         throw new CliError(`cannot copy ${src} to ${outDir}: ${(e as Error).message}`);

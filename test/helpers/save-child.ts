@@ -35,13 +35,13 @@ async function main(): Promise<void> {
       return (write as (...a: unknown[]) => void)(...args);
     };
   } else if (mode === 'rename-pause') {
-    const rename = fs.promises.rename;
-    fs.promises.rename = (from, to) => {
-      if (String(to).endsWith('adapter_config.json')) {
-        say('paused between the renames');
-        return new Promise(() => undefined);
+    const rename = fs.rename;
+    (fs as { rename: unknown }).rename = (from: string, to: string, cb: (e: Error | null) => void) => {
+      if (to.endsWith('adapter_config.json')) {
+        say('paused between the renames'); // the callback never comes
+        return;
       }
-      return rename(from, to);
+      return rename(from, to, cb);
     };
   }
   setInterval(() => undefined, 1000); // stay alive while paused, until killed
