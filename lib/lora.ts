@@ -3,7 +3,7 @@
 // wrapped layer starts out exactly equal to the original. Forward and backward
 // are one native call each; merging folds scale * B A into W in place.
 import { native } from './native';
-import { Tensor, randn, rand, zeros, record, requireSame } from './tensor';
+import { Tensor, keep, randn, rand, zeros, record, requireSame } from './tensor';
 import { GradFn, noGrad } from './autograd';
 import { Module } from './nn/module';
 import { Linear } from './nn/layers';
@@ -11,7 +11,12 @@ import { checkLinearInput } from './nn/checks';
 import { nextRandomKey } from './random';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, checkKnownKeys, rangeError, typeError, describe } from './errors';
 
-export type LoraInit = 'gaussian' | 'kaiming';
+/**
+ * How A starts (B starts at zero): 'normal' N(0, 0.01²), as the reference LoRALinear; 'gaussian'
+ * N(0, 1/r²), as PEFT's init_lora_weights="gaussian"; 'kaiming' uniform within ±1/√in, as PEFT's
+ * default (init_lora_weights=True).
+ */
+export type LoraInit = 'normal' | 'gaussian' | 'kaiming';
 
 export interface LoRAOptions {
   /** Rank of the update (0 disables the adapter). Default 4. */
@@ -20,7 +25,7 @@ export interface LoRAOptions {
   alpha?: number;
   /** Dropout probability on the adapter's input, in [0, 1). Default 0. */
   dropout?: number;
-  /** A's initialisation: 'gaussian' N(0, 0.01²) (default) or 'kaiming' uniform (PEFT's default). */
+  /** A's initialisation: 'normal' N(0, 0.01²) (default), 'gaussian' N(0, 1/r²) or 'kaiming' uniform (PEFT's default). */
   init?: LoraInit;
   /** Rank-stabilised scaling alpha / sqrt(r). Default false. */
   useRslora?: boolean;
@@ -41,7 +46,7 @@ function resolveLoraOptions(where: string, o: Record<string, unknown>): Resolved
   const alpha = o.alpha === undefined ? 1 : checkNumber(where, 'options.alpha', o.alpha);
   const dropout = o.dropout === undefined ? 0 : checkNumber(where, 'options.dropout', o.dropout);
   if (dropout < 0 || dropout >= 1) throw rangeError(where, 'options.dropout', 'in [0, 1)', dropout);
-  const init = o.init === undefined ? 'gaussian' : checkOneOf(where, 'options.init', o.init, ['gaussian', 'kaiming'] as const);
+  const init = o.init === undefined ? 'normal' : checkOneOf(where, 'options.init', o.init, ['normal', 'gaussian', 'kaiming'] as const);
   const useRslora = o.useRslora === undefined ? false : checkBool(where, 'options.useRslora', o.useRslora);
   return { r, alpha, dropout, init, useRslora };
 }
@@ -88,15 +93,28 @@ export class LoRALinear extends Module {
     this.scale = r > 0 ? (useRslora ? alpha / Math.sqrt(r) : alpha / r) : 1;
     origLinear.weight.requiresGrad_(false);
     if (origLinear.bias) origLinear.bias.requiresGrad_(false);
+    // The layer takes the mode of the layer it wraps (set by its parent's train()/eval()), so a
+    // model in eval mode does not gain dropout by being adapted.
+    this.training = origLinear.training;
     if (r > 0) {
       const w = origLinear.weight;
       const opts = { dtype: w.dtype as 'float32' | 'float64', device: w.device as 'cpu' };
       const bound = this.inFeatures > 0 ? 1 / Math.sqrt(this.inFeatures) : 0;
-      this.A = (init === 'gaussian'
-        ? randn([r, this.inFeatures], { ...opts, std: 0.01 })
-        : rand([r, this.inFeatures], { ...opts, low: -bound, high: bound })).requiresGrad_(true);
+      this.A = (init === 'kaiming'
+        ? rand([r, this.inFeatures], { ...opts, low: -bound, high: bound })
+        : randn([r, this.inFeatures], { ...opts, std: init === 'gaussian' ? 1 / r : 0.01 })).requiresGrad_(true);
       this.B = zeros([this.outFeatures, r], opts).requiresGrad_(true);
     }
+  }
+
+  /** The wrapped layer's weight (frozen), so code written for the Linear keeps working (as PEFT's layers). */
+  get weight(): Tensor {
+    return this.origLinear.weight;
+  }
+
+  /** The wrapped layer's bias (frozen), or null. */
+  get bias(): Tensor | null {
+    return this.origLinear.bias;
   }
 
   forward(x: Tensor): Tensor {
@@ -181,6 +199,11 @@ export interface InjectLoraOptions extends LoRAOptions {
   targetModules?: readonly string[] | RegExp;
   /** Freeze every parameter that is not a LoRA A or B. Default true. */
   freezeBase?: boolean;
+  /**
+   * Allow names in targetModules that match no layer of the model (by default each must match at
+   * least one, so a misspelt name cannot pass). Default false.
+   */
+  allowUnmatchedTargets?: boolean;
 }
 
 function nameMatches(name: string, targets: readonly string[] | RegExp): boolean {
@@ -202,7 +225,7 @@ export function injectLora(model: Module, options?: InjectLoraOptions): string[]
   const where = 'injectLora';
   if (!(model instanceof Module)) throw typeError(where, 'model', 'a Module', model);
   const o = checkOptions(where, options);
-  checkKnownKeys(where, o, [...LORA_KEYS, 'filter', 'targetModules', 'freezeBase']);
+  checkKnownKeys(where, o, [...LORA_KEYS, 'filter', 'targetModules', 'freezeBase', 'allowUnmatchedTargets']);
   const loraOpts = resolveLoraOptions(where, o);
   const filter = o.filter as LoraFilter | undefined;
   if (filter !== undefined && typeof filter !== 'function') throw typeError(where, 'options.filter', 'a function (name, module) => boolean', filter);
@@ -213,6 +236,7 @@ export function injectLora(model: Module, options?: InjectLoraOptions): string[]
     }
   }
   const freezeBase = o.freezeBase === undefined ? true : checkBool(where, 'options.freezeBase', o.freezeBase);
+  const allowUnmatched = o.allowUnmatchedTargets === undefined ? false : checkBool(where, 'options.allowUnmatchedTargets', o.allowUnmatchedTargets);
 
   const selects = (name: string, m: Module): boolean => {
     if (targets !== undefined && !nameMatches(name, targets)) return false;
@@ -225,12 +249,14 @@ export function injectLora(model: Module, options?: InjectLoraOptions): string[]
   };
 
   const inner = new Set<Module>(); // origLinears of existing wrappers: never wrapped again
+  const existing: [string, LoRALinear][] = [];
   const chosen: [string, Linear][] = [];
   const linearNames: string[] = [];
   let selected = 0;
   for (const [name, m] of model.namedModules()) {
     if (m instanceof LoRALinear) {
       inner.add(m.origLinear);
+      existing.push([name, m]);
       linearNames.push(name);
       if (selects(name, m.origLinear)) selected++;
     } else if (m instanceof Linear && !inner.has(m)) {
@@ -241,13 +267,30 @@ export function injectLora(model: Module, options?: InjectLoraOptions): string[]
       }
     }
   }
+  const layerList = () => (linearNames.length ? linearNames.slice(0, 20).map((n) => `'${n}'`).join(', ') + (linearNames.length > 20 ? ', …' : '') : 'none');
   if ((filter !== undefined || targets !== undefined) && selected === 0) {
     const what = targets !== undefined ? `options.targetModules ${targets instanceof RegExp ? String(targets) : describe(targets)}` : 'options.filter';
-    const names = linearNames.length ? linearNames.slice(0, 20).map((n) => `'${n}'`).join(', ') + (linearNames.length > 20 ? ', …' : '') : 'none';
-    throw new RangeError(`${where}: ${what} selected no Linear layer; the model's Linear layers are: ${names}`);
+    throw new RangeError(`${where}: ${what} selected no Linear layer; the model's Linear layers are: ${layerList()}`);
+  }
+  if (Array.isArray(targets) && !allowUnmatched) {
+    // Every name must match some layer: ['q_proj', 'vproj'] must not quietly adapt q_proj alone.
+    const unmatched = targets.filter((t) => !linearNames.some((n) => nameMatches(n, [t])));
+    if (unmatched.length) {
+      throw new RangeError(`${where}: options.targetModules ${unmatched.map((t) => `'${t}'`).join(', ')} ${unmatched.length > 1 ? 'match' : 'matches'} no Linear layer ` +
+        `(pass allowUnmatchedTargets: true to allow it); the model's Linear layers are: ${layerList()}`);
+    }
   }
   for (const [name] of chosen) {
     if (name === '') throw new TypeError(`${where}: the model itself is a Linear; wrap it directly with new LoRALinear(model, options)`);
+  }
+  // One adapter per model: ranks and alphas may differ by layer (saved as PEFT's rank_pattern and
+  // alpha_pattern), dropout and rsLoRA scaling may not (an adapter config has one of each).
+  if (chosen.length && existing.length) {
+    const [firstName, first] = existing[0];
+    if (first.dropout !== loraOpts.dropout || first.useRslora !== loraOpts.useRslora) {
+      throw new RangeError(`${where}: the model already has LoRA layers with dropout=${first.dropout}, useRslora=${first.useRslora} ('${firstName}'); ` +
+        `new layers with dropout=${loraOpts.dropout}, useRslora=${loraOpts.useRslora} could not be saved as one adapter (PEFT has one lora_dropout and one use_rslora per adapter)`);
+    }
   }
   for (const [name, lin] of chosen) model.setSubmodule(name, new LoRALinear(lin, loraOpts));
 
@@ -343,17 +386,46 @@ export function mergeLora(model: Module, options?: { safe?: boolean }): string[]
       throw err;
     }
   }
-  const done: [string, LoRALinear][] = [];
+  const done: [string, LoRALinear, Tensor | null][] = [];
+  const undo = () => {
+    for (const [, d, sharedW] of done) {
+      d.unmergeFromOrig();
+      if (sharedW) retie(d, sharedW);
+    }
+  };
   for (const [name, m] of todo) {
+    // A weight held elsewhere too (an lm_head tied to the embedding) is untied first: the layer
+    // gets its own copy to merge into, and the other holders keep the original values.
+    const W = m.origLinear.weight;
+    const shared = holdsElsewhere(model, m.origLinear, W) ? W : null;
+    if (shared) m.origLinear.weight = keep(noGrad(() => W.clone()));
     try {
       m.mergeToOrig({ safe });
     } catch (e) {
-      for (const [, d] of done) d.unmergeFromOrig();
+      if (shared) retie(m, shared);
+      undo();
       throw new Error(`${where}: layer '${name}': ${(e as Error).message}; no layer was merged`);
     }
-    done.push([name, m]);
+    done.push([name, m, shared]);
   }
   return done.map(([n]) => n);
+}
+
+/** True when `t`, the weight of `layer`, is also a member of another module of `model`. */
+function holdsElsewhere(model: Module, layer: Linear, t: Tensor): boolean {
+  for (const m of model.modules()) {
+    for (const [key, v] of Object.entries(m)) {
+      if (v === t && !(m === layer && key === 'weight')) return true;
+    }
+  }
+  return false;
+}
+
+/** Undoes the untying of mergeLora: the layer holds the shared weight again. */
+function retie(m: LoRALinear, shared: Tensor): void {
+  const copy = m.origLinear.weight;
+  m.origLinear.weight = shared;
+  if (copy !== shared) copy.dispose();
 }
 
 /** Unmerges every merged adapter; returns the names of the layers unmerged. */

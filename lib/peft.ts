@@ -50,17 +50,38 @@ function lastPart(name: string): string {
 /**
  * The config fields that give the weights their meaning, as recorded in the weights file's metadata
  * (key CONFIG_METADATA) by saveAdapter, so that loadAdapter can tell a config that does not belong
- * to the weights beside it.
+ * to the weights beside it. The patterns are recorded only when used, so adapters saved before
+ * they existed still match.
  */
 const CONFIG_METADATA = 'lora_cuda.adapter_config';
 function weightsConfig(c: Record<string, unknown>): string {
   const tm = c.target_modules;
+  const patterns: Record<string, unknown> = {};
+  for (const k of ['rank_pattern', 'alpha_pattern']) {
+    const v = c[k];
+    if (v && typeof v === 'object' && Object.keys(v).length) patterns[k] = v;
+  }
   return JSON.stringify({
     r: c.r,
     lora_alpha: c.lora_alpha ?? 8,
     use_rslora: c.use_rslora === true,
     target_modules: Array.isArray(tm) ? [...tm].sort() : tm,
+    ...patterns,
   });
+}
+
+/** The most frequent value (the first of equally frequent ones). */
+function mostCommon<T>(values: T[]): T {
+  const counts = new Map<T, number>();
+  for (const v of values) counts.set(v, (counts.get(v) ?? 0) + 1);
+  let best = values[0];
+  for (const [v, n] of counts) if (n > (counts.get(best) ?? 0)) best = v;
+  return best;
+}
+
+/** A regular expression that PEFT's pattern matching (`(.*\.)?(KEY)$` on the module name) reads as this one name. */
+function exactPattern(name: string): string {
+  return `^${name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`;
 }
 
 /**
@@ -73,7 +94,8 @@ function weightsConfig(c: Record<string, unknown>): string {
  * run) replaces the adapter in one atomic rename. When the settings change, a
  * crash between the two renames leaves the new weights beside the old config;
  * the weights record the config they belong to, and loadAdapter refuses such a
- * pair instead of loading them under the wrong settings.
+ * pair instead of loading them under the wrong settings. Layers with another
+ * rank or alpha than most are written as PEFT's rank_pattern / alpha_pattern.
  */
 export async function saveAdapter(model: Module, dir: string, options?: SaveAdapterOptions): Promise<void> {
   const where = 'saveAdapter';
@@ -88,8 +110,8 @@ export async function saveAdapter(model: Module, dir: string, options?: SaveAdap
   if (!layers.length) throw new RangeError(`${where}: the model has no LoRA layers with r > 0 (call injectLora first)`);
   const [, first] = layers[0];
   for (const [name, m] of layers) {
-    if (m.r !== first.r || m.alpha !== first.alpha || m.useRslora !== first.useRslora || m.dropout !== first.dropout) {
-      throw new RangeError(`${where}: layer '${name}' has r=${m.r}, alpha=${m.alpha}, dropout=${m.dropout}, useRslora=${m.useRslora} but '${layers[0][0]}' has r=${first.r}, alpha=${first.alpha}, dropout=${first.dropout}, useRslora=${first.useRslora}; per-layer ranks (PEFT's rank_pattern) are not supported`);
+    if (m.useRslora !== first.useRslora || m.dropout !== first.dropout) {
+      throw new RangeError(`${where}: layer '${name}' has dropout=${m.dropout}, useRslora=${m.useRslora} but '${layers[0][0]}' has dropout=${first.dropout}, useRslora=${first.useRslora}; a PEFT adapter has one lora_dropout and one use_rslora`);
     }
   }
   // target_modules by last name part when that selects exactly these layers,
@@ -99,6 +121,10 @@ export async function saveAdapter(model: Module, dir: string, options?: SaveAdap
   const others = [...model.namedModules()].filter(([n, m]) => m instanceof Linear && !wrapped.has(n) &&
     !n.endsWith('.origLinear') && parts.includes(lastPart(n)));
   const targetModules = others.length ? [...wrapped].sort() : parts;
+  const r = mostCommon(layers.map(([, m]) => m.r));
+  const alpha = mostCommon(layers.map(([, m]) => m.alpha));
+  const rankPattern = Object.fromEntries(layers.filter(([, m]) => m.r !== r).map(([n, m]) => [exactPattern(n), m.r]));
+  const alphaPattern = Object.fromEntries(layers.filter(([, m]) => m.alpha !== alpha).map(([n, m]) => [exactPattern(n), m.alpha]));
 
   const tensors: Record<string, Tensor> = {};
   for (const [name, m] of layers) {
@@ -109,20 +135,23 @@ export async function saveAdapter(model: Module, dir: string, options?: SaveAdap
     peft_type: 'LORA',
     task_type: 'CAUSAL_LM',
     base_model_name_or_path: base,
-    r: first.r,
-    lora_alpha: first.alpha,
+    r,
+    lora_alpha: alpha,
     lora_dropout: first.dropout,
     target_modules: targetModules,
     bias: 'none',
     use_rslora: first.useRslora,
     use_dora: false,
     fan_in_fan_out: false,
-    init_lora_weights: first.init === 'kaiming' ? true : 'gaussian',
+    // PEFT's names for A's start: 'gaussian' is its N(0, 1/r²), true its kaiming-uniform default. It has
+    // none for the reference N(0, 0.01²) ('normal'); the field only decides how PEFT fills the layers
+    // before the saved weights replace them, so that is written as PEFT's default.
+    init_lora_weights: first.init === 'gaussian' ? 'gaussian' : true,
     inference_mode: false,
     modules_to_save: null,
     layers_to_transform: null,
-    rank_pattern: {},
-    alpha_pattern: {},
+    rank_pattern: rankPattern,
+    alpha_pattern: alphaPattern,
     revision: null,
   };
   await fs.promises.mkdir(dir, { recursive: true });
@@ -134,10 +163,120 @@ function fail(where: string, msg: string): never {
   throw new RangeError(`${where}: ${msg}`);
 }
 
+/** A PEFT config value that means "not used": absent, null, false, or empty. */
+function isOff(v: unknown): boolean {
+  return v === undefined || v === null || v === false || (Array.isArray(v) && v.length === 0) ||
+    (typeof v === 'object' && !Array.isArray(v) && Object.keys(v as object).length === 0);
+}
+
+/**
+ * What loadAdapter does with each field of PEFT's LoraConfig (and PeftConfig), in one place.
+ * Read and applied: peft_type, r, lora_alpha, lora_dropout, target_modules, exclude_modules,
+ * use_rslora, rank_pattern, alpha_pattern, init_lora_weights, bias ("none" only).
+ * Ignored, whatever their value, because they do not change what a loaded adapter computes:
+ */
+export const PEFT_IGNORED_FIELDS: readonly string[] = [
+  'base_model_name_or_path', 'revision', 'task_type', 'inference_mode', 'auto_mapping', 'peft_version',
+  // distribution and run-time settings
+  'megatron_config', 'megatron_core', 'runtime_config',
+  // settings of initialisations (the saved weights replace what they would compute)
+  'loftq_config', 'eva_config', 'corda_config', 'lora_ga_config',
+  // read only together with fields refused below (layers_to_transform, use_qalora)
+  'layers_pattern', 'qalora_group_size',
+  // fields of old PEFT versions
+  'enable_lora', 'merge_weights',
+];
+/** Fields that change what the adapter computes and are not implemented: refused unless unset. */
+const PEFT_UNSUPPORTED_FIELDS: Record<string, string> = {
+  fan_in_fan_out: 'weights stored transposed (GPT-2 style Conv1D layers)',
+  use_dora: 'DoRA (weight-decomposed LoRA)',
+  modules_to_save: 'whole modules trained and saved beside the adapter',
+  layers_to_transform: 'adapters on some layer indices only',
+  trainable_token_indices: 'trained rows of the token embedding',
+  layer_replication: 'repeated decoder layers',
+  lora_bias: 'a bias on lora_B',
+  target_parameters: 'LoRA on parameters rather than modules',
+  alora_invocation_tokens: 'Activated LoRA (the adapter acts only after its invocation tokens)',
+  use_qalora: 'QALoRA input pooling',
+  velora_config: 'VeLoRA',
+  monteclora_config: 'MonteCLoRA sampling',
+  use_bdlora: 'block-diagonal LoRA',
+  arrow_config: 'Arrow routing',
+  kasa_config: 'KaSA',
+};
+const PEFT_APPLIED_FIELDS = ['peft_type', 'r', 'lora_alpha', 'lora_dropout', 'target_modules', 'exclude_modules', 'use_rslora',
+  'rank_pattern', 'alpha_pattern', 'init_lora_weights', 'bias', 'ensure_weight_tying'];
+/** init_lora_weights values whose adapters belong to a base model that PEFT changed while initialising them. */
+const BASE_CHANGING_INIT = /^(pissa|olora|corda|loftq|lora_ga)/i;
+
+/** A module-name selector of PEFT: a list matches the name or a dotted suffix, a string is a full-match regex. */
+function nameSelector(where: string, field: string, v: unknown): (name: string) => boolean {
+  if (typeof v === 'string') {
+    let re: RegExp;
+    try {
+      re = new RegExp(`^(?:${v})$`);
+    } catch (e) {
+      fail(where, `${CONFIG}: ${field} ${JSON.stringify(v.length > 200 ? `${v.slice(0, 200)}…` : v)} is not a valid regular expression (${(e as Error).message})`);
+    }
+    return (name) => re.test(name);
+  }
+  if (Array.isArray(v) && v.every((t) => typeof t === 'string')) {
+    const list = v as string[];
+    return (name) => list.some((t) => name === t || name.endsWith(`.${t}`));
+  }
+  fail(where, `${CONFIG}: ${field} must be a list of names or a regex string, got ${describe(v)}`);
+}
+
+/** PEFT's rank_pattern / alpha_pattern: the first key whose regex matches the end of the name at a dot. */
+function patternValue(where: string, field: string, pattern: Record<string, unknown>, name: string, dflt: number): number {
+  for (const [key, value] of Object.entries(pattern)) {
+    let re: RegExp;
+    try {
+      re = new RegExp(`^(?:.*\\.)?(?:${key})$`);
+    } catch (e) {
+      fail(where, `${CONFIG}: ${field} key ${JSON.stringify(key)} is not a valid regular expression (${(e as Error).message})`);
+    }
+    if (re.test(name)) return value as number;
+  }
+  return dflt;
+}
+
+/** Checks every field of an adapter config against what this project implements (see PEFT_IGNORED_FIELDS). */
+function checkConfigFields(where: string, cfg: Record<string, unknown>): void {
+  for (const [k, v] of Object.entries(cfg)) {
+    if (PEFT_APPLIED_FIELDS.includes(k) || PEFT_IGNORED_FIELDS.includes(k)) continue;
+    const what = Object.hasOwn(PEFT_UNSUPPORTED_FIELDS, k) ? PEFT_UNSUPPORTED_FIELDS[k] : null;
+    if (isOff(v)) continue;
+    fail(where, what
+      ? `${CONFIG}: ${k} is ${describe(v)}: ${what} is not supported`
+      : `${CONFIG}: field ${k} (${describe(v)}) is unknown to lora-cuda, so it cannot tell whether the adapter computes something else with it; refusing rather than guessing`);
+  }
+  if (cfg.bias != null && cfg.bias !== 'none') fail(where, `${CONFIG}: bias ${describe(cfg.bias)} is not supported (only "none")`);
+  const init = cfg.init_lora_weights;
+  if (typeof init === 'string' && BASE_CHANGING_INIT.test(init)) {
+    fail(where, `${CONFIG}: init_lora_weights ${JSON.stringify(init)}: such an adapter belongs to a base model whose weights PEFT changed when it was initialised, so on the original base it computes something else; convert it to a plain LoRA in PEFT (save_pretrained with path_initial_model_for_weight_conversion) first`);
+  }
+  for (const k of ['rank_pattern', 'alpha_pattern'] as const) {
+    const p = cfg[k];
+    if (p == null) continue;
+    if (typeof p !== 'object' || Array.isArray(p)) fail(where, `${CONFIG}: ${k} must be an object mapping module names to numbers, got ${describe(p)}`);
+    for (const [key, value] of Object.entries(p)) {
+      const ok = k === 'rank_pattern' ? typeof value === 'number' && Number.isSafeInteger(value) && value > 0 : typeof value === 'number' && Number.isFinite(value);
+      if (!ok) fail(where, `${CONFIG}: ${k}[${JSON.stringify(key)}] must be ${k === 'rank_pattern' ? 'a positive integer' : 'a number'}, got ${describe(value)}`);
+    }
+  }
+}
+
 /**
  * Reads an adapter saved by saveAdapter or by Python PEFT, wraps the layers it
- * names in LoRALinear (per its config) and loads A and B. Every key and shape
- * is checked before anything is injected; returns the names of the layers.
+ * selects in LoRALinear (per its config, rank_pattern and alpha_pattern
+ * included) and loads A and B. Every field, key and shape is checked before
+ * anything is injected: config fields that would change what the adapter
+ * computes and are not implemented are refused by name. As in PEFT, weights
+ * for modules the config does not select are not applied; they are named in a
+ * process warning (code LORA_CUDA_IGNORED_ADAPTER_KEYS). The new layers take
+ * the model's mode (a model in eval mode stays without dropout). Returns the
+ * names of the layers.
  */
 export async function loadAdapter(model: Module, dir: string): Promise<string[]> {
   const where = 'loadAdapter';
@@ -159,26 +298,26 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
   if (typeof r !== 'number' || !Number.isSafeInteger(r) || r <= 0) fail(where, `${CONFIG}: r must be a positive integer, got ${describe(r)}`);
   if (typeof alpha !== 'number' || !Number.isFinite(alpha)) fail(where, `${CONFIG}: lora_alpha must be a number, got ${describe(alpha)}`);
   if (typeof dropout !== 'number' || !(dropout >= 0 && dropout < 1)) fail(where, `${CONFIG}: lora_dropout must be in [0, 1), got ${describe(dropout)}`);
-  if (cfg.fan_in_fan_out === true) fail(where, `${CONFIG}: fan_in_fan_out adapters (GPT-2 style Conv1D) are not supported`);
-  if (cfg.use_dora === true) fail(where, `${CONFIG}: DoRA adapters are not supported`);
-  if (cfg.bias != null && cfg.bias !== 'none') fail(where, `${CONFIG}: bias ${describe(cfg.bias)} is not supported (only "none")`);
-  for (const k of ['rank_pattern', 'alpha_pattern'] as const) {
-    const v = cfg[k];
-    if (v != null && (typeof v !== 'object' || Object.keys(v).length)) fail(where, `${CONFIG}: ${k} is not supported (all layers must share r and lora_alpha)`);
-  }
+  checkConfigFields(where, cfg);
+  const rankPattern = (cfg.rank_pattern ?? {}) as Record<string, unknown>;
+  const alphaPattern = (cfg.alpha_pattern ?? {}) as Record<string, unknown>;
+  const useRslora = cfg.use_rslora === true;
+
+  // The layers the config selects: PEFT's target_modules (a list, a full-match regex, or
+  // "all-linear": every Linear but the output layer), less exclude_modules.
+  const modules = new Map(model.namedModules());
+  const linears = [...modules].filter(([n, m]) => (m instanceof Linear && !n.endsWith('.origLinear')) || m instanceof LoRALinear).map(([n]) => n);
   const tm = cfg.target_modules;
-  let targets: string[] | RegExp;
-  if (typeof tm === 'string') {
-    try {
-      targets = new RegExp(`^(?:${tm})$`); // PEFT: a string is a regex matched on the full name
-    } catch (e) {
-      fail(where, `${CONFIG}: target_modules ${JSON.stringify(tm.length > 200 ? `${tm.slice(0, 200)}…` : tm)} is not a valid regular expression (${(e as Error).message})`);
-    }
-  } else if (Array.isArray(tm) && tm.length && tm.every((t) => typeof t === 'string')) {
-    targets = tm as string[];
+  let targeted: (name: string) => boolean;
+  if (tm === 'all-linear') {
+    const parts = new Set(linears.filter((n) => n !== 'lm_head').map(lastPart));
+    targeted = (name) => parts.has(lastPart(name));
   } else {
-    fail(where, `${CONFIG}: target_modules must be a list of names or a regex string, got ${describe(tm)}`);
+    if (Array.isArray(tm) && tm.length === 0) fail(where, `${CONFIG}: target_modules must be a list of names or a regex string, got ${describe(tm)}`);
+    targeted = nameSelector(where, 'target_modules', tm);
   }
+  const excluded = cfg.exclude_modules == null ? () => false : nameSelector(where, 'exclude_modules', cfg.exclude_modules);
+  const selected = linears.filter((n) => targeted(n) && !excluded(n));
 
   const weightsPath = path.join(dir, WEIGHTS);
   if (!fs.existsSync(weightsPath)) {
@@ -202,36 +341,49 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
       found.set(m[1], e);
     }
     if (unexpected.length) fail(where, `${WEIGHTS} has keys that are not LoRA A/B weights: ${unexpected.slice(0, 8).join(', ')}`);
-    const incomplete = [...found].filter(([, e]) => !e.A || !e.B).map(([n]) => n);
-    if (incomplete.length) fail(where, `${WEIGHTS} lacks lora_A or lora_B for: ${incomplete.join(', ')}`);
     const recorded = st.metadata[CONFIG_METADATA];
     if (recorded !== undefined && recorded !== weightsConfig(cfg)) {
       fail(where, `${CONFIG} does not belong to ${WEIGHTS}: the weights were saved with ${recorded.length > 300 ? `${recorded.slice(0, 300)}…` : recorded}, the config says ${weightsConfig(cfg)} (was a save interrupted between the two files? save the adapter again)`);
     }
+    // Weights of modules the config does not select are not applied (PEFT loads the state dict
+    // with strict=False and reports them as unexpected keys).
+    const chosen = new Set(selected);
+    // A selected module that is not a Linear (an embedding, say) would get a LoRA of another kind in PEFT.
+    const otherKinds = [...found.keys()].filter((n) => !chosen.has(n) && modules.has(n) && !n.endsWith('.origLinear') && targeted(n) && !excluded(n));
+    if (otherKinds.length) fail(where, `${WEIGHTS} has weights for '${otherKinds[0]}', which is not a Linear layer of this model (LoRA on other module kinds is not supported)`);
+    const ignored = [...found].filter(([n]) => !chosen.has(n)).flatMap(([, e]) => [e.A, e.B].filter((k): k is string => !!k));
+    for (const n of [...found.keys()]) if (!chosen.has(n)) found.delete(n);
+    const incomplete = [...found].filter(([, e]) => !e.A || !e.B).map(([n]) => n);
+    if (incomplete.length) fail(where, `${WEIGHTS} lacks lora_A or lora_B for: ${incomplete.join(', ')}`);
 
     // The layers the config selects must be exactly those with weights.
-    const modules = new Map(model.namedModules());
-    const selects = (name: string) => (targets instanceof RegExp ? targets.test(name) : targets.some((t) => name === t || name.endsWith(`.${t}`)));
-    const selected = [...modules].filter(([n, m]) => (m instanceof Linear && !n.endsWith('.origLinear')) || m instanceof LoRALinear)
-      .map(([n]) => n).filter(selects);
     const missing = selected.filter((n) => !found.has(n));
     if (missing.length) fail(where, `${WEIGHTS} has no weights for layers selected by target_modules: ${missing.slice(0, 8).join(', ')}`);
+    const settings = new Map<string, { r: number; alpha: number }>();
     for (const name of found.keys()) {
       const m = modules.get(name);
-      const lin = m instanceof LoRALinear ? m.origLinear : m;
-      if (!(lin instanceof Linear)) fail(where, `${WEIGHTS} has weights for '${name}', which is not a Linear layer of this model`);
+      const lin = m instanceof LoRALinear ? m.origLinear : (m as Linear);
+      const lr = patternValue(where, 'rank_pattern', rankPattern, name, r);
+      const la = patternValue(where, 'alpha_pattern', alphaPattern, name, alpha);
+      settings.set(name, { r: lr, alpha: la });
       const a = st.entry(found.get(name)!.A!);
       const b = st.entry(found.get(name)!.B!);
-      const wantA = [r, lin.inFeatures];
-      const wantB = [lin.outFeatures, r];
+      const wantA = [lr, lin.inFeatures];
+      const wantB = [lin.outFeatures, lr];
       if (a.shape.join() !== wantA.join()) fail(where, `'${a.name}' has shape [${a.shape.join(', ')}], expected [${wantA.join(', ')}]`);
       if (b.shape.join() !== wantB.join()) fail(where, `'${b.name}' has shape [${b.shape.join(', ')}], expected [${wantB.join(', ')}]`);
       if (m instanceof LoRALinear) {
-        if (m.r !== r) fail(where, `'${name}' is already a LoRALinear with r=${m.r}, the adapter has r=${r}`);
-        if (m.alpha !== alpha || m.useRslora !== (cfg.use_rslora === true)) {
-          fail(where, `'${name}' is already a LoRALinear with lora_alpha=${m.alpha}, use_rslora=${m.useRslora}; the adapter has lora_alpha=${alpha}, use_rslora=${cfg.use_rslora === true}`);
+        if (m.r !== lr) fail(where, `'${name}' is already a LoRALinear with r=${m.r}, the adapter has r=${lr}`);
+        if (m.alpha !== la || m.useRslora !== useRslora) {
+          fail(where, `'${name}' is already a LoRALinear with lora_alpha=${m.alpha}, use_rslora=${m.useRslora}; the adapter has lora_alpha=${la}, use_rslora=${useRslora}`);
         }
         if (m.merged) fail(where, `'${name}' is a LoRALinear whose adapter is merged into its weight; call unmergeLora(model) first`);
+      }
+      // PEFT ties the adapters of tied layers (an lm_head sharing the embedding) with ensure_weight_tying:
+      // the embedding then has an adapter too, which this project does not implement.
+      if (cfg.ensure_weight_tying === true && [...modules.values()].some((o) => o !== lin && o instanceof Module &&
+        Object.entries(o).some(([, v]) => v === lin.weight))) {
+        fail(where, `${CONFIG}: ensure_weight_tying with '${name}', whose weight is tied to another module: adapters on tied embeddings are not supported`);
       }
     }
 
@@ -248,12 +400,19 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
           if (!native.allFinite(t._live(where))) fail(where, `${WEIGHTS}: '${key}' holds NaN or Inf`);
         }
       }
-      const fresh = new Set(names);
-      injectLora(model, {
-        r, alpha, dropout, useRslora: cfg.use_rslora === true,
-        init: cfg.init_lora_weights === 'gaussian' ? 'gaussian' : 'kaiming',
-        filter: (name) => fresh.has(name),
-      });
+      const init = cfg.init_lora_weights === 'gaussian' ? 'gaussian' : 'kaiming';
+      // One injection per (rank, alpha), in the order the layers come.
+      const groups = new Map<string, Set<string>>();
+      for (const name of names) {
+        const { r: lr, alpha: la } = settings.get(name)!;
+        const key = `${lr}/${la}`;
+        if (!groups.has(key)) groups.set(key, new Set());
+        groups.get(key)!.add(name);
+      }
+      for (const [key, group] of groups) {
+        const [lr, la] = key.split('/').map(Number);
+        injectLora(model, { r: lr, alpha: la, dropout, useRslora, init, filter: (name) => group.has(name) });
+      }
       names.forEach((name, i) => {
         const layer = model.getSubmodule(name) as LoRALinear;
         noGrad(() => {
@@ -263,6 +422,10 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
       });
     } finally {
       for (const t of values) t.dispose();
+    }
+    if (ignored.length) {
+      process.emitWarning(`${where}: ${WEIGHTS} holds weights for modules that ${CONFIG}'s target_modules does not select; they were not applied (as in PEFT): ` +
+        `${ignored.slice(0, 8).join(', ')}${ignored.length > 8 ? `, … (${ignored.length} in all)` : ''}`, { code: 'LORA_CUDA_IGNORED_ADAPTER_KEYS' });
     }
     return names;
   } finally {
@@ -274,7 +437,7 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
  * Writes the model with every adapter folded in as an ordinary Hugging Face
  * checkpoint (config.json + model.safetensors). The model itself is not changed.
  */
-export async function saveMerged(model: Module & { config?: { raw?: Record<string, unknown>; tieWordEmbeddings?: boolean } }, dir: string): Promise<void> {
+export async function saveMerged(model: Module & { config?: { raw?: Record<string, unknown> } }, dir: string): Promise<void> {
   const where = 'saveMerged';
   if (!(model instanceof Module)) throw typeError(where, 'model', 'a Module', model);
   if (typeof dir !== 'string' || dir === '') throw typeError(where, 'dir', 'a directory path', dir);
@@ -300,11 +463,18 @@ export async function saveMerged(model: Module & { config?: { raw?: Record<strin
       out[`${m[1]}.weight`] = merged;
     }
   }
-  if (model.config?.tieWordEmbeddings && 'lm_head.weight' in out) delete out['lm_head.weight'];
+  // Tied embeddings stay tied only while the head still holds the embedding's tensor. A head with an
+  // adapter (merged here, or by mergeLora, which unties it) has weights of its own: they are
+  // written, and the config says the two are no longer tied.
+  const head = out['lm_head.weight'];
+  const embed = out['model.embed_tokens.weight'];
+  const tied = head !== undefined && embed !== undefined && head._store === embed._store;
+  if (tied) delete out['lm_head.weight'];
   try {
     await fs.promises.mkdir(dir, { recursive: true });
     if (model.config?.raw) {
-      const cfg = { ...model.config.raw, torch_dtype: 'float32' };
+      const cfg: Record<string, unknown> = { ...model.config.raw, torch_dtype: 'float32' };
+      if (!tied && head !== undefined && cfg.tie_word_embeddings === true) cfg.tie_word_embeddings = false;
       await writePair(path.join(dir, 'model.safetensors'), out, { format: 'pt' }, path.join(dir, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
     } else {
       await saveSafetensors(path.join(dir, 'model.safetensors'), out, { metadata: { format: 'pt' } });

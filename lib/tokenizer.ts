@@ -45,8 +45,13 @@ export async function loadTokenizer(dir: string): Promise<Tokenizer> {
     try {
       text = await fs.promises.readFile(file, 'utf8');
     } catch (e) {
-      if (!required && (e as NodeJS.ErrnoException).code === 'ENOENT') return {};
-      throw new Error(`${where}: cannot read ${file}: ${(e as Error).message}`);
+      const code = (e as NodeJS.ErrnoException).code;
+      if (!required && code === 'ENOENT') return {};
+      const err = new Error(code === 'ENOENT'
+        ? `${where}: ${dir} has no ${name} (copy ${name} from the base model's repository into this directory; only tokenizer.json tokenizers are supported)`
+        : `${where}: cannot read ${file}: ${(e as Error).message}`);
+      (err as NodeJS.ErrnoException).code = code;
+      throw err;
     }
     try {
       return JSON.parse(text);

@@ -323,6 +323,28 @@ describe('lora-cuda merge', () => {
     expected = noGrad(() => model.forward(ids)).toArray() as Float32Array;
   });
 
+  test('an adapter on the tied lm_head: the merged checkpoint holds the adapted head and unties it', async () => {
+    const headAdapter = path.join(tmp, 'qwen2-head-adapter');
+    const model = await LlamaForCausalLM.fromPretrained(modelDir);
+    manualSeed(4);
+    injectLora(model, { targetModules: ['q_proj', 'lm_head'], r: 2, alpha: 4 });
+    noGrad(() => {
+      for (const [name, t] of model.namedParameters()) if (name.endsWith('.B')) t.copy_(randn([...t.shape], { std: 0.2 }));
+    });
+    await saveAdapter(model, headAdapter);
+    const want = noGrad(() => model.forward(ids)).toArray();
+    const outDir = path.join(tmp, 'qwen2-head-merged');
+    const r = await run(['merge', '--model', modelDir, '--adapter', headAdapter, '--out', outDir]);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(fs.readFileSync(path.join(outDir, 'config.json'), 'utf8')).tie_word_embeddings).toBe(false);
+    const merged = await LlamaForCausalLM.fromPretrained(outDir);
+    const got = noGrad(() => merged.forward(ids)).toArray();
+    expect(Math.max(...Array.from(got, (v, i) => Math.abs(v - want[i])))).toBeLessThan(1e-4);
+    // The embedding is the base model's.
+    const base = await LlamaForCausalLM.fromPretrained(modelDir);
+    expect(Array.from(merged.model.embed_tokens.weight.toArray())).toEqual(Array.from(base.model.embed_tokens.weight.toArray()));
+  });
+
   test('writes a checkpoint whose logits equal the LoRA model\'s', async () => {
     const outDir = path.join(tmp, 'qwen2-merged');
     const r = await run(['merge', '--model', modelDir, '--adapter', adapterDir, '--out', outDir]);
@@ -519,5 +541,12 @@ describe('lora-cuda generate', () => {
     r = await run(['generate', '--model', path.join(tmp, 'nope'), '--prompt', 'x', '--device', 'cpu']);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^lora-cuda generate: --model .*nope: not a directory/);
+    // A checkpoint without tokenizer.json: what to do, not a raw ENOENT.
+    const bare = path.join(tmp, 'gen-no-tokenizer');
+    fs.mkdirSync(bare, { recursive: true });
+    for (const f of fs.readdirSync(modelDir)) if (f !== 'tokenizer.json') fs.copyFileSync(path.join(modelDir, f), path.join(bare, f));
+    r = await run(['generate', '--model', bare, '--prompt', 'x', '--device', 'cpu']);
+    expect(r.code).toBe(1);
+    expect(lines(r.stderr)).toEqual([`lora-cuda generate: --model ${bare}: loadTokenizer: ${bare} has no tokenizer.json (copy tokenizer.json from the base model's repository into this directory; only tokenizer.json tokenizers are supported)`]);
   });
 });

@@ -277,7 +277,7 @@ describe('LoRALinear', () => {
 
   test("init 'xavier'", () => {
     expectThrows(() => new LoRALinear(base(), { init: 'xavier' as 'gaussian' }), RangeError,
-      /^LoRALinear: options\.init must be one of "gaussian", "kaiming", got "xavier"$/);
+      /^LoRALinear: options\.init must be one of "normal", "gaussian", "kaiming", got "xavier"$/);
   });
 
   test('useRslora not a boolean', () => {

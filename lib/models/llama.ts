@@ -456,6 +456,9 @@ export class LlamaForCausalLM extends Module {
     const loaded = new Set<string>();
     const unexpected: string[] = [];
     let model: LlamaForCausalLM;
+    // transformers' tie_weights: with tied embeddings, an lm_head.weight in the checkpoint is loaded
+    // into a head of its own; after loading the two are tied again only when their values are equal.
+    let untiedHead = false;
     try {
       for (const file of files) opened.push(await SafetensorsFile.open(file));
       let stored = 0;
@@ -464,7 +467,8 @@ export class LlamaForCausalLM extends Module {
       if (needed > 2 * stored + 2 ** 24) {
         throw new RangeError(`${where}: ${configPath} describes a model of ${needed} parameters, far more than the ${stored} values the checkpoint holds; the config does not belong to these weights`);
       }
-      model = new LlamaForCausalLM(config, { ...(o as FromPretrainedOptions), init: false });
+      untiedHead = config.tieWordEmbeddings && opened.some((st) => st.keys().includes('lm_head.weight'));
+      model = new LlamaForCausalLM(untiedHead ? { ...config, tieWordEmbeddings: false } : config, { ...(o as FromPretrainedOptions), init: false });
       const expected = new Map(Object.entries(model.stateDict()));
       for (const st of opened) {
         const file = st.path;
@@ -496,6 +500,22 @@ export class LlamaForCausalLM extends Module {
     }
     const missing = Object.keys(model.stateDict()).filter((k) => !loaded.has(k) && !(k === 'lm_head.weight' && config.tieWordEmbeddings));
     if (missing.length) throw new RangeError(`${where}: the checkpoint lacks weights: ${list(missing)}`);
+    if (untiedHead) {
+      const head = model.lm_head.weight;
+      const embed = model.model.embed_tokens.weight;
+      if (sameValues(head, embed)) {
+        // A redundant copy of the embedding (some checkpoints store both): tie as the config says.
+        model.lm_head.weight = embed;
+        head.dispose();
+        model.config.tieWordEmbeddings = true;
+      } else {
+        process.emitWarning(`${configPath} says tie_word_embeddings, but the checkpoint holds an lm_head.weight that differs from model.embed_tokens.weight; ` +
+          'the two are kept apart, as transformers does (set "tie_word_embeddings": false in config.json to silence this warning)', { code: 'LORA_CUDA_UNTIED_EMBEDDINGS' });
+      }
+    }
+    // As transformers: the directory the model came from (PEFT's base_model_name_or_path), eval mode.
+    model.config.raw._name_or_path = dir;
+    model.eval();
     return model;
   }
 }
@@ -553,6 +573,17 @@ export function parameterCount(c: LlamaConfig): number {
   return V * D + c.numHiddenLayers * layer + D + (c.tieWordEmbeddings ? 0 : V * D);
 }
 
+/** Bitwise equality of two tensors of one shape (NaNs with equal bits count as equal). */
+function sameValues(a: Tensor, b: Tensor): boolean {
+  if (a.dtype !== b.dtype || a.shape.join() !== b.shape.join()) return false;
+  const x = a.toArray();
+  const y = b.toArray();
+  const xb = new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
+  const yb = new Uint8Array(y.buffer, y.byteOffset, y.byteLength);
+  for (let i = 0; i < xb.length; i++) if (xb[i] !== yb[i]) return false;
+  return true;
+}
+
 function isParsed(c: unknown): c is LlamaConfig {
   return typeof c === 'object' && c !== null && 'raw' in c && 'modelType' in c;
 }
@@ -564,6 +595,8 @@ function list(keys: string[]): string {
 async function weightFiles(where: string, dir: string): Promise<string[]> {
   const single = path.join(dir, 'model.safetensors');
   const index = path.join(dir, 'model.safetensors.index.json');
+  // transformers looks for the single file first and reads the index only without it.
+  if (fs.existsSync(single)) return [single];
   if (fs.existsSync(index)) {
     let map: unknown;
     try {
@@ -579,7 +612,6 @@ async function weightFiles(where: string, dir: string): Promise<string[]> {
     }
     return shards.map((s) => path.join(dir, s));
   }
-  if (fs.existsSync(single)) return [single];
   const bins = fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => f.endsWith('.bin')) : [];
   throw new Error(`${where}: no model.safetensors or model.safetensors.index.json in ${dir}` +
     (bins.length ? ` (found ${bins.join(', ')}: PyTorch .bin checkpoints are not supported; convert them to safetensors)` : ''));
