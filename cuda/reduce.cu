@@ -66,10 +66,8 @@ void CudaBackend::reduce_sum_to(const Tensor& x, const Tensor& out) {
     fill(out, 0.0);
     return;
   }
-  if (m == n) {  // nothing is summed
-    check(cudaMemcpyAsync(out.raw(), x.raw(), n * dtype_size(x.dtype), cudaMemcpyDeviceToDevice,
-                          c_.stream),
-          "cudaMemcpyAsync");
+  if (m == n) {  // nothing is summed, but a sum starts from +0: -0 becomes +0, as on the CPU and in torch
+    affine(x, 1.0, 0.0, out);
     return;
   }
   // Split x's dims into kept ones (indexed by the output) and summed ones.

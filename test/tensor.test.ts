@@ -120,6 +120,18 @@ describe('creation and data', () => {
 });
 
 describe('autograd', () => {
+  test.each(cuda.isAvailable() ? ['cpu', 'cuda'] as const : ['cpu'] as const)('a sum over a dim of size 1 and a bias gradient of one row give +0 for -0, as torch (%s)', (device) => {
+    // torch: tensor([[-0., 1.]]).sum(0) is [0., 1.] with +0, and so is the bias gradient of F.linear for one row.
+    const signs = (t: Tensor) => Array.from(t.toArray(), (v) => Object.is(v, -0));
+    expect(signs(tensor([[-0, 1]], { device }).sum(0))).toEqual([false, false]);
+    const b = zeros([2], { device, requiresGrad: true });
+    new Linear(3, 2, { device }).forward(ones([1, 3], { device })).add(b).backward(tensor([[-0, 1]], { device }));
+    expect(signs(b.grad!)).toEqual([false, false]);
+    const lin = new Linear(3, 2, { device });
+    lin.forward(ones([1, 3], { device })).backward(tensor([[-0, 1]], { device }));
+    expect(signs(lin.bias!.grad!)).toEqual([false, false]);
+  });
+
   test('gradients accumulate into leaves over several backward calls', () => {
     const w = tensor([1, 2, 3], { requiresGrad: true });
     w.mul(w).sum().backward();

@@ -1,6 +1,5 @@
 // Sums over broadcast dims (the gradient of a broadcast, bias gradients,
 // sum/mean), accumulated in double in x's index order.
-#include <cstring>
 #include <vector>
 
 #include "cpu_backend.h"
@@ -21,7 +20,8 @@ void CpuBackend::reduce_sum_to(const Tensor& x, const Tensor& out) {
       return;
     }
     if (m == n) {
-      std::memcpy(po, px, sizeof(T) * n);
+      // Nothing is summed; a sum still starts from +0, so -0 comes out as +0, as torch gives.
+      for (int64_t i = 0; i < n; ++i) po[i] = T(0) + px[i];
       return;
     }
     // Walk x with out's (broadcast) strides; out's dims are x's dims or 1.
