@@ -134,16 +134,27 @@ lc::Shape shape_arg(const Napi::Value& v, const char* what) {
   return s;
 }
 
-lc::DType dtype_arg(const Napi::Value& v) {
-  int64_t d = i64(v, "dtype");
-  if (d < 0 || d > 2) throw lc::Error("unknown dtype code " + std::to_string(d));
-  return static_cast<lc::DType>(d);
+// An enum code from JS, checked against the enum's name table (the one `enums` exports).
+template <typename E, size_t N>
+E enum_arg(const Napi::Value& v, const lc::EnumName<E> (&table)[N], const char* what) {
+  int64_t code = i64(v, what);
+  for (const auto& e : table)
+    if (static_cast<int64_t>(e.value) == code) return e.value;
+  throw lc::Error(std::string("unknown ") + what + " code " + std::to_string(code));
 }
 
+template <typename E, size_t N>
+Napi::Object enum_object(Napi::Env env, const lc::EnumName<E> (&table)[N]) {
+  Napi::Object o = Napi::Object::New(env);
+  for (const auto& e : table) o.Set(e.name, static_cast<int>(e.value));
+  return o;
+}
+
+lc::DType dtype_arg(const Napi::Value& v) { return enum_arg(v, lc::kDTypeNames, "dtype"); }
+
 lc::Device device_arg(const Napi::Value& type, const Napi::Value& index) {
-  int64_t t = i64(type, "device type");
-  if (t != 0 && t != 1) throw lc::Error("unknown device type code " + std::to_string(t));
-  return lc::Device{static_cast<lc::DeviceType>(t), static_cast<int>(i64(index, "device index"))};
+  return lc::Device{enum_arg(type, lc::kDeviceTypeNames, "device type"),
+                    static_cast<int>(i64(index, "device index"))};
 }
 
 Napi::Array arr(Napi::Env env, std::initializer_list<Napi::Value> vs) {
@@ -170,6 +181,15 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto def = [&](const char* name, std::function<Napi::Value(const Napi::CallbackInfo&)> body) {
     exports.Set(name, fn(env, name, std::move(body)));
   };
+
+  // ---- the codes of the core's enums, by name (built from the tables beside the enums)
+  Napi::Object enums = Napi::Object::New(env);
+  enums.Set("dtype", enum_object(env, lc::kDTypeNames));
+  enums.Set("deviceType", enum_object(env, lc::kDeviceTypeNames));
+  enums.Set("binaryOp", enum_object(env, lc::kBinaryOpNames));
+  enums.Set("unaryOp", enum_object(env, lc::kUnaryOpNames));
+  enums.Set("randomKind", enum_object(env, lc::kRandomKindNames));
+  exports.Set("enums", enums);
 
   // ---- creation, memory, host transfer
   def("full", [](const Napi::CallbackInfo& a) {
@@ -212,9 +232,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     }
   });
   def("random", [](const Napi::CallbackInfo& a) {
-    int64_t kind = i64(a[4], "kind");
     return wrap(a.Env(), lc::ops::random(shape_arg(a[0], "shape"), dtype_arg(a[1]),
-                                         device_arg(a[2], a[3]), static_cast<lc::RandomKind>(kind != 0),
+                                         device_arg(a[2], a[3]),
+                                         enum_arg(a[4], lc::kRandomKindNames, "random kind"),
                                          u64(a[5], "seed"), u64(a[6], "offset"), num(a[7], "a"),
                                          num(a[8], "b")));
   });
@@ -243,7 +263,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 
   // ---- elementwise and shape ops
   def("binary", [](const Napi::CallbackInfo& a) {
-    return wrap(a.Env(), lc::ops::binary(static_cast<lc::BinaryOp>(i64(a[0], "op")),
+    return wrap(a.Env(), lc::ops::binary(enum_arg(a[0], lc::kBinaryOpNames, "binary op"),
                                          T(a[1], "binary a"), T(a[2], "binary b")));
   });
   def("affine", [](const Napi::CallbackInfo& a) {
@@ -254,10 +274,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     return a.Env().Undefined();
   });
   def("unary", [](const Napi::CallbackInfo& a) {
-    return wrap(a.Env(), lc::ops::unary(static_cast<lc::UnaryOp>(i64(a[0], "op")), T(a[1], "unary")));
+    return wrap(a.Env(), lc::ops::unary(enum_arg(a[0], lc::kUnaryOpNames, "unary op"), T(a[1], "unary")));
   });
   def("unaryBackward", [](const Napi::CallbackInfo& a) {
-    return wrap(a.Env(), lc::ops::unary_backward(static_cast<lc::UnaryOp>(i64(a[0], "op")),
+    return wrap(a.Env(), lc::ops::unary_backward(enum_arg(a[0], lc::kUnaryOpNames, "unary op"),
                                                  T(a[1], "unary x"), T(a[2], "unary grad")));
   });
   def("sumTo", [](const Napi::CallbackInfo& a) {

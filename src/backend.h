@@ -20,11 +20,21 @@
 namespace lc {
 
 enum class BinaryOp : int { Add = 0, Sub = 1, Mul = 2, Div = 3 };
+inline constexpr EnumName<BinaryOp> kBinaryOpNames[] = {
+    {"add", BinaryOp::Add}, {"sub", BinaryOp::Sub}, {"mul", BinaryOp::Mul}, {"div", BinaryOp::Div}};
 enum class UnaryOp : int {
   Relu = 0, Gelu = 1, GeluTanh = 2, Silu = 3, Exp = 4, Log = 5, Neg = 6, Sqrt = 7, Abs = 8
 };
 constexpr int kUnaryOps = 9;
+inline constexpr EnumName<UnaryOp> kUnaryOpNames[] = {
+    {"relu", UnaryOp::Relu}, {"gelu", UnaryOp::Gelu}, {"geluTanh", UnaryOp::GeluTanh},
+    {"silu", UnaryOp::Silu}, {"exp", UnaryOp::Exp},   {"log", UnaryOp::Log},
+    {"neg", UnaryOp::Neg},   {"sqrt", UnaryOp::Sqrt}, {"abs", UnaryOp::Abs}};
+static_assert(sizeof(kUnaryOpNames) / sizeof(kUnaryOpNames[0]) == kUnaryOps,
+              "every UnaryOp needs a name");
 enum class RandomKind : int { Normal = 0, Uniform = 1 };
+inline constexpr EnumName<RandomKind> kRandomKindNames[] = {{"normal", RandomKind::Normal},
+                                                            {"uniform", RandomKind::Uniform}};
 
 // One parameter of a multi-tensor Adam/AdamW update.
 struct AdamParam {

@@ -15,11 +15,8 @@ void fail(const std::string& msg) { throw Error(msg); }
 
 size_t dtype_size(DType t) { return t == DType::F64 ? 8 : 4; }
 const char* dtype_name(DType t) {
-  switch (t) {
-    case DType::F32: return "float32";
-    case DType::F64: return "float64";
-    case DType::I32: return "int32";
-  }
+  for (const auto& e : kDTypeNames)
+    if (e.value == t) return e.name;
   return "?";
 }
 

@@ -30,12 +30,24 @@ class Error : public std::runtime_error {
     if (!(cond)) ::lc::fail(msg);        \
   } while (0)
 
+// Each enum the binding exposes has one table of names beside it: the addon exports
+// these tables (its `enums`), and lib/ops reads the codes from there by name.
+template <typename E>
+struct EnumName {
+  const char* name;
+  E value;
+};
+
 // I32 holds class indices and token ids; arithmetic ops take floats only.
 enum class DType : int { F32 = 0, F64 = 1, I32 = 2 };
+inline constexpr EnumName<DType> kDTypeNames[] = {
+    {"float32", DType::F32}, {"float64", DType::F64}, {"int32", DType::I32}};
 size_t dtype_size(DType t);
 const char* dtype_name(DType t);
 
 enum class DeviceType : int { CPU = 0, CUDA = 1 };
+inline constexpr EnumName<DeviceType> kDeviceTypeNames[] = {{"cpu", DeviceType::CPU},
+                                                            {"cuda", DeviceType::CUDA}};
 struct Device {
   DeviceType type = DeviceType::CPU;
   int index = 0;
