@@ -157,6 +157,24 @@ lc::Device device_arg(const Napi::Value& type, const Napi::Value& index) {
                     static_cast<int>(i64(index, "device index"))};
 }
 
+// Whether an op had an optional input (its gradient needs no data of it, so it may be disposed).
+bool present(const Napi::Value& v, const char* what) {
+  if (v.IsNull() || v.IsUndefined()) return false;
+  unwrap_raw(v, what);
+  return true;
+}
+
+// The need-flags of a backward, one per input of the op in input order.
+std::vector<bool> needs_arg(const Napi::Value& v, size_t n, const char* what) {
+  if (!v.IsArray() || v.As<Napi::Array>().Length() != n)
+    throw Napi::TypeError::New(v.Env(), std::string(what) + ": needs must be an array of " +
+                                            std::to_string(n) + " booleans");
+  Napi::Array a = v.As<Napi::Array>();
+  std::vector<bool> out(n);
+  for (uint32_t i = 0; i < n; ++i) out[i] = flag(a.Get(i));
+  return out;
+}
+
 Napi::Array arr(Napi::Env env, std::initializer_list<Napi::Value> vs) {
   Napi::Array a = Napi::Array::New(env, vs.size());
   uint32_t i = 0;
@@ -308,9 +326,14 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     return wrap(a.Env(), lc::ops::linear(T(a[0], "linear x"), T(a[1], "linear weight"),
                                          optT(a[2], "linear bias")));
   });
+  // Backwards take their need-flags as one array in the op's input order and return the
+  // gradients in that order (null where not needed); an absent optional input gets none.
+  // linearBackward(dy, x, W, b|null, needs[x, W, b]) -> [dx, dW, db]
   def("linearBackward", [](const Napi::CallbackInfo& a) -> Napi::Value {
-    auto g = lc::ops::linear_backward(T(a[0], "grad"), T(a[1], "x"), T(a[2], "weight"), flag(a[3]),
-                                      flag(a[4]), flag(a[5]));
+    bool has_b = present(a[3], "bias");
+    auto need = needs_arg(a[4], 3, "linearBackward");
+    auto g = lc::ops::linear_backward(T(a[0], "grad"), T(a[1], "x"), T(a[2], "weight"), need[0],
+                                      need[1], need[2] && has_b);
     Napi::Env env = a.Env();
     return arr(env, {wrap_or_null(env, g.dx), wrap_or_null(env, g.dW), wrap_or_null(env, g.db)});
   });
@@ -321,14 +344,18 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     Napi::Env env = a.Env();
     return arr(env, {wrap(env, o.y), wrap(env, o.h)});
   });
+  // loraBackward(dy, x, W, A, B, b|null, h, scale, p, seed, offset, needs[x, W, A, B, b])
+  //   -> [dx, dW, dA, dB, db]
   def("loraBackward", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    bool has_b = present(a[5], "bias");
+    auto need = needs_arg(a[11], 5, "loraBackward");
     auto g = lc::ops::lora_backward(T(a[0], "grad"), T(a[1], "x"), T(a[2], "weight"), T(a[3], "A"),
-                                    T(a[4], "B"), T(a[5], "h"), num(a[6], "scale"),
-                                    num(a[7], "dropout"), u64(a[8], "seed"), u64(a[9], "offset"),
-                                    flag(a[10]), flag(a[11]), flag(a[12]), flag(a[13]), flag(a[14]));
+                                    T(a[4], "B"), T(a[6], "h"), num(a[7], "scale"),
+                                    num(a[8], "dropout"), u64(a[9], "seed"), u64(a[10], "offset"),
+                                    need[0], need[2], need[3], need[1], need[4] && has_b);
     Napi::Env env = a.Env();
-    return arr(env, {wrap_or_null(env, g.dx), wrap_or_null(env, g.dA), wrap_or_null(env, g.dB),
-                     wrap_or_null(env, g.dW), wrap_or_null(env, g.db)});
+    return arr(env, {wrap_or_null(env, g.dx), wrap_or_null(env, g.dW), wrap_or_null(env, g.dA),
+                     wrap_or_null(env, g.dB), wrap_or_null(env, g.db)});
   });
   def("loraMerge", [](const Napi::CallbackInfo& a) -> Napi::Value {
     bool ok = lc::ops::lora_merge(T(a[0], "weight"), T(a[1], "A"), T(a[2], "B"), num(a[3], "scale"),
@@ -388,10 +415,12 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     Napi::Env env = a.Env();
     return arr(env, {wrap(env, o.y), wrap(env, o.rstd)});
   });
+  // rmsNormBackward(dy, x, weight|null, rstd, needs[x, weight]) -> [dx, dweight]
   def("rmsNormBackward", [](const Napi::CallbackInfo& a) -> Napi::Value {
-    auto g = lc::ops::rms_norm_backward(T(a[0], "rmsNorm grad"), T(a[1], "rmsNorm x"),
-                                        optT(a[2], "rmsNorm weight"), T(a[3], "rmsNorm rstd"),
-                                        flag(a[4]), flag(a[5]));
+    const Tensor* w = optT(a[2], "rmsNorm weight");
+    auto need = needs_arg(a[4], 2, "rmsNormBackward");
+    auto g = lc::ops::rms_norm_backward(T(a[0], "rmsNorm grad"), T(a[1], "rmsNorm x"), w,
+                                        T(a[3], "rmsNorm rstd"), need[0], need[1] && w);
     Napi::Env env = a.Env();
     return arr(env, {wrap_or_null(env, g.dx), wrap_or_null(env, g.dweight)});
   });
@@ -409,11 +438,13 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     Napi::Env env = a.Env();
     return arr(env, {wrap(env, o.out), wrap(env, o.lse)});
   });
+  // attentionBackward(dout, q, k, v, lse, causal, scale, needs[q, k, v]) -> [dq, dk, dv]
   def("attentionBackward", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    auto need = needs_arg(a[7], 3, "attentionBackward");
     auto g = lc::ops::attention_backward(T(a[0], "attention grad"), T(a[1], "attention q"),
                                          T(a[2], "attention k"), T(a[3], "attention v"),
                                          T(a[4], "attention lse"), flag(a[5]), num(a[6], "scale"),
-                                         flag(a[7]), flag(a[8]), flag(a[9]));
+                                         need[0], need[1], need[2]);
     Napi::Env env = a.Env();
     return arr(env, {wrap_or_null(env, g.dq), wrap_or_null(env, g.dk), wrap_or_null(env, g.dv)});
   });

@@ -138,8 +138,8 @@ export class LoRALinear extends Module {
     return record(out, 'LoRALinearBackward', inputs, (g) => {
       const n = (out._gradFn as GradFn).needs;
       const g2 = native.view(g._h, [M, this.outFeatures]);
-      const [dx, dA, dB, dW, db] = native.loraBackward(g2, x2, W._h, A._h, B._h, h, scale, p, key.seed, key.offset,
-        n[0], n[2], n[3], n[1], !!b && n[4]);
+      const [dx, dW, dA, dB, db] = native.loraBackward(g2, x2, W._h, A._h, B._h, b ? b._h : null, h, scale, p, key.seed,
+        key.offset, [n[0], n[1], n[2], n[3], !!b && n[4]]);
       const grads: (Tensor | null)[] = [
         dx ? x._make(native.view(dx, x.shape as number[]), x.shape) : null,
         dW ? W._make(dW, W.shape) : null,

@@ -33,7 +33,19 @@ export interface NativeMemoryStats {
   peak: number;
 }
 
+/** The codes of the core's enums by name, as the addon exports them (src/tensor.h, src/backend.h). */
+export interface NativeEnums {
+  dtype: Record<string, number>;
+  deviceType: Record<string, number>;
+  binaryOp: Record<string, number>;
+  unaryOp: Record<string, number>;
+  randomKind: Record<string, number>;
+}
+
+// Backwards take their need-flags as one array in the op's input order and return the
+// gradients in that order (null where not needed).
 export interface Binding {
+  enums: NativeEnums;
   full(shape: number[], dtype: number, devType: number, devIndex: number, value: number): N;
   fromArray(data: Float32Array | Float64Array | Int32Array, shape: number[], dtype: number,
     devType: number, devIndex: number): N;
@@ -59,13 +71,13 @@ export interface Binding {
   softmaxBackward(y: N, dy: N): N;
   bmm(a: N, b: N, transA: boolean, transB: boolean): N;
   linear(x: N, w: N, b: N | null): N;
-  linearBackward(dy: N, x: N, w: N, needDx: boolean, needDw: boolean, needDb: boolean):
-    [N | null, N | null, N | null];
+  /** needs and grads: [x, w, b]. */
+  linearBackward(dy: N, x: N, w: N, b: N | null, needs: boolean[]): (N | null)[];
   loraForward(x: N, w: N, b: N | null, A: N, B: N, scale: number, p: number, seed: bigint,
     offset: bigint): [N, N];
-  loraBackward(dy: N, x: N, w: N, A: N, B: N, h: N, scale: number, p: number, seed: bigint,
-    offset: bigint, needDx: boolean, needDA: boolean, needDB: boolean, needDw: boolean,
-    needDb: boolean): [N | null, N | null, N | null, N | null, N | null];
+  /** needs and grads: [x, w, A, B, b]. */
+  loraBackward(dy: N, x: N, w: N, A: N, B: N, b: N | null, h: N, scale: number, p: number,
+    seed: bigint, offset: bigint, needs: boolean[]): (N | null)[];
   loraMerge(w: N, A: N, B: N, scale: number, safe: boolean): boolean;
   adamStep(params: N[], grads: N[], expAvg: N[], expAvgSq: N[], maxExpAvgSq: N[] | null,
     steps: number[], lr: number, beta1: number, beta2: number, eps: number, weightDecay: number,
@@ -75,20 +87,23 @@ export interface Binding {
     grad: N, scale: number): N;
   /** ids int32 (any shape), weight [V, D] -> [...ids.shape, D]. */
   embeddingForward(ids: N, weight: N): N;
-  /** grad [...ids.shape, D] -> dweight [numEmbeddings, D] (rows scatter-added). */
-  /** order: null, or the positions sorted by (id, position) (required on CUDA). */
+  /**
+   * grad [...ids.shape, D] -> dweight [numEmbeddings, D] (rows scatter-added). order: null, or
+   * the positions sorted by (id, position) (required on CUDA).
+   */
   embeddingBackward(ids: N, order: N | null, dy: N, numEmbeddings: number): N;
   /** x [..., D], weight [D] or null -> [y [..., D], rstd [rows]]. */
   rmsNormForward(x: N, weight: N | null, eps: number): [N, N];
-  rmsNormBackward(dy: N, x: N, weight: N | null, rstd: N, needDx: boolean, needDweight: boolean):
-    [N | null, N | null];
+  /** needs and grads: [x, weight]. */
+  rmsNormBackward(dy: N, x: N, weight: N | null, rstd: N, needs: boolean[]): (N | null)[];
   /** x [..., T, Dh], cos/sin [T, Dh] (rotate-half layout). */
   rotaryForward(x: N, cos: N, sin: N): N;
   rotaryBackward(dy: N, cos: N, sin: N): N;
   /** q [B, Hq, T, Dh], k [B, Hkv, S, Dh], v [B, Hkv, S, Dv] -> [out [B, Hq, T, Dv], lse [B, Hq, T]]. */
   attentionForward(q: N, k: N, v: N, causal: boolean, scale: number): [N, N];
+  /** needs and grads: [q, k, v]. */
   attentionBackward(dout: N, q: N, k: N, v: N, lse: N, causal: boolean, scale: number,
-    needDq: boolean, needDk: boolean, needDv: boolean): [N | null, N | null, N | null];
+    needs: boolean[]): (N | null)[];
   /** Device index -1: every CUDA device used so far. */
   cudaSynchronize(index: number): void;
   cudaMemoryStats(index: number): NativeMemoryStats;

@@ -32,7 +32,7 @@ export function linear(x: Tensor, weight: Tensor, bias: Tensor | null = null): T
   return record(out, 'LinearBackward', inputs, (g) => {
     const fn = out._gradFn as GradFn;
     const g2 = native.view(g._h, [M, outF]);
-    const [dx, dW, db] = native.linearBackward(g2, x2, weight._h, fn.needs[0], fn.needs[1], !!bias && fn.needs[2]);
+    const [dx, dW, db] = native.linearBackward(g2, x2, weight._h, bias ? bias._h : null, [fn.needs[0], fn.needs[1], !!bias && fn.needs[2]]);
     const grads: (Tensor | null)[] = [
       dx ? x._make(native.view(dx, x.shape as number[]), x.shape) : null,
       dW ? weight._make(dW, weight.shape) : null,

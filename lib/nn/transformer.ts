@@ -117,7 +117,7 @@ function rmsNormImpl(where: string, x: unknown, weight: unknown, eps: unknown): 
   const inputs = w ? [x, w] : [x];
   return record(out, 'RmsNormBackward', inputs, (g) => {
     const fn = out._gradFn as GradFn;
-    const [dx, dw] = native.rmsNormBackward(g._h, x._h, w ? w._h : null, rstd, fn.needs[0], !!w && fn.needs[1]);
+    const [dx, dw] = native.rmsNormBackward(g._h, x._h, w ? w._h : null, rstd, [fn.needs[0], !!w && fn.needs[1]]);
     const grads: (Tensor | null)[] = [dx ? x._make(dx, x.shape) : null];
     if (w) grads.push(dw ? w._make(dw, w.shape) : null);
     return grads;
@@ -340,7 +340,7 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, optio
   const out = q._make(outH, [B, Hq, T, v.shape[3]]);
   return record(out, 'ScaledDotProductAttentionBackward', [q, k, v], (g) => {
     const fn = out._gradFn as GradFn;
-    const [dq, dk, dv] = native.attentionBackward(g._h, q._h, k._h, v._h, lse, causal, scale, fn.needs[0], fn.needs[1], fn.needs[2]);
+    const [dq, dk, dv] = native.attentionBackward(g._h, q._h, k._h, v._h, lse, causal, scale, [fn.needs[0], fn.needs[1], fn.needs[2]]);
     return [dq ? q._make(dq, q.shape) : null, dk ? k._make(dk, k.shape) : null, dv ? v._make(dv, v.shape) : null];
   }, [q, k, v], () => native.dispose(lse));
 }
