@@ -1,6 +1,14 @@
-// Grad mode and the recorded graph's node type. The engine that walks the graph
-// lives with Tensor (tensor.ts), which owns the gradient bookkeeping.
-import type { Tensor } from './tensor';
+// Reverse-mode autograd: grad mode, the recorded graph (one Node per op whose
+// output needs a gradient), defineFunction (the one way to define a
+// differentiable op) and the engine that walks the graph in backward().
+//
+// Load order: the op files (lib/ops/*) call defineFunction while they load, and
+// tensor.ts loads them. So this file imports tensors as types only, and native
+// code only through ops/memory.ts, which does the same: it always loads
+// completely before any op file, whichever module is required first.
+import type { Tensor, Store } from './tensor';
+import type { NativeTensor } from './native';
+import { accumulate_, addGrads, copyOf, free, viewOf } from './ops/memory';
 
 let gradEnabled = true;
 
@@ -24,16 +32,265 @@ export function noGrad<T>(fn: () => T): T {
   }
 }
 
-/** One recorded op: how to turn its output's gradient into its inputs' gradients. */
-export interface GradFn {
+// ================================================================ functions
+
+/** What the forward and backward of one call of an op share (torch's ctx). */
+export interface FunctionCtx {
+  /**
+   * Per forward argument: whether backward must return its gradient. Known in forward too,
+   * so forward can skip keeping what backward will not need. False for non-tensor arguments.
+   */
+  readonly needsInputGrad: readonly boolean[];
+  /**
+   * Keeps user-visible tensors (or null) for backward. backward() fails with a clear error when
+   * one was modified in place (copy_, an optimiser step, a merge) or disposed since.
+   */
+  saveForBackward(...tensors: (Tensor | null)[]): void;
+  /** What saveForBackward kept, in its order. */
+  readonly savedTensors: readonly (Tensor | null)[];
+  /**
+   * Takes internal buffers (tensors or native handles made for backward): freed when the node
+   * is released, at once when no node is recorded.
+   */
+  own(...buffers: (Tensor | NativeTensor)[]): void;
+}
+
+/** A differentiable op with one tensor output. S: what forward leaves in ctx for backward. */
+export interface FunctionDef<A extends unknown[], S extends object> {
+  /** The gradFn name of the outputs, e.g. 'MulBackward'. */
   readonly name: string;
-  inputs: Tensor[];
-  /** Which inputs needed a gradient when the op ran (others get none and cost nothing). */
-  needs: boolean[];
-  /** Tensors the backward reads, with their version when saved (in-place changes are caught). */
-  saved: [Tensor, number][];
-  /** Returns one gradient per input (null where not needed); null once released. */
-  backward: ((grad: Tensor) => (Tensor | null)[]) | null;
-  /** Frees what forward kept only for backward. */
-  release?: () => void;
+  forward(ctx: FunctionCtx & S, ...args: A): Tensor;
+  /** One gradient per forward argument, in order; null where none is needed or none exists. */
+  backward(ctx: FunctionCtx & S, grad: Tensor): (Tensor | null)[];
+}
+
+/** The ctx of one call of an op. */
+class Ctx implements FunctionCtx {
+  savedTensors: (Tensor | null)[] = [];
+  private versions: number[] = [];
+  private owned: (Tensor | NativeTensor)[] = [];
+  constructor(readonly needsInputGrad: readonly boolean[]) {}
+
+  saveForBackward(...tensors: (Tensor | null)[]): void {
+    for (const t of tensors) {
+      this.savedTensors.push(t);
+      this.versions.push(t ? t._store.version : 0);
+    }
+  }
+
+  own(...buffers: (Tensor | NativeTensor)[]): void {
+    this.owned.push(...buffers);
+  }
+
+  /** Throws unless every saved tensor is live and unchanged since it was saved. */
+  checkSaved(opName: string): void {
+    this.savedTensors.forEach((t, j) => {
+      if (!t) return;
+      if (t._store.version !== this.versions[j]) {
+        throw new Error(
+          `Tensor.backward: a tensor of shape [${t.shape.join(', ')}] needed by ${opName} was modified in place ` +
+            'after it was used (copy_, an optimiser step or a merge); run the forward pass again',
+        );
+      }
+      t._checkLive(`Tensor.backward (${opName})`);
+    });
+  }
+
+  release(): void {
+    const owned = this.owned;
+    this.owned = [];
+    this.savedTensors = [];
+    this.versions = [];
+    for (const b of owned) free(b);
+  }
+}
+
+/** One recorded call of an op. */
+export class Node {
+  constructor(
+    /** The gradFn name, e.g. 'MulBackward'. */
+    readonly name: string,
+    /** The call's arguments that needed a gradient; null for the others. */
+    public inputs: (Tensor | null)[],
+    private backward: ((grad: Tensor) => (Tensor | null)[]) | null,
+    private free: (() => void) | null,
+  ) {}
+
+  /** The gradient of each argument from the output's gradient. */
+  apply(grad: Tensor): (Tensor | null)[] {
+    if (!this.backward) {
+      throw new Error(
+        `Tensor.backward: the graph through ${this.name} was already released; ` +
+          'backward() frees the graph, so run the forward pass again before another backward()',
+      );
+    }
+    const grads = this.backward(grad);
+    if (grads.length !== this.inputs.length) {
+      throw new Error(`${this.name}: backward returned ${grads.length} gradients for ${this.inputs.length} arguments`);
+    }
+    return grads;
+  }
+
+  /** Frees what the call kept for backward; it cannot run afterwards. */
+  release(): void {
+    const free = this.free;
+    this.free = null;
+    this.backward = null;
+    this.inputs = [];
+    if (free) free();
+  }
+}
+
+/** An argument needs a gradient when grad mode is on and it is a tensor that requires grad. */
+function needsGrad(arg: unknown): boolean {
+  return gradEnabled && arg !== null && typeof arg === 'object' && (arg as Partial<Tensor>).requiresGrad === true;
+}
+
+/**
+ * Defines a differentiable op, in the manner of torch.autograd.Function: the returned function
+ * runs forward, and records a node whose backward maps the output's gradient to one gradient per
+ * argument, when grad mode is on and some tensor argument requires grad (else the buffers
+ * forward owned are freed at once). Callers check the arguments first.
+ */
+export function defineFunction<A extends unknown[], S extends object = object>(def: FunctionDef<A, S>): (...args: A) => Tensor {
+  return (...args: A): Tensor => {
+    const needs = args.map(needsGrad);
+    const ctx = new Ctx(needs);
+    const opCtx = ctx as unknown as FunctionCtx & S; // forward fills in S
+    let out: Tensor;
+    try {
+      out = def.forward(opCtx, ...args);
+    } catch (e) {
+      ctx.release();
+      throw e;
+    }
+    if (!needs.includes(true)) {
+      ctx.release();
+      return out;
+    }
+    const backward = (grad: Tensor) => {
+      ctx.checkSaved(def.name);
+      return def.backward(opCtx, grad);
+    };
+    out._setGradFn(new Node(def.name, args.map((a, i) => (needs[i] ? (a as Tensor) : null)), backward, () => ctx.release()));
+    return out;
+  };
+}
+
+/** Clears .grad of each tensor: to null (freeing it) or to zeros in place. */
+export function clearGrads(tensors: Iterable<Tensor>, setToNone: boolean): void {
+  for (const p of tensors) {
+    if (!p.grad) continue;
+    if (setToNone) {
+      p.grad.dispose();
+      p.grad = null;
+    } else {
+      p.grad.zero_();
+    }
+  }
+}
+
+// =================================================================== engine
+
+// Gradients flowing between nodes are owned by the engine and freed as soon as
+// they are consumed; a count per storage keeps views and shared results alive
+// while anything still refers to them.
+export function runBackward(root: Tensor, rootGrad: Tensor, userGrad: boolean): void {
+  const keep = new Set<Store>(); // storages the engine must never free
+  const refs = new Map<Store, number>();
+  const hold = (t: Tensor) => refs.set(t._store, (refs.get(t._store) ?? 0) + 1);
+  const drop = (t: Tensor) => {
+    const n = (refs.get(t._store) ?? 1) - 1;
+    if (n > 0) {
+      refs.set(t._store, n);
+      return;
+    }
+    refs.delete(t._store);
+    if (!keep.has(t._store)) t.dispose();
+  };
+  const accumulateLeaf = (leaf: Tensor, g: Tensor) => {
+    if (leaf.isDisposed) return;
+    if (leaf.grad === null) {
+      // Take the buffer when nothing else refers to it, else copy (so later
+      // in-place accumulation cannot change another pending gradient).
+      const sole = (refs.get(g._store) ?? 0) === 1 && !keep.has(g._store);
+      const owned = sole ? g : copyOf(g);
+      keep.add(owned._store);
+      leaf.grad = viewOf(owned, leaf.shape);
+    } else {
+      leaf.grad._checkLive('backward');
+      accumulate_(leaf.grad, g);
+    }
+    drop(g);
+  };
+
+  if (userGrad) keep.add(rootGrad._store);
+  hold(rootGrad);
+  const top = root._gradFn;
+  if (!top) {
+    accumulateLeaf(root, rootGrad);
+    return;
+  }
+
+  // Topological order (iterative DFS: deep graphs must not overflow the stack).
+  const order: Node[] = [];
+  const seen = new Set<Node>();
+  const stack: [Node, number][] = [[top, 0]];
+  seen.add(top);
+  while (stack.length) {
+    const frame = stack[stack.length - 1];
+    const [fn, i] = frame;
+    if (i < fn.inputs.length) {
+      frame[1]++;
+      const child = fn.inputs[i]?._gradFn;
+      if (child && !seen.has(child)) {
+        seen.add(child);
+        stack.push([child, 0]);
+      }
+    } else {
+      stack.pop();
+      order.push(fn);
+    }
+  }
+
+  const pending = new Map<Node, Tensor>([[top, rootGrad]]);
+  try {
+    for (let k = order.length - 1; k >= 0; k--) {
+      const fn = order[k];
+      const g = pending.get(fn);
+      if (!g) continue;
+      pending.delete(fn);
+      const grads = fn.apply(g);
+      for (const gi of grads) if (gi) hold(gi);
+      grads.forEach((gi, i) => {
+        const input = fn.inputs[i];
+        if (!gi || !input) {
+          if (gi) drop(gi);
+          return;
+        }
+        if (input._gradFn) {
+          const prev = pending.get(input._gradFn);
+          if (prev) {
+            const sum = addGrads(prev, gi);
+            hold(sum);
+            drop(prev);
+            drop(gi);
+            pending.set(input._gradFn, sum);
+          } else {
+            pending.set(input._gradFn, gi);
+          }
+        } else if (input.requiresGrad) {
+          accumulateLeaf(input, gi);
+        } else {
+          drop(gi);
+        }
+      });
+      drop(g);
+      fn.release();
+    }
+  } finally {
+    // On error, free what is in flight and release the graph all the same.
+    for (const t of pending.values()) drop(t);
+    for (const fn of order) fn.release();
+  }
 }

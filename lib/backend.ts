@@ -1,5 +1,6 @@
 // What the native backends can do in this process, and the CUDA controls.
-import { native, CpuInfo } from './native';
+import type { CpuInfo } from './native';
+import * as runtime from './ops/runtime';
 import { parseDevice } from './device';
 import { typeError } from './errors';
 
@@ -35,7 +36,7 @@ export interface BackendInfo {
 }
 
 export function backendInfo(): BackendInfo {
-  const info = native.backendInfo();
+  const info = runtime.backendInfo();
   return { cpu: info.cpu, cuda: { ...info.cuda, reason: info.cuda.available ? '' : info.cuda.reason } };
 }
 
@@ -55,18 +56,18 @@ function deviceIndex(where: string, device: unknown): number {
     return parseDevice(where, 'device', `cuda:${device}`).index;
   }
   const d = parseDevice(where, 'device', device);
-  if (d.type !== 1) throw new RangeError(`${where}: device must be a CUDA device ('cuda' or 'cuda:N'), got ${JSON.stringify(device)}`);
+  if (d.type !== 'cuda') throw new RangeError(`${where}: device must be a CUDA device ('cuda' or 'cuda:N'), got ${JSON.stringify(device)}`);
   return d.index;
 }
 
 export const cuda = {
   /** True when a CUDA device can be used. */
   isAvailable(): boolean {
-    return native.backendInfo().cuda.available;
+    return runtime.backendInfo().cuda.available;
   },
   /** Number of usable CUDA devices (0 without CUDA). */
   deviceCount(): number {
-    const c = native.backendInfo().cuda;
+    const c = runtime.backendInfo().cuda;
     return c.available ? c.devices.length : 0;
   },
   /**
@@ -76,22 +77,22 @@ export const cuda = {
    */
   synchronize(device?: string | number): void {
     if (device === undefined) {
-      if (native.backendInfo().cuda.available) native.cudaSynchronize(-1);
+      if (runtime.backendInfo().cuda.available) runtime.cudaSynchronize(-1);
       return;
     }
-    native.cudaSynchronize(deviceIndex('cuda.synchronize', device));
+    runtime.cudaSynchronize(deviceIndex('cuda.synchronize', device));
   },
   /** Memory held on a device (default cuda:0). */
   memoryStats(device?: string | number): CudaMemoryStats {
-    return native.cudaMemoryStats(deviceIndex('cuda.memoryStats', device));
+    return runtime.cudaMemoryStats(deviceIndex('cuda.memoryStats', device));
   },
   /** Restarts the `peak` of memoryStats() from the current allocation. */
   resetPeakMemoryStats(device?: string | number): void {
-    native.cudaResetPeak(deviceIndex('cuda.resetPeakMemoryStats', device));
+    runtime.cudaResetPeak(deviceIndex('cuda.resetPeakMemoryStats', device));
   },
   /** Returns cached, unused device memory to the driver (tensors in use are not touched). */
   emptyCache(device?: string | number): void {
-    native.cudaEmptyCache(deviceIndex('cuda.emptyCache', device));
+    runtime.cudaEmptyCache(deviceIndex('cuda.emptyCache', device));
   },
   /**
    * TF32 tensor-core math for float32 matrix products: faster on Ampere and
@@ -99,14 +100,14 @@ export const cuda = {
    */
   setAllowTF32(allow: boolean): void {
     if (typeof allow !== 'boolean') throw typeError('cuda.setAllowTF32', 'allow', 'a boolean', allow);
-    native.cudaSetAllowTF32(allow);
+    runtime.cudaSetAllowTF32(allow);
   },
   getAllowTF32(): boolean {
-    return native.cudaGetAllowTF32();
+    return runtime.cudaGetAllowTF32();
   },
 };
 
 /** Bytes of native tensor memory (CPU and GPU) held by tensors made on this thread. */
 export function nativeMemoryBytes(): number {
-  return native.liveBytes();
+  return runtime.liveBytes();
 }

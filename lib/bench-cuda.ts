@@ -15,7 +15,8 @@
 // two events on the device's stream. Inputs rotate over enough buffers to
 // exceed the L2 cache, so no run reads the previous run's data from cache.
 import * as os from 'os';
-import { randn, tidy, zeros } from './tensor';
+import { randn, zeros } from './creation';
+import { tidy } from './scope';
 import { noGrad } from './autograd';
 import { manualSeed } from './random';
 import { Linear } from './nn/layers';

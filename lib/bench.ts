@@ -11,7 +11,8 @@
 // Each row is the median of timed repetitions after warm-up; inputs are fresh
 // random tensors (never zeros).
 import * as os from 'os';
-import { Tensor, randn } from './tensor';
+import { Tensor } from './tensor';
+import { randn } from './creation';
 import { noGrad } from './autograd';
 import { manualSeed } from './random';
 import { Linear } from './nn/layers';

@@ -1,16 +1,17 @@
-import { native } from './native';
+import { backendInfo } from './ops/runtime';
+import { DeviceType } from './ops/enums';
 import { rangeError, typeError } from './errors';
 
 /** Where a tensor lives: 'cpu', 'cuda' (device 0) or 'cuda:N'. */
 export type DeviceSpec = 'cpu' | 'cuda' | `cuda:${number}`;
 
 export interface ParsedDevice {
-  type: 0 | 1; // 0 = CPU, 1 = CUDA (the native device type codes)
+  type: DeviceType;
   index: number;
   name: string; // canonical: 'cpu' or 'cuda:N'
 }
 
-export const CPU: ParsedDevice = { type: 0, index: 0, name: 'cpu' };
+const CPU: ParsedDevice = { type: 'cpu', index: 0, name: 'cpu' };
 
 /** Parses and checks a device argument; a CUDA device must exist in this process. */
 export function parseDevice(where: string, what: string, v: unknown): ParsedDevice {
@@ -19,12 +20,12 @@ export function parseDevice(where: string, what: string, v: unknown): ParsedDevi
   const m = /^cuda(?::(\d+))?$/.exec(v);
   if (!m) throw rangeError(where, what, `'cpu', 'cuda' or 'cuda:N'`, v);
   const index = m[1] === undefined ? 0 : Number(m[1]);
-  const info = native.backendInfo().cuda;
+  const info = backendInfo().cuda;
   if (!info.available) {
     throw new RangeError(`${where}: ${what} ${JSON.stringify(v)} is not available (${info.reason})`);
   }
   if (index >= info.devices.length) {
     throw new RangeError(`${where}: ${what} ${JSON.stringify(v)} does not exist (${info.devices.length} CUDA device(s))`);
   }
-  return { type: 1, index, name: `cuda:${index}` };
+  return { type: 'cuda', index, name: `cuda:${index}` };
 }

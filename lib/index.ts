@@ -1,6 +1,10 @@
 // lora-cuda: LoRA fine-tuning for Node.js on a native core.
-export { Tensor, tensor, zeros, ones, full, randn, rand, tidy, keep } from './tensor';
-export type { DType, TensorOptions, TensorDataOptions, TensorData, NestedArray, NestedList } from './tensor';
+export { Tensor } from './tensor';
+export type { NestedList } from './tensor';
+export type { DType } from './dtype';
+export { tensor, zeros, ones, full, randn, rand } from './creation';
+export type { TensorOptions, TensorDataOptions, TensorData, NestedArray } from './creation';
+export { tidy, keep } from './scope';
 export type { DeviceSpec } from './device';
 export { noGrad, isGradEnabled } from './autograd';
 export { manualSeed, getRngState, setRngState } from './random';

@@ -2,12 +2,15 @@
 // scale * (drop(x) A^T) B^T, with A [r, in] random and B [out, r] zero so the
 // wrapped layer starts out exactly equal to the original. Forward and backward
 // are one native call each; merging folds scale * B A into W in place.
-import { native } from './native';
-import { Tensor, keep, randn, rand, zeros, record, requireSame } from './tensor';
-import { GradFn, noGrad } from './autograd';
+import { Tensor } from './tensor';
+import { randn, rand, zeros } from './creation';
+import { keep } from './scope';
+import { checkLinearInput, requireSame } from './checks';
+import { noGrad } from './autograd';
 import { Module } from './nn/module';
 import { Linear } from './nn/layers';
-import { checkLinearInput } from './nn/checks';
+import * as ops from './ops/linear';
+import { copy_ } from './ops/memory';
 import { nextRandomKey } from './random';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, checkKnownKeys, rangeError, typeError, describe } from './errors';
 
@@ -119,36 +122,17 @@ export class LoRALinear extends Module {
 
   forward(x: Tensor): Tensor {
     const where = 'LoRALinear.forward';
-    const M = checkLinearInput(where, x, this.inFeatures);
+    checkLinearInput(where, x, this.inFeatures);
     const W = this.origLinear.weight;
     requireSame(where, x, 'x', W, 'origLinear.weight');
     if (this.r === 0 || this.merged || !this.enabled || !this.A || !this.B) return this.origLinear.forward(x);
     const A = this.A;
     const B = this.B;
     const b = this.origLinear.bias;
+    for (const t of [W, b, A, B]) t?._checkLive(where);
     const p = this.training ? this.dropout : 0;
     const key = p > 0 ? nextRandomKey() : { seed: 0n, offset: 0n };
-    const x2 = native.view(x._live(where), [M, this.inFeatures]);
-    const [y, h] = native.loraForward(x2, W._live(where), b ? b._live(where) : null, A._live(where), B._live(where),
-      this.scale, p, key.seed, key.offset);
-    const outShape = [...x.shape.slice(0, -1), this.outFeatures];
-    const out = x._make(native.view(y, outShape), outShape);
-    const inputs = [x, W, A, B, ...(b ? [b] : [])];
-    const scale = this.scale;
-    return record(out, 'LoRALinearBackward', inputs, (g) => {
-      const n = (out._gradFn as GradFn).needs;
-      const g2 = native.view(g._h, [M, this.outFeatures]);
-      const [dx, dW, dA, dB, db] = native.loraBackward(g2, x2, W._h, A._h, B._h, b ? b._h : null, h, scale, p, key.seed,
-        key.offset, [n[0], n[1], n[2], n[3], !!b && n[4]]);
-      const grads: (Tensor | null)[] = [
-        dx ? x._make(native.view(dx, x.shape as number[]), x.shape) : null,
-        dW ? W._make(dW, W.shape) : null,
-        dA ? A._make(dA, A.shape) : null,
-        dB ? B._make(dB, B.shape) : null,
-      ];
-      if (b) grads.push(db ? b._make(db, b.shape) : null);
-      return grads;
-    }, [x, W, A, B], () => native.dispose(h));
+    return ops.loraLinear(x, W, A, B, b, this.scale, p, key);
   }
 
   /**
@@ -163,7 +147,8 @@ export class LoRALinear extends Module {
     const safe = o.safe === undefined ? false : checkBool(where, 'options.safe', o.safe);
     if (this.r === 0 || this.merged || !this.A || !this.B) return;
     const W = this.origLinear.weight;
-    const ok = noGrad(() => native.loraMerge(W._live(where), this.A!._live(where), this.B!._live(where), this.scale, safe));
+    for (const t of [W, this.A, this.B]) t._checkLive(where);
+    const ok = noGrad(() => ops.loraMerge(W, this.A!, this.B!, this.scale, safe));
     if (!ok) {
       throw new Error(`${where}: the merged weight would contain NaN or Inf (check A and B for non-finite values); the weight is unchanged`);
     }
@@ -176,7 +161,8 @@ export class LoRALinear extends Module {
     const where = 'LoRALinear.unmergeFromOrig';
     if (this.r === 0 || !this.merged || !this.A || !this.B) return;
     const W = this.origLinear.weight;
-    native.loraMerge(W._live(where), this.A._live(where), this.B._live(where), -this.scale, false);
+    for (const t of [W, this.A, this.B]) t._checkLive(where);
+    ops.loraMerge(W, this.A, this.B, -this.scale, false);
     W._bumpVersion();
     this.merged = false;
   }
@@ -369,12 +355,12 @@ export function mergeLora(model: Module, options?: { safe?: boolean }): string[]
   for (const [name, m] of todo) {
     try {
       const W = m.origLinear.weight;
-      const [w, a, b] = [W._live(where), m.A!._live(where), m.B!._live(where)];
+      for (const t of [W, m.A!, m.B!]) t._checkLive(where);
       if (!safe) continue;
       const trial = zeros([...W.shape], { dtype: W.dtype as 'float32', device: W.device as 'cpu' });
       try {
-        native.copy_(trial._h, w);
-        if (!native.loraMerge(trial._h, a, b, m.scale, true)) {
+        copy_(trial, W);
+        if (!ops.loraMerge(trial, m.A!, m.B!, m.scale, true)) {
           throw new Error('the merged weight would contain NaN or Inf (check A and B for non-finite values)');
         }
       } finally {

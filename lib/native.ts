@@ -1,6 +1,6 @@
 // Loads the compiled addon and describes its (internal) interface. Users never
-// see these functions: every public entry validates its arguments before
-// calling here.
+// see these functions: every public entry validates its arguments, then calls
+// lib/ops, the one layer that calls here.
 import * as fs from 'fs';
 import * as path from 'path';
 

@@ -1,7 +1,11 @@
 // Adam and AdamW, numerically matching torch.optim.Adam / AdamW. The update of
 // every parameter in a group runs in one native call (a multi-tensor step).
-import { native, NativeTensor } from './native';
-import { Tensor, assertTensor, clearGrads, keep, zeros } from './tensor';
+import { Tensor } from './tensor';
+import { zeros } from './creation';
+import { keep } from './scope';
+import { assertTensor } from './checks';
+import { clearGrads } from './autograd';
+import { adamStep } from './ops/optim';
 import { DeviceSpec } from './device';
 import { checkBool, checkNumber, checkPositive, checkOptions, checkKnownKeys, describe, rangeError, typeError } from './errors';
 import { SafetensorsFile, saveSafetensors } from './safetensors';
@@ -93,7 +97,7 @@ export class Adam {
       tensors.forEach((p, i) => {
         const what = flat ? `params[${i}]` : `params[${gi}].params[${i}]`;
         assertTensor(where, what, p);
-        p._live(where);
+        p._checkLive(where);
         if (p.dtype === 'int32') throw rangeError(where, `${what}.dtype`, 'float32 or float64', p.dtype);
         if (!p.isLeaf) throw new TypeError(`${where}: ${what} is not a leaf tensor (it was computed by ${p.gradFn}); optimise the parameters themselves`);
         if (seen.has(p)) throw new RangeError(`${where}: ${what} appears more than once`);
@@ -141,16 +145,16 @@ export class Adam {
       this.resolve(where, `paramGroups[${gi}]`, g as unknown as Record<string, unknown>, g, true);
       for (const p of g.params) {
         if (!p.grad) continue;
-        p._live(where);
-        p.grad._live(where);
+        p._checkLive(where);
+        p.grad._checkLive(where);
       }
     });
     for (const g of this.paramGroups) {
-      const ps: NativeTensor[] = [];
-      const gs: NativeTensor[] = [];
-      const ms: NativeTensor[] = [];
-      const vs: NativeTensor[] = [];
-      const vmax: NativeTensor[] = [];
+      const ps: Tensor[] = [];
+      const gs: Tensor[] = [];
+      const ms: Tensor[] = [];
+      const vs: Tensor[] = [];
+      const vmax: Tensor[] = [];
       const steps: number[] = [];
       const touched: Tensor[] = [];
       for (const p of g.params) {
@@ -161,17 +165,17 @@ export class Adam {
           this.state.set(p, s);
         }
         if (g.amsgrad && !s.maxExpAvgSq) s.maxExpAvgSq = zerosLike(p);
-        ps.push(p._live(where));
-        gs.push(p.grad._live(where));
-        ms.push(s.expAvg._h);
-        vs.push(s.expAvgSq._h);
-        if (g.amsgrad) vmax.push((s.maxExpAvgSq as Tensor)._h);
+        ps.push(p);
+        gs.push(p.grad);
+        ms.push(s.expAvg);
+        vs.push(s.expAvgSq);
+        if (g.amsgrad) vmax.push(s.maxExpAvgSq as Tensor);
         steps.push(s.step + 1);
         touched.push(p);
       }
       if (!ps.length) continue;
-      native.adamStep(ps, gs, ms, vs, g.amsgrad ? vmax : null, steps, g.lr, g.betas[0], g.betas[1], g.eps,
-        g.weightDecay, this.decoupled);
+      adamStep(ps, gs, ms, vs, g.amsgrad ? vmax : null, steps,
+        { lr: g.lr, beta1: g.betas[0], beta2: g.betas[1], eps: g.eps, weightDecay: g.weightDecay, decoupled: this.decoupled });
       for (const p of touched) {
         (this.state.get(p) as AdamState).step++;
         p._bumpVersion();

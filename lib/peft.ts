@@ -12,7 +12,7 @@ import { Tensor } from './tensor';
 import { noGrad } from './autograd';
 import { SafetensorsFile, saveSafetensors } from './safetensors';
 import { stageFile } from './atomic';
-import { native } from './native';
+import { allFinite } from './ops/elementwise';
 import { checkOptions, checkKnownKeys, describe, typeError } from './errors';
 
 const PREFIX = 'base_model.model.';
@@ -397,7 +397,8 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
         for (const key of [found.get(name)!.A!, found.get(name)!.B!]) {
           const t = await st.read(key, { dtype });
           values.push(t);
-          if (!native.allFinite(t._live(where))) fail(where, `${WEIGHTS}: '${key}' holds NaN or Inf`);
+          t._checkLive(where);
+          if (!allFinite(t)) fail(where, `${WEIGHTS}: '${key}' holds NaN or Inf`);
         }
       }
       const init = cfg.init_lora_weights === 'gaussian' ? 'gaussian' : 'kaiming';

@@ -4,7 +4,8 @@ import fs = require('fs'); // the module object itself, so jest.spyOn reaches th
 import {
   SafetensorsError, SafetensorsFile, loadSafetensors, loadSafetensorsSync, saveSafetensors, saveSafetensorsSync,
 } from '../lib/safetensors';
-import { Tensor, tensor } from '../lib/tensor';
+import { Tensor } from '../lib/tensor';
+import { tensor } from '../lib/creation';
 import { openFilesOf } from './helpers/fds';
 
 let dir: string;

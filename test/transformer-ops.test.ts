@@ -6,8 +6,9 @@
 import { Tensor, tensor, zeros, ones, randn, manualSeed, noGrad, backendInfo } from '../lib';
 import { native } from '../lib/native';
 import {
-  embedding, rmsNorm, applyRotary, rotaryTables, scaledDotProductAttention, Embedding, RMSNorm, sortedPositions,
+  embedding, rmsNorm, applyRotary, rotaryTables, scaledDotProductAttention, Embedding, RMSNorm,
 } from '../lib/nn/transformer';
+import { sortedPositions } from '../lib/ops/transformer';
 import { gradcheck, t64 } from './helpers/gradcheck';
 import { expectThrows } from './helpers/expect-throws';
 

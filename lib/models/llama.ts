@@ -11,7 +11,9 @@ import * as F from '../nn/functional';
 import {
   Embedding, RMSNorm, RopeScaling, applyRotary, rotaryTables, scaledDotProductAttention,
 } from '../nn/transformer';
-import { Tensor, keep, rand, randn, tensor, DType } from '../tensor';
+import { Tensor, DType } from '../tensor';
+import { rand, randn, tensor } from '../creation';
+import { keep } from '../scope';
 import { noGrad } from '../autograd';
 import { DeviceSpec } from '../device';
 import { SafetensorsFile } from '../safetensors';

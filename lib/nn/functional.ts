@@ -1,8 +1,9 @@
 // Functional forms of the layers and losses (the `F` namespace).
-import { native } from '../native';
-import { Tensor, assertTensor, record, requireFloat, requireSame, tensor, viewOf } from '../tensor';
-import { checkLinearInput } from './checks';
-import { GradFn } from '../autograd';
+import { Tensor } from '../tensor';
+import { tensor } from '../creation';
+import { assertTensor, checkLinearInput, requireFloat, requireSame } from '../checks';
+import * as linearOps from '../ops/linear';
+import * as lossOps from '../ops/loss';
 import { checkInt, checkNumber, checkOneOf, checkOptions, checkKnownKeys, rangeError, typeError } from '../errors';
 
 export type Reduction = 'mean' | 'sum' | 'none';
@@ -15,31 +16,17 @@ export function linear(x: Tensor, weight: Tensor, bias: Tensor | null = null): T
   requireFloat(where, weight, 'weight');
   if (weight.ndim !== 2) throw rangeError(where, 'weight', 'a 2-D tensor [out, in]', weight);
   const [outF, inF] = weight.shape;
-  const M = checkLinearInput(where, x, inF, 'weight.shape[1]');
+  checkLinearInput(where, x, inF, 'weight.shape[1]');
   requireSame(where, x, 'x', weight, 'weight');
   if (bias !== null && bias !== undefined) {
     assertTensor(where, 'bias', bias);
     requireSame(where, x, 'x', bias, 'bias');
     if (bias.ndim !== 1 || bias.shape[0] !== outF) throw rangeError(where, 'bias', `a 1-D tensor of ${outF} elements`, bias);
+    bias._checkLive(where);
   } else {
     bias = null;
   }
-  const outShape = [...x.shape.slice(0, -1), outF];
-  const x2 = native.view(x._live(where), [M, inF]);
-  const y = native.linear(x2, weight._live(where), bias ? bias._live(where) : null);
-  const out = x._make(native.view(y, outShape), outShape);
-  const inputs = bias ? [x, weight, bias] : [x, weight];
-  return record(out, 'LinearBackward', inputs, (g) => {
-    const fn = out._gradFn as GradFn;
-    const g2 = native.view(g._h, [M, outF]);
-    const [dx, dW, db] = native.linearBackward(g2, x2, weight._h, bias ? bias._h : null, [fn.needs[0], fn.needs[1], !!bias && fn.needs[2]]);
-    const grads: (Tensor | null)[] = [
-      dx ? x._make(native.view(dx, x.shape as number[]), x.shape) : null,
-      dW ? weight._make(dW, weight.shape) : null,
-    ];
-    if (bias) grads.push(db ? bias._make(db, bias.shape) : null);
-    return grads;
-  }, inputs);
+  return linearOps.linear(x, weight, bias);
 }
 
 export function relu(x: Tensor): Tensor {
@@ -132,31 +119,7 @@ export function crossEntropy(input: Tensor, target: Tensor | ArrayLike<number> |
     flat[i] = t;
   }
   const targets = tensor(flat, { dtype: 'int32', shape: [N], device: input.device as 'cpu' });
-  const logits2 = native.view(input._h, [N, C]);
-  const [rows, lse] = native.crossEntropyForward(logits2, targets._h, ignoreIndex, ls);
-  let out: Tensor;
-  let scale = 1;
-  if (reduction === 'none') {
-    out = input._make(input.ndim === 2 ? rows : native.view(rows, []), input.ndim === 2 ? [N] : []);
-  } else {
-    const s = native.sumTo(rows, []);
-    native.dispose(rows);
-    if (reduction === 'mean') {
-      scale = 1 / count;
-      out = input._make(native.affine(s, scale, 0), []);
-      native.dispose(s);
-    } else {
-      out = input._make(s, []);
-    }
-  }
-  const release = () => {
-    native.dispose(lse);
-    targets.dispose();
-  };
-  return record(out, 'CrossEntropyBackward', [input], (g) => {
-    const d = native.crossEntropyBackward(logits2, lse, targets._h, ignoreIndex, ls, g._h, scale);
-    return [viewOf(input._make(d, [N, C]), input.shape)];
-  }, [input], release);
+  return lossOps.crossEntropy(input, targets, ignoreIndex, ls, reduction, count);
 }
 
 // The transformer ops (fused native forward and backward each).

@@ -1,9 +1,10 @@
 // Standard layers: Linear, containers and activations.
-import { Tensor, rand, DType, requireSame } from '../tensor';
+import { Tensor, DType } from '../tensor';
+import { rand } from '../creation';
+import { checkLinearInput, requireSame } from '../checks';
 import { DeviceSpec } from '../device';
 import { Module } from './module';
 import * as F from './functional';
-import { checkLinearInput } from './checks';
 import { checkBool, checkInt, checkOneOf, checkOptions, checkKnownKeys, typeError, rangeError } from '../errors';
 
 export interface LinearOptions {

@@ -4,10 +4,11 @@
 // registered as a buffer); properties whose names start with '_' are private
 // and never discovered. Every traversal is built on one generator,
 // namedMembers(), so names and order agree everywhere.
-import { Tensor, assertTensor, clearGrads } from '../tensor';
+import { Tensor } from '../tensor';
+import { assertTensor } from '../checks';
 import { DeviceSpec, parseDevice } from '../device';
 import { checkBool, checkOptions, checkKnownKeys, rangeError, typeError } from '../errors';
-import { noGrad } from '../autograd';
+import { clearGrads, noGrad } from '../autograd';
 
 export interface LoadStateDictResult {
   missingKeys: string[];

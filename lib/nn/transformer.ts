@@ -1,12 +1,14 @@
 // Transformer building blocks in the Hugging Face Llama layout: token
 // embedding, RMSNorm, rotary position embedding ("rotate half") with its
 // cos/sin tables, and scaled dot-product attention with grouped KV heads.
-// Each op is one fused native call forward and one backward; arguments are
-// checked here first. Also the Embedding and RMSNorm modules.
-import { native } from '../native';
-import { DType, Tensor, assertTensor, ones, randn, record, requireFloat, requireSame, tensor } from '../tensor';
-import { GradFn, isGradEnabled } from '../autograd';
+// Each op is one fused native call forward and one backward (lib/ops/transformer.ts);
+// arguments are checked here first. Also the Embedding and RMSNorm modules.
+import { DType, Tensor } from '../tensor';
+import { ones, randn, tensor } from '../creation';
+import { assertTensor, requireFloat, requireSame } from '../checks';
+import { isGradEnabled } from '../autograd';
 import { DeviceSpec, parseDevice } from '../device';
+import * as ops from '../ops/transformer';
 import { Module } from './module';
 import { checkBool, checkInt, checkKnownKeys, checkNumber, checkOneOf, checkOptions, rangeError, typeError } from '../errors';
 
@@ -40,48 +42,18 @@ function embeddingImpl(where: string, ids: unknown, weight: unknown): Tensor {
   assertTensor(where, 'weight', weight);
   requireFloat(where, weight, 'weight');
   if (weight.ndim !== 2) throw rangeError(where, 'weight', 'a 2-D tensor [numEmbeddings, embeddingDim]', weight);
-  ids._live(where);
+  ids._checkLive(where);
   if (ids.dtype !== 'int32') throw typeError(where, 'ids', "an int32 tensor of token ids (tensor(ids, { dtype: 'int32' }))", ids);
   if (ids.device !== weight.device) {
     throw new RangeError(`${where}: ids is on ${ids.device} but weight is on ${weight.device}; move one with .to()`);
   }
-  const [V, D] = weight.shape;
+  const V = weight.shape[0];
   const flat = ids._int32Values(where);
   for (let i = 0; i < flat.length; i++) {
     const id = flat[i];
     if (id < 0 || id >= V) throw rangeError(where, `ids${multiIndex(ids.shape, i)}`, `in [0, ${V}) (weight.shape[0])`, id);
   }
-  const outShape = [...ids.shape, D];
-  const out = weight._make(native.embeddingForward(ids._h, weight._h), outShape);
-  if (!isGradEnabled() || !weight.requiresGrad) return out;
-  // Backward reads only the ids: it keeps its own copy, so the caller may
-  // dispose or overwrite the ids tensor once forward has run. A GPU also gets
-  // their sort order, to add repeated ids' rows in position order as the CPU does.
-  const device = weight.device as DeviceSpec;
-  const saved = tensor(flat, { dtype: 'int32', shape: ids.shape, device });
-  const order = device === 'cpu' ? null : tensor(sortedPositions(flat, V), { dtype: 'int32', device });
-  return record(out, 'EmbeddingBackward', [weight], (g) =>
-    [weight._make(native.embeddingBackward(saved._h, order ? order._h : null, g._h, V), weight.shape)], [], () => {
-    saved.dispose();
-    order?.dispose();
-  });
-}
-
-/** The positions 0..N-1 of ids (each in [0, V)) sorted by (id, position). */
-export function sortedPositions(ids: ArrayLike<number>, V: number): Int32Array {
-  const N = ids.length;
-  const order = new Int32Array(N);
-  if (V <= 4 * N + 4096) {
-    // Counting sort: stable, O(N + V).
-    const next = new Int32Array(V + 1);
-    for (let n = 0; n < N; n++) next[ids[n] + 1]++;
-    for (let v = 0; v < V; v++) next[v + 1] += next[v];
-    for (let n = 0; n < N; n++) order[next[ids[n]]++] = n;
-  } else {
-    for (let n = 0; n < N; n++) order[n] = n;
-    order.sort((a, b) => ids[a] - ids[b] || a - b);
-  }
-  return order;
+  return ops.embedding(ids, weight, flat);
 }
 
 /**
@@ -112,16 +84,7 @@ function rmsNormImpl(where: string, x: unknown, weight: unknown, eps: unknown): 
   }
   checkNumber(where, 'eps', eps);
   if ((eps as number) < 0) throw rangeError(where, 'eps', 'a number >= 0', eps);
-  const [y, rstd] = native.rmsNormForward(x._h, w ? w._h : null, eps as number);
-  const out = x._make(y, x.shape);
-  const inputs = w ? [x, w] : [x];
-  return record(out, 'RmsNormBackward', inputs, (g) => {
-    const fn = out._gradFn as GradFn;
-    const [dx, dw] = native.rmsNormBackward(g._h, x._h, w ? w._h : null, rstd, [fn.needs[0], !!w && fn.needs[1]]);
-    const grads: (Tensor | null)[] = [dx ? x._make(dx, x.shape) : null];
-    if (w) grads.push(dw ? w._make(dw, w.shape) : null);
-    return grads;
-  }, inputs, () => native.dispose(rstd));
+  return ops.rmsNorm(x, w, eps as number);
 }
 
 /**
@@ -160,9 +123,7 @@ export function applyRotary(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
     }
     requireConstant(where, t, name);
   }
-  const out = x._make(native.rotaryForward(x._h, cos._h, sin._h), x.shape);
-  return record(out, 'ApplyRotaryBackward', [x], (g) =>
-    [x._make(native.rotaryBackward(g._h, cos._h, sin._h), x.shape)], [cos, sin]);
+  return ops.rotary(x, cos, sin);
 }
 
 /** Llama 3 frequency scaling (transformers' rope_type 'llama3'). */
@@ -336,13 +297,7 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, optio
   if (causal && S !== T) {
     throw rangeError(where, 'k.shape[2] (key length)', `${T} (q.shape[2]) with causal masking (or pass { causal: false })`, S);
   }
-  const [outH, lse] = native.attentionForward(q._h, k._h, v._h, causal, scale);
-  const out = q._make(outH, [B, Hq, T, v.shape[3]]);
-  return record(out, 'ScaledDotProductAttentionBackward', [q, k, v], (g) => {
-    const fn = out._gradFn as GradFn;
-    const [dq, dk, dv] = native.attentionBackward(g._h, q._h, k._h, v._h, lse, causal, scale, [fn.needs[0], fn.needs[1], fn.needs[2]]);
-    return [dq ? q._make(dq, q.shape) : null, dk ? k._make(dk, k.shape) : null, dv ? v._make(dv, v.shape) : null];
-  }, [q, k, v], () => native.dispose(lse));
+  return ops.attention(q, k, v, causal, scale);
 }
 
 // ================================================================== modules

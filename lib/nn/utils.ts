@@ -2,7 +2,9 @@
 import { noGrad } from '../autograd';
 import { DeviceSpec } from '../device';
 import { checkBool, checkKnownKeys, checkOptions, checkPositive, rangeError, typeError } from '../errors';
-import { Tensor, assertTensor, full } from '../tensor';
+import { Tensor } from '../tensor';
+import { full } from '../creation';
+import { assertTensor } from '../checks';
 
 export interface ClipGradNormOptions {
   /** Throw a RangeError, before any gradient changes, when the total norm is NaN or infinite (this reads it back, so on a GPU it waits). Default false. */
@@ -31,10 +33,10 @@ export function clipGradNorm(parameters: Iterable<Tensor>, maxNorm: number, opti
   const grads: Tensor[] = [];
   params.forEach((p, i) => {
     assertTensor(where, `parameters[${i}]`, p);
-    p._live(where);
+    p._checkLive(where);
     const g = p.grad;
     if (!g) return;
-    g._live(where);
+    g._checkLive(where);
     const first = grads[0];
     if (first && (g.device !== first.device || g.dtype !== first.dtype)) {
       throw rangeError(where, `parameters[${i}].grad`, `on ${first.device} in ${first.dtype} like the first gradient`, `${g.dtype} on ${g.device}`);

@@ -1,0 +1,44 @@
+// The codes of the native core's enums (dtypes, device types, op codes, random
+// kinds), read by name from the addon's own tables, so none is mirrored here.
+import { native, NativeEnums } from '../native';
+import { DTYPES, DType } from '../dtype';
+
+function mismatch(what: string, theirs: readonly string[], ours: readonly string[]): Error {
+  const err = new Error(
+    `lora-cuda: the native addon's ${what} (${theirs.join(', ')}) do not match this library's (${ours.join(', ')}); ` +
+      'the addon was built from other sources: rebuild it with "npm run build:native"',
+  );
+  (err as NodeJS.ErrnoException).code = 'ERR_LORA_ADDON_MISMATCH';
+  return err;
+}
+
+/** The codes of `names` in one of the addon's enum tables; every name must be there. */
+function codes<K extends string>(group: keyof NativeEnums, names: readonly K[]): Readonly<Record<K, number>> {
+  const table = native.enums?.[group];
+  if (!table || names.some((n) => typeof table[n] !== 'number')) {
+    throw mismatch(`${group} names`, table ? Object.keys(table) : [], names);
+  }
+  const out = {} as Record<K, number>;
+  for (const n of names) out[n] = table[n];
+  return Object.freeze(out);
+}
+
+const dtypes = codes('dtype', DTYPES);
+// Exactly our dtypes, no more: the addon must not hand back a tensor of a dtype DType lacks.
+if (Object.keys(native.enums.dtype).length !== DTYPES.length) throw mismatch('dtype names', Object.keys(native.enums.dtype), DTYPES);
+
+export function dtypeCode(d: DType): number {
+  return dtypes[d];
+}
+
+export type DeviceType = 'cpu' | 'cuda';
+export const DEVICE_TYPE = codes<DeviceType>('deviceType', ['cpu', 'cuda']);
+
+export type BinaryOp = 'add' | 'sub' | 'mul' | 'div';
+export const BINARY_OP = codes<BinaryOp>('binaryOp', ['add', 'sub', 'mul', 'div']);
+
+export type UnaryOp = 'relu' | 'gelu' | 'geluTanh' | 'silu' | 'exp' | 'log' | 'neg' | 'sqrt' | 'abs';
+export const UNARY_OP = codes<UnaryOp>('unaryOp', ['relu', 'gelu', 'geluTanh', 'silu', 'exp', 'log', 'neg', 'sqrt', 'abs']);
+
+export type RandomKind = 'normal' | 'uniform';
+export const RANDOM_KIND = codes<RandomKind>('randomKind', ['normal', 'uniform']);

@@ -1,0 +1,112 @@
+// Transformer blocks in the Hugging Face Llama layout, each one fused native
+// call forward and one backward: token embedding, RMSNorm, rotary position
+// embedding and scaled dot-product attention.
+import type { Tensor } from '../tensor';
+import { native, NativeTensor } from '../native';
+import { defineFunction } from '../autograd';
+import { fromArray } from './creation';
+import { gradsLike } from './memory';
+
+/** The positions 0..N-1 of ids (each in [0, V)) sorted by (id, position). */
+export function sortedPositions(ids: ArrayLike<number>, V: number): Int32Array {
+  const N = ids.length;
+  const order = new Int32Array(N);
+  if (V <= 4 * N + 4096) {
+    // Counting sort: stable, O(N + V).
+    const next = new Int32Array(V + 1);
+    for (let n = 0; n < N; n++) next[ids[n] + 1]++;
+    for (let v = 0; v < V; v++) next[v + 1] += next[v];
+    for (let n = 0; n < N; n++) order[next[ids[n]]++] = n;
+  } else {
+    for (let n = 0; n < N; n++) order[n] = n;
+    order.sort((a, b) => ids[a] - ids[b] || a - b);
+  }
+  return order;
+}
+
+/**
+ * Rows of weight [V, D] for int32 ids of any shape -> [...ids.shape, D]; hostIds: the ids' values
+ * (checked in [0, V) by the caller). The gradient of weight scatter-adds the rows of the output's.
+ */
+export const embedding = defineFunction<[ids: Tensor, weight: Tensor, hostIds: Int32Array],
+  { saved: Tensor; order: Tensor | null; weightShape: readonly number[] }>({
+  name: 'EmbeddingBackward',
+  forward(ctx, ids, weight, hostIds) {
+    const out = weight._make(native.embeddingForward(ids._h, weight._h), [...ids.shape, weight.shape[1]]);
+    if (ctx.needsInputGrad[1]) {
+      // Backward reads only the ids: it keeps its own copy, so the caller may
+      // dispose or overwrite the ids tensor once forward has run. A GPU also gets
+      // their sort order, to add repeated ids' rows in position order as the CPU does.
+      const device = weight._device;
+      ctx.saved = fromArray(hostIds, ids.shape.slice(), 'int32', device);
+      ctx.own(ctx.saved);
+      ctx.order = device.type === 'cpu' ? null : fromArray(sortedPositions(hostIds, weight.shape[0]), [hostIds.length], 'int32', device);
+      if (ctx.order) ctx.own(ctx.order);
+      ctx.weightShape = weight.shape;
+    }
+    return out;
+  },
+  backward(ctx, g) {
+    const { saved, order, weightShape } = ctx;
+    const dw = native.embeddingBackward(saved._h, order ? order._h : null, g._h, weightShape[0]);
+    return [null, g._make(dw, weightShape), null];
+  },
+});
+
+/**
+ * y = weight * (x / sqrt(mean(x², -1) + eps)) over the last dim, weight [D] or null (checked by
+ * the caller). Forward keeps the reciprocal RMS of each row for backward.
+ */
+export const rmsNorm = defineFunction<[x: Tensor, weight: Tensor | null, eps: number], { rstd: NativeTensor }>({
+  name: 'RmsNormBackward',
+  forward(ctx, x, weight, eps) {
+    const [y, rstd] = native.rmsNormForward(x._h, weight ? weight._h : null, eps);
+    ctx.own(rstd);
+    ctx.rstd = rstd;
+    ctx.saveForBackward(x, weight);
+    return x._make(y, x.shape);
+  },
+  backward(ctx, g) {
+    const [x, w] = ctx.savedTensors as [Tensor, Tensor | null];
+    const grads = native.rmsNormBackward(g._h, x._h, w ? w._h : null, ctx.rstd, ctx.needsInputGrad.slice(0, 2));
+    return [...gradsLike(grads, [x, w]), null];
+  },
+});
+
+/** x * cos + rotate_half(x) * sin for x [B, H, T, Dh], cos/sin [T, Dh] constants (checked by the caller). */
+export const rotary = defineFunction<[x: Tensor, cos: Tensor, sin: Tensor]>({
+  name: 'ApplyRotaryBackward',
+  forward(ctx, x, cos, sin) {
+    ctx.saveForBackward(cos, sin);
+    return x._make(native.rotaryForward(x._h, cos._h, sin._h), x.shape);
+  },
+  backward(ctx, g) {
+    const [cos, sin] = ctx.savedTensors as Tensor[];
+    return [g._make(native.rotaryBackward(g._h, cos._h, sin._h), g.shape), null, null];
+  },
+});
+
+/**
+ * softmax(scale * q k^T [+ causal mask]) v with grouped KV heads: q [B, Hq, T, Dh],
+ * k [B, Hkv, S, Dh], v [B, Hkv, S, Dv] (checked by the caller) -> [B, Hq, T, Dv]. Forward keeps
+ * the row logsumexp; backward recomputes the probabilities from it.
+ */
+export const attention = defineFunction<[q: Tensor, k: Tensor, v: Tensor, causal: boolean, scale: number],
+  { lse: NativeTensor; causal: boolean; scale: number }>({
+  name: 'ScaledDotProductAttentionBackward',
+  forward(ctx, q, k, v, causal, scale) {
+    const [out, lse] = native.attentionForward(q._h, k._h, v._h, causal, scale);
+    ctx.own(lse);
+    ctx.lse = lse;
+    ctx.causal = causal;
+    ctx.scale = scale;
+    ctx.saveForBackward(q, k, v);
+    const [B, Hq, T] = q.shape;
+    return q._make(out, [B, Hq, T, v.shape[3]]);
+  },
+  backward(ctx, g) {
+    const [q, k, v] = ctx.savedTensors as Tensor[];
+    const grads = native.attentionBackward(g._h, q._h, k._h, v._h, ctx.lse, ctx.causal, ctx.scale, ctx.needsInputGrad.slice(0, 3));
+    return [...gradsLike(grads, [q, k, v]), null, null];
+  },
+});
