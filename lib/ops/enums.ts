@@ -31,14 +31,19 @@ export function dtypeCode(d: DType): number {
   return dtypes[d];
 }
 
-export type DeviceType = 'cpu' | 'cuda';
-export const DEVICE_TYPE = codes<DeviceType>('deviceType', ['cpu', 'cuda']);
+// The names this library uses, each type derived from its list: one place per name.
+const DEVICE_TYPES = ['cpu', 'cuda'] as const;
+export type DeviceType = (typeof DEVICE_TYPES)[number];
+export const DEVICE_TYPE = codes('deviceType', DEVICE_TYPES);
 
-export type BinaryOp = 'add' | 'sub' | 'mul' | 'div';
-export const BINARY_OP = codes<BinaryOp>('binaryOp', ['add', 'sub', 'mul', 'div']);
+const BINARY_OPS = ['add', 'sub', 'mul', 'div'] as const;
+export type BinaryOp = (typeof BINARY_OPS)[number];
+export const BINARY_OP = codes('binaryOp', BINARY_OPS);
 
-export type UnaryOp = 'relu' | 'gelu' | 'geluTanh' | 'silu' | 'exp' | 'log' | 'neg' | 'sqrt' | 'abs';
-export const UNARY_OP = codes<UnaryOp>('unaryOp', ['relu', 'gelu', 'geluTanh', 'silu', 'exp', 'log', 'neg', 'sqrt', 'abs']);
+const UNARY_OPS = ['relu', 'gelu', 'geluTanh', 'silu', 'exp', 'log', 'neg', 'sqrt', 'abs'] as const;
+export type UnaryOp = (typeof UNARY_OPS)[number];
+export const UNARY_OP = codes('unaryOp', UNARY_OPS);
 
-export type RandomKind = 'normal' | 'uniform';
-export const RANDOM_KIND = codes<RandomKind>('randomKind', ['normal', 'uniform']);
+const RANDOM_KINDS = ['normal', 'uniform'] as const;
+export type RandomKind = (typeof RANDOM_KINDS)[number];
+export const RANDOM_KIND = codes('randomKind', RANDOM_KINDS);
