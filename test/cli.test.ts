@@ -15,6 +15,7 @@ import { Progress } from '../lib/cli/progress';
 import { terminalChart, svgChart } from '../lib/cli/chart';
 import { loadCases, writeCheckpoint } from './helpers/llama-weights';
 import { finetuneFixture } from './helpers/finetune-fixture';
+import { native } from '../lib/native';
 
 const root = path.resolve(__dirname, '..');
 let tmp: string;
@@ -283,7 +284,7 @@ describe('help, usage errors and exit codes', () => {
     const boom = async (e: Error): Promise<string> => {
       let stderr = '';
       await jest.isolateModulesAsync(async () => {
-        jest.doMock('../lib/cli/bench', () => ({ benchCommand: async () => { throw e; } }));
+        jest.doMock('../bench/command', () => ({ benchCommand: async () => { throw e; } }));
         const cli = await import('../lib/cli/index');
         const c = capture();
         const code = await cli.main(['bench'], c.io);
@@ -292,7 +293,7 @@ describe('help, usage errors and exit codes', () => {
         expect(lines(c.stderr())).toHaveLength(1);
         stderr = c.stderr();
       });
-      jest.dontMock('../lib/cli/bench');
+      jest.dontMock('../bench/command');
       return stderr;
     };
     expect(await boom(new TypeError('x is undefined\n  somewhere'))).toBe('lora-cuda bench: x is undefined; somewhere (this is a bug; please report it)\n');
@@ -392,6 +393,48 @@ describe('lora-cuda bench', () => {
     expect(json.device).toBe('cpu');
     expect((await run(['bench', '--shapes', 'huge'])).code).toBe(2);
     expect((await run(['bench', '--help'])).stdout).not.toContain('--shapes'); // for tests only
+  });
+
+  test('--results DIR names the file after the machine, as npm run bench does', async () => {
+    const dir = path.join(tmp, 'bench-results');
+    const r = await run(['bench', '--shapes', 'tiny', '--results', dir]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const files = fs.readdirSync(dir);
+    expect(files).toHaveLength(1);
+    expect(files[0]).toMatch(/^cpu-[a-z0-9-]+-(openblas|cblas|builtin)-tiny\.json$/);
+    expect(r.stdout).toContain(`wrote ${path.relative(process.cwd(), path.join(dir, files[0]))}\n`);
+    const json = JSON.parse(fs.readFileSync(path.join(dir, files[0]), 'utf8'));
+    expect(files[0]).toBe(`cpu-${json.machine.cpu.toLowerCase().replace(/\(r\)|\(tm\)|cpu|@.*$/g, '').replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '')}-${json.backend.blas}-tiny.json`);
+  });
+
+  test('the benchmarks are outside the library: lib/ only dispatches to them, the binding keeps them apart', () => {
+    const files = (dir: string): string[] => fs.readdirSync(dir, { withFileTypes: true })
+      .flatMap((d) => (d.isDirectory() ? files(path.join(dir, d.name)) : d.name.endsWith('.ts') ? [path.join(dir, d.name)] : []));
+    const importers = files(path.join(root, 'lib')).filter((f) => /(from|import\()\s*'[^']*bench[^']*'/.test(fs.readFileSync(f, 'utf8')));
+    expect(importers.map((f) => path.relative(root, f))).toEqual([path.join('lib', 'cli', 'index.ts')]);
+    expect(fs.readFileSync(path.join(root, 'lib', 'cli', 'index.ts'), 'utf8')).toMatch(/await import\('\.\.\/\.\.\/bench\/command'\)/);
+    const binding = native as unknown as Record<string, unknown> & { bench: Record<string, unknown> };
+    for (const name of ['gemmInto', 'cudaEventRecord', 'cudaEventElapsed', 'cudaEventDestroy']) expect(binding[name]).toBeUndefined();
+    expect(Object.keys(binding.bench).sort()).toEqual(['eventDestroy', 'eventElapsed', 'eventRecord', 'gemmInto']);
+  });
+
+  test('a --json FILE or --results DIR under a regular file: ENOTDIR, before measuring', async () => {
+    const file = path.join(tmp, 'bench-a-file');
+    fs.writeFileSync(file, 'x');
+    for (const [argv, shown, option] of [
+      [['--json', path.join(file, 'result.json')], path.join(file, 'result.json'), '--json FILE'],
+      [['--json', path.join(file, 'sub', 'result.json')], path.join(file, 'sub', 'result.json'), '--json FILE'],
+      [['--results', file], file, '--results DIR'],
+      [['--results', path.join(file, 'sub')], path.join(file, 'sub'), '--results DIR'],
+    ] as [string[], string, string][]) {
+      const r = await run(['bench', '--shapes', 'tiny', ...argv]);
+      expect(r.code).toBe(1);
+      expect(r.stdout).toBe('');
+      expect(lines(r.stderr)).toEqual([`lora-cuda bench: cannot write ${shown} (ENOTDIR); choose another ${option}`]);
+    }
+    // Node says the same for such a path.
+    expect(() => fs.writeFileSync(path.join(file, 'result.json'), '')).toThrow(expect.objectContaining({ code: 'ENOTDIR' }));
   });
 });
 

@@ -38,8 +38,9 @@ const COMMANDS: Record<string, Command> = {
   },
   bench: {
     summary: 'microbenchmarks: LoRA layers against the frozen linear layer they wrap',
-    usage: 'lora-cuda bench [--quick] [--device cpu|cuda] [--json FILE]',
-    run: async (argv, io) => (await import('./bench')).benchCommand(argv, io),
+    usage: 'lora-cuda bench [--quick] [--device cpu|cuda] [--json FILE] [--results DIR]',
+    // The benchmarks live outside the library (bench/, shipped as dist/bench).
+    run: async (argv, io) => (await import('../../bench/command')).benchCommand(argv, io),
   },
 };
 
