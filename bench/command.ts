@@ -7,11 +7,10 @@ import * as path from 'path';
 import { CliError, CliIO, UsageError } from '../lib/cli/io';
 import { helpText, parseArgs, Specs } from '../lib/cli/args';
 import { resolveDevice } from '../lib/cli/device';
+import { COMMAND_TEXT } from '../lib/cli/commands';
 import { BENCH_SHAPES, cpuSlug, runBenchmarks } from './cpu';
 import { gpuSlug, runCudaBenchmarks } from './cuda';
 
-export const BENCH_SUMMARY = 'Time LoRA layers against the frozen linear layer they wrap (the table of npm run bench).';
-const BENCH_USAGE = 'lora-cuda bench [--quick] [--device cpu|cuda] [--json FILE] [--results DIR]';
 
 const SPECS = {
   quick: { type: 'boolean', help: 'two shapes and fewer repetitions (5 instead of 15 on the CPU, 10 instead of 50 on CUDA)' },
@@ -56,11 +55,11 @@ function dirErrorCode(dir: string, e: NodeJS.ErrnoException): string {
 export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
   const a = parseArgs('bench', { ...SPECS, ...HIDDEN }, argv);
   if (a.help) {
-    io.stdout(helpText('bench', `${BENCH_SUMMARY}\n\n` +
+    io.stdout(helpText('bench', `${COMMAND_TEXT.bench.summary}\n\n` +
       'For each shape (M tokens, in, out, r) it times the frozen layer\'s forward and forward plus input\n' +
       'gradient (the baselines), LoRA forward, LoRA forward plus backward, and merge; each row is the\n' +
       'median of timed repetitions after warm-up. On CUDA the baselines are plain cuBLAS GEMMs, the runs are\n' +
-      'timed with CUDA events, fp32 and TF32, and the floors (matrix rate, copy bandwidth) are measured first.', SPECS, BENCH_USAGE));
+      'timed with CUDA events, fp32 and TF32, and the floors (matrix rate, copy bandwidth) are measured first.', SPECS, COMMAND_TEXT.bench.usage));
     return 0;
   }
   if (a._.length) throw new UsageError(`unexpected argument '${a._[0]}'`);

@@ -226,6 +226,25 @@ describe('help, usage errors and exit codes', () => {
     expect(viaHelp).toEqual(r);
   });
 
+  test.each(['demo', 'finetune', 'merge', 'generate', 'bench'])('lora-cuda --help and lora-cuda %s --help give the same summary', async (cmd) => {
+    const own = lines((await run([cmd, '--help'])).stdout);
+    // usage: <line>, a blank line, then the summary.
+    expect(own[0]).toMatch(new RegExp(`^usage: lora-cuda ${cmd}\\b`));
+    expect(own[1]).toBe('');
+    expect(own[2]).toMatch(/^[A-Z].*\.$/);
+    expect(lines((await run(['--help'])).stdout)).toContain(`  ${cmd.padEnd(8)}  ${own[2]}`);
+  });
+
+  test('the demo\'s duration is said the same way everywhere', async () => {
+    const said = (text: string) => text.match(/(?:~|about |under )?\d+(?:\.\d+)? s(?:econds)?\b[^.;)]*/g) ?? [];
+    const demoHelp = (await run(['demo', '--help'])).stdout;
+    const mainHelp = (await run(['--help'])).stdout;
+    const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8').split('\n').filter((l) => /lora-cuda demo/.test(l)).join('\n');
+    const all = [...said(demoHelp), ...said(mainHelp), ...said(readme)];
+    expect(all.length).toBeGreaterThanOrEqual(3);
+    expect(new Set(all)).toEqual(new Set(['about 6 s on 2 CPU cores']));
+  });
+
   test('--version', async () => {
     const r = await run(['--version']);
     expect(r.code).toBe(0);
