@@ -16,6 +16,7 @@ import { terminalChart, svgChart } from '../lib/cli/chart';
 import { loadCases, writeCheckpoint } from './helpers/llama-weights';
 import { finetuneFixture } from './helpers/finetune-fixture';
 import { native } from '../lib/native';
+import { benchNative } from '../bench/binding';
 
 const root = path.resolve(__dirname, '..');
 let tmp: string;
@@ -436,6 +437,36 @@ describe('lora-cuda bench', () => {
     const binding = native as unknown as Record<string, unknown> & { bench: Record<string, unknown> };
     for (const name of ['gemmInto', 'cudaEventRecord', 'cudaEventElapsed', 'cudaEventDestroy']) expect(binding[name]).toBeUndefined();
     expect(Object.keys(binding.bench).sort()).toEqual(['eventDestroy', 'eventElapsed', 'eventRecord', 'gemmInto']);
+  });
+
+  test('the bench binding: a plain GEMM into an existing matrix; C++ failures come back as JS Errors', () => {
+    manualSeed(4);
+    const a = randn([3, 4], { dtype: 'float64' });
+    const b = randn([5, 4], { dtype: 'float64' });
+    const c0 = randn([3, 5], { dtype: 'float64' });
+    const c = c0.clone();
+    benchNative.gemmInto(a._h, b._h, c._h, false, true, 2, 0.5); // c = 2 a b^T + 0.5 c
+    const want = a.matmul(b.t()).mul(2).add(c0.mul(0.5)).toArray();
+    c.toArray().forEach((v, i) => expect(v).toBeCloseTo(want[i], 12));
+    const thrown = (fn: () => unknown): NodeJS.ErrnoException => {
+      try {
+        fn();
+      } catch (e) {
+        return e as NodeJS.ErrnoException;
+      }
+      throw new Error('expected an error');
+    };
+    let e = thrown(() => benchNative.gemmInto(a._h, a._h, c._h, false, false, 1, 0));
+    expect([e.code, e.message]).toEqual(['ERR_LORA_NATIVE', 'gemm: the inner dimension of b must be 4, got 3']);
+    e = thrown(() => benchNative.gemmInto(1 as never, b._h, c._h, false, true, 1, 0));
+    expect(e.message).toBe('gemm A: expected a native tensor handle');
+    e = thrown(() => benchNative.eventElapsed(NaN, 0));
+    expect(e.message).toBe('start event must be an integer');
+    if (!backendInfo().cuda.available) {
+      e = thrown(() => benchNative.eventRecord(0));
+      expect(e.code).toBe('ERR_CUDA_UNAVAILABLE');
+      expect(e.message).toMatch(/^CUDA is not available: /);
+    }
   });
 
   test('a --json FILE or --results DIR under a regular file: ENOTDIR, before measuring', async () => {

@@ -10,6 +10,7 @@ import {
   manualSeed, noGrad, randn, rand, tensor, tidy, zeros,
 } from '../lib';
 import { native } from '../lib/native';
+import { benchNative } from '../bench/binding';
 import { expectThrows } from './helpers/expect-throws';
 import { collectGarbage } from './helpers/gc';
 import { randnArray } from './helpers/gradcheck';
@@ -437,6 +438,20 @@ describeCuda('CUDA memory and errors', () => {
     const a = randn([3], { device: 'cuda' });
     const b = randn([3]);
     expectThrows(() => a.add(b), RangeError, /is on cuda:0 but .* is on cpu/);
+  });
+
+  test('the benchmarks\' binding (bench/binding.ts): events time the device stream, a plain GEMM into c', () => {
+    const a = randn([64, 33], { device: 'cuda' });
+    const b = randn([17, 33], { device: 'cuda' });
+    const c = zeros([64, 17], { device: 'cuda' });
+    const start = benchNative.eventRecord(0);
+    benchNative.gemmInto(a._h, b._h, c._h, false, true, 1, 0);
+    const end = benchNative.eventRecord(0);
+    const ms = benchNative.eventElapsed(start, end);
+    benchNative.eventDestroy(start);
+    benchNative.eventDestroy(end);
+    expect(Number.isFinite(ms) && ms >= 0).toBe(true);
+    expect(normError(a.cpu().matmul(b.cpu().t()).toArray(), c.toArray())).toBeLessThan(1e-5);
   });
 
   test('memoryStats counts a tensor while it lives', () => {
