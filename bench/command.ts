@@ -11,7 +11,6 @@ import { COMMAND_TEXT } from '../lib/cli/commands';
 import { BENCH_SHAPES, cpuSlug, runBenchmarks } from './cpu';
 import { gpuSlug, runCudaBenchmarks } from './cuda';
 
-
 const SPECS = {
   quick: { type: 'boolean', help: 'two shapes and fewer repetitions (5 instead of 15 on the CPU, 10 instead of 50 on CUDA)' },
   device: { type: 'string', metavar: 'cpu|cuda', help: 'where to run (default: cuda when available, else cpu)' },
@@ -40,8 +39,8 @@ function checkWritableDir(dir: string, target: string, option: string): void {
 
 /**
  * The code that says what is wrong with dir. mkdirSync({ recursive }) reports
- * EEXIST when dir, or a directory above it, is a regular file; what Node says
- * for any other use of such a path, and the truth, is ENOTDIR.
+ * EEXIST when dir itself is a regular file; what Node says for any other use
+ * of such a path (a file in it, as --json FILE names), and the truth, is ENOTDIR.
  */
 function dirErrorCode(dir: string, e: NodeJS.ErrnoException): string {
   if (e.code !== 'EEXIST') return e.code ?? e.message;
