@@ -1,6 +1,7 @@
 // Bad input to the public entry points. First every op of the op registry (test/ops/): its own
 // error cases, then bad inputs derived from its samples (a disposed input, int32 where floats are
-// wanted, float32 mixed with float64, tensors on two devices). Then what test/errors.test.ts does
+// wanted, float32 mixed with float64, tensors on two devices), each refused with the inputs left as
+// they were. Then what test/errors.test.ts does
 // not cover: NaN and Inf where they matter, disposed tensors, options edited after construction,
 // values native code cannot represent, adapters that do not fit the model, tensors on another
 // device. Every one is a clear Error (a TypeError or RangeError naming the function and the
@@ -65,11 +66,16 @@ describe('every op refuses bad input (the op registry)', () => {
   /** Float arguments of the call (not a module's own tensors). */
   const floatArgs = (s: OpSample) => floatInputs(s).filter((i) => !s.inputs[i].state);
   const args = (s: OpSample) => s.inputs.flatMap((spec, i) => (spec.state ? [] : [i]));
-  /** The error a sample's call throws with these inputs (it must throw). */
-  const thrown = (op: OpInfo, s: OpSample, o: MakeOptions): NodeJS.ErrnoException => {
-    const xs = makeInputs(s, ctx, sampleSeed(op, s), o);
-    return caught(() => s.call(xs, ctx));
+  /** The error the call throws (it must throw), which leaves the live inputs as they were and gives no gradient. */
+  const refused = (s: OpSample, xs: Tensor[]): NodeJS.ErrnoException => {
+    const live = xs.filter((x) => !x.isDisposed);
+    const before = live.map(bits);
+    const e = caught(() => s.call(xs, ctx));
+    expect(live.map(bits)).toEqual(before);
+    expect(live.every((x) => x.grad === null)).toBe(true);
+    return e;
   };
+  const thrown = (op: OpInfo, s: OpSample, o: MakeOptions): NodeJS.ErrnoException => refused(s, makeInputs(s, ctx, sampleSeed(op, s), o));
   const named = (op: OpInfo, message: string) => expect({ message, named: op.where.some((w) => message.startsWith(`${w}: `)) }).toEqual({ message, named: true });
 
   test.each(OPS.flatMap((op) => op.errors.map((e) => [`${op.name}: ${e.name}`, e] as const)))('%s', (_t, e) => {
@@ -85,7 +91,7 @@ describe('every op refuses bad input (the op registry)', () => {
     s.inputs.forEach((_spec, i) => {
       const xs = makeInputs(s, ctx, sampleSeed(op, s));
       xs[i].dispose();
-      const e = caught(() => s.call(xs, ctx));
+      const e = refused(s, xs);
       expect({ input: i, code: e.code }).toEqual({ input: i, code: 'ERR_TENSOR_DISPOSED' });
       expect(e.message).toMatch(/has been disposed/);
     });
