@@ -13,10 +13,15 @@
 #include "../src/backend.h"
 #include "../src/cuda_api.h"
 #include "../src/ops.h"
+#include "bench.h"
+#include "glue.h"
 
 namespace {
 
 using lc::Tensor;
+using lc_napi::flag;
+using lc_napi::i64;
+using lc_napi::num;
 
 struct AddonData {
   Napi::FunctionReference ctor;
@@ -44,12 +49,6 @@ class NativeTensor : public Napi::ObjectWrap<NativeTensor> {
   Tensor tensor;
 };
 
-Napi::Error js_error(Napi::Env env, const std::string& msg, const std::string& code) {
-  Napi::Error e = Napi::Error::New(env, msg);
-  e.Set("code", Napi::String::New(env, code));
-  return e;
-}
-
 // Every exported function goes through here, so no C++ exception escapes.
 Napi::Function fn(Napi::Env env, const char* name,
                   std::function<Napi::Value(const Napi::CallbackInfo&)> body) {
@@ -57,19 +56,11 @@ Napi::Function fn(Napi::Env env, const char* name,
       env,
       [body](const Napi::CallbackInfo& info) -> Napi::Value {
         Napi::Env env = info.Env();
-        try {
+        return lc_napi::guarded(env, [&] {
           Napi::Value v = body(info);
           sync_external(env);
           return v;
-        } catch (const Napi::Error&) {
-          throw;
-        } catch (const lc::Error& e) {
-          throw js_error(env, e.what(), e.code());
-        } catch (const std::bad_alloc&) {
-          throw js_error(env, "out of memory", "ERR_OUT_OF_MEMORY");
-        } catch (const std::exception& e) {
-          throw js_error(env, e.what(), "ERR_LORA_NATIVE");
-        }
+        });
       },
       name);
 }
@@ -103,19 +94,6 @@ const Tensor& T(const Napi::Value& v, const char* what) {
 const Tensor* optT(const Napi::Value& v, const char* what) {
   return v.IsNull() || v.IsUndefined() ? nullptr : &T(v, what);
 }
-
-double num(const Napi::Value& v, const char* what) {
-  if (!v.IsNumber()) throw Napi::TypeError::New(v.Env(), std::string(what) + " must be a number");
-  return v.As<Napi::Number>().DoubleValue();
-}
-int64_t i64(const Napi::Value& v, const char* what) {
-  double d = num(v, what);
-  // Converting NaN, an infinity or a value beyond int64 is undefined behaviour (UBSan).
-  if (!(d >= -9223372036854775808.0 && d < 9223372036854775808.0))
-    throw Napi::RangeError::New(v.Env(), std::string(what) + " must be an integer");
-  return static_cast<int64_t>(d);
-}
-bool flag(const Napi::Value& v) { return v.ToBoolean().Value(); }
 
 uint64_t u64(const Napi::Value& v, const char* what) {
   if (!v.IsBigInt()) throw Napi::TypeError::New(v.Env(), std::string(what) + " must be a bigint");
@@ -477,26 +455,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   def("cudaGetAllowTF32", [](const Napi::CallbackInfo& a) -> Napi::Value {
     return Napi::Boolean::New(a.Env(), lc::cuda::allow_tf32());
   });
-  def("cudaEventRecord", [](const Napi::CallbackInfo& a) -> Napi::Value {
-    return Napi::Number::New(a.Env(), static_cast<double>(lc::cuda::event_record(
-                                          static_cast<int>(i64(a[0], "device index")))));
-  });
-  def("cudaEventElapsed", [](const Napi::CallbackInfo& a) -> Napi::Value {
-    return Napi::Number::New(a.Env(), lc::cuda::event_elapsed_ms(i64(a[0], "start event"),
-                                                                 i64(a[1], "end event")));
-  });
-  def("cudaEventDestroy", [](const Napi::CallbackInfo& a) -> Napi::Value {
-    lc::cuda::event_destroy(i64(a[0], "event"));
-    return a.Env().Undefined();
-  });
-  // C = alpha op(A) op(B) + beta C into an existing 2-D C: the plain GEMM the
-  // benchmarks compare the layers with.
-  def("gemmInto", [](const Napi::CallbackInfo& a) -> Napi::Value {
-    lc::ops::gemm_into(T(a[0], "gemm A"), T(a[1], "gemm B"), T(a[2], "gemm C"), flag(a[3]),
-                       flag(a[4]), num(a[5], "alpha"), num(a[6], "beta"));
-    return a.Env().Undefined();
-  });
-
   // ---- introspection
   def("backendInfo", [](const Napi::CallbackInfo& a) -> Napi::Value {
     Napi::Env env = a.Env();
@@ -539,6 +497,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     o.Set("cuda", cuda);
     return o;
   });
+
+  // ---- for the benchmarks only (binding/bench.cpp)
+  exports.Set("bench", lc_napi::bench_exports(env, T));
   return exports;
 }
 

@@ -111,11 +111,6 @@ export interface Binding {
   cudaEmptyCache(index: number): void;
   cudaSetAllowTF32(allow: boolean): void;
   cudaGetAllowTF32(): boolean;
-  cudaEventRecord(index: number): number;
-  cudaEventElapsed(start: number, end: number): number;
-  cudaEventDestroy(event: number): void;
-  /** c = alpha op(a) op(b) + beta c in place (2-D). */
-  gemmInto(a: N, b: N, c: N, transA: boolean, transB: boolean, alpha: number, beta: number): void;
   backendInfo(): { cpu: CpuInfo; cuda: NativeCudaInfo };
 }
 

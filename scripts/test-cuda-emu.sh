@@ -13,7 +13,8 @@
 #
 # A kernel bug the emulator detects (a divergent barrier or shuffle, a memory access outside an
 # allocation, a thread that exits while others wait, ...) fails the op that launched it with an Error
-# that says what happened, and the emulator prints it to stderr. The parity suite runs once per
+# that says what happened, and the emulator prints it to stderr. The parity suite (every sample of
+# every op of the registry in test/ops/, on the CPU and on the device) runs once per
 # thread schedule of the emulator (LORA_CUDA_EMU_SCHEDULE), since a missing barrier shows in some
 # orders only.
 set -euo pipefail
@@ -59,7 +60,7 @@ if [ $# -gt 0 ]; then
 else
   # Every suite with parts that run only when CUDA is available.
   npx jest --ci test/cuda.test.ts test/soak.test.ts test/bad-input.test.ts test/errors.test.ts test/tensor.test.ts \
-    test/cli-finetune.test.ts \
+    test/cli-finetune.test.ts test/gradcheck.test.ts \
     || status=$?
   for schedule in reverse warp-ahead reverse,warp-ahead; do
     echo "test-cuda-emu: the parity suite again with LORA_CUDA_EMU_SCHEDULE=$schedule"

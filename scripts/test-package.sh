@@ -3,8 +3,8 @@
 # project with npm's defaults (dependencies' install scripts not approved) and
 # no compiler on PATH, and use it there: require, import as ESM, a strict
 # TypeScript consumer compiled against its types, a LoRA layer forward, the
-# CLI, and the addon in several worker threads at once. Prints the tarball's
-# size and the glibc the prebuilt binary needs.
+# CLI (its benchmarks too), and the addon in several worker threads at once.
+# Prints the tarball's size and the glibc the prebuilt binary needs.
 #
 #   npm run test:package          (builds prebuilds/ first when it is missing)
 set -euo pipefail
@@ -31,12 +31,14 @@ echo "test-package: $(basename "$tarball") is $(du -h "$tarball" | cut -f1) ($(s
 listing=$(tar -tzf "$tarball")
 for need in package/dist/lib/index.js package/dist/lib/index.mjs package/dist/lib/index.d.ts \
             package/dist/lib/index.d.mts package/bin/lora-cuda.js package/prebuilds/linux-x64/ \
-            package/CMakeLists.txt package/src/backend.h package/cuda/linear.cu package/binding/addon.cpp; do
+            package/CMakeLists.txt package/src/backend.h package/cuda/linear.cu package/binding/addon.cpp \
+            package/binding/bench.cpp package/dist/bench/command.js; do
   if ! grep -q "^$need" <<<"$listing"; then echo "test-package: $need is missing from the tarball" >&2; exit 1; fi
 done
-if grep -qE '^package/(test|bench)/|^package/dist/bench/|\.test\.' <<<"$listing"; then
-  echo "test-package: tests or benchmarks were packed:" >&2
-  grep -E '^package/(test|bench)/|^package/dist/bench/|\.test\.' <<<"$listing" >&2
+# The compiled benchmarks (dist/bench) ship for `lora-cuda bench`; their sources, results and the tests do not.
+if grep -qE '^package/(test|bench)/|\.test\.' <<<"$listing"; then
+  echo "test-package: tests or benchmark sources or results were packed:" >&2
+  grep -E '^package/(test|bench)/|\.test\.' <<<"$listing" >&2
   exit 1
 fi
 
@@ -150,4 +152,8 @@ EOF
 node workers.js
 
 npx lora-cuda --version
+# The benchmarks run from the installed package (one tiny shape, a moment).
+npx lora-cuda bench --device cpu --shapes tiny --json bench.json >bench.txt
+grep -qE '^ *64 +32 +32 +4 +lora fwd\+bwd ' bench.txt || { cat bench.txt >&2; echo "test-package: lora-cuda bench printed no table" >&2; exit 1; }
+node -e 'const r = require("./bench.json"); if (r.rows.length !== 5 || r.device !== "cpu") throw new Error("bench.json: " + JSON.stringify(r).slice(0, 200)); console.log("bench ok: " + r.rows.length + " rows, " + r.machine.cpu)'
 echo "test-package: all checks passed"

@@ -1,9 +1,12 @@
-// Bad input to the public entry points that test/errors.test.ts does not cover: NaN and Inf where
-// they matter, disposed tensors, options edited after construction, values native code cannot
-// represent, adapters that do not fit the model, tensors on another device. Every one is a clear
-// Error (a TypeError or RangeError naming the function and the argument for bad arguments), and
-// the call changes nothing: the checks below compare the state after the throw with the state
-// before, bit for bit.
+// Bad input to the public entry points. First every op of the op registry (test/ops/): its own
+// error cases, then bad inputs derived from its samples (a disposed input, int32 where floats are
+// wanted, float32 mixed with float64, tensors on two devices), each refused with the inputs left as
+// they were. Then what test/errors.test.ts does
+// not cover: NaN and Inf where they matter, disposed tensors, options edited after construction,
+// values native code cannot represent, adapters that do not fit the model, tensors on another
+// device. Every one is a clear Error (a TypeError or RangeError naming the function and the
+// argument for bad arguments), and the call changes nothing: the checks below compare the state
+// after the throw with the state before, bit for bit.
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -15,6 +18,8 @@ import {
 import { SafetensorsFile, saveSafetensors } from '../lib/safetensors';
 import { native } from '../lib/native';
 import { expectThrows } from './helpers/expect-throws';
+import { OPS, STANDARD_MESSAGE, isInt, makeInputs, numel, outputs, sampleSeed } from './ops';
+import type { CallContext, MakeOptions, OpInfo, OpSample } from './ops';
 import { bits, moduleState, optimizerState } from './helpers/state';
 import { ToyTransformer } from './helpers/toy';
 
@@ -50,6 +55,103 @@ function loraModel(seed = 3): ToyTransformer {
 function layer(model: Module, name: string): LoRALinear {
   return model.getSubmodule(name) as LoRALinear;
 }
+
+// ==================================================================== every op
+
+describe('every op refuses bad input (the op registry)', () => {
+  const hasCuda = cuda.isAvailable();
+  const runnable = (s: OpSample) => !s.needsCuda || hasCuda;
+  const ctx: CallContext = { device: 'cpu', dtype: 'float32' };
+  const floatInputs = (s: OpSample) => s.inputs.flatMap((spec, i) => (isInt(spec) ? [] : [i]));
+  /** Float arguments of the call (not a module's own tensors). */
+  const floatArgs = (s: OpSample) => floatInputs(s).filter((i) => !s.inputs[i].state);
+  const args = (s: OpSample) => s.inputs.flatMap((spec, i) => (spec.state ? [] : [i]));
+  /** The error the call throws (it must throw), which leaves the live inputs as they were and gives no gradient. */
+  const refused = (s: OpSample, xs: Tensor[]): NodeJS.ErrnoException => {
+    const live = xs.filter((x) => !x.isDisposed);
+    const before = live.map(bits);
+    const e = caught(() => s.call(xs, ctx));
+    expect(live.map(bits)).toEqual(before);
+    expect(live.every((x) => x.grad === null)).toBe(true);
+    return e;
+  };
+  const thrown = (op: OpInfo, s: OpSample, o: MakeOptions): NodeJS.ErrnoException => refused(s, makeInputs(s, ctx, sampleSeed(op, s), o));
+  const named = (op: OpInfo, message: string) => expect({ message, named: op.where.some((w) => message.startsWith(`${w}: `)) }).toEqual({ message, named: true });
+
+  test.each(OPS.flatMap((op) => op.errors.map((e) => [`${op.name}: ${e.name}`, e] as const)))('%s', (_t, e) => {
+    const err = expectThrows(e.call, e.type, e.message);
+    if (e.standard) expect(err.message).toMatch(STANDARD_MESSAGE);
+  });
+
+  // The checks are about arguments, not sizes: samples of up to 10^4 input elements.
+  const small = (s: OpSample) => s.inputs.reduce((n, spec) => n + numel(spec.shape), 0) <= 1e4;
+  const withInputs = OPS.flatMap((op) => op.samples.filter((s) => s.inputs.length > 0 && runnable(s) && small(s)).map((s) => [`${op.name}: ${s.name}`, op, s] as const));
+
+  test.each(withInputs)('%s: each input disposed in turn: ERR_TENSOR_DISPOSED', (_t, op, s) => {
+    s.inputs.forEach((_spec, i) => {
+      const xs = makeInputs(s, ctx, sampleSeed(op, s));
+      xs[i].dispose();
+      const e = refused(s, xs);
+      expect({ input: i, code: e.code }).toEqual({ input: i, code: 'ERR_TENSOR_DISPOSED' });
+      expect(e.message).toMatch(/has been disposed/);
+    });
+  });
+
+  const refusing = withInputs.filter(([, op, s]) => op.int32 === 'refused' && floatArgs(s).length > 0);
+  test.each(refusing)('%s: an int32 tensor for each float argument in turn: a TypeError or RangeError naming the op', (_t, op, s) => {
+    for (const i of floatArgs(s)) {
+      const e = thrown(op, s, { dtypeOf: (k) => (k === i ? 'int32' : undefined) });
+      expect({ input: i, type: e.constructor, message: e.message })
+        .toEqual({ input: i, type: e instanceof TypeError ? TypeError : RangeError, message: expect.stringMatching(/int32/) });
+      named(op, e.message);
+    }
+  });
+
+  // The plainest call of each op that takes int32 (shape and device ops): as on the same values in float64.
+  const supporting = OPS.filter((op) => op.int32 === 'supported').map((op) => [`${op.name}: ${op.samples[0].name}`, op, op.samples[0]] as const);
+  test.each(supporting.filter(([, , s]) => runnable(s)))('%s: int32 inputs give what the same values give in float64', (_t, op, s) => {
+    const f64: CallContext = { device: 'cpu', dtype: 'float64' };
+    const ints = makeInputs(s, f64, sampleSeed(op, s), { grad: false, dtypeOf: () => 'int32' });
+    const floats = ints.map((x) => x.to('float64'));
+    const got = outputs(s.call(ints, f64));
+    const want = outputs(s.call(floats, f64));
+    expect(got.map((o) => o.shape)).toEqual(want.map((o) => o.shape));
+    got.forEach((o, k) => expect(Array.from(o.toArray())).toEqual(Array.from(want[k].toArray())));
+    expect(ints.some((x) => !x.toArray().every((v) => v === 0))).toBe(true);
+  });
+
+  const mixing = withInputs.filter(([, , s]) => floatInputs(s).length > 1 && !s.separateInputs);
+  test.each(mixing)('%s: each float argument in turn as float64 among float32 inputs: a TypeError naming both dtypes', (_t, op, s) => {
+    for (const i of floatArgs(s)) {
+      const e = thrown(op, s, { dtypeOf: (k) => (k === i ? 'float64' : undefined) });
+      expect({ input: i, type: e.constructor, message: e.message })
+        .toEqual({ input: i, type: TypeError, message: expect.stringMatching(/ is float(32|64) but .* is float(32|64)/) });
+      named(op, e.message);
+    }
+  });
+
+  /** Inputs that must be on the device of the others. */
+  const placed = (s: OpSample) => s.inputs.flatMap((spec, i) => (spec.anyDevice ? [] : [i]));
+  const twoDevices = withInputs.filter(([, op, s]) => placed(s).length > 1 && !s.separateInputs && op.devices.includes('cuda'));
+  (hasCuda ? test.each(twoDevices) : test.skip.each(twoDevices))('%s: each argument in turn on CUDA, the other inputs on the CPU: a RangeError naming both devices', (_t, op, s) => {
+    for (const i of args(s).filter((k) => placed(s).includes(k))) {
+      const e = thrown(op, s, { deviceOf: (k) => (k === i ? 'cuda' : undefined) });
+      expect({ input: i, type: e.constructor, message: e.message })
+        .toEqual({ input: i, type: RangeError, message: expect.stringMatching(/ is on (cpu|cuda:0) but .* is on (cpu|cuda:0)/) });
+      named(op, e.message);
+    }
+  });
+
+  const hostRead = withInputs.filter(([, , s]) => s.inputs.some((spec) => spec.anyDevice));
+  (hasCuda ? test.each(hostRead) : test.skip.each(hostRead))('%s: an input read on the host is taken from CUDA too, with the same result', (_t, op, s) => {
+    const want = outputs(s.call(makeInputs(s, ctx, sampleSeed(op, s)), ctx)).map((o) => Array.from(o.toArray()));
+    s.inputs.forEach((spec, i) => {
+      if (!spec.anyDevice) return;
+      const xs = makeInputs(s, ctx, sampleSeed(op, s), { deviceOf: (k) => (k === i ? 'cuda' : undefined) });
+      expect(outputs(s.call(xs, ctx)).map((o) => Array.from(o.toArray()))).toEqual(want);
+    });
+  });
+});
 
 // ======================================================================== merging
 

@@ -15,6 +15,8 @@ import { Progress } from '../lib/cli/progress';
 import { terminalChart, svgChart } from '../lib/cli/chart';
 import { loadCases, writeCheckpoint } from './helpers/llama-weights';
 import { finetuneFixture } from './helpers/finetune-fixture';
+import { native } from '../lib/native';
+import { benchNative } from '../bench/binding';
 
 const root = path.resolve(__dirname, '..');
 let tmp: string;
@@ -225,6 +227,25 @@ describe('help, usage errors and exit codes', () => {
     expect(viaHelp).toEqual(r);
   });
 
+  test.each(['demo', 'finetune', 'merge', 'generate', 'bench'])('lora-cuda --help and lora-cuda %s --help give the same summary', async (cmd) => {
+    const own = lines((await run([cmd, '--help'])).stdout);
+    // usage: <line>, a blank line, then the summary.
+    expect(own[0]).toMatch(new RegExp(`^usage: lora-cuda ${cmd}\\b`));
+    expect(own[1]).toBe('');
+    expect(own[2]).toMatch(/^[A-Z].*\.$/);
+    expect(lines((await run(['--help'])).stdout)).toContain(`  ${cmd.padEnd(8)}  ${own[2]}`);
+  });
+
+  test('the demo\'s duration is said the same way everywhere', async () => {
+    const said = (text: string) => text.match(/(?:~|about |under )?\d+(?:\.\d+)? s(?:econds)?\b[^.;)]*/g) ?? [];
+    const demoHelp = (await run(['demo', '--help'])).stdout;
+    const mainHelp = (await run(['--help'])).stdout;
+    const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8').split('\n').filter((l) => /lora-cuda demo/.test(l)).join('\n');
+    const all = [...said(demoHelp), ...said(mainHelp), ...said(readme)];
+    expect(all.length).toBeGreaterThanOrEqual(3);
+    expect(new Set(all)).toEqual(new Set(['about 6 s on 2 CPU cores']));
+  });
+
   test('--version', async () => {
     const r = await run(['--version']);
     expect(r.code).toBe(0);
@@ -283,7 +304,7 @@ describe('help, usage errors and exit codes', () => {
     const boom = async (e: Error): Promise<string> => {
       let stderr = '';
       await jest.isolateModulesAsync(async () => {
-        jest.doMock('../lib/cli/bench', () => ({ benchCommand: async () => { throw e; } }));
+        jest.doMock('../bench/command', () => ({ benchCommand: async () => { throw e; } }));
         const cli = await import('../lib/cli/index');
         const c = capture();
         const code = await cli.main(['bench'], c.io);
@@ -292,7 +313,7 @@ describe('help, usage errors and exit codes', () => {
         expect(lines(c.stderr())).toHaveLength(1);
         stderr = c.stderr();
       });
-      jest.dontMock('../lib/cli/bench');
+      jest.dontMock('../bench/command');
       return stderr;
     };
     expect(await boom(new TypeError('x is undefined\n  somewhere'))).toBe('lora-cuda bench: x is undefined; somewhere (this is a bug; please report it)\n');
@@ -414,6 +435,78 @@ describe('lora-cuda bench', () => {
     expect(json.device).toBe('cpu');
     expect((await run(['bench', '--shapes', 'huge'])).code).toBe(2);
     expect((await run(['bench', '--help'])).stdout).not.toContain('--shapes'); // for tests only
+  });
+
+  test('--results DIR names the file after the machine, as npm run bench does', async () => {
+    const dir = path.join(tmp, 'bench-results');
+    const r = await run(['bench', '--shapes', 'tiny', '--results', dir]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const files = fs.readdirSync(dir);
+    expect(files).toHaveLength(1);
+    expect(files[0]).toMatch(/^cpu-[a-z0-9-]+-(openblas|cblas|builtin)-tiny\.json$/);
+    expect(r.stdout).toContain(`wrote ${path.relative(process.cwd(), path.join(dir, files[0]))}\n`);
+    const json = JSON.parse(fs.readFileSync(path.join(dir, files[0]), 'utf8'));
+    expect(files[0]).toBe(`cpu-${json.machine.cpu.toLowerCase().replace(/\(r\)|\(tm\)|cpu|@.*$/g, '').replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '')}-${json.backend.blas}-tiny.json`);
+  });
+
+  test('the benchmarks are outside the library: lib/ only dispatches to them, the binding keeps them apart', () => {
+    const files = (dir: string): string[] => fs.readdirSync(dir, { withFileTypes: true })
+      .flatMap((d) => (d.isDirectory() ? files(path.join(dir, d.name)) : d.name.endsWith('.ts') ? [path.join(dir, d.name)] : []));
+    const importers = files(path.join(root, 'lib')).filter((f) => /(from|import\()\s*'[^']*bench[^']*'/.test(fs.readFileSync(f, 'utf8')));
+    expect(importers.map((f) => path.relative(root, f))).toEqual([path.join('lib', 'cli', 'index.ts')]);
+    expect(fs.readFileSync(path.join(root, 'lib', 'cli', 'index.ts'), 'utf8')).toMatch(/await import\('\.\.\/\.\.\/bench\/command'\)/);
+    const binding = native as unknown as Record<string, unknown> & { bench: Record<string, unknown> };
+    for (const name of ['gemmInto', 'cudaEventRecord', 'cudaEventElapsed', 'cudaEventDestroy']) expect(binding[name]).toBeUndefined();
+    expect(Object.keys(binding.bench).sort()).toEqual(['eventDestroy', 'eventElapsed', 'eventRecord', 'gemmInto']);
+  });
+
+  test('the bench binding: a plain GEMM into an existing matrix; C++ failures come back as JS Errors', () => {
+    manualSeed(4);
+    const a = randn([3, 4], { dtype: 'float64' });
+    const b = randn([5, 4], { dtype: 'float64' });
+    const c0 = randn([3, 5], { dtype: 'float64' });
+    const c = c0.clone();
+    benchNative.gemmInto(a._h, b._h, c._h, false, true, 2, 0.5); // c = 2 a b^T + 0.5 c
+    const want = a.matmul(b.t()).mul(2).add(c0.mul(0.5)).toArray();
+    c.toArray().forEach((v, i) => expect(v).toBeCloseTo(want[i], 12));
+    const thrown = (fn: () => unknown): NodeJS.ErrnoException => {
+      try {
+        fn();
+      } catch (e) {
+        return e as NodeJS.ErrnoException;
+      }
+      throw new Error('expected an error');
+    };
+    let e = thrown(() => benchNative.gemmInto(a._h, a._h, c._h, false, false, 1, 0));
+    expect([e.code, e.message]).toEqual(['ERR_LORA_NATIVE', 'gemm: the inner dimension of b must be 4, got 3']);
+    e = thrown(() => benchNative.gemmInto(1 as never, b._h, c._h, false, true, 1, 0));
+    expect(e.message).toBe('gemm A: expected a native tensor handle');
+    e = thrown(() => benchNative.eventElapsed(NaN, 0));
+    expect(e.message).toBe('start event must be an integer');
+    if (!backendInfo().cuda.available) {
+      e = thrown(() => benchNative.eventRecord(0));
+      expect(e.code).toBe('ERR_CUDA_UNAVAILABLE');
+      expect(e.message).toMatch(/^CUDA is not available: /);
+    }
+  });
+
+  test('a --json FILE or --results DIR under a regular file: ENOTDIR, before measuring', async () => {
+    const file = path.join(tmp, 'bench-a-file');
+    fs.writeFileSync(file, 'x');
+    for (const [argv, shown, option] of [
+      [['--json', path.join(file, 'result.json')], path.join(file, 'result.json'), '--json FILE'],
+      [['--json', path.join(file, 'sub', 'result.json')], path.join(file, 'sub', 'result.json'), '--json FILE'],
+      [['--results', file], file, '--results DIR'],
+      [['--results', path.join(file, 'sub')], path.join(file, 'sub'), '--results DIR'],
+    ] as [string[], string, string][]) {
+      const r = await run(['bench', '--shapes', 'tiny', ...argv]);
+      expect(r.code).toBe(1);
+      expect(r.stdout).toBe('');
+      expect(lines(r.stderr)).toEqual([`lora-cuda bench: cannot write ${shown} (ENOTDIR); choose another ${option}`]);
+    }
+    // Node says the same for such a path.
+    expect(() => fs.writeFileSync(path.join(file, 'result.json'), '')).toThrow(expect.objectContaining({ code: 'ENOTDIR' }));
   });
 });
 

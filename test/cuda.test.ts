@@ -1,14 +1,22 @@
 // The CUDA backend. Without a usable GPU only the first block runs (what the
-// package reports and refuses without CUDA); the parity suite, which runs every
-// op on the CPU and on CUDA from the same inputs and compares outputs and
-// gradients, is skipped with a message saying why.
+// package reports and refuses without CUDA) with the CPU half of the parity
+// cases; the parity suite, which runs every sample of every op of the registry
+// (test/ops/) on the CPU and on CUDA from the same inputs and compares outputs
+// and gradients, is skipped with a message saying why. After it, what only the
+// GPU has: bit-identical random draws and dropout masks, merges, the optimiser,
+// memory and errors found by kernels.
 import {
   Adam, AdamW, F, LlamaForCausalLM, LoRALinear, Linear, Tensor, backendInfo, clipGradNorm, cuda, injectLora,
   manualSeed, noGrad, randn, rand, tensor, tidy, zeros,
 } from '../lib';
 import { native } from '../lib/native';
+import { benchNative } from '../bench/binding';
 import { expectThrows } from './helpers/expect-throws';
 import { collectGarbage } from './helpers/gc';
+import { randnArray } from './helpers/gradcheck';
+import { isDifferentiable, isInt, makeInputs, outputs, paritySamples, sampleSeed, title } from './ops';
+import type { OpInfo, OpSample } from './ops';
+import type { DeviceSpec } from '../lib';
 
 const info = backendInfo().cuda;
 const available = cuda.isAvailable();
@@ -76,41 +84,6 @@ describe('CUDA status (any machine)', () => {
 
 type Dev = 'cpu' | 'cuda';
 type DT = 'float32' | 'float64';
-interface InputSpec {
-  shape: number[];
-  /** Values: normal (default), positive (for log / div), or uniform in [lo, hi). */
-  kind?: 'normal' | 'positive';
-  grad?: boolean;
-}
-interface Case {
-  name: string;
-  inputs: InputSpec[];
-  /** Builds outputs from inputs on `dev` (extra constant tensors are made there from fixed data). */
-  run: (xs: Tensor[], dev: Dev, dtype: DT) => Tensor | Tensor[];
-  /** Normalised tolerance for float32 (float64 uses 1e-10). */
-  tol32?: number;
-  dtypes?: DT[];
-}
-
-const consts = new Map<string, number[]>();
-/** Fixed pseudo-random data, the same for both devices (made once per key on the CPU). */
-function fixed(key: string, n: number, make: (i: number) => number): number[] {
-  if (!consts.has(key)) consts.set(key, Array.from({ length: n }, (_, i) => make(i)));
-  return consts.get(key) as number[];
-}
-function ints(key: string, n: number, hi: number): number[] {
-  return fixed(key, n, (i) => (i * 7919 + 13) % hi);
-}
-
-function hostData(spec: InputSpec, seed: number): Float64Array {
-  manualSeed(seed);
-  const n = spec.shape.reduce((a, b) => a * b, 1);
-  const t = randn([n], { dtype: 'float64' });
-  const d = t.toArray() as Float64Array;
-  t.dispose();
-  if (spec.kind === 'positive') for (let i = 0; i < n; i++) d[i] = 0.5 + Math.abs(d[i]);
-  return d;
-}
 
 /** max |a - b| / max(max |a|, 1e-30); NaN and Inf must sit at the same places. */
 function normError(a: ArrayLike<number>, b: ArrayLike<number>): number {
@@ -128,38 +101,38 @@ function normError(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return err / scale;
 }
 
-function evaluate(c: Case, dev: Dev, dtype: DT, seed: number): { outs: number[][]; grads: (number[] | null)[] } {
-  const xs = c.inputs.map((spec, i) =>
-    tensor(hostData(spec, seed + i), { shape: spec.shape, dtype, device: dev, requiresGrad: spec.grad !== false }));
-  let outs = c.run(xs, dev, dtype);
-  if (!Array.isArray(outs)) outs = [outs];
-  const needGrad = outs.some((o) => o.requiresGrad);
-  if (needGrad) {
-    // One scalar: sum_k <out_k, g_k> with fixed random g_k, so every output's gradient path is used.
-    let loss: Tensor | null = null;
-    outs.forEach((o, k) => {
-      if (!o.requiresGrad) return;
-      const g = tensor(hostData({ shape: [...o.shape] }, 1000 + k), { shape: o.shape, dtype: o.dtype, device: dev });
-      const term = o.mul(g).sum();
-      loss = loss ? loss.add(term) : term;
-    });
-    (loss as unknown as Tensor).backward();
-  }
+/**
+ * Outputs and input gradients of a registry sample on `dev`: the inputs are the same values on
+ * both devices, and the gradients come from one scalar, sum_k <out_k, g_k> with fixed random g_k,
+ * so every output's gradient path is used.
+ */
+function evaluate(op: OpInfo, s: OpSample, dev: Dev, dtype: DT): { outs: number[][]; grads: (number[] | null)[] } {
+  const ctx = { device: dev, dtype };
+  const xs = makeInputs(s, ctx, sampleSeed(op, s));
+  const outs = outputs(s.call(xs, ctx));
+  let loss: Tensor | null = null;
+  outs.forEach((o, k) => {
+    if (!o.requiresGrad) return;
+    // On the output's device: an op may move it (Tensor.cpu).
+    const g = tensor(randnArray(o.numel, 1000 + k), { shape: o.shape, dtype: o.dtype as DT, device: o.device as DeviceSpec });
+    const term = o.mul(g).sum();
+    loss = loss ? loss.add(term) : term;
+  });
+  if (loss) (loss as Tensor).backward();
   return {
     outs: outs.map((o) => Array.from(o.toArray())),
     grads: xs.map((x) => (x.grad ? Array.from(x.grad.toArray()) : null)),
   };
 }
 
-function parity(c: Case): void {
-  for (const dtype of c.dtypes ?? (['float64', 'float32'] as DT[])) {
-    const seed = 17;
-    const ref = evaluate(c, 'cpu', dtype, seed);
-    const got = evaluate(c, 'cuda', dtype, seed);
-    const tol = dtype === 'float64' ? 1e-10 : c.tol32 ?? 2e-5;
+function parity(op: OpInfo, s: OpSample): void {
+  for (const dtype of op.dtypes) {
+    const ref = evaluate(op, s, 'cpu', dtype);
+    const got = evaluate(op, s, 'cuda', dtype);
+    const tol = dtype === 'float64' ? 1e-10 : s.tol32 ?? op.tol32 ?? 2e-5;
     ref.outs.forEach((o, k) => {
       const e = normError(o, got.outs[k]);
-      if (!(e <= tol)) throw new Error(`${c.name} (${dtype}): output ${k} differs from the CPU by ${e} (tolerance ${tol})`);
+      if (!(e <= tol)) throw new Error(`${title(op, s)} (${dtype}): output ${k} differs from the CPU by ${e} (tolerance ${tol})`);
     });
     ref.grads.forEach((g, k) => {
       if (g === null) {
@@ -167,122 +140,38 @@ function parity(c: Case): void {
         return;
       }
       const e = normError(g, got.grads[k] as number[]);
-      if (!(e <= tol)) throw new Error(`${c.name} (${dtype}): gradient of input ${k} differs from the CPU by ${e} (tolerance ${tol})`);
+      if (!(e <= tol)) throw new Error(`${title(op, s)} (${dtype}): gradient of input ${k} differs from the CPU by ${e} (tolerance ${tol})`);
     });
   }
 }
 
-const I = (shape: number[], extra: Partial<InputSpec> = {}): InputSpec => ({ shape, ...extra });
-
-const CASES: Case[] = [
-  // elementwise, with broadcasting and odd sizes
-  ...(['add', 'sub', 'mul', 'div'] as const).flatMap((op): Case[] => [
-    { name: `${op} [17] . [17]`, inputs: [I([17]), I([17], { kind: 'positive' })], run: ([a, b]) => a[op](b) },
-    { name: `${op} [3,1000] . [1000]`, inputs: [I([3, 1000]), I([1000], { kind: 'positive' })], run: ([a, b]) => a[op](b) },
-    { name: `${op} [2,1,5] . [3,1]`, inputs: [I([2, 1, 5]), I([3, 1], { kind: 'positive' })], run: ([a, b]) => a[op](b) },
-    { name: `${op} [1] . scalar`, inputs: [I([1])], run: ([a]) => a[op](1.5) },
-  ]),
-  { name: 'neg, exp, log', inputs: [I([1000], { kind: 'positive' })], run: ([a]) => [a.neg(), a.exp(), a.log()] },
-  { name: 'relu, silu', inputs: [I([3, 17])], run: ([a]) => [a.relu(), a.silu()] },
-  { name: 'sqrt, abs', inputs: [I([1000], { kind: 'positive' }), I([3, 17])], run: ([p, a]) => [p.sqrt(), a.abs()] },
-  { name: 'gelu exact and tanh', inputs: [I([1000])], run: ([a]) => [a.gelu(), a.gelu('tanh')] },
-  { name: 'softmax rows of 1, 17, 1000, 5000', inputs: [I([3, 1]), I([2, 17]), I([3, 1000]), I([2, 5000])],
-    run: (xs) => xs.map((x) => x.softmax(-1)) },
-  { name: 'sum and mean over all, dims, keepdim', inputs: [I([3, 17, 5])],
-    run: ([a]) => [a.sum(), a.mean(), a.sum(0), a.sum([0, 2]), a.mean(-1, true), a.sum(1)] },
-  { name: 'sum of a large tensor (split reduction)', inputs: [I([1000, 1000])], run: ([a]) => [a.sum(), a.sum(0), a.sum(1)] },
-  { name: 'reshape, transpose, permute', inputs: [I([2, 3, 17])],
-    run: ([a]) => [a.reshape(6, 17).transpose(0, 1).mul(2), a.permute(2, 0, 1).add(1)] },
-  { name: 'matmul 2-D, 1-D and broadcast batches', inputs: [I([17, 33]), I([33, 3]), I([33]), I([4, 3, 17]), I([17, 5])],
-    run: ([a, b, v, c, d]) => [a.matmul(b), a.matmul(v), v.matmul(b), c.matmul(d)], tol32: 5e-5 },
-  { name: 'F.linear with bias, M = 1, 3, 1000', inputs: [I([1, 17]), I([3, 17]), I([1000, 17]), I([64, 17]), I([64])],
-    run: ([x1, x3, xk, w, b]) => [F.linear(x1, w, b), F.linear(x3, w, b), F.linear(xk, w, b)], tol32: 5e-5 },
-  { name: 'F.linear without bias, frozen weight', inputs: [I([2, 3, 33]), I([17, 33], { grad: false })],
-    run: ([x, w]) => F.linear(x, w), tol32: 5e-5 },
-  { name: 'mseLoss', inputs: [I([3, 17]), I([3, 17])], run: ([a, b]) => F.mseLoss(a, b) },
-  { name: 'crossEntropy with ignore index and label smoothing', inputs: [I([17, 1000])],
-    run: ([x]) => {
-      const t = ints('ce', 17, 1000).map((v, i) => (i % 5 === 3 ? -100 : v));
-      return [F.crossEntropy(x, t), F.crossEntropy(x, t, { labelSmoothing: 0.1, reduction: 'sum' })];
-    }, tol32: 5e-5 },
-  { name: 'embedding (repeated ids)', inputs: [I([50, 17])],
-    run: ([w], dev) => F.embedding(tensor(ints('emb', 40, 50), { dtype: 'int32', shape: [4, 10], device: dev }), w) },
-  { name: 'rmsNorm with and without weight', inputs: [I([3, 5, 17]), I([17])],
-    run: ([x, w]) => [F.rmsNorm(x, w, 1e-6), F.rmsNorm(x, null, 1e-5)] },
-  { name: 'rotary', inputs: [I([2, 3, 7, 16])],
-    run: ([x], dev, dtype) => {
-      const { cos, sin } = F.rotaryTables(7, 16, { theta: 10000, dtype, device: dev } as never);
-      return F.applyRotary(x, cos, sin);
-    } },
-  ...[
-    { B: 1, Hq: 1, Hkv: 1, T: 1, D: 8 },
-    { B: 2, Hq: 4, Hkv: 2, T: 17, D: 16 },
-    { B: 1, Hq: 6, Hkv: 2, T: 40, D: 64 },
-    { B: 1, Hq: 2, Hkv: 1, T: 70, D: 128 },
-  ].flatMap(({ B, Hq, Hkv, T, D }): Case[] => [
-    { name: `attention causal B${B} Hq${Hq} Hkv${Hkv} T${T} D${D}`,
-      inputs: [I([B, Hq, T, D]), I([B, Hkv, T, D]), I([B, Hkv, T, D])],
-      run: ([q, k, v]) => F.scaledDotProductAttention(q, k, v, { causal: true }), tol32: 5e-5 },
-    { name: `attention full B${B} Hq${Hq} Hkv${Hkv} T${T} S${T + 3} D${D}`,
-      inputs: [I([B, Hq, T, D]), I([B, Hkv, T + 3, D]), I([B, Hkv, T + 3, D])],
-      run: ([q, k, v]) => F.scaledDotProductAttention(q, k, v, { causal: false }), tol32: 5e-5 },
-  ]),
-  { name: 'to() and back, copy_ across devices', inputs: [I([3, 17])],
-    run: ([a], dev) => [
-      a.to('cpu').mul(3).to(dev),
-      zeros([3, 17], { dtype: a.dtype, device: dev }).copy_(a.detach().to('cpu')),
-    ] },
-];
-
-// LoRA layers at the sizes the issue names: r = 1 and 64, M = 1, 3, 17, 1000, with dropout.
-for (const { M, K, N, r, p } of [
-  { M: 1, K: 17, N: 3, r: 1, p: 0 },
-  { M: 3, K: 64, N: 17, r: 8, p: 0 },
-  { M: 17, K: 33, N: 65, r: 64, p: 0 },
-  { M: 1000, K: 64, N: 48, r: 16, p: 0 },
-  { M: 1000, K: 64, N: 48, r: 16, p: 0.25 },
-]) {
-  CASES.push({
-    name: `LoRALinear forward/backward M${M} in${K} out${N} r${r} dropout ${p}`,
-    inputs: [I([M, K]), I([N, K], { grad: false }), I([N], { grad: false }), I([r, K]), I([N, r])],
-    run: ([x, w, b, A, B], dev, dtype) => {
-      const lin = new Linear(K, N, { dtype, device: dev } as never);
-      noGrad(() => {
-        lin.weight.copy_(w);
-        lin.bias!.copy_(b);
-      });
-      const l = new LoRALinear(lin, { r, alpha: 2 * r, dropout: p });
-      // The adapter weights as graph inputs, so their gradients are compared.
-      l.A = A;
-      l.B = B;
-      l.train(true);
-      manualSeed(5); // the same dropout key on both devices
-      return l.forward(x);
-    },
-    tol32: 1e-4,
-  });
-}
+// Every op of the registry (test/ops/), each sample: outputs and gradients on CUDA against the CPU.
+const CASES = paritySamples().map(([op, s]) => [title(op, s), op, s] as const);
 
 // The cases themselves are checked on every machine, so the GPU run does not
 // find a broken case first: each runs on the CPU, gives finite outputs, and a
 // gradient for exactly the inputs that require one.
 describe('parity cases (CPU half)', () => {
-  test.each(CASES.map((c) => [c.name, c] as const))('%s', (_name, c) => {
-    for (const dtype of c.dtypes ?? (['float64', 'float32'] as DT[])) {
-      const r = evaluate(c, 'cpu', dtype, 17);
+  const cpuOnly = CASES.filter(([, , s]) => !s.needsCuda);
+  const withCuda = CASES.filter(([, , s]) => s.needsCuda);
+  const check = (op: OpInfo, s: OpSample) => {
+    for (const dtype of op.dtypes) {
+      const r = evaluate(op, s, 'cpu', dtype);
       expect(r.outs.length).toBeGreaterThan(0);
       for (const o of r.outs) expect(o.every(Number.isFinite)).toBe(true);
-      c.inputs.forEach((spec, i) => {
-        if (spec.grad === false) expect(r.grads[i]).toBeNull();
+      s.inputs.forEach((spec, i) => {
+        if (isInt(spec) || spec.grad === false || !isDifferentiable(op)) expect(r.grads[i]).toBeNull();
         else expect(r.grads[i]?.every(Number.isFinite)).toBe(true);
       });
     }
-  });
+  };
+  test.each(cpuOnly)('%s', (_name, op, s) => check(op, s));
+  (available ? test.each : test.skip.each)(withCuda)('%s', (_name, op, s) => check(op, s));
 });
 
 describeCuda('CUDA parity with the CPU backend', () => {
-  test.each(CASES.map((c) => [c.name, c] as const))('%s', (_name, c) => {
-    parity(c);
+  test.each(CASES)('%s', (_name, op, s) => {
+    parity(op, s);
   });
 
   test('randn and rand draw the same numbers on both devices, bit for bit', () => {
@@ -549,6 +438,20 @@ describeCuda('CUDA memory and errors', () => {
     const a = randn([3], { device: 'cuda' });
     const b = randn([3]);
     expectThrows(() => a.add(b), RangeError, /is on cuda:0 but .* is on cpu/);
+  });
+
+  test('the benchmarks\' binding (bench/binding.ts): events time the device stream, a plain GEMM into c', () => {
+    const a = randn([64, 33], { device: 'cuda' });
+    const b = randn([17, 33], { device: 'cuda' });
+    const c = zeros([64, 17], { device: 'cuda' });
+    const start = benchNative.eventRecord(0);
+    benchNative.gemmInto(a._h, b._h, c._h, false, true, 1, 0);
+    const end = benchNative.eventRecord(0);
+    const ms = benchNative.eventElapsed(start, end);
+    benchNative.eventDestroy(start);
+    benchNative.eventDestroy(end);
+    expect(Number.isFinite(ms) && ms >= 0).toBe(true);
+    expect(normError(a.cpu().matmul(b.cpu().t()).toArray(), c.toArray())).toBeLessThan(1e-5);
   });
 
   test('memoryStats counts a tensor while it lives', () => {

@@ -1,9 +1,10 @@
 // Transformer ops (lib/nn/transformer.ts): embedding, rmsNorm, applyRotary,
 // rotaryTables, scaledDotProductAttention and the Embedding / RMSNorm modules.
-// Finite-difference gradient checks in float64, forward (and autograd) checks
-// against reference compositions of existing tensor ops, hand-computed rotary
-// tables, and argument errors.
-import { Tensor, tensor, zeros, ones, randn, manualSeed, noGrad, backendInfo } from '../lib';
+// Forward (and autograd) checks against reference compositions of existing
+// tensor ops, hand-computed rotary tables, a composed block's gradients, and the
+// argument errors of the modules and options. Each op's own gradient checks,
+// CPU/CUDA parity and argument errors are in the op registry (test/ops/).
+import { Tensor, tensor, zeros, randn, manualSeed, noGrad, backendInfo } from '../lib';
 import { native } from '../lib/native';
 import {
   embedding, rmsNorm, applyRotary, rotaryTables, scaledDotProductAttention, Embedding, RMSNorm,
@@ -12,8 +13,6 @@ import { sortedPositions } from '../lib/ops/transformer';
 import { gradcheck, t64 } from './helpers/gradcheck';
 import { expectThrows } from './helpers/expect-throws';
 
-
-const FORMAT = /^[A-Za-z_.]+: .+ must be .+, got .+$/s;
 
 function expectClose(got: ArrayLike<number>, want: ArrayLike<number>, atol: number, rtol = 0): void {
   expect(got.length).toBe(want.length);
@@ -105,10 +104,9 @@ describe('embedding', () => {
     expect(embedding(ids32([], [0, 3]), w).shape).toEqual([0, 3, 3]);
   });
 
-  test('gradcheck of weight with repeated ids (unused rows get zeros)', () => {
+  test('the weight gradient with repeated ids is onehot^T g (unused rows get zeros)', () => {
     const ids = ids32([1, 3, 1, 0, 1, 3], [2, 3]);
     const w = t64([5, 3], 2);
-    gradcheck((wt) => embedding(ids, wt), [w]);
     // dweight = onehot^T g: rows 2 and 4 are never used.
     const g = t64([2, 3, 3], 3, { requiresGrad: false });
     embedding(ids, w).backward(g);
@@ -162,32 +160,6 @@ describe('rmsNorm', () => {
     expect(z[2]).toBeCloseTo(1e-3 / Math.sqrt(1e-6 + 1e-6), 12);
   });
 
-  test.each([
-    ['weight', [2, 3, 6], true],
-    ['weight, 1-D x', [5], true],
-    ['no weight', [3, 4], false],
-  ] as const)('gradcheck dx, dweight (%s)', (_n, shape, withWeight) => {
-    const x = t64(shape, 20);
-    const D = shape[shape.length - 1];
-    if (withWeight) {
-      const w = t64([D], 21);
-      gradcheck((a, b) => rmsNorm(a, b, 1e-5), [x, w]);
-    } else {
-      gradcheck((a) => rmsNorm(a, null, 1e-5), [x]);
-    }
-  });
-
-  test('a frozen weight gets no gradient; only the weight may require grad', () => {
-    const x = t64([3, 4], 22);
-    const w = t64([4], 23, { requiresGrad: false });
-    gradcheck((a) => rmsNorm(a, w, 1e-6), [x]);
-    expect(w.grad).toBeNull();
-    const xf = t64([3, 4], 24, { requiresGrad: false });
-    const w2 = t64([4], 25);
-    gradcheck((b) => rmsNorm(xf, b, 1e-6), [w2]);
-    expect(xf.grad).toBeNull();
-  });
-
   test('autograd agrees with the reference graph on a threaded-size problem', () => {
     manualSeed(6);
     const x1 = randn([64, 512], { dtype: 'float64', requiresGrad: true });
@@ -229,21 +201,6 @@ describe('applyRotary', () => {
     // float32
     const o32 = applyRotary(x.to('float32'), cos.to('float32'), sin.to('float32'));
     expectClose(o32.toArray(), out.toArray(), 1e-5);
-  });
-
-  test.each([
-    ['[1,1,1,2]', [1, 1, 1, 2]],
-    ['[2,3,5,4]', [2, 3, 5, 4]],
-  ] as const)('gradcheck dx %s, with real tables and with arbitrary cos/sin', (_n, shape) => {
-    const [, , T, Dh] = shape;
-    const x = t64(shape, 31);
-    const { cos, sin } = rotaryTables(T, Dh, { theta: 100, dtype: 'float64', positionOffset: 3 });
-    gradcheck((a) => applyRotary(a, cos, sin), [x]);
-    // cos/sin whose halves differ exercise every term of the adjoint
-    const c2 = f64([T, Dh], 32);
-    const s2 = f64([T, Dh], 33);
-    gradcheck((a) => applyRotary(a, c2, s2), [x]);
-    expect(c2.grad).toBeNull();
   });
 
   test('gradient agrees with the reference graph on a threaded-size problem', () => {
@@ -349,7 +306,7 @@ describe('scaledDotProductAttention', () => {
     }
   }
 
-  test.each(cases)('forward and gradcheck dq, dk, dv: %s (Dh 3)', (_n, B, Hq, Hkv, T, Dh, causal) => {
+  test.each(cases)('forward against the reference: %s (Dh 3)', (_n, B, Hq, Hkv, T, Dh, causal) => {
     const q = t64([B, Hq, T, Dh], 40);
     const k = t64([B, Hkv, T, Dh], 41);
     const v = t64([B, Hkv, T, Dh], 42);
@@ -357,7 +314,6 @@ describe('scaledDotProductAttention', () => {
     const out = scaledDotProductAttention(q, k, v, { causal });
     expect(out.shape).toEqual([B, Hq, T, Dh]);
     expectClose(out.toArray(), noGrad(() => refAttention(noGradInputs[0], noGradInputs[1], noGradInputs[2], causal)).toArray(), 1e-14);
-    gradcheck((a, b, c) => scaledDotProductAttention(a, b, c, { causal }), [q, k, v]);
   });
 
   test('causal is the default; scale option; T = 1 causal output is v', () => {
@@ -374,27 +330,16 @@ describe('scaledDotProductAttention', () => {
     for (const h of [0, 1]) expectClose(out.slice(h * 8, h * 8 + 2), va.slice(h * 8, h * 8 + 2), 1e-15);
   });
 
-  test('non-causal with S != T and Dv != Dh; gradcheck with some inputs frozen', () => {
+  test('non-causal with S != T and Dv != Dh', () => {
     const q = t64([2, 4, 3, 4], 46);
     const k = t64([2, 2, 5, 4], 47);
     const v = t64([2, 2, 5, 2], 48);
     const out = scaledDotProductAttention(q, k, v, { causal: false });
     expect(out.shape).toEqual([2, 4, 3, 2]);
     expectClose(out.toArray(), noGrad(() => refAttention(q, k, v, false)).toArray(), 1e-14);
-    gradcheck((a, b, c) => scaledDotProductAttention(a, b, c, { causal: false }), [q, k, v]);
-    // only k, only v, only q
-    for (const which of [0, 1, 2]) {
-      const ins = [t64([1, 4, 3, 4], 50), t64([1, 2, 5, 4], 51), t64([1, 2, 5, 3], 52)];
-      ins.forEach((t, i) => t.requiresGrad_(i === which));
-      gradcheck((a, b, c) => scaledDotProductAttention(a, b, c, { causal: false }), ins);
-      ins.forEach((t, i) => { if (i !== which) expect(t.grad).toBeNull(); });
-    }
   });
 
-  test('Dh even, a shared tensor as k and v, and no keys (S = 0) gives zeros', () => {
-    const q = t64([1, 2, 4, 4], 53);
-    const kv = t64([1, 1, 4, 4], 54);
-    gradcheck((a, b) => scaledDotProductAttention(a, b, b), [q, kv]);
+  test('no keys (S = 0) gives zeros', () => {
     const empty = scaledDotProductAttention(f64([1, 2, 3, 4], 55), zeros([1, 1, 0, 4], { dtype: 'float64' }),
       zeros([1, 1, 0, 4], { dtype: 'float64' }), { causal: false });
     expect(Array.from(empty.toArray())).toEqual(new Array(24).fill(0));
@@ -489,20 +434,10 @@ describe('Embedding and RMSNorm modules', () => {
 
 // ====================================================================== errors
 
-describe('argument errors', () => {
+describe('argument errors (the ops\' own are in the op registry, test/ops/)', () => {
   const w = f64([5, 3], 80);
 
-  test('embedding', () => {
-    let e = expectThrows(() => embedding(ids32([0, 5], [2]), w), RangeError,
-      /^embedding: ids\[1\] must be in \[0, 5\) \(weight.shape\[0\]\), got 5$/);
-    expect(e.message).toMatch(FORMAT);
-    expectThrows(() => embedding(ids32([0, 1, 2, -1], [2, 2]), w), RangeError, /ids\[1, 1\] must be in \[0, 5\).*got -1$/);
-    expectThrows(() => embedding(tensor([0, 1]), w), TypeError, /embedding: ids must be an int32 tensor/);
-    expectThrows(() => embedding([0, 1] as unknown as Tensor, w), TypeError, /embedding: ids must be a Tensor, got \[0, 1\]/);
-    e = expectThrows(() => embedding(ids32([0], [1]), f64([5], 1)), RangeError, /embedding: weight must be a 2-D tensor/);
-    expect(e.message).toMatch(FORMAT);
-    expectThrows(() => embedding(ids32([0], [1]), ids32([1, 2], [1, 2])), RangeError, /weight's dtype must be float32 or float64/);
-    expectThrows(() => new Embedding(3, 2).forward(ids32([3], [1])), RangeError, /^Embedding.forward: ids\[0\] must be in \[0, 3\)/);
+  test('Embedding', () => {
     expectThrows(() => new Embedding(-1, 2), RangeError, /Embedding: numEmbeddings must be a non-negative integer, got -1/);
     expectThrows(() => new Embedding(3, 2, { dtype: 'int32' as 'float32' }), RangeError, /options.dtype must be one of/);
     // the native layer checks ids too
@@ -510,73 +445,22 @@ describe('argument errors', () => {
     expect(() => native.embeddingBackward(ids32([-2], [1])._h, null, f64([1, 3], 1)._h, 5)).toThrow(/outside \[0, 5\)/);
   });
 
-  test('rmsNorm and RMSNorm', () => {
-    const x = f64([2, 4], 81);
-    expectThrows(() => rmsNorm(x, f64([3], 1)), RangeError, /^rmsNorm: weight must be a 1-D tensor of 4 elements \(x.shape\[-1\]\) or null, got Tensor\(shape \[3\]/);
-    expectThrows(() => rmsNorm(x, ones([4])), TypeError, /rmsNorm: x is float64 but weight is float32/);
-    expectThrows(() => rmsNorm(x, null, -1), RangeError, /rmsNorm: eps must be a number >= 0, got -1/);
-    expectThrows(() => rmsNorm(x, null, '1e-6' as unknown as number), TypeError, /eps must be a number/);
-    expectThrows(() => rmsNorm(tensor(3, { dtype: 'float64' }), null), RangeError, /rmsNorm: x must be a tensor with at least 1 dim/);
-    expectThrows(() => rmsNorm(ids32([1], [1]), null), RangeError, /x's dtype must be float32 or float64/);
-    expectThrows(() => new RMSNorm(4).forward(ones([2, 3])), RangeError, /^RMSNorm.forward: x.shape\[-1\] must be 4 \(dim\), got 3$/);
-    expectThrows(() => new RMSNorm(4).forward(x), TypeError, /RMSNorm.forward: x is float64 but weight is float32/);
+  test('RMSNorm', () => {
     expectThrows(() => new RMSNorm(4, { eps: -1 }), RangeError, /RMSNorm: options.eps must be a number >= 0/);
     expectThrows(() => new RMSNorm(4, { epsilon: 1 } as unknown as { eps: number }), TypeError, /unknown option "epsilon"/);
   });
 
-  test('applyRotary and rotaryTables', () => {
+  test('applyRotary: tables that require grad are fine without a graph', () => {
     const { cos, sin } = rotaryTables(3, 4, { theta: 10000, dtype: 'float64' });
     const x = f64([1, 2, 3, 4], 82);
-    let e = expectThrows(() => applyRotary(f64([2, 3, 4], 1), cos, sin), RangeError, /^applyRotary: x must be a 4-D tensor \[B, H, T, Dh\]/);
-    expect(e.message).toMatch(FORMAT);
-    const odd = rotaryTables(3, 4, { theta: 10000, dtype: 'float64' });
-    expectThrows(() => applyRotary(f64([1, 2, 3, 5], 1), odd.cos, odd.sin), RangeError,
-      /applyRotary: x.shape\[3\] \(head dim\) must be even .*got 5$/);
-    expectThrows(() => applyRotary(f64([1, 2, 5, 4], 1), cos, sin), RangeError, /applyRotary: cos must be a 2-D tensor of shape \[5, 4\]/);
-    expectThrows(() => applyRotary(x, cos, f64([3, 2], 1)), RangeError, /applyRotary: sin must be a 2-D tensor of shape \[3, 4\]/);
-    expectThrows(() => applyRotary(x, cos.to('float32'), sin), TypeError, /applyRotary: x is float64 but cos is float32/);
     const cg = cos.detach().requiresGrad_(true);
     expectThrows(() => applyRotary(x, cg, sin), RangeError, /applyRotary: cos.requiresGrad must be false .*got true/);
     expect(() => noGrad(() => applyRotary(x, cg, sin))).not.toThrow();
-
-    e = expectThrows(() => rotaryTables(4, 5, { theta: 10000 }), RangeError, /^rotaryTables: headDim must be a positive even integer, got 5$/);
-    expect(e.message).toMatch(FORMAT);
-    expectThrows(() => rotaryTables(4, 8, {} as { theta: number }), TypeError, /rotaryTables: options.theta must be a number, got undefined/);
-    expectThrows(() => rotaryTables(4, 8, undefined as unknown as { theta: number }), TypeError, /rotaryTables: options must be an object/);
-    expectThrows(() => rotaryTables(4, 8, { theta: -1 }), RangeError, /options.theta must be a number > 0/);
-    expectThrows(() => rotaryTables(4, 8, { theta: 1e4, scaling: { type: 'yarn' } as unknown as null }), RangeError,
-      /options.scaling.type must be one of "llama3", "linear", got "yarn"/);
-    expectThrows(() => rotaryTables(4, 8, { theta: 1e4, scaling: { type: 'llama3', factor: 8, lowFreqFactor: 4, highFreqFactor: 1, originalMaxPositionEmbeddings: 8192 } }),
-      RangeError, /options.scaling.highFreqFactor must be > options.scaling.lowFreqFactor \(4\), got 1/);
-    expectThrows(() => rotaryTables(4, 8, { theta: 1e4, scaling: { type: 'linear' } as unknown as null }), TypeError,
-      /options.scaling.factor must be a number, got undefined/);
-    expectThrows(() => rotaryTables(4, 8, { theta: 1e4, positionOffset: -1 }), RangeError, /options.positionOffset must be a non-negative integer/);
-    expectThrows(() => rotaryTables(4, 8, { theta: 1e4, dtype: 'int32' as 'float32' }), RangeError, /options.dtype must be one of "float32", "float64"/);
   });
 
-  test('scaledDotProductAttention', () => {
+  test('scaledDotProductAttention: S != T is fine without causal masking', () => {
     const q = f64([1, 4, 3, 2], 83);
-    const k = f64([1, 2, 3, 2], 84);
-    const v = f64([1, 2, 3, 2], 85);
-    let e = expectThrows(() => scaledDotProductAttention(f64([4, 3, 2], 1), k, v), RangeError,
-      /^scaledDotProductAttention: q must be a 4-D tensor \[B, Hq, T, Dh\]/);
-    expect(e.message).toMatch(FORMAT);
-    expectThrows(() => scaledDotProductAttention(q, f64([2, 3, 2], 1), v), RangeError, /k must be a 4-D tensor/);
-    expectThrows(() => scaledDotProductAttention(q, k, f64([2, 3, 2], 1)), RangeError, /v must be a 4-D tensor/);
-    e = expectThrows(() => scaledDotProductAttention(f64([1, 3, 3, 2], 1), k, v), RangeError,
-      /^scaledDotProductAttention: q.shape\[1\] \(query heads\) must be a multiple of k.shape\[1\] \(2 kv heads\), got 3$/);
-    expect(e.message).toMatch(FORMAT);
-    expectThrows(() => scaledDotProductAttention(q, f64([1, 2, 3, 3], 1), v), RangeError, /k.shape\[3\] \(head dim\) must be 2 \(q.shape\[3\]\), got 3/);
-    expectThrows(() => scaledDotProductAttention(q, f64([2, 2, 3, 2], 1), v), RangeError, /k.shape\[0\] \(batch\) must be 1/);
-    expectThrows(() => scaledDotProductAttention(q, k, f64([1, 2, 4, 2], 1)), RangeError, /v.shape must be \[1, 2, 3, Dv\]/);
-    expectThrows(() => scaledDotProductAttention(q, f64([1, 2, 5, 2], 1), f64([1, 2, 5, 2], 1)), RangeError,
-      /k.shape\[2\] \(key length\) must be 3 \(q.shape\[2\]\) with causal masking/);
     expect(() => scaledDotProductAttention(q, f64([1, 2, 5, 2], 1), f64([1, 2, 5, 2], 1), { causal: false })).not.toThrow();
-    expectThrows(() => scaledDotProductAttention(q, k.to('float32'), v), TypeError, /q is float64 but k is float32/);
-    expectThrows(() => scaledDotProductAttention(q, k, v, { casual: true } as AttentionOpts), TypeError, /unknown option "casual"/);
-    expectThrows(() => scaledDotProductAttention(q, k, v, { scale: '1' } as unknown as AttentionOpts), TypeError, /options.scale must be a number/);
-    expectThrows(() => scaledDotProductAttention(q, k, v, { causal: 1 } as unknown as AttentionOpts), TypeError, /options.causal must be a boolean/);
-    expectThrows(() => scaledDotProductAttention(q, ids32([0, 0, 0, 0], [1, 1, 2, 2]), v), RangeError, /k's dtype must be float32 or float64/);
   });
 
   test('devices', () => {
@@ -606,5 +490,3 @@ describe('argument errors', () => {
     expect(rmsNorm(x, null).requiresGrad).toBe(true);
   });
 });
-
-type AttentionOpts = Parameters<typeof scaledDotProductAttention>[3];

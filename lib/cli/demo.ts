@@ -27,6 +27,7 @@ import { CliDevice, resolveDevice } from './device';
 import { Progress } from './progress';
 import { LossSeries, svgChart, terminalChart } from './chart';
 import { ensureWritableDir as ensureWritable, writeFileAtomic } from '../atomic';
+import { COMMAND_TEXT } from './commands';
 
 /** Digits 0-9, then the separator and the two task markers; ids 13-15 are unused. */
 export const DEMO_TOKENS = ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '=', '<copy>', '<inc>'];
@@ -409,8 +410,6 @@ export async function runDemo(o: DemoOptions, io: CliIO): Promise<DemoSummary> {
   };
 }
 
-export const DEMO_SUMMARY = 'Pretrain a tiny Llama on a synthetic task, then LoRA-fine-tune it on a related one (nothing to download).';
-
 const SPECS = {
   device: { type: 'string', metavar: 'cpu|cuda', help: 'where to train (default: cuda when available, else cpu)' },
   seed: { type: 'number', integer: true, min: 0, default: 0, metavar: 'N', help: 'random seed (weights and data)' },
@@ -426,11 +425,11 @@ const SPECS = {
 export async function demoCommand(argv: string[], io: CliIO): Promise<number> {
   const a = parseArgs('demo', SPECS, argv);
   if (a.help) {
-    io.stdout(helpText('demo', `${DEMO_SUMMARY}\n\n` +
+    io.stdout(helpText('demo', `${COMMAND_TEXT.demo.summary}\n\n` +
       'Pretrains every parameter of a small LlamaForCausalLM on task A (copy a digit sequence), freezes it,\n' +
       'injects LoRA (r 8, alpha 16) into q_proj and v_proj and trains only the adapters on task B (add 1 to\n' +
       'each digit). Prints accuracies before and after, parameter counts, adapter size, speed and the\n' +
-      'merge check; writes the adapter, the base model and a loss chart. Takes under 10 s on 2 CPU cores.', SPECS));
+      'merge check; writes the adapter, the base model and a loss chart.', SPECS, COMMAND_TEXT.demo.usage));
     return 0;
   }
   if (a._.length) throw new UsageError(`unexpected argument '${a._[0]}'`);

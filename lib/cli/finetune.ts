@@ -13,6 +13,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { CliError, CliIO, UsageError, oneLine, tokenContent } from './io';
 import { Specs, helpText, parseArgs } from './args';
+import { COMMAND_TEXT } from './commands';
 import {
   TokenizedExample, epochOrder, makeBatch, microBatches, readDataFile, splitTrainEval, tokenizeExamples,
 } from './data';
@@ -28,7 +29,8 @@ import { BatchSource, CheckpointInfo, Trainer, TrainerError, readCheckpoint } fr
 
 const COMMAND = 'finetune';
 const SUMMARY = [
-  'LoRA fine-tuning of a Hugging Face Llama-family checkpoint (Llama, Mistral, Qwen2, SmolLM, TinyLlama).',
+  COMMAND_TEXT.finetune.summary,
+  'Families: Llama, Mistral, Qwen2, SmolLM, TinyLlama.',
   'Writes a PEFT adapter directory (adapter_config.json, adapter_model.safetensors) to --out, and a resume',
   'checkpoint to OUT/checkpoint (at --save-every steps, at the end, at --max-steps and on Ctrl-C).',
   '',
@@ -74,7 +76,7 @@ const PARSE_SPECS: Specs = Object.fromEntries(Object.entries(FINETUNE_SPECS).map
 })) as Specs;
 
 export function finetuneHelp(): string {
-  return helpText(COMMAND, SUMMARY, FINETUNE_SPECS, 'lora-cuda finetune --model DIR --data FILE [options]');
+  return helpText(COMMAND, SUMMARY, FINETUNE_SPECS, COMMAND_TEXT.finetune.usage);
 }
 
 /** Test hooks: called after every optimizer step (inside the command's error handling). */

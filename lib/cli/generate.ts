@@ -10,8 +10,8 @@ import { loadTokenizer } from '../tokenizer';
 import { resolveDevice } from './device';
 import { helpText, parseArgs, Specs } from './args';
 import { CliError, CliIO, UsageError, oneLine, tokenContent } from './io';
+import { COMMAND_TEXT } from './commands';
 
-export const GENERATE_SUMMARY = 'Continue a prompt with a checkpoint, optionally with a LoRA adapter applied.';
 
 const SPECS = {
   model: { type: 'string', metavar: 'DIR', help: 'Hugging Face checkpoint: config.json, model.safetensors (or shards), tokenizer.json (required)' },
@@ -39,11 +39,11 @@ function eosText(modelDir: string): string | null {
 export async function generateCommand(argv: string[], io: CliIO): Promise<number> {
   const a = parseArgs('generate', SPECS, argv);
   if (a.help) {
-    io.stdout(helpText('generate', `${GENERATE_SUMMARY}\n\n` +
+    io.stdout(helpText('generate', `${COMMAND_TEXT.generate.summary}\n\n` +
       'Prints the prompt and its continuation. Generation stops at the end-of-sequence token (config.json\'s\n' +
       'eos_token_id, or tokenizer_config.json\'s eos_token) or after --max-new-tokens. Each step runs the whole\n' +
       'sequence again (no key/value cache), which suits short texts.', SPECS,
-    'lora-cuda generate --model DIR [--adapter DIR] --prompt TEXT [options]'));
+    COMMAND_TEXT.generate.usage));
     return 0;
   }
   if (a._.length) throw new UsageError(`unexpected argument ${JSON.stringify(a._[0])} (give the text with --prompt)`);

@@ -5,42 +5,19 @@
 import * as fs from 'fs';
 import * as path from 'path';
 import { CliError, CliIO, UsageError, processIO } from './io';
+import { COMMAND_TEXT, CommandName } from './commands';
 
 export { CliError, UsageError, processIO } from './io';
 export type { CliIO } from './io';
 
-interface Command {
-  summary: string;
-  usage: string;
-  run: (argv: string[], io: CliIO) => Promise<number>;
-}
-
-const COMMANDS: Record<string, Command> = {
-  demo: {
-    summary: 'pretrain a tiny Llama on a synthetic task, then LoRA-fine-tune it on a related one (no downloads, ~10 s)',
-    usage: 'lora-cuda demo [--device cpu|cuda] [--out DIR] [--svg FILE] [--json]',
-    run: async (argv, io) => (await import('./demo')).demoCommand(argv, io),
-  },
-  finetune: {
-    summary: 'LoRA fine-tuning of a Hugging Face Llama-family checkpoint on a .txt or .jsonl file',
-    usage: 'lora-cuda finetune --model DIR --data FILE [--out DIR] [options]',
-    run: async (argv, io) => (await import('./finetune')).finetuneCommand(argv, io),
-  },
-  merge: {
-    summary: 'fold a PEFT LoRA adapter into its base model and save a plain Hugging Face checkpoint',
-    usage: 'lora-cuda merge --model DIR --adapter DIR --out DIR',
-    run: async (argv, io) => (await import('./merge')).mergeCommand(argv, io),
-  },
-  generate: {
-    summary: 'continue a prompt with a checkpoint, optionally with a LoRA adapter applied',
-    usage: 'lora-cuda generate --model DIR [--adapter DIR] --prompt TEXT [options]',
-    run: async (argv, io) => (await import('./generate')).generateCommand(argv, io),
-  },
-  bench: {
-    summary: 'microbenchmarks: LoRA layers against the frozen linear layer they wrap',
-    usage: 'lora-cuda bench [--quick] [--device cpu|cuda] [--json FILE]',
-    run: async (argv, io) => (await import('./bench')).benchCommand(argv, io),
-  },
+// How to run each command; what it is (summary, usage) is in commands.ts.
+const COMMANDS: Record<CommandName, (argv: string[], io: CliIO) => Promise<number>> = {
+  demo: async (argv, io) => (await import('./demo')).demoCommand(argv, io),
+  finetune: async (argv, io) => (await import('./finetune')).finetuneCommand(argv, io),
+  merge: async (argv, io) => (await import('./merge')).mergeCommand(argv, io),
+  generate: async (argv, io) => (await import('./generate')).generateCommand(argv, io),
+  // The benchmarks live outside the library (bench/, shipped as dist/bench).
+  bench: async (argv, io) => (await import('../../bench/command')).benchCommand(argv, io),
 };
 
 /** The package version, from the package.json above this file (lib/cli or dist/lib/cli). */
@@ -67,7 +44,7 @@ export function mainHelp(): string {
     'LoRA fine-tuning for Node.js on a native core. With no command, runs the demo.',
     '',
     'commands:',
-    ...Object.entries(COMMANDS).map(([k, c]) => `  ${k.padEnd(w)}  ${c.summary}`),
+    ...Object.entries(COMMAND_TEXT).map(([k, c]) => `  ${k.padEnd(w)}  ${c.summary}`),
     '',
     'Run lora-cuda <command> --help for a command\'s options. Exit codes: 0 ok, 1 failure, 2 wrong usage.',
     '',
@@ -139,13 +116,13 @@ export async function main(argv: string[], io: CliIO = processIO): Promise<numbe
     name = first;
     rest = argv.slice(1);
   }
-  const command = COMMANDS[name];
+  const command = Object.hasOwn(COMMANDS, name) ? COMMANDS[name as CommandName] : undefined;
   if (!command) {
     io.stderr(`lora-cuda: unknown command '${name}' (commands: ${Object.keys(COMMANDS).join(', ')}; see lora-cuda --help)\n`);
     return 2;
   }
   try {
-    return await command.run(rest, io);
+    return await command(rest, io);
   } catch (err) {
     return report(err, name, io);
   }

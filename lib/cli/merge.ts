@@ -8,8 +8,8 @@ import { loraLayers } from '../lora';
 import { CliError, CliIO, UsageError } from './io';
 import { helpText, parseArgs, Specs } from './args';
 import { writeFileAtomicSync } from '../atomic';
+import { COMMAND_TEXT } from './commands';
 
-export const MERGE_SUMMARY = 'Fold a LoRA adapter into its base model and save a plain Hugging Face checkpoint.';
 
 const SPECS = {
   model: { type: 'string', metavar: 'DIR', help: 'the base model: a Hugging Face checkpoint directory (config.json, model.safetensors)' },
@@ -47,11 +47,11 @@ function formatBytes(n: number): string {
 export async function mergeCommand(argv: string[], io: CliIO): Promise<number> {
   const a = parseArgs('merge', SPECS, argv);
   if (a.help) {
-    io.stdout(helpText('merge', `${MERGE_SUMMARY}\n\n` +
+    io.stdout(helpText('merge', `${COMMAND_TEXT.merge.summary}\n\n` +
       'Loads the base model (LlamaForCausalLM family: Llama, Mistral, Qwen2, SmolLM, TinyLlama), applies the\n' +
       'adapter, and writes config.json and model.safetensors with W + (alpha / r) B A in every adapted layer.\n' +
       'Tokenizer and generation files next to the base model are copied along.', SPECS,
-    'lora-cuda merge --model DIR --adapter DIR --out DIR'));
+    COMMAND_TEXT.merge.usage));
     return 0;
   }
   if (a._.length) throw new UsageError(`unexpected argument '${a._[0]}' (give directories with --model, --adapter and --out)`);

@@ -1,5 +1,5 @@
-// Microbenchmarks: LoRA layers against the frozen linear layer they wrap.
-// Used by `npm run bench` (bench/run.ts) and `lora-cuda bench`.
+// CPU microbenchmarks: LoRA layers against the frozen linear layer they wrap,
+// behind `lora-cuda bench` and `npm run bench` (bench/command.ts).
 //
 // Rows per shape (M tokens, in, out, r):
 //   frozen fwd       y = x W^T + b (one GEMM): the BLAS baseline for LoRA forward
@@ -9,17 +9,10 @@
 //   lora fwd+bwd     forward plus dx, dA, dB (one native call each way)
 //   merge            W += s B A in place (one GEMM over W)
 // Each row is the median of timed repetitions after warm-up; inputs are fresh
-// random tensors (never zeros).
+// random tensors (never zeros). Only the public API is used.
 import * as os from 'os';
-import { Tensor } from './tensor';
-import { randn } from './creation';
-import { noGrad } from './autograd';
-import { manualSeed } from './random';
-import { Linear } from './nn/layers';
-import * as F from './nn/functional';
-import { LoRALinear } from './lora';
-import { backendInfo } from './backend';
-import type { CpuInfo } from './native';
+import { F, Linear, LoRALinear, Tensor, backendInfo, manualSeed, noGrad, randn } from '../lib';
+import type { BackendInfo } from '../lib';
 
 export interface BenchShape {
   M: number;
@@ -51,7 +44,7 @@ export interface BenchTarget {
 export interface BenchResult {
   date: string;
   machine: { cpu: string; cores: number; node: string; platform: string };
-  backend: CpuInfo;
+  backend: BackendInfo['cpu'];
   device: string;
   reps: number;
   rows: BenchRow[];
@@ -84,7 +77,7 @@ export interface RunBenchmarksOptions {
   shapes?: 'full' | 'quick' | 'tiny' | BenchShape[];
   /** Timed repetitions per row (default 5 with quick, else 15). */
   reps?: number;
-  /** Recorded in the result ('cpu'; the GPU benchmarks are runCudaBenchmarks in bench-cuda.ts). */
+  /** Recorded in the result ('cpu'; the GPU benchmarks are runCudaBenchmarks in cuda.ts). */
   device?: string;
   /** Receives the header, the table and the target line (default: nothing printed). */
   log?: (line: string) => void;

@@ -1,6 +1,6 @@
 // GPU microbenchmarks: LoRA layers against the plain cuBLAS GEMMs of the
-// frozen layer they wrap, timed with CUDA events. Used by
-// `npm run bench -- --device cuda` and `lora-cuda bench --device cuda`.
+// frozen layer they wrap, timed with CUDA events; behind
+// `lora-cuda bench --device cuda` (bench/command.ts).
 //
 // Method: first the two floors of this GPU, measured in the same process
 // (the matrix rate of a large square GEMM, fp32 and TF32, and the copy
@@ -14,15 +14,11 @@
 // Each row is the median of many runs after warm-up, each run timed between
 // two events on the device's stream. Inputs rotate over enough buffers to
 // exceed the L2 cache, so no run reads the previous run's data from cache.
+// The events and the plain GEMM come from the addon's `bench` object
+// (bench/binding.ts); everything else is the public API.
 import * as os from 'os';
-import { randn, zeros } from './creation';
-import { tidy } from './scope';
-import { noGrad } from './autograd';
-import { manualSeed } from './random';
-import { Linear } from './nn/layers';
-import { LoRALinear } from './lora';
-import { backendInfo, cuda } from './backend';
-import { native } from './native';
+import { Linear, LoRALinear, backendInfo, cuda, manualSeed, noGrad, randn, tidy, zeros } from '../lib';
+import { benchNative } from './binding';
 
 export interface CudaBenchShape {
   M: number;
@@ -92,12 +88,12 @@ function timeCuda(fn: () => void, reps: number, warmup: number): { median: numbe
   for (let i = 0; i < warmup; i++) fn();
   const ts: number[] = [];
   for (let i = 0; i < reps; i++) {
-    const a = native.cudaEventRecord(0);
+    const a = benchNative.eventRecord(0);
     fn();
-    const b = native.cudaEventRecord(0);
-    ts.push(native.cudaEventElapsed(a, b));
-    native.cudaEventDestroy(a);
-    native.cudaEventDestroy(b);
+    const b = benchNative.eventRecord(0);
+    ts.push(benchNative.eventElapsed(a, b));
+    benchNative.eventDestroy(a);
+    benchNative.eventDestroy(b);
   }
   ts.sort((x, y) => x - y);
   return { median: ts[Math.floor(ts.length / 2)], min: ts[0] };
@@ -116,7 +112,7 @@ function measureFloors(reps: number): CudaFloors {
   const rate = (tf32: boolean) => {
     cuda.setAllowTF32(tf32);
     try {
-      const t = timeCuda(() => native.gemmInto(a._h, b._h, c._h, false, false, 1, 0), Math.max(5, Math.floor(reps / 5)), 3);
+      const t = timeCuda(() => benchNative.gemmInto(a._h, b._h, c._h, false, false, 1, 0), Math.max(5, Math.floor(reps / 5)), 3);
       return (2 * n * n * n) / (t.median * 1e-3) / 1e12;
     } finally {
       cuda.setAllowTF32(false);
@@ -127,7 +123,7 @@ function measureFloors(reps: number): CudaFloors {
   // 1 GiB copied: 2 GiB moved (read + write).
   const src = zeros([2 ** 28], { device: 'cuda' });
   const dst = zeros([2 ** 28], { device: 'cuda' });
-  const t = timeCuda(() => native.copy_(dst._h, src._h), Math.max(5, Math.floor(reps / 5)), 3);
+  const t = timeCuda(() => dst.copy_(src), Math.max(5, Math.floor(reps / 5)), 3);
   const copyGBps = (2 * 4 * 2 ** 28) / (t.median * 1e-3) / 1e9;
   for (const x of [a, b, c, src, dst]) x.dispose();
   return { matrixTflops: { fp32, tf32 }, copyGBps };
@@ -179,12 +175,12 @@ function benchShape(s: CudaBenchShape, math: 'fp32' | 'tf32', reps: number, floo
   try {
     times = {
       'baseline fwd': timeCuda(() => {
-        native.gemmInto(xs[next()]._h, lin.weight._h, y._h, false, true, 1, 0);
+        benchNative.gemmInto(xs[next()]._h, lin.weight._h, y._h, false, true, 1, 0);
       }, reps, 5),
       'baseline fwd+bwd': timeCuda(() => {
         const j = next();
-        native.gemmInto(xs[j]._h, lin.weight._h, y._h, false, true, 1, 0);
-        native.gemmInto(dys[j]._h, lin.weight._h, dx._h, false, false, 1, 0);
+        benchNative.gemmInto(xs[j]._h, lin.weight._h, y._h, false, true, 1, 0);
+        benchNative.gemmInto(dys[j]._h, lin.weight._h, dx._h, false, false, 1, 0);
       }, reps, 5),
       'lora fwd': timeCuda(() => tidy(() => {
         noGrad(() => lora.forward(xs[next()]));
@@ -198,13 +194,13 @@ function benchShape(s: CudaBenchShape, math: 'fp32' | 'tf32', reps: number, floo
     // Merge then unmerge keeps W bounded; only the merge is timed.
     const merges: number[] = [];
     for (let n = 0; n < reps + 3; n++) {
-      const a = native.cudaEventRecord(0);
+      const a = benchNative.eventRecord(0);
       lora.mergeToOrig();
-      const b = native.cudaEventRecord(0);
+      const b = benchNative.eventRecord(0);
       lora.unmergeFromOrig();
-      if (n >= 3) merges.push(native.cudaEventElapsed(a, b));
-      native.cudaEventDestroy(a);
-      native.cudaEventDestroy(b);
+      if (n >= 3) merges.push(benchNative.eventElapsed(a, b));
+      benchNative.eventDestroy(a);
+      benchNative.eventDestroy(b);
     }
     merges.sort((p, q) => p - q);
     times.merge = { median: merges[Math.floor(merges.length / 2)], min: merges[0] };

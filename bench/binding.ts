@@ -1,0 +1,17 @@
+// The addon's `bench` object (binding/bench.cpp): what only the benchmarks
+// use, kept out of the library's own binding interface (lib/native.ts).
+import { native } from '../lib/native';
+import type { NativeTensor } from '../lib/native';
+
+export interface BenchBinding {
+  /** Records an event on device `index`'s stream; returns its id. */
+  eventRecord(index: number): number;
+  /** Milliseconds between two recorded events (waits for the second). */
+  eventElapsed(start: number, end: number): number;
+  eventDestroy(event: number): void;
+  /** c = alpha op(a) op(b) + beta c in place (2-D): the plain GEMM the layers are compared with. */
+  gemmInto(a: NativeTensor, b: NativeTensor, c: NativeTensor, transA: boolean, transB: boolean,
+    alpha: number, beta: number): void;
+}
+
+export const benchNative: BenchBinding = (native as unknown as { bench: BenchBinding }).bench;

@@ -1,0 +1,105 @@
+// `lora-cuda bench` and `npm run bench`: the microbenchmarks of cpu.ts (frozen
+// layer against LoRA forward, backward and merge) and cuda.ts (the same on the
+// GPU against plain cuBLAS GEMMs), printed as a table and written as JSON.
+// Loaded by the command line (lib/cli/index.ts) only when this command runs.
+import * as fs from 'fs';
+import * as path from 'path';
+import { CliError, CliIO, UsageError } from '../lib/cli/io';
+import { helpText, parseArgs, Specs } from '../lib/cli/args';
+import { resolveDevice } from '../lib/cli/device';
+import { COMMAND_TEXT } from '../lib/cli/commands';
+import { BENCH_SHAPES, cpuSlug, runBenchmarks } from './cpu';
+import { gpuSlug, runCudaBenchmarks } from './cuda';
+
+const SPECS = {
+  quick: { type: 'boolean', help: 'two shapes and fewer repetitions (5 instead of 15 on the CPU, 10 instead of 50 on CUDA)' },
+  device: { type: 'string', metavar: 'cpu|cuda', help: 'where to run (default: cuda when available, else cpu)' },
+  json: { type: 'string', metavar: 'FILE', help: 'also write the results as JSON to FILE' },
+  results: { type: 'string', metavar: 'DIR', help: 'also write the results as JSON into DIR, in a file named after the machine (cpu-<cpu>-<blas>.json, cuda-<gpu>.json; -quick with --quick)' },
+} satisfies Specs;
+
+// Not in --help: a single tiny shape, so tests can run the command in a moment.
+const HIDDEN = { shapes: { type: 'string', metavar: 'full|quick|tiny', help: 'which shapes' } } satisfies Specs;
+
+/** The file name --results gives a result: the machine, and -quick (or -tiny) when not every shape ran fully. */
+export function resultFileName(machine: string, o: { quick?: boolean; shapes?: string }): string {
+  const suffix = o.shapes === 'tiny' ? '-tiny' : o.quick || o.shapes === 'quick' ? '-quick' : '';
+  return `${machine}${suffix}.json`;
+}
+
+/** Fails before minutes of measuring, not after: dir must be (or become) a writable directory. */
+function checkWritableDir(dir: string, target: string, option: string): void {
+  try {
+    fs.mkdirSync(dir, { recursive: true });
+    fs.accessSync(dir, fs.constants.W_OK);
+  } catch (e) {
+    throw new CliError(`cannot write ${target} (${dirErrorCode(dir, e as NodeJS.ErrnoException)}); choose another ${option}`);
+  }
+}
+
+/**
+ * The code that says what is wrong with dir. mkdirSync({ recursive }) reports
+ * EEXIST when dir itself is a regular file; what Node says for any other use
+ * of such a path (a file in it, as --json FILE names), and the truth, is ENOTDIR.
+ */
+function dirErrorCode(dir: string, e: NodeJS.ErrnoException): string {
+  if (e.code !== 'EEXIST') return e.code ?? e.message;
+  try {
+    return fs.statSync(dir).isDirectory() ? 'EEXIST' : 'ENOTDIR';
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code ?? 'EEXIST';
+  }
+}
+
+export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
+  const a = parseArgs('bench', { ...SPECS, ...HIDDEN }, argv);
+  if (a.help) {
+    io.stdout(helpText('bench', `${COMMAND_TEXT.bench.summary}\n\n` +
+      'For each shape (M tokens, in, out, r) it times the frozen layer\'s forward and forward plus input\n' +
+      'gradient (the baselines), LoRA forward, LoRA forward plus backward, and merge; each row is the\n' +
+      'median of timed repetitions after warm-up. On CUDA the baselines are plain cuBLAS GEMMs, the runs are\n' +
+      'timed with CUDA events, fp32 and TF32, and the floors (matrix rate, copy bandwidth) are measured first.', SPECS, COMMAND_TEXT.bench.usage));
+    return 0;
+  }
+  if (a._.length) throw new UsageError(`unexpected argument '${a._[0]}'`);
+  if (a.shapes !== undefined && !(a.shapes in BENCH_SHAPES)) throw new UsageError(`--shapes must be full, quick or tiny, got ${JSON.stringify(a.shapes)}`);
+  const device = resolveDevice(a.device);
+  const json = a.json === undefined ? undefined : path.resolve(a.json);
+  if (json !== undefined) checkWritableDir(path.dirname(json), json, '--json FILE');
+  const results = a.results === undefined ? undefined : path.resolve(a.results);
+  if (results !== undefined) checkWritableDir(results, results, '--results DIR');
+  const shapes = a.shapes as 'full' | 'quick' | 'tiny' | undefined;
+  const log = (line: string) => io.stdout(line + '\n');
+  let result: object;
+  let machine: string;
+  if (device === 'cuda') {
+    const r = runCudaBenchmarks({ quick: a.quick, shapes, log });
+    result = r;
+    machine = `cuda-${gpuSlug(r.machine.gpu)}`;
+  } else {
+    const r = runBenchmarks({
+      quick: a.quick,
+      shapes,
+      device,
+      log,
+      onShape: (s, i, n) => {
+        if (io.isTTY) io.stderr(`\rmeasuring shape ${i + 1}/${n}: M ${s.M}, in ${s.inF}, out ${s.outF}, r ${s.r}\x1b[K`);
+      },
+    });
+    result = r;
+    machine = `cpu-${cpuSlug(r.machine.cpu)}-${r.backend.blas}`;
+  }
+  if (io.isTTY) io.stderr('\r\x1b[K');
+  const files = [json, results === undefined ? undefined : path.join(results, resultFileName(machine, { quick: a.quick, shapes }))];
+  for (const file of files) {
+    if (file === undefined) continue;
+    // A plain write: a benchmark result is cheap to measure again if it is cut short.
+    try {
+      fs.writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
+    } catch (e) {
+      throw new CliError(`cannot write ${file}: ${(e as Error).message}`);
+    }
+    io.stdout(`wrote ${path.relative(process.cwd(), file) || file}\n`);
+  }
+  return 0;
+}

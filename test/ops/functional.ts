@@ -1,0 +1,298 @@
+// Registry entries for the functional ops (`F`).
+import { F, Tensor, ones, tensor, zeros } from '../../lib';
+import { I, OpInfo, OpSample, awayFromZero, fmt, ids } from './types';
+
+const BOTH_DEVICES: OpInfo['devices'] = ['cpu', 'cuda'];
+const FLOATS: OpInfo['dtypes'] = ['float64', 'float32'];
+
+type Reduction = 'mean' | 'sum' | 'none';
+type CeOptions = { reduction?: Reduction; labelSmoothing?: number; ignoreIndex?: number };
+
+const f64 = (shape: number[]) => zeros(shape, { dtype: 'float64' });
+const int32 = (data: number[], shape: number[]) => tensor(data, { dtype: 'int32', shape });
+
+// ------------------------------------------------------------ F.linear
+
+const linearSamples: OpSample[] = [];
+for (const xs of [[4], [3, 4], [2, 3, 4]]) {
+  linearSamples.push({ name: `x ${fmt(xs)} with bias`, inputs: [I(xs), I([5, 4]), I([5])], call: ([x, w, b]) => F.linear(x, w, b) });
+  linearSamples.push({ name: `x ${fmt(xs)} without bias`, inputs: [I(xs), I([5, 4])], call: ([x, w]) => F.linear(x, w) });
+}
+linearSamples.push(
+  { name: 'x without grad: W and b only', inputs: [I([3, 4], { grad: false }), I([5, 4]), I([5])], call: ([x, w, b]) => F.linear(x, w, b) },
+  { name: 'frozen weight and bias: x only', inputs: [I([2, 3, 4]), I([5, 4], { grad: false }), I([5], { grad: false })], call: ([x, w, b]) => F.linear(x, w, b) },
+  { name: 'with bias, M = 1, 3, 1000', inputs: [I([1, 17]), I([3, 17]), I([1000, 17]), I([64, 17]), I([64])],
+    call: ([x1, x3, xk, w, b]) => [F.linear(x1, w, b), F.linear(x3, w, b), F.linear(xk, w, b)], gradcheck: false },
+  { name: 'without bias, frozen weight, odd sizes', inputs: [I([2, 3, 33]), I([17, 33], { grad: false })], call: ([x, w]) => F.linear(x, w), gradcheck: false },
+);
+
+// ------------------------------------------------------------ F.crossEntropy
+
+const TARGETS = [1, 4, 0, 2];
+const WITH_IGNORED = [1, -100, 3, 0];
+const ceCases: [string, number[], number[] | number, CeOptions][] = [];
+for (const reduction of ['mean', 'sum', 'none'] as const) {
+  ceCases.push([`[N,C] ${reduction}`, [4, 5], TARGETS, { reduction }]);
+  ceCases.push([`[N,C] ${reduction} with an ignored target (-100)`, [4, 5], WITH_IGNORED, { reduction }]);
+  ceCases.push([`[N,C] ${reduction} labelSmoothing 0.1`, [4, 5], TARGETS, { reduction, labelSmoothing: 0.1 }]);
+  ceCases.push([`[N,C] ${reduction} labelSmoothing 0.1 + ignored`, [4, 5], WITH_IGNORED, { reduction, labelSmoothing: 0.1 }]);
+  ceCases.push([`[C] ${reduction} (number target)`, [5], 3, { reduction }]);
+  ceCases.push([`[C] ${reduction} labelSmoothing 0.1 (array target)`, [5], [2], { reduction, labelSmoothing: 0.1 }]);
+}
+ceCases.push(['[N,C] default options', [3, 6], [5, 0, 2], {}]);
+ceCases.push(['[N,C] custom ignoreIndex 2', [4, 5], [2, 1, 2, 4], { ignoreIndex: 2 }]);
+ceCases.push(['[N,C] labelSmoothing 1.0', [3, 4], [0, 3, 1], { labelSmoothing: 1 }]);
+
+const twice = (v: number) => 2 * v;
+const ceLarge = Array.from({ length: 17 }, (_, i) => (i % 5 === 3 ? -100 : (i * 7919 + 13) % 1000));
+
+// ------------------------------------------------------------ attention
+
+const attentionSamples: OpSample[] = [];
+for (const causal of [true, false]) {
+  for (const [Hq, Hkv] of [[4, 2], [2, 2], [3, 1]]) {
+    for (const T of [1, 5]) {
+      attentionSamples.push({
+        name: `Hq=${Hq} Hkv=${Hkv} T=${T} ${causal ? 'causal' : 'full'} (B 2, Dh 3)`,
+        inputs: [I([2, Hq, T, 3]), I([2, Hkv, T, 3]), I([2, Hkv, T, 3])],
+        call: ([q, k, v]) => F.scaledDotProductAttention(q, k, v, { causal }),
+      });
+    }
+  }
+}
+attentionSamples.push({
+  name: 'non-causal, S != T and Dv != Dh', inputs: [I([2, 4, 3, 4]), I([2, 2, 5, 4]), I([2, 2, 5, 2])],
+  call: ([q, k, v]) => F.scaledDotProductAttention(q, k, v, { causal: false }),
+});
+for (const [which, name] of [[0, 'q'], [1, 'k'], [2, 'v']] as const) {
+  attentionSamples.push({
+    name: `non-causal, only ${name} requires grad`,
+    inputs: [I([1, 4, 3, 4], { grad: which === 0 }), I([1, 2, 5, 4], { grad: which === 1 }), I([1, 2, 5, 3], { grad: which === 2 })],
+    call: ([q, k, v]) => F.scaledDotProductAttention(q, k, v, { causal: false }),
+  });
+}
+attentionSamples.push({
+  name: 'Dh even, one tensor as both k and v', inputs: [I([1, 2, 4, 4]), I([1, 1, 4, 4])],
+  call: ([q, kv]) => F.scaledDotProductAttention(q, kv, kv),
+});
+for (const { B, Hq, Hkv, T, D } of [
+  { B: 1, Hq: 1, Hkv: 1, T: 1, D: 8 },
+  { B: 2, Hq: 4, Hkv: 2, T: 17, D: 16 },
+  { B: 1, Hq: 6, Hkv: 2, T: 40, D: 64 },
+  { B: 1, Hq: 2, Hkv: 1, T: 70, D: 128 },
+]) {
+  attentionSamples.push(
+    { name: `causal B${B} Hq${Hq} Hkv${Hkv} T${T} D${D}`, inputs: [I([B, Hq, T, D]), I([B, Hkv, T, D]), I([B, Hkv, T, D])],
+      call: ([q, k, v]) => F.scaledDotProductAttention(q, k, v, { causal: true }), gradcheck: false },
+    { name: `full B${B} Hq${Hq} Hkv${Hkv} T${T} S${T + 3} D${D}`, inputs: [I([B, Hq, T, D]), I([B, Hkv, T + 3, D]), I([B, Hkv, T + 3, D])],
+      call: ([q, k, v]) => F.scaledDotProductAttention(q, k, v, { causal: false }), gradcheck: false },
+  );
+}
+
+type AttentionOpts = Parameters<typeof F.scaledDotProductAttention>[3];
+const q4 = () => f64([1, 4, 3, 2]);
+const k2 = () => f64([1, 2, 3, 2]);
+
+// ------------------------------------------------------------ the entries
+
+export const FUNCTIONAL_OPS: OpInfo[] = [
+  {
+    name: 'F.linear', where: ['F.linear'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES, tol32: 5e-5,
+    samples: linearSamples,
+    errors: [
+      { name: 'a 1-D weight', call: () => F.linear(zeros([2, 3]), zeros([3])), type: RangeError,
+        message: /^F\.linear: weight must be a 2-D tensor \[out, in\], got Tensor\(shape \[3\], float32, cpu\)$/, standard: true },
+      { name: 'x whose last dim is not in', call: () => F.linear(zeros([2, 4]), zeros([5, 3])), type: RangeError,
+        message: /^F\.linear: x\.shape\[-1\] must be 3 \(weight\.shape\[1\]\), got 4$/, standard: true },
+      { name: 'a bias of the wrong length', call: () => F.linear(zeros([2, 3]), zeros([5, 3]), zeros([4])), type: RangeError,
+        message: /^F\.linear: bias must be a 1-D tensor of 5 elements, got Tensor\(shape \[4\], float32, cpu\)$/ },
+      { name: 'a 0-d x', call: () => F.linear(zeros([]), zeros([5, 3])), type: RangeError, message: /^F\.linear: x must be a tensor with at least 1 dim \[\.\.\., in\]/ },
+      { name: 'a weight that is not a tensor', call: () => F.linear(zeros([2, 3]), [[1]] as unknown as Tensor), type: TypeError, message: /^F\.linear: weight must be a Tensor, got \[\[1\]\]$/ },
+    ],
+  },
+  {
+    name: 'F.relu', where: ['F.relu', 'Tensor.relu'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES,
+    samples: [{ name: 'F.relu (away from 0)', inputs: [I([3, 4], { values: awayFromZero(0.05) })], call: ([x]) => F.relu(x) }],
+    errors: [{ name: 'not a tensor', call: () => F.relu([1] as unknown as Tensor), type: TypeError, message: /^F\.relu: x must be a Tensor, got \[1\]$/, standard: true }],
+  },
+  {
+    name: 'F.gelu', where: ['F.gelu', 'Tensor.gelu'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES,
+    samples: [
+      { name: "F.gelu 'tanh'", inputs: [I([3, 4])], call: ([x]) => F.gelu(x, 'tanh') },
+      { name: 'F.gelu default', inputs: [I([3, 4])], call: ([x]) => F.gelu(x) },
+    ],
+    errors: [
+      { name: 'not a tensor', call: () => F.gelu('x' as unknown as Tensor), type: TypeError, message: /^F\.gelu: x must be a Tensor, got "x"$/, standard: true },
+      { name: 'an unknown approximation', call: () => F.gelu(zeros([2]), 'fast' as 'tanh'), type: RangeError, message: /approximate must be one of "none", "tanh", got "fast"$/ },
+    ],
+  },
+  {
+    name: 'F.silu', where: ['F.silu', 'Tensor.silu'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES,
+    samples: [{ name: 'F.silu', inputs: [I([3, 4])], call: ([x]) => F.silu(x) }],
+    errors: [{ name: 'not a tensor', call: () => F.silu(3 as unknown as Tensor), type: TypeError, message: /^F\.silu: x must be a Tensor, got 3$/, standard: true }],
+  },
+  {
+    name: 'F.mseLoss', where: ['F.mseLoss'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES,
+    samples: [
+      ...(['mean', 'sum', 'none'] as const).map((reduction): OpSample => ({
+        name: `reduction ${reduction} (grads of input and target)`, inputs: [I([3, 4]), I([3, 4])], call: ([a, t]) => F.mseLoss(a, t, { reduction }),
+      })),
+      { name: 'default reduction, target without grad', inputs: [I([2, 3, 2]), I([2, 3, 2], { grad: false })], call: ([a, t]) => F.mseLoss(a, t) },
+      { name: '[3,17]', inputs: [I([3, 17]), I([3, 17])], call: ([a, b]) => F.mseLoss(a, b), gradcheck: false },
+    ],
+    errors: [
+      { name: 'mismatched shapes', call: () => F.mseLoss(zeros([2, 3]), zeros([3, 2])), type: RangeError,
+        message: /^F\.mseLoss: target\.shape must be \[2, 3\] \(the input's shape\), got \[3, 2\]$/, standard: true },
+      { name: 'an unknown reduction', call: () => F.mseLoss(zeros([2]), zeros([2]), { reduction: 'avg' as 'mean' }), type: RangeError,
+        message: /^F\.mseLoss: options\.reduction must be one of "mean", "sum", "none", got "avg"$/ },
+    ],
+  },
+  {
+    name: 'F.crossEntropy', where: ['F.crossEntropy'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES, tol32: 5e-5,
+    samples: [
+      ...ceCases.map(([name, shape, target, options]): OpSample => ({
+        name, inputs: [I(shape, { values: twice })], call: ([logits]) => F.crossEntropy(logits, target, options),
+      })),
+      // The targets are read on the host, as an array of class indices would be: from any device.
+      { name: 'int32 tensor targets, labelSmoothing 0.1', inputs: [I([3, 4]), ids([3], [3, 0, -100], { anyDevice: true })],
+        call: ([logits, t]) => F.crossEntropy(logits, t, { labelSmoothing: 0.1 }) },
+      { name: 'ignore index and label smoothing, 1000 classes', inputs: [I([17, 1000])],
+        call: ([x]) => [F.crossEntropy(x, ceLarge), F.crossEntropy(x, ceLarge, { labelSmoothing: 0.1, reduction: 'sum' })], gradcheck: false },
+    ],
+    errors: [
+      { name: 'a target out of range', call: () => F.crossEntropy(zeros([2, 3]), [0, 3]), type: RangeError,
+        message: /^F\.crossEntropy: target\[1\] must be in \[0, 3\) or ignoreIndex \(-100\), got 3$/ },
+      { name: 'a negative target', call: () => F.crossEntropy(zeros([2, 3]), [-1, 0]), type: RangeError, message: /target\[0\] must be in \[0, 3\).*got -1$/ },
+      { name: 'an int32 target out of range', call: () => F.crossEntropy(zeros([2, 3]), int32([0, 7], [2])), type: RangeError, message: /target\[1\] must be in \[0, 3\).*got 7$/ },
+      { name: 'a fractional target', call: () => F.crossEntropy(zeros([2, 3]), [0, 1.5]), type: TypeError, message: /target\[1\] must be an integer class index, got 1\.5$/ },
+      { name: 'one target too many', call: () => F.crossEntropy(zeros([2, 3]), [0, 1, 2]), type: RangeError,
+        message: /^F\.crossEntropy: target\.length must be 2 \(one class index per row of input\), got 3$/ },
+      { name: 'an int32 target of the wrong shape', call: () => F.crossEntropy(zeros([2, 3]), int32([0, 1, 2], [3])), type: RangeError,
+        message: /^F\.crossEntropy: target\.shape must be \[2\], got \[3\]$/ },
+      { name: 'a float target tensor', call: () => F.crossEntropy(zeros([2, 3]), tensor([0, 1])), type: TypeError, message: /target must be an int32 tensor of class indices/ },
+      { name: '3-D logits', call: () => F.crossEntropy(zeros([2, 3, 4]), [0, 1]), type: RangeError, message: /input must be logits of shape \[N, C\] or \[C\]/ },
+      { name: 'labelSmoothing above 1', call: () => F.crossEntropy(zeros([2, 3]), [0, 1], { labelSmoothing: 2 }), type: RangeError,
+        message: /^F\.crossEntropy: options\.labelSmoothing must be in \[0, 1\], got 2$/, standard: true },
+    ],
+  },
+  {
+    name: 'F.embedding', where: ['embedding'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES,
+    samples: [
+      { name: 'weight, repeated ids (rows 2 and 4 unused)', inputs: [ids([2, 3], [1, 3, 1, 0, 1, 3]), I([5, 3])], call: ([i, w]) => F.embedding(i, w) },
+      { name: 'repeated ids [4,10] into [50,17]', inputs: [ids([4, 10], { high: 50 }), I([50, 17])], call: ([i, w]) => F.embedding(i, w), gradcheck: false },
+    ],
+    errors: [
+      { name: 'an id past the end', call: () => F.embedding(int32([0, 5], [2]), f64([5, 3])), type: RangeError,
+        message: /^embedding: ids\[1\] must be in \[0, 5\) \(weight.shape\[0\]\), got 5$/, standard: true },
+      { name: 'a negative id in 2-D ids', call: () => F.embedding(int32([0, 1, 2, -1], [2, 2]), f64([5, 3])), type: RangeError, message: /ids\[1, 1\] must be in \[0, 5\).*got -1$/ },
+      { name: 'float ids', call: () => F.embedding(tensor([0, 1]), f64([5, 3])), type: TypeError, message: /embedding: ids must be an int32 tensor/ },
+      { name: 'ids that are not a tensor', call: () => F.embedding([0, 1] as unknown as Tensor, f64([5, 3])), type: TypeError, message: /embedding: ids must be a Tensor, got \[0, 1\]/ },
+      { name: 'a 1-D weight', call: () => F.embedding(int32([0], [1]), f64([5])), type: RangeError, message: /embedding: weight must be a 2-D tensor/, standard: true },
+      { name: 'an int32 weight', call: () => F.embedding(int32([0], [1]), int32([1, 2], [1, 2])), type: RangeError, message: /weight's dtype must be float32 or float64/ },
+    ],
+  },
+  {
+    name: 'F.rmsNorm', where: ['rmsNorm'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES,
+    samples: [
+      { name: 'weight', inputs: [I([2, 3, 6]), I([6])], call: ([x, w]) => F.rmsNorm(x, w, 1e-5) },
+      { name: 'weight, 1-D x', inputs: [I([5]), I([5])], call: ([x, w]) => F.rmsNorm(x, w, 1e-5) },
+      { name: 'no weight', inputs: [I([3, 4])], call: ([x]) => F.rmsNorm(x, null, 1e-5) },
+      { name: 'a frozen weight gets no gradient', inputs: [I([3, 4]), I([4], { grad: false })], call: ([x, w]) => F.rmsNorm(x, w, 1e-6) },
+      { name: 'only the weight requires grad', inputs: [I([3, 4], { grad: false }), I([4])], call: ([x, w]) => F.rmsNorm(x, w, 1e-6) },
+      { name: 'with and without weight [3,5,17]', inputs: [I([3, 5, 17]), I([17])], call: ([x, w]) => [F.rmsNorm(x, w, 1e-6), F.rmsNorm(x, null, 1e-5)], gradcheck: false },
+    ],
+    errors: [
+      { name: 'a weight of the wrong length', call: () => F.rmsNorm(f64([2, 4]), f64([3])), type: RangeError,
+        message: /^rmsNorm: weight must be a 1-D tensor of 4 elements \(x.shape\[-1\]\) or null, got Tensor\(shape \[3\]/ },
+      { name: 'a float32 weight for float64 x', call: () => F.rmsNorm(f64([2, 4]), ones([4])), type: TypeError, message: /rmsNorm: x is float64 but weight is float32/ },
+      { name: 'a negative eps', call: () => F.rmsNorm(f64([2, 4]), null, -1), type: RangeError, message: /rmsNorm: eps must be a number >= 0, got -1/ },
+      { name: 'eps as a string', call: () => F.rmsNorm(f64([2, 4]), null, '1e-6' as unknown as number), type: TypeError, message: /eps must be a number/ },
+      { name: 'a 0-d x', call: () => F.rmsNorm(tensor(3, { dtype: 'float64' }), null), type: RangeError, message: /rmsNorm: x must be a tensor with at least 1 dim/ },
+      { name: 'int32 x', call: () => F.rmsNorm(int32([1], [1]), null), type: RangeError, message: /x's dtype must be float32 or float64/ },
+    ],
+  },
+  {
+    name: 'F.applyRotary', where: ['applyRotary'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES,
+    samples: [
+      ...([[1, 1, 1, 2], [2, 3, 5, 4]] as number[][]).flatMap(([B, H, T, Dh]): OpSample[] => [
+        { name: `x ${fmt([B, H, T, Dh])}, tables with theta 100 from position 3`, inputs: [I([B, H, T, Dh])],
+          call: ([x], { dtype, device }) => {
+            const { cos, sin } = F.rotaryTables(T, Dh, { theta: 100, dtype, device, positionOffset: 3 } as never);
+            return F.applyRotary(x, cos, sin);
+          } },
+        // cos/sin whose halves differ exercise every term of the adjoint.
+        { name: `x ${fmt([B, H, T, Dh])}, arbitrary cos and sin`, inputs: [I([B, H, T, Dh]), I([T, Dh], { grad: false }), I([T, Dh], { grad: false })],
+          call: ([x, c, s]) => F.applyRotary(x, c, s) },
+      ]),
+      { name: 'x [2,3,7,16], tables with theta 10000', inputs: [I([2, 3, 7, 16])],
+        call: ([x], { dtype, device }) => {
+          const { cos, sin } = F.rotaryTables(7, 16, { theta: 10000, dtype, device } as never);
+          return F.applyRotary(x, cos, sin);
+        }, gradcheck: false },
+    ],
+    errors: [
+      { name: 'a 3-D x', call: () => F.applyRotary(f64([2, 3, 4]), f64([3, 4]), f64([3, 4])), type: RangeError,
+        message: /^applyRotary: x must be a 4-D tensor \[B, H, T, Dh\]/, standard: true },
+      { name: 'an odd head dim', call: () => F.applyRotary(f64([1, 2, 3, 5]), f64([3, 4]), f64([3, 4])), type: RangeError,
+        message: /applyRotary: x.shape\[3\] \(head dim\) must be even .*got 5$/ },
+      { name: 'tables for another length', call: () => F.applyRotary(f64([1, 2, 5, 4]), f64([3, 4]), f64([3, 4])), type: RangeError,
+        message: /applyRotary: cos must be a 2-D tensor of shape \[5, 4\]/ },
+      { name: 'a sin table of the wrong shape', call: () => F.applyRotary(f64([1, 2, 3, 4]), f64([3, 4]), f64([3, 2])), type: RangeError,
+        message: /applyRotary: sin must be a 2-D tensor of shape \[3, 4\]/ },
+      { name: 'float32 tables for float64 x', call: () => F.applyRotary(f64([1, 2, 3, 4]), zeros([3, 4]), f64([3, 4])), type: TypeError,
+        message: /applyRotary: x is float64 but cos is float32/ },
+      { name: 'a table that requires grad', call: () => F.applyRotary(f64([1, 2, 3, 4]), f64([3, 4]).requiresGrad_(true), f64([3, 4])), type: RangeError,
+        message: /applyRotary: cos.requiresGrad must be false .*got true/ },
+    ],
+  },
+  {
+    name: 'F.rotaryTables', where: ['rotaryTables'], differentiable: false, dtypes: FLOATS, devices: BOTH_DEVICES,
+    samples: [
+      { name: 'T 7, head dim 16, theta 10000', inputs: [], call: (_xs, { dtype, device }) => {
+        const { cos, sin } = F.rotaryTables(7, 16, { theta: 10000, dtype, device } as never);
+        return [cos, sin];
+      } },
+      { name: 'llama3 scaling from position 4095', inputs: [], call: (_xs, { dtype, device }) => {
+        const { cos, sin } = F.rotaryTables(3, 128, { theta: 500000, dtype, device, positionOffset: 4095,
+          scaling: { type: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 8192 } } as never);
+        return [cos, sin];
+      } },
+    ],
+    errors: [
+      { name: 'an odd head dim', call: () => F.rotaryTables(4, 5, { theta: 10000 }), type: RangeError, message: /^rotaryTables: headDim must be a positive even integer, got 5$/, standard: true },
+      { name: 'no theta', call: () => F.rotaryTables(4, 8, {} as { theta: number }), type: TypeError, message: /rotaryTables: options.theta must be a number, got undefined/ },
+      { name: 'no options', call: () => F.rotaryTables(4, 8, undefined as unknown as { theta: number }), type: TypeError, message: /rotaryTables: options must be an object/ },
+      { name: 'a negative theta', call: () => F.rotaryTables(4, 8, { theta: -1 }), type: RangeError, message: /options.theta must be a number > 0/ },
+      { name: 'an unknown scaling', call: () => F.rotaryTables(4, 8, { theta: 1e4, scaling: { type: 'yarn' } as unknown as null }), type: RangeError,
+        message: /options.scaling.type must be one of "llama3", "linear", got "yarn"/ },
+      { name: 'llama3 scaling with high <= low', call: () => F.rotaryTables(4, 8, { theta: 1e4, scaling: { type: 'llama3', factor: 8, lowFreqFactor: 4, highFreqFactor: 1, originalMaxPositionEmbeddings: 8192 } }),
+        type: RangeError, message: /options.scaling.highFreqFactor must be > options.scaling.lowFreqFactor \(4\), got 1/ },
+      { name: 'linear scaling without a factor', call: () => F.rotaryTables(4, 8, { theta: 1e4, scaling: { type: 'linear' } as unknown as null }), type: TypeError,
+        message: /options.scaling.factor must be a number, got undefined/ },
+      { name: 'a negative position offset', call: () => F.rotaryTables(4, 8, { theta: 1e4, positionOffset: -1 }), type: RangeError, message: /options.positionOffset must be a non-negative integer/ },
+      { name: 'an int32 dtype', call: () => F.rotaryTables(4, 8, { theta: 1e4, dtype: 'int32' as 'float32' }), type: RangeError, message: /options.dtype must be one of "float32", "float64"/ },
+    ],
+  },
+  {
+    name: 'F.scaledDotProductAttention', where: ['scaledDotProductAttention'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES, tol32: 5e-5,
+    samples: attentionSamples,
+    errors: [
+      { name: 'a 3-D q', call: () => F.scaledDotProductAttention(f64([4, 3, 2]), k2(), k2()), type: RangeError,
+        message: /^scaledDotProductAttention: q must be a 4-D tensor \[B, Hq, T, Dh\]/, standard: true },
+      { name: 'a 3-D k', call: () => F.scaledDotProductAttention(q4(), f64([2, 3, 2]), k2()), type: RangeError, message: /k must be a 4-D tensor/ },
+      { name: 'a 3-D v', call: () => F.scaledDotProductAttention(q4(), k2(), f64([2, 3, 2])), type: RangeError, message: /v must be a 4-D tensor/ },
+      { name: 'query heads not a multiple of kv heads', call: () => F.scaledDotProductAttention(f64([1, 3, 3, 2]), k2(), k2()), type: RangeError,
+        message: /^scaledDotProductAttention: q.shape\[1\] \(query heads\) must be a multiple of k.shape\[1\] \(2 kv heads\), got 3$/, standard: true },
+      { name: 'another head dim in k', call: () => F.scaledDotProductAttention(q4(), f64([1, 2, 3, 3]), k2()), type: RangeError, message: /k.shape\[3\] \(head dim\) must be 2 \(q.shape\[3\]\), got 3/ },
+      { name: 'another batch in k', call: () => F.scaledDotProductAttention(q4(), f64([2, 2, 3, 2]), k2()), type: RangeError, message: /k.shape\[0\] \(batch\) must be 1/ },
+      { name: 'v of another length', call: () => F.scaledDotProductAttention(q4(), k2(), f64([1, 2, 4, 2])), type: RangeError, message: /v.shape must be \[1, 2, 3, Dv\]/ },
+      { name: 'S != T with causal masking', call: () => F.scaledDotProductAttention(q4(), f64([1, 2, 5, 2]), f64([1, 2, 5, 2])), type: RangeError,
+        message: /k.shape\[2\] \(key length\) must be 3 \(q.shape\[2\]\) with causal masking/ },
+      { name: 'float32 k for float64 q', call: () => F.scaledDotProductAttention(q4(), zeros([1, 2, 3, 2]), k2()), type: TypeError, message: /q is float64 but k is float32/ },
+      { name: 'a misspelt option', call: () => F.scaledDotProductAttention(q4(), k2(), k2(), { casual: true } as AttentionOpts), type: TypeError, message: /unknown option "casual"/ },
+      { name: 'a string scale', call: () => F.scaledDotProductAttention(q4(), k2(), k2(), { scale: '1' } as unknown as AttentionOpts), type: TypeError, message: /options.scale must be a number/ },
+      { name: 'causal not a boolean', call: () => F.scaledDotProductAttention(q4(), k2(), k2(), { causal: 1 } as unknown as AttentionOpts), type: TypeError, message: /options.causal must be a boolean/ },
+      { name: 'an int32 k', call: () => F.scaledDotProductAttention(q4(), int32([0, 0, 0, 0], [1, 1, 2, 2]), k2()), type: RangeError, message: /k's dtype must be float32 or float64/ },
+    ],
+  },
+];
