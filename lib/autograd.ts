@@ -23,13 +23,24 @@ export function isGradEnabled(): boolean {
  */
 export function noGrad<T>(fn: () => T): T {
   if (typeof fn !== 'function') throw new TypeError(`noGrad: fn must be a function, got ${typeof fn}`);
+  // Grad mode is one flag for the thread: after an await, other code runs and fn's own code resumes
+  // with whatever mode is current, so an async fn cannot be covered. Refused before it runs.
+  if (fn.constructor?.name === 'AsyncFunction') throw asyncError();
   const prev = gradEnabled;
   gradEnabled = false;
+  let result: T;
   try {
-    return fn();
+    result = fn();
   } finally {
     gradEnabled = prev;
   }
+  if (result !== null && typeof result === 'object' && typeof (result as { then?: unknown }).then === 'function') throw asyncError();
+  return result;
+}
+
+function asyncError(): TypeError {
+  return new TypeError('noGrad: fn is asynchronous (an async function or one returning a Promise); noGrad needs a synchronous function, ' +
+    'since ops after an await would record a graph again. Call noGrad around the synchronous parts instead');
 }
 
 // ================================================================ functions

@@ -176,6 +176,23 @@ describe('autograd', () => {
     expect(noGrad(() => b.mul(b)).requiresGrad).toBe(false);
   });
 
+  test('noGrad refuses asynchronous functions: after an await, ops would record a graph again', async () => {
+    const b = tensor([3, 4], { requiresGrad: true });
+    let ran = false;
+    expect(() => noGrad(async () => {
+      ran = true;
+      return b.mul(b);
+    })).toThrow(/^noGrad: fn is asynchronous \(an async function or one returning a Promise\)/);
+    expect(ran).toBe(false); // refused before it runs
+    // A plain function returning a Promise: refused when it returns, with grad mode restored.
+    let late: Tensor | null = null;
+    const pending = Promise.resolve().then(() => { late = b.mul(b); });
+    expect(() => noGrad(() => pending)).toThrow(/^noGrad: fn is asynchronous/);
+    await pending;
+    expect(late!.requiresGrad).toBe(true);
+    expect(b.mul(b).requiresGrad).toBe(true);
+  });
+
   test('a frozen Linear weight costs no gradient: only dx is produced', () => {
     const lin = new Linear(4, 3);
     lin.requiresGrad_(false);
