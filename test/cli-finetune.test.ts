@@ -366,6 +366,9 @@ describe('errors: exit code and one line with the fix', () => {
     one(await run(['--model', path.join(modelDir, 'config.json'), '--data', txt]), 1, /config\.json: not a directory \(give the checkpoint directory/);
     one(await run([...base(), '--data', txt, '--out', out(), '--target', 'x_proj']), 1,
       /--target x_proj selects no layer of this model; its Linear layers are named q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head/);
+    // A partly misspelt list is refused before training, naming the names that match nothing.
+    one(await run([...base(), '--data', txt, '--out', out(), '--target', 'q_proj,vproj,kproj']), 1,
+      /--target q_proj,vproj,kproj: vproj, kproj match no layer of this model; its Linear layers are named q_proj, /);
     // Where CUDA is available this trains: in a directory of its own, not the one the other cases share.
     const cuda = await run([...base(), '--data', txt, '--out', path.join(tmp, 'err-out-cuda'), '--device', 'cuda']);
     if (!backendInfo().cuda.available) one(cuda, 1, /--device cuda: CUDA is not available \(.+\); use --device cpu/);

@@ -380,7 +380,11 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
     } catch (e) {
       if (!(e instanceof RangeError)) throw e;
       const parts = [...new Set(linearNames.map((n) => n.slice(n.lastIndexOf('.') + 1)))];
-      throw new CliError(`--target ${opts.target} selects no layer of this model; its Linear layers are named ${parts.join(', ')} (or use all-linear)`);
+      const unmatched = targets.filter((t) => !linearNames.some((n) => n === t || n.endsWith(`.${t}`)));
+      const what = unmatched.length && unmatched.length < targets.length
+        ? `--target ${opts.target}: ${unmatched.join(', ')} ${unmatched.length > 1 ? 'match' : 'matches'} no layer of this model`
+        : `--target ${opts.target} selects no layer of this model`;
+      throw new CliError(`${what}; its Linear layers are named ${parts.join(', ')} (or use all-linear)`);
     }
 
     const saveTo = (dir: string) => saveAdapter(model, dir, { baseModelNameOrPath: opts.model });
