@@ -22,7 +22,7 @@ const SPECS = {
 const HIDDEN = { shapes: { type: 'string', metavar: 'full|quick|tiny', help: 'which shapes' } } satisfies Specs;
 
 /** The file name --results gives a result: the machine, and -quick (or -tiny) when not every shape ran fully. */
-export function resultFileName(machine: string, o: { quick?: boolean; shapes?: string }): string {
+function resultFileName(machine: string, o: { quick?: boolean; shapes?: string }): string {
   const suffix = o.shapes === 'tiny' ? '-tiny' : o.quick || o.shapes === 'quick' ? '-quick' : '';
   return `${machine}${suffix}.json`;
 }

@@ -178,7 +178,7 @@ function benchShape(s: BenchShape, reps: number): BenchRow[] {
 }
 
 /** The results table as lines of text (header, rule, one line per row). */
-export function formatBenchTable(rows: BenchRow[]): string[] {
+function formatBenchTable(rows: BenchRow[]): string[] {
   const header = ['M', 'in', 'out', 'r', 'op', 'median ms', 'min ms', 'GFLOP/s', 'vs baseline'];
   const table = rows.map((r) => [
     String(r.shape.M), String(r.shape.inF), String(r.shape.outF), String(r.shape.r), r.op,

@@ -67,7 +67,7 @@ export interface CudaBenchResult {
   targets: CudaBenchTarget[];
 }
 
-export const CUDA_BENCH_SHAPES: Record<'full' | 'quick' | 'tiny', CudaBenchShape[]> = {
+const CUDA_BENCH_SHAPES: Record<'full' | 'quick' | 'tiny', CudaBenchShape[]> = {
   full: [2048, 8192].flatMap((M) => [1024, 4096].flatMap((d) => [8, 16, 64].map((r) => ({ M, d, r })))),
   quick: [{ M: 2048, d: 4096, r: 16 }, { M: 8192, d: 4096, r: 16 }],
   tiny: [{ M: 64, d: 64, r: 4 }],
@@ -237,7 +237,7 @@ function benchShape(s: CudaBenchShape, math: 'fp32' | 'tf32', reps: number, floo
   });
 }
 
-export function formatCudaBenchTable(rows: CudaBenchRow[]): string[] {
+function formatCudaBenchTable(rows: CudaBenchRow[]): string[] {
   const header = ['M', 'd', 'r', 'math', 'op', 'median ms', 'floor ms', 'TFLOP/s', 'GB/s', 'vs baseline'];
   const table = rows.map((r) => [
     String(r.shape.M), String(r.shape.d), String(r.shape.r), r.math, r.op, r.medianMs.toFixed(4), r.floorMs.toFixed(4),

@@ -5,7 +5,7 @@
 import * as fs from 'fs';
 
 /** Largest single read or write request (fs rejects requests of 2 GiB and more). */
-export const IO_CHUNK = 1 << 30;
+const IO_CHUNK = 1 << 30;
 
 export type Op =
   | { kind: 'open'; path: string; flags: string }

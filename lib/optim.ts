@@ -7,7 +7,7 @@ import { assertTensor } from './checks';
 import { clearGrads } from './autograd';
 import { adamStep } from './ops/optim';
 import { DeviceSpec } from './device';
-import { checkBool, checkNumber, checkPositive, checkOptions, checkKnownKeys, describe, rangeError, typeError } from './errors';
+import { checkBool, checkNumber, checkOptions, checkKnownKeys, describe, rangeError, typeError } from './errors';
 import { SafetensorsFile, saveSafetensors } from './safetensors';
 
 export interface AdamOptions {

@@ -60,7 +60,7 @@ function decadeRange(series: LossSeries[]): [number, number] {
 }
 
 /** '10', '1', '0.1', '0.01', '0.001', then '1e-4'. */
-export function decadeLabel(k: number): string {
+function decadeLabel(k: number): string {
   if (k >= 0 && k <= 6) return String(10 ** k);
   if (k < 0 && k >= -3) return (10 ** k).toFixed(-k);
   return `1e${k}`;

@@ -30,7 +30,7 @@ export interface DataFile {
 }
 
 export const IGNORE_INDEX = -100;
-export const DATA_EXTENSIONS = ['.txt', '.jsonl'];
+const DATA_EXTENSIONS = ['.txt', '.jsonl'];
 
 const FORMAT_HINT = 'use .txt (one example per line) or .jsonl (objects with "text", or "prompt" and "completion")';
 
@@ -196,7 +196,7 @@ function streamSeed(seed: number, stream: number): number {
 }
 
 /** Fisher-Yates shuffle of `items` (a copy) with mulberry32. */
-export function shuffled<T>(items: readonly T[], seed: number): T[] {
+function shuffled<T>(items: readonly T[], seed: number): T[] {
   const a = items.slice();
   const rnd = mulberry32(seed);
   for (let i = a.length - 1; i > 0; i--) {

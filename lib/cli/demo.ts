@@ -30,13 +30,13 @@ import { ensureWritableDir as ensureWritable, writeFileAtomic } from '../atomic'
 import { COMMAND_TEXT } from './commands';
 
 /** Digits 0-9, then the separator and the two task markers; ids 13-15 are unused. */
-export const DEMO_TOKENS = ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '=', '<copy>', '<inc>'];
+const DEMO_TOKENS = ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9', '=', '<copy>', '<inc>'];
 const SEP = 10;
 const MARK_A = 11;
 const MARK_B = 12;
 /** Digits per sequence; a sequence is marker, digits, separator, answer digits. */
 export const DEMO_DIGITS = 6;
-export const DEMO_SEQ_LEN = 2 * DEMO_DIGITS + 2;
+const DEMO_SEQ_LEN = 2 * DEMO_DIGITS + 2;
 const ANSWER_START = DEMO_DIGITS + 2;
 const HELD_OUT = 256;
 
@@ -45,7 +45,7 @@ const HELD_OUT = 256;
  * matched whole, digits one per token. With it the base model in OUT/base-model works with
  * `lora-cuda generate` and `finetune` like any checkpoint.
  */
-export function demoTokenizerJson(): object {
+function demoTokenizerJson(): object {
   const vocab: Record<string, number> = Object.fromEntries([...DEMO_TOKENS, '<unk>'].map((t, i) => [t, i]));
   const added = (id: number, special: boolean) => ({
     id, content: [...DEMO_TOKENS, '<unk>'][id], single_word: false, lstrip: false, rstrip: false, normalized: false, special,
@@ -79,7 +79,7 @@ export const DEMO_CONFIG = {
   initializer_range: 0.02,
 };
 
-export const DEMO_LORA = { targetModules: ['q_proj', 'v_proj'], r: 8, alpha: 16 };
+const DEMO_LORA = { targetModules: ['q_proj', 'v_proj'], r: 8, alpha: 16 };
 
 export interface DemoOptions {
   seed: number;
@@ -140,7 +140,7 @@ export function demoSequence(task: DemoTask, digits: number[]): number[] {
 }
 
 /** Shows a sequence as text, e.g. '<inc> 3 1 4 = 4 2 5'. */
-export function showSequence(ids: number[]): string {
+function showSequence(ids: number[]): string {
   return ids.map((t) => DEMO_TOKENS[t] ?? `#${t}`).join(' ');
 }
 
@@ -281,7 +281,7 @@ async function writing<T>(what: string, fn: () => Promise<T> | T): Promise<T> {
 }
 
 /** Runs the demo, printing its report through `io`; returns the summary. */
-export async function runDemo(o: DemoOptions, io: CliIO): Promise<DemoSummary> {
+async function runDemo(o: DemoOptions, io: CliIO): Promise<DemoSummary> {
   const t0 = process.hrtime.bigint();
   const out = (s = '') => io.stdout(s + '\n');
   const adapterDir = path.resolve(o.out);

@@ -41,7 +41,7 @@ const SUMMARY = [
   '--warmup-steps and then follows --lr-schedule; the gradients are clipped to --max-grad-norm.',
 ].join('\n');
 
-export const FINETUNE_SPECS = {
+const FINETUNE_SPECS = {
   model: { type: 'string', metavar: 'DIR', help: 'Hugging Face checkpoint: config.json, model.safetensors (or shards), tokenizer.json (required)' },
   data: { type: 'string', metavar: 'FILE', help: 'training data, .txt or .jsonl (required)' },
   out: { type: 'string', metavar: 'DIR', default: './lora-adapter', help: 'output adapter directory' },
@@ -75,7 +75,7 @@ const PARSE_SPECS: Specs = Object.fromEntries(Object.entries(FINETUNE_SPECS).map
   return [k, rest];
 })) as Specs;
 
-export function finetuneHelp(): string {
+function finetuneHelp(): string {
   return helpText(COMMAND, SUMMARY, FINETUNE_SPECS, COMMAND_TEXT.finetune.usage);
 }
 

@@ -567,7 +567,7 @@ export function sampleToken(l: ArrayLike<number>, temperature: number, topK: num
 }
 
 /** The number of parameters of the model a config describes (tied embeddings counted once). */
-export function parameterCount(c: LlamaConfig): number {
+function parameterCount(c: LlamaConfig): number {
   const { hiddenSize: D, intermediateSize: I, vocabSize: V, headDim: hd, numAttentionHeads: H, numKeyValueHeads: Hkv } = c;
   const attention = D * H * hd + 2 * D * Hkv * hd + H * hd * D + (c.qkvBias ? (H + 2 * Hkv) * hd : 0) + (c.oBias ? D : 0);
   const mlp = 3 * D * I + (c.mlpBias ? 2 * I + D : 0);

@@ -44,7 +44,7 @@ export function silu(x: Tensor): Tensor {
   return x.silu();
 }
 
-function reduce(where: string, t: Tensor, reduction: Reduction): Tensor {
+function reduce(t: Tensor, reduction: Reduction): Tensor {
   if (reduction === 'none') return t;
   return reduction === 'sum' ? t.sum() : t.mean();
 }
@@ -64,7 +64,7 @@ export function mseLoss(input: Tensor, target: Tensor, options?: { reduction?: R
   checkKnownKeys(where, o, ['reduction']);
   const reduction = o.reduction === undefined ? 'mean' : checkOneOf(where, 'options.reduction', o.reduction, REDUCTIONS);
   const d = input.sub(target);
-  return reduce(where, d.mul(d), reduction);
+  return reduce(d.mul(d), reduction);
 }
 
 export interface CrossEntropyOptions {
