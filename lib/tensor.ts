@@ -229,7 +229,7 @@ export class Tensor {
     return shapeOps.detach(this);
   }
 
-  /** A copy with its own storage (differentiable). */
+  /** A copy with its own storage (differentiable; an int32 tensor is copied without a graph). */
   clone(): Tensor {
     this._checkLive('Tensor.clone');
     return shapeOps.clone(this);

@@ -83,6 +83,19 @@ describe('creation and data', () => {
     expect(tr.tolist()).toEqual([[6, 3], [5, 2], [4, 1]]);
   });
 
+  test('clone of an int32 tensor is a plain copy: own storage, no graph (as torch.clone of any dtype)', () => {
+    const ids = tensor([[3, -1], [7, 2147483647]], { dtype: 'int32' });
+    const c = ids.clone();
+    expect(c.dtype).toBe('int32');
+    expect(c.shape).toEqual([2, 2]);
+    expect({ requiresGrad: c.requiresGrad, gradFn: c.gradFn }).toEqual({ requiresGrad: false, gradFn: null });
+    ids.fill_(0);
+    expect(c.tolist()).toEqual([[3, -1], [7, 2147483647]]);
+    // The float path still records a graph.
+    const x = tensor([1, 2], { requiresGrad: true });
+    expect(x.clone().gradFn).toBe('CloneBackward');
+  });
+
   test('permute and transpose reorder dims like torch', () => {
     const t = tensor(Array.from({ length: 24 }, (_, i) => i), { shape: [2, 3, 4] });
     const p = t.permute(2, 0, 1);

@@ -2,6 +2,7 @@
 import type { Tensor } from '../tensor';
 import { native } from '../native';
 import { defineFunction } from '../autograd';
+import { to } from './creation';
 
 /** The same data with another shape (same numel; checked by the caller), sharing the storage. */
 export const reshape = defineFunction<[x: Tensor, shape: readonly number[]], { inShape: readonly number[] }>({
@@ -32,8 +33,7 @@ export const permute = defineFunction<[x: Tensor, perm: readonly number[]], { in
   },
 });
 
-/** A copy with its own storage. */
-export const clone = defineFunction<[x: Tensor]>({
+const CloneFloat = defineFunction<[x: Tensor]>({
   name: 'CloneBackward',
   forward(_ctx, x) {
     return x._make(native.affine(x._h, 1, 0), x.shape);
@@ -42,3 +42,11 @@ export const clone = defineFunction<[x: Tensor]>({
     return [g];
   },
 });
+
+/**
+ * A copy with its own storage: differentiable for float tensors; int32 tensors (which cannot
+ * require grad) get a plain copy, as torch.clone copies any dtype.
+ */
+export function clone(x: Tensor): Tensor {
+  return x.dtype === 'int32' ? to(x, x._device, 'int32') : CloneFloat(x);
+}

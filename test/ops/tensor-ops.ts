@@ -273,9 +273,7 @@ export const TENSOR_OPS: OpInfo[] = [
     errors: [{ name: 'a 3-D tensor', call: () => zeros([2, 3, 4]).t(), type: RangeError, message: /^Tensor\.t: the tensor must be a 2-D tensor/ }],
   },
   {
-    // int32: clone runs the float copy kernel, which refuses int32 in native code (neither a
-    // TypeScript check naming Tensor.clone nor a copy), so neither 'refused' nor 'supported' holds.
-    name: 'Tensor.clone', where: ['Tensor.clone'], dtypes: FLOATS, devices: BOTH_DEVICES,
+    name: 'Tensor.clone', where: ['Tensor.clone'], dtypes: FLOATS, int32: 'supported', devices: BOTH_DEVICES,
     samples: [
       { name: 'clone()', inputs: [I([2, 3])], call: ([x]) => x.clone() },
       { name: 'clone() * x', inputs: [I([2, 3])], call: ([x]) => x.clone().mul(x) },
