@@ -179,3 +179,24 @@ export function checkLinearInput(where: string, x: unknown, inFeatures: number, 
   const last = x.shape[x.ndim - 1];
   if (last !== inFeatures) throw rangeError(where, 'x.shape[-1]', `${inFeatures} (${what})`, last);
 }
+
+/**
+ * Validates the weight [out, in] and bias [out] (or null) of a linear map of x (x [..., in] is
+ * checked here against weight.shape[1]): live float tensors on x's device in x's dtype. Returns the
+ * bias, or null. `names` are how the caller's user knows them (a layer's 'origLinear.weight').
+ */
+export function checkLinearWeights(where: string, x: unknown, weight: unknown, bias: unknown,
+  names: { weight: string; bias: string } = { weight: 'weight', bias: 'bias' }): Tensor | null {
+  assertTensor(where, names.weight, weight);
+  requireFloat(where, weight, names.weight);
+  if (weight.ndim !== 2) throw rangeError(where, names.weight, 'a 2-D tensor [out, in]', weight);
+  const [outF, inF] = weight.shape;
+  checkLinearInput(where, x, inF, `${names.weight}.shape[1]`);
+  requireSame(where, x, 'x', weight, names.weight);
+  if (bias === null || bias === undefined) return null;
+  assertTensor(where, names.bias, bias);
+  requireSame(where, x, 'x', bias, names.bias);
+  if (bias.ndim !== 1 || bias.shape[0] !== outF) throw rangeError(where, names.bias, `a 1-D tensor of ${outF} elements`, bias);
+  bias._checkLive(where);
+  return bias;
+}

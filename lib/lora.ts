@@ -5,7 +5,7 @@
 import { Tensor } from './tensor';
 import { randn, rand, zeros } from './creation';
 import { keep } from './scope';
-import { checkLinearInput, requireSame } from './checks';
+import { assertTensor, checkLinearInput, checkLinearWeights, requireFloat, requireSame } from './checks';
 import { noGrad } from './autograd';
 import { Module } from './nn/module';
 import { Linear } from './nn/layers';
@@ -52,6 +52,16 @@ function resolveLoraOptions(where: string, o: Record<string, unknown>): Resolved
   const init = o.init === undefined ? 'normal' : checkOneOf(where, 'options.init', o.init, ['normal', 'gaussian', 'kaiming'] as const);
   const useRslora = o.useRslora === undefined ? false : checkBool(where, 'options.useRslora', o.useRslora);
   return { r, alpha, dropout, init, useRslora };
+}
+
+/** A or B of a layer: a live float tensor of the given shape on x's device in x's dtype. */
+function checkAdapter(where: string, x: Tensor, t: unknown, what: string, shape: number[], dims: string): void {
+  assertTensor(where, what, t);
+  requireFloat(where, t, what);
+  requireSame(where, x, 'x', t, what);
+  if (t.ndim !== 2 || t.shape[0] !== shape[0] || t.shape[1] !== shape[1]) {
+    throw rangeError(where, what, `a 2-D tensor of shape [${shape.join(', ')}] (${dims})`, t);
+  }
 }
 
 export class LoRALinear extends Module {
@@ -123,13 +133,15 @@ export class LoRALinear extends Module {
   forward(x: Tensor): Tensor {
     const where = 'LoRALinear.forward';
     checkLinearInput(where, x, this.inFeatures);
+    // Every tensor may have been replaced since construction: all are checked here, before the
+    // wrapped layer or native code sees them, so errors name this layer and the tensor.
     const W = this.origLinear.weight;
-    requireSame(where, x, 'x', W, 'origLinear.weight');
+    const b = checkLinearWeights(where, x, W, this.origLinear.bias, { weight: 'origLinear.weight', bias: 'origLinear.bias' });
     if (this.r === 0 || this.merged || !this.enabled || !this.A || !this.B) return this.origLinear.forward(x);
     const A = this.A;
     const B = this.B;
-    const b = this.origLinear.bias;
-    for (const t of [W, b, A, B]) t?._checkLive(where);
+    checkAdapter(where, x, A, 'A', [this.r, this.inFeatures], '[r, inFeatures]');
+    checkAdapter(where, x, B, 'B', [this.outFeatures, this.r], '[outFeatures, r]');
     const p = this.training ? this.dropout : 0;
     const key = p > 0 ? nextRandomKey() : { seed: 0n, offset: 0n };
     return ops.loraLinear(x, W, A, B, b, this.scale, p, key);

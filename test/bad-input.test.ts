@@ -130,11 +130,39 @@ describe('every op refuses bad input (the op registry)', () => {
     }
   });
 
+  // A module's own tensors (weight, bias, A, B) can be replaced after construction: one in another
+  // dtype or on another device is refused as a bad argument is, naming the op, before native code.
+  const stateInputs = (s: OpSample) => s.inputs.flatMap((spec, i) => (spec.state ? [i] : []));
+  const withState = withInputs.filter(([, , s]) => stateInputs(s).length > 0 && !s.separateInputs);
+  test.each(withState)("%s: each of the module's own tensors in turn as int32, then as float64 among float32 inputs: a TypeError or RangeError naming the op", (_t, op, s) => {
+    for (const i of stateInputs(s)) {
+      const e = thrown(op, s, { dtypeOf: (k) => (k === i ? 'int32' : undefined) });
+      expect({ input: i, type: e.constructor, message: e.message })
+        .toEqual({ input: i, type: e instanceof TypeError ? TypeError : RangeError, message: expect.stringMatching(/int32/) });
+      named(op, e.message);
+      if (floatInputs(s).length < 2) continue;
+      const e64 = thrown(op, s, { dtypeOf: (k) => (k === i ? 'float64' : undefined) });
+      expect({ input: i, type: e64.constructor, message: e64.message })
+        .toEqual({ input: i, type: TypeError, message: expect.stringMatching(/ is float(32|64) but .* is float(32|64)/) });
+      named(op, e64.message);
+    }
+  });
+
   /** Inputs that must be on the device of the others. */
   const placed = (s: OpSample) => s.inputs.flatMap((spec, i) => (spec.anyDevice ? [] : [i]));
   const twoDevices = withInputs.filter(([, op, s]) => placed(s).length > 1 && !s.separateInputs && op.devices.includes('cuda'));
   (hasCuda ? test.each(twoDevices) : test.skip.each(twoDevices))('%s: each argument in turn on CUDA, the other inputs on the CPU: a RangeError naming both devices', (_t, op, s) => {
     for (const i of args(s).filter((k) => placed(s).includes(k))) {
+      const e = thrown(op, s, { deviceOf: (k) => (k === i ? 'cuda' : undefined) });
+      expect({ input: i, type: e.constructor, message: e.message })
+        .toEqual({ input: i, type: RangeError, message: expect.stringMatching(/ is on (cpu|cuda:0) but .* is on (cpu|cuda:0)/) });
+      named(op, e.message);
+    }
+  });
+
+  const stateElsewhere = withState.filter(([, op, s]) => placed(s).length > 1 && op.devices.includes('cuda'));
+  (hasCuda ? test.each(stateElsewhere) : test.skip.each(stateElsewhere))("%s: each of the module's own tensors in turn on CUDA, the other inputs on the CPU: a RangeError naming both devices", (_t, op, s) => {
+    for (const i of stateInputs(s).filter((k) => placed(s).includes(k))) {
       const e = thrown(op, s, { deviceOf: (k) => (k === i ? 'cuda' : undefined) });
       expect({ input: i, type: e.constructor, message: e.message })
         .toEqual({ input: i, type: RangeError, message: expect.stringMatching(/ is on (cpu|cuda:0) but .* is on (cpu|cuda:0)/) });

@@ -1,7 +1,7 @@
 // Functional forms of the layers and losses (the `F` namespace).
 import { Tensor } from '../tensor';
 import { tensor } from '../creation';
-import { assertTensor, checkLinearInput, requireFloat, requireSame } from '../checks';
+import { assertTensor, checkLinearWeights, requireFloat, requireSame } from '../checks';
 import * as linearOps from '../ops/linear';
 import * as lossOps from '../ops/loss';
 import { checkInt, checkNumber, checkOneOf, checkOptions, checkKnownKeys, rangeError, typeError } from '../errors';
@@ -11,22 +11,8 @@ const REDUCTIONS: readonly Reduction[] = ['mean', 'sum', 'none'];
 
 /** y = x W^T + b for x [..., in], weight [out, in], bias [out]. */
 export function linear(x: Tensor, weight: Tensor, bias: Tensor | null = null): Tensor {
-  const where = 'F.linear';
-  assertTensor(where, 'weight', weight);
-  requireFloat(where, weight, 'weight');
-  if (weight.ndim !== 2) throw rangeError(where, 'weight', 'a 2-D tensor [out, in]', weight);
-  const [outF, inF] = weight.shape;
-  checkLinearInput(where, x, inF, 'weight.shape[1]');
-  requireSame(where, x, 'x', weight, 'weight');
-  if (bias !== null && bias !== undefined) {
-    assertTensor(where, 'bias', bias);
-    requireSame(where, x, 'x', bias, 'bias');
-    if (bias.ndim !== 1 || bias.shape[0] !== outF) throw rangeError(where, 'bias', `a 1-D tensor of ${outF} elements`, bias);
-    bias._checkLive(where);
-  } else {
-    bias = null;
-  }
-  return linearOps.linear(x, weight, bias);
+  const b = checkLinearWeights('F.linear', x, weight, bias);
+  return linearOps.linear(x, weight, b);
 }
 
 export function relu(x: Tensor): Tensor {

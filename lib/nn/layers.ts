@@ -1,7 +1,8 @@
 // Standard layers: Linear, containers and activations.
 import { Tensor, DType } from '../tensor';
 import { rand } from '../creation';
-import { checkLinearInput, requireSame } from '../checks';
+import { checkLinearInput, checkLinearWeights } from '../checks';
+import * as linearOps from '../ops/linear';
 import { DeviceSpec } from '../device';
 import { Module } from './module';
 import * as F from './functional';
@@ -39,10 +40,11 @@ export class Linear extends Module {
   }
 
   forward(x: Tensor): Tensor {
-    if (!(x instanceof Tensor)) throw typeError('Linear.forward', 'x', 'a Tensor', x);
-    checkLinearInput('Linear.forward', x, this.inFeatures);
-    requireSame('Linear.forward', x, 'x', this.weight, 'weight');
-    return F.linear(x, this.weight, this.bias);
+    const where = 'Linear.forward';
+    checkLinearInput(where, x, this.inFeatures);
+    // weight and bias may have been replaced since construction: checked as F.linear checks them.
+    const b = checkLinearWeights(where, x, this.weight, this.bias);
+    return linearOps.linear(x, this.weight, b);
   }
 
   extraRepr(): string {

@@ -114,6 +114,18 @@ for (const { M, K, N, r, p } of [
   });
 }
 
+/** The layer with its bias replaced (as user code may do after construction). */
+function withBias(l: Linear, bias: Tensor): Linear {
+  l.bias = bias;
+  return l;
+}
+
+/** The layer with A and/or B replaced. */
+function withAdapter(l: LoRALinear, t: { A?: Tensor; B?: Tensor }): LoRALinear {
+  Object.assign(l, t);
+  return l;
+}
+
 // ------------------------------------------------------------ the entries
 
 export const LAYER_OPS: OpInfo[] = [
@@ -135,6 +147,10 @@ export const LAYER_OPS: OpInfo[] = [
         message: /^Linear\.forward: x\.shape\[-1\] must be 8 \(inFeatures\), got 4$/, standard: true },
       { name: 'x not a tensor', call: () => new Linear(8, 2).forward([1, 2] as unknown as Tensor), type: TypeError, message: /^Linear\.forward: x must be a Tensor, got \[1, 2\]$/ },
       { name: 'a 0-d x', call: () => new Linear(8, 2).forward(zeros([])), type: RangeError, message: /^Linear\.forward: x must be a tensor with at least 1 dim/ },
+      { name: 'a float64 bias assigned after construction', call: () => withBias(new Linear(3, 2), zeros([2], { dtype: 'float64' })).forward(zeros([4, 3])), type: TypeError,
+        message: /^Linear\.forward: x is float32 but bias is float64; convert one with \.to\('float32'\)$/ },
+      { name: 'a bias of the wrong length assigned after construction', call: () => withBias(new Linear(3, 2), zeros([3])).forward(zeros([4, 3])), type: RangeError,
+        message: /^Linear\.forward: bias must be a 1-D tensor of 2 elements, got Tensor\(shape \[3\], float32, cpu\)$/, standard: true },
     ],
   },
   {
@@ -149,6 +165,22 @@ export const LAYER_OPS: OpInfo[] = [
         message: /^LoRALinear\.forward: x is float64 but origLinear\.weight is float32/ },
       { name: 'x not a tensor', call: () => new LoRALinear(new Linear(64, 16), { r: 4 }).forward('x' as unknown as Tensor), type: TypeError,
         message: /^LoRALinear\.forward: x must be a Tensor, got "x"$/ },
+      // Tensors replaced after construction: checked before native code, naming the tensor.
+      { name: 'a float64 A', call: () => withAdapter(new LoRALinear(new Linear(64, 16), { r: 4 }), { A: zeros([4, 64], { dtype: 'float64' }) }).forward(zeros([2, 64])),
+        type: TypeError, message: /^LoRALinear\.forward: x is float32 but A is float64; convert one with \.to\('float32'\)$/ },
+      { name: 'a float64 origLinear.bias', call: () => new LoRALinear(withBias(new Linear(64, 16), zeros([16], { dtype: 'float64' })), { r: 4 }).forward(zeros([2, 64])),
+        type: TypeError, message: /^LoRALinear\.forward: x is float32 but origLinear\.bias is float64; convert one with \.to\('float32'\)$/ },
+      { name: 'a float64 origLinear.bias with the adapter disabled', call: () => {
+        const l = new LoRALinear(withBias(new Linear(64, 16), zeros([16], { dtype: 'float64' })), { r: 4 });
+        l.enabled = false;
+        return l.forward(zeros([2, 64]));
+      }, type: TypeError, message: /^LoRALinear\.forward: x is float32 but origLinear\.bias is float64/ },
+      { name: 'an int32 B', call: () => withAdapter(new LoRALinear(new Linear(64, 16), { r: 4 }), { B: zeros([16, 4], { dtype: 'int32' }) }).forward(zeros([2, 64])),
+        type: RangeError, message: /^LoRALinear\.forward: B's dtype must be float32 or float64, got "int32"$/, standard: true },
+      { name: 'a B of the wrong shape', call: () => withAdapter(new LoRALinear(new Linear(64, 16), { r: 4 }), { B: zeros([4, 16]) }).forward(zeros([2, 64])),
+        type: RangeError, message: /^LoRALinear\.forward: B must be a 2-D tensor of shape \[16, 4\] \(\[outFeatures, r\]\), got Tensor\(shape \[4, 16\], float32, cpu\)$/, standard: true },
+      { name: 'an A that is not a tensor', call: () => withAdapter(new LoRALinear(new Linear(64, 16), { r: 4 }), { A: [[0]] as unknown as Tensor }).forward(zeros([2, 64])),
+        type: TypeError, message: /^LoRALinear\.forward: A must be a Tensor, got \[\[0\]\]$/, standard: true },
     ],
   },
   {

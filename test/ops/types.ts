@@ -28,7 +28,8 @@ export interface InputSpec {
   /**
    * A module's own tensor (weight, bias, A, B) that the sample puts into the layer, rather than an
    * argument of the call: the checks of bad arguments (int32, mixed dtypes, two devices) leave it
-   * alone; a disposed one must still be refused.
+   * alone, and bad-input.test.ts spoils it in checks of its own (disposed, int32, float64, on
+   * another device), each refused naming the op.
    */
   state?: boolean;
   /** Values read on the host (class indices): a tensor on any device is taken. */
