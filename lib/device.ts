@@ -12,12 +12,18 @@ export interface ParsedDevice {
 }
 
 const CPU: ParsedDevice = { type: 'cpu', index: 0, name: 'cpu' };
+const DEVICE_NAME = /^cuda(?::(\d+))?$/;
+
+/** True for a string of the form of a device ('cpu', 'cuda', 'cuda:N'), whether or not it exists. */
+export function isDeviceName(v: unknown): v is DeviceSpec {
+  return v === 'cpu' || (typeof v === 'string' && DEVICE_NAME.test(v));
+}
 
 /** Parses and checks a device argument; a CUDA device must exist in this process. */
 export function parseDevice(where: string, what: string, v: unknown): ParsedDevice {
   if (v === undefined || v === 'cpu') return CPU;
   if (typeof v !== 'string') throw typeError(where, what, `'cpu', 'cuda' or 'cuda:N'`, v);
-  const m = /^cuda(?::(\d+))?$/.exec(v);
+  const m = DEVICE_NAME.exec(v);
   if (!m) throw rangeError(where, what, `'cpu', 'cuda' or 'cuda:N'`, v);
   const index = m[1] === undefined ? 0 : Number(m[1]);
   const info = backendInfo().cuda;

@@ -4,7 +4,7 @@
 import type { NativeTensor } from './native';
 import { DType, DTYPES } from './dtype';
 import { Node, runBackward } from './autograd';
-import { DeviceSpec, ParsedDevice, parseDevice } from './device';
+import { DeviceSpec, ParsedDevice, isDeviceName, parseDevice } from './device';
 import { track } from './scope';
 import {
   assertTensor, broadcastShapes, checkInt32Value, checkNumberOrNaN, inferShape, matmulPlan, normalizeDim, normalizeDims,
@@ -298,22 +298,25 @@ export class Tensor {
   to(target: DeviceSpec | DType): Tensor {
     const where = 'Tensor.to';
     this._checkLive(where);
-    let dev = this._device;
-    let dtype = this._dtype;
     if (typeof target === 'string' && (DTYPES as readonly string[]).includes(target)) {
-      dtype = target as DType;
-    } else {
-      dev = parseDevice(where, 'device', target);
+      return moveTo(this, this._device, target as DType);
     }
-    if (dev.name === this._device.name && dtype === this._dtype) return this;
-    return creation.to(this, dev, dtype);
+    // undefined, as parseDevice takes it, is the CPU.
+    if (target !== undefined && !isDeviceName(target)) {
+      throw (typeof target === 'string' ? rangeError : typeError)(where, 'target', TO_TARGETS, target);
+    }
+    return moveTo(this, parseDevice(where, 'device', target), this._dtype);
   }
   cpu(): Tensor {
-    return this.to('cpu');
+    const where = 'Tensor.cpu';
+    this._checkLive(where);
+    return moveTo(this, parseDevice(where, 'device', 'cpu'), this._dtype);
   }
   cuda(index = 0): Tensor {
-    checkInt('Tensor.cuda', 'index', index);
-    return this.to(`cuda:${index}`);
+    const where = 'Tensor.cuda';
+    checkInt(where, 'index', index);
+    this._checkLive(where);
+    return moveTo(this, parseDevice(where, 'device', `cuda:${index}`), this._dtype);
   }
 
   // -------------------------------------------------------------- autograd
@@ -420,23 +423,20 @@ export class Tensor {
     const where = 'Tensor.mean';
     requireFloat(where, this);
     const dims = normalizeDims(where, dim, this.ndim);
+    if (typeof keepdim !== 'boolean') throw typeError(where, 'keepdim', 'a boolean', keepdim);
     const count = dims.reduce((n, i) => n * this._shape[i], 1);
-    return this.sum(dims, keepdim).mul(1 / count);
+    return elementwise.scalar('mul', elementwise.sum(this, dims, keepdim), 1 / count);
   }
 
   // ------------------------------------------------------------------ shape
 
   /** Same data, new shape (one dim may be -1). Shares storage with this tensor. */
   reshape(...shape: number[] | [readonly number[]]): Tensor {
-    const where = 'Tensor.reshape';
-    const want = (Array.isArray(shape[0]) ? shape[0] : shape) as readonly number[];
-    const target = inferShape(where, want, this.numel, this._shape);
-    this._checkLive(where);
-    return shapeOps.reshape(this, target);
+    return reshape('Tensor.reshape', this, shape);
   }
   /** Alias of reshape (all tensors are contiguous). */
   view(...shape: number[] | [readonly number[]]): Tensor {
-    return this.reshape(...shape);
+    return reshape('Tensor.view', this, shape);
   }
 
   /** Reorders dims (copies the data). */
@@ -453,17 +453,12 @@ export class Tensor {
   /** Swaps two dims (copies the data). */
   transpose(dim0: number, dim1: number): Tensor {
     const where = 'Tensor.transpose';
-    const a = normalizeDim(where, 'dim0', dim0, this.ndim);
-    const b = normalizeDim(where, 'dim1', dim1, this.ndim);
-    const perm = this._shape.map((_, i) => i);
-    perm[a] = b;
-    perm[b] = a;
-    return this.permute(perm);
+    return swapDims(where, this, normalizeDim(where, 'dim0', dim0, this.ndim), normalizeDim(where, 'dim1', dim1, this.ndim));
   }
   /** Transpose of a 2-D tensor. */
   t(): Tensor {
     if (this.ndim !== 2) throw rangeError('Tensor.t', 'the tensor', 'a 2-D tensor', this);
-    return this.transpose(0, 1);
+    return swapDims('Tensor.t', this, 0, 1);
   }
 
   // ----------------------------------------------------------------- matmul
@@ -477,6 +472,37 @@ export class Tensor {
     requireSame(where, this, 'this', other, 'other');
     return matmul(this, other, matmulPlan(where, this, other));
   }
+}
+
+// Shared bodies of methods that are also reached through another public name (view and reshape,
+// t and transpose, to, cpu and cuda): each error names the method the user called.
+
+/** The same data with another shape, given as varargs or one array. */
+function reshape(where: string, t: Tensor, shape: number[] | [readonly number[]]): Tensor {
+  const want = (Array.isArray(shape[0]) ? shape[0] : shape) as readonly number[];
+  const target = inferShape(where, want, t.numel, t.shape);
+  t._checkLive(where);
+  return shapeOps.reshape(t, target);
+}
+
+/** t with dims a and b (normalised) swapped; a 0-d tensor (dims 0 and -1 both name it) is copied as it is. */
+function swapDims(where: string, t: Tensor, a: number, b: number): Tensor {
+  t._checkLive(where);
+  const perm = t.shape.map((_, i) => i);
+  if (t.ndim > 0) {
+    perm[a] = b;
+    perm[b] = a;
+  }
+  return shapeOps.permute(t, perm);
+}
+
+/** What Tensor.to takes. */
+const TO_TARGETS = `a device ('cpu', 'cuda' or 'cuda:N') or a dtype (${DTYPES.slice(0, -1).map((d) => `'${d}'`).join(', ')} or '${DTYPES[DTYPES.length - 1]}')`;
+
+/** t (live) on `device` in `dtype`: t itself when nothing changes. */
+function moveTo(t: Tensor, device: ParsedDevice, dtype: DType): Tensor {
+  if (device.name === t._device.name && dtype === t.dtype) return t;
+  return creation.to(t, device, dtype);
 }
 
 function binaryOp(where: string, a: Tensor, b: Tensor | number, op: BinaryOp): Tensor {

@@ -87,13 +87,14 @@ describe('every op refuses bad input (the op registry)', () => {
   const small = (s: OpSample) => s.inputs.reduce((n, spec) => n + numel(spec.shape), 0) <= 1e4;
   const withInputs = OPS.flatMap((op) => op.samples.filter((s) => s.inputs.length > 0 && runnable(s) && small(s)).map((s) => [`${op.name}: ${s.name}`, op, s] as const));
 
-  test.each(withInputs)('%s: each input disposed in turn: ERR_TENSOR_DISPOSED', (_t, op, s) => {
+  test.each(withInputs)('%s: each input disposed in turn: ERR_TENSOR_DISPOSED naming the op', (_t, op, s) => {
     s.inputs.forEach((_spec, i) => {
       const xs = makeInputs(s, ctx, sampleSeed(op, s));
       xs[i].dispose();
       const e = refused(s, xs);
       expect({ input: i, code: e.code }).toEqual({ input: i, code: 'ERR_TENSOR_DISPOSED' });
       expect(e.message).toMatch(/has been disposed/);
+      named(op, e.message);
     });
   });
 

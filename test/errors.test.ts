@@ -6,7 +6,7 @@
 import { spawnSync } from 'child_process';
 import * as path from 'path';
 import {
-  Tensor, tensor, zeros, ones, full, randn, rand, Linear, ReLU, Module, Sequential, LoRALinear, injectLora,
+  Tensor, tensor, zeros, ones, full, randn, rand, Linear, ReLU, GELU, SiLU, Module, Sequential, LoRALinear, injectLora,
   Adam, AdamW, backendInfo,
 } from '../lib';
 import { expectThrows } from './helpers/expect-throws';
@@ -394,7 +394,8 @@ describe('devices', () => {
   test("device 'tpu'", () => {
     expectThrows(() => tensor([1], { device: 'tpu' as 'cpu' }), RangeError,
       /^tensor: options\.device must be 'cpu', 'cuda' or 'cuda:N', got "tpu"$/);
-    expectThrows(() => zeros([1]).to('tpu' as 'cpu'), RangeError, /^Tensor\.to: device must be 'cpu', 'cuda' or 'cuda:N', got "tpu"$/);
+    expectThrows(() => zeros([1]).to('tpu' as 'cpu'), RangeError,
+      /^Tensor\.to: target must be a device \('cpu', 'cuda' or 'cuda:N'\) or a dtype \('float32', 'float64' or 'int32'\), got "tpu"$/);
     expectThrows(() => new Linear(2, 2).to('tpu' as 'cpu'), RangeError, /^Module\.to: device must be 'cpu', 'cuda' or 'cuda:N', got "tpu"$/);
     expectThrows(() => tensor([1], { device: 0 as unknown as 'cpu' }), TypeError, /options\.device must be 'cpu', 'cuda' or 'cuda:N', got 0$/);
   });
@@ -490,6 +491,13 @@ describe('messages name the entry point that was called', () => {
     ['zeros (device)', () => zeros([1], { device: 'tpu' as 'cpu' }), /^zeros: options\.device must be/],
   ])('%s', (_name, fn, re) => {
     expect(fn).toThrow(re);
+  });
+
+  test('the activation layers name their own forward, not the F function they share', () => {
+    expectThrows(() => new ReLU().forward('x' as unknown as Tensor), TypeError, /^ReLU\.forward: x must be a Tensor, got "x"$/);
+    expectThrows(() => new GELU({ approximate: 'tanh' }).forward(tensor([1], { dtype: 'int32' })), RangeError,
+      /^GELU\.forward: x's dtype must be float32 or float64, got "int32"$/);
+    expectThrows(() => new SiLU().forward(null as unknown as Tensor), TypeError, /^SiLU\.forward: x must be a Tensor, got null$/);
   });
 
   test('Adam with a non-tensor after a tensor names the bad element', () => {

@@ -4,6 +4,7 @@ import { tensor } from '../creation';
 import { assertTensor, checkLinearWeights, requireFloat, requireSame } from '../checks';
 import * as linearOps from '../ops/linear';
 import * as lossOps from '../ops/loss';
+import { activation } from './activation';
 import { checkInt, checkNumber, checkOneOf, checkOptions, checkKnownKeys, rangeError, typeError } from '../errors';
 
 export type Reduction = 'mean' | 'sum' | 'none';
@@ -16,18 +17,19 @@ export function linear(x: Tensor, weight: Tensor, bias: Tensor | null = null): T
 }
 
 export function relu(x: Tensor): Tensor {
-  assertTensor('F.relu', 'x', x);
-  return x.relu();
+  return activation('F.relu', x, 'relu');
 }
 
+/** GELU; approximate 'none' uses erf (torch's default), 'tanh' the tanh formula. */
 export function gelu(x: Tensor, approximate: 'none' | 'tanh' = 'none'): Tensor {
-  assertTensor('F.gelu', 'x', x);
-  return x.gelu(approximate);
+  const where = 'F.gelu';
+  assertTensor(where, 'x', x);
+  checkOneOf(where, 'approximate', approximate, ['none', 'tanh'] as const);
+  return activation(where, x, approximate === 'tanh' ? 'geluTanh' : 'gelu');
 }
 
 export function silu(x: Tensor): Tensor {
-  assertTensor('F.silu', 'x', x);
-  return x.silu();
+  return activation('F.silu', x, 'silu');
 }
 
 function reduce(t: Tensor, reduction: Reduction): Tensor {

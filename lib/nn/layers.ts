@@ -5,7 +5,7 @@ import { checkLinearInput, checkLinearWeights } from '../checks';
 import * as linearOps from '../ops/linear';
 import { DeviceSpec } from '../device';
 import { Module } from './module';
-import * as F from './functional';
+import { activation } from './activation';
 import { checkBool, checkInt, checkOneOf, checkOptions, checkKnownKeys, typeError, rangeError } from '../errors';
 
 export interface LinearOptions {
@@ -119,7 +119,7 @@ export class ModuleList extends Module {
 
 export class ReLU extends Module {
   forward(x: Tensor): Tensor {
-    return F.relu(x);
+    return activation('ReLU.forward', x, 'relu');
   }
 }
 
@@ -132,7 +132,7 @@ export class GELU extends Module {
     this.approximate = o.approximate === undefined ? 'none' : checkOneOf('GELU', 'options.approximate', o.approximate, ['none', 'tanh'] as const);
   }
   forward(x: Tensor): Tensor {
-    return F.gelu(x, this.approximate);
+    return activation('GELU.forward', x, this.approximate === 'tanh' ? 'geluTanh' : 'gelu');
   }
   extraRepr(): string {
     return `approximate='${this.approximate}'`;
@@ -141,7 +141,7 @@ export class GELU extends Module {
 
 export class SiLU extends Module {
   forward(x: Tensor): Tensor {
-    return F.silu(x);
+    return activation('SiLU.forward', x, 'silu');
   }
 }
 

@@ -111,25 +111,32 @@ export const FUNCTIONAL_OPS: OpInfo[] = [
     ],
   },
   {
-    name: 'F.relu', where: ['F.relu', 'Tensor.relu'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES,
+    name: 'F.relu', where: ['F.relu'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES,
     samples: [{ name: 'F.relu (away from 0)', inputs: [I([3, 4], { values: awayFromZero(0.05) })], call: ([x]) => F.relu(x) }],
-    errors: [{ name: 'not a tensor', call: () => F.relu([1] as unknown as Tensor), type: TypeError, message: /^F\.relu: x must be a Tensor, got \[1\]$/, standard: true }],
+    errors: [
+      { name: 'not a tensor', call: () => F.relu([1] as unknown as Tensor), type: TypeError, message: /^F\.relu: x must be a Tensor, got \[1\]$/, standard: true },
+      { name: 'an int32 tensor', call: () => F.relu(int32([1, 2], [2])), type: RangeError, message: /^F\.relu: x's dtype must be float32 or float64, got "int32"$/, standard: true },
+    ],
   },
   {
-    name: 'F.gelu', where: ['F.gelu', 'Tensor.gelu'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES,
+    name: 'F.gelu', where: ['F.gelu'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES,
     samples: [
       { name: "F.gelu 'tanh'", inputs: [I([3, 4])], call: ([x]) => F.gelu(x, 'tanh') },
       { name: 'F.gelu default', inputs: [I([3, 4])], call: ([x]) => F.gelu(x) },
     ],
     errors: [
       { name: 'not a tensor', call: () => F.gelu('x' as unknown as Tensor), type: TypeError, message: /^F\.gelu: x must be a Tensor, got "x"$/, standard: true },
-      { name: 'an unknown approximation', call: () => F.gelu(zeros([2]), 'fast' as 'tanh'), type: RangeError, message: /approximate must be one of "none", "tanh", got "fast"$/ },
+      { name: 'an unknown approximation', call: () => F.gelu(zeros([2]), 'fast' as 'tanh'), type: RangeError, message: /^F\.gelu: approximate must be one of "none", "tanh", got "fast"$/ },
+      { name: 'an int32 tensor', call: () => F.gelu(int32([1], [1])), type: RangeError, message: /^F\.gelu: x's dtype must be float32 or float64, got "int32"$/ },
     ],
   },
   {
-    name: 'F.silu', where: ['F.silu', 'Tensor.silu'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES,
+    name: 'F.silu', where: ['F.silu'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES,
     samples: [{ name: 'F.silu', inputs: [I([3, 4])], call: ([x]) => F.silu(x) }],
-    errors: [{ name: 'not a tensor', call: () => F.silu(3 as unknown as Tensor), type: TypeError, message: /^F\.silu: x must be a Tensor, got 3$/, standard: true }],
+    errors: [
+      { name: 'not a tensor', call: () => F.silu(3 as unknown as Tensor), type: TypeError, message: /^F\.silu: x must be a Tensor, got 3$/, standard: true },
+      { name: 'an int32 tensor', call: () => F.silu(int32([1], [1])), type: RangeError, message: /^F\.silu: x's dtype must be float32 or float64, got "int32"$/ },
+    ],
   },
   {
     name: 'F.mseLoss', where: ['F.mseLoss'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES,

@@ -1,5 +1,12 @@
 // Registry entries for the differentiable Tensor methods.
 import { Tensor, tensor, zeros } from '../../lib';
+
+/** A tensor already disposed (its methods must say so under their own name). */
+const disposed = (shape: number[]): Tensor => {
+  const t = zeros(shape);
+  t.dispose();
+  return t;
+};
 import { I, OpInfo, OpSample, awayFromZero, fmt, positive, scaled } from './types';
 
 const BOTH_DEVICES: OpInfo['devices'] = ['cpu', 'cuda'];
@@ -183,8 +190,7 @@ export const TENSOR_OPS: OpInfo[] = [
     ],
   },
   {
-    // mean checks keepdim through sum, whose name that error carries.
-    name: 'Tensor.mean', where: ['Tensor.mean', 'Tensor.sum'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES,
+    name: 'Tensor.mean', where: ['Tensor.mean'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES,
     samples: [
       ...REDUCE_DIMS.map(([name, dim, keepdim]): OpSample => ({ name, inputs: [I([2, 3, 4])], call: ([x]) => x.mean(dim, keepdim) })),
       { name: 'a 0-d tensor', inputs: [I([])], call: ([x]) => x.mean() },
@@ -193,6 +199,7 @@ export const TENSOR_OPS: OpInfo[] = [
     errors: [
       { name: 'a dim out of range', call: () => zeros([2, 3]).mean(5), type: RangeError, message: /^Tensor\.mean: dim must be in \[-2, 1\], got 5$/, standard: true },
       { name: 'a repeated dim', call: () => zeros([2, 3]).mean([0, 0]), type: RangeError, message: /^Tensor\.mean: dim must be distinct dims, got \[0, 0\]$/ },
+      { name: 'keepdim not a boolean', call: () => zeros([2, 3]).mean(0, 'yes' as unknown as boolean), type: TypeError, message: /^Tensor\.mean: keepdim must be a boolean, got "yes"$/, standard: true },
     ],
   },
 
@@ -232,25 +239,28 @@ export const TENSOR_OPS: OpInfo[] = [
     ],
   },
   {
-    // view is reshape (same storage); its errors carry reshape's name.
-    name: 'Tensor.view', where: ['Tensor.view', 'Tensor.reshape'], dtypes: FLOATS, int32: 'supported', devices: BOTH_DEVICES,
+    name: 'Tensor.view', where: ['Tensor.view'], dtypes: FLOATS, int32: 'supported', devices: BOTH_DEVICES,
     samples: [{ name: 'view(-1, 6)', inputs: [I([2, 3, 4])], call: ([x]) => x.view(-1, 6) }],
     errors: [
       { name: 'an incompatible shape', call: () => zeros([2, 3]).view(4, 2), type: RangeError,
-        message: /^Tensor\.reshape: shape must be one with 6 elements \(from shape \[2, 3\]\), got \[4, 2\]$/ },
+        message: /^Tensor\.view: shape must be one with 6 elements \(from shape \[2, 3\]\), got \[4, 2\]$/, standard: true },
+      { name: 'a disposed tensor', call: () => disposed([2, 3]).view(3, 2), type: Error, message: /^Tensor\.view: tensor has been disposed$/ },
     ],
   },
   {
-    name: 'Tensor.transpose', where: ['Tensor.transpose', 'Tensor.permute'], dtypes: FLOATS, int32: 'supported', devices: BOTH_DEVICES,
+    name: 'Tensor.transpose', where: ['Tensor.transpose'], dtypes: FLOATS, int32: 'supported', devices: BOTH_DEVICES,
     samples: [
       ...([[0, 2], [1, 2], [-1, -2], [0, 0]] as [number, number][]).map(([d0, d1]): OpSample => ({
         name: `transpose(${d0}, ${d1})`, inputs: [I([2, 3, 4])], call: ([x]) => x.transpose(d0, d1),
       })),
-      { name: 'reshape(6, 17).transpose(0, 1) * 2', inputs: [I([2, 3, 17])], call: ([a]) => a.reshape(6, 17).transpose(0, 1).mul(2), gradcheck: false },
+      { name: '[6,17] transpose(0, 1) * 2', inputs: [I([6, 17])], call: ([a]) => a.transpose(0, 1).mul(2), gradcheck: false },
+      // dims 0 and -1 both name the one dim torch gives a 0-d tensor: a copy.
+      { name: 'transpose(0, -1) of a 0-d tensor', inputs: [I([])], call: ([x]) => x.transpose(0, -1) },
     ],
     errors: [
       { name: 'a dim out of range', call: () => zeros([2, 3]).transpose(0, 2), type: RangeError, message: /^Tensor\.transpose: dim1 must be in \[-2, 1\], got 2$/, standard: true },
       { name: 'a string dim', call: () => zeros([2, 3]).transpose('a' as unknown as number, 0), type: TypeError, message: /^Tensor\.transpose: dim0 must be an integer, got "a"$/ },
+      { name: 'a disposed tensor', call: () => disposed([2, 3]).transpose(0, 1), type: Error, message: /^Tensor\.transpose: tensor has been disposed$/ },
     ],
   },
   {
@@ -268,9 +278,12 @@ export const TENSOR_OPS: OpInfo[] = [
     ],
   },
   {
-    name: 'Tensor.t', where: ['Tensor.t', 'Tensor.permute'], dtypes: FLOATS, int32: 'supported', devices: BOTH_DEVICES,
+    name: 'Tensor.t', where: ['Tensor.t'], dtypes: FLOATS, int32: 'supported', devices: BOTH_DEVICES,
     samples: [{ name: 't()', inputs: [I([3, 5])], call: ([x]) => x.t() }],
-    errors: [{ name: 'a 3-D tensor', call: () => zeros([2, 3, 4]).t(), type: RangeError, message: /^Tensor\.t: the tensor must be a 2-D tensor/ }],
+    errors: [
+      { name: 'a 3-D tensor', call: () => zeros([2, 3, 4]).t(), type: RangeError, message: /^Tensor\.t: the tensor must be a 2-D tensor/ },
+      { name: 'a disposed tensor', call: () => disposed([2, 3]).t(), type: Error, message: /^Tensor\.t: tensor has been disposed$/ },
+    ],
   },
   {
     name: 'Tensor.clone', where: ['Tensor.clone'], dtypes: FLOATS, int32: 'supported', devices: BOTH_DEVICES,
@@ -291,19 +304,22 @@ export const TENSOR_OPS: OpInfo[] = [
         call: ([a], { device, dtype }) => [a.to('cpu').mul(3).to(device), zeros([3, 17], { dtype, device }).copy_(a.detach().to('cpu'))] },
     ],
     errors: [
-      { name: 'an unknown target', call: () => zeros([2]).to('float16' as 'float32'), type: RangeError, message: /^Tensor\.to: device must be 'cpu', 'cuda' or 'cuda:N', got "float16"$/, standard: true },
+      { name: 'an unknown target', call: () => zeros([2]).to('float16' as 'float32'), type: RangeError,
+        message: /^Tensor\.to: target must be a device \('cpu', 'cuda' or 'cuda:N'\) or a dtype \('float32', 'float64' or 'int32'\), got "float16"$/, standard: true },
+      { name: 'a target that is not a string', call: () => zeros([2]).to(0 as unknown as 'cpu'), type: TypeError,
+        message: /^Tensor\.to: target must be a device \('cpu', 'cuda' or 'cuda:N'\) or a dtype \('float32', 'float64' or 'int32'\), got 0$/, standard: true },
     ],
   },
   {
-    name: 'Tensor.cpu', where: ['Tensor.cpu', 'Tensor.to'], dtypes: FLOATS, int32: 'supported', devices: BOTH_DEVICES,
+    name: 'Tensor.cpu', where: ['Tensor.cpu'], dtypes: FLOATS, int32: 'supported', devices: BOTH_DEVICES,
     samples: [
       { name: 'cpu()', inputs: [I([3, 4])], call: ([x]) => x.cpu() },
       { name: 'cpu() * 2, then back', inputs: [I([3, 17])], call: ([x], { device }) => x.cpu().mul(2).to(device) },
     ],
-    errors: [],
+    errors: [{ name: 'a disposed tensor', call: () => disposed([2]).cpu(), type: Error, message: /^Tensor\.cpu: tensor has been disposed$/ }],
   },
   {
-    name: 'Tensor.cuda', where: ['Tensor.cuda', 'Tensor.to'], dtypes: FLOATS, int32: 'supported', devices: BOTH_DEVICES,
+    name: 'Tensor.cuda', where: ['Tensor.cuda'], dtypes: FLOATS, int32: 'supported', devices: BOTH_DEVICES,
     samples: [
       { name: 'cuda() and back', inputs: [I([3, 4])], call: ([x], { device }) => x.cuda().to(device), needsCuda: true },
       { name: 'cuda() * 2, then back', inputs: [I([3, 17])], call: ([x], { device }) => x.cuda().mul(2).to(device), needsCuda: true },
@@ -311,6 +327,9 @@ export const TENSOR_OPS: OpInfo[] = [
     errors: [
       { name: 'a negative index', call: () => zeros([2]).cuda(-1), type: RangeError, message: /^Tensor\.cuda: index must be a non-negative integer, got -1$/, standard: true },
       { name: 'a fractional index', call: () => zeros([2]).cuda(1.5), type: RangeError, message: /^Tensor\.cuda: index must be a non-negative integer, got 1\.5$/ },
+      // Without CUDA no device is available; with it, device 99 does not exist.
+      { name: 'a device that is not there', call: () => zeros([2]).cuda(99), type: RangeError, message: /^Tensor\.cuda: device "cuda:99" (is not available|does not exist) \(/ },
+      { name: 'a disposed tensor', call: () => disposed([2]).cuda(), type: Error, message: /^Tensor\.cuda: tensor has been disposed$/ },
     ],
   },
 ];

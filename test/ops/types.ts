@@ -76,8 +76,8 @@ export interface OpInfo {
   /** The public name: 'Tensor.add', 'F.linear', 'LoRALinear.forward'. */
   name: string;
   /**
-   * How its argument errors begin ("<where>: ..."); the first is the op's own name. F.relu, F.gelu
-   * and F.silu check that x is a Tensor and then call the Tensor method, whose name later errors carry.
+   * How its argument errors begin ("<where>: ..."): the op's own name, the function the user
+   * called (an op that does its work through another one passes its name along).
    */
   where: string[];
   /** Records a graph: gradient checks and gradient parity apply (default true). */
