@@ -188,9 +188,14 @@ export function defineFunction<A extends unknown[], S extends object = object>(d
   };
 }
 
-/** Clears .grad of each tensor: to null (freeing it) or to zeros in place. */
-export function clearGrads(tensors: Iterable<Tensor>, setToNone: boolean): void {
-  for (const p of tensors) {
+/**
+ * Clears .grad of each tensor: to null (freeing it) or to zeros in place. Zeroing checks every
+ * gradient first, so a disposed one fails the call (under `where`) before any is changed.
+ */
+export function clearGrads(where: string, tensors: Iterable<Tensor>, setToNone: boolean): void {
+  const list = [...tensors];
+  if (!setToNone) for (const p of list) p.grad?._checkLive(where, 'a gradient');
+  for (const p of list) {
     if (!p.grad) continue;
     if (setToNone) {
       p.grad.dispose();

@@ -238,6 +238,7 @@ export class Adam {
       for (const t of [s.expAvg, s.expAvgSq, ...(s.maxExpAvgSq ? [s.maxExpAvgSq] : [])]) {
         assertTensor(where, `state[${k}] tensor`, t);
         if (t.shape.join() !== p.shape.join()) throw rangeError(where, `state[${k}] shape`, `[${p.shape.join(', ')}]`, t.shape);
+        t._checkLive(where, `a tensor of state[${k}]`);
       }
       if (!Number.isInteger(s.step) || s.step < 0) throw rangeError(where, `state[${k}].step`, 'a non-negative integer', s.step);
       if (groups[groupOf[Number(k)]].amsgrad && !s.maxExpAvgSq) {
@@ -255,8 +256,9 @@ export class Adam {
 
   /** Clears the gradients of every parameter (to null by default, like torch). */
   zeroGrad(setToNone = true): void {
-    checkBool(`${this.name}.zeroGrad`, 'setToNone', setToNone);
-    for (const g of this.paramGroups) clearGrads(g.params, setToNone);
+    const where = `${this.name}.zeroGrad`;
+    checkBool(where, 'setToNone', setToNone);
+    clearGrads(where, this.paramGroups.flatMap((g) => g.params), setToNone);
   }
 }
 

@@ -128,6 +128,8 @@ export async function saveAdapter(model: Module, dir: string, options?: SaveAdap
 
   const tensors: Record<string, Tensor> = {};
   for (const [name, m] of layers) {
+    m.A!._checkLive(where, `layer '${name}': A`);
+    m.B!._checkLive(where, `layer '${name}': B`);
     tensors[`${PREFIX}${name}.lora_A.weight`] = m.A!;
     tensors[`${PREFIX}${name}.lora_B.weight`] = m.B!;
   }
@@ -445,6 +447,7 @@ export async function saveMerged(model: Module & { config?: { raw?: Record<strin
   const out: Record<string, Tensor> = {};
   const temps: Tensor[] = [];
   const lora = new Map(loraLayers(model));
+  for (const [name, t] of [...model.namedParameters(), ...model.namedBuffers()]) t._checkLive(where, `'${name}'`);
   for (const [key, t] of Object.entries(model.stateDict())) {
     const m = /^(.*)\.(origLinear\.(weight|bias)|A|B)$/.exec(key);
     const layer = m ? lora.get(m[1]) : undefined;

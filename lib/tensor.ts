@@ -102,14 +102,22 @@ export class Tensor {
   /** Sets requiresGrad in place (leaves only, float dtypes only); returns this. */
   requiresGrad_(flag = true): this {
     if (typeof flag !== 'boolean') throw typeError('Tensor.requiresGrad', 'flag', 'a boolean', flag);
-    if (this._gradFn) {
-      throw new Error('Tensor.requiresGrad: only leaf tensors can change requiresGrad; use detach() for a non-leaf');
-    }
-    if (flag && this._dtype === 'int32') {
-      throw rangeError('Tensor.requiresGrad', 'dtype', 'float32 or float64 for a tensor that requires grad', this._dtype);
-    }
+    this._checkRequiresGrad('Tensor.requiresGrad', flag);
     this._requiresGrad = flag;
     return this;
+  }
+
+  /**
+   * @internal Throws unless requiresGrad can be set to flag (a leaf; a float dtype to require grad);
+   * `name` says which tensor for a caller setting many (Module.requiresGrad_).
+   */
+  _checkRequiresGrad(where: string, flag: boolean, name?: string): void {
+    if (this._gradFn) {
+      throw new Error(`${where}: only leaf tensors can change requiresGrad${name ? ` (${name} is not one)` : ''}; use detach() for a non-leaf`);
+    }
+    if (flag && this._dtype === 'int32') {
+      throw rangeError(where, name ? `the dtype of ${name}` : 'dtype', 'float32 or float64 for a tensor that requires grad', this._dtype);
+    }
   }
 
   /** @internal Makes this the output of a recorded op (it then requires grad). */
@@ -142,10 +150,10 @@ export class Tensor {
     return this.describe();
   }
 
-  /** @internal Throws (code ERR_TENSOR_DISPOSED) once disposed. */
-  _checkLive(where: string): void {
+  /** @internal Throws (code ERR_TENSOR_DISPOSED) once disposed; `what` names the tensor for the caller's user. */
+  _checkLive(where: string, what = 'tensor'): void {
     if (this._store.disposed) {
-      const e = new Error(`${where}: tensor has been disposed`);
+      const e = new Error(`${where}: ${what} has been disposed`);
       (e as NodeJS.ErrnoException).code = 'ERR_TENSOR_DISPOSED';
       throw e;
     }

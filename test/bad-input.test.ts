@@ -12,7 +12,7 @@ import * as os from 'os';
 import * as path from 'path';
 import {
   Adam, AdamW, Linear, LlamaForCausalLM, LoRALinear, Module, Tensor, backendInfo, cuda, full, getRngState, injectLora,
-  loadAdapter, manualSeed, mergeLora, noGrad, parseLlamaConfig, qkvFilter, randn, saveAdapter, setRngState, tensor,
+  loadAdapter, manualSeed, mergeLora, noGrad, parseLlamaConfig, qkvFilter, randn, saveAdapter, saveMerged, setRngState, tensor,
   unmergeLora, withAdaptersDisabled, zeros,
 } from '../lib';
 import { SafetensorsFile, saveSafetensors } from '../lib/safetensors';
@@ -313,6 +313,34 @@ describe('Adam.step checks every group and gradient before changing anything', (
   });
 });
 
+describe('what changes optimiser state in bulk checks every tensor first, under its own name', () => {
+  test('zeroGrad(false) with a disposed gradient: Adam.zeroGrad names itself, no gradient is zeroed', () => {
+    const p = randn([3]).requiresGrad_(true);
+    const q = randn([2]).requiresGrad_(true);
+    const opt = new Adam([{ params: [p] }, { params: [q] }]);
+    p.mul(p).sum().backward();
+    q.mul(q).sum().backward();
+    q.grad!.dispose();
+    const g = bits(p.grad!);
+    const e = caught(() => opt.zeroGrad(false));
+    expect({ code: e.code, message: e.message }).toEqual({ code: 'ERR_TENSOR_DISPOSED', message: 'Adam.zeroGrad: a gradient has been disposed' });
+    expect(bits(p.grad!)).toBe(g);
+  });
+
+  test('loadStateDict with a disposed state tensor: refused before the state is cleared', () => {
+    const p = randn([3]).requiresGrad_(true);
+    const opt = new AdamW([p]);
+    p.mul(p).sum().backward();
+    opt.step();
+    const sd = opt.stateDict();
+    sd.state[0].expAvgSq.dispose();
+    const before = optimizerState(opt);
+    const e = caught(() => opt.loadStateDict(sd));
+    expect({ code: e.code, message: e.message }).toEqual({ code: 'ERR_TENSOR_DISPOSED', message: 'AdamW.loadStateDict: a tensor of state[0] has been disposed' });
+    expect(optimizerState(opt)).toEqual(before);
+  });
+});
+
 // ===================================================================== generator
 
 describe('setRngState refuses what the native generator cannot hold', () => {
@@ -392,6 +420,24 @@ describe('LlamaForCausalLM', () => {
     expect(model.loss([[1, 2, 3]], tensor([[-100, 2, -100]], { dtype: 'int32' })).item()).toBeGreaterThan(0);
   });
 
+  test('token ids as an int32 tensor are checked by forward() and loss() themselves, not by the embedding', () => {
+    manualSeed(0);
+    const model = new LlamaForCausalLM(config);
+    const before = moduleState(model);
+    const ids = tensor([[1, 5, 2]], { dtype: 'int32' });
+    expectThrows(() => model.forward(ids), RangeError, /^LlamaForCausalLM\.forward: inputIds\[0\]\[1\] must be a token id in \[0, 5\), got 5$/);
+    expectThrows(() => model.loss(ids), RangeError, /^LlamaForCausalLM\.loss: inputIds\[0\]\[1\] must be a token id in \[0, 5\), got 5$/);
+    ids.dispose();
+    for (const [where, call] of [['forward', () => model.forward(ids)], ['loss', () => model.loss(ids)]] as const) {
+      const e = caught(call);
+      expect({ code: e.code, message: e.message }).toEqual({ code: 'ERR_TENSOR_DISPOSED', message: `LlamaForCausalLM.${where}: inputIds has been disposed` });
+    }
+    const labels = tensor([[1, 2, 3]], { dtype: 'int32' });
+    labels.dispose();
+    expect(caught(() => model.loss([[1, 2, 3]], labels)).message).toBe('LlamaForCausalLM.loss: labels has been disposed');
+    expect(moduleState(model)).toEqual(before);
+  });
+
   test('fromPretrained checks its options before reading anything', async () => {
     await expect(LlamaForCausalLM.fromPretrained(path.join(tmp, 'nowhere'), { dtype: 'int32' as 'float32' })).rejects.toThrow(
       /^LlamaForCausalLM\.fromPretrained: options\.dtype must be one of "float32", "float64", got "int32"$/);
@@ -409,6 +455,66 @@ describe('LlamaForCausalLM', () => {
       /^parseLlamaConfig: config\.vocab_size must be a positive integer \(at most 2\^53 - 1\), got 9007199254740992$/);
     expectThrows(() => parseLlamaConfig({ ...config, model_type: 'toString' }), RangeError, /^parseLlamaConfig: unsupported architecture "toString"/);
     expect(parseLlamaConfig({ ...config, architectures: ['constructor', 'MistralForCausalLM'] }).modelType).toBe('mistral');
+  });
+});
+
+// ================================================================= modules
+
+describe('Module methods that change every tensor check them all first, under their own name', () => {
+  /** A module with an int32 tensor among its parameters (a tensor property that is not a buffer). */
+  class WithIds extends Module {
+    w = zeros([2]);
+    ids = tensor([1, 2], { dtype: 'int32' });
+    forward(): Tensor {
+      return this.w;
+    }
+  }
+
+  test('requiresGrad_(true) over an int32 parameter: names the parameter, no parameter changes', () => {
+    const m = new WithIds();
+    expectThrows(() => m.requiresGrad_(true), RangeError,
+      /^Module\.requiresGrad_: the dtype of parameter 'ids' must be float32 or float64 for a tensor that requires grad, got "int32"$/);
+    expect(m.w.requiresGrad).toBe(false);
+    expect(m.requiresGrad_(false).w.requiresGrad).toBe(false);
+  });
+
+  test('requiresGrad_ over a parameter that is not a leaf: names it', () => {
+    const m = new WithIds();
+    m.w = randn([2], { requiresGrad: true }).mul(2);
+    expectThrows(() => m.requiresGrad_(false), Error,
+      /^Module\.requiresGrad_: only leaf tensors can change requiresGrad \(parameter 'w' is not one\); use detach\(\) for a non-leaf$/);
+  });
+
+  test('zeroGrad(false) with a disposed gradient: Module.zeroGrad names itself, no gradient is zeroed', () => {
+    const lin = new Linear(3, 2);
+    lin.forward(randn([4, 3])).sum().backward();
+    lin.bias!.grad!.dispose();
+    const g = bits(lin.weight.grad!);
+    const e = caught(() => lin.zeroGrad(false));
+    expect({ code: e.code, message: e.message }).toEqual({ code: 'ERR_TENSOR_DISPOSED', message: 'Module.zeroGrad: a gradient has been disposed' });
+    expect(bits(lin.weight.grad!)).toBe(g);
+  });
+
+  test('stateDict and loadStateDict with a disposed parameter name it; loadStateDict writes nothing', () => {
+    const model = loraModel();
+    layer(model, 'layers.0.self_attn.q_proj').origLinear.bias!.dispose();
+    const e = caught(() => model.stateDict());
+    expect({ code: e.code, message: e.message })
+      .toEqual({ code: 'ERR_TENSOR_DISPOSED', message: "Module.stateDict: 'layers.0.self_attn.q_proj.origLinear.bias' has been disposed" });
+    const k = layer(model, 'layers.0.self_attn.k_proj').origLinear.weight;
+    const w = bits(k);
+    expectThrows(() => model.loadStateDict(loraModel(4).stateDict()), RangeError,
+      /^Module\.loadStateDict: the module's 'layers\.0\.self_attn\.q_proj\.origLinear\.bias' has been disposed$/);
+    expect(bits(k)).toBe(w);
+  });
+
+  test('saveAdapter and saveMerged with a disposed tensor name themselves and the tensor, and write nothing', async () => {
+    const model = loraModel();
+    layer(model, 'layers.1.self_attn.v_proj').B!.dispose();
+    const dir = path.join(tmp, 'disposed-save');
+    await expect(saveAdapter(model, dir)).rejects.toThrow(/^saveAdapter: layer 'layers\.1\.self_attn\.v_proj': B has been disposed$/);
+    await expect(saveMerged(model, dir)).rejects.toThrow(/^saveMerged: 'layers\.1\.self_attn\.v_proj\.B' has been disposed$/);
+    expect(fs.existsSync(dir)).toBe(false);
   });
 });
 
@@ -521,6 +627,14 @@ describe('tensors and modules on another device', () => {
     const cpu = new LoRALinear(new Linear(4, 3), { r: 2 });
     expectThrows(() => cpu.forward(zeros([2, 4], { device: 'cuda' })), RangeError, /^LoRALinear\.forward: x is on cuda:0 but origLinear\.weight is on cpu/);
     expect(moduleState(gpu)).toEqual(before);
+  });
+
+  test('Module.to with a disposed parameter names it, and moves nothing', () => {
+    const model = loraModel();
+    layer(model, 'layers.1.self_attn.v_proj').A!.dispose();
+    const e = caught(() => model.to('cuda'));
+    expect({ code: e.code, message: e.message }).toEqual({ code: 'ERR_TENSOR_DISPOSED', message: "Module.to: 'layers.1.self_attn.v_proj.A' has been disposed" });
+    expect([...model.parameters()].every((p) => p.device === 'cpu')).toBe(true);
   });
 
   test('an adapter loaded into a CUDA model lands on the GPU; binary ops across devices are refused', async () => {

@@ -629,6 +629,14 @@ function checkLength(where: string, T: number, config: LlamaConfig): void {
 function toIds(where: string, what: string, v: number[][] | Tensor, vocab: number, device: string): Tensor {
   if (v instanceof Tensor) {
     if (v.dtype !== 'int32' || v.ndim !== 2) throw typeError(where, what, 'an int32 tensor [batch, seq] or number[][]', v);
+    // Checked here, as rows of numbers are, rather than by the embedding under its own name.
+    v._checkLive(where, what);
+    const flat = v._int32Values(where);
+    const T = v.shape[1];
+    for (let i = 0; i < flat.length; i++) {
+      const id = flat[i];
+      if (id < 0 || id >= vocab) throw rangeError(where, `${what}[${Math.floor(i / T)}][${i % T}]`, `a token id in [0, ${vocab})`, id);
+    }
     return v.device === device ? v : v.to(device as DeviceSpec);
   }
   if (!Array.isArray(v) || v.length === 0 || !v.every(Array.isArray)) throw typeError(where, what, 'number[][] (batch of token id rows) or an int32 tensor', v);
@@ -647,6 +655,7 @@ function labelsArray(where: string, v: number[][] | Tensor, B: number, T: number
   let flat: ArrayLike<number>;
   if (v instanceof Tensor) {
     if (v.dtype !== 'int32' || v.shape[0] !== B || v.shape[1] !== T || v.ndim !== 2) throw rangeError(where, 'labels', `an int32 tensor [${B}, ${T}]`, v);
+    v._checkLive(where, 'labels');
     flat = v._int32Values(where);
   } else {
     if (!Array.isArray(v) || v.length !== B || v.some((r) => !Array.isArray(r) || r.length !== T)) {

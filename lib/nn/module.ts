@@ -168,8 +168,10 @@ export abstract class Module {
    * in torch.
    */
   stateDict(): StateDict {
+    const entries = [...this.stateEntries()];
+    for (const [name, t] of entries) t._checkLive('Module.stateDict', `'${name}'`);
     const out: StateDict = {};
-    for (const [name, t] of this.stateEntries()) out[name] = t.detach();
+    for (const [name, t] of entries) out[name] = t.detach();
     return out;
   }
 
@@ -197,6 +199,10 @@ export abstract class Module {
     const problems: string[] = [];
     for (const [k, target] of own) {
       if (!(k in stateDict)) continue;
+      if (target.isDisposed) {
+        problems.push(`the module's '${k}' has been disposed`);
+        continue;
+      }
       const src = stateDict[k];
       if (!(src instanceof Tensor)) {
         problems.push(`'${k}' is not a Tensor`);
@@ -231,13 +237,16 @@ export abstract class Module {
   /** Clears parameter gradients (to null, freeing them; or to zeros with setToNone false). */
   zeroGrad(setToNone = true): void {
     checkBool('Module.zeroGrad', 'setToNone', setToNone);
-    clearGrads(this.parameters(), setToNone);
+    clearGrads('Module.zeroGrad', this.parameters(), setToNone);
   }
 
-  /** Sets requiresGrad on every parameter; returns this. */
+  /** Sets requiresGrad on every parameter (each is checked before any changes); returns this. */
   requiresGrad_(flag = true): this {
-    checkBool('Module.requiresGrad_', 'flag', flag);
-    for (const p of this.parameters()) p.requiresGrad_(flag);
+    const where = 'Module.requiresGrad_';
+    checkBool(where, 'flag', flag);
+    const params = [...this.namedParameters()];
+    for (const [name, p] of params) p._checkRequiresGrad(where, flag, `parameter '${name}'`);
+    for (const [, p] of params) p.requiresGrad_(flag);
     return this;
   }
 
@@ -246,7 +255,14 @@ export abstract class Module {
    * kept, so optimisers holding them stay valid); returns this.
    */
   to(device: DeviceSpec): this {
-    const dev = parseDevice('Module.to', 'device', device);
+    const where = 'Module.to';
+    const dev = parseDevice(where, 'device', device);
+    // Every tensor to move is checked before any moves, so a disposed one leaves the module where it was.
+    for (const [name, t] of [...this.namedParameters(), ...this.namedBuffers()]) {
+      if (t.device === dev.name) continue;
+      t._checkLive(where, `'${name}'`);
+      t.grad?._checkLive(where, `the gradient of '${name}'`);
+    }
     for (const t of [...this.parameters(), ...this.buffers()]) {
       if (t.device === dev.name) continue;
       const moved = t.detach().to(dev.name as DeviceSpec);
