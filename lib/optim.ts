@@ -7,7 +7,7 @@ import { assertTensor } from './checks';
 import { clearGrads } from './autograd';
 import { adamStep } from './ops/optim';
 import { DeviceSpec } from './device';
-import { checkBool, checkNumber, checkOptions, checkKnownKeys, describe, rangeError, typeError } from './errors';
+import { checkBool, checkNumber, checkKnownKeys, describe, rangeError, typeError } from './errors';
 import { SafetensorsFile, saveSafetensors } from './safetensors';
 
 export interface AdamOptions {
@@ -58,6 +58,16 @@ function zerosLike(p: Tensor): Tensor {
 
 const OPTION_KEYS = ['lr', 'betas', 'eps', 'weightDecay', 'amsgrad'] as const;
 
+/**
+ * @internal How the constructor's errors name the call and its arguments, for a caller that builds
+ * the optimiser from arguments of its own (Trainer: 'options.params', 'options.optimizer').
+ */
+export interface AdamNaming {
+  where: string;
+  params: string;
+  options: string;
+}
+
 export class Adam {
   readonly paramGroups: ParamGroup[] = [];
   /** Per-parameter state (step count and moment estimates), created on the first step. */
@@ -65,39 +75,44 @@ export class Adam {
   protected readonly decoupled: boolean;
   protected readonly name: string;
 
-  constructor(params: Iterable<Tensor> | Iterable<ParamGroupInput>, options?: AdamOptions) {
+  constructor(params: Iterable<Tensor> | Iterable<ParamGroupInput>, options?: AdamOptions, /** @internal */ naming?: AdamNaming) {
     this.decoupled = new.target === AdamW;
     this.name = this.decoupled ? 'AdamW' : 'Adam';
-    const where = this.name;
-    const o = checkOptions(where, options);
-    checkKnownKeys(where, o, OPTION_KEYS);
-    const defaults = this.resolve(where, 'options', o, {
+    const where = naming?.where ?? this.name;
+    const P = naming?.params ?? 'params';
+    const O = naming?.options ?? 'options';
+    if (options !== undefined && (options === null || typeof options !== 'object' || Array.isArray(options))) {
+      throw typeError(where, O, 'an object', options);
+    }
+    const o = (options ?? {}) as Record<string, unknown>;
+    checkKnownKeys(naming ? `${where}: ${O}` : where, o, OPTION_KEYS);
+    const defaults = this.resolve(where, O, o, {
       lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, weightDecay: this.decoupled ? 1e-2 : 0, amsgrad: false,
     });
     if (params === null || typeof params !== 'object' || typeof (params as Iterable<unknown>)[Symbol.iterator] !== 'function') {
-      throw typeError(where, 'params', 'an iterable of tensors or of parameter groups', params);
+      throw typeError(where, P, 'an iterable of tensors or of parameter groups', params);
     }
     const list = [...(params as Iterable<unknown>)];
-    if (list.length === 0) throw new RangeError(`${where}: params is empty (nothing to optimise; did injectLora select any layer?)`);
+    if (list.length === 0) throw new RangeError(`${where}: ${P} is empty (nothing to optimise; did injectLora select any layer?)`);
     const flat = list.some((p) => p instanceof Tensor);
     if (flat) {
       const bad = list.findIndex((p) => !(p instanceof Tensor));
-      if (bad >= 0) throw typeError(where, `params[${bad}]`, 'a Tensor (a list of tensors, or of parameter groups, not both)', list[bad]);
+      if (bad >= 0) throw typeError(where, `${P}[${bad}]`, 'a Tensor (a list of tensors, or of parameter groups, not both)', list[bad]);
     }
     const groups = flat ? [{ params: list as Tensor[] }] : (list as ParamGroupInput[]);
     const seen = new Set<Tensor>();
     groups.forEach((g, gi) => {
       if (g === null || typeof g !== 'object' || g instanceof Tensor || !('params' in g)) {
-        throw typeError(where, `params[${gi}]`, 'a Tensor or a parameter group { params, ...options }', g);
+        throw typeError(where, `${P}[${gi}]`, 'a Tensor or a parameter group { params, ...options }', g);
       }
       const { params: ps, ...rest } = g;
-      checkKnownKeys(`${where}: params[${gi}]`, rest as Record<string, unknown>, OPTION_KEYS);
-      const group = this.resolve(where, `params[${gi}]`, rest as Record<string, unknown>, defaults);
+      checkKnownKeys(`${where}: ${P}[${gi}]`, rest as Record<string, unknown>, OPTION_KEYS);
+      const group = this.resolve(where, `${P}[${gi}]`, rest as Record<string, unknown>, defaults);
       const tensors = [...(ps as Iterable<unknown>)];
       tensors.forEach((p, i) => {
-        const what = flat ? `params[${i}]` : `params[${gi}].params[${i}]`;
+        const what = flat ? `${P}[${i}]` : `${P}[${gi}].params[${i}]`;
         assertTensor(where, what, p);
-        p._checkLive(where);
+        p._checkLive(where, what);
         if (p.dtype === 'int32') throw rangeError(where, `${what}.dtype`, 'float32 or float64', p.dtype);
         if (!p.isLeaf) throw new TypeError(`${where}: ${what} is not a leaf tensor (it was computed by ${p.gradFn}); optimise the parameters themselves`);
         if (seen.has(p)) throw new RangeError(`${where}: ${what} appears more than once`);

@@ -418,7 +418,9 @@ export class Trainer {
 
     this.opts = o;
     this.params = params;
-    this.optimizer = new AdamW(params, o.optimizer);
+    // Its errors name this call and the option they come from.
+    this.optimizer = new AdamW(params, o.optimizer,
+      { where, params: o.params !== undefined ? 'options.params' : "the model's trainable parameters", options: 'options.optimizer' });
     this.baseLr = this.optimizer.paramGroups[0].lr;
     this.baseWeightDecay = this.optimizer.paramGroups[0].weightDecay;
     const g = this.optimizer.paramGroups[0];

@@ -8,7 +8,7 @@ import {
   LlamaForCausalLM, LoRALinear, Trainer, TrainerError, getLoraAB, getRngState, injectLora, loraLayers, manualSeed,
   readCheckpoint, tensor,
 } from '../lib';
-import type { BatchSource, TrainerBatch, TrainerOptions, TrainerStepInfo } from '../lib';
+import type { AdamOptions, BatchSource, TrainerBatch, TrainerOptions, TrainerStepInfo } from '../lib';
 import { loadCases } from './helpers/llama-weights';
 import { bits } from './helpers/state';
 
@@ -273,6 +273,18 @@ describe('errors', () => {
     expect(() => new Trainer({ train, loss: () => tensor([0]) })).toThrow(/options\.params must be the tensors to train/);
     expect(() => new Trainer({ train } as TrainerOptions)).toThrow(/options\.model must be a model with a loss\(ids, labels\) method/);
     expect(() => new Trainer({ model, train: { batchesPerEpoch: 0, batch: () => train[0] } })).toThrow(/batchesPerEpoch must be an integer >= 1/);
+  });
+
+  test("the optimiser's errors name the Trainer and the option they come from", () => {
+    const p = tensor([1]).requiresGrad_(true);
+    const base: TrainerOptions = { params: [p], train: [{ ids: [[0]] }], loss: () => p.sum() };
+    expect(() => new Trainer({ ...base, optimizer: { lr: -1 } })).toThrow(/^Trainer: options\.optimizer\.lr must be a number > 0, got -1$/);
+    expect(() => new Trainer({ ...base, optimizer: { beta: 0.9 } as AdamOptions })).toThrow(/^Trainer: options\.optimizer: unknown option "beta" \(known: lr, /);
+    expect(() => new Trainer({ ...base, optimizer: 5 as AdamOptions })).toThrow(/^Trainer: options\.optimizer must be an object, got 5$/);
+    expect(() => new Trainer({ ...base, params: [p, tensor([1], { dtype: 'int32' })] })).toThrow(/^Trainer: options\.params\[1\]\.dtype must be float32 or float64, got "int32"$/);
+    const gone = tensor([1]).requiresGrad_(true);
+    gone.dispose();
+    expect(() => new Trainer({ ...base, params: [p, gone] })).toThrow(/^Trainer: options\.params\[1\] has been disposed$/);
   });
 });
 
