@@ -54,11 +54,11 @@ function resolveLoraOptions(where: string, o: Record<string, unknown>): Resolved
   return { r, alpha, dropout, init, useRslora };
 }
 
-/** A or B of a layer: a live float tensor of the given shape on x's device in x's dtype. */
-function checkAdapter(where: string, x: Tensor, t: unknown, what: string, shape: number[], dims: string): void {
+/** A or B of a layer: a live float tensor of the given shape on the device and in the dtype of `ref` (x, or the weight). */
+function checkAdapter(where: string, ref: Tensor, refName: string, t: unknown, what: string, shape: number[], dims: string): void {
   assertTensor(where, what, t);
   requireFloat(where, t, what);
-  requireSame(where, x, 'x', t, what);
+  requireSame(where, ref, refName, t, what);
   if (t.ndim !== 2 || t.shape[0] !== shape[0] || t.shape[1] !== shape[1]) {
     throw rangeError(where, what, `a 2-D tensor of shape [${shape.join(', ')}] (${dims})`, t);
   }
@@ -140,8 +140,8 @@ export class LoRALinear extends Module {
     if (this.r === 0 || this.merged || !this.enabled || !this.A || !this.B) return this.origLinear.forward(x);
     const A = this.A;
     const B = this.B;
-    checkAdapter(where, x, A, 'A', [this.r, this.inFeatures], '[r, inFeatures]');
-    checkAdapter(where, x, B, 'B', [this.outFeatures, this.r], '[outFeatures, r]');
+    checkAdapter(where, x, 'x', A, 'A', [this.r, this.inFeatures], '[r, inFeatures]');
+    checkAdapter(where, x, 'x', B, 'B', [this.outFeatures, this.r], '[outFeatures, r]');
     const p = this.training ? this.dropout : 0;
     const key = p > 0 ? nextRandomKey() : { seed: 0n, offset: 0n };
     return ops.loraLinear(x, W, A, B, b, this.scale, p, key);
@@ -159,7 +159,7 @@ export class LoRALinear extends Module {
     const safe = o.safe === undefined ? false : checkBool(where, 'options.safe', o.safe);
     if (this.r === 0 || this.merged || !this.A || !this.B) return;
     const W = this.origLinear.weight;
-    for (const t of [W, this.A, this.B]) t._checkLive(where);
+    this._checkMergeable(where);
     const ok = noGrad(() => ops.loraMerge(W, this.A!, this.B!, this.scale, safe));
     if (!ok) {
       throw new Error(`${where}: the merged weight would contain NaN or Inf (check A and B for non-finite values); the weight is unchanged`);
@@ -173,10 +173,26 @@ export class LoRALinear extends Module {
     const where = 'LoRALinear.unmergeFromOrig';
     if (this.r === 0 || !this.merged || !this.A || !this.B) return;
     const W = this.origLinear.weight;
-    for (const t of [W, this.A, this.B]) t._checkLive(where);
+    this._checkMergeable(where);
     ops.loraMerge(W, this.A, this.B, -this.scale, false);
     W._bumpVersion();
     this.merged = false;
+  }
+
+  /**
+   * @internal Before W += scale * B A (either sign): origLinear.weight [out, in], A and B live float
+   * tensors of their shapes, on the weight's device in its dtype (any of them may have been replaced).
+   */
+  _checkMergeable(where: string): void {
+    const W = this.origLinear.weight;
+    const wn = 'origLinear.weight';
+    assertTensor(where, wn, W);
+    requireFloat(where, W, wn);
+    if (W.ndim !== 2 || W.shape[0] !== this.outFeatures || W.shape[1] !== this.inFeatures) {
+      throw rangeError(where, wn, `a 2-D tensor of shape [${this.outFeatures}, ${this.inFeatures}] ([outFeatures, inFeatures])`, W);
+    }
+    checkAdapter(where, W, wn, this.A, 'A', [this.r, this.inFeatures], '[r, inFeatures]');
+    checkAdapter(where, W, wn, this.B, 'B', [this.outFeatures, this.r], '[outFeatures, r]');
   }
 
   extraRepr(): string {
@@ -367,7 +383,7 @@ export function mergeLora(model: Module, options?: { safe?: boolean }): string[]
   for (const [name, m] of todo) {
     try {
       const W = m.origLinear.weight;
-      for (const t of [W, m.A!, m.B!]) t._checkLive(where);
+      m._checkMergeable(where);
       if (!safe) continue;
       const trial = zeros([...W.shape], { dtype: W.dtype as 'float32', device: W.device as 'cpu' });
       try {

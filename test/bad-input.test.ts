@@ -248,6 +248,32 @@ describe('merging refuses without changing any weight', () => {
     expect(bits(b.origLinear.weight)).toBe(wm);
   });
 
+  test('an A or B replaced by one of another dtype or shape: refused before native code, naming it, every weight unchanged', () => {
+    const lora = new LoRALinear(new Linear(4, 3), { r: 2 });
+    const w = bits(lora.origLinear.weight);
+    lora.A = randn([2, 4], { dtype: 'float64' });
+    expectThrows(() => lora.mergeToOrig(), TypeError, /^LoRALinear\.mergeToOrig: origLinear\.weight is float32 but A is float64; convert one with \.to\('float32'\)$/);
+    expect(lora.merged).toBe(false);
+    expect(bits(lora.origLinear.weight)).toBe(w);
+
+    const merged = new LoRALinear(new Linear(4, 3), { r: 2 });
+    merged.mergeToOrig();
+    const wm = bits(merged.origLinear.weight);
+    merged.B = zeros([3, 2], { dtype: 'float64' });
+    expectThrows(() => merged.unmergeFromOrig(), TypeError, /^LoRALinear\.unmergeFromOrig: origLinear\.weight is float32 but B is float64/);
+    expect(merged.merged).toBe(true);
+    expect(bits(merged.origLinear.weight)).toBe(wm);
+
+    for (const safe of [false, true]) {
+      const model = loraModel();
+      layer(model, 'layers.1.self_attn.k_proj').B = zeros([2, 8]);
+      const before = moduleState(model);
+      expectThrows(() => mergeLora(model, { safe }), Error,
+        /^mergeLora: layer 'layers\.1\.self_attn\.k_proj': mergeLora: B must be a 2-D tensor of shape \[8, 2\] \(\[outFeatures, r\]\), got Tensor\(shape \[2, 8\], float32, cpu\); no layer was merged$/);
+      expect(moduleState(model)).toEqual(before);
+    }
+  });
+
   test('mergeLora, unmergeLora and withAdaptersDisabled name themselves for a model that is not a Module', () => {
     expectThrows(() => mergeLora('model' as unknown as Module), TypeError, /^mergeLora: model must be a Module, got "model"$/);
     expectThrows(() => unmergeLora(null as unknown as Module), TypeError, /^unmergeLora: model must be a Module, got null$/);
