@@ -29,7 +29,7 @@ export class LambdaLR {
   /** lrLambda: one function for every group, or one per group. */
   constructor(optimizer: Adam, lrLambda: LrLambda | LrLambda[]) {
     const where = this.where;
-    if (!(optimizer instanceof Adam)) throw typeError(where, 'optimizer', 'an Adam or AdamW optimiser', optimizer);
+    checkOptimizer(where, optimizer);
     const groups = optimizer.paramGroups.length;
     const lambdas = Array.isArray(lrLambda) ? lrLambda : Array.from({ length: groups }, () => lrLambda);
     if (lambdas.length !== groups) throw rangeError(where, 'lrLambda', `one function per parameter group (${groups})`, `${lambdas.length} functions`);
@@ -39,17 +39,22 @@ export class LambdaLR {
     this.optimizer = optimizer;
     this.lambdas = lambdas;
     this.baseLrs = optimizer.paramGroups.map((g) => g.lr);
-    this.step();
+    this.advance(where);
   }
 
   /** Moves to the next step and sets the groups' learning rates for it. */
   step(): void {
+    this.advance(`${this.where}.step`);
+  }
+
+  /** step() for the constructor and loadStateDict too, whose names a bad factor's error carries. */
+  private advance(where: string): void {
     const next = this.lastStep + 1;
     // Every factor is checked before any group changes.
     const lrs = this.lambdas.map((f, i) => {
       const factor = f(next);
       if (typeof factor !== 'number' || !Number.isFinite(factor) || factor < 0) {
-        throw rangeError(`${this.where}.step`, `the factor for group ${i} at step ${next}`, 'a finite number >= 0', factor);
+        throw rangeError(where, `the factor for group ${i} at step ${next}`, 'a finite number >= 0', factor);
       }
       return this.baseLrs[i] * factor;
     });
@@ -84,7 +89,7 @@ export class LambdaLR {
     });
     this.lastStep = sd.lastStep - 1;
     try {
-      this.step();
+      this.advance(where);
     } catch (e) {
       saved.baseLrs.forEach((lr, i) => {
         this.baseLrs[i] = lr;
@@ -95,7 +100,13 @@ export class LambdaLR {
   }
 }
 
-function checkSteps(where: string, options: unknown, needsTotal: boolean): { warmup: number; total: number; cycles: number } {
+function checkOptimizer(where: string, optimizer: unknown): void {
+  if (!(optimizer instanceof Adam)) throw typeError(where, 'optimizer', 'an Adam or AdamW optimiser', optimizer);
+}
+
+/** The optimiser and options of a warm-up schedule, checked under its name (before LambdaLR sees them). */
+function checkSteps(where: string, optimizer: unknown, options: unknown, needsTotal: boolean): { warmup: number; total: number; cycles: number } {
+  checkOptimizer(where, optimizer);
   const o = checkOptions(where, options);
   checkKnownKeys(where, o, needsTotal ? ['numWarmupSteps', 'numTrainingSteps', 'numCycles'] : ['numWarmupSteps']);
   const warmup = o.numWarmupSteps === undefined ? 0 : checkInt(where, 'options.numWarmupSteps', o.numWarmupSteps);
@@ -113,7 +124,7 @@ function checkSteps(where: string, options: unknown, needsTotal: boolean): { war
 /** Linear warm-up from 0 over numWarmupSteps, then linear decay to 0 at numTrainingSteps (transformers' get_linear_schedule_with_warmup). */
 export function getLinearScheduleWithWarmup(optimizer: Adam, options: { numWarmupSteps?: number; numTrainingSteps: number }): LambdaLR {
   const where = 'getLinearScheduleWithWarmup';
-  const { warmup, total } = checkSteps(where, options, true);
+  const { warmup, total } = checkSteps(where, optimizer, options, true);
   return new LambdaLR(optimizer, (s) => {
     if (s < warmup) return s / Math.max(1, warmup);
     return Math.max(0, (total - s) / Math.max(1, total - warmup));
@@ -127,7 +138,7 @@ export function getLinearScheduleWithWarmup(optimizer: Adam, options: { numWarmu
  */
 export function getCosineScheduleWithWarmup(optimizer: Adam, options: { numWarmupSteps?: number; numTrainingSteps: number; numCycles?: number }): LambdaLR {
   const where = 'getCosineScheduleWithWarmup';
-  const { warmup, total, cycles } = checkSteps(where, options, true);
+  const { warmup, total, cycles } = checkSteps(where, optimizer, options, true);
   return new LambdaLR(optimizer, (s) => {
     if (s < warmup) return s / Math.max(1, warmup);
     const progress = (s - warmup) / Math.max(1, total - warmup);
@@ -138,6 +149,6 @@ export function getCosineScheduleWithWarmup(optimizer: Adam, options: { numWarmu
 /** Linear warm-up over numWarmupSteps, then the base rate (transformers' get_constant_schedule_with_warmup). */
 export function getConstantScheduleWithWarmup(optimizer: Adam, options?: { numWarmupSteps?: number }): LambdaLR {
   const where = 'getConstantScheduleWithWarmup';
-  const { warmup } = checkSteps(where, options, false);
+  const { warmup } = checkSteps(where, optimizer, options, false);
   return new LambdaLR(optimizer, (s) => (s < warmup ? s / Math.max(1, warmup) : 1));
 }

@@ -143,6 +143,9 @@ describe('LambdaLR', () => {
     expectThrows(() => new LambdaLR({} as Adam, () => 1), TypeError, /^LambdaLR: optimizer must be an Adam or AdamW optimiser/);
     expectThrows(() => new LambdaLR(opt, [() => 1]), RangeError, /^LambdaLR: lrLambda must be one function per parameter group \(2\), got "1 functions"$/);
     expectThrows(() => new LambdaLR(opt, 3 as never), TypeError, /^LambdaLR: lrLambda must be a function \(step\) => factor, got 3$/);
+    // The constructor sets step 0: a bad factor there is the constructor's error.
+    expectThrows(() => new LambdaLR(opt, () => -1), RangeError, /^LambdaLR: the factor for group 0 at step 0 must be a finite number >= 0, got -1$/);
+    expect(opt.paramGroups.map((g) => g.lr)).toEqual([0.1, 0.2]);
     let bad = false;
     const s = new LambdaLR(opt, (k) => (bad ? NaN : k + 1));
     bad = true;
@@ -152,7 +155,7 @@ describe('LambdaLR', () => {
     expectThrows(() => s.loadStateDict({ lastStep: -1, baseLrs: [0.1, 0.2] }), RangeError, /stateDict\.lastStep must be a non-negative integer/);
     expectThrows(() => s.loadStateDict({ lastStep: 1, baseLrs: [0.1] }), RangeError, /stateDict\.baseLrs must be 2 learning rates/);
     expectThrows(() => s.loadStateDict({ lastStep: 1, baseLrs: [0.1, 0] }), RangeError, /stateDict\.baseLrs\[1\] must be a number > 0/);
-    expectThrows(() => s.loadStateDict({ lastStep: 1, baseLrs: [0.5, 0.5] }), RangeError, /factor for group 0 at step 1/);
+    expectThrows(() => s.loadStateDict({ lastStep: 1, baseLrs: [0.5, 0.5] }), RangeError, /^LambdaLR\.loadStateDict: the factor for group 0 at step 1 must be a finite number >= 0, got NaN$/);
     expect(s.stateDict()).toEqual({ lastStep: 0, baseLrs: [0.1, 0.2] });
   });
 
@@ -163,6 +166,8 @@ describe('LambdaLR', () => {
     expectThrows(() => getCosineScheduleWithWarmup(opt, { numTrainingSteps: 10, numCycles: 0 }), RangeError, /numCycles must be a number > 0, got 0/);
     expectThrows(() => getConstantScheduleWithWarmup(opt, { numWarmupSteps: -1 }), RangeError, /numWarmupSteps must be a non-negative integer/);
     expectThrows(() => getConstantScheduleWithWarmup(opt, { warmup: 1 } as never), TypeError, /unknown option "warmup"/);
+    expectThrows(() => getCosineScheduleWithWarmup({} as Adam, { numTrainingSteps: 10 }), TypeError, /^getCosineScheduleWithWarmup: optimizer must be an Adam or AdamW optimiser/);
+    expectThrows(() => getConstantScheduleWithWarmup(null as unknown as Adam), TypeError, /^getConstantScheduleWithWarmup: optimizer must be an Adam or AdamW optimiser/);
     expect(opt.paramGroups.map((g) => g.lr)).toEqual([0.1, 0.2]);
   });
 
