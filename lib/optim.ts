@@ -352,7 +352,7 @@ export async function loadOptimizerState(optimizer: Adam, file: string): Promise
  * `lora-cuda finetune` format 1 kept them in trainer_state.json).
  */
 export async function readOptimizerState(where: string, optimizer: Adam, file: string, given: OptimizerStateScalars | null): Promise<void> {
-  const st = await SafetensorsFile.open(file);
+  const st = await SafetensorsFile._open(where, file);
   const read: Tensor[] = [];
   try {
     const fail = (msg: string): never => {
@@ -396,7 +396,7 @@ export async function readOptimizerState(where: string, optimizer: Adam, file: s
         const want = p.dtype === 'float64' ? 'F64' : 'F32';
         if (e.dtype !== want) fail(`"${key}" is ${e.dtype}, parameter ${i} is ${p.dtype}`);
         if (e.shape.join() !== p.shape.join()) fail(`"${key}" has shape [${e.shape.join(', ')}], parameter ${i} has [${p.shape.join(', ')}]`);
-        const t = await st.read(key, { dtype: p.dtype });
+        const t = await st._readTensor(where, key, { dtype: p.dtype });
         read.push(t);
         entry[field] = t;
       }

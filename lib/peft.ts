@@ -326,7 +326,7 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
     const bin = fs.existsSync(path.join(dir, 'adapter_model.bin'));
     fail(where, `${weightsPath} not found${bin ? ' (adapter_model.bin is a PyTorch pickle and is not supported; save with safe_serialization=True)' : ''}`);
   }
-  const st = await SafetensorsFile.open(weightsPath);
+  const st = await SafetensorsFile._open(where, weightsPath);
   try {
     // Group the file's keys by module path.
     const found = new Map<string, { A?: string; B?: string }>();
@@ -397,7 +397,7 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
         const m = modules.get(name)!;
         const dtype = (m instanceof LoRALinear ? m.origLinear : (m as Linear)).weight.dtype as 'float32';
         for (const key of [found.get(name)!.A!, found.get(name)!.B!]) {
-          const t = await st.read(key, { dtype });
+          const t = await st._readTensor(where, key, { dtype });
           values.push(t);
           t._checkLive(where);
           if (!allFinite(t)) fail(where, `${WEIGHTS}: '${key}' holds NaN or Inf`);

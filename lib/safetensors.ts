@@ -460,15 +460,25 @@ export class SafetensorsFile {
 
   /** Opens and validates a file; rejects with a SafetensorsError when it is malformed. */
   static async open(path: string): Promise<SafetensorsFile> {
-    const p = checkPath('SafetensorsFile.open', path);
-    const { fd, header } = await runAsync(openOps('SafetensorsFile.open', p));
-    return new SafetensorsFile(p, fd, header);
+    return SafetensorsFile._open('SafetensorsFile.open', path);
   }
 
   /** Synchronous open(). */
   static openSync(path: string): SafetensorsFile {
-    const p = checkPath('SafetensorsFile.openSync', path);
-    const { fd, header } = runSync(openOps('SafetensorsFile.openSync', p));
+    return SafetensorsFile._openSync('SafetensorsFile.openSync', path);
+  }
+
+  /** @internal open() for a function that reads the file for its caller (loadAdapter, …): errors name `where`. */
+  static async _open(where: string, path: string): Promise<SafetensorsFile> {
+    const p = checkPath(where, path);
+    const { fd, header } = await runAsync(openOps(where, p));
+    return new SafetensorsFile(p, fd, header);
+  }
+
+  /** @internal openSync() with errors naming `where`. */
+  static _openSync(where: string, path: string): SafetensorsFile {
+    const p = checkPath(where, path);
+    const { fd, header } = runSync(openOps(where, p));
     return new SafetensorsFile(p, fd, header);
   }
 
@@ -492,7 +502,15 @@ export class SafetensorsFile {
 
   /** Reads one tensor; F64/F32/F16/BF16 become float32 and the integer dtypes int32 unless options.dtype says otherwise. */
   async read(name: string, opts?: SafetensorsReadOptions): Promise<Tensor> {
-    const where = 'SafetensorsFile.read';
+    return this._readTensor('SafetensorsFile.read', name, opts);
+  }
+
+  readSync(name: string, opts?: SafetensorsReadOptions): Tensor {
+    return this._readTensorSync('SafetensorsFile.readSync', name, opts);
+  }
+
+  /** @internal read() with errors naming `where`. */
+  async _readTensor(where: string, name: string, opts?: SafetensorsReadOptions): Promise<Tensor> {
     const target = checkReadOptions(where, opts);
     const e = this._entry(where, name);
     const dtype = targetDtype(where, e, target);
@@ -500,8 +518,8 @@ export class SafetensorsFile {
     return toTensor(where, e, bytes, dtype);
   }
 
-  readSync(name: string, opts?: SafetensorsReadOptions): Tensor {
-    const where = 'SafetensorsFile.readSync';
+  /** @internal readSync() with errors naming `where`. */
+  _readTensorSync(where: string, name: string, opts?: SafetensorsReadOptions): Tensor {
     const target = checkReadOptions(where, opts);
     const e = this._entry(where, name);
     const dtype = targetDtype(where, e, target);
@@ -684,11 +702,12 @@ function toTensor(where: string, e: SafetensorsEntry, bytes: Uint8Array, dtype: 
 
 /** Reads every tensor of a file, in file order (see SafetensorsFile.read for the dtypes). */
 export async function loadSafetensors(path: string, opts?: SafetensorsReadOptions): Promise<Record<string, Tensor>> {
-  checkReadOptions('loadSafetensors', opts);
-  const f = await SafetensorsFile.open(path);
+  const where = 'loadSafetensors';
+  checkReadOptions(where, opts);
+  const f = await SafetensorsFile._open(where, path);
   const out: Record<string, Tensor> = {};
   try {
-    for (const k of f.keys()) setOwn(out, k, await f.read(k, opts));
+    for (const k of f.keys()) setOwn(out, k, await f._readTensor(where, k, opts));
   } catch (e) {
     for (const t of Object.values(out)) t.dispose();
     throw e;
@@ -700,11 +719,12 @@ export async function loadSafetensors(path: string, opts?: SafetensorsReadOption
 
 /** Synchronous loadSafetensors(). */
 export function loadSafetensorsSync(path: string, opts?: SafetensorsReadOptions): Record<string, Tensor> {
-  checkReadOptions('loadSafetensorsSync', opts);
-  const f = SafetensorsFile.openSync(path);
+  const where = 'loadSafetensorsSync';
+  checkReadOptions(where, opts);
+  const f = SafetensorsFile._openSync(where, path);
   const out: Record<string, Tensor> = {};
   try {
-    for (const k of f.keys()) setOwn(out, k, f.readSync(k, opts));
+    for (const k of f.keys()) setOwn(out, k, f._readTensorSync(where, k, opts));
   } catch (e) {
     for (const t of Object.values(out)) t.dispose();
     throw e;

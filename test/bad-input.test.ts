@@ -595,6 +595,14 @@ describe('loadAdapter refuses adapters that do not fit, leaving the model as it 
     await refused(fresh(), e, /lora_A\.weight' holds NaN or Inf$/);
   });
 
+  test('a weights file that is not a safetensors file: a SafetensorsError naming loadAdapter', async () => {
+    const d = await variant('truncated', {});
+    const file = path.join(d, 'adapter_model.safetensors');
+    fs.writeFileSync(file, fs.readFileSync(file).subarray(0, 20));
+    await refused(fresh(), d, new RegExp(`^loadAdapter: ${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is not a valid safetensors file: `));
+    await expect(loadAdapter(fresh(), d)).rejects.toMatchObject({ code: 'ERR_SAFETENSORS_INVALID' });
+  });
+
   test('two A weights for one layer (PEFT names an adapter "default": lora_A.default.weight)', async () => {
     const q = 'layers.0.self_attn.q_proj';
     const d = await variant('dup', { tensors: (t) => { t[`base_model.model.${q}.lora_A.default.weight`] = randn([2, 8]); } });

@@ -738,6 +738,9 @@ describe('malformed files are rejected with a clear message', () => {
     expect((err as Error).message).toMatch(message);
     await expect(SafetensorsFile.open(p)).rejects.toThrow(message);
     await expect(loadSafetensors(p)).rejects.toBeInstanceOf(SafetensorsError);
+    // The functions that open the file for their caller name themselves.
+    await expect(loadSafetensors(p)).rejects.toThrow(`loadSafetensors: ${p} is not a valid safetensors file: `);
+    expect(() => loadSafetensorsSync(p)).toThrow(`loadSafetensorsSync: ${p} is not a valid safetensors file: `);
     expect(openFilesOf(p)).toBe(0); // the descriptor was closed
   });
 

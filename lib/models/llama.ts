@@ -462,7 +462,7 @@ export class LlamaForCausalLM extends Module {
     // into a head of its own; after loading the two are tied again only when their values are equal.
     let untiedHead = false;
     try {
-      for (const file of files) opened.push(await SafetensorsFile.open(file));
+      for (const file of files) opened.push(await SafetensorsFile._open(where, file));
       let stored = 0;
       for (const st of opened) for (const k of st.keys()) stored += st.entry(k).shape.reduce((a, d) => a * d, 1);
       const needed = parameterCount(config);
@@ -488,7 +488,7 @@ export class LlamaForCausalLM extends Module {
           if (!['F32', 'F16', 'BF16', 'F64'].includes(e.dtype)) {
             throw new RangeError(`${where}: ${path.basename(file)}: '${key}' has dtype ${e.dtype}; F32, F16, BF16 and F64 are supported`);
           }
-          const t = await st.read(key, { dtype: target.dtype as 'float32' });
+          const t = await st._readTensor(where, key, { dtype: target.dtype as 'float32' });
           noGrad(() => target.copy_(t));
           t.dispose();
           loaded.add(key);
