@@ -196,7 +196,8 @@ export class Tensor {
 
   /** The data as nested arrays of numbers (a number for a 0-d tensor). */
   tolist(): number | NestedList {
-    const flat = this.toArray();
+    this._checkLive('Tensor.tolist');
+    const flat = memory.toArray(this);
     const build = (dim: number, off: number): number | NestedList => {
       if (dim === this._shape.length) return flat[off];
       const stride = this._shape.slice(dim + 1).reduce((a, b) => a * b, 1);
@@ -209,10 +210,11 @@ export class Tensor {
 
   /** The value of a one-element tensor. */
   item(): number {
+    this._checkLive('Tensor.item');
     if (this.numel !== 1) {
       throw rangeError('Tensor.item', 'the tensor', 'a tensor with exactly one element', this);
     }
-    return this.toArray()[0];
+    return memory.toArray(this)[0];
   }
 
   // ------------------------------------------------------------ memory, copy
@@ -272,17 +274,12 @@ export class Tensor {
 
   /** Fills with zeros in place, outside autograd. */
   zero_(): this {
-    return this.fill_(0);
+    return fill(this, 'Tensor.zero_', 0);
   }
 
   /** Fills with value in place, outside autograd. */
   fill_(value: number): this {
-    checkNumberOrNaN('Tensor.fill_', 'value', value);
-    if (this._dtype === 'int32') checkInt32Value('Tensor.fill_', 'value', value);
-    this._checkLive('Tensor.fill_');
-    creation.fill_(this, value);
-    this._store.version++;
-    return this;
+    return fill(this, 'Tensor.fill_', value);
   }
 
   /** @internal In-place bump after native code wrote into this tensor. */
@@ -484,6 +481,16 @@ export class Tensor {
 
 // Shared bodies of methods that are also reached through another public name (view and reshape,
 // t and transpose, to, cpu and cuda): each error names the method the user called.
+
+/** fill_ and zero_: value into every element, in place. */
+function fill<T extends Tensor>(t: T, where: string, value: number): T {
+  checkNumberOrNaN(where, 'value', value);
+  if (t.dtype === 'int32') checkInt32Value(where, 'value', value);
+  t._checkLive(where);
+  creation.fill_(t, value);
+  t._bumpVersion();
+  return t;
+}
 
 /** The same data with another shape, given as varargs or one array. */
 function reshape(where: string, t: Tensor, shape: number[] | [readonly number[]]): Tensor {

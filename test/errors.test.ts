@@ -115,18 +115,19 @@ describe('use after dispose', () => {
   };
   const live = () => tensor([[1, 2], [3, 4]]);
 
-  test.each<[string, (t: Tensor) => unknown]>([
-    ['toArray', (t) => t.toArray()],
-    ['tolist', (t) => t.tolist()],
-    ['item', (t) => t.reshape(4).item()],
-    ['detach', (t) => t.detach()],
-    ['copy_', (t) => t.copy_([1, 2, 3, 4])],
-    ['fill_', (t) => t.fill_(0)],
-    ['zero_', (t) => t.zero_()],
-    ['backward', (t) => t.backward()],
-    ['copy_ source', (t) => live().copy_(t)],
-  ])('%s on a disposed tensor throws ERR_TENSOR_DISPOSED (every op: the op registry, in bad-input.test.ts)', (_name, op) => {
+  test.each<[string, (t: Tensor) => unknown, string]>([
+    ['toArray', (t) => t.toArray(), 'Tensor.toArray'],
+    ['tolist', (t) => t.tolist(), 'Tensor.tolist'],
+    ['item', (t) => t.item(), 'Tensor.item'],
+    ['detach', (t) => t.detach(), 'Tensor.detach'],
+    ['copy_', (t) => t.copy_([1, 2, 3, 4]), 'Tensor.copy_'],
+    ['fill_', (t) => t.fill_(0), 'Tensor.fill_'],
+    ['zero_', (t) => t.zero_(), 'Tensor.zero_'],
+    ['backward', (t) => t.backward(), 'Tensor.backward'],
+    ['copy_ source', (t) => live().copy_(t), 'Tensor.copy_'],
+  ])('%s on a disposed tensor throws ERR_TENSOR_DISPOSED naming the method (every op: the op registry, in bad-input.test.ts)', (_name, op, where) => {
     disposedError(() => op(dead()));
+    expect(() => op(dead())).toThrow(`${where}: tensor has been disposed`);
   });
 
   test('views of a disposed storage are unusable too', () => {
