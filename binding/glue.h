@@ -15,7 +15,7 @@
 namespace lc_napi {
 
 inline Napi::Error js_error(Napi::Env env, const std::string& msg, const std::string& code) {
-  Napi::Error e = Napi::Error::New(env, msg);
+  Napi::Error e = code == lc::kErrOutOfRange ? Napi::RangeError::New(env, msg) : Napi::Error::New(env, msg);
   e.Set("code", Napi::String::New(env, code));
   return e;
 }
