@@ -24,6 +24,10 @@ linearSamples.push(
   { name: 'with bias, M = 1, 3, 1000', inputs: [I([1, 17]), I([3, 17]), I([1000, 17]), I([64, 17]), I([64])],
     call: ([x1, x3, xk, w, b]) => [F.linear(x1, w, b), F.linear(x3, w, b), F.linear(xk, w, b)], gradcheck: false },
   { name: 'without bias, frozen weight, odd sizes', inputs: [I([2, 3, 33]), I([17, 33], { grad: false })], call: ([x, w]) => F.linear(x, w), gradcheck: false },
+  // Empty dims, as torch allows them: no in-features (y = b in every row), no out-features, no rows.
+  { name: 'zero in-features: x [3,0], W [5,0], b [5]', inputs: [I([3, 0]), I([5, 0]), I([5])], call: ([x, w, b]) => F.linear(x, w, b) },
+  { name: 'zero out-features: x [3,4], W [0,4], b [0]', inputs: [I([3, 4]), I([0, 4]), I([0])], call: ([x, w, b]) => F.linear(x, w, b) },
+  { name: 'zero rows: x [0,4], W [5,4], b [5]', inputs: [I([0, 4]), I([5, 4]), I([5])], call: ([x, w, b]) => F.linear(x, w, b) },
 );
 
 // ------------------------------------------------------------ F.crossEntropy
