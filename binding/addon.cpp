@@ -223,7 +223,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
                                                        : napi_float32_array;
     if (ta.TypedArrayType() != want)
       throw Napi::TypeError::New(a.Env(), "fromArray: typed array type does not match dtype");
-    const uint8_t* base = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+    // The data pointer from the typed array itself: ta.ArrayBuffer() refuses a SharedArrayBuffer.
+    void* base = nullptr;
+    check(a.Env(), napi_get_typedarray_info(a.Env(), ta, nullptr, nullptr, &base, nullptr, nullptr));
     return wrap(a.Env(), lc::ops::from_host(base, ta.ByteLength(), shape_arg(a[1], "shape"), dt,
                                             device_arg(a[3], a[4])));
   });
