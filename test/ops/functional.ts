@@ -264,6 +264,8 @@ export const FUNCTIONAL_OPS: OpInfo[] = [
     ],
     errors: [
       { name: 'an odd head dim', call: () => F.rotaryTables(4, 5, { theta: 10000 }), type: RangeError, message: /^rotaryTables: headDim must be a positive even integer, got 5$/, standard: true },
+      { name: 'tables too large to build', call: () => F.rotaryTables(1e9, 64, { theta: 10000 }), type: RangeError,
+        message: /^rotaryTables: T must be at most 33554431 for headDim 64 \(a table \[T, headDim\] holds at most 2\^31 - 1 elements\), got 1000000000$/, standard: true },
       { name: 'no theta', call: () => F.rotaryTables(4, 8, {} as { theta: number }), type: TypeError, message: /rotaryTables: options.theta must be a number, got undefined/ },
       { name: 'no options', call: () => F.rotaryTables(4, 8, undefined as unknown as { theta: number }), type: TypeError, message: /rotaryTables: options must be an object/ },
       { name: 'a negative theta', call: () => F.rotaryTables(4, 8, { theta: -1 }), type: RangeError, message: /options.theta must be a number > 0/ },
