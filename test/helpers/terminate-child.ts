@@ -4,8 +4,11 @@
 //
 //   node -r ./test/helpers/ts-register.js test/helpers/terminate-child.ts RUNS SEED KIND,KIND,...
 //
-// RUNS workers of each kind (worker-busy.ts), two at a time; every run prints one line. The process exits 0 after the
-// last run; a worker that takes the whole process down (an abort) ends it with a signal instead.
+// RUNS workers of each kind (worker-busy.ts), two at a time; every run prints one line. The process
+// exits 0 after the last run; a worker that takes the whole process down (an abort) ends it with a
+// signal instead.
+import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { tensor } from '../../lib';
@@ -16,6 +19,8 @@ const body = path.join(__dirname, 'worker-busy.ts');
 const runs = Number(process.argv[2]);
 const seed = Number(process.argv[3]);
 const kinds = process.argv[4].split(',') as Busy[];
+// The workers' files (a terminated worker cannot clean up after itself).
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lora-cuda-workers-'));
 
 // A small seeded generator (mulberry32), so that a failing sequence of delays can be replayed.
 let state = seed >>> 0;
@@ -31,8 +36,9 @@ async function run(kind: Busy, delayMs: number): Promise<string> {
   const limits = kind === 'filling-heap' ? { maxOldGenerationSizeMb: 24, maxYoungGenerationSizeMb: 4 } : undefined;
   const w = new Worker(`
     require(${JSON.stringify(register)});
-    require(${JSON.stringify(body)}).busy(require('worker_threads').workerData);
-  `, { eval: true, workerData: kind, resourceLimits: limits, stdout: true, stderr: true });
+    const { workerData } = require('worker_threads');
+    require(${JSON.stringify(body)}).busy(workerData.kind, workerData.dir);
+  `, { eval: true, workerData: { kind, dir }, resourceLimits: limits, stdout: true, stderr: true });
   let error = '';
   w.on('error', (e) => (error = (e as NodeJS.ErrnoException).code ?? String(e)));
   const exited = new Promise<number>((resolve) => w.once('exit', resolve));
@@ -45,7 +51,8 @@ async function run(kind: Busy, delayMs: number): Promise<string> {
     await w.terminate();
   }
   const code = await exited;
-  return `${kind} after ${delayMs.toFixed(1)} ms: exit ${code}${error ? ` (${error})` : ''}`;
+  const when = kind === 'filling-heap' ? '' : ` after ${delayMs.toFixed(1)} ms`;
+  return `${kind}${when}: exit ${code}${error ? ` (${error})` : ''}`;
 }
 
 async function main(): Promise<void> {
@@ -59,7 +66,11 @@ async function main(): Promise<void> {
   process.stdout.write(`main thread: ${tensor([1, 2, 3]).mul(2).sum().item()}\n`);
 }
 
-main().then(() => process.exit(0), (e) => {
+main().then(() => {
+  fs.rmSync(dir, { recursive: true, force: true });
+  process.exit(0);
+}, (e) => {
+  fs.rmSync(dir, { recursive: true, force: true });
   process.stderr.write(`${(e as Error).stack}\n`);
   process.exit(1);
 });

@@ -2,7 +2,6 @@
 // library. Each posts 'ready' once its loop is about to start, then never returns: it is stopped
 // by worker.terminate() or by reaching its resourceLimits.
 import * as fs from 'fs';
-import * as os from 'os';
 import * as path from 'path';
 import { parentPort } from 'worker_threads';
 import {
@@ -21,10 +20,9 @@ function model(): Sequential {
   return m;
 }
 
-export async function busy(kind: Busy): Promise<never> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lora-cuda-worker-'));
-  // A worker that is terminated leaves its directory behind: remove it when this process exits.
-  process.on('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
+/** Runs the loop of `kind`; files go to a new directory in `parent` (which the caller removes). */
+export async function busy(kind: Busy, parent: string): Promise<never> {
+  const dir = fs.mkdtempSync(path.join(parent, `${kind}-`));
   switch (kind) {
     case 'idle': {
       // Tensors live, some referenced and some only reachable by the garbage collector's finalizers.
