@@ -6,6 +6,7 @@
 
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <new>
 #include <string>
 #include <vector>
@@ -19,6 +20,7 @@
 namespace {
 
 using lc::Tensor;
+using lc_napi::check;
 using lc_napi::flag;
 using lc_napi::i64;
 using lc_napi::num;
@@ -40,35 +42,55 @@ void sync_external(Napi::Env env) {
   }
 }
 
-class NativeTensor : public Napi::ObjectWrap<NativeTensor> {
- public:
-  static Napi::Function Define(Napi::Env env) {
-    return DefineClass(env, "NativeTensor", {});
-  }
-  explicit NativeTensor(const Napi::CallbackInfo& info) : Napi::ObjectWrap<NativeTensor>(info) {}
+// What a tensor handle (an instance of the class NativeTensor, with no methods) wraps.
+struct NativeTensor {
   Tensor tensor;
 };
 
-// Every exported function goes through here, so no C++ exception escapes.
+// Runs when a handle is garbage-collected and when its environment is torn down (a worker that
+// ends or is terminated).
+void finalize_handle(Napi::node_addon_api_basic_env, void* data, void*) noexcept {
+  delete static_cast<NativeTensor*>(data);  // frees the storage unless another handle shares it
+}
+
+napi_value construct_handle(napi_env env, napi_callback_info info) noexcept {
+  return lc_napi::boundary(env, [&]() -> napi_value {
+    napi_value self;
+    check(env, napi_get_cb_info(env, info, nullptr, nullptr, &self, nullptr));
+    auto owned = std::make_unique<NativeTensor>();
+    check(env, napi_wrap(env, self, owned.get(), finalize_handle, nullptr, nullptr));
+    owned.release();  // the handle's finalizer deletes it
+    return self;
+  });
+}
+
+Napi::Function define_handle_class(Napi::Env env) {
+  napi_value cls;
+  check(env, napi_define_class(env, "NativeTensor", NAPI_AUTO_LENGTH, construct_handle, nullptr, 0,
+                               nullptr, &cls));
+  return Napi::Function(env, cls);
+}
+
+NativeTensor* handle_of(Napi::Object o) {
+  void* p = nullptr;
+  check(o.Env(), napi_unwrap(o.Env(), o, &p));
+  return static_cast<NativeTensor*>(p);
+}
+
+// Every exported function goes through here: the body runs inside lc_napi::boundary.
 Napi::Function fn(Napi::Env env, const char* name,
                   std::function<Napi::Value(const Napi::CallbackInfo&)> body) {
-  return Napi::Function::New(
-      env,
-      [body](const Napi::CallbackInfo& info) -> Napi::Value {
-        Napi::Env env = info.Env();
-        return lc_napi::guarded(env, [&] {
-          Napi::Value v = body(info);
-          sync_external(env);
-          return v;
-        });
-      },
-      name);
+  return lc_napi::make_function(env, name, [body](const Napi::CallbackInfo& info) -> Napi::Value {
+    Napi::Value v = body(info);
+    sync_external(info.Env());
+    return v;
+  });
 }
 
 Napi::Value wrap(Napi::Env env, Tensor t) {
   auto* d = env.GetInstanceData<AddonData>();
   Napi::Object o = d->ctor.New({});
-  NativeTensor::Unwrap(o)->tensor = std::move(t);
+  handle_of(o)->tensor = std::move(t);
   return o;
 }
 
@@ -81,7 +103,7 @@ NativeTensor* unwrap_raw(const Napi::Value& v, const char* what) {
   auto* d = env.GetInstanceData<AddonData>();
   if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(d->ctor.Value()))
     throw Napi::TypeError::New(env, std::string(what) + ": expected a native tensor handle");
-  return NativeTensor::Unwrap(v.As<Napi::Object>());
+  return handle_of(v.As<Napi::Object>());
 }
 
 const Tensor& T(const Napi::Value& v, const char* what) {
@@ -170,9 +192,9 @@ std::vector<Tensor> tensor_list(const Napi::Value& v, const char* what) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  auto* data = new AddonData();
-  data->ctor = Napi::Persistent(NativeTensor::Define(env));
-  env.SetInstanceData<AddonData>(data);
+  auto data = std::make_unique<AddonData>();
+  data->ctor = Napi::Persistent(define_handle_class(env));
+  env.SetInstanceData<AddonData>(data.release());
 
   auto def = [&](const char* name, std::function<Napi::Value(const Napi::CallbackInfo&)> body) {
     exports.Set(name, fn(env, name, std::move(body)));
@@ -201,7 +223,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
                                                        : napi_float32_array;
     if (ta.TypedArrayType() != want)
       throw Napi::TypeError::New(a.Env(), "fromArray: typed array type does not match dtype");
-    const uint8_t* base = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+    // The data pointer from the typed array itself: ta.ArrayBuffer() refuses a SharedArrayBuffer.
+    void* base = nullptr;
+    check(a.Env(), napi_get_typedarray_info(a.Env(), ta, nullptr, nullptr, &base, nullptr, nullptr));
     return wrap(a.Env(), lc::ops::from_host(base, ta.ByteLength(), shape_arg(a[1], "shape"), dt,
                                             device_arg(a[3], a[4])));
   });
@@ -505,4 +529,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 
 }  // namespace
 
-NODE_API_MODULE(lora_cuda, Init)
+// Not NODE_API_MODULE: its wrapper lets a C++ exception out when the environment cannot take the
+// JS error (a worker terminated while it loads the addon).
+NAPI_MODULE_INIT() {
+  return lc_napi::boundary(env, [&]() -> napi_value { return Init(Napi::Env(env), Napi::Object(env, exports)); });
+}

@@ -14,12 +14,7 @@ namespace lc_napi {
 Napi::Object bench_exports(Napi::Env env, TensorArg T) {
   Napi::Object o = Napi::Object::New(env);
   auto def = [&](const char* name, auto body) {
-    o.Set(name, Napi::Function::New(
-                    env,
-                    [body](const Napi::CallbackInfo& info) -> Napi::Value {
-                      return guarded(info.Env(), [&] { return body(info); });
-                    },
-                    name));
+    o.Set(name, make_function(env, name, body));
   };
   def("eventRecord", [](const Napi::CallbackInfo& a) -> Napi::Value {
     return Napi::Number::New(a.Env(), static_cast<double>(lc::cuda::event_record(

@@ -179,8 +179,7 @@ std::string device_error_message(const DeviceError& d) {
       return "embedding backward: id " + s(d.a) + " at index " + s(d.b) + " is outside [0, " +
              s(d.c) + ")";
     case kErrCastInt32:  // the CPU backend's words
-      return "copy: element " + s(d.b) + " (" + std::to_string(d.v) +
-             ") cannot be converted to int32 (integers in [-2147483648, 2147483647])";
+      return int32_conversion_error(d.b, d.v).what();
     case kErrCrossEntropyTarget:
       return "cross entropy: target " + s(d.a) + " at row " + s(d.b) + " is outside [0, " + s(d.c) +
              ")";
@@ -251,7 +250,7 @@ void sync(Context& c) {
     DeviceError d = hw->err;
     hw->err.code = kErrNone;
     check(cudaMemsetAsync(c.err, 0, sizeof(DeviceError), c.stream), "cudaMemsetAsync");
-    throw Error(device_error_message(d));
+    throw Error(device_error_message(d), d.code == kErrCastInt32 ? kErrOutOfRange : "ERR_LORA_NATIVE");
   }
 }
 

@@ -24,6 +24,13 @@ export interface TensorDataOptions extends TensorOptions {
 export type TensorData = number | ArrayLike<number> | NestedArray;
 export interface NestedArray extends ReadonlyArray<number | NestedArray> {}
 
+const INT32_VALUE = 'an integer in [-2147483648, 2147483647] (int32 tensor)';
+
+/** Whether an int32 tensor can hold v exactly (data is never wrapped around or truncated). */
+function isInt32(v: number): boolean {
+  return Number.isInteger(v) && v >= -2147483648 && v <= 2147483647;
+}
+
 const ARRAY_OF: Record<DType, Float32ArrayConstructor | Float64ArrayConstructor | Int32ArrayConstructor> = {
   float32: Float32Array,
   float64: Float64Array,
@@ -47,7 +54,7 @@ function flatten(where: string, data: unknown, shape: number[], dtype: DType): H
   const walk = (v: unknown, dim: number, path: string) => {
     if (dim === shape.length) {
       if (typeof v !== 'number') throw typeError(where, `data${path}`, 'a number', v);
-      if (dtype === 'int32' && !Number.isInteger(v)) throw rangeError(where, `data${path}`, 'an integer (int32 tensor)', v);
+      if (dtype === 'int32' && !isInt32(v)) throw rangeError(where, `data${path}`, INT32_VALUE, v);
       out[pos++] = v;
       return;
     }
@@ -70,7 +77,7 @@ export function toTypedArray(where: string, what: string, data: ArrayLike<number
   for (let i = 0; i < data.length; i++) {
     const v = data[i];
     if (typeof v !== 'number' && typeof v !== 'bigint') throw typeError(where, `${what}[${i}]`, 'a number', v);
-    if (dtype === 'int32' && !Number.isInteger(Number(v))) throw rangeError(where, `${what}[${i}]`, 'an integer (int32 tensor)', v);
+    if (dtype === 'int32' && !isInt32(Number(v))) throw rangeError(where, `${what}[${i}]`, INT32_VALUE, v);
     out[i] = Number(v);
   }
   return out;

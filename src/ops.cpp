@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -288,6 +289,16 @@ Tensor maybe(bool want, const Shape& s, const Tensor& like) {
 }
 const Tensor* ptr(const Tensor& t) { return t.storage ? &t : nullptr; }
 bool empty_problem(const Tensor& x, const Tensor& W) { return x.numel() == 0 || W.numel() == 0; }
+// The gradients of an empty problem: zeros, but the bias's is still the column sums of dy (with no
+// input features, y = b in every row).
+void empty_problem_grads(Backend& be, const Tensor& dy, std::initializer_list<Tensor*> grads, Tensor& db) {
+  for (Tensor* t : grads)
+    if (t->storage && t->numel()) be.fill(*t, 0.0);
+  if (db.storage && db.numel()) {
+    if (dy.numel()) be.reduce_sum_to(dy, db);
+    else be.fill(db, 0.0);
+  }
+}
 }  // namespace
 
 Tensor linear(const Tensor& x, const Tensor& W, const Tensor* b) {
@@ -303,8 +314,7 @@ LinearGrads linear_backward(const Tensor& dy, const Tensor& x, const Tensor& W, 
   check_grad_out("linear backward", dy, x, W);
   LinearGrads g{maybe(need_dx, x.shape, x), maybe(need_dW, W.shape, W), maybe(need_db, {W.shape[0]}, W)};
   if (empty_problem(x, W)) {
-    for (Tensor* t : {&g.dx, &g.dW, &g.db})
-      if (t->storage && t->numel()) be(x).fill(*t, 0.0);
+    empty_problem_grads(be(x), dy, {&g.dx, &g.dW}, g.db);
     return g;
   }
   be(x).linear_backward(dy, x, W, ptr(g.dx), ptr(g.dW), ptr(g.db));
@@ -336,8 +346,7 @@ LoraGrads lora_backward(const Tensor& dy, const Tensor& x, const Tensor& W, cons
   LoraGrads g{maybe(need_dx, x.shape, x), maybe(need_dA, A.shape, A), maybe(need_dB, B.shape, B),
               maybe(need_dW, W.shape, W), maybe(need_db, {W.shape[0]}, W)};
   if (empty_problem(x, W)) {
-    for (Tensor* t : {&g.dx, &g.dA, &g.dB, &g.dW, &g.db})
-      if (t->storage && t->numel()) be(x).fill(*t, 0.0);
+    empty_problem_grads(be(x), dy, {&g.dx, &g.dA, &g.dB, &g.dW}, g.db);
     return g;
   }
   be(x).lora_backward(dy, x, W, A, B, h, scale, p, seed, offset, ptr(g.dx), ptr(g.dA), ptr(g.dB),

@@ -1,6 +1,9 @@
 #include "tensor.h"
 
 #include <climits>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <sstream>
 
 #include "backend.h"
@@ -12,6 +15,30 @@ thread_local int64_t t_live_bytes = 0;
 }
 
 void fail(const std::string& msg) { throw Error(msg); }
+
+Error int32_conversion_error(int64_t index, double value) {
+  std::string v;
+  if (std::isnan(value)) {
+    v = "NaN";
+  } else if (std::isinf(value)) {
+    v = value > 0 ? "Infinity" : "-Infinity";
+  } else {
+    // As JS prints numbers: integers below 1e21 in full, others in the shortest text that reads back.
+    char buf[40];
+    if (value == std::trunc(value) && std::fabs(value) < 1e21) {
+      std::snprintf(buf, sizeof buf, "%.0f", value);
+    } else {
+      for (int p = 1; p <= 17; ++p) {
+        std::snprintf(buf, sizeof buf, "%.*g", p, value);
+        if (std::strtod(buf, nullptr) == value) break;
+      }
+    }
+    v = buf;
+  }
+  return Error("copy: element " + std::to_string(index) + " (" + v +
+                   ") cannot be converted to int32 (integers in [-2147483648, 2147483647])",
+               kErrOutOfRange);
+}
 
 size_t dtype_size(DType t) { return t == DType::F64 ? 8 : 4; }
 const char* dtype_name(DType t) {

@@ -25,6 +25,12 @@ class Error : public std::runtime_error {
 };
 
 [[noreturn]] void fail(const std::string& msg);
+
+// The code of an Error for a value the destination cannot hold: the binding throws it as a RangeError.
+inline constexpr const char* kErrOutOfRange = "ERR_OUT_OF_RANGE";
+// The refusal of a float element that int32 cannot hold (NaN, an infinity, out of range), in the
+// words of every backend.
+Error int32_conversion_error(int64_t index, double value);
 #define LC_CHECK(cond, msg)              \
   do {                                   \
     if (!(cond)) ::lc::fail(msg);        \

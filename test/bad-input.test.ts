@@ -395,13 +395,61 @@ describe('values an int32 tensor cannot hold are refused (converting them is und
     expect(caught(() => full([2], v, { dtype: 'int32' })).message).toMatch(/^full: value must be a number an int32 tensor can hold/);
   });
 
+  const INT32 = 'must be an integer in [-2147483648, 2147483647] (int32 tensor)';
+
+  test('tensor() refuses data outside int32 instead of wrapping it, naming the element and its value', () => {
+    const cases: [unknown, string, string][] = [
+      [[3e9], 'data[0]', '3000000000'],
+      [[1, 2 ** 32 + 3], 'data[1]', '4294967299'], // a token id that would read as 3
+      [[[1, 2], [3, -(2 ** 31) - 1]], 'data[1][1]', '-2147483649'],
+      [2 ** 32 + 1, 'data[0]', '4294967297'],
+      [new Float64Array([0, 0, 2 ** 32 + 3]), 'data[2]', '4294967299'],
+      [new Uint32Array([5, 2 ** 32 - 1]), 'data[1]', '4294967295'],
+      [new Float32Array([2 ** 31]), 'data[0]', '2147483648'],
+      [new BigInt64Array([2n ** 32n + 3n]), 'data[0]', '4294967299'],
+      [[1.5], 'data[0]', '1.5'],
+    ];
+    for (const [data, what, got] of cases) {
+      const e = caught(() => tensor(data as number[], { dtype: 'int32' }));
+      expect(e).toBeInstanceOf(RangeError);
+      expect(e.message).toBe(`tensor: ${what} ${INT32}, got ${got}`);
+    }
+    // The ends of the range are kept exactly.
+    const ends = [-(2 ** 31), 2 ** 31 - 1];
+    expect(Array.from(tensor(ends, { dtype: 'int32' }).toArray())).toEqual(ends);
+    expect(Array.from(tensor(new Float64Array(ends), { dtype: 'int32' }).toArray())).toEqual(ends);
+    expect(Array.from(tensor(new Uint32Array([0, 2 ** 31 - 1]), { dtype: 'int32' }).toArray())).toEqual([0, 2 ** 31 - 1]);
+  });
+
+  test('copy_ from an array refuses values outside int32 and writes nothing', () => {
+    const t = tensor([7, -7], { dtype: 'int32' });
+    for (const [src, what, got] of [
+      [[1, 2 ** 32 + 1], 'src[1]', '4294967297'], // a class that would read as 1
+      [new Float64Array([-(2 ** 33), 0]), 'src[0]', '-8589934592'],
+      [new Uint32Array([0, 2 ** 31]), 'src[1]', '2147483648'],
+    ] as [ArrayLike<number>, string, string][]) {
+      const e = caught(() => t.copy_(src));
+      expect(e).toBeInstanceOf(RangeError);
+      expect(e.message).toBe(`Tensor.copy_: ${what} ${INT32}, got ${got}`);
+      expect(Array.from(t.toArray())).toEqual([7, -7]);
+    }
+  });
+
   test('copy_ and to() from a float tensor: NaN, Inf and out-of-range values are refused before anything is written', () => {
     const t = tensor([1, 2, 3], { dtype: 'int32' });
-    for (const bad of [[0, 1e10, 2], [0, 1, NaN], [-Infinity, 0, 0]]) {
-      const e = caught(() => t.copy_(tensor(bad)));
-      expect(e.message).toMatch(/^copy: element \d \(.*\) cannot be converted to int32/);
+    for (const [bad, index, value] of [[[0, 1e10, 2], 1, '10000000000'], [[0, 1, NaN], 2, 'NaN'], [[-Infinity, 0, 0], 0, '-Infinity'],
+      [[0, 2 ** 32 + 3, 0], 1, '4294967299']] as [number[], number, string][]) {
+      const message = `copy: element ${index} (${value}) cannot be converted to int32 (integers in [-2147483648, 2147483647])`;
+      for (const e of [caught(() => t.copy_(tensor(bad, { dtype: 'float64' }))), caught(() => tensor(bad, { dtype: 'float64' }).to('int32'))]) {
+        // A RangeError of the addon's realm.
+        expect({ name: e.name, code: e.code, message: e.message }).toEqual({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE', message });
+      }
       expect(Array.from(t.toArray())).toEqual([1, 2, 3]);
-      expect(caught(() => tensor(bad, { dtype: 'float64' }).to('int32')).message).toMatch(/cannot be converted to int32/);
+    }
+    // float32 values as they are stored, printed as JS prints them.
+    for (const v of [3e9, 1e30]) {
+      expect(caught(() => t.copy_(tensor([0.5, v, 0]))).message)
+        .toBe(`copy: element 1 (${Math.fround(v)}) cannot be converted to int32 (integers in [-2147483648, 2147483647])`);
     }
     // In range, float to int32 truncates toward zero, as a C cast (and torch) does.
     expect(Array.from(tensor([1.9, -1.9, 2147483647.5, -2147483648.5], { dtype: 'float64' }).to('int32').toArray()))

@@ -354,16 +354,24 @@ describeCuda('CUDA memory and errors', () => {
 
   test('float to int32 refuses what the CPU refuses, in its words, and writes nothing', () => {
     for (const bad of [[0, 1e10, 2], [0, 1, NaN], [-Infinity, 0, NaN], [2 ** 31, 0, 0]]) {
-      let cpuError: Error | null = null;
+      let cpuError: NodeJS.ErrnoException | null = null;
       try {
         tensor([1, 2, 3], { dtype: 'int32' }).copy_(tensor(bad, { dtype: 'float64' }));
       } catch (e) {
-        cpuError = e as Error;
+        cpuError = e as NodeJS.ErrnoException;
       }
       expect(cpuError).not.toBeNull();
       const t = tensor([1, 2, 3], { dtype: 'int32', device: 'cuda' });
       t.copy_(tensor(bad, { dtype: 'float64', device: 'cuda' })); // queued: the kernel finds it
-      expect(() => cuda.synchronize('cuda')).toThrow(cpuError!.message);
+      let gpuError: NodeJS.ErrnoException | null = null;
+      try {
+        cuda.synchronize('cuda');
+      } catch (e) {
+        gpuError = e as NodeJS.ErrnoException;
+      }
+      const facts = (e: NodeJS.ErrnoException | null) => e && { name: e.name, code: e.code, message: e.message };
+      expect(facts(gpuError)).toEqual(facts(cpuError));
+      expect(facts(gpuError)!.code).toBe('ERR_OUT_OF_RANGE');
       expect(Array.from(t.toArray())).toEqual([1, 2, 3]);
     }
     // In range, truncation toward zero on both devices.

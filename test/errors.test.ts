@@ -63,7 +63,7 @@ describe('tensor creation', () => {
     expectThrows(() => tensor('abc' as unknown as number[]), TypeError, /^tensor: data must be .*, got "abc"$/);
     expectThrows(() => tensor(undefined as unknown as number[]), TypeError, /^tensor: data must be .*, got undefined$/);
     expectThrows(() => tensor([1, 'x'] as unknown as number[], { shape: [2] }), TypeError, /data\[1\] must be a number, got "x"/);
-    expectThrows(() => tensor([1.5], { dtype: 'int32' }), RangeError, /data\[0\] must be an integer \(int32 tensor\), got 1\.5/);
+    expectThrows(() => tensor([1.5], { dtype: 'int32' }), RangeError, /data\[0\] must be an integer in \[-2147483648, 2147483647\] \(int32 tensor\), got 1\.5/);
     expectThrows(() => full([2], 'a' as unknown as number), TypeError, /^full: value must be a number, got "a"$/);
   });
 

@@ -68,6 +68,24 @@ describe('creation and data', () => {
     expect(Array.from(t.toArray())).toEqual([0, 0, 0, 0]);
   });
 
+  test('typed arrays over a SharedArrayBuffer are read like any other: the tensor holds a copy', () => {
+    const sab = new SharedArrayBuffer(32);
+    const f32 = new Float32Array(sab);
+    f32.set([1, 2, 3, 4, 5, 6, 7, 8]);
+    const a = tensor(new Float32Array(sab, 8, 3)); // a view at an offset
+    expect(Array.from(a.toArray())).toEqual([3, 4, 5]);
+    const ids = tensor(new Int32Array(sab, 0, 2), { dtype: 'int32' });
+    const f64 = tensor(new Float64Array(sab, 16, 2), { dtype: 'float64' });
+    const want64 = Array.from(new Float64Array(sab, 16, 2));
+    const into = zeros([4]);
+    into.copy_(new Float32Array(sab, 16));
+    f32.fill(0); // later writes to the shared memory do not reach the tensors
+    expect(Array.from(a.toArray())).toEqual([3, 4, 5]);
+    expect(Array.from(ids.toArray())).toEqual(Array.from(new Int32Array(new Float32Array([1, 2]).buffer)));
+    expect(Array.from(f64.toArray())).toEqual(want64);
+    expect(Array.from(into.toArray())).toEqual([5, 6, 7, 8]);
+  });
+
   test('reshape and detach share storage; clone and transpose copy', () => {
     const t = tensor([1, 2, 3, 4, 5, 6]);
     const r = t.reshape(2, -1);

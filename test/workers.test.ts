@@ -2,7 +2,9 @@
 // the thread that made them. Several workers training at the same time (each with its own tensors,
 // sharing the native thread pool and the BLAS library) get exactly what the same runs give one
 // after another on the main thread. A tensor posted to another thread arrives as a plain object that
-// every entry point refuses: tensors cannot be shared across threads.
+// every entry point refuses: tensors cannot be shared across threads. A worker stopped while it calls
+// into the library (worker.terminate(), or its resourceLimits) ends alone: the process lives on.
+import { spawnSync } from 'child_process';
 import * as path from 'path';
 import { Worker } from 'worker_threads';
 import { nativeMemoryBytes, tensor } from '../lib';
@@ -75,3 +77,32 @@ test('a tensor posted to a worker arrives as a plain object that every entry poi
   // The sender's tensor is untouched.
   expect(Array.from(t.toArray())).toEqual([1, 2, 3]);
 });
+
+/** Runs test/helpers/terminate-child.ts in a child process, which an abort would end with a signal. */
+function stopWorkers(runs: number, kinds: string[]): string[] {
+  const r = spawnSync(process.execPath, ['-r', './test/helpers/ts-register.js', 'test/helpers/terminate-child.ts', String(runs), '1', kinds.join(',')], {
+    cwd: path.resolve(__dirname, '..'), encoding: 'utf8', timeout: 240_000,
+  });
+  expect({ status: r.status, signal: r.signal, stderr: r.stderr }).toEqual({ status: 0, signal: null, stderr: '' });
+  const lines = r.stdout.trim().split('\n');
+  expect(lines.at(-1)).toBe('main thread: 12'); // the main thread still computes
+  return lines.slice(0, -1);
+}
+
+test('workers terminated while they call into the library end alone: the process lives on', () => {
+  // 8 workers of each kind, each terminated at a random moment in its loop.
+  const kinds = ['idle', 'allocating', 'training', 'saving', 'reading'];
+  const runs = stopWorkers(8, kinds);
+  for (const kind of kinds) {
+    const mine = runs.filter((l) => l.startsWith(`${kind} after`));
+    expect(mine).toHaveLength(8);
+    for (const l of mine) expect(l).toMatch(/: exit 1$/); // the exit code of a terminated worker
+  }
+}, 300_000);
+
+test('workers that reach their resourceLimits end alone: the process lives on', () => {
+  // Each fills its heap up to maxOldGenerationSizeMb, mostly inside native calls.
+  const runs = stopWorkers(8, ['filling-heap']);
+  expect(runs).toHaveLength(8);
+  for (const l of runs) expect(l).toMatch(/: exit 1 \(ERR_WORKER_OUT_OF_MEMORY\)$/);
+}, 300_000);

@@ -206,6 +206,8 @@ function readScaling(where: string, v: unknown): RopeScaling | null {
   return { type, factor, lowFreqFactor, highFreqFactor, originalMaxPositionEmbeddings };
 }
 
+const ROTARY_TABLE_MAX = 2 ** 31 - 1;
+
 /**
  * The cos/sin tables [T, headDim] of rotary position embedding for positions
  * positionOffset .. positionOffset + T - 1, as transformers' Llama builds them:
@@ -219,6 +221,9 @@ export function rotaryTables(T: number, headDim: number, options: RotaryTablesOp
   checkInt(where, 'T', T);
   checkInt(where, 'headDim', headDim);
   if (headDim === 0 || headDim % 2 !== 0) throw rangeError(where, 'headDim', 'a positive even integer', headDim);
+  // Before allocating: the tables are built in host arrays, whose length JS engines limit.
+  const maxT = Math.floor(ROTARY_TABLE_MAX / headDim);
+  if (T > maxT) throw rangeError(where, 'T', `at most ${maxT} for headDim ${headDim} (a table [T, headDim] holds at most 2^31 - 1 elements)`, T);
   if (options === undefined) throw typeError(where, 'options', 'an object with at least { theta }', options);
   const o = checkOptions(where, options);
   checkKnownKeys(where, o, ['theta', 'scaling', 'dtype', 'positionOffset', 'device']);

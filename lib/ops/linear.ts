@@ -52,7 +52,7 @@ export const linear = defineFunction<[x: Tensor, W: Tensor, b: Tensor | null], {
   name: 'LinearBackward',
   forward(ctx, x, W, b) {
     const [outF, inF] = W.shape;
-    ctx.M = x.numel / inF;
+    ctx.M = numelOf(x.shape.slice(0, -1)); // not numel / inF: inF may be 0
     ctx.x2 = native.view(x._h, [ctx.M, inF]);
     const y = native.linear(ctx.x2, W._h, b ? b._h : null);
     ctx.saveForBackward(x, W, b);
@@ -87,7 +87,7 @@ export const loraLinear = defineFunction<LoraArgs, LoraState>({
   name: 'LoRALinearBackward',
   forward(ctx, x, W, A, B, b, scale, p, key) {
     const [outF, inF] = W.shape;
-    ctx.M = x.numel / inF;
+    ctx.M = numelOf(x.shape.slice(0, -1)); // not numel / inF: inF may be 0
     ctx.x2 = native.view(x._h, [ctx.M, inF]);
     const [y, h] = native.loraForward(ctx.x2, W._h, b ? b._h : null, A._h, B._h, scale, p, key.seed, key.offset);
     ctx.own(h);

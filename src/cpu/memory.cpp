@@ -39,9 +39,7 @@ void CpuBackend::copy(const Tensor& dst, const Tensor& src) {
     dispatch_float(src.dtype, "copy", [&](auto z) {
       const auto* s = src.data<decltype(z)>();
       for (int64_t i = 0; i < n; ++i)
-        if (!(s[i] > -2147483649.0 && s[i] < 2147483648.0))
-          fail("copy: element " + std::to_string(i) + " (" + std::to_string(s[i]) +
-               ") cannot be converted to int32 (integers in [-2147483648, 2147483647])");
+        if (!(s[i] > -2147483649.0 && s[i] < 2147483648.0)) throw int32_conversion_error(i, s[i]);
     });
   }
   auto cast = [n](auto* d, const auto* s) {

@@ -24,6 +24,10 @@ linearSamples.push(
   { name: 'with bias, M = 1, 3, 1000', inputs: [I([1, 17]), I([3, 17]), I([1000, 17]), I([64, 17]), I([64])],
     call: ([x1, x3, xk, w, b]) => [F.linear(x1, w, b), F.linear(x3, w, b), F.linear(xk, w, b)], gradcheck: false },
   { name: 'without bias, frozen weight, odd sizes', inputs: [I([2, 3, 33]), I([17, 33], { grad: false })], call: ([x, w]) => F.linear(x, w), gradcheck: false },
+  // Empty dims, as torch allows them: no in-features (y = b in every row), no out-features, no rows.
+  { name: 'zero in-features: x [3,0], W [5,0], b [5]', inputs: [I([3, 0]), I([5, 0]), I([5])], call: ([x, w, b]) => F.linear(x, w, b) },
+  { name: 'zero out-features: x [3,4], W [0,4], b [0]', inputs: [I([3, 4]), I([0, 4]), I([0])], call: ([x, w, b]) => F.linear(x, w, b) },
+  { name: 'zero rows: x [0,4], W [5,4], b [5]', inputs: [I([0, 4]), I([5, 4]), I([5])], call: ([x, w, b]) => F.linear(x, w, b) },
 );
 
 // ------------------------------------------------------------ F.crossEntropy
@@ -267,6 +271,8 @@ export const FUNCTIONAL_OPS: OpInfo[] = [
     ],
     errors: [
       { name: 'an odd head dim', call: () => F.rotaryTables(4, 5, { theta: 10000 }), type: RangeError, message: /^rotaryTables: headDim must be a positive even integer, got 5$/, standard: true },
+      { name: 'tables too large to build', call: () => F.rotaryTables(1e9, 64, { theta: 10000 }), type: RangeError,
+        message: /^rotaryTables: T must be at most 33554431 for headDim 64 \(a table \[T, headDim\] holds at most 2\^31 - 1 elements\), got 1000000000$/, standard: true },
       { name: 'no theta', call: () => F.rotaryTables(4, 8, {} as { theta: number }), type: TypeError, message: /rotaryTables: options.theta must be a number, got undefined/ },
       { name: 'no options', call: () => F.rotaryTables(4, 8, undefined as unknown as { theta: number }), type: TypeError, message: /rotaryTables: options must be an object/ },
       { name: 'a negative theta', call: () => F.rotaryTables(4, 8, { theta: -1 }), type: RangeError, message: /options.theta must be a number > 0/ },

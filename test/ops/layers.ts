@@ -99,6 +99,13 @@ loraSamples.push(
     loraSample(`dropout 0.3 in training: dx, dA, dB (r=${r} ${bias ? 'bias' : 'no bias'} x ${fmt([...lead, IN])})`, { r, bias, lead, dropout: 0.3 })),
   loraSample('dropout 0.3 in training, unfrozen base: dx, dW, db, dA, dB', { r: 3, bias: true, lead: [2, 3], dropout: 0.3, grads: { W: true, b: true } }),
 );
+// Empty dims, as torch allows them (nn.Linear(0, 4)): no in-features, no out-features, no rows.
+loraSamples.push(
+  loraSample('zero in-features: y = b in every row', { r: 2, bias: true, lead: [3], inF: 0, grads: { W: true, b: true } }),
+  loraSample('zero in-features with dropout', { r: 2, bias: true, lead: [3], inF: 0, dropout: 0.3, grads: { b: true } }),
+  loraSample('zero out-features', { r: 2, bias: true, lead: [3], outF: 0, grads: { W: true, b: true } }),
+  loraSample('zero rows', { r: 2, bias: true, lead: [0], grads: { W: true, b: true } }),
+);
 // Sizes for the device kernels: r = 1 to 64, M = 1 to 1000, with dropout (A and B as N(0, 1)).
 for (const { M, K, N, r, p } of [
   { M: 1, K: 17, N: 3, r: 1, p: 0 },
@@ -135,6 +142,14 @@ export const LAYER_OPS: OpInfo[] = [
       name: 'x [2,4], weight [3,4], bias [3]', inputs: [I([2, 4]), I([3, 4], { state: true }), I([3], { state: true })],
       call: ([x, w, b], { dtype, device }) => {
         const lin = new Linear(4, 3, { dtype, device });
+        lin.weight = w;
+        lin.bias = b;
+        return lin.forward(x);
+      },
+    }, {
+      name: 'Linear(0, 3): x [2,0] (y = bias in every row, as torch)', inputs: [I([2, 0]), I([3, 0], { state: true }), I([3], { state: true })],
+      call: ([x, w, b], { dtype, device }) => {
+        const lin = new Linear(0, 3, { dtype, device });
         lin.weight = w;
         lin.bias = b;
         return lin.forward(x);
