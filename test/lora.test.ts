@@ -185,6 +185,53 @@ describe('merge and unmerge', () => {
     expect(Buffer.from(lin.weight.toArray().buffer).equals(Buffer.from(before.buffer))).toBe(true);
   });
 
+  test('an optimiser step on a merged adapter is refused; unmerge takes out what was merged, whatever A and B became', () => {
+    manualSeed(11);
+    const lin = new Linear(6, 5);
+    const lora = new LoRALinear(lin, { r: 2, alpha: 4 });
+    noGrad(() => lora.B!.copy_(randn([5, 2])));
+    const w0 = lin.weight.toArray().slice();
+    const opt = new AdamW([lora.A!, lora.B!], { lr: 0.05, weightDecay: 0 });
+    lora.forward(randn([3, 6])).sum().backward();
+    lora.mergeToOrig();
+    const wm = lin.weight.toArray().slice();
+    const a0 = lora.A!.toArray().slice();
+    expect(() => opt.step()).toThrow(/^AdamW\.step: paramGroups\[0\]\.params\[0\] is the A of a LoRA adapter that is merged into its layer's weight, .*unmerge it first/);
+    expect(Array.from(lora.A!.toArray())).toEqual(Array.from(a0));
+    expect(Array.from(lin.weight.toArray())).toEqual(Array.from(wm));
+    // Other in-place changes are not blocked, and the unmerge is still exact.
+    noGrad(() => lora.A!.copy_(randn([2, 6])));
+    lora.unmergeFromOrig();
+    expect(maxAbsDiff(lin.weight.toArray(), w0)).toBeLessThan(1e-6);
+    // Unmerged, the step goes through.
+    opt.step();
+    expect(maxAbsDiff(lin.weight.toArray(), w0)).toBeLessThan(1e-6);
+  });
+
+  test('mergeLora then unmergeLora ties an untied weight back: the shared tensor, bit for bit', () => {
+    class Tied extends Module {
+      emb = new Linear(4, 6);
+      head = new Linear(4, 6);
+      constructor() {
+        super();
+        this.head.weight = this.emb.weight;
+      }
+      forward(x: Tensor): Tensor { return this.head.forward(x).add(this.emb.forward(x)); }
+    }
+    manualSeed(12);
+    const m = new Tied();
+    const shared = m.emb.weight;
+    const bits = Buffer.from(shared.toArray().buffer).toString('hex');
+    injectLora(m, { r: 2, alpha: 4, targetModules: ['head'] });
+    const head = m.getSubmodule('head') as LoRALinear;
+    noGrad(() => head.B!.copy_(randn([6, 2])));
+    mergeLora(m);
+    expect(head.origLinear.weight).not.toBe(shared);
+    unmergeLora(m);
+    expect(head.origLinear.weight).toBe(shared);
+    expect(Buffer.from(shared.toArray().buffer).toString('hex')).toBe(bits);
+  });
+
   test('merging a weight saved for backward makes that backward fail loudly', () => {
     const lin = new Linear(4, 4);
     lin.weight.requiresGrad_(true);
