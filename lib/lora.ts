@@ -93,7 +93,10 @@ export class LoRALinear extends Module {
   readonly init: LoraInit;
   /** True while scale * B A is folded into origLinear.weight. */
   merged = false;
-  /** When false, forward is the original layer's (the adapter is kept, not applied). */
+  /**
+   * When false, forward is the original layer's (the adapter is kept, not applied); a merged adapter
+   * is unmerged by the next forward first, as PEFT's forward does with disabled adapters.
+   */
   enabled = true;
   /**
    * @internal While merged: copies of A and B as they were merged (unmerging subtracts exactly what
@@ -156,6 +159,7 @@ export class LoRALinear extends Module {
     // wrapped layer or native code sees them, so errors name this layer and the tensor.
     const W = this.origLinear.weight;
     const b = checkLinearWeights(where, x, W, this.origLinear.bias, { weight: 'origLinear.weight', bias: 'origLinear.bias' });
+    if (!this.enabled && this.merged) this.unmergeFromOrig();
     if (this.r === 0 || this.merged || !this.enabled || !this.A || !this.B) return this.origLinear.forward(x);
     const A = this.A;
     const B = this.B;
@@ -301,7 +305,10 @@ function nameMatches(name: string, targets: readonly string[] | RegExp): boolean
  * returns their names in namedModules order. Without filter and targetModules
  * every Linear is selected. Layers already wrapped count as selected and are
  * left alone (so a repeated call returns []); a selection that matches nothing
- * throws, since a misspelt target must not pass silently.
+ * throws, since a misspelt target must not pass silently. A Linear held at two
+ * places is one module with one name, its first in namedModules order: as in
+ * PEFT, it is wrapped there and the other place keeps the bare layer (which
+ * does not apply the adapter, until a merge changes the weight they share).
  */
 export function injectLora(model: Module, options?: InjectLoraOptions): string[] {
   const where = 'injectLora';
@@ -440,8 +447,13 @@ export function withAdaptersDisabled<T>(model: Module, fn: () => T): T {
  * same result), and a layer whose merge would produce NaN/Inf fails the call
  * before any weight changes: all of them stay bit-identical. Returns the names
  * of the layers merged by this call.
- * A weight tied to another module is untied (the layer merges into its own
- * copy; unmerging ties it back).
+ *
+ * As PEFT's merge_adapter and merge_and_unload: disabled adapters (enabled =
+ * false) are merged too, and a disabled layer's next forward unmerges it again
+ * (its output is the base layer's); a Linear used at two places was wrapped at
+ * its first name only (see injectLora), and the merge changes the weight both
+ * places use. A weight tied to another module is untied instead (the layer
+ * merges into its own copy; unmerging ties it back).
  */
 export function mergeLora(model: Module, options?: { safe?: boolean }): string[] {
   const where = 'mergeLora';

@@ -363,6 +363,54 @@ test('withAdaptersDisabled runs the base model and restores the adapters', () =>
   expect(() => withAdaptersDisabled(model, () => 0)).toThrow(/unmergeLora/);
 });
 
+describe('as PEFT: disabled adapters and a Linear used at two places', () => {
+  const run = (m: Sequential, x: Tensor) => noGrad(() => m.forward(x) as Tensor).toArray();
+
+  test('mergeLora merges disabled adapters too; a disabled layer forwards as its base layer, unmerging first', () => {
+    manualSeed(13);
+    const lin = new Linear(6, 4);
+    const x = randn([2, 6]);
+    const base = noGrad(() => lin.forward(x)).toArray();
+    const model = new Sequential(lin);
+    injectLora(model, { r: 2, alpha: 4 });
+    const layer = model.getSubmodule('0') as LoRALinear;
+    noGrad(() => layer.B!.copy_(randn([4, 2])));
+    const adapted = run(model, x);
+    layer.enabled = false;
+    expect(mergeLora(model)).toEqual(['0']);
+    expect(layer.merged).toBe(true);
+    // Disabled wins: the output is the base layer's, and the adapter is no longer merged.
+    expect(maxAbsDiff(run(model, x), base)).toBeLessThan(1e-5);
+    expect(layer.merged).toBe(false);
+    layer.enabled = true;
+    expect(maxAbsDiff(run(model, x), adapted)).toBeLessThan(1e-6);
+  });
+
+  test('a Linear at two places is wrapped at its first name only; merging changes the weight both places use', () => {
+    manualSeed(14);
+    const shared = new Linear(4, 4);
+    const model = new Sequential(shared, new ReLU(), shared);
+    const x = randn([3, 4]);
+    expect(injectLora(model, { r: 2, alpha: 4 })).toEqual(['0']);
+    expect(model.getSubmodule('0')).toBeInstanceOf(LoRALinear);
+    expect(model.getSubmodule('2')).toBe(shared);
+    const layer = model.getSubmodule('0') as LoRALinear;
+    noGrad(() => layer.B!.copy_(randn([4, 2])));
+    // Unmerged, the second use is the bare layer; merged, it computes with the merged weight.
+    const unmerged = run(model, x);
+    const h = noGrad(() => layer.forward(x).relu());
+    const expectUnmerged = noGrad(() => shared.forward(h)).toArray();
+    expect(maxAbsDiff(unmerged, expectUnmerged)).toBeLessThan(1e-6);
+    mergeLora(model);
+    const merged = run(model, x);
+    const expectMerged = noGrad(() => layer.forward(h)).toArray(); // merged: the weight holds the adapter
+    expect(maxAbsDiff(merged, expectMerged)).toBeLessThan(1e-5);
+    expect(maxAbsDiff(merged, unmerged)).toBeGreaterThan(1e-3);
+    unmergeLora(model);
+    expect(maxAbsDiff(run(model, x), unmerged)).toBeLessThan(1e-5);
+  });
+});
+
 describe('training', () => {
   test('a LoRA training loop lowers the loss, leaves the base untouched, and merges', () => {
     manualSeed(42);
