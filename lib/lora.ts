@@ -12,6 +12,7 @@ import { Linear } from './nn/layers';
 import * as ops from './ops/linear';
 import { copy_ } from './ops/memory';
 import { nextRandomKey } from './random';
+import type { DeviceSpec } from './device';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, checkKnownKeys, rangeError, typeError, describe } from './errors';
 
 /**
@@ -20,6 +21,17 @@ import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, checkKnownK
  * default (init_lora_weights=True).
  */
 export type LoraInit = 'normal' | 'gaussian' | 'kaiming';
+
+/** A and B of the adapters merged into their weights now, and which of the two each is. */
+const mergedAdapters = new WeakMap<Tensor, 'A' | 'B'>();
+
+/**
+ * @internal 'A' or 'B' when `t` is that tensor of an adapter merged into its weight (an optimiser
+ * refuses to step it: the merged weight would not follow), else null.
+ */
+export function mergedAdapterRole(t: Tensor): 'A' | 'B' | null {
+  return mergedAdapters.get(t) ?? null;
+}
 
 export interface LoRAOptions {
   /** Rank of the update (0 disables the adapter). Default 4. */
@@ -81,8 +93,18 @@ export class LoRALinear extends Module {
   readonly init: LoraInit;
   /** True while scale * B A is folded into origLinear.weight. */
   merged = false;
-  /** When false, forward is the original layer's (the adapter is kept, not applied). */
+  /**
+   * When false, forward is the original layer's (the adapter is kept, not applied); a merged adapter
+   * is unmerged by the next forward first, as PEFT's forward does with disabled adapters.
+   */
   enabled = true;
+  /**
+   * @internal While merged: copies of A and B as they were merged (unmerging subtracts exactly what
+   * was added) and the tensors they were copied from.
+   */
+  private _mergedAB: { A: Tensor; B: Tensor; from: [Tensor, Tensor] } | null = null;
+  /** @internal The weight shared with other modules that mergeLora replaced by a copy to merge into. */
+  _untiedFrom: Tensor | null = null;
 
   constructor(origLinear: Linear, options?: LoRAOptions) {
     super();
@@ -137,6 +159,7 @@ export class LoRALinear extends Module {
     // wrapped layer or native code sees them, so errors name this layer and the tensor.
     const W = this.origLinear.weight;
     const b = checkLinearWeights(where, x, W, this.origLinear.bias, { weight: 'origLinear.weight', bias: 'origLinear.bias' });
+    if (!this.enabled && this.merged) this.unmergeFromOrig();
     if (this.r === 0 || this.merged || !this.enabled || !this.A || !this.B) return this.origLinear.forward(x);
     const A = this.A;
     const B = this.B;
@@ -151,6 +174,9 @@ export class LoRALinear extends Module {
    * Folds scale * B A into origLinear.weight in place so forward costs one
    * GEMM; idempotent. With safe, the merged weight is checked for NaN/Inf first
    * and, if any appear, the weight is left bit-identical and an Error is thrown.
+   * A and B are copied as merged, so unmergeFromOrig takes out exactly what was
+   * added; while merged, optimiser steps on A and B are refused (the merged
+   * weight would not follow them).
    */
   mergeToOrig(options?: { safe?: boolean }): void {
     const where = 'LoRALinear.mergeToOrig';
@@ -160,22 +186,61 @@ export class LoRALinear extends Module {
     if (this.r === 0 || this.merged || !this.A || !this.B) return;
     const W = this.origLinear.weight;
     this._checkMergeable(where);
-    const ok = noGrad(() => ops.loraMerge(W, this.A!, this.B!, this.scale, safe));
+    const A = this.A;
+    const B = this.B;
+    const copies = noGrad(() => ({ A: keep(A.clone()), B: keep(B.clone()) }));
+    let ok = false;
+    try {
+      ok = noGrad(() => ops.loraMerge(W, copies.A, copies.B, this.scale, safe));
+    } finally {
+      if (!ok) {
+        copies.A.dispose();
+        copies.B.dispose();
+      }
+    }
     if (!ok) {
       throw new Error(`${where}: the merged weight would contain NaN or Inf (check A and B for non-finite values); the weight is unchanged`);
     }
     W._bumpVersion();
+    this._mergedAB = { ...copies, from: [A, B] };
+    mergedAdapters.set(A, 'A').set(B, 'B');
     this.merged = true;
   }
 
-  /** Subtracts scale * B A from origLinear.weight again (exact up to rounding). */
+  /**
+   * Takes the merged adapter out of origLinear.weight again: subtracts scale * B A as it was merged
+   * (exact up to rounding, whatever A and B became since), or, for a weight that mergeLora untied
+   * from other modules, ties the layer to the shared weight again (bit-exact).
+   */
   unmergeFromOrig(): void {
     const where = 'LoRALinear.unmergeFromOrig';
-    if (this.r === 0 || !this.merged || !this.A || !this.B) return;
+    const m = this._mergedAB;
+    if (!this.merged || !m) return;
     const W = this.origLinear.weight;
-    this._checkMergeable(where);
-    ops.loraMerge(W, this.A, this.B, -this.scale, false);
-    W._bumpVersion();
+    // A and B are not needed: what was added is subtracted (they may have been replaced or disposed).
+    this._checkWeight(where);
+    const shared = this._untiedFrom;
+    if (shared && !shared.isDisposed) {
+      this.origLinear.weight = shared;
+      W.dispose();
+    } else {
+      // Module.to moves A and B but not these copies.
+      const onW = (t: Tensor) => (t.device === W.device ? t : noGrad(() => t.to(W.device as DeviceSpec)));
+      const A = onW(m.A);
+      const B = onW(m.B);
+      try {
+        ops.loraMerge(W, A, B, -this.scale, false);
+      } finally {
+        if (A !== m.A) A.dispose();
+        if (B !== m.B) B.dispose();
+      }
+      W._bumpVersion();
+    }
+    this._untiedFrom = null;
+    this._mergedAB = null;
+    m.A.dispose();
+    m.B.dispose();
+    for (const t of m.from) mergedAdapters.delete(t);
     this.merged = false;
   }
 
@@ -184,6 +249,15 @@ export class LoRALinear extends Module {
    * tensors of their shapes, on the weight's device in its dtype (any of them may have been replaced).
    */
   _checkMergeable(where: string): void {
+    this._checkWeight(where);
+    const W = this.origLinear.weight;
+    const wn = 'origLinear.weight';
+    checkAdapter(where, W, wn, this.A, 'A', [this.r, this.inFeatures], '[r, inFeatures]');
+    checkAdapter(where, W, wn, this.B, 'B', [this.outFeatures, this.r], '[outFeatures, r]');
+  }
+
+  /** @internal origLinear.weight: a live float tensor [out, in] (it may have been replaced). */
+  private _checkWeight(where: string): void {
     const W = this.origLinear.weight;
     const wn = 'origLinear.weight';
     assertTensor(where, wn, W);
@@ -191,8 +265,6 @@ export class LoRALinear extends Module {
     if (W.ndim !== 2 || W.shape[0] !== this.outFeatures || W.shape[1] !== this.inFeatures) {
       throw rangeError(where, wn, `a 2-D tensor of shape [${this.outFeatures}, ${this.inFeatures}] ([outFeatures, inFeatures])`, W);
     }
-    checkAdapter(where, W, wn, this.A, 'A', [this.r, this.inFeatures], '[r, inFeatures]');
-    checkAdapter(where, W, wn, this.B, 'B', [this.outFeatures, this.r], '[outFeatures, r]');
   }
 
   extraRepr(): string {
@@ -233,7 +305,10 @@ function nameMatches(name: string, targets: readonly string[] | RegExp): boolean
  * returns their names in namedModules order. Without filter and targetModules
  * every Linear is selected. Layers already wrapped count as selected and are
  * left alone (so a repeated call returns []); a selection that matches nothing
- * throws, since a misspelt target must not pass silently.
+ * throws, since a misspelt target must not pass silently. A Linear held at two
+ * places is one module with one name, its first in namedModules order: as in
+ * PEFT, it is wrapped there and the other place keeps the bare layer (which
+ * does not apply the adapter, until a merge changes the weight they share).
  */
 export function injectLora(model: Module, options?: InjectLoraOptions): string[] {
   const where = 'injectLora';
@@ -372,6 +447,13 @@ export function withAdaptersDisabled<T>(model: Module, fn: () => T): T {
  * same result), and a layer whose merge would produce NaN/Inf fails the call
  * before any weight changes: all of them stay bit-identical. Returns the names
  * of the layers merged by this call.
+ *
+ * As PEFT's merge_adapter and merge_and_unload: disabled adapters (enabled =
+ * false) are merged too, and a disabled layer's next forward unmerges it again
+ * (its output is the base layer's); a Linear used at two places was wrapped at
+ * its first name only (see injectLora), and the merge changes the weight both
+ * places use. A weight tied to another module is untied instead (the layer
+ * merges into its own copy; unmerging ties it back).
  */
 export function mergeLora(model: Module, options?: { safe?: boolean }): string[] {
   const where = 'mergeLora';
@@ -400,16 +482,12 @@ export function mergeLora(model: Module, options?: { safe?: boolean }): string[]
       throw err;
     }
   }
-  const done: [string, LoRALinear, Tensor | null][] = [];
-  const undo = () => {
-    for (const [, d, sharedW] of done) {
-      d.unmergeFromOrig();
-      if (sharedW) retie(d, sharedW);
-    }
-  };
+  const done: LoRALinear[] = [];
+  const names: string[] = [];
   for (const [name, m] of todo) {
     // A weight held elsewhere too (an lm_head tied to the embedding) is untied first: the layer
-    // gets its own copy to merge into, and the other holders keep the original values.
+    // gets its own copy to merge into, and the other holders keep the original values (unmerging
+    // ties the layer to it again).
     const W = m.origLinear.weight;
     const shared = holdsElsewhere(model, m.origLinear, W) ? W : null;
     if (shared) m.origLinear.weight = keep(noGrad(() => W.clone()));
@@ -417,12 +495,14 @@ export function mergeLora(model: Module, options?: { safe?: boolean }): string[]
       m.mergeToOrig({ safe });
     } catch (e) {
       if (shared) retie(m, shared);
-      undo();
+      for (const d of done) d.unmergeFromOrig();
       throw new Error(`${where}: layer '${name}': ${(e as Error).message}; no layer was merged`);
     }
-    done.push([name, m, shared]);
+    m._untiedFrom = shared;
+    done.push(m);
+    names.push(name);
   }
-  return done.map(([n]) => n);
+  return names;
 }
 
 /** True when `t`, the weight of `layer`, is also a member of another module of `model`. */
@@ -442,7 +522,10 @@ function retie(m: LoRALinear, shared: Tensor): void {
   if (copy !== shared) copy.dispose();
 }
 
-/** Unmerges every merged adapter; returns the names of the layers unmerged. */
+/**
+ * Unmerges every merged adapter (subtracting what each merge added, or tying an
+ * untied weight back); returns the names of the layers unmerged.
+ */
 export function unmergeLora(model: Module): string[] {
   if (!(model instanceof Module)) throw typeError('unmergeLora', 'model', 'a Module', model);
   const out: string[] = [];

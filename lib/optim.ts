@@ -9,6 +9,7 @@ import { adamStep } from './ops/optim';
 import { DeviceSpec } from './device';
 import { checkBool, checkNumber, checkKnownKeys, describe, rangeError, typeError } from './errors';
 import { SafetensorsFile, saveSafetensors } from './safetensors';
+import { mergedAdapterRole } from './lora';
 
 export interface AdamOptions {
   /** Learning rate (> 0). Default 1e-3. */
@@ -158,11 +159,18 @@ export class Adam {
     // throw leaves the parameters, the moments and the step counts as they were.
     this.paramGroups.forEach((g, gi) => {
       this.resolve(where, `paramGroups[${gi}]`, g as unknown as Record<string, unknown>, g, true);
-      for (const p of g.params) {
-        if (!p.grad) continue;
+      g.params.forEach((p, i) => {
+        if (!p.grad) return;
         p._checkLive(where);
         p.grad._checkLive(where);
-      }
+        // A merged adapter's weight holds scale * B A as merged: a step on A or B would leave it stale
+        // (and an unmerge would then take out something else than was added).
+        const role = mergedAdapterRole(p);
+        if (role) {
+          throw new Error(`${where}: paramGroups[${gi}].params[${i}] is the ${role} of a LoRA adapter that is merged into its layer's weight, ` +
+            'which would not follow the step; unmerge it first (unmergeLora(model) or layer.unmergeFromOrig())');
+        }
+      });
     });
     for (const g of this.paramGroups) {
       const ps: Tensor[] = [];

@@ -7,7 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Module } from './nn/module';
 import { Linear } from './nn/layers';
-import { LoRALinear, injectLora, loraLayers } from './lora';
+import { LoRALinear, getLoraAB, loraLayers } from './lora';
 import { Tensor } from './tensor';
 import { noGrad } from './autograd';
 import { SafetensorsFile, saveSafetensors } from './safetensors';
@@ -307,8 +307,14 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
 
   // The layers the config selects: PEFT's target_modules (a list, a full-match regex, or
   // "all-linear": every Linear but the output layer), less exclude_modules.
+  // The Linear inside a LoRALinear is part of that layer, not a layer of its own: told by identity,
+  // not by name, so a user's module that happens to be called origLinear is a layer like any other.
+  // The model itself is never a target (PEFT skips the root too).
   const modules = new Map(model.namedModules());
-  const linears = [...modules].filter(([n, m]) => (m instanceof Linear && !n.endsWith('.origLinear')) || m instanceof LoRALinear).map(([n]) => n);
+  const inner = new Set<Module>();
+  for (const m of modules.values()) if (m instanceof LoRALinear) inner.add(m.origLinear);
+  const isLayer = (m: Module | undefined) => (m instanceof Linear && !inner.has(m)) || m instanceof LoRALinear;
+  const linears = [...modules].filter(([n, m]) => n !== '' && isLayer(m)).map(([n]) => n);
   const tm = cfg.target_modules;
   let targeted: (name: string) => boolean;
   if (tm === 'all-linear') {
@@ -351,7 +357,7 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
     // with strict=False and reports them as unexpected keys).
     const chosen = new Set(selected);
     // A selected module that is not a Linear (an embedding, say) would get a LoRA of another kind in PEFT.
-    const otherKinds = [...found.keys()].filter((n) => !chosen.has(n) && modules.has(n) && !n.endsWith('.origLinear') && targeted(n) && !excluded(n));
+    const otherKinds = [...found.keys()].filter((n) => !chosen.has(n) && modules.has(n) && !inner.has(modules.get(n)!) && targeted(n) && !excluded(n));
     if (otherKinds.length) fail(where, `${WEIGHTS} has weights for '${otherKinds[0]}', which is not a Linear layer of this model (LoRA on other module kinds is not supported)`);
     const ignored = [...found].filter(([n]) => !chosen.has(n)).flatMap(([, e]) => [e.A, e.B].filter((k): k is string => !!k));
     for (const n of [...found.keys()]) if (!chosen.has(n)) found.delete(n);
@@ -380,7 +386,18 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
           fail(where, `'${name}' is already a LoRALinear with lora_alpha=${m.alpha}, use_rslora=${m.useRslora}; the adapter has lora_alpha=${la}, use_rslora=${useRslora}`);
         }
         if (m.merged) fail(where, `'${name}' is a LoRALinear whose adapter is merged into its weight; call unmergeLora(model) first`);
+        m.A!._checkLive(where, `layer '${name}': A`);
+        m.B!._checkLive(where, `layer '${name}': B`);
       }
+      lin.weight._checkLive(where, `layer '${name}': weight`);
+      // The layer is replaced through its dotted name, which must lead back to it.
+      let reached: Module | null = null;
+      try {
+        reached = model.getSubmodule(name);
+      } catch {
+        // reported below
+      }
+      if (reached !== m) fail(where, `the module '${name}' cannot be reached by its dotted name (a property name with a '.'?), so it cannot be replaced`);
       // PEFT ties the adapters of tied layers (an lm_head sharing the embedding) with ensure_weight_tying:
       // the embedding then has an adapter too, which this project does not implement.
       if (cfg.ensure_weight_tying === true && [...modules.values()].some((o) => o !== lin && o instanceof Module &&
@@ -388,43 +405,70 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
         fail(where, `${CONFIG}: ensure_weight_tying with '${name}', whose weight is tied to another module: adapters on tied embeddings are not supported`);
       }
     }
-
-    // Every tensor is read and checked before the model is changed, so a failure leaves it as it was.
+    // One model holds one adapter's settings: new layers must agree with the LoRA layers already there
+    // on what a config has once (injectLora's rule).
     const names = [...found.keys()];
-    const values: Tensor[] = [];
+    const fresh = linears.filter((n) => found.has(n) && !(modules.get(n) instanceof LoRALinear));
+    const existing = [...modules].find(([, m]) => m instanceof LoRALinear) as [string, LoRALinear] | undefined;
+    if (fresh.length && existing && (existing[1].dropout !== dropout || existing[1].useRslora !== useRslora)) {
+      const [n, e] = existing;
+      fail(where, `the model already has LoRA layers with dropout=${e.dropout}, useRslora=${e.useRslora} ('${n}'); the adapter's new layers (${fresh.slice(0, 4).join(', ')}${fresh.length > 4 ? ', …' : ''}) ` +
+        `would have lora_dropout=${dropout}, use_rslora=${useRslora}, and a model holds one adapter's settings`);
+    }
+
+    // Every tensor is read and checked, and the new layers are built and filled, before the model is
+    // changed, so a failure leaves it as it was.
+    const values = new Map<string, [Tensor, Tensor]>();
+    const made = new Map<string, LoRALinear>();
+    const frozen: [Tensor, boolean][] = [];
+    let attached = false;
     try {
       for (const name of names) {
         const m = modules.get(name)!;
         const dtype = (m instanceof LoRALinear ? m.origLinear : (m as Linear)).weight.dtype as 'float32';
+        const pair: Tensor[] = [];
         for (const key of [found.get(name)!.A!, found.get(name)!.B!]) {
           const t = await st._readTensor(where, key, { dtype });
-          values.push(t);
+          pair.push(t);
           t._checkLive(where);
-          if (!allFinite(t)) fail(where, `${WEIGHTS}: '${key}' holds NaN or Inf`);
+          if (!allFinite(t)) {
+            for (const u of pair) u.dispose();
+            fail(where, `${WEIGHTS}: '${key}' holds NaN or Inf`);
+          }
         }
+        values.set(name, pair as [Tensor, Tensor]);
       }
       const init = cfg.init_lora_weights === 'gaussian' ? 'gaussian' : 'kaiming';
-      // One injection per (rank, alpha), in the order the layers come.
-      const groups = new Map<string, Set<string>>();
-      for (const name of names) {
-        const { r: lr, alpha: la } = settings.get(name)!;
-        const key = `${lr}/${la}`;
-        if (!groups.has(key)) groups.set(key, new Set());
-        groups.get(key)!.add(name);
+      // The new layers, by (rank, alpha) in the order the layers come and then in module order, as
+      // injectLora would make them (A's initial draws come from the global generator).
+      const order = [...new Set(names.map((n) => `${settings.get(n)!.r}/${settings.get(n)!.alpha}`))];
+      for (const key of order) {
+        for (const name of fresh) {
+          const s = settings.get(name)!;
+          if (`${s.r}/${s.alpha}` !== key) continue;
+          const lin = modules.get(name) as Linear;
+          for (const t of [lin.weight, lin.bias]) if (t) frozen.push([t, t.requiresGrad]);
+          made.set(name, new LoRALinear(lin, { r: s.r, alpha: s.alpha, dropout, useRslora, init }));
+        }
       }
-      for (const [key, group] of groups) {
-        const [lr, la] = key.split('/').map(Number);
-        injectLora(model, { r: lr, alpha: la, dropout, useRslora, init, filter: (name) => group.has(name) });
-      }
-      names.forEach((name, i) => {
-        const layer = model.getSubmodule(name) as LoRALinear;
-        noGrad(() => {
-          layer.A!.copy_(values[2 * i]);
-          layer.B!.copy_(values[2 * i + 1]);
-        });
+      const layerOf = (name: string) => made.get(name) ?? (modules.get(name) as LoRALinear);
+      noGrad(() => {
+        for (const [name, [A, B]] of values) {
+          const layer = layerOf(name);
+          layer.A!.copy_(A);
+          layer.B!.copy_(B);
+        }
       });
+      for (const [name, layer] of made) model.setSubmodule(name, layer);
+      attached = true;
+      // As injectLora (freezeBase): every parameter that is not a LoRA A or B is frozen.
+      const adapters = new Set<Tensor>(getLoraAB(model));
+      for (const p of model.parameters()) if (!adapters.has(p)) p.requiresGrad_(false);
+    } catch (e) {
+      if (!attached) for (const [t, flag] of frozen) t.requiresGrad_(flag);
+      throw e;
     } finally {
-      for (const t of values) t.dispose();
+      for (const pair of values.values()) for (const t of pair) t.dispose();
     }
     if (ignored.length) {
       process.emitWarning(`${where}: ${WEIGHTS} holds weights for modules that ${CONFIG}'s target_modules does not select; they were not applied (as in PEFT): ` +

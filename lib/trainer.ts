@@ -24,6 +24,7 @@ import { loadAdapter, saveAdapter } from './peft';
 import { SafetensorsFile, saveSafetensors } from './safetensors';
 import { recoverDir, replaceDir, writeFileAtomic } from './atomic';
 import { checkInt, checkKnownKeys, checkNumber, checkOneOf, checkOptions, describe, typeError } from './errors';
+import { allFinite } from './ops/elementwise';
 
 /** One micro-batch: rows of token ids of equal length, and their labels (-100 = no loss). */
 export interface TrainerBatch {
@@ -167,6 +168,7 @@ export interface TrainResult {
 
 export type TrainerErrorCode =
   | 'ERR_NONFINITE_LOSS'
+  | 'ERR_NONFINITE_WEIGHTS'
   | 'ERR_OUT_OF_MEMORY'
   | 'ERR_WARMUP_TOO_LONG'
   | 'ERR_CHECKPOINT_NOT_FOUND'
@@ -181,6 +183,10 @@ export class TrainerError extends Error {
   readonly step?: number;
   /** ERR_NONFINITE_LOSS: the loss value. */
   readonly loss?: number;
+  /** ERR_NONFINITE_WEIGHTS: the first tensor found with NaN or Inf (a parameter's name, or an optimiser moment of one). */
+  readonly tensor?: string;
+  /** ERR_NONFINITE_WEIGHTS: the step of the checkpoint left in checkpointDir, when this trainer wrote or loaded it. */
+  readonly checkpointStep?: number;
   /** ERR_WARMUP_TOO_LONG: the run's steps and the warm-up asked for. */
   readonly totalSteps?: number;
   readonly warmupSteps?: number;
@@ -192,7 +198,7 @@ export class TrainerError extends Error {
   readonly reason?: string;
 
   constructor(code: TrainerErrorCode, message: string, details: {
-    step?: number; loss?: number; totalSteps?: number; warmupSteps?: number; path?: string;
+    step?: number; loss?: number; tensor?: string; checkpointStep?: number; totalSteps?: number; warmupSteps?: number; path?: string;
     mismatch?: 'steps-per-epoch' | 'state'; reason?: string; cause?: unknown;
   } = {}) {
     const { cause, ...rest } = details;
@@ -332,6 +338,8 @@ export class Trainer {
   /** Steps of the whole run (every epoch); the schedule ends there. */
   readonly totalSteps: number;
   private _step = 0;
+  /** The checkpoint this trainer last wrote or loaded (a run that fails says it is still there). */
+  private lastCheckpoint: { dir: string; step: number } | null = null;
   private stopRequested = false;
   private running = false;
   private readonly o: Required<Pick<TrainerOptions, 'epochs' | 'maxSteps' | 'gradAccum' | 'lrSchedule' | 'warmupSteps' | 'maxGradNorm' | 'logEvery' | 'evalEvery' | 'saveEvery'>>;
@@ -511,10 +519,17 @@ export class Trainer {
     this.schedule.loadStateDict({ lastStep: s.step, baseLrs: [this.baseLr] });
     setRngState({ seed: BigInt(s.rng.seed), offset: BigInt(s.rng.offset) });
     this._step = s.step;
+    this.lastCheckpoint = { dir: path.resolve(dir), step: s.step };
     return checkpointInfo(s);
   }
 
-  /** Runs steps until the last epoch ends, maxSteps is reached or stop() is called. */
+  /**
+   * Runs steps until the last epoch ends, maxSteps is reached or stop() is called. Before every
+   * checkpoint, and at the end also without checkpoints, the trained weights and the optimiser's
+   * moments are checked: NaN or Inf stops the run with ERR_NONFINITE_WEIGHTS and nothing is saved,
+   * so the checkpoint already in checkpointDir stays the last good one. A loss that is not finite
+   * stops it with ERR_NONFINITE_LOSS (or ERR_NONFINITE_WEIGHTS when the weights already are not).
+   */
   async train(): Promise<TrainResult> {
     const where = 'Trainer.train';
     if (this.running) throw new Error(`${where}: already running`);
@@ -540,10 +555,23 @@ export class Trainer {
     let checkpoint: string | null = null;
     let current = this._step + 1;
     let win = { loss: 0, norm: 0, steps: 0, tokens: 0, start: performance.now() };
+    /** Stops the run when the trained weights (or the optimiser's moments) hold NaN or Inf, before anything is saved. */
+    const requireFinite = (context = '') => {
+      const bad = this.nonFinite();
+      if (!bad) return;
+      const dir = opts.checkpointDir;
+      const last = dir !== undefined && this.lastCheckpoint?.dir === path.resolve(dir) ? this.lastCheckpoint.step : undefined;
+      const kept = dir === undefined ? '' : last !== undefined ? `; ${dir} keeps the checkpoint of step ${last}` : `; ${dir} is left as it was`;
+      throw new TrainerError('ERR_NONFINITE_WEIGHTS',
+        `Trainer: the trained weights hold NaN or Inf after step ${this._step} (${bad})${context}; nothing was saved${kept}`,
+        { step: this._step, tensor: bad, ...(dir === undefined ? {} : { path: dir }), ...(last === undefined ? {} : { checkpointStep: last }) });
+    };
     const writeCheckpoint = async (reason: CheckpointReason) => {
+      // Also without checkpoints: a run must not end as done with weights that are not numbers.
+      requireFinite();
       const dir = opts.checkpointDir;
       if (dir === undefined) return;
-      await this.saveCheckpoint(dir, rngAtStep);
+      await this.writeCheckpointTo(dir, rngAtStep);
       checkpoint = dir;
       await opts.onCheckpoint?.({ step: this._step, dir, reason });
     };
@@ -564,6 +592,8 @@ export class Trainer {
           const v = loss.item();
           if (!Number.isFinite(v)) {
             loss.dispose();
+            // Weights that are already not numbers are the cause: say so (the fix is not the same).
+            requireFinite(`, so the loss of step ${step + 1} is ${v}`);
             throw new TrainerError('ERR_NONFINITE_LOSS', `Trainer: the training loss became ${v} at step ${step + 1}`, { step: step + 1, loss: v });
           }
           const scaled = count > 1 ? loss.mul(1 / count) : loss;
@@ -666,10 +696,44 @@ export class Trainer {
   /**
    * Writes a checkpoint of the run as it is now into `dir` (replaced as a whole): the weights
    * (saveModel), the optimiser state (optimizer.safetensors) and trainer_state.json (step, generator
-   * state, metadata). train() calls it by itself; use it to save between train() calls.
+   * state, metadata). train() calls it by itself; use it to save between train() calls. Weights or
+   * optimiser moments holding NaN or Inf are never written: ERR_NONFINITE_WEIGHTS, and `dir` keeps
+   * what it had.
    */
   async saveCheckpoint(dir: string, rng = getRngState()): Promise<void> {
-    if (typeof dir !== 'string' || dir === '') throw typeError('Trainer.saveCheckpoint', 'dir', 'a directory path', dir);
+    const where = 'Trainer.saveCheckpoint';
+    if (typeof dir !== 'string' || dir === '') throw typeError(where, 'dir', 'a directory path', dir);
+    const bad = this.nonFinite();
+    if (bad) {
+      throw new TrainerError('ERR_NONFINITE_WEIGHTS', `${where}: ${bad} holds NaN or Inf (step ${this._step}); nothing was saved, ${dir} is left as it was`,
+        { step: this._step, tensor: bad, path: dir });
+    }
+    await this.writeCheckpointTo(dir, rng);
+  }
+
+  /**
+   * The first trained tensor, or optimiser moment of one, that holds NaN or Inf (by its name in the
+   * model, else its index in params); null when every value is finite.
+   */
+  private nonFinite(): string | null {
+    const names = new Map<Tensor, string>();
+    if (this.opts.model) for (const [n, p] of this.opts.model.namedParameters()) names.set(p, `'${n}'`);
+    const nameOf = (p: Tensor, i: number) => names.get(p) ?? `params[${i}]`;
+    for (const [i, p] of this.params.entries()) {
+      p._checkLive('Trainer');
+      if (!allFinite(p)) return nameOf(p, i);
+    }
+    for (const [i, p] of this.params.entries()) {
+      const st = this.optimizer.state.get(p);
+      if (!st) continue;
+      for (const [k, t] of [['exp_avg', st.expAvg], ['exp_avg_sq', st.expAvgSq], ['max_exp_avg_sq', st.maxExpAvgSq]] as const) {
+        if (t && !allFinite(t)) return `the optimiser's ${k} of ${nameOf(p, i)}`;
+      }
+    }
+    return null;
+  }
+
+  private async writeCheckpointTo(dir: string, rng: { seed: bigint; offset: bigint }): Promise<void> {
     const state: StateV2 = {
       format: FORMAT,
       version: VERSION,
@@ -685,6 +749,7 @@ export class Trainer {
       await saveOptimizerState(this.optimizer, path.join(tmp, OPTIM_FILE));
       await writeFileAtomic(path.join(tmp, STATE_FILE), JSON.stringify(state, null, 2) + '\n');
     });
+    this.lastCheckpoint = { dir: path.resolve(dir), step: this._step };
   }
 
   /** The default saveModel: the adapter for a model with LoRA layers, else the params by index. */

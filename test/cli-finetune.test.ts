@@ -414,6 +414,33 @@ describe('errors: exit code and one line with the fix', () => {
     }
   });
 
+  test('weights that become NaN or Inf are never written, and the message names the setting (--weight-decay 1e300)', async () => {
+    const dir = path.join(tmp, 'nonfinite-out');
+    const r = await run([...base(), '--data', txt, '--out', dir, '--weight-decay', '1e300']);
+    one(r, 1, /^lora-cuda finetune: the trained weights became NaN or Inf by step 1 \('model\.layers\.0\.self_attn\.q_proj\.A'\); nothing was saved from it: no adapter or checkpoint of this run was written; --weight-decay 1e\+300 with --lr 0\.0002 multiplies the weights by 1 - lr \* weight-decay = -2\.00e\+296 at every step; lower --weight-decay/);
+    expect(fs.existsSync(path.join(dir, 'adapter_model.safetensors'))).toBe(false);
+    expect(fs.existsSync(path.join(dir, 'checkpoint'))).toBe(false);
+
+    // A good checkpoint, then a resume that goes non-finite: the checkpoint and the adapter of step 1 stay.
+    expect((await run([...base(), '--data', txt, '--out', dir, '--max-steps', '1'])).code).toBe(0);
+    const adapter = fs.readFileSync(path.join(dir, 'adapter_model.safetensors'));
+    const r2 = await run(['--data', txt, '--out', dir, '--resume', '--weight-decay', '1e300']);
+    one(r2, 1, new RegExp(`became NaN or Inf by step 2 .*; nothing was saved from it: ${dir.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} keeps the adapter and .*checkpoint the checkpoint of step 1; --weight-decay`));
+    expect(fs.readFileSync(path.join(dir, 'adapter_model.safetensors')).equals(adapter)).toBe(true);
+    const state = JSON.parse(fs.readFileSync(path.join(dir, 'checkpoint', 'trainer_state.json'), 'utf8'));
+    expect(state.step).toBe(1);
+  });
+
+  test('an absurd --alpha or --r is named as the cause', async () => {
+    one(await run([...base(), '--data', txt, '--out', out(), '--alpha', '1e308']), 2,
+      /--alpha 1e\+308 with --r 4 makes the LoRA scale alpha\/r = 2\.50e\+307, beyond float32's range .*; use an --alpha of the order of --r/);
+    // Finite, but large enough that the first step's loss is NaN.
+    one(await run([...base(), '--data', txt, '--out', out(), '--alpha', '1e39']), 1,
+      /the training loss became NaN at step 1; the LoRA scale alpha\/r = 2\.50e\+38 \(--alpha 1e\+39, --r 4\) is far above the usual 0\.5 to 4 .*; lower --alpha$/);
+    one(await run([...base(), '--data', txt, '--out', out(), '--r', '1000000000']), 1,
+      /^lora-cuda finetune: out of memory creating the LoRA layers: --r 1000000000 on 6 layers is [\d.]+ billion adapter parameters .*; use a much smaller --r \(8 to 64 is usual\)$/);
+  });
+
   test('out of memory suggests a smaller --batch-size or --seq-len', async () => {
     const r = await run([...base(), '--data', txt, '--out', out()], {
       onStep: () => {
@@ -421,5 +448,12 @@ describe('errors: exit code and one line with the fix', () => {
       },
     });
     one(r, 1, /out of memory at step 1 \(--batch-size 4, --seq-len 256\): use a smaller --batch-size or --seq-len/);
+    // An adapter larger than the model: the rank is named, not the batch.
+    const big = await run([...base(), '--data', txt, '--out', out(), '--r', '512'], {
+      onStep: () => {
+        throw Object.assign(new Error('out of memory allocating 123 bytes on the CPU'), { code: 'ERR_OUT_OF_MEMORY' });
+      },
+    });
+    one(big, 1, /out of memory at step 1 \(--batch-size 4, --seq-len 256\): the adapter \(--r 512\) has [\d,]+ parameters, more than the model's [\d,]+, .*: use a much smaller --r/);
   });
 });

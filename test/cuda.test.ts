@@ -7,7 +7,7 @@
 // memory and errors found by kernels.
 import {
   Adam, AdamW, F, LlamaForCausalLM, LoRALinear, Linear, Tensor, backendInfo, clipGradNorm, cuda, injectLora,
-  manualSeed, noGrad, randn, rand, tensor, tidy, zeros,
+  manualSeed, nativeMemoryBytes, noGrad, randn, rand, tensor, tidy, zeros,
 } from '../lib';
 import { native } from '../lib/native';
 import { benchNative } from '../bench/binding';
@@ -227,6 +227,32 @@ describeCuda('CUDA parity with the CPU backend', () => {
     expect(() => l.mergeToOrig({ safe: true })).toThrow(/non-finite|NaN|Inf/);
     expect(Array.from(lin.weight.toArray())).toEqual(exact);
     expect(l.merged).toBe(false);
+  });
+
+  test('an adapter merged on the CPU and moved to CUDA unmerges there (its merged copies follow the weight)', () => {
+    const lin = new Linear(12, 7);
+    const l = new LoRALinear(lin, { r: 3, alpha: 6 });
+    noGrad(() => l.B!.copy_(randn([7, 3])));
+    const w0 = Array.from(lin.weight.toArray());
+    l.mergeToOrig();
+    l.to('cuda');
+    expect(lin.weight.device).toBe('cuda:0');
+    l.unmergeFromOrig();
+    expect(lin.weight.device).toBe('cuda:0');
+    expect(normError(w0, lin.weight.toArray())).toBeLessThan(1e-6);
+  });
+
+  test('rotary tables of a model on CUDA: generation holds no tables per length', () => {
+    manualSeed(4);
+    const m = new LlamaForCausalLM({
+      model_type: 'llama', vocab_size: 32, hidden_size: 128, intermediate_size: 64, num_hidden_layers: 1,
+      num_attention_heads: 2, num_key_value_heads: 1, max_position_embeddings: 256,
+    }, { device: 'cuda' });
+    m.generate([[1, 2]], { maxNewTokens: 2, eosTokenId: null });
+    const before = nativeMemoryBytes();
+    m.generate([[1, 2]], { maxNewTokens: 40, eosTokenId: null });
+    // One pair of tables per length kept would be 2 * 4 * 64 * (3 + ... + 41) bytes, about 0.4 MB.
+    expect(nativeMemoryBytes() - before).toBeLessThan(2 * 4 * 64 * 42 * 2);
   });
 
   test('Adam and AdamW (amsgrad) steps match the CPU over all parameters in one call', () => {

@@ -3,7 +3,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { LlamaForCausalLM, injectLora, manualSeed, noGrad } from '../lib';
+import { LlamaForCausalLM, injectLora, manualSeed, nativeMemoryBytes, noGrad } from '../lib';
 import { sampleToken } from '../lib/models/llama';
 import { loadCases, writeCheckpoint } from './helpers/llama-weights';
 import { expectThrows } from './helpers/expect-throws';
@@ -114,4 +114,38 @@ test('bad input names the argument', () => {
   expectThrows(g([[1]], { eosTokenId: [1, 99] }), RangeError, /options\.eosTokenId\[1\] must be a token id in \[0, 67\), got 99/);
   expectThrows(g([[1]], { doSample: 1 }), TypeError, /options\.doSample must be a boolean/);
   expectThrows(g([[1]], { max_new_tokens: 3 }), TypeError, /unknown option "max_new_tokens"/);
+});
+
+describe('rotary tables', () => {
+  // head_dim 64: the tables of each length are 2 x T x 64 floats.
+  const config = {
+    model_type: 'llama', vocab_size: 32, hidden_size: 128, intermediate_size: 64, num_hidden_layers: 1,
+    num_attention_heads: 2, num_key_value_heads: 1, max_position_embeddings: 512, rope_theta: 10000,
+    rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 64 },
+  };
+
+  test('a long generation holds no tables per length: native memory is back where it was', () => {
+    manualSeed(0);
+    const m = new LlamaForCausalLM(config);
+    m.generate([[1, 2]], { maxNewTokens: 2, eosTokenId: null }); // the first tables and any lazy state
+    const before = nativeMemoryBytes();
+    m.generate([[1, 2]], { maxNewTokens: 150, eosTokenId: null });
+    // One table per length kept would be 2 * 4 * 64 * (3 + ... + 151) bytes, about 5.8 MB.
+    expect(nativeMemoryBytes() - before).toBeLessThan(2 * 4 * 64 * 152 * 2);
+  });
+
+  test('tables cut from longer ones are those of the length itself, bit for bit', () => {
+    manualSeed(1);
+    const grown = new LlamaForCausalLM(config);
+    const fresh = new LlamaForCausalLM(config, { init: false });
+    fresh.loadStateDict(grown.stateDict());
+    const ids = (T: number) => [Array.from({ length: T }, (_, i) => (i * 7 + 3) % 32)];
+    noGrad(() => grown.forward(ids(300))); // the tables now cover 300 positions
+    // Each length larger than twice the one before: `fresh` computes tables of exactly that length.
+    for (const T of [5, 64, 299]) {
+      const cut = noGrad(() => grown.forward(ids(T))).toArray();
+      const own = noGrad(() => fresh.forward(ids(T))).toArray();
+      expect(Buffer.from(cut.buffer).equals(Buffer.from(own.buffer))).toBe(true);
+    }
+  });
 });

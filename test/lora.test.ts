@@ -185,6 +185,53 @@ describe('merge and unmerge', () => {
     expect(Buffer.from(lin.weight.toArray().buffer).equals(Buffer.from(before.buffer))).toBe(true);
   });
 
+  test('an optimiser step on a merged adapter is refused; unmerge takes out what was merged, whatever A and B became', () => {
+    manualSeed(11);
+    const lin = new Linear(6, 5);
+    const lora = new LoRALinear(lin, { r: 2, alpha: 4 });
+    noGrad(() => lora.B!.copy_(randn([5, 2])));
+    const w0 = lin.weight.toArray().slice();
+    const opt = new AdamW([lora.A!, lora.B!], { lr: 0.05, weightDecay: 0 });
+    lora.forward(randn([3, 6])).sum().backward();
+    lora.mergeToOrig();
+    const wm = lin.weight.toArray().slice();
+    const a0 = lora.A!.toArray().slice();
+    expect(() => opt.step()).toThrow(/^AdamW\.step: paramGroups\[0\]\.params\[0\] is the A of a LoRA adapter that is merged into its layer's weight, .*unmerge it first/);
+    expect(Array.from(lora.A!.toArray())).toEqual(Array.from(a0));
+    expect(Array.from(lin.weight.toArray())).toEqual(Array.from(wm));
+    // Other in-place changes are not blocked, and the unmerge is still exact.
+    noGrad(() => lora.A!.copy_(randn([2, 6])));
+    lora.unmergeFromOrig();
+    expect(maxAbsDiff(lin.weight.toArray(), w0)).toBeLessThan(1e-6);
+    // Unmerged, the step goes through.
+    opt.step();
+    expect(maxAbsDiff(lin.weight.toArray(), w0)).toBeLessThan(1e-6);
+  });
+
+  test('mergeLora then unmergeLora ties an untied weight back: the shared tensor, bit for bit', () => {
+    class Tied extends Module {
+      emb = new Linear(4, 6);
+      head = new Linear(4, 6);
+      constructor() {
+        super();
+        this.head.weight = this.emb.weight;
+      }
+      forward(x: Tensor): Tensor { return this.head.forward(x).add(this.emb.forward(x)); }
+    }
+    manualSeed(12);
+    const m = new Tied();
+    const shared = m.emb.weight;
+    const bits = Buffer.from(shared.toArray().buffer).toString('hex');
+    injectLora(m, { r: 2, alpha: 4, targetModules: ['head'] });
+    const head = m.getSubmodule('head') as LoRALinear;
+    noGrad(() => head.B!.copy_(randn([6, 2])));
+    mergeLora(m);
+    expect(head.origLinear.weight).not.toBe(shared);
+    unmergeLora(m);
+    expect(head.origLinear.weight).toBe(shared);
+    expect(Buffer.from(shared.toArray().buffer).toString('hex')).toBe(bits);
+  });
+
   test('merging a weight saved for backward makes that backward fail loudly', () => {
     const lin = new Linear(4, 4);
     lin.weight.requiresGrad_(true);
@@ -314,6 +361,54 @@ test('withAdaptersDisabled runs the base model and restores the adapters', () =>
   expect(maxAbsDiff(noGrad(() => model.forward(x)).toArray(), withLora)).toBe(0);
   mergeLora(model);
   expect(() => withAdaptersDisabled(model, () => 0)).toThrow(/unmergeLora/);
+});
+
+describe('as PEFT: disabled adapters and a Linear used at two places', () => {
+  const run = (m: Sequential, x: Tensor) => noGrad(() => m.forward(x) as Tensor).toArray();
+
+  test('mergeLora merges disabled adapters too; a disabled layer forwards as its base layer, unmerging first', () => {
+    manualSeed(13);
+    const lin = new Linear(6, 4);
+    const x = randn([2, 6]);
+    const base = noGrad(() => lin.forward(x)).toArray();
+    const model = new Sequential(lin);
+    injectLora(model, { r: 2, alpha: 4 });
+    const layer = model.getSubmodule('0') as LoRALinear;
+    noGrad(() => layer.B!.copy_(randn([4, 2])));
+    const adapted = run(model, x);
+    layer.enabled = false;
+    expect(mergeLora(model)).toEqual(['0']);
+    expect(layer.merged).toBe(true);
+    // Disabled wins: the output is the base layer's, and the adapter is no longer merged.
+    expect(maxAbsDiff(run(model, x), base)).toBeLessThan(1e-5);
+    expect(layer.merged).toBe(false);
+    layer.enabled = true;
+    expect(maxAbsDiff(run(model, x), adapted)).toBeLessThan(1e-6);
+  });
+
+  test('a Linear at two places is wrapped at its first name only; merging changes the weight both places use', () => {
+    manualSeed(14);
+    const shared = new Linear(4, 4);
+    const model = new Sequential(shared, new ReLU(), shared);
+    const x = randn([3, 4]);
+    expect(injectLora(model, { r: 2, alpha: 4 })).toEqual(['0']);
+    expect(model.getSubmodule('0')).toBeInstanceOf(LoRALinear);
+    expect(model.getSubmodule('2')).toBe(shared);
+    const layer = model.getSubmodule('0') as LoRALinear;
+    noGrad(() => layer.B!.copy_(randn([4, 2])));
+    // Unmerged, the second use is the bare layer; merged, it computes with the merged weight.
+    const unmerged = run(model, x);
+    const h = noGrad(() => layer.forward(x).relu());
+    const expectUnmerged = noGrad(() => shared.forward(h)).toArray();
+    expect(maxAbsDiff(unmerged, expectUnmerged)).toBeLessThan(1e-6);
+    mergeLora(model);
+    const merged = run(model, x);
+    const expectMerged = noGrad(() => layer.forward(h)).toArray(); // merged: the weight holds the adapter
+    expect(maxAbsDiff(merged, expectMerged)).toBeLessThan(1e-5);
+    expect(maxAbsDiff(merged, unmerged)).toBeGreaterThan(1e-3);
+    unmergeLora(model);
+    expect(maxAbsDiff(run(model, x), unmerged)).toBeLessThan(1e-5);
+  });
 });
 
 describe('training', () => {

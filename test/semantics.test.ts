@@ -270,6 +270,79 @@ describe('adapter files and configs', () => {
     expect(await loadAdapter(model, dir)).toHaveLength(2);
   });
 
+  /** The module tree, every parameter's values and requiresGrad: what a refused load must leave as it was. */
+  const snapshot = (m: Module) => JSON.stringify([
+    [...m.namedModules()].map(([n, x]) => `${n}:${x.constructor.name}`),
+    [...m.namedParameters()].map(([n, p]) => [n, p.requiresGrad, Array.from(p.toArray())]),
+  ]);
+  const ab = (names: string[], r = 2, n = 4) => Object.fromEntries(names.flatMap((x) => [
+    [`base_model.model.${x}.lora_A.weight`, randn([r, n])], [`base_model.model.${x}.lora_B.weight`, randn([n, r])],
+  ]));
+
+  test('keys of the Linear inside a LoRA layer are not a layer of their own: no half-loaded model, no internal error', async () => {
+    // The model itself is a LoRA layer (its state dict keys start with origLinear.) with one more Linear;
+    // the file has weights for 'extra' and for 'origLinear', the Linear the root layer wraps.
+    manualSeed(5);
+    const model = new LoRALinear(new Linear(4, 4), { r: 2, alpha: 4 }) as LoRALinear & { extra: Module };
+    model.extra = new Linear(4, 4);
+    const rootA = Array.from(model.A!.toArray());
+    const dir = await adapterDir('under-origlinear', { target_modules: ['extra', 'origLinear'] }, ab(['extra', 'origLinear']));
+    const { result: names, warnings } = await warningsOf(() => loadAdapter(model, dir));
+    expect(names).toEqual(['extra']);
+    expect(model.extra).toBeInstanceOf(LoRALinear);
+    expect(model.origLinear).toBeInstanceOf(Linear);
+    expect(Array.from(model.A!.toArray())).toEqual(rootA);
+    expect(warnings.find((w) => w.code === 'LORA_CUDA_IGNORED_ADAPTER_KEYS')?.message).toMatch(/base_model\.model\.origLinear\.lora_A\.weight/);
+  });
+
+  test('a module of the model that is called origLinear is a layer like any other', async () => {
+    class Holder extends Module {
+      origLinear = new Linear(4, 4);
+      forward(x: Tensor): Tensor { return this.origLinear.forward(x); }
+    }
+    class Net extends Module {
+      a = new Linear(4, 4);
+      h = new Holder();
+      forward(x: Tensor): Tensor { return this.h.forward(this.a.forward(x)); }
+    }
+    manualSeed(6);
+    const src = new Net();
+    manualSeed(6);
+    const dst = new Net(); // the same base weights
+    injectLora(src, { r: 2, alpha: 4 });
+    noGrad(() => (src.getSubmodule('h.origLinear') as LoRALinear).B!.copy_(randn([4, 2])));
+    await saveAdapter(src, path.join(tmp, 'holder'));
+    expect((await loadAdapter(dst, path.join(tmp, 'holder'))).sort()).toEqual(['a', 'h.origLinear']);
+    const x = randn([3, 4]);
+    expect(Array.from(noGrad(() => dst.forward(x)).toArray())).toEqual(Array.from(noGrad(() => src.forward(x)).toArray()));
+  });
+
+  test('a refused load leaves the model as it was: wrong shapes, NaN, or settings the model\'s LoRA layers do not share', async () => {
+    class Net extends Module {
+      a = new Linear(4, 4);
+      b = new Linear(4, 4);
+      c = new Linear(4, 4);
+      forward(x: Tensor): Tensor { return this.c.forward(this.b.forward(this.a.forward(x))); }
+    }
+    manualSeed(7);
+    const model = new Net();
+    injectLora(model, { r: 2, alpha: 4, targetModules: ['a'] });
+    const before = snapshot(model);
+    const cases: [string, Record<string, unknown>, Record<string, Tensor>, RegExp][] = [
+      ['shape', { target_modules: ['a', 'b', 'c'] }, { ...ab(['a', 'b']), ...ab(['c'], 3) }, /^loadAdapter: 'base_model\.model\.c\.lora_A\.weight' has shape \[3, 4\], expected \[2, 4\]$/],
+      ['nan', { target_modules: ['a', 'b', 'c'] }, { ...ab(['a', 'b']), 'base_model.model.c.lora_A.weight': randn([2, 4]), 'base_model.model.c.lora_B.weight': randn([4, 2]).mul(NaN) },
+        /^loadAdapter: adapter_model\.safetensors: 'base_model\.model\.c\.lora_B\.weight' holds NaN or Inf$/],
+      ['dropout', { target_modules: ['a', 'b'], lora_dropout: 0.1 }, ab(['a', 'b']),
+        /^loadAdapter: the model already has LoRA layers with dropout=0, useRslora=false \('a'\); the adapter's new layers \(b\) would have lora_dropout=0\.1/],
+      ['pattern', { target_modules: ['a', 'b', 'c'], rank_pattern: { c: 3 } }, { ...ab(['a', 'b']), ...ab(['c'], 2) }, /'base_model\.model\.c\.lora_A\.weight' has shape \[2, 4\], expected \[3, 4\]/],
+    ];
+    for (const [name, config, tensors, re] of cases) {
+      const dir = await adapterDir(`refused-${name}`, config, tensors);
+      await expect(loadAdapter(model, dir)).rejects.toThrow(re);
+      expect(snapshot(model)).toBe(before);
+    }
+  });
+
   test('init_lora_weights that changed the base model at initialisation (PiSSA, OLoRA, ...) is refused', async () => {
     const model = await LlamaForCausalLM.fromPretrained(await checkpoint('llama_gqa'));
     const dir = await adapterDir('pissa', { target_modules: ['q_proj'], init_lora_weights: 'pissa_niter_4' }, qkv([0, 1], ['q_proj']));

@@ -249,6 +249,55 @@ describe('errors', () => {
     expect(trainer.step).toBe(2);
   });
 
+  test('weights that stop being finite are never saved: the last good checkpoint stays, ERR_NONFINITE_WEIGHTS', async () => {
+    // AdamW's decay multiplies p by 1 - lr * weightDecay = 1 - 1e299 each step: finite after step 1
+    // in float64, infinite after step 2; the loss 2p stays finite at step 2.
+    const dir = path.join(tmp, 'nonfinite');
+    const p = tensor([1], { dtype: 'float64' }).requiresGrad_(true);
+    const trainer = new Trainer({
+      params: [p], train: [{ ids: [[0]] }], epochs: 4, saveEvery: 1, checkpointDir: dir, maxGradNorm: 0,
+      optimizer: { lr: 0.1, weightDecay: 1e300 }, loss: () => p.mul(2).sum(),
+    });
+    const e = await trainer.train().then(() => null, (err: TrainerError) => err);
+    expect(e).toBeInstanceOf(TrainerError);
+    expect({ code: e!.code, step: e!.step, tensor: e!.tensor, path: e!.path, checkpointStep: e!.checkpointStep })
+      .toEqual({ code: 'ERR_NONFINITE_WEIGHTS', step: 2, tensor: 'params[0]', path: dir, checkpointStep: 1 });
+    expect(e!.message).toBe(`Trainer: the trained weights hold NaN or Inf after step 2 (params[0]); nothing was saved; ${dir} keeps the checkpoint of step 1`);
+    expect((await readCheckpoint(dir)).step).toBe(1);
+    // saveCheckpoint refuses too, and leaves the directory as it was.
+    await expect(trainer.saveCheckpoint(dir)).rejects.toMatchObject({
+      code: 'ERR_NONFINITE_WEIGHTS', message: `Trainer.saveCheckpoint: params[0] holds NaN or Inf (step 2); nothing was saved, ${dir} is left as it was`,
+    });
+    expect((await readCheckpoint(dir)).step).toBe(1);
+    // The checkpoint resumes: its weights are the finite ones of step 1.
+    const q = tensor([0], { dtype: 'float64' }).requiresGrad_(true);
+    const again = new Trainer({ params: [q], train: [{ ids: [[0]] }], epochs: 4, optimizer: { lr: 0.1, weightDecay: 1e300 }, loss: () => q.sum() });
+    await again.loadCheckpoint(dir);
+    expect(Number.isFinite(q.item())).toBe(true);
+  });
+
+  test('without checkpoints, a run whose weights became NaN does not end as done; a NaN loss from NaN weights says so', async () => {
+    const poisoned = (steps: number) => {
+      const model = tinyModel(0);
+      const [name, layer] = loraLayers(model)[0];
+      const trainer = new Trainer({
+        model, train: examples().slice(0, steps), optimizer: { lr: 0.01 },
+        onStep: ({ step }) => void (step === 1 && layer.A!.fill_(Number.NaN)),
+      });
+      return { trainer, tensor: `'${name}.A'` };
+    };
+    const one = poisoned(1);
+    await expect(one.trainer.train()).rejects.toMatchObject({
+      code: 'ERR_NONFINITE_WEIGHTS', step: 1, tensor: one.tensor,
+      message: `Trainer: the trained weights hold NaN or Inf after step 1 (${one.tensor}); nothing was saved`,
+    });
+    const three = poisoned(3);
+    await expect(three.trainer.train()).rejects.toMatchObject({
+      code: 'ERR_NONFINITE_WEIGHTS', step: 1, tensor: three.tensor,
+      message: `Trainer: the trained weights hold NaN or Inf after step 1 (${three.tensor}), so the loss of step 2 is NaN; nothing was saved`,
+    });
+  });
+
   test('out of memory in a step becomes ERR_OUT_OF_MEMORY with the step', async () => {
     const p = tensor([1]).requiresGrad_(true);
     const trainer = new Trainer({

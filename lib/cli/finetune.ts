@@ -125,6 +125,8 @@ function fmtLr(v: number): string {
 }
 
 const CHECKPOINT = 'checkpoint';
+/** The largest finite float32: the adapters are trained in float32. */
+const FLOAT32_MAX = 3.4028234663852886e38;
 
 /** What the command stores with each checkpoint (Trainer metadata), to resume with the same options and data. */
 interface RunMetadata {
@@ -168,6 +170,10 @@ function resolveOptions(a: Record<string, unknown>, saved: Partial<Options> | un
     throw new UsageError(`--lr-schedule must be ${SCHEDULES.join(', ')}, got ${JSON.stringify(opts.lrSchedule)}`);
   }
   if (!(opts.alpha > 0)) throw new UsageError(`--alpha must be > 0, got ${opts.alpha}`);
+  if (opts.alpha / opts.r > FLOAT32_MAX) {
+    throw new UsageError(`--alpha ${opts.alpha} with --r ${opts.r} makes the LoRA scale alpha/r = ${fmtNum(opts.alpha / opts.r)}, beyond float32's range (about 3.4e+38), ` +
+      'so the adapter\'s outputs would be infinite; use an --alpha of the order of --r (alpha/r of 1 to 2 is usual)');
+  }
   if (!(opts.dropout >= 0 && opts.dropout < 1)) throw new UsageError(`--dropout must be in [0, 1), got ${opts.dropout}`);
   if (opts.device !== 'cpu' && opts.device !== 'cuda') throw new UsageError(`--device must be cpu or cuda, got ${JSON.stringify(opts.device)}`);
   if (!targetList(opts.target).length) throw new UsageError('--target needs at least one layer name, e.g. q_proj,v_proj');
@@ -250,11 +256,55 @@ async function readResumeState(dir: string): Promise<CheckpointInfo & { metadata
   return info as CheckpointInfo & { metadata: RunMetadata };
 }
 
+/** The LoRA scale alpha / r (finetune does not use rsLoRA). */
+function loraScale(opts: Options): number {
+  return opts.alpha / opts.r;
+}
+
+/** What to change when training produced NaN or Inf: the setting that makes it likely, else the learning rate. */
+function nonFiniteAdvice(opts: Options): string {
+  const scale = loraScale(opts);
+  if (scale > 100) {
+    return `the LoRA scale alpha/r = ${fmtNum(scale)} (--alpha ${opts.alpha}, --r ${opts.r}) is far above the usual 0.5 to 4 and makes the adapter's outputs overflow; lower --alpha`;
+  }
+  const decay = opts.lr * opts.weightDecay;
+  if (decay >= 1) {
+    return `--weight-decay ${opts.weightDecay} with --lr ${opts.lr} multiplies the weights by 1 - lr * weight-decay = ${fmtNum(1 - decay)} at every step; lower --weight-decay (0 to 0.1 is usual)`;
+  }
+  return `lower --lr (now ${opts.lr})`;
+}
+
+function fmtCount(n: number): string {
+  return n >= 1e9 ? `${fmtNum(n / 1e9)} billion` : n >= 1e6 ? `${fmtNum(n / 1e6)} million` : fmtInt(n);
+}
+
+function fmtBytes(n: number): string {
+  return n >= 2 ** 30 ? `${fmtNum(n / 2 ** 30)} GiB` : `${fmtNum(n / 2 ** 20)} MiB`;
+}
+
+function fmtNum(v: number): string {
+  return Math.abs(v) >= 1e6 || (v !== 0 && Math.abs(v) < 1e-3) ? v.toExponential(2) : String(Number(v.toPrecision(4)));
+}
+
+/** Sizes that tell what an out-of-memory error comes from: the adapter's parameters against the model's. */
+interface RunSizes {
+  adapter: number;
+  model: number;
+}
+
+/** The advice for an out-of-memory error: the rank when the adapter outweighs the model, else the batch. */
+function oomAdvice(opts: Options, sizes: RunSizes | null, more: string): string {
+  if (sizes && sizes.adapter > sizes.model) {
+    return `the adapter (--r ${opts.r}) has ${fmtCount(sizes.adapter)} parameters, more than the model's ${fmtCount(sizes.model)}, and training holds 4 floats for each: use a much smaller --r (8 to 64 is usual)`;
+  }
+  return `use a smaller --batch-size or --seq-len${more}`;
+}
+
 /** The command's message for what the Trainer throws (other errors pass through). */
-function cliError(e: unknown, opts: Options, ckptDir: string): unknown {
+function cliError(e: unknown, opts: Options, ckptDir: string, sizes: RunSizes | null = null): unknown {
   if (!(e instanceof TrainerError)) {
     if ((e as { code?: string }).code === 'ERR_OUT_OF_MEMORY') {
-      return new CliError(`out of memory (--batch-size ${opts.batchSize}, --seq-len ${opts.seqLen}): use a smaller --batch-size or --seq-len, or a smaller model`);
+      return new CliError(`out of memory (--batch-size ${opts.batchSize}, --seq-len ${opts.seqLen}): ${oomAdvice(opts, sizes, ', or a smaller model')}`);
     }
     return e;
   }
@@ -262,9 +312,15 @@ function cliError(e: unknown, opts: Options, ckptDir: string): unknown {
     case 'ERR_WARMUP_TOO_LONG':
       return new UsageError(`--warmup-steps ${e.warmupSteps} is more than the run's ${e.totalSteps} steps, after which the ${opts.lrSchedule} schedule reaches 0; use fewer warm-up steps`);
     case 'ERR_NONFINITE_LOSS':
-      return new CliError(`the training loss became ${e.loss} at step ${e.step}; lower --lr (now ${opts.lr})`);
+      return new CliError(`the training loss became ${e.loss} at step ${e.step}; ${nonFiniteAdvice(opts)}`);
+    case 'ERR_NONFINITE_WEIGHTS': {
+      const kept = e.checkpointStep !== undefined
+        ? `${opts.out} keeps the adapter and ${ckptDir} the checkpoint of step ${e.checkpointStep}`
+        : `no adapter or checkpoint of this run was written`;
+      return new CliError(`the trained weights became NaN or Inf by step ${e.step} (${e.tensor}); nothing was saved from it: ${kept}; ${nonFiniteAdvice(opts)}`);
+    }
     case 'ERR_OUT_OF_MEMORY':
-      return new CliError(`out of memory at step ${e.step} (--batch-size ${opts.batchSize}, --seq-len ${opts.seqLen}): use a smaller --batch-size or --seq-len (raise --grad-accum to keep the effective batch size)`);
+      return new CliError(`out of memory at step ${e.step} (--batch-size ${opts.batchSize}, --seq-len ${opts.seqLen}): ${oomAdvice(opts, sizes, ' (raise --grad-accum to keep the effective batch size)')}`);
     case 'ERR_CHECKPOINT_MISMATCH':
       return new CliError(e.mismatch === 'steps-per-epoch'
         ? `--resume: ${e.reason}; resume with the same data and options`
@@ -340,6 +396,7 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
   }
 
   let sigint: (() => void) | null = null;
+  let sizes: RunSizes | null = null;
   try {
     let model: LlamaForCausalLM;
     try {
@@ -370,7 +427,9 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
     manualSeed(opts.seed);
     const targets = targetList(opts.target);
     const allLinear = targets.length === 1 && targets[0] === 'all-linear';
-    const linearNames = [...model.namedModules()].filter(([, m]) => m instanceof Linear).map(([n]) => n);
+    const linears = [...model.namedModules()].filter((e): e is [string, Linear] => e[1] instanceof Linear);
+    const linearNames = linears.map(([n]) => n);
+    const modelParams = model.numParameters();
     let replaced: string[];
     try {
       replaced = injectLora(model, {
@@ -378,6 +437,13 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
         ...(allLinear ? { filter: (name: string) => name !== 'lm_head' } : { targetModules: targets }),
       });
     } catch (e) {
+      if ((e as { code?: string }).code === 'ERR_OUT_OF_MEMORY') {
+        // A and B alone did not fit: the rank is the cause, whatever the batch.
+        const chosen = linears.filter(([n]) => (allLinear ? n !== 'lm_head' : targets.some((t) => n === t || n.endsWith(`.${t}`))));
+        const adapter = chosen.reduce((sum, [, l]) => sum + opts.r * (l.inFeatures + l.outFeatures), 0);
+        throw new CliError(`out of memory creating the LoRA layers: --r ${opts.r} on ${chosen.length} layers is ${fmtCount(adapter)} adapter parameters ` +
+          `(${fmtBytes(adapter * 4)} in float32, about 4 times that to train), the model itself has ${fmtCount(modelParams)}; use a much smaller --r (8 to 64 is usual)`);
+      }
       if (!(e instanceof RangeError)) throw e;
       const parts = [...new Set(linearNames.map((n) => n.slice(n.lastIndexOf('.') + 1)))];
       const unmatched = targets.filter((t) => !linearNames.some((n) => n === t || n.endsWith(`.${t}`)));
@@ -431,6 +497,7 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
     const step = trainer.step;
 
     const trainable = trainer.params.reduce((s, p) => s + p.numel, 0);
+    sizes = { adapter: trainable, model: modelParams };
     const layerKinds = [...new Set(replaced.map((n) => n.slice(n.lastIndexOf('.') + 1)))];
     io.stdout(`model: ${modelDir} (${cfg.modelType}, ${cfg.numHiddenLayers} layers, hidden ${cfg.hiddenSize}, vocab ${cfg.vocabSize}), device ${opts.device}\n`);
     io.stdout(`lora: r=${opts.r} alpha=${opts.alpha} dropout=${opts.dropout} on ${replaced.length} layers (${layerKinds.join(', ')}), ${fmtInt(trainable)} trainable parameters\n`);
@@ -477,7 +544,7 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
     io.stdout(`adapter written to ${out}\n`);
     return 0;
   } catch (e) {
-    throw cliError(e, opts, ckptDir);
+    throw cliError(e, opts, ckptDir, sizes);
   } finally {
     if (sigint) process.removeListener('SIGINT', sigint);
   }

@@ -13,7 +13,7 @@ import {
 } from '../nn/transformer';
 import { Tensor, DType } from '../tensor';
 import { rand, randn, tensor } from '../creation';
-import { keep } from '../scope';
+import { tidy } from '../scope';
 import { noGrad } from '../autograd';
 import { DeviceSpec } from '../device';
 import { SafetensorsFile } from '../safetensors';
@@ -216,8 +216,18 @@ export class LlamaModel extends Module {
   embed_tokens: Embedding;
   layers: ModuleList;
   norm: RMSNorm;
-  /** Rotary tables by sequence length (constants, so they are cached; rebuilt when dtype or device change). */
-  private _rope = new Map<number, { cos: Tensor; sin: Tensor }>();
+  /**
+   * cos/sin of every position below `rows`, in float64: computed once for the longest sequence so
+   * far (grown, at least doubling, when a longer one comes). A row depends on its position only, so
+   * the first T rows are bit for bit the tables rotaryTables(T, ...) makes.
+   */
+  private _ropeHost: { rows: number; cos: Float64Array; sin: Float64Array } | null = null;
+  /**
+   * The tables of the last call, reused while the length, dtype and device stay (a training run
+   * repeats one length). Not kept: like any intermediate they belong to the caller's tidy() scope
+   * or to the garbage collector, so a model that sees many lengths holds one pair at most.
+   */
+  private _rope: { T: number; cos: Tensor; sin: Tensor } | null = null;
 
   constructor(readonly config: LlamaConfig, o: BuildOptions) {
     super();
@@ -227,15 +237,28 @@ export class LlamaModel extends Module {
   }
 
   private rope(T: number, dtype: DType, device: string): { cos: Tensor; sin: Tensor } {
-    let r = this._rope.get(T);
-    if (!r || r.cos.dtype !== dtype || r.cos.device !== device || r.cos.isDisposed || r.sin.isDisposed) {
-      const c = this.config;
-      r = rotaryTables(T, c.headDim, { theta: c.ropeTheta, scaling: c.ropeScaling, dtype: dtype as 'float32', device: device as DeviceSpec });
-      keep(r.cos);
-      keep(r.sin);
-      this._rope.set(T, r);
+    const r = this._rope;
+    if (r && r.T === T && r.cos.dtype === dtype && r.cos.device === device && !r.cos.isDisposed && !r.sin.isDisposed) return r;
+    const c = this.config;
+    const D = c.headDim;
+    let host = this._ropeHost;
+    if (!host || host.rows < T) {
+      const rows = Math.max(T, Math.min(2 * (host?.rows ?? 0), c.maxPositionEmbeddings));
+      const t = rotaryTables(rows, D, { theta: c.ropeTheta, scaling: c.ropeScaling, dtype: 'float64' });
+      try {
+        host = { rows, cos: t.cos.toArray() as Float64Array, sin: t.sin.toArray() as Float64Array };
+      } finally {
+        t.cos.dispose();
+        t.sin.dispose();
+      }
+      this._ropeHost = host;
     }
-    return r;
+    // The first T rows, converted as rotaryTables converts (float64 -> dtype).
+    const rows = (a: Float64Array) => (dtype === 'float64' ? a.slice(0, T * D) : Float32Array.from(a.subarray(0, T * D)));
+    const opts = { dtype: dtype as 'float32', shape: [T, D], device: device as DeviceSpec };
+    const next = { T, cos: tensor(rows(host.cos), opts), sin: tensor(rows(host.sin), opts) };
+    this._rope = next;
+    return next;
   }
 
   /** ids int32 [B, T] -> hidden states [B, T, D] after the final norm. */
@@ -383,7 +406,8 @@ export class LlamaForCausalLM extends Module {
     try {
       noGrad(() => {
         for (let step = 0; step < maxNew && done.some((d) => !d); step++) {
-          const logits = this.lastLogits(rows);
+          // Each step's tensors (the rotary tables among them) are freed when it ends.
+          const logits = tidy(() => this.lastLogits(rows));
           const u = doSample ? rand([rows.length]).toArray() : null;
           rows.forEach((row, b) => {
             // Finished rows still run (the batch keeps one length); their tokens are dropped below.
