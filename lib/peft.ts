@@ -12,6 +12,7 @@ import { Tensor } from './tensor';
 import { noGrad } from './autograd';
 import { SafetensorsFile, saveSafetensors } from './safetensors';
 import { stageFile } from './atomic';
+import { READ_LIMITS, pathExists, readJsonFile, readWholeFile } from './fsio';
 import { allFinite } from './ops/elementwise';
 import { checkOptions, checkKnownKeys, describe, typeError } from './errors';
 
@@ -32,7 +33,8 @@ export interface SaveAdapterOptions {
  */
 async function writePair(weightsFile: string, tensors: Record<string, Tensor>, metadata: Record<string, string>,
   configFile: string, content: string): Promise<void> {
-  const old = await fs.promises.readFile(configFile, 'utf8').catch(() => null);
+  // Only compared with the new content: a config that cannot be read is replaced (a FIFO there is not waited on).
+  const old = await readWholeFile('saveAdapter', configFile, READ_LIMITS.config).then((b) => b.toString('utf8'), () => null);
   const staged = old === content ? null : await stageFile(configFile, content);
   try {
     await saveSafetensors(weightsFile, tensors, { metadata });
@@ -285,10 +287,10 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
   const cfgPath = path.join(dir, CONFIG);
   let cfg: Record<string, unknown>;
   try {
-    cfg = JSON.parse(await fs.promises.readFile(cfgPath, 'utf8'));
+    cfg = await readJsonFile(where, cfgPath, READ_LIMITS.config) as Record<string, unknown>;
   } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    throw new Error(err.code === 'ENOENT' ? `${where}: ${cfgPath} not found (not a PEFT adapter directory)` : `${where}: cannot read ${cfgPath}: ${err.message}`);
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    throw new Error(`${where}: ${cfgPath} not found (not a PEFT adapter directory)`);
   }
   if (cfg === null || typeof cfg !== 'object' || Array.isArray(cfg)) fail(where, `${CONFIG} is not a JSON object`);
   if (cfg.peft_type !== 'LORA') fail(where, `${CONFIG}: peft_type is ${describe(cfg.peft_type)}, only "LORA" is supported`);
@@ -320,7 +322,7 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
   const selected = linears.filter((n) => targeted(n) && !excluded(n));
 
   const weightsPath = path.join(dir, WEIGHTS);
-  if (!fs.existsSync(weightsPath)) {
+  if (!pathExists(where, weightsPath)) {
     const bin = fs.existsSync(path.join(dir, 'adapter_model.bin'));
     fail(where, `${weightsPath} not found${bin ? ' (adapter_model.bin is a PyTorch pickle and is not supported; save with safe_serialization=True)' : ''}`);
   }

@@ -17,6 +17,7 @@ import { keep } from '../scope';
 import { noGrad } from '../autograd';
 import { DeviceSpec } from '../device';
 import { SafetensorsFile } from '../safetensors';
+import { READ_LIMITS, pathExists, readJsonFile } from '../fsio';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, checkKnownKeys, describe, rangeError, typeError } from '../errors';
 
 /** A parsed config.json of a supported architecture. */
@@ -441,12 +442,10 @@ export class LlamaForCausalLM extends Module {
     const configPath = path.join(dir, 'config.json');
     let raw: unknown;
     try {
-      raw = JSON.parse(await fs.promises.readFile(configPath, 'utf8'));
+      raw = await readJsonFile(where, configPath, READ_LIMITS.config);
     } catch (e) {
-      const err = e as NodeJS.ErrnoException;
-      throw new Error(err.code === 'ENOENT'
-        ? `${where}: ${configPath} not found (expected a Hugging Face checkpoint directory with config.json and model.safetensors)`
-        : `${where}: cannot read ${configPath}: ${err.message}`);
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      throw new Error(`${where}: ${configPath} not found (expected a Hugging Face checkpoint directory with config.json and model.safetensors)`);
     }
     const config = parseLlamaConfig(raw, where);
     const files = await weightFiles(where, dir);
