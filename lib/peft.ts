@@ -12,7 +12,7 @@ import { Tensor } from './tensor';
 import { noGrad } from './autograd';
 import { SafetensorsFile, saveSafetensors } from './safetensors';
 import { stageFile } from './atomic';
-import { READ_LIMITS, pathExists, readJsonFile, readWholeFile } from './fsio';
+import { READ_LIMITS, pathExists, readJsonFile, readWholeFile, realPathOf } from './fsio';
 import { allFinite } from './ops/elementwise';
 import { checkOptions, checkKnownKeys, describe, typeError } from './errors';
 
@@ -23,6 +23,26 @@ const WEIGHTS = 'adapter_model.safetensors';
 export interface SaveAdapterOptions {
   /** Written as base_model_name_or_path (PEFT uses it to find the base model). */
   baseModelNameOrPath?: string | null;
+}
+
+/** The last save queued for each directory, by its real path (see inTurn). */
+const savesInTurn = new Map<string, Promise<void>>();
+
+/**
+ * Runs `save` after every save into `dir` called before it, by the directory's real path (so through
+ * any link to it too): saves at once into one directory would interleave their renames and could leave
+ * the weights of one beside the config of another. Called synchronously by the saving function, so
+ * the saves run in the order of the calls and the last call's files are the ones left.
+ */
+function inTurn(dir: string, save: () => Promise<void>): Promise<void> {
+  const key = realPathOf(dir);
+  const mine = (savesInTurn.get(key) ?? Promise.resolve()).then(save);
+  const settled = mine.then(() => undefined, () => undefined);
+  savesInTurn.set(key, settled);
+  void settled.then(() => {
+    if (savesInTurn.get(key) === settled) savesInTurn.delete(key);
+  });
+  return mine;
 }
 
 /**
@@ -156,9 +176,11 @@ export async function saveAdapter(model: Module, dir: string, options?: SaveAdap
     alpha_pattern: alphaPattern,
     revision: null,
   };
-  await fs.promises.mkdir(dir, { recursive: true });
-  await writePair(path.join(dir, WEIGHTS), tensors, { format: 'pt', [CONFIG_METADATA]: weightsConfig(config) },
-    path.join(dir, CONFIG), JSON.stringify(config, null, 2) + '\n');
+  await inTurn(dir, async () => {
+    await fs.promises.mkdir(dir, { recursive: true });
+    await writePair(path.join(dir, WEIGHTS), tensors, { format: 'pt', [CONFIG_METADATA]: weightsConfig(config) },
+      path.join(dir, CONFIG), JSON.stringify(config, null, 2) + '\n');
+  });
 }
 
 function fail(where: string, msg: string): never {
@@ -474,14 +496,16 @@ export async function saveMerged(model: Module & { config?: { raw?: Record<strin
   const tied = head !== undefined && embed !== undefined && head._store === embed._store;
   if (tied) delete out['lm_head.weight'];
   try {
-    await fs.promises.mkdir(dir, { recursive: true });
-    if (model.config?.raw) {
-      const cfg: Record<string, unknown> = { ...model.config.raw, torch_dtype: 'float32' };
-      if (!tied && head !== undefined && cfg.tie_word_embeddings === true) cfg.tie_word_embeddings = false;
-      await writePair(path.join(dir, 'model.safetensors'), out, { format: 'pt' }, path.join(dir, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
-    } else {
-      await saveSafetensors(path.join(dir, 'model.safetensors'), out, { metadata: { format: 'pt' } });
-    }
+    await inTurn(dir, async () => {
+      await fs.promises.mkdir(dir, { recursive: true });
+      if (model.config?.raw) {
+        const cfg: Record<string, unknown> = { ...model.config.raw, torch_dtype: 'float32' };
+        if (!tied && head !== undefined && cfg.tie_word_embeddings === true) cfg.tie_word_embeddings = false;
+        await writePair(path.join(dir, 'model.safetensors'), out, { format: 'pt' }, path.join(dir, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
+      } else {
+        await saveSafetensors(path.join(dir, 'model.safetensors'), out, { metadata: { format: 'pt' } });
+      }
+    });
   } finally {
     for (const t of temps) t.dispose();
   }

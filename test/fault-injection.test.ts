@@ -119,6 +119,27 @@ describe('a save that fails half-way (disk full) leaves the previous adapter as 
   });
 });
 
+// ================================================================ concurrent saves
+
+describe('concurrent saves to one directory in one process', () => {
+  test('run one after another: after each round the weights and config are those of the last save, and they load', async () => {
+    const dir = path.join(tmp, 'concurrent');
+    fs.mkdirSync(dir);
+    // Another name for the same directory: saves are serialised by its real path.
+    const alias = path.join(tmp, 'concurrent-alias');
+    fs.symlinkSync(dir, alias);
+    const versions = [4, 8, 16, 32].map((alpha, i) => ({ alpha, m: model(alpha, 10 + i) }));
+    for (let round = 0; round < 40; round++) {
+      const order = round % 2 ? [...versions].reverse() : versions;
+      await Promise.all(order.map(({ m }, i) => saveAdapter(m, i % 2 ? alias : dir)));
+      const last = order[order.length - 1];
+      expect([round, JSON.parse(fs.readFileSync(path.join(dir, 'adapter_config.json'), 'utf8')).lora_alpha]).toEqual([round, last.alpha]);
+      await expectLoads(dir, last.m);
+    }
+    expect(Object.keys(files(dir))).toEqual(['adapter_config.json', 'adapter_model.safetensors']);
+  });
+});
+
 // ============================================================ killed while saving
 
 /** Runs a child, calls onLine for each stdout line; resolves with how it ended. */
