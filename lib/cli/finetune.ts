@@ -265,6 +265,12 @@ function cliError(e: unknown, opts: Options, ckptDir: string): unknown {
       return new CliError(`the training loss became ${e.loss} at step ${e.step}; lower --lr (now ${opts.lr})`);
     case 'ERR_OUT_OF_MEMORY':
       return new CliError(`out of memory at step ${e.step} (--batch-size ${opts.batchSize}, --seq-len ${opts.seqLen}): use a smaller --batch-size or --seq-len (raise --grad-accum to keep the effective batch size)`);
+    case 'ERR_CHECKPOINT_WRITE':
+      return new CliError(`${oneLine(e.message).replace(/^Trainer\.saveCheckpoint: /, '')}; ${e.previousStep != null
+        ? `once the cause is fixed, continue from step ${e.previousStep} with --resume`
+        : 'run again once the cause is fixed'}`);
+    case 'ERR_CHECKPOINT_DAMAGED':
+      return new CliError(`--resume: ${oneLine(e.message).replace(/^[\w.]+: /, '')}; delete ${ckptDir} to start fresh`);
     case 'ERR_CHECKPOINT_MISMATCH':
       return new CliError(e.mismatch === 'steps-per-epoch'
         ? `--resume: ${e.reason}; resume with the same data and options`
@@ -422,7 +428,14 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
         io.stdout(`eval step ${ev.step}: loss ${fmtLoss(ev.loss)} (${evalSet.length} examples, ${fmtInt(ev.targets)} target tokens)\n`);
       },
       onCheckpoint: async (c) => {
-        await saveTo(out);
+        try {
+          await saveTo(out);
+        } catch (e) {
+          const err = e as NodeJS.ErrnoException;
+          if (!err.syscall) throw e;
+          // The adapter is written atomically: what was there is as it was, and the checkpoint is complete.
+          throw new CliError(`cannot write the adapter to ${out} (${oneLine(err.message)}); the adapter there is as it was, and the checkpoint of step ${c.step} in ${ckptDir} is complete: once the cause is fixed, continue with --resume`);
+        }
         if (c.reason === 'periodic') io.stdout(`checkpoint at step ${c.step} written to ${out}\n`);
       },
     });
