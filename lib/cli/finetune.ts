@@ -250,7 +250,7 @@ async function readResumeState(dir: string): Promise<CheckpointInfo & { metadata
   }
   const m = info.metadata as Partial<RunMetadata>;
   const data = m.data as RunMetadata['data'] | undefined;
-  if (!m.args || typeof m.args !== 'object' || !data || typeof data.sha256 !== 'string' || !Number.isInteger(data.examples)) throw notOurs();
+  if (!m.args || typeof m.args !== 'object' || Array.isArray(m.args) || !data || typeof data.sha256 !== 'string' || !Number.isInteger(data.examples)) throw notOurs();
   const problem = savedArgsProblem(m.args as Record<string, unknown>) ??
     (/^[0-9a-f]{64}$/.test(data.sha256) ? null : `"data.sha256" must be a SHA-256 in hex, got ${describe(data.sha256)}`) ??
     (data.examples >= 1 ? null : `"data.examples" must be at least 1, got ${data.examples}`);
