@@ -156,26 +156,52 @@ function swapNames(target: string): { parent: string; tmpPrefix: string; oldPref
  * Replaces the directory `target` with a new one, as a unit: `fill` writes the new content into a
  * temporary directory beside it (`.NAME-tmp-PID`), which is fsynced and swapped in with two renames
  * (the old directory to `.NAME-old-PID`, the new one into place), after which the old one is removed.
- * A failure in `fill` removes the temporary directory and leaves `target` as it was. A kill between
- * the two renames leaves no `target` and the complete old one aside: call recoverDir before reading.
+ * Any failure (in `fill`, or a rename refused) removes the temporary directory and leaves `target` as
+ * it was: an old directory already moved aside is renamed back. Only when that too fails, or after a
+ * kill between the two renames, is there no `target` and the complete old one aside: recoverDir puts
+ * it back (call it before reading), and asideDirs names it.
  */
 export async function replaceDir(target: string, fill: (dir: string) => Promise<void>): Promise<void> {
   const { parent, tmpPrefix, oldPrefix } = swapNames(target);
   const tmp = path.join(parent, `${tmpPrefix}${process.pid}`);
   const old = path.join(parent, `${oldPrefix}${process.pid}`);
+  const removeTmp = () => fs.promises.rm(tmp, { recursive: true, force: true }).catch(() => undefined);
   await fs.promises.rm(tmp, { recursive: true, force: true });
-  await fs.promises.mkdir(tmp, { recursive: true });
   try {
+    await fs.promises.mkdir(tmp, { recursive: true });
     await fill(tmp);
+    await runAsync(syncDirOps(tmp));
+    await fs.promises.rm(old, { recursive: true, force: true });
   } catch (e) {
-    await fs.promises.rm(tmp, { recursive: true, force: true }).catch(() => undefined);
+    await removeTmp();
     throw e;
   }
-  await runAsync(syncDirOps(tmp));
-  await fs.promises.rm(old, { recursive: true, force: true });
-  if (fs.existsSync(target)) await runAsync(renameOps(target, old));
-  await runAsync(renameOps(tmp, target));
-  await fs.promises.rm(old, { recursive: true, force: true });
+  let movedAside = false;
+  try {
+    if (fs.existsSync(target)) {
+      await runAsync(renameOps(target, old));
+      movedAside = true;
+    }
+    await runAsync(renameOps(tmp, target));
+  } catch (e) {
+    if (movedAside) await runAsync(renameOps(old, target)).catch(() => undefined);
+    await removeTmp();
+    throw e;
+  }
+  // The new directory is in place; a failure to remove the old one only leaves it for recoverDir.
+  await fs.promises.rm(old, { recursive: true, force: true }).catch(() => undefined);
+}
+
+/** The complete old directories that an interrupted replaceDir of `target` left beside it (by `isComplete`). */
+export function asideDirs(target: string, isComplete: (dir: string) => boolean = (d) => fs.existsSync(d)): string[] {
+  const { parent, oldPrefix } = swapNames(target);
+  let names: string[];
+  try {
+    names = fs.readdirSync(parent);
+  } catch {
+    return [];
+  }
+  return names.filter((n) => n.startsWith(oldPrefix)).map((n) => path.join(parent, n)).filter(isComplete);
 }
 
 /**

@@ -10,6 +10,7 @@ import { DeviceSpec } from './device';
 import { checkBool, checkNumber, checkKnownKeys, describe, rangeError, typeError } from './errors';
 import { SafetensorsFile, saveSafetensors } from './safetensors';
 import { mergedAdapterRole } from './lora';
+import { MAX_JSON_CONTAINERS, MAX_JSON_DEPTH, scanJsonShape } from './fsio';
 
 export interface AdamOptions {
   /** Learning rate (> 0). Default 1e-3. */
@@ -371,6 +372,11 @@ export async function readOptimizerState(where: string, optimizer: Adam, file: s
       const raw = st.metadata[STATE_METADATA];
       if (raw === undefined) fail(`no "${STATE_METADATA}" metadata: not an optimiser state written by saveOptimizerState`);
       let parsed: unknown;
+      // Bounded before JSON.parse: the metadata is a string in the header, so the header's own check does not see inside it.
+      const shape = scanJsonShape(Buffer.from(raw as string, 'utf8'));
+      if (shape.depth > MAX_JSON_DEPTH || shape.containers > MAX_JSON_CONTAINERS) {
+        fail(`the "${STATE_METADATA}" metadata nests deeper than ${MAX_JSON_DEPTH} levels or holds more than ${MAX_JSON_CONTAINERS} objects and arrays`);
+      }
       try {
         parsed = JSON.parse(raw as string);
       } catch (e) {

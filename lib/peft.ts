@@ -12,6 +12,7 @@ import { Tensor } from './tensor';
 import { noGrad } from './autograd';
 import { SafetensorsFile, saveSafetensors } from './safetensors';
 import { stageFile } from './atomic';
+import { READ_LIMITS, pathExists, readJsonFile, readWholeFile, realPathOf } from './fsio';
 import { allFinite } from './ops/elementwise';
 import { checkOptions, checkKnownKeys, describe, typeError } from './errors';
 
@@ -24,6 +25,26 @@ export interface SaveAdapterOptions {
   baseModelNameOrPath?: string | null;
 }
 
+/** The last save queued for each directory, by its real path (see inTurn). */
+const savesInTurn = new Map<string, Promise<void>>();
+
+/**
+ * Runs `save` after every save into `dir` called before it, by the directory's real path (so through
+ * any link to it too): saves at once into one directory would interleave their renames and could leave
+ * the weights of one beside the config of another. Called synchronously by the saving function, so
+ * the saves run in the order of the calls and the last call's files are the ones left.
+ */
+function inTurn(dir: string, save: () => Promise<void>): Promise<void> {
+  const key = realPathOf(dir);
+  const mine = (savesInTurn.get(key) ?? Promise.resolve()).then(save);
+  const settled = mine.then(() => undefined, () => undefined);
+  savesInTurn.set(key, settled);
+  void settled.then(() => {
+    if (savesInTurn.get(key) === settled) savesInTurn.delete(key);
+  });
+  return mine;
+}
+
 /**
  * Writes `weights` with saveSafetensors and `content` to `configFile`, so that a failure while
  * writing either (a full disk) leaves both files as they were: the config is staged beside its target
@@ -32,7 +53,8 @@ export interface SaveAdapterOptions {
  */
 async function writePair(weightsFile: string, tensors: Record<string, Tensor>, metadata: Record<string, string>,
   configFile: string, content: string): Promise<void> {
-  const old = await fs.promises.readFile(configFile, 'utf8').catch(() => null);
+  // Only compared with the new content: a config that cannot be read is replaced (a FIFO there is not waited on).
+  const old = await readWholeFile('saveAdapter', configFile, READ_LIMITS.config).then((b) => b.toString('utf8'), () => null);
   const staged = old === content ? null : await stageFile(configFile, content);
   try {
     await saveSafetensors(weightsFile, tensors, { metadata });
@@ -156,9 +178,11 @@ export async function saveAdapter(model: Module, dir: string, options?: SaveAdap
     alpha_pattern: alphaPattern,
     revision: null,
   };
-  await fs.promises.mkdir(dir, { recursive: true });
-  await writePair(path.join(dir, WEIGHTS), tensors, { format: 'pt', [CONFIG_METADATA]: weightsConfig(config) },
-    path.join(dir, CONFIG), JSON.stringify(config, null, 2) + '\n');
+  await inTurn(dir, async () => {
+    await fs.promises.mkdir(dir, { recursive: true });
+    await writePair(path.join(dir, WEIGHTS), tensors, { format: 'pt', [CONFIG_METADATA]: weightsConfig(config) },
+      path.join(dir, CONFIG), JSON.stringify(config, null, 2) + '\n');
+  });
 }
 
 function fail(where: string, msg: string): never {
@@ -287,10 +311,10 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
   const cfgPath = path.join(dir, CONFIG);
   let cfg: Record<string, unknown>;
   try {
-    cfg = JSON.parse(await fs.promises.readFile(cfgPath, 'utf8'));
+    cfg = await readJsonFile(where, cfgPath, READ_LIMITS.config) as Record<string, unknown>;
   } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    throw new Error(err.code === 'ENOENT' ? `${where}: ${cfgPath} not found (not a PEFT adapter directory)` : `${where}: cannot read ${cfgPath}: ${err.message}`);
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    throw new Error(`${where}: ${cfgPath} not found (not a PEFT adapter directory)`);
   }
   if (cfg === null || typeof cfg !== 'object' || Array.isArray(cfg)) fail(where, `${CONFIG} is not a JSON object`);
   if (cfg.peft_type !== 'LORA') fail(where, `${CONFIG}: peft_type is ${describe(cfg.peft_type)}, only "LORA" is supported`);
@@ -328,7 +352,7 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
   const selected = linears.filter((n) => targeted(n) && !excluded(n));
 
   const weightsPath = path.join(dir, WEIGHTS);
-  if (!fs.existsSync(weightsPath)) {
+  if (!pathExists(where, weightsPath)) {
     const bin = fs.existsSync(path.join(dir, 'adapter_model.bin'));
     fail(where, `${weightsPath} not found${bin ? ' (adapter_model.bin is a PyTorch pickle and is not supported; save with safe_serialization=True)' : ''}`);
   }
@@ -519,14 +543,16 @@ export async function saveMerged(model: Module & { config?: { raw?: Record<strin
   const tied = head !== undefined && embed !== undefined && head._store === embed._store;
   if (tied) delete out['lm_head.weight'];
   try {
-    await fs.promises.mkdir(dir, { recursive: true });
-    if (model.config?.raw) {
-      const cfg: Record<string, unknown> = { ...model.config.raw, torch_dtype: 'float32' };
-      if (!tied && head !== undefined && cfg.tie_word_embeddings === true) cfg.tie_word_embeddings = false;
-      await writePair(path.join(dir, 'model.safetensors'), out, { format: 'pt' }, path.join(dir, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
-    } else {
-      await saveSafetensors(path.join(dir, 'model.safetensors'), out, { metadata: { format: 'pt' } });
-    }
+    await inTurn(dir, async () => {
+      await fs.promises.mkdir(dir, { recursive: true });
+      if (model.config?.raw) {
+        const cfg: Record<string, unknown> = { ...model.config.raw, torch_dtype: 'float32' };
+        if (!tied && head !== undefined && cfg.tie_word_embeddings === true) cfg.tie_word_embeddings = false;
+        await writePair(path.join(dir, 'model.safetensors'), out, { format: 'pt' }, path.join(dir, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
+      } else {
+        await saveSafetensors(path.join(dir, 'model.safetensors'), out, { metadata: { format: 'pt' } });
+      }
+    });
   } finally {
     for (const t of temps) t.dispose();
   }

@@ -23,7 +23,7 @@ import { constants as bufferConstants } from 'buffer';
 import { DType, Tensor } from './tensor';
 import { tensor } from './creation';
 import { checkKnownKeys, checkOneOf, checkOptions, rangeError, typeError } from './errors';
-import { Io, quietly, readFully, runAsync, runSync, writeFully } from './fsio';
+import { Io, MAX_JSON_CONTAINERS, openForReading, quietly, readFully, runAsync, runSync, scanJsonShape, writeFully } from './fsio';
 import { atomicWriteOps } from './atomic';
 
 // ================================================================== types
@@ -233,8 +233,9 @@ interface ParsedHeader {
 }
 
 /**
- * One pass over (already valid) JSON text: rejects nesting deeper than MAX_JSON_DEPTH and duplicate keys
- * in the top-level object and in the objects directly inside it (JSON.parse would keep the last silently).
+ * One pass over (already valid) JSON text: rejects duplicate keys in the top-level object and in the
+ * objects directly inside it (JSON.parse would keep the last silently). The nesting was bounded
+ * before the parse (scanJsonShape); the check here stays for callers that skip that.
  */
 function scanJson(text: string, fail: (problem: string) => never): void {
   interface Frame { obj: boolean; expectKey: boolean; keys: Set<string> | null; lastKey: string }
@@ -299,6 +300,10 @@ function parseHeader(where: string, path: string, bytes: Uint8Array, fileSize: n
   } catch {
     return fail('the header is not valid UTF-8');
   }
+  // Before JSON.parse, which would spend the heap on deep nesting.
+  const shape = scanJsonShape(bytes, MAX_JSON_DEPTH);
+  if (shape.depth > MAX_JSON_DEPTH) fail(`the header's JSON nests deeper than ${MAX_JSON_DEPTH} levels`);
+  if (shape.containers > MAX_JSON_CONTAINERS) fail(`the header's JSON has more than ${MAX_JSON_CONTAINERS} objects and arrays`);
   let root: unknown;
   try {
     root = JSON.parse(text);
@@ -403,12 +408,9 @@ function checkPath(where: string, path: unknown): string {
 }
 
 function* openOps(where: string, path: string): Io<{ fd: number; header: ParsedHeader }> {
-  const fd = (yield { kind: 'open', path, flags: 'r' }) as number;
+  const fail = (problem: string) => new SafetensorsError(where, path, problem);
+  const { fd, size } = yield* openForReading(where, path, fail);
   try {
-    const fail = (problem: string) => new SafetensorsError(where, path, problem);
-    const st = (yield { kind: 'fstat', fd }) as fs.Stats;
-    if (!st.isFile()) throw fail('it is not a regular file');
-    const size = st.size;
     if (size < 8) throw fail(`the file has ${size} bytes, fewer than the 8-byte header length`);
     const truncated = () => fail('the file became shorter while it was being read');
     const prefix = new Uint8Array(8);

@@ -1,9 +1,9 @@
 // Tokenizers from a checkpoint directory's tokenizer.json, through
 // @huggingface/tokenizers (pure JS; nothing is downloaded).
-import * as fs from 'fs';
 import * as path from 'path';
 import { Tokenizer as HFTokenizer } from '@huggingface/tokenizers';
 import { typeError } from './errors';
+import { READ_LIMITS, readJsonFile } from './fsio';
 
 /** What encode() returns. */
 export interface Encoding {
@@ -41,22 +41,15 @@ export async function loadTokenizer(dir: string): Promise<Tokenizer> {
   if (typeof dir !== 'string' || dir === '') throw typeError(where, 'dir', 'a directory path', dir);
   const read = async (name: string, required: boolean): Promise<Record<string, unknown>> => {
     const file = path.join(dir, name);
-    let text: string;
     try {
-      text = await fs.promises.readFile(file, 'utf8');
+      return await readJsonFile(where, file, READ_LIMITS.large) as Record<string, unknown>;
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
-      if (!required && code === 'ENOENT') return {};
-      const err = new Error(code === 'ENOENT'
-        ? `${where}: ${dir} has no ${name} (copy ${name} from the base model's repository into this directory; only tokenizer.json tokenizers are supported)`
-        : `${where}: cannot read ${file}: ${(e as Error).message}`);
+      if (code !== 'ENOENT') throw e;
+      if (!required) return {};
+      const err = new Error(`${where}: ${dir} has no ${name} (copy ${name} from the base model's repository into this directory; only tokenizer.json tokenizers are supported)`);
       (err as NodeJS.ErrnoException).code = code;
       throw err;
-    }
-    try {
-      return JSON.parse(text);
-    } catch (e) {
-      throw new Error(`${where}: ${file} is not valid JSON: ${(e as Error).message}`);
     }
   };
   const json = await read('tokenizer.json', true);

@@ -22,7 +22,8 @@ import { getRngState, setRngState } from './random';
 import { getLoraAB, loraLayers } from './lora';
 import { loadAdapter, saveAdapter } from './peft';
 import { SafetensorsFile, saveSafetensors } from './safetensors';
-import { recoverDir, replaceDir, writeFileAtomic } from './atomic';
+import { asideDirs, recoverDir, replaceDir, writeFileAtomic } from './atomic';
+import { READ_LIMITS, pathExists, readJsonFile } from './fsio';
 import { checkInt, checkKnownKeys, checkNumber, checkOneOf, checkOptions, describe, typeError } from './errors';
 import { allFinite } from './ops/elementwise';
 
@@ -174,7 +175,8 @@ export type TrainerErrorCode =
   | 'ERR_CHECKPOINT_NOT_FOUND'
   | 'ERR_CHECKPOINT_DAMAGED'
   | 'ERR_CHECKPOINT_FORMAT'
-  | 'ERR_CHECKPOINT_MISMATCH';
+  | 'ERR_CHECKPOINT_MISMATCH'
+  | 'ERR_CHECKPOINT_WRITE';
 
 /** A failure of a training run or of a checkpoint, with a code and the facts a caller needs to explain it. */
 export class TrainerError extends Error {
@@ -196,10 +198,12 @@ export class TrainerError extends Error {
   readonly mismatch?: 'steps-per-epoch' | 'state';
   /** The underlying problem, without the context the message adds. */
   readonly reason?: string;
+  /** ERR_CHECKPOINT_WRITE: the step of the checkpoint still there to resume from, or null. */
+  readonly previousStep?: number | null;
 
   constructor(code: TrainerErrorCode, message: string, details: {
     step?: number; loss?: number; tensor?: string; checkpointStep?: number; totalSteps?: number; warmupSteps?: number; path?: string;
-    mismatch?: 'steps-per-epoch' | 'state'; reason?: string; cause?: unknown;
+    mismatch?: 'steps-per-epoch' | 'state'; reason?: string; previousStep?: number | null; cause?: unknown;
   } = {}) {
     const { cause, ...rest } = details;
     super(message, cause === undefined ? undefined : { cause });
@@ -265,38 +269,83 @@ function isCheckpoint(dir: string): boolean {
   return fs.existsSync(path.join(dir, STATE_FILE));
 }
 
+/** The step of the checkpoint in `dir` as its trainer_state.json says, or null (none, or unreadable). */
+async function stepOf(dir: string): Promise<number | null> {
+  try {
+    const s = await readJsonFile('Trainer', path.join(dir, STATE_FILE), READ_LIMITS.config) as { step?: unknown } | null;
+    return typeof s?.step === 'number' && Number.isSafeInteger(s.step) ? s.step : null;
+  } catch {
+    return null;
+  }
+}
+
+const TWO_64 = 2n ** 64n;
+
+/** A plain object (not null, not an array). */
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+/**
+ * What is wrong with a trainer_state.json whose format and version are known, or null: every field is
+ * checked, so that a damaged file is refused here with its fault named instead of failing later.
+ */
+function stateProblem(s: Record<string, unknown>): string | null {
+  const count = (k: string, min: number): string | null => {
+    const v = s[k];
+    return typeof v === 'number' && Number.isSafeInteger(v) && v >= min ? null : `"${k}" must be an integer >= ${min}, got ${describe(v)}`;
+  };
+  const bad = count('step', 0) ?? count('totalSteps', 0) ?? count('stepsPerEpoch', 1);
+  if (bad) return bad;
+  const { step, totalSteps, stepsPerEpoch } = s as { step: number; totalSteps: number; stepsPerEpoch: number };
+  if (step > totalSteps) return `"step" ${step} is past "totalSteps" ${totalSteps}`;
+  if (totalSteps % stepsPerEpoch !== 0) return `"totalSteps" ${totalSteps} is not a whole number of epochs of "stepsPerEpoch" ${stepsPerEpoch}`;
+  if (!isRecord(s.rng)) return `"rng" must be an object { seed, offset }, got ${describe(s.rng)}`;
+  for (const k of ['seed', 'offset'] as const) {
+    const v = s.rng[k];
+    if (typeof v !== 'string' || !/^\d+$/.test(v) || BigInt(v) >= TWO_64) return `"rng.${k}" must be a decimal string of an integer in [0, 2^64), got ${describe(v)}`;
+  }
+  if (s.version === VERSION) {
+    if (!isRecord(s.metadata)) return `"metadata" must be an object, got ${describe(s.metadata)}`;
+    return null;
+  }
+  const o = s.optimizer;
+  if (!isRecord(o)) return `"optimizer" must be an object { steps, paramGroups }, got ${describe(o)}`;
+  if (!isRecord(o.steps)) return `"optimizer.steps" must be an object, got ${describe(o.steps)}`;
+  if (!Array.isArray(o.paramGroups)) return `"optimizer.paramGroups" must be an array, got ${describe(o.paramGroups)}`;
+  for (const k of ['data', 'args'] as const) if (!isRecord(s[k])) return `"${k}" must be an object, got ${describe(s[k])}`;
+  return null;
+}
+
 async function readState(dir: string): Promise<StateV1 | StateV2> {
   const where = 'readCheckpoint';
   await recoverDir(dir, isCheckpoint);
   const file = path.join(dir, STATE_FILE);
-  let s: StateV1 | StateV2;
+  let s: unknown;
   try {
-    s = JSON.parse(await fs.promises.readFile(file, 'utf8'));
+    s = await readJsonFile(where, file, READ_LIMITS.config);
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
     if (err.code === 'ENOENT' || err.code === 'ENOTDIR') throw new TrainerError('ERR_CHECKPOINT_NOT_FOUND', `${where}: no checkpoint in ${dir} (no ${STATE_FILE})`, { path: dir });
-    throw new TrainerError('ERR_CHECKPOINT_DAMAGED', `${where}: ${file} is damaged: ${err.message}`, { path: file, reason: err.message, cause: e });
+    // The reader's message, about the file by its name (the message names the whole path once).
+    const reason = err.message.replace(`${where}: ${file}`, STATE_FILE);
+    throw new TrainerError('ERR_CHECKPOINT_DAMAGED', `${where}: ${file} is damaged: ${reason}`, { path: file, reason, cause: e });
   }
-  const counts = (o: { step?: unknown; totalSteps?: unknown; stepsPerEpoch?: unknown }) =>
-    [o.step, o.totalSteps, o.stepsPerEpoch].every((v) => Number.isInteger(v) && (v as number) >= 0);
-  const rngOk = (r: unknown) => {
-    const o = r as { seed?: unknown; offset?: unknown } | null;
-    return !!o && typeof o === 'object' && [o.seed, o.offset].every((v) => typeof v === 'string' && /^\d+$/.test(v));
-  };
-  const ok = s !== null && typeof s === 'object' && counts(s) && rngOk(s.rng) && (
-    (s.format === FORMAT && s.version === VERSION && s.metadata !== null && typeof s.metadata === 'object') ||
-    (s.format === V1_FORMAT && s.version === 1 && !!s.optimizer && typeof s.optimizer === 'object' && !!s.args));
-  if (!ok) {
+  const known = isRecord(s) && ((s.format === FORMAT && s.version === VERSION) || (s.format === V1_FORMAT && s.version === 1));
+  if (!known) {
     throw new TrainerError('ERR_CHECKPOINT_FORMAT', `${where}: ${file} is not a checkpoint of a version this library reads (${FORMAT} ${VERSION}, or ${V1_FORMAT} 1)`, { path: file });
   }
-  return s;
+  const problem = stateProblem(s as Record<string, unknown>);
+  if (problem) throw new TrainerError('ERR_CHECKPOINT_DAMAGED', `${where}: ${file} is damaged: ${problem}`, { path: file, reason: problem });
+  return s as unknown as StateV1 | StateV2;
 }
 
 /**
  * Reads the step, the data position and the metadata of the checkpoint in `dir` (written by a
  * Trainer), without loading it; first puts back a previous checkpoint that a kill in the middle of a
  * checkpoint write left aside. Throws a TrainerError: ERR_CHECKPOINT_NOT_FOUND, ERR_CHECKPOINT_DAMAGED
- * (trainer_state.json is not JSON), ERR_CHECKPOINT_FORMAT (another format or version).
+ * (trainer_state.json cannot be read or is not JSON, or a field is wrong: `reason` says which),
+ * ERR_CHECKPOINT_FORMAT (another format or version).
  */
 export async function readCheckpoint(dir: string): Promise<CheckpointInfo> {
   if (typeof dir !== 'string' || dir === '') throw typeError('readCheckpoint', 'dir', 'a directory path', dir);
@@ -486,12 +535,21 @@ export class Trainer {
       if (s.version === 1) {
         // Format 1 kept the scalars in trainer_state.json, and wrote no file before the first step.
         const scalars = { optimizer: 'AdamW' as const, steps: s.optimizer.steps, paramGroups: s.optimizer.paramGroups };
-        if (fs.existsSync(file)) await readOptimizerState(where, this.optimizer, file, scalars);
+        if (pathExists(where, file)) await readOptimizerState(where, this.optimizer, file, scalars);
         else this.optimizer.loadStateDict({ state: {}, paramGroups: s.optimizer.paramGroups });
       } else {
         await loadOptimizerState(this.optimizer, file);
       }
       restored = true;
+      // Each optimiser step advances a parameter's count by one at most, and a checkpoint after a step
+      // has moments: an empty state there would restart them from zero, silently.
+      const counts = [...this.optimizer.state.values()].map((st) => st.step);
+      const damaged = (problem: string) => new TrainerError('ERR_CHECKPOINT_DAMAGED', `${where}: the checkpoint in ${dir} is damaged: ${problem}`, { path: dir, reason: problem });
+      if (s.step > 0 && counts.length === 0) {
+        throw damaged(`${OPTIM_FILE} holds no optimiser state (moments), but the checkpoint is at step ${s.step}`);
+      }
+      const ahead = counts.find((c) => c > s.step);
+      if (ahead !== undefined) throw damaged(`${OPTIM_FILE} has a parameter at step ${ahead}, past the checkpoint's step ${s.step}`);
       // The run's own options win for lr and weight decay (below); the others define the run.
       const g = this.optimizer.paramGroups[0];
       const want = this.fixedOptions;
@@ -502,6 +560,7 @@ export class Trainer {
       await (this.opts.loadModel ?? ((d: string) => this.loadWeights(d)))(dir);
     } catch (e) {
       if (restored) this.optimizer.loadStateDict(before);
+      if (e instanceof TrainerError) throw e;
       const reason = (e as Error).message;
       throw new TrainerError('ERR_CHECKPOINT_MISMATCH', `${where}: the checkpoint in ${dir} does not fit this run: ${reason}`,
         { path: dir, mismatch: 'state', reason, cause: e });
@@ -698,7 +757,8 @@ export class Trainer {
    * (saveModel), the optimiser state (optimizer.safetensors) and trainer_state.json (step, generator
    * state, metadata). train() calls it by itself; use it to save between train() calls. Weights or
    * optimiser moments holding NaN or Inf are never written: ERR_NONFINITE_WEIGHTS, and `dir` keeps
-   * what it had.
+   * what it had. A write that fails leaves the previous checkpoint as it was and throws
+   * ERR_CHECKPOINT_WRITE, saying which checkpoint is left (`previousStep`).
    */
   async saveCheckpoint(dir: string, rng = getRngState()): Promise<void> {
     const where = 'Trainer.saveCheckpoint';
@@ -743,12 +803,27 @@ export class Trainer {
       rng: { seed: String(rng.seed), offset: String(rng.offset) },
       metadata: this.opts.metadata ?? {},
     };
-    await fs.promises.mkdir(path.dirname(path.resolve(dir)), { recursive: true });
-    await replaceDir(dir, async (tmp) => {
-      await (this.opts.saveModel ?? ((d: string) => this.saveWeights(d)))(tmp);
-      await saveOptimizerState(this.optimizer, path.join(tmp, OPTIM_FILE));
-      await writeFileAtomic(path.join(tmp, STATE_FILE), JSON.stringify(state, null, 2) + '\n');
-    });
+    try {
+      await fs.promises.mkdir(path.dirname(path.resolve(dir)), { recursive: true });
+      await replaceDir(dir, async (tmp) => {
+        await (this.opts.saveModel ?? ((d: string) => this.saveWeights(d)))(tmp);
+        await saveOptimizerState(this.optimizer, path.join(tmp, OPTIM_FILE));
+        await writeFileAtomic(path.join(tmp, STATE_FILE), JSON.stringify(state, null, 2) + '\n');
+      });
+    } catch (e) {
+      // The file system's refusals (ENOSPC, EIO, EACCES, …); other errors (out of memory, a bug) pass as they are.
+      const code = (e as NodeJS.ErrnoException).code;
+      if (e instanceof TrainerError || typeof code !== 'string' || !/^E[A-Z0-9]+$/.test(code)) throw e;
+      // What is left to resume from, in the message: a full disk must not read as a lost run.
+      const previousStep = await stepOf(dir);
+      const aside = previousStep === null ? asideDirs(dir, isCheckpoint)[0] : undefined;
+      const left = previousStep !== null ? `the previous checkpoint there (step ${previousStep}) is intact`
+        : aside !== undefined ? `the previous checkpoint waits in ${aside}, where loadCheckpoint (readCheckpoint) finds and restores it`
+          : 'there was no checkpoint there before';
+      const reason = (e as Error).message;
+      throw new TrainerError('ERR_CHECKPOINT_WRITE', `Trainer.saveCheckpoint: could not write the checkpoint of step ${this._step} to ${dir} (${reason}); ${left}`,
+        { path: dir, step: this._step, reason, previousStep: previousStep ?? (aside !== undefined ? await stepOf(aside) : null), cause: e });
+    }
     this.lastCheckpoint = { dir: path.resolve(dir), step: this._step };
   }
 

@@ -4,7 +4,7 @@ import fs = require('fs'); // the module object itself, so jest.spyOn reaches th
 import * as os from 'os';
 import * as path from 'path';
 import {
-  ensureWritableDir, recoverDir, replaceDir, stageFile, tempPathFor, writeFileAtomic, writeFileAtomicSync,
+  asideDirs, ensureWritableDir, recoverDir, replaceDir, stageFile, tempPathFor, writeFileAtomic, writeFileAtomicSync,
 } from '../lib/atomic';
 import { openFilesOf } from './helpers/fds';
 
@@ -149,6 +149,20 @@ describe('replaceDir / recoverDir', () => {
     expect(fs.readdirSync(parent)).toEqual(['checkpoint']);
   });
 
+  test('a refused rename of the new directory (a full disk): the old one is put back, nothing is left beside it', async () => {
+    const { parent, target } = oldDir();
+    const rename = fs.rename;
+    jest.spyOn(fs, 'rename').mockImplementation(((from: string, to: string, cb: (e: Error | null) => void) => {
+      if (to === target && path.basename(from).startsWith('.checkpoint-tmp-')) return process.nextTick(() => cb(eio('rename')));
+      return rename(from, to, cb);
+    }) as never);
+    await expect(replaceDir(target, (d) => writeFileAtomic(path.join(d, 'state.json'), 'new'))).rejects.toThrow(/EIO/);
+    jest.restoreAllMocks();
+    expect(contents(target)).toEqual({ 'state.json': 'old', 'weights.bin': 'old weights' });
+    expect(fs.readdirSync(parent)).toEqual(['checkpoint']);
+    expect(asideDirs(target, complete)).toEqual([]);
+  });
+
   test('a kill between the two renames (simulated): recoverDir puts the complete old directory back', async () => {
     const { parent, target } = oldDir();
     const rename = fs.rename;
@@ -159,9 +173,13 @@ describe('replaceDir / recoverDir', () => {
     await expect(replaceDir(target, (d) => writeFileAtomic(path.join(d, 'state.json'), 'new'))).rejects.toThrow('killed (simulated)');
     jest.restoreAllMocks();
     expect(fs.existsSync(target)).toBe(false);
-    expect(fs.readdirSync(parent).sort()).toEqual([`.checkpoint-old-${process.pid}`, `.checkpoint-tmp-${process.pid}`]);
-    // An incomplete old directory is not taken for a checkpoint…
+    // The putting back failed too (the mock refuses every rename to the target): the old directory
+    // waits aside; the new one, which a kill would leave, was removed with the error.
+    expect(fs.readdirSync(parent).sort()).toEqual([`.checkpoint-old-${process.pid}`]);
+    expect(asideDirs(target, complete)).toEqual([path.join(parent, `.checkpoint-old-${process.pid}`)]);
+    // An incomplete old directory is not taken for a checkpoint, and a killed write's temporary one goes…
     fs.mkdirSync(path.join(parent, '.checkpoint-old-1'));
+    fs.mkdirSync(path.join(parent, '.checkpoint-tmp-1'));
     expect(await recoverDir(target, complete)).toBe(true);
     expect(contents(target)).toEqual({ 'state.json': 'old', 'weights.bin': 'old weights' });
     expect(fs.readdirSync(parent)).toEqual(['checkpoint']); // …and every leftover is removed

@@ -4,7 +4,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import { LlamaForCausalLM, backendInfo, loadAdapter, loadTokenizer, noGrad } from '../lib';
-import { SafetensorsFile } from '../lib/safetensors';
+import { SafetensorsFile, saveSafetensors } from '../lib/safetensors';
 import { CliError, CliIO } from '../lib/cli/io';
 import { FinetuneHooks, finetuneCommand } from '../lib/cli/finetune';
 import { IGNORE_INDEX, epochOrder, makeBatch, splitTrainEval, tokenizeExamples } from '../lib/cli/data';
@@ -456,4 +456,97 @@ describe('errors: exit code and one line with the fix', () => {
     });
     one(big, 1, /out of memory at step 1 \(--batch-size 4, --seq-len 256\): the adapter \(--r 512\) has [\d,]+ parameters, more than the model's [\d,]+, .*: use a much smaller --r/);
   });
+});
+
+describe('--resume from a damaged checkpoint names the fault, in one line', () => {
+  // The checkpoint of a 2-step run, with one field of trainer_state.json changed per case.
+  let out: string;
+  let good: Record<string, unknown>;
+  let saved: string;
+  beforeAll(async () => {
+    out = path.join(tmp, 'damaged');
+    const r = await run([...base(), '--data', txt, '--out', out, '--epochs', '2', '--batch-size', '4', '--max-steps', '2', '--save-every', '1']);
+    expect(r.code).toBe(0);
+    saved = path.join(tmp, 'damaged-good');
+    fs.cpSync(path.join(out, 'checkpoint'), saved, { recursive: true });
+    good = JSON.parse(fs.readFileSync(path.join(saved, 'trainer_state.json'), 'utf8'));
+  });
+  /** good with the value at a dotted path replaced (undefined: removed). */
+  const edited = (at: string, value: unknown) => {
+    const copy = JSON.parse(JSON.stringify(good));
+    const keys = at.split('.');
+    let o = copy;
+    for (const k of keys.slice(0, -1)) o = o[k];
+    if (value === undefined) delete o[keys[keys.length - 1]];
+    else o[keys[keys.length - 1]] = value;
+    return copy;
+  };
+
+  test.each([
+    ['step', -5, /"step" must be an integer >= 0, got -5/],
+    ['step', 100, /"step" 100 is past "totalSteps" 6/],
+    ['totalSteps', 7, /"totalSteps" 7 is not a whole number of epochs of "stepsPerEpoch" 3/],
+    ['stepsPerEpoch', 0, /"stepsPerEpoch" must be an integer >= 1, got 0/],
+    ['rng.seed', '99999999999999999999999999', /"rng\.seed" must be a decimal string of an integer in \[0, 2\^64\)/],
+    ['rng.offset', '18446744073709551616', /"rng\.offset" must be a decimal string/],
+    ['metadata.args.r', '8', /"args\.r" \(--r\) must be an integer >= 1, got "8"/],
+    ['metadata.args.r', 0, /"args\.r" \(--r\) must be an integer >= 1, got 0/],
+    ['metadata.args.batchSize', 0, /"args\.batchSize" \(--batch-size\) must be an integer >= 1/],
+    ['metadata.args.batchSize', '4', /"args\.batchSize" \(--batch-size\) must be an integer >= 1, got "4"/],
+    ['metadata.args.target', 5, /"args\.target" \(--target\) must be a non-empty string, got 5/],
+    ['metadata.args.target', [], /"args\.target" \(--target\) must be a non-empty string/],
+    ['metadata.args.epochs', 0, /"args\.epochs" \(--epochs\) must be an integer >= 1, got 0/],
+    ['metadata.args.model', 5, /"args\.model" \(--model\) must be a non-empty string, got 5/],
+    ['metadata.args.seed', -1, /"args\.seed" \(--seed\) must be an integer >= 0, got -1/],
+    ['metadata.args.gradAccum', 0, /"args\.gradAccum" \(--grad-accum\) must be an integer >= 1/],
+    ['metadata.args.evalEvery', -1, /"args\.evalEvery" \(--eval-every\) must be an integer >= 0/],
+    ['metadata.args.evalFraction', 5, /"args\.evalFraction" \(--eval-fraction\) must be a number >= 0 and <= 0\.9, got 5/],
+    ['metadata.args.addEos', 'yes', /"args\.addEos" \(--add-eos\) must be true or false, got "yes"/],
+    ['metadata.args.warmupSteps', -1, /"args\.warmupSteps" \(--warmup-steps\) must be an integer >= 0/],
+    ['metadata.args.maxGradNorm', 'x', /"args\.maxGradNorm" \(--max-grad-norm\) must be a number >= 0, got "x"/],
+    ['metadata.args.weightDecay', -1, /"args\.weightDecay" \(--weight-decay\) must be a number >= 0, got -1/],
+    ['metadata.args.logEvery', 0, /"args\.logEvery" \(--log-every\) must be an integer >= 1, got 0/],
+    ['metadata.args.lr', -1, /"args\.lr" \(--lr\) must be > 0, got -1/],
+    ['metadata.data.sha256', 'abc', /"data\.sha256" must be a SHA-256 in hex, got "abc"/],
+  ])('%s = %j', async (at, value, re) => {
+    fs.rmSync(path.join(out, 'checkpoint'), { recursive: true, force: true });
+    fs.cpSync(saved, path.join(out, 'checkpoint'), { recursive: true });
+    fs.writeFileSync(path.join(out, 'checkpoint', 'trainer_state.json'), JSON.stringify(edited(at, value)));
+    const r = await run(['--out', out, '--resume']);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(/^lora-cuda finetune: --resume: .*trainer_state\.json is damaged \(/);
+    expect(r.stderr).toMatch(re);
+    expect(r.stderr).toMatch(/; delete .*checkpoint to start fresh\n$/);
+  });
+
+  test('an optimiser state with no moments at step 2 is refused, not restarted from zero', async () => {
+    fs.rmSync(path.join(out, 'checkpoint'), { recursive: true, force: true });
+    fs.cpSync(saved, path.join(out, 'checkpoint'), { recursive: true });
+    const file = path.join(out, 'checkpoint', 'optimizer.safetensors');
+    const st = SafetensorsFile.openSync(file);
+    const meta = JSON.parse(st.metadata['lora_cuda.optimizer']);
+    st.close();
+    await saveSafetensors(file, {}, { metadata: { 'lora_cuda.optimizer': JSON.stringify({ ...meta, steps: {} }) } });
+    const r = await run(['--out', out, '--resume']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^lora-cuda finetune: --resume: the checkpoint in .* is damaged: optimizer\.safetensors holds no optimiser state \(moments\), but the checkpoint is at step 2; delete .* to start fresh\n$/);
+  });
+});
+
+test('--out is compared with --model by identity, and --model and --data must not lie in OUT/checkpoint', async () => {
+  const link = path.join(tmp, 'model-link');
+  fs.symlinkSync(modelDir, link);
+  const before = fs.readdirSync(modelDir).sort();
+  let r = await run([...base(), '--data', txt, '--out', link]);
+  expect([r.code, r.stderr]).toEqual([1, expect.stringMatching(/^lora-cuda finetune: --out .*model-link is the --model directory; choose another directory \(an adapter there would make the base checkpoint load with it\)\n$/)]);
+  expect(fs.readdirSync(modelDir).sort()).toEqual(before);
+  // Each checkpoint replaces OUT/checkpoint as a whole: data kept there would be deleted by it.
+  const out = path.join(tmp, 'ckpt-holds-data');
+  fs.mkdirSync(path.join(out, 'checkpoint'), { recursive: true });
+  const inside = path.join(out, 'checkpoint', 'train.txt');
+  fs.copyFileSync(txt, inside);
+  r = await run([...base(), '--data', inside, '--out', out]);
+  expect([r.code, r.stderr]).toEqual([1, expect.stringMatching(/^lora-cuda finetune: --data .*train\.txt is inside .*checkpoint, which every checkpoint replaces as a whole; move it elsewhere\n$/)]);
+  expect(fs.existsSync(inside)).toBe(true);
 });

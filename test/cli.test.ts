@@ -418,6 +418,49 @@ describe('lora-cuda merge', () => {
   });
 });
 
+describe('outputs are compared with inputs by identity (device and inode), not by the spelling of the path', () => {
+  test('merge --out: a symbolic link to the --model or --adapter directory, or another spelling of it, is refused; the base is untouched', async () => {
+    const modelDir = path.join(tmp, 'ident-model');
+    const adapterDir = path.join(tmp, 'ident-adapter');
+    await writeCheckpoint(modelDir, loadCases().cases.llama_gqa);
+    const model = await LlamaForCausalLM.fromPretrained(modelDir);
+    injectLora(model, { targetModules: ['q_proj'], r: 2, alpha: 4 });
+    await saveAdapter(model, adapterDir);
+    const weights = fs.readFileSync(path.join(modelDir, 'model.safetensors'));
+    const link = path.join(tmp, 'ident-model-link');
+    fs.symlinkSync(modelDir, link);
+    const adapterLink = path.join(tmp, 'ident-adapter-link');
+    fs.symlinkSync(adapterDir, adapterLink);
+    const cases: [string, RegExp][] = [
+      [link, /^lora-cuda merge: --out is the --model directory; choose a new directory so the base checkpoint is not overwritten$/],
+      [`${modelDir}${path.sep}.${path.sep}`, /^lora-cuda merge: --out is the --model directory/],
+      [path.join(link, '..', path.basename(modelDir)), /^lora-cuda merge: --out is the --model directory/],
+      [adapterLink, /^lora-cuda merge: --out is the --adapter directory; choose a new directory$/],
+    ];
+    for (const [out, re] of cases) {
+      const r = await run(['merge', '--model', modelDir, '--adapter', adapterDir, '--out', out]);
+      expect([out, r.code, lines(r.stderr)]).toEqual([out, 1, [expect.stringMatching(re)]]);
+    }
+    expect(fs.readFileSync(path.join(modelDir, 'model.safetensors')).equals(weights)).toBe(true);
+    // Through the link as --model, the real directory as --out: the same.
+    const r = await run(['merge', '--model', link, '--adapter', adapterDir, '--out', modelDir]);
+    expect([r.code, lines(r.stderr)]).toEqual([1, [expect.stringMatching(/--out is the --model directory/)]]);
+    expect(fs.readFileSync(path.join(modelDir, 'model.safetensors')).equals(weights)).toBe(true);
+  });
+
+  test('demo --svg at the place of a file the demo writes (through a link too) is refused before training', async () => {
+    const out = path.join(tmp, 'ident-demo');
+    const alias = path.join(tmp, 'ident-demo-link');
+    fs.mkdirSync(out, { recursive: true });
+    fs.symlinkSync(out, alias);
+    for (const svg of [path.join(out, 'adapter_model.safetensors'), path.join(alias, 'base-model', 'model.safetensors')]) {
+      const r = await run(['demo', '--out', out, '--svg', svg, '--device', 'cpu']);
+      expect([r.code, lines(r.stderr)]).toEqual([1, [expect.stringMatching(/^lora-cuda demo: --svg .* is .*, which the demo writes too; choose another file for the chart$/)]]);
+      expect(r.stdout).toBe('');
+    }
+  });
+});
+
 describe('lora-cuda bench', () => {
   test('runs and prints the table; --json writes the results', async () => {
     const file = path.join(tmp, 'bench', 'result.json');
@@ -620,6 +663,18 @@ describe('lora-cuda generate', () => {
     expect(s1.stdout).toBe(s2.stdout);
     expect(s1.stdout).toBe(await expected({ sample: { seed: 4, temperature: 2 } }));
     expect(s1.stderr).toMatch(/sampled at temperature 2\)$/m);
+  });
+
+  test('a tokenizer that gives ids outside the vocabulary (-1) is blamed, not the prompt or generate()', async () => {
+    const broken = path.join(tmp, 'gen-bad-tokenizer');
+    fs.cpSync(modelDir, broken, { recursive: true });
+    const json = JSON.parse(fs.readFileSync(path.join(modelDir, 'tokenizer.json'), 'utf8'));
+    json.model.vocab.cat = -1;
+    fs.writeFileSync(path.join(broken, 'tokenizer.json'), JSON.stringify(json));
+    const r = await run(['generate', '--model', broken, '--prompt', prompt, '--device', 'cpu']);
+    expect([r.code, lines(r.stderr)]).toEqual([1, [
+      `lora-cuda generate: --model ${broken}: the tokenizer (tokenizer.json) gives token id -1 for the prompt, but the model's ids are 0 to 66 (vocab_size 67); the tokenizer is damaged or does not belong to this model`,
+    ]]);
   });
 
   test('errors: one line, exit 2 for usage, 1 for bad files', async () => {

@@ -5,7 +5,9 @@ import { ChildProcess, spawn } from 'child_process';
 import fs = require('fs'); // the module object itself, so jest.spyOn reaches the code under test
 import * as os from 'os';
 import * as path from 'path';
-import { Module, injectLora, loadAdapter, manualSeed, noGrad, qkvFilter, randn, saveAdapter } from '../lib';
+import { LlamaForCausalLM, Module, Trainer, injectLora, loadAdapter, manualSeed, noGrad, qkvFilter, randn, readCheckpoint, saveAdapter } from '../lib';
+import type { TrainerOptions } from '../lib';
+import { loadCases } from './helpers/llama-weights';
 import type { LoRALinear } from '../lib';
 import { CliIO } from '../lib/cli/io';
 import { finetuneCommand } from '../lib/cli/finetune';
@@ -116,6 +118,151 @@ describe('a save that fails half-way (disk full) leaves the previous adapter as 
     await saveAdapter(v2, dir);
     expect(Object.keys(files(dir))).toEqual(['adapter_config.json', 'adapter_model.safetensors']);
     await expectLoads(dir, v2);
+  });
+});
+
+// ================================================================ concurrent saves
+
+describe('concurrent saves to one directory in one process', () => {
+  test('run one after another: after each round the weights and config are those of the last save, and they load', async () => {
+    const dir = path.join(tmp, 'concurrent');
+    fs.mkdirSync(dir);
+    // Another name for the same directory: saves are serialised by its real path.
+    const alias = path.join(tmp, 'concurrent-alias');
+    fs.symlinkSync(dir, alias);
+    const versions = [4, 8, 16, 32].map((alpha, i) => ({ alpha, m: model(alpha, 10 + i) }));
+    for (let round = 0; round < 40; round++) {
+      const order = round % 2 ? [...versions].reverse() : versions;
+      await Promise.all(order.map(({ m }, i) => saveAdapter(m, i % 2 ? alias : dir)));
+      const last = order[order.length - 1];
+      expect([round, JSON.parse(fs.readFileSync(path.join(dir, 'adapter_config.json'), 'utf8')).lora_alpha]).toEqual([round, last.alpha]);
+      await expectLoads(dir, last.m);
+    }
+    expect(Object.keys(files(dir))).toEqual(['adapter_config.json', 'adapter_model.safetensors']);
+  });
+});
+
+// ================================================================ checkpoints, disk full
+
+describe('a checkpoint that fails half-way (disk full) says what is left, and leaves no temporary directory', () => {
+  const CONFIG = loadCases().cases.llama_gqa.config;
+  const batches = () => Array.from({ length: 4 }, (_, k) => ({ ids: [[3 + k, 4 + k, 5 + k, 6 + k]] }));
+  function trainer(dir: string, maxSteps: number, onCheckpoint?: TrainerOptions['onCheckpoint']): Trainer {
+    manualSeed(1);
+    const model = new LlamaForCausalLM(CONFIG);
+    injectLora(model, { r: 2, alpha: 4, targetModules: ['q_proj'] });
+    return new Trainer({ model, train: batches(), maxSteps, saveEvery: 1, checkpointDir: dir, optimizer: { lr: 0.01 }, onCheckpoint });
+  }
+  /** Writes into the temporary checkpoint directory fail with ENOSPC. */
+  function failCheckpointWrites(): void {
+    const open = fs.open;
+    const write = fs.write;
+    const fds = new Set<number>();
+    jest.spyOn(fs, 'open').mockImplementation(((p: string, flags: string, cb: (e: Error | null, fd: number) => void) => {
+      open(p, flags, (err, fd) => {
+        if (!err && /[\\/]\.checkpoint-tmp-\d+[\\/]/.test(p)) fds.add(fd);
+        cb(err, fd);
+      });
+    }) as unknown as typeof fs.open);
+    jest.spyOn(fs, 'write').mockImplementation(((fd: number, ...args: unknown[]) => {
+      if (fds.has(fd)) {
+        const cb = args[args.length - 1] as (e: Error) => void;
+        process.nextTick(() => cb(enospc()));
+        return;
+      }
+      return (write as (...a: unknown[]) => void)(fd, ...args);
+    }) as typeof fs.write);
+  }
+  const leftovers = (parent: string) => fs.readdirSync(parent).filter((f) => f.startsWith('.checkpoint-'));
+
+  test('after a good checkpoint: ERR_CHECKPOINT_WRITE says the previous one (its step) is intact, and it is', async () => {
+    const parent = path.join(tmp, 'ckpt-enospc');
+    const dir = path.join(parent, 'checkpoint');
+    let step = 0;
+    const run = trainer(dir, 3, (c) => {
+      step = c.step;
+      if (c.step === 2) failCheckpointWrites();
+    });
+    await expect(run.train()).rejects.toMatchObject({
+      code: 'ERR_CHECKPOINT_WRITE',
+      message: expect.stringMatching(/^Trainer\.saveCheckpoint: could not write the checkpoint of step 3 to .*checkpoint \(ENOSPC: no space left on device, write\); the previous checkpoint there \(step 2\) is intact$/),
+    });
+    jest.restoreAllMocks();
+    expect(step).toBe(2);
+    expect(leftovers(parent)).toEqual([]);
+    expect((await readCheckpoint(dir)).step).toBe(2);
+  });
+
+  test('the first checkpoint: says there was none, and leaves nothing', async () => {
+    const parent = path.join(tmp, 'ckpt-enospc-first');
+    const dir = path.join(parent, 'checkpoint');
+    failCheckpointWrites();
+    await expect(trainer(dir, 2).train()).rejects.toMatchObject({
+      code: 'ERR_CHECKPOINT_WRITE',
+      message: expect.stringMatching(/\(ENOSPC: no space left on device, write\); there was no checkpoint there before$/),
+    });
+    jest.restoreAllMocks();
+    expect(fs.readdirSync(parent)).toEqual([]);
+  });
+
+  test('the new checkpoint cannot be renamed into place: the previous one is put back, and nothing is left', async () => {
+    const parent = path.join(tmp, 'ckpt-rename');
+    const dir = path.join(parent, 'checkpoint');
+    const rename = fs.rename;
+    let fail = false;
+    jest.spyOn(fs, 'rename').mockImplementation(((from: string, to: string, cb: (e: Error | null) => void) => {
+      if (fail && to === dir && path.basename(from).startsWith('.checkpoint-tmp-')) return process.nextTick(() => cb(enospc()));
+      return rename(from, to, cb);
+    }) as typeof fs.rename);
+    const run = trainer(dir, 3, (c) => {
+      fail = c.step === 2;
+    });
+    await expect(run.train()).rejects.toMatchObject({
+      code: 'ERR_CHECKPOINT_WRITE',
+      message: expect.stringMatching(/the previous checkpoint there \(step 2\) is intact$/),
+    });
+    jest.restoreAllMocks();
+    expect(leftovers(parent)).toEqual([]);
+    expect((await readCheckpoint(dir)).step).toBe(2);
+  });
+
+  test('lora-cuda finetune says it in one line: which checkpoint is left, and to --resume from it', async () => {
+    const fx = await finetuneFixture(path.join(tmp, 'ft-enospc'));
+    const out = path.join(tmp, 'ft-enospc', 'out');
+    const io: CliIO = { stdout: () => undefined, stderr: () => undefined, isTTY: false, columns: 80 };
+    const run = finetuneCommand(['--model', fx.model, '--data', fx.data, '--out', out, '--r', '2', '--target', 'q_proj', '--batch-size', '4', '--save-every', '1'], io, {
+      onStep: ({ step }) => {
+        if (step === 2) failCheckpointWrites();
+      },
+    });
+    await expect(run).rejects.toThrow(new RegExp(`^could not write the checkpoint of step 2 to ${out.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}.checkpoint \\(ENOSPC: no space left on device, write\\); ` +
+      'the previous checkpoint there \\(step 1\\) is intact; once the cause is fixed, continue from step 1 with --resume$'));
+    jest.restoreAllMocks();
+    expect(leftovers(out)).toEqual([]);
+    expect((await readCheckpoint(path.join(out, 'checkpoint'))).step).toBe(1);
+  });
+
+  test('when putting the previous one back fails too, the message says where it waits, and readCheckpoint restores it', async () => {
+    const parent = path.join(tmp, 'ckpt-rename-twice');
+    const dir = path.join(parent, 'checkpoint');
+    const rename = fs.rename;
+    let fail = false;
+    jest.spyOn(fs, 'rename').mockImplementation(((from: string, to: string, cb: (e: Error | null) => void) => {
+      if (fail && to === dir) return process.nextTick(() => cb(enospc()));
+      return rename(from, to, cb);
+    }) as typeof fs.rename);
+    const run = trainer(dir, 3, (c) => {
+      fail = c.step === 2;
+    });
+    await expect(run.train()).rejects.toMatchObject({
+      code: 'ERR_CHECKPOINT_WRITE',
+      previousStep: 2,
+      message: expect.stringMatching(/; the previous checkpoint waits in .*\.checkpoint-old-\d+, where loadCheckpoint \(readCheckpoint\) finds and restores it$/),
+    });
+    jest.restoreAllMocks();
+    expect(leftovers(parent)).toEqual([`.checkpoint-old-${process.pid}`]);
+    expect((await readCheckpoint(dir)).step).toBe(2);
+    expect(leftovers(parent)).toEqual([]);
   });
 });
 

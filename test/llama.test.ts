@@ -60,6 +60,75 @@ test('a sharded checkpoint (model.safetensors.index.json) loads the same weights
   expect(maxAbsDiff(noGrad(() => model.forward(c.input_ids)).toArray(), c.logits)).toBeLessThan(2e-4);
 });
 
+describe('shards: each tensor is read from the shard the index\'s weight_map names', () => {
+  const c = fixture.cases.llama_gqa;
+  const shard = (i: number) => `model-0000${i}-of-00003.safetensors`;
+  /** A copy of the 3-shard checkpoint, with `edit` applied to it. */
+  async function variant(name: string, edit: (dir: string, map: Record<string, string>) => Promise<void>): Promise<string> {
+    const dir = path.join(tmp, `shards-${name}`);
+    fs.cpSync(await checkpoint('llama_gqa', { shards: 3 }), dir, { recursive: true });
+    const indexFile = path.join(dir, 'model.safetensors.index.json');
+    const index = JSON.parse(fs.readFileSync(indexFile, 'utf8'));
+    await edit(dir, index.weight_map);
+    fs.writeFileSync(indexFile, JSON.stringify(index));
+    return dir;
+  }
+  /** Adds `extra` tensors to a shard file. */
+  async function addTo(dir: string, file: string, extra: Record<string, ReturnType<typeof tensor>>): Promise<void> {
+    const st = await SafetensorsFile.open(path.join(dir, file));
+    const all: Record<string, ReturnType<typeof tensor>> = {};
+    for (const k of st.keys()) all[k] = await st.read(k);
+    st.close();
+    await saveSafetensors(path.join(dir, file), { ...all, ...extra });
+  }
+  function warnings(): { codes: string[]; messages: string[]; restore: () => void } {
+    const codes: string[] = [];
+    const messages: string[] = [];
+    const spy = jest.spyOn(process, 'emitWarning').mockImplementation(((w: string, o?: { code?: string }) => {
+      codes.push(o?.code ?? '');
+      messages.push(w);
+    }) as typeof process.emitWarning);
+    return { codes, messages, restore: () => spy.mockRestore() };
+  }
+
+  test('a tensor also in a later shard (other values) is read from the one the weight_map names; the copy is reported', async () => {
+    let key = '';
+    const dir = await variant('duplicate', async (d, map) => {
+      key = Object.keys(map).find((k) => map[k] === shard(1) && /layers\.0\..*_proj\.weight$/.test(k))!;
+      const st = await SafetensorsFile.open(path.join(d, shard(1)));
+      const shape = st.entry(key).shape;
+      st.close();
+      await addTo(d, shard(3), { [key]: tensor(new Float32Array(shape[0] * shape[1]), { shape }) });
+    });
+    const w = warnings();
+    const model = await LlamaForCausalLM.fromPretrained(dir).finally(w.restore);
+    expect(maxAbsDiff(noGrad(() => model.forward(c.input_ids)).toArray(), c.logits)).toBeLessThan(2e-4);
+    expect(w.codes).toEqual(['LORA_CUDA_UNASSIGNED_SHARD_KEYS']);
+    expect(w.messages[0]).toContain(`'${key}' in ${shard(3)} (the weight_map puts it in ${shard(1)}, which was read)`);
+  });
+
+  test('a tensor the weight_map does not list is not read (as transformers), and is reported', async () => {
+    const dir = await variant('unlisted', (d) => addTo(d, shard(2), { 'model.layers.0.extra.weight': tensor([1, 2]) }));
+    const w = warnings();
+    const model = await LlamaForCausalLM.fromPretrained(dir).finally(w.restore);
+    expect(maxAbsDiff(noGrad(() => model.forward(c.input_ids)).toArray(), c.logits)).toBeLessThan(2e-4);
+    expect(w.messages.join()).toContain(`'model.layers.0.extra.weight' in ${shard(2)} (not in the weight_map)`);
+  });
+
+  test('a weight_map that puts a tensor in a shard without it is refused', async () => {
+    const key = 'model.norm.weight';
+    const dir = await variant('misplaced', async (_d, map) => {
+      map[key] = map[key] === shard(1) ? shard(2) : shard(1);
+    });
+    await expect(LlamaForCausalLM.fromPretrained(dir)).rejects.toThrow(
+      new RegExp(`model\\.safetensors\\.index\\.json puts '${key.replace(/\./g, '\\.')}' in model-0000\\d-of-00003\\.safetensors, which does not hold it$`));
+    const bad = await variant('not-a-name', async (_d, map) => {
+      (map as Record<string, unknown>)[key] = 7;
+    });
+    await expect(LlamaForCausalLM.fromPretrained(bad)).rejects.toThrow(/weight_map\["model\.norm\.weight"\] must be a shard file name, got 7/);
+  });
+});
+
 test.each(['BF16', 'F16'] as const)('%s checkpoints load as float32, rounded as stored', async (dtype) => {
   const c = fixture.cases.llama_gqa;
   const model = await LlamaForCausalLM.fromPretrained(await checkpoint('llama_gqa', { dtype }));

@@ -9,6 +9,7 @@ import {
   readCheckpoint, tensor,
 } from '../lib';
 import type { AdamOptions, BatchSource, TrainerBatch, TrainerOptions, TrainerStepInfo } from '../lib';
+import { SafetensorsFile, saveSafetensors } from '../lib/safetensors';
 import { loadCases } from './helpers/llama-weights';
 import { bits } from './helpers/state';
 
@@ -231,6 +232,38 @@ describe('checkpoints and resume', () => {
     fs.writeFileSync(path.join(damaged, 'trainer_state.json'), '{"format": "something", "version": 9}');
     expect(await code(readCheckpoint(damaged))).toMatch(/^ERR_CHECKPOINT_FORMAT: readCheckpoint: .* is not a checkpoint of a version this library reads/);
   });
+});
+
+test('a damaged checkpoint is refused with ERR_CHECKPOINT_DAMAGED and its fault, before anything is restored', async () => {
+  const dir = path.join(tmp, 'damaged-fields', 'checkpoint');
+  await new Trainer({ model: tinyModel(), train: shuffledSource(), ...RUN, maxSteps: 2, checkpointDir: dir }).train();
+  const stateFile = path.join(dir, 'trainer_state.json');
+  const good = fs.readFileSync(stateFile, 'utf8');
+  const fault = (p: Promise<unknown>) => p.then(() => 'resolved', (e: TrainerError) => `${e.code}: ${e.reason}`);
+  const cases: [Record<string, unknown>, string][] = [
+    [{ step: 100 }, 'ERR_CHECKPOINT_DAMAGED: "step" 100 is past "totalSteps" 9'],
+    [{ step: -5 }, 'ERR_CHECKPOINT_DAMAGED: "step" must be an integer >= 0, got -5'],
+    [{ rng: { seed: '0', offset: '1e3' } }, 'ERR_CHECKPOINT_DAMAGED: "rng.offset" must be a decimal string of an integer in [0, 2^64), got "1e3"'],
+    [{ rng: { seed: String(2n ** 64n), offset: '0' } }, 'ERR_CHECKPOINT_DAMAGED: "rng.seed" must be a decimal string of an integer in [0, 2^64), got "18446744073709551616"'],
+    [{ metadata: [] }, 'ERR_CHECKPOINT_DAMAGED: "metadata" must be an object, got []'],
+  ];
+  for (const [change, want] of cases) {
+    fs.writeFileSync(stateFile, JSON.stringify({ ...JSON.parse(good), ...change }));
+    expect(await fault(readCheckpoint(dir))).toBe(want);
+  }
+  fs.writeFileSync(stateFile, good);
+  // The optimiser's step counts: a parameter past the checkpoint's step.
+  const optim = path.join(dir, 'optimizer.safetensors');
+  const st = await SafetensorsFile.open(optim);
+  const tensors = Object.fromEntries(await Promise.all(st.keys().map(async (k) => [k, await st.read(k)] as const)));
+  const meta = JSON.parse(st.metadata['lora_cuda.optimizer']);
+  st.close();
+  meta.steps['0'] = 5;
+  await saveSafetensors(optim, tensors, { metadata: { 'lora_cuda.optimizer': JSON.stringify(meta) } });
+  const t = new Trainer({ model: tinyModel(), train: shuffledSource(), ...RUN });
+  expect(await fault(t.loadCheckpoint(dir))).toBe("ERR_CHECKPOINT_DAMAGED: optimizer.safetensors has a parameter at step 5, past the checkpoint's step 2");
+  expect(t.optimizer.state.size).toBe(0);
+  expect(t.step).toBe(0);
 });
 
 describe('errors', () => {

@@ -10,9 +10,9 @@
 //           and completion are joined as they are, so put any separator (a
 //           space, a newline) into the data itself. Other keys are ignored.
 import * as crypto from 'crypto';
-import * as fs from 'fs';
 import * as path from 'path';
 import { CliError } from './io';
+import { MAX_JSON_CONTAINERS, MAX_JSON_DEPTH, READ_LIMITS, readWholeFile, scanJsonShape } from '../fsio';
 
 /** One example as read from the data file; `line` is 1-based. */
 export type RawExample = { line: number; text: string } | { line: number; prompt: string; completion: string };
@@ -42,12 +42,14 @@ export async function readDataFile(file: string): Promise<DataFile> {
   }
   let buf: Buffer;
   try {
-    buf = await fs.promises.readFile(file);
+    buf = await readWholeFile('--data', file, READ_LIMITS.data);
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
     if (err.code === 'ENOENT') throw new CliError(`--data ${file}: file not found (check the path)`);
-    if (err.code === 'EISDIR') throw new CliError(`--data ${file}: is a directory, expected a .txt or .jsonl file`);
-    throw new CliError(`--data ${file}: cannot read: ${err.message}`);
+    // The reader's message names the file after "--data: ".
+    const message = err.message.replace(`--data: ${file}`, `--data ${file}`);
+    if (err.code === 'ERR_NOT_REGULAR_FILE') throw new CliError(`${message}; expected a .txt or .jsonl file`);
+    throw new CliError(message);
   }
   const sha256 = crypto.createHash('sha256').update(buf).digest('hex');
   const text = buf.toString('utf8').replace(/^\uFEFF/, '');
@@ -72,6 +74,9 @@ export async function readDataFile(file: string): Promise<DataFile> {
 function parseJsonlLine(file: string, line: number, l: string): RawExample {
   const where = `--data ${file} line ${line}`;
   let v: unknown;
+  const shape = scanJsonShape(Buffer.from(l, 'utf8'));
+  if (shape.depth > MAX_JSON_DEPTH) throw new CliError(`${where}: not valid JSON here (it nests deeper than ${MAX_JSON_DEPTH} levels); each line must be one JSON object such as {"text": "..."}`);
+  if (shape.containers > MAX_JSON_CONTAINERS) throw new CliError(`${where}: not valid JSON here (more than ${MAX_JSON_CONTAINERS} objects and arrays); each line must be one JSON object such as {"text": "..."}`);
   try {
     v = JSON.parse(l);
   } catch (e) {

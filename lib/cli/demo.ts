@@ -21,7 +21,7 @@ import { manualSeed } from '../random';
 import { noGrad } from '../autograd';
 import { Tensor } from '../tensor';
 import { tensor } from '../creation';
-import { CliError, CliIO, UsageError } from './io';
+import { CliError, CliIO, UsageError, samePath } from './io';
 import { helpText, parseArgs, Specs } from './args';
 import { CliDevice, resolveDevice } from './device';
 import { Progress } from './progress';
@@ -289,6 +289,12 @@ async function runDemo(o: DemoOptions, io: CliIO): Promise<DemoSummary> {
   const svgPath = path.resolve(o.svg ?? path.join(adapterDir, 'loss.svg'));
   ensureWritableDir(adapterDir, 'the adapter');
   ensureWritableDir(path.dirname(svgPath), 'the SVG chart');
+  // The chart is written last: at the place of another output it would replace it (by identity, so
+  // through symbolic links too).
+  const outputs = [path.join(adapterDir, 'adapter_model.safetensors'), path.join(adapterDir, 'adapter_config.json'), baseDir,
+    ...['model.safetensors', 'config.json', 'tokenizer.json'].map((f) => path.join(baseDir, f))];
+  const clash = outputs.find((p) => samePath(svgPath, p));
+  if (clash !== undefined) throw new CliError(`--svg ${o.svg} is ${clash}, which the demo writes too; choose another file for the chart`);
 
   manualSeed(o.seed);
   const data = new TaskData(o.seed);

@@ -9,10 +9,11 @@
 // adapter, the optimiser state, the step and the generator state) is written by
 // --save-every, at the end, at --max-steps and on Ctrl-C; --resume continues from
 // it and ends with the same adapter, bit for bit, as an uninterrupted run.
-import * as fs from 'fs';
 import * as path from 'path';
-import { CliError, CliIO, UsageError, oneLine, tokenContent } from './io';
-import { Specs, helpText, parseArgs } from './args';
+import { CliError, CliIO, UsageError, isWithin, oneLine, samePath, statPath, tokenContent } from './io';
+import { READ_LIMITS, readJsonFile } from '../fsio';
+import { describe } from '../errors';
+import { OptionSpec, Specs, helpText, parseArgs } from './args';
 import { COMMAND_TEXT } from './commands';
 import {
   TokenizedExample, epochOrder, makeBatch, microBatches, readDataFile, splitTrainEval, tokenizeExamples,
@@ -202,12 +203,15 @@ function rawArgKeys(argv: string[]): Set<string> {
 }
 
 async function readJsonIfExists(file: string): Promise<Record<string, unknown> | null> {
+  let v: unknown;
   try {
-    return JSON.parse(await fs.promises.readFile(file, 'utf8'));
+    v = await readJsonFile('finetune', file, READ_LIMITS.large);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-    throw new CliError(`cannot read ${file}: ${oneLine((e as Error).message)}`);
+    throw new CliError(oneLine((e as Error).message).replace(/^finetune: /, ''));
   }
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new CliError(`${file} must hold a JSON object, got ${describe(v)}`);
+  return v as Record<string, unknown>;
 }
 
 function fmtLoss(v: number): string {
@@ -252,7 +256,11 @@ async function readResumeState(dir: string): Promise<CheckpointInfo & { metadata
   }
   const m = info.metadata as Partial<RunMetadata>;
   const data = m.data as RunMetadata['data'] | undefined;
-  if (!m.args || typeof m.args !== 'object' || !data || typeof data.sha256 !== 'string' || !Number.isInteger(data.examples)) throw notOurs();
+  if (!m.args || typeof m.args !== 'object' || Array.isArray(m.args) || !data || typeof data.sha256 !== 'string' || !Number.isInteger(data.examples)) throw notOurs();
+  const problem = savedArgsProblem(m.args as Record<string, unknown>) ??
+    (/^[0-9a-f]{64}$/.test(data.sha256) ? null : `"data.sha256" must be a SHA-256 in hex, got ${describe(data.sha256)}`) ??
+    (data.examples >= 1 ? null : `"data.examples" must be at least 1, got ${data.examples}`);
+  if (problem) throw new CliError(`--resume: ${file} is damaged (${problem}); delete ${dir} to start fresh`);
   return info as CheckpointInfo & { metadata: RunMetadata };
 }
 
@@ -300,6 +308,39 @@ function oomAdvice(opts: Options, sizes: RunSizes | null, more: string): string 
   return `use a smaller --batch-size or --seq-len${more}`;
 }
 
+/**
+ * What is wrong with the options a checkpoint recorded, or null: each as its flag would be checked
+ * (type, integer, range, and resolveOptions' checks), so that a damaged checkpoint is named as such
+ * instead of failing later under the name of a flag that was not given.
+ */
+function savedArgsProblem(args: Record<string, unknown>): string | null {
+  for (const key of [...FIXED_ON_RESUME, ...CARRIED_ON_RESUME]) {
+    if (!Object.hasOwn(args, key)) continue; // not recorded: taken from the command line or the default
+    const v = args[key];
+    const name = flagOf(key).slice(2) as keyof typeof FINETUNE_SPECS;
+    const spec: OptionSpec = FINETUNE_SPECS[name];
+    const bad = (expected: string) => `"args.${key}" (${flagOf(key)}) must be ${expected}, got ${describe(v)}`;
+    if (spec.type === 'boolean') {
+      if (typeof v !== 'boolean') return bad('true or false');
+    } else if (spec.type === 'string') {
+      if (typeof v !== 'string' || v === '') return bad('a non-empty string');
+    } else {
+      const range = [spec.min !== undefined ? `>= ${spec.min}` : '', spec.max !== undefined ? `<= ${spec.max}` : ''].filter(Boolean).join(' and ');
+      const expected = `${spec.integer ? 'an integer' : 'a number'}${range ? ` ${range}` : ''}`;
+      if (typeof v !== 'number' || !Number.isFinite(v) || (spec.integer && !Number.isSafeInteger(v)) ||
+        (spec.min !== undefined && v < spec.min) || (spec.max !== undefined && v > spec.max)) return bad(expected);
+    }
+  }
+  const a = args as Partial<Options>;
+  if (a.lr !== undefined && !(a.lr > 0)) return `"args.lr" (--lr) must be > 0, got ${a.lr}`;
+  if (a.alpha !== undefined && !(a.alpha > 0)) return `"args.alpha" (--alpha) must be > 0, got ${a.alpha}`;
+  if (a.dropout !== undefined && !(a.dropout < 1)) return `"args.dropout" (--dropout) must be < 1, got ${a.dropout}`;
+  if (a.lrSchedule !== undefined && !(SCHEDULES as readonly string[]).includes(a.lrSchedule)) return `"args.lrSchedule" (--lr-schedule) must be ${SCHEDULES.join(', ')}, got ${describe(a.lrSchedule)}`;
+  if (a.device !== undefined && a.device !== 'cpu' && a.device !== 'cuda') return `"args.device" (--device) must be cpu or cuda, got ${describe(a.device)}`;
+  if (a.target !== undefined && !targetList(a.target).length) return `"args.target" (--target) names no layer: ${describe(a.target)}`;
+  return null;
+}
+
 /** The command's message for what the Trainer throws (other errors pass through). */
 function cliError(e: unknown, opts: Options, ckptDir: string, sizes: RunSizes | null = null): unknown {
   if (!(e instanceof TrainerError)) {
@@ -321,6 +362,12 @@ function cliError(e: unknown, opts: Options, ckptDir: string, sizes: RunSizes | 
     }
     case 'ERR_OUT_OF_MEMORY':
       return new CliError(`out of memory at step ${e.step} (--batch-size ${opts.batchSize}, --seq-len ${opts.seqLen}): ${oomAdvice(opts, sizes, ' (raise --grad-accum to keep the effective batch size)')}`);
+    case 'ERR_CHECKPOINT_WRITE':
+      return new CliError(`${oneLine(e.message).replace(/^Trainer\.saveCheckpoint: /, '')}; ${e.previousStep != null
+        ? `once the cause is fixed, continue from step ${e.previousStep} with --resume`
+        : 'run again once the cause is fixed'}`);
+    case 'ERR_CHECKPOINT_DAMAGED':
+      return new CliError(`--resume: ${oneLine(e.message).replace(/^[\w.]+: /, '')}; delete ${ckptDir} to start fresh`);
     case 'ERR_CHECKPOINT_MISMATCH':
       return new CliError(e.mismatch === 'steps-per-epoch'
         ? `--resume: ${e.reason}; resume with the same data and options`
@@ -351,14 +398,21 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
 
   // The model directory (checked before the slow parts).
   const modelDir = opts.model;
-  const stat = fs.statSync(modelDir, { throwIfNoEntry: false });
+  const stat = statPath('--model', modelDir);
   if (!stat) throw new CliError(`--model ${modelDir}: directory not found (give a Hugging Face checkpoint directory with config.json, model.safetensors and tokenizer.json)`);
   if (!stat.isDirectory()) throw new CliError(`--model ${modelDir}: not a directory (give the checkpoint directory, not a file in it)`);
-  if (!fs.existsSync(path.join(modelDir, 'config.json'))) {
+  if (!statPath('--model', path.join(modelDir, 'config.json'))) {
     throw new CliError(`--model ${modelDir}: no config.json (expected a Hugging Face checkpoint directory with config.json, model.safetensors and tokenizer.json)`);
   }
-  if (!fs.existsSync(path.join(modelDir, 'tokenizer.json'))) {
+  if (!statPath('--model', path.join(modelDir, 'tokenizer.json'))) {
     throw new CliError(`--model ${modelDir}: no tokenizer.json (copy tokenizer.json from the base model's repository into this directory)`);
+  }
+  // Outputs against inputs, by identity (device and inode: a symbolic link or another spelling is seen through).
+  if (samePath(out, modelDir)) {
+    throw new CliError(`--out ${out} is the --model directory; choose another directory (an adapter there would make the base checkpoint load with it)`);
+  }
+  for (const [flag, p] of [['--model', modelDir], ['--data', opts.data]] as const) {
+    if (isWithin(p, ckptDir)) throw new CliError(`${flag} ${p} is inside ${ckptDir}, which every checkpoint replaces as a whole; move it elsewhere`);
   }
 
   // Data, before the model: a bad line fails fast.
@@ -409,7 +463,9 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
     if (cfg.slidingWindow !== null && opts.seqLen > cfg.slidingWindow) {
       throw new UsageError(`--seq-len ${opts.seqLen} exceeds the model's sliding_window (${cfg.slidingWindow}), which is not implemented; use --seq-len ${cfg.slidingWindow} or less`);
     }
-    if (padId >= cfg.vocabSize) throw new CliError(`--model ${modelDir}: the tokenizer's pad/eos token id ${padId} is not below vocab_size ${cfg.vocabSize}; the tokenizer does not belong to this model`);
+    if (!Number.isInteger(padId) || padId < 0 || padId >= cfg.vocabSize) {
+      throw new CliError(`--model ${modelDir}: the tokenizer (tokenizer.json) gives the pad/eos token id ${padId}, but the model's ids are 0 to ${cfg.vocabSize - 1} (vocab_size ${cfg.vocabSize}); the tokenizer is damaged or does not belong to this model`);
+    }
 
     const tok = tokenizeExamples(data.examples, tokenizer, { seqLen: opts.seqLen, vocabSize: cfg.vocabSize, eosId }, opts.data);
     if (!tok.examples.length) {
@@ -488,7 +544,14 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
         io.stdout(`eval step ${ev.step}: loss ${fmtLoss(ev.loss)} (${evalSet.length} examples, ${fmtInt(ev.targets)} target tokens)\n`);
       },
       onCheckpoint: async (c) => {
-        await saveTo(out);
+        try {
+          await saveTo(out);
+        } catch (e) {
+          const err = e as NodeJS.ErrnoException;
+          if (!err.syscall) throw e;
+          // The adapter is written atomically: what was there is as it was, and the checkpoint is complete.
+          throw new CliError(`cannot write the adapter to ${out} (${oneLine(err.message)}); the adapter there is as it was, and the checkpoint of step ${c.step} in ${ckptDir} is complete: once the cause is fixed, continue with --resume`);
+        }
         if (c.reason === 'periodic') io.stdout(`checkpoint at step ${c.step} written to ${out}\n`);
       },
     });
@@ -508,7 +571,7 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
     io.stdout(`data: ${opts.data}: ${examples.length} examples (${train.length} train, ${evalSet.length} eval), ${fmtInt(tok.tokens)} tokens${notes.length ? `; ${notes.join(', ')}` : ''}\n`);
     if (opts.evalEvery > 0 && !evalSet.length) io.stderr('warning: --eval-every needs at least 2 examples to hold one out; evaluation is off\n');
     io.stdout(`training: ${opts.epochs} epoch${opts.epochs > 1 ? 's' : ''} x ${stepsPerEpoch} step${stepsPerEpoch > 1 ? 's' : ''} = ${totalSteps} step${totalSteps > 1 ? 's' : ''} (batch ${opts.batchSize} x grad-accum ${opts.gradAccum}), lr ${opts.lr} (${opts.lrSchedule}${opts.warmupSteps ? `, warm-up ${opts.warmupSteps} steps` : ''}), ${opts.maxGradNorm > 0 ? `gradients clipped to norm ${opts.maxGradNorm}` : 'no gradient clipping'}\n`);
-    if (!resumeState && fs.existsSync(path.join(ckptDir, 'trainer_state.json'))) {
+    if (!resumeState && statPath('--out', path.join(ckptDir, 'trainer_state.json'))) {
       io.stderr(`warning: ${ckptDir} holds a checkpoint; starting fresh will replace it (use --resume to continue it)\n`);
     }
     if (resumeState) io.stdout(`resuming from ${ckptDir} at step ${step} of ${totalSteps}\n`);

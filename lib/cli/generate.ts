@@ -1,6 +1,5 @@
 // `lora-cuda generate`: continue a prompt with a Hugging Face checkpoint, with or without a LoRA
 // adapter, to see what fine-tuning did.
-import * as fs from 'fs';
 import * as path from 'path';
 import { performance } from 'perf_hooks';
 import { LlamaForCausalLM } from '../models/llama';
@@ -9,8 +8,10 @@ import { manualSeed } from '../random';
 import { loadTokenizer } from '../tokenizer';
 import { resolveDevice } from './device';
 import { helpText, parseArgs, Specs } from './args';
-import { CliError, CliIO, UsageError, oneLine, tokenContent } from './io';
+import { CliError, CliIO, UsageError, oneLine, statPath, tokenContent } from './io';
 import { COMMAND_TEXT } from './commands';
+import { READ_LIMITS, readJsonFileSync } from '../fsio';
+import { describe } from '../errors';
 
 
 const SPECS = {
@@ -25,15 +26,19 @@ const SPECS = {
   device: { type: 'string', metavar: 'cpu|cuda', help: 'where to run (default: cuda when available)' },
 } satisfies Specs;
 
-/** tokenizer_config.json's eos_token as text ("</s>" or { content: "</s>" }), if any. */
+/** tokenizer_config.json's eos_token as text ("</s>" or { content: "</s>" }), if any (loadTokenizer has read the file already). */
 function eosText(modelDir: string): string | null {
-  let cfg: Record<string, unknown>;
+  let cfg: Record<string, unknown> | null;
   try {
-    cfg = JSON.parse(fs.readFileSync(path.join(modelDir, 'tokenizer_config.json'), 'utf8'));
+    cfg = readJsonFileSync('generate', path.join(modelDir, 'tokenizer_config.json'), READ_LIMITS.large) as Record<string, unknown> | null;
   } catch {
     return null;
   }
-  return tokenContent(cfg.eos_token);
+  return cfg !== null && typeof cfg === 'object' ? tokenContent(cfg.eos_token) : null;
+}
+
+function isTokenId(id: unknown, vocab: number): boolean {
+  return Number.isInteger(id) && (id as number) >= 0 && (id as number) < vocab;
 }
 
 export async function generateCommand(argv: string[], io: CliIO): Promise<number> {
@@ -52,10 +57,10 @@ export async function generateCommand(argv: string[], io: CliIO): Promise<number
   if (a.topP === 0) throw new UsageError('--top-p must be > 0');
   const device = resolveDevice(a.device);
   const modelDir = a.model;
-  if (!fs.statSync(modelDir, { throwIfNoEntry: false })?.isDirectory()) {
+  if (!statPath('--model', modelDir)?.isDirectory()) {
     throw new CliError(`--model ${modelDir}: not a directory (give a Hugging Face checkpoint directory with config.json, model.safetensors and tokenizer.json)`);
   }
-  if (a.adapter !== undefined && !fs.statSync(a.adapter, { throwIfNoEntry: false })?.isDirectory()) {
+  if (a.adapter !== undefined && !statPath('--adapter', a.adapter)?.isDirectory()) {
     throw new CliError(`--adapter ${a.adapter}: not a directory (give a PEFT adapter directory with adapter_config.json and adapter_model.safetensors)`);
   }
 
@@ -83,16 +88,24 @@ export async function generateCommand(argv: string[], io: CliIO): Promise<number
   const ids = Array.from(tokenizer.encode(a.prompt).ids, Number);
   if (!ids.length) throw new CliError('--prompt gives no tokens; give some text');
   const V = model.config.vocabSize;
-  const bad = ids.find((id) => id >= V);
-  if (bad !== undefined) throw new CliError(`--model ${modelDir}: the tokenizer gives id ${bad}, not below vocab_size ${V}; the tokenizer does not belong to this model`);
+  // The ids come from tokenizer.json: one that is no token of the model is the tokenizer's fault, not the prompt's.
+  const bad = ids.find((id) => !isTokenId(id, V));
+  if (bad !== undefined) {
+    throw new CliError(`--model ${modelDir}: the tokenizer (tokenizer.json) gives token id ${bad} for the prompt, but the model's ids are 0 to ${V - 1} (vocab_size ${V}); the tokenizer is damaged or does not belong to this model`);
+  }
   let eos: number | number[] | null = null;
   const fromConfig = model.config.raw.eos_token_id;
   if (fromConfig !== undefined && fromConfig !== null) {
     eos = fromConfig as number | number[];
+    const ok = Array.isArray(eos) ? eos.every((id) => isTokenId(id, V)) : isTokenId(eos, V);
+    if (!ok) throw new CliError(`--model ${modelDir}: config.json's eos_token_id ${describe(eos)} is not a token id of the model (0 to ${V - 1}); fix it in config.json`);
   } else {
     const t = eosText(modelDir);
     const id = t === null ? undefined : tokenizer.token_to_id(t);
     eos = id === undefined || id === null ? null : id;
+    if (eos !== null && !isTokenId(eos, V)) {
+      throw new CliError(`--model ${modelDir}: the tokenizer (tokenizer.json) gives token id ${eos} for the eos_token ${JSON.stringify(t)} of tokenizer_config.json, but the model's ids are 0 to ${V - 1}; the tokenizer is damaged or does not belong to this model`);
+    }
   }
 
   manualSeed(a.seed!);

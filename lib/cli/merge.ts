@@ -5,7 +5,8 @@ import * as path from 'path';
 import { LlamaForCausalLM } from '../models/llama';
 import { loadAdapter, saveMerged } from '../peft';
 import { loraLayers } from '../lora';
-import { CliError, CliIO, UsageError } from './io';
+import { CliError, CliIO, UsageError, samePath, statPath } from './io';
+import { READ_LIMITS, pathExists, readWholeFileSync } from '../fsio';
 import { helpText, parseArgs, Specs } from './args';
 import { writeFileAtomicSync } from '../atomic';
 import { COMMAND_TEXT } from './commands';
@@ -20,12 +21,8 @@ const SPECS = {
 /** Files copied from the model directory so the merged checkpoint is usable as is. */
 const COMPANIONS = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'generation_config.json', 'tokenizer.model', 'vocab.json', 'merges.txt'];
 
-function isDir(p: string): boolean {
-  try {
-    return fs.statSync(p).isDirectory();
-  } catch {
-    return false;
-  }
+function isDir(flag: string, p: string): boolean {
+  return statPath(flag, p)?.isDirectory() ?? false;
 }
 
 /** Library errors about the user's files become one-line CLI errors (not bugs). */
@@ -60,11 +57,12 @@ export async function mergeCommand(argv: string[], io: CliIO): Promise<number> {
   const modelDir = path.resolve(a.model!);
   const adapterDir = path.resolve(a.adapter!);
   const outDir = path.resolve(a.out!);
-  if (!isDir(modelDir)) throw new CliError(`--model ${a.model} is not a directory (give a Hugging Face checkpoint directory with config.json and model.safetensors)`);
-  if (!isDir(adapterDir)) throw new CliError(`--adapter ${a.adapter} is not a directory (give a PEFT adapter directory with adapter_config.json and adapter_model.safetensors)`);
-  if (outDir === modelDir) throw new CliError('--out is the --model directory; choose a new directory so the base checkpoint is not overwritten');
-  if (outDir === adapterDir) throw new CliError('--out is the --adapter directory; choose a new directory');
-  if (fs.existsSync(outDir) && !isDir(outDir)) throw new CliError(`--out ${a.out} exists and is not a directory; choose a directory path`);
+  if (!isDir('--model', modelDir)) throw new CliError(`--model ${a.model} is not a directory (give a Hugging Face checkpoint directory with config.json and model.safetensors)`);
+  if (!isDir('--adapter', adapterDir)) throw new CliError(`--adapter ${a.adapter} is not a directory (give a PEFT adapter directory with adapter_config.json and adapter_model.safetensors)`);
+  // By identity (device and inode), so that a symbolic link to a directory, or another spelling of it, is seen through.
+  if (samePath(outDir, modelDir)) throw new CliError('--out is the --model directory; choose a new directory so the base checkpoint is not overwritten');
+  if (samePath(outDir, adapterDir)) throw new CliError('--out is the --adapter directory; choose a new directory');
+  if (statPath('--out', outDir) && !isDir('--out', outDir)) throw new CliError(`--out ${a.out} exists and is not a directory; choose a directory path`);
 
   const t0 = process.hrtime.bigint();
   const model = await userStep(() => LlamaForCausalLM.fromPretrained(modelDir));
@@ -83,13 +81,19 @@ export async function mergeCommand(argv: string[], io: CliIO): Promise<number> {
   const copied: string[] = [];
   for (const f of COMPANIONS) {
     const src = path.join(modelDir, f);
-    if (fs.existsSync(src)) {
-      try {
-        writeFileAtomicSync(path.join(outDir, f), fs.readFileSync(src));
-        copied.push(f);
-      } catch (e) {
-        throw new CliError(`cannot copy ${src} to ${outDir}: ${(e as Error).message}`);
-      }
+    let bytes: Buffer;
+    try {
+      const where = `cannot copy ${f} from --model`;
+      if (!pathExists(where, src)) continue;
+      bytes = readWholeFileSync(where, src, READ_LIMITS.large);
+    } catch (e) {
+      throw new CliError((e as Error).message);
+    }
+    try {
+      writeFileAtomicSync(path.join(outDir, f), bytes);
+      copied.push(f);
+    } catch (e) {
+      throw new CliError(`cannot copy ${src} to ${outDir}: ${(e as Error).message}`);
     }
   }
   const size = fs.statSync(path.join(outDir, 'model.safetensors')).size;

@@ -17,6 +17,7 @@ import { tidy } from '../scope';
 import { noGrad } from '../autograd';
 import { DeviceSpec } from '../device';
 import { SafetensorsFile } from '../safetensors';
+import { READ_LIMITS, pathExists, readJsonFile } from '../fsio';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, checkKnownKeys, describe, rangeError, typeError } from '../errors';
 
 /** A parsed config.json of a supported architecture. */
@@ -465,15 +466,13 @@ export class LlamaForCausalLM extends Module {
     const configPath = path.join(dir, 'config.json');
     let raw: unknown;
     try {
-      raw = JSON.parse(await fs.promises.readFile(configPath, 'utf8'));
+      raw = await readJsonFile(where, configPath, READ_LIMITS.config);
     } catch (e) {
-      const err = e as NodeJS.ErrnoException;
-      throw new Error(err.code === 'ENOENT'
-        ? `${where}: ${configPath} not found (expected a Hugging Face checkpoint directory with config.json and model.safetensors)`
-        : `${where}: cannot read ${configPath}: ${err.message}`);
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      throw new Error(`${where}: ${configPath} not found (expected a Hugging Face checkpoint directory with config.json and model.safetensors)`);
     }
     const config = parseLlamaConfig(raw, where);
-    const files = await weightFiles(where, dir);
+    const { files, shardOf } = await weightFiles(where, dir);
     // Every header is read before the model is built: config.json decides how much memory the model
     // takes, and a config that asks for far more parameters than the checkpoint holds (a damaged or
     // mismatched config.json) is refused here instead of allocated. Smaller differences are left to
@@ -487,18 +486,23 @@ export class LlamaForCausalLM extends Module {
     let untiedHead = false;
     try {
       for (const file of files) opened.push(await SafetensorsFile._open(where, file));
+      // The keys read from each file: with an index, those its weight_map assigns to that shard.
+      const assigned = new Map<string, string[]>();
+      for (const [key, file] of shardOf ?? []) assigned.set(file, [...(assigned.get(file) ?? []), key]);
+      const keysOf = new Map(opened.map((st) => [st, shardOf ? checkShard(where, dir, st, assigned.get(st.path) ?? []) : st.keys()]));
+      if (shardOf) reportStrayKeys(where, dir, opened, shardOf);
       let stored = 0;
-      for (const st of opened) for (const k of st.keys()) stored += st.entry(k).shape.reduce((a, d) => a * d, 1);
+      for (const [st, keys] of keysOf) for (const k of keys) stored += st.entry(k).shape.reduce((a, d) => a * d, 1);
       const needed = parameterCount(config);
       if (needed > 2 * stored + 2 ** 24) {
         throw new RangeError(`${where}: ${configPath} describes a model of ${needed} parameters, far more than the ${stored} values the checkpoint holds; the config does not belong to these weights`);
       }
-      untiedHead = config.tieWordEmbeddings && opened.some((st) => st.keys().includes('lm_head.weight'));
+      untiedHead = config.tieWordEmbeddings && [...keysOf.values()].some((keys) => keys.includes('lm_head.weight'));
       model = new LlamaForCausalLM(untiedHead ? { ...config, tieWordEmbeddings: false } : config, { ...(o as FromPretrainedOptions), init: false });
       const expected = new Map(Object.entries(model.stateDict()));
-      for (const st of opened) {
+      for (const [st, keys] of keysOf) {
         const file = st.path;
-        for (const key of st.keys()) {
+        for (const key of keys) {
           const target = expected.get(key);
           if (!target) {
             // Non-persistent rotary buffers that old checkpoints still carry.
@@ -618,29 +622,67 @@ function list(keys: string[]): string {
   return keys.slice(0, 10).map((k) => `'${k}'`).join(', ') + (keys.length > 10 ? `, … (${keys.length} in all)` : '');
 }
 
-async function weightFiles(where: string, dir: string): Promise<string[]> {
+const INDEX = 'model.safetensors.index.json';
+
+/**
+ * The weight files of a checkpoint directory: model.safetensors, or the shards its index names, with
+ * the index's weight_map (tensor name to shard path).
+ */
+async function weightFiles(where: string, dir: string): Promise<{ files: string[]; shardOf: Map<string, string> | null }> {
   const single = path.join(dir, 'model.safetensors');
-  const index = path.join(dir, 'model.safetensors.index.json');
+  const index = path.join(dir, INDEX);
   // transformers looks for the single file first and reads the index only without it.
-  if (fs.existsSync(single)) return [single];
-  if (fs.existsSync(index)) {
-    let map: unknown;
-    try {
-      map = JSON.parse(await fs.promises.readFile(index, 'utf8')).weight_map;
-    } catch (e) {
-      throw new Error(`${where}: cannot read ${index}: ${(e as Error).message}`);
-    }
-    if (map === null || typeof map !== 'object') throw new Error(`${where}: ${index} has no weight_map object`);
-    const shards = [...new Set(Object.values(map as Record<string, unknown>).map(String))];
-    for (const s of shards) {
+  if (pathExists(where, single)) return { files: [single], shardOf: null };
+  if (pathExists(where, index)) {
+    const parsed = await readJsonFile(where, index, READ_LIMITS.large);
+    const map = (parsed as { weight_map?: unknown } | null)?.weight_map;
+    if (map === null || typeof map !== 'object' || Array.isArray(map)) throw new Error(`${where}: ${index} has no weight_map object`);
+    const shardOf = new Map<string, string>();
+    const shards = new Set<string>();
+    for (const [key, s] of Object.entries(map as Record<string, unknown>)) {
+      if (typeof s !== 'string' || s === '') throw new Error(`${where}: ${index}: weight_map[${JSON.stringify(key)}] must be a shard file name, got ${describe(s)}`);
       if (s.includes('/') || s.includes('\\') || s.startsWith('.')) throw new Error(`${where}: ${index} names a shard outside the directory: ${s}`);
-      if (!fs.existsSync(path.join(dir, s))) throw new Error(`${where}: shard ${s} listed in ${path.basename(index)} is missing`);
+      shardOf.set(key, path.join(dir, s));
+      shards.add(s);
     }
-    return shards.map((s) => path.join(dir, s));
+    for (const s of shards) {
+      if (!pathExists(where, path.join(dir, s))) throw new Error(`${where}: shard ${s} listed in ${INDEX} is missing`);
+    }
+    return { files: [...shards].map((s) => path.join(dir, s)), shardOf };
   }
   const bins = fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => f.endsWith('.bin')) : [];
-  throw new Error(`${where}: no model.safetensors or model.safetensors.index.json in ${dir}` +
+  throw new Error(`${where}: no model.safetensors or ${INDEX} in ${dir}` +
     (bins.length ? ` (found ${bins.join(', ')}: PyTorch .bin checkpoints are not supported; convert them to safetensors)` : ''));
+}
+
+/** The keys the index assigns to a shard, each checked to be there. */
+function checkShard(where: string, dir: string, st: SafetensorsFile, keys: string[]): string[] {
+  const absent = keys.find((k) => !st.has(k));
+  if (absent !== undefined) throw new RangeError(`${where}: ${path.join(dir, INDEX)} puts '${absent}' in ${path.basename(st.path)}, which does not hold it`);
+  return keys;
+}
+
+/**
+ * Tensors of a shard that the index does not assign to it are not read: a copy of a tensor that the
+ * weight_map puts in another shard (the one there is read), or a tensor it does not list at all (which
+ * transformers does not load either). They are named in a process warning (code
+ * LORA_CUDA_UNASSIGNED_SHARD_KEYS), since a checkpoint holding two copies of a tensor is ambiguous.
+ */
+function reportStrayKeys(where: string, dir: string, opened: SafetensorsFile[], shardOf: Map<string, string>): void {
+  const stray: string[] = [];
+  for (const st of opened) {
+    for (const key of st.keys()) {
+      const assigned = shardOf.get(key);
+      if (assigned === st.path) continue;
+      stray.push(assigned === undefined
+        ? `'${key}' in ${path.basename(st.path)} (not in the weight_map)`
+        : `'${key}' in ${path.basename(st.path)} (the weight_map puts it in ${path.basename(assigned)}, which was read)`);
+    }
+  }
+  if (stray.length) {
+    process.emitWarning(`${where}: ${path.join(dir, INDEX)}: shards hold tensors that its weight_map does not assign to them; they were not read: ` +
+      `${stray.slice(0, 8).join(', ')}${stray.length > 8 ? `, … (${stray.length} in all)` : ''}`, { code: 'LORA_CUDA_UNASSIGNED_SHARD_KEYS' });
+  }
 }
 
 function checkLength(where: string, T: number, config: LlamaConfig): void {
