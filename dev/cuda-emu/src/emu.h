@@ -19,6 +19,8 @@ constexpr size_t kSharedDefault = 48 * 1024;        // per block, without an opt
 constexpr size_t kSharedOptin = 227 * 1024;         // cudaFuncAttributeMaxDynamicSharedMemorySize at most
 int device_count();
 int multiprocessors();
+// The error every launch on the device fails with (LORA_CUDA_EMU_LAUNCH_ERROR), or cudaSuccess.
+cudaError_t launch_error(int device);
 
 // One lock for the whole emulated GPU: API calls and kernels run one at a time.
 std::recursive_mutex& gpu_mutex();

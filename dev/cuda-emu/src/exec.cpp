@@ -730,6 +730,8 @@ bool begin_launch(const LaunchSite& site, const char* signature, const void* fn,
   if (dev != current_device())
     return refuse(cudaErrorInvalidResourceHandle,
                   fmt("the stream belongs to cuda:%d, the current device is cuda:%d", dev, current_device()));
+  if (cudaError_t e = launch_error(dev))
+    return refuse(e, fmt("cuda:%d is set to fail every launch (LORA_CUDA_EMU_LAUNCH_ERROR)", dev));
   const unsigned long long nt = 1ull * block.x * block.y * block.z;
   if (block.x == 0 || block.y == 0 || block.z == 0 || nt > static_cast<unsigned>(kMaxThreadsPerBlock) ||
       block.x > 1024 || block.y > 1024 || block.z > 64)

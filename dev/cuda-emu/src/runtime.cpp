@@ -122,6 +122,12 @@ const char* error_text(cudaError_t e) {
     case cudaErrorInvalidDeviceFunction: return "invalid device function";
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorInvalidKernelImage: return "device kernel image is invalid";
+    case cudaErrorNoKernelImageForDevice: return "no kernel image is available for execution on the device";
+    case cudaErrorInvalidPtx: return "a PTX JIT compilation failed";
+    case cudaErrorJitCompilerNotFound: return "PTX JIT compiler library not found";
+    case cudaErrorUnsupportedPtxVersion: return "the provided PTX was compiled with an unsupported toolchain.";
+    case cudaErrorJitCompilationDisabled: return "PTX JIT compilation was disabled";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
     case cudaErrorNotReady: return "device not ready";
     case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
@@ -146,7 +152,9 @@ const char* error_name(cudaError_t e) {
     N(cudaSuccess) N(cudaErrorInvalidValue) N(cudaErrorMemoryAllocation) N(cudaErrorInitializationError)
     N(cudaErrorInvalidConfiguration) N(cudaErrorInvalidDevicePointer) N(cudaErrorInvalidMemcpyDirection)
     N(cudaErrorInsufficientDriver) N(cudaErrorInvalidDeviceFunction) N(cudaErrorNoDevice)
-    N(cudaErrorInvalidDevice) N(cudaErrorInvalidResourceHandle) N(cudaErrorNotReady)
+    N(cudaErrorInvalidDevice) N(cudaErrorInvalidKernelImage) N(cudaErrorNoKernelImageForDevice)
+    N(cudaErrorInvalidPtx) N(cudaErrorJitCompilerNotFound) N(cudaErrorUnsupportedPtxVersion)
+    N(cudaErrorJitCompilationDisabled) N(cudaErrorInvalidResourceHandle) N(cudaErrorNotReady)
     N(cudaErrorIllegalAddress) N(cudaErrorLaunchOutOfResources) N(cudaErrorLaunchTimeout)
     N(cudaErrorAssert) N(cudaErrorHardwareStackError) N(cudaErrorIllegalInstruction)
     N(cudaErrorMisalignedAddress) N(cudaErrorInvalidAddressSpace) N(cudaErrorInvalidPc)
@@ -369,6 +377,41 @@ int device_count() {
 int multiprocessors() {
   static int n = env_int("LORA_CUDA_EMU_MULTIPROCESSORS", 4, 1, 1024);
   return n;
+}
+
+cudaError_t launch_error(int device) {
+  // "N:KIND,...": every launch on device N fails as it would on a GPU the
+  // binary has no code for (no-kernel-image) or whose driver cannot compile
+  // its PTX (unsupported-ptx). Anything else is a mistake in the test: stop.
+  static const std::vector<cudaError_t> errors = [] {
+    std::vector<cudaError_t> v(static_cast<size_t>(device_count()), cudaSuccess);
+    const char* s = std::getenv("LORA_CUDA_EMU_LAUNCH_ERROR");
+    std::string text = s ? s : "";
+    size_t at = 0;
+    while (at < text.size()) {
+      size_t end = text.find(',', at);
+      if (end == std::string::npos) end = text.size();
+      std::string item = text.substr(at, end - at);
+      at = end + 1;
+      size_t colon = item.find(':');
+      char* num_end = nullptr;
+      long d = colon == std::string::npos ? -1 : std::strtol(item.c_str(), &num_end, 10);
+      std::string kind = colon == std::string::npos ? "" : item.substr(colon + 1);
+      cudaError_t e = kind == "no-kernel-image"   ? cudaErrorNoKernelImageForDevice
+                      : kind == "unsupported-ptx" ? cudaErrorUnsupportedPtxVersion
+                                                  : cudaSuccess;
+      if (d < 0 || d >= device_count() || num_end != item.c_str() + colon || e == cudaSuccess) {
+        std::fprintf(stderr,
+                     "lora-cuda CUDA emulator: LORA_CUDA_EMU_LAUNCH_ERROR=%s: \"%s\" is not DEVICE:KIND with DEVICE "
+                     "in [0, %d) and KIND no-kernel-image or unsupported-ptx\n",
+                     s, item.c_str(), device_count());
+        std::abort();
+      }
+      v[static_cast<size_t>(d)] = e;
+    }
+    return v;
+  }();
+  return errors[static_cast<size_t>(device)];
 }
 
 std::recursive_mutex& gpu_mutex() { return st().mu; }
