@@ -494,17 +494,23 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     cuda.Set("compiled", ci.compiled);
     cuda.Set("available", ci.available);
     cuda.Set("reason", ci.reason);
-    Napi::Array devs = Napi::Array::New(env, ci.devices.size());
-    for (size_t i = 0; i < ci.devices.size(); ++i) {
-      const auto& d = ci.devices[i];
-      Napi::Object od = Napi::Object::New(env);
-      od.Set("name", d.name);
-      od.Set("memory", static_cast<double>(d.memory));
-      od.Set("capability", std::to_string(d.major) + "." + std::to_string(d.minor));
-      od.Set("multiprocessors", d.multiprocessors);
-      devs.Set(static_cast<uint32_t>(i), od);
-    }
-    cuda.Set("devices", devs);
+    auto devices = [&](const std::vector<lc::cuda::DeviceInfo>& list, bool with_reason) {
+      Napi::Array devs = Napi::Array::New(env, list.size());
+      for (size_t i = 0; i < list.size(); ++i) {
+        const auto& d = list[i];
+        Napi::Object od = Napi::Object::New(env);
+        od.Set("name", d.name);
+        od.Set("memory", static_cast<double>(d.memory));
+        od.Set("capability", std::to_string(d.major) + "." + std::to_string(d.minor));
+        od.Set("multiprocessors", d.multiprocessors);
+        od.Set("ordinal", d.ordinal);
+        if (with_reason) od.Set("reason", d.reason);
+        devs.Set(static_cast<uint32_t>(i), od);
+      }
+      return devs;
+    };
+    cuda.Set("devices", devices(ci.devices, false));
+    cuda.Set("unusableDevices", devices(ci.unusable_devices, true));
     if (!ci.cublas_path.empty()) {
       Napi::Object cb = Napi::Object::New(env);
       cb.Set("path", ci.cublas_path);

@@ -48,6 +48,54 @@ bool sticky(cudaError_t e) {
   }
 }
 
+std::string error_words(cudaError_t e) {
+  return std::string(cudaGetErrorString(e)) + " (" + cudaGetErrorName(e) + ")";
+}
+
+std::string device_words(const DeviceInfo& d) {
+  return "CUDA device " + std::to_string(d.ordinal) + " (" + d.name + ", compute capability " +
+         std::to_string(d.major) + "." + std::to_string(d.minor) + ")";
+}
+
+// Why a device cannot run this build's kernels, or "" when it can: a GPU
+// answers every query even when the binary has no code it can run, so a
+// kernel is launched on it and its result read back. The launch creates the
+// device's context, as its first use would.
+std::string test_device(const DeviceInfo& d, int driver_version) {
+  // Machine code starts at sm_75; older GPUs cannot run these kernels.
+  if (d.major * 10 + d.minor < 75) return device_words(d) + ": this build needs compute capability 7.5 or newer";
+  const int want = 0x4c6f5241 + d.ordinal;
+  int got = 0;
+  cudaError_t e = probe_launch(d.ordinal, want, &got);
+  cudaGetLastError();  // a launch error is not sticky: it must not fail the next call
+  if (e == cudaSuccess && got == want) return "";
+  const std::string cc = std::to_string(d.major * 10 + d.minor);
+  const std::string rebuild = "build it from source for this GPU with LORA_CUDA_ARCHS=" + cc +
+                              "-real (in the installed package: npm install cmake-js node-addon-api && "
+                              "LORA_CUDA_ARCHS=" + cc + "-real npm run build:native)";
+  switch (e) {
+    case cudaSuccess:
+      return device_words(d) + " ran a test kernel that did not write its result (read back " +
+             std::to_string(got) + ", expected " + std::to_string(want) + ")";
+    case cudaErrorNoKernelImageForDevice:
+    case cudaErrorInvalidKernelImage:
+    case cudaErrorInvalidDeviceFunction:
+      return device_words(d) + " cannot run this build's kernels: " + error_words(e) +
+             ". The binary has GPU code for " + LORA_CUDA_ARCHS_STR + " only; " + rebuild;
+    case cudaErrorUnsupportedPtxVersion:
+    case cudaErrorInvalidPtx:
+    case cudaErrorJitCompilerNotFound:
+    case cudaErrorJitCompilationDisabled:
+      return device_words(d) + " cannot run this build's kernels: " + error_words(e) +
+             ". The NVIDIA driver" + (driver_version ? " (CUDA " + cuda_version_str(driver_version) + ")" : "") +
+             " cannot compile the PTX of this build (CUDA " + cuda_version_str(CUDART_VERSION) +
+             ") for it: update the driver to one for CUDA " + cuda_version_str(CUDART_VERSION) +
+             " or newer, or " + rebuild;
+    default:
+      return device_words(d) + " could not run a test kernel: " + error_words(e);
+  }
+}
+
 Info probe() {
   Info info;
   info.compiled = true;
@@ -82,32 +130,42 @@ Info probe() {
                   cudaGetErrorName(e) + ")";
     return info;
   }
+  int current = 0;  // the probe's launches change this thread's device: put it back after
+  cudaGetDevice(&current);
   for (int i = 0; i < n; ++i) {
+    DeviceInfo d;
+    d.ordinal = i;
     cudaDeviceProp p;
     std::memset(&p, 0, sizeof p);
-    if (cudaGetDeviceProperties(&p, i) != cudaSuccess) {
+    cudaError_t pe = cudaGetDeviceProperties(&p, i);
+    if (pe != cudaSuccess) {
       cudaGetLastError();
+      d.name = "unknown";
+      d.reason = "CUDA device " + std::to_string(i) + " could not be queried: " + error_words(pe);
+      info.unusable_devices.push_back(d);
       continue;
     }
-    DeviceInfo d;
     d.name = p.name;
     d.memory = static_cast<int64_t>(p.totalGlobalMem);
     d.major = p.major;
     d.minor = p.minor;
     d.multiprocessors = p.multiProcessorCount;
-    info.devices.push_back(d);
+    d.reason = test_device(d, info.driver_version);
+    (d.reason.empty() ? info.devices : info.unusable_devices).push_back(d);
   }
+  int now = current;
+  cudaGetDevice(&now);
+  if (now != current) cudaSetDevice(current);
+  cudaGetLastError();
   if (info.devices.empty()) {
-    info.reason = "no CUDA GPU could be queried";
-    return info;
-  }
-  // Machine code starts at sm_75; older GPUs cannot run these kernels.
-  for (const auto& d : info.devices) {
-    if (d.major * 10 + d.minor < 75) {
-      info.reason = "GPU " + d.name + " has compute capability " + std::to_string(d.major) + "." +
-                    std::to_string(d.minor) + "; this build needs 7.5 or newer";
-      return info;
+    const auto& u = info.unusable_devices;
+    if (u.size() == 1) {
+      info.reason = u[0].reason;
+    } else {
+      info.reason = "none of the " + std::to_string(u.size()) + " CUDA GPUs can be used: ";
+      for (size_t i = 0; i < u.size(); ++i) info.reason += (i ? "; " : "") + u[i].reason;
     }
+    return info;
   }
   const Cublas& b = cublas();
   info.cublas_path = b.path;
@@ -138,24 +196,25 @@ std::unordered_map<const Context*, HostWords*>& host_words() {
   return *m;
 }
 
-Context* create_context(int index) {
+Context* create_context(int index, int ordinal) {
   auto* c = new Context();
   c->index = index;
-  check(cudaSetDevice(index), "cudaSetDevice");
+  c->ordinal = ordinal;
+  check(cudaSetDevice(ordinal), "cudaSetDevice");
   check(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "cudaStreamCreate");
   int pools = 0;
-  check(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, index), "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, ordinal), "cudaDeviceGetAttribute");
   c->pools = pools != 0;
   if (c->pools) {
     // Keep freed memory in the pool: a training step then never calls the driver.
     cudaMemPool_t pool;
-    check(cudaDeviceGetDefaultMemPool(&pool, index), "cudaDeviceGetDefaultMemPool");
+    check(cudaDeviceGetDefaultMemPool(&pool, ordinal), "cudaDeviceGetDefaultMemPool");
     uint64_t keep = UINT64_MAX;
     check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep),
           "cudaMemPoolSetAttribute");
   }
   int sms = 1;
-  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, index), "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ordinal), "cudaDeviceGetAttribute");
   c->multiprocessors = sms;
   check(cudaMalloc(reinterpret_cast<void**>(&c->err), sizeof(DeviceError)), "cudaMalloc");
   check(cudaMalloc(reinterpret_cast<void**>(&c->flag), sizeof(int)), "cudaMalloc");
@@ -217,11 +276,11 @@ Context& context(int index) {
   std::lock_guard<std::mutex> lk(g_ctx_mu);
   auto& v = contexts();
   if (v.size() < static_cast<size_t>(n)) v.resize(n, nullptr);
-  if (!v[index]) v[index] = create_context(index);
+  if (!v[index]) v[index] = create_context(index, i.devices[index].ordinal);
   return *v[index];
 }
 
-Guard::Guard(Context& c) : ctx(c), lock_(c.mu) { check(cudaSetDevice(c.index), "cudaSetDevice"); }
+Guard::Guard(Context& c) : ctx(c), lock_(c.mu) { check(cudaSetDevice(c.ordinal), "cudaSetDevice"); }
 
 void launched(Context& c, const char* op) {
   cudaError_t e = cudaGetLastError();
@@ -272,7 +331,7 @@ void* device_alloc(Context& c, size_t bytes) {
     check(cudaStreamSynchronize(c.stream), "cudaStreamSynchronize");
     if (c.pools) {
       cudaMemPool_t pool;
-      check(cudaDeviceGetDefaultMemPool(&pool, c.index), "cudaDeviceGetDefaultMemPool");
+      check(cudaDeviceGetDefaultMemPool(&pool, c.ordinal), "cudaDeviceGetDefaultMemPool");
       check(cudaMemPoolTrimTo(pool, 0), "cudaMemPoolTrimTo");
     }
     e = attempt();
@@ -353,7 +412,7 @@ MemoryStats memory_stats(int index) {
   s.peak = c.peak;
   if (c.pools) {
     cudaMemPool_t pool;
-    check(cudaDeviceGetDefaultMemPool(&pool, c.index), "cudaDeviceGetDefaultMemPool");
+    check(cudaDeviceGetDefaultMemPool(&pool, c.ordinal), "cudaDeviceGetDefaultMemPool");
     uint64_t r = 0;
     check(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &r), "cudaMemPoolGetAttribute");
     s.reserved = static_cast<int64_t>(r);
@@ -375,7 +434,7 @@ void empty_cache(int index) {
   sync(c);
   if (c.pools) {
     cudaMemPool_t pool;
-    check(cudaDeviceGetDefaultMemPool(&pool, c.index), "cudaDeviceGetDefaultMemPool");
+    check(cudaDeviceGetDefaultMemPool(&pool, c.ordinal), "cudaDeviceGetDefaultMemPool");
     check(cudaMemPoolTrimTo(pool, 0), "cudaMemPoolTrimTo");
   }
 }

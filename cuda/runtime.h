@@ -33,7 +33,8 @@ enum DeviceErrorCode : int {
 };
 
 struct Context {
-  int index = 0;
+  int index = 0;    // cuda:index, counting usable devices only
+  int ordinal = 0;  // the CUDA runtime's device number (info().devices[index].ordinal)
   cudaStream_t stream = nullptr;
   std::recursive_mutex mu;  // one op at a time per device (worker threads share it)
   cublasHandle_t blas = nullptr;  // created on the first matrix product
@@ -50,6 +51,11 @@ struct Context {
 // The context of cuda:index, created on first use; throws when CUDA or the
 // device is not available.
 Context& context(int index);
+
+// The probe's test of a device (cuda/probe.cu): a one-block kernel on the null
+// stream of device `ordinal` writes `value`, read back into *read. Returns the
+// first error (the launch's, the copy's); a non-sticky one is left to clear.
+cudaError_t probe_launch(int ordinal, int value, int* read);
 
 // Locks the device for one op and makes it current on this thread.
 class Guard {

@@ -11,15 +11,27 @@ export interface CudaDeviceInfo {
   /** Compute capability, e.g. '9.0'. */
   capability: string;
   multiprocessors: number;
+  /**
+   * The CUDA runtime's number for the device (after CUDA_VISIBLE_DEVICES). 'cuda:N' is `devices[N]`,
+   * counting usable devices only, so this differs from N when a device before it is unusable.
+   */
+  ordinal: number;
+}
+export interface UnusableCudaDeviceInfo extends CudaDeviceInfo {
+  /** Why it cannot be used: e.g. the binary has no GPU code for it, and what to do about that. */
+  reason: string;
 }
 export interface CudaInfo {
   /** The CUDA backend was compiled into this build. */
   compiled: boolean;
-  /** A usable GPU, driver and cuBLAS were found. */
+  /** A driver, a GPU that runs this build's kernels, and cuBLAS were found. */
   available: boolean;
   /** Why CUDA is not available, in words ('' when it is). */
   reason: string;
+  /** The GPUs that ran a test kernel at the probe: 'cuda:N' is devices[N]. */
   devices: CudaDeviceInfo[];
+  /** GPUs that are present but cannot be used (no GPU code for them in this build, a driver that cannot compile its PTX, ...), each with the reason. */
+  unusableDevices: UnusableCudaDeviceInfo[];
   /** The cuBLAS library loaded at run time, or null when none was found (or not looked for). */
   cublas: { path: string; version: string } | null;
   /** CUDA runtime version this build was compiled with (13000 = 13.0; 0 without CUDA). */

@@ -31,7 +31,10 @@ export function parseDevice(where: string, what: string, v: unknown): ParsedDevi
     throw new RangeError(`${where}: ${what} ${JSON.stringify(v)} is not available (${info.reason})`);
   }
   if (index >= info.devices.length) {
-    throw new RangeError(`${where}: ${what} ${JSON.stringify(v)} does not exist (${info.devices.length} CUDA device(s))`);
+    // cuda:N counts usable devices only; say so when some were left out.
+    const unusable = info.unusableDevices.length;
+    const more = unusable ? `; ${unusable} more cannot be used, backendInfo().cuda.unusableDevices says why` : '';
+    throw new RangeError(`${where}: ${what} ${JSON.stringify(v)} does not exist (${info.devices.length} CUDA device(s)${more})`);
   }
   return { type: 'cuda', index, name: `cuda:${index}` };
 }

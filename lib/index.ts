@@ -40,4 +40,4 @@ export { clipGradNorm } from './nn/utils';
 export type { ClipGradNormOptions } from './nn/utils';
 export type { AdamOptions, AdamStateDict, ParamGroup, ParamGroupInput } from './optim';
 export { backendInfo, cuda, nativeMemoryBytes } from './backend';
-export type { BackendInfo, CudaInfo, CudaDeviceInfo } from './backend';
+export type { BackendInfo, CudaInfo, CudaDeviceInfo, UnusableCudaDeviceInfo } from './backend';

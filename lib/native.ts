@@ -21,7 +21,8 @@ export interface NativeCudaInfo {
   compiled: boolean;
   available: boolean;
   reason: string;
-  devices: { name: string; memory: number; capability: string; multiprocessors: number }[];
+  devices: { name: string; memory: number; capability: string; multiprocessors: number; ordinal: number }[];
+  unusableDevices: { name: string; memory: number; capability: string; multiprocessors: number; ordinal: number; reason: string }[];
   cublas: { path: string; version: string } | null;
   runtimeVersion: number;
   driverVersion: number;

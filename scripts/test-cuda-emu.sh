@@ -42,7 +42,7 @@ echo "test-cuda-emu: the emulator's self-test"
 
 export LORA_CUDA_ADDON="$out/lora_cuda.node"
 export LORA_CUDA_CUBLAS="$out/libcublas-emu.so"
-unset LORA_CUDA_SYNC LORA_CUDA_EMU_SCHEDULE
+unset LORA_CUDA_SYNC LORA_CUDA_EMU_SCHEDULE LORA_CUDA_EMU_LAUNCH_ERROR
 
 # The suites below must see the emulated GPU, not skip their CUDA parts.
 node -r ./test/helpers/ts-register.js -e '
@@ -59,7 +59,7 @@ if [ $# -gt 0 ]; then
   npx jest --ci "$@" || status=$?
 else
   # Every suite with parts that run only when CUDA is available.
-  npx jest --ci test/cuda.test.ts test/soak.test.ts test/bad-input.test.ts test/errors.test.ts test/tensor.test.ts \
+  npx jest --ci test/cuda.test.ts test/cuda-probe.test.ts test/soak.test.ts test/bad-input.test.ts test/errors.test.ts test/tensor.test.ts \
     test/cli-finetune.test.ts test/gradcheck.test.ts \
     || status=$?
   for schedule in reverse warp-ahead reverse,warp-ahead; do

@@ -11,17 +11,23 @@
 namespace lc::cuda {
 
 struct DeviceInfo {
+  int ordinal = 0;       // the CUDA runtime's device number (after CUDA_VISIBLE_DEVICES)
   std::string name;
   int64_t memory = 0;    // bytes
   int major = 0, minor = 0;  // compute capability
   int multiprocessors = 0;
+  std::string reason;    // why it cannot be used ("" in `devices`)
 };
 
 struct Info {
   bool compiled = false;    // the CUDA backend is in this build
-  bool available = false;   // a driver, a GPU and cuBLAS were found
+  bool available = false;   // a driver, a GPU that runs this build's kernels and cuBLAS were found
   std::string reason;       // why not, in words ("" when available)
+  // The devices that ran the probe's kernel; cuda:N is devices[N], which is
+  // device `devices[N].ordinal` of the runtime (the same unless a device
+  // before it is unusable, as with CUDA_VISIBLE_DEVICES).
   std::vector<DeviceInfo> devices;
+  std::vector<DeviceInfo> unusable_devices;  // the others, each with its reason
   std::string cublas_path;  // the library loaded ("" when none)
   std::string cublas_version;  // "13.0.2" ("" when none)
   int runtime_version = 0;  // CUDART_VERSION this build was compiled with (13000 = 13.0)
@@ -29,7 +35,8 @@ struct Info {
   std::string architectures;  // the GPU architectures compiled in ("75-real;80-real;...")
 };
 
-// Probed once per process (driver, devices, cuBLAS); later calls return the same.
+// Probed once per process (driver, devices, a kernel launched on each, cuBLAS);
+// later calls return the same.
 const Info& info();
 
 // The backend of cuda:index; throws ERR_CUDA_UNAVAILABLE with info().reason

@@ -35,6 +35,10 @@ describe('CUDA status (any machine)', () => {
     expect(typeof info.compiled).toBe('boolean');
     expect(info.available).toBe(available);
     expect(Array.isArray(info.devices)).toBe(true);
+    // The probe sorts every device of the runtime into usable (cuda:N = devices[N]) and unusable, with a reason.
+    const ordinals = [...info.devices, ...info.unusableDevices].map((d) => d.ordinal).sort((a, b) => a - b);
+    expect(ordinals).toEqual(ordinals.map((_, i) => i));
+    for (const d of info.unusableDevices) expect(d.reason).toMatch(new RegExp(`^CUDA device ${d.ordinal} `));
     if (!info.compiled) {
       expect(info.reason).toMatch(/compiled without the CUDA backend/);
       expect(info.runtimeVersion).toBe(0);
