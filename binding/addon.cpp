@@ -489,6 +489,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     if (!b.blas_reason.empty()) cpu.Set("blasReason", b.blas_reason);
     cpu.Set("blasThreads", b.blas_threads);
     cpu.Set("threads", b.threads);
+    Napi::Array features = Napi::Array::New(env, b.features.size());
+    for (size_t i = 0; i < b.features.size(); ++i) features.Set(static_cast<uint32_t>(i), b.features[i]);
+    cpu.Set("features", features);
+    cpu.Set("kernels", b.kernels);
     const lc::cuda::Info& ci = lc::cuda::info();
     Napi::Object cuda = Napi::Object::New(env);
     cuda.Set("compiled", ci.compiled);

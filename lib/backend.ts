@@ -1,5 +1,5 @@
 // What the native backends can do in this process, and the CUDA controls.
-import type { CpuInfo } from './native';
+import type { AddonSource, CpuInfo } from './native';
 import * as runtime from './ops/runtime';
 import { parseDevice } from './device';
 import { typeError } from './errors';
@@ -42,14 +42,20 @@ export interface CudaInfo {
   architectures: string;
 }
 export interface BackendInfo {
-  /** blas: 'openblas', 'cblas' or 'builtin'; blasPath: the library loaded; threads: our CPU pool size. */
+  /**
+   * blas: 'openblas', 'cblas' or 'builtin'; blasPath: the library loaded; threads: our CPU pool size;
+   * features: the processor's extensions that matter ('avx2', 'fma', 'avx512f', 'avx512bf16');
+   * kernels: what the built-in kernels use on it ('avx2+fma' or 'generic').
+   */
   cpu: CpuInfo;
   cuda: CudaInfo;
+  /** The native addon this process loaded: its path, and whether it is a prebuilt binary, a local build or LORA_CUDA_ADDON's. */
+  addon: AddonSource;
 }
 
 export function backendInfo(): BackendInfo {
   const info = runtime.backendInfo();
-  return { cpu: info.cpu, cuda: { ...info.cuda, reason: info.cuda.available ? '' : info.cuda.reason } };
+  return { cpu: info.cpu, cuda: { ...info.cuda, reason: info.cuda.available ? '' : info.cuda.reason }, addon: info.addon };
 }
 
 export interface CudaMemoryStats {

@@ -41,3 +41,4 @@ export type { ClipGradNormOptions } from './nn/utils';
 export type { AdamOptions, AdamStateDict, ParamGroup, ParamGroupInput } from './optim';
 export { backendInfo, cuda, nativeMemoryBytes } from './backend';
 export type { BackendInfo, CudaInfo, CudaDeviceInfo, UnusableCudaDeviceInfo } from './backend';
+export type { AddonSource, CpuInfo } from './native';

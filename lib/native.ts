@@ -3,6 +3,7 @@
 // lib/ops, the one layer that calls here.
 import * as fs from 'fs';
 import * as path from 'path';
+import { glibcNeeded, glibcVersion, olderThan } from './platform';
 
 /** Opaque handle to native tensor storage plus shape. */
 export interface NativeTensor {
@@ -16,6 +17,10 @@ export interface CpuInfo {
   blasReason?: string;
   blasThreads: number;
   threads: number;
+  /** Extensions of this processor that matter here: 'avx2', 'fma', 'avx512f', 'avx512bf16'. */
+  features: string[];
+  /** What this build's own kernels use on it: 'avx2+fma' or 'generic'. */
+  kernels: string;
 }
 export interface NativeCudaInfo {
   compiled: boolean;
@@ -133,6 +138,19 @@ function packageRoot(): string {
   }
 }
 
+/** The addon file this process loaded, and why that one. */
+export interface AddonSource {
+  path: string;
+  /** 'override': named by LORA_CUDA_ADDON; 'build': a local build under build/; 'prebuilt': a prebuilt binary (prebuilds/). */
+  kind: 'override' | 'build' | 'prebuilt';
+}
+let source: AddonSource | null = null;
+
+/** Where the addon was loaded from. */
+export function addonSource(): AddonSource {
+  return source as AddonSource;
+}
+
 function load(): Binding {
   const root = packageRoot();
   // LORA_CUDA_ADDON: the path of a .node file to load instead (e.g. the sanitizer build of
@@ -142,7 +160,9 @@ function load(): Binding {
     const file = path.resolve(override);
     try {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
-      return require(file) as Binding;
+      const b = require(file) as Binding;
+      source = { path: file, kind: 'override' };
+      return b;
     } catch (e) {
       const err = new Error(`lora-cuda: the native addon named by LORA_CUDA_ADDON could not be loaded from ${file}: ${(e as Error).message}`);
       (err as NodeJS.ErrnoException).code = 'ERR_LORA_ADDON_NOT_FOUND';
@@ -151,17 +171,26 @@ function load(): Binding {
   }
   try {
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    const gypBuild = require('node-gyp-build') as (dir: string) => Binding;
-    return gypBuild(root);
+    const gypBuild = require('node-gyp-build') as { resolve(dir: string): string };
+    const file = gypBuild.resolve(root);
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const b = require(file) as Binding;
+    source = { path: file, kind: path.relative(root, file).split(path.sep)[0] === 'build' ? 'build' : 'prebuilt' };
+    return b;
   } catch (e) {
     throw loadError(root, e as Error);
   }
 }
 
-/** One error that lists every place a binary was looked for, what happened there, and the fixes. */
-function loadError(root: string, cause: Error): Error {
+/**
+ * One error that lists every place a binary was looked for, what happened there, the glibc this
+ * system has against the one each binary needs, and the fixes.
+ */
+export function loadError(root: string, cause: Error): Error {
   const platform = `${process.platform}-${process.arch}`;
   const tried: string[] = [];
+  const glibc = glibcVersion();
+  let prebuiltNeeds: string | null = null;
   const candidates = [path.join(root, 'build', 'Release'), path.join(root, 'build', 'Debug'), path.join(root, 'prebuilds', platform)];
   for (const dir of candidates) {
     const files = fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => f.endsWith('.node')) : [];
@@ -175,15 +204,20 @@ function loadError(root: string, cause: Error): Error {
         require(path.join(dir, f));
         tried.push(`${path.relative(root, path.join(dir, f))}: loads, but was not chosen (${cause.message})`);
       } catch (err) {
-        tried.push(`${path.relative(root, path.join(dir, f))}: ${(err as Error).message.split('\n')[0]}`);
+        const file = path.join(dir, f);
+        const needs = glibcNeeded(file);
+        if (dir.endsWith(platform) && needs) prebuiltNeeds = needs;
+        const tooOld = glibc && needs && olderThan(glibc, needs) ? ` (it needs glibc ${needs}, this system has ${glibc})` : '';
+        tried.push(`${path.relative(root, file)}: ${(err as Error).message.split('\n')[0]}${tooOld}`);
       }
     }
   }
+  const build = 'build from source with "npm run build:native" in the package directory (needs cmake >= 3.18, a C++17 compiler, and npm install cmake-js node-addon-api)';
+  const system = glibc ? `This system has glibc ${glibc}. ` : '';
   const fixes = platform === 'linux-x64'
-    ? 'The package ships a prebuilt binary for linux-x64 (glibc 2.36 or newer, Node.js 20 or newer); reinstall it if prebuilds/ is missing, ' +
-      'or build from source with "npm run build:native" in the package directory (needs cmake >= 3.18, a C++17 compiler, and npm install cmake-js node-addon-api)'
-    : `No prebuilt binary exists for ${platform}; build from source with "npm run build:native" in the package directory ` +
-      '(needs cmake >= 3.18, a C++17 compiler, and npm install cmake-js node-addon-api)';
+    ? `${system}The package ships a prebuilt binary for linux-x64 (glibc ${prebuiltNeeds ?? 'as in the README'} or newer, Node.js 20 or newer); ` +
+      `${glibc && prebuiltNeeds && olderThan(glibc, prebuiltNeeds) ? 'on an older system ' : 'reinstall it if prebuilds/ is missing, or '}${build}`
+    : `No prebuilt binary exists for ${platform}; ${build}`;
   const err = new Error(`lora-cuda: no native addon could be loaded from ${root}. Tried: ${tried.join('; ')}. ${fixes}.`);
   (err as NodeJS.ErrnoException).code = 'ERR_LORA_ADDON_NOT_FOUND';
   return err;

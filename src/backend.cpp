@@ -27,6 +27,17 @@ CpuInfo cpu_info() {
   i.blas_reason = b.reason;
   i.blas_threads = b.threads;
   i.threads = num_threads();
+#if defined(__x86_64__) && defined(__GNUC__)
+  // __builtin_cpu_supports takes only string literals.
+  if (__builtin_cpu_supports("avx2")) i.features.emplace_back("avx2");
+  if (__builtin_cpu_supports("fma")) i.features.emplace_back("fma");
+  if (__builtin_cpu_supports("avx512f")) i.features.emplace_back("avx512f");
+  if (__builtin_cpu_supports("avx512bf16")) i.features.emplace_back("avx512bf16");
+  // The built-in GEMM and the rank-r pass pick their AVX2+FMA code by the same test at run time.
+  i.kernels = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? "avx2+fma" : "generic";
+#else
+  i.kernels = "generic";
+#endif
   return i;
 }
 

@@ -189,6 +189,10 @@ struct CpuInfo {
   std::string blas_reason;  // why the built-in GEMM is used, when it is
   int blas_threads = 0;     // threads the library reports (builtin: the pool's)
   int threads = 0;          // threads of the pool the CPU backend splits work over
+  // Instruction-set extensions of this processor that matter here ("avx2", "fma", "avx512f",
+  // "avx512bf16"), and the ones this build's own kernels use on it ("avx2+fma" or "generic").
+  std::vector<std::string> features;
+  std::string kernels;
 };
 CpuInfo cpu_info();
 

@@ -212,12 +212,12 @@ describe('help, usage errors and exit codes', () => {
       const r = await run(argv);
       expect(r.code).toBe(0);
       expect(r.stdout).toMatch(/^usage: lora-cuda <command>/);
-      for (const cmd of ['demo', 'finetune', 'merge', 'generate', 'bench']) expect(r.stdout).toMatch(new RegExp(`^  ${cmd} `, 'm'));
+      for (const cmd of ['demo', 'finetune', 'merge', 'generate', 'doctor', 'bench']) expect(r.stdout).toMatch(new RegExp(`^  ${cmd} `, 'm'));
       expect(r.stderr).toBe('');
     }
   });
 
-  test.each(['demo', 'finetune', 'merge', 'generate', 'bench'])('lora-cuda %s --help prints its usage', async (cmd) => {
+  test.each(['demo', 'finetune', 'merge', 'generate', 'doctor', 'bench'])('lora-cuda %s --help prints its usage', async (cmd) => {
     const r = await run([cmd, '--help']);
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(new RegExp(`^usage: lora-cuda ${cmd}`));
@@ -227,7 +227,7 @@ describe('help, usage errors and exit codes', () => {
     expect(viaHelp).toEqual(r);
   });
 
-  test.each(['demo', 'finetune', 'merge', 'generate', 'bench'])('lora-cuda --help and lora-cuda %s --help give the same summary', async (cmd) => {
+  test.each(['demo', 'finetune', 'merge', 'generate', 'doctor', 'bench'])('lora-cuda --help and lora-cuda %s --help give the same summary', async (cmd) => {
     const own = lines((await run([cmd, '--help'])).stdout);
     // usage: <line>, a blank line, then the summary.
     expect(own[0]).toMatch(new RegExp(`^usage: lora-cuda ${cmd}\\b`));
@@ -270,7 +270,7 @@ describe('help, usage errors and exit codes', () => {
     expect(lines(r.stderr)).toEqual(['lora-cuda demo: --device must be cpu or cuda, got "tpu" (see lora-cuda demo --help)']);
     r = await run(['frobnicate']);
     expect(r.code).toBe(2);
-    expect(lines(r.stderr)).toEqual(['lora-cuda: unknown command \'frobnicate\' (commands: demo, finetune, merge, generate, bench; see lora-cuda --help)']);
+    expect(lines(r.stderr)).toEqual(['lora-cuda: unknown command \'frobnicate\' (commands: demo, finetune, merge, generate, doctor, bench; see lora-cuda --help)']);
     r = await run(['merge', '--model', tmp]);
     expect(r.code).toBe(2);
     expect(lines(r.stderr)).toEqual(['lora-cuda merge: missing --adapter DIR, --out DIR (see lora-cuda merge --help)']);
@@ -550,6 +550,42 @@ describe('lora-cuda bench', () => {
     }
     // Node says the same for such a path.
     expect(() => fs.writeFileSync(path.join(file, 'result.json'), '')).toThrow(expect.objectContaining({ code: 'ENOTDIR' }));
+  });
+});
+
+describe('lora-cuda doctor', () => {
+  test('reports the installation and what to do for each missing part; exit 0 when the CPU path works', async () => {
+    const r = await run(['doctor']);
+    expect(r.code).toBe(0);
+    const info = backendInfo();
+    expect(r.stdout).toMatch(new RegExp(`^node +${process.version.replace(/\./g, '\\.')} \\(Node-API \\d+\\), linux-x64$`, 'm'));
+    expect(r.stdout).toMatch(/^glibc +\d+\.\d+$/m);
+    expect(r.stdout).toContain(`addon   ${info.addon.path} (`);
+    expect(r.stdout).toMatch(new RegExp(`^cpu +.*; ${info.cpu.threads} threads; features: .*; kernels: (avx2\\+fma|generic)$`, 'm'));
+    expect(r.stdout).toMatch(/^check +a LoRA forward and backward ran on the CPU$/m);
+    expect(r.stdout).toMatch(/^ready: the CPU path works/m);
+    if (!info.cuda.available && info.cuda.compiled && info.cuda.driverVersion === 0) {
+      // No driver here: the line says what to install.
+      expect(r.stdout).toMatch(/^driver +none found\n +-> for a GPU, install the NVIDIA driver, 580 or newer for CUDA 13\.0$/m);
+    }
+    if (info.cuda.available) expect(r.stdout).toMatch(/^cuda:0 +.*compute capability \d+\.\d+/m);
+
+    const j = await run(['doctor', '--json']);
+    expect(j.code).toBe(0);
+    const report = JSON.parse(j.stdout);
+    expect(report.ok).toBe(true);
+    expect(report.addon.path).toBe(info.addon.path);
+    expect(report.info.cpu.features).toEqual(info.cpu.features);
+    expect(report.glibc.runtime).toMatch(/^\d+\.\d+$/);
+    expect(report.glibc.addonNeeds).toMatch(/^\d+\.\d+$/);
+  });
+
+  test('backendInfo names the addon and the CPU features the kernels use', () => {
+    const info = backendInfo();
+    expect(['prebuilt', 'build', 'override']).toContain(info.addon.kind);
+    expect(fs.existsSync(info.addon.path)).toBe(true);
+    for (const f of info.cpu.features) expect(['avx2', 'fma', 'avx512f', 'avx512bf16']).toContain(f);
+    expect(info.cpu.kernels).toBe(info.cpu.features.includes('avx2') && info.cpu.features.includes('fma') ? 'avx2+fma' : 'generic');
   });
 });
 

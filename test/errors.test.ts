@@ -519,3 +519,28 @@ describe('messages name the entry point that was called', () => {
     expect(lin.weight.grad).not.toBeNull();
   });
 });
+
+describe('when no addon loads', () => {
+  test('the error lists each file tried, with the glibc it needs against the one this system has', () => {
+    const fs = require('fs') as typeof import('fs');
+    const os = require('os') as typeof import('os');
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), 'lora-cuda-loader-'));
+    try {
+      const dir = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`);
+      fs.mkdirSync(dir, { recursive: true });
+      // Not a loadable binary, but with the version needs a binary built on a newer glibc has.
+      fs.writeFileSync(path.join(dir, 'lora-cuda.node'), Buffer.from('\0GLIBC_2.17\0GLIBC_2.99\0GLIBC_2.2.5\0'));
+      const { loadError } = require('../lib/native') as typeof import('../lib/native');
+      const { glibcVersion } = require('../lib/platform') as typeof import('../lib/platform');
+      const err = loadError(root, new Error('No native build was found'));
+      expect((err as NodeJS.ErrnoException).code).toBe('ERR_LORA_ADDON_NOT_FOUND');
+      const have = glibcVersion();
+      expect(have).toMatch(/^2\.\d+$/);
+      expect(err.message).toContain(`prebuilds/${process.platform}-${process.arch}/lora-cuda.node: `);
+      expect(err.message).toContain(`(it needs glibc 2.99, this system has ${have})`);
+      expect(err.message).toContain(`This system has glibc ${have}. The package ships a prebuilt binary for linux-x64 (glibc 2.99 or newer, Node.js 20 or newer); on an older system build from source`);
+    } finally {
+      fs.rmSync(root, { recursive: true, force: true });
+    }
+  });
+});

@@ -23,6 +23,10 @@ export const COMMAND_TEXT = {
     summary: 'Continue a prompt with a checkpoint, optionally with a LoRA adapter applied.',
     usage: 'lora-cuda generate --model DIR [--adapter DIR] --prompt TEXT [options]',
   },
+  doctor: {
+    summary: 'Check this installation: Node, glibc, the native addon, CPU features, BLAS, CUDA and each GPU, with what to do for each missing part.',
+    usage: 'lora-cuda doctor [--json]',
+  },
   bench: {
     summary: 'Time LoRA layers against the frozen linear layer they wrap (the table of npm run bench).',
     usage: 'lora-cuda bench [--quick] [--device cpu|cuda] [--json FILE] [--results DIR]',

@@ -16,6 +16,7 @@ const COMMANDS: Record<CommandName, (argv: string[], io: CliIO) => Promise<numbe
   finetune: async (argv, io) => (await import('./finetune')).finetuneCommand(argv, io),
   merge: async (argv, io) => (await import('./merge')).mergeCommand(argv, io),
   generate: async (argv, io) => (await import('./generate')).generateCommand(argv, io),
+  doctor: async (argv, io) => (await import('./doctor')).doctorCommand(argv, io),
   // The benchmarks live outside the library (bench/, shipped as dist/bench).
   bench: async (argv, io) => (await import('../../bench/command')).benchCommand(argv, io),
 };
@@ -54,6 +55,7 @@ export function mainHelp(): string {
     '  npx lora-cuda merge --model ./SmolLM-135M --adapter ./my-adapter --out ./SmolLM-135M-merged',
     "  npx lora-cuda generate --model ./SmolLM-135M --adapter ./my-adapter --prompt 'Once upon a time'",
     '  npx lora-cuda bench --quick',
+    '  npx lora-cuda doctor',
     '',
   ].join('\n');
 }

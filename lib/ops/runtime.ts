@@ -1,9 +1,9 @@
 // The runtime: what the backends can do in this process, native memory, and the
 // CUDA device controls (device index -1: every CUDA device used so far).
-import { native, CpuInfo, NativeCudaInfo, NativeMemoryStats } from '../native';
+import { native, AddonSource, CpuInfo, NativeCudaInfo, NativeMemoryStats, addonSource } from '../native';
 
-export function backendInfo(): { cpu: CpuInfo; cuda: NativeCudaInfo } {
-  return native.backendInfo();
+export function backendInfo(): { cpu: CpuInfo; cuda: NativeCudaInfo; addon: AddonSource } {
+  return { ...native.backendInfo(), addon: addonSource() };
 }
 
 /** Bytes of native tensor memory held by tensors made on this thread. */
