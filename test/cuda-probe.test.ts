@@ -99,4 +99,16 @@ const device = 'lora-cuda CUDA emulator, compute capability 9.0';
     expect(r.sums).toEqual([30, 30, 18]);
     expect(r.beyond).toMatch(/^RangeError: zeros: options.device "cuda:2" does not exist \(2 CUDA device\(s\); 2 more cannot be used, backendInfo\(\)\.cuda\.unusableDevices says why\)$/);
   });
+
+  test('lora-cuda doctor lists the usable GPUs and, for the others, why and what to do', () => {
+    const r = spawnSync(process.execPath, [path.join(root, 'bin', 'lora-cuda.js'), 'doctor'], {
+      cwd: root, encoding: 'utf8', timeout: 120_000,
+      env: { ...process.env, LORA_CUDA_EMU_DEVICES: '2', LORA_CUDA_EMU_LAUNCH_ERROR: '0:no-kernel-image' },
+    });
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^cuda:0 +lora-cuda CUDA emulator \(device 1\), 2\.0 GiB, compute capability 9\.0, 4 multiprocessors$/m);
+    expect(r.stdout).toMatch(/^device 0 +lora-cuda CUDA emulator, compute capability 9\.0: not used\n +-> CUDA device 0 .*LORA_CUDA_ARCHS=90-real/m);
+    expect(r.stdout).toMatch(/^gpu +available \(1 device\)$/m);
+    expect(r.stdout).toMatch(/^ready: the CPU path works, and CUDA$/m);
+  });
 });
