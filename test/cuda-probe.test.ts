@@ -101,7 +101,8 @@ const device = 'lora-cuda CUDA emulator, compute capability 9.0';
   });
 
   test('lora-cuda doctor lists the usable GPUs and, for the others, why and what to do', () => {
-    const r = spawnSync(process.execPath, [path.join(root, 'bin', 'lora-cuda.js'), 'doctor'], {
+    const main = "require('./lib/cli/index').main(['doctor']).then((code) => { process.exitCode = code; })";
+    const r = spawnSync(process.execPath, ['-r', './test/helpers/ts-register.js', '-e', main], {
       cwd: root, encoding: 'utf8', timeout: 120_000,
       env: { ...process.env, LORA_CUDA_EMU_DEVICES: '2', LORA_CUDA_EMU_LAUNCH_ERROR: '0:no-kernel-image' },
     });
