@@ -4,7 +4,8 @@
 # no compiler on PATH, and use it there: require, import as ESM, a strict
 # TypeScript consumer compiled against its types, a LoRA layer forward, the
 # CLI (its benchmarks too), and the addon in several worker threads at once.
-# Prints the tarball's size and the glibc the prebuilt binary needs.
+# Checks that the prebuilt binary needs glibc 2.28 at most (scripts/glibc-ceiling.sh) and prints the
+# tarball's size.
 #
 #   npm run test:package          (builds prebuilds/ first when it is missing)
 set -euo pipefail
@@ -17,9 +18,10 @@ if [ -z "$prebuild" ]; then
   npm run prebuild
   prebuild=$(ls prebuilds/linux-x64/*.node | head -n1)
 fi
-# The highest glibc symbol version the binary needs (what a user's system must have).
-glibc=$(objdump -T "$prebuild" | grep -o 'GLIBC_[0-9.]*' | sort -Vu | tail -n1 || true)
-echo "test-package: prebuilt binary $prebuild ($(du -h "$prebuild" | cut -f1), needs ${glibc:-unknown})"
+echo "test-package: prebuilt binary $prebuild ($(du -h "$prebuild" | cut -f1))"
+# The glibc a user's system must have, read from the binary's symbol versions: at most 2.28 (README,
+# Install), and no libstdc++ or libgcc_s of the system's.
+bash scripts/glibc-ceiling.sh "$prebuild" 2.28
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -85,9 +87,18 @@ const a = y.toArray(), b = ref.toArray();
 if (y.shape.join() !== '3,8') throw new Error('bad shape ' + y.shape);
 for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) throw new Error('LoRA forward differs from the base layer at ' + i);
 const info = lc.backendInfo();
+// The addon this process loaded, for the check below that it is the prebuilt binary checked above.
+const addons = process.report.getReport().sharedObjects.filter((f) => f.endsWith('.node'));
+require('fs').writeFileSync('addon-loaded.txt', addons.join('\n'));
 console.log(`cjs ok: LoRA forward [${y.shape}], cpu blas ${info.cpu.blas}, cuda ${info.cuda.available ? 'available' : 'unavailable: ' + info.cuda.reason}`);
 EOF
 node cjs.js
+loaded=$(cat addon-loaded.txt)
+if [ "$(wc -l <<<"$loaded")" != 1 ] || ! cmp -s "$loaded" "$root/$prebuild"; then
+  echo "test-package: the installed package loaded ${loaded:-no addon}, not the prebuilt binary $prebuild" >&2
+  exit 1
+fi
+echo "test-package: the installed package loads the prebuilt binary ($(realpath --relative-to="$app" "$loaded"))"
 
 cat >esm.mjs <<'EOF'
 import lcDefault, { LoRALinear, Linear, randn, injectLora, Module } from 'lora-cuda';
