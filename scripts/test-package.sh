@@ -3,7 +3,7 @@
 # project with npm's defaults (dependencies' install scripts not approved) and
 # no compiler on PATH, and use it there: require, import as ESM, a strict
 # TypeScript consumer compiled against its types, a LoRA layer forward, the
-# CLI (its benchmarks too), and the addon in several worker threads at once.
+# CLI (doctor and the benchmarks too), and the addon in several worker threads at once.
 # Checks that the prebuilt binary needs glibc 2.28 at most (scripts/glibc-ceiling.sh) and prints the
 # tarball's size.
 #
@@ -163,6 +163,19 @@ EOF
 node workers.js
 
 npx lora-cuda --version
+# doctor from the installed package: exit 0 (the CPU path works), the prebuilt binary found as such,
+# and the glibc it reports that binary needs no higher than the ceiling checked above.
+npx lora-cuda doctor
+npx lora-cuda doctor --json >doctor.json
+node -e '
+const r = require("./doctor.json");
+const fail = (m) => { console.error("test-package: lora-cuda doctor --json: " + m); process.exit(1); };
+if (!r.ok) fail("not ok: " + JSON.stringify(r).slice(0, 300));
+if (r.addon.kind !== "prebuilt" || !r.addon.path.endsWith("/node_modules/lora-cuda/prebuilds/linux-x64/lora-cuda.node"))
+  fail("the addon is not the prebuilt binary: " + JSON.stringify(r.addon));
+const [a, b] = (r.glibc.addonNeeds || "").split(".").map(Number);
+if (!(a === 2 && b <= 28)) fail("the addon needs glibc " + r.glibc.addonNeeds + ", above 2.28");
+console.log("doctor ok: " + r.addon.kind + " binary, needs glibc " + r.glibc.addonNeeds + ", this system has " + r.glibc.runtime);'
 # The benchmarks run from the installed package (one tiny shape, a moment).
 npx lora-cuda bench --device cpu --shapes tiny --json bench.json >bench.txt
 grep -qE '^ *64 +32 +32 +4 +lora fwd\+bwd ' bench.txt || { cat bench.txt >&2; echo "test-package: lora-cuda bench printed no table" >&2; exit 1; }
