@@ -307,7 +307,17 @@ describe('resume', () => {
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/resuming from .* at step 3 of 6/);
     expect(losses(r.stdout)).toHaveLength(3);
-    expectSame(out);
+    // The fixture's first 3 steps were computed by one BLAS kernel; this machine's BLAS (OpenBLAS picks
+    // its kernel per CPU) may round the products differently, so the continuation is compared within
+    // float32 rounding (1e-7 seen). A checkpoint read wrongly (Adam moments, step, schedule, random
+    // state) moves an adapter entry by about the learning rate, 1e-2.
+    const got = adapterTensors(out);
+    expect(Object.keys(got).sort()).toEqual(Object.keys(straight).sort());
+    for (const k of Object.keys(straight)) {
+      let worst = 0;
+      for (let i = 0; i < straight[k].length; i++) worst = Math.max(worst, Math.abs(got[k][i] - straight[k][i]));
+      expect(worst).toBeLessThan(1e-5);
+    }
     expect(JSON.parse(fs.readFileSync(path.join(out, 'checkpoint', 'trainer_state.json'), 'utf8')).version).toBe(2);
   });
 
