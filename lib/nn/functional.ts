@@ -5,6 +5,7 @@ import { assertTensor, checkLinearWeights, requireFloat, requireSame } from '../
 import * as linearOps from '../ops/linear';
 import * as lossOps from '../ops/loss';
 import { activation } from './activation';
+import { logSoftmaxOp } from '../tensor';
 import { checkInt, checkNumber, checkOneOf, checkOptions, checkKnownKeys, rangeError, typeError } from '../errors';
 
 export type Reduction = 'mean' | 'sum' | 'none';
@@ -30,6 +31,20 @@ export function gelu(x: Tensor, approximate: 'none' | 'tanh' = 'none'): Tensor {
 
 export function silu(x: Tensor): Tensor {
   return activation('F.silu', x, 'silu');
+}
+
+export function sigmoid(x: Tensor): Tensor {
+  return activation('F.sigmoid', x, 'sigmoid');
+}
+
+export function tanh(x: Tensor): Tensor {
+  return activation('F.tanh', x, 'tanh');
+}
+
+/** Log-softmax along dim (default the last; torch's F.log_softmax wants it named), computed stably. */
+export function logSoftmax(x: Tensor, dim = -1): Tensor {
+  assertTensor('F.logSoftmax', 'x', x);
+  return logSoftmaxOp('F.logSoftmax', x, dim);
 }
 
 function reduce(t: Tensor, reduction: Reduction): Tensor {
