@@ -474,8 +474,9 @@ export class Tensor {
     if (typeof sorted !== 'boolean') throw typeError(where, 'sorted', 'a boolean', sorted);
     // Always sorted: an order torch leaves unspecified with sorted false.
     if (this.ndim === 0) {
+      // A 0-d tensor has one element: k 1 gives 0-d results, k 0 empty ones (as torch).
       const r = select.topk(shapeOps.reshape(this, [1]), k, 0, largest);
-      return { values: shapeOps.reshape(r.values, []), indices: r.indices.reshape([]) };
+      return k === 1 ? { values: shapeOps.reshape(r.values, []), indices: r.indices.reshape([]) } : r;
     }
     return select.topk(this, k, d, largest);
   }

@@ -104,6 +104,7 @@ export const SELECT_OPS: OpInfo[] = [
       { name: 'k 2 along dim 0, smallest', inputs: [I([5, 3])], call: ([x]) => vi(x.topk(2, 0, false)) },
       { name: 'k the whole dim 1 of [2,4,3]', inputs: [I([2, 4, 3])], call: ([x]) => vi(x.topk(4, 1)) },
       { name: 'k 0', inputs: [I([2, 3])], call: ([x]) => vi(x.topk(0)), gradcheck: false },
+      { name: 'k 1 of a 0-d tensor', inputs: [I([])], call: ([x]) => vi(x.topk(1)) },
       { name: 'ties: in index order', inputs: [I([2, 4], { values: (_v, i) => [1, 3, 3, -2][i % 4] })], call: ([x]) => vi(x.topk(3)), gradcheck: false },
       { name: 'k 5 of rows of 1000, k 2 of columns of 17', inputs: [I([3, 1000]), I([17, 4])], call: ([a, b]) => [...vi(a.topk(5)), ...vi(b.topk(2, 0))], gradcheck: false, separateInputs: true },
     ],
@@ -192,13 +193,14 @@ export const SELECT_OPS: OpInfo[] = [
   },
   {
     // int32 left unset for the reason given at Tensor.where.
-    name: 'Tensor.maskedFill', where: ['Tensor.maskedFill', 'Tensor.logSoftmax'], dtypes: FLOATS, devices: BOTH_DEVICES,
+    name: 'Tensor.maskedFill', where: ['Tensor.maskedFill', 'Tensor.logSoftmax', 'Tensor.exp'], dtypes: FLOATS, devices: BOTH_DEVICES,
     samples: [
       { name: 'a [3] mask over [2,3], value 2', inputs: [I([2, 3]), M([3])], call: ([x, m]) => x.maskedFill(m, 2) },
       { name: 'a same-shape mask, value -1.5', inputs: [I([3, 4]), M([3, 4])], call: ([x, m]) => x.maskedFill(m, -1.5) },
-      { name: 'a causal mask of -inf, then logSoftmax', inputs: [I([4, 4]), ids([4, 4], [0, 1, 1, 1, 0, 0, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0])],
-        // -inf outputs: no finite differences (checked against torch in ops-torch.test.ts).
-        call: ([x, m]) => x.maskedFill(m, -Infinity).logSoftmax(-1), gradcheck: false },
+      // exp() at the end: the -inf of the masked places becomes 0, so outputs are finite (the -inf
+      // log-probabilities themselves are checked against torch in ops-torch.test.ts).
+      { name: 'a causal mask of -inf, then logSoftmax and exp', inputs: [I([4, 4]), ids([4, 4], [0, 1, 1, 1, 0, 0, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0])],
+        call: ([x, m]) => x.maskedFill(m, -Infinity).logSoftmax(-1).exp() },
       { name: '[3,1000] with a [3,1] mask', inputs: [I([3, 1000]), M([3, 1])], call: ([x, m]) => x.maskedFill(m, 0), gradcheck: false },
     ],
     errors: [
