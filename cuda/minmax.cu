@@ -81,7 +81,8 @@ __global__ void index_dim_backward_kernel(const T* dy, const int32_t* idx, int64
     const int64_t o = c / inner, i = c % inner;
     for (int64_t j = 0; j < k; ++j) {
       const int64_t src = (o * k + j) * inner + i;
-      dx[(o * n + idx[src]) * inner + i] += dy[src];
+      const int64_t at = idx[src];
+      if (at >= 0 && at < n) dx[(o * n + at) * inner + i] += dy[src];  // from the forward: always in range
     }
   }
 }

@@ -19,28 +19,26 @@ __device__ __forceinline__ bool ranks_before(bool largest, T va, int64_t a, T vb
   return a < b;
 }
 
-// One thread per (outer, inner) column: an insertion into the column's k outputs for each of the
-// n elements (k is small where topk is used: sampling, retrieval).
+// One block per (outer, inner) column, its threads striding over the column's n elements: each
+// element counts the elements that rank before it (stopping at k) and, when fewer than k do,
+// writes itself at that rank. The ranking is a strict order (ties by index), so every rank below
+// k is written exactly once, with no atomics. An element outside the top k stops counting at k,
+// so a column costs about n * k comparisons in all, spread over the block.
 template <typename T>
 __global__ void topk_kernel(const T* x, int64_t cols, int64_t n, int64_t k, int64_t inner, bool largest,
                             T* values, int32_t* indices) {
-  LC_GRID_STRIDE(c, cols) {
+  for (int64_t c = blockIdx.x; c < cols; c += gridDim.x) {
     const int64_t o = c / inner, i = c % inner;
     const T* col = x + o * n * inner + i;
-    T* vo = values + o * k * inner + i;
-    int32_t* io = indices + o * k * inner + i;
-    int64_t filled = 0;
-    for (int64_t j = 0; j < n; ++j) {
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
       const T v = col[j * inner];
-      if (filled == k && !ranks_before(largest, v, j, vo[(k - 1) * inner], io[(k - 1) * inner])) continue;
-      int64_t p = filled < k ? filled++ : k - 1;
-      while (p > 0 && ranks_before(largest, v, j, vo[(p - 1) * inner], io[(p - 1) * inner])) {
-        vo[p * inner] = vo[(p - 1) * inner];
-        io[p * inner] = io[(p - 1) * inner];
-        --p;
+      int64_t rank = 0;
+      for (int64_t m = 0; m < n && rank < k; ++m)
+        if (m != j && ranks_before(largest, col[m * inner], m, v, j)) ++rank;
+      if (rank < k) {
+        values[(o * k + rank) * inner + i] = v;
+        indices[(o * k + rank) * inner + i] = static_cast<int32_t>(j);
       }
-      vo[p * inner] = v;
-      io[p * inner] = static_cast<int32_t>(j);
     }
   }
 }
@@ -60,7 +58,7 @@ void CudaBackend::topk(const Tensor& x, int64_t dim, int64_t k, bool largest, co
   if (!cols || !k) return;
   dispatch_float(x.dtype, "topk", [&](auto z) {
     using T = decltype(z);
-    topk_kernel<T><<<grid_for(cols), kThreads, 0, c_.stream>>>(dp<T>(x), cols, n, k, inner, largest,
+    topk_kernel<T><<<row_grid(cols), row_threads(n), 0, c_.stream>>>(dp<T>(x), cols, n, k, inner, largest,
                                                                 dp<T>(values), dp<int32_t>(indices));
   });
   launched(c_, "topk");

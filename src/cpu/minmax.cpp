@@ -1,6 +1,7 @@
 // Max and min along a dim with the index of the first extreme (torch.max(dim) / argmax), and
 // the backward shared with topk: gradients put back at the chosen indices.
 #include <cmath>
+#include <string>
 
 #include "cpu_backend.h"
 
@@ -65,6 +66,9 @@ void CpuBackend::index_dim_backward(const Tensor& dy, const Tensor& indices, int
       for (int64_t j = 0; j < k; ++j)
         for (int64_t i = 0; i < inner; ++i) {
           const int64_t src = (o * k + j) * inner + i;
+          // The indices come from the forward; checked anyway, dx being a fresh tensor.
+          LC_CHECK(pi[src] >= 0 && pi[src] < n, "index backward: index " + std::to_string(pi[src]) +
+                                                    " is out of range for a dim of " + std::to_string(n));
           pd[(o * n + pi[src]) * inner + i] += pg[src];
         }
   });

@@ -106,6 +106,8 @@ export const SELECT_OPS: OpInfo[] = [
       { name: 'k 0', inputs: [I([2, 3])], call: ([x]) => vi(x.topk(0)), gradcheck: false },
       { name: 'k 1 of a 0-d tensor', inputs: [I([])], call: ([x]) => vi(x.topk(1)) },
       { name: 'ties: in index order', inputs: [I([2, 4], { values: (_v, i) => [1, 3, 3, -2][i % 4] })], call: ([x]) => vi(x.topk(3)), gradcheck: false },
+      { name: 'k 40 of rows of 100 with ties, k 100 of all', inputs: [I([3, 100], { values: (v) => Math.round(2 * v) })],
+        call: ([a]) => [...vi(a.topk(40)), ...vi(a.topk(100, 1, false))], gradcheck: false },
       { name: 'k 5 of rows of 1000, k 2 of columns of 17', inputs: [I([3, 1000]), I([17, 4])], call: ([a, b]) => [...vi(a.topk(5)), ...vi(b.topk(2, 0))], gradcheck: false, separateInputs: true },
     ],
     errors: [
