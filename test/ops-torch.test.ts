@@ -42,6 +42,7 @@ const CALLS: Record<string, (xs: Tensor[]) => Tensor | Tensor[]> = {
   'argmin dim 0 keepdim with ties': ([a]) => a.argmin(0, true),
   'max dim 1 with NaN': ([a]) => vi(a.max(1)),
   'argmin dim 1 with NaN': ([a]) => a.argmin(1),
+  'max all with NaN': ([a]) => a.max(),
   'topk 3 dim -1': ([a]) => vi(a.topk(3)),
   'topk 2 dim 0 smallest': ([a]) => vi(a.topk(2, 0, false)),
   'topk all of a dim 1 of [2,4,3]': ([a]) => vi(a.topk(4, 1)),

@@ -87,14 +87,18 @@ function minmaxAllFunction(op: 'max' | 'min') {
     },
     backward(ctx, g) {
       const [x, out] = ctx.savedTensors as Tensor[];
-      const mask = native.compare(COMPARE_OP.eq, x._h, out._h);
+      // The elements equal to the result; for a NaN result, the NaN elements (as torch).
+      const equal = native.compare(COMPARE_OP.eq, x._h, out._h);
+      const nanX = native.compare(COMPARE_OP.ne, x._h, x._h);
+      const nanOut = native.compare(COMPARE_OP.ne, out._h, out._h);
+      const mask = native.where(nanOut, nanX, equal);
       const one = scalarLike(x, 1);
       const zero = scalarLike(x, 0);
       const maskF = native.where(mask, one._h, zero._h);
       const count = native.sumTo(maskF, []);
       const share = native.binary(BINARY_OP.div, g._h, count);
       const dx = native.binary(BINARY_OP.mul, maskF, share);
-      for (const h of [mask, maskF, count, share]) native.dispose(h);
+      for (const h of [equal, nanX, nanOut, mask, maskF, count, share]) native.dispose(h);
       one.dispose();
       zero.dispose();
       return [g._make(dx, x.shape)];
