@@ -1,7 +1,7 @@
 // Functional forms of the layers and losses (the `F` namespace).
 import { Tensor } from '../tensor';
 import { tensor } from '../creation';
-import { assertTensor, checkLinearWeights, requireFloat, requireSame } from '../checks';
+import { assertTensor, checkLinearWeights, normalizeDim, requireFloat, requireSame } from '../checks';
 import * as linearOps from '../ops/linear';
 import * as lossOps from '../ops/loss';
 import { activation } from './activation';
@@ -39,6 +39,15 @@ export function sigmoid(x: Tensor): Tensor {
 
 export function tanh(x: Tensor): Tensor {
   return activation('F.tanh', x, 'tanh');
+}
+
+/** Softmax along dim (default the last; torch's F.softmax wants it named), computed stably. */
+export function softmax(x: Tensor, dim = -1): Tensor {
+  const where = 'F.softmax';
+  assertTensor(where, 'x', x);
+  requireFloat(where, x, 'x');
+  if (x.ndim === 0) throw rangeError(where, 'x', 'at least 1-D', x);
+  return x.softmax(normalizeDim(where, 'dim', dim, x.ndim));
 }
 
 /** Log-softmax along dim (default the last; torch's F.log_softmax wants it named), computed stably. */

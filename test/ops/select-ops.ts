@@ -229,6 +229,17 @@ export const SELECT_OPS: OpInfo[] = [
     ],
   },
   {
+    name: 'F.softmax', where: ['F.softmax'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES,
+    samples: [
+      { name: 'F.softmax dim -1', inputs: [I([3, 4])], call: ([x]) => F.softmax(x, -1) },
+      { name: 'F.softmax dim 0 (default -1 elsewhere)', inputs: [I([3, 4])], call: ([x]) => [F.softmax(x, 0), F.softmax(x)] },
+    ],
+    errors: [
+      { name: 'not a tensor', call: () => F.softmax(null as unknown as Tensor), type: TypeError, message: /^F\.softmax: x must be a Tensor, got null$/, standard: true },
+      { name: 'a dim out of range', call: () => F.softmax(zeros([2, 3]), -3), type: RangeError, message: /^F\.softmax: dim must be in \[-2, 1\], got -3$/, standard: true },
+    ],
+  },
+  {
     name: 'F.logSoftmax', where: ['F.logSoftmax'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES,
     samples: [
       { name: 'F.logSoftmax dim -1', inputs: [I([3, 4])], call: ([x]) => F.logSoftmax(x, -1) },
