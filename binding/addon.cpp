@@ -207,6 +207,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   enums.Set("binaryOp", enum_object(env, lc::kBinaryOpNames));
   enums.Set("unaryOp", enum_object(env, lc::kUnaryOpNames));
   enums.Set("randomKind", enum_object(env, lc::kRandomKindNames));
+  enums.Set("compareOp", enum_object(env, lc::kCompareOpNames));
   exports.Set("enums", enums);
 
   // ---- creation, memory, host transfer
@@ -318,6 +319,57 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   });
   def("softmaxBackward", [](const Napi::CallbackInfo& a) {
     return wrap(a.Env(), lc::ops::softmax_backward(T(a[0], "softmax y"), T(a[1], "softmax grad")));
+  });
+  // ---- selection, scans, masks, clamp, pow, log-softmax
+  // minmax(x, dim, isMax) -> [values, indices] (dim kept as 1)
+  def("minmax", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    auto o = lc::ops::minmax(T(a[0], "max x"), i64(a[1], "dim"), flag(a[2]));
+    Napi::Env env = a.Env();
+    return arr(env, {wrap(env, o.values), wrap(env, o.indices)});
+  });
+  def("indexDimBackward", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::index_dim_backward(T(a[0], "index grad"), T(a[1], "indices"),
+                                                     i64(a[2], "dim"), shape_arg(a[3], "shape")));
+  });
+  // topk(x, k, dim, largest) -> [values, indices]
+  def("topk", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    auto o = lc::ops::topk(T(a[0], "topk x"), i64(a[1], "k"), i64(a[2], "dim"), flag(a[3]));
+    Napi::Env env = a.Env();
+    return arr(env, {wrap(env, o.values), wrap(env, o.indices)});
+  });
+  def("cumsum", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::cumsum(T(a[0], "cumsum x"), i64(a[1], "dim"), flag(a[2])));
+  });
+  def("compare", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::compare(enum_arg(a[0], lc::kCompareOpNames, "compare op"),
+                                          T(a[1], "compare a"), T(a[2], "compare b")));
+  });
+  def("where", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::where(T(a[0], "where cond"), T(a[1], "where a"), T(a[2], "where b")));
+  });
+  def("clamp", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::clamp(T(a[0], "clamp x"), num(a[1], "min"), num(a[2], "max")));
+  });
+  def("clampBackward", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::clamp_backward(T(a[0], "clamp x"), num(a[1], "min"), num(a[2], "max"),
+                                                 T(a[3], "clamp grad")));
+  });
+  def("pow", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::pow(T(a[0], "pow base"), T(a[1], "pow exponent")));
+  });
+  // powBackward(a, b, dy, needs[a, b]) -> [da, db]
+  def("powBackward", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    auto need = needs_arg(a[3], 2, "powBackward");
+    auto g = lc::ops::pow_backward(T(a[0], "pow base"), T(a[1], "pow exponent"), T(a[2], "pow grad"),
+                                   need[0], need[1]);
+    Napi::Env env = a.Env();
+    return arr(env, {wrap_or_null(env, g.da), wrap_or_null(env, g.db)});
+  });
+  def("logSoftmax", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::log_softmax(T(a[0], "logSoftmax")));
+  });
+  def("logSoftmaxBackward", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::log_softmax_backward(T(a[0], "logSoftmax y"), T(a[1], "logSoftmax grad")));
   });
   def("bmm", [](const Napi::CallbackInfo& a) {
     return wrap(a.Env(), lc::ops::bmm(T(a[0], "matmul a"), T(a[1], "matmul b"), flag(a[2]), flag(a[3])));

@@ -116,7 +116,9 @@ __device__ __forceinline__ T unary_f(int op, T x) {
     case 5: return d_log(x);
     case 6: return -x;
     case 7: return d_sqrt(x);
-    default: return d_abs(x);  // 8; ops outside 0..8 are refused before any launch
+    case 8: return d_abs(x);
+    case 9: return T(1) / (T(1) + d_exp(-x));
+    default: return d_tanh(x);  // 10; ops outside 0..10 are refused before any launch
   }
 }
 
@@ -140,7 +142,15 @@ __device__ __forceinline__ T unary_df(int op, T x) {
     case 5: return T(1) / x;
     case 6: return T(-1);
     case 7: return T(0.5) / d_sqrt(x);
-    default: return x > T(0) ? T(1) : x < T(0) ? T(-1) : T(0);  // 8: abs
+    case 8: return x > T(0) ? T(1) : x < T(0) ? T(-1) : T(0);  // abs
+    case 9: {
+      T s = T(1) / (T(1) + d_exp(-x));
+      return s * (T(1) - s);
+    }
+    default: {  // 10: tanh
+      T t = d_tanh(x);
+      return T(1) - t * t;
+    }
   }
 }
 

@@ -1,6 +1,8 @@
 // lora-cuda: LoRA fine-tuning for Node.js on a native core.
 export { Tensor } from './tensor';
 export type { NestedList } from './tensor';
+export { where } from './tensor';
+export type { ValuesIndices } from './tensor';
 export type { DType } from './dtype';
 export { tensor, zeros, ones, full, randn, rand } from './creation';
 export type { TensorOptions, TensorDataOptions, TensorData, NestedArray } from './creation';

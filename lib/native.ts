@@ -46,6 +46,7 @@ export interface NativeEnums {
   binaryOp: Record<string, number>;
   unaryOp: Record<string, number>;
   randomKind: Record<string, number>;
+  compareOp: Record<string, number>;
 }
 
 // Backwards take their need-flags as one array in the op's input order and return the
@@ -75,6 +76,23 @@ export interface Binding {
   allFinite(x: N): boolean;
   softmax(x: N): N;
   softmaxBackward(y: N, dy: N): N;
+  /** Max (or min) along dim: [values, int32 indices], dim kept as 1. */
+  minmax(x: N, dim: number, isMax: boolean): [N, N];
+  /** grad and indices [..., k, ...] -> zeros of `shape` with grad added at the indices along dim. */
+  indexDimBackward(dy: N, indices: N, dim: number, shape: number[]): N;
+  /** The k largest (or smallest) along dim, sorted: [values, int32 indices]. */
+  topk(x: N, k: number, dim: number, largest: boolean): [N, N];
+  cumsum(x: N, dim: number, reverse: boolean): N;
+  /** An int32 mask (1 true, 0 false), broadcasting. */
+  compare(op: number, a: N, b: N): N;
+  where(cond: N, a: N, b: N): N;
+  clamp(x: N, min: number, max: number): N;
+  clampBackward(x: N, min: number, max: number, dy: N): N;
+  pow(a: N, b: N): N;
+  /** needs and grads: [a, b], each summed to its operand's shape. */
+  powBackward(a: N, b: N, dy: N, needs: boolean[]): (N | null)[];
+  logSoftmax(x: N): N;
+  logSoftmaxBackward(y: N, dy: N): N;
   bmm(a: N, b: N, transA: boolean, transB: boolean): N;
   linear(x: N, w: N, b: N | null): N;
   /** needs and grads: [x, w, b]. */

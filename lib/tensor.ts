@@ -19,8 +19,12 @@ import * as elementwise from './ops/elementwise';
 import * as shapeOps from './ops/shape';
 import { matmul } from './ops/linear';
 import type { BinaryOp, UnaryOp } from './ops/enums';
+import * as select from './ops/select';
+import type { CompareOp } from './ops/enums';
+import type { ValuesIndices } from './ops/select';
 
 export type { DType } from './dtype';
+export type { ValuesIndices } from './ops/select';
 
 /** State shared by a tensor and its views (reshape, detach): one storage. */
 export interface Store {
@@ -433,6 +437,146 @@ export class Tensor {
     return elementwise.scalar('mul', elementwise.sum(this, dims, keepdim), 1 / count);
   }
 
+  // ------------------------------------------- selection, masks, pointwise extras
+
+  /**
+   * The max over all elements (0-d; the gradient is shared by the elements equal to it, as
+   * torch), or along dim: { values, indices } (int32, the first index of the max; torch's int64).
+   */
+  max(): Tensor;
+  max(dim: number, keepdim?: boolean): ValuesIndices;
+  max(dim?: number, keepdim = false): Tensor | ValuesIndices {
+    return minmax('Tensor.max', 'max', this, dim, keepdim);
+  }
+  /** The min over all elements, or along dim: { values, indices }, as max. */
+  min(): Tensor;
+  min(dim: number, keepdim?: boolean): ValuesIndices;
+  min(dim?: number, keepdim = false): Tensor | ValuesIndices {
+    return minmax('Tensor.min', 'min', this, dim, keepdim);
+  }
+  /** int32 index of the max: of the flattened tensor (0-d) without dim, else along dim. Ties: the first. */
+  argmax(dim?: number | null, keepdim = false): Tensor {
+    return argMinMax('Tensor.argmax', 'max', this, dim, keepdim);
+  }
+  /** int32 index of the min, as argmax. */
+  argmin(dim?: number | null, keepdim = false): Tensor {
+    return argMinMax('Tensor.argmin', 'min', this, dim, keepdim);
+  }
+  /** The k largest (or smallest) elements along dim (default the last), sorted: { values, indices (int32) }. */
+  topk(k: number, dim = -1, largest = true, sorted = true): ValuesIndices {
+    const where = 'Tensor.topk';
+    requireFloat(where, this);
+    const d = normalizeDim(where, 'dim', dim, this.ndim);
+    const n = this.ndim === 0 ? 1 : this.shape[d];
+    if (typeof k !== 'number' || !Number.isInteger(k)) throw typeError(where, 'k', 'an integer', k);
+    if (k < 0 || k > n) throw rangeError(where, 'k', `in [0, ${n}] (the size of dim ${d})`, k);
+    if (typeof largest !== 'boolean') throw typeError(where, 'largest', 'a boolean', largest);
+    if (typeof sorted !== 'boolean') throw typeError(where, 'sorted', 'a boolean', sorted);
+    // Always sorted: an order torch leaves unspecified with sorted false.
+    if (this.ndim === 0) {
+      // A 0-d tensor has one element: k 1 gives 0-d results, k 0 empty ones (as torch).
+      const r = select.topk(shapeOps.reshape(this, [1]), k, 0, largest);
+      return k === 1 ? { values: shapeOps.reshape(r.values, []), indices: r.indices.reshape([]) } : r;
+    }
+    return select.topk(this, k, d, largest);
+  }
+  /** Prefix sums along dim. */
+  cumsum(dim: number): Tensor {
+    const where = 'Tensor.cumsum';
+    requireFloat(where, this);
+    const d = normalizeDim(where, 'dim', dim, this.ndim);
+    if (this.ndim === 0) return shapeOps.reshape(select.cumsum(shapeOps.reshape(this, [1]), 0), []);
+    return select.cumsum(this, d);
+  }
+  sigmoid(): Tensor {
+    return unaryOp('Tensor.sigmoid', this, 'sigmoid');
+  }
+  tanh(): Tensor {
+    return unaryOp('Tensor.tanh', this, 'tanh');
+  }
+  /**
+   * this ^ exponent (a number, or a tensor broadcasting with this). Gradients as torch: none to
+   * the base where the exponent is 0, none to the exponent where the base is 0 and exponent >= 0.
+   */
+  pow(exponent: Tensor | number): Tensor {
+    const where = 'Tensor.pow';
+    requireFloat(where, this);
+    if (typeof exponent === 'number') {
+      checkNumberOrNaN(where, 'exponent', exponent);
+      const e = select.scalarLike(this, exponent);
+      const out = select.pow(this, e, this._shape);
+      if (!out.requiresGrad) e.dispose(); // else the graph keeps it until it is released
+      return out;
+    }
+    assertTensor(where, 'exponent', exponent);
+    requireFloat(where, exponent, 'exponent');
+    requireSame(where, this, 'this', exponent, 'exponent');
+    return select.pow(this, exponent, broadcastShapes(where, this, exponent));
+  }
+  /**
+   * Elementwise into [min, max] (either may be null or omitted, not both); the gradient is 1
+   * inside, the bounds included (as torch), 0 outside. With min > max every element is max.
+   */
+  clamp(min?: number | null, max?: number | null): Tensor {
+    const where = 'Tensor.clamp';
+    requireFloat(where, this);
+    const lo = min ?? null;
+    const hi = max ?? null;
+    if (lo === null && hi === null) throw typeError(where, 'min or max', 'a number (at least one of them)', max);
+    if (lo !== null && (typeof lo !== 'number' || Number.isNaN(lo))) throw typeError(where, 'min', 'a number (not NaN) or null', min);
+    if (hi !== null && (typeof hi !== 'number' || Number.isNaN(hi))) throw typeError(where, 'max', 'a number (not NaN) or null', max);
+    return select.clamp(this, lo ?? -Infinity, hi ?? Infinity);
+  }
+  /** this == other as an int32 mask (1 where true, 0 where false; torch gives bool), broadcasting. */
+  eq(other: Tensor | number): Tensor {
+    return compareOp('Tensor.eq', this, other, 'eq');
+  }
+  /** this != other as an int32 mask. */
+  ne(other: Tensor | number): Tensor {
+    return compareOp('Tensor.ne', this, other, 'ne');
+  }
+  /** this < other as an int32 mask. */
+  lt(other: Tensor | number): Tensor {
+    return compareOp('Tensor.lt', this, other, 'lt');
+  }
+  /** this <= other as an int32 mask. */
+  le(other: Tensor | number): Tensor {
+    return compareOp('Tensor.le', this, other, 'le');
+  }
+  /** this > other as an int32 mask. */
+  gt(other: Tensor | number): Tensor {
+    return compareOp('Tensor.gt', this, other, 'gt');
+  }
+  /** this >= other as an int32 mask. */
+  ge(other: Tensor | number): Tensor {
+    return compareOp('Tensor.ge', this, other, 'ge');
+  }
+  /** Where condition (an int32 mask, nonzero true) holds, this, else other; broadcasting (torch's Tensor.where). */
+  where(condition: Tensor, other: Tensor | number): Tensor {
+    return whereOp('Tensor.where', condition, this, other);
+  }
+  /** A copy with value where mask (int32, nonzero true, broadcasting to this shape) holds. */
+  maskedFill(mask: Tensor, value: number): Tensor {
+    const where = 'Tensor.maskedFill';
+    this._checkLive(where);
+    assertTensor(where, 'mask', mask);
+    checkMask(where, 'mask', mask, this);
+    checkNumberOrNaN(where, 'value', value);
+    if (this._dtype === 'int32') checkInt32Value(where, 'value', value);
+    const shape = broadcastShapes(where, mask, this);
+    if (!sameShape(shape, this.shape)) {
+      throw rangeError(where, 'mask', `broadcastable to the tensor's shape [${this.shape.join(', ')}]`, mask);
+    }
+    const v = select.scalarLike(this, value);
+    const out = select.where(mask, v, this, shape);
+    if (!out.requiresGrad) v.dispose();
+    return out;
+  }
+  /** Log-softmax along dim (default the last), computed stably (max-subtracted). */
+  logSoftmax(dim = -1): Tensor {
+    return logSoftmaxOp('Tensor.logSoftmax', this, dim);
+  }
+
   // ------------------------------------------------------------------ shape
 
   /** Same data, new shape (one dim may be -1). Shares storage with this tensor. */
@@ -518,6 +662,129 @@ const TO_TARGETS = `a device ('cpu', 'cuda' or 'cuda:N') or a dtype (${DTYPES.sl
 function moveTo(t: Tensor, device: ParsedDevice, dtype: DType): Tensor {
   if (device.name === t._device.name && dtype === t.dtype) return t;
   return creation.to(t, device, dtype);
+}
+
+// ---- bodies of the selection, mask and pointwise methods (F reaches some of them too)
+
+function minmax(where: string, op: 'max' | 'min', t: Tensor, dim: number | undefined, keepdim: boolean): Tensor | ValuesIndices {
+  requireFloat(where, t);
+  if (dim === undefined) {
+    if (t.numel === 0) throw rangeError(where, 'the tensor', 'non-empty (the max and min of nothing are undefined)', t);
+    return select.minmaxAll(op, t);
+  }
+  const d = normalizeDim(where, 'dim', dim, t.ndim);
+  if (typeof keepdim !== 'boolean') throw typeError(where, 'keepdim', 'a boolean', keepdim);
+  if (t.ndim === 0) {
+    const r = select.minmaxDim(op, shapeOps.reshape(t, [1]), 0, false);
+    return { values: r.values, indices: r.indices };
+  }
+  if (t.shape[d] === 0) throw rangeError(where, `dim ${d}`, 'non-empty to reduce over', t);
+  return select.minmaxDim(op, t, d, keepdim);
+}
+
+function argMinMax(where: string, op: 'max' | 'min', t: Tensor, dim: number | null | undefined, keepdim: boolean): Tensor {
+  requireFloat(where, t);
+  if (typeof keepdim !== 'boolean') throw typeError(where, 'keepdim', 'a boolean', keepdim);
+  if (dim === undefined || dim === null) {
+    if (t.numel === 0) throw rangeError(where, 'the tensor', 'non-empty', t);
+    return select.argMinMax(op, t, null, keepdim);
+  }
+  const d = normalizeDim(where, 'dim', dim, t.ndim);
+  if (t.ndim === 0) return select.argMinMax(op, t, null, false);
+  if (t.shape[d] === 0) throw rangeError(where, `dim ${d}`, 'non-empty to reduce over', t);
+  return select.argMinMax(op, t, d, keepdim);
+}
+
+/** The broadcast of two shapes, refused as broadcastShapes refuses. */
+function broadcastPair(where: string, a: readonly number[], b: readonly number[]): number[] {
+  const r = Math.max(a.length, b.length);
+  const out: number[] = [];
+  for (let i = 0; i < r; i++) {
+    const da = i < r - a.length ? 1 : a[i - (r - a.length)];
+    const db = i < r - b.length ? 1 : b[i - (r - b.length)];
+    if (da !== db && da !== 1 && db !== 1) {
+      throw new RangeError(`${where}: shapes [${a.join(', ')}] and [${b.join(', ')}] cannot be broadcast together (dim ${i}: ${da} vs ${db})`);
+    }
+    out.push(da === 1 ? db : da);
+  }
+  return out;
+}
+
+/** An int32 mask on t's device. */
+function checkMask(where: string, what: string, mask: Tensor, t: Tensor): void {
+  mask._checkLive(where, what);
+  if (mask.dtype !== 'int32') throw typeError(where, `${what}'s dtype`, 'int32 (a mask of 0 and 1, as the comparisons give)', mask.dtype);
+  if (mask.device !== t.device) throw new RangeError(`${where}: ${what} is on ${mask.device} but the tensor is on ${t.device}; move one with .to()`);
+}
+
+/** t itself, or a number as a 0-d tensor of t's dtype (float64 for a fraction against an int32 tensor). */
+function compareOp(where: string, t: Tensor, other: Tensor | number, op: CompareOp): Tensor {
+  t._checkLive(where);
+  if (typeof other === 'number') {
+    if (t.dtype === 'int32' && !(Number.isInteger(other) && other > -2147483649 && other < 2147483648)) {
+      // torch promotes to a float type: compare the values exactly in float64.
+      const t64 = creation.to(t, t._device, 'float64');
+      const r = compareOp(where, t64, other, op);
+      t64.dispose();
+      return r;
+    }
+    const s = select.scalarLike(t, other);
+    const r = select.compare(op, t, s, t.shape);
+    s.dispose();
+    return r;
+  }
+  assertTensor(where, 'other', other);
+  other._checkLive(where, 'other');
+  requireSame(where, t, 'this', other, 'other');
+  return select.compare(op, t, other, broadcastShapes(where, t, other));
+}
+
+/** cond ? a : b with broadcasting; numbers become 0-d tensors of the tensor operand's dtype. */
+export function whereOp(where: string, cond: Tensor, a: Tensor | number, b: Tensor | number): Tensor {
+  assertTensor(where, 'condition', cond);
+  const like = a instanceof Tensor ? a : b instanceof Tensor ? b : null;
+  if (!like) throw typeError(where, 'input or other', 'a Tensor (at least one of them)', a);
+  like._checkLive(where);
+  checkMask(where, 'condition', cond, like);
+  const made: Tensor[] = [];
+  const operand = (v: Tensor | number, what: string): Tensor => {
+    if (typeof v === 'number') {
+      checkNumberOrNaN(where, what, v);
+      if (like.dtype === 'int32') checkInt32Value(where, what, v);
+      const s = select.scalarLike(like, v);
+      made.push(s);
+      return s;
+    }
+    assertTensor(where, what, v);
+    v._checkLive(where, what);
+    requireSame(where, like, 'input', v, what);
+    return v;
+  };
+  const ta = operand(a, 'input');
+  const tb = operand(b, 'other');
+  const shape = broadcastPair(where, broadcastPair(where, cond.shape, ta.shape), tb.shape);
+  const out = select.where(cond, ta, tb, shape);
+  if (!out.requiresGrad) for (const s of made) s.dispose();
+  return out;
+}
+
+/** torch.where(condition, input, other): input where condition (int32, nonzero true) holds, else other; broadcasting. */
+function selectWhere(condition: Tensor, input: Tensor | number, other: Tensor | number): Tensor {
+  return whereOp('where', condition, input, other);
+}
+export { selectWhere as where };
+
+export function logSoftmaxOp(where: string, t: Tensor, dim: number): Tensor {
+  requireFloat(where, t);
+  if (t.ndim === 0) return shapeOps.reshape(select.logSoftmax(shapeOps.reshape(t, [1])), []);
+  const d = normalizeDim(where, 'dim', dim, t.ndim);
+  if (d !== t.ndim - 1) {
+    const p = t.shape.map((_, i) => i);
+    p[d] = t.ndim - 1;
+    p[t.ndim - 1] = d;
+    return shapeOps.permute(select.logSoftmax(shapeOps.permute(t, p)), p);
+  }
+  return select.logSoftmax(t);
 }
 
 function binaryOp(where: string, a: Tensor, b: Tensor | number, op: BinaryOp): Tensor {

@@ -23,15 +23,23 @@ enum class BinaryOp : int { Add = 0, Sub = 1, Mul = 2, Div = 3 };
 inline constexpr EnumName<BinaryOp> kBinaryOpNames[] = {
     {"add", BinaryOp::Add}, {"sub", BinaryOp::Sub}, {"mul", BinaryOp::Mul}, {"div", BinaryOp::Div}};
 enum class UnaryOp : int {
-  Relu = 0, Gelu = 1, GeluTanh = 2, Silu = 3, Exp = 4, Log = 5, Neg = 6, Sqrt = 7, Abs = 8
+  Relu = 0, Gelu = 1, GeluTanh = 2, Silu = 3, Exp = 4, Log = 5, Neg = 6, Sqrt = 7, Abs = 8,
+  Sigmoid = 9, Tanh = 10
 };
-constexpr int kUnaryOps = 9;
+constexpr int kUnaryOps = 11;
 inline constexpr EnumName<UnaryOp> kUnaryOpNames[] = {
     {"relu", UnaryOp::Relu}, {"gelu", UnaryOp::Gelu}, {"geluTanh", UnaryOp::GeluTanh},
     {"silu", UnaryOp::Silu}, {"exp", UnaryOp::Exp},   {"log", UnaryOp::Log},
-    {"neg", UnaryOp::Neg},   {"sqrt", UnaryOp::Sqrt}, {"abs", UnaryOp::Abs}};
+    {"neg", UnaryOp::Neg},   {"sqrt", UnaryOp::Sqrt}, {"abs", UnaryOp::Abs},
+    {"sigmoid", UnaryOp::Sigmoid}, {"tanh", UnaryOp::Tanh}};
 static_assert(sizeof(kUnaryOpNames) / sizeof(kUnaryOpNames[0]) == kUnaryOps,
               "every UnaryOp needs a name");
+// Comparisons give int32 masks (1 where true, 0 where false): the core has no bool dtype.
+enum class CompareOp : int { Eq = 0, Ne = 1, Lt = 2, Le = 3, Gt = 4, Ge = 5 };
+constexpr int kCompareOps = 6;
+inline constexpr EnumName<CompareOp> kCompareOpNames[] = {
+    {"eq", CompareOp::Eq}, {"ne", CompareOp::Ne}, {"lt", CompareOp::Lt},
+    {"le", CompareOp::Le}, {"gt", CompareOp::Gt}, {"ge", CompareOp::Ge}};
 enum class RandomKind : int { Normal = 0, Uniform = 1 };
 inline constexpr EnumName<RandomKind> kRandomKindNames[] = {{"normal", RandomKind::Normal},
                                                             {"uniform", RandomKind::Uniform}};
@@ -88,6 +96,44 @@ class Backend {
   // (Philox, as random); out may be x. 0 <= p < 1.
   virtual void dropout(const Tensor& x, const Tensor& out, double p, uint64_t seed,
                        uint64_t offset) = 0;
+
+  // ---- selection, scans, masks, clamp, pow, log-softmax (minmax, topk, cumsum, compare,
+  // clamp, pow, log_softmax .cpp/.cu). "Along dim": x is viewed as [outer, n, inner] with
+  // n = x.shape[dim]; indices are int32.
+  // values, indices [outer, inner] (set): the max (or min) over n and the first index that reaches
+  // it; a NaN wins (max and min propagate NaN, as torch), the first NaN's index. n >= 1.
+  virtual void minmax_dim(const Tensor& x, int64_t dim, bool is_max, const Tensor& values,
+                          const Tensor& indices) = 0;
+  // dx (x's shape [outer, n, inner]) (set): zeros, then dy[o, j, i] added at
+  // dx[o, indices[o, j, i], i] for j ascending; dy and indices [outer, k, inner].
+  virtual void index_dim_backward(const Tensor& dy, const Tensor& indices, int64_t dim,
+                                  const Tensor& dx) = 0;
+  // values, indices [outer, k, inner] (set): the k largest (or smallest) along dim, sorted
+  // (largest first, or smallest first); equal values in index order; NaN counts as the largest.
+  virtual void topk(const Tensor& x, int64_t dim, int64_t k, bool largest, const Tensor& values,
+                    const Tensor& indices) = 0;
+  // out (set) = inclusive prefix sums along dim (suffix sums with `reverse`: the backward),
+  // accumulated in double.
+  virtual void cumsum(const Tensor& x, int64_t dim, bool reverse, const Tensor& out) = 0;
+  // out int32 (set) = a[bcast] op b[bcast] ? 1 : 0; a and b of one dtype (any).
+  virtual void compare(CompareOp op, const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  // out (set) = cond[bcast] != 0 ? a[bcast] : b[bcast]; cond int32, a, b and out of one dtype.
+  virtual void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  // out (set) = min(max(x, lo), hi) (NaN stays NaN); lo = -inf / hi = +inf for a one-sided clamp.
+  virtual void clamp(const Tensor& x, double lo, double hi, const Tensor& out) = 0;
+  // dx (set) = dy where lo <= x <= hi (the boundary included, as torch), else 0.
+  virtual void clamp_backward(const Tensor& x, double lo, double hi, const Tensor& dy,
+                              const Tensor& dx) = 0;
+  // out (set) = a[bcast] ^ b[bcast].
+  virtual void pow(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+  // With torch's conventions, per output element (out's shape; reduced by the op layer):
+  // da (set) = dy * (b == 0 ? 0 : b * a^(b-1)); db (set) = dy * (a == 0 && b >= 0 ? 0 : a^b log a).
+  virtual void pow_backward(const Tensor& a, const Tensor& b, const Tensor& dy, const Tensor* da,
+                            const Tensor* db) = 0;
+  // Log-softmax over the last dim, max-subtracted, the log-sum-exp in double. y (set).
+  virtual void log_softmax(const Tensor& x, const Tensor& y) = 0;
+  // dx (set) = dy - exp(y) * sum_j dy_j per row.
+  virtual void log_softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) = 0;
 
   // ---- matrix products (row-major, batched with element strides)
   // C[b] = alpha * op(A[b]) op(B[b]) + beta * C[b]

@@ -419,6 +419,154 @@ Tensor cross_entropy_backward(const Tensor& logits, const Tensor& lse, const Ten
   return d;
 }
 
+// ---------------------------------------------------------------- selection, scans, masks
+
+namespace {
+void check_dim(const char* op, const Tensor& x, int64_t dim) {
+  LC_CHECK(dim >= 0 && dim < x.dim(), std::string(op) + ": dim " + std::to_string(dim) +
+                                          " is out of range for shape " + shape_str(x.shape));
+  LC_CHECK(x.shape[dim] <= 2147483647LL,
+           std::string(op) + ": dim " + std::to_string(dim) + " is too long for int32 indices");
+}
+Shape with_dim(Shape s, int64_t dim, int64_t v) {
+  s[dim] = v;
+  return s;
+}
+void check_mask(const char* op, const Tensor& mask, const Tensor& like, const char* name) {
+  LC_CHECK(mask.dtype == DType::I32, std::string(op) + ": " + name + " must be int32, got " +
+                                         dtype_name(mask.dtype));
+  LC_CHECK(mask.device() == like.device(), std::string(op) + ": " + name + " is on " +
+                                               mask.device().str() + " but the values are on " +
+                                               like.device().str());
+}
+}  // namespace
+
+ValuesIndices minmax(const Tensor& x, int64_t dim, bool is_max) {
+  const char* op = is_max ? "max" : "min";
+  require_float(x, op, "x");
+  check_dim(op, x, dim);
+  LC_CHECK(x.shape[dim] > 0, std::string(op) + ": cannot reduce an empty dim of shape " +
+                                 shape_str(x.shape));
+  Shape s = with_dim(x.shape, dim, 1);
+  ValuesIndices o{empty(s, x.dtype, x.device()), empty(s, DType::I32, x.device())};
+  if (x.numel()) be(x).minmax_dim(x, dim, is_max, o.values, o.indices);
+  return o;
+}
+
+Tensor index_dim_backward(const Tensor& dy, const Tensor& indices, int64_t dim,
+                          const Shape& x_shape) {
+  const char* op = "index backward";
+  require_float(dy, op, "grad");
+  check_mask(op, indices, dy, "indices");
+  LC_CHECK(dy.shape == indices.shape && dim >= 0 && dim < dy.dim() &&
+               static_cast<int64_t>(x_shape.size()) == dy.dim() &&
+               with_dim(dy.shape, dim, 0) == with_dim(x_shape, dim, 0),
+           "index backward: grad " + shape_str(dy.shape) + " and indices " +
+               shape_str(indices.shape) + " do not fit " + shape_str(x_shape));
+  // The indices come from the forward of this op, so they are in range.
+  Tensor dx = empty(x_shape, dy.dtype, dy.device());
+  if (!dx.numel()) return dx;
+  if (!dy.numel()) be(dy).fill(dx, 0.0);
+  else be(dy).index_dim_backward(dy, indices, dim, dx);
+  return dx;
+}
+
+ValuesIndices topk(const Tensor& x, int64_t k, int64_t dim, bool largest) {
+  require_float(x, "topk", "x");
+  check_dim("topk", x, dim);
+  LC_CHECK(k >= 0 && k <= x.shape[dim], "topk: k must be in [0, " + std::to_string(x.shape[dim]) +
+                                            "], got " + std::to_string(k));
+  Shape s = with_dim(x.shape, dim, k);
+  ValuesIndices o{empty(s, x.dtype, x.device()), empty(s, DType::I32, x.device())};
+  if (o.values.numel()) be(x).topk(x, dim, k, largest, o.values, o.indices);
+  return o;
+}
+
+Tensor cumsum(const Tensor& x, int64_t dim, bool reverse) {
+  require_float(x, "cumsum", "x");
+  check_dim("cumsum", x, dim);
+  Tensor out = empty(x.shape, x.dtype, x.device());
+  if (out.numel()) be(x).cumsum(x, dim, reverse, out);
+  return out;
+}
+
+Tensor compare(CompareOp op, const Tensor& a, const Tensor& b) {
+  const int o = static_cast<int>(op);
+  LC_CHECK(o >= 0 && o < kCompareOps, "compare: no op " + std::to_string(o));
+  same(a, b, "compare", "a", "b");
+  Tensor out = empty(broadcast_shapes(a.shape, b.shape), DType::I32, a.device());
+  if (out.numel()) be(a).compare(op, a, b, out);
+  return out;
+}
+
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
+  same(a, b, "where", "a", "b");
+  check_mask("where", cond, a, "cond");
+  Tensor out = empty(broadcast_shapes(cond.shape, broadcast_shapes(a.shape, b.shape)), a.dtype,
+                     a.device());
+  if (out.numel()) be(a).where(cond, a, b, out);
+  return out;
+}
+
+Tensor clamp(const Tensor& x, double lo, double hi) {
+  require_float(x, "clamp", "x");
+  LC_CHECK(!std::isnan(lo) && !std::isnan(hi), "clamp: the bounds must not be NaN");
+  Tensor out = empty(x.shape, x.dtype, x.device());
+  if (out.numel()) be(x).clamp(x, lo, hi, out);
+  return out;
+}
+
+Tensor clamp_backward(const Tensor& x, double lo, double hi, const Tensor& dy) {
+  require_float(x, "clamp backward", "x");
+  same(x, dy, "clamp backward", "x", "grad");
+  LC_CHECK(x.shape == dy.shape, "clamp backward: grad shape mismatch");
+  Tensor dx = empty(x.shape, x.dtype, x.device());
+  if (dx.numel()) be(x).clamp_backward(x, lo, hi, dy, dx);
+  return dx;
+}
+
+Tensor pow(const Tensor& a, const Tensor& b) {
+  same(a, b, "pow", "base", "exponent");
+  require_float(a, "pow", "base");
+  Tensor out = empty(broadcast_shapes(a.shape, b.shape), a.dtype, a.device());
+  if (out.numel()) be(a).pow(a, b, out);
+  return out;
+}
+
+PowGrads pow_backward(const Tensor& a, const Tensor& b, const Tensor& dy, bool need_da,
+                      bool need_db) {
+  const char* op = "pow backward";
+  same(a, b, op, "base", "exponent");
+  same(a, dy, op, "base", "grad");
+  require_float(a, op, "base");
+  LC_CHECK(dy.shape == broadcast_shapes(a.shape, b.shape), "pow backward: grad has shape " +
+                                                               shape_str(dy.shape));
+  // Per output element first, then summed down to each operand's shape.
+  Tensor da = maybe(need_da, dy.shape, dy), db = maybe(need_db, dy.shape, dy);
+  if (dy.numel() && (need_da || need_db)) be(a).pow_backward(a, b, dy, ptr(da), ptr(db));
+  PowGrads g;
+  if (need_da) g.da = da.shape == a.shape ? da : sum_to(da, a.shape);
+  if (need_db) g.db = db.shape == b.shape ? db : sum_to(db, b.shape);
+  return g;
+}
+
+Tensor log_softmax(const Tensor& x) {
+  require_float(x, "log softmax", "x");
+  LC_CHECK(x.dim() >= 1, "log softmax: x must have at least one dim");
+  Tensor y = empty(x.shape, x.dtype, x.device());
+  if (y.numel()) be(x).log_softmax(x, y);
+  return y;
+}
+
+Tensor log_softmax_backward(const Tensor& y, const Tensor& dy) {
+  same(y, dy, "log softmax backward", "y", "grad");
+  require_float(y, "log softmax backward", "y");
+  LC_CHECK(y.shape == dy.shape, "log softmax backward: grad shape mismatch");
+  Tensor dx = empty(y.shape, y.dtype, y.device());
+  if (dx.numel()) be(y).log_softmax_backward(y, dy, dx);
+  return dx;
+}
+
 // ---------------------------------------------------------------- transformer blocks
 
 namespace {

@@ -31,6 +31,31 @@ bool all_finite(const Tensor& x);
 Tensor softmax(const Tensor& x);  // over the last dim
 Tensor softmax_backward(const Tensor& y, const Tensor& dy);
 
+// ---- selection, scans, masks, clamp, pow, log-softmax (semantics in backend.h)
+struct ValuesIndices {
+  Tensor values, indices;  // indices int32
+};
+// Max or min along dim: values and indices of x's shape with dim as 1.
+ValuesIndices minmax(const Tensor& x, int64_t dim, bool is_max);
+// The gradient of a pick along dim (max/min/topk): dy and indices of one shape, dim k.
+Tensor index_dim_backward(const Tensor& dy, const Tensor& indices, int64_t dim,
+                          const Shape& x_shape);
+// The k largest (or smallest) along dim, sorted: x's shape with dim as k.
+ValuesIndices topk(const Tensor& x, int64_t k, int64_t dim, bool largest);
+Tensor cumsum(const Tensor& x, int64_t dim, bool reverse);
+Tensor compare(CompareOp op, const Tensor& a, const Tensor& b);  // int32 mask, broadcast
+Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b);  // broadcast
+Tensor clamp(const Tensor& x, double lo, double hi);
+Tensor clamp_backward(const Tensor& x, double lo, double hi, const Tensor& dy);
+Tensor pow(const Tensor& a, const Tensor& b);  // broadcast
+struct PowGrads {
+  Tensor da, db;  // a's and b's shapes; storage null when not requested
+};
+PowGrads pow_backward(const Tensor& a, const Tensor& b, const Tensor& dy, bool need_da,
+                      bool need_db);
+Tensor log_softmax(const Tensor& x);  // over the last dim
+Tensor log_softmax_backward(const Tensor& y, const Tensor& dy);
+
 // Batched product of 3-D tensors: a [Ba, m, k] (or [Ba, k, m] with transA),
 // b [Bb, k, n] (or [Bb, n, k]); Ba and Bb equal or 1 (broadcast without a copy).
 Tensor bmm(const Tensor& a, const Tensor& b, bool transA, bool transB);

@@ -1,10 +1,11 @@
 // Functional forms of the layers and losses (the `F` namespace).
 import { Tensor } from '../tensor';
 import { tensor } from '../creation';
-import { assertTensor, checkLinearWeights, requireFloat, requireSame } from '../checks';
+import { assertTensor, checkLinearWeights, normalizeDim, requireFloat, requireSame } from '../checks';
 import * as linearOps from '../ops/linear';
 import * as lossOps from '../ops/loss';
 import { activation } from './activation';
+import { logSoftmaxOp } from '../tensor';
 import { checkInt, checkNumber, checkOneOf, checkOptions, checkKnownKeys, rangeError, typeError } from '../errors';
 
 export type Reduction = 'mean' | 'sum' | 'none';
@@ -30,6 +31,29 @@ export function gelu(x: Tensor, approximate: 'none' | 'tanh' = 'none'): Tensor {
 
 export function silu(x: Tensor): Tensor {
   return activation('F.silu', x, 'silu');
+}
+
+export function sigmoid(x: Tensor): Tensor {
+  return activation('F.sigmoid', x, 'sigmoid');
+}
+
+export function tanh(x: Tensor): Tensor {
+  return activation('F.tanh', x, 'tanh');
+}
+
+/** Softmax along dim (default the last; torch's F.softmax wants it named), computed stably. */
+export function softmax(x: Tensor, dim = -1): Tensor {
+  const where = 'F.softmax';
+  assertTensor(where, 'x', x);
+  requireFloat(where, x, 'x');
+  if (x.ndim === 0) throw rangeError(where, 'x', 'at least 1-D', x);
+  return x.softmax(normalizeDim(where, 'dim', dim, x.ndim));
+}
+
+/** Log-softmax along dim (default the last; torch's F.log_softmax wants it named), computed stably. */
+export function logSoftmax(x: Tensor, dim = -1): Tensor {
+  assertTensor('F.logSoftmax', 'x', x);
+  return logSoftmaxOp('F.logSoftmax', x, dim);
 }
 
 function reduce(t: Tensor, reduction: Reduction): Tensor {

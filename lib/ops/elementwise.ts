@@ -156,6 +156,8 @@ const UNARY: Record<UnaryOp, (x: Tensor) => Tensor> = {
   neg: unaryFunction('neg', 'NegBackward'),
   sqrt: unaryFunction('sqrt', 'SqrtBackward'),
   abs: unaryFunction('abs', 'AbsBackward'),
+  sigmoid: unaryFunction('sigmoid', 'SigmoidBackward'),
+  tanh: unaryFunction('tanh', 'TanhBackward'),
 };
 
 export function unary(op: UnaryOp, x: Tensor): Tensor {

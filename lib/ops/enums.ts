@@ -40,10 +40,14 @@ const BINARY_OPS = ['add', 'sub', 'mul', 'div'] as const;
 export type BinaryOp = (typeof BINARY_OPS)[number];
 export const BINARY_OP = codes('binaryOp', BINARY_OPS);
 
-const UNARY_OPS = ['relu', 'gelu', 'geluTanh', 'silu', 'exp', 'log', 'neg', 'sqrt', 'abs'] as const;
+const UNARY_OPS = ['relu', 'gelu', 'geluTanh', 'silu', 'exp', 'log', 'neg', 'sqrt', 'abs', 'sigmoid', 'tanh'] as const;
 export type UnaryOp = (typeof UNARY_OPS)[number];
 export const UNARY_OP = codes('unaryOp', UNARY_OPS);
 
 const RANDOM_KINDS = ['normal', 'uniform'] as const;
 export type RandomKind = (typeof RANDOM_KINDS)[number];
 export const RANDOM_KIND = codes('randomKind', RANDOM_KINDS);
+
+const COMPARE_OPS = ['eq', 'ne', 'lt', 'le', 'gt', 'ge'] as const;
+export type CompareOp = (typeof COMPARE_OPS)[number];
+export const COMPARE_OP = codes('compareOp', COMPARE_OPS);

@@ -56,6 +56,26 @@ class CpuBackend final : public Backend {
                               int64_t ignore_index, double label_smoothing, const Tensor& grad,
                               double grad_scale, const Tensor& dlogits) override;
 
+  // ---- minmax.cpp, topk.cpp, cumsum.cpp, compare.cpp (compare, where), clamp.cpp, pow.cpp,
+  // log_softmax.cpp
+  void minmax_dim(const Tensor& x, int64_t dim, bool is_max, const Tensor& values,
+                  const Tensor& indices) override;
+  void index_dim_backward(const Tensor& dy, const Tensor& indices, int64_t dim,
+                          const Tensor& dx) override;
+  void topk(const Tensor& x, int64_t dim, int64_t k, bool largest, const Tensor& values,
+            const Tensor& indices) override;
+  void cumsum(const Tensor& x, int64_t dim, bool reverse, const Tensor& out) override;
+  void compare(CompareOp op, const Tensor& a, const Tensor& b, const Tensor& out) override;
+  void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) override;
+  void clamp(const Tensor& x, double lo, double hi, const Tensor& out) override;
+  void clamp_backward(const Tensor& x, double lo, double hi, const Tensor& dy,
+                      const Tensor& dx) override;
+  void pow(const Tensor& a, const Tensor& b, const Tensor& out) override;
+  void pow_backward(const Tensor& a, const Tensor& b, const Tensor& dy, const Tensor* da,
+                    const Tensor* db) override;
+  void log_softmax(const Tensor& x, const Tensor& y) override;
+  void log_softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) override;
+
   // ---- linear.cpp (GEMM; LoRA fused with the row-wise rank-r pass of low_rank.cpp)
   void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, double alpha,
             const Tensor& A, int64_t strideA, const Tensor& B, int64_t strideB, double beta,

@@ -42,6 +42,8 @@ inline T unary_f(UnaryOp op, T x) {
     case UnaryOp::Neg: return -x;
     case UnaryOp::Sqrt: return std::sqrt(x);
     case UnaryOp::Abs: return std::abs(x);
+    case UnaryOp::Sigmoid: return T(1) / (T(1) + std::exp(-x));
+    case UnaryOp::Tanh: return std::tanh(x);
   }
   return T(0);
 }
@@ -68,6 +70,14 @@ inline T unary_df(UnaryOp op, T x) {
     case UnaryOp::Neg: return T(-1);
     case UnaryOp::Sqrt: return T(0.5) / std::sqrt(x);
     case UnaryOp::Abs: return x > T(0) ? T(1) : x < T(0) ? T(-1) : T(0);  // torch's sign, 0 at 0
+    case UnaryOp::Sigmoid: {
+      T s = T(1) / (T(1) + std::exp(-x));
+      return s * (T(1) - s);
+    }
+    case UnaryOp::Tanh: {
+      T t = std::tanh(x);
+      return T(1) - t * t;
+    }
   }
   return T(0);
 }

@@ -1,0 +1,30 @@
+// Prefix sums along a dim (torch.cumsum), and suffix sums for its backward; accumulated in
+// double, as torch's CPU kernel accumulates float in double.
+#include "cpu_backend.h"
+
+namespace lc {
+
+void CpuBackend::cumsum(const Tensor& x, int64_t dim, bool reverse, const Tensor& out) {
+  int64_t outer = 1, inner = 1;
+  for (int64_t d = 0; d < dim; ++d) outer *= x.shape[d];
+  const int64_t n = x.shape[dim];
+  for (size_t d = dim + 1; d < x.shape.size(); ++d) inner *= x.shape[d];
+  dispatch_float(x.dtype, "cumsum", [&](auto z) {
+    using T = decltype(z);
+    const T* px = x.data<T>();
+    T* po = out.data<T>();
+    par_items(outer * inner, n, [&](int64_t b, int64_t e) {
+      for (int64_t c = b; c < e; ++c) {
+        const int64_t base = (c / inner) * n * inner + c % inner;
+        double acc = 0;
+        for (int64_t s = 0; s < n; ++s) {
+          const int64_t j = reverse ? n - 1 - s : s;
+          acc += static_cast<double>(px[base + j * inner]);
+          po[base + j * inner] = static_cast<T>(acc);
+        }
+      }
+    });
+  });
+}
+
+}  // namespace lc
