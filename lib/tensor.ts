@@ -11,7 +11,7 @@ import {
   requireFloat, requireSame,
 } from './checks';
 import { toTypedArray } from './creation';
-import { checkInt, checkOneOf, rangeError, typeError } from './errors';
+import { checkBool, checkInt, checkKnownKeys, checkOneOf, checkOptions, rangeError, typeError } from './errors';
 import { sameShape } from './shape';
 import * as memory from './ops/memory';
 import * as creation from './ops/creation';
@@ -37,6 +37,12 @@ export interface Store {
 const HOST_INTS_MAX = 1 << 22;
 
 export type NestedList = (number | NestedList)[];
+
+/** Options of Tensor.backward. */
+export interface BackwardOptions {
+  /** Keep the graph for another backward() through it (torch's retain_graph); default false. */
+  retainGraph?: boolean;
+}
 
 export class Tensor {
   /** @internal The native handle; only lib/ops reads it. */ _h: NativeTensor;
@@ -329,10 +335,20 @@ export class Tensor {
   /**
    * Computes gradients of this tensor with respect to every leaf that requires
    * grad, accumulating them into .grad. A non-scalar needs `grad` (dL/dthis).
-   * The graph is released afterwards.
+   * The graph is released afterwards, unless options.retainGraph is true (as
+   * torch's retain_graph): then it can be backpropagated through again, the
+   * gradients adding up. Call as backward(), backward(grad), backward(options)
+   * or backward(grad, options).
    */
-  backward(grad?: Tensor): void {
+  backward(grad?: Tensor | BackwardOptions, options?: BackwardOptions): void {
     const where = 'Tensor.backward';
+    if (grad !== undefined && !(grad instanceof Tensor) && grad !== null && typeof grad === 'object' && options === undefined) {
+      options = grad as BackwardOptions;
+      grad = undefined;
+    }
+    const o = checkOptions(where, options);
+    checkKnownKeys(where, o, ['retainGraph']);
+    const retainGraph = o.retainGraph === undefined ? false : checkBool(where, 'options.retainGraph', o.retainGraph);
     this._checkLive(where);
     if (!this._requiresGrad) {
       throw new Error(`${where}: this tensor does not require grad and has no graph (did every input have requiresGrad false, or was it made inside noGrad?)`);
@@ -353,7 +369,7 @@ export class Tensor {
       g = grad;
       userGrad = true;
     }
-    runBackward(this, g, userGrad);
+    runBackward(this, g, userGrad, retainGraph);
   }
 
   // ------------------------------------------------------------ elementwise
