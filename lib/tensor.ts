@@ -13,6 +13,7 @@ import {
 import { toTypedArray } from './creation';
 import { checkBool, checkInt, checkKnownKeys, checkOneOf, checkOptions, rangeError, typeError } from './errors';
 import { sameShape } from './shape';
+import { tensorRepr } from './printing';
 import * as memory from './ops/memory';
 import * as creation from './ops/creation';
 import * as elementwise from './ops/elementwise';
@@ -152,8 +153,19 @@ export class Tensor {
     const state = this._store.disposed ? ', disposed' : '';
     return `Tensor(shape [${this._shape.join(', ')}], ${this._dtype}, ${this.device}${state})`;
   }
+  /**
+   * The values as torch prints a tensor: tensor([[1., 2.], ...]) with device, dtype (unless
+   * float32), grad_fn or requires_grad; summarised past 1000 elements. util.inspect and
+   * console.log print the same; a disposed tensor prints as describe().
+   */
   toString(): string {
-    return this.describe();
+    if (this._store.disposed) return this.describe();
+    return tensorRepr({ data: memory.toArray(this), shape: this._shape, dtype: this._dtype, device: this.device,
+      requiresGrad: this._requiresGrad, gradFn: this.gradFn });
+  }
+  /** @internal What console.log and util.inspect show: toString(), never the handles. */
+  [Symbol.for('nodejs.util.inspect.custom')](): string {
+    return this.toString();
   }
 
   /** @internal Throws (code ERR_TENSOR_DISPOSED) once disposed; `what` names the tensor for the caller's user. */

@@ -343,6 +343,7 @@ describe('backends', () => {
   test('tensors are instances of Tensor and describe themselves', () => {
     const t = tensor([[1, 2]]);
     expect(t).toBeInstanceOf(Tensor);
-    expect(String(t)).toBe('Tensor(shape [1, 2], float32, cpu)');
+    expect(t.describe()).toBe('Tensor(shape [1, 2], float32, cpu)');
+    expect(String(t)).toBe('tensor([[1., 2.]])');
   });
 });
