@@ -184,33 +184,36 @@ export interface TensorReprInput {
 export function tensorRepr(t: TensorReprInput): string {
   const prefix = 'tensor(';
   const indent = prefix.length;
-  const suffixes: string[] = [];
-  if (t.device !== 'cpu') suffixes.push(`device='${t.device}'`);
+  // Each suffix with the length torch's own would have (dtype=torch.float64, grad_fn=<MulBackward0>),
+  // so lines break where torch breaks them.
+  const suffixes: [string, number][] = [];
+  const push = (s: string, torchLength = s.length) => suffixes.push([s, torchLength]);
+  if (t.device !== 'cpu') push(`device='${t.device}'`);
   const numel = t.shape.reduce((a, b) => a * b, 1);
   let str: string;
   if (numel === 0) {
-    if (t.shape.length !== 1) suffixes.push(`shape=[${t.shape.join(', ')}]`);
-    if (t.dtype !== 'float32') suffixes.push(`dtype=${t.dtype}`);
+    if (t.shape.length !== 1) push(`shape=[${t.shape.join(', ')}]`, `size=(${t.shape.join(', ')})`.length);
+    if (t.dtype !== 'float32') push(`dtype=${t.dtype}`, `dtype=torch.${t.dtype}`.length);
     str = '[]';
   } else {
-    if (t.dtype !== 'float32') suffixes.push(`dtype=${t.dtype}`);
+    if (t.dtype !== 'float32') push(`dtype=${t.dtype}`, `dtype=torch.${t.dtype}`.length);
     const summarize = numel > THRESHOLD;
     const fmt = new Formatter(t.dtype !== 'int32', summarizedValues(t.data, t.shape, summarize));
     str = body(t.data, t.shape, strides(t.shape), 0, 0, indent, summarize, fmt);
-    if (summarize) suffixes.push(`shape=[${t.shape.join(', ')}]`);
+    if (summarize) push(`shape=[${t.shape.join(', ')}]`);
   }
-  if (t.gradFn) suffixes.push(`grad_fn=<${t.gradFn}>`);
-  else if (t.requiresGrad) suffixes.push('requires_grad=True');
+  if (t.gradFn) push(`grad_fn=<${t.gradFn}>`, `grad_fn=<${t.gradFn}0>`.length);
+  else if (t.requiresGrad) push('requires_grad=True');
   // torch's _add_suffixes: on the last line while it fits in the line width, else on a new one.
   let out = prefix + str;
   let lastLineLen = out.length - out.lastIndexOf('\n') + 1;
-  for (const s of suffixes) {
-    if (lastLineLen + s.length + 2 > LINE_WIDTH) {
+  for (const [s, len] of suffixes) {
+    if (lastLineLen + len + 2 > LINE_WIDTH) {
       out += `,\n${' '.repeat(indent)}${s}`;
-      lastLineLen = indent + s.length;
+      lastLineLen = indent + len;
     } else {
       out += `, ${s}`;
-      lastLineLen += s.length + 2;
+      lastLineLen += len + 2;
     }
   }
   return `${out})`;
