@@ -72,7 +72,9 @@ function countEntries(self: Module): number {
  * new Sequential(new Linear(4, 8), new ReLU()) takes and returns a Tensor, and a layer that
  * cannot take what the one before it returns is a type error at that argument.
  */
-export class Sequential<L extends Module[] = Module[]> extends Module {
+// In and Out are computed from L (they are never given): as parameters of their own, a
+// Sequential<[Linear, ReLU]> is still a Sequential (its L is then only in covariant places).
+export class Sequential<L extends Module[] = Module[], In = SequentialInput<L>, Out = SequentialOutput<L>> extends Module {
   constructor(...layers: L & ChainedLayers<L, SequentialInput<L>>) {
     super();
     (layers as Module[]).forEach((m, i) => {
@@ -95,11 +97,11 @@ export class Sequential<L extends Module[] = Module[]> extends Module {
     for (let i = 0, n = this.length; i < n; i++) yield (this as unknown as Entries)[String(i)] as L[number];
   }
 
-  forward(x: SequentialInput<L>): SequentialOutput<L> {
+  forward(x: In): Out {
     // By index, not children(): the same module may appear twice and runs twice.
     let cur: unknown = x;
     for (let i = 0, n = this.length; i < n; i++) cur = ((this as unknown as Entries)[String(i)] as Module).forward(cur);
-    return cur as SequentialOutput<L>;
+    return cur as Out;
   }
 }
 

@@ -113,3 +113,9 @@ setGradEnabled(1);
 x.backward({ retainGraph: true });
 // @ts-expect-error an unknown backward option
 x.backward({ retain_graph: true });
+
+// A typed Sequential is still a Sequential (where code takes any Sequential or Module).
+const anySeq: Sequential = seq;
+const asModule: Module = counted;
+void anySeq;
+void asModule;
