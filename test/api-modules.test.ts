@@ -116,6 +116,21 @@ describe('printing module trees as torch does', () => {
     expect(Object.keys(l.stateDict())).toContain('origLinear.weight');
   });
 
+  test('a ModuleList folds runs of entries that print the same, as torch 2 does', () => {
+    const list = new ModuleList<Module>([new Linear(2, 2), new Linear(2, 2), new Linear(2, 2), new ReLU(), new Linear(2, 2),
+      new Sequential(new ReLU()), new Sequential(new ReLU())]);
+    expect(String(list)).toBe([
+      'ModuleList(',
+      '  (0-2): 3 x Linear(in_features=2, out_features=2, bias=True)',
+      '  (3): ReLU()',
+      '  (4): Linear(in_features=2, out_features=2, bias=True)',
+      '  (5-6): 2 x Sequential(',
+      '    (0): ReLU()',
+      '  )',
+      ')',
+    ].join('\n'));
+  });
+
   test('extraRepr may span lines, and is printed before the children', () => {
     class Custom extends Module {
       inner = new ReLU();

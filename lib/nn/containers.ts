@@ -7,12 +7,11 @@ import { checkInt, rangeError, typeError } from '../errors';
 
 // ------------------------------------------------------------------ typing
 
-/* eslint-disable @typescript-eslint/no-explicit-any -- `any` only to match any forward in the inference below */
+// `any` only in the patterns below, to match a forward of any signature.
 /** The first argument a module's forward takes. */
 export type ForwardInput<M> = M extends { forward(x: infer I, ...rest: any[]): any } ? I : never;
 /** What a module's forward returns. */
 export type ForwardOutput<M> = M extends { forward(...args: any[]): infer O } ? O : never;
-/* eslint-enable @typescript-eslint/no-explicit-any */
 
 /** What flows out of layer M given C flows in: a pass-through layer (Identity, forward<T>(x: T): T) keeps C. */
 type Through<M, C> = unknown extends ForwardOutput<M> ? C : ForwardOutput<M>;
@@ -182,6 +181,24 @@ export class ModuleList<T extends Module = Module> extends Module {
 
   forward(): never {
     throw new Error('ModuleList has no forward(); iterate over it and call each module');
+  }
+
+  /**
+   * As torch (2.x) prints a ModuleList: runs of entries that print the same are one line,
+   * `(0-31): 32 x LlamaDecoderLayer(...)`.
+   */
+  toString(): string {
+    const reprs = [...this].map(String);
+    if (!reprs.length) return `${this.constructor.name}()`;
+    const lines: string[] = [];
+    for (let i = 0; i < reprs.length;) {
+      let j = i;
+      while (j + 1 < reprs.length && reprs[j + 1] === reprs[i]) j++;
+      const head = i === j ? `(${i}): ` : `(${i}-${j}): ${j - i + 1} x `;
+      lines.push(`${head}${reprs[i]}`.split('\n').join('\n  '));
+      i = j + 1;
+    }
+    return `${this.constructor.name}(\n  ${lines.join('\n  ')}\n)`;
   }
 }
 
