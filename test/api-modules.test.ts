@@ -160,7 +160,7 @@ describe('containers', () => {
     expect(() => seq.at(3)).toThrow(/^Sequential\.at: index must be in \[-3, 3\), got 3$/);
     expect(() => seq.at(-4)).toThrow(RangeError);
     expect(() => seq.at(0.5)).toThrow(/^Sequential\.at: index must be an integer, got 0\.5$/);
-    expect(() => new Sequential(new ReLU(), 3 as unknown as ReLU)).toThrow(/^Sequential: layers\[1\] must be a Module, got 3$/);
+    expect(() => new Sequential(new ReLU(), 3 as unknown as ReLU)).toThrow(/^Sequential: modules\[1\] must be a Module, got 3$/);
   });
 
   test('ModuleList: insert, set, pop, extend, negative indices, as a Python list', () => {

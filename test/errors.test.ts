@@ -250,7 +250,8 @@ describe('Linear', () => {
 describe('containers', () => {
   test('Sequential and ModuleList accept modules only', () => {
     expectThrows(() => new Sequential(new ReLU(), 3 as unknown as Module), TypeError, /^Sequential: modules\[1\] must be a Module, got 3$/);
-    expectThrows(() => new Sequential(new ReLU()).at(1.5), RangeError, /^Sequential\.at: index must be a non-negative integer, got 1\.5$/);
+    expectThrows(() => new Sequential(new ReLU()).at(1.5), RangeError, /^Sequential\.at: index must be an integer, got 1\.5$/);
+    expectThrows(() => new Sequential(new ReLU()).at('0' as unknown as number), TypeError, /^Sequential\.at: index must be an integer, got "0"$/);
   });
 });
 

@@ -44,7 +44,8 @@ type Entries = Record<string, unknown>;
 
 /** A list index as torch takes it (negative from the end), checked against `n`. */
 function listIndex(where: string, i: unknown, n: number, insert = false): number {
-  if (typeof i !== 'number' || !Number.isInteger(i)) throw typeError(where, 'index', 'an integer', i);
+  if (typeof i !== 'number') throw typeError(where, 'index', 'an integer', i);
+  if (!Number.isInteger(i)) throw rangeError(where, 'index', 'an integer', i);
   const j = i < 0 ? i + n : i;
   if (j < 0 || j > n || (j === n && !insert)) {
     throw rangeError(where, 'index', n === 0 && !insert ? 'an index of an entry (the container is empty)' : `in [${-n}, ${insert ? n + 1 : n})`, i);
@@ -77,7 +78,7 @@ export class Sequential<L extends Module[] = Module[], In = SequentialInput<L>, 
   constructor(...layers: L & ChainedLayers<L, SequentialInput<L>>) {
     super();
     (layers as Module[]).forEach((m, i) => {
-      checkModule('Sequential', `layers[${i}]`, m);
+      checkModule('Sequential', `modules[${i}]`, m);
       (this as unknown as Entries)[String(i)] = m;
     });
   }
