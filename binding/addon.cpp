@@ -411,6 +411,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     return arr(env, {wrap_or_null(env, g.dx), wrap_or_null(env, g.dW), wrap_or_null(env, g.dA),
                      wrap_or_null(env, g.dB), wrap_or_null(env, g.db)});
   });
+  def("dropout", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::dropout(T(a[0], "dropout"), num(a[1], "p"), u64(a[2], "seed"),
+                                          u64(a[3], "offset")));
+  });
   def("loraMerge", [](const Napi::CallbackInfo& a) -> Napi::Value {
     bool ok = lc::ops::lora_merge(T(a[0], "weight"), T(a[1], "A"), T(a[2], "B"), num(a[3], "scale"),
                                   flag(a[4]));

@@ -9,10 +9,11 @@
 import type { Tensor, Store } from './tensor';
 import type { NativeTensor } from './native';
 import { accumulate_, addGrads, copyOf, free, viewOf } from './ops/memory';
+import { typeError } from './errors';
 
 let gradEnabled = true;
 
-/** True unless inside noGrad(). */
+/** True unless inside noGrad() (or turned off with setGradEnabled(false)). */
 export function isGradEnabled(): boolean {
   return gradEnabled;
 }
@@ -22,25 +23,56 @@ export function isGradEnabled(): boolean {
  * results do not require grad (like torch.no_grad). Synchronous functions only.
  */
 export function noGrad<T>(fn: () => T): T {
-  if (typeof fn !== 'function') throw new TypeError(`noGrad: fn must be a function, got ${typeof fn}`);
+  return withGradMode('noGrad', false, fn);
+}
+
+/**
+ * Runs fn with gradient recording on, also inside noGrad (like torch.enable_grad).
+ * Synchronous functions only.
+ */
+export function enableGrad<T>(fn: () => T): T {
+  return withGradMode('enableGrad', true, fn);
+}
+
+/**
+ * Turns gradient recording on or off (like torch.set_grad_enabled). With fn, only while fn
+ * runs (restored after, as torch's `with torch.set_grad_enabled(mode):`), returning what fn
+ * returns; without, from now on.
+ */
+export function setGradEnabled(mode: boolean): void;
+export function setGradEnabled<T>(mode: boolean, fn: () => T): T;
+export function setGradEnabled<T>(mode: boolean, fn?: () => T): T | void {
+  if (typeof mode !== 'boolean') {
+    throw typeError('setGradEnabled', 'mode', 'a boolean', mode);
+  }
+  if (fn === undefined) {
+    gradEnabled = mode;
+    return;
+  }
+  return withGradMode('setGradEnabled', mode, fn);
+}
+
+/** fn run with grad mode `mode`, the previous mode restored after (also when fn throws). */
+function withGradMode<T>(where: string, mode: boolean, fn: () => T): T {
+  if (typeof fn !== 'function') throw typeError(where, 'fn', 'a function', fn);
   // Grad mode is one flag for the thread: after an await, other code runs and fn's own code resumes
   // with whatever mode is current, so an async fn cannot be covered. Refused before it runs.
-  if (fn.constructor?.name === 'AsyncFunction') throw asyncError();
+  if (fn.constructor?.name === 'AsyncFunction') throw asyncError(where);
   const prev = gradEnabled;
-  gradEnabled = false;
+  gradEnabled = mode;
   let result: T;
   try {
     result = fn();
   } finally {
     gradEnabled = prev;
   }
-  if (result !== null && typeof result === 'object' && typeof (result as { then?: unknown }).then === 'function') throw asyncError();
+  if (result !== null && typeof result === 'object' && typeof (result as { then?: unknown }).then === 'function') throw asyncError(where);
   return result;
 }
 
-function asyncError(): TypeError {
-  return new TypeError('noGrad: fn is asynchronous (an async function or one returning a Promise); noGrad needs a synchronous function, ' +
-    'since ops after an await would record a graph again. Call noGrad around the synchronous parts instead');
+function asyncError(where: string): TypeError {
+  return new TypeError(`${where}: fn is asynchronous (an async function or one returning a Promise); ${where} needs a synchronous function, ` +
+    `since ops after an await would run in another grad mode. Call ${where} around the synchronous parts instead`);
 }
 
 // ================================================================ functions
@@ -130,9 +162,11 @@ export class Node {
   /** The gradient of each argument from the output's gradient. */
   apply(grad: Tensor): (Tensor | null)[] {
     if (!this.backward) {
+      // torch's message: what happened, and the two ways out.
       throw new Error(
-        `Tensor.backward: the graph through ${this.name} was already released; ` +
-          'backward() frees the graph, so run the forward pass again before another backward()',
+        `Tensor.backward: trying to backward through the graph a second time (through ${this.name}, whose saved ` +
+          'values were freed by the first backward()); run the forward pass again, or pass { retainGraph: true } ' +
+          'to the first backward() to backpropagate through the graph again',
       );
     }
     const grads = this.backward(grad);
@@ -211,7 +245,8 @@ export function clearGrads(where: string, tensors: Iterable<Tensor>, setToNone: 
 // Gradients flowing between nodes are owned by the engine and freed as soon as
 // they are consumed; a count per storage keeps views and shared results alive
 // while anything still refers to them.
-export function runBackward(root: Tensor, rootGrad: Tensor, userGrad: boolean): void {
+// With retainGraph the nodes are kept (their saved values too), so the graph can be walked again.
+export function runBackward(root: Tensor, rootGrad: Tensor, userGrad: boolean, retainGraph = false): void {
   const keep = new Set<Store>(); // storages the engine must never free
   const refs = new Map<Store, number>();
   const hold = (t: Tensor) => refs.set(t._store, (refs.get(t._store) ?? 0) + 1);
@@ -302,11 +337,11 @@ export function runBackward(root: Tensor, rootGrad: Tensor, userGrad: boolean): 
         }
       });
       drop(g);
-      fn.release();
+      if (!retainGraph) fn.release();
     }
   } finally {
-    // On error, free what is in flight and release the graph all the same.
+    // On error, free what is in flight and release the graph all the same (unless it is retained).
     for (const t of pending.values()) drop(t);
-    for (const fn of order) fn.release();
+    if (!retainGraph) for (const fn of order) fn.release();
   }
 }

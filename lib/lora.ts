@@ -13,6 +13,7 @@ import * as ops from './ops/linear';
 import { copy_ } from './ops/memory';
 import { nextRandomKey } from './random';
 import type { DeviceSpec } from './device';
+import { pyFloat } from './printing';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, checkKnownKeys, rangeError, typeError, describe } from './errors';
 
 /**
@@ -267,9 +268,13 @@ export class LoRALinear extends Module {
     }
   }
 
+  // Printing, as PEFT prints its lora.Linear: the settings, then the wrapped layer as (base_layer).
   extraRepr(): string {
-    return `inFeatures=${this.inFeatures}, outFeatures=${this.outFeatures}, r=${this.r}, alpha=${this.alpha}, scale=${this.scale}` +
-      (this.dropout ? `, dropout=${this.dropout}` : '') + (this.merged ? ', merged' : '');
+    return `r=${this.r}, alpha=${this.alpha}, scaling=${pyFloat(this.scale)}, dropout=${pyFloat(this.dropout)}` +
+      (this.useRslora ? ', use_rslora=True' : '') + (this.merged ? ', merged=True' : '') + (this.enabled ? '' : ', enabled=False');
+  }
+  reprChildren(): Iterable<[string, Module]> {
+    return [['base_layer', this.origLinear]];
   }
 }
 

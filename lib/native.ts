@@ -103,6 +103,7 @@ export interface Binding {
   loraBackward(dy: N, x: N, w: N, A: N, B: N, b: N | null, h: N, scale: number, p: number,
     seed: bigint, offset: bigint, needs: boolean[]): (N | null)[];
   loraMerge(w: N, A: N, B: N, scale: number, safe: boolean): boolean;
+  dropout(x: N, p: number, seed: bigint, offset: bigint): N;
   adamStep(params: N[], grads: N[], expAvg: N[], expAvgSq: N[], maxExpAvgSq: N[] | null,
     steps: number[], lr: number, beta1: number, beta2: number, eps: number, weightDecay: number,
     decoupled: boolean): void;

@@ -11,8 +11,9 @@ import {
   requireFloat, requireSame,
 } from './checks';
 import { toTypedArray } from './creation';
-import { checkInt, checkOneOf, rangeError, typeError } from './errors';
+import { checkBool, checkInt, checkKnownKeys, checkOneOf, checkOptions, rangeError, typeError } from './errors';
 import { sameShape } from './shape';
+import { tensorRepr } from './printing';
 import * as memory from './ops/memory';
 import * as creation from './ops/creation';
 import * as elementwise from './ops/elementwise';
@@ -41,6 +42,12 @@ export interface Store {
 const HOST_INTS_MAX = 1 << 22;
 
 export type NestedList = (number | NestedList)[];
+
+/** Options of Tensor.backward. */
+export interface BackwardOptions {
+  /** Keep the graph for another backward() through it (torch's retain_graph); default false. */
+  retainGraph?: boolean;
+}
 
 export class Tensor {
   /** @internal The native handle; only lib/ops reads it. */ _h: NativeTensor;
@@ -150,8 +157,19 @@ export class Tensor {
     const state = this._store.disposed ? ', disposed' : '';
     return `Tensor(shape [${this._shape.join(', ')}], ${this._dtype}, ${this.device}${state})`;
   }
+  /**
+   * The values as torch prints a tensor: tensor([[1., 2.], ...]) with device, dtype (unless
+   * float32), grad_fn or requires_grad; summarised past 1000 elements. util.inspect and
+   * console.log print the same; a disposed tensor prints as describe().
+   */
   toString(): string {
-    return this.describe();
+    if (this._store.disposed) return this.describe();
+    return tensorRepr({ data: memory.toArray(this), shape: this._shape, dtype: this._dtype, device: this.device,
+      requiresGrad: this._requiresGrad, gradFn: this.gradFn });
+  }
+  /** @internal What console.log and util.inspect show: toString(), never the handles. */
+  [Symbol.for('nodejs.util.inspect.custom')](): string {
+    return this.toString();
   }
 
   /** @internal Throws (code ERR_TENSOR_DISPOSED) once disposed; `what` names the tensor for the caller's user. */
@@ -333,10 +351,20 @@ export class Tensor {
   /**
    * Computes gradients of this tensor with respect to every leaf that requires
    * grad, accumulating them into .grad. A non-scalar needs `grad` (dL/dthis).
-   * The graph is released afterwards.
+   * The graph is released afterwards, unless options.retainGraph is true (as
+   * torch's retain_graph): then it can be backpropagated through again, the
+   * gradients adding up. Call as backward(), backward(grad), backward(options)
+   * or backward(grad, options).
    */
-  backward(grad?: Tensor): void {
+  backward(grad?: Tensor | BackwardOptions, options?: BackwardOptions): void {
     const where = 'Tensor.backward';
+    if (grad !== undefined && !(grad instanceof Tensor) && grad !== null && typeof grad === 'object' && options === undefined) {
+      options = grad as BackwardOptions;
+      grad = undefined;
+    }
+    const o = checkOptions(where, options);
+    checkKnownKeys(where, o, ['retainGraph']);
+    const retainGraph = o.retainGraph === undefined ? false : checkBool(where, 'options.retainGraph', o.retainGraph);
     this._checkLive(where);
     if (!this._requiresGrad) {
       throw new Error(`${where}: this tensor does not require grad and has no graph (did every input have requiresGrad false, or was it made inside noGrad?)`);
@@ -357,7 +385,7 @@ export class Tensor {
       g = grad;
       userGrad = true;
     }
-    runBackward(this, g, userGrad);
+    runBackward(this, g, userGrad, retainGraph);
   }
 
   // ------------------------------------------------------------ elementwise

@@ -362,6 +362,14 @@ bool lora_merge(const Tensor& W, const Tensor& A, const Tensor& B, double scale,
   return be(W).lora_merge(W, A, B, scale, safe);
 }
 
+Tensor dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset) {
+  require_float(x, "dropout", "x");
+  LC_CHECK(p >= 0 && p < 1, "dropout: p must be in [0, 1)");
+  Tensor out = empty(x.shape, x.dtype, x.device());
+  if (out.numel()) be(x).dropout(x, out, p, seed, offset);
+  return out;
+}
+
 void adam_step(const std::vector<AdamParam>& params, const AdamConfig& cfg) {
   if (params.empty()) return;
   Device dev = params[0].param.device();

@@ -30,6 +30,9 @@ Tensor permute(const Tensor& x, const std::vector<int64_t>& perm);
 bool all_finite(const Tensor& x);
 Tensor softmax(const Tensor& x);  // over the last dim
 Tensor softmax_backward(const Tensor& y, const Tensor& dy);
+// x * keep / (1 - p), keep drawn by element index from (seed, offset): the same call on the
+// gradient is the backward. 0 <= p < 1.
+Tensor dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset);
 
 // ---- selection, scans, masks, clamp, pow, log-softmax (semantics in backend.h)
 struct ValuesIndices {

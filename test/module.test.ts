@@ -562,7 +562,7 @@ describe('Linear', () => {
   });
 
   test('extraRepr describes the layer', () => {
-    expect(new Linear(3, 2, { bias: false }).toString()).toBe('Linear(inFeatures=3, outFeatures=2, bias=false)');
+    expect(new Linear(3, 2, { bias: false }).toString()).toBe('Linear(in_features=3, out_features=2, bias=False)'); // torch's repr
   });
 });
 
@@ -626,7 +626,7 @@ describe('Sequential', () => {
 
 describe('ModuleList', () => {
   test('append / at / length / iteration / naming', () => {
-    const list = new ModuleList([new Linear(2, 2)]);
+    const list = new ModuleList<Module>([new Linear(2, 2)]);
     expect(list.length).toBe(1);
     const l2 = new Linear(2, 3);
     expect(list.append(l2)).toBe(list);
@@ -634,7 +634,7 @@ describe('ModuleList', () => {
     expect(list.length).toBe(3);
     expect(list.at(1)).toBe(l2);
     expect(() => list.at(3)).toThrow(RangeError);
-    expect(() => list.at(3)).toThrow(/ModuleList\.at: index must be < 3, got 3/);
+    expect(() => list.at(3)).toThrow(/ModuleList\.at: index must be in \[-3, 3\), got 3/);
     const iterated = [...list];
     expect(iterated).toHaveLength(3);
     expect(iterated[1]).toBe(l2);
@@ -724,13 +724,13 @@ describe('toString', () => {
     const s = b.toString();
     expect(s).toBe([
       'Block(',
-      '  (mlp): Linear(inFeatures=8, outFeatures=4, bias=true)',
+      '  (mlp): Linear(in_features=8, out_features=4, bias=True)',
       '  (attn): Attn(',
-      '    (q_proj): Linear(inFeatures=8, outFeatures=8, bias=true)',
-      '    (k_proj): Linear(inFeatures=8, outFeatures=8, bias=true)',
-      '    (v_proj): Linear(inFeatures=8, outFeatures=8, bias=false)',
+      '    (q_proj): Linear(in_features=8, out_features=8, bias=True)',
+      '    (k_proj): Linear(in_features=8, out_features=8, bias=True)',
+      '    (v_proj): Linear(in_features=8, out_features=8, bias=False)',
       '  )',
-      '  (act): ReLU',
+      '  (act): ReLU()',
       ')',
     ].join('\n'));
     expect(String(new Sequential(new Linear(2, 2), new GELU()))).toContain("(1): GELU(approximate='none')");

@@ -215,7 +215,7 @@ export class LlamaDecoderLayer extends Module {
 
 export class LlamaModel extends Module {
   embed_tokens: Embedding;
-  layers: ModuleList;
+  layers: ModuleList<LlamaDecoderLayer>;
   norm: RMSNorm;
   /**
    * cos/sin of every position below `rows`, in float64: computed once for the longest sequence so
@@ -266,7 +266,7 @@ export class LlamaModel extends Module {
   forward(ids: Tensor): Tensor {
     let x = this.embed_tokens.forward(ids);
     const { cos, sin } = this.rope(ids.shape[1], x.dtype, x.device);
-    for (const layer of this.layers) x = (layer as LlamaDecoderLayer).forward(x, cos, sin);
+    for (const layer of this.layers) x = layer.forward(x, cos, sin);
     return this.norm.forward(x);
   }
 }

@@ -136,3 +136,7 @@ export function crossEntropy(input: Tensor, target: Tensor | ArrayLike<number> |
 
 // The transformer ops (fused native forward and backward each).
 export { embedding, rmsNorm, applyRotary, rotaryTables, scaledDotProductAttention } from './transformer';
+
+// Dropout and layer normalisation (their modules: Dropout, LayerNorm).
+export { dropout } from './dropout';
+export { layerNorm } from './normalization';

@@ -5,6 +5,7 @@ import { checkLinearInput, checkLinearWeights } from '../checks';
 import * as linearOps from '../ops/linear';
 import { DeviceSpec } from '../device';
 import { Module } from './module';
+import { pyValue } from '../printing';
 import { activation } from './activation';
 import { checkBool, checkInt, checkOneOf, checkOptions, checkKnownKeys, typeError, rangeError } from '../errors';
 
@@ -48,74 +49,13 @@ export class Linear extends Module {
   }
 
   extraRepr(): string {
-    return `inFeatures=${this.inFeatures}, outFeatures=${this.outFeatures}, bias=${this.bias !== null}`;
+    // torch's names and Python's True/False, so the tree reads as torch prints the same model.
+    return `in_features=${this.inFeatures}, out_features=${this.outFeatures}, bias=${pyValue(this.bias !== null)}`;
   }
 }
 
-/** Applies its children in order; they are named '0', '1', …. */
-export class Sequential extends Module {
-  constructor(...modules: Module[]) {
-    super();
-    modules.forEach((m, i) => {
-      if (!(m instanceof Module)) throw typeError('Sequential', `modules[${i}]`, 'a Module', m);
-      (this as unknown as Record<string, Module>)[String(i)] = m;
-    });
-  }
-
-  get length(): number {
-    let n = 0;
-    while ((this as unknown as Record<string, unknown>)[String(n)] instanceof Module) n++;
-    return n;
-  }
-
-  at(i: number): Module {
-    checkInt('Sequential.at', 'index', i);
-    const m = (this as unknown as Record<string, unknown>)[String(i)];
-    if (!(m instanceof Module)) throw rangeError('Sequential.at', 'index', `< ${this.length}`, i);
-    return m;
-  }
-
-  forward(x: unknown): unknown {
-    // By index, not children(): the same module may appear twice and runs twice.
-    let cur = x;
-    for (let i = 0, n = this.length; i < n; i++) cur = this.at(i).forward(cur);
-    return cur;
-  }
-}
-
-/** A list of modules, registered as children '0', '1', … (no forward of its own). */
-export class ModuleList extends Module {
-  constructor(modules: Iterable<Module> = []) {
-    super();
-    for (const m of modules) this.append(m);
-  }
-
-  get length(): number {
-    let n = 0;
-    while ((this as unknown as Record<string, unknown>)[String(n)] instanceof Module) n++;
-    return n;
-  }
-
-  append(m: Module): this {
-    if (!(m instanceof Module)) throw typeError('ModuleList.append', 'module', 'a Module', m);
-    (this as unknown as Record<string, Module>)[String(this.length)] = m;
-    return this;
-  }
-
-  at(i: number): Module {
-    checkInt('ModuleList.at', 'index', i);
-    if (i >= this.length) throw rangeError('ModuleList.at', 'index', `< ${this.length}`, i);
-    return (this as unknown as Record<string, Module>)[String(i)];
-  }
-
-  *[Symbol.iterator](): Iterator<Module> {
-    for (let i = 0, n = this.length; i < n; i++) yield this.at(i);
-  }
-
-  forward(): never {
-    throw new Error('ModuleList has no forward(); iterate over it and call each module');
-  }
-}
+// The containers live in containers.ts; re-exported here, where they were first.
+export { Sequential, ModuleList, ModuleDict } from './containers';
 
 export class ReLU extends Module {
   forward(x: Tensor): Tensor {
@@ -145,8 +85,9 @@ export class SiLU extends Module {
   }
 }
 
+/** Returns its input unchanged (a placeholder, as torch.nn.Identity); typed as what it is given. */
 export class Identity extends Module {
-  forward(x: unknown): unknown {
+  forward<T>(x: T): T {
     return x;
   }
 }

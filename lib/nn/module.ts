@@ -25,6 +25,14 @@ export abstract class Module {
 
   abstract forward(...args: unknown[]): unknown;
 
+  /**
+   * Runs forward with these arguments, typed from the module's own forward (torch's
+   * module(x)): model.call(x) is model.forward(x).
+   */
+  call<M extends Module>(this: M, ...args: Parameters<M['forward']>): ReturnType<M['forward']> {
+    return this.forward(...args) as ReturnType<M['forward']>;
+  }
+
   /** Marks an own tensor property as a buffer (in the state dict, not a parameter). */
   registerBuffer(name: string, value: Tensor | null): void {
     if (typeof name !== 'string' || name === '' || name.includes('.') || name.startsWith('_')) {
@@ -98,20 +106,27 @@ export abstract class Module {
     for (const [, m] of this.namedModules()) yield m;
   }
 
+  /**
+   * A generator of (dotted name, parameter) pairs, as torch's named_parameters(): each tensor
+   * once, at its first name; `prefix` goes before every name, recurse false keeps to this
+   * module's own. Spread it for an array: [...model.namedParameters()].
+   */
   *namedParameters(prefix = '', recurse = true): Generator<[string, Tensor]> {
     yield* this.namedMembers('parameter', prefix, recurse);
   }
 
-  *parameters(recurse = true): Generator<Tensor> {
-    for (const [, p] of this.namedParameters('', recurse)) yield p;
+  /** The parameters as an array (each once), in namedParameters() order. */
+  parameters(recurse = true): Tensor[] {
+    return [...this.namedParameters('', recurse)].map(([, p]) => p);
   }
 
   *namedBuffers(prefix = '', recurse = true): Generator<[string, Tensor]> {
     yield* this.namedMembers('buffer', prefix, recurse);
   }
 
-  *buffers(recurse = true): Generator<Tensor> {
-    for (const [, b] of this.namedBuffers('', recurse)) yield b;
+  /** The buffers as an array (each once), in namedBuffers() order. */
+  buffers(recurse = true): Tensor[] {
+    return [...this.namedBuffers('', recurse)].map(([, b]) => b);
   }
 
   /** Total number of parameter elements (optionally only trainable ones). */
@@ -281,22 +296,38 @@ export abstract class Module {
     return this;
   }
 
-  /** A readable tree of the modules, like torch's repr. */
+  /**
+   * The module tree as torch prints it: `Name(extraRepr)` for a module without children, else
+   * `Name(`, the extraRepr lines, `(child): ...` per child (indented by 2), `)`.
+   */
   toString(): string {
-    const lines = [`${this.constructor.name}${this.extraRepr() ? `(${this.extraRepr()})` : ''}`];
-    const kids = [...this.namedChildren()];
-    if (kids.length) {
-      lines[0] = `${this.constructor.name}(${this.extraRepr() ? `${this.extraRepr()}, ` : ''}`;
-      for (const [name, child] of kids) {
-        const sub = child.toString().split('\n').join('\n  ');
-        lines.push(`  (${name}): ${sub}`);
-      }
-      lines.push(')');
-    }
-    return lines.join('\n');
+    const extra = this.extraRepr();
+    const extraLines = extra ? extra.split('\n') : [];
+    const childLines = [...this.reprChildren()].map(([name, child]) => `(${name}): ${String(child).split('\n').join('\n  ')}`);
+    const lines = [...extraLines, ...childLines];
+    const name = this.constructor.name;
+    if (!lines.length) return `${name}()`;
+    if (extraLines.length === 1 && !childLines.length) return `${name}(${extraLines[0]})`;
+    return `${name}(\n  ${lines.join('\n  ')}\n)`;
   }
 
-  /** Extra detail for toString(); subclasses override. */
+  /** @internal What util.inspect and console.log show: the tree of toString(). */
+  [Symbol.for('nodejs.util.inspect.custom')](): string {
+    return this.toString();
+  }
+
+  /**
+   * The children toString() prints, as (name, module); namedChildren() unless a layer shows
+   * them as its reference library does (LoRALinear's wrapped layer as PEFT's base_layer).
+   */
+  reprChildren(): Iterable<[string, Module]> {
+    return this.namedChildren();
+  }
+
+  /**
+   * The module's own settings for toString(), as torch's extra_repr (Linear:
+   * `in_features=4, out_features=3, bias=True`); subclasses override. May span lines.
+   */
   extraRepr(): string {
     return '';
   }

@@ -10,6 +10,7 @@ import { isGradEnabled } from '../autograd';
 import { DeviceSpec, parseDevice } from '../device';
 import * as ops from '../ops/transformer';
 import { Module } from './module';
+import { pyFloat, pyValue } from '../printing';
 import { checkBool, checkInt, checkKnownKeys, checkNumber, checkOneOf, checkOptions, rangeError, typeError } from '../errors';
 
 type FloatDType = 'float32' | 'float64';
@@ -37,7 +38,56 @@ function requireConstant(where: string, t: Tensor, what: string): void {
 
 // ================================================================ embedding
 
-function embeddingImpl(where: string, ids: unknown, weight: unknown): Tensor {
+/** The options torch's F.embedding and nn.Embedding take beyond the ids and weight. */
+export interface EmbeddingLookupOptions {
+  /** This row (negative from the end) gets no gradient; nn.Embedding also starts it at zeros. */
+  paddingIdx?: number | null;
+  /** Rows looked up whose normType-norm exceeds maxNorm are scaled down to it in place first. */
+  maxNorm?: number | null;
+  /** The p of the norm for maxNorm; default 2. */
+  normType?: number;
+  /** Each row's gradient divided by how often its id occurs in the call's ids. */
+  scaleGradByFreq?: boolean;
+  /** Sparse gradients: not supported (refused). */
+  sparse?: boolean;
+}
+
+interface LookupSettings {
+  paddingIdx: number | null;
+  maxNorm: number | null;
+  normType: number;
+  scaleGradByFreq: boolean;
+}
+
+const LOOKUP_KEYS = ['paddingIdx', 'maxNorm', 'normType', 'scaleGradByFreq', 'sparse'] as const;
+
+/** The lookup options, checked as torch checks them; paddingIdx normalised to [0, V). */
+function readLookupOptions(where: string, o: Record<string, unknown>, V: number): LookupSettings {
+  let paddingIdx: number | null = null;
+  if (o.paddingIdx !== undefined && o.paddingIdx !== null) {
+    const p = checkInt(where, 'options.paddingIdx', o.paddingIdx, -(2 ** 53));
+    if (p < -V || p >= V) throw rangeError(where, 'options.paddingIdx', `in [${-V}, ${V}) (within numEmbeddings)`, p);
+    paddingIdx = p < 0 ? p + V : p;
+  }
+  let maxNorm: number | null = null;
+  if (o.maxNorm !== undefined && o.maxNorm !== null) {
+    maxNorm = checkNumber(where, 'options.maxNorm', o.maxNorm);
+    if (maxNorm < 0) throw rangeError(where, 'options.maxNorm', 'a number >= 0', maxNorm);
+  }
+  let normType = 2;
+  if (o.normType !== undefined) {
+    if (typeof o.normType !== 'number' || Number.isNaN(o.normType)) throw typeError(where, 'options.normType', 'a number (Infinity for the max norm)', o.normType);
+    if (o.normType < 0) throw rangeError(where, 'options.normType', 'a number >= 0', o.normType);
+    normType = o.normType;
+  }
+  const scaleGradByFreq = o.scaleGradByFreq === undefined ? false : checkBool(where, 'options.scaleGradByFreq', o.scaleGradByFreq);
+  if (o.sparse !== undefined && checkBool(where, 'options.sparse', o.sparse)) {
+    throw rangeError(where, 'options.sparse', 'false (sparse gradients are not supported; the weight gets a dense gradient)', true);
+  }
+  return { paddingIdx, maxNorm, normType, scaleGradByFreq };
+}
+
+function embeddingImpl(where: string, ids: unknown, weight: unknown, settings?: LookupSettings): Tensor {
   assertTensor(where, 'ids', ids);
   assertTensor(where, 'weight', weight);
   requireFloat(where, weight, 'weight');
@@ -53,16 +103,40 @@ function embeddingImpl(where: string, ids: unknown, weight: unknown): Tensor {
     const id = flat[i];
     if (id < 0 || id >= V) throw rangeError(where, `ids${multiIndex(ids.shape, i)}`, `in [0, ${V}) (weight.shape[0])`, id);
   }
-  return ops.embedding(ids, weight, flat);
+  if (!settings) return ops.embedding(ids, weight, flat, null);
+  const { paddingIdx, maxNorm, normType, scaleGradByFreq } = settings;
+  if (maxNorm !== null && flat.length) {
+    // torch.embedding_renorm_ on the ids looked up, in place and outside autograd, before the lookup.
+    const unique = Int32Array.from(new Set(flat)).sort();
+    if (ops.embeddingRenorm_(weight, unique, maxNorm, normType)) weight._bumpVersion();
+  }
+  let rowScale: Float64Array | null = null;
+  if ((paddingIdx !== null || scaleGradByFreq) && weight.requiresGrad && isGradEnabled()) {
+    rowScale = new Float64Array(V).fill(1);
+    if (scaleGradByFreq) {
+      const counts = new Float64Array(V);
+      for (let i = 0; i < flat.length; i++) counts[flat[i]]++;
+      for (let v = 0; v < V; v++) if (counts[v] > 1) rowScale[v] = 1 / counts[v];
+    }
+    if (paddingIdx !== null) rowScale[paddingIdx] = 0;
+  }
+  return ops.embedding(ids, weight, flat, rowScale);
 }
 
 /**
  * Looks up rows of weight [V, D] for int32 ids of any shape: returns [...ids.shape, D].
  * The gradient of weight scatter-adds the output gradient's rows (repeated ids add up);
- * ids get none. An id outside [0, V) is a RangeError.
+ * ids get none. An id outside [0, V) is a RangeError. Options as torch's F.embedding:
+ * paddingIdx (that row gets no gradient), maxNorm and normType (looked-up rows renormalised
+ * in place first), scaleGradByFreq; sparse is refused.
  */
-export function embedding(ids: Tensor, weight: Tensor): Tensor {
-  return embeddingImpl('embedding', ids, weight);
+export function embedding(ids: Tensor, weight: Tensor, options?: EmbeddingLookupOptions): Tensor {
+  const where = 'embedding';
+  if (options === undefined) return embeddingImpl(where, ids, weight);
+  const o = checkOptions(where, options);
+  checkKnownKeys(where, o, LOOKUP_KEYS);
+  assertTensor(where, 'weight', weight);
+  return embeddingImpl(where, ids, weight, readLookupOptions(where, o, weight.ndim === 2 ? weight.shape[0] : 0));
 }
 
 // ================================================================== rmsNorm
@@ -307,15 +381,24 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, optio
 
 // ================================================================== modules
 
-export interface EmbeddingOptions {
+export interface EmbeddingOptions extends EmbeddingLookupOptions {
   dtype?: FloatDType;
   device?: DeviceSpec;
 }
 
-/** A lookup table: weight [numEmbeddings, embeddingDim], initialised N(0, 1) as torch.nn.Embedding. */
+/**
+ * A lookup table: weight [numEmbeddings, embeddingDim], initialised N(0, 1) as torch.nn.Embedding,
+ * the paddingIdx row (if any) at zeros. Options as torch's: paddingIdx, maxNorm, normType,
+ * scaleGradByFreq (sparse is refused).
+ */
 export class Embedding extends Module {
   readonly numEmbeddings: number;
   readonly embeddingDim: number;
+  /** The row that gets no gradient (normalised to [0, numEmbeddings)), or null. */
+  readonly paddingIdx: number | null;
+  readonly maxNorm: number | null;
+  readonly normType: number;
+  readonly scaleGradByFreq: boolean;
   weight: Tensor;
 
   constructor(numEmbeddings: number, embeddingDim: number, options?: EmbeddingOptions) {
@@ -324,21 +407,40 @@ export class Embedding extends Module {
     checkInt(where, 'numEmbeddings', numEmbeddings);
     checkInt(where, 'embeddingDim', embeddingDim);
     const o = checkOptions(where, options);
-    checkKnownKeys(where, o, ['dtype', 'device']);
+    checkKnownKeys(where, o, ['dtype', 'device', ...LOOKUP_KEYS]);
     const dtype: DType = o.dtype === undefined ? 'float32' : checkOneOf(where, 'options.dtype', o.dtype, FLOAT_DTYPES);
     parseDevice(where, 'options.device', o.device);
+    const s = readLookupOptions(where, o, numEmbeddings);
     this.numEmbeddings = numEmbeddings;
     this.embeddingDim = embeddingDim;
-    this.weight = randn([numEmbeddings, embeddingDim], { dtype, device: o.device as DeviceSpec | undefined }).requiresGrad_(true);
+    this.paddingIdx = s.paddingIdx;
+    this.maxNorm = s.maxNorm;
+    this.normType = s.normType;
+    this.scaleGradByFreq = s.scaleGradByFreq;
+    this.weight = randn([numEmbeddings, embeddingDim], { dtype, device: o.device as DeviceSpec | undefined });
+    if (s.paddingIdx !== null) {
+      const rows = this.weight.toArray();
+      rows.fill(0, s.paddingIdx * embeddingDim, (s.paddingIdx + 1) * embeddingDim);
+      this.weight.copy_(rows);
+    }
+    this.weight.requiresGrad_(true);
   }
 
   /** ids: int32 of any shape -> [...ids.shape, embeddingDim]. */
   forward(ids: Tensor): Tensor {
-    return embeddingImpl('Embedding.forward', ids, this.weight);
+    const { paddingIdx, maxNorm, normType, scaleGradByFreq } = this;
+    const plain = paddingIdx === null && maxNorm === null && !scaleGradByFreq;
+    return embeddingImpl('Embedding.forward', ids, this.weight, plain ? undefined : { paddingIdx, maxNorm, normType, scaleGradByFreq });
   }
 
   extraRepr(): string {
-    return `${this.numEmbeddings}, ${this.embeddingDim}`;
+    // torch's extra_repr: the settings that differ from the defaults.
+    let s = `${this.numEmbeddings}, ${this.embeddingDim}`;
+    if (this.paddingIdx !== null) s += `, padding_idx=${this.paddingIdx}`;
+    if (this.maxNorm !== null) s += `, max_norm=${pyFloat(this.maxNorm)}`;
+    if (this.normType !== 2) s += `, norm_type=${pyFloat(this.normType)}`;
+    if (this.scaleGradByFreq) s += ', scale_grad_by_freq=True';
+    return s;
   }
 }
 
@@ -382,6 +484,7 @@ export class RMSNorm extends Module {
   }
 
   extraRepr(): string {
-    return `${this.dim}, eps=${this.eps}`;
+    // As transformers' LlamaRMSNorm: the weight's shape and eps in Python's notation.
+    return `${pyValue([this.dim])}, eps=${pyFloat(this.eps)}`;
   }
 }

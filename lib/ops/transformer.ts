@@ -6,6 +6,7 @@ import { native, NativeTensor } from '../native';
 import { defineFunction } from '../autograd';
 import { fromArray } from './creation';
 import { gradsLike } from './memory';
+import { BINARY_OP, DEVICE_TYPE, dtypeCode } from './enums';
 
 /** The positions 0..N-1 of ids (each in [0, V)) sorted by (id, position). */
 export function sortedPositions(ids: ArrayLike<number>, V: number): Int32Array {
@@ -26,12 +27,14 @@ export function sortedPositions(ids: ArrayLike<number>, V: number): Int32Array {
 
 /**
  * Rows of weight [V, D] for int32 ids of any shape -> [...ids.shape, D]; hostIds: the ids' values
- * (checked in [0, V) by the caller). The gradient of weight scatter-adds the rows of the output's.
+ * (checked in [0, V) by the caller). The gradient of weight scatter-adds the rows of the output's,
+ * each row then multiplied by rowScale[row] when given (0 for a padding row, 1 / count with
+ * scaleGradByFreq).
  */
-export const embedding = defineFunction<[ids: Tensor, weight: Tensor, hostIds: Int32Array],
-  { saved: Tensor; order: Tensor | null; weightShape: readonly number[] }>({
+export const embedding = defineFunction<[ids: Tensor, weight: Tensor, hostIds: Int32Array, rowScale: Float64Array | null],
+  { saved: Tensor; order: Tensor | null; weightShape: readonly number[]; scale: Tensor | null }>({
   name: 'EmbeddingBackward',
-  forward(ctx, ids, weight, hostIds) {
+  forward(ctx, ids, weight, hostIds, rowScale) {
     const out = weight._make(native.embeddingForward(ids._h, weight._h), [...ids.shape, weight.shape[1]]);
     if (ctx.needsInputGrad[1]) {
       // Backward reads only the ids: it keeps its own copy, so the caller may
@@ -43,15 +46,70 @@ export const embedding = defineFunction<[ids: Tensor, weight: Tensor, hostIds: I
       ctx.order = device.type === 'cpu' ? null : fromArray(sortedPositions(hostIds, weight.shape[0]), [hostIds.length], 'int32', device);
       if (ctx.order) ctx.own(ctx.order);
       ctx.weightShape = weight.shape;
+      const V = weight.shape[0];
+      ctx.scale = rowScale ? fromArray(weight.dtype === 'float32' ? Float32Array.from(rowScale) : rowScale, [V, 1], weight.dtype, device) : null;
+      if (ctx.scale) ctx.own(ctx.scale);
     }
     return out;
   },
   backward(ctx, g) {
-    const { saved, order, weightShape } = ctx;
-    const dw = native.embeddingBackward(saved._h, order ? order._h : null, g._h, weightShape[0]);
-    return [null, g._make(dw, weightShape), null];
+    const { saved, order, weightShape, scale } = ctx;
+    let dw = native.embeddingBackward(saved._h, order ? order._h : null, g._h, weightShape[0]);
+    if (scale) {
+      const scaled = native.binary(BINARY_OP.mul, dw, scale._h);
+      native.dispose(dw);
+      dw = scaled;
+    }
+    return [null, g._make(dw, weightShape), null, null];
   },
 });
+
+/**
+ * torch.embedding_renorm_: each row of weight [V, D] named in `unique` (distinct ids in [0, V))
+ * whose normType-norm exceeds maxNorm is scaled in place by maxNorm / (norm + 1e-7), outside
+ * autograd. Only the looked-up rows are read; the weight is written only when one changes.
+ * Returns whether it was.
+ */
+export function embeddingRenorm_(weight: Tensor, unique: Int32Array, maxNorm: number, normType: number): boolean {
+  const [V, D] = weight.shape;
+  const dev = weight._device;
+  const idsAll = native.fromArray(unique, [unique.length], dtypeCode('int32'), DEVICE_TYPE[dev.type], dev.index);
+  const rowsH = native.embeddingForward(idsAll, weight._h);
+  const rows = native.toArray(rowsH);
+  native.dispose(rowsH);
+  native.dispose(idsAll);
+  const f32 = weight.dtype === 'float32';
+  const round = f32 ? Math.fround : (v: number) => v;
+  const changed: number[] = [];
+  const deltas: number[] = [];
+  for (let u = 0; u < unique.length; u++) {
+    let norm = 0;
+    const row = rows.subarray(u * D, (u + 1) * D);
+    if (normType === Infinity) for (const v of row) norm = Math.max(norm, Math.abs(v));
+    else if (normType === 0) for (const v of row) norm += v !== 0 ? 1 : 0;
+    else {
+      for (const v of row) norm += Math.abs(v) ** normType;
+      norm **= 1 / normType;
+    }
+    if (!(norm > maxNorm)) continue;
+    const scale = round(maxNorm / (norm + 1e-7));
+    changed.push(unique[u]);
+    // The change of each element, so that weight + delta is the scaled row (exactly while scale >= 1/2).
+    for (const v of row) deltas.push(round(v * scale) - v);
+  }
+  if (!changed.length) return false;
+  const ids = new Int32Array(changed);
+  const mk = (data: Float32Array | Float64Array | Int32Array, shape: number[], dtype: 'int32' | 'float32' | 'float64') =>
+    native.fromArray(data, shape, dtypeCode(dtype), DEVICE_TYPE[dev.type], dev.index);
+  const idsH = mk(ids, [ids.length], 'int32');
+  const orderH = dev.type === 'cpu' ? null : mk(sortedPositions(ids, V), [ids.length], 'int32');
+  const deltaH = mk(f32 ? Float32Array.from(deltas) : Float64Array.from(deltas), [ids.length, D], weight.dtype as 'float32');
+  // Scattered into a [V, D] of zeros and added: the core has no row write of its own.
+  const dense = native.embeddingBackward(idsH, orderH, deltaH, V);
+  native.axpy_(weight._h, dense, 1);
+  for (const h of [idsH, orderH, deltaH, dense]) if (h) native.dispose(h);
+  return true;
+}
 
 /**
  * y = weight * (x / sqrt(mean(x², -1) + eps)) over the last dim, weight [D] or null (checked by

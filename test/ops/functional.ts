@@ -1,6 +1,7 @@
 // Registry entries for the functional ops (`F`).
 import { F, Tensor, ones, tensor, zeros } from '../../lib';
 import { I, OpInfo, OpSample, awayFromZero, fmt, ids } from './types';
+import { F_EMBEDDING_OPTION_ERRORS, F_EMBEDDING_OPTION_SAMPLES } from './modules';
 
 const BOTH_DEVICES: OpInfo['devices'] = ['cpu', 'cuda'];
 const FLOATS: OpInfo['dtypes'] = ['float64', 'float32'];
@@ -191,6 +192,7 @@ export const FUNCTIONAL_OPS: OpInfo[] = [
     samples: [
       { name: 'weight, repeated ids (rows 2 and 4 unused)', inputs: [ids([2, 3], [1, 3, 1, 0, 1, 3]), I([5, 3])], call: ([i, w]) => F.embedding(i, w) },
       { name: 'repeated ids [4,10] into [50,17]', inputs: [ids([4, 10], { high: 50 }), I([50, 17])], call: ([i, w]) => F.embedding(i, w), gradcheck: false },
+      ...F_EMBEDDING_OPTION_SAMPLES,
     ],
     errors: [
       { name: 'an id past the end', call: () => F.embedding(int32([0, 5], [2]), f64([5, 3])), type: RangeError,
@@ -200,6 +202,7 @@ export const FUNCTIONAL_OPS: OpInfo[] = [
       { name: 'ids that are not a tensor', call: () => F.embedding([0, 1] as unknown as Tensor, f64([5, 3])), type: TypeError, message: /embedding: ids must be a Tensor, got \[0, 1\]/ },
       { name: 'a 1-D weight', call: () => F.embedding(int32([0], [1]), f64([5])), type: RangeError, message: /embedding: weight must be a 2-D tensor/, standard: true },
       { name: 'an int32 weight', call: () => F.embedding(int32([0], [1]), int32([1, 2], [1, 2])), type: RangeError, message: /weight's dtype must be float32 or float64/ },
+      ...F_EMBEDDING_OPTION_ERRORS,
     ],
   },
   {

@@ -2,6 +2,7 @@
 // samples put the inputs in as the module's tensors, so their gradients are checked).
 import { Embedding, LoRALinear, Linear, RMSNorm, Tensor, manualSeed, tensor, zeros, ones } from '../../lib';
 import { CallContext, I, InputSpec, OpInfo, OpSample, fmt, ids, scaled } from './types';
+import { EMBEDDING_OPTION_ERRORS, EMBEDDING_OPTION_SAMPLES } from './modules';
 
 const BOTH_DEVICES: OpInfo['devices'] = ['cpu', 'cuda'];
 const FLOATS: OpInfo['dtypes'] = ['float64', 'float32'];
@@ -207,10 +208,11 @@ export const LAYER_OPS: OpInfo[] = [
         e.weight = w;
         return e.forward(i);
       },
-    }],
+    }, ...EMBEDDING_OPTION_SAMPLES],
     errors: [
       { name: 'an id past the end', call: () => new Embedding(3, 2).forward(tensor([3], { dtype: 'int32' })), type: RangeError,
         message: /^Embedding.forward: ids\[0\] must be in \[0, 3\)/, standard: true },
+      ...EMBEDDING_OPTION_ERRORS,
     ],
   },
   {
