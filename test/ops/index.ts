@@ -4,9 +4,10 @@
 import { TENSOR_OPS } from './tensor-ops';
 import { FUNCTIONAL_OPS } from './functional';
 import { LAYER_OPS } from './layers';
+import { VIEW_OPS } from './views';
 import type { OpInfo, OpSample } from './types';
 
-export const OPS: OpInfo[] = [...TENSOR_OPS, ...FUNCTIONAL_OPS, ...LAYER_OPS];
+export const OPS: OpInfo[] = [...TENSOR_OPS, ...FUNCTIONAL_OPS, ...LAYER_OPS, ...VIEW_OPS];
 
 export * from './types';
 export * from './inputs';
