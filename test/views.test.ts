@@ -6,6 +6,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Tensor, tensor, cat, stack, cuda, zeros, Adam } from '../lib';
 import type { DeviceSpec } from '../lib';
+import { native } from '../lib/native';
 
 interface Fix {
   shape: number[];
@@ -161,5 +162,21 @@ describe('int32 tensors (indices) slice and join as floats do', () => {
       return [Array.from(x.grad!.toArray()), Array.from(y.grad!.toArray())];
     });
     expect(grads[1]).toEqual(grads[0]);
+  });
+
+  test('an index the kernel finds out of range surfaces at the next synchronisation, in the CPU words', () => {
+    // The public methods check indices on the host; the native op is called directly to reach
+    // the kernel's own check.
+    const x = zeros([3, 4]);
+    const bad = tensor([[0, 1], [5, 2]], { dtype: 'int32' });
+    const words = /gather: index 5 at position 2 is outside \[0, 3\)/;
+    expect(() => native.gather(x._h, bad._h, 0, false)).toThrow(words);
+    const h = native.gather(x.cuda()._h, bad.cuda()._h, 0, false);
+    expect(() => cuda.synchronize('cuda')).toThrow(words);
+    native.dispose(h);
+    const g = native.gatherBackward(bad.cuda()._h, 0, false, zeros([2, 2], { device: 'cuda' })._h, [3, 4]);
+    expect(() => cuda.synchronize('cuda')).toThrow(words);
+    native.dispose(g);
+    expect(zeros([2], { device: 'cuda' }).add(1).toArray()).toEqual(new Float32Array([1, 1]));
   });
 });
