@@ -129,7 +129,7 @@ export function chunk(t: Tensor, chunks: unknown, dim: unknown): Tensor[] {
   const d = dimOf(where, t, dim);
   const size = t.shape[d];
   const each = Math.ceil(size / n);
-  if (each === 0) return split(t, 0, d); // an empty dim: one empty piece, as torch
+  if (each === 0) return Array.from({ length: n }, () => narrowUnchecked(t, d, 0, 0)); // an empty dim: `chunks` empty pieces, as torch
   const pieces: Tensor[] = [];
   for (let start = 0; start < size; start += each) pieces.push(narrowUnchecked(t, d, start, Math.min(each, size - start)));
   return pieces;
@@ -155,6 +155,7 @@ export function squeeze(t: Tensor, dim: unknown): Tensor {
   } else {
     const list = Array.isArray(dim) ? dim : [dim];
     dims = list.map((x, i) => normalizeDim(where, Array.isArray(dim) ? `dim[${i}]` : 'dim', x, t.ndim));
+    if (new Set(dims).size !== dims.length) throw rangeError(where, 'dim', 'distinct dims', dim);
     if (t.ndim === 0) dims = [];
   }
   const shape = t.shape.filter((s, i) => !(dims.includes(i) && s === 1));

@@ -105,6 +105,7 @@ export const VIEW_OPS: OpInfo[] = [
     one('chunk(3) of 5 rows', [5, 2], (x) => x.chunk(3)),
     one('chunk(4) of 6: 3 pieces', [6], (x) => x.chunk(4)),
     one('chunk(2, -1)', [2, 3, 4], (x) => x.chunk(2, -1)),
+    one('chunk(3) of an empty dim: 3 empty pieces', [0, 2], (x) => x.chunk(3)),
   ], [
     { name: '0 chunks', call: () => zeros([4]).chunk(0), type: RangeError, message: /^Tensor\.chunk: chunks must be an integer >= 1, got 0$/, standard: true },
     { name: 'a dim out of range', call: () => zeros([4]).chunk(2, 1), type: RangeError, message: /^Tensor\.chunk: dim must be in \[-1, 0\], got 1$/ },
@@ -123,7 +124,8 @@ export const VIEW_OPS: OpInfo[] = [
     one('squeeze([0, -2])', [1, 3, 1, 2], (x) => x.squeeze([0, -2])),
   ], [
     { name: 'a dim out of range', call: () => zeros([2, 1]).squeeze(2), type: RangeError, message: /^Tensor\.squeeze: dim must be in \[-2, 1\], got 2$/, standard: true },
-    { name: 'a repeated dim in the list', call: () => zeros([2, 1]).squeeze([5]), type: RangeError, message: /^Tensor\.squeeze: dim\[0\] must be in \[-2, 1\], got 5$/ },
+    { name: 'a dim of the list out of range', call: () => zeros([2, 1]).squeeze([5]), type: RangeError, message: /^Tensor\.squeeze: dim\[0\] must be in \[-2, 1\], got 5$/ },
+    { name: 'a repeated dim in the list', call: () => zeros([2, 1]).squeeze([1, -1]), type: RangeError, message: /^Tensor\.squeeze: dim must be distinct dims, got \[1, -1\]$/ },
   ]),
   entry('Tensor.flatten', [
     one('flatten()', [2, 3, 4], (x) => x.flatten()),
