@@ -469,9 +469,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
                                          i64(a[2], "dim"), flag(a[3])));
   });
   def("gatherBackward", [](const Napi::CallbackInfo& a) {
-    return wrap(a.Env(), lc::ops::gather_backward(T(a[0], "gather index"), i64(a[1], "dim"),
-                                                  flag(a[2]), T(a[3], "gather grad"),
-                                                  shape_arg(a[4], "shape")));
+    return wrap(a.Env(), lc::ops::gather_backward(T(a[0], "gather index"),
+                                                  optT(a[1], "gather order"), i64(a[2], "dim"),
+                                                  flag(a[3]), T(a[4], "gather grad"),
+                                                  shape_arg(a[5], "shape")));
   });
   def("triangle", [](const Napi::CallbackInfo& a) {
     return wrap(a.Env(), lc::ops::triangle(T(a[0], "triangle"), i64(a[1], "k"), flag(a[2])));

@@ -77,6 +77,37 @@ __global__ void gather_backward_kernel(const int32_t* idx, GatherGeom g, const T
   }
 }
 
+// index_select with the index's sort order: dy viewed as [outer, L, inner], dx as [outer, S,
+// inner] (zeroed first). The thread at the start of a value's run of sorted positions sums the
+// run, in position order as the CPU adds, into dx at that value: no atomics, and each dy element
+// read once. Order entries outside [0, L) end a run, so no read leaves the tensors.
+template <typename T>
+__global__ void select_backward_kernel(const int32_t* idx, const int32_t* order, const T* dy,
+                                       T* dx, int64_t outer, int64_t L, int64_t S, int64_t inner,
+                                       unsigned long long* first) {
+  LC_GRID_STRIDE(i, outer * L * inner) {
+    const int64_t c = i % inner, p = (i / inner) % L, o = i / (inner * L);
+    const int64_t n = order[p];
+    if (n < 0 || n >= L) continue;
+    const int64_t v = idx[n];
+    if (v < 0 || v >= S) {
+      if (o == 0 && c == 0) note_bad(first, n);
+      continue;
+    }
+    if (p > 0) {
+      const int64_t m = order[p - 1];
+      if (m >= 0 && m < L && idx[m] == v) continue;  // inside a run: its start sums it
+    }
+    T acc = T(0);
+    for (int64_t q = p; q < L; ++q) {
+      const int64_t nq = order[q];
+      if (nq < 0 || nq >= L || idx[nq] != v) break;
+      acc += dy[(o * L + nq) * inner + c];
+    }
+    dx[(o * S + v) * inner + c] = acc;
+  }
+}
+
 __global__ void gather_report_kernel(const int32_t* idx, const unsigned long long* first,
                                      int64_t size, DeviceError* err) {
   if (blockIdx.x != 0 || threadIdx.x != 0) return;
@@ -154,15 +185,35 @@ void CudaBackend::index_gather(const Tensor& x, const Tensor& index,
   launched(c_, "gather");
 }
 
-void CudaBackend::index_gather_backward(const Tensor& index,
+// Without a sort order, one thread per dx element scans the index along dim (fine for gather's
+// short index lines); index_select passes the order and sums runs instead.
+void CudaBackend::index_gather_backward(const Tensor& index, const Tensor* order,
                                         const std::vector<int64_t>& index_strides, int64_t dim,
                                         const Tensor& dy, const Tensor& dx) {
   const int64_t n = dx.numel();
   if (n == 0) return;
   Guard g(c_);
-  if (dy.numel() == 0) {
+  if (dy.numel() == 0 || order) {
     check(cudaMemsetAsync(dx.raw(), 0, static_cast<size_t>(n) * dtype_size(dx.dtype), c_.stream),
           "cudaMemsetAsync");
+    if (dy.numel() == 0) return;
+  }
+  if (order) {
+    int64_t outer = 1, inner = 1;
+    for (int64_t d = 0; d < dim; ++d) outer *= dx.shape[d];
+    for (int64_t d = dim + 1; d < dx.dim(); ++d) inner *= dx.shape[d];
+    const int64_t L = dy.shape[dim], S = dx.shape[dim];
+    Tensor holder;
+    unsigned long long* first = first_bad_word(c_, holder);
+    dispatch_float(dx.dtype, "index_select backward", [&](auto z) {
+      using T = decltype(z);
+      select_backward_kernel<T><<<grid_for(outer * L * inner), kThreads, 0, c_.stream>>>(
+          dp<int32_t>(index), dp<int32_t>(*order), dp<T>(dy), dp<T>(dx), outer, L, S, inner,
+          first);
+    });
+    launched(c_, "index_select backward");
+    gather_report_kernel<<<1, 1, 0, c_.stream>>>(dp<int32_t>(index), first, S, c_.err);
+    launched(c_, "index_select backward");
     return;
   }
   if (dx.dim() > kMaxDims)

@@ -116,8 +116,11 @@ export interface Binding {
   stridedWrite(dst: N, sizes: number[], strides: number[], offset: number, src: N): void;
   /** Along dim: select (index_select, index 1-D) or gather (index of x's rank); index int32. */
   gather(x: N, index: N, dim: number, select: boolean): N;
-  /** dy scatter-added back to a tensor of `shape` through the index (deterministic order). */
-  gatherBackward(index: N, dim: number, select: boolean, dy: N, shape: number[]): N;
+  /**
+   * dy scatter-added back to a tensor of `shape` through the index (deterministic order). order:
+   * null, or with select the index positions sorted by (value, position) (used on CUDA).
+   */
+  gatherBackward(index: N, order: N | null, dim: number, select: boolean, dy: N, shape: number[]): N;
   /** tril (upper false) or triu with diagonal k over the last two dims. */
   triangle(x: N, k: number, upper: boolean): N;
   /** Device index -1: every CUDA device used so far. */

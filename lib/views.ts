@@ -265,7 +265,7 @@ export function stack(where: string, tensors: unknown, dim: unknown): Tensor {
 }
 
 /** An int32 index on t's device whose values (read on the host) are all in [0, size). */
-function checkIndex(where: string, t: Tensor, index: unknown, what: string, size: number, dim: number): Tensor {
+function checkIndex(where: string, t: Tensor, index: unknown, what: string, size: number, dim: number): Int32Array {
   assertTensor(where, what, index);
   index._checkLive(where, what);
   if (index.dtype !== 'int32') throw typeError(where, what, "an int32 tensor of indices (tensor(indices, { dtype: 'int32' }))", index);
@@ -279,7 +279,7 @@ function checkIndex(where: string, t: Tensor, index: unknown, what: string, size
       throw rangeError(where, `${what}${index.ndim > 0 ? `[${multiIndex(index.shape, i)}]` : ''}`, `in [0, ${size}) (the size of dim ${dim})`, v);
     }
   }
-  return index;
+  return values;
 }
 
 function multiIndex(shape: readonly number[], i: number): string {
@@ -298,8 +298,8 @@ export function indexSelect(t: Tensor, dim: unknown, index: unknown): Tensor {
   const d = dimOf(where, t, dim);
   assertTensor(where, 'index', index);
   if (index.ndim > 1) throw rangeError(where, 'index', 'a 1-D (or 0-d) int32 tensor', index);
-  const idx = checkIndex(where, t, index, 'index', t.shape[d], d);
-  return ops.gather(t, idx.ndim === 0 ? reshape(idx, [1]) : idx, d, true);
+  const values = checkIndex(where, t, index, 'index', t.shape[d], d);
+  return ops.gather(t, index.ndim === 0 ? reshape(index, [1]) : index, d, true, values);
 }
 
 /**
@@ -311,9 +311,9 @@ export function gather(t: Tensor, dim: unknown, index: unknown): Tensor {
   t._checkLive(where);
   assertTensor(where, 'index', index);
   if (t.ndim === 0 && index.ndim === 0) {
-    checkIndex(where, t, index, 'index', 1, 0);
+    const values = checkIndex(where, t, index, 'index', 1, 0);
     normalizeDim(where, 'dim', dim, 0);
-    return reshape(ops.gather(reshape(t, [1]), reshape(index, [1]), 0, false), []);
+    return reshape(ops.gather(reshape(t, [1]), reshape(index, [1]), 0, false, values), []);
   }
   const d = dimOf(where, t, dim);
   if (index.ndim !== t.ndim) throw rangeError(where, 'index', `a ${t.ndim}-D int32 tensor (the tensor's dims)`, index);
@@ -322,8 +322,8 @@ export function gather(t: Tensor, dim: unknown, index: unknown): Tensor {
       throw rangeError(where, `index.shape[${k}]`, `at most ${t.shape[k]} (the tensor's size in dim ${k}; shapes ${shapeStr(index.shape)} and ${shapeStr(t.shape)})`, s);
     }
   });
-  const idx = checkIndex(where, t, index, 'index', t.shape[d], d);
-  return ops.gather(t, idx, d, false);
+  const values = checkIndex(where, t, index, 'index', t.shape[d], d);
+  return ops.gather(t, index, d, false, values);
 }
 
 /** tril / triu: the lower (upper) triangle of each matrix of the last two dims, from diagonal k. */

@@ -194,8 +194,12 @@ class Backend {
                             const Tensor& out) = 0;
   // dx (set): zeros, then dy[i] added at x's position of out element i, for i ascending (a
   // position several entries name sums them in that order on every backend: the same bits).
-  virtual void index_gather_backward(const Tensor& index, const std::vector<int64_t>& index_strides,
-                                     int64_t dim, const Tensor& dy, const Tensor& dx) = 0;
+  // order: null, or for a 1-D index shared by every line (index_select) its positions sorted by
+  // (value, position), int32, from which CUDA sums each value's run without scanning the whole
+  // index per element; the CPU does not need it.
+  virtual void index_gather_backward(const Tensor& index, const Tensor* order,
+                                     const std::vector<int64_t>& index_strides, int64_t dim,
+                                     const Tensor& dy, const Tensor& dx) = 0;
   // out (set) = x with the elements of each matrix (last two dims, row r, column c) zeroed
   // where c - r > k (lower: tril) or c - r < k (upper: triu); any dtype.
   virtual void triangle(const Tensor& x, int64_t k, bool upper, const Tensor& out) = 0;

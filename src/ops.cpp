@@ -680,8 +680,8 @@ Tensor gather(const Tensor& x, const Tensor& index, int64_t dim, bool select) {
   return out;
 }
 
-Tensor gather_backward(const Tensor& index, int64_t dim, bool select, const Tensor& dy,
-                       const Shape& x_shape) {
+Tensor gather_backward(const Tensor& index, const Tensor* order, int64_t dim, bool select,
+                       const Tensor& dy, const Shape& x_shape) {
   const char* op = select ? "index_select backward" : "gather backward";
   require_float(dy, op, "grad");
   LC_CHECK(dy.device() == index.device(), std::string(op) + ": grad is on " + dy.device().str() +
@@ -691,8 +691,14 @@ Tensor gather_backward(const Tensor& index, int64_t dim, bool select, const Tens
   Shape shape = gather_shape(op, x_shape, index, dim, select, ist);
   LC_CHECK(shape == dy.shape, std::string(op) + ": grad has shape " + shape_str(dy.shape) +
                                   ", expected " + shape_str(shape));
+  if (order) {
+    LC_CHECK(select, std::string(op) + ": a sort order is for index_select only");
+    LC_CHECK(order->dtype == DType::I32 && order->device() == index.device() &&
+                 order->numel() == index.numel(),
+             std::string(op) + ": order must be int32 on the index's device, one entry per index");
+  }
   Tensor dx = empty(x_shape, dy.dtype, dy.device());
-  if (dx.numel()) be(dy).index_gather_backward(index, ist, dim, dy, dx);
+  if (dx.numel()) be(dy).index_gather_backward(index, order, ist, dim, dy, dx);
   return dx;
 }
 

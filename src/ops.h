@@ -116,9 +116,10 @@ void strided_write_(const Tensor& dst, const Shape& sizes, const std::vector<int
 // dim's size that of the index. Else (torch.gather): index has x's rank, no larger than x in the
 // other dims, and the result has its shape.
 Tensor gather(const Tensor& x, const Tensor& index, int64_t dim, bool select);
-// dx of x_shape (set): dy scatter-added back through the same index.
-Tensor gather_backward(const Tensor& index, int64_t dim, bool select, const Tensor& dy,
-                       const Shape& x_shape);
+// dx of x_shape (set): dy scatter-added back through the same index. order: null, or with
+// select the index positions sorted by (value, position) (Backend::index_gather_backward).
+Tensor gather_backward(const Tensor& index, const Tensor* order, int64_t dim, bool select,
+                       const Tensor& dy, const Shape& x_shape);
 // tril (upper false) / triu over the last two dims (x at least 2-D).
 Tensor triangle(const Tensor& x, int64_t k, bool upper);
 

@@ -174,7 +174,7 @@ describe('int32 tensors (indices) slice and join as floats do', () => {
     const h = native.gather(x.cuda()._h, bad.cuda()._h, 0, false);
     expect(() => cuda.synchronize('cuda')).toThrow(words);
     native.dispose(h);
-    const g = native.gatherBackward(bad.cuda()._h, 0, false, zeros([2, 2], { device: 'cuda' })._h, [3, 4]);
+    const g = native.gatherBackward(bad.cuda()._h, null, 0, false, zeros([2, 2], { device: 'cuda' })._h, [3, 4]);
     expect(() => cuda.synchronize('cuda')).toThrow(words);
     native.dispose(g);
     expect(zeros([2], { device: 'cuda' }).add(1).toArray()).toEqual(new Float32Array([1, 1]));

@@ -7,7 +7,8 @@ import { native, NativeTensor } from '../native';
 import { defineFunction } from '../autograd';
 import { DEVICE_TYPE, dtypeCode } from './enums';
 import { sumToShape } from './memory';
-import { to } from './creation';
+import { fromArray, to } from './creation';
+import { sortedPositions } from './transformer';
 import { numelOf } from '../shape';
 
 /** Zeros shaped `shape` on t's device in t's dtype (a native handle). */
@@ -102,16 +103,20 @@ export const cat = defineFunction<[plan: CatPlan, ...xs: Tensor[]], { plan: CatP
  * values checked by the caller. Backward scatter-adds in a fixed order (the same bits on every
  * device) through its own copy of the index, so the caller may dispose or change the index.
  */
-export const gather = defineFunction<[x: Tensor, index: Tensor, dim: number, select: boolean],
-  { saved: Tensor; dim: number; select: boolean; inShape: readonly number[] }>({
+export const gather = defineFunction<[x: Tensor, index: Tensor, dim: number, select: boolean, hostIndex: Int32Array],
+  { saved: Tensor; order: Tensor | null; dim: number; select: boolean; inShape: readonly number[] }>({
   name: 'GatherBackward',
-  forward(ctx, x, index, dim, select) {
+  forward(ctx, x, index, dim, select, hostIndex) {
     const shape = x.shape.slice();
     if (select) shape[dim] = index.shape[0];
     const out = x._make(native.gather(x._h, index._h, dim, select), select ? shape : index.shape);
     if (ctx.needsInputGrad[0]) {
       ctx.saved = to(index, index._device, 'int32');
       ctx.own(ctx.saved);
+      // A GPU sums each index value's run of positions for indexSelect from their sort order.
+      const gpu = x._device.type !== 'cpu';
+      ctx.order = gpu && select ? fromArray(sortedPositions(hostIndex, x.shape[dim]), [hostIndex.length], 'int32', x._device) : null;
+      if (ctx.order) ctx.own(ctx.order);
       ctx.dim = dim;
       ctx.select = select;
       ctx.inShape = x.shape;
@@ -119,8 +124,9 @@ export const gather = defineFunction<[x: Tensor, index: Tensor, dim: number, sel
     return out;
   },
   backward(ctx, g): (Tensor | null)[] {
-    const dx = native.gatherBackward(ctx.saved._h, ctx.dim, ctx.select, g._h, ctx.inShape.slice());
-    return [g._make(dx, ctx.inShape), null, null, null];
+    const { saved, order } = ctx;
+    const dx = native.gatherBackward(saved._h, order ? order._h : null, ctx.dim, ctx.select, g._h, ctx.inShape.slice());
+    return [g._make(dx, ctx.inShape), null, null, null, null];
   },
 });
 

@@ -95,8 +95,9 @@ class CpuBackend final : public Backend {
                     const Shape& sizes) override;
   void index_gather(const Tensor& x, const Tensor& index, const std::vector<int64_t>& index_strides,
                     int64_t dim, const Tensor& out) override;
-  void index_gather_backward(const Tensor& index, const std::vector<int64_t>& index_strides,
-                             int64_t dim, const Tensor& dy, const Tensor& dx) override;
+  void index_gather_backward(const Tensor& index, const Tensor* order,
+                             const std::vector<int64_t>& index_strides, int64_t dim,
+                             const Tensor& dy, const Tensor& dx) override;
   void triangle(const Tensor& x, int64_t k, bool upper, const Tensor& out) override;
 };
 

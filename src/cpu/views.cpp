@@ -85,8 +85,8 @@ void CpuBackend::index_gather(const Tensor& x, const Tensor& index,
   });
 }
 
-// Serial, in out's order: the one order every backend adds in.
-void CpuBackend::index_gather_backward(const Tensor& index,
+// Serial, in out's order: the one order every backend adds in (so it needs no sort order).
+void CpuBackend::index_gather_backward(const Tensor& index, const Tensor*,
                                        const std::vector<int64_t>& index_strides, int64_t dim,
                                        const Tensor& dy, const Tensor& dx) {
   const int64_t size = dx.shape[dim], xst = contiguous_strides(dx.shape)[dim];
