@@ -4,7 +4,7 @@
 // (bit-identical on the CPU and CUDA, where CUDA is available).
 import * as fs from 'fs';
 import * as path from 'path';
-import { Tensor, tensor, cat, stack, cuda, zeros, Adam } from '../lib';
+import { Tensor, tensor, cat, stack, cuda, zeros, Adam, Linear } from '../lib';
 import type { DeviceSpec } from '../lib';
 import { native } from '../lib/native';
 
@@ -82,9 +82,12 @@ describe('a fused qkv projection split with split and narrow', () => {
   test.each(devices)('trains through the pieces with the gradients of PyTorch (%s)', (device) => {
     const { x: fx, w: fw, loss: want, grad_w: gw } = fixtures.qkv;
     const x = make(fx, device);
-    const w = make(fw, device, true);
+    // The fused projection as a model has it: one Linear with out = 3 * hidden.
+    const proj = new Linear(8, 24, { bias: false, dtype: 'float64', device });
+    proj.weight.copy_(make(fw, device));
+    const w = proj.weight;
     const forward = (): Tensor => {
-      const qkv = x.matmul(w.t());
+      const qkv = proj.forward(x);
       const [q, k, v] = qkv.split(8, -1);
       const k2 = qkv.narrow(-1, 8, 8);
       const scores = q.matmul(k.transpose(-1, -2)).tril().add(k2.mul(k).sum());
@@ -97,7 +100,7 @@ describe('a fused qkv projection split with split and narrow', () => {
     const g = Array.from(w.grad!.toArray());
     gw.data.forEach((v, i) => expect(g[i]).toBeCloseTo(v, 10));
     // And training through it lowers the loss.
-    const opt = new Adam([w], { lr: 0.01 });
+    const opt = new Adam(proj.parameters(), { lr: 0.01 });
     let last = loss.item();
     for (let step = 0; step < 5; step++) {
       opt.zeroGrad();
