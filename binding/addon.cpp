@@ -507,6 +507,33 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     return arr(env, {wrap_or_null(env, g.dq), wrap_or_null(env, g.dk), wrap_or_null(env, g.dv)});
   });
 
+  // ---- views and joins (copies: tensors are contiguous)
+  // stridedRead(x, sizes, strides, offset) -> a new tensor of `sizes`
+  def("stridedRead", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::strided_read(T(a[0], "strided read"), shape_arg(a[1], "sizes"),
+                                               shape_arg(a[2], "strides"), i64(a[3], "offset")));
+  });
+  // stridedWrite(dst, sizes, strides, offset, src): src into dst's strided region, in place
+  def("stridedWrite", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    lc::ops::strided_write_(T(a[0], "strided write destination"), shape_arg(a[1], "sizes"),
+                            shape_arg(a[2], "strides"), i64(a[3], "offset"),
+                            T(a[4], "strided write source"));
+    return a.Env().Undefined();
+  });
+  def("gather", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::gather(T(a[0], "gather x"), T(a[1], "gather index"),
+                                         i64(a[2], "dim"), flag(a[3])));
+  });
+  def("gatherBackward", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::gather_backward(T(a[0], "gather index"),
+                                                  optT(a[1], "gather order"), i64(a[2], "dim"),
+                                                  flag(a[3]), T(a[4], "gather grad"),
+                                                  shape_arg(a[5], "shape")));
+  });
+  def("triangle", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::triangle(T(a[0], "triangle"), i64(a[1], "k"), flag(a[2])));
+  });
+
   // ---- CUDA devices (index -1 = every device used so far)
   def("cudaSynchronize", [](const Napi::CallbackInfo& a) -> Napi::Value {
     lc::cuda::synchronize(static_cast<int>(i64(a[0], "device index")));

@@ -106,6 +106,17 @@ class CudaBackend final : public Backend {
                           const Tensor& lse, bool causal, double scale, const Tensor* dq,
                           const Tensor* dk, const Tensor* dv) override;
 
+  // ---- views.cu (strided copies, gather along a dim, triangles)
+  void strided_copy(const Tensor& dst, int64_t dst_offset, const std::vector<int64_t>& dst_strides,
+                    const Tensor& src, int64_t src_offset, const std::vector<int64_t>& src_strides,
+                    const Shape& sizes) override;
+  void index_gather(const Tensor& x, const Tensor& index, const std::vector<int64_t>& index_strides,
+                    int64_t dim, const Tensor& out) override;
+  void index_gather_backward(const Tensor& index, const Tensor* order,
+                             const std::vector<int64_t>& index_strides, int64_t dim,
+                             const Tensor& dy, const Tensor& dx) override;
+  void triangle(const Tensor& x, int64_t k, bool upper, const Tensor& out) override;
+
  private:
   // ---- elementwise.cu
   void cast(const Tensor& dst, const Tensor& src);  // copy between dtypes (they differ)

@@ -242,6 +242,9 @@ std::string device_error_message(const DeviceError& d) {
     case kErrCrossEntropyTarget:
       return "cross entropy: target " + s(d.a) + " at row " + s(d.b) + " is outside [0, " + s(d.c) +
              ")";
+    case kErrGatherIndex:  // the CPU backend's words
+      return "gather: index " + s(d.a) + " at position " + s(d.b) + " is outside [0, " + s(d.c) +
+             ")";
     default:
       return "a CUDA kernel reported bad input (code " + s(d.code) + ")";
   }

@@ -30,6 +30,7 @@ enum DeviceErrorCode : int {
   kErrEmbeddingBackwardId = 2,  // same
   kErrCrossEntropyTarget = 3,   // a = target, b = row, c = classes
   kErrCastInt32 = 4,            // b = element, v = its value
+  kErrGatherIndex = 5,          // a = index value, b = its position in the index, c = size of the dim
 };
 
 struct Context {

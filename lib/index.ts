@@ -6,6 +6,7 @@ export type { ValuesIndices } from './tensor';
 export type { DType } from './dtype';
 export { tensor, zeros, ones, full, randn, rand } from './creation';
 export type { TensorOptions, TensorDataOptions, TensorData, NestedArray } from './creation';
+export { cat, stack } from './joins';
 export { tidy, keep } from './scope';
 export type { DeviceSpec } from './device';
 export { noGrad, isGradEnabled, enableGrad, setGradEnabled } from './autograd';

@@ -129,6 +129,19 @@ export interface Binding {
   /** needs and grads: [q, k, v]. */
   attentionBackward(dout: N, q: N, k: N, v: N, lse: N, causal: boolean, scale: number,
     needs: boolean[]): (N | null)[];
+  /** A new tensor of `sizes`: element i = x[offset + sum_d i_d strides[d]] (element units). */
+  stridedRead(x: N, sizes: number[], strides: number[], offset: number): N;
+  /** dst[offset + sum_d i_d strides[d]] = src[i] in place (distinct destination elements). */
+  stridedWrite(dst: N, sizes: number[], strides: number[], offset: number, src: N): void;
+  /** Along dim: select (index_select, index 1-D) or gather (index of x's rank); index int32. */
+  gather(x: N, index: N, dim: number, select: boolean): N;
+  /**
+   * dy scatter-added back to a tensor of `shape` through the index (deterministic order). order:
+   * null, or with select the index positions sorted by (value, position) (used on CUDA).
+   */
+  gatherBackward(index: N, order: N | null, dim: number, select: boolean, dy: N, shape: number[]): N;
+  /** tril (upper false) or triu with diagonal k over the last two dims. */
+  triangle(x: N, k: number, upper: boolean): N;
   /** Device index -1: every CUDA device used so far. */
   cudaSynchronize(index: number): void;
   cudaMemoryStats(index: number): NativeMemoryStats;

@@ -19,6 +19,7 @@ import * as creation from './ops/creation';
 import * as elementwise from './ops/elementwise';
 import * as shapeOps from './ops/shape';
 import { matmul } from './ops/linear';
+import * as views from './views';
 import type { BinaryOp, UnaryOp } from './ops/enums';
 import * as select from './ops/select';
 import type { CompareOp } from './ops/enums';
@@ -636,6 +637,67 @@ export class Tensor {
   t(): Tensor {
     if (this.ndim !== 2) throw rangeError('Tensor.t', 'the tensor', 'a 2-D tensor', this);
     return swapDims('Tensor.t', this, 0, 1);
+  }
+
+  // ------------------------------------------------ slicing and joining (lib/views.ts)
+  // Copies, not views: an in-place write to the result does not reach this tensor (see README).
+
+  /** length elements from start along dim (start may be negative), as torch.narrow. */
+  narrow(dim: number, start: number, length: number): Tensor {
+    return views.narrow(this, dim, start, length);
+  }
+  /** Python's x[start:end:step] along dim: negative or null bounds, clamped; step > 0. */
+  slice(dim: number, start?: number | null, end?: number | null, step?: number): Tensor {
+    return views.slice(this, dim, start, end, step);
+  }
+  /** The slice at index along dim, without that dim (x[:, i] for dim 1). */
+  select(dim: number, index: number): Tensor {
+    return views.select(this, dim, index);
+  }
+  /** Entries along dim at the int32 indices of a 1-D index, in its order (torch.index_select). */
+  indexSelect(dim: number, index: Tensor): Tensor {
+    return views.indexSelect(this, dim, index);
+  }
+  /** torch.gather: along dim, each element from where an int32 index of the same rank says. */
+  gather(dim: number, index: Tensor): Tensor {
+    return views.gather(this, dim, index);
+  }
+  /** Pieces along dim: of splitSize each (the last may be smaller), or of the listed sizes. */
+  split(splitSize: number | readonly number[], dim = 0): Tensor[] {
+    return views.split(this, splitSize, dim);
+  }
+  /** At most `chunks` pieces of ceil(size / chunks) along dim, as torch.chunk. */
+  chunk(chunks: number, dim = 0): Tensor[] {
+    return views.chunk(this, chunks, dim);
+  }
+  /** A size-1 dim inserted at dim. Shares storage (as reshape). */
+  unsqueeze(dim: number): Tensor {
+    return views.unsqueeze(this, dim);
+  }
+  /** Size-1 dims removed: all, or those of dim. Shares storage (as reshape). */
+  squeeze(dim?: number | readonly number[]): Tensor {
+    return views.squeeze(this, dim);
+  }
+  /** Dims startDim..endDim merged into one. Shares storage (as reshape). */
+  flatten(startDim = 0, endDim = -1): Tensor {
+    return views.flatten(this, startDim, endDim);
+  }
+  /** Broadcast to sizes (-1 keeps a dim; new dims in front); the gradient sums back. */
+  expand(...sizes: number[] | [readonly number[]]): Tensor {
+    return views.expand(this, sizes);
+  }
+  /** This tensor: every tensor here is contiguous. */
+  contiguous(): Tensor {
+    this._checkLive('Tensor.contiguous');
+    return this;
+  }
+  /** The lower triangle of the last two dims (elements with col - row <= diagonal), others 0. */
+  tril(diagonal = 0): Tensor {
+    return views.triangle('Tensor.tril', this, diagonal, false);
+  }
+  /** The upper triangle of the last two dims (elements with col - row >= diagonal), others 0. */
+  triu(diagonal = 0): Tensor {
+    return views.triangle('Tensor.triu', this, diagonal, true);
   }
 
   // ----------------------------------------------------------------- matmul

@@ -222,6 +222,33 @@ class Backend {
   virtual void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                                   const Tensor& v, const Tensor& lse, bool causal, double scale,
                                   const Tensor* dq, const Tensor* dk, const Tensor* dv) = 0;
+
+  // ---- views and joins (slicing, cat, gather, triangles): tensors stay contiguous, so these copy.
+  // For every index i of `sizes`: dst[dst_offset + sum_d i_d dst_strides[d]] =
+  // src[src_offset + sum_d i_d src_strides[d]] (element offsets and strides, >= 0, in range;
+  // any dtype, the same for both; the destination elements are distinct).
+  virtual void strided_copy(const Tensor& dst, int64_t dst_offset,
+                            const std::vector<int64_t>& dst_strides, const Tensor& src,
+                            int64_t src_offset, const std::vector<int64_t>& src_strides,
+                            const Shape& sizes) = 0;
+  // Gather along `dim` (torch.gather / index_select): for every index i of out's shape,
+  // out[i] (set) = x[i with i[dim] replaced by index[sum_d i_d index_strides[d]]]; any dtype.
+  // index int32; an entry outside [0, x.shape[dim]) throws (CUDA: at the next synchronisation)
+  // and its element is written as 0.
+  virtual void index_gather(const Tensor& x, const Tensor& index,
+                            const std::vector<int64_t>& index_strides, int64_t dim,
+                            const Tensor& out) = 0;
+  // dx (set): zeros, then dy[i] added at x's position of out element i, for i ascending (a
+  // position several entries name sums them in that order on every backend: the same bits).
+  // order: null, or for a 1-D index shared by every line (index_select) its positions sorted by
+  // (value, position), int32, from which CUDA sums each value's run without scanning the whole
+  // index per element; the CPU does not need it.
+  virtual void index_gather_backward(const Tensor& index, const Tensor* order,
+                                     const std::vector<int64_t>& index_strides, int64_t dim,
+                                     const Tensor& dy, const Tensor& dx) = 0;
+  // out (set) = x with the elements of each matrix (last two dims, row r, column c) zeroed
+  // where c - r > k (lower: tril) or c - r < k (upper: triu); any dtype.
+  virtual void triangle(const Tensor& x, int64_t k, bool upper, const Tensor& out) = 0;
 };
 
 // The backend of a device (backend.cpp); CUDA devices throw when CUDA is unavailable.

@@ -750,4 +750,121 @@ AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Ten
   return g;
 }
 
+// ---- views and joins
+namespace {
+// Checks that every element a (sizes, strides, offset) walk reaches lies in t.
+void check_strided(const char* op, const Tensor& t, const Shape& sizes,
+                   const std::vector<int64_t>& strides, int64_t offset) {
+  LC_CHECK(strides.size() == sizes.size(), std::string(op) + ": " + std::to_string(strides.size()) +
+                                               " strides for " + std::to_string(sizes.size()) +
+                                               " sizes");
+  LC_CHECK(sizes.size() <= 64, std::string(op) + ": too many dims");
+  int64_t last = offset;
+  for (size_t d = 0; d < sizes.size(); ++d) {
+    LC_CHECK(sizes[d] >= 0 && strides[d] >= 0,
+             std::string(op) + ": sizes and strides must be >= 0");
+    if (sizes[d] > 0) last += (sizes[d] - 1) * strides[d];
+  }
+  if (shape_numel(sizes) == 0) return;
+  LC_CHECK(offset >= 0 && last < t.numel(),
+           std::string(op) + ": the strided region reaches element " + std::to_string(last) +
+               " of a tensor of " + std::to_string(t.numel()) + " elements");
+}
+
+std::vector<int64_t> row_major(const Shape& shape) {
+  std::vector<int64_t> st(shape.size(), 1);
+  for (int64_t d = static_cast<int64_t>(shape.size()) - 2; d >= 0; --d)
+    st[d] = st[d + 1] * shape[d + 1];
+  return st;
+}
+
+// The output shape of a gather and the index's strides over it.
+Shape gather_shape(const char* op, const Shape& xs, const Tensor& index, int64_t dim, bool select,
+                   std::vector<int64_t>& index_strides) {
+  LC_CHECK(index.dtype == DType::I32,
+           std::string(op) + ": index must be int32, got " + dtype_name(index.dtype));
+  const int64_t r = static_cast<int64_t>(xs.size());
+  LC_CHECK(r >= 1 && dim >= 0 && dim < r,
+           std::string(op) + ": dim " + std::to_string(dim) + " is out of range for shape " +
+               shape_str(xs));
+  if (select) {
+    rank(index, 1, op, "index");
+    Shape out = xs;
+    out[dim] = index.shape[0];
+    index_strides.assign(r, 0);
+    index_strides[dim] = 1;
+    return out;
+  }
+  LC_CHECK(index.dim() == r, std::string(op) + ": index must have " + std::to_string(r) +
+                                 " dims, got shape " + shape_str(index.shape));
+  for (int64_t d = 0; d < r; ++d)
+    LC_CHECK(d == dim || index.shape[d] <= xs[d],
+             std::string(op) + ": index shape " + shape_str(index.shape) +
+                 " is larger than the input's " + shape_str(xs) + " in dim " + std::to_string(d));
+  index_strides = row_major(index.shape);
+  return index.shape;
+}
+}  // namespace
+
+Tensor strided_read(const Tensor& x, const Shape& sizes, const std::vector<int64_t>& strides,
+                    int64_t offset) {
+  check_strided("strided read", x, sizes, strides, offset);
+  Tensor out = empty(sizes, x.dtype, x.device());
+  if (out.numel()) be(x).strided_copy(out, 0, row_major(sizes), x, offset, strides, sizes);
+  return out;
+}
+
+void strided_write_(const Tensor& dst, const Shape& sizes, const std::vector<int64_t>& strides,
+                    int64_t offset, const Tensor& src) {
+  const char* op = "strided write";
+  same(dst, src, op, "destination", "source");
+  check_strided(op, dst, sizes, strides, offset);
+  LC_CHECK(src.numel() == shape_numel(sizes),
+           std::string(op) + ": source has " + std::to_string(src.numel()) + " elements for sizes " +
+               shape_str(sizes));
+  if (src.numel()) be(dst).strided_copy(dst, offset, strides, src, 0, row_major(sizes), sizes);
+}
+
+Tensor gather(const Tensor& x, const Tensor& index, int64_t dim, bool select) {
+  const char* op = select ? "index_select" : "gather";
+  LC_CHECK(x.device() == index.device(), std::string(op) + ": x is on " + x.device().str() +
+                                             " but index is on " + index.device().str());
+  std::vector<int64_t> ist;
+  Shape shape = gather_shape(op, x.shape, index, dim, select, ist);
+  Tensor out = empty(shape, x.dtype, x.device());
+  if (out.numel()) be(x).index_gather(x, index, ist, dim, out);
+  return out;
+}
+
+Tensor gather_backward(const Tensor& index, const Tensor* order, int64_t dim, bool select,
+                       const Tensor& dy, const Shape& x_shape) {
+  const char* op = select ? "index_select backward" : "gather backward";
+  require_float(dy, op, "grad");
+  LC_CHECK(dy.device() == index.device(), std::string(op) + ": grad is on " + dy.device().str() +
+                                              " but index is on " + index.device().str());
+  for (int64_t s : x_shape) LC_CHECK(s >= 0, std::string(op) + ": bad input shape");
+  std::vector<int64_t> ist;
+  Shape shape = gather_shape(op, x_shape, index, dim, select, ist);
+  LC_CHECK(shape == dy.shape, std::string(op) + ": grad has shape " + shape_str(dy.shape) +
+                                  ", expected " + shape_str(shape));
+  if (order) {
+    LC_CHECK(select, std::string(op) + ": a sort order is for index_select only");
+    LC_CHECK(order->dtype == DType::I32 && order->device() == index.device() &&
+                 order->numel() == index.numel(),
+             std::string(op) + ": order must be int32 on the index's device, one entry per index");
+  }
+  Tensor dx = empty(x_shape, dy.dtype, dy.device());
+  if (dx.numel()) be(dy).index_gather_backward(index, order, ist, dim, dy, dx);
+  return dx;
+}
+
+Tensor triangle(const Tensor& x, int64_t k, bool upper) {
+  LC_CHECK(x.dim() >= 2, std::string(upper ? "triu" : "tril") +
+                             ": the input must have at least 2 dims, got shape " +
+                             shape_str(x.shape));
+  Tensor out = empty(x.shape, x.dtype, x.device());
+  if (out.numel()) be(x).triangle(x, k, upper, out);
+  return out;
+}
+
 }  // namespace lc::ops

@@ -132,4 +132,23 @@ AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Ten
                                   const Tensor& v, const Tensor& lse, bool causal, double scale,
                                   bool need_dq, bool need_dk, bool need_dv);
 
+// ---- views and joins (backend.h: strided_copy, index_gather, triangle)
+// A new contiguous tensor of `sizes`: element i = x[offset + sum_d i_d strides[d]].
+Tensor strided_read(const Tensor& x, const Shape& sizes, const std::vector<int64_t>& strides,
+                    int64_t offset);
+// dst[offset + sum_d i_d strides[d]] = src[i] for every index i of `sizes` (src has that many
+// elements; the caller keeps the destination elements distinct).
+void strided_write_(const Tensor& dst, const Shape& sizes, const std::vector<int64_t>& strides,
+                    int64_t offset, const Tensor& src);
+// index int32 on x's device. select (torch.index_select): index 1-D, the result is x's shape with
+// dim's size that of the index. Else (torch.gather): index has x's rank, no larger than x in the
+// other dims, and the result has its shape.
+Tensor gather(const Tensor& x, const Tensor& index, int64_t dim, bool select);
+// dx of x_shape (set): dy scatter-added back through the same index. order: null, or with
+// select the index positions sorted by (value, position) (Backend::index_gather_backward).
+Tensor gather_backward(const Tensor& index, const Tensor* order, int64_t dim, bool select,
+                       const Tensor& dy, const Shape& x_shape);
+// tril (upper false) / triu over the last two dims (x at least 2-D).
+Tensor triangle(const Tensor& x, int64_t k, bool upper);
+
 }  // namespace lc::ops

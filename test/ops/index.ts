@@ -6,9 +6,10 @@ import { FUNCTIONAL_OPS } from './functional';
 import { LAYER_OPS } from './layers';
 import { SELECT_OPS } from './select-ops';
 import { MODULE_OPS } from './modules';
+import { VIEW_OPS } from './views';
 import type { OpInfo, OpSample } from './types';
 
-export const OPS: OpInfo[] = [...TENSOR_OPS, ...FUNCTIONAL_OPS, ...LAYER_OPS, ...SELECT_OPS, ...MODULE_OPS];
+export const OPS: OpInfo[] = [...TENSOR_OPS, ...FUNCTIONAL_OPS, ...LAYER_OPS, ...SELECT_OPS, ...MODULE_OPS, ...VIEW_OPS];
 
 export * from './types';
 export * from './inputs';
