@@ -245,6 +245,20 @@ export class LoRALinear extends Module {
   }
 
   /**
+   * @internal Forgets the merge (the weight keeps scale * B A) and returns the copies of A and B kept
+   * for unmerging, for the caller to dispose: used when the layer is taken out of the model merged.
+   */
+  _takeMergedState(): Tensor[] {
+    const m = this._mergedAB;
+    this._mergedAB = null;
+    this._untiedFrom = null;
+    this.merged = false;
+    if (!m) return [];
+    for (const t of m.from) mergedAdapters.delete(t);
+    return [m.A, m.B];
+  }
+
+  /**
    * @internal Before W += scale * B A (either sign): origLinear.weight [out, in], A and B live float
    * tensors of their shapes, on the weight's device in its dtype (any of them may have been replaced).
    */
@@ -535,4 +549,82 @@ export function unmergeLora(model: Module): string[] {
     out.push(name);
   }
   return out;
+}
+
+// ------------------------------------------------- PEFT's model-level helpers
+
+/**
+ * [trainable, all]: the number of parameter elements with requiresGrad and of all parameters, each
+ * tensor counted once (tied weights too), as PEFT's get_nb_trainable_parameters.
+ */
+export function getNbTrainableParameters(model: Module): [number, number] {
+  if (!(model instanceof Module)) throw typeError('getNbTrainableParameters', 'model', 'a Module', model);
+  let trainable = 0;
+  let all = 0;
+  for (const p of model.parameters()) {
+    all += p.numel;
+    if (p.requiresGrad) trainable += p.numel;
+  }
+  return [trainable, all];
+}
+
+/**
+ * Prints (console.log) and returns PEFT's print_trainable_parameters line:
+ * "trainable params: 4,096 || all params: 1,234,567 || trainable%: 0.3318".
+ */
+export function printTrainableParameters(model: Module): string {
+  const where = 'printTrainableParameters';
+  if (!(model instanceof Module)) throw typeError(where, 'model', 'a Module', model);
+  const [trainable, all] = getNbTrainableParameters(model);
+  if (all === 0) throw new RangeError(`${where}: the model has no parameters`);
+  const n = (v: number) => v.toLocaleString('en-US');
+  const line = `trainable params: ${n(trainable)} || all params: ${n(all)} || trainable%: ${(100 * trainable / all).toFixed(4)}`;
+  console.log(line);
+  return line;
+}
+
+/**
+ * Takes a LoRA layer out of the model: its wrapped Linear goes back to its place (to the caller, for
+ * the root) and the adapter's tensors are freed.
+ */
+function dropLayer(model: Module, name: string, m: LoRALinear): void {
+  const copies = m._takeMergedState();
+  for (const t of copies) t.dispose();
+  for (const t of [m.A, m.B]) if (t && !t.isDisposed) t.dispose();
+  m.A = null;
+  m.B = null;
+  if (name !== '') model.setSubmodule(name, m.origLinear);
+}
+
+/**
+ * PEFT's merge_and_unload: merges every adapter into its weight (see mergeLora; with safe, a merge
+ * that would give NaN/Inf fails before any weight changes) and puts each wrapped Linear back in place
+ * of its LoRA layer, so the model is a plain module tree again. The adapters' tensors are freed.
+ * Returns the model (the wrapped Linear when the model itself is a LoRALinear).
+ */
+export function mergeAndUnload<M extends Module>(model: M, options?: { safe?: boolean }): M | Linear {
+  const where = 'mergeAndUnload';
+  if (!(model instanceof Module)) throw typeError(where, 'model', 'a Module', model);
+  const o = checkOptions(where, options);
+  checkKnownKeys(where, o, ['safe']);
+  mergeLora(model, o.safe === undefined ? undefined : { safe: checkBool(where, 'options.safe', o.safe) });
+  const layers = loraLayers(model);
+  for (const [name, m] of layers) dropLayer(model, name, m);
+  const root = layers.find(([n]) => n === '');
+  return root ? root[1].origLinear : model;
+}
+
+/**
+ * PEFT's unload: removes every LoRA layer without merging, putting each wrapped Linear back in its
+ * place. A merged adapter is unmerged first, so the weights are the base model's again (PEFT would
+ * keep a merged adapter's update in the weight). The adapters' tensors are freed. Returns the model
+ * (the wrapped Linear when the model itself is a LoRALinear).
+ */
+export function unload<M extends Module>(model: M): M | Linear {
+  if (!(model instanceof Module)) throw typeError('unload', 'model', 'a Module', model);
+  unmergeLora(model);
+  const layers = loraLayers(model);
+  for (const [name, m] of layers) dropLayer(model, name, m);
+  const root = layers.find(([n]) => n === '');
+  return root ? root[1].origLinear : model;
 }

@@ -84,7 +84,7 @@ function weightsConfig(c: Record<string, unknown>): string {
     if (v && typeof v === 'object' && Object.keys(v).length) patterns[k] = v;
   }
   return JSON.stringify({
-    r: c.r,
+    r: c.r ?? 8,
     lora_alpha: c.lora_alpha ?? 8,
     use_rslora: c.use_rslora === true,
     target_modules: Array.isArray(tm) ? [...tm].sort() : tm,
@@ -318,7 +318,8 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
   }
   if (cfg === null || typeof cfg !== 'object' || Array.isArray(cfg)) fail(where, `${CONFIG} is not a JSON object`);
   if (cfg.peft_type !== 'LORA') fail(where, `${CONFIG}: peft_type is ${describe(cfg.peft_type)}, only "LORA" is supported`);
-  const r = cfg.r;
+  // PEFT's LoraConfig defaults: r = 8, lora_alpha = 8.
+  const r = cfg.r ?? 8;
   const alpha = cfg.lora_alpha ?? 8;
   const dropout = cfg.lora_dropout ?? 0;
   if (typeof r !== 'number' || !Number.isSafeInteger(r) || r <= 0) fail(where, `${CONFIG}: r must be a positive integer, got ${describe(r)}`);

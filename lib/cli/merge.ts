@@ -19,7 +19,10 @@ const SPECS = {
 } satisfies Specs;
 
 /** Files copied from the model directory so the merged checkpoint is usable as is. */
-const COMPANIONS = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'generation_config.json', 'tokenizer.model', 'vocab.json', 'merges.txt'];
+const COMPANIONS = [
+  'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'added_tokens.json', 'chat_template.jinja', 'chat_template.json',
+  'generation_config.json', 'tokenizer.model', 'vocab.json', 'merges.txt',
+];
 
 function isDir(flag: string, p: string): boolean {
   return statPath(flag, p)?.isDirectory() ?? false;
@@ -47,7 +50,7 @@ export async function mergeCommand(argv: string[], io: CliIO): Promise<number> {
     io.stdout(helpText('merge', `${COMMAND_TEXT.merge.summary}\n\n` +
       'Loads the base model (LlamaForCausalLM family: Llama, Mistral, Qwen2, SmolLM, TinyLlama), applies the\n' +
       'adapter, and writes config.json and model.safetensors with W + (alpha / r) B A in every adapted layer.\n' +
-      'Tokenizer and generation files next to the base model are copied along.', SPECS,
+      'Tokenizer, chat-template and generation files next to the base model are copied along.', SPECS,
     COMMAND_TEXT.merge.usage));
     return 0;
   }
