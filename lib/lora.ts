@@ -289,14 +289,100 @@ export class LoRALinear extends Module {
 
 export type LoraFilter = (name: string, module: Module) => boolean;
 
+/** PEFT's target selection fields (LoraConfig names in comments), as check_target_module_exists reads them. */
+export interface PeftTargets {
+  /** target_modules: a list (a name matches an entry exactly or ends with '.' + entry) or a regex string matched against the whole name. */
+  targetModules: string | readonly string[];
+  /** layers_to_transform: with a list of targets, only names whose layer index (see layersPattern) is this or in this list. */
+  layersToTransform?: number | readonly number[] | null;
+  /** layers_pattern: the name part before the layer index ('layers' in model.layers.3.…); default the first '<part>.<digits>.' after a dot. */
+  layersPattern?: string | readonly string[] | null;
+  /** exclude_modules: names never adapted (a list as targetModules, or a full-match regex string). */
+  excludeModules?: string | readonly string[] | null;
+  /** modules_to_save: modules kept as trainable copies are never adapted, nor anything inside them. */
+  modulesToSave?: readonly string[] | null;
+}
+
+function compile(where: string, what: string, source: string, wrap: (s: string) => string): RegExp {
+  try {
+    return new RegExp(wrap(source));
+  } catch (e) {
+    throw new RangeError(`${where}: ${what} ${JSON.stringify(source.length > 200 ? `${source.slice(0, 200)}…` : source)} is not a valid regular expression (${(e as Error).message})`);
+  }
+}
+
+/**
+ * A name → selected test that decides as PEFT's check_target_module_exists: exclusions first
+ * (exclude_modules, then modules_to_save and what lies inside them), then target_modules (a regex
+ * string must match the whole name; a list entry matches the name itself, or its end after a dot, and
+ * only the latter is narrowed by layers_to_transform / layers_pattern). Regexes are compiled once, here.
+ */
+export function peftTargetMatcher(where: string, spec: PeftTargets, label: (field: string) => string = (f) => f): (name: string) => boolean {
+  const listMatch = (list: readonly string[], name: string) => list.some((t) => name === t || name.endsWith(`.${t}`));
+  const ex = spec.excludeModules;
+  const exRe = typeof ex === 'string' ? compile(where, label('exclude_modules'), ex, (s) => `^(?:${s})$`) : null;
+  const saved = (spec.modulesToSave ?? []).map((m) => compile(where, label('modules_to_save'), m, (s) => `^(?:|.*\\.)${s}(?:$|\\..*)`));
+  const tm = spec.targetModules;
+  const tmRe = typeof tm === 'string' ? compile(where, label('target_modules'), tm, (s) => `^(?:${s})$`) : null;
+  const idx = spec.layersToTransform;
+  const usingIdx = idx !== undefined && idx !== null && (typeof idx === 'number' || idx.length !== 0);
+  const lp = spec.layersPattern;
+  const patterns = lp === undefined || lp === null || lp.length === 0 ? null : (typeof lp === 'string' ? [lp] : lp);
+  const idxRes = patterns
+    ? patterns.map((p) => compile(where, label('layers_pattern'), p, (s) => `^.*?\\.${s}\\.(\\d+)\\.`))
+    : [/^.*?\.[^.]*\.(\d+)\./];
+  return (name: string) => {
+    if (exRe ? exRe.test(name) : Array.isArray(ex) && listMatch(ex, name)) return false;
+    if (saved.some((re) => re.test(name))) return false;
+    if (tmRe) return tmRe.test(name);
+    const list = tm as readonly string[];
+    if (list.includes(name)) return true;
+    if (!listMatch(list, name)) return false;
+    if (!usingIdx) return true;
+    let m: RegExpExecArray | null = null;
+    for (const re of idxRes) if ((m = re.exec(name))) break;
+    if (!m) return false;
+    const i = Number(m[1]);
+    return typeof idx === 'number' ? i === idx : (idx as readonly number[]).includes(i);
+  };
+}
+
+/** Checks layersToTransform / layersPattern / excludeModules values (options or config fields). */
+export function checkPeftTargetFields(where: string, names: { idx: string; pattern: string; exclude: string }, idx: unknown, pattern: unknown, exclude: unknown): void {
+  const isIndex = (v: unknown) => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+  if (idx != null && !isIndex(idx) && !(Array.isArray(idx) && idx.every(isIndex))) {
+    throw typeError(where, names.idx, 'a layer index or a list of layer indices (non-negative integers)', idx);
+  }
+  if (pattern != null && typeof pattern !== 'string' && !(Array.isArray(pattern) && pattern.every((p) => typeof p === 'string'))) {
+    throw typeError(where, names.pattern, 'a name or a list of names', pattern);
+  }
+  if (exclude != null && typeof exclude !== 'string' && !(Array.isArray(exclude) && exclude.every((p) => typeof p === 'string'))) {
+    throw typeError(where, names.exclude, 'a list of module names or a regex string', exclude);
+  }
+}
+
 export interface InjectLoraOptions extends LoRAOptions {
   /** Selects layers: called with each Linear's dotted name and the layer. */
   filter?: LoraFilter;
   /**
-   * Module names: a list matched against the last dotted part of the name (or a
-   * dotted suffix such as 'self_attn.q_proj'), or a RegExp tested on the full name.
+   * Module names: a list, each entry matching a name equal to it or ending with '.' plus it ('q_proj',
+   * 'self_attn.q_proj'); a string, a regular expression that must match the whole name (PEFT's
+   * target_modules); or a RegExp tested on the full name.
    */
-  targetModules?: readonly string[] | RegExp;
+  targetModules?: readonly string[] | string | RegExp;
+  /** PEFT's layers_to_transform: with a list of targetModules, only layers of this index (or these). */
+  layersToTransform?: number | readonly number[];
+  /** PEFT's layers_pattern: the name part before the layer index (default: the first '.<part>.<digits>.'). */
+  layersPattern?: string | readonly string[];
+  /** PEFT's exclude_modules: a list as targetModules, or a full-match regex string; never adapted. */
+  excludeModules?: string | readonly string[];
+  /**
+   * PEFT's rank_pattern: r by layer, as a map from a pattern to r (the first key that matches the end of
+   * the name at a dot, as a regex, wins) or a function of the name (undefined: options.r).
+   */
+  rankPattern?: Readonly<Record<string, number>> | ((name: string) => number | undefined);
+  /** PEFT's alpha_pattern: alpha by layer, as rankPattern. */
+  alphaPattern?: Readonly<Record<string, number>> | ((name: string) => number | undefined);
   /** Freeze every parameter that is not a LoRA A or B. Default true. */
   freezeBase?: boolean;
   /**
@@ -328,21 +414,42 @@ export function injectLora(model: Module, options?: InjectLoraOptions): string[]
   const where = 'injectLora';
   if (!(model instanceof Module)) throw typeError(where, 'model', 'a Module', model);
   const o = checkOptions(where, options);
-  checkKnownKeys(where, o, [...LORA_KEYS, 'filter', 'targetModules', 'freezeBase', 'allowUnmatchedTargets']);
+  checkKnownKeys(where, o, [...LORA_KEYS, 'filter', 'targetModules', 'freezeBase', 'allowUnmatchedTargets', 'layersToTransform', 'layersPattern', 'excludeModules', 'rankPattern', 'alphaPattern']);
   const loraOpts = resolveLoraOptions(where, o);
+  const rankOf = patternOption(where, 'options.rankPattern', o.rankPattern, loraOpts.r, true);
+  const alphaOf = patternOption(where, 'options.alphaPattern', o.alphaPattern, loraOpts.alpha, false);
   const filter = o.filter as LoraFilter | undefined;
   if (filter !== undefined && typeof filter !== 'function') throw typeError(where, 'options.filter', 'a function (name, module) => boolean', filter);
-  const targets = o.targetModules as readonly string[] | RegExp | undefined;
-  if (targets !== undefined && !(targets instanceof RegExp)) {
-    if (!Array.isArray(targets) || targets.length === 0 || targets.some((t) => typeof t !== 'string' || t === '')) {
-      throw typeError(where, 'options.targetModules', 'a non-empty array of module names or a RegExp', targets);
+  const targetOpt = o.targetModules as readonly string[] | string | RegExp | undefined;
+  if (targetOpt !== undefined && !(targetOpt instanceof RegExp) && typeof targetOpt !== 'string') {
+    if (!Array.isArray(targetOpt) || targetOpt.length === 0 || targetOpt.some((t) => typeof t !== 'string' || t === '')) {
+      throw typeError(where, 'options.targetModules', 'a non-empty array of module names, a regex string or a RegExp', targetOpt);
     }
   }
+  checkPeftTargetFields(where, { idx: 'options.layersToTransform', pattern: 'options.layersPattern', exclude: 'options.excludeModules' },
+    o.layersToTransform, o.layersPattern, o.excludeModules);
+  if (o.layersToTransform !== undefined && !Array.isArray(targetOpt)) {
+    // PEFT narrows only list targets by layer index (a regex names the layers itself).
+    throw typeError(where, 'options.targetModules', 'a list of names when options.layersToTransform is given (a regex selects layers by itself, as in PEFT)', targetOpt);
+  }
+  // Lists and regex strings select as PEFT's check_target_module_exists; a RegExp is tested on the
+  // name; exclusions apply to either (and to a selection by filter alone).
+  const listOrString = Array.isArray(targetOpt) || typeof targetOpt === 'string';
+  const peftMatch = listOrString || o.excludeModules !== undefined
+    ? peftTargetMatcher(where, {
+      targetModules: listOrString ? targetOpt as readonly string[] | string : '.*',
+      layersToTransform: o.layersToTransform as number | number[] | undefined,
+      layersPattern: o.layersPattern as string | string[] | undefined,
+      excludeModules: o.excludeModules as string | string[] | undefined,
+    }, (f) => ({ target_modules: 'options.targetModules', exclude_modules: 'options.excludeModules', layers_pattern: 'options.layersPattern' })[f] ?? f)
+    : null;
+  const targets = targetOpt as readonly string[] | string | RegExp | undefined;
   const freezeBase = o.freezeBase === undefined ? true : checkBool(where, 'options.freezeBase', o.freezeBase);
   const allowUnmatched = o.allowUnmatchedTargets === undefined ? false : checkBool(where, 'options.allowUnmatchedTargets', o.allowUnmatchedTargets);
 
   const selects = (name: string, m: Module): boolean => {
-    if (targets !== undefined && !nameMatches(name, targets)) return false;
+    if (peftMatch && !peftMatch(name)) return false;
+    if (targetOpt instanceof RegExp && !nameMatches(name, targetOpt)) return false;
     if (filter !== undefined) {
       const v = filter(name, m);
       if (typeof v !== 'boolean') throw typeError(where, `options.filter('${name}', …)`, 'a boolean', v);
@@ -371,8 +478,8 @@ export function injectLora(model: Module, options?: InjectLoraOptions): string[]
     }
   }
   const layerList = () => (linearNames.length ? linearNames.slice(0, 20).map((n) => `'${n}'`).join(', ') + (linearNames.length > 20 ? ', …' : '') : 'none');
-  if ((filter !== undefined || targets !== undefined) && selected === 0) {
-    const what = targets !== undefined ? `options.targetModules ${targets instanceof RegExp ? String(targets) : describe(targets)}` : 'options.filter';
+  if ((filter !== undefined || targets !== undefined || peftMatch) && selected === 0) {
+    const what = targets !== undefined ? `options.targetModules ${targets instanceof RegExp ? String(targets) : describe(targets)}` : o.excludeModules !== undefined ? 'options.excludeModules' : 'options.filter';
     throw new RangeError(`${where}: ${what} selected no Linear layer; the model's Linear layers are: ${layerList()}`);
   }
   if (Array.isArray(targets) && !allowUnmatched) {
@@ -395,13 +502,37 @@ export function injectLora(model: Module, options?: InjectLoraOptions): string[]
         `new layers with dropout=${loraOpts.dropout}, useRslora=${loraOpts.useRslora} could not be saved as one adapter (PEFT has one lora_dropout and one use_rslora per adapter)`);
     }
   }
-  for (const [name, lin] of chosen) model.setSubmodule(name, new LoRALinear(lin, loraOpts));
+  const made = chosen.map(([name, lin]) => [name, new LoRALinear(lin, { ...loraOpts, r: rankOf(name), alpha: alphaOf(name) })] as const);
+  for (const [name, layer] of made) model.setSubmodule(name, layer);
 
   if (freezeBase) {
     const adapters = new Set<Tensor>(getLoraAB(model));
     for (const p of model.parameters()) if (!adapters.has(p)) p.requiresGrad_(false);
   }
   return chosen.map(([name]) => name);
+}
+
+/**
+ * name → value of a rankPattern / alphaPattern option: PEFT's get_pattern_key for a map (the first
+ * key k with the name matching (.*\.)?(k)$), or the user's function; the default otherwise.
+ */
+function patternOption(where: string, what: string, v: unknown, dflt: number, isRank: boolean): (name: string) => number {
+  const check = (x: unknown, key: string): number => {
+    if (isRank ? !(typeof x === 'number' && Number.isSafeInteger(x) && x >= 0) : !(typeof x === 'number' && Number.isFinite(x))) {
+      throw typeError(where, key, isRank ? 'a non-negative integer' : 'a finite number', x);
+    }
+    return x as number;
+  };
+  if (v === undefined) return () => dflt;
+  if (typeof v === 'function') {
+    return (name) => {
+      const x = (v as (n: string) => unknown)(name);
+      return x === undefined ? dflt : check(x, `${what}('${name}')`);
+    };
+  }
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw typeError(where, what, 'an object mapping name patterns to numbers, or a function of the name', v);
+  const entries = Object.entries(v as Record<string, unknown>).map(([k, x]) => [compile(where, `${what} key`, k, (s) => `^(?:.*\\.)?(?:${s})$`), check(x, `${what}[${JSON.stringify(k)}]`)] as const);
+  return (name) => entries.find(([re]) => re.test(name))?.[1] ?? dflt;
 }
 
 /** True for a Linear whose last name part is q_proj, k_proj or v_proj (any case). */

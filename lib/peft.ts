@@ -7,7 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Module } from './nn/module';
 import { Linear } from './nn/layers';
-import { LoRALinear, getLoraAB, loraLayers } from './lora';
+import { LoRALinear, checkPeftTargetFields, getLoraAB, loraLayers, peftTargetMatcher } from './lora';
 import { Tensor } from './tensor';
 import { noGrad } from './autograd';
 import { SafetensorsFile, saveSafetensors } from './safetensors';
@@ -198,7 +198,7 @@ function isOff(v: unknown): boolean {
 /**
  * What loadAdapter does with each field of PEFT's LoraConfig (and PeftConfig), in one place.
  * Read and applied: peft_type, r, lora_alpha, lora_dropout, target_modules, exclude_modules,
- * use_rslora, rank_pattern, alpha_pattern, init_lora_weights, bias ("none" only).
+ * layers_to_transform, layers_pattern, use_rslora, rank_pattern, alpha_pattern, init_lora_weights, bias ("none" only).
  * Ignored, whatever their value, because they do not change what a loaded adapter computes:
  */
 export const PEFT_IGNORED_FIELDS: readonly string[] = [
@@ -207,8 +207,8 @@ export const PEFT_IGNORED_FIELDS: readonly string[] = [
   'megatron_config', 'megatron_core', 'runtime_config',
   // settings of initialisations (the saved weights replace what they would compute)
   'loftq_config', 'eva_config', 'corda_config', 'lora_ga_config',
-  // read only together with fields refused below (layers_to_transform, use_qalora)
-  'layers_pattern', 'qalora_group_size',
+  // read only together with fields refused below (use_qalora)
+  'qalora_group_size',
   // fields of old PEFT versions
   'enable_lora', 'merge_weights',
 ];
@@ -217,7 +217,6 @@ const PEFT_UNSUPPORTED_FIELDS: Record<string, string> = {
   fan_in_fan_out: 'weights stored transposed (GPT-2 style Conv1D layers)',
   use_dora: 'DoRA (weight-decomposed LoRA)',
   modules_to_save: 'whole modules trained and saved beside the adapter',
-  layers_to_transform: 'adapters on some layer indices only',
   trainable_token_indices: 'trained rows of the token embedding',
   layer_replication: 'repeated decoder layers',
   lora_bias: 'a bias on lora_B',
@@ -230,28 +229,10 @@ const PEFT_UNSUPPORTED_FIELDS: Record<string, string> = {
   arrow_config: 'Arrow routing',
   kasa_config: 'KaSA',
 };
-const PEFT_APPLIED_FIELDS = ['peft_type', 'r', 'lora_alpha', 'lora_dropout', 'target_modules', 'exclude_modules', 'use_rslora',
+const PEFT_APPLIED_FIELDS = ['peft_type', 'r', 'lora_alpha', 'lora_dropout', 'target_modules', 'exclude_modules', 'layers_to_transform', 'layers_pattern', 'use_rslora',
   'rank_pattern', 'alpha_pattern', 'init_lora_weights', 'bias', 'ensure_weight_tying'];
 /** init_lora_weights values whose adapters belong to a base model that PEFT changed while initialising them. */
 const BASE_CHANGING_INIT = /^(pissa|olora|corda|loftq|lora_ga)/i;
-
-/** A module-name selector of PEFT: a list matches the name or a dotted suffix, a string is a full-match regex. */
-function nameSelector(where: string, field: string, v: unknown): (name: string) => boolean {
-  if (typeof v === 'string') {
-    let re: RegExp;
-    try {
-      re = new RegExp(`^(?:${v})$`);
-    } catch (e) {
-      fail(where, `${CONFIG}: ${field} ${JSON.stringify(v.length > 200 ? `${v.slice(0, 200)}…` : v)} is not a valid regular expression (${(e as Error).message})`);
-    }
-    return (name) => re.test(name);
-  }
-  if (Array.isArray(v) && v.every((t) => typeof t === 'string')) {
-    const list = v as string[];
-    return (name) => list.some((t) => name === t || name.endsWith(`.${t}`));
-  }
-  fail(where, `${CONFIG}: ${field} must be a list of names or a regex string, got ${describe(v)}`);
-}
 
 /** PEFT's rank_pattern / alpha_pattern: the first key whose regex matches the end of the name at a dot. */
 function patternValue(where: string, field: string, pattern: Record<string, unknown>, name: string, dflt: number): number {
@@ -341,15 +322,32 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
   const isLayer = (m: Module | undefined) => (m instanceof Linear && !inner.has(m)) || m instanceof LoRALinear;
   const linears = [...modules].filter(([n, m]) => n !== '' && isLayer(m)).map(([n]) => n);
   const tm = cfg.target_modules;
-  let targeted: (name: string) => boolean;
+  let targetList: string | string[];
   if (tm === 'all-linear') {
-    const parts = new Set(linears.filter((n) => n !== 'lm_head').map(lastPart));
-    targeted = (name) => parts.has(lastPart(name));
+    // PEFT turns "all-linear" into the last name parts of the Linear layers, the output layer's aside.
+    targetList = [...new Set(linears.filter((n) => n !== 'lm_head').map(lastPart))];
   } else {
-    if (Array.isArray(tm) && tm.length === 0) fail(where, `${CONFIG}: target_modules must be a list of names or a regex string, got ${describe(tm)}`);
-    targeted = nameSelector(where, 'target_modules', tm);
+    if (!(typeof tm === 'string' || (Array.isArray(tm) && tm.length > 0 && tm.every((t) => typeof t === 'string')))) {
+      fail(where, `${CONFIG}: target_modules must be a list of names or a regex string, got ${describe(tm)}`);
+    }
+    targetList = tm as string | string[];
   }
-  const excluded = cfg.exclude_modules == null ? () => false : nameSelector(where, 'exclude_modules', cfg.exclude_modules);
+  try {
+    checkPeftTargetFields(where, { idx: `${CONFIG}: layers_to_transform`, pattern: `${CONFIG}: layers_pattern`, exclude: `${CONFIG}: exclude_modules` },
+      cfg.layers_to_transform, cfg.layers_pattern, cfg.exclude_modules);
+  } catch (e) {
+    fail(where, (e as Error).message.replace(/^loadAdapter: /, ''));
+  }
+  const pick = peftTargetMatcher(where, {
+    targetModules: targetList,
+    layersToTransform: cfg.layers_to_transform as number | number[] | null | undefined,
+    layersPattern: cfg.layers_pattern as string | string[] | null | undefined,
+    excludeModules: cfg.exclude_modules as string | string[] | null | undefined,
+  }, (f) => `${CONFIG}: ${f}`);
+  // Without exclusions, for telling "weights for a module of another kind" from "not selected".
+  const targeted = peftTargetMatcher(where, { targetModules: targetList, layersToTransform: cfg.layers_to_transform as number | number[] | null | undefined,
+    layersPattern: cfg.layers_pattern as string | string[] | null | undefined }, (f) => `${CONFIG}: ${f}`);
+  const excluded = (name: string) => targeted(name) && !pick(name);
   const selected = linears.filter((n) => targeted(n) && !excluded(n));
 
   const weightsPath = path.join(dir, WEIGHTS);
