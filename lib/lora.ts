@@ -3,7 +3,7 @@
 // wrapped layer starts out exactly equal to the original. Forward and backward
 // are one native call each; merging folds scale * B A into W in place.
 import { Tensor } from './tensor';
-import { randn, rand, zeros } from './creation';
+import { randn, rand, tensor, zeros } from './creation';
 import { keep } from './scope';
 import { assertTensor, checkLinearInput, checkLinearWeights, requireFloat, requireSame } from './checks';
 import { noGrad } from './autograd';
@@ -11,6 +11,7 @@ import { Module } from './nn/module';
 import { Linear } from './nn/layers';
 import * as ops from './ops/linear';
 import { copy_ } from './ops/memory';
+import { allFinite } from './ops/elementwise';
 import { nextRandomKey } from './random';
 import type { DeviceSpec } from './device';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, checkKnownKeys, rangeError, typeError, describe } from './errors';
@@ -22,14 +23,15 @@ import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, checkKnownK
  */
 export type LoraInit = 'normal' | 'gaussian' | 'kaiming';
 
-/** A and B of the adapters merged into their weights now, and which of the two each is. */
-const mergedAdapters = new WeakMap<Tensor, 'A' | 'B'>();
+/** Role of each trainable tensor of the adapters merged into their weights now. */
+type AdapterRole = 'A' | 'B' | 'loraBias' | 'magnitude';
+const mergedAdapters = new WeakMap<Tensor, AdapterRole>();
 
 /**
- * @internal 'A' or 'B' when `t` is that tensor of an adapter merged into its weight (an optimiser
- * refuses to step it: the merged weight would not follow), else null.
+ * @internal The role ('A', 'B', 'loraBias', 'magnitude') when `t` is that tensor of an adapter merged
+ * into its weight (an optimiser refuses to step it: the merged weight would not follow), else null.
  */
-export function mergedAdapterRole(t: Tensor): 'A' | 'B' | null {
+export function mergedAdapterRole(t: Tensor): AdapterRole | null {
   return mergedAdapters.get(t) ?? null;
 }
 
@@ -44,9 +46,13 @@ export interface LoRAOptions {
   init?: LoraInit;
   /** Rank-stabilised scaling alpha / sqrt(r). Default false. */
   useRslora?: boolean;
+  /** PEFT's lora_bias: B gets a bias of its own [out] (zero at start), scaled with the LoRA term. Default false. */
+  loraBias?: boolean;
+  /** PEFT's use_dora: DoRA, a trainable magnitude per output row over the row norms of W + scale B A. Default false. */
+  useDora?: boolean;
 }
 
-const LORA_KEYS = ['r', 'alpha', 'dropout', 'init', 'useRslora'] as const;
+const LORA_KEYS = ['r', 'alpha', 'dropout', 'init', 'useRslora', 'loraBias', 'useDora'] as const;
 
 interface ResolvedLoRAOptions {
   r: number;
@@ -54,6 +60,8 @@ interface ResolvedLoRAOptions {
   dropout: number;
   init: LoraInit;
   useRslora: boolean;
+  loraBias: boolean;
+  useDora: boolean;
 }
 
 function resolveLoraOptions(where: string, o: Record<string, unknown>): ResolvedLoRAOptions {
@@ -63,7 +71,11 @@ function resolveLoraOptions(where: string, o: Record<string, unknown>): Resolved
   if (dropout < 0 || dropout >= 1) throw rangeError(where, 'options.dropout', 'in [0, 1)', dropout);
   const init = o.init === undefined ? 'normal' : checkOneOf(where, 'options.init', o.init, ['normal', 'gaussian', 'kaiming'] as const);
   const useRslora = o.useRslora === undefined ? false : checkBool(where, 'options.useRslora', o.useRslora);
-  return { r, alpha, dropout, init, useRslora };
+  const loraBias = o.loraBias === undefined ? false : checkBool(where, 'options.loraBias', o.loraBias);
+  const useDora = o.useDora === undefined ? false : checkBool(where, 'options.useDora', o.useDora);
+  // As PEFT's LoraConfig: its DoRA forward and merge disagree on a lora_B bias.
+  if (loraBias && useDora) throw new RangeError(`${where}: options.loraBias is not supported with options.useDora (as in PEFT)`);
+  return { r, alpha, dropout, init, useRslora, loraBias, useDora };
 }
 
 /** A or B of a layer: a live float tensor of the given shape on the device and in the dtype of `ref` (x, or the weight). */
@@ -74,6 +86,28 @@ function checkAdapter(where: string, ref: Tensor, refName: string, t: unknown, w
   if (t.ndim !== 2 || t.shape[0] !== shape[0] || t.shape[1] !== shape[1]) {
     throw rangeError(where, what, `a 2-D tensor of shape [${shape.join(', ')}] (${dims})`, t);
   }
+}
+
+/** A 1-D float tensor [n] on the device and in the dtype of `ref`. */
+function checkVector(where: string, ref: Tensor, refName: string, t: unknown, what: string, n: number): void {
+  assertTensor(where, what, t);
+  requireFloat(where, t, what);
+  requireSame(where, ref, refName, t, what);
+  if (t.ndim !== 1 || t.shape[0] !== n) throw rangeError(where, what, `a 1-D tensor of shape [${n}] ([outFeatures])`, t);
+}
+
+/**
+ * Inverted dropout of x with the LoRA kernel's mask for `key`: x through an identity adapter on a zero
+ * weight, which applies the mask to its input only.
+ */
+function dropoutOf(x: Tensor, p: number, key: { seed: bigint; offset: bigint }): Tensor {
+  const n = x.shape[x.ndim - 1];
+  const opts = { dtype: x.dtype as 'float32', device: x.device as 'cpu' };
+  const data = new Array<number>(n * n).fill(0);
+  for (let i = 0; i < n; i++) data[i * n + i] = 1;
+  const eye = tensor(data, opts).reshape(n, n);
+  const z = zeros([n, n], opts);
+  return ops.loraLinear(x, z, eye, eye, null, 1, p, key);
 }
 
 export class LoRALinear extends Module {
@@ -91,6 +125,11 @@ export class LoRALinear extends Module {
   readonly dropout: number;
   readonly useRslora: boolean;
   readonly init: LoraInit;
+  /** PEFT's lora_B bias [out] (null unless options.loraBias): the LoRA term is scale * (x Aᵀ Bᵀ + loraBias). */
+  loraBias: Tensor | null = null;
+  /** DoRA's magnitude [out] (null unless options.useDora), PEFT's lora_magnitude_vector. */
+  magnitude: Tensor | null = null;
+  readonly useDora: boolean;
   /** True while scale * B A is folded into origLinear.weight. */
   merged = false;
   /**
@@ -102,7 +141,7 @@ export class LoRALinear extends Module {
    * @internal While merged: copies of A and B as they were merged (unmerging subtracts exactly what
    * was added) and the tensors they were copied from.
    */
-  private _mergedAB: { A: Tensor; B: Tensor; from: [Tensor, Tensor] } | null = null;
+  private _mergedAB: { A: Tensor; B: Tensor; from: Tensor[]; loraBias?: Tensor; factor?: Tensor } | null = null;
   /** @internal The weight shared with other modules that mergeLora replaced by a copy to merge into. */
   _untiedFrom: Tensor | null = null;
 
@@ -114,8 +153,9 @@ export class LoRALinear extends Module {
     }
     const o = checkOptions(where, options);
     checkKnownKeys(where, o, LORA_KEYS);
-    const { r, alpha, dropout, init, useRslora } = resolveLoraOptions(where, o);
+    const { r, alpha, dropout, init, useRslora, loraBias, useDora } = resolveLoraOptions(where, o);
     this.origLinear = origLinear;
+    this.useDora = useDora;
     this.A = null;
     this.B = null;
     this.inFeatures = origLinear.inFeatures;
@@ -139,7 +179,34 @@ export class LoRALinear extends Module {
         ? rand([r, this.inFeatures], { ...opts, low: -bound, high: bound })
         : randn([r, this.inFeatures], { ...opts, std: init === 'gaussian' ? 1 / r : 0.01 })).requiresGrad_(true);
       this.B = zeros([this.outFeatures, r], opts).requiresGrad_(true);
+      if (loraBias) this.loraBias = zeros([this.outFeatures], opts).requiresGrad_(true);
+      // PEFT starts the magnitude at the row norms of W + scale B A (B is zero: those of W), so the
+      // layer starts out equal to the original.
+      if (useDora) this.magnitude = noGrad(() => keep(this._weightNorm(w, this.A!, this.B!))).requiresGrad_(true);
     }
+  }
+
+  /**
+   * @internal The weight and bias this layer computes with, merged out of place (new tensors, no
+   * graph; bias null when merging leaves it as it is): W + scale B A, for DoRA rescaled per row by
+   * magnitude / ‖W + scale B A‖, and b + scale loraBias.
+   */
+  _mergedTensors(): { weight: Tensor; bias: Tensor | null } {
+    const W = this.origLinear.weight;
+    return noGrad(() => {
+      const V = W.add(this.B!.matmul(this.A!).mul(this.scale));
+      const weight = this.useDora ? V.mul(this.magnitude!.div(this._weightNorm(W, this.A!, this.B!)).reshape(this.outFeatures, 1)) : V;
+      const bias = this.loraBias ? this.origLinear.bias!.add(this.loraBias.mul(this.scale)) : null;
+      return { weight, bias };
+    });
+  }
+
+  /** @internal ‖W + scale B A‖ per output row, [out], without a graph (DoRA treats it as a constant). */
+  _weightNorm(W: Tensor, A: Tensor, B: Tensor): Tensor {
+    return noGrad(() => {
+      const V = W.add(B.matmul(A).mul(this.scale));
+      return V.mul(V).sum(1).sqrt();
+    });
   }
 
   /** The wrapped layer's weight (frozen), so code written for the Linear keeps working (as PEFT's layers). */
@@ -167,7 +234,27 @@ export class LoRALinear extends Module {
     checkAdapter(where, x, 'x', B, 'B', [this.outFeatures, this.r], '[outFeatures, r]');
     const p = this.training ? this.dropout : 0;
     const key = p > 0 ? nextRandomKey() : { seed: 0n, offset: 0n };
-    return ops.loraLinear(x, W, A, B, b, this.scale, p, key);
+    const lb = this.loraBias;
+    if (lb) checkVector(where, x, 'x', lb, 'loraBias', this.outFeatures);
+    if (!this.useDora) {
+      const y = ops.loraLinear(x, W, A, B, b, this.scale, p, key);
+      return lb ? y.add(lb.mul(this.scale)) : y;
+    }
+    const m = this.magnitude;
+    checkVector(where, x, 'x', m, 'magnitude', this.outFeatures);
+    // DoRA as PEFT's DoraLinearLayer: the base output rescaled per row by magnitude / ‖W + scale B A‖
+    // (the norm a constant in backward), plus the rescaled LoRA term; the base bias is not rescaled.
+    const ratio = m!.div(this._weightNorm(W, A, B));
+    const none = { seed: 0n, offset: 0n };
+    if (p === 0) {
+      const y = ops.loraLinear(x, W, A, B, null, this.scale, 0, none).mul(ratio);
+      return b ? y.add(b) : y;
+    }
+    // With dropout PEFT rescales the base output of the dropped-out input: x Wᵀ + b + (ratio − 1) xd Wᵀ +
+    // ratio scale lora(xd). The mask is drawn once (through the LoRA kernel on an identity adapter).
+    const xd = dropoutOf(x, p, key);
+    const adapted = ops.loraLinear(xd, W, A, B, null, this.scale, 0, none).mul(ratio);
+    return ops.linear(x, W, b).add(adapted).sub(ops.linear(xd, W, null));
   }
 
   /**
@@ -188,22 +275,60 @@ export class LoRALinear extends Module {
     this._checkMergeable(where);
     const A = this.A;
     const B = this.B;
-    const copies = noGrad(() => ({ A: keep(A.clone()), B: keep(B.clone()) }));
+    const lb = this.loraBias;
+    const m = this.magnitude;
+    const copies = noGrad(() => ({ A: keep(A.clone()), B: keep(B.clone()), loraBias: lb ? keep(lb.clone()) : undefined }));
+    const drop = () => {
+      copies.A.dispose();
+      copies.B.dispose();
+      copies.loraBias?.dispose();
+    };
+    let factor: Tensor | undefined;
     let ok = false;
     try {
-      ok = noGrad(() => ops.loraMerge(W, copies.A, copies.B, this.scale, safe));
+      if (this.useDora) {
+        // W ← (magnitude / ‖W + ΔW‖) (W + ΔW) per row; the factor is kept to unmerge as PEFT does.
+        const merged = noGrad(() => {
+          factor = keep(m!.div(this._weightNorm(W, copies.A, copies.B)).reshape(this.outFeatures, 1));
+          return W.add(copies.B.matmul(copies.A).mul(this.scale)).mul(factor);
+        });
+        try {
+          ok = !safe || allFinite(merged);
+          if (ok) noGrad(() => W.copy_(merged));
+        } finally {
+          merged.dispose();
+        }
+      } else {
+        if (safe && lb && !noGrad(() => { const nb = this.origLinear.bias!.add(copies.loraBias!.mul(this.scale)); try { return allFinite(nb); } finally { nb.dispose(); } })) {
+          ok = false;
+        } else {
+          ok = noGrad(() => ops.loraMerge(W, copies.A, copies.B, this.scale, safe));
+        }
+      }
+      if (ok && lb) {
+        const bias = this.origLinear.bias!;
+        noGrad(() => {
+          const nb = bias.add(copies.loraBias!.mul(this.scale));
+          bias.copy_(nb);
+          nb.dispose();
+        });
+        bias._bumpVersion();
+      }
     } finally {
       if (!ok) {
-        copies.A.dispose();
-        copies.B.dispose();
+        drop();
+        factor?.dispose();
       }
     }
     if (!ok) {
-      throw new Error(`${where}: the merged weight would contain NaN or Inf (check A and B for non-finite values); the weight is unchanged`);
+      throw new Error(`${where}: the merged weight would contain NaN or Inf (check the adapter's tensors for non-finite values); the weight is unchanged`);
     }
     W._bumpVersion();
-    this._mergedAB = { ...copies, from: [A, B] };
+    const from = [A, B, ...(lb ? [lb] : []), ...(m ? [m] : [])];
+    this._mergedAB = { A: copies.A, B: copies.B, from, loraBias: copies.loraBias, factor };
     mergedAdapters.set(A, 'A').set(B, 'B');
+    if (lb) mergedAdapters.set(lb, 'loraBias');
+    if (m) mergedAdapters.set(m, 'magnitude');
     this.merged = true;
   }
 
@@ -228,18 +353,42 @@ export class LoRALinear extends Module {
       const onW = (t: Tensor) => (t.device === W.device ? t : noGrad(() => t.to(W.device as DeviceSpec)));
       const A = onW(m.A);
       const B = onW(m.B);
+      const factor = m.factor ? onW(m.factor) : null;
       try {
-        ops.loraMerge(W, A, B, -this.scale, false);
+        if (factor) {
+          // PEFT's DoRA unmerge: W / factor − ΔW.
+          noGrad(() => {
+            const orig = W.div(factor).sub(B.matmul(A).mul(this.scale));
+            W.copy_(orig);
+            orig.dispose();
+          });
+        } else {
+          ops.loraMerge(W, A, B, -this.scale, false);
+        }
       } finally {
         if (A !== m.A) A.dispose();
         if (B !== m.B) B.dispose();
+        if (factor && factor !== m.factor) factor.dispose();
       }
       W._bumpVersion();
+    }
+    if (m.loraBias) {
+      const bias = this.origLinear.bias!;
+      const lb = bias.device === m.loraBias.device ? m.loraBias : noGrad(() => m.loraBias!.to(bias.device as DeviceSpec));
+      noGrad(() => {
+        const nb = bias.sub(lb.mul(this.scale));
+        bias.copy_(nb);
+        nb.dispose();
+      });
+      if (lb !== m.loraBias) lb.dispose();
+      bias._bumpVersion();
     }
     this._untiedFrom = null;
     this._mergedAB = null;
     m.A.dispose();
     m.B.dispose();
+    m.loraBias?.dispose();
+    m.factor?.dispose();
     for (const t of m.from) mergedAdapters.delete(t);
     this.merged = false;
   }
@@ -255,7 +404,7 @@ export class LoRALinear extends Module {
     this.merged = false;
     if (!m) return [];
     for (const t of m.from) mergedAdapters.delete(t);
-    return [m.A, m.B];
+    return [m.A, m.B, ...(m.loraBias ? [m.loraBias] : []), ...(m.factor ? [m.factor] : [])];
   }
 
   /**
@@ -268,6 +417,13 @@ export class LoRALinear extends Module {
     const wn = 'origLinear.weight';
     checkAdapter(where, W, wn, this.A, 'A', [this.r, this.inFeatures], '[r, inFeatures]');
     checkAdapter(where, W, wn, this.B, 'B', [this.outFeatures, this.r], '[outFeatures, r]');
+    if (this.useDora) checkVector(where, W, wn, this.magnitude, 'magnitude', this.outFeatures);
+    if (this.loraBias) {
+      checkVector(where, W, wn, this.loraBias, 'loraBias', this.outFeatures);
+      // As PEFT: the bias of B can only be merged into a bias of the layer.
+      if (!this.origLinear.bias) throw new Error(`${where}: the layer has a LoRA bias (loraBias) but the wrapped Linear has no bias to merge it into`);
+      checkVector(where, W, wn, this.origLinear.bias, 'origLinear.bias', this.outFeatures);
+    }
   }
 
   /** @internal origLinear.weight: a live float tensor [out, in] (it may have been replaced). */
@@ -501,6 +657,10 @@ export function injectLora(model: Module, options?: InjectLoraOptions): string[]
       throw new RangeError(`${where}: the model already has LoRA layers with dropout=${first.dropout}, useRslora=${first.useRslora} ('${firstName}'); ` +
         `new layers with dropout=${loraOpts.dropout}, useRslora=${loraOpts.useRslora} could not be saved as one adapter (PEFT has one lora_dropout and one use_rslora per adapter)`);
     }
+    if (first.useDora !== loraOpts.useDora || (first.loraBias !== null) !== loraOpts.loraBias) {
+      throw new RangeError(`${where}: the model already has LoRA layers with useDora=${first.useDora}, loraBias=${first.loraBias !== null} ('${firstName}'); ` +
+        `new layers with useDora=${loraOpts.useDora}, loraBias=${loraOpts.loraBias} could not be saved as one adapter (PEFT has one use_dora and one lora_bias per adapter)`);
+    }
   }
   const made = chosen.map(([name, lin]) => [name, new LoRALinear(lin, { ...loraOpts, r: rankOf(name), alpha: alphaOf(name) })] as const);
   for (const [name, layer] of made) model.setSubmodule(name, layer);
@@ -548,12 +708,19 @@ export function getLoraParameters(model: Module): Tensor[] {
   return [...model.parameters()].filter((p) => p.requiresGrad);
 }
 
-/** [A, B] of every LoRALinear with r > 0, in namedModules order. */
+/**
+ * The trainable tensors of every LoRALinear with r > 0, in namedModules order: A, B and, where the
+ * layer has them, its loraBias and DoRA magnitude.
+ */
 export function getLoraAB(model: Module): Tensor[] {
   if (!(model instanceof Module)) throw typeError('getLoraAB', 'model', 'a Module', model);
   const out: Tensor[] = [];
   for (const m of model.modules()) {
-    if (m instanceof LoRALinear && m.A && m.B) out.push(m.A, m.B);
+    if (m instanceof LoRALinear && m.A && m.B) {
+      out.push(m.A, m.B);
+      if (m.loraBias) out.push(m.loraBias);
+      if (m.magnitude) out.push(m.magnitude);
+    }
   }
   return out;
 }
@@ -612,14 +779,26 @@ export function mergeLora(model: Module, options?: { safe?: boolean }): string[]
       const W = m.origLinear.weight;
       m._checkMergeable(where);
       if (!safe) continue;
-      const trial = zeros([...W.shape], { dtype: W.dtype as 'float32', device: W.device as 'cpu' });
-      try {
-        copy_(trial, W);
-        if (!ops.loraMerge(trial, m.A!, m.B!, m.scale, true)) {
-          throw new Error('the merged weight would contain NaN or Inf (check A and B for non-finite values)');
+      if (!m.useDora && !m.loraBias) {
+        const trial = zeros([...W.shape], { dtype: W.dtype as 'float32', device: W.device as 'cpu' });
+        try {
+          copy_(trial, W);
+          if (!ops.loraMerge(trial, m.A!, m.B!, m.scale, true)) {
+            throw new Error('the merged weight would contain NaN or Inf (check A and B for non-finite values)');
+          }
+        } finally {
+          trial.dispose();
         }
-      } finally {
-        trial.dispose();
+      } else {
+        const t = m._mergedTensors();
+        try {
+          if (!allFinite(t.weight) || (t.bias && !allFinite(t.bias))) {
+            throw new Error('the merged weight would contain NaN or Inf (check the adapter\'s tensors for non-finite values)');
+          }
+        } finally {
+          t.weight.dispose();
+          t.bias?.dispose();
+        }
       }
     } catch (e) {
       const err = new Error(`${where}: layer '${name}': ${(e as Error).message}; no layer was merged`, { cause: e });
@@ -721,9 +900,11 @@ export function printTrainableParameters(model: Module): string {
 function dropLayer(model: Module, name: string, m: LoRALinear): void {
   const copies = m._takeMergedState();
   for (const t of copies) t.dispose();
-  for (const t of [m.A, m.B]) if (t && !t.isDisposed) t.dispose();
+  for (const t of [m.A, m.B, m.loraBias, m.magnitude]) if (t && !t.isDisposed) t.dispose();
   m.A = null;
   m.B = null;
+  m.loraBias = null;
+  m.magnitude = null;
   if (name !== '') model.setSubmodule(name, m.origLinear);
 }
 

@@ -83,6 +83,7 @@ function weightsConfig(c: Record<string, unknown>): string {
     const v = c[k];
     if (v && typeof v === 'object' && Object.keys(v).length) patterns[k] = v;
   }
+  for (const k of ['use_dora', 'lora_bias']) if (c[k] === true) patterns[k] = true;
   return JSON.stringify({
     r: c.r ?? 8,
     lora_alpha: c.lora_alpha ?? 8,
@@ -132,8 +133,10 @@ export async function saveAdapter(model: Module, dir: string, options?: SaveAdap
   if (!layers.length) throw new RangeError(`${where}: the model has no LoRA layers with r > 0 (call injectLora first)`);
   const [, first] = layers[0];
   for (const [name, m] of layers) {
-    if (m.useRslora !== first.useRslora || m.dropout !== first.dropout) {
-      throw new RangeError(`${where}: layer '${name}' has dropout=${m.dropout}, useRslora=${m.useRslora} but '${layers[0][0]}' has dropout=${first.dropout}, useRslora=${first.useRslora}; a PEFT adapter has one lora_dropout and one use_rslora`);
+    if (m.useRslora !== first.useRslora || m.dropout !== first.dropout || m.useDora !== first.useDora || (m.loraBias !== null) !== (first.loraBias !== null)) {
+      throw new RangeError(`${where}: layer '${name}' has dropout=${m.dropout}, useRslora=${m.useRslora}, useDora=${m.useDora}, loraBias=${m.loraBias !== null} ` +
+        `but '${layers[0][0]}' has dropout=${first.dropout}, useRslora=${first.useRslora}, useDora=${first.useDora}, loraBias=${first.loraBias !== null}; ` +
+        'a PEFT adapter has one lora_dropout, use_rslora, use_dora and lora_bias');
     }
   }
   // target_modules by last name part when that selects exactly these layers,
@@ -154,6 +157,15 @@ export async function saveAdapter(model: Module, dir: string, options?: SaveAdap
     m.B!._checkLive(where, `layer '${name}': B`);
     tensors[`${PREFIX}${name}.lora_A.weight`] = m.A!;
     tensors[`${PREFIX}${name}.lora_B.weight`] = m.B!;
+    if (m.loraBias) {
+      m.loraBias._checkLive(where, `layer '${name}': loraBias`);
+      tensors[`${PREFIX}${name}.lora_B.bias`] = m.loraBias;
+    }
+    if (m.magnitude) {
+      m.magnitude._checkLive(where, `layer '${name}': magnitude`);
+      // PEFT's key for DoRA's magnitude has no '.weight'.
+      tensors[`${PREFIX}${name}.lora_magnitude_vector`] = m.magnitude;
+    }
   }
   const config = {
     peft_type: 'LORA',
@@ -165,7 +177,7 @@ export async function saveAdapter(model: Module, dir: string, options?: SaveAdap
     target_modules: targetModules,
     bias: 'none',
     use_rslora: first.useRslora,
-    use_dora: false,
+    use_dora: first.useDora,
     fan_in_fan_out: false,
     // PEFT's names for A's start: 'gaussian' is its N(0, 1/r²), true its kaiming-uniform default. It has
     // none for the reference N(0, 0.01²) ('normal'); the field only decides how PEFT fills the layers
@@ -177,6 +189,7 @@ export async function saveAdapter(model: Module, dir: string, options?: SaveAdap
     rank_pattern: rankPattern,
     alpha_pattern: alphaPattern,
     revision: null,
+    lora_bias: first.loraBias !== null,
   };
   await inTurn(dir, async () => {
     await fs.promises.mkdir(dir, { recursive: true });
@@ -215,11 +228,9 @@ export const PEFT_IGNORED_FIELDS: readonly string[] = [
 /** Fields that change what the adapter computes and are not implemented: refused unless unset. */
 const PEFT_UNSUPPORTED_FIELDS: Record<string, string> = {
   fan_in_fan_out: 'weights stored transposed (GPT-2 style Conv1D layers)',
-  use_dora: 'DoRA (weight-decomposed LoRA)',
   modules_to_save: 'whole modules trained and saved beside the adapter',
   trainable_token_indices: 'trained rows of the token embedding',
   layer_replication: 'repeated decoder layers',
-  lora_bias: 'a bias on lora_B',
   target_parameters: 'LoRA on parameters rather than modules',
   alora_invocation_tokens: 'Activated LoRA (the adapter acts only after its invocation tokens)',
   use_qalora: 'QALoRA input pooling',
@@ -229,7 +240,7 @@ const PEFT_UNSUPPORTED_FIELDS: Record<string, string> = {
   arrow_config: 'Arrow routing',
   kasa_config: 'KaSA',
 };
-const PEFT_APPLIED_FIELDS = ['peft_type', 'r', 'lora_alpha', 'lora_dropout', 'target_modules', 'exclude_modules', 'layers_to_transform', 'layers_pattern', 'use_rslora',
+const PEFT_APPLIED_FIELDS = ['peft_type', 'r', 'lora_alpha', 'lora_dropout', 'target_modules', 'exclude_modules', 'layers_to_transform', 'layers_pattern', 'use_rslora', 'use_dora', 'lora_bias',
   'rank_pattern', 'alpha_pattern', 'init_lora_weights', 'bias', 'ensure_weight_tying'];
 /** init_lora_weights values whose adapters belong to a base model that PEFT changed while initialising them. */
 const BASE_CHANGING_INIT = /^(pissa|olora|corda|loftq|lora_ga)/i;
@@ -310,6 +321,12 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
   const rankPattern = (cfg.rank_pattern ?? {}) as Record<string, unknown>;
   const alphaPattern = (cfg.alpha_pattern ?? {}) as Record<string, unknown>;
   const useRslora = cfg.use_rslora === true;
+  for (const k of ['use_dora', 'lora_bias']) {
+    if (cfg[k] != null && typeof cfg[k] !== 'boolean') fail(where, `${CONFIG}: ${k} must be true or false, got ${describe(cfg[k])}`);
+  }
+  const useDora = cfg.use_dora === true;
+  const loraBias = cfg.lora_bias === true;
+  if (useDora && loraBias) fail(where, `${CONFIG}: lora_bias is not supported with use_dora (PEFT refuses the pair)`);
 
   // The layers the config selects: PEFT's target_modules (a list, a full-match regex, or
   // "all-linear": every Linear but the output layer), less exclude_modules.
@@ -358,20 +375,32 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
   const st = await SafetensorsFile._open(where, weightsPath);
   try {
     // Group the file's keys by module path.
-    const found = new Map<string, { A?: string; B?: string }>();
+    type Keys = { A?: string; B?: string; bias?: string; magnitude?: string };
+    const found = new Map<string, Keys>();
     const unexpected: string[] = [];
+    const what: Record<keyof Keys, string> = { A: 'lora_A weights', B: 'lora_B weights', bias: 'lora_B biases', magnitude: 'DoRA magnitudes' };
     for (const key of st.keys()) {
-      const m = /^base_model\.model\.(.+)\.lora_([AB])(?:\.[^.]+)?\.weight$/.exec(key);
-      if (!m) {
+      // PEFT's keys: lora_A.weight, lora_B.weight, lora_B.bias (lora_bias) and lora_magnitude_vector (DoRA),
+      // some older files with the adapter's name before the last part.
+      const ab = /^base_model\.model\.(.+)\.lora_([AB])(?:\.[^.]+)?\.(weight|bias)$/.exec(key);
+      const mag = ab ? null : /^base_model\.model\.(.+)\.lora_magnitude_vector(?:\.[^.]+)?(?:\.weight)?$/.exec(key);
+      const role: keyof Keys | null = ab ? (ab[3] === 'weight' ? ab[2] as 'A' | 'B' : ab[2] === 'B' ? 'bias' : null) : mag ? 'magnitude' : null;
+      if (!role) {
         unexpected.push(key);
         continue;
       }
-      const e = found.get(m[1]) ?? {};
-      if (e[m[2] as 'A' | 'B']) fail(where, `${WEIGHTS} has two lora_${m[2]} weights for '${m[1]}': '${e[m[2] as 'A' | 'B']}' and '${key}'`);
-      e[m[2] as 'A' | 'B'] = key;
-      found.set(m[1], e);
+      const path = (ab ?? mag)![1];
+      const e = found.get(path) ?? {};
+      if (e[role]) fail(where, `${WEIGHTS} has two ${what[role]} for '${path}': '${e[role]}' and '${key}'`);
+      e[role] = key;
+      found.set(path, e);
     }
-    if (unexpected.length) fail(where, `${WEIGHTS} has keys that are not LoRA A/B weights: ${unexpected.slice(0, 8).join(', ')}`);
+    if (unexpected.length) fail(where, `${WEIGHTS} has keys that are not LoRA weights: ${unexpected.slice(0, 8).join(', ')}`);
+    // One use_dora and one lora_bias per adapter: their tensors are there for every layer or for none.
+    for (const [field, role, on] of [['use_dora', 'magnitude', useDora], ['lora_bias', 'bias', loraBias]] as const) {
+      const have = [...found].filter(([, e]) => e[role]).map(([n]) => n);
+      if (!on && have.length) fail(where, `${WEIGHTS} has ${what[role]} (${found.get(have[0])![role]}) but ${CONFIG} does not set ${field}`);
+    }
     const recorded = st.metadata[CONFIG_METADATA];
     if (recorded !== undefined && recorded !== weightsConfig(cfg)) {
       fail(where, `${CONFIG} does not belong to ${WEIGHTS}: the weights were saved with ${recorded.length > 300 ? `${recorded.slice(0, 300)}…` : recorded}, the config says ${weightsConfig(cfg)} (was a save interrupted between the two files? save the adapter again)`);
@@ -386,6 +415,10 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
     for (const n of [...found.keys()]) if (!chosen.has(n)) found.delete(n);
     const incomplete = [...found].filter(([, e]) => !e.A || !e.B).map(([n]) => n);
     if (incomplete.length) fail(where, `${WEIGHTS} lacks lora_A or lora_B for: ${incomplete.join(', ')}`);
+    const noMag = useDora ? [...found].filter(([, e]) => !e.magnitude).map(([n]) => n) : [];
+    if (noMag.length) fail(where, `${WEIGHTS} lacks the DoRA magnitude (lora_magnitude_vector) for: ${noMag.slice(0, 8).join(', ')}`);
+    const noBias = loraBias ? [...found].filter(([, e]) => !e.bias).map(([n]) => n) : [];
+    if (noBias.length) fail(where, `${WEIGHTS} lacks the lora_B bias (lora_bias) for: ${noBias.slice(0, 8).join(', ')}`);
 
     // The layers the config selects must be exactly those with weights.
     const missing = selected.filter((n) => !found.has(n));
@@ -403,8 +436,17 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
       const wantB = [lin.outFeatures, lr];
       if (a.shape.join() !== wantA.join()) fail(where, `'${a.name}' has shape [${a.shape.join(', ')}], expected [${wantA.join(', ')}]`);
       if (b.shape.join() !== wantB.join()) fail(where, `'${b.name}' has shape [${b.shape.join(', ')}], expected [${wantB.join(', ')}]`);
+      for (const role of ['bias', 'magnitude'] as const) {
+        const k = found.get(name)![role];
+        if (!k) continue;
+        const e = st.entry(k);
+        if (e.shape.join() !== String(lin.outFeatures)) fail(where, `'${e.name}' has shape [${e.shape.join(', ')}], expected [${lin.outFeatures}]`);
+      }
       if (m instanceof LoRALinear) {
         if (m.r !== lr) fail(where, `'${name}' is already a LoRALinear with r=${m.r}, the adapter has r=${lr}`);
+        if (m.useDora !== useDora || (m.loraBias !== null) !== loraBias) {
+          fail(where, `'${name}' is already a LoRALinear with useDora=${m.useDora}, loraBias=${m.loraBias !== null}; the adapter has use_dora=${useDora}, lora_bias=${loraBias}`);
+        }
         if (m.alpha !== la || m.useRslora !== useRslora) {
           fail(where, `'${name}' is already a LoRALinear with lora_alpha=${m.alpha}, use_rslora=${m.useRslora}; the adapter has lora_alpha=${la}, use_rslora=${useRslora}`);
         }
@@ -433,6 +475,10 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
     const names = [...found.keys()];
     const fresh = linears.filter((n) => found.has(n) && !(modules.get(n) instanceof LoRALinear));
     const existing = [...modules].find(([, m]) => m instanceof LoRALinear) as [string, LoRALinear] | undefined;
+    if (fresh.length && existing && (existing[1].useDora !== useDora || (existing[1].loraBias !== null) !== loraBias)) {
+      const [n, e] = existing;
+      fail(where, `the model already has LoRA layers with useDora=${e.useDora}, loraBias=${e.loraBias !== null} ('${n}'); the adapter's new layers would have use_dora=${useDora}, lora_bias=${loraBias}, and a model holds one adapter's settings`);
+    }
     if (fresh.length && existing && (existing[1].dropout !== dropout || existing[1].useRslora !== useRslora)) {
       const [n, e] = existing;
       fail(where, `the model already has LoRA layers with dropout=${e.dropout}, useRslora=${e.useRslora} ('${n}'); the adapter's new layers (${fresh.slice(0, 4).join(', ')}${fresh.length > 4 ? ', …' : ''}) ` +
@@ -441,7 +487,7 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
 
     // Every tensor is read and checked, and the new layers are built and filled, before the model is
     // changed, so a failure leaves it as it was.
-    const values = new Map<string, [Tensor, Tensor]>();
+    const values = new Map<string, Tensor[]>();
     const made = new Map<string, LoRALinear>();
     const frozen: [Tensor, boolean][] = [];
     let attached = false;
@@ -450,7 +496,8 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
         const m = modules.get(name)!;
         const dtype = (m instanceof LoRALinear ? m.origLinear : (m as Linear)).weight.dtype as 'float32';
         const pair: Tensor[] = [];
-        for (const key of [found.get(name)!.A!, found.get(name)!.B!]) {
+        const e = found.get(name)!;
+        for (const key of [e.A!, e.B!, ...(e.bias ? [e.bias] : []), ...(e.magnitude ? [e.magnitude] : [])]) {
           const t = await st._readTensor(where, key, { dtype });
           pair.push(t);
           t._checkLive(where);
@@ -459,7 +506,7 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
             fail(where, `${WEIGHTS}: '${key}' holds NaN or Inf`);
           }
         }
-        values.set(name, pair as [Tensor, Tensor]);
+        values.set(name, pair);
       }
       const init = cfg.init_lora_weights === 'gaussian' ? 'gaussian' : 'kaiming';
       // The new layers, by (rank, alpha) in the order the layers come and then in module order, as
@@ -471,15 +518,18 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
           if (`${s.r}/${s.alpha}` !== key) continue;
           const lin = modules.get(name) as Linear;
           for (const t of [lin.weight, lin.bias]) if (t) frozen.push([t, t.requiresGrad]);
-          made.set(name, new LoRALinear(lin, { r: s.r, alpha: s.alpha, dropout, useRslora, init }));
+          made.set(name, new LoRALinear(lin, { r: s.r, alpha: s.alpha, dropout, useRslora, init, useDora, loraBias }));
         }
       }
       const layerOf = (name: string) => made.get(name) ?? (modules.get(name) as LoRALinear);
       noGrad(() => {
-        for (const [name, [A, B]] of values) {
+        for (const [name, [A, B, ...rest]] of values) {
           const layer = layerOf(name);
           layer.A!.copy_(A);
           layer.B!.copy_(B);
+          const e = found.get(name)!;
+          if (e.bias) layer.loraBias!.copy_(rest.shift()!);
+          if (e.magnitude) layer.magnitude!.copy_(rest.shift()!);
         }
       });
       for (const [name, layer] of made) model.setSubmodule(name, layer);
@@ -516,21 +566,29 @@ export async function saveMerged(model: Module & { config?: { raw?: Record<strin
   const lora = new Map(loraLayers(model));
   for (const [name, t] of [...model.namedParameters(), ...model.namedBuffers()]) t._checkLive(where, `'${name}'`);
   for (const [key, t] of Object.entries(model.stateDict())) {
-    const m = /^(.*)\.(origLinear\.(weight|bias)|A|B)$/.exec(key);
+    const m = /^(.*)\.(origLinear\.(weight|bias)|A|B|loraBias|magnitude)$/.exec(key);
     const layer = m ? lora.get(m[1]) : undefined;
     if (!m || !layer) {
       out[key] = t;
       continue;
     }
-    if (m[2] === 'A' || m[2] === 'B') continue;
+    if (m[2] === 'A' || m[2] === 'B' || m[2] === 'loraBias' || m[2] === 'magnitude') continue;
+    const unmerged = layer.r > 0 && !layer.merged && layer.A && layer.B;
     if (m[3] === 'bias') {
-      out[`${m[1]}.bias`] = t;
-    } else {
-      // W + scale * B A, computed aside (the model's own weight is untouched).
-      const merged = layer.r > 0 && !layer.merged
-        ? noGrad(() => t.add(layer.B!.matmul(layer.A!).mul(layer.scale)))
-        : t;
+      // b + scale * loraBias, computed aside, as the weight.
+      const merged = unmerged && layer.loraBias ? noGrad(() => t.add(layer.loraBias!.mul(layer.scale))) : t;
       if (merged !== t) temps.push(merged);
+      out[`${m[1]}.bias`] = merged;
+    } else {
+      // W + scale * B A (rescaled per row for DoRA), computed aside (the model's own weight is untouched).
+      let merged = t;
+      if (unmerged) {
+        layer._checkMergeable(where);
+        const both = layer._mergedTensors();
+        both.bias?.dispose();
+        merged = both.weight;
+        temps.push(merged);
+      }
       out[`${m[1]}.weight`] = merged;
     }
   }

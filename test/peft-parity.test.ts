@@ -5,7 +5,7 @@ import * as os from 'os';
 import * as path from 'path';
 import {
   Linear, LoRALinear, Module, Sequential, Tensor, getNbTrainableParameters, injectLora, loraLayers, manualSeed, mergeAndUnload,
-  loadAdapter, mergeLora, noGrad, printTrainableParameters, randn, tensor, unload,
+  loadAdapter, mergeLora, noGrad, printTrainableParameters, randn, saveAdapter, saveMerged, tensor, unload, unmergeLora,
 } from '../lib';
 import { saveSafetensors } from '../lib/safetensors';
 
@@ -189,7 +189,6 @@ describe('rank and alpha by layer from injectLora options (PEFT rank_pattern / a
     expect(got).toEqual({ '0.0': [5, 4], '0.1': [2, 7], '1.0': [3, 4], '1.1': [2, 7] });
     noGrad(() => { for (const [, l] of loraLayers(model)) l.B!.copy_(randn([...l.B!.shape])); });
     const dir = path.join(tmp, 'patterns');
-    const { saveAdapter } = await import('../lib');
     await saveAdapter(model, dir);
     const again = new Sequential(new Sequential(new Linear(6, 6), new Linear(6, 6)), new Sequential(new Linear(6, 6), new Linear(6, 6)));
     await loadAdapter(again, dir);
@@ -198,5 +197,194 @@ describe('rank and alpha by layer from injectLora options (PEFT rank_pattern / a
       .toThrow(/^injectLora: options\.rankPattern\["0"\] must be a non-negative integer, got 1\.5$/);
     expect(() => injectLora(new Sequential(new Linear(2, 2)), { alphaPattern: () => 'x' as never }))
       .toThrow(/^injectLora: options\.alphaPattern\('0'\) must be a finite number/);
+  });
+});
+
+// --------------------------------------------------- lora_bias and DoRA on a Linear
+
+interface LinearCase {
+  r: number; alpha: number; W: T; b: T | null; A: T; B: T; lora_bias: T | null; magnitude: T | null; x: T; grad_out: T;
+  y: T; dx: T; dA: T; dB: T; dlora_bias: T | null; dmagnitude: T | null; merged_W: T; merged_b?: T;
+}
+
+/** The fixture's layer: a float64 LoRALinear holding the case's tensors. */
+function layerOf(c: LinearCase): LoRALinear {
+  const [out, inF] = c.W.shape;
+  const lin = new Linear(inF, out, { bias: c.b !== null, dtype: 'float64' });
+  noGrad(() => {
+    lin.weight.copy_(f64(c.W));
+    if (c.b) lin.bias!.copy_(f64(c.b));
+  });
+  const l = new LoRALinear(lin, { r: c.r, alpha: c.alpha, loraBias: c.lora_bias !== null, useDora: c.magnitude !== null });
+  noGrad(() => {
+    l.A!.copy_(f64(c.A));
+    l.B!.copy_(f64(c.B));
+    if (c.lora_bias) l.loraBias!.copy_(f64(c.lora_bias));
+    if (c.magnitude) l.magnitude!.copy_(f64(c.magnitude));
+  });
+  return l;
+}
+
+const close = (t: Tensor | null, want: T, tol = 1e-10) => {
+  expect(t).not.toBeNull();
+  expect(t!.shape).toEqual(want.shape);
+  expect(maxAbsDiff(t!.toArray(), want.data)).toBeLessThan(tol);
+};
+
+describe.each(Object.keys(fx.linear))('Linear with %s: as PEFT computes it', (name) => {
+  const c = fx.linear[name] as LinearCase;
+
+  test('forward and the gradients of x, A, B, the lora_B bias and the magnitude', () => {
+    const l = layerOf(c);
+    const x = f64(c.x).requiresGrad_(true);
+    const y = l.forward(x);
+    close(y, c.y);
+    y.backward(f64(c.grad_out));
+    close(x.grad, c.dx);
+    close(l.A!.grad, c.dA);
+    close(l.B!.grad, c.dB);
+    if (c.dlora_bias) close(l.loraBias!.grad, c.dlora_bias);
+    if (c.dmagnitude) close(l.magnitude!.grad, c.dmagnitude);
+    expect(l.origLinear.weight.grad).toBeNull();
+  });
+
+  test('merge gives PEFT\'s merged weight (and bias); unmerge restores the base', () => {
+    const l = layerOf(c);
+    const x = f64(c.x);
+    if (c.lora_bias && !c.b) {
+      expect(() => l.mergeToOrig()).toThrow(/^LoRALinear\.mergeToOrig: the layer has a LoRA bias \(loraBias\) but the wrapped Linear has no bias to merge it into$/);
+      expect(maxAbsDiff(l.origLinear.weight.toArray(), c.W.data)).toBe(0);
+      return;
+    }
+    l.mergeToOrig({ safe: true });
+    close(l.origLinear.weight, c.merged_W);
+    if (c.merged_b) close(l.origLinear.bias, c.merged_b);
+    close(noGrad(() => l.forward(x)), c.y);
+    l.unmergeFromOrig();
+    close(l.origLinear.weight, c.W, 1e-12);
+    if (c.b) close(l.origLinear.bias, c.b, 1e-12);
+    close(noGrad(() => l.forward(x)), c.y);
+  });
+
+  test('saveMerged and a save / load round trip compute the same', async () => {
+    const model = new Sequential(layerOf(c).origLinear);
+    // Through injectLora and loadAdapter: the layer is rebuilt from the adapter files.
+    injectLora(model, { r: c.r, alpha: c.alpha, loraBias: c.lora_bias !== null, useDora: c.magnitude !== null });
+    const src = layerOf(c);
+    const [[, l]] = loraLayers(model);
+    noGrad(() => {
+      l.A!.copy_(src.A!);
+      l.B!.copy_(src.B!);
+      if (src.loraBias) l.loraBias!.copy_(src.loraBias);
+      if (src.magnitude) l.magnitude!.copy_(src.magnitude);
+    });
+    const dir = path.join(tmp, `linear-${name}`);
+    await saveAdapter(model, dir);
+    const cfg = JSON.parse(fs.readFileSync(path.join(dir, 'adapter_config.json'), 'utf8'));
+    expect([cfg.use_dora, cfg.lora_bias]).toEqual([c.magnitude !== null, c.lora_bias !== null]);
+    const keys = (await import('../lib/safetensors')).SafetensorsFile;
+    const st = await keys.open(path.join(dir, 'adapter_model.safetensors'));
+    expect([...st.keys()].sort()).toEqual([
+      'base_model.model.0.lora_A.weight', 'base_model.model.0.lora_B.weight',
+      ...(c.lora_bias ? ['base_model.model.0.lora_B.bias'] : []), ...(c.magnitude ? ['base_model.model.0.lora_magnitude_vector'] : []),
+    ].sort());
+    st.close();
+    const again = new Sequential(layerOf(c).origLinear);
+    await loadAdapter(again, dir);
+    const x = f64(c.x);
+    close(noGrad(() => again.forward(x) as Tensor), c.y);
+    if (c.lora_bias && !c.b) {
+      await expect(saveMerged(again, path.join(tmp, `merged-${name}`))).rejects.toThrow(/has no bias to merge it into/);
+      return;
+    }
+    await saveMerged(again, path.join(tmp, `merged-${name}`));
+    const merged = await (await import('../lib/safetensors')).loadSafetensors(path.join(tmp, `merged-${name}`, 'model.safetensors'));
+    const plain = new Sequential(new Linear(c.W.shape[1], c.W.shape[0], { bias: c.b !== null, dtype: 'float64' }));
+    plain.loadStateDict(merged);
+    close(noGrad(() => plain.forward(x) as Tensor), c.y, 1e-6);
+    // mergeLora / unmergeLora on the model, as on the layer.
+    mergeLora(again, { safe: true });
+    close(noGrad(() => again.forward(x) as Tensor), c.y);
+    unmergeLora(again);
+    close(loraLayers(again)[0][1].origLinear.weight, c.W, 1e-12);
+  });
+});
+
+describe('lora_bias and DoRA: small print', () => {
+  test('a fresh layer computes what the wrapped Linear does (B, the lora_B bias at zero; magnitude = row norms of W)', () => {
+    manualSeed(4);
+    const lin = new Linear(5, 3);
+    const x = randn([2, 5]);
+    const want = noGrad(() => lin.forward(x)).toArray();
+    for (const o of [{ loraBias: true }, { useDora: true }]) {
+      const l = new LoRALinear(lin, { r: 2, ...o });
+      expect(maxAbsDiff(noGrad(() => l.forward(x)).toArray(), want)).toBeLessThan(1e-6);
+    }
+    const norms = Array.from({ length: 3 }, (_, i) => Math.hypot(...Array.from(lin.weight.toArray()).slice(i * 5, i * 5 + 5)));
+    expect(maxAbsDiff(new LoRALinear(lin, { r: 2, useDora: true }).magnitude!.toArray(), norms)).toBeLessThan(1e-6);
+    expect(() => new LoRALinear(lin, { r: 2, useDora: true, loraBias: true })).toThrow(/^LoRALinear: options\.loraBias is not supported with options\.useDora \(as in PEFT\)$/);
+  });
+
+  test('DoRA with dropout in training: the base output of the dropped-out input is rescaled, as PEFT does', () => {
+    // With all of x dropped but one column kept, PEFT's formula can be checked by hand: the result is
+    // x Wᵀ + b + (ratio − 1) xd Wᵀ + ratio scale xd Aᵀ Bᵀ, with xd the dropped-out input.
+    manualSeed(9);
+    const lin = new Linear(6, 4, { dtype: 'float64' });
+    const l = new LoRALinear(lin, { r: 2, alpha: 2, dropout: 0.5, useDora: true });
+    noGrad(() => {
+      l.B!.copy_(randn([4, 2], { dtype: 'float64' }));
+      l.magnitude!.copy_(l.magnitude!.mul(1.3));
+    });
+    l.train();
+    const x = randn([3, 6], { dtype: 'float64' }).requiresGrad_(true);
+    // The same draw again gives the same mask: xd comes back through a plain LoRA layer with an identity adapter.
+    const probe = new LoRALinear(new Linear(6, 6, { bias: false, dtype: 'float64' }), { r: 6, alpha: 6, dropout: 0.5 });
+    noGrad(() => {
+      probe.origLinear.weight.zero_();
+      const eye = Array.from({ length: 36 }, (_, i) => (i % 7 === 0 ? 1 : 0));
+      probe.A!.copy_(tensor(eye, { dtype: 'float64' }).reshape(6, 6));
+      probe.B!.copy_(tensor(eye, { dtype: 'float64' }).reshape(6, 6));
+    });
+    probe.train();
+    manualSeed(21);
+    const y = l.forward(x);
+    manualSeed(21);
+    const xd = noGrad(() => probe.forward(x));
+    const W = lin.weight;
+    const ratio = noGrad(() => {
+      const V = W.add(l.B!.matmul(l.A!));
+      return l.magnitude!.div(V.mul(V).sum(1).sqrt());
+    });
+    const want = noGrad(() => x.matmul(W.t()).add(lin.bias!)
+      .add(xd.matmul(W.t()).mul(ratio.sub(1)))
+      .add(xd.matmul(l.A!.t()).matmul(l.B!.t()).mul(ratio)));
+    expect(maxAbsDiff(y.toArray(), want.toArray())).toBeLessThan(1e-10);
+    // Some inputs were dropped and some kept (the check above is not vacuous).
+    const kept = Array.from(xd.toArray()).filter((v) => v !== 0).length;
+    expect(kept).toBeGreaterThan(0);
+    expect(kept).toBeLessThan(18);
+    y.sum().backward();
+    expect(l.magnitude!.grad).not.toBeNull();
+  });
+
+  test('adapter configs: use_dora with lora_bias, or tensors the config does not announce, are refused', async () => {
+    const write = async (dir: string, config: Record<string, unknown>, tensors: Record<string, Tensor>) => {
+      fs.mkdirSync(dir, { recursive: true });
+      fs.writeFileSync(path.join(dir, 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r: 1, target_modules: ['0'], ...config }));
+      await (await import('../lib/safetensors')).saveSafetensors(path.join(dir, 'adapter_model.safetensors'), tensors);
+    };
+    const ab = { 'base_model.model.0.lora_A.weight': randn([1, 3]), 'base_model.model.0.lora_B.weight': randn([2, 1]) };
+    const m = () => new Sequential(new Linear(3, 2));
+    await write(path.join(tmp, 'both'), { use_dora: true, lora_bias: true }, ab);
+    await expect(loadAdapter(m(), path.join(tmp, 'both'))).rejects.toThrow(/^loadAdapter: adapter_config\.json: lora_bias is not supported with use_dora/);
+    await write(path.join(tmp, 'mag'), {}, { ...ab, 'base_model.model.0.lora_magnitude_vector': randn([2]) });
+    await expect(loadAdapter(m(), path.join(tmp, 'mag'))).rejects.toThrow(/has DoRA magnitudes .* but adapter_config\.json does not set use_dora/);
+    await write(path.join(tmp, 'nomag'), { use_dora: true }, ab);
+    await expect(loadAdapter(m(), path.join(tmp, 'nomag'))).rejects.toThrow(/lacks the DoRA magnitude \(lora_magnitude_vector\) for: 0$/);
+    await write(path.join(tmp, 'badbias'), { lora_bias: true }, { ...ab, 'base_model.model.0.lora_B.bias': randn([3]) });
+    await expect(loadAdapter(m(), path.join(tmp, 'badbias'))).rejects.toThrow(/'base_model\.model\.0\.lora_B\.bias' has shape \[3\], expected \[2\]/);
+    const model = m();
+    await expect(loadAdapter(model, path.join(tmp, 'badbias'))).rejects.toThrow();
+    expect(loraLayers(model)).toEqual([]);
   });
 });
