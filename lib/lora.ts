@@ -443,6 +443,122 @@ export class LoRALinear extends Module {
   }
 }
 
+/**
+ * A copy of a module, every parameter of it trainable (the whole module is trained and saved beside
+ * the adapter), with the original kept: forward is the copy's, or the original's while disabled. As
+ * PEFT's ModulesToSaveWrapper (PEFT's modules_to_save).
+ */
+export class ModulesToSaveWrapper extends Module {
+  /** The module as it was (frozen). */
+  readonly originalModule: Module;
+  /** The trainable copy that forward uses. */
+  modulesToSave: Module;
+  /** When false, forward is the original module's. */
+  enabled = true;
+
+  constructor(module: Module) {
+    super();
+    if (!(module instanceof Module)) throw typeError('ModulesToSaveWrapper', 'module', 'a Module', module);
+    if (module instanceof ModulesToSaveWrapper || module instanceof LoRALinear) {
+      throw typeError('ModulesToSaveWrapper', 'module', 'a module without an adapter', module);
+    }
+    this.originalModule = module;
+    this.modulesToSave = cloneModule(module);
+    for (const p of module.parameters()) p.requiresGrad_(false);
+    for (const p of this.modulesToSave.parameters()) p.requiresGrad_(true);
+    this.training = module.training;
+  }
+
+  /** The module forward uses now. */
+  get active(): Module {
+    return this.enabled ? this.modulesToSave : this.originalModule;
+  }
+
+  /** The active module's weight, so code written for the module keeps working (as PEFT's wrapper). */
+  get weight(): Tensor {
+    return (this.active as unknown as { weight: Tensor }).weight;
+  }
+
+  forward(...args: unknown[]): unknown {
+    return this.active.forward(...args);
+  }
+}
+
+/** A deep copy of a module: the same classes, every tensor cloned (detached, requiresGrad kept). */
+function cloneModule<M extends Module>(m: M): M {
+  const done = new Map<unknown, unknown>();
+  const copy = (v: unknown): unknown => {
+    if (done.has(v)) return done.get(v);
+    if (v instanceof Tensor) {
+      v._checkLive('ModulesToSaveWrapper');
+      const t = keep(noGrad(() => v.clone())).requiresGrad_(v.requiresGrad);
+      done.set(v, t);
+      return t;
+    }
+    if (v instanceof Module) {
+      const c = Object.create(Object.getPrototypeOf(v)) as Module;
+      done.set(v, c);
+      for (const key of Reflect.ownKeys(v)) {
+        const d = Object.getOwnPropertyDescriptor(v, key)!;
+        if ('value' in d) d.value = d.value instanceof Set ? new Set(d.value) : copy(d.value);
+        Object.defineProperty(c, key, d);
+      }
+      return c;
+    }
+    if (Array.isArray(v) && v.some((e) => e instanceof Module || e instanceof Tensor)) return v.map(copy);
+    return v;
+  };
+  return copy(m) as M;
+}
+
+/** The modules a modules_to_save list names: as PEFT, every module whose name ends with an entry (the model aside). */
+function modulesToSaveOf(model: Module, entries: readonly string[]): [string, Module][] {
+  const inner = new Set<Module>();
+  for (const m of model.modules()) {
+    if (m instanceof ModulesToSaveWrapper) {
+      inner.add(m.originalModule);
+      inner.add(m.modulesToSave);
+      for (const d of m.originalModule.modules()) inner.add(d);
+      for (const d of m.modulesToSave.modules()) inner.add(d);
+    }
+    if (m instanceof LoRALinear) for (const d of m.origLinear.modules()) inner.add(d);
+  }
+  return [...model.namedModules()].filter(([n, m]) => n !== '' && !inner.has(m) && entries.some((e) => n.endsWith(e)));
+}
+
+/** The ModulesToSaveWrapper modules of a model with their names. */
+export function modulesToSaveLayers(model: Module): [string, ModulesToSaveWrapper][] {
+  if (!(model instanceof Module)) throw typeError('modulesToSaveLayers', 'model', 'a Module', model);
+  return [...model.namedModules()].filter((e): e is [string, ModulesToSaveWrapper] => e[1] instanceof ModulesToSaveWrapper);
+}
+
+/**
+ * @internal Wraps the modules `entries` names (PEFT's modules_to_save) in ModulesToSaveWrapper, those
+ * already wrapped aside; returns the names of the wrappers (new and old) the entries select.
+ */
+export function _wrapModulesToSave(where: string, model: Module, entries: readonly string[]): string[] {
+  const fresh = modulesToSaveOf(model, entries);
+  const old = modulesToSaveLayers(model).filter(([n]) => entries.some((e) => n.endsWith(e))).map(([n]) => n);
+  for (const [name, m] of fresh) {
+    if (m instanceof ModulesToSaveWrapper) continue;
+    if (m instanceof LoRALinear) throw new RangeError(`${where}: '${name}' has a LoRA adapter and cannot also be a module to save`);
+    let reached: Module | null = null;
+    try {
+      reached = model.getSubmodule(name);
+    } catch {
+      // reported below
+    }
+    if (reached !== m) throw new RangeError(`${where}: the module '${name}' cannot be reached by its dotted name, so it cannot be wrapped`);
+  }
+  const made: string[] = [];
+  for (const [name, m] of fresh) {
+    if (m instanceof ModulesToSaveWrapper) continue;
+    model.setSubmodule(name, new ModulesToSaveWrapper(m));
+    made.push(name);
+  }
+  return [...new Set([...old, ...made])];
+}
+
 export type LoraFilter = (name: string, module: Module) => boolean;
 
 /** PEFT's target selection fields (LoraConfig names in comments), as check_target_module_exists reads them. */
@@ -533,6 +649,11 @@ export interface InjectLoraOptions extends LoRAOptions {
   /** PEFT's exclude_modules: a list as targetModules, or a full-match regex string; never adapted. */
   excludeModules?: string | readonly string[];
   /**
+   * PEFT's modules_to_save: modules whose name ends with one of these are trained whole, as a copy
+   * (ModulesToSaveWrapper; the original is kept for disabling), and get no LoRA layer.
+   */
+  modulesToSave?: readonly string[];
+  /**
    * PEFT's rank_pattern: r by layer, as a map from a pattern to r (the first key that matches the end of
    * the name at a dot, as a regex, wins) or a function of the name (undefined: options.r).
    */
@@ -570,7 +691,7 @@ export function injectLora(model: Module, options?: InjectLoraOptions): string[]
   const where = 'injectLora';
   if (!(model instanceof Module)) throw typeError(where, 'model', 'a Module', model);
   const o = checkOptions(where, options);
-  checkKnownKeys(where, o, [...LORA_KEYS, 'filter', 'targetModules', 'freezeBase', 'allowUnmatchedTargets', 'layersToTransform', 'layersPattern', 'excludeModules', 'rankPattern', 'alphaPattern']);
+  checkKnownKeys(where, o, [...LORA_KEYS, 'filter', 'targetModules', 'freezeBase', 'allowUnmatchedTargets', 'layersToTransform', 'layersPattern', 'excludeModules', 'rankPattern', 'alphaPattern', 'modulesToSave']);
   const loraOpts = resolveLoraOptions(where, o);
   const rankOf = patternOption(where, 'options.rankPattern', o.rankPattern, loraOpts.r, true);
   const alphaOf = patternOption(where, 'options.alphaPattern', o.alphaPattern, loraOpts.alpha, false);
@@ -588,11 +709,16 @@ export function injectLora(model: Module, options?: InjectLoraOptions): string[]
     // PEFT narrows only list targets by layer index (a regex names the layers itself).
     throw typeError(where, 'options.targetModules', 'a list of names when options.layersToTransform is given (a regex selects layers by itself, as in PEFT)', targetOpt);
   }
+  const toSave = o.modulesToSave as readonly string[] | undefined;
+  if (toSave !== undefined && (!Array.isArray(toSave) || toSave.some((t) => typeof t !== 'string' || t === ''))) {
+    throw typeError(where, 'options.modulesToSave', 'an array of module names', toSave);
+  }
   // Lists and regex strings select as PEFT's check_target_module_exists; a RegExp is tested on the
   // name; exclusions apply to either (and to a selection by filter alone).
   const listOrString = Array.isArray(targetOpt) || typeof targetOpt === 'string';
-  const peftMatch = listOrString || o.excludeModules !== undefined
+  const peftMatch = listOrString || o.excludeModules !== undefined || toSave?.length
     ? peftTargetMatcher(where, {
+      modulesToSave: toSave,
       targetModules: listOrString ? targetOpt as readonly string[] | string : '.*',
       layersToTransform: o.layersToTransform as number | number[] | undefined,
       layersPattern: o.layersPattern as string | string[] | undefined,
@@ -603,7 +729,15 @@ export function injectLora(model: Module, options?: InjectLoraOptions): string[]
   const freezeBase = o.freezeBase === undefined ? true : checkBool(where, 'options.freezeBase', o.freezeBase);
   const allowUnmatched = o.allowUnmatchedTargets === undefined ? false : checkBool(where, 'options.allowUnmatchedTargets', o.allowUnmatchedTargets);
 
+  if (toSave?.length) {
+    const found = modulesToSaveOf(model, toSave).length + modulesToSaveLayers(model).filter(([n]) => toSave.some((e) => n.endsWith(e))).length;
+    if (!found) throw new RangeError(`${where}: options.modulesToSave ${describe(toSave)} names no module of the model`);
+  }
+  // Inside a module to save nothing is adapted (its copy is trained whole).
+  const saved = new Set<Module>();
+  for (const [, w] of modulesToSaveLayers(model)) for (const d of [...w.originalModule.modules(), ...w.modulesToSave.modules()]) saved.add(d);
   const selects = (name: string, m: Module): boolean => {
+    if (saved.has(m)) return false;
     if (peftMatch && !peftMatch(name)) return false;
     if (targetOpt instanceof RegExp && !nameMatches(name, targetOpt)) return false;
     if (filter !== undefined) {
@@ -649,6 +783,7 @@ export function injectLora(model: Module, options?: InjectLoraOptions): string[]
   for (const [name] of chosen) {
     if (name === '') throw new TypeError(`${where}: the model itself is a Linear; wrap it directly with new LoRALinear(model, options)`);
   }
+  if (toSave?.length) _wrapModulesToSave(where, model, toSave);
   // One adapter per model: ranks and alphas may differ by layer (saved as PEFT's rank_pattern and
   // alpha_pattern), dropout and rsLoRA scaling may not (an adapter config has one of each).
   if (chosen.length && existing.length) {
@@ -710,12 +845,14 @@ export function getLoraParameters(model: Module): Tensor[] {
 
 /**
  * The trainable tensors of every LoRALinear with r > 0, in namedModules order: A, B and, where the
- * layer has them, its loraBias and DoRA magnitude.
+ * layer has them, its loraBias and DoRA magnitude; and the parameters of the copies of the modules
+ * to save (ModulesToSaveWrapper).
  */
 export function getLoraAB(model: Module): Tensor[] {
   if (!(model instanceof Module)) throw typeError('getLoraAB', 'model', 'a Module', model);
   const out: Tensor[] = [];
   for (const m of model.modules()) {
+    if (m instanceof ModulesToSaveWrapper) for (const p of m.modulesToSave.parameters()) out.push(p);
     if (m instanceof LoRALinear && m.A && m.B) {
       out.push(m.A, m.B);
       if (m.loraBias) out.push(m.loraBias);
@@ -743,12 +880,13 @@ export function withAdaptersDisabled<T>(model: Module, fn: () => T): T {
   const layers = loraLayers(model);
   const merged = layers.filter(([, m]) => m.merged).map(([n]) => n);
   if (merged.length) throw new Error(`${where}: adapters of ${merged.join(', ')} are merged into their weights; call unmergeLora(model) first`);
-  const prev = layers.map(([, m]) => m.enabled);
-  for (const [, m] of layers) m.enabled = false;
+  const all: (LoRALinear | ModulesToSaveWrapper)[] = [...layers.map(([, m]) => m), ...modulesToSaveLayers(model).map(([, m]) => m)];
+  const prev = all.map((m) => m.enabled);
+  for (const m of all) m.enabled = false;
   try {
     return fn();
   } finally {
-    layers.forEach(([, m], i) => { m.enabled = prev[i]; });
+    all.forEach((m, i) => { m.enabled = prev[i]; });
   }
 }
 
@@ -923,7 +1061,13 @@ export function mergeAndUnload<M extends Module>(model: M, options?: { safe?: bo
   const layers = loraLayers(model);
   for (const [name, m] of layers) dropLayer(model, name, m);
   const root = layers.find(([n]) => n === '');
+  unwrapModulesToSave(model);
   return root ? root[1].origLinear : model;
+}
+
+/** As PEFT's unloading: each module to save is replaced by its trained copy (the original is dropped). */
+function unwrapModulesToSave(model: Module): void {
+  for (const [name, w] of modulesToSaveLayers(model)) if (name !== '') model.setSubmodule(name, w.modulesToSave);
 }
 
 /**
@@ -938,5 +1082,6 @@ export function unload<M extends Module>(model: M): M | Linear {
   const layers = loraLayers(model);
   for (const [name, m] of layers) dropLayer(model, name, m);
   const root = layers.find(([n]) => n === '');
+  unwrapModulesToSave(model);
   return root ? root[1].origLinear : model;
 }

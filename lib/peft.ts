@@ -7,7 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Module } from './nn/module';
 import { Linear } from './nn/layers';
-import { LoRALinear, checkPeftTargetFields, getLoraAB, loraLayers, peftTargetMatcher } from './lora';
+import { LoRALinear, ModulesToSaveWrapper, _wrapModulesToSave, checkPeftTargetFields, getLoraAB, loraLayers, modulesToSaveLayers, peftTargetMatcher } from './lora';
 import { Tensor } from './tensor';
 import { noGrad } from './autograd';
 import { SafetensorsFile, saveSafetensors } from './safetensors';
@@ -84,6 +84,7 @@ function weightsConfig(c: Record<string, unknown>): string {
     if (v && typeof v === 'object' && Object.keys(v).length) patterns[k] = v;
   }
   for (const k of ['use_dora', 'lora_bias']) if (c[k] === true) patterns[k] = true;
+  if (Array.isArray(c.modules_to_save) && c.modules_to_save.length) patterns.modules_to_save = c.modules_to_save;
   return JSON.stringify({
     r: c.r ?? 8,
     lora_alpha: c.lora_alpha ?? 8,
@@ -152,6 +153,11 @@ export async function saveAdapter(model: Module, dir: string, options?: SaveAdap
   const alphaPattern = Object.fromEntries(layers.filter(([, m]) => m.alpha !== alpha).map(([n, m]) => [exactPattern(n), m.alpha]));
 
   const tensors: Record<string, Tensor> = {};
+  // Modules to save: their copies' tensors under the module's own keys (PEFT drops 'modules_to_save.<adapter>.').
+  const toSave = modulesToSaveLayers(model);
+  for (const [name, w] of toSave) {
+    for (const [k, t] of Object.entries(w.modulesToSave.stateDict())) tensors[`${PREFIX}${name}.${k}`] = t;
+  }
   for (const [name, m] of layers) {
     m.A!._checkLive(where, `layer '${name}': A`);
     m.B!._checkLive(where, `layer '${name}': B`);
@@ -184,7 +190,7 @@ export async function saveAdapter(model: Module, dir: string, options?: SaveAdap
     // before the saved weights replace them, so that is written as PEFT's default.
     init_lora_weights: first.init === 'gaussian' ? 'gaussian' : true,
     inference_mode: false,
-    modules_to_save: null,
+    modules_to_save: toSave.length ? toSave.map(([n]) => n) : null,
     layers_to_transform: null,
     rank_pattern: rankPattern,
     alpha_pattern: alphaPattern,
@@ -228,7 +234,6 @@ export const PEFT_IGNORED_FIELDS: readonly string[] = [
 /** Fields that change what the adapter computes and are not implemented: refused unless unset. */
 const PEFT_UNSUPPORTED_FIELDS: Record<string, string> = {
   fan_in_fan_out: 'weights stored transposed (GPT-2 style Conv1D layers)',
-  modules_to_save: 'whole modules trained and saved beside the adapter',
   trainable_token_indices: 'trained rows of the token embedding',
   layer_replication: 'repeated decoder layers',
   target_parameters: 'LoRA on parameters rather than modules',
@@ -240,7 +245,7 @@ const PEFT_UNSUPPORTED_FIELDS: Record<string, string> = {
   arrow_config: 'Arrow routing',
   kasa_config: 'KaSA',
 };
-const PEFT_APPLIED_FIELDS = ['peft_type', 'r', 'lora_alpha', 'lora_dropout', 'target_modules', 'exclude_modules', 'layers_to_transform', 'layers_pattern', 'use_rslora', 'use_dora', 'lora_bias',
+const PEFT_APPLIED_FIELDS = ['peft_type', 'r', 'lora_alpha', 'lora_dropout', 'target_modules', 'exclude_modules', 'layers_to_transform', 'layers_pattern', 'use_rslora', 'use_dora', 'lora_bias', 'modules_to_save',
   'rank_pattern', 'alpha_pattern', 'init_lora_weights', 'bias', 'ensure_weight_tying'];
 /** init_lora_weights values whose adapters belong to a base model that PEFT changed while initialising them. */
 const BASE_CHANGING_INIT = /^(pissa|olora|corda|loftq|lora_ga)/i;
@@ -336,6 +341,28 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
   const modules = new Map(model.namedModules());
   const inner = new Set<Module>();
   for (const m of modules.values()) if (m instanceof LoRALinear) inner.add(m.origLinear);
+  // Modules inside a module to save are not layers of their own.
+  for (const m of modules.values()) {
+    if (m instanceof ModulesToSaveWrapper) for (const d of [...m.originalModule.modules(), ...m.modulesToSave.modules()]) inner.add(d);
+  }
+  // PEFT's modules_to_save: every module whose name ends with an entry is trained whole, as a copy.
+  const mts = cfg.modules_to_save;
+  if (mts != null && !(Array.isArray(mts) && mts.every((e) => typeof e === 'string' && e !== ''))) {
+    fail(where, `${CONFIG}: modules_to_save must be a list of module names, got ${describe(mts)}`);
+  }
+  const saveEntries = (mts ?? []) as string[];
+  // name → the module whose tensors the file holds (the copy of a wrapper already there).
+  const saveTargets = new Map<string, Module>();
+  for (const [n, m] of modules) {
+    if (n === '' || inner.has(m) || !saveEntries.some((e) => n.endsWith(e))) continue;
+    if (m instanceof LoRALinear) fail(where, `${CONFIG}: modules_to_save names '${n}', which has a LoRA adapter`);
+    saveTargets.set(n, m instanceof ModulesToSaveWrapper ? m.modulesToSave : m);
+  }
+  if (saveEntries.length && !saveTargets.size) fail(where, `${CONFIG}: modules_to_save ${describe(saveEntries)} names no module of this model`);
+  const saveKeys = new Map<string, { name: string; target: Tensor }>();
+  for (const [n, m] of saveTargets) {
+    for (const [k, t] of Object.entries(m.stateDict())) saveKeys.set(`${PREFIX}${n}.${k}`, { name: n, target: t });
+  }
   const isLayer = (m: Module | undefined) => (m instanceof Linear && !inner.has(m)) || m instanceof LoRALinear;
   const linears = [...modules].filter(([n, m]) => n !== '' && isLayer(m)).map(([n]) => n);
   const tm = cfg.target_modules;
@@ -360,6 +387,7 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
     layersToTransform: cfg.layers_to_transform as number | number[] | null | undefined,
     layersPattern: cfg.layers_pattern as string | string[] | null | undefined,
     excludeModules: cfg.exclude_modules as string | string[] | null | undefined,
+    modulesToSave: saveEntries,
   }, (f) => `${CONFIG}: ${f}`);
   // Without exclusions, for telling "weights for a module of another kind" from "not selected".
   const targeted = peftTargetMatcher(where, { targetModules: targetList, layersToTransform: cfg.layers_to_transform as number | number[] | null | undefined,
@@ -380,6 +408,7 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
     const unexpected: string[] = [];
     const what: Record<keyof Keys, string> = { A: 'lora_A weights', B: 'lora_B weights', bias: 'lora_B biases', magnitude: 'DoRA magnitudes' };
     for (const key of st.keys()) {
+      if (saveKeys.has(key)) continue;
       // PEFT's keys: lora_A.weight, lora_B.weight, lora_B.bias (lora_bias) and lora_magnitude_vector (DoRA),
       // some older files with the adapter's name before the last part.
       const ab = /^base_model\.model\.(.+)\.lora_([AB])(?:\.[^.]+)?\.(weight|bias)$/.exec(key);
@@ -395,7 +424,14 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
       e[role] = key;
       found.set(path, e);
     }
-    if (unexpected.length) fail(where, `${WEIGHTS} has keys that are not LoRA weights: ${unexpected.slice(0, 8).join(', ')}`);
+    if (unexpected.length) fail(where, `${WEIGHTS} has keys that are not LoRA weights${saveKeys.size ? ' or of the modules to save' : ''}: ${unexpected.slice(0, 8).join(', ')}`);
+    const fileKeys = new Set(st.keys());
+    const lacking = [...saveKeys.keys()].filter((k) => !fileKeys.has(k));
+    if (lacking.length) fail(where, `${WEIGHTS} lacks tensors of the modules to save: ${lacking.slice(0, 8).join(', ')}`);
+    for (const [k, { target }] of saveKeys) {
+      const e = st.entry(k);
+      if (e.shape.join() !== target.shape.join()) fail(where, `'${k}' has shape [${e.shape.join(', ')}], expected [${target.shape.join(', ')}]`);
+    }
     // One use_dora and one lora_bias per adapter: their tensors are there for every layer or for none.
     for (const [field, role, on] of [['use_dora', 'magnitude', useDora], ['lora_bias', 'bias', loraBias]] as const) {
       const have = [...found].filter(([, e]) => e[role]).map(([n]) => n);
@@ -488,6 +524,7 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
     // Every tensor is read and checked, and the new layers are built and filled, before the model is
     // changed, so a failure leaves it as it was.
     const values = new Map<string, Tensor[]>();
+    const saveValues = new Map<string, Tensor>();
     const made = new Map<string, LoRALinear>();
     const frozen: [Tensor, boolean][] = [];
     let attached = false;
@@ -507,6 +544,11 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
           }
         }
         values.set(name, pair);
+      }
+      for (const [k, { target }] of saveKeys) {
+        const t = await st._readTensor(where, k, { dtype: target.dtype as 'float32' });
+        saveValues.set(k, t);
+        if (!allFinite(t)) fail(where, `${WEIGHTS}: '${k}' holds NaN or Inf`);
       }
       const init = cfg.init_lora_weights === 'gaussian' ? 'gaussian' : 'kaiming';
       // The new layers, by (rank, alpha) in the order the layers come and then in module order, as
@@ -534,6 +576,17 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
       });
       for (const [name, layer] of made) model.setSubmodule(name, layer);
       attached = true;
+      if (saveEntries.length) {
+        _wrapModulesToSave(where, model, saveEntries);
+        noGrad(() => {
+          for (const [k, { name }] of saveKeys) {
+            const w = model.getSubmodule(name) as ModulesToSaveWrapper;
+            const sub = k.slice(PREFIX.length + name.length + 1);
+            const own = Object.fromEntries([...w.modulesToSave.namedParameters(), ...w.modulesToSave.namedBuffers()]);
+            own[sub].copy_(saveValues.get(k)!);
+          }
+        });
+      }
       // As injectLora (freezeBase): every parameter that is not a LoRA A or B is frozen.
       const adapters = new Set<Tensor>(getLoraAB(model));
       for (const p of model.parameters()) if (!adapters.has(p)) p.requiresGrad_(false);
@@ -542,6 +595,7 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
       throw e;
     } finally {
       for (const pair of values.values()) for (const t of pair) t.dispose();
+      for (const t of saveValues.values()) t.dispose();
     }
     if (ignored.length) {
       process.emitWarning(`${where}: ${WEIGHTS} holds weights for modules that ${CONFIG}'s target_modules does not select; they were not applied (as in PEFT): ` +
@@ -565,7 +619,15 @@ export async function saveMerged(model: Module & { config?: { raw?: Record<strin
   const temps: Tensor[] = [];
   const lora = new Map(loraLayers(model));
   for (const [name, t] of [...model.namedParameters(), ...model.namedBuffers()]) t._checkLive(where, `'${name}'`);
-  for (const [key, t] of Object.entries(model.stateDict())) {
+  const wrappers = modulesToSaveLayers(model).map(([n]) => n);
+  for (const [key0, t] of Object.entries(model.stateDict())) {
+    // A module to save is written as its trained copy, under the module's own keys.
+    let key = key0;
+    const w = wrappers.find((n) => key0.startsWith(`${n}.originalModule.`) || key0.startsWith(`${n}.modulesToSave.`));
+    if (w) {
+      if (key0.startsWith(`${w}.originalModule.`)) continue;
+      key = `${w}.${key0.slice(w.length + '.modulesToSave.'.length)}`;
+    }
     const m = /^(.*)\.(origLinear\.(weight|bias)|A|B|loraBias|magnitude)$/.exec(key);
     const layer = m ? lora.get(m[1]) : undefined;
     if (!m || !layer) {

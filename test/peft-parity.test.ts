@@ -4,7 +4,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import {
-  Linear, LoRALinear, Module, Sequential, Tensor, getNbTrainableParameters, injectLora, loraLayers, manualSeed, mergeAndUnload,
+  Linear, LoRALinear, Module, Sequential, Tensor, cuda, getNbTrainableParameters, injectLora, loraLayers, manualSeed, mergeAndUnload,
   loadAdapter, mergeLora, noGrad, printTrainableParameters, randn, saveAdapter, saveMerged, tensor, unload, unmergeLora,
 } from '../lib';
 import { saveSafetensors } from '../lib/safetensors';
@@ -134,7 +134,6 @@ describe('target selection as PEFT\'s check_target_module_exists', () => {
   const cases = (fx.targets.configs as { config: Cfg; selected: string[] }[]).map((c) => [JSON.stringify(c.config), c] as const);
 
   test.each(cases)('loadAdapter selects as PEFT: %s', async (_, { config, selected }) => {
-    if (config.modules_to_save) return; // checked with modules_to_save below
     const dir = fs.mkdtempSync(path.join(tmp, 'targets-'));
     fs.writeFileSync(path.join(dir, 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r: 1, lora_alpha: 1, ...config }));
     const weights: Record<string, Tensor> = {};
@@ -142,19 +141,23 @@ describe('target selection as PEFT\'s check_target_module_exists', () => {
       weights[`base_model.model.${n}.lora_A.weight`] = randn([1, 2]);
       weights[`base_model.model.${n}.lora_B.weight`] = randn([2, 1]);
     }
+    for (const n of (config.modules_to_save ?? []) as string[]) {
+      weights[`base_model.model.${n}.weight`] = randn([2, 2]);
+      weights[`base_model.model.${n}.bias`] = randn([2]);
+    }
     await saveSafetensors(path.join(dir, 'adapter_model.safetensors'), weights);
     const model = tree();
     expect((await loadAdapter(model, dir)).sort()).toEqual([...selected].sort());
   });
 
   test.each(cases)('injectLora selects as PEFT: %s', (_, { config, selected }) => {
-    if (config.modules_to_save) return;
     const model = tree();
     const options = {
       r: 1, targetModules: config.target_modules as string[] | string, allowUnmatchedTargets: true,
       ...(config.layers_to_transform !== undefined ? { layersToTransform: config.layers_to_transform as number[] } : {}),
       ...(config.layers_pattern !== undefined ? { layersPattern: config.layers_pattern as string[] } : {}),
       ...(config.exclude_modules !== undefined ? { excludeModules: config.exclude_modules as string[] } : {}),
+      ...(config.modules_to_save !== undefined ? { modulesToSave: config.modules_to_save as string[] } : {}),
     };
     if (typeof config.target_modules === 'string' && config.layers_to_transform !== undefined) {
       // PEFT ignores layers_to_transform beside a regex; a call that asks for both is refused.
@@ -388,3 +391,107 @@ describe('lora_bias and DoRA: small print', () => {
     expect(loraLayers(model)).toEqual([]);
   });
 });
+
+(cuda.isAvailable() ? describe : describe.skip)('CUDA: lora_bias and DoRA as on the CPU', () => {
+  test.each(Object.keys(fx.linear))('%s: forward, gradients, merge', (name) => {
+    const c = fx.linear[name] as LinearCase;
+    const run = (device: 'cpu' | 'cuda') => {
+      const l = layerOf(c);
+      new Sequential(l).to(device);
+      const x = f64(c.x).to(device).requiresGrad_(true);
+      const y = l.forward(x);
+      y.backward(f64(c.grad_out).to(device));
+      const out = [y, x.grad!, l.A!.grad!, l.B!.grad!, ...(l.loraBias ? [l.loraBias.grad!] : []), ...(l.magnitude ? [l.magnitude.grad!] : [])]
+        .map((t) => Array.from(t.toArray()));
+      if (!(c.lora_bias && !c.b)) {
+        l.mergeToOrig({ safe: true });
+        out.push(Array.from(l.origLinear.weight.toArray()));
+        l.unmergeFromOrig();
+        out.push(Array.from(l.origLinear.weight.toArray()));
+      }
+      return out;
+    };
+    const cpu = run('cpu');
+    const gpu = run('cuda');
+    expect(gpu.length).toBe(cpu.length);
+    cpu.forEach((a, i) => expect(maxAbsDiff(gpu[i], a)).toBeLessThan(1e-9));
+  });
+});
+
+// ------------------------------------------------------------ modules_to_save
+
+describe('modules_to_save: trainable copies saved under the modules\' own keys', () => {
+  test('Llama with embed_tokens and lm_head to save: train, save, load, disable, merge', async () => {
+    const { loadCases, writeCheckpoint } = await import('./helpers/llama-weights');
+    const { LlamaForCausalLM, withAdaptersDisabled, getLoraAB, ModulesToSaveWrapper, Adam } = await import('../lib');
+    const cases = loadCases();
+    const base = path.join(tmp, 'mts-base');
+    await writeCheckpoint(base, cases.cases.qwen2_bias_tied_mqa);
+    const ids = [[1, 5, 9, 2, 6, 5, 3]];
+    const logits = (m: InstanceType<typeof LlamaForCausalLM>) => noGrad(() => m.forward(ids)).toArray();
+    const model = await LlamaForCausalLM.fromPretrained(base);
+    const plain = logits(model);
+    manualSeed(3);
+    // lm_head is in both lists: as in PEFT, a module to save gets no LoRA layer.
+    injectLora(model, { r: 2, alpha: 4, targetModules: ['q_proj', 'lm_head'], modulesToSave: ['embed_tokens', 'lm_head'] });
+    expect(model.lm_head).toBeInstanceOf(ModulesToSaveWrapper);
+    expect(model.model.embed_tokens).toBeInstanceOf(ModulesToSaveWrapper);
+    expect(loraLayers(model).map(([n]) => n).every((n) => n.endsWith('q_proj'))).toBe(true);
+    // A training step changes the copies only; the originals are kept.
+    model.train();
+    const params = getLoraAB(model);
+    const embedCopy = (model.model.embed_tokens as unknown as InstanceType<typeof ModulesToSaveWrapper>).modulesToSave as unknown as { weight: Tensor };
+    expect(params).toContain(embedCopy.weight);
+    const orig = Array.from((model.model.embed_tokens as unknown as InstanceType<typeof ModulesToSaveWrapper>).originalModule.parameters())[0];
+    const before = Array.from(orig.toArray());
+    const opt = new Adam(params, { lr: 1e-2 });
+    model.loss(ids).backward();
+    opt.step();
+    model.eval();
+    expect(Array.from(orig.toArray())).toEqual(before);
+    const trained = logits(model);
+    expect(maxAbsDiff(trained, plain)).toBeGreaterThan(1e-4);
+    expect(maxAbsDiff(withAdaptersDisabled(model, () => logits(model)), plain)).toBeLessThan(1e-5);
+
+    const dir = path.join(tmp, 'mts-adapter');
+    await saveAdapter(model, dir);
+    const cfg = JSON.parse(fs.readFileSync(path.join(dir, 'adapter_config.json'), 'utf8'));
+    expect(cfg.modules_to_save).toEqual(['model.embed_tokens', 'lm_head']);
+    const { SafetensorsFile } = await import('../lib/safetensors');
+    const st = await SafetensorsFile.open(path.join(dir, 'adapter_model.safetensors'));
+    const keys = [...st.keys()];
+    st.close();
+    expect(keys).toContain('base_model.model.lm_head.weight');
+    expect(keys).toContain('base_model.model.model.embed_tokens.weight');
+    expect(keys.filter((k) => /original|modulesToSave|modules_to_save/.test(k))).toEqual([]);
+
+    const again = await LlamaForCausalLM.fromPretrained(base);
+    await loadAdapter(again, dir);
+    expect(maxAbsDiff(logits(again), trained)).toBe(0);
+    const merged = path.join(tmp, 'mts-merged');
+    await saveMerged(again, merged);
+    expect(maxAbsDiff(logits(await LlamaForCausalLM.fromPretrained(merged)), trained)).toBeLessThan(1e-4);
+    mergeAndUnload(again);
+    expect(again.lm_head).toBeInstanceOf(Linear);
+    expect(modulesOf(again).some((m) => m instanceof ModulesToSaveWrapper || m instanceof LoRALinear)).toBe(false);
+    expect(maxAbsDiff(logits(again), trained)).toBeLessThan(1e-4);
+  });
+
+  test('a modules_to_save that names nothing, or tensors that are missing, are refused', async () => {
+    expect(() => injectLora(new Sequential(new Linear(2, 2), new Linear(2, 2)), { targetModules: ['0'], modulesToSave: ['head'] }))
+      .toThrow(/^injectLora: options\.modulesToSave \[head\] names no module of the model$/);
+    const dir = path.join(tmp, 'mts-missing');
+    fs.mkdirSync(dir);
+    fs.writeFileSync(path.join(dir, 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r: 1, target_modules: ['0'], modules_to_save: ['1'] }));
+    await saveSafetensors(path.join(dir, 'adapter_model.safetensors'), {
+      'base_model.model.0.lora_A.weight': randn([1, 2]), 'base_model.model.0.lora_B.weight': randn([2, 1]), 'base_model.model.1.weight': randn([2, 2]),
+    });
+    const model = new Sequential(new Linear(2, 2), new Linear(2, 2));
+    await expect(loadAdapter(model, dir)).rejects.toThrow(/^loadAdapter: adapter_model\.safetensors lacks tensors of the modules to save: base_model\.model\.1\.bias$/);
+    expect(loraLayers(model)).toEqual([]);
+  });
+});
+
+function modulesOf(m: Module): Module[] {
+  return [...m.modules()];
+}

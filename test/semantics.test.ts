@@ -246,7 +246,6 @@ describe('adapter files and configs', () => {
 
   test.each([
     ['alora_invocation_tokens', [1, 2, 3], /alora_invocation_tokens is \[1, 2, 3\]: Activated LoRA .* is not supported/],
-    ['modules_to_save', ['lm_head'], /modules_to_save is \[lm_head\]: whole modules trained and saved beside the adapter is not supported/],
     ['trainable_token_indices', [5], /trainable_token_indices/],
     ['some_future_field', 3, /field some_future_field \(3\) is unknown to lora-cuda/],
   ])('a config with %s set is refused, naming the field', async (field, value, re) => {
