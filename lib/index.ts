@@ -18,7 +18,9 @@ export {
   LoRALinear, injectLora, qkvFilter, getLoraParameters, getLoraAB, loraLayers, mergeLora, unmergeLora, withAdaptersDisabled,
 } from './lora';
 export type { LoRAOptions, InjectLoraOptions, LoraFilter, LoraInit } from './lora';
-export { getNbTrainableParameters, printTrainableParameters, mergeAndUnload, unload, ModulesToSaveWrapper, modulesToSaveLayers } from './lora';
+export {
+  getNbTrainableParameters, printTrainableParameters, mergeAndUnload, unload, ModulesToSaveWrapper, modulesToSaveLayers, LoRAEmbedding, loraEmbeddingLayers,
+} from './lora';
 export type { PeftTargets } from './lora';
 export { Embedding, RMSNorm } from './nn/transformer';
 export { LlamaForCausalLM, parseLlamaConfig } from './models/llama';

@@ -9,6 +9,7 @@ import { assertTensor, checkLinearInput, checkLinearWeights, requireFloat, requi
 import { noGrad } from './autograd';
 import { Module } from './nn/module';
 import { Linear } from './nn/layers';
+import { Embedding, embedding } from './nn/transformer';
 import * as ops from './ops/linear';
 import { copy_ } from './ops/memory';
 import { allFinite } from './ops/elementwise';
@@ -444,6 +445,145 @@ export class LoRALinear extends Module {
 }
 
 /**
+ * LoRA on an Embedding, as PEFT's lora.Embedding: y = W[ids] + scale * Aᵀ[ids] Bᵀ with A
+ * (lora_embedding_A) [r, numEmbeddings] starting at zero and B (lora_embedding_B) [embeddingDim, r]
+ * from N(0, 1), PEFT's start for embeddings, so the layer starts out equal to the original. PEFT applies
+ * no dropout here; lora_bias and DoRA on embeddings are not supported.
+ */
+export class LoRAEmbedding extends Module {
+  /** The wrapped layer; its weight is frozen. */
+  readonly origEmbedding: Embedding;
+  /** lora_embedding_A [r, numEmbeddings]. */
+  A: Tensor | null;
+  /** lora_embedding_B [embeddingDim, r]. */
+  B: Tensor | null;
+  readonly numEmbeddings: number;
+  readonly embeddingDim: number;
+  readonly r: number;
+  readonly alpha: number;
+  readonly scale: number;
+  readonly useRslora: boolean;
+  merged = false;
+  enabled = true;
+  /** @internal While merged: the copies of A and B merged, and the tensors they came from. */
+  private _mergedAB: { A: Tensor; B: Tensor; from: Tensor[] } | null = null;
+
+  constructor(origEmbedding: Embedding, options?: LoRAOptions) {
+    super();
+    const where = 'LoRAEmbedding';
+    if (!(origEmbedding instanceof Embedding)) throw typeError(where, 'origEmbedding', 'an Embedding', origEmbedding);
+    const o = checkOptions(where, options);
+    checkKnownKeys(where, o, LORA_KEYS);
+    const { r, alpha, useRslora, loraBias, useDora } = resolveLoraOptions(where, o);
+    if (loraBias || useDora) throw new RangeError(`${where}: ${loraBias ? 'loraBias' : 'useDora'} is not supported on an Embedding`);
+    this.origEmbedding = origEmbedding;
+    this.numEmbeddings = origEmbedding.numEmbeddings;
+    this.embeddingDim = origEmbedding.embeddingDim;
+    this.r = r;
+    this.alpha = alpha;
+    this.useRslora = useRslora;
+    this.scale = r > 0 ? (useRslora ? alpha / Math.sqrt(r) : alpha / r) : 1;
+    origEmbedding.weight.requiresGrad_(false);
+    this.training = origEmbedding.training;
+    this.A = null;
+    this.B = null;
+    if (r > 0) {
+      const w = origEmbedding.weight;
+      const opts = { dtype: w.dtype as 'float32' | 'float64', device: w.device as 'cpu' };
+      this.A = zeros([r, this.numEmbeddings], opts).requiresGrad_(true);
+      this.B = randn([this.embeddingDim, r], opts).requiresGrad_(true);
+    }
+  }
+
+  get weight(): Tensor {
+    return this.origEmbedding.weight;
+  }
+
+  forward(ids: Tensor): Tensor {
+    const where = 'LoRAEmbedding.forward';
+    if (!this.enabled && this.merged) this.unmergeFromOrig();
+    const W = this.origEmbedding.weight;
+    const y = embedding(ids, W);
+    if (this.r === 0 || this.merged || !this.enabled || !this.A || !this.B) return y;
+    checkAdapter(where, W, 'origEmbedding.weight', this.A, 'A', [this.r, this.numEmbeddings], '[r, numEmbeddings]');
+    checkAdapter(where, W, 'origEmbedding.weight', this.B, 'B', [this.embeddingDim, this.r], '[embeddingDim, r]');
+    return y.add(embedding(ids, this.A.t()).matmul(this.B.t()).mul(this.scale));
+  }
+
+  /** @internal scale (B A)ᵀ [numEmbeddings, embeddingDim], without a graph. */
+  _delta(A: Tensor, B: Tensor): Tensor {
+    return noGrad(() => B.matmul(A).t().mul(this.scale));
+  }
+
+  /** @internal The checks before a merge. */
+  _checkMergeable(where: string): void {
+    const W = this.origEmbedding.weight;
+    assertTensor(where, 'origEmbedding.weight', W);
+    checkAdapter(where, W, 'origEmbedding.weight', this.A, 'A', [this.r, this.numEmbeddings], '[r, numEmbeddings]');
+    checkAdapter(where, W, 'origEmbedding.weight', this.B, 'B', [this.embeddingDim, this.r], '[embeddingDim, r]');
+  }
+
+  /** Adds scale (B A)ᵀ to the embedding's weight in place (see LoRALinear.mergeToOrig). */
+  mergeToOrig(options?: { safe?: boolean }): void {
+    const where = 'LoRAEmbedding.mergeToOrig';
+    const o = checkOptions(where, options);
+    checkKnownKeys(where, o, ['safe']);
+    const safe = o.safe === undefined ? false : checkBool(where, 'options.safe', o.safe);
+    if (this.r === 0 || this.merged || !this.A || !this.B) return;
+    this._checkMergeable(where);
+    const W = this.origEmbedding.weight;
+    const A = this.A;
+    const B = this.B;
+    const copies = noGrad(() => ({ A: keep(A.clone()), B: keep(B.clone()) }));
+    const merged = noGrad(() => W.add(this._delta(copies.A, copies.B)));
+    try {
+      if (safe && !allFinite(merged)) {
+        copies.A.dispose();
+        copies.B.dispose();
+        throw new Error(`${where}: the merged weight would contain NaN or Inf (check A and B for non-finite values); the weight is unchanged`);
+      }
+      noGrad(() => W.copy_(merged));
+    } finally {
+      merged.dispose();
+    }
+    W._bumpVersion();
+    this._mergedAB = { ...copies, from: [A, B] };
+    mergedAdapters.set(A, 'A').set(B, 'B');
+    this.merged = true;
+  }
+
+  /** Subtracts what mergeToOrig added. */
+  unmergeFromOrig(): void {
+    const m = this._mergedAB;
+    if (!this.merged || !m) return;
+    const W = this.origEmbedding.weight;
+    noGrad(() => {
+      const orig = W.sub(this._delta(m.A.to(W.device as DeviceSpec), m.B.to(W.device as DeviceSpec)));
+      W.copy_(orig);
+      orig.dispose();
+    });
+    W._bumpVersion();
+    this._takeMergedState().forEach((t) => t.dispose());
+  }
+
+  /** @internal As LoRALinear._takeMergedState. */
+  _takeMergedState(): Tensor[] {
+    const m = this._mergedAB;
+    this._mergedAB = null;
+    this.merged = false;
+    if (!m) return [];
+    for (const t of m.from) mergedAdapters.delete(t);
+    return [m.A, m.B];
+  }
+}
+
+/** The LoRAEmbedding layers of a model with their names. */
+export function loraEmbeddingLayers(model: Module): [string, LoRAEmbedding][] {
+  if (!(model instanceof Module)) throw typeError('loraEmbeddingLayers', 'model', 'a Module', model);
+  return [...model.namedModules()].filter((e): e is [string, LoRAEmbedding] => e[1] instanceof LoRAEmbedding);
+}
+
+/**
  * A copy of a module, every parameter of it trainable (the whole module is trained and saved beside
  * the adapter), with the original kept: forward is the copy's, or the original's while disabled. As
  * PEFT's ModulesToSaveWrapper (PEFT's modules_to_save).
@@ -751,6 +891,7 @@ export function injectLora(model: Module, options?: InjectLoraOptions): string[]
   const inner = new Set<Module>(); // origLinears of existing wrappers: never wrapped again
   const existing: [string, LoRALinear][] = [];
   const chosen: [string, Linear][] = [];
+  const chosenEmb: [string, Embedding][] = [];
   const linearNames: string[] = [];
   let selected = 0;
   for (const [name, m] of model.namedModules()) {
@@ -764,6 +905,19 @@ export function injectLora(model: Module, options?: InjectLoraOptions): string[]
       if (selects(name, m)) {
         selected++;
         chosen.push([name, m]);
+      }
+    } else if (m instanceof LoRAEmbedding) {
+      inner.add(m.origEmbedding);
+      if (targetOpt !== undefined) {
+        linearNames.push(name);
+        if (selects(name, m.origEmbedding)) selected++;
+      }
+    } else if (m instanceof Embedding && !inner.has(m) && targetOpt !== undefined) {
+      // Embeddings are adapted when targetModules names them (as in PEFT), never by default.
+      linearNames.push(name);
+      if (selects(name, m)) {
+        selected++;
+        chosenEmb.push([name, m]);
       }
     }
   }
@@ -797,14 +951,22 @@ export function injectLora(model: Module, options?: InjectLoraOptions): string[]
         `new layers with useDora=${loraOpts.useDora}, loraBias=${loraOpts.loraBias} could not be saved as one adapter (PEFT has one use_dora and one lora_bias per adapter)`);
     }
   }
+  if (chosenEmb.length && (loraOpts.useDora || loraOpts.loraBias)) {
+    throw new RangeError(`${where}: options.${loraOpts.useDora ? 'useDora' : 'loraBias'} is not supported on an Embedding ('${chosenEmb[0][0]}')`);
+  }
   const made = chosen.map(([name, lin]) => [name, new LoRALinear(lin, { ...loraOpts, r: rankOf(name), alpha: alphaOf(name) })] as const);
   for (const [name, layer] of made) model.setSubmodule(name, layer);
+  for (const [name, emb] of chosenEmb) {
+    if (name === '') throw new TypeError(`${where}: the model itself is an Embedding; wrap it directly with new LoRAEmbedding(model, options)`);
+    model.setSubmodule(name, new LoRAEmbedding(emb, { r: rankOf(name), alpha: alphaOf(name), useRslora: loraOpts.useRslora }));
+  }
 
   if (freezeBase) {
     const adapters = new Set<Tensor>(getLoraAB(model));
     for (const p of model.parameters()) if (!adapters.has(p)) p.requiresGrad_(false);
   }
-  return chosen.map(([name]) => name);
+  const names = new Set([...chosen, ...chosenEmb].map(([n]) => n));
+  return [...model.namedModules()].map(([n]) => n).filter((n) => names.has(n));
 }
 
 /**
@@ -853,6 +1015,7 @@ export function getLoraAB(model: Module): Tensor[] {
   const out: Tensor[] = [];
   for (const m of model.modules()) {
     if (m instanceof ModulesToSaveWrapper) for (const p of m.modulesToSave.parameters()) out.push(p);
+    if (m instanceof LoRAEmbedding && m.A && m.B) out.push(m.A, m.B);
     if (m instanceof LoRALinear && m.A && m.B) {
       out.push(m.A, m.B);
       if (m.loraBias) out.push(m.loraBias);
@@ -877,10 +1040,10 @@ export function withAdaptersDisabled<T>(model: Module, fn: () => T): T {
   const where = 'withAdaptersDisabled';
   if (!(model instanceof Module)) throw typeError(where, 'model', 'a Module', model);
   if (typeof fn !== 'function') throw typeError(where, 'fn', 'a function', fn);
-  const layers = loraLayers(model);
+  const layers = [...loraLayers(model), ...loraEmbeddingLayers(model)];
   const merged = layers.filter(([, m]) => m.merged).map(([n]) => n);
   if (merged.length) throw new Error(`${where}: adapters of ${merged.join(', ')} are merged into their weights; call unmergeLora(model) first`);
-  const all: (LoRALinear | ModulesToSaveWrapper)[] = [...layers.map(([, m]) => m), ...modulesToSaveLayers(model).map(([, m]) => m)];
+  const all: (LoRALinear | LoRAEmbedding | ModulesToSaveWrapper)[] = [...layers.map(([, m]) => m), ...modulesToSaveLayers(model).map(([, m]) => m)];
   const prev = all.map((m) => m.enabled);
   for (const m of all) m.enabled = false;
   try {
@@ -912,6 +1075,27 @@ export function mergeLora(model: Module, options?: { safe?: boolean }): string[]
   checkKnownKeys(where, o, ['safe']);
   const safe = o.safe === undefined ? false : checkBool(where, 'options.safe', o.safe);
   const todo = loraLayers(model).filter(([, m]) => !m.merged && m.r > 0 && m.A && m.B);
+  const embTodo = loraEmbeddingLayers(model).filter(([, m]) => !m.merged && m.r > 0 && m.A && m.B);
+  for (const [name, m] of embTodo) {
+    try {
+      m._checkMergeable(where);
+      const W = m.origEmbedding.weight;
+      // An embedding tied to the head: merging would change the head too (saveMerged writes both apart).
+      for (const o of model.modules()) {
+        if (o !== m.origEmbedding && Object.values(o).includes(W)) throw new Error('its weight is tied to another module, which the merge would change too (saveMerged writes the merged model without changing it)');
+      }
+      if (safe) {
+        const t = noGrad(() => W.add(m._delta(m.A!, m.B!)));
+        try {
+          if (!allFinite(t)) throw new Error('the merged weight would contain NaN or Inf (check A and B for non-finite values)');
+        } finally {
+          t.dispose();
+        }
+      }
+    } catch (e) {
+      throw new Error(`${where}: layer '${name}': ${(e as Error).message}; no layer was merged`, { cause: e });
+    }
+  }
   for (const [name, m] of todo) {
     try {
       const W = m.origLinear.weight;
@@ -964,6 +1148,10 @@ export function mergeLora(model: Module, options?: { safe?: boolean }): string[]
     done.push(m);
     names.push(name);
   }
+  for (const [name, m] of embTodo) {
+    m.mergeToOrig();
+    names.push(name);
+  }
   return names;
 }
 
@@ -991,7 +1179,7 @@ function retie(m: LoRALinear, shared: Tensor): void {
 export function unmergeLora(model: Module): string[] {
   if (!(model instanceof Module)) throw typeError('unmergeLora', 'model', 'a Module', model);
   const out: string[] = [];
-  for (const [name, m] of loraLayers(model)) {
+  for (const [name, m] of [...loraLayers(model), ...loraEmbeddingLayers(model)]) {
     if (!m.merged) continue;
     m.unmergeFromOrig();
     out.push(name);
@@ -1035,15 +1223,18 @@ export function printTrainableParameters(model: Module): string {
  * Takes a LoRA layer out of the model: its wrapped Linear goes back to its place (to the caller, for
  * the root) and the adapter's tensors are freed.
  */
-function dropLayer(model: Module, name: string, m: LoRALinear): void {
+function dropLayer(model: Module, name: string, m: LoRALinear | LoRAEmbedding): void {
   const copies = m._takeMergedState();
   for (const t of copies) t.dispose();
-  for (const t of [m.A, m.B, m.loraBias, m.magnitude]) if (t && !t.isDisposed) t.dispose();
+  const extra = m instanceof LoRALinear ? [m.loraBias, m.magnitude] : [];
+  for (const t of [m.A, m.B, ...extra]) if (t && !t.isDisposed) t.dispose();
   m.A = null;
   m.B = null;
-  m.loraBias = null;
-  m.magnitude = null;
-  if (name !== '') model.setSubmodule(name, m.origLinear);
+  if (m instanceof LoRALinear) {
+    m.loraBias = null;
+    m.magnitude = null;
+  }
+  if (name !== '') model.setSubmodule(name, m instanceof LoRALinear ? m.origLinear : m.origEmbedding);
 }
 
 /**
@@ -1060,6 +1251,7 @@ export function mergeAndUnload<M extends Module>(model: M, options?: { safe?: bo
   mergeLora(model, o.safe === undefined ? undefined : { safe: checkBool(where, 'options.safe', o.safe) });
   const layers = loraLayers(model);
   for (const [name, m] of layers) dropLayer(model, name, m);
+  for (const [name, m] of loraEmbeddingLayers(model)) dropLayer(model, name, m);
   const root = layers.find(([n]) => n === '');
   unwrapModulesToSave(model);
   return root ? root[1].origLinear : model;
@@ -1081,6 +1273,7 @@ export function unload<M extends Module>(model: M): M | Linear {
   unmergeLora(model);
   const layers = loraLayers(model);
   for (const [name, m] of layers) dropLayer(model, name, m);
+  for (const [name, m] of loraEmbeddingLayers(model)) dropLayer(model, name, m);
   const root = layers.find(([n]) => n === '');
   unwrapModulesToSave(model);
   return root ? root[1].origLinear : model;

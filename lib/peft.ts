@@ -7,7 +7,8 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { Module } from './nn/module';
 import { Linear } from './nn/layers';
-import { LoRALinear, ModulesToSaveWrapper, _wrapModulesToSave, checkPeftTargetFields, getLoraAB, loraLayers, modulesToSaveLayers, peftTargetMatcher } from './lora';
+import { Embedding } from './nn/transformer';
+import { LoRAEmbedding, loraEmbeddingLayers, LoRALinear, ModulesToSaveWrapper, _wrapModulesToSave, checkPeftTargetFields, getLoraAB, loraLayers, modulesToSaveLayers, peftTargetMatcher } from './lora';
 import { Tensor } from './tensor';
 import { noGrad } from './autograd';
 import { SafetensorsFile, saveSafetensors } from './safetensors';
@@ -131,8 +132,16 @@ export async function saveAdapter(model: Module, dir: string, options?: SaveAdap
   if (base !== null && typeof base !== 'string') throw typeError(where, 'options.baseModelNameOrPath', 'a string', base);
 
   const layers = loraLayers(model).filter(([, m]) => m.r > 0);
-  if (!layers.length) throw new RangeError(`${where}: the model has no LoRA layers with r > 0 (call injectLora first)`);
-  const [, first] = layers[0];
+  const embs = loraEmbeddingLayers(model).filter(([, m]) => m.r > 0);
+  if (!layers.length && !embs.length) throw new RangeError(`${where}: the model has no LoRA layers with r > 0 (call injectLora first)`);
+  // The settings an adapter has once; LoRA on embeddings has no dropout, DoRA or lora_bias of its own.
+  const first = layers.length ? layers[0][1]
+    : { dropout: 0, useRslora: embs[0][1].useRslora, useDora: false, loraBias: null, init: 'kaiming' as const };
+  for (const [name, m] of embs) {
+    if (m.useRslora !== first.useRslora) {
+      throw new RangeError(`${where}: layer '${name}' has useRslora=${m.useRslora} but the other layers have useRslora=${first.useRslora}; a PEFT adapter has one use_rslora`);
+    }
+  }
   for (const [name, m] of layers) {
     if (m.useRslora !== first.useRslora || m.dropout !== first.dropout || m.useDora !== first.useDora || (m.loraBias !== null) !== (first.loraBias !== null)) {
       throw new RangeError(`${where}: layer '${name}' has dropout=${m.dropout}, useRslora=${m.useRslora}, useDora=${m.useDora}, loraBias=${m.loraBias !== null} ` +
@@ -142,15 +151,19 @@ export async function saveAdapter(model: Module, dir: string, options?: SaveAdap
   }
   // target_modules by last name part when that selects exactly these layers,
   // else by full name (PEFT matches a target against the end of the name).
-  const wrapped = new Set(layers.map(([n]) => n));
-  const parts = [...new Set(layers.map(([n]) => lastPart(n)))].sort();
-  const others = [...model.namedModules()].filter(([n, m]) => m instanceof Linear && !wrapped.has(n) &&
-    !n.endsWith('.origLinear') && parts.includes(lastPart(n)));
+  const all: [string, { r: number; alpha: number }][] = [...layers, ...embs];
+  const wrapped = new Set(all.map(([n]) => n));
+  const parts = [...new Set(all.map(([n]) => lastPart(n)))].sort();
+  const inner = new Set<Module>();
+  for (const [, m] of layers) inner.add(m.origLinear);
+  for (const [, m] of embs) inner.add(m.origEmbedding);
+  const others = [...model.namedModules()].filter(([n, m]) => (m instanceof Linear || m instanceof Embedding) && !wrapped.has(n) &&
+    !inner.has(m) && parts.includes(lastPart(n)));
   const targetModules = others.length ? [...wrapped].sort() : parts;
-  const r = mostCommon(layers.map(([, m]) => m.r));
-  const alpha = mostCommon(layers.map(([, m]) => m.alpha));
-  const rankPattern = Object.fromEntries(layers.filter(([, m]) => m.r !== r).map(([n, m]) => [exactPattern(n), m.r]));
-  const alphaPattern = Object.fromEntries(layers.filter(([, m]) => m.alpha !== alpha).map(([n, m]) => [exactPattern(n), m.alpha]));
+  const r = mostCommon(all.map(([, m]) => m.r));
+  const alpha = mostCommon(all.map(([, m]) => m.alpha));
+  const rankPattern = Object.fromEntries(all.filter(([, m]) => m.r !== r).map(([n, m]) => [exactPattern(n), m.r]));
+  const alphaPattern = Object.fromEntries(all.filter(([, m]) => m.alpha !== alpha).map(([n, m]) => [exactPattern(n), m.alpha]));
 
   const tensors: Record<string, Tensor> = {};
   // Modules to save: their copies' tensors under the module's own keys (PEFT drops 'modules_to_save.<adapter>.').
@@ -171,6 +184,23 @@ export async function saveAdapter(model: Module, dir: string, options?: SaveAdap
       m.magnitude._checkLive(where, `layer '${name}': magnitude`);
       // PEFT's key for DoRA's magnitude has no '.weight'.
       tensors[`${PREFIX}${name}.lora_magnitude_vector`] = m.magnitude;
+    }
+  }
+  for (const [name, m] of embs) {
+    m.A!._checkLive(where, `layer '${name}': A`);
+    m.B!._checkLive(where, `layer '${name}': B`);
+    tensors[`${PREFIX}${name}.lora_embedding_A`] = m.A!;
+    tensors[`${PREFIX}${name}.lora_embedding_B`] = m.B!;
+  }
+  // As PEFT's default save (save_embedding_layers "auto"): when target_modules names embed_tokens or
+  // lm_head, the adapted layers of those names are written with their base weight too.
+  if (targetModules.some((t) => t === 'embed_tokens' || t === 'lm_head')) {
+    for (const [name, m] of all as [string, LoRALinear | LoRAEmbedding][]) {
+      const part = lastPart(name);
+      if (part !== 'embed_tokens' && part !== 'lm_head') continue;
+      const w = m instanceof LoRALinear ? m.origLinear.weight : m.origEmbedding.weight;
+      w._checkLive(where, `layer '${name}': weight`);
+      tensors[`${PREFIX}${name}.base_layer.weight`] = w;
     }
   }
   const config = {
@@ -341,6 +371,7 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
   const modules = new Map(model.namedModules());
   const inner = new Set<Module>();
   for (const m of modules.values()) if (m instanceof LoRALinear) inner.add(m.origLinear);
+  for (const m of modules.values()) if (m instanceof LoRAEmbedding) inner.add(m.origEmbedding);
   // Modules inside a module to save are not layers of their own.
   for (const m of modules.values()) {
     if (m instanceof ModulesToSaveWrapper) for (const d of [...m.originalModule.modules(), ...m.modulesToSave.modules()]) inner.add(d);
@@ -355,7 +386,7 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
   const saveTargets = new Map<string, Module>();
   for (const [n, m] of modules) {
     if (n === '' || inner.has(m) || !saveEntries.some((e) => n.endsWith(e))) continue;
-    if (m instanceof LoRALinear) fail(where, `${CONFIG}: modules_to_save names '${n}', which has a LoRA adapter`);
+    if (m instanceof LoRALinear || m instanceof LoRAEmbedding) fail(where, `${CONFIG}: modules_to_save names '${n}', which has a LoRA adapter`);
     saveTargets.set(n, m instanceof ModulesToSaveWrapper ? m.modulesToSave : m);
   }
   if (saveEntries.length && !saveTargets.size) fail(where, `${CONFIG}: modules_to_save ${describe(saveEntries)} names no module of this model`);
@@ -363,13 +394,15 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
   for (const [n, m] of saveTargets) {
     for (const [k, t] of Object.entries(m.stateDict())) saveKeys.set(`${PREFIX}${n}.${k}`, { name: n, target: t });
   }
-  const isLayer = (m: Module | undefined) => (m instanceof Linear && !inner.has(m)) || m instanceof LoRALinear;
+  // Layers LoRA can adapt: Linear and, as PEFT, Embedding (lora_embedding_A / lora_embedding_B).
+  const isLayer = (m: Module | undefined) => ((m instanceof Linear || m instanceof Embedding) && !inner.has(m)) || m instanceof LoRALinear || m instanceof LoRAEmbedding;
+  const isEmb = (m: Module | undefined) => m instanceof Embedding || m instanceof LoRAEmbedding;
   const linears = [...modules].filter(([n, m]) => n !== '' && isLayer(m)).map(([n]) => n);
   const tm = cfg.target_modules;
   let targetList: string | string[];
   if (tm === 'all-linear') {
     // PEFT turns "all-linear" into the last name parts of the Linear layers, the output layer's aside.
-    targetList = [...new Set(linears.filter((n) => n !== 'lm_head').map(lastPart))];
+    targetList = [...new Set(linears.filter((n) => n !== 'lm_head' && !isEmb(modules.get(n))).map(lastPart))];
   } else {
     if (!(typeof tm === 'string' || (Array.isArray(tm) && tm.length > 0 && tm.every((t) => typeof t === 'string')))) {
       fail(where, `${CONFIG}: target_modules must be a list of names or a regex string, got ${describe(tm)}`);
@@ -403,22 +436,33 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
   const st = await SafetensorsFile._open(where, weightsPath);
   try {
     // Group the file's keys by module path.
-    type Keys = { A?: string; B?: string; bias?: string; magnitude?: string };
+    type Keys = { A?: string; B?: string; bias?: string; magnitude?: string; base?: string };
     const found = new Map<string, Keys>();
+    const embKind = new Map<string, 'emb' | 'lin'>();
     const unexpected: string[] = [];
-    const what: Record<keyof Keys, string> = { A: 'lora_A weights', B: 'lora_B weights', bias: 'lora_B biases', magnitude: 'DoRA magnitudes' };
+    const what: Record<keyof Keys, string> = { A: 'lora_A weights', B: 'lora_B weights', bias: 'lora_B biases', magnitude: 'DoRA magnitudes', base: 'base layer weights' };
     for (const key of st.keys()) {
       if (saveKeys.has(key)) continue;
       // PEFT's keys: lora_A.weight, lora_B.weight, lora_B.bias (lora_bias) and lora_magnitude_vector (DoRA),
       // some older files with the adapter's name before the last part.
+      // On embeddings: lora_embedding_A / lora_embedding_B, and the base_layer.weight PEFT saves beside them.
       const ab = /^base_model\.model\.(.+)\.lora_([AB])(?:\.[^.]+)?\.(weight|bias)$/.exec(key);
       const mag = ab ? null : /^base_model\.model\.(.+)\.lora_magnitude_vector(?:\.[^.]+)?(?:\.weight)?$/.exec(key);
-      const role: keyof Keys | null = ab ? (ab[3] === 'weight' ? ab[2] as 'A' | 'B' : ab[2] === 'B' ? 'bias' : null) : mag ? 'magnitude' : null;
+      const emb = ab || mag ? null : /^base_model\.model\.(.+)\.lora_embedding_([AB])(?:\.[^.]+)?$/.exec(key);
+      const base = ab || mag || emb ? null : /^base_model\.model\.(.+)\.base_layer\.weight$/.exec(key);
+      const role: keyof Keys | null = ab ? (ab[3] === 'weight' ? ab[2] as 'A' | 'B' : ab[2] === 'B' ? 'bias' : null)
+        : mag ? 'magnitude' : emb ? emb[2] as 'A' | 'B' : base ? 'base' : null;
       if (!role) {
         unexpected.push(key);
         continue;
       }
-      const path = (ab ?? mag)![1];
+      const path = (ab ?? mag ?? emb ?? base)![1];
+      if (emb || ab) {
+        const kind = emb ? 'emb' : 'lin';
+        const prev = embKind.get(path);
+        if (prev && prev !== kind) fail(where, `${WEIGHTS} has both lora_${emb ? emb[2] : ab![2]} and lora_embedding weights for '${path}'`);
+        embKind.set(path, kind);
+      }
       const e = found.get(path) ?? {};
       if (e[role]) fail(where, `${WEIGHTS} has two ${what[role]} for '${path}': '${e[role]}' and '${key}'`);
       e[role] = key;
@@ -446,8 +490,8 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
     const chosen = new Set(selected);
     // A selected module that is not a Linear (an embedding, say) would get a LoRA of another kind in PEFT.
     const otherKinds = [...found.keys()].filter((n) => !chosen.has(n) && modules.has(n) && !inner.has(modules.get(n)!) && targeted(n) && !excluded(n));
-    if (otherKinds.length) fail(where, `${WEIGHTS} has weights for '${otherKinds[0]}', which is not a Linear layer of this model (LoRA on other module kinds is not supported)`);
-    const ignored = [...found].filter(([n]) => !chosen.has(n)).flatMap(([, e]) => [e.A, e.B].filter((k): k is string => !!k));
+    if (otherKinds.length) fail(where, `${WEIGHTS} has weights for '${otherKinds[0]}', which is not a Linear or Embedding layer of this model (LoRA on other module kinds is not supported)`);
+    const ignored = [...found].filter(([n]) => !chosen.has(n)).flatMap(([, e]) => [e.A, e.B, e.base].filter((k): k is string => !!k));
     for (const n of [...found.keys()]) if (!chosen.has(n)) found.delete(n);
     const incomplete = [...found].filter(([, e]) => !e.A || !e.B).map(([n]) => n);
     if (incomplete.length) fail(where, `${WEIGHTS} lacks lora_A or lora_B for: ${incomplete.join(', ')}`);
@@ -460,23 +504,43 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
     const missing = selected.filter((n) => !found.has(n));
     if (missing.length) fail(where, `${WEIGHTS} has no weights for layers selected by target_modules: ${missing.slice(0, 8).join(', ')}`);
     const settings = new Map<string, { r: number; alpha: number }>();
+    const baseOf = (m: Module | undefined): Linear | Embedding =>
+      m instanceof LoRALinear ? m.origLinear : m instanceof LoRAEmbedding ? m.origEmbedding : m as Linear | Embedding;
     for (const name of found.keys()) {
       const m = modules.get(name);
-      const lin = m instanceof LoRALinear ? m.origLinear : (m as Linear);
+      const lin = baseOf(m);
       const lr = patternValue(where, 'rank_pattern', rankPattern, name, r);
       const la = patternValue(where, 'alpha_pattern', alphaPattern, name, alpha);
       settings.set(name, { r: lr, alpha: la });
+      const onEmb = lin instanceof Embedding;
+      if (onEmb !== (embKind.get(name) === 'emb')) {
+        fail(where, `'${name}' is ${onEmb ? 'an Embedding' : 'a Linear'} but ${WEIGHTS} holds ${onEmb ? 'lora_A / lora_B' : 'lora_embedding_A / lora_embedding_B'} weights for it`);
+      }
+      if (onEmb && (useDora || loraBias)) fail(where, `${CONFIG}: ${useDora ? 'use_dora' : 'lora_bias'} on the Embedding '${name}' is not supported`);
       const a = st.entry(found.get(name)!.A!);
       const b = st.entry(found.get(name)!.B!);
-      const wantA = [lr, lin.inFeatures];
-      const wantB = [lin.outFeatures, lr];
+      // lora_embedding_A [r, vocab] and lora_embedding_B [dim, r]; lora_A [r, in] and lora_B [out, r].
+      const wantA = onEmb ? [lr, lin.numEmbeddings] : [lr, (lin as Linear).inFeatures];
+      const wantB = onEmb ? [lin.embeddingDim, lr] : [(lin as Linear).outFeatures, lr];
+      const baseKey = found.get(name)!.base;
+      if (baseKey) {
+        const e = st.entry(baseKey);
+        if (e.shape.join() !== lin.weight.shape.join()) fail(where, `'${baseKey}' has shape [${e.shape.join(', ')}], expected [${lin.weight.shape.join(', ')}]`);
+      }
+      if (m instanceof LoRAEmbedding) {
+        if (m.r !== lr || m.alpha !== la || m.useRslora !== useRslora) {
+          fail(where, `'${name}' is already a LoRAEmbedding with r=${m.r}, lora_alpha=${m.alpha}, use_rslora=${m.useRslora}; the adapter has r=${lr}, lora_alpha=${la}, use_rslora=${useRslora}`);
+        }
+        if (m.merged) fail(where, `'${name}' is a LoRAEmbedding whose adapter is merged into its weight; call unmergeLora(model) first`);
+      }
       if (a.shape.join() !== wantA.join()) fail(where, `'${a.name}' has shape [${a.shape.join(', ')}], expected [${wantA.join(', ')}]`);
       if (b.shape.join() !== wantB.join()) fail(where, `'${b.name}' has shape [${b.shape.join(', ')}], expected [${wantB.join(', ')}]`);
       for (const role of ['bias', 'magnitude'] as const) {
         const k = found.get(name)![role];
         if (!k) continue;
         const e = st.entry(k);
-        if (e.shape.join() !== String(lin.outFeatures)) fail(where, `'${e.name}' has shape [${e.shape.join(', ')}], expected [${lin.outFeatures}]`);
+        const out = (lin as Linear).outFeatures;
+        if (e.shape.join() !== String(out)) fail(where, `'${e.name}' has shape [${e.shape.join(', ')}], expected [${out}]`);
       }
       if (m instanceof LoRALinear) {
         if (m.r !== lr) fail(where, `'${name}' is already a LoRALinear with r=${m.r}, the adapter has r=${lr}`);
@@ -509,9 +573,10 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
     // One model holds one adapter's settings: new layers must agree with the LoRA layers already there
     // on what a config has once (injectLora's rule).
     const names = [...found.keys()];
-    const fresh = linears.filter((n) => found.has(n) && !(modules.get(n) instanceof LoRALinear));
+    const fresh = linears.filter((n) => found.has(n) && !(modules.get(n) instanceof LoRALinear) && !(modules.get(n) instanceof LoRAEmbedding));
     const existing = [...modules].find(([, m]) => m instanceof LoRALinear) as [string, LoRALinear] | undefined;
-    if (fresh.length && existing && (existing[1].useDora !== useDora || (existing[1].loraBias !== null) !== loraBias)) {
+    const freshLin = fresh.filter((n) => !isEmb(modules.get(n)));
+    if (freshLin.length && existing && (existing[1].useDora !== useDora || (existing[1].loraBias !== null) !== loraBias)) {
       const [n, e] = existing;
       fail(where, `the model already has LoRA layers with useDora=${e.useDora}, loraBias=${e.loraBias !== null} ('${n}'); the adapter's new layers would have use_dora=${useDora}, lora_bias=${loraBias}, and a model holds one adapter's settings`);
     }
@@ -525,13 +590,14 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
     // changed, so a failure leaves it as it was.
     const values = new Map<string, Tensor[]>();
     const saveValues = new Map<string, Tensor>();
-    const made = new Map<string, LoRALinear>();
+    const made = new Map<string, LoRALinear | LoRAEmbedding>();
+    const baseValues = new Map<string, Tensor>();
     const frozen: [Tensor, boolean][] = [];
     let attached = false;
     try {
       for (const name of names) {
         const m = modules.get(name)!;
-        const dtype = (m instanceof LoRALinear ? m.origLinear : (m as Linear)).weight.dtype as 'float32';
+        const dtype = baseOf(m).weight.dtype as 'float32';
         const pair: Tensor[] = [];
         const e = found.get(name)!;
         for (const key of [e.A!, e.B!, ...(e.bias ? [e.bias] : []), ...(e.magnitude ? [e.magnitude] : [])]) {
@@ -544,6 +610,11 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
           }
         }
         values.set(name, pair);
+        if (e.base) {
+          const t = await st._readTensor(where, e.base, { dtype });
+          baseValues.set(name, t);
+          if (!allFinite(t)) fail(where, `${WEIGHTS}: '${e.base}' holds NaN or Inf`);
+        }
       }
       for (const [k, { target }] of saveKeys) {
         const t = await st._readTensor(where, k, { dtype: target.dtype as 'float32' });
@@ -558,24 +629,37 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
         for (const name of fresh) {
           const s = settings.get(name)!;
           if (`${s.r}/${s.alpha}` !== key) continue;
-          const lin = modules.get(name) as Linear;
+          const lin = modules.get(name) as Linear | Embedding;
+          if (lin instanceof Embedding) {
+            frozen.push([lin.weight, lin.weight.requiresGrad]);
+            made.set(name, new LoRAEmbedding(lin, { r: s.r, alpha: s.alpha, useRslora }));
+            continue;
+          }
           for (const t of [lin.weight, lin.bias]) if (t) frozen.push([t, t.requiresGrad]);
           made.set(name, new LoRALinear(lin, { r: s.r, alpha: s.alpha, dropout, useRslora, init, useDora, loraBias }));
         }
       }
-      const layerOf = (name: string) => made.get(name) ?? (modules.get(name) as LoRALinear);
+      const layerOf = (name: string) => made.get(name) ?? (modules.get(name) as LoRALinear | LoRAEmbedding);
       noGrad(() => {
         for (const [name, [A, B, ...rest]] of values) {
           const layer = layerOf(name);
           layer.A!.copy_(A);
           layer.B!.copy_(B);
           const e = found.get(name)!;
-          if (e.bias) layer.loraBias!.copy_(rest.shift()!);
-          if (e.magnitude) layer.magnitude!.copy_(rest.shift()!);
+          if (layer instanceof LoRALinear && e.bias) layer.loraBias!.copy_(rest.shift()!);
+          if (layer instanceof LoRALinear && e.magnitude) layer.magnitude!.copy_(rest.shift()!);
         }
       });
       for (const [name, layer] of made) model.setSubmodule(name, layer);
       attached = true;
+      // PEFT loads the base_layer.weight saved beside an adapted embedding into the layer's weight.
+      noGrad(() => {
+        for (const [name, t] of baseValues) {
+          const w = baseOf(layerOf(name)).weight;
+          w.copy_(t);
+          w._bumpVersion();
+        }
+      });
       if (saveEntries.length) {
         _wrapModulesToSave(where, model, saveEntries);
         noGrad(() => {
@@ -596,6 +680,7 @@ export async function loadAdapter(model: Module, dir: string): Promise<string[]>
     } finally {
       for (const pair of values.values()) for (const t of pair) t.dispose();
       for (const t of saveValues.values()) t.dispose();
+      for (const t of baseValues.values()) t.dispose();
     }
     if (ignored.length) {
       process.emitWarning(`${where}: ${WEIGHTS} holds weights for modules that ${CONFIG}'s target_modules does not select; they were not applied (as in PEFT): ` +
@@ -618,6 +703,7 @@ export async function saveMerged(model: Module & { config?: { raw?: Record<strin
   const out: Record<string, Tensor> = {};
   const temps: Tensor[] = [];
   const lora = new Map(loraLayers(model));
+  const embLora = new Map(loraEmbeddingLayers(model));
   for (const [name, t] of [...model.namedParameters(), ...model.namedBuffers()]) t._checkLive(where, `'${name}'`);
   const wrappers = modulesToSaveLayers(model).map(([n]) => n);
   for (const [key0, t] of Object.entries(model.stateDict())) {
@@ -627,6 +713,20 @@ export async function saveMerged(model: Module & { config?: { raw?: Record<strin
     if (w) {
       if (key0.startsWith(`${w}.originalModule.`)) continue;
       key = `${w}.${key0.slice(w.length + '.modulesToSave.'.length)}`;
+    }
+    const e = /^(.*)\.(origEmbedding\.weight|A|B)$/.exec(key);
+    const embLayer = e ? embLora.get(e[1]) : undefined;
+    if (e && embLayer) {
+      if (e[2] !== 'origEmbedding.weight') continue;
+      // W + scale (B A)ᵀ, computed aside.
+      let merged = t;
+      if (embLayer.r > 0 && !embLayer.merged && embLayer.A && embLayer.B) {
+        embLayer._checkMergeable(where);
+        merged = noGrad(() => t.add(embLayer._delta(embLayer.A!, embLayer.B!)));
+        temps.push(merged);
+      }
+      out[`${e[1]}.weight`] = merged;
+      continue;
     }
     const m = /^(.*)\.(origLinear\.(weight|bias)|A|B|loraBias|magnitude)$/.exec(key);
     const layer = m ? lora.get(m[1]) : undefined;

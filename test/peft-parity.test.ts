@@ -495,3 +495,100 @@ describe('modules_to_save: trainable copies saved under the modules\' own keys',
 function modulesOf(m: Module): Module[] {
   return [...m.modules()];
 }
+
+// ------------------------------------------------------------ LoRA on Embedding
+
+describe('LoRA on an Embedding (lora_embedding_A [r, vocab], lora_embedding_B [dim, r])', () => {
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  const c = fx.embedding as any;
+  class Embedder extends Module {
+    embed_tokens: InstanceType<typeof import('../lib').Embedding>;
+    constructor(E: typeof import('../lib').Embedding) {
+      super();
+      this.embed_tokens = new E(c.weight.shape[0], c.weight.shape[1], { dtype: 'float64' });
+      noGrad(() => this.embed_tokens.weight.copy_(f64(c.weight)));
+    }
+    forward(ids: Tensor): Tensor {
+      return (this.embed_tokens as unknown as { forward(i: Tensor): Tensor }).forward(ids);
+    }
+  }
+  const idsOf = () => tensor(c.ids, { dtype: 'int32' });
+
+  test('forward, gradients, merge and unmerge as PEFT\'s lora.Embedding; save, load, saveMerged', async () => {
+    const { Embedding, LoRAEmbedding, loraEmbeddingLayers, SafetensorsFile, loadSafetensors } = await import('../lib');
+    const model = new Embedder(Embedding);
+    // Not adapted unless named: injectLora without targets adapts Linear layers only.
+    expect(injectLora(model)).toEqual([]);
+    expect(injectLora(model, { r: c.r, alpha: c.alpha, targetModules: ['embed_tokens'] })).toEqual(['embed_tokens']);
+    const l = model.embed_tokens as unknown as InstanceType<typeof LoRAEmbedding>;
+    expect(l).toBeInstanceOf(LoRAEmbedding);
+    // PEFT's start: A zero, so the layer computes what the embedding did.
+    expect(Array.from(l.A!.toArray()).every((v) => v === 0)).toBe(true);
+    noGrad(() => {
+      l.A!.copy_(f64(c.A));
+      l.B!.copy_(f64(c.B));
+    });
+    const y = model.forward(idsOf());
+    close(y, c.y);
+    y.backward(f64(c.grad_out));
+    close(l.A!.grad, c.dA);
+    close(l.B!.grad, c.dB);
+    expect(l.origEmbedding.weight.grad).toBeNull();
+    mergeLora(model, { safe: true });
+    close(l.origEmbedding.weight, c.merged_weight);
+    close(noGrad(() => model.forward(idsOf())), c.y);
+    unmergeLora(model);
+    close(l.origEmbedding.weight, c.weight, 1e-12);
+
+    const dir = path.join(tmp, 'emb-adapter');
+    await saveAdapter(model, dir);
+    const st = await SafetensorsFile.open(path.join(dir, 'adapter_model.safetensors'));
+    expect([...st.keys()].sort()).toEqual(['base_model.model.embed_tokens.base_layer.weight',
+      'base_model.model.embed_tokens.lora_embedding_A', 'base_model.model.embed_tokens.lora_embedding_B']);
+    expect(st.entry('base_model.model.embed_tokens.lora_embedding_A').shape).toEqual([c.r, c.weight.shape[0]]);
+    expect(st.entry('base_model.model.embed_tokens.lora_embedding_B').shape).toEqual([c.weight.shape[1], c.r]);
+    st.close();
+    const again = new Embedder(Embedding);
+    expect(await loadAdapter(again, dir)).toEqual(['embed_tokens']);
+    close(noGrad(() => again.forward(idsOf())), c.y);
+    expect(loraEmbeddingLayers(again)).toHaveLength(1);
+    await saveMerged(again, path.join(tmp, 'emb-merged'));
+    const merged = await loadSafetensors(path.join(tmp, 'emb-merged', 'model.safetensors'));
+    close(merged['embed_tokens.weight'], c.merged_weight, 1e-6); // written as float32
+    mergeAndUnload(again);
+    expect(again.embed_tokens).toBeInstanceOf(Embedding);
+    close(noGrad(() => again.forward(idsOf())), c.y);
+  });
+
+  test('a Llama with tied embeddings and LoRA on embed_tokens: save, load, merged checkpoint; mergeLora refuses the tied weight', async () => {
+    const { loadCases, writeCheckpoint } = await import('./helpers/llama-weights');
+    const { LlamaForCausalLM, loraEmbeddingLayers } = await import('../lib');
+    const base = path.join(tmp, 'emb-llama');
+    await writeCheckpoint(base, loadCases().cases.qwen2_bias_tied_mqa);
+    const ids = [[1, 5, 9, 2, 6, 5, 3]];
+    const logits = (m: InstanceType<typeof LlamaForCausalLM>) => noGrad(() => m.forward(ids)).toArray();
+    const model = await LlamaForCausalLM.fromPretrained(base);
+    const plain = logits(model);
+    manualSeed(8);
+    injectLora(model, { r: 2, alpha: 4, targetModules: ['q_proj', 'embed_tokens'] });
+    noGrad(() => { for (const [, l] of loraEmbeddingLayers(model)) l.A!.copy_(randn([...l.A!.shape], { std: 0.5 })); });
+    const want = logits(model);
+    expect(maxAbsDiff(want, plain)).toBeGreaterThan(1e-4);
+    expect(() => mergeLora(model)).toThrow(/^mergeLora: layer 'model\.embed_tokens': its weight is tied to another module/);
+    const dir = path.join(tmp, 'emb-llama-adapter');
+    await saveAdapter(model, dir);
+    const again = await LlamaForCausalLM.fromPretrained(base);
+    await loadAdapter(again, dir);
+    expect(maxAbsDiff(logits(again), want)).toBe(0);
+    const out = path.join(tmp, 'emb-llama-merged');
+    await saveMerged(again, out);
+    expect(JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8')).tie_word_embeddings).toBe(false);
+    expect(maxAbsDiff(logits(await LlamaForCausalLM.fromPretrained(out)), want)).toBeLessThan(1e-4);
+  });
+
+  test('DoRA and lora_bias on embeddings are refused (PEFT has no lora_bias there)', async () => {
+    const { Embedding } = await import('../lib');
+    expect(() => injectLora(new Embedder(Embedding), { targetModules: ['embed_tokens'], useDora: true }))
+      .toThrow(/^injectLora: options\.useDora is not supported on an Embedding \('embed_tokens'\)$/);
+  });
+});

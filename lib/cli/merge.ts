@@ -4,7 +4,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { LlamaForCausalLM } from '../models/llama';
 import { loadAdapter, saveMerged } from '../peft';
-import { loraLayers } from '../lora';
+import { loraEmbeddingLayers, loraLayers } from '../lora';
 import { CliError, CliIO, UsageError, samePath, statPath } from './io';
 import { READ_LIMITS, pathExists, readWholeFileSync } from '../fsio';
 import { helpText, parseArgs, Specs } from './args';
@@ -76,7 +76,7 @@ export async function mergeCommand(argv: string[], io: CliIO): Promise<number> {
 
   const layers = await userStep(() => loadAdapter(model, adapterDir),
     (m) => (/has shape|has no weights for layers|not a Linear layer/.test(m) ? ' (was the adapter trained on this base model?)' : ''));
-  const [, first] = loraLayers(model)[0];
+  const [, first] = [...loraLayers(model), ...loraEmbeddingLayers(model)][0];
   const kinds = [...new Set(layers.map((n) => n.slice(n.lastIndexOf('.') + 1)))].sort();
   io.stdout(`applied ${adapterDir}: LoRA r ${first.r}, alpha ${first.alpha} (scale ${+first.scale.toFixed(6)}) on ${layers.length} layers (${kinds.join(', ')})\n`);
 
