@@ -26,7 +26,7 @@ export { Embedding, RMSNorm } from './nn/transformer';
 export { LlamaForCausalLM, parseLlamaConfig } from './models/llama';
 export type { LlamaConfig, FromPretrainedOptions, GenerateOptions } from './models/llama';
 export type { RopeScaling, RotaryTablesOptions, AttentionOptions, EmbeddingOptions, RMSNormOptions } from './nn/transformer';
-export { saveAdapter, loadAdapter, saveMerged, PEFT_IGNORED_FIELDS } from './peft';
+export { saveAdapter, loadAdapter, saveMerged, PEFT_IGNORED_FIELDS, PEFT_FIELD_HANDLING } from './peft';
 export type { SaveAdapterOptions } from './peft';
 export { SafetensorsFile, SafetensorsError, loadSafetensors, loadSafetensorsSync, saveSafetensors, saveSafetensorsSync } from './safetensors';
 export type { SafetensorsDtype, SafetensorsEntry, SafetensorsReadOptions, WriteOptions as SafetensorsWriteOptions } from './safetensors';

@@ -247,7 +247,7 @@ function isOff(v: unknown): boolean {
 /**
  * What loadAdapter does with each field of PEFT's LoraConfig (and PeftConfig), in one place.
  * Read and applied: peft_type, r, lora_alpha, lora_dropout, target_modules, exclude_modules,
- * layers_to_transform, layers_pattern, use_rslora, rank_pattern, alpha_pattern, init_lora_weights, bias ("none" only).
+ * layers_to_transform, layers_pattern, use_rslora, use_dora, lora_bias, modules_to_save, rank_pattern, alpha_pattern, init_lora_weights, bias ("none" only).
  * Ignored, whatever their value, because they do not change what a loaded adapter computes:
  */
 export const PEFT_IGNORED_FIELDS: readonly string[] = [
@@ -277,6 +277,16 @@ const PEFT_UNSUPPORTED_FIELDS: Record<string, string> = {
 };
 const PEFT_APPLIED_FIELDS = ['peft_type', 'r', 'lora_alpha', 'lora_dropout', 'target_modules', 'exclude_modules', 'layers_to_transform', 'layers_pattern', 'use_rslora', 'use_dora', 'lora_bias', 'modules_to_save',
   'rank_pattern', 'alpha_pattern', 'init_lora_weights', 'bias', 'ensure_weight_tying'];
+/**
+ * How loadAdapter treats each field of PEFT's LoraConfig and PeftConfig: 'applied' (read and honoured),
+ * 'ignored' (does not change what a loaded adapter computes) or 'refused' (refused, naming the field,
+ * unless unset).
+ */
+export const PEFT_FIELD_HANDLING: Readonly<Record<string, 'applied' | 'ignored' | 'refused'>> = Object.freeze(Object.fromEntries([
+  ...PEFT_APPLIED_FIELDS.map((k) => [k, 'applied'] as const),
+  ...PEFT_IGNORED_FIELDS.map((k) => [k, 'ignored'] as const),
+  ...Object.keys(PEFT_UNSUPPORTED_FIELDS).map((k) => [k, 'refused'] as const),
+]));
 /** init_lora_weights values whose adapters belong to a base model that PEFT changed while initialising them. */
 const BASE_CHANGING_INIT = /^(pissa|olora|corda|loftq|lora_ga)/i;
 

@@ -592,3 +592,23 @@ describe('LoRA on an Embedding (lora_embedding_A [r, vocab], lora_embedding_B [d
       .toThrow(/^injectLora: options\.useDora is not supported on an Embedding \('embed_tokens'\)$/);
   });
 });
+
+describe('every field of PEFT\'s LoraConfig is honoured, ignored as harmless, or refused by name', () => {
+  test('each field has a handling', async () => {
+    const { PEFT_FIELD_HANDLING } = await import('../lib');
+    const missing = (fx.config_fields as string[]).filter((f) => !(f in PEFT_FIELD_HANDLING));
+    expect(missing).toEqual([]);
+  });
+
+  test.each((fx.config_fields as string[]).map((f) => [f]))('%s', async (field) => {
+    const { PEFT_FIELD_HANDLING } = await import('../lib');
+    if (PEFT_FIELD_HANDLING[field] !== 'refused') return; // the applied ones have tests of their own above
+    const dir = fs.mkdtempSync(path.join(tmp, `field-${field}-`));
+    const value = /^(use_|fan_in)/.test(field) ? true : [1];
+    fs.writeFileSync(path.join(dir, 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r: 1, target_modules: ['0'], [field]: value }));
+    await saveSafetensors(path.join(dir, 'adapter_model.safetensors'), { 'base_model.model.0.lora_A.weight': randn([1, 2]), 'base_model.model.0.lora_B.weight': randn([2, 1]) });
+    const model = new Sequential(new Linear(2, 2));
+    await expect(loadAdapter(model, dir)).rejects.toThrow(new RegExp(`^loadAdapter: adapter_config\\.json: ${field} is .* is not supported$`));
+    expect(loraLayers(model)).toEqual([]);
+  });
+});
