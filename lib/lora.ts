@@ -803,6 +803,11 @@ export interface InjectLoraOptions extends LoRAOptions {
   /** Freeze every parameter that is not a LoRA A or B. Default true. */
   freezeBase?: boolean;
   /**
+   * PEFT's adapter_name: the layers become (or join) the named adapter. A new name next to an installed
+   * adapter is added without becoming active (setAdapter switches), as PEFT's add_adapter.
+   */
+  adapterName?: string;
+  /**
    * Allow names in targetModules that match no layer of the model (by default each must match at
    * least one, so a misspelt name cannot pass). Default false.
    */
@@ -831,7 +836,13 @@ export function injectLora(model: Module, options?: InjectLoraOptions): string[]
   const where = 'injectLora';
   if (!(model instanceof Module)) throw typeError(where, 'model', 'a Module', model);
   const o = checkOptions(where, options);
-  checkKnownKeys(where, o, [...LORA_KEYS, 'filter', 'targetModules', 'freezeBase', 'allowUnmatchedTargets', 'layersToTransform', 'layersPattern', 'excludeModules', 'rankPattern', 'alphaPattern', 'modulesToSave']);
+  if (o.adapterName !== undefined) {
+    const name = checkAdapterName(where, 'options.adapterName', o.adapterName);
+    const rest = { ...o };
+    delete rest.adapterName;
+    return _inAdapterSlot(where, model, name, () => injectLora(model, rest as InjectLoraOptions));
+  }
+  checkKnownKeys(where, o, [...LORA_KEYS, 'filter', 'targetModules', 'freezeBase', 'allowUnmatchedTargets', 'layersToTransform', 'layersPattern', 'excludeModules', 'rankPattern', 'alphaPattern', 'modulesToSave', 'adapterName']);
   const loraOpts = resolveLoraOptions(where, o);
   const rankOf = patternOption(where, 'options.rankPattern', o.rankPattern, loraOpts.r, true);
   const alphaOf = patternOption(where, 'options.alphaPattern', o.alphaPattern, loraOpts.alpha, false);
@@ -1187,6 +1198,212 @@ export function unmergeLora(model: Module): string[] {
   return out;
 }
 
+// ------------------------------------------------------------ named adapters
+
+type AdapterLayer = LoRALinear | LoRAEmbedding | ModulesToSaveWrapper;
+type Installed = [string, AdapterLayer][];
+/**
+ * The named adapters of a model, as PEFT's adapter_name: the active one's layers are in the module
+ * tree, the others are kept here, each as the layers that go in place of the plain modules.
+ */
+interface Registry { active: string; stored: Map<string, Installed> }
+const registries = new WeakMap<Module, Registry>();
+
+function registryOf(model: Module): Registry {
+  let r = registries.get(model);
+  if (!r) {
+    r = { active: 'default', stored: new Map() };
+    registries.set(model, r);
+  }
+  return r;
+}
+
+function checkAdapterName(where: string, what: string, v: unknown): string {
+  if (typeof v !== 'string' || v === '' || /[/\\]/.test(v) || v === '.' || v === '..') {
+    throw typeError(where, what, 'a non-empty name without a path separator (it names a subfolder when saved)', v);
+  }
+  return v;
+}
+
+const baseOfLayer = (m: AdapterLayer): Module =>
+  m instanceof LoRALinear ? m.origLinear : m instanceof LoRAEmbedding ? m.origEmbedding : m.originalModule;
+
+/** The adapter layers now in the tree, in namedModules order. */
+function installedLayers(model: Module): Installed {
+  return [...model.namedModules()].filter((e): e is [string, AdapterLayer] =>
+    e[1] instanceof LoRALinear || e[1] instanceof LoRAEmbedding || e[1] instanceof ModulesToSaveWrapper);
+}
+
+/** Takes the active adapter's layers out of the tree (the plain modules go back) and returns them. */
+function uninstall(where: string, model: Module): Installed {
+  const layers = installedLayers(model);
+  const merged = layers.filter(([, m]) => !(m instanceof ModulesToSaveWrapper) && m.merged).map(([n]) => n);
+  if (merged.length) throw new Error(`${where}: adapters of ${merged.slice(0, 4).join(', ')} are merged into their weights; call unmergeLora(model) first`);
+  if (layers.some(([n]) => n === '')) throw new TypeError(`${where}: the model itself is an adapter layer; named adapters need a model around their layers`);
+  for (const [name, m] of layers) model.setSubmodule(name, baseOfLayer(m));
+  return layers;
+}
+
+/** Puts an adapter's layers in the tree, each where its plain module is. */
+function install(where: string, model: Module, layers: Installed): void {
+  for (const [name, m] of layers) {
+    let at: Module | null = null;
+    try {
+      at = model.getSubmodule(name);
+    } catch {
+      // reported below
+    }
+    if (at !== baseOfLayer(m)) throw new Error(`${where}: '${name}' no longer holds the module the adapter was made for`);
+  }
+  for (const [name, m] of layers) model.setSubmodule(name, m);
+}
+
+/**
+ * @internal Runs fn with the adapter `name` installed (a new name: with no adapter layers installed),
+ * then puts the active adapter back; what fn built is kept under `name`. A model without adapter layers
+ * takes `name` as its active adapter.
+ */
+export function _inAdapterSlot<T>(where: string, model: Module, name: string, fn: () => T): T {
+  const reg = registryOf(model);
+  const current = installedLayers(model);
+  if (name === reg.active || (!current.length && !reg.stored.size)) {
+    reg.active = name;
+    return fn();
+  }
+  const cur = uninstall(where, model);
+  const mine = reg.stored.get(name);
+  try {
+    if (mine) install(where, model, mine);
+    return fn();
+  } finally {
+    reg.stored.set(name, uninstall(where, model));
+    install(where, model, cur);
+  }
+}
+
+/** @internal The async form of _inAdapterSlot (the swap lasts while fn runs). */
+export async function _inAdapterSlotAsync<T>(where: string, model: Module, name: string, fn: () => Promise<T>): Promise<T> {
+  const reg = registryOf(model);
+  const current = installedLayers(model);
+  if (name === reg.active || (!current.length && !reg.stored.size)) {
+    reg.active = name;
+    return fn();
+  }
+  const cur = uninstall(where, model);
+  const mine = reg.stored.get(name);
+  try {
+    if (mine) install(where, model, mine);
+    return await fn();
+  } finally {
+    reg.stored.set(name, uninstall(where, model));
+    install(where, model, cur);
+  }
+}
+
+/** @internal Names of the model's adapters: the active one first (when it has layers), then the others. */
+export function _adapterNames(model: Module): { active: string | null; stored: string[] } {
+  const reg = registries.get(model);
+  const active = installedLayers(model).length ? (reg?.active ?? 'default') : null;
+  return { active, stored: reg ? [...reg.stored.keys()] : [] };
+}
+
+/** The name of the active adapter (PEFT's active_adapter; 'default' unless named), or null when none is installed. */
+export function activeAdapter(model: Module): string | null {
+  if (!(model instanceof Module)) throw typeError('activeAdapter', 'model', 'a Module', model);
+  return _adapterNames(model).active;
+}
+
+/** Every adapter of the model by name, the active one first. */
+export function listAdapters(model: Module): string[] {
+  if (!(model instanceof Module)) throw typeError('listAdapters', 'model', 'a Module', model);
+  const { active, stored } = _adapterNames(model);
+  return [...(active !== null ? [active] : []), ...stored];
+}
+
+/**
+ * PEFT's set_adapter: makes the named adapter the active one (its layers go in the tree, the active
+ * one's are kept aside). Only the active adapter computes and trains (getLoraAB lists its tensors).
+ * Merged adapters must be unmerged first.
+ */
+export function setAdapter(model: Module, name: string): void {
+  const where = 'setAdapter';
+  if (!(model instanceof Module)) throw typeError(where, 'model', 'a Module', model);
+  checkAdapterName(where, 'name', name);
+  const reg = registryOf(model);
+  if (name === reg.active && (installedLayers(model).length || !reg.stored.size)) {
+    if (!installedLayers(model).length) throw new RangeError(`${where}: the model has no adapter '${name}'`);
+    return;
+  }
+  const target = reg.stored.get(name);
+  if (!target) throw new RangeError(`${where}: the model has no adapter '${name}' (it has: ${listAdapters(model).map((n) => `'${n}'`).join(', ') || 'none'})`);
+  const cur = uninstall(where, model);
+  try {
+    install(where, model, target);
+  } catch (e) {
+    install(where, model, cur);
+    throw e;
+  }
+  reg.stored.delete(name);
+  if (cur.length) reg.stored.set(reg.active, cur);
+  reg.active = name;
+}
+
+/**
+ * PEFT's delete_adapter: removes the named adapter and frees its tensors. Deleting the active one
+ * makes the first of the others active (none left: the model is the plain one).
+ */
+export function deleteAdapter(model: Module, name: string): void {
+  const where = 'deleteAdapter';
+  if (!(model instanceof Module)) throw typeError(where, 'model', 'a Module', model);
+  checkAdapterName(where, 'name', name);
+  const reg = registryOf(model);
+  const { active } = _adapterNames(model);
+  let layers: Installed;
+  if (name === active) {
+    layers = uninstall(where, model);
+    const next = [...reg.stored.keys()][0];
+    if (next !== undefined) {
+      install(where, model, reg.stored.get(next)!);
+      reg.stored.delete(next);
+      reg.active = next;
+    } else {
+      reg.active = 'default';
+    }
+  } else {
+    const s = reg.stored.get(name);
+    if (!s) throw new RangeError(`${where}: the model has no adapter '${name}' (it has: ${listAdapters(model).map((n) => `'${n}'`).join(', ') || 'none'})`);
+    layers = s;
+    reg.stored.delete(name);
+  }
+  freeLayers(layers);
+}
+
+/** Frees the adapter tensors of layers taken out of a model. */
+function freeLayers(layers: Installed): void {
+  for (const [, m] of layers) {
+    if (m instanceof ModulesToSaveWrapper) {
+      for (const p of m.modulesToSave.parameters()) if (!p.isDisposed) p.dispose();
+      continue;
+    }
+    for (const t of m._takeMergedState()) t.dispose();
+    const extra = m instanceof LoRALinear ? [m.loraBias, m.magnitude] : [];
+    for (const t of [m.A, m.B, ...extra]) if (t && !t.isDisposed) t.dispose();
+  }
+}
+
+/** @internal The stored (inactive) adapters' layers, by name (for saving them). */
+export function _storedAdapter(model: Module, name: string): Installed | undefined {
+  return registries.get(model)?.stored.get(name);
+}
+
+/** @internal Drops every inactive adapter (unloading removes them all, as in PEFT). */
+function dropStored(model: Module): void {
+  const reg = registries.get(model);
+  if (!reg) return;
+  for (const layers of reg.stored.values()) freeLayers(layers);
+  registries.delete(model);
+}
+
 // ------------------------------------------------- PEFT's model-level helpers
 
 /**
@@ -1254,6 +1471,7 @@ export function mergeAndUnload<M extends Module>(model: M, options?: { safe?: bo
   for (const [name, m] of loraEmbeddingLayers(model)) dropLayer(model, name, m);
   const root = layers.find(([n]) => n === '');
   unwrapModulesToSave(model);
+  dropStored(model);
   return root ? root[1].origLinear : model;
 }
 
@@ -1276,5 +1494,6 @@ export function unload<M extends Module>(model: M): M | Linear {
   for (const [name, m] of loraEmbeddingLayers(model)) dropLayer(model, name, m);
   const root = layers.find(([n]) => n === '');
   unwrapModulesToSave(model);
+  dropStored(model);
   return root ? root[1].origLinear : model;
 }

@@ -8,7 +8,7 @@ import * as path from 'path';
 import { Module } from './nn/module';
 import { Linear } from './nn/layers';
 import { Embedding } from './nn/transformer';
-import { LoRAEmbedding, loraEmbeddingLayers, LoRALinear, ModulesToSaveWrapper, _wrapModulesToSave, checkPeftTargetFields, getLoraAB, loraLayers, modulesToSaveLayers, peftTargetMatcher } from './lora';
+import { _adapterNames, _inAdapterSlotAsync, LoRAEmbedding, loraEmbeddingLayers, LoRALinear, ModulesToSaveWrapper, _wrapModulesToSave, checkPeftTargetFields, getLoraAB, loraLayers, modulesToSaveLayers, peftTargetMatcher } from './lora';
 import { Tensor } from './tensor';
 import { noGrad } from './autograd';
 import { SafetensorsFile, saveSafetensors } from './safetensors';
@@ -24,6 +24,13 @@ const WEIGHTS = 'adapter_model.safetensors';
 export interface SaveAdapterOptions {
   /** Written as base_model_name_or_path (PEFT uses it to find the base model). */
   baseModelNameOrPath?: string | null;
+  /** Save only this adapter (default: every adapter; 'default' into dir, others into dir/<name>, as PEFT). */
+  adapterName?: string;
+}
+
+export interface LoadAdapterOptions {
+  /** PEFT's adapter_name: load as this named adapter (a new name next to an active adapter is added inactive). */
+  adapterName?: string;
 }
 
 /** The last save queued for each directory, by its real path (see inTurn). */
@@ -127,7 +134,26 @@ export async function saveAdapter(model: Module, dir: string, options?: SaveAdap
   if (!(model instanceof Module)) throw typeError(where, 'model', 'a Module', model);
   if (typeof dir !== 'string' || dir === '') throw typeError(where, 'dir', 'a directory path', dir);
   const o = checkOptions(where, options);
-  checkKnownKeys(where, o, ['baseModelNameOrPath']);
+  checkKnownKeys(where, o, ['baseModelNameOrPath', 'adapterName']);
+  const { active, stored } = _adapterNames(model);
+  // As PEFT's save_pretrained: the adapter named 'default' goes to dir, any other to dir/<name>.
+  const into = (n: string) => (n === 'default' ? dir : path.join(dir, n));
+  const rest = { baseModelNameOrPath: o.baseModelNameOrPath as string | null | undefined };
+  if (o.adapterName !== undefined) {
+    const name = o.adapterName;
+    if (typeof name !== 'string' || name === '') throw typeError(where, 'options.adapterName', 'an adapter name', name);
+    if (name === active) return saveActive(model, into(name), rest);
+    if (!stored.includes(name)) throw new RangeError(`${where}: the model has no adapter '${name}' (it has: ${[...(active !== null ? [active] : []), ...stored].map((n) => `'${n}'`).join(', ') || 'none'})`);
+    return _inAdapterSlotAsync(where, model, name, () => saveActive(model, into(name), rest));
+  }
+  if (!stored.length) return saveActive(model, active === null ? dir : into(active), rest);
+  if (active !== null) await saveActive(model, into(active), rest);
+  for (const n of stored) await _inAdapterSlotAsync(where, model, n, () => saveActive(model, into(n), rest));
+}
+
+/** Saves the adapter whose layers are in the tree (see saveAdapter). */
+async function saveActive(model: Module, dir: string, o: { baseModelNameOrPath?: string | null }): Promise<void> {
+  const where = 'saveAdapter';
   const base = o.baseModelNameOrPath ?? (model as { config?: { raw?: { _name_or_path?: string } } }).config?.raw?._name_or_path ?? null;
   if (base !== null && typeof base !== 'string') throw typeError(where, 'options.baseModelNameOrPath', 'a string', base);
 
@@ -341,10 +367,18 @@ function checkConfigFields(where: string, cfg: Record<string, unknown>): void {
  * the model's mode (a model in eval mode stays without dropout). Returns the
  * names of the layers.
  */
-export async function loadAdapter(model: Module, dir: string): Promise<string[]> {
+export async function loadAdapter(model: Module, dir: string, options?: LoadAdapterOptions): Promise<string[]> {
   const where = 'loadAdapter';
   if (!(model instanceof Module)) throw typeError(where, 'model', 'a Module', model);
   if (typeof dir !== 'string' || dir === '') throw typeError(where, 'dir', 'a directory path', dir);
+  const o = checkOptions(where, options);
+  checkKnownKeys(where, o, ['adapterName']);
+  if (o.adapterName !== undefined) {
+    if (typeof o.adapterName !== 'string' || o.adapterName === '' || /[/\\]/.test(o.adapterName)) {
+      throw typeError(where, 'options.adapterName', 'a non-empty name without a path separator', o.adapterName);
+    }
+    return _inAdapterSlotAsync(where, model, o.adapterName, () => loadAdapter(model, dir));
+  }
   const cfgPath = path.join(dir, CONFIG);
   let cfg: Record<string, unknown>;
   try {

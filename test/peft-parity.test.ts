@@ -612,3 +612,94 @@ describe('every field of PEFT\'s LoraConfig is honoured, ignored as harmless, or
     expect(loraLayers(model)).toEqual([]);
   });
 });
+
+// ------------------------------------------------------------ named adapters
+
+describe('named adapters (PEFT\'s adapter_name)', () => {
+  class QV extends Module {
+    q: Linear;
+    v: Linear;
+    constructor() {
+      super();
+      manualSeed(31);
+      this.q = new Linear(4, 4);
+      this.v = new Linear(4, 4);
+    }
+    forward(x: Tensor): Tensor {
+      return (this.v.forward(this.q.forward(x) as Tensor) as Tensor);
+    }
+  }
+  const randomB = (m: Module) => noGrad(() => {
+    for (const [, l] of loraLayers(m)) l.B!.copy_(randn([...l.B!.shape], { std: 0.5 }));
+  });
+
+  test('add, switch, train only the active one, disable, save all / one, load by name, delete', async () => {
+    const { activeAdapter, listAdapters, setAdapter, deleteAdapter, getLoraAB, withAdaptersDisabled, Adam } = await import('../lib');
+    const model = new QV();
+    const x = randn([3, 4]);
+    const out = () => Array.from(noGrad(() => model.forward(x)).toArray());
+    const base = out();
+    injectLora(model, { r: 2, alpha: 2, targetModules: ['q'] });
+    randomB(model);
+    const withDefault = out();
+    // A second adapter with another rank and other targets is added, not activated (as PEFT's add_adapter).
+    expect(injectLora(model, { r: 3, alpha: 6, targetModules: ['v'], adapterName: 'other' })).toEqual(['v']);
+    expect(activeAdapter(model)).toBe('default');
+    expect(listAdapters(model)).toEqual(['default', 'other']);
+    expect(loraLayers(model).map(([n]) => n)).toEqual(['q']);
+    expect(maxAbsDiff(out(), withDefault)).toBe(0);
+
+    setAdapter(model, 'other');
+    expect(activeAdapter(model)).toBe('other');
+    expect(loraLayers(model).map(([n, l]) => [n, l.r])).toEqual([['v', 3]]);
+    randomB(model);
+    const withOther = out();
+    expect(maxAbsDiff(withOther, withDefault)).toBeGreaterThan(1e-4);
+    expect(maxAbsDiff(withAdaptersDisabled(model, out), base)).toBeLessThan(1e-6);
+
+    // Training touches the active adapter's tensors only.
+    setAdapter(model, 'default');
+    const defaultTensors = getLoraAB(model).map((t) => Array.from(t.toArray()));
+    setAdapter(model, 'other');
+    const opt = new Adam(getLoraAB(model), { lr: 0.1 });
+    model.forward(x).sum().backward();
+    opt.step();
+    const trainedOther = out();
+    expect(maxAbsDiff(trainedOther, withOther)).toBeGreaterThan(1e-4);
+    setAdapter(model, 'default');
+    expect(getLoraAB(model).map((t) => Array.from(t.toArray()))).toEqual(defaultTensors);
+    expect(maxAbsDiff(out(), withDefault)).toBe(0);
+
+    // Saved as PEFT saves them: 'default' in the directory, the others in subfolders.
+    const dir = path.join(tmp, 'named');
+    await saveAdapter(model, dir);
+    expect(JSON.parse(fs.readFileSync(path.join(dir, 'adapter_config.json'), 'utf8')).r).toBe(2);
+    expect(JSON.parse(fs.readFileSync(path.join(dir, 'other', 'adapter_config.json'), 'utf8')).r).toBe(3);
+    expect(activeAdapter(model)).toBe('default');
+    const one = path.join(tmp, 'named-one');
+    await saveAdapter(model, one, { adapterName: 'other' });
+    expect(fs.readdirSync(one)).toEqual(['other']);
+
+    const again = new QV();
+    await loadAdapter(again, dir);
+    await loadAdapter(again, path.join(dir, 'other'), { adapterName: 'other' });
+    expect(listAdapters(again)).toEqual(['default', 'other']);
+    const outAgain = () => Array.from(noGrad(() => again.forward(x)).toArray());
+    expect(maxAbsDiff(outAgain(), withDefault)).toBe(0);
+    setAdapter(again, 'other');
+    expect(maxAbsDiff(outAgain(), trainedOther)).toBe(0);
+
+    expect(() => setAdapter(model, 'nope')).toThrow(/^setAdapter: the model has no adapter 'nope' \(it has: 'default', 'other'\)$/);
+    mergeLora(model);
+    expect(() => setAdapter(model, 'other')).toThrow(/^setAdapter: adapters of q are merged into their weights; call unmergeLora\(model\) first$/);
+    unmergeLora(model);
+    const otherLayer = (() => { setAdapter(model, 'other'); const l = loraLayers(model)[0][1]; setAdapter(model, 'default'); return l; })();
+    deleteAdapter(model, 'other');
+    expect(listAdapters(model)).toEqual(['default']);
+    expect(otherLayer.A).not.toBeNull();
+    expect(otherLayer.A!.isDisposed).toBe(true);
+    deleteAdapter(model, 'default');
+    expect(listAdapters(model)).toEqual([]);
+    expect(maxAbsDiff(out(), base)).toBe(0);
+  });
+});
