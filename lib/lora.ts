@@ -103,13 +103,19 @@ function checkVector(where: string, ref: Tensor, refName: string, t: unknown, wh
  */
 function dropoutOf(x: Tensor, p: number, key: { seed: bigint; offset: bigint }): Tensor {
   const n = x.shape[x.ndim - 1];
-  const opts = { dtype: x.dtype as 'float32', device: x.device as 'cpu' };
-  const data = new Array<number>(n * n).fill(0);
-  for (let i = 0; i < n; i++) data[i * n + i] = 1;
-  const eye = tensor(data, opts).reshape(n, n);
-  const z = zeros([n, n], opts);
-  return ops.loraLinear(x, z, eye, eye, null, 1, p, key);
+  const id = `${n}/${x.dtype}/${x.device}`;
+  let c = identities.get(id);
+  if (!c || c.eye.isDisposed || c.zero.isDisposed) {
+    // Built once per size, dtype and device (a JS array of n² numbers is slow to make every step).
+    const opts = { dtype: x.dtype as 'float32', device: x.device as 'cpu' };
+    const data = new Array<number>(n * n).fill(0);
+    for (let i = 0; i < n; i++) data[i * n + i] = 1;
+    c = noGrad(() => ({ eye: keep(tensor(data, opts).reshape(n, n)), zero: keep(zeros([n, n], opts)) }));
+    identities.set(id, c);
+  }
+  return ops.loraLinear(x, c.zero, c.eye, c.eye, null, 1, p, key);
 }
+const identities = new Map<string, { eye: Tensor; zero: Tensor }>();
 
 export class LoRALinear extends Module {
   /** The wrapped layer; its weight and bias are frozen. */

@@ -416,6 +416,35 @@ describe('lora_bias and DoRA: small print', () => {
     expect(gpu.length).toBe(cpu.length);
     cpu.forEach((a, i) => expect(maxAbsDiff(gpu[i], a)).toBeLessThan(1e-9));
   });
+
+  test('DoRA with dropout in training: the same draws, output and gradients as on the CPU', () => {
+    const c = fx.linear.dora_bias as LinearCase;
+    const run = (device: 'cpu' | 'cuda') => {
+      const [out, inF] = c.W.shape;
+      const lin = new Linear(inF, out, { dtype: 'float64' });
+      noGrad(() => {
+        lin.weight.copy_(f64(c.W));
+        lin.bias!.copy_(f64(c.b!));
+      });
+      const l = new LoRALinear(lin, { r: c.r, alpha: c.alpha, dropout: 0.4, useDora: true });
+      noGrad(() => {
+        l.A!.copy_(f64(c.A));
+        l.B!.copy_(f64(c.B));
+        l.magnitude!.copy_(f64(c.magnitude!));
+      });
+      new Sequential(l).to(device).train();
+      const x = f64(c.x).to(device).requiresGrad_(true);
+      manualSeed(77);
+      const y = l.forward(x);
+      y.backward(f64(c.grad_out).to(device));
+      return [y, x.grad!, l.A!.grad!, l.B!.grad!, l.magnitude!.grad!].map((t) => Array.from(t.toArray()));
+    };
+    const cpu = run('cpu');
+    const gpu = run('cuda');
+    cpu.forEach((a, i) => expect(maxAbsDiff(gpu[i], a)).toBeLessThan(1e-9));
+    // Dropout did act: the output is not the eval-mode one.
+    expect(maxAbsDiff(cpu[0], c.y.data)).toBeGreaterThan(1e-3);
+  });
 });
 
 // ------------------------------------------------------------ modules_to_save
