@@ -49,7 +49,8 @@ export async function mergeCommand(argv: string[], io: CliIO): Promise<number> {
   if (a.help) {
     io.stdout(helpText('merge', `${COMMAND_TEXT.merge.summary}\n\n` +
       'Loads the base model (LlamaForCausalLM family: Llama, Mistral, Qwen2, SmolLM, TinyLlama), applies the\n' +
-      'adapter, and writes config.json and model.safetensors with W + (alpha / r) B A in every adapted layer.\n' +
+      'adapter, and writes config.json and model.safetensors with the adapter folded into every adapted layer\n' +
+      '(W + (alpha / r) B A; DoRA, lora_bias, embeddings and modules to save as PEFT merges them).\n' +
       'Tokenizer, chat-template and generation files next to the base model are copied along.', SPECS,
     COMMAND_TEXT.merge.usage));
     return 0;
