@@ -27,13 +27,18 @@ export {
   LoRALinear, injectLora, qkvFilter, getLoraParameters, getLoraAB, loraLayers, mergeLora, unmergeLora, withAdaptersDisabled,
 } from './lora';
 export type { LoRAOptions, InjectLoraOptions, LoraFilter, LoraInit } from './lora';
+export {
+  getNbTrainableParameters, printTrainableParameters, mergeAndUnload, unload, ModulesToSaveWrapper, modulesToSaveLayers, LoRAEmbedding, loraEmbeddingLayers,
+  activeAdapter, listAdapters, setAdapter, deleteAdapter,
+} from './lora';
+export type { PeftTargets } from './lora';
 export { Embedding, RMSNorm } from './nn/transformer';
 export { LlamaForCausalLM, parseLlamaConfig } from './models/llama';
 export type { LlamaConfig, FromPretrainedOptions, GenerateOptions } from './models/llama';
 export type { RopeScaling, RotaryTablesOptions, AttentionOptions, EmbeddingOptions, RMSNormOptions } from './nn/transformer';
 export type { EmbeddingLookupOptions } from './nn/transformer';
-export { saveAdapter, loadAdapter, saveMerged, PEFT_IGNORED_FIELDS } from './peft';
-export type { SaveAdapterOptions } from './peft';
+export { saveAdapter, loadAdapter, saveMerged, PEFT_IGNORED_FIELDS, PEFT_FIELD_HANDLING } from './peft';
+export type { SaveAdapterOptions, LoadAdapterOptions } from './peft';
 export { SafetensorsFile, SafetensorsError, loadSafetensors, loadSafetensorsSync, saveSafetensors, saveSafetensorsSync } from './safetensors';
 export type { SafetensorsDtype, SafetensorsEntry, SafetensorsReadOptions, WriteOptions as SafetensorsWriteOptions } from './safetensors';
 export { loadTokenizer, Tokenizer } from './tokenizer';

@@ -323,6 +323,8 @@ describe('help, usage errors and exit codes', () => {
 });
 
 describe('lora-cuda merge', () => {
+  // The tokenizer and chat-template files a chat model is used with, besides tokenizer.json.
+  const companions = ['tokenizer_config.json', 'special_tokens_map.json', 'added_tokens.json', 'chat_template.jinja', 'chat_template.json', 'generation_config.json'];
   const ids = [[1, 5, 9, 2, 6, 5, 3], [8, 9, 7, 9, 3, 2, 3]];
   let modelDir: string;
   let adapterDir: string;
@@ -334,6 +336,7 @@ describe('lora-cuda merge', () => {
     adapterDir = path.join(tmp, 'qwen2-adapter');
     await writeCheckpoint(modelDir, loadCases().cases.qwen2_bias_tied_mqa);
     fs.writeFileSync(path.join(modelDir, 'tokenizer.json'), '{"fake": true}\n');
+    for (const f of companions) fs.writeFileSync(path.join(modelDir, f), `${f} of the base\n`);
     const model = await LlamaForCausalLM.fromPretrained(modelDir);
     manualSeed(3);
     injectLora(model, { targetModules: ['q_proj', 'v_proj'], r: 4, alpha: 8 });
@@ -375,6 +378,8 @@ describe('lora-cuda merge', () => {
     expect(r.stdout).toContain('LoRA r 4, alpha 8 (scale 2) on 4 layers (q_proj, v_proj)');
     expect(r.stdout).toContain(`wrote ${outDir}`);
     expect(fs.readFileSync(path.join(outDir, 'tokenizer.json'), 'utf8')).toBe('{"fake": true}\n');
+    for (const f of companions) expect(fs.readFileSync(path.join(outDir, f), 'utf8')).toBe(`${f} of the base\n`);
+    expect(r.stdout).toContain(companions.join(', '));
     const merged = await LlamaForCausalLM.fromPretrained(outDir);
     expect(merged.config.tieWordEmbeddings).toBe(true);
     const got = noGrad(() => merged.forward(ids)).toArray();

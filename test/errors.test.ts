@@ -271,8 +271,10 @@ describe('injectLora', () => {
   });
 
   test('targetModules not an array', () => {
-    expectThrows(() => injectLora(new TwoLayer(), { targetModules: 'q_proj' as unknown as string[] }), TypeError,
-      /^injectLora: options\.targetModules must be a non-empty array of module names or a RegExp, got "q_proj"$/);
+    expectThrows(() => injectLora(new TwoLayer(), { targetModules: 3 as unknown as string[] }), TypeError,
+      /^injectLora: options\.targetModules must be a non-empty array of module names, a regex string or a RegExp, got 3$/);
+    // A string is PEFT's full-match regex over the dotted name.
+    expect(injectLora(new TwoLayer(), { targetModules: 'q_.*' })).toEqual(['q_proj']);
     expectThrows(() => injectLora(new TwoLayer(), { targetModules: [] }), TypeError, /options\.targetModules must be a non-empty array/);
     expectThrows(() => injectLora(new TwoLayer(), { targetModules: ['q_proj', 3] as unknown as string[] }), TypeError,
       /options\.targetModules must be a non-empty array of module names/);

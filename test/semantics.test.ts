@@ -246,10 +246,6 @@ describe('adapter files and configs', () => {
 
   test.each([
     ['alora_invocation_tokens', [1, 2, 3], /alora_invocation_tokens is \[1, 2, 3\]: Activated LoRA .* is not supported/],
-    ['modules_to_save', ['lm_head'], /modules_to_save is \[lm_head\]: whole modules trained and saved beside the adapter is not supported/],
-    ['layers_to_transform', [0], /layers_to_transform is \[0\]: adapters on some layer indices only is not supported/],
-    ['lora_bias', true, /lora_bias is true: a bias on lora_B is not supported/],
-    ['use_dora', true, /use_dora is true: DoRA/],
     ['trainable_token_indices', [5], /trainable_token_indices/],
     ['some_future_field', 3, /field some_future_field \(3\) is unknown to lora-cuda/],
   ])('a config with %s set is refused, naming the field', async (field, value, re) => {

@@ -4,7 +4,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { LlamaForCausalLM } from '../models/llama';
 import { loadAdapter, saveMerged } from '../peft';
-import { loraLayers } from '../lora';
+import { loraEmbeddingLayers, loraLayers } from '../lora';
 import { CliError, CliIO, UsageError, samePath, statPath } from './io';
 import { READ_LIMITS, pathExists, readWholeFileSync } from '../fsio';
 import { helpText, parseArgs, Specs } from './args';
@@ -19,7 +19,10 @@ const SPECS = {
 } satisfies Specs;
 
 /** Files copied from the model directory so the merged checkpoint is usable as is. */
-const COMPANIONS = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'generation_config.json', 'tokenizer.model', 'vocab.json', 'merges.txt'];
+const COMPANIONS = [
+  'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'added_tokens.json', 'chat_template.jinja', 'chat_template.json',
+  'generation_config.json', 'tokenizer.model', 'vocab.json', 'merges.txt',
+];
 
 function isDir(flag: string, p: string): boolean {
   return statPath(flag, p)?.isDirectory() ?? false;
@@ -46,8 +49,9 @@ export async function mergeCommand(argv: string[], io: CliIO): Promise<number> {
   if (a.help) {
     io.stdout(helpText('merge', `${COMMAND_TEXT.merge.summary}\n\n` +
       'Loads the base model (LlamaForCausalLM family: Llama, Mistral, Qwen2, SmolLM, TinyLlama), applies the\n' +
-      'adapter, and writes config.json and model.safetensors with W + (alpha / r) B A in every adapted layer.\n' +
-      'Tokenizer and generation files next to the base model are copied along.', SPECS,
+      'adapter, and writes config.json and model.safetensors with the adapter folded into every adapted layer\n' +
+      '(W + (alpha / r) B A; DoRA, lora_bias, embeddings and modules to save as PEFT merges them).\n' +
+      'Tokenizer, chat-template and generation files next to the base model are copied along.', SPECS,
     COMMAND_TEXT.merge.usage));
     return 0;
   }
@@ -73,7 +77,7 @@ export async function mergeCommand(argv: string[], io: CliIO): Promise<number> {
 
   const layers = await userStep(() => loadAdapter(model, adapterDir),
     (m) => (/has shape|has no weights for layers|not a Linear layer/.test(m) ? ' (was the adapter trained on this base model?)' : ''));
-  const [, first] = loraLayers(model)[0];
+  const [, first] = [...loraLayers(model), ...loraEmbeddingLayers(model)][0];
   const kinds = [...new Set(layers.map((n) => n.slice(n.lastIndexOf('.') + 1)))].sort();
   io.stdout(`applied ${adapterDir}: LoRA r ${first.r}, alpha ${first.alpha} (scale ${+first.scale.toFixed(6)}) on ${layers.length} layers (${kinds.join(', ')})\n`);
 

@@ -1,7 +1,8 @@
 // Registry entries for the layers' forward (the modules' own computation; the
 // samples put the inputs in as the module's tensors, so their gradients are checked).
 import { Embedding, LoRALinear, Linear, RMSNorm, Tensor, manualSeed, tensor, zeros, ones } from '../../lib';
-import { CallContext, I, InputSpec, OpInfo, OpSample, fmt, ids, scaled } from './types';
+import { LoRAEmbedding } from '../../lib';
+import { CallContext, I, InputSpec, OpInfo, OpSample, fmt, ids, positive, scaled } from './types';
 import { EMBEDDING_OPTION_ERRORS, EMBEDDING_OPTION_SAMPLES } from './modules';
 
 const BOTH_DEVICES: OpInfo['devices'] = ['cpu', 'cuda'];
@@ -122,6 +123,44 @@ for (const { M, K, N, r, p } of [
   });
 }
 
+// PEFT's variants: lora_bias (B's own bias, an input with its gradient) and DoRA (the magnitude an
+// input; DoRA's row norm is a constant in backward, so the finite-difference check leaves A and B
+// frozen, and a parity-only sample compares their gradients between the devices).
+function variantSample(name: string, o: { loraBias?: boolean; useDora?: boolean; dropout?: number; ab?: boolean; gradcheck?: boolean }): OpSample {
+  const half = scaled(0.5);
+  const ab = o.ab ?? true;
+  return {
+    name,
+    gradcheck: o.gradcheck ?? true,
+    inputs: [I([2, 3, IN]), I([OUT, IN], { grad: false, state: true }), I([OUT], { grad: false, state: true }),
+      I([2, IN], { grad: ab, values: half, state: true }), I([OUT, 2], { grad: ab, values: half, state: true }),
+      I([OUT], { values: o.useDora ? positive : half, state: true })],
+    call: ([x, W, b, A, B, v], { dtype, device }) => {
+      const lin = new Linear(IN, OUT, { dtype, device });
+      const l = new LoRALinear(lin, { r: 2, alpha: 3, dropout: o.dropout ?? 0, loraBias: o.loraBias, useDora: o.useDora });
+      lin.weight = W;
+      lin.bias = b;
+      l.A = A;
+      l.B = B;
+      if (o.loraBias) l.loraBias = v;
+      else l.magnitude = v;
+      if (o.dropout) {
+        l.train(true);
+        manualSeed(DROPOUT_SEED);
+      }
+      return l.forward(x);
+    },
+  };
+}
+loraSamples.push(
+  variantSample('loraBias: dx, dA, dB, dloraBias', { loraBias: true }),
+  variantSample('loraBias with dropout 0.3 in training', { loraBias: true, dropout: 0.3 }),
+  variantSample('useDora (A, B frozen): dx, dmagnitude', { useDora: true, ab: false }),
+  variantSample('useDora with dropout 0.3 in training (A, B frozen)', { useDora: true, ab: false, dropout: 0.3 }),
+  variantSample('useDora: dA, dB as well (the norm detached; parity only)', { useDora: true, gradcheck: false }),
+  variantSample('useDora with dropout: dA, dB as well (parity only)', { useDora: true, dropout: 0.3, gradcheck: false }),
+);
+
 /** The layer with its bias replaced (as user code may do after construction). */
 function withBias(l: Linear, bias: Tensor): Linear {
   l.bias = bias;
@@ -197,6 +236,28 @@ export const LAYER_OPS: OpInfo[] = [
         type: RangeError, message: /^LoRALinear\.forward: B must be a 2-D tensor of shape \[16, 4\] \(\[outFeatures, r\]\), got Tensor\(shape \[4, 16\], float32, cpu\)$/, standard: true },
       { name: 'an A that is not a tensor', call: () => withAdapter(new LoRALinear(new Linear(64, 16), { r: 4 }), { A: [[0]] as unknown as Tensor }).forward(zeros([2, 64])),
         type: TypeError, message: /^LoRALinear\.forward: A must be a Tensor, got \[\[0\]\]$/, standard: true },
+    ],
+  },
+  {
+    name: 'LoRAEmbedding.forward', where: ['LoRAEmbedding.forward', 'embedding'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES,
+    samples: [{
+      name: 'ids [2,3] into [5,3], r 2: dA, dB', inputs: [ids([2, 3], [4, 0, 4, 2, 1, 0]), I([5, 3], { grad: false, state: true }),
+        I([2, 5], { values: scaled(0.5), state: true }), I([3, 2], { values: scaled(0.5), state: true })],
+      call: ([i, w, A, B], { dtype, device }) => {
+        const e = new Embedding(5, 3, { dtype, device });
+        const l = new LoRAEmbedding(e, { r: 2, alpha: 3 });
+        e.weight = w;
+        l.A = A;
+        l.B = B;
+        return l.forward(i);
+      },
+    }],
+    errors: [
+      { name: 'an A of the wrong shape', call: () => {
+        const l = new LoRAEmbedding(new Embedding(5, 3), { r: 2 });
+        l.A = zeros([5, 2]);
+        return l.forward(tensor([1], { dtype: 'int32' }));
+      }, type: RangeError, message: /^LoRAEmbedding\.forward: A must be a 2-D tensor of shape \[2, 5\] \(\[r, numEmbeddings\]\), got Tensor\(shape \[5, 2\], float32, cpu\)$/, standard: true },
     ],
   },
   {
