@@ -3,7 +3,7 @@
 // wrapped layer starts out exactly equal to the original. Forward and backward
 // are one native call each; merging folds scale * B A into W in place.
 import { Tensor } from './tensor';
-import { randn, rand, tensor, zeros } from './creation';
+import { randn, rand, zeros } from './creation';
 import { keep } from './scope';
 import { assertTensor, checkLinearInput, checkLinearWeights, requireFloat, requireSame } from './checks';
 import { noGrad } from './autograd';
@@ -12,6 +12,7 @@ import { Linear } from './nn/layers';
 import { Embedding, embedding } from './nn/transformer';
 import * as ops from './ops/linear';
 import { copy_ } from './ops/memory';
+import { dropout } from './ops/dropout';
 import { allFinite } from './ops/elementwise';
 import { nextRandomKey } from './random';
 import type { DeviceSpec } from './device';
@@ -98,25 +99,6 @@ function checkVector(where: string, ref: Tensor, refName: string, t: unknown, wh
   if (t.ndim !== 1 || t.shape[0] !== n) throw rangeError(where, what, `a 1-D tensor of shape [${n}] ([outFeatures])`, t);
 }
 
-/**
- * Inverted dropout of x with the LoRA kernel's mask for `key`: x through an identity adapter on a zero
- * weight, which applies the mask to its input only.
- */
-function dropoutOf(x: Tensor, p: number, key: { seed: bigint; offset: bigint }): Tensor {
-  const n = x.shape[x.ndim - 1];
-  const id = `${n}/${x.dtype}/${x.device}`;
-  let c = identities.get(id);
-  if (!c || c.eye.isDisposed || c.zero.isDisposed) {
-    // Built once per size, dtype and device (a JS array of n² numbers is slow to make every step).
-    const opts = { dtype: x.dtype as 'float32', device: x.device as 'cpu' };
-    const data = new Array<number>(n * n).fill(0);
-    for (let i = 0; i < n; i++) data[i * n + i] = 1;
-    c = noGrad(() => ({ eye: keep(tensor(data, opts).reshape(n, n)), zero: keep(zeros([n, n], opts)) }));
-    identities.set(id, c);
-  }
-  return ops.loraLinear(x, c.zero, c.eye, c.eye, null, 1, p, key);
-}
-const identities = new Map<string, { eye: Tensor; zero: Tensor }>();
 
 export class LoRALinear extends Module {
   /** The wrapped layer; its weight and bias are frozen. */
@@ -259,8 +241,8 @@ export class LoRALinear extends Module {
       return b ? y.add(b) : y;
     }
     // With dropout PEFT rescales the base output of the dropped-out input: x Wᵀ + b + (ratio − 1) xd Wᵀ +
-    // ratio scale lora(xd). The mask is drawn once (through the LoRA kernel on an identity adapter).
-    const xd = dropoutOf(x, p, key);
+    // ratio scale lora(xd), with one dropout mask.
+    const xd = dropout(x, p, key);
     const adapted = ops.loraLinear(xd, W, A, B, null, this.scale, 0, none).mul(ratio);
     return ops.linear(x, W, b).add(adapted).sub(ops.linear(xd, W, null));
   }
@@ -448,7 +430,8 @@ export class LoRALinear extends Module {
   // Printing, as PEFT prints its lora.Linear: the settings, then the wrapped layer as (base_layer).
   extraRepr(): string {
     return `r=${this.r}, alpha=${this.alpha}, scaling=${pyFloat(this.scale)}, dropout=${pyFloat(this.dropout)}` +
-      (this.useRslora ? ', use_rslora=True' : '') + (this.merged ? ', merged=True' : '') + (this.enabled ? '' : ', enabled=False');
+      (this.useRslora ? ', use_rslora=True' : '') + (this.useDora ? ', use_dora=True' : '') + (this.loraBias ? ', lora_bias=True' : '') +
+      (this.merged ? ', merged=True' : '') + (this.enabled ? '' : ', enabled=False');
   }
   reprChildren(): Iterable<[string, Module]> {
     return [['base_layer', this.origLinear]];
@@ -585,6 +568,15 @@ export class LoRAEmbedding extends Module {
     if (!m) return [];
     for (const t of m.from) mergedAdapters.delete(t);
     return [m.A, m.B];
+  }
+
+  // Printing as LoRALinear: the settings, then the wrapped layer as (base_layer).
+  extraRepr(): string {
+    return `r=${this.r}, alpha=${this.alpha}, scaling=${pyFloat(this.scale)}` +
+      (this.useRslora ? ', use_rslora=True' : '') + (this.merged ? ', merged=True' : '') + (this.enabled ? '' : ', enabled=False');
+  }
+  reprChildren(): Iterable<[string, Module]> {
+    return [['base_layer', this.origEmbedding]];
   }
 }
 

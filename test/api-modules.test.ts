@@ -5,6 +5,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 import { inspect } from 'util';
 import {
+  LoRAEmbedding,
   Dropout, Embedding, F, GELU, Identity, LayerNorm, Linear, LoRALinear, Module, ModuleDict, ModuleList, ReLU, Sequential, SiLU,
   Tensor, cuda, manualSeed, noGrad, ones, randn, tensor, zeros,
 } from '../lib';
@@ -114,6 +115,17 @@ describe('printing module trees as torch does', () => {
     ].join('\n'));
     // The state dict keeps its own names: printing renames nothing.
     expect(Object.keys(l.stateDict())).toContain('origLinear.weight');
+  });
+
+  test('LoRAEmbedding, DoRA and lora_bias print their settings too', () => {
+    expect(String(new LoRAEmbedding(new Embedding(10, 4), { r: 2, alpha: 4 }))).toBe([
+      'LoRAEmbedding(',
+      '  r=2, alpha=4, scaling=2.0',
+      '  (base_layer): Embedding(10, 4)',
+      ')',
+    ].join('\n'));
+    expect(String(new LoRALinear(new Linear(4, 3), { r: 2, alpha: 2, useDora: true })).split('\n')[1]).toBe('  r=2, alpha=2, scaling=1.0, dropout=0.0, use_dora=True');
+    expect(String(new LoRALinear(new Linear(4, 3), { r: 2, alpha: 2, loraBias: true })).split('\n')[1]).toBe('  r=2, alpha=2, scaling=1.0, dropout=0.0, lora_bias=True');
   });
 
   test('a ModuleList folds runs of entries that print the same, as torch 2 does', () => {
