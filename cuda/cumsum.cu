@@ -27,10 +27,8 @@ __global__ void cumsum_kernel(const T* x, int64_t cols, int64_t n, int64_t inner
 
 void CudaBackend::cumsum(const Tensor& x, int64_t dim, bool reverse, const Tensor& out) {
   Guard g(c_);
-  int64_t outer = 1, inner = 1;
-  for (int64_t d = 0; d < dim; ++d) outer *= x.shape[d];
-  const int64_t n = x.shape[dim];
-  for (size_t d = dim + 1; d < x.shape.size(); ++d) inner *= x.shape[d];
+  const DimSplit ds = split_at_dim(x.shape, dim);
+  const int64_t outer = ds.outer, n = ds.n, inner = ds.inner;
   const int64_t cols = outer * inner;
   if (!cols || !n) return;
   dispatch_float(x.dtype, "cumsum", [&](auto z) {

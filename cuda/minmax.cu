@@ -87,14 +87,6 @@ __global__ void index_dim_backward_kernel(const T* dy, const int32_t* idx, int64
   }
 }
 
-void split_dim(const Shape& s, int64_t dim, int64_t& outer, int64_t& n, int64_t& inner) {
-  outer = 1;
-  inner = 1;
-  for (int64_t d = 0; d < dim; ++d) outer *= s[d];
-  n = s[dim];
-  for (size_t d = dim + 1; d < s.size(); ++d) inner *= s[d];
-}
-
 }  // namespace
 
 // ================================================================ methods
@@ -102,8 +94,8 @@ void split_dim(const Shape& s, int64_t dim, int64_t& outer, int64_t& n, int64_t&
 void CudaBackend::minmax_dim(const Tensor& x, int64_t dim, bool is_max, const Tensor& values,
                              const Tensor& indices) {
   Guard g(c_);
-  int64_t outer, n, inner;
-  split_dim(x.shape, dim, outer, n, inner);
+  const DimSplit ds = split_at_dim(x.shape, dim);
+  const int64_t outer = ds.outer, n = ds.n, inner = ds.inner;
   const int64_t cols = outer * inner;
   if (!cols) return;
   const char* op = is_max ? "max" : "min";
@@ -122,8 +114,8 @@ void CudaBackend::minmax_dim(const Tensor& x, int64_t dim, bool is_max, const Te
 void CudaBackend::index_dim_backward(const Tensor& dy, const Tensor& indices, int64_t dim,
                                      const Tensor& dx) {
   Guard g(c_);
-  int64_t outer, n, inner;
-  split_dim(dx.shape, dim, outer, n, inner);
+  const DimSplit ds = split_at_dim(dx.shape, dim);
+  const int64_t outer = ds.outer, n = ds.n, inner = ds.inner;
   const int64_t k = dy.shape[dim], cols = outer * inner;
   fill(dx, 0.0);
   if (!cols || !k) return;

@@ -50,10 +50,8 @@ __global__ void topk_kernel(const T* x, int64_t cols, int64_t n, int64_t k, int6
 void CudaBackend::topk(const Tensor& x, int64_t dim, int64_t k, bool largest, const Tensor& values,
                        const Tensor& indices) {
   Guard g(c_);
-  int64_t outer = 1, inner = 1;
-  for (int64_t d = 0; d < dim; ++d) outer *= x.shape[d];
-  const int64_t n = x.shape[dim];
-  for (size_t d = dim + 1; d < x.shape.size(); ++d) inner *= x.shape[d];
+  const DimSplit ds = split_at_dim(x.shape, dim);
+  const int64_t outer = ds.outer, n = ds.n, inner = ds.inner;
   const int64_t cols = outer * inner;
   if (!cols || !k) return;
   dispatch_float(x.dtype, "topk", [&](auto z) {

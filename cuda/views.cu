@@ -199,10 +199,8 @@ void CudaBackend::index_gather_backward(const Tensor& index, const Tensor* order
     if (dy.numel() == 0) return;
   }
   if (order) {
-    int64_t outer = 1, inner = 1;
-    for (int64_t d = 0; d < dim; ++d) outer *= dx.shape[d];
-    for (int64_t d = dim + 1; d < dx.dim(); ++d) inner *= dx.shape[d];
-    const int64_t L = dy.shape[dim], S = dx.shape[dim];
+    const DimSplit ds = split_at_dim(dx.shape, dim);
+    const int64_t outer = ds.outer, inner = ds.inner, L = dy.shape[dim], S = ds.n;
     Tensor holder;
     unsigned long long* first = first_bad_word(c_, holder);
     dispatch_float(dx.dtype, "index_select backward", [&](auto z) {

@@ -1262,44 +1262,48 @@ function install(where: string, model: Module, layers: Installed): void {
 }
 
 /**
- * @internal Runs fn with the adapter `name` installed (a new name: with no adapter layers installed),
- * then puts the active adapter back; what fn built is kept under `name`. A model without adapter layers
- * takes `name` as its active adapter.
+ * Installs the adapter `name` in place of the active one (a new name: with no adapter layers installed)
+ * and returns what puts the active one back, keeping what was built under `name`; null when `name` is
+ * the active adapter, or becomes it because the model has no adapter layers.
  */
-export function _inAdapterSlot<T>(where: string, model: Module, name: string, fn: () => T): T {
+function enterAdapterSlot(where: string, model: Module, name: string): (() => void) | null {
   const reg = registryOf(model);
-  const current = installedLayers(model);
-  if (name === reg.active || (!current.length && !reg.stored.size)) {
+  if (name === reg.active || (!installedLayers(model).length && !reg.stored.size)) {
     reg.active = name;
-    return fn();
+    return null;
   }
   const cur = uninstall(where, model);
+  const leave = (): void => {
+    reg.stored.set(name, uninstall(where, model));
+    install(where, model, cur);
+  };
   const mine = reg.stored.get(name);
   try {
     if (mine) install(where, model, mine);
+  } catch (e) {
+    leave();
+    throw e;
+  }
+  return leave;
+}
+
+/** @internal Runs fn with the adapter `name` installed (see enterAdapterSlot), then puts the active one back. */
+export function _inAdapterSlot<T>(where: string, model: Module, name: string, fn: () => T): T {
+  const leave = enterAdapterSlot(where, model, name);
+  try {
     return fn();
   } finally {
-    reg.stored.set(name, uninstall(where, model));
-    install(where, model, cur);
+    leave?.();
   }
 }
 
 /** @internal The async form of _inAdapterSlot (the swap lasts while fn runs). */
 export async function _inAdapterSlotAsync<T>(where: string, model: Module, name: string, fn: () => Promise<T>): Promise<T> {
-  const reg = registryOf(model);
-  const current = installedLayers(model);
-  if (name === reg.active || (!current.length && !reg.stored.size)) {
-    reg.active = name;
-    return fn();
-  }
-  const cur = uninstall(where, model);
-  const mine = reg.stored.get(name);
+  const leave = enterAdapterSlot(where, model, name);
   try {
-    if (mine) install(where, model, mine);
     return await fn();
   } finally {
-    reg.stored.set(name, uninstall(where, model));
-    install(where, model, cur);
+    leave?.();
   }
 }
 

@@ -51,6 +51,13 @@ std::string Device::str() const {
   return type == DeviceType::CPU ? std::string("cpu") : "cuda:" + std::to_string(index);
 }
 
+DimSplit split_at_dim(const Shape& s, int64_t dim) {
+  DimSplit r{1, s[static_cast<size_t>(dim)], 1};
+  for (int64_t d = 0; d < dim; ++d) r.outer *= s[static_cast<size_t>(d)];
+  for (size_t d = static_cast<size_t>(dim) + 1; d < s.size(); ++d) r.inner *= s[d];
+  return r;
+}
+
 int64_t shape_numel(const Shape& s) {
   int64_t n = 1;
   for (int64_t d : s) {

@@ -64,6 +64,12 @@ struct Device {
 
 using Shape = std::vector<int64_t>;
 int64_t shape_numel(const Shape& s);
+// A shape seen as [outer, n, inner] around `dim`: how ops along one dim (scans, top-k, max/min,
+// index backward) walk a contiguous tensor.
+struct DimSplit {
+  int64_t outer, n, inner;
+};
+DimSplit split_at_dim(const Shape& s, int64_t dim);
 std::string shape_str(const Shape& s);
 // Row-major element strides of `shape` aligned to the last dims of `out`, 0 on
 // broadcast dims, so one counter over `out` walks both (every backend's

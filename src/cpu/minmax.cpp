@@ -7,21 +7,10 @@
 
 namespace lc {
 
-namespace {
-// x viewed as [outer, n, inner] around `dim`.
-void split_dim(const Shape& s, int64_t dim, int64_t& outer, int64_t& n, int64_t& inner) {
-  outer = 1;
-  inner = 1;
-  for (int64_t d = 0; d < dim; ++d) outer *= s[d];
-  n = s[dim];
-  for (size_t d = dim + 1; d < s.size(); ++d) inner *= s[d];
-}
-}  // namespace
-
 void CpuBackend::minmax_dim(const Tensor& x, int64_t dim, bool is_max, const Tensor& values,
                             const Tensor& indices) {
-  int64_t outer, n, inner;
-  split_dim(x.shape, dim, outer, n, inner);
+  const DimSplit ds = split_at_dim(x.shape, dim);
+  const int64_t outer = ds.outer, n = ds.n, inner = ds.inner;
   dispatch_float(x.dtype, is_max ? "max" : "min", [&](auto z) {
     using T = decltype(z);
     const T* px = x.data<T>();
@@ -53,9 +42,8 @@ void CpuBackend::minmax_dim(const Tensor& x, int64_t dim, bool is_max, const Ten
 
 void CpuBackend::index_dim_backward(const Tensor& dy, const Tensor& indices, int64_t dim,
                                     const Tensor& dx) {
-  int64_t outer, n, inner, k;
-  split_dim(dx.shape, dim, outer, n, inner);
-  k = dy.shape[dim];
+  const DimSplit ds = split_at_dim(dx.shape, dim);
+  const int64_t outer = ds.outer, n = ds.n, inner = ds.inner, k = dy.shape[dim];
   dispatch_float(dx.dtype, "index backward", [&](auto z) {
     using T = decltype(z);
     const T* pg = dy.data<T>();

@@ -9,10 +9,8 @@ namespace lc {
 
 void CpuBackend::topk(const Tensor& x, int64_t dim, int64_t k, bool largest, const Tensor& values,
                       const Tensor& indices) {
-  int64_t outer = 1, inner = 1;
-  for (int64_t d = 0; d < dim; ++d) outer *= x.shape[d];
-  const int64_t n = x.shape[dim];
-  for (size_t d = dim + 1; d < x.shape.size(); ++d) inner *= x.shape[d];
+  const DimSplit ds = split_at_dim(x.shape, dim);
+  const int64_t outer = ds.outer, n = ds.n, inner = ds.inner;
   dispatch_float(x.dtype, "topk", [&](auto z) {
     using T = decltype(z);
     const T* px = x.data<T>();
