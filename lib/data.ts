@@ -189,6 +189,19 @@ function nonSpace(s: string): number {
   return n;
 }
 
+const SPECIAL_TEXTS = new WeakMap<object, string[]>();
+
+/** The texts of the tokenizer's special added tokens, longest first. */
+function specialTexts(tok: Tokenizer): string[] {
+  let list = SPECIAL_TEXTS.get(tok);
+  if (!list) {
+    const added = (tok as unknown as { get_added_tokens_decoder?: () => Map<number, { content: string; special: boolean }> }).get_added_tokens_decoder?.();
+    list = added ? [...added.values()].filter((t) => t.special && t.content !== '').map((t) => t.content).sort((a, b) => b.length - a.length) : [];
+    SPECIAL_TEXTS.set(tok, list);
+  }
+  return list;
+}
+
 interface Encoded { ids: number[]; unknown: number; droppedChars: number }
 
 /**
@@ -209,9 +222,12 @@ function encodeChecked(tok: Tokenizer, text: string, addSpecial: boolean, where:
     unknown++;
     return unk;
   });
+  // What the known tokens decode to against the text, special tokens left out of both.
   const known = ids.filter((id) => id !== unk);
-  const decoded = tok.decode(known, { skip_special_tokens: false });
-  const droppedChars = Math.max(0, nonSpace(text) - nonSpace(decoded) - unknown);
+  const decoded = tok.decode(known, { skip_special_tokens: true });
+  let plain = text;
+  for (const sp of specialTexts(tok)) plain = plain.split(sp).join(' ');
+  const droppedChars = Math.max(0, nonSpace(plain) - nonSpace(decoded) - unknown);
   return { ids, unknown, droppedChars };
 }
 
