@@ -236,6 +236,19 @@ describe('buildExamples', () => {
     expect(buildExamples([{ text: 'é' + 'a'.repeat(30) }], tok).report.warnings).toHaveLength(0);
   });
 
+  test('ids a tokenizer leaves unmapped become its unknown token, or an error without one', () => {
+    // A WordLevel model gives no id for a word it does not know; with an unk_token in the config that is the unknown token.
+    const wl = (unk: string | null) => new Tokenizer({
+      version: '1.0', truncation: null, padding: null, added_tokens: [], normalizer: null,
+      pre_tokenizer: { type: 'WhitespaceSplit' }, post_processor: null, decoder: null,
+      model: { type: 'WordLevel', vocab: { a: 0, b: 1, '<unk>': 2 }, unk_token: unk },
+    }, unk === null ? {} : { unk_token: unk });
+    const { examples, report } = buildExamples([{ text: 'a zz b' }], wl('<unk>'));
+    expect(examples[0].ids).toEqual([0, 2, 1]);
+    expect(report.unknownTokens).toBe(1);
+    expectThrows(() => buildExamples([{ text: 'a zz b' }], wl(null)), Error, /data row 1: the tokenizer has no id for "zz" and no unknown token/);
+  });
+
   test('a template that does not render turn by turn is an error naming the row', () => {
     const tok = makeTokenizer('{% for m in messages %}{{ m.role }}:{{ m.content }};{% endfor %}{{ messages | length }}');
     expectThrows(() => buildExamples([{ text: 'x' }, { messages: [{ role: 'user', content: 'a' }, { role: 'assistant', content: 'b' }, { role: 'user', content: 'c' }] }], tok),
