@@ -154,6 +154,8 @@ export interface ExamplesReport {
   droppedCharacters: number;
   /** Tokens over all rows before truncation. */
   totalTokens: number;
+  /** Conversations whose template rewrites earlier turns, their assistant tokens found by content. */
+  foundByContent: number;
   /** Human-readable warnings (unknown tokens, truncation), for the caller to print. */
   warnings: string[];
 }
@@ -231,10 +233,13 @@ function encodeChecked(tok: Tokenizer, text: string, addSpecial: boolean, where:
   return { ids, unknown, droppedChars };
 }
 
-type Built = { ids: number[]; labels: number[]; unknown: number; droppedChars: number } | { skip: keyof DroppedCounts };
+type Built = { ids: number[]; labels: number[]; unknown: number; droppedChars: number; byContent?: boolean } | { skip: keyof DroppedCounts };
 
-/** Assistant spans of a conversation as character ranges of its rendering, turn by turn. */
-function chatSpans(tok: Tokenizer, messages: ChatMessage[], trainFrom: number | null, o: ExamplesOptions, where: string): { text: string; spans: [number, number][] } {
+/**
+ * Assistant spans of a conversation as character ranges of its rendering, turn by turn; for a
+ * template that renders earlier turns differently once later turns follow, by their content.
+ */
+function chatSpans(tok: Tokenizer, messages: ChatMessage[], trainFrom: number | null, o: ExamplesOptions, where: string): { text: string; spans: [number, number][]; byContent: boolean } {
   const render = (m: ChatMessage[], gen: boolean): string => {
     try {
       return tok.applyChatTemplate(m, { addGenerationPrompt: gen, chatTemplate: o.chatTemplate, templateVariables: o.templateVariables });
@@ -252,12 +257,43 @@ function chatSpans(tok: Tokenizer, messages: ChatMessage[], trainFrom: number | 
   for (const i of turns) {
     const before = render(messages.slice(0, i), true);
     const upTo = trainFrom === null ? render(messages.slice(0, i + 1), false) : text;
-    if (!upTo.startsWith(before) || !text.startsWith(upTo)) {
-      throw new Error(`${where}: the chat template does not render this conversation turn by turn (the rendering up to message ${i} is not a prefix of the whole), so its assistant tokens cannot be told apart; use prompt/completion rows or another template`);
-    }
+    if (!upTo.startsWith(before) || !text.startsWith(upTo)) return { text, spans: spansByContent(tok, messages, trainFrom, text, where), byContent: true };
     spans.push([before.length, upTo.length]);
   }
-  return { text, spans };
+  return { text, spans, byContent: false };
+}
+
+/**
+ * The fallback for templates that rewrite history (Qwen3 drops the reasoning of earlier turns):
+ * every message's content is looked up in the rendering in order (as it is, or trimmed, as
+ * Llama 3's template writes it), and a trained turn's span is its content and the EOS text
+ * (tokenizer_config.json eos_token) when that follows at once.
+ */
+function spansByContent(tok: Tokenizer, messages: ChatMessage[], trainFrom: number | null, text: string, where: string): [number, number][] {
+  const spans: [number, number][] = [];
+  const eos = tok.specialTokens.eos_token;
+  let from = 0;
+  messages.forEach((m, i) => {
+    const trained = trainFrom === null ? m.role === 'assistant' : i >= trainFrom;
+    const c = m.content;
+    let at = -1;
+    let needle = '';
+    if (typeof c === 'string' && c.trim() !== '') {
+      for (needle of [c, c.trim()]) {
+        at = text.indexOf(needle, from);
+        if (at >= 0) break;
+      }
+    }
+    if (at < 0) {
+      if (!trained) return;
+      throw new Error(`${where}: the chat template renders earlier turns differently once later turns follow, and the content of message ${i} (${m.role}) is not in the rendering as text, so its tokens cannot be located; use prompt/completion rows or a template that renders turn by turn`);
+    }
+    let end = at + needle.length;
+    if (trained && eos !== undefined && eos !== '' && text.startsWith(eos, end)) end += eos.length;
+    if (trained) spans.push([at, end]);
+    from = end;
+  });
+  return spans;
 }
 
 function buildRow(tok: Tokenizer, row: DataRow, o: ExamplesOptions, addEos: boolean, eosId: number | null, where: string): Built {
@@ -291,7 +327,7 @@ function buildRow(tok: Tokenizer, row: DataRow, o: ExamplesOptions, addEos: bool
       if (trainFrom === null ? !messages.some((m) => m.role === 'assistant') : row.kind === 'chat-prompt-completion' && row.completion.length === 0) {
         return { skip: 'noAssistantTurn' };
       }
-      const { text, spans } = chatSpans(tok, messages, trainFrom, o, where);
+      const { text, spans, byContent } = chatSpans(tok, messages, trainFrom, o, where);
       const e = encodeChecked(tok, text, false, where);
       const labels = new Array<number>(e.ids.length).fill(IGNORE_INDEX);
       for (const [a, b] of spans) {
@@ -300,7 +336,7 @@ function buildRow(tok: Tokenizer, row: DataRow, o: ExamplesOptions, addEos: bool
         const kb = b === text.length ? e.ids.length : commonPrefix(tok.encode(text.slice(0, b), { add_special_tokens: false }).ids as number[], e.ids);
         for (let t = ka; t < kb; t++) labels[t] = e.ids[t];
       }
-      return { ids: e.ids, labels, unknown: e.unknown, droppedChars: e.droppedChars };
+      return { ids: e.ids, labels, unknown: e.unknown, droppedChars: e.droppedChars, byContent };
     }
   }
 }
@@ -330,7 +366,7 @@ export function buildExamples(rows: readonly unknown[], tokenizer: Tokenizer, op
   const eosId = eosText === undefined ? null : tokenizer.token_to_id(eosText) ?? null;
   const report: ExamplesReport = {
     rows: rows.length, kept: 0, truncated: 0, dropped: { noAssistantTurn: 0, tooShort: 0, noTargetsAfterTruncation: 0 },
-    tokens: 0, targets: 0, unknownTokens: 0, droppedCharacters: 0, totalTokens: 0, warnings: [],
+    tokens: 0, targets: 0, unknownTokens: 0, droppedCharacters: 0, totalTokens: 0, foundByContent: 0, warnings: [],
   };
   const examples: TrainingExample[] = [];
   rows.forEach((raw, r) => {
@@ -342,6 +378,7 @@ export function buildExamples(rows: readonly unknown[], tokenizer: Tokenizer, op
       report.dropped[built.skip]++;
       return;
     }
+    if (built.byContent) report.foundByContent++;
     report.unknownTokens += built.unknown;
     report.droppedCharacters += built.droppedChars;
     report.totalTokens += built.ids.length;
@@ -371,6 +408,9 @@ export function buildExamples(rows: readonly unknown[], tokenizer: Tokenizer, op
   const total = report.totalTokens + report.droppedCharacters;
   if (total > 0 && unknown / total > share) {
     report.warnings.push(`${name}: ${(100 * unknown / total).toFixed(1)}% of the text is unknown to the tokenizer (${report.unknownTokens} unknown tokens, ${report.droppedCharacters} characters dropped without a token); the model cannot learn it — check that the tokenizer belongs to the model and suits the data`);
+  }
+  if (report.foundByContent > 0) {
+    report.warnings.push(`${name}: the chat template renders earlier turns differently once later turns follow (${report.foundByContent} conversations); their assistant tokens were found by their content (content and EOS trained, as rendered in the whole conversation)`);
   }
   if (report.truncated > 0) report.warnings.push(`${name}: ${report.truncated} of ${report.rows} rows were cut to maxLength ${maxLength}`);
   const d = report.dropped;

@@ -14,6 +14,7 @@ const FIX = JSON.parse(fs.readFileSync(path.join(__dirname, 'fixtures', 'chat-te
   special_tokens: Record<string, string>;
   templates: Record<string, string>;
   cases: Case[];
+  rewrite_cases: Case[];
   raising: { template: string; messages: ChatMessage[]; error: string };
 };
 
@@ -249,10 +250,22 @@ describe('buildExamples', () => {
     expectThrows(() => buildExamples([{ text: 'a zz b' }], wl(null)), Error, /data row 1: the tokenizer has no id for "zz" and no unknown token/);
   });
 
-  test('a template that does not render turn by turn is an error naming the row', () => {
-    const tok = makeTokenizer('{% for m in messages %}{{ m.role }}:{{ m.content }};{% endfor %}{{ messages | length }}');
+  test('a template that rewrites earlier turns: assistant tokens found by content (and EOS), reported', () => {
+    const c = FIX.rewrite_cases[0];
+    const tok = makeTokenizer(FIX.templates.rewrite);
+    const { examples, report } = buildExamples([{ messages: c.messages }, { messages: c.messages.slice(0, 3) }], tok);
+    const want = expectedLabels(c.expected, c.mask);
+    expect(examples[0].ids).toEqual(want.ids);
+    expect(examples[0].labels).toEqual(want.labels);
+    // Ending on the assistant's turn, the conversation renders turn by turn: no fallback.
+    expect(report.foundByContent).toBe(1);
+    expect(report.warnings.join('\n')).toMatch(/renders earlier turns differently once later turns follow \(1 conversations\)/);
+  });
+
+  test('a template whose turns cannot be located is an error naming the row', () => {
+    const tok = makeTokenizer('{% for m in messages %}{{ m.role }}:{{ m.content | upper }};{% endfor %}{{ messages | length }}');
     expectThrows(() => buildExamples([{ text: 'x' }, { messages: [{ role: 'user', content: 'a' }, { role: 'assistant', content: 'b' }, { role: 'user', content: 'c' }] }], tok),
-      Error, /data row 2: the chat template does not render this conversation turn by turn/);
+      Error, /data row 2: the chat template renders earlier turns differently once later turns follow, and the content of message 1 \(assistant\) is not in the rendering/);
     const raising = makeTokenizer(FIX.templates.chatml_file);
     expectThrows(() => buildExamples([{ messages: [{ role: 'tool', content: 'x' }, { role: 'assistant', content: 'y' }] }], raising, { name: 'chat.jsonl' }),
       Error, /chat\.jsonl row 1: applyChatTemplate: the chat template failed to render these 2 messages: Unknown role: tool/);
