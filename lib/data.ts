@@ -156,6 +156,8 @@ export interface ExamplesReport {
   totalTokens: number;
   /** Conversations whose template rewrites earlier turns, their assistant tokens found by content. */
   foundByContent: number;
+  /** Prompt/completion rows whose prompt alone tokenizes differently from the start of the whole (TRL's mismatch warning). */
+  promptMismatches: number;
   /** Human-readable warnings (unknown tokens, truncation), for the caller to print. */
   warnings: string[];
 }
@@ -233,7 +235,7 @@ function encodeChecked(tok: Tokenizer, text: string, addSpecial: boolean, where:
   return { ids, unknown, droppedChars };
 }
 
-type Built = { ids: number[]; labels: number[]; unknown: number; droppedChars: number; byContent?: boolean } | { skip: keyof DroppedCounts };
+type Built = { ids: number[]; labels: number[]; unknown: number; droppedChars: number; byContent?: boolean; promptMismatch?: boolean } | { skip: keyof DroppedCounts };
 
 /**
  * Assistant spans of a conversation as character ranges of its rendering, turn by turn; for a
@@ -317,8 +319,11 @@ function buildRow(tok: Tokenizer, row: DataRow, o: ExamplesOptions, addEos: bool
       // loss the tokens the prompt alone tokenizes to.
       const e = encodeChecked(tok, prompt + completion, true, where);
       const p = tok.encode(prompt, { add_special_tokens: true }).ids as number[];
-      const k = commonPrefix(p, e.ids);
-      return withEos(e, e.ids.map((id, t) => (t < k ? IGNORE_INDEX : id)));
+      // TRL masks len(prompt_ids) tokens even when they are not a prefix (a token merged across the
+      // boundary), warning about the mismatch; so do we, counting it.
+      const k = Math.min(p.length, e.ids.length);
+      const built = withEos(e, e.ids.map((id, t) => (t < k ? IGNORE_INDEX : id)));
+      return commonPrefix(p, e.ids) < p.length ? { ...built, promptMismatch: true } : built;
     }
     case 'messages':
     case 'chat-prompt-completion': {
@@ -366,7 +371,7 @@ export function buildExamples(rows: readonly unknown[], tokenizer: Tokenizer, op
   const eosId = eosText === undefined ? null : tokenizer.token_to_id(eosText) ?? null;
   const report: ExamplesReport = {
     rows: rows.length, kept: 0, truncated: 0, dropped: { noAssistantTurn: 0, tooShort: 0, noTargetsAfterTruncation: 0 },
-    tokens: 0, targets: 0, unknownTokens: 0, droppedCharacters: 0, totalTokens: 0, foundByContent: 0, warnings: [],
+    tokens: 0, targets: 0, unknownTokens: 0, droppedCharacters: 0, totalTokens: 0, foundByContent: 0, promptMismatches: 0, warnings: [],
   };
   const examples: TrainingExample[] = [];
   rows.forEach((raw, r) => {
@@ -379,6 +384,7 @@ export function buildExamples(rows: readonly unknown[], tokenizer: Tokenizer, op
       return;
     }
     if (built.byContent) report.foundByContent++;
+    if (built.promptMismatch) report.promptMismatches++;
     report.unknownTokens += built.unknown;
     report.droppedCharacters += built.droppedChars;
     report.totalTokens += built.ids.length;
@@ -411,6 +417,9 @@ export function buildExamples(rows: readonly unknown[], tokenizer: Tokenizer, op
   }
   if (report.foundByContent > 0) {
     report.warnings.push(`${name}: the chat template renders earlier turns differently once later turns follow (${report.foundByContent} conversations); their assistant tokens were found by their content (content and EOS trained, as rendered in the whole conversation)`);
+  }
+  if (report.promptMismatches > 0) {
+    report.warnings.push(`${name}: in ${report.promptMismatches} rows the prompt alone tokenizes differently from the start of prompt + completion (a token spans the boundary); the loss starts after as many tokens as the prompt alone has, as in TRL — end prompts at a space or newline to avoid it`);
   }
   if (report.truncated > 0) report.warnings.push(`${name}: ${report.truncated} of ${report.rows} rows were cut to maxLength ${maxLength}`);
   const d = report.dropped;

@@ -27,7 +27,9 @@ const UNK = VOCAB['<unk>'];
 const BOS = VOCAB['<|begin_of_text|>'];
 const EOS = VOCAB['<|im_end|>'];
 
-function tokenizerJson(unk: string | null = '<unk>'): object {
+function tokenizerJson(unk: string | null = '<unk>', merges: [string, string][] = []): object {
+  const vocab = { ...VOCAB };
+  merges.forEach(([a, b], i) => { vocab[a + b] = Object.keys(VOCAB).length + i; });
   return {
     version: '1.0', truncation: null, padding: null,
     added_tokens: SPECIALS.map((content) => ({ id: VOCAB[content], content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true })),
@@ -38,7 +40,7 @@ function tokenizerJson(unk: string | null = '<unk>'): object {
       pair: [{ SpecialToken: { id: '<|begin_of_text|>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }, { Sequence: { id: 'B', type_id: 1 } }],
       special_tokens: { '<|begin_of_text|>': { id: '<|begin_of_text|>', ids: [BOS], tokens: ['<|begin_of_text|>'] } },
     },
-    model: { type: 'BPE', dropout: null, unk_token: unk, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, vocab: VOCAB, merges: [] },
+    model: { type: 'BPE', dropout: null, unk_token: unk, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, vocab, merges },
   };
 }
 
@@ -187,6 +189,17 @@ describe('buildExamples', () => {
     // addEos: false leaves EOS out; a text that ends with EOS gets no second one.
     expect(buildExamples([{ text: 'ab' }], tok, { addEos: false }).examples[0].ids).toEqual([BOS, VOCAB.a, VOCAB.b]);
     expect(buildExamples([{ text: 'ab<|im_end|>' }], tok).examples[0].ids).toEqual([BOS, VOCAB.a, VOCAB.b, EOS]);
+  });
+
+  test('a prompt that tokenizes differently alone: the loss starts after as many tokens as it has (TRL), counted', () => {
+    const tok = new Tokenizer(tokenizerJson('<unk>', [['a', 'b']]), FIX.special_tokens);
+    const AB = tok.token_to_id('ab') as number;
+    const { examples, report } = buildExamples([{ prompt: 'xa', completion: 'b' }, { prompt: 'x ', completion: 'ab' }], tok);
+    expect(examples[0].ids).toEqual([BOS, VOCAB.x, AB, EOS]);
+    expect(examples[0].labels).toEqual([IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, EOS]);
+    expect(examples[1].labels).toEqual([IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, AB, EOS]);
+    expect(report.promptMismatches).toBe(1);
+    expect(report.warnings.join('\n')).toMatch(/in 1 rows the prompt alone tokenizes differently/);
   });
 
   test('conversations without an assistant turn are counted skips; truncation and drops are reported with their reasons', () => {
