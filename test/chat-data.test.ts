@@ -90,6 +90,10 @@ describe('applyChatTemplate', () => {
     expect(tok.applyChatTemplate(q.messages, { addGenerationPrompt: q.add_generation_prompt })).toBe(q.expected);
     expect(tok.applyChatTemplate(c.messages, { addGenerationPrompt: c.add_generation_prompt, chatTemplate: 'llama' })).toBe(c.expected);
     expect(tok.applyChatTemplate([], { chatTemplate: 'v', templateVariables: { x: 'seven' } })).toBe('seven');
+    // With tools, transformers picks the "tool_use" template when there is one.
+    const tools = makeTokenizer([{ name: 'default', template: 'plain' }, { name: 'tool_use', template: '{{ tools[0].name }}|{{ documents | length }}' }]);
+    expect(tools.applyChatTemplate([], { tools: [{ name: 'search' }], documents: [1, 2] })).toBe('search|2');
+    expect(tools.applyChatTemplate([])).toBe('plain');
     expect(tok.chatTemplate).toBe(FIX.templates.qwen2);
   });
 
