@@ -43,6 +43,9 @@ export { SafetensorsFile, SafetensorsError, loadSafetensors, loadSafetensorsSync
 export type { SafetensorsDtype, SafetensorsEntry, SafetensorsReadOptions, WriteOptions as SafetensorsWriteOptions } from './safetensors';
 export { loadTokenizer, Tokenizer } from './tokenizer';
 export type { Encoding, TokenizerConstructor } from './tokenizer';
+export type { ChatMessage, ChatTemplateOptions, SpecialTokens } from './tokenizer';
+export { buildExamples, parseJsonl, parseRow, alpacaPrompt, IGNORE_INDEX, ALPACA_PROMPT_INPUT, ALPACA_PROMPT_NO_INPUT } from './data';
+export type { DataRow, TrainingExample, ExamplesOptions, ExamplesReport, DroppedCounts } from './data';
 export { Adam, AdamW, saveOptimizerState, loadOptimizerState } from './optim';
 export { LambdaLR, getLinearScheduleWithWarmup, getCosineScheduleWithWarmup, getConstantScheduleWithWarmup } from './schedule';
 export type { LrLambda, LambdaLRStateDict } from './schedule';
