@@ -21,6 +21,7 @@ export type { LoRAOptions, InjectLoraOptions, LoraFilter, LoraInit } from './lor
 export { Embedding, RMSNorm } from './nn/transformer';
 export { LlamaForCausalLM, parseLlamaConfig } from './models/llama';
 export type { LlamaConfig, FromPretrainedOptions, GenerateOptions } from './models/llama';
+export type { BatchOptions } from './models/llama';
 export type { RopeScaling, RotaryTablesOptions, AttentionOptions, EmbeddingOptions, RMSNormOptions } from './nn/transformer';
 export { saveAdapter, loadAdapter, saveMerged, PEFT_IGNORED_FIELDS } from './peft';
 export type { SaveAdapterOptions } from './peft';
