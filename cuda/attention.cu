@@ -43,6 +43,13 @@ __device__ __forceinline__ int64_t kv_of(const AttnDims& a, int64_t bh) {
 __device__ __forceinline__ int64_t visible(const AttnDims& a, int64_t i, bool causal) {
   return causal ? min(i + 1, a.S) : a.S;
 }
+// First key visible to query row i of batch row b: starts[b, i] clamped into [0, i] (a bad
+// value cannot reach outside the row), or 0 without starts.
+__device__ __forceinline__ int64_t first_key(const int32_t* st, const AttnDims& a, int64_t b,
+                                             int64_t i) {
+  if (!st) return 0;
+  return max(int64_t{0}, min(static_cast<int64_t>(st[b * a.T + i]), i));
+}
 
 // Odd row stride of a shared-memory tile read one row per lane: lanes then hit
 // distinct banks (for double, distinct bank pairs per half-warp).
@@ -131,7 +138,7 @@ extern __shared__ __align__(16) unsigned char attn_smem[];
 // are rescaled by exp(m_old - m_new) as the tiles go by.
 template <typename T, int NV>
 __global__ void attn_forward_tiled(const T* q, const T* k, const T* v, T* out, T* lse, AttnDims a,
-                                   bool causal, T scale, int bc) {
+                                   bool causal, T scale, int bc, const int32_t* st) {
   T* Qs = reinterpret_cast<T*>(attn_smem);
   const int br = blockDim.x >> 5, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t ksd = odd_stride(a.Dh);
@@ -144,6 +151,7 @@ __global__ void attn_forward_tiled(const T* q, const T* k, const T* v, T* out, T
     const int64_t i = i0 + w;
     const bool row_ok = i < a.T;
     const int64_t jn = row_ok ? visible(a, i, causal) : 0;
+    const int64_t js = row_ok ? first_key(st, a, bh / a.Hq, i) : 0;
     // Keys any row of the block sees (block-uniform, so are the barriers below).
     const int64_t kend = causal ? min(a.S, i0 + br) : a.S;
     __syncthreads();  // the previous tile's readers are done with Qs
@@ -159,8 +167,8 @@ __global__ void attn_forward_tiled(const T* q, const T* k, const T* v, T* out, T
       stage_rows(Ks, ksd, k + (kvs * a.S + j0) * a.Dh, nk, a.Dh);
       stage_rows(Vs, a.Dv, v + (kvs * a.S + j0) * a.Dv, nk, a.Dv);
       __syncthreads();
-      if (row_ok && j0 < jn) {  // warp-uniform: key j0 (lane 0) is visible
-        const bool vis = lane < nk && j0 + lane < jn;
+      if (row_ok && j0 < jn && j0 + nk > js) {  // warp-uniform: the tile holds visible keys
+        const bool vis = lane < nk && j0 + lane < jn && j0 + lane >= js;
         const T s = vis ? score(Qs + w * a.Dh, Ks + lane * ksd, a.Dh, scale) : neg_inf<T>();
         const T mn = max(m, warp_max(s));
         const T corr = m == neg_inf<T>() ? T(0) : d_exp(m - mn);
@@ -197,7 +205,7 @@ __global__ void attn_forward_tiled(const T* q, const T* k, const T* v, T* out, T
 template <typename T, int NV>
 __global__ void attn_backward_q_tiled(const T* q, const T* k, const T* v, const T* dout,
                                       const T* lse, T* Dsave, T* dq, AttnDims a, bool causal,
-                                      T scale, int bc) {
+                                      T scale, int bc, const int32_t* st) {
   T* Qs = reinterpret_cast<T*>(attn_smem);
   const int br = blockDim.x >> 5, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t ksd = odd_stride(a.Dh), vsd = odd_stride(a.Dv);
@@ -212,6 +220,7 @@ __global__ void attn_backward_q_tiled(const T* q, const T* k, const T* v, const 
     const int64_t i = i0 + w, r = bh * a.T + i;
     const bool row_ok = i < a.T;
     const int64_t jn = row_ok ? visible(a, i, causal) : 0;
+    const int64_t js = row_ok ? first_key(st, a, bh / a.Hq, i) : 0;
     const int64_t kend = causal ? min(a.S, i0 + br) : a.S;
     const T li = row_ok ? lse[r] : T(0);
     __syncthreads();  // the previous tile's readers are done with Qs, Gs
@@ -229,8 +238,8 @@ __global__ void attn_backward_q_tiled(const T* q, const T* k, const T* v, const 
         stage_rows(Ks, ksd, k + (kvs * a.S + j0) * a.Dh, nk, a.Dh);
         stage_rows(Vs, vsd, v + (kvs * a.S + j0) * a.Dv, nk, a.Dv);
         __syncthreads();
-        if (row_ok && j0 < jn) {  // warp-uniform
-          const bool vis = lane < nk && j0 + lane < jn;
+        if (row_ok && j0 < jn && j0 + nk > js) {  // warp-uniform
+          const bool vis = lane < nk && j0 + lane < jn && j0 + lane >= js;
           T p = T(0), dP = T(0);
           if (vis) {
             p = d_exp(score(Qs + w * a.Dh, Ks + lane * ksd, a.Dh, scale) - li);
@@ -270,7 +279,7 @@ __global__ void attn_backward_q_tiled(const T* q, const T* k, const T* v, const 
 template <typename T, int NV>
 __global__ void attn_backward_kv_tiled(const T* q, const T* k, const T* v, const T* dout,
                                        const T* lse, const T* Dsave, T* dk, T* dv, AttnDims a,
-                                       bool causal, T scale, int bc) {
+                                       bool causal, T scale, int bc, const int32_t* st) {
   T* Kr = reinterpret_cast<T*>(attn_smem);
   const int br = blockDim.x >> 5, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t qsd = odd_stride(a.Dh), gsd = odd_stride(a.Dv);
@@ -279,6 +288,8 @@ __global__ void attn_backward_kv_tiled(const T* q, const T* k, const T* v, const
   T* Gs = Qs + bc * qsd;
   T* Ls = Gs + bc * gsd;
   T* Ds = Ls + bc;
+  // First key of each query row of the tile (shared memory after Ds; starts only).
+  int* Js = reinterpret_cast<int*>(Ds + bc);
   const int64_t nkt = (a.S + br - 1) / br, ntiles = a.B * a.Hkv * nkt;
   for (int64_t tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
     const int64_t kvs = tile / nkt, j0 = (tile - kvs * nkt) * br;
@@ -303,12 +314,13 @@ __global__ void attn_backward_kv_tiled(const T* q, const T* k, const T* v, const
         for (int t = threadIdx.x; t < nq; t += blockDim.x) {
           Ls[t] = lse[bh * a.T + i0 + t];
           Ds[t] = Dsave ? Dsave[bh * a.T + i0 + t] : T(0);
+          if (st) Js[t] = static_cast<int>(first_key(st, a, b, i0 + t));
         }
         __syncthreads();
         // First lane whose query row sees key j (warp-uniform).
         const int lo = causal ? static_cast<int>(max(int64_t{0}, min(j - i0, int64_t{nq}))) : 0;
         if (key_ok && lo < nq) {
-          const bool vis = lane >= lo && lane < nq;
+          const bool vis = lane >= lo && lane < nq && (!st || Js[lane] <= j);
           T p = T(0), ds = T(0);
           if (vis) {
             p = d_exp(score(Qs + lane * qsd, Kr + w * a.Dh, a.Dh, scale) - Ls[lane]);
@@ -341,11 +353,11 @@ __global__ void attn_backward_kv_tiled(const T* q, const T* k, const T* v, const
 // Forward as the CPU: the row max first, then p = exp(s - m), l and the output.
 template <typename T>
 __global__ void attn_forward_plain(const T* q, const T* k, const T* v, T* out, T* lse,
-                                   AttnDims a, bool causal, T scale) {
+                                   AttnDims a, bool causal, T scale, const int32_t* st) {
   const int lane = threadIdx.x & 31;
   LC_WARP_STRIDE(r, a.B * a.Hq * a.T) {
     const int64_t i = r % a.T, bh = r / a.T, kvs = kv_of(a, bh);
-    const int64_t jn = visible(a, i, causal);
+    const int64_t jn = visible(a, i, causal), js = first_key(st, a, bh / a.Hq, i);
     const T* qi = q + r * a.Dh;
     const T* kb = k + kvs * a.S * a.Dh;
     const T* vb = v + kvs * a.S * a.Dv;
@@ -356,13 +368,13 @@ __global__ void attn_forward_plain(const T* q, const T* k, const T* v, T* out, T
       continue;
     }
     T m = neg_inf<T>();
-    for (int64_t j0 = 0; j0 < jn; j0 += 32) {
+    for (int64_t j0 = js; j0 < jn; j0 += 32) {
       const int64_t j = j0 + lane;
       const T s = j < jn ? score(qi, kb + j * a.Dh, a.Dh, scale) : neg_inf<T>();
       m = max(m, warp_max(s));
     }
     double l = 0;
-    for (int64_t j0 = 0; j0 < jn; j0 += 32) {
+    for (int64_t j0 = js; j0 < jn; j0 += 32) {
       const int64_t j = j0 + lane;
       const T p = j < jn ? d_exp(score(qi, kb + j * a.Dh, a.Dh, scale) - m) : T(0);
       l += warp_sum(static_cast<double>(p));
@@ -379,18 +391,18 @@ __global__ void attn_forward_plain(const T* q, const T* k, const T* v, T* out, T
 template <typename T>
 __global__ void attn_backward_q_plain(const T* q, const T* k, const T* v, const T* dout,
                                       const T* lse, T* Dsave, T* dq, AttnDims a, bool causal,
-                                      T scale) {
+                                      T scale, const int32_t* st) {
   const int lane = threadIdx.x & 31;
   LC_WARP_STRIDE(r, a.B * a.Hq * a.T) {
     const int64_t i = r % a.T, bh = r / a.T, kvs = kv_of(a, bh);
-    const int64_t jn = visible(a, i, causal);
+    const int64_t jn = visible(a, i, causal), js = first_key(st, a, bh / a.Hq, i);
     const T* qi = q + r * a.Dh;
     const T* gi = dout + r * a.Dv;
     const T* kb = k + kvs * a.S * a.Dh;
     const T* vb = v + kvs * a.S * a.Dv;
     const T li = lse[r];
     double dsum = 0;
-    for (int64_t j0 = 0; j0 < jn; j0 += 32) {
+    for (int64_t j0 = js; j0 < jn; j0 += 32) {
       const int64_t j = j0 + lane;
       T p = T(0), dP = T(0);
       if (j < jn) {
@@ -404,7 +416,7 @@ __global__ void attn_backward_q_plain(const T* q, const T* k, const T* v, const 
     if (!dq) continue;
     T* o = dq + r * a.Dh;
     for (int64_t d = lane; d < a.Dh; d += 32) o[d] = T(0);
-    for (int64_t j0 = 0; j0 < jn; j0 += 32) {
+    for (int64_t j0 = js; j0 < jn; j0 += 32) {
       const int64_t j = j0 + lane;
       T ds = T(0);
       if (j < jn) {
@@ -421,7 +433,7 @@ __global__ void attn_backward_q_plain(const T* q, const T* k, const T* v, const 
 template <typename T>
 __global__ void attn_backward_kv_plain(const T* q, const T* k, const T* v, const T* dout,
                                        const T* lse, const T* Dsave, T* dk, T* dv, AttnDims a,
-                                       bool causal, T scale) {
+                                       bool causal, T scale, const int32_t* st) {
   const int lane = threadIdx.x & 31;
   LC_WARP_STRIDE(row, a.B * a.Hkv * a.S) {
     const int64_t j = row % a.S, kvs = row / a.S;
@@ -440,7 +452,7 @@ __global__ void attn_backward_kv_plain(const T* q, const T* k, const T* v, const
       for (int64_t i0 = causal ? j : 0; i0 < a.T; i0 += 32) {
         const int64_t i = i0 + lane, r = bh * a.T + i;
         T p = T(0), ds = T(0);
-        if (i < a.T) {
+        if (i < a.T && first_key(st, a, b, i) <= j) {
           p = d_exp(score(q + r * a.Dh, kj, a.Dh, scale) - lse[r]);
           if (dkj) ds = scale * (p * (dot(dout + r * a.Dv, vj, a.Dv) - Dsave[r]));
         }
@@ -519,8 +531,10 @@ unsigned plain_grid(int64_t rows) {
 // ================================================================ methods
 
 void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
-                                    double scale, const Tensor& out, const Tensor& lse) {
+                                    double scale, const Tensor& out, const Tensor& lse,
+                                    const Tensor* starts) {
   Guard g(c_);
+  const int32_t* pst = starts ? dp<int32_t>(*starts) : nullptr;
   const AttnDims a = attn_dims(q, v);
   const int64_t rows = a.B * a.Hq * a.T;
   if (rows == 0) return;
@@ -533,12 +547,12 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
       const unsigned grid = row_grid(a.B * a.Hq * ceil_div(a.T, t.br));
       with_nv(std::max(a.Dh, a.Dv), [&](auto nv) {
         attn_forward_tiled<T, decltype(nv)::value><<<grid, 32 * t.br, t.bytes, c_.stream>>>(
-            dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(out), dp<T>(lse), a, causal, s, t.bc);
+            dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(out), dp<T>(lse), a, causal, s, t.bc, pst);
         launched(c_, op);
       });
     } else {
       attn_forward_plain<T><<<plain_grid(rows), kPlainThreads, 0, c_.stream>>>(
-          dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(out), dp<T>(lse), a, causal, s);
+          dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(out), dp<T>(lse), a, causal, s, pst);
       launched(c_, op);
     }
   });
@@ -546,8 +560,10 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
 
 void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                                      const Tensor& v, const Tensor& lse, bool causal, double scale,
-                                     const Tensor* dq, const Tensor* dk, const Tensor* dv) {
+                                     const Tensor* dq, const Tensor* dk, const Tensor* dv,
+                                     const Tensor* starts) {
   Guard g(c_);
+  const int32_t* pst = starts ? dp<int32_t>(*starts) : nullptr;
   const AttnDims a = attn_dims(q, v);
   const int64_t rows = a.B * a.Hq * a.T, keys = a.B * a.Hkv * a.S;
   // Empty gradients need no work (and may have no memory).
@@ -571,12 +587,13 @@ void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const 
         with_nv(a.Dh, [&](auto nv) {
           attn_backward_q_tiled<T, decltype(nv)::value><<<grid, 32 * t.br, t.bytes, c_.stream>>>(
               dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(dout), dp<T>(lse), dp<T>(Dt), pdq, a, causal,
-              s, t.bc);
+              s, t.bc, pst);
           launched(c_, op);
         });
       } else {
         attn_backward_q_plain<T><<<plain_grid(rows), kPlainThreads, 0, c_.stream>>>(
-            dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(dout), dp<T>(lse), dp<T>(Dt), pdq, a, causal, s);
+            dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(dout), dp<T>(lse), dp<T>(Dt), pdq, a, causal, s,
+            pst);
         launched(c_, op);
       }
     }
@@ -584,18 +601,19 @@ void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const 
       // Read only for dk and only where there are query rows (then Dt exists).
       const T* pD = want_dk && rows > 0 ? dp<T>(Dt) : nullptr;
       const Tiles t =
-          plan_tiles(a, a.Dh + a.Dv, odd_stride(a.Dh) + odd_stride(a.Dv) + 2, sizeof(T));
+          plan_tiles(a, a.Dh + a.Dv, odd_stride(a.Dh) + odd_stride(a.Dv) + 3, sizeof(T));
       if (t.br) {
         const unsigned grid = row_grid(a.B * a.Hkv * ceil_div(a.S, t.br));
         with_nv(std::max(a.Dh, a.Dv), [&](auto nv) {
           attn_backward_kv_tiled<T, decltype(nv)::value><<<grid, 32 * t.br, t.bytes, c_.stream>>>(
               dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(dout), dp<T>(lse), pD, pdk, pdv, a, causal, s,
-              t.bc);
+              t.bc, pst);
           launched(c_, op);
         });
       } else {
         attn_backward_kv_plain<T><<<plain_grid(keys), kPlainThreads, 0, c_.stream>>>(
-            dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(dout), dp<T>(lse), pD, pdk, pdv, a, causal, s);
+            dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(dout), dp<T>(lse), pD, pdk, pdv, a, causal, s,
+            pst);
         launched(c_, op);
       }
     }

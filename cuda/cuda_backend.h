@@ -101,10 +101,11 @@ class CudaBackend final : public Backend {
   void rotary_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin,
                        const Tensor& dx) override;
   void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
-                         double scale, const Tensor& out, const Tensor& lse) override;
+                         double scale, const Tensor& out, const Tensor& lse,
+                         const Tensor* starts) override;
   void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                           const Tensor& lse, bool causal, double scale, const Tensor* dq,
-                          const Tensor* dk, const Tensor* dv) override;
+                          const Tensor* dk, const Tensor* dv, const Tensor* starts) override;
 
   // ---- views.cu (strided copies, gather along a dim, triangles)
   void strided_copy(const Tensor& dst, int64_t dst_offset, const std::vector<int64_t>& dst_strides,

@@ -35,6 +35,7 @@ export type { PeftTargets } from './lora';
 export { Embedding, RMSNorm } from './nn/transformer';
 export { LlamaForCausalLM, parseLlamaConfig } from './models/llama';
 export type { LlamaConfig, FromPretrainedOptions, GenerateOptions } from './models/llama';
+export type { BatchOptions } from './models/llama';
 export type { RopeScaling, RotaryTablesOptions, AttentionOptions, EmbeddingOptions, RMSNormOptions } from './nn/transformer';
 export type { EmbeddingLookupOptions } from './nn/transformer';
 export { saveAdapter, loadAdapter, saveMerged, PEFT_IGNORED_FIELDS, PEFT_FIELD_HANDLING } from './peft';

@@ -216,12 +216,17 @@ class Backend {
   // With `causal` (S == T) query i sees keys 0..i. out [B, Hq, T, Dv] (set) =
   // softmax(scale * q k^T) v; lse [B, Hq, T] (set) = logsumexp of each row of scaled scores,
   // kept for backward, which recomputes the probabilities from it. S == 0 gives zero rows.
+  // `starts` (null, or int32 [B, T] with causal): query i of row b sees keys starts[b, i]..i only,
+  // 0 <= starts[b, i] <= i (checked by the caller). One array expresses right and left padding
+  // (a padded query sees itself only) and packed documents (each token's document start).
   virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
-                                 double scale, const Tensor& out, const Tensor& lse) = 0;
+                                 double scale, const Tensor& out, const Tensor& lse,
+                                 const Tensor* starts) = 0;
   // dq (set); dk, dv (set: summed over the query heads that share a kv head).
   virtual void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                                   const Tensor& v, const Tensor& lse, bool causal, double scale,
-                                  const Tensor* dq, const Tensor* dk, const Tensor* dv) = 0;
+                                  const Tensor* dq, const Tensor* dk, const Tensor* dv,
+                                  const Tensor* starts) = 0;
 
   // ---- views and joins (slicing, cat, gather, triangles): tensors stay contiguous, so these copy.
   // For every index i of `sizes`: dst[dst_offset + sum_d i_d dst_strides[d]] =

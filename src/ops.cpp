@@ -617,6 +617,20 @@ void check_attention(const char* op, const Tensor& q, const Tensor& k, const Ten
                ") must be a multiple of the kv heads (" + std::to_string(k.shape[1]) + ")");
   if (causal) dim_eq(k.shape[2], q.shape[2], op, "the key length with causal masking");
 }
+// The per-query first keys: int32 [B, T] beside q, causal only (their values are clamped
+// into [0, i] by the kernels; the TypeScript layer refuses values outside it).
+void check_starts(const char* op, const Tensor* starts, const Tensor& q, bool causal) {
+  if (!starts) return;
+  LC_CHECK(causal, std::string(op) + ": key starts need causal attention");
+  LC_CHECK(starts->dtype == DType::I32, std::string(op) + ": starts must be int32, got " +
+                                            dtype_name(starts->dtype));
+  LC_CHECK(starts->device() == q.device(), std::string(op) + ": starts are on " +
+                                               starts->device().str() + " but q is on " +
+                                               q.device().str());
+  LC_CHECK(starts->shape == Shape({q.shape[0], q.shape[2]}),
+           std::string(op) + ": starts must have shape [B, T] = " +
+               shape_str({q.shape[0], q.shape[2]}) + ", got " + shape_str(starts->shape));
+}
 }  // namespace
 
 Tensor embedding(const Tensor& ids, const Tensor& weight) {
@@ -716,21 +730,24 @@ Tensor rotary_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin) {
 }
 
 AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
-                       double scale) {
+                       double scale, const Tensor* starts) {
   check_attention("attention", q, k, v, causal);
+  check_starts("attention", starts, q, causal);
   LC_CHECK(std::isfinite(scale), "attention: scale must be finite");
   int64_t B = q.shape[0], Hq = q.shape[1], T = q.shape[2], Dv = v.shape[3];
   AttentionOut o{empty({B, Hq, T, Dv}, q.dtype, q.device()),
                  empty({B, Hq, T}, q.dtype, q.device())};
-  if (o.lse.numel()) be(q).attention_forward(q, k, v, causal, scale, o.out, o.lse);
+  if (o.lse.numel()) be(q).attention_forward(q, k, v, causal, scale, o.out, o.lse, starts);
   return o;
 }
 
 AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                                   const Tensor& v, const Tensor& lse, bool causal, double scale,
-                                  bool need_dq, bool need_dk, bool need_dv) {
+                                  bool need_dq, bool need_dk, bool need_dv,
+                                  const Tensor* starts) {
   const char* op = "attention backward";
   check_attention(op, q, k, v, causal);
+  check_starts(op, starts, q, causal);
   LC_CHECK(std::isfinite(scale), "attention backward: scale must be finite");
   int64_t B = q.shape[0], Hq = q.shape[1], T = q.shape[2];
   same(q, dout, op, "q", "grad");
@@ -746,7 +763,8 @@ AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Ten
       if (t->storage && t->numel()) be(q).fill(*t, 0.0);
     return g;
   }
-  be(q).attention_backward(dout, q, k, v, lse, causal, scale, ptr(g.dq), ptr(g.dk), ptr(g.dv));
+  be(q).attention_backward(dout, q, k, v, lse, causal, scale, ptr(g.dq), ptr(g.dk), ptr(g.dv),
+                           starts);
   return g;
 }
 

@@ -123,14 +123,16 @@ Tensor rotary_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin);
 struct AttentionOut {
   Tensor out, lse;  // lse [B, Hq, T]
 };
+// starts: null or int32 [B, T] (causal only), the first key each query sees (backend.h).
 AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
-                       double scale);
+                       double scale, const Tensor* starts = nullptr);
 struct AttentionGrads {
   Tensor dq, dk, dv;  // storage null when not requested
 };
 AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                                   const Tensor& v, const Tensor& lse, bool causal, double scale,
-                                  bool need_dq, bool need_dk, bool need_dv);
+                                  bool need_dq, bool need_dk, bool need_dv,
+                                  const Tensor* starts = nullptr);
 
 // ---- views and joins (backend.h: strided_copy, index_gather, triangle)
 // A new contiguous tensor of `sizes`: element i = x[offset + sum_d i_d strides[d]].

@@ -162,15 +162,24 @@ export class LlamaAttention extends Module {
     this.o_proj = new Linear(H * hd, D, { bias: config.oBias, ...o });
   }
 
-  /** x [B, T, D] -> [B, T, D], causal, with rotary tables cos/sin [T, headDim]. */
-  forward(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
+  /**
+   * x [B, T, D] -> [B, T, D], causal, with rotary tables cos/sin [T, headDim] (shared by the
+   * rows) or, with layout.perToken, [B * T, headDim] (row b * T + t: the position of token t of
+   * row b); layout.keyStarts (int32 [B, T]): the first key each query sees (padding, packing).
+   */
+  forward(x: Tensor, cos: Tensor, sin: Tensor, layout?: BatchLayout): Tensor {
     const [B, T] = x.shape;
     const { numAttentionHeads: H, numKeyValueHeads: Hkv, headDim: hd } = this.config;
     const heads = (t: Tensor, n: number) => t.reshape(B, T, n, hd).transpose(1, 2);
-    const q = applyRotary(heads(this.q_proj.forward(x), H), cos, sin);
-    const k = applyRotary(heads(this.k_proj.forward(x), Hkv), cos, sin);
+    // Per-token tables: heads first ([n, 1, B * T, hd]), so that rotary's row index runs
+    // over (b, t) and meets the table row of that token.
+    const rope = (t: Tensor, n: number) => (layout?.perToken
+      ? applyRotary(t.reshape(B, T, n, hd).permute(2, 0, 1, 3).reshape(n, 1, B * T, hd), cos, sin).reshape(n, B, T, hd).permute(1, 0, 2, 3)
+      : applyRotary(heads(t, n), cos, sin));
+    const q = rope(this.q_proj.forward(x), H);
+    const k = rope(this.k_proj.forward(x), Hkv);
     const v = heads(this.v_proj.forward(x), Hkv);
-    const o = scaledDotProductAttention(q, k, v, { causal: true });
+    const o = scaledDotProductAttention(q, k, v, layout?.keyStarts ? { causal: true, keyStarts: layout.keyStarts } : { causal: true });
     return this.o_proj.forward(o.transpose(1, 2).reshape(B, T, H * hd));
   }
 }
@@ -207,8 +216,8 @@ export class LlamaDecoderLayer extends Module {
     this.post_attention_layernorm = new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps, dtype: o.dtype, device: o.device });
   }
 
-  forward(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
-    const h = x.add(this.self_attn.forward(this.input_layernorm.forward(x), cos, sin));
+  forward(x: Tensor, cos: Tensor, sin: Tensor, layout?: BatchLayout): Tensor {
+    const h = x.add(this.self_attn.forward(this.input_layernorm.forward(x), cos, sin, layout));
     return h.add(this.mlp.forward(this.post_attention_layernorm.forward(h)));
   }
 }
@@ -237,9 +246,8 @@ export class LlamaModel extends Module {
     this.norm = new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps, dtype: o.dtype, device: o.device });
   }
 
-  private rope(T: number, dtype: DType, device: string): { cos: Tensor; sin: Tensor } {
-    const r = this._rope;
-    if (r && r.T === T && r.cos.dtype === dtype && r.cos.device === device && !r.cos.isDisposed && !r.sin.isDisposed) return r;
+  /** The host tables, grown to hold at least `T` positions. */
+  private ropeHost(T: number): { rows: number; cos: Float64Array; sin: Float64Array } {
     const c = this.config;
     const D = c.headDim;
     let host = this._ropeHost;
@@ -254,6 +262,14 @@ export class LlamaModel extends Module {
       }
       this._ropeHost = host;
     }
+    return host;
+  }
+
+  private rope(T: number, dtype: DType, device: string): { cos: Tensor; sin: Tensor } {
+    const r = this._rope;
+    if (r && r.T === T && r.cos.dtype === dtype && r.cos.device === device && !r.cos.isDisposed && !r.sin.isDisposed) return r;
+    const D = this.config.headDim;
+    const host = this.ropeHost(T);
     // The first T rows, converted as rotaryTables converts (float64 -> dtype).
     const rows = (a: Float64Array) => (dtype === 'float64' ? a.slice(0, T * D) : Float32Array.from(a.subarray(0, T * D)));
     const opts = { dtype: dtype as 'float32', shape: [T, D], device: device as DeviceSpec };
@@ -262,11 +278,44 @@ export class LlamaModel extends Module {
     return next;
   }
 
-  /** ids int32 [B, T] -> hidden states [B, T, D] after the final norm. */
-  forward(ids: Tensor): Tensor {
+  /**
+   * Rotary tables [B * T, headDim] for per-token positions (int32 [B * T], each in
+   * [0, max_position_embeddings)): row b * T + t holds the table row of positions[b * T + t].
+   */
+  private ropeAt(positions: Int32Array, dtype: DType, device: string): { cos: Tensor; sin: Tensor } {
+    const D = this.config.headDim;
+    let top = 0;
+    for (let n = 0; n < positions.length; n++) top = Math.max(top, positions[n]);
+    const host = this.ropeHost(top + 1);
+    const gather = (a: Float64Array) => {
+      const out = dtype === 'float64' ? new Float64Array(positions.length * D) : new Float32Array(positions.length * D);
+      for (let n = 0; n < positions.length; n++) out.set(a.subarray(positions[n] * D, positions[n] * D + D), n * D);
+      return out;
+    };
+    const opts = { dtype: dtype as 'float32', shape: [positions.length, D], device: device as DeviceSpec };
+    return { cos: tensor(gather(host.cos), opts), sin: tensor(gather(host.sin), opts) };
+  }
+
+  /**
+   * ids int32 [B, T] -> hidden states [B, T, D] after the final norm. layout (from
+   * batchLayout(): attention mask, position ids, packed documents): per-token positions and
+   * the first key each query sees; without it every row holds one sequence at positions 0..T-1.
+   */
+  forward(ids: Tensor, layout?: HostLayout): Tensor {
     let x = this.embed_tokens.forward(ids);
-    const { cos, sin } = this.rope(ids.shape[1], x.dtype, x.device);
-    for (const layer of this.layers) x = layer.forward(x, cos, sin);
+    let cos: Tensor;
+    let sin: Tensor;
+    let dev: BatchLayout | undefined;
+    if (layout && layout.positions) {
+      ({ cos, sin } = this.ropeAt(layout.positions, x.dtype, x.device));
+    } else {
+      ({ cos, sin } = this.rope(ids.shape[1], x.dtype, x.device));
+    }
+    if (layout && (layout.positions || layout.starts)) {
+      const keyStarts = layout.starts ? tensor(layout.starts, { dtype: 'int32', shape: [...ids.shape], device: x.device as DeviceSpec }) : undefined;
+      dev = { perToken: layout.positions !== null, keyStarts };
+    }
+    for (const layer of this.layers) x = layer.forward(x, cos, sin, dev);
     return this.norm.forward(x);
   }
 }
@@ -335,30 +384,57 @@ export class LlamaForCausalLM extends Module {
     return this.model.embed_tokens.weight.device;
   }
 
-  /** Logits [B, T, vocab] for token ids given as number[][] (equal lengths) or an int32 tensor [B, T]. */
-  forward(inputIds: number[][] | Tensor): Tensor {
-    const ids = toIds('LlamaForCausalLM.forward', 'inputIds', inputIds, this.config.vocabSize, this.device());
-    checkLength('LlamaForCausalLM.forward', ids.shape[1], this.config);
-    const logits = this.lm_head.forward(this.model.forward(ids));
+  /**
+   * Logits [B, T, vocab] for token ids given as number[][] (equal lengths) or an int32 tensor
+   * [B, T]. options.attentionMask (1 = token, 0 = padding, left or right), options.positionIds
+   * or options.cuSeqLens (packed documents): see BatchOptions. Logits at padded positions are
+   * defined (finite) but meaningless.
+   */
+  forward(inputIds: number[][] | Tensor, options?: BatchOptions): Tensor {
+    const where = 'LlamaForCausalLM.forward';
+    const ids = toIds(where, 'inputIds', inputIds, this.config.vocabSize, this.device());
+    checkLength(where, ids.shape[1], this.config);
+    let layout: HostLayout | undefined;
+    try {
+      layout = batchLayout(where, options, ids.shape[0], ids.shape[1], this.config);
+    } catch (e) {
+      if (ids !== inputIds) ids.dispose();
+      throw e;
+    }
+    const logits = this.lm_head.forward(this.model.forward(ids, layout));
     if (ids !== inputIds) ids.dispose();
     return logits;
   }
 
   /**
    * The causal language-modelling loss as transformers computes it: position t
-   * predicts labels[t + 1]; labels default to the inputs; -100 is ignored.
+   * predicts labels[t + 1]; labels default to the inputs; -100 is ignored. With options (see
+   * BatchOptions) a position predicts nothing where it or the next is padding, or where the next
+   * starts a new packed document, so a padded or packed batch gives the loss of its sequences
+   * run one at a time (the mean over all their predicted tokens).
    */
-  loss(inputIds: number[][] | Tensor, labels?: number[][] | Tensor): Tensor {
+  loss(inputIds: number[][] | Tensor, labels?: number[][] | Tensor, options?: BatchOptions): Tensor {
     const where = 'LlamaForCausalLM.loss';
     const ids = toIds(where, 'inputIds', inputIds, this.config.vocabSize, this.device());
     const [B, T] = ids.shape;
-    checkLength(where, T, this.config);
-    const lab = labels === undefined ? ids._int32Values(where) : labelsArray(where, labels, B, T, this.config.vocabSize);
+    let lab: ArrayLike<number>;
+    let layout: HostLayout | undefined;
+    try {
+      checkLength(where, T, this.config);
+      lab = labels === undefined ? ids._int32Values(where) : labelsArray(where, labels, B, T, this.config.vocabSize);
+      layout = batchLayout(where, options, B, T, this.config);
+    } catch (e) {
+      if (ids !== inputIds) ids.dispose();
+      throw e;
+    }
     const targets = new Array<number>(B * T);
     for (let b = 0; b < B; b++) {
-      for (let t = 0; t < T; t++) targets[b * T + t] = t + 1 < T ? lab[b * T + t + 1] : -100;
+      for (let t = 0; t < T; t++) {
+        const n = b * T + t;
+        targets[n] = t + 1 < T && (!layout || layout.predicts[n]) ? lab[n + 1] : -100;
+      }
     }
-    const logits = this.lm_head.forward(this.model.forward(ids));
+    const logits = this.lm_head.forward(this.model.forward(ids, layout));
     if (ids !== inputIds) ids.dispose();
     return F.crossEntropy(logits.reshape(B * T, this.config.vocabSize), targets, { ignoreIndex: -100 });
   }
@@ -737,4 +813,148 @@ function labelsArray(where: string, v: number[][] | Tensor, B: number, T: number
     }
   }
   return flat;
+}
+
+/**
+ * How the tokens of a batch [B, T] are laid out, as transformers takes them (at most one of
+ * positionIds and cuSeqLens):
+ * - attentionMask: 1 = token, 0 = padding (number[][] or int32 tensor [B, T]); the ones of a row
+ *   are one run (right padding for training, left padding for generation, or both). Position ids
+ *   then come from the mask as transformers computes them: cumsum(mask) - 1, padding at 1.
+ * - positionIds: per-token positions; a packed row restarts them at 0 for each document
+ *   (transformers' padding-free packing), and no token attends across such a boundary.
+ * - cuSeqLens: per row, the cumulative document lengths [0, l1, l1 + l2, ..., T]
+ *   (flash-attention's cu_seqlens for that row); positions restart in each document.
+ */
+export interface BatchOptions {
+  attentionMask?: number[][] | Tensor;
+  positionIds?: number[][] | Tensor;
+  cuSeqLens?: number[][];
+}
+
+/** What the model's layers read of a BatchOptions, on the device. */
+interface BatchLayout {
+  /** cos/sin hold a row per token ([B * T, headDim]) rather than per position. */
+  perToken: boolean;
+  keyStarts?: Tensor;
+}
+
+/** A BatchOptions resolved on the host. */
+interface HostLayout {
+  /** Per-token positions [B * T], or null when every row runs 0..T-1 (shared tables). */
+  positions: Int32Array | null;
+  /** First key each query sees [B * T], or null when every query sees keys 0..i. */
+  starts: Int32Array | null;
+  /** Whether position n predicts token n + 1 (both real, same document). */
+  predicts: Uint8Array;
+}
+
+/** An int matrix [B, T] given as number[][] or an int32 tensor, flat. */
+function intMatrix(where: string, what: string, v: unknown, B: number, T: number): Int32Array {
+  if (v instanceof Tensor) {
+    if (v.dtype !== 'int32' || v.ndim !== 2 || v.shape[0] !== B || v.shape[1] !== T) {
+      throw rangeError(where, what, `an int32 tensor [${B}, ${T}] (the shape of inputIds)`, v);
+    }
+    v._checkLive(where, what);
+    return v._int32Values(where);
+  }
+  if (!Array.isArray(v) || v.length !== B) throw rangeError(where, what, `number[${B}][${T}] (the shape of inputIds)`, v);
+  const flat = new Int32Array(B * T);
+  v.forEach((row: unknown, b) => {
+    if (!Array.isArray(row) || row.length !== T) throw rangeError(where, `${what}[${b}]`, `${T} numbers (the length of inputIds rows)`, row);
+    row.forEach((x: unknown, t) => {
+      if (!Number.isInteger(x) || Math.abs(x as number) > 2 ** 31 - 1) throw rangeError(where, `${what}[${b}][${t}]`, 'an integer', x);
+      flat[b * T + t] = x as number;
+    });
+  });
+  return flat;
+}
+
+/** Resolves BatchOptions for a batch [B, T]; undefined when there are none. */
+function batchLayout(where: string, options: BatchOptions | undefined, B: number, T: number, config: LlamaConfig): HostLayout | undefined {
+  if (options === undefined) return undefined;
+  const o = checkOptions(where, options);
+  checkKnownKeys(where, o, ['attentionMask', 'positionIds', 'cuSeqLens']);
+  if (o.attentionMask === undefined && o.positionIds === undefined && o.cuSeqLens === undefined) return undefined;
+  if (o.positionIds !== undefined && o.cuSeqLens !== undefined) {
+    throw rangeError(where, 'options', 'at most one of positionIds and cuSeqLens', 'both');
+  }
+  const N = B * T;
+  const mask = new Uint8Array(N).fill(1);
+  if (o.attentionMask !== undefined) {
+    const m = intMatrix(where, 'options.attentionMask', o.attentionMask, B, T);
+    for (let b = 0; b < B; b++) {
+      let first = -1;
+      let last = -1;
+      for (let t = 0; t < T; t++) {
+        const x = m[b * T + t];
+        if (x !== 0 && x !== 1) throw rangeError(where, `options.attentionMask[${b}][${t}]`, '0 (padding) or 1 (token)', x);
+        mask[b * T + t] = x;
+        if (x === 1) {
+          if (first < 0) first = t;
+          else if (last < t - 1) throw rangeError(where, `options.attentionMask[${b}]`, 'one run of ones (padding only before or after the tokens)', Array.from(m.subarray(b * T, b * T + T)));
+          last = t;
+        }
+      }
+      if (first < 0) throw rangeError(where, `options.attentionMask[${b}]`, 'at least one 1 (a row that is all padding has no tokens)', Array.from(m.subarray(b * T, b * T + T)));
+    }
+  }
+  // Positions: given, from cumulative lengths, or from the mask (cumsum - 1, padding at 1).
+  const pos = new Int32Array(N);
+  let docStart: Uint8Array | null = null;
+  if (o.cuSeqLens !== undefined) {
+    const cu = o.cuSeqLens;
+    if (!Array.isArray(cu) || cu.length !== B) throw rangeError(where, 'options.cuSeqLens', `${B} rows of cumulative document lengths`, cu);
+    docStart = new Uint8Array(N);
+    cu.forEach((row: unknown, b) => {
+      const ok = Array.isArray(row) && row.length >= 2 && row[0] === 0 && row[row.length - 1] === T
+        && row.every((x, i) => Number.isInteger(x) && (i === 0 || x > row[i - 1]));
+      if (!ok) throw rangeError(where, `options.cuSeqLens[${b}]`, `increasing integers from 0 to ${T} ([0, l1, l1 + l2, ..., T])`, row);
+      const r = row as number[];
+      for (let d = 0; d + 1 < r.length; d++) {
+        docStart![b * T + r[d]] = 1;
+        for (let t = r[d]; t < r[d + 1]; t++) pos[b * T + t] = t - r[d];
+      }
+    });
+  } else if (o.positionIds !== undefined) {
+    const p = intMatrix(where, 'options.positionIds', o.positionIds, B, T);
+    docStart = new Uint8Array(N);
+    for (let n = 0; n < N; n++) {
+      if (p[n] < 0 || p[n] >= config.maxPositionEmbeddings) {
+        throw rangeError(where, `options.positionIds[${Math.floor(n / T)}][${n % T}]`, `a position in [0, ${config.maxPositionEmbeddings})`, p[n]);
+      }
+      pos[n] = p[n];
+      // transformers' padding-free packing: a position 0 starts a new document.
+      docStart[n] = p[n] === 0 ? 1 : 0;
+    }
+  } else {
+    for (let b = 0; b < B; b++) {
+      let c = 0;
+      for (let t = 0; t < T; t++) {
+        c += mask[b * T + t];
+        pos[b * T + t] = mask[b * T + t] ? c - 1 : 1;
+      }
+    }
+  }
+  // First key of each query: its document's start, not before the row's first token; a padded
+  // query sees only itself (its output is never read by a token, and stays finite).
+  const starts = new Int32Array(N);
+  const predicts = new Uint8Array(N);
+  let plainStarts = true;
+  let plainPositions = true;
+  for (let b = 0; b < B; b++) {
+    let start = 0;
+    for (let t = 0; t < T; t++) {
+      const n = b * T + t;
+      if (docStart && docStart[n]) start = t;
+      if (!mask[n]) start = t + 1; // keys before a token that follows padding are padding
+      starts[n] = mask[n] ? start : t;
+      // Only tokens' starts matter: padded queries seeing more (right padding) stay finite.
+      if (mask[n] && starts[n] !== 0) plainStarts = false;
+      // Positions matter for tokens only: padding keeps the shared tables where it can.
+      if (mask[n] && pos[n] !== t) plainPositions = false;
+      predicts[n] = t + 1 < T && mask[n] && mask[n + 1] && !(docStart && docStart[n + 1]) ? 1 : 0;
+    }
+  }
+  return { positions: plainPositions ? null : pos, starts: plainStarts ? null : starts, predicts };
 }

@@ -337,6 +337,12 @@ export interface AttentionOptions {
   causal?: boolean;
   /** Multiplies q k^T before the softmax. Default 1 / sqrt(Dh). */
   scale?: number;
+  /**
+   * int32 [B, T], causal only: query i of row b sees keys keyStarts[b][i]..i (0 <= value <= i).
+   * Expresses padding (a padded query sees itself) and packed documents (each token's document
+   * start) without a [T, T] mask; LlamaForCausalLM builds it from attentionMask / positionIds.
+   */
+  keyStarts?: Tensor;
 }
 
 /**
@@ -370,13 +376,32 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, optio
   if (Hkv === 0) throw rangeError(where, 'k.shape[1] (kv heads)', 'at least 1', Hkv);
   if (Hq % Hkv !== 0) throw rangeError(where, 'q.shape[1] (query heads)', `a multiple of k.shape[1] (${Hkv} kv heads)`, Hq);
   const o = checkOptions(where, options);
-  checkKnownKeys(where, o, ['causal', 'scale']);
+  checkKnownKeys(where, o, ['causal', 'scale', 'keyStarts']);
   const causal = o.causal === undefined ? true : checkBool(where, 'options.causal', o.causal);
   const scale = o.scale === undefined ? (Dh > 0 ? 1 / Math.sqrt(Dh) : 1) : checkNumber(where, 'options.scale', o.scale);
   if (causal && S !== T) {
     throw rangeError(where, 'k.shape[2] (key length)', `${T} (q.shape[2]) with causal masking (or pass { causal: false })`, S);
   }
-  return ops.attention(q, k, v, causal, scale);
+  const starts = o.keyStarts === undefined ? null : checkKeyStarts(where, o.keyStarts, q, causal);
+  return ops.attention(q, k, v, causal, scale, starts);
+}
+
+/** options.keyStarts: an int32 tensor [B, T] on q's device, causal, each value in [0, i]. */
+function checkKeyStarts(where: string, st: unknown, q: Tensor, causal: boolean): Tensor {
+  const [B, , T] = q.shape;
+  if (!(st instanceof Tensor)) throw typeError(where, 'options.keyStarts', `an int32 tensor [${B}, ${T}]`, st);
+  st._checkLive(where, 'options.keyStarts');
+  if (st.dtype !== 'int32' || st.ndim !== 2 || st.shape[0] !== B || st.shape[1] !== T) {
+    throw rangeError(where, 'options.keyStarts', `an int32 tensor of shape ${shapeStr([B, T])} ([B, T] of q)`, st);
+  }
+  if (st.device !== q.device) throw rangeError(where, 'options.keyStarts.device', `${q.device} (q's device)`, st.device);
+  if (!causal) throw rangeError(where, 'options.causal', 'true with options.keyStarts', false);
+  const flat = st._int32Values(where);
+  for (let n = 0; n < flat.length; n++) {
+    const i = n % T;
+    if (flat[n] < 0 || flat[n] > i) throw rangeError(where, `options.keyStarts${multiIndex([B, T], n)}`, `a key index in [0, ${i}] (at most the query's own position)`, flat[n]);
+  }
+  return st;
 }
 
 // ================================================================== modules

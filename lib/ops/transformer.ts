@@ -146,25 +146,27 @@ export const rotary = defineFunction<[x: Tensor, cos: Tensor, sin: Tensor]>({
 
 /**
  * softmax(scale * q k^T [+ causal mask]) v with grouped KV heads: q [B, Hq, T, Dh],
- * k [B, Hkv, S, Dh], v [B, Hkv, S, Dv] (checked by the caller) -> [B, Hq, T, Dv]. Forward keeps
- * the row logsumexp; backward recomputes the probabilities from it.
+ * k [B, Hkv, S, Dh], v [B, Hkv, S, Dv] (checked by the caller) -> [B, Hq, T, Dv]. starts: null or
+ * int32 [B, T] (causal only, values in [0, i], checked by the caller): query i of row b sees keys
+ * starts[b, i]..i. Forward keeps the row logsumexp; backward recomputes the probabilities from it.
  */
-export const attention = defineFunction<[q: Tensor, k: Tensor, v: Tensor, causal: boolean, scale: number],
+export const attention = defineFunction<[q: Tensor, k: Tensor, v: Tensor, causal: boolean, scale: number, starts?: Tensor | null],
   { lse: NativeTensor; causal: boolean; scale: number }>({
   name: 'ScaledDotProductAttentionBackward',
-  forward(ctx, q, k, v, causal, scale) {
-    const [out, lse] = native.attentionForward(q._h, k._h, v._h, causal, scale);
+  forward(ctx, q, k, v, causal, scale, starts) {
+    const [out, lse] = native.attentionForward(q._h, k._h, v._h, causal, scale, starts ? starts._h : null);
     ctx.own(lse);
     ctx.lse = lse;
     ctx.causal = causal;
     ctx.scale = scale;
-    ctx.saveForBackward(q, k, v);
+    ctx.saveForBackward(q, k, v, starts ?? null);
     const [B, Hq, T] = q.shape;
     return q._make(out, [B, Hq, T, v.shape[3]]);
   },
   backward(ctx, g) {
-    const [q, k, v] = ctx.savedTensors as Tensor[];
-    const grads = native.attentionBackward(g._h, q._h, k._h, v._h, ctx.lse, ctx.causal, ctx.scale, ctx.needsInputGrad.slice(0, 3));
-    return [...gradsLike(grads, [q, k, v]), null, null];
+    const [q, k, v, starts] = ctx.savedTensors as [Tensor, Tensor, Tensor, Tensor | null];
+    const grads = native.attentionBackward(g._h, q._h, k._h, v._h, ctx.lse, ctx.causal, ctx.scale, ctx.needsInputGrad.slice(0, 3),
+      starts ? starts._h : null);
+    return [...gradsLike(grads, [q, k, v]), null, null, null];
   },
 });

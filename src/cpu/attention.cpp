@@ -52,9 +52,17 @@ struct AttnDims {
   int64_t visible(int64_t i, bool causal) const { return causal ? std::min(i + 1, S) : S; }
 };
 
+// First key visible to query row i of batch row b: starts[b, i] (clamped into [0, i], so
+// a bad value cannot reach outside the row), or 0 without starts.
+inline int64_t first_key(const int32_t* st, int64_t b, int64_t T, int64_t i) {
+  if (!st) return 0;
+  return std::max<int64_t>(0, std::min<int64_t>(st[b * T + i], i));
+}
+
 template <typename T>
 void attn_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale_d,
-                  const Tensor& out, const Tensor& lse) {
+                  const Tensor& out, const Tensor& lse, const Tensor* starts) {
+  const int32_t* st = starts ? starts->data<int32_t>() : nullptr;
   const AttnDims a(q, v);
   const T* pq = q.data<T>();
   const T* pv = v.data<T>();
@@ -71,22 +79,25 @@ void attn_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal
     for (int64_t r = r0; r < r1; ++r) {
       int64_t i = r % a.T, bh = r / a.T, kv = a.kv_of(bh);
       int64_t jn = a.visible(i, causal);
+      const int64_t j0 = first_key(st, bh / a.Hq, a.T, i);
       T* o = po + r * a.Dv;
       std::fill_n(o, a.Dv, T(0));
       if (jn == 0) {  // no keys: a zero row, as softmax over nothing times nothing
         pl[r] = -std::numeric_limits<T>::infinity();
         continue;
       }
-      scores(pq + r * a.Dh, Kt.data() + kv * a.Dh * a.S, a.S, a.Dh, jn, scale, s.data());
-      T m = s[0];
-      for (int64_t j = 1; j < jn; ++j) m = std::max(m, s[j]);
+      // Scores of keys j0..jn-1, kept at s[j0..jn-1] (j0 == 0 without starts).
+      scores(pq + r * a.Dh, Kt.data() + kv * a.Dh * a.S + j0, a.S, a.Dh, jn - j0, scale,
+             s.data() + j0);
+      T m = s[j0];
+      for (int64_t j = j0 + 1; j < jn; ++j) m = std::max(m, s[j]);
       double l = 0;
-      for (int64_t j = 0; j < jn; ++j) {
+      for (int64_t j = j0; j < jn; ++j) {
         s[j] = std::exp(s[j] - m);
         l += s[j];
       }
       const T* vk = pv + kv * a.S * a.Dv;
-      for (int64_t j = 0; j < jn; ++j) row_axpy(o, s[j], vk + j * a.Dv, a.Dv);
+      for (int64_t j = j0; j < jn; ++j) row_axpy(o, s[j], vk + j * a.Dv, a.Dv);
       T inv = static_cast<T>(1.0 / l);
       for (int64_t d = 0; d < a.Dv; ++d) o[d] *= inv;
       pl[r] = static_cast<T>(static_cast<double>(m) + std::log(l));
@@ -97,8 +108,9 @@ void attn_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal
 template <typename T>
 void attn_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                    const Tensor& lse, bool causal, double scale_d, const Tensor* dq,
-                   const Tensor* dk, const Tensor* dv) {
+                   const Tensor* dk, const Tensor* dv, const Tensor* starts) {
   const AttnDims a(q, v);
+  const int32_t* st = starts ? starts->data<int32_t>() : nullptr;
   const T* pg = dout.data<T>();
   const T* pq = q.data<T>();
   const T* pk = k.data<T>();
@@ -138,29 +150,31 @@ void attn_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const T
       for (int64_t i = 0; i < a.T; ++i) {
         int64_t r = bh * a.T + i;
         int64_t jn = a.visible(i, causal);
+        const int64_t j0 = first_key(st, bh / a.Hq, a.T, i);
         const T* qi = pq + r * a.Dh;
         const T* gi = pg + r * a.Dv;
         T* dqi = pdq ? pdq + r * a.Dh : nullptr;
         if (dqi) std::fill_n(dqi, a.Dh, T(0));
         if (jn == 0) continue;
-        // P row, recomputed from the saved logsumexp.
-        scores(qi, Ktk, a.S, a.Dh, jn, scale, p.data());
+        // P row (keys j0..jn-1 at p[j0..jn-1]), recomputed from the saved logsumexp.
+        scores(qi, Ktk + j0, a.S, a.Dh, jn - j0, scale, p.data() + j0);
         T l = pl[r];
-        for (int64_t j = 0; j < jn; ++j) p[j] = std::exp(p[j] - l);
+        for (int64_t j = j0; j < jn; ++j) p[j] = std::exp(p[j] - l);
         if (dvh)  // dv_j += p_ij dO_i
-          for (int64_t j = 0; j < jn; ++j) row_axpy(dvh + j * a.Dv, p[j], gi, a.Dv);
+          for (int64_t j = j0; j < jn; ++j) row_axpy(dvh + j * a.Dv, p[j], gi, a.Dv);
         if (!need_ds) continue;
         // dP_ij = dO_i . v_j; dS_ij = P_ij (dP_ij - sum_j P_ij dP_ij), times scale.
-        std::fill_n(ds.data(), jn, T(0));
-        for (int64_t d = 0; d < a.Dv; ++d) row_axpy(ds.data(), gi[d], Vtk + d * a.S, jn);
+        std::fill_n(ds.data() + j0, jn - j0, T(0));
+        for (int64_t d = 0; d < a.Dv; ++d)
+          row_axpy(ds.data() + j0, gi[d], Vtk + d * a.S + j0, jn - j0);
         double dot = 0;
-        for (int64_t j = 0; j < jn; ++j) dot += static_cast<double>(p[j]) * ds[j];
+        for (int64_t j = j0; j < jn; ++j) dot += static_cast<double>(p[j]) * ds[j];
         T D = static_cast<T>(dot);
-        for (int64_t j = 0; j < jn; ++j) ds[j] = scale * (p[j] * (ds[j] - D));
+        for (int64_t j = j0; j < jn; ++j) ds[j] = scale * (p[j] * (ds[j] - D));
         if (dqi)  // dq_i = sum_j dS_ij k_j
-          for (int64_t j = 0; j < jn; ++j) row_axpy(dqi, ds[j], kk + j * a.Dh, a.Dh);
+          for (int64_t j = j0; j < jn; ++j) row_axpy(dqi, ds[j], kk + j * a.Dh, a.Dh);
         if (dkh)  // dk_j += dS_ij q_i
-          for (int64_t j = 0; j < jn; ++j) row_axpy(dkh + j * a.Dh, ds[j], qi, a.Dh);
+          for (int64_t j = j0; j < jn; ++j) row_axpy(dkh + j * a.Dh, ds[j], qi, a.Dh);
       }
     }
   });
@@ -185,17 +199,19 @@ void attn_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const T
 }  // namespace
 
 void CpuBackend::attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
-                                   double scale, const Tensor& out, const Tensor& lse) {
+                                   double scale, const Tensor& out, const Tensor& lse,
+                                   const Tensor* starts) {
   dispatch_float(q.dtype, "attention", [&](auto z) {
-    attn_forward<decltype(z)>(q, k, v, causal, scale, out, lse);
+    attn_forward<decltype(z)>(q, k, v, causal, scale, out, lse, starts);
   });
 }
 
 void CpuBackend::attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
                                     const Tensor& v, const Tensor& lse, bool causal, double scale,
-                                    const Tensor* dq, const Tensor* dk, const Tensor* dv) {
+                                    const Tensor* dq, const Tensor* dk, const Tensor* dv,
+                                    const Tensor* starts) {
   dispatch_float(q.dtype, "attention backward", [&](auto z) {
-    attn_backward<decltype(z)>(dout, q, k, v, lse, causal, scale, dq, dk, dv);
+    attn_backward<decltype(z)>(dout, q, k, v, lse, causal, scale, dq, dk, dv, starts);
   });
 }
 

@@ -94,6 +94,43 @@ for (const { B, Hq, Hkv, T, D } of [
   );
 }
 
+// keyStarts: per query, the first key it sees. Rows are laid out from their document starts
+// (packing); a negative entry -p marks p leading padded positions (left padding, each padded
+// query sees itself only).
+const keyStarts = (T: number, rows: number[][]): number[] => rows.flatMap((docs) => {
+  const out: number[] = [];
+  const pad = docs[0] < 0 ? -docs[0] : 0;
+  let s = 0;
+  for (let t = 0; t < T; t++) {
+    if (t < pad) { out.push(t); s = t + 1; continue; }
+    if (docs.includes(t)) s = t;
+    out.push(s);
+  }
+  return out;
+});
+for (const { B, Hq, Hkv, T, D, rows } of [
+  { B: 2, Hq: 4, Hkv: 2, T: 5, D: 3, rows: [[-2], [0, 2]] },
+  { B: 1, Hq: 3, Hkv: 1, T: 6, D: 2, rows: [[0, 1, 3, 5]] },
+  { B: 2, Hq: 2, Hkv: 2, T: 7, D: 4, rows: [[-3, 5], [0, 4]] },
+]) {
+  attentionSamples.push({
+    name: `keyStarts B${B} Hq${Hq} Hkv${Hkv} T${T} (padding and packed documents)`,
+    inputs: [I([B, Hq, T, D]), I([B, Hkv, T, D]), I([B, Hkv, T, D]), ids([B, T], keyStarts(T, rows))],
+    call: ([q, k, v, st]) => F.scaledDotProductAttention(q, k, v, { causal: true, keyStarts: st }),
+  });
+}
+for (const { B, Hq, Hkv, T, D, rows } of [
+  { B: 2, Hq: 4, Hkv: 2, T: 70, D: 16, rows: [[0, 13, 45], [-33, 50]] },
+  { B: 1, Hq: 2, Hkv: 1, T: 40, D: 64, rows: [[-5, 9, 38]] },
+  { B: 1, Hq: 2, Hkv: 1, T: 37, D: 264, rows: [[0, 3, 34]] },
+]) {
+  attentionSamples.push({
+    name: `keyStarts B${B} Hq${Hq} Hkv${Hkv} T${T} D${D} (key tiles across document starts)`,
+    inputs: [I([B, Hq, T, D]), I([B, Hkv, T, D]), I([B, Hkv, T, D]), ids([B, T], keyStarts(T, rows))],
+    call: ([q, k, v, st]) => F.scaledDotProductAttention(q, k, v, { causal: true, keyStarts: st }), gradcheck: false,
+  });
+}
+
 type AttentionOpts = Parameters<typeof F.scaledDotProductAttention>[3];
 const q4 = () => f64([1, 4, 3, 2]);
 const k2 = () => f64([1, 2, 3, 2]);
@@ -296,6 +333,13 @@ export const FUNCTIONAL_OPS: OpInfo[] = [
       { name: 'a 3-D q', call: () => F.scaledDotProductAttention(f64([4, 3, 2]), k2(), k2()), type: RangeError,
         message: /^scaledDotProductAttention: q must be a 4-D tensor \[B, Hq, T, Dh\]/, standard: true },
       { name: 'a 3-D k', call: () => F.scaledDotProductAttention(q4(), f64([2, 3, 2]), k2()), type: RangeError, message: /k must be a 4-D tensor/ },
+      { name: 'keyStarts of the wrong shape', call: () => F.scaledDotProductAttention(q4(), k2(), k2(), { keyStarts: int32([0, 0], [1, 2]) }), type: RangeError,
+        message: /options.keyStarts must be an int32 tensor of shape \[1, 3\] \(\[B, T\] of q\)/ },
+      { name: 'keyStarts past the query', call: () => F.scaledDotProductAttention(q4(), k2(), k2(), { keyStarts: int32([0, 2, 0], [1, 3]) }), type: RangeError,
+        message: /options.keyStarts\[0, 1\] must be a key index in \[0, 1\] \(at most the query's own position\), got 2/ },
+      { name: 'keyStarts without causal', call: () => F.scaledDotProductAttention(q4(), k2(), k2(), { causal: false, keyStarts: int32([0, 0, 0], [1, 3]) }), type: RangeError,
+        message: /options.causal must be true with options.keyStarts/ },
+      { name: 'float keyStarts', call: () => F.scaledDotProductAttention(q4(), k2(), k2(), { keyStarts: f64([1, 3]) }), type: RangeError, message: /options.keyStarts must be an int32 tensor/ },
       { name: 'a 3-D v', call: () => F.scaledDotProductAttention(q4(), k2(), f64([2, 3, 2])), type: RangeError, message: /v must be a 4-D tensor/ },
       { name: 'query heads not a multiple of kv heads', call: () => F.scaledDotProductAttention(f64([1, 3, 3, 2]), k2(), k2()), type: RangeError,
         message: /^scaledDotProductAttention: q.shape\[1\] \(query heads\) must be a multiple of k.shape\[1\] \(2 kv heads\), got 3$/, standard: true },
