@@ -15,11 +15,16 @@ export function requireFloat(where: string, t: Tensor, what = 'the tensor'): voi
   if (t.dtype === 'int32') throw rangeError(where, `${what}'s dtype`, 'float32 or float64', t.dtype);
 }
 
-/** Inputs of one op must share device and dtype. */
-export function requireSame(where: string, a: Tensor, an: string, b: Tensor, bn: string): void {
+/** Inputs of one op (an index or mask too) must be on one device. */
+export function requireSameDevice(where: string, a: Tensor, an: string, b: Tensor, bn: string): void {
   if (a.device !== b.device) {
     throw new RangeError(`${where}: ${an} is on ${a.device} but ${bn} is on ${b.device}; move one with .to()`);
   }
+}
+
+/** Inputs of one op must share device and dtype. */
+export function requireSame(where: string, a: Tensor, an: string, b: Tensor, bn: string): void {
+  requireSameDevice(where, a, an, b, bn);
   if (a.dtype !== b.dtype) {
     throw new TypeError(`${where}: ${an} is ${a.dtype} but ${bn} is ${b.dtype}; convert one with .to('${a.dtype}')`);
   }

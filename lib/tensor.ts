@@ -8,7 +8,7 @@ import { DeviceSpec, ParsedDevice, isDeviceName, parseDevice } from './device';
 import { track } from './scope';
 import {
   assertTensor, broadcastShapes, checkInt32Value, checkNumberOrNaN, inferShape, matmulPlan, normalizeDim, normalizeDims,
-  requireFloat, requireSame,
+  requireFloat, requireSame, requireSameDevice,
 } from './checks';
 import { toTypedArray } from './creation';
 import { checkBool, checkInt, checkKnownKeys, checkOneOf, checkOptions, rangeError, typeError } from './errors';
@@ -804,7 +804,7 @@ function broadcastPair(where: string, a: readonly number[], b: readonly number[]
 function checkMask(where: string, what: string, mask: Tensor, t: Tensor): void {
   mask._checkLive(where, what);
   if (mask.dtype !== 'int32') throw typeError(where, `${what}'s dtype`, 'int32 (a mask of 0 and 1, as the comparisons give)', mask.dtype);
-  if (mask.device !== t.device) throw new RangeError(`${where}: ${what} is on ${mask.device} but the tensor is on ${t.device}; move one with .to()`);
+  requireSameDevice(where, mask, what, t, 'the tensor');
 }
 
 /** t itself, or a number as a 0-d tensor of t's dtype (float64 for a fraction against an int32 tensor). */

@@ -9,7 +9,7 @@
 // the other way round. Gradients flow as in torch. unsqueeze, squeeze and flatten only change
 // the shape, and share storage as reshape does.
 import type { Tensor } from './tensor';
-import { assertTensor, normalizeDim, requireSame } from './checks';
+import { assertTensor, normalizeDim, requireSame, requireSameDevice } from './checks';
 import { checkInt, rangeError, typeError } from './errors';
 import { numelOf } from './shape';
 import * as ops from './ops/views';
@@ -269,9 +269,7 @@ function checkIndex(where: string, t: Tensor, index: unknown, what: string, size
   assertTensor(where, what, index);
   index._checkLive(where, what);
   if (index.dtype !== 'int32') throw typeError(where, what, "an int32 tensor of indices (tensor(indices, { dtype: 'int32' }))", index);
-  if (index.device !== t.device) {
-    throw new RangeError(`${where}: ${what} is on ${index.device} but the tensor is on ${t.device}; move one with .to()`);
-  }
+  requireSameDevice(where, index, what, t, 'the tensor');
   const values = index._int32Values(where);
   for (let i = 0; i < values.length; i++) {
     const v = values[i];

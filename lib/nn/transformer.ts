@@ -5,7 +5,7 @@
 // arguments are checked here first. Also the Embedding and RMSNorm modules.
 import { DType, Tensor } from '../tensor';
 import { ones, randn, tensor } from '../creation';
-import { assertTensor, requireFloat, requireSame } from '../checks';
+import { assertTensor, requireFloat, requireSame, requireSameDevice } from '../checks';
 import { isGradEnabled } from '../autograd';
 import { DeviceSpec, parseDevice } from '../device';
 import * as ops from '../ops/transformer';
@@ -394,7 +394,7 @@ function checkKeyStarts(where: string, st: unknown, q: Tensor, causal: boolean):
   if (st.dtype !== 'int32' || st.ndim !== 2 || st.shape[0] !== B || st.shape[1] !== T) {
     throw rangeError(where, 'options.keyStarts', `an int32 tensor of shape ${shapeStr([B, T])} ([B, T] of q)`, st);
   }
-  if (st.device !== q.device) throw rangeError(where, 'options.keyStarts.device', `${q.device} (q's device)`, st.device);
+  requireSameDevice(where, st, 'options.keyStarts', q, 'q');
   if (!causal) throw rangeError(where, 'options.causal', 'true with options.keyStarts', false);
   const flat = st._int32Values(where);
   for (let n = 0; n < flat.length; n++) {
