@@ -62,6 +62,7 @@ add_library(lora_cuda_emu_backend OBJECT
   cuda/cublas.cpp
   cuda/runtime.cpp
   cuda/memory.cpp
+  cuda/nccl.cpp
   ${_emu_generated})
 # The emulator's headers stand in for the CUDA toolkit's; the rewritten files
 # find the unchanged headers of cuda/ (and ../src/) through the include path,
@@ -92,7 +93,8 @@ add_dependencies(${PROJECT_NAME} cuda_emu_selftest)
 
 # The addon: the emulated backend instead of src/cuda_stub.cpp.
 get_target_property(_emu_addon_sources ${PROJECT_NAME} SOURCES)
-list(REMOVE_ITEM _emu_addon_sources src/cuda_stub.cpp ${CMAKE_SOURCE_DIR}/src/cuda_stub.cpp)
+list(REMOVE_ITEM _emu_addon_sources src/cuda_stub.cpp ${CMAKE_SOURCE_DIR}/src/cuda_stub.cpp
+  src/distributed/nccl_stub.cpp ${CMAKE_SOURCE_DIR}/src/distributed/nccl_stub.cpp)
 set_property(TARGET ${PROJECT_NAME} PROPERTY SOURCES ${_emu_addon_sources})
 target_link_libraries(${PROJECT_NAME} PRIVATE lora_cuda_emu_backend lora_cuda_emu_core)
 set_target_properties(${PROJECT_NAME} PROPERTIES BUILD_RPATH_USE_ORIGIN ON)
