@@ -65,8 +65,9 @@ bool bind(void* lib, Nccl& n, std::string& why) {
 Nccl load() {
   Nccl c;
   std::vector<std::string> names, tried;
+  // A library named by the user is the only one tried.
   if (const char* env = std::getenv("LORA_CUDA_NCCL"); env && *env) names.push_back(env);
-  names.push_back("libnccl.so.2");
+  else names.push_back("libnccl.so.2");
   for (const std::string& name : names) {
     void* lib = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
     if (!lib) {

@@ -3,7 +3,7 @@
 // entry points used are declared here (they follow nccl.h of NCCL 2.x, whose
 // ABI for these functions has not changed since 2.10) and resolved with dlsym.
 //
-// Search order: $LORA_CUDA_NCCL (a path to libnccl.so.*), then libnccl.so.2
+// Search order: $LORA_CUDA_NCCL (a path to libnccl.so.*) alone when set, else libnccl.so.2
 // through the dynamic loader's usual paths (LD_LIBRARY_PATH, the ld.so cache:
 // a CUDA toolkit's libnccl2 package, or the directory of the nvidia-nccl
 // Python wheel put on LD_LIBRARY_PATH).

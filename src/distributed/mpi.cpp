@@ -104,9 +104,14 @@ bool bind(void* lib, Lib& m, std::string& why) {
 Lib load() {
   Lib m;
   std::vector<std::string> names, tried;
-  if (const char* env = std::getenv("LORA_CUDA_MPI"); env && *env) names.push_back(env);
-  names.push_back("libmpi.so.40");
-  names.push_back("libmpi.so");
+  // A library named by the user is the only one tried: another MPI found instead would not be
+  // the one mpirun started.
+  if (const char* env = std::getenv("LORA_CUDA_MPI"); env && *env) {
+    names.push_back(env);
+  } else {
+    names.push_back("libmpi.so.40");
+    names.push_back("libmpi.so");
+  }
   for (const std::string& n : names) {
     // RTLD_GLOBAL: Open MPI's plugins, which it dlopens itself, need libmpi's symbols.
     void* lib = dlopen(n.c_str(), RTLD_NOW | RTLD_GLOBAL);

@@ -7,9 +7,9 @@
 // found by dlsym. MPICH's ABI (integer handles; MPICH, Intel MPI, MVAPICH) is
 // recognised and refused with a message saying so.
 //
-// Search order: $LORA_CUDA_MPI (a path to libmpi.so.*), then libmpi.so.40
-// (Open MPI 3, 4 and 5) and libmpi.so through the dynamic loader's usual
-// paths. The library is opened RTLD_GLOBAL: Open MPI's plugins (mca_*.so)
+// Search order: $LORA_CUDA_MPI (a path to libmpi.so.*) alone when set, else
+// libmpi.so.40 (Open MPI 3, 4 and 5) and libmpi.so through the dynamic
+// loader's usual paths. The library is opened RTLD_GLOBAL: Open MPI's plugins (mca_*.so)
 // resolve their symbols against it.
 #pragma once
 #include <cstddef>
