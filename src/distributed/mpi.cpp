@@ -154,6 +154,11 @@ std::vector<std::vector<char>>& abandoned() {
   return *v;
 }
 
+std::vector<char>* staging() {
+  static auto* v = new std::vector<char>[3];  // per dtype
+  return v;
+}
+
 Lib& need() {
   Lib& m = lib();
   if (!m.info.loaded) throw Error(m.info.error, "ERR_DIST_UNAVAILABLE");
@@ -259,14 +264,20 @@ std::vector<Pack> packs_of(const std::vector<Tensor>& ts) {
 }
 
 // Packs the tensors of each dtype into one buffer, runs `post(ptr, count, type, request)` on its
-// bucket-sized pieces (all posted before the first wait), waits for all, and copies the result back.
+// bucket-sized pieces one after the other, and copies the result back.
 template <typename Post>
 void bucketed(Lib& m, const std::vector<Tensor>& ts, size_t bucket_bytes, double timeout_s,
               const char* what, Post post, bool mean, int world) {
   if (bucket_bytes < 16) bucket_bytes = 16;
   for (const Pack& p : packs_of(ts)) {
     size_t es = dtype_size(p.dtype);
-    std::vector<char> buf(p.bytes);
+    // Kept between calls (one step's gradients after another): a new buffer each time would cost
+    // its page faults again on every step.
+    std::vector<char>& buf = staging()[static_cast<int>(p.dtype)];
+    if (buf.size() < p.bytes) {
+      buf = std::vector<char>();
+      buf.resize(p.bytes);
+    }
     size_t off = 0;
     for (const Tensor* t : p.tensors) {
       size_t n = static_cast<size_t>(t->numel()) * es;
@@ -286,9 +297,13 @@ void bucketed(Lib& m, const std::vector<Tensor>& ts, size_t bucket_bytes, double
         abandoned().push_back(std::move(buf));
         check(m, rc, what);
       }
-      if (r) reqs.push_back(r);  // the blocking calls (no timeout) post no request
+      // One bucket in flight at a time: posting them all at once measured slower here (Open MPI's
+      // nonblocking collectives then compete for the same shared-memory segments).
+      if (r) {
+        reqs.assign(1, r);
+        wait_all(m, reqs, timeout_s, what, &buf);
+      }
     }
-    wait_all(m, reqs, timeout_s, what, &buf);
     if (mean) {
       if (p.dtype == DType::F32) {
         float* f = reinterpret_cast<float*>(buf.data());

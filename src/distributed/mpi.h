@@ -39,7 +39,7 @@ int mpi_rank();
 int mpi_size();
 
 // Every collective below is one MPI nonblocking call per bucket (at most
-// `bucket_bytes` each, all posted before the first wait), completed by polling
+// `bucket_bytes` each, one after the other), completed by polling
 // MPI_Test, so a peer that never arrives gives ERR_DIST_TIMEOUT after
 // `timeout_s` seconds instead of a hang (0: wait forever, blocking calls).
 // After a timeout the process group is broken: later calls throw.
