@@ -269,6 +269,7 @@ template <typename Post>
 void bucketed(Lib& m, const std::vector<Tensor>& ts, size_t bucket_bytes, double timeout_s,
               const char* what, Post post, bool mean, int world) {
   if (bucket_bytes < 16) bucket_bytes = 16;
+  if (world == 1) return;  // nothing to exchange; sum and mean of one rank are its values
   for (const Pack& p : packs_of(ts)) {
     size_t es = dtype_size(p.dtype);
     // Kept between calls (one step's gradients after another): a new buffer each time would cost
@@ -304,20 +305,25 @@ void bucketed(Lib& m, const std::vector<Tensor>& ts, size_t bucket_bytes, double
         wait_all(m, reqs, timeout_s, what, &buf);
       }
     }
-    if (mean) {
-      if (p.dtype == DType::F32) {
-        float* f = reinterpret_cast<float*>(buf.data());
-        for (size_t i = 0; i < count; ++i) f[i] /= static_cast<float>(world);
-      } else if (p.dtype == DType::F64) {
-        double* f = reinterpret_cast<double*>(buf.data());
-        for (size_t i = 0; i < count; ++i) f[i] /= static_cast<double>(world);
-      }
-    }
+    // The mean's division in the same pass as the copy back (the buffer is read once).
     off = 0;
     for (const Tensor* t : p.tensors) {
-      size_t n = static_cast<size_t>(t->numel()) * es;
-      if (n) std::memcpy(t->raw(), buf.data() + off, n);
-      off += n;
+      size_t n = static_cast<size_t>(t->numel());
+      const char* src = buf.data() + off;
+      if (mean && p.dtype == DType::F32) {
+        const float* f = reinterpret_cast<const float*>(src);
+        float* d = t->data<float>();
+        const float w = static_cast<float>(world);
+        for (size_t i = 0; i < n; ++i) d[i] = f[i] / w;
+      } else if (mean && p.dtype == DType::F64) {
+        const double* f = reinterpret_cast<const double*>(src);
+        double* d = t->data<double>();
+        const double w = static_cast<double>(world);
+        for (size_t i = 0; i < n; ++i) d[i] = f[i] / w;
+      } else if (n) {
+        std::memcpy(t->raw(), src, n * es);
+      }
+      off += n * es;
     }
   }
 }
