@@ -156,11 +156,11 @@ export function initDistributed(options: DistributedOptions = {}): ProcessGroup 
 
   let made: ProcessGroup;
   if (backend === 'mpi') {
-    const info = dist.mpiInfo();
-    if (!info.loaded) throw unavailable(where, 'MPI', info.error);
     if (env.launcher === 'torchrun' && (env.worldSize ?? 1) > 1) {
       throw Object.assign(new Error(`${where}: the MPI backend needs its processes started by mpirun (or lora-cuda launch --backend mpi); these ${env.worldSize} were started with RANK/WORLD_SIZE, which is for the nccl backend`), { code: 'ERR_DIST_LAUNCHER' });
     }
+    const info = dist.mpiInfo();
+    if (!info.loaded) throw unavailable(where, 'MPI', info.error);
     const { rank, worldSize } = dist.mpiInit();
     made = {
       backend, rank, worldSize, localRank: env.localRank ?? 0, localWorldSize: env.localWorldSize ?? 1,

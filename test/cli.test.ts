@@ -212,12 +212,12 @@ describe('help, usage errors and exit codes', () => {
       const r = await run(argv);
       expect(r.code).toBe(0);
       expect(r.stdout).toMatch(/^usage: lora-cuda <command>/);
-      for (const cmd of ['demo', 'finetune', 'merge', 'generate', 'doctor', 'bench']) expect(r.stdout).toMatch(new RegExp(`^  ${cmd} `, 'm'));
+      for (const cmd of ['demo', 'finetune', 'merge', 'generate', 'doctor', 'bench', 'launch']) expect(r.stdout).toMatch(new RegExp(`^  ${cmd} `, 'm'));
       expect(r.stderr).toBe('');
     }
   });
 
-  test.each(['demo', 'finetune', 'merge', 'generate', 'doctor', 'bench'])('lora-cuda %s --help prints its usage', async (cmd) => {
+  test.each(['demo', 'finetune', 'merge', 'generate', 'doctor', 'bench', 'launch'])('lora-cuda %s --help prints its usage', async (cmd) => {
     const r = await run([cmd, '--help']);
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(new RegExp(`^usage: lora-cuda ${cmd}`));
@@ -227,7 +227,7 @@ describe('help, usage errors and exit codes', () => {
     expect(viaHelp).toEqual(r);
   });
 
-  test.each(['demo', 'finetune', 'merge', 'generate', 'doctor', 'bench'])('lora-cuda --help and lora-cuda %s --help give the same summary', async (cmd) => {
+  test.each(['demo', 'finetune', 'merge', 'generate', 'doctor', 'bench', 'launch'])('lora-cuda --help and lora-cuda %s --help give the same summary', async (cmd) => {
     const own = lines((await run([cmd, '--help'])).stdout);
     // usage: <line>, a blank line, then the summary.
     expect(own[0]).toMatch(new RegExp(`^usage: lora-cuda ${cmd}\\b`));
@@ -270,7 +270,7 @@ describe('help, usage errors and exit codes', () => {
     expect(lines(r.stderr)).toEqual(['lora-cuda demo: --device must be cpu or cuda, got "tpu" (see lora-cuda demo --help)']);
     r = await run(['frobnicate']);
     expect(r.code).toBe(2);
-    expect(lines(r.stderr)).toEqual(['lora-cuda: unknown command \'frobnicate\' (commands: demo, finetune, merge, generate, doctor, bench; see lora-cuda --help)']);
+    expect(lines(r.stderr)).toEqual(['lora-cuda: unknown command \'frobnicate\' (commands: demo, finetune, merge, generate, doctor, bench, launch; see lora-cuda --help)']);
     r = await run(['merge', '--model', tmp]);
     expect(r.code).toBe(2);
     expect(lines(r.stderr)).toEqual(['lora-cuda merge: missing --adapter DIR, --out DIR (see lora-cuda merge --help)']);

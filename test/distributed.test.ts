@@ -75,6 +75,22 @@ describe('without a process group', () => {
     // A build with CUDA looks for the library; one without says that CUDA is missing.
     expect(nccl.message).toMatch(backendInfo().cuda.compiled ? /NCCL is not available: .*install NCCL 2\.10 or later.*\/nonexistent\/libnccl\.so\.2/ : /without the CUDA backend/);
   });
+
+  test('lora-cuda launch: usage errors, and a failing rank ends the others', () => {
+    const launch = (args: string[]) => spawnSync(process.execPath, ['-r', register, bin, 'launch', ...args], { encoding: 'utf8', cwd: root, timeout: 120000 });
+    let r = launch(['--nproc', '2']);
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(/no command after --/);
+    r = launch(['--nproc', '2', '--backend', 'gloo', '--', 'doctor']);
+    expect(r.stderr).toMatch(/--backend must be mpi or nccl, got "gloo"/);
+    r = launch(['--nproc', '2', '--backend', 'nccl', '--hostfile', 'hosts', '--', 'doctor']);
+    expect(r.stderr).toMatch(/--hostfile is for --backend mpi/);
+    // finetune on the CPU takes MPI, which these torchrun-style processes cannot use: each rank fails at once.
+    r = launch(['--nproc', '2', '--backend', 'nccl', '--', 'finetune', '--model', 'no-such-dir', '--data', 'no-such-file']);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/lora-cuda finetune: 2 processes \(started by torchrun\): initDistributed: the MPI backend needs its processes started by mpirun/);
+    expect(r.stderr).toMatch(/lora-cuda launch: rank \d exited with code 1; ending the other ranks/);
+  });
 });
 
 const describeMpi = hasMpirun ? describe : describe.skip;
@@ -180,6 +196,16 @@ describeMpi('two MPI ranks on this machine (skipped without mpirun)', () => {
       expect(rest.stdout).toMatch(/resuming from .* at step 20 of 51/);
       const c = adapter(path.join(tmp, 'resumed'));
       for (const k of Object.keys(b)) expect(c[k]).toEqual(b[k]);
+    });
+
+    test('lora-cuda launch --nproc 2 runs the same job through mpirun', () => {
+      const r = spawnSync(process.execPath, ['-r', register, bin, 'launch', '--nproc', '2', '--', ...args(path.join(tmp, 'launched'), ['--max-steps', '50'])],
+        { encoding: 'utf8', cwd: root, timeout: 120000, env: mpiEnv });
+      expect(r.status).toBe(0);
+      expect(r.stdout).toMatch(/^distributed: 2 ranks over mpi/m);
+      const a = adapter(path.join(tmp, 'two'));
+      const b = adapter(path.join(tmp, 'launched'));
+      for (const k of Object.keys(a)) expect(b[k]).toEqual(a[k]);
     });
 
     test('--batch-size must split evenly across the ranks', () => {

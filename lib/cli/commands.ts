@@ -27,13 +27,13 @@ export const COMMAND_TEXT = {
     summary: 'Check this installation: Node, glibc, the native addon, CPU features, BLAS, CUDA and each GPU, with what to do for each missing part.',
     usage: 'lora-cuda doctor [--json]',
   },
-  launch: {
-    summary: 'Run a command (finetune) as N data-parallel processes: through mpirun, or as NCCL processes on this machine.',
-    usage: 'lora-cuda launch --nproc N [--backend mpi|nccl] [--hostfile FILE] -- finetune [options]',
-  },
   bench: {
     summary: 'Time LoRA layers against the frozen linear layer they wrap (the table of npm run bench).',
     usage: 'lora-cuda bench [--quick] [--device cpu|cuda] [--json FILE] [--results DIR]',
+  },
+  launch: {
+    summary: 'Run a command (finetune) as N data-parallel processes: through mpirun, or as NCCL processes on this machine.',
+    usage: 'lora-cuda launch --nproc N [--backend mpi|nccl] [--hostfile FILE] -- finetune [options]',
   },
 } satisfies Record<string, CommandText>;
 
