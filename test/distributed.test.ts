@@ -4,9 +4,11 @@ import { spawnSync, SpawnSyncReturns } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { backendInfo, zeros } from '../lib';
+import { backendInfo, tensor, zeros } from '../lib';
 import { SafetensorsFile } from '../lib/safetensors';
-import { DistributedSampler, allReduce, barrier, distributedInfo, getProcessGroup, launchEnv } from '../lib/distributed';
+import {
+  DistributedSampler, allReduce, barrier, broadcast, checkSameTensors, destroyProcessGroup, distributedInfo, getProcessGroup, initDistributed, launchEnv,
+} from '../lib/distributed';
 import { finetuneFixture } from './helpers/finetune-fixture';
 
 const root = path.resolve(__dirname, '..');
@@ -90,6 +92,38 @@ describe('without a process group', () => {
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/lora-cuda finetune: 2 processes \(started by torchrun\): initDistributed: the MPI backend needs its processes started by mpirun/);
     expect(r.stderr).toMatch(/lora-cuda launch: rank \d exited with code 1; ending the other ranks/);
+  });
+});
+
+// A communicator of one rank on cuda:0: on a GPU with NCCL installed, and under the CUDA emulator
+// (scripts/test-cuda-emu.sh), whose one-rank stand-in for NCCL lets the addon's NCCL path run.
+const ncclHere = backendInfo().cuda.available && distributedInfo().nccl.loaded;
+(ncclHere ? describe : describe.skip)('NCCL, one rank (skipped without a GPU and NCCL)', () => {
+  afterAll(() => destroyProcessGroup());
+
+  test('collectives on the GPU, and CPU tensors through it', () => {
+    const g = initDistributed({ backend: 'nccl', timeoutMs: 60000, bucketBytes: 1024 });
+    expect(g).toMatchObject({ backend: 'nccl', rank: 0, worldSize: 1, device: 'cuda:0' });
+    const av = Array.from({ length: 1000 }, (_, i) => i * 0.5 - 7);
+    const a = tensor(av, { device: 'cuda' });
+    const b = tensor([1.5, -2], { dtype: 'float64', device: 'cuda' });
+    const c = tensor([3, 4], { dtype: 'int32', device: 'cuda' });
+    const h = tensor([7, 8]);
+    allReduce([a, b, h], 'mean');
+    allReduce([c], 'sum');
+    broadcast([a, c], 0);
+    barrier();
+    expect(Array.from(a.toArray())).toEqual(av);
+    expect(Array.from(b.toArray())).toEqual([1.5, -2]);
+    expect(Array.from(c.toArray())).toEqual([3, 4]);
+    expect(Array.from(h.toArray())).toEqual([7, 8]);
+    expect(() => allReduce([c], 'mean')).toThrow(/tensors\[0\] must be a float32 or float64 tensor for 'mean'/);
+    expect(() => broadcast([a], 1)).toThrow(/src must be a rank below the world size 1, got 1/);
+    expect(() => checkSameTensors([['a', a], ['c', c]])).not.toThrow();
+    expect(() => initDistributed({ backend: 'nccl' })).toThrow(expect.objectContaining({ code: 'ERR_DIST_ALREADY_INITIALIZED' }));
+    for (const t of [a, b, c, h]) t.dispose();
+    destroyProcessGroup();
+    expect(getProcessGroup()).toBeNull();
   });
 });
 
