@@ -440,7 +440,7 @@ void mpi_barrier(double timeout_s) {
 
 void mpi_abort(int code) {
   Lib& m = need();
-  if (!started) std::exit(code);
+  if (!started) throw Error("abortDistributed: MPI is not initialised", "ERR_DIST_NOT_INITIALIZED");
   m.abort(m.comm_world, code);
 }
 
