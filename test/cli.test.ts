@@ -9,6 +9,7 @@ import {
   LlamaForCausalLM, backendInfo, injectLora, loadAdapter, loadTokenizer, loraLayers, manualSeed, noGrad, randn, saveAdapter,
 } from '../lib';
 import { main } from '../lib/cli/index';
+import { distributedInfo } from '../lib/distributed';
 import { CliIO } from '../lib/cli/io';
 import { DEMO_CONFIG, DEMO_DIGITS, demoSequence } from '../lib/cli/demo';
 import { Progress } from '../lib/cli/progress';
@@ -569,6 +570,11 @@ describe('lora-cuda doctor', () => {
       expect(r.stdout).toMatch(/^driver +none found\n +-> for a GPU, install the NVIDIA driver, 580 or newer for CUDA 13\.0$/m);
     }
     if (info.cuda.available) expect(r.stdout).toMatch(/^cuda:0 +.*compute capability \d+\.\d+/m);
+    // MPI and NCCL: found (with version and path), or what to install.
+    const dist = distributedInfo();
+    expect(r.stdout).toMatch(dist.mpi.loaded ? new RegExp(`^mpi +.*\\(${dist.mpi.path.replace(/[.+]/g, '\\$&')}\\)$`, 'm') : /^mpi +not found\n +-> optional, .*apt-get install openmpi-bin libopenmpi3$/m);
+    if (info.cuda.compiled) expect(r.stdout).toMatch(dist.nccl.loaded ? /^nccl +\d+\.\d+\.\d+ \(/m : /^nccl +not found\n +-> optional, .*NCCL 2\.10 or later/m);
+    else expect(r.stdout).not.toMatch(/^nccl /m);
 
     const j = await run(['doctor', '--json']);
     expect(j.code).toBe(0);
