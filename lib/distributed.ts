@@ -12,7 +12,7 @@ import * as dist from './ops/distributed';
 import type { MpiLibraryInfo, NcclLibraryInfo } from './ops/distributed';
 import { Tensor } from './tensor';
 import { tensor, zeros } from './creation';
-import { checkInt, checkKnownKeys, checkOneOf, checkOptions, checkPositive, describe, rangeError, typeError } from './errors';
+import { checkInt, checkKnownKeys, checkOneOf, checkOptions, describe, rangeError, typeError } from './errors';
 import { assertTensor } from './checks';
 import { backendInfo } from './backend';
 import type { DeviceSpec } from './device';
@@ -376,7 +376,6 @@ export class DistributedSampler {
     readonly dropLast = false) {
     const where = 'DistributedSampler';
     checkInt(where, 'size', size, 0);
-    checkPositive(where, 'worldSize', worldSize);
     checkInt(where, 'worldSize', worldSize, 1);
     checkInt(where, 'rank', rank, 0);
     if (rank >= worldSize) throw rangeError(where, 'rank', `below worldSize ${worldSize}`, rank);

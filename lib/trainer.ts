@@ -627,6 +627,16 @@ export class Trainer {
     const model = opts.model;
     const stopAt = this.stopAt;
     const startStep = this._step;
+    if (this.ddp) {
+      // Every rank must continue from the same step (a resume reads checkpointDir on each rank).
+      const steps = new Array<number>(this.ddp.group.worldSize).fill(0);
+      steps[this.ddp.group.rank] = startStep;
+      const all = allReduceNumbers(steps, 'sum');
+      if (all.some((v) => v !== all[0])) {
+        throw Object.assign(new Error(`Trainer.train: the ranks are at different steps (${all.join(', ')} on ranks 0 to ${all.length - 1}); a resumed run must load the same checkpoint on every rank (put checkpointDir on a file system they share)`),
+          { code: 'ERR_DIST_MISMATCH' });
+      }
+    }
     if (startStep >= stopAt) {
       return { step: startStep, totalSteps: this.totalSteps, stepsRun: 0, reason: startStep >= this.totalSteps ? 'done' : 'max-steps', checkpoint: null };
     }

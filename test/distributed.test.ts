@@ -17,7 +17,9 @@ const child = path.join(__dirname, 'helpers', 'dist-child.ts');
 const bin = path.join(root, 'bin', 'lora-cuda.js');
 const hasMpirun = spawnSync('mpirun', ['--version'], { encoding: 'utf8' }).status === 0;
 // Open MPI refuses to run as root unless told; CI runs as root.
-const mpiEnv = { ...process.env, OMPI_ALLOW_RUN_AS_ROOT: '1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: '1', OMPI_MCA_rmaps_base_oversubscribe: '1' };
+const mpiEnv = { ...process.env, OMPI_ALLOW_RUN_AS_ROOT: '1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: '1', OMPI_MCA_rmaps_base_oversubscribe: '1',
+  // Containers often forbid the cross-process memory reads of Open MPI's shared-memory single copy.
+  OMPI_MCA_btl_vader_single_copy_mechanism: 'none' };
 
 function mpirun(np: number, args: string[], timeoutMs = 120000): SpawnSyncReturns<string> {
   return spawnSync('mpirun', ['-np', String(np), process.execPath, '-r', register, ...args],
