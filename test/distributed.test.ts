@@ -1,6 +1,6 @@
 // Data-parallel training over MPI (and what can be checked of NCCL without a GPU). The MPI suites
 // start `mpirun -np 2` on this machine; .ci/run installs Open MPI so that CI runs them.
-import { spawnSync, SpawnSyncReturns } from 'child_process';
+import { spawn, spawnSync, SpawnSyncReturns } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -242,6 +242,32 @@ describeMpi('two MPI ranks on this machine (skipped without mpirun)', () => {
       const a = adapter(path.join(tmp, 'two'));
       const b = adapter(path.join(tmp, 'launched'));
       for (const k of Object.keys(a)) expect(b[k]).toEqual(a[k]);
+    });
+
+    test('SIGUSR1 to mpirun (which passes it on) stops every rank after the same step, with a checkpoint', async () => {
+      const out = path.join(tmp, 'signalled');
+      const p = spawn('mpirun', ['-np', '2', process.execPath, '-r', register, bin, ...args(out, ['--epochs', '100000', '--log-every', '1000'])],
+        { env: mpiEnv, cwd: root });
+      let stdout = '';
+      let stderr = '';
+      let sent = false;
+      p.stdout.on('data', (d) => {
+        stdout += d;
+        // Training has started on rank 0 once it prints the plan.
+        if (!sent && /^training: /m.test(stdout)) {
+          sent = true;
+          p.kill('SIGUSR1');
+        }
+      });
+      p.stderr.on('data', (d) => void (stderr += d));
+      const code = await new Promise<number | null>((resolve) => p.on('exit', (c) => resolve(c)));
+      expect(sent).toBe(true);
+      expect(code).toBe(130);
+      expect(stderr).toMatch(/^interrupt: finishing the current step, then saving/m);
+      expect(stderr).toMatch(/^rank 1: interrupt: finishing the current step/m);
+      const state = JSON.parse(fs.readFileSync(path.join(out, 'checkpoint', 'trainer_state.json'), 'utf8'));
+      expect(state.step).toBeGreaterThan(0);
+      expect(stderr).toContain(`interrupted at step ${state.step}/`);
     });
 
     test('--batch-size must split evenly across the ranks', () => {

@@ -443,6 +443,13 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
     }
   }
   const rank0 = !group || group.rank === 0;
+  // mpirun ends the ranks on Ctrl-C, but passes SIGUSR1 on to every rank: kill -USR1 <mpirun's pid>
+  // stops them all after the same step, with a checkpoint. Listened to from here on (before any
+  // collective), since Node's own SIGUSR1 action would start its inspector instead.
+  let usr1Early = false;
+  let sigint: (() => void) | null = null;
+  const usr1 = group ? () => (sigint ? sigint() : void (usr1Early = true)) : null;
+  if (usr1) process.on('SIGUSR1', usr1);
   const device: DeviceSpec = !group ? (opts.device as DeviceSpec) : group.device !== 'cpu' ? group.device : opts.device === 'cuda' ? cudaOfRank(group) : 'cpu';
 
   // The model directory (checked before the slow parts).
@@ -498,7 +505,6 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
     throw new CliError(`cannot write the adapter to ${out} (${err.code ?? oneLine(err.message)}); choose another --out`);
   }
 
-  let sigint: (() => void) | null = null;
   let sizes: RunSizes | null = null;
   try {
     let model: LlamaForCausalLM;
@@ -647,6 +653,7 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
       trainer.stop();
     };
     process.on('SIGINT', sigint);
+    if (usr1Early) sigint();
 
     const result = await trainer.train();
     if (interrupted) {
@@ -662,5 +669,6 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
     throw cliError(e, opts, ckptDir, sizes);
   } finally {
     if (sigint) process.removeListener('SIGINT', sigint);
+    if (usr1) process.removeListener('SIGUSR1', usr1);
   }
 }
