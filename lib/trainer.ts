@@ -670,7 +670,10 @@ export class Trainer {
       checkpoint = dir;
     };
     try {
-      while (this._step < stopAt && !this.stopRequested) {
+      // Across ranks, only a stop agreed in a step's reduction ends the loop: a rank that left on its
+      // own stop() would leave the others waiting in the next step's.
+      let agreedStop = false;
+      while (this._step < stopAt && !(this.ddp ? agreedStop : this.stopRequested)) {
         const step = this._step;
         const epoch = Math.floor(step / this.stepsPerEpoch);
         const first = (step % this.stepsPerEpoch) * o.gradAccum;
@@ -719,7 +722,7 @@ export class Trainer {
           stepLoss = l / this.ddp.group.worldSize;
           tokens = t;
           // One rank's stop() (its Ctrl-C) stops every rank after this step.
-          if (stop > 0) this.stopRequested = true;
+          if (stop > 0) agreedStop = true;
         }
         const lr = optimizer.paramGroups[0].lr;
         let gradNorm: number | null = null;
