@@ -151,6 +151,18 @@ describeMpi('two MPI ranks on this machine (skipped without mpirun)', () => {
     }
   });
 
+  test("DistributedDataParallel: every rank takes rank 0's parameters and the mean gradient; the Trainer checks the shards", () => {
+    const r = mpirun(2, [child, 'ddp']);
+    expect(r.status).toBe(0);
+    const out = lines(r.stdout).sort((a, b) => (a.rank as number) - (b.rank as number));
+    expect(out.map((o) => o.rank)).toEqual([0, 1]);
+    for (const o of out) {
+      expect(o.afterBroadcast).toEqual([1, 2, 5]);
+      expect(o.grads).toEqual([1.5, 15, 2]);
+      expect(o.trainer).toEqual({ message: expect.stringMatching(/every rank needs the same number of micro-batches per epoch \(options\.train\), got 2, 3 on ranks 0 to 1/) });
+    }
+  });
+
   test('mismatched parameter shapes between ranks are an error on every rank, the differing one saying what', () => {
     const r = mpirun(2, [child, 'mismatch']);
     expect(r.status).toBe(0);

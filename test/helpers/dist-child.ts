@@ -1,7 +1,8 @@
 // A rank of the MPI tests (test/distributed.test.ts), started by mpirun: node -r ts-register
 // dist-child.ts <case>. Prints one JSON line per finding; the test reads them.
 import { tensor, zeros } from '../../lib';
-import { allReduce, barrier, broadcast, checkSameTensors, initDistributed, getProcessGroup } from '../../lib/distributed';
+import { DistributedDataParallel, allReduce, barrier, broadcast, checkSameTensors, initDistributed, getProcessGroup } from '../../lib/distributed';
+import { Trainer } from '../../lib/trainer';
 
 const which = process.argv[2];
 const say = (o: object) => process.stdout.write(JSON.stringify(o) + '\n');
@@ -42,6 +43,27 @@ if (which === 'collectives') {
   } catch (e) {
     say({ rank: g.rank, ...codeOf(e) });
   }
+} else if (which === 'ddp') {
+  // Each rank starts from its own values: DDP gives every rank rank 0's.
+  const p = tensor([g.rank + 1, g.rank + 2]).requiresGrad_();
+  const q = tensor([5 * (g.rank + 1)]).requiresGrad_();
+  const ddp = new DistributedDataParallel([p, q]);
+  const afterBroadcast = [...p.toArray(), ...q.toArray()];
+  // Rank r's gradient of p is r + 1; q has a gradient on rank 1 only (a missing one counts as zeros).
+  p.grad = tensor([g.rank + 1, 10 * (g.rank + 1)]);
+  if (g.rank === 1) q.grad = tensor([4]);
+  ddp.syncGradients();
+  const grads = [...p.grad!.toArray(), ...q.grad!.toArray()];
+  // A Trainer whose ranks have different numbers of micro-batches per epoch is refused on every rank.
+  let trainer: object;
+  try {
+    const train = Array.from({ length: g.rank + 2 }, () => ({ ids: [[0, 1]] }));
+    new Trainer({ params: [p], loss: () => p.sum(), train, distributed: true });
+    trainer = { ok: true };
+  } catch (e) {
+    trainer = codeOf(e);
+  }
+  say({ rank: g.rank, afterBroadcast, grads, trainer });
 } else if (which === 'die') {
   // Rank 1 dies; rank 0 waits in a collective that can never complete. mpirun must end the job.
   if (g.rank === 1) process.exit(3);
