@@ -15,6 +15,7 @@
 #include "../src/cuda_api.h"
 #include "../src/ops.h"
 #include "bench.h"
+#include "distributed.h"
 #include "glue.h"
 
 namespace {
@@ -619,6 +620,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 
   // ---- for the benchmarks only (binding/bench.cpp)
   exports.Set("bench", lc_napi::bench_exports(env, T));
+  // ---- process groups over MPI and NCCL (binding/distributed.cpp)
+  exports.Set("distributed", lc_napi::distributed_exports(env, T));
   return exports;
 }
 

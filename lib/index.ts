@@ -61,3 +61,8 @@ export type { AdamOptions, AdamStateDict, ParamGroup, ParamGroupInput } from './
 export { backendInfo, cuda, nativeMemoryBytes } from './backend';
 export type { BackendInfo, CudaInfo, CudaDeviceInfo, UnusableCudaDeviceInfo } from './backend';
 export type { AddonSource, CpuInfo } from './native';
+export {
+  initDistributed, destroyProcessGroup, getProcessGroup, abortDistributed, allReduce, allReduceNumbers, broadcast, barrier,
+  checkSameTensors, launchEnv, distributedInfo, DistributedDataParallel, DistributedSampler,
+} from './distributed';
+export type { DistributedOptions, DistributedBackend, ProcessGroup, ReduceOp, LaunchEnv } from './distributed';

@@ -21,6 +21,7 @@ import { clipGradNorm } from './nn/utils';
 import { getRngState, setRngState } from './random';
 import { getLoraAB, loraLayers } from './lora';
 import { loadAdapter, saveAdapter } from './peft';
+import { DistributedDataParallel, allReduceNumbers, barrier } from './distributed';
 import { SafetensorsFile, saveSafetensors } from './safetensors';
 import { asideDirs, recoverDir, replaceDir, writeFileAtomic } from './atomic';
 import { READ_LIMITS, pathExists, readJsonFile } from './fsio';
@@ -143,6 +144,14 @@ export interface TrainerOptions {
   saveEvery?: number;
   /** Where checkpoints go (replaced as a whole each time); none are written without it. */
   checkpointDir?: string;
+  /**
+   * Data-parallel training in the process group of initDistributed(): every rank passes its own
+   * shard of the data (the same number of micro-batches per epoch), the parameters start from rank
+   * 0's, the gradients are averaged over the ranks after each step's backward passes, the logged
+   * loss and tokens are the whole job's, and only rank 0 writes checkpoints and calls onCheckpoint
+   * (onLog, onStep and onEval run on every rank). Default false.
+   */
+  distributed?: boolean;
   /** Writes the trained weights into a checkpoint directory; default: saveAdapter for LoRA models, else the params. */
   saveModel?: (dir: string) => Promise<void>;
   /** Reads them back on loadCheckpoint; default: loadAdapter for LoRA models, else the params. */
@@ -259,7 +268,7 @@ interface StateV2 {
 const SCHEDULES = ['constant', 'linear', 'cosine'] as const;
 const OPTION_KEYS = [
   'model', 'loss', 'params', 'train', 'eval', 'epochs', 'maxSteps', 'gradAccum', 'optimizer', 'lrSchedule', 'warmupSteps',
-  'maxGradNorm', 'logEvery', 'evalEvery', 'saveEvery', 'checkpointDir', 'saveModel', 'loadModel', 'metadata',
+  'maxGradNorm', 'logEvery', 'evalEvery', 'saveEvery', 'checkpointDir', 'saveModel', 'loadModel', 'metadata', 'distributed',
   'onStep', 'onLog', 'onEval', 'onCheckpoint',
 ] as const;
 
@@ -387,6 +396,7 @@ export class Trainer {
   /** Steps of the whole run (every epoch); the schedule ends there. */
   readonly totalSteps: number;
   private _step = 0;
+  private readonly ddp: DistributedDataParallel | null = null;
   /** The checkpoint this trainer last wrote or loaded (a run that fails says it is still there). */
   private lastCheckpoint: { dir: string; step: number } | null = null;
   private stopRequested = false;
@@ -475,6 +485,17 @@ export class Trainer {
 
     this.opts = o;
     this.params = params;
+    if (o.distributed !== undefined && typeof o.distributed !== 'boolean') throw typeError(where, 'options.distributed', 'a boolean', o.distributed);
+    if (o.distributed) {
+      // Checks that every rank trains the same parameters, and gives them rank 0's values.
+      this.ddp = new DistributedDataParallel(model ?? params, model ? { params } : {});
+      const counts = new Array<number>(this.ddp.group.worldSize).fill(0);
+      counts[this.ddp.group.rank] = this.source.batchesPerEpoch;
+      const all = allReduceNumbers(counts, 'sum');
+      if (all.some((n) => n !== all[0])) {
+        throw new RangeError(`${where}: every rank needs the same number of micro-batches per epoch (options.train), got ${all.join(', ')} on ranks 0 to ${all.length - 1}`);
+      }
+    }
     // Its errors name this call and the option they come from.
     this.optimizer = new AdamW(params, o.optimizer,
       { where, params: o.params !== undefined ? 'options.params' : "the model's trainable parameters", options: 'options.optimizer' });
@@ -606,6 +627,16 @@ export class Trainer {
     const model = opts.model;
     const stopAt = this.stopAt;
     const startStep = this._step;
+    if (this.ddp) {
+      // Every rank must continue from the same step (a resume reads checkpointDir on each rank).
+      const steps = new Array<number>(this.ddp.group.worldSize).fill(0);
+      steps[this.ddp.group.rank] = startStep;
+      const all = allReduceNumbers(steps, 'sum');
+      if (all.some((v) => v !== all[0])) {
+        throw Object.assign(new Error(`Trainer.train: the ranks are at different steps (${all.join(', ')} on ranks 0 to ${all.length - 1}); a resumed run must load the same checkpoint on every rank (put checkpointDir on a file system they share)`),
+          { code: 'ERR_DIST_MISMATCH' });
+      }
+    }
     if (startStep >= stopAt) {
       return { step: startStep, totalSteps: this.totalSteps, stepsRun: 0, reason: startStep >= this.totalSteps ? 'done' : 'max-steps', checkpoint: null };
     }
@@ -630,12 +661,19 @@ export class Trainer {
       requireFinite();
       const dir = opts.checkpointDir;
       if (dir === undefined) return;
-      await this.writeCheckpointTo(dir, rngAtStep);
+      if (!this.ddp || this.ddp.group.rank === 0) {
+        await this.writeCheckpointTo(dir, rngAtStep);
+        await opts.onCheckpoint?.({ step: this._step, dir, reason });
+      }
+      // The other ranks go on once it is complete (a resume reads it on every rank).
+      if (this.ddp) barrier();
       checkpoint = dir;
-      await opts.onCheckpoint?.({ step: this._step, dir, reason });
     };
     try {
-      while (this._step < stopAt && !this.stopRequested) {
+      // Across ranks, only a stop agreed in a step's reduction ends the loop: a rank that left on its
+      // own stop() would leave the others waiting in the next step's.
+      let agreedStop = false;
+      while (this._step < stopAt && !(this.ddp ? agreedStop : this.stopRequested)) {
         const step = this._step;
         const epoch = Math.floor(step / this.stepsPerEpoch);
         const first = (step % this.stepsPerEpoch) * o.gradAccum;
@@ -663,7 +701,8 @@ export class Trainer {
           tokens += b.tokens ?? rowTokens(b);
           if (k < count - 1) {
             await yieldToEventLoop();
-            if (this.stopRequested) {
+            // Across ranks a stop is agreed at step boundaries only (below).
+            if (this.stopRequested && !this.ddp) {
               abandoned = true;
               break;
             }
@@ -674,6 +713,16 @@ export class Trainer {
           optimizer.zeroGrad();
           setRngState(rngAtStep);
           break;
+        }
+        let stepLoss = lossSum / count;
+        if (this.ddp) {
+          // The job's gradient: the mean of the ranks' (each the mean over its micro-batches).
+          this.ddp.syncGradients();
+          const [l, t, stop] = allReduceNumbers([stepLoss, tokens, this.stopRequested ? 1 : 0], 'sum');
+          stepLoss = l / this.ddp.group.worldSize;
+          tokens = t;
+          // One rank's stop() (its Ctrl-C) stops every rank after this step.
+          if (stop > 0) agreedStop = true;
         }
         const lr = optimizer.paramGroups[0].lr;
         let gradNorm: number | null = null;
@@ -688,7 +737,6 @@ export class Trainer {
         optimizer.zeroGrad();
         this._step = step + 1;
         rngAtStep = getRngState();
-        const stepLoss = lossSum / count;
         win.loss += stepLoss;
         win.steps++;
         win.tokens += tokens;

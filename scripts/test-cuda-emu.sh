@@ -7,9 +7,10 @@
 #   bash scripts/test-cuda-emu.sh test/cuda.test.ts ...  # build, self-test, then only these (any jest arguments)
 #
 # Builds into build-emu/ (or $LORA_CUDA_EMU_BUILD_DIR), leaving build/ alone: the addon with the
-# emulated backend, the emulated driver (libcuda.so.1) and cuBLAS (libcublas-emu.so) beside it, and
-# the emulator's self-test, which runs first. jest then loads that addon (LORA_CUDA_ADDON) and cuBLAS
-# (LORA_CUDA_CUBLAS); child processes of the tests inherit both.
+# emulated backend, the emulated driver (libcuda.so.1), cuBLAS (libcublas-emu.so) and a one-rank NCCL
+# (libnccl-emu.so) beside it, and the emulator's self-test, which runs first. jest then loads that
+# addon (LORA_CUDA_ADDON), cuBLAS (LORA_CUDA_CUBLAS) and NCCL (LORA_CUDA_NCCL); child processes of the
+# tests inherit them.
 #
 # A kernel bug the emulator detects (a divergent barrier or shuffle, a memory access outside an
 # allocation, a thread that exits while others wait, ...) fails the op that launched it with an Error
@@ -32,7 +33,7 @@ npx cmake-js compile -O "$build_dir" --CDLORA_CUDA=OFF --CDLORA_CUDA_EMULATE=ON 
   exit 1
 }
 out="$(cd "$build_dir" && pwd)/Release"
-for f in lora_cuda.node libcublas-emu.so libcuda.so.1 cuda_emu_selftest; do
+for f in lora_cuda.node libcublas-emu.so libnccl-emu.so libcuda.so.1 cuda_emu_selftest; do
   [ -e "$out/$f" ] || { echo "test-cuda-emu: $out/$f was not built" >&2; exit 1; }
 done
 echo "test-cuda-emu: built in $(($(date +%s) - start)) s"
@@ -42,6 +43,7 @@ echo "test-cuda-emu: the emulator's self-test"
 
 export LORA_CUDA_ADDON="$out/lora_cuda.node"
 export LORA_CUDA_CUBLAS="$out/libcublas-emu.so"
+export LORA_CUDA_NCCL="$out/libnccl-emu.so"
 unset LORA_CUDA_SYNC LORA_CUDA_EMU_SCHEDULE LORA_CUDA_EMU_LAUNCH_ERROR
 
 # The suites below must see the emulated GPU, not skip their CUDA parts.
@@ -60,7 +62,7 @@ if [ $# -gt 0 ]; then
 else
   # Every suite with parts that run only when CUDA is available.
   npx jest --ci test/cuda.test.ts test/cuda-probe.test.ts test/soak.test.ts test/bad-input.test.ts test/errors.test.ts test/tensor.test.ts \
-    test/cli-finetune.test.ts test/gradcheck.test.ts \
+    test/cli-finetune.test.ts test/gradcheck.test.ts test/distributed.test.ts \
     || status=$?
   for schedule in reverse warp-ahead reverse,warp-ahead; do
     echo "test-cuda-emu: the parity suite again with LORA_CUDA_EMU_SCHEDULE=$schedule"

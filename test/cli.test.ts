@@ -9,6 +9,7 @@ import {
   LlamaForCausalLM, backendInfo, injectLora, loadAdapter, loadTokenizer, loraLayers, manualSeed, noGrad, randn, saveAdapter,
 } from '../lib';
 import { main } from '../lib/cli/index';
+import { distributedInfo } from '../lib/distributed';
 import { CliIO } from '../lib/cli/io';
 import { DEMO_CONFIG, DEMO_DIGITS, demoSequence } from '../lib/cli/demo';
 import { Progress } from '../lib/cli/progress';
@@ -212,12 +213,12 @@ describe('help, usage errors and exit codes', () => {
       const r = await run(argv);
       expect(r.code).toBe(0);
       expect(r.stdout).toMatch(/^usage: lora-cuda <command>/);
-      for (const cmd of ['demo', 'finetune', 'merge', 'generate', 'doctor', 'bench']) expect(r.stdout).toMatch(new RegExp(`^  ${cmd} `, 'm'));
+      for (const cmd of ['demo', 'finetune', 'merge', 'generate', 'doctor', 'bench', 'launch']) expect(r.stdout).toMatch(new RegExp(`^  ${cmd} `, 'm'));
       expect(r.stderr).toBe('');
     }
   });
 
-  test.each(['demo', 'finetune', 'merge', 'generate', 'doctor', 'bench'])('lora-cuda %s --help prints its usage', async (cmd) => {
+  test.each(['demo', 'finetune', 'merge', 'generate', 'doctor', 'bench', 'launch'])('lora-cuda %s --help prints its usage', async (cmd) => {
     const r = await run([cmd, '--help']);
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(new RegExp(`^usage: lora-cuda ${cmd}`));
@@ -227,7 +228,7 @@ describe('help, usage errors and exit codes', () => {
     expect(viaHelp).toEqual(r);
   });
 
-  test.each(['demo', 'finetune', 'merge', 'generate', 'doctor', 'bench'])('lora-cuda --help and lora-cuda %s --help give the same summary', async (cmd) => {
+  test.each(['demo', 'finetune', 'merge', 'generate', 'doctor', 'bench', 'launch'])('lora-cuda --help and lora-cuda %s --help give the same summary', async (cmd) => {
     const own = lines((await run([cmd, '--help'])).stdout);
     // usage: <line>, a blank line, then the summary.
     expect(own[0]).toMatch(new RegExp(`^usage: lora-cuda ${cmd}\\b`));
@@ -270,7 +271,7 @@ describe('help, usage errors and exit codes', () => {
     expect(lines(r.stderr)).toEqual(['lora-cuda demo: --device must be cpu or cuda, got "tpu" (see lora-cuda demo --help)']);
     r = await run(['frobnicate']);
     expect(r.code).toBe(2);
-    expect(lines(r.stderr)).toEqual(['lora-cuda: unknown command \'frobnicate\' (commands: demo, finetune, merge, generate, doctor, bench; see lora-cuda --help)']);
+    expect(lines(r.stderr)).toEqual(['lora-cuda: unknown command \'frobnicate\' (commands: demo, finetune, merge, generate, doctor, bench, launch; see lora-cuda --help)']);
     r = await run(['merge', '--model', tmp]);
     expect(r.code).toBe(2);
     expect(lines(r.stderr)).toEqual(['lora-cuda merge: missing --adapter DIR, --out DIR (see lora-cuda merge --help)']);
@@ -574,6 +575,11 @@ describe('lora-cuda doctor', () => {
       expect(r.stdout).toMatch(/^driver +none found\n +-> for a GPU, install the NVIDIA driver, 580 or newer for CUDA 13\.0$/m);
     }
     if (info.cuda.available) expect(r.stdout).toMatch(/^cuda:0 +.*compute capability \d+\.\d+/m);
+    // MPI and NCCL: found (with version and path), or what to install.
+    const dist = distributedInfo();
+    expect(r.stdout).toMatch(dist.mpi.loaded ? new RegExp(`^mpi +.*\\(${dist.mpi.path.replace(/[.+]/g, '\\$&')}\\)$`, 'm') : /^mpi +not found\n +-> optional, .*apt-get install openmpi-bin libopenmpi3$/m);
+    if (info.cuda.compiled) expect(r.stdout).toMatch(dist.nccl.loaded ? /^nccl +\d+\.\d+\.\d+ \(/m : /^nccl +not found\n +-> optional, .*NCCL 2\.10 or later/m);
+    else expect(r.stdout).not.toMatch(/^nccl /m);
 
     const j = await run(['doctor', '--json']);
     expect(j.code).toBe(0);

@@ -46,6 +46,12 @@ target_link_libraries(lora_cuda_emu_cublas PRIVATE lora_cuda_emu_driver)
 set_target_properties(lora_cuda_emu_cublas PROPERTIES OUTPUT_NAME cublas-emu BUILD_RPATH_USE_ORIGIN ON)
 target_link_options(lora_cuda_emu_cublas PRIVATE -static-libstdc++ -static-libgcc)
 
+# A one-rank NCCL, so that the addon's NCCL path (cuda/nccl.cpp) runs too.
+add_library(lora_cuda_emu_nccl SHARED ${_emu}/src/nccl.cpp)
+target_compile_options(lora_cuda_emu_nccl PRIVATE -O2 -Wall -Wextra -fvisibility=hidden)
+set_target_properties(lora_cuda_emu_nccl PROPERTIES OUTPUT_NAME nccl-emu)
+target_link_options(lora_cuda_emu_nccl PRIVATE -static-libstdc++ -static-libgcc)
+
 # No FMA contraction (nvcc contracts, a CPU compiler may or may not): the
 # emulated kernels round every operation as written, like the CPU backend.
 # Stack clash protection probes every page of a large frame, so a thread that
@@ -62,6 +68,7 @@ add_library(lora_cuda_emu_backend OBJECT
   cuda/cublas.cpp
   cuda/runtime.cpp
   cuda/memory.cpp
+  cuda/nccl.cpp
   ${_emu_generated})
 # The emulator's headers stand in for the CUDA toolkit's; the rewritten files
 # find the unchanged headers of cuda/ (and ../src/) through the include path,
@@ -92,9 +99,11 @@ add_dependencies(${PROJECT_NAME} cuda_emu_selftest)
 
 # The addon: the emulated backend instead of src/cuda_stub.cpp.
 get_target_property(_emu_addon_sources ${PROJECT_NAME} SOURCES)
-list(REMOVE_ITEM _emu_addon_sources src/cuda_stub.cpp ${CMAKE_SOURCE_DIR}/src/cuda_stub.cpp)
+list(REMOVE_ITEM _emu_addon_sources src/cuda_stub.cpp ${CMAKE_SOURCE_DIR}/src/cuda_stub.cpp
+  src/distributed/nccl_stub.cpp ${CMAKE_SOURCE_DIR}/src/distributed/nccl_stub.cpp)
 set_property(TARGET ${PROJECT_NAME} PROPERTY SOURCES ${_emu_addon_sources})
 target_link_libraries(${PROJECT_NAME} PRIVATE lora_cuda_emu_backend lora_cuda_emu_core)
 set_target_properties(${PROJECT_NAME} PROPERTIES BUILD_RPATH_USE_ORIGIN ON)
 add_dependencies(${PROJECT_NAME} lora_cuda_emu_cublas)
+add_dependencies(${PROJECT_NAME} lora_cuda_emu_nccl)
 message(STATUS "lora-cuda: CUDA backend EMULATED on the CPU (dev/cuda-emu; no nvcc, no CUDA runtime)")

@@ -31,6 +31,10 @@ export const COMMAND_TEXT = {
     summary: 'Time LoRA layers against the frozen linear layer they wrap (the table of npm run bench).',
     usage: 'lora-cuda bench [--quick] [--device cpu|cuda] [--json FILE] [--results DIR]',
   },
+  launch: {
+    summary: 'Run a command (finetune) as N data-parallel processes: through mpirun, or as NCCL processes on this machine.',
+    usage: 'lora-cuda launch --nproc N [--backend mpi|nccl] [--hostfile FILE] -- finetune [options]',
+  },
 } satisfies Record<string, CommandText>;
 
 export type CommandName = keyof typeof COMMAND_TEXT;

@@ -27,6 +27,8 @@ export interface DoctorReport {
   addon: { path: string; kind: string } | { error: string };
   info: BackendInfo | null;
   cpuCheck: string;
+  /** MPI and NCCL for data-parallel training: loaded here, or why not (null when the addon does not load). */
+  distributed: { mpi: { loaded: boolean; path: string; version: string; error: string }; nccl: { compiled: boolean; loaded: boolean; path: string; version: string; error: string } } | null;
 }
 
 /** The NVIDIA driver a CUDA runtime version needs (CUDA's minor version compatibility floor). */
@@ -77,6 +79,20 @@ function cudaLines(c: BackendInfo['cuda']): Line[] {
   return lines;
 }
 
+/** MPI and NCCL, both optional: for training on several processes, machines or GPUs. */
+function distributedLines(d: DoctorReport['distributed']): Line[] {
+  if (!d) return [];
+  const lines: Line[] = [d.mpi.loaded
+    ? { name: 'mpi', value: `${d.mpi.version || 'MPI'} (${d.mpi.path})` }
+    : { name: 'mpi', value: 'not found', fix: 'optional, for data-parallel training on several processes or machines (mpirun, lora-cuda launch): Debian/Ubuntu: apt-get install openmpi-bin libopenmpi3' }];
+  if (d.nccl.compiled) {
+    lines.push(d.nccl.loaded
+      ? { name: 'nccl', value: `${d.nccl.version} (${d.nccl.path})` }
+      : { name: 'nccl', value: 'not found', fix: 'optional, for data-parallel training on several GPUs: NCCL 2.10 or later (libnccl2 of NVIDIA\'s CUDA repository, or pip install nvidia-nccl-cu12 and add its nvidia/nccl/lib to LD_LIBRARY_PATH), or set LORA_CUDA_NCCL' });
+  }
+  return lines;
+}
+
 /** Runs the CPU path once: a LoRA layer's forward and backward on a small batch. */
 async function cpuCheck(): Promise<string> {
   const { LoRALinear, Linear, randn, manualSeed } = await import('../index');
@@ -98,6 +114,7 @@ export async function doctorReport(): Promise<DoctorReport> {
     addon: { error: '' },
     info: null,
     cpuCheck: '',
+    distributed: null,
   };
   try {
     const { backendInfo } = await import('../backend');
@@ -106,6 +123,8 @@ export async function doctorReport(): Promise<DoctorReport> {
     report.glibc.addonNeeds = glibcNeeded(report.info.addon.path);
     report.cpuCheck = await cpuCheck();
     report.ok = true;
+    // Optional parts: loading the libraries starts nothing.
+    report.distributed = (await import('../distributed')).distributedInfo();
   } catch (e) {
     if (!report.info) report.addon = { error: (e as Error).message };
     else report.cpuCheck = `failed: ${(e as Error).message}`;
@@ -132,6 +151,7 @@ export function formatReport(r: DoctorReport): string {
       : { name: 'blas', value: `${cpu.blas} (${cpu.blasPath}, ${cpu.blasThreads} threads)` });
     lines.push(...cudaLines(info.cuda));
   }
+  lines.push(...distributedLines(r.distributed));
   lines.push({ name: 'check', value: r.ok ? r.cpuCheck : (r.cpuCheck || 'the CPU path cannot run') });
   const w = Math.max(...lines.map((l) => l.name.length));
   const out = lines.flatMap((l) => [`${l.name.padEnd(w)}  ${l.value}`, ...(l.fix ? [`${' '.repeat(w)}  -> ${l.fix}`] : [])]);

@@ -27,6 +27,8 @@ import { saveAdapter } from '../peft';
 import { backendInfo } from '../backend';
 import { ensureWritableDir } from '../atomic';
 import { BatchSource, CheckpointInfo, Trainer, TrainerError, readCheckpoint } from '../trainer';
+import type { DeviceSpec } from '../device';
+import { DistributedSampler, ProcessGroup, initDistributed, launchEnv } from '../distributed';
 
 const COMMAND = 'finetune';
 const SUMMARY = [
@@ -40,6 +42,10 @@ const SUMMARY = [
   'Examples are tokenized with tokenizer.json (special tokens as its post-processor adds them, e.g. BOS),',
   'cut to --seq-len and padded at the end of each batch. AdamW; the learning rate warms up over',
   '--warmup-steps and then follows --lr-schedule; the gradients are clipped to --max-grad-norm.',
+  '',
+  'Several processes: run the same command under mpirun -np N (or lora-cuda launch --nproc N -- finetune ...).',
+  '--batch-size is then the global batch, split across the ranks; each rank trains on its shard of the',
+  'data, the gradients are averaged over the ranks every step, and only rank 0 prints and writes.',
 ].join('\n');
 
 const FINETUNE_SPECS = {
@@ -218,20 +224,49 @@ function fmtLoss(v: number): string {
   return v.toFixed(4);
 }
 
+/** The process group when a launcher started several processes (mpirun, lora-cuda launch), else null. */
+function joinProcessGroup(device: string): ProcessGroup | null {
+  const env = launchEnv();
+  if (env.worldSize === null || env.worldSize < 2) return null;
+  try {
+    return initDistributed({ backend: device === 'cuda' ? 'auto' : 'mpi' });
+  } catch (e) {
+    throw new CliError(`${env.worldSize} processes (started by ${env.launcher}): ${oneLine((e as Error).message)}`);
+  }
+}
+
+/** One GPU per local rank, when the gradients go through MPI. */
+function cudaOfRank(group: ProcessGroup): `cuda:${number}` {
+  const n = backendInfo().cuda.devices.length;
+  if (group.localRank >= n) {
+    throw new CliError(`--device cuda: local rank ${group.localRank} has no GPU of its own (${n} on this machine); start at most ${n} processes per machine`);
+  }
+  return `cuda:${group.localRank}`;
+}
+
 function fmtInt(n: number): string {
   return n.toLocaleString('en-US');
 }
 
 
-/** The training examples as the Trainer's micro-batches: each epoch in its seeded order, padded per batch. */
-function trainBatches(examples: TokenizedExample[], train: number[], batchSize: number, seed: number, padId: number): BatchSource {
+/**
+ * The training examples as the Trainer's micro-batches: each epoch in its seeded order, padded per
+ * batch. In a process group each rank takes its shard of that order (DistributedSampler: every
+ * worldSize-th example) in micro-batches of batchSize / worldSize, so that micro-batch k of all the
+ * ranks together holds the examples of a single process's micro-batch k.
+ */
+function trainBatches(examples: TokenizedExample[], train: number[], batchSize: number, seed: number, padId: number,
+  group: ProcessGroup | null): BatchSource {
   let epochCached = -1;
   let batches: number[][] = [];
+  const order = (epoch: number) => epochOrder(train.length, seed, epoch).map((i) => train[i]);
+  const sampler = group ? new DistributedSampler(train.length, group.rank, group.worldSize, order) : null;
+  const perRank = group ? batchSize / group.worldSize : batchSize;
   return {
-    batchesPerEpoch: Math.ceil(train.length / batchSize),
+    batchesPerEpoch: Math.ceil((sampler ? sampler.numSamples : train.length) / perRank),
     batch(epoch, index) {
       if (epoch !== epochCached) {
-        batches = microBatches(epochOrder(train.length, seed, epoch).map((i) => train[i]), batchSize);
+        batches = microBatches(sampler ? sampler.indices(epoch) : order(epoch), perRank);
         epochCached = epoch;
       }
       return makeBatch(batches[index].map((i) => examples[i]), padId);
@@ -395,6 +430,27 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
     const info = backendInfo();
     if (!info.cuda.available) throw new CliError(`--device cuda: CUDA is not available (${oneLine(info.cuda.reason || 'unknown reason')}); use --device cpu`);
   }
+  // Started by mpirun or lora-cuda launch with more than one process: data-parallel training.
+  const group = joinProcessGroup(opts.device);
+  if (group) {
+    if (opts.batchSize % group.worldSize !== 0) {
+      throw new UsageError(`--batch-size ${opts.batchSize} is the global batch, split across the ${group.worldSize} ranks: give a multiple of ${group.worldSize}`);
+    }
+    // Only rank 0 prints (the others' errors still reach stderr, marked with their rank).
+    if (group.rank !== 0) {
+      const base = io;
+      io = { ...base, stdout: () => {}, stderr: (t) => base.stderr(t.startsWith('warning:') ? '' : `rank ${group.rank}: ${t}`) };
+    }
+  }
+  const rank0 = !group || group.rank === 0;
+  // mpirun ends the ranks on Ctrl-C, but passes SIGUSR1 on to every rank: kill -USR1 <mpirun's pid>
+  // stops them all after the same step, with a checkpoint. Listened to from here on (before any
+  // collective), since Node's own SIGUSR1 action would start its inspector instead.
+  let usr1Early = false;
+  let sigint: (() => void) | null = null;
+  const usr1 = group ? () => (sigint ? sigint() : void (usr1Early = true)) : null;
+  if (usr1) process.on('SIGUSR1', usr1);
+  const device: DeviceSpec = !group ? (opts.device as DeviceSpec) : group.device !== 'cpu' ? group.device : opts.device === 'cuda' ? cudaOfRank(group) : 'cpu';
 
   // The model directory (checked before the slow parts).
   const modelDir = opts.model;
@@ -443,18 +499,17 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
 
   // Where the results go, before any training: a run must not end unable to save.
   try {
-    ensureWritableDir(out);
+    if (rank0) ensureWritableDir(out);
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
     throw new CliError(`cannot write the adapter to ${out} (${err.code ?? oneLine(err.message)}); choose another --out`);
   }
 
-  let sigint: (() => void) | null = null;
   let sizes: RunSizes | null = null;
   try {
     let model: LlamaForCausalLM;
     try {
-      model = await LlamaForCausalLM.fromPretrained(modelDir, opts.device === 'cuda' ? { device: 'cuda' } : undefined);
+      model = await LlamaForCausalLM.fromPretrained(modelDir, device !== 'cpu' ? { device } : undefined);
     } catch (e) {
       if ((e as { code?: string }).code === 'ERR_OUT_OF_MEMORY') throw e;
       throw new CliError(`--model ${modelDir}: ${oneLine((e as Error).message)}`);
@@ -513,7 +568,8 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
     let interrupted = false;
     const trainer = new Trainer({
       model,
-      train: trainBatches(examples, train, opts.batchSize, opts.seed, padId),
+      train: trainBatches(examples, train, opts.batchSize, opts.seed, padId, group),
+      distributed: group !== null,
       ...(evalSet.length ? {
         eval: function* () {
           for (const mb of microBatches(evalSet, opts.batchSize)) yield makeBatch(mb.map((i) => examples[i]), padId);
@@ -543,6 +599,7 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
       onEval: (ev) => {
         io.stdout(`eval step ${ev.step}: loss ${fmtLoss(ev.loss)} (${evalSet.length} examples, ${fmtInt(ev.targets)} target tokens)\n`);
       },
+      // Called on rank 0 only.
       onCheckpoint: async (c) => {
         try {
           await saveTo(out);
@@ -563,6 +620,7 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
     sizes = { adapter: trainable, model: modelParams };
     const layerKinds = [...new Set(replaced.map((n) => n.slice(n.lastIndexOf('.') + 1)))];
     io.stdout(`model: ${modelDir} (${cfg.modelType}, ${cfg.numHiddenLayers} layers, hidden ${cfg.hiddenSize}, vocab ${cfg.vocabSize}), device ${opts.device}\n`);
+    if (group) io.stdout(`distributed: ${group.worldSize} ranks over ${group.backend}, ${opts.batchSize / group.worldSize} examples per rank per micro-batch\n`);
     io.stdout(`lora: r=${opts.r} alpha=${opts.alpha} dropout=${opts.dropout} on ${replaced.length} layers (${layerKinds.join(', ')}), ${fmtInt(trainable)} trainable parameters\n`);
     const notes = [
       tok.truncated ? `${tok.truncated} cut to --seq-len ${opts.seqLen}` : '',
@@ -580,7 +638,7 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
       io.stdout(step >= totalSteps
         ? `nothing to do: the checkpoint is at step ${step} of ${totalSteps} (raise --epochs to train further)\n`
         : `nothing to do: the checkpoint is at step ${step}, --max-steps is ${opts.maxSteps}\n`);
-      await saveTo(out);
+      if (rank0) await saveTo(out);
       io.stdout(`adapter written to ${out}\n`);
       return 0;
     }
@@ -595,6 +653,7 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
       trainer.stop();
     };
     process.on('SIGINT', sigint);
+    if (usr1Early) sigint();
 
     const result = await trainer.train();
     if (interrupted) {
@@ -610,5 +669,6 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
     throw cliError(e, opts, ckptDir, sizes);
   } finally {
     if (sigint) process.removeListener('SIGINT', sigint);
+    if (usr1) process.removeListener('SIGUSR1', usr1);
   }
 }

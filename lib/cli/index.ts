@@ -19,6 +19,7 @@ const COMMANDS: Record<CommandName, (argv: string[], io: CliIO) => Promise<numbe
   doctor: async (argv, io) => (await import('./doctor')).doctorCommand(argv, io),
   // The benchmarks live outside the library (bench/, shipped as dist/bench).
   bench: async (argv, io) => (await import('../../bench/command')).benchCommand(argv, io),
+  launch: async (argv, io) => (await import('./launch')).launchCommand(argv, io),
 };
 
 /** The package version, from the package.json above this file (lib/cli or dist/lib/cli). */
@@ -55,6 +56,7 @@ export function mainHelp(): string {
     '  npx lora-cuda merge --model ./SmolLM-135M --adapter ./my-adapter --out ./SmolLM-135M-merged',
     "  npx lora-cuda generate --model ./SmolLM-135M --adapter ./my-adapter --prompt 'Once upon a time'",
     '  npx lora-cuda bench --quick',
+    '  npx lora-cuda launch --nproc 2 -- finetune --model ./SmolLM-135M --data train.jsonl --batch-size 8',
     '  npx lora-cuda doctor',
     '',
   ].join('\n');
