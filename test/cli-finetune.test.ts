@@ -7,7 +7,8 @@ import { LlamaForCausalLM, backendInfo, loadAdapter, loadTokenizer, noGrad } fro
 import { SafetensorsFile, saveSafetensors } from '../lib/safetensors';
 import { CliError, CliIO } from '../lib/cli/io';
 import { FinetuneHooks, finetuneCommand } from '../lib/cli/finetune';
-import { IGNORE_INDEX, epochOrder, makeBatch, splitTrainEval, tokenizeExamples } from '../lib/cli/data';
+import { IGNORE_INDEX, binByTokens, epochOrder, makeBatch, makePackedBatch, splitTrainEval } from '../lib/cli/data';
+import { buildExamples } from '../lib/data';
 import { LINES, finetuneFixture } from './helpers/finetune-fixture';
 
 let tmp: string;
@@ -64,7 +65,8 @@ function adapterTensors(dir: string): Record<string, Float32Array> {
   }
 }
 
-const base = () => ['--model', modelDir, '--r', '4', '--alpha', '8', '--target', 'q_proj,v_proj,up_proj'];
+// Padded batches of --batch-size rows, as before packing (the step counts below depend on it).
+const base = () => ['--model', modelDir, '--r', '4', '--alpha', '8', '--target', 'q_proj,v_proj,up_proj', '--no-pack'];
 
 test('--help lists the options', async () => {
   const r = await run(['--help']);
@@ -79,7 +81,7 @@ test('the training loss falls over a few epochs on a tiny repetitive dataset', a
   const data = path.join(tmp, 'repeat.txt');
   fs.writeFileSync(data, Array.from({ length: 8 }, (_, i) => (i % 2 ? 'the dog ran to the big red ball' : 'the cat sat on the mat')).join('\n'));
   const r = await run(['--model', modelDir, '--data', data, '--out', path.join(tmp, 'out-repeat'), '--target', 'q_proj,v_proj,lm_head',
-    '--epochs', '12', '--batch-size', '4', '--lr', '0.05', '--dropout', '0']);
+    '--epochs', '12', '--batch-size', '4', '--lr', '0.05', '--dropout', '0', '--no-pack']);
   expect(r.code).toBe(0);
   // The head is adapted too: with a frozen random head a tiny model cannot sharpen its logits.
   expect(r.stdout).toMatch(/on 5 layers \(q_proj, v_proj, lm_head\)/);
@@ -153,9 +155,7 @@ test('.jsonl prompt/completion: the prompt is masked with -100 and the batch los
   const tok = await loadTokenizer(modelDir);
   const p = tok.encode('q: the cat ?').ids;
   const c = tok.encode(' ans sat on the mat', { add_special_tokens: false }).ids;
-  const res = tokenizeExamples(
-    [{ line: 1, prompt: 'q: the cat ?', completion: ' ans sat on the mat' }, { line: 2, text: 'a big red ball' }],
-    tok, { seqLen: 64, vocabSize: 67 });
+  const res = buildExamples([{ prompt: 'q: the cat ?', completion: ' ans sat on the mat' }, { text: 'a big red ball' }], tok, { addEos: false });
   expect(res.examples[0].ids).toEqual([...p, ...c]);
   const batch = makeBatch(res.examples, 1);
   const T = p.length + c.length;
@@ -166,6 +166,7 @@ test('.jsonl prompt/completion: the prompt is masked with -100 and the batch los
     [...textIds, ...new Array(T - textIds.length).fill(-100)],
   ];
   expect(batch.labels).toEqual(hand);
+  expect(batch.layout.attentionMask).toEqual([new Array(T).fill(1), [...textIds.map(() => 1), ...new Array(T - textIds.length).fill(0)]]);
   expect(batch.targets).toBe(c.length + textIds.length - 1);
 
   const model = await LlamaForCausalLM.fromPretrained(modelDir);
@@ -181,12 +182,11 @@ test('.jsonl prompt/completion: the prompt is masked with -100 and the batch los
   const paddedOnly = noGrad(() => model.loss([batch.ids[1]], [batch.labels[1]])).item();
   expect(Math.abs(alone - paddedOnly)).toBeLessThan(1e-6);
 
-  // --add-eos appends </s> with a label; --seq-len truncates; too-short examples are skipped.
-  const eos = tokenizeExamples([{ line: 1, text: 'the cat' }], tok, { seqLen: 64, vocabSize: 67, eosId: 2 });
-  expect(eos.examples[0].ids.at(-1)).toBe(2);
-  const cut = tokenizeExamples([{ line: 1, prompt: 'q: the cat ?', completion: ' ans' }, { line: 2, text: 'a' }], tok, { seqLen: 3, vocabSize: 67 });
-  expect(cut.examples).toHaveLength(0);
-  expect(cut.skipped).toBe(2);
+  // With the attention mask the padded row's loss is that of the row alone also through the batch's layout.
+  const masked = noGrad(() => model.loss(batch.ids, batch.labels, batch.layout)).item();
+  const rowsAlone = noGrad(() => model.loss([res.examples[0].ids], [res.examples[0].labels])).item() * c.length +
+    alone * (textIds.length - 1);
+  expect(Math.abs(masked - rowsAlone / (c.length + textIds.length - 1))).toBeLessThan(1e-5);
   expect(IGNORE_INDEX).toBe(-100);
 
   const out = path.join(tmp, 'out-jsonl');
@@ -357,7 +357,7 @@ describe('errors: exit code and one line with the fix', () => {
     one(await run(['--model', modelDir, '--data', txt, '--lr', '0']), 2, /--lr must be > 0/);
     one(await run(['--model', modelDir, '--data', txt, '--lr-schedule', 'step']), 2, /--lr-schedule must be constant, linear, cosine, got "step"/);
     one(await run(['--model', modelDir, '--data', txt, '--max-grad-norm', '-1']), 2, /--max-grad-norm must be >= 0/);
-    one(await run(['--model', modelDir, '--data', txt, '--out', out(), '--lr-schedule', 'linear', '--warmup-steps', '99']), 2,
+    one(await run(['--model', modelDir, '--data', txt, '--out', out(), '--lr-schedule', 'linear', '--warmup-steps', '99', '--no-pack']), 2,
       /--warmup-steps 99 is more than the run's 3 steps, after which the linear schedule reaches 0; use fewer warm-up steps/);
     one(await run(['--model', modelDir, '--data', txt, 'extra']), 2, /unexpected argument "extra"/);
   });
@@ -395,11 +395,11 @@ describe('errors: exit code and one line with the fix', () => {
     one(await run([...base(), '--data', w('d.csv', 'a,b')]), 1, /unsupported file extension "\.csv"; use \.txt .* or \.jsonl/);
     one(await run([...base(), '--data', w('empty.txt', '\n  \n')]), 1, /no training examples \(the file has no non-empty lines\)/);
     one(await run([...base(), '--data', w('bad1.jsonl', '{"text": "the cat"}\n\n{"text": "a"\n')]), 1, /bad1\.jsonl line 3: not valid JSON/);
-    one(await run([...base(), '--data', w('bad2.jsonl', '{"text": "the cat"}\n{"txt": "a"}\n')]), 1, /line 2: expected "text", or "prompt" and "completion", got keys "txt"/);
+    one(await run([...base(), '--data', w('bad2.jsonl', '{"text": "the cat"}\n{"txt": "a"}\n')]), 1, /line 2: unknown row shape \(keys "txt"\); expected \{"messages"/);
     one(await run([...base(), '--data', w('bad3.jsonl', '{"text": 5}\n')]), 1, /line 1: "text" must be a string, got number/);
-    one(await run([...base(), '--data', w('bad4.jsonl', '{"prompt": "q"}\n')]), 1, /line 1: has "prompt" without "completion"; give both, or "text"/);
-    one(await run([...base(), '--data', w('bad5.jsonl', '["the cat"]\n')]), 1, /line 1: expected a JSON object .* got an array/);
-    one(await run([...base(), '--data', w('short.txt', 'a\nb\n'), '--out', out()]), 1, /no usable examples: all 2 have fewer than 2 tokens/);
+    one(await run([...base(), '--data', w('bad4.jsonl', '{"prompt": "q"}\n')]), 1, /line 1: has "prompt" without "completion"; give both/);
+    one(await run([...base(), '--data', w('bad5.jsonl', '["the cat"]\n')]), 1, /line 1: expected a JSON object, one of .*; got an array/);
+    one(await run([...base(), '--data', w('short.txt', 'a\nb\n'), '--out', out()]), 1, /no usable examples: all 2 rows were dropped \(2 under 2 tokens\)/);
   });
 
   test('an --out that cannot be written fails before the first step, in one line', async () => {
