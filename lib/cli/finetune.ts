@@ -521,7 +521,8 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
     } catch (e) {
       // A row that does not render (the chat template fails, or the checkpoint has none) names its line.
       if ((e as { code?: string }).code === 'ERR_OUT_OF_MEMORY') throw e;
-      throw new CliError(oneLine((e as Error).message));
+      throw new CliError(oneLine((e as Error).message).replace(/: applyChatTemplate: /, ': ')
+        .replace(/; pass one as the chatTemplate option$/, '; add chat_template to tokenizer_config.json, or use prompt/completion rows'));
     }
     const { examples, report } = built;
     for (const ex of examples) {
