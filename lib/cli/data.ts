@@ -217,22 +217,29 @@ export function makePackedBatch(examples: TokenizedExample[]): Batch {
  */
 export function binByTokens(order: number[], lengths: number[], budget: number, padded: boolean): number[][] {
   const sorted = order.slice().sort((a, b) => lengths[b] - lengths[a]);
-  const bins: { items: number[]; used: number; longest: number }[] = [];
-  for (const i of sorted) {
+  type Bin = { items: number[]; used: number; longest: number };
+  const bins: Bin[] = [];
+  // Bins that may still take a row: the rows come longest first, so a bin that cannot take the
+  // shortest row left is closed for good (keeps this near linear on large data).
+  let open: Bin[] = [];
+  sorted.forEach((i, k) => {
     const len = lengths[i];
-    const cost = (b: { items: number[]; used: number; longest: number }) => (padded ? (b.items.length + 1) * Math.max(b.longest, len) : b.used + len);
-    let best: (typeof bins)[number] | null = null;
-    for (const b of bins) {
-      if (cost(b) <= budget && (best === null || cost(b) > cost(best))) best = b;
+    const cost = (b: Bin, l: number) => (padded ? (b.items.length + 1) * Math.max(b.longest, l) : b.used + l);
+    let best: Bin | null = null;
+    for (const b of open) {
+      if (cost(b, len) <= budget && (best === null || cost(b, len) > cost(best, len))) best = b;
     }
     if (best === null) {
       best = { items: [], used: 0, longest: 0 };
       bins.push(best);
+      open.push(best);
     }
     best.items.push(i);
     best.used += len;
     best.longest = Math.max(best.longest, len);
-  }
+    const shortest = lengths[sorted[sorted.length - 1]];
+    if (k + 1 < sorted.length && cost(best, shortest) > budget) open = open.filter((b) => b !== best);
+  });
   // Each bin in data order.
   const pos = new Map(order.map((v, k) => [v, k]));
   return bins.map((b) => b.items.sort((x, y) => pos.get(x)! - pos.get(y)!));
