@@ -226,6 +226,12 @@ describe('real data: chat rows, packing, token budgets', () => {
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/data: .*: 4 examples \(4 train, 0 eval\), [\d,]+ tokens, [\d,]+ trained; 1 dropped \(no assistant turn\)/);
     expect(r.stdout).toMatch(/1 epoch x 2 steps = 2 steps \(batch 2 x grad-accum 1\)/);
+    // Packing asked for: chat rows end to end, the held-out rows packed too.
+    const p = await run([...base().filter((x) => x !== '--no-pack'), '--data', data, '--out', path.join(tmp, 'out-chat-pack'), '--pack', '--eval-every', '1', '--eval-fraction', '0.25']);
+    expect(p.code).toBe(0);
+    expect(p.stdout).toMatch(/3 train, 1 eval/);
+    expect(p.stdout).toMatch(/1 epoch x 1 step = 1 step \(packed rows of up to 1024 tokens x grad-accum 1\)/);
+    expect(p.stdout).toMatch(/^eval step 1: loss [\d.]+ \(1 examples/m);
 
     // The labels: only the assistant turn (its content and end-of-turn token) is trained.
     const tok = await loadTokenizer(modelDir);

@@ -61,7 +61,7 @@ const FINETUNE_SPECS = {
   'weight-decay': { type: 'number', min: 0, default: 0, metavar: 'X', help: 'AdamW decoupled weight decay' },
   epochs: { type: 'number', integer: true, min: 1, default: 1, metavar: 'N', help: 'passes over the training examples' },
   'max-steps': { type: 'number', integer: true, min: 0, default: 0, metavar: 'N', help: 'stop (with a checkpoint) once N optimizer steps are done in all, 0 = no limit' },
-  'batch-size': { type: 'number', integer: true, min: 1, default: 4, metavar: 'N', help: 'examples per micro-batch' },
+  'batch-size': { type: 'number', integer: true, min: 1, default: 4, metavar: 'N', help: 'rows per padded micro-batch (packed: the default --batch-tokens is N x --max-length)' },
   'grad-accum': { type: 'number', integer: true, min: 1, default: 1, metavar: 'N', help: 'micro-batches per optimizer step (gradients averaged)' },
   'max-length': { type: 'number', integer: true, min: 2, metavar: 'N', help: 'tokens per example at most (longer ones are cut, keeping the start); default 256' },
   'seq-len': { type: 'number', integer: true, min: 2, default: 256, metavar: 'N', help: 'the same as --max-length (its older name)' },
