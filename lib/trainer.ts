@@ -27,6 +27,7 @@ import { asideDirs, recoverDir, replaceDir, writeFileAtomic } from './atomic';
 import { READ_LIMITS, pathExists, readJsonFile } from './fsio';
 import { checkInt, checkKnownKeys, checkNumber, checkOneOf, checkOptions, describe, typeError } from './errors';
 import { allFinite } from './ops/elementwise';
+import type { BatchOptions } from './models/llama';
 
 /** One micro-batch: rows of token ids of equal length, and their labels (-100 = no loss). */
 export interface TrainerBatch {
@@ -37,6 +38,8 @@ export interface TrainerBatch {
   tokens?: number;
   /** Weight of this batch's loss in the evaluation mean (e.g. the tokens that carry a loss). Default 1. */
   targets?: number;
+  /** Padded or packed rows: the layout the model's loss takes (attentionMask, positionIds or cuSeqLens; see BatchOptions). */
+  layout?: BatchOptions;
 }
 
 /**
@@ -424,8 +427,8 @@ export class Trainer {
       if (typeof lossMethod !== 'function') {
         throw typeError(where, 'options.model', 'a model with a loss(ids, labels) method (or give options.loss)', model);
       }
-      const m = model as unknown as { loss(ids: number[][], labels?: number[][]): Tensor };
-      this.lossOf = (b) => (b.labels === undefined ? m.loss(b.ids) : m.loss(b.ids, b.labels));
+      const m = model as unknown as { loss(ids: number[][], labels?: number[][], layout?: BatchOptions): Tensor };
+      this.lossOf = (b) => (b.layout !== undefined ? m.loss(b.ids, b.labels, b.layout) : b.labels === undefined ? m.loss(b.ids) : m.loss(b.ids, b.labels));
     }
     let params: Tensor[];
     if (o.params !== undefined) {

@@ -7,7 +7,8 @@ import { LlamaForCausalLM, backendInfo, loadAdapter, loadTokenizer, noGrad } fro
 import { SafetensorsFile, saveSafetensors } from '../lib/safetensors';
 import { CliError, CliIO } from '../lib/cli/io';
 import { FinetuneHooks, finetuneCommand } from '../lib/cli/finetune';
-import { IGNORE_INDEX, epochOrder, makeBatch, splitTrainEval, tokenizeExamples } from '../lib/cli/data';
+import { IGNORE_INDEX, binByTokens, epochOrder, makeBatch, makePackedBatch, splitTrainEval } from '../lib/cli/data';
+import { buildExamples } from '../lib/data';
 import { LINES, finetuneFixture } from './helpers/finetune-fixture';
 
 let tmp: string;
@@ -64,7 +65,17 @@ function adapterTensors(dir: string): Record<string, Float32Array> {
   }
 }
 
-const base = () => ['--model', modelDir, '--r', '4', '--alpha', '8', '--target', 'q_proj,v_proj,up_proj'];
+/** The run failed with `code` and one stderr line matching `re`. */
+function one(r: Result, code: number, re: RegExp): void {
+  expect(r.code).toBe(code);
+  const lines = r.stderr.trimEnd().split('\n');
+  expect(lines).toHaveLength(1);
+  expect(lines[0]).toMatch(/^lora-cuda finetune: /);
+  expect(lines[0]).toMatch(re);
+}
+
+// Padded batches of --batch-size rows, as before packing (the step counts below depend on it).
+const base = () => ['--model', modelDir, '--r', '4', '--alpha', '8', '--target', 'q_proj,v_proj,up_proj', '--no-pack'];
 
 test('--help lists the options', async () => {
   const r = await run(['--help']);
@@ -79,7 +90,7 @@ test('the training loss falls over a few epochs on a tiny repetitive dataset', a
   const data = path.join(tmp, 'repeat.txt');
   fs.writeFileSync(data, Array.from({ length: 8 }, (_, i) => (i % 2 ? 'the dog ran to the big red ball' : 'the cat sat on the mat')).join('\n'));
   const r = await run(['--model', modelDir, '--data', data, '--out', path.join(tmp, 'out-repeat'), '--target', 'q_proj,v_proj,lm_head',
-    '--epochs', '12', '--batch-size', '4', '--lr', '0.05', '--dropout', '0']);
+    '--epochs', '12', '--batch-size', '4', '--lr', '0.05', '--dropout', '0', '--no-pack']);
   expect(r.code).toBe(0);
   // The head is adapted too: with a frozen random head a tiny model cannot sharpen its logits.
   expect(r.stdout).toMatch(/on 5 layers \(q_proj, v_proj, lm_head\)/);
@@ -153,9 +164,7 @@ test('.jsonl prompt/completion: the prompt is masked with -100 and the batch los
   const tok = await loadTokenizer(modelDir);
   const p = tok.encode('q: the cat ?').ids;
   const c = tok.encode(' ans sat on the mat', { add_special_tokens: false }).ids;
-  const res = tokenizeExamples(
-    [{ line: 1, prompt: 'q: the cat ?', completion: ' ans sat on the mat' }, { line: 2, text: 'a big red ball' }],
-    tok, { seqLen: 64, vocabSize: 67 });
+  const res = buildExamples([{ prompt: 'q: the cat ?', completion: ' ans sat on the mat' }, { text: 'a big red ball' }], tok, { addEos: false });
   expect(res.examples[0].ids).toEqual([...p, ...c]);
   const batch = makeBatch(res.examples, 1);
   const T = p.length + c.length;
@@ -166,6 +175,7 @@ test('.jsonl prompt/completion: the prompt is masked with -100 and the batch los
     [...textIds, ...new Array(T - textIds.length).fill(-100)],
   ];
   expect(batch.labels).toEqual(hand);
+  expect(batch.layout.attentionMask).toEqual([new Array(T).fill(1), [...textIds.map(() => 1), ...new Array(T - textIds.length).fill(0)]]);
   expect(batch.targets).toBe(c.length + textIds.length - 1);
 
   const model = await LlamaForCausalLM.fromPretrained(modelDir);
@@ -181,12 +191,11 @@ test('.jsonl prompt/completion: the prompt is masked with -100 and the batch los
   const paddedOnly = noGrad(() => model.loss([batch.ids[1]], [batch.labels[1]])).item();
   expect(Math.abs(alone - paddedOnly)).toBeLessThan(1e-6);
 
-  // --add-eos appends </s> with a label; --seq-len truncates; too-short examples are skipped.
-  const eos = tokenizeExamples([{ line: 1, text: 'the cat' }], tok, { seqLen: 64, vocabSize: 67, eosId: 2 });
-  expect(eos.examples[0].ids.at(-1)).toBe(2);
-  const cut = tokenizeExamples([{ line: 1, prompt: 'q: the cat ?', completion: ' ans' }, { line: 2, text: 'a' }], tok, { seqLen: 3, vocabSize: 67 });
-  expect(cut.examples).toHaveLength(0);
-  expect(cut.skipped).toBe(2);
+  // With the attention mask the padded row's loss is that of the row alone also through the batch's layout.
+  const masked = noGrad(() => model.loss(batch.ids, batch.labels, batch.layout)).item();
+  const rowsAlone = noGrad(() => model.loss([res.examples[0].ids], [res.examples[0].labels])).item() * c.length +
+    alone * (textIds.length - 1);
+  expect(Math.abs(masked - rowsAlone / (c.length + textIds.length - 1))).toBeLessThan(1e-5);
   expect(IGNORE_INDEX).toBe(-100);
 
   const out = path.join(tmp, 'out-jsonl');
@@ -197,6 +206,126 @@ test('.jsonl prompt/completion: the prompt is masked with -100 and the batch los
   expect(losses(r.stdout)).toHaveLength(4);
   const fresh = await LlamaForCausalLM.fromPretrained(modelDir);
   expect(await loadAdapter(fresh, out)).toHaveLength(14);
+});
+
+describe('real data: chat rows, packing, token budgets', () => {
+  const write = (name: string, rows: unknown[]) => {
+    const f = path.join(tmp, name);
+    fs.writeFileSync(f, rows.map((r) => (typeof r === 'string' ? r : JSON.stringify(r))).join('\n') + '\n');
+    return f;
+  };
+  const conv = (q: string, a: string) => ({ messages: [{ role: 'user', content: q }, { role: 'assistant', content: a }] });
+
+  test('.jsonl chat rows: the template renders them, padded by default; a conversation without an assistant turn is a counted skip', async () => {
+    const data = write('chat.jsonl', [
+      conv('the cat ?', 'sat on the mat'), conv('the dog ?', 'ran to a ball'), conv('a ball ?', 'big red'),
+      { messages: [{ role: 'user', content: 'the cat ?' }] },
+      { instruction: 'the dog ?', input: '', output: 'ran to the mat' },
+    ]);
+    const r = await run([...base().filter((a) => a !== '--no-pack'), '--data', data, '--out', path.join(tmp, 'out-chat'), '--batch-size', '2']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/data: .*: 4 examples \(4 train, 0 eval\), [\d,]+ tokens, [\d,]+ trained; 1 dropped \(no assistant turn\)/);
+    expect(r.stdout).toMatch(/1 epoch x 2 steps = 2 steps \(batch 2 x grad-accum 1\)/);
+    // Packing asked for: chat rows end to end, the held-out rows packed too.
+    const p = await run([...base().filter((x) => x !== '--no-pack'), '--data', data, '--out', path.join(tmp, 'out-chat-pack'), '--pack', '--eval-every', '1', '--eval-fraction', '0.25']);
+    expect(p.code).toBe(0);
+    expect(p.stdout).toMatch(/3 train, 1 eval/);
+    expect(p.stdout).toMatch(/1 epoch x 1 step = 1 step \(packed rows of up to 1024 tokens x grad-accum 1\)/);
+    expect(p.stdout).toMatch(/^eval step 1: loss [\d.]+ \(1 examples/m);
+
+    // The labels: only the assistant turn (its content and end-of-turn token) is trained.
+    const tok = await loadTokenizer(modelDir);
+    const { examples } = buildExamples([conv('the cat ?', 'sat on the mat')], tok);
+    const trained = examples[0].ids.filter((_, t) => examples[0].labels[t] !== IGNORE_INDEX);
+    expect(trained).toEqual(tok.encode('sat on the mat </s>', { add_special_tokens: false }).ids);
+    expect(examples[0].ids.length).toBeGreaterThan(trained.length);
+  });
+
+  test('bad chat data: an unknown row shape names its line; a template that fails and a checkpoint without one are one-line errors', async () => {
+    one(await run([...base(), '--data', write('badchat1.jsonl', [conv('a', 'b'), { messages: 'hi' }]), '--out', path.join(tmp, 'e1')]), 1,
+      /--data .*badchat1\.jsonl line 2: "messages" must be an array of \{"role", "content"\} messages, got string/);
+    one(await run([...base(), '--data', write('badchat2.jsonl', [conv('a', 'b'), { question: 'q', answer: 'a' }]), '--out', path.join(tmp, 'e1')]), 1,
+      /badchat2\.jsonl line 2: unknown row shape \(keys "question", "answer"\)/);
+    const noTemplate = path.join(tmp, 'model-no-template');
+    fs.cpSync(modelDir, noTemplate, { recursive: true });
+    fs.writeFileSync(path.join(noTemplate, 'tokenizer_config.json'), JSON.stringify({ eos_token: '</s>', pad_token: '<pad>' }));
+    const chat = write('chat1.jsonl', [{ text: 'the cat' }, conv('the cat ?', 'sat')]);
+    const args = (m: string) => ['--model', m, '--target', 'q_proj', '--data', chat, '--out', path.join(tmp, 'e2')];
+    one(await run(args(noTemplate)), 1, /--data .*chat1\.jsonl line 2: this tokenizer has no chat template .*; add chat_template to tokenizer_config\.json, or use prompt\/completion rows$/);
+    fs.writeFileSync(path.join(noTemplate, 'tokenizer_config.json'), JSON.stringify({ eos_token: '</s>', chat_template: "{{ raise_exception('no such role') }}" }));
+    one(await run(args(noTemplate)), 1, /chat1\.jsonl line 2: the chat template failed to render .*no such role/);
+  });
+
+  test('.txt packs by default: one row per micro-batch, documents apart; the packed loss is that of the documents run alone', async () => {
+    const r = await run(['--model', modelDir, '--r', '4', '--target', 'q_proj', '--data', txt, '--out', path.join(tmp, 'out-pack'), '--batch-tokens', '16', '--max-length', '8']);
+    expect(r.code).toBe(0);
+    const tok = await loadTokenizer(modelDir);
+    const { examples } = buildExamples(LINES.map((text) => ({ text })), tok, { addEos: false, maxLength: 8 });
+    const bins = binByTokens(examples.map((_, i) => i), examples.map((e) => e.ids.length), 16, false);
+    expect(bins.flat().sort((a, b) => a - b)).toEqual(examples.map((_, i) => i));
+    for (const b of bins) expect(b.reduce((n, i) => n + examples[i].ids.length, 0)).toBeLessThanOrEqual(16);
+    expect(r.stdout).toMatch(new RegExp(`1 epoch x ${bins.length} steps = ${bins.length} steps \\(packed rows of up to 16 tokens x grad-accum 1\\)`));
+    expect(bins.length).toBeLessThan(examples.length);
+
+    const docs = bins[0].map((i) => examples[i]);
+    const packed = makePackedBatch(docs);
+    expect(packed.ids).toHaveLength(1);
+    expect(packed.layout.cuSeqLens).toEqual([[0, ...docs.map((_, k) => docs.slice(0, k + 1).reduce((n, d) => n + d.ids.length, 0))]]);
+    const model = await LlamaForCausalLM.fromPretrained(modelDir);
+    const together = noGrad(() => model.loss(packed.ids, packed.labels, packed.layout)).item();
+    let sum = 0;
+    let n = 0;
+    for (const d of docs) {
+      sum += noGrad(() => model.loss([d.ids], [d.labels])).item() * (d.ids.length - 1);
+      n += d.ids.length - 1;
+    }
+    expect(packed.targets).toBe(n);
+    expect(Math.abs(together - sum / n)).toBeLessThan(1e-5);
+  });
+
+  test('--batch-tokens with padded rows: rows of similar length, rows x longest within the budget', async () => {
+    const r = await run([...base(), '--data', txt, '--out', path.join(tmp, 'out-budget'), '--batch-tokens', '12', '--max-length', '6']);
+    expect(r.code).toBe(0);
+    const lengths = [7, 3, 3, 6, 2, 5];
+    const bins = binByTokens([0, 1, 2, 3, 4, 5], lengths, 12, true);
+    expect(bins.flat().sort()).toEqual([0, 1, 2, 3, 4, 5]);
+    for (const b of bins) if (b.length > 1) expect(b.length * Math.max(...b.map((i) => lengths[i]))).toBeLessThanOrEqual(12);
+    expect(r.stdout).toMatch(/padded batches of up to 12 tokens/);
+    one(await run([...base(), '--data', txt, '--out', path.join(tmp, 'out-budget'), '--batch-tokens', '4', '--max-length', '6']), 2,
+      /--batch-tokens 4 is below --max-length 6/);
+  });
+
+  test('--max-length cuts and reports; --seq-len is its older name; unknown text is warned about', async () => {
+    const r = await run([...base(), '--data', txt, '--out', path.join(tmp, 'out-maxlen'), '--max-length', '3']);
+    expect(r.code).toBe(0);
+    const long = LINES.filter((l) => l.split(' ').length > 3).length;
+    expect(r.stdout).toMatch(new RegExp(`; ${long} cut to --max-length 3`));
+    one(await run([...base(), '--data', txt, '--max-length', '3', '--seq-len', '4']), 2, /--max-length 3 and --seq-len 4 disagree/);
+    const unk = write('unknown.txt', ['the cat 123 456', 'the dog 789 000']);
+    const u = await run([...base(), '--data', unk, '--out', path.join(tmp, 'out-unk')]);
+    expect(u.code).toBe(0);
+    expect(u.stderr).toMatch(/^warning: --data .*unknown\.txt: [\d.]+% of the text is unknown to the tokenizer \(\d+ unknown tokens/m);
+    const plain = await run([...base(), '--data', txt, '--out', path.join(tmp, 'out-unk')]);
+    expect(plain.stderr).not.toMatch(/unknown to the tokenizer/);
+  });
+
+  test('packing is recorded in the checkpoint: --resume keeps it and refuses a change', async () => {
+    const out = path.join(tmp, 'out-pack-resume');
+    const args = ['--model', modelDir, '--r', '4', '--target', 'q_proj', '--data', txt, '--out', out, '--batch-tokens', '16', '--max-length', '8', '--dropout', '0'];
+    const full = await run([...args.map((a) => (a === out ? `${out}-full` : a))]);
+    expect(full.code).toBe(0);
+    const first = await run([...args, '--max-steps', '2']);
+    expect(first.code).toBe(0);
+    const meta = JSON.parse(fs.readFileSync(path.join(out, 'checkpoint', 'trainer_state.json'), 'utf8')).metadata;
+    expect(meta.args).toMatchObject({ pack: true, batchTokens: 16, seqLen: 8 });
+    expect(meta.data.tokens).toBeGreaterThan(0);
+    one(await run(['--out', out, '--resume', '--no-pack']), 2, /--resume: --pack was true in the checkpoint, got false/);
+    const rest = await run(['--out', out, '--resume']);
+    expect(rest.code).toBe(0);
+    const a = adapterTensors(out);
+    const b = adapterTensors(`${out}-full`);
+    for (const k of Object.keys(b)) expect(Buffer.from(a[k].buffer).equals(Buffer.from(b[k].buffer))).toBe(true);
+  });
 });
 
 test('data order and split are seeded and stable', () => {
@@ -338,13 +467,6 @@ describe('resume', () => {
 });
 
 describe('errors: exit code and one line with the fix', () => {
-  const one = (r: Result, code: number, re: RegExp) => {
-    expect(r.code).toBe(code);
-    const lines = r.stderr.trimEnd().split('\n');
-    expect(lines).toHaveLength(1);
-    expect(lines[0]).toMatch(/^lora-cuda finetune: /);
-    expect(lines[0]).toMatch(re);
-  };
   const out = () => path.join(tmp, 'err-out');
 
   test('usage errors (exit 2)', async () => {
@@ -357,7 +479,7 @@ describe('errors: exit code and one line with the fix', () => {
     one(await run(['--model', modelDir, '--data', txt, '--lr', '0']), 2, /--lr must be > 0/);
     one(await run(['--model', modelDir, '--data', txt, '--lr-schedule', 'step']), 2, /--lr-schedule must be constant, linear, cosine, got "step"/);
     one(await run(['--model', modelDir, '--data', txt, '--max-grad-norm', '-1']), 2, /--max-grad-norm must be >= 0/);
-    one(await run(['--model', modelDir, '--data', txt, '--out', out(), '--lr-schedule', 'linear', '--warmup-steps', '99']), 2,
+    one(await run(['--model', modelDir, '--data', txt, '--out', out(), '--lr-schedule', 'linear', '--warmup-steps', '99', '--no-pack']), 2,
       /--warmup-steps 99 is more than the run's 3 steps, after which the linear schedule reaches 0; use fewer warm-up steps/);
     one(await run(['--model', modelDir, '--data', txt, 'extra']), 2, /unexpected argument "extra"/);
   });
@@ -395,11 +517,11 @@ describe('errors: exit code and one line with the fix', () => {
     one(await run([...base(), '--data', w('d.csv', 'a,b')]), 1, /unsupported file extension "\.csv"; use \.txt .* or \.jsonl/);
     one(await run([...base(), '--data', w('empty.txt', '\n  \n')]), 1, /no training examples \(the file has no non-empty lines\)/);
     one(await run([...base(), '--data', w('bad1.jsonl', '{"text": "the cat"}\n\n{"text": "a"\n')]), 1, /bad1\.jsonl line 3: not valid JSON/);
-    one(await run([...base(), '--data', w('bad2.jsonl', '{"text": "the cat"}\n{"txt": "a"}\n')]), 1, /line 2: expected "text", or "prompt" and "completion", got keys "txt"/);
+    one(await run([...base(), '--data', w('bad2.jsonl', '{"text": "the cat"}\n{"txt": "a"}\n')]), 1, /line 2: unknown row shape \(keys "txt"\); expected \{"messages"/);
     one(await run([...base(), '--data', w('bad3.jsonl', '{"text": 5}\n')]), 1, /line 1: "text" must be a string, got number/);
-    one(await run([...base(), '--data', w('bad4.jsonl', '{"prompt": "q"}\n')]), 1, /line 1: has "prompt" without "completion"; give both, or "text"/);
-    one(await run([...base(), '--data', w('bad5.jsonl', '["the cat"]\n')]), 1, /line 1: expected a JSON object .* got an array/);
-    one(await run([...base(), '--data', w('short.txt', 'a\nb\n'), '--out', out()]), 1, /no usable examples: all 2 have fewer than 2 tokens/);
+    one(await run([...base(), '--data', w('bad4.jsonl', '{"prompt": "q"}\n')]), 1, /line 1: has "prompt" without "completion"; give both/);
+    one(await run([...base(), '--data', w('bad5.jsonl', '["the cat"]\n')]), 1, /line 1: expected a JSON object, one of .*; got an array/);
+    one(await run([...base(), '--data', w('short.txt', 'a\nb\n'), '--out', out()]), 1, /no usable examples: all 2 rows were dropped \(2 under 2 tokens\)/);
   });
 
   test('an --out that cannot be written fails before the first step, in one line', async () => {

@@ -712,6 +712,37 @@ describe('lora-cuda generate', () => {
     expect(s1.stderr).toMatch(/sampled at temperature 2\)$/m);
   });
 
+  test('--chat: the prompt as a user message through the checkpoint\'s template with the generation prompt; the reply alone is printed', async () => {
+    const tok = await loadTokenizer(modelDir);
+    const rendered = tok.applyChatTemplate([{ role: 'user', content: prompt }], { addGenerationPrompt: true });
+    expect(rendered).toBe(`user : ${prompt} </s> assistant : `);
+    const ids = Array.from(tok.encode(rendered, { add_special_tokens: false }).ids, Number);
+    const m = await LlamaForCausalLM.fromPretrained(modelDir);
+    await loadAdapter(m, adapterDir);
+    const out = m.generate([ids], { maxNewTokens: 8, eosTokenId: 2 })[0];
+    const r = await run(['generate', '--model', modelDir, '--adapter', adapterDir, '--chat', '--prompt', prompt, '--max-new-tokens', '8', '--device', 'cpu']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe(`${tok.decode(out.slice(ids.length), { skip_special_tokens: true })}\n`);
+    // Not the plain prompt's continuation: the template changed the input.
+    const plain = await run(['generate', '--model', modelDir, '--adapter', adapterDir, '--prompt', prompt, '--max-new-tokens', '8', '--device', 'cpu']);
+    expect(plain.stdout.startsWith(prompt)).toBe(true);
+    expect(r.stdout.startsWith(prompt)).toBe(false);
+
+    // A checkpoint without a chat template, and a template that fails: one line, exit 1.
+    const none = path.join(tmp, 'gen-no-template');
+    fs.cpSync(modelDir, none, { recursive: true });
+    fs.writeFileSync(path.join(none, 'tokenizer_config.json'), JSON.stringify({ eos_token: '</s>' }));
+    let e = await run(['generate', '--model', none, '--chat', '--prompt', prompt, '--device', 'cpu']);
+    expect([e.code, lines(e.stderr)]).toEqual([1, [
+      'lora-cuda generate: --chat: this tokenizer has no chat template (no chat_template in tokenizer_config.json and no chat_template.jinja); leave out --chat, or add chat_template to tokenizer_config.json',
+    ]]);
+    fs.writeFileSync(path.join(none, 'tokenizer_config.json'), JSON.stringify({ eos_token: '</s>', chat_template: "{{ raise_exception('user turns are not supported') }}" }));
+    e = await run(['generate', '--model', none, '--chat', '--prompt', prompt, '--device', 'cpu']);
+    expect(e.code).toBe(1);
+    expect(lines(e.stderr)).toHaveLength(1);
+    expect(e.stderr).toMatch(/^lora-cuda generate: --chat: the chat template failed to render these 1 messages: .*user turns are not supported/);
+  });
+
   test('a tokenizer that gives ids outside the vocabulary (-1) is blamed, not the prompt or generate()', async () => {
     const broken = path.join(tmp, 'gen-bad-tokenizer');
     fs.cpSync(modelDir, broken, { recursive: true });

@@ -230,7 +230,7 @@ describe('a checkpoint that fails half-way (disk full) says what is left, and le
     const fx = await finetuneFixture(path.join(tmp, 'ft-enospc'));
     const out = path.join(tmp, 'ft-enospc', 'out');
     const io: CliIO = { stdout: () => undefined, stderr: () => undefined, isTTY: false, columns: 80 };
-    const run = finetuneCommand(['--model', fx.model, '--data', fx.data, '--out', out, '--r', '2', '--target', 'q_proj', '--batch-size', '4', '--save-every', '1'], io, {
+    const run = finetuneCommand(['--model', fx.model, '--data', fx.data, '--out', out, '--r', '2', '--target', 'q_proj', '--batch-size', '4', '--save-every', '1', '--no-pack'], io, {
       onStep: ({ step }) => {
         if (step === 2) failCheckpointWrites();
       },
@@ -372,7 +372,7 @@ describe('lora-cuda finetune killed with SIGKILL, then --resume', () => {
   // state matters as much as the weights, the moments and the data position.
   const args = (out: string) => ['bin/lora-cuda.js', 'finetune', '--model', fixture.model, '--data', fixture.data, '--out', out,
     '--r', '4', '--alpha', '8', '--target', 'q_proj,v_proj', '--epochs', '10', '--batch-size', '2', '--dropout', '0.1',
-    '--lr', '0.01', '--seed', '3', '--save-every', '2'];
+    '--lr', '0.01', '--seed', '3', '--save-every', '2', '--no-pack'];
   const checkpointStep = (line: string) => Number(/^checkpoint at step (\d+) written/.exec(line)?.[1] ?? NaN);
   const state = (out: string) => JSON.parse(fs.readFileSync(path.join(out, 'checkpoint', 'trainer_state.json'), 'utf8'));
 

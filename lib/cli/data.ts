@@ -1,21 +1,24 @@
-// Training data for `lora-cuda finetune`: reading .txt / .jsonl files,
-// tokenizing, the train/eval split, the seeded shuffle and padded batches.
+// Training data for `lora-cuda finetune`: reading .txt / .jsonl files into rows
+// (lib/data.ts turns them into examples), the train/eval split, the seeded
+// shuffle, and the micro-batches: padded (right padding with an attention mask)
+// or packed (documents end to end in one row, positions restarting per document).
 //
 // Formats:
 //   .txt    one training example per non-empty line (lines are used as they
-//           are, without the line break; blank lines are skipped).
-//   .jsonl  one JSON object per non-empty line, either { "text": "..." } (loss
-//           on every token) or { "prompt": "...", "completion": "..." } (loss on
-//           the completion tokens only: the prompt's labels are -100). Prompt
-//           and completion are joined as they are, so put any separator (a
-//           space, a newline) into the data itself. Other keys are ignored.
+//           are, without the line break; blank lines are skipped), as {"text"} rows.
+//   .jsonl  one JSON object per non-empty line, in the shapes of lib/data.ts:
+//           {"messages": [...]} (the chat template; loss on assistant turns),
+//           {"prompt", "completion"} and Alpaca {"instruction", "input", "output"}
+//           (loss on the completion / output), {"text"} (loss on every token).
+//           Other keys are ignored.
 import * as crypto from 'crypto';
 import * as path from 'path';
 import { CliError } from './io';
 import { MAX_JSON_CONTAINERS, MAX_JSON_DEPTH, READ_LIMITS, readWholeFile, scanJsonShape } from '../fsio';
+import { IGNORE_INDEX, parseRow } from '../data';
+import type { BatchOptions } from '../models/llama';
 
-/** One example as read from the data file; `line` is 1-based. */
-export type RawExample = { line: number; text: string } | { line: number; prompt: string; completion: string };
+export { IGNORE_INDEX };
 
 /** A tokenized example: `labels[t]` is `ids[t]`, or -100 where no loss is taken. */
 export interface TokenizedExample {
@@ -24,15 +27,19 @@ export interface TokenizedExample {
 }
 
 export interface DataFile {
-  examples: RawExample[];
+  /** The rows as parsed objects ({"text"} for each .txt line). */
+  rows: Record<string, unknown>[];
+  /** Source line of each row (1-based). */
+  lines: number[];
+  /** Every row is plain text ({"text"}), so packing is the default. */
+  textOnly: boolean;
   /** sha256 of the file's bytes, to check that a resumed run sees the same data. */
   sha256: string;
 }
 
-export const IGNORE_INDEX = -100;
 const DATA_EXTENSIONS = ['.txt', '.jsonl'];
 
-const FORMAT_HINT = 'use .txt (one example per line) or .jsonl (objects with "text", or "prompt" and "completion")';
+const FORMAT_HINT = 'use .txt (one example per line) or .jsonl (objects with "messages", "prompt" and "completion", "instruction" and "output", or "text")';
 
 /** Reads and validates a data file; every problem is a CliError naming the file (and line). */
 export async function readDataFile(file: string): Promise<DataFile> {
@@ -53,25 +60,27 @@ export async function readDataFile(file: string): Promise<DataFile> {
   }
   const sha256 = crypto.createHash('sha256').update(buf).digest('hex');
   const text = buf.toString('utf8').replace(/^\uFEFF/, '');
-  const lines = text.split(/\r?\n/);
-  const examples: RawExample[] = [];
-  if (ext === '.txt') {
-    lines.forEach((l, i) => {
-      if (l.trim() !== '') examples.push({ line: i + 1, text: l });
-    });
-  } else {
-    lines.forEach((l, i) => {
-      if (l.trim() === '') return;
-      examples.push(parseJsonlLine(file, i + 1, l));
-    });
-  }
-  if (!examples.length) {
+  const rows: Record<string, unknown>[] = [];
+  const lines: number[] = [];
+  let textOnly = true;
+  text.split(/\r?\n/).forEach((l, i) => {
+    if (l.trim() === '') return;
+    if (ext === '.txt') {
+      rows.push({ text: l });
+    } else {
+      const v = parseJsonlLine(file, i + 1, l);
+      rows.push(v.row);
+      if (v.kind !== 'text') textOnly = false;
+    }
+    lines.push(i + 1);
+  });
+  if (!rows.length) {
     throw new CliError(`--data ${file}: no training examples (the file has no non-empty lines); ${FORMAT_HINT}`);
   }
-  return { examples, sha256 };
+  return { rows, lines, textOnly, sha256 };
 }
 
-function parseJsonlLine(file: string, line: number, l: string): RawExample {
+function parseJsonlLine(file: string, line: number, l: string): { row: Record<string, unknown>; kind: string } {
   const where = `--data ${file} line ${line}`;
   let v: unknown;
   const shape = scanJsonShape(Buffer.from(l, 'utf8'));
@@ -82,100 +91,11 @@ function parseJsonlLine(file: string, line: number, l: string): RawExample {
   } catch (e) {
     throw new CliError(`${where}: not valid JSON (${(e as Error).message}); each line must be one JSON object such as {"text": "..."}`);
   }
-  if (v === null || typeof v !== 'object' || Array.isArray(v)) {
-    const got = v === null ? 'null' : Array.isArray(v) ? 'an array' : typeof v;
-    throw new CliError(`${where}: expected a JSON object with "text", or "prompt" and "completion", got ${got}`);
+  try {
+    return { row: v as Record<string, unknown>, kind: parseRow(v, where).kind };
+  } catch (e) {
+    throw new CliError((e as Error).message);
   }
-  const o = v as Record<string, unknown>;
-  const str = (k: string): string => {
-    if (typeof o[k] !== 'string') throw new CliError(`${where}: "${k}" must be a string, got ${o[k] === null ? 'null' : Array.isArray(o[k]) ? 'an array' : typeof o[k]}`);
-    return o[k] as string;
-  };
-  const hasText = 'text' in o;
-  const hasPrompt = 'prompt' in o;
-  const hasCompletion = 'completion' in o;
-  if (hasText && (hasPrompt || hasCompletion)) {
-    throw new CliError(`${where}: has both "text" and "prompt"/"completion"; give either "text" or "prompt" and "completion"`);
-  }
-  if (hasText) return { line, text: str('text') };
-  if (hasPrompt && hasCompletion) return { line, prompt: str('prompt'), completion: str('completion') };
-  if (hasPrompt || hasCompletion) {
-    throw new CliError(`${where}: has "${hasPrompt ? 'prompt' : 'completion'}" without "${hasPrompt ? 'completion' : 'prompt'}"; give both, or "text"`);
-  }
-  const keys = Object.keys(o);
-  throw new CliError(`${where}: expected "text", or "prompt" and "completion", got ${keys.length ? `keys ${keys.map((k) => JSON.stringify(k)).join(', ')}` : 'an empty object'}`);
-}
-
-/** The part of a tokenizer the data pipeline uses. */
-export interface EncodingTokenizer {
-  encode(text: string, options?: { add_special_tokens?: boolean }): { ids: number[] };
-}
-
-export interface TokenizeOptions {
-  /** Keep at most this many tokens (the rest is cut off). */
-  seqLen: number;
-  /** The model's vocab_size: every id must be below it. */
-  vocabSize: number;
-  /** Appended (with a label) to every example when given. */
-  eosId?: number | null;
-}
-
-export interface TokenizeResult {
-  examples: TokenizedExample[];
-  /** Source line of each kept example. */
-  lines: number[];
-  /** Examples cut to seqLen. */
-  truncated: number;
-  /** Examples dropped because nothing was left to predict (under 2 tokens, or no completion token within seqLen). */
-  skipped: number;
-  /** Tokens of the kept examples (after truncation). */
-  tokens: number;
-}
-
-/**
- * Tokenizes examples: `text` with the tokenizer's own special tokens (e.g. a
- * BOS its post-processor adds); `prompt` likewise and `completion` without
- * special tokens, concatenated, with the prompt's labels set to -100. Then the
- * optional EOS is appended and the result is cut to seqLen.
- */
-export function tokenizeExamples(raw: RawExample[], tokenizer: EncodingTokenizer, o: TokenizeOptions, file = 'data'): TokenizeResult {
-  const out: TokenizeResult = { examples: [], lines: [], truncated: 0, skipped: 0, tokens: 0 };
-  for (const ex of raw) {
-    let ids: number[];
-    let labels: number[];
-    if ('text' in ex) {
-      ids = [...tokenizer.encode(ex.text).ids];
-      labels = ids.slice();
-    } else {
-      const p = [...tokenizer.encode(ex.prompt).ids];
-      const c = [...tokenizer.encode(ex.completion, { add_special_tokens: false }).ids];
-      ids = [...p, ...c];
-      labels = [...p.map(() => IGNORE_INDEX), ...c];
-    }
-    if (o.eosId != null) {
-      ids.push(o.eosId);
-      labels.push(o.eosId);
-    }
-    for (const id of ids) {
-      if (!Number.isInteger(id) || id < 0 || id >= o.vocabSize) {
-        throw new CliError(`--data ${file} line ${ex.line}: the tokenizer produced token id ${id}, but the model's vocab_size is ${o.vocabSize}; use the tokenizer.json that belongs to this model`);
-      }
-    }
-    if (ids.length > o.seqLen) {
-      ids.length = o.seqLen;
-      labels.length = o.seqLen;
-      out.truncated++;
-    }
-    // Position t predicts labels[t + 1]: at least one label after position 0.
-    if (ids.length < 2 || !labels.slice(1).some((l) => l !== IGNORE_INDEX)) {
-      out.skipped++;
-      continue;
-    }
-    out.examples.push({ ids, labels });
-    out.lines.push(ex.line);
-    out.tokens += ids.length;
-  }
-  return out;
 }
 
 /** A small seeded PRNG (mulberry32) for the data order: 32-bit state, uniform in [0, 1). */
@@ -231,16 +151,24 @@ export function splitTrainEval(n: number, fraction: number, seed: number): { tra
 export interface Batch {
   ids: number[][];
   labels: number[][];
+  /** How the model reads the rows: an attention mask (padded rows) or document boundaries (a packed row). */
+  layout: BatchOptions;
   /** Real (non-padding) tokens. */
   tokens: number;
-  /** Tokens that carry a loss (labels other than -100, after the first position). */
+  /** Tokens that carry a loss (labels other than -100, after each document's first position). */
   targets: number;
 }
 
+function targetsOf(labels: number[]): number {
+  let n = 0;
+  for (let t = 1; t < labels.length; t++) if (labels[t] !== IGNORE_INDEX) n++;
+  return n;
+}
+
 /**
- * Pads the examples to the longest one, at the end (the model has no attention
- * mask; with causal attention real tokens never see padding that follows
- * them). Padding gets `padId` as input and -100 as label.
+ * Pads the examples to the longest one, at the end (right padding, as for
+ * training in transformers), with an attention mask: padding gets `padId` as
+ * input, 0 in the mask and -100 as label, so it neither attends nor is attended.
  */
 export function makeBatch(examples: TokenizedExample[], padId: number): Batch {
   const T = Math.max(...examples.map((e) => e.ids.length));
@@ -248,14 +176,73 @@ export function makeBatch(examples: TokenizedExample[], padId: number): Batch {
   let targets = 0;
   const ids: number[][] = [];
   const labels: number[][] = [];
+  const mask: number[][] = [];
   for (const e of examples) {
     const pad = T - e.ids.length;
     ids.push([...e.ids, ...new Array<number>(pad).fill(padId)]);
     labels.push([...e.labels, ...new Array<number>(pad).fill(IGNORE_INDEX)]);
+    mask.push([...new Array<number>(e.ids.length).fill(1), ...new Array<number>(pad).fill(0)]);
     tokens += e.ids.length;
-    for (let t = 1; t < e.labels.length; t++) if (e.labels[t] !== IGNORE_INDEX) targets++;
+    targets += targetsOf(e.labels);
   }
-  return { ids, labels, tokens, targets };
+  return { ids, labels, layout: { attentionMask: mask }, tokens, targets };
+}
+
+/**
+ * Packs the examples end to end into one row with their boundaries (cuSeqLens):
+ * each document's positions restart at 0 and no token attends across a boundary,
+ * so the row has no padding. Each document's first label is -100, as
+ * transformers' DataCollatorWithFlattening sets it (nothing before it predicts it).
+ */
+export function makePackedBatch(examples: TokenizedExample[]): Batch {
+  const ids: number[] = [];
+  const labels: number[] = [];
+  const cu = [0];
+  let targets = 0;
+  for (const e of examples) {
+    ids.push(...e.ids);
+    labels.push(IGNORE_INDEX, ...e.labels.slice(1));
+    cu.push(ids.length);
+    targets += targetsOf(e.labels);
+  }
+  return { ids: [ids], labels: [labels], layout: { cuSeqLens: [cu] }, tokens: ids.length, targets };
+}
+
+/**
+ * Groups examples (by index) into bins of at most `budget` tokens with best-fit
+ * decreasing (TRL's packing strategy): longest first, each into the fullest bin
+ * it still fits, else a new one. Deterministic: ties keep the order of `order`.
+ * The cost of a bin is `cost(rows, longest)`: the sum of lengths for packed rows,
+ * rows x longest for padded ones.
+ */
+export function binByTokens(order: number[], lengths: number[], budget: number, padded: boolean): number[][] {
+  const sorted = order.slice().sort((a, b) => lengths[b] - lengths[a]);
+  type Bin = { items: number[]; used: number; longest: number };
+  const bins: Bin[] = [];
+  // Bins that may still take a row: the rows come longest first, so a bin that cannot take the
+  // shortest row left is closed for good (keeps this near linear on large data).
+  let open: Bin[] = [];
+  sorted.forEach((i, k) => {
+    const len = lengths[i];
+    const cost = (b: Bin, l: number) => (padded ? (b.items.length + 1) * Math.max(b.longest, l) : b.used + l);
+    let best: Bin | null = null;
+    for (const b of open) {
+      if (cost(b, len) <= budget && (best === null || cost(b, len) > cost(best, len))) best = b;
+    }
+    if (best === null) {
+      best = { items: [], used: 0, longest: 0 };
+      bins.push(best);
+      open.push(best);
+    }
+    best.items.push(i);
+    best.used += len;
+    best.longest = Math.max(best.longest, len);
+    const shortest = lengths[sorted[sorted.length - 1]];
+    if (k + 1 < sorted.length && cost(best, shortest) > budget) open = open.filter((b) => b !== best);
+  });
+  // Each bin in data order.
+  const pos = new Map(order.map((v, k) => [v, k]));
+  return bins.map((b) => b.items.sort((x, y) => pos.get(x)! - pos.get(y)!));
 }
 
 /** Splits `order` into micro-batches of `batchSize` (the last may be smaller). */

@@ -16,8 +16,9 @@ import { describe } from '../errors';
 import { OptionSpec, Specs, helpText, parseArgs } from './args';
 import { COMMAND_TEXT } from './commands';
 import {
-  TokenizedExample, epochOrder, makeBatch, microBatches, readDataFile, splitTrainEval, tokenizeExamples,
+  Batch, TokenizedExample, binByTokens, epochOrder, makeBatch, makePackedBatch, microBatches, readDataFile, splitTrainEval,
 } from './data';
+import { buildExamples } from '../data';
 import { LlamaForCausalLM } from '../models/llama';
 import { loadTokenizer, Tokenizer } from '../tokenizer';
 import { injectLora } from '../lora';
@@ -37,10 +38,13 @@ const SUMMARY = [
   'Writes a PEFT adapter directory (adapter_config.json, adapter_model.safetensors) to --out, and a resume',
   'checkpoint to OUT/checkpoint (at --save-every steps, at the end, at --max-steps and on Ctrl-C).',
   '',
-  'Data: .txt = one example per non-empty line; .jsonl = one object per line, {"text": ...} (loss on every',
-  'token) or {"prompt": ..., "completion": ...} (loss on the completion only; the two are joined as they are).',
-  'Examples are tokenized with tokenizer.json (special tokens as its post-processor adds them, e.g. BOS),',
-  'cut to --seq-len and padded at the end of each batch. AdamW; the learning rate warms up over',
+  'Data: .txt = one example per non-empty line; .jsonl = one object per line: {"messages": [{"role", "content"}, ...]}',
+  '(rendered with the checkpoint\'s chat template, loss on the assistant turns), {"prompt", "completion"} or',
+  '{"instruction", "input", "output"} (Alpaca; loss on the completion / output only), or {"text"} (loss on every token).',
+  'Examples are cut to --max-length. With --pack (the default for text-only data) a micro-batch is one row of',
+  'documents end to end, up to --batch-tokens tokens, positions restarting per document and no attention across',
+  'them; otherwise rows are padded at the end with an attention mask, --batch-size rows per micro-batch (or as many',
+  'as fit --batch-tokens, rows of similar length together). AdamW; the learning rate warms up over',
   '--warmup-steps and then follows --lr-schedule; the gradients are clipped to --max-grad-norm.',
   '',
   'Several processes: run the same command under mpirun -np N (or lora-cuda launch --nproc N -- finetune ...).',
@@ -63,9 +67,12 @@ const FINETUNE_SPECS = {
   'weight-decay': { type: 'number', min: 0, default: 0, metavar: 'X', help: 'AdamW decoupled weight decay' },
   epochs: { type: 'number', integer: true, min: 1, default: 1, metavar: 'N', help: 'passes over the training examples' },
   'max-steps': { type: 'number', integer: true, min: 0, default: 0, metavar: 'N', help: 'stop (with a checkpoint) once N optimizer steps are done in all, 0 = no limit' },
-  'batch-size': { type: 'number', integer: true, min: 1, default: 4, metavar: 'N', help: 'examples per micro-batch' },
+  'batch-size': { type: 'number', integer: true, min: 1, default: 4, metavar: 'N', help: 'rows per padded micro-batch (packed: the default --batch-tokens is N x --max-length)' },
   'grad-accum': { type: 'number', integer: true, min: 1, default: 1, metavar: 'N', help: 'micro-batches per optimizer step (gradients averaged)' },
-  'seq-len': { type: 'number', integer: true, min: 2, default: 256, metavar: 'N', help: 'tokens per example at most (longer ones are cut)' },
+  'max-length': { type: 'number', integer: true, min: 2, metavar: 'N', help: 'tokens per example at most (longer ones are cut, keeping the start); default 256' },
+  'seq-len': { type: 'number', integer: true, min: 2, default: 256, metavar: 'N', help: 'the same as --max-length (its older name)' },
+  pack: { type: 'boolean', help: 'pack documents end to end into rows without padding (default: on when every row is text, off otherwise; --no-pack to pad)' },
+  'batch-tokens': { type: 'number', integer: true, min: 0, default: 0, metavar: 'N', help: 'tokens per micro-batch at most (padding included when padded), 0 = --batch-size rows (packed: --batch-size x --max-length tokens)' },
   'add-eos': { type: 'boolean', help: 'append the EOS token (tokenizer_config.json eos_token) to every example' },
   seed: { type: 'number', integer: true, min: 0, default: 0, metavar: 'N', help: 'seed of the data order, the split, LoRA init and dropout' },
   device: { type: 'string', default: 'cpu', metavar: 'cpu|cuda', help: 'where to train' },
@@ -110,6 +117,9 @@ interface Options {
   batchSize: number;
   gradAccum: number;
   seqLen: number;
+  /** Resolved once the data is read: undefined = the default for the data. */
+  pack: boolean | undefined;
+  batchTokens: number;
   addEos: boolean;
   seed: number;
   device: string;
@@ -121,7 +131,7 @@ interface Options {
 }
 
 /** Options that define the run: on --resume they come from the checkpoint and may not be changed. */
-const FIXED_ON_RESUME = ['r', 'alpha', 'dropout', 'target', 'batchSize', 'gradAccum', 'seqLen', 'addEos', 'seed', 'evalFraction'] as const;
+const FIXED_ON_RESUME = ['r', 'alpha', 'dropout', 'target', 'batchSize', 'gradAccum', 'seqLen', 'addEos', 'seed', 'evalFraction', 'pack', 'batchTokens'] as const;
 /** Options taken from the checkpoint on --resume unless given again. */
 const CARRIED_ON_RESUME = ['model', 'data', 'lr', 'lrSchedule', 'warmupSteps', 'maxGradNorm', 'weightDecay', 'epochs', 'device', 'evalEvery', 'saveEvery', 'logEvery'] as const;
 
@@ -137,7 +147,8 @@ const FLOAT32_MAX = 3.4028234663852886e38;
 
 /** What the command stores with each checkpoint (Trainer metadata), to resume with the same options and data. */
 interface RunMetadata {
-  data: { sha256: string; examples: number };
+  /** tokens: of the kept examples (absent in checkpoints from before it was recorded). */
+  data: { sha256: string; examples: number; tokens?: number };
   args: Partial<Options>;
 }
 
@@ -172,6 +183,11 @@ function resolveOptions(a: Record<string, unknown>, saved: Partial<Options> | un
   }
   const opts = o as unknown as Options;
   opts.resume = a.resume === true;
+  // Packing not given: the checkpoint's (runs from before packing padded), else the data's default.
+  if (!(a.pack === true || argGiven(a, 'pack')) && !(saved && typeof saved.pack === 'boolean')) opts.pack = saved ? false : undefined;
+  if (opts.batchTokens > 0 && opts.batchTokens < opts.seqLen) {
+    throw new UsageError(`--batch-tokens ${opts.batchTokens} is below --max-length ${opts.seqLen}: a row of --max-length tokens would not fit; give at least ${opts.seqLen}, or 0`);
+  }
   if (!(opts.lr > 0)) throw new UsageError(`--lr must be > 0, got ${opts.lr}`);
   if (!(SCHEDULES as readonly string[]).includes(opts.lrSchedule)) {
     throw new UsageError(`--lr-schedule must be ${SCHEDULES.join(', ')}, got ${JSON.stringify(opts.lrSchedule)}`);
@@ -248,20 +264,57 @@ function fmtInt(n: number): string {
   return n.toLocaleString('en-US');
 }
 
+/**
+ * The micro-batches of fixed composition, grouped once by token budget (packed: documents per row up to
+ * --batch-tokens, default --batch-size x --max-length; padded with --batch-tokens: rows of similar length
+ * whose padded size fits); null for --batch-size rows drawn afresh each epoch. A fixed grouping keeps
+ * the number of micro-batches the same every epoch, as resuming needs; their order is shuffled per epoch.
+ */
+function groupBatches(examples: TokenizedExample[], indices: number[], opts: Options): number[][] | null {
+  if (!opts.pack && opts.batchTokens === 0) return null;
+  const budget = opts.batchTokens || opts.batchSize * opts.seqLen;
+  return binByTokens(indices, examples.map((e) => e.ids.length), budget, !opts.pack);
+}
+
+function batchOf(examples: TokenizedExample[], members: number[], opts: Options, padId: number): Batch {
+  const rows = members.map((i) => examples[i]);
+  return opts.pack ? makePackedBatch(rows) : makeBatch(rows, padId);
+}
+
+function batchWords(opts: Options): string {
+  if (opts.pack) return `packed rows of up to ${opts.batchTokens || opts.batchSize * opts.seqLen} tokens`;
+  return opts.batchTokens ? `padded batches of up to ${opts.batchTokens} tokens` : `batch ${opts.batchSize}`;
+}
 
 /**
- * The training examples as the Trainer's micro-batches: each epoch in its seeded order, padded per
- * batch. In a process group each rank takes its shard of that order (DistributedSampler: every
- * worldSize-th example) in micro-batches of batchSize / worldSize, so that micro-batch k of all the
- * ranks together holds the examples of a single process's micro-batch k.
+ * The training examples as the Trainer's micro-batches: each epoch in its seeded order. In a process
+ * group each rank takes its shard of that order (DistributedSampler: every worldSize-th item): of the
+ * examples, in micro-batches of batchSize / worldSize, so that micro-batch k of all the ranks together
+ * holds the examples of a single process's micro-batch k; or of the fixed token-budget groups, one per
+ * rank per micro-batch.
  */
-function trainBatches(examples: TokenizedExample[], train: number[], batchSize: number, seed: number, padId: number,
+function trainBatches(examples: TokenizedExample[], train: number[], opts: Options, padId: number,
   group: ProcessGroup | null): BatchSource {
+  const groups = groupBatches(examples, train, opts);
   let epochCached = -1;
   let batches: number[][] = [];
-  const order = (epoch: number) => epochOrder(train.length, seed, epoch).map((i) => train[i]);
+  if (groups) {
+    const order = (epoch: number) => epochOrder(groups.length, opts.seed, epoch);
+    const sampler = group ? new DistributedSampler(groups.length, group.rank, group.worldSize, order) : null;
+    return {
+      batchesPerEpoch: sampler ? sampler.numSamples : groups.length,
+      batch(epoch, index) {
+        if (epoch !== epochCached) {
+          batches = (sampler ? sampler.indices(epoch) : order(epoch)).map((i) => groups[i]);
+          epochCached = epoch;
+        }
+        return batchOf(examples, batches[index], opts, padId);
+      },
+    };
+  }
+  const order = (epoch: number) => epochOrder(train.length, opts.seed, epoch).map((i) => train[i]);
   const sampler = group ? new DistributedSampler(train.length, group.rank, group.worldSize, order) : null;
-  const perRank = group ? batchSize / group.worldSize : batchSize;
+  const perRank = group ? opts.batchSize / group.worldSize : opts.batchSize;
   return {
     batchesPerEpoch: Math.ceil((sampler ? sampler.numSamples : train.length) / perRank),
     batch(epoch, index) {
@@ -269,7 +322,7 @@ function trainBatches(examples: TokenizedExample[], train: number[], batchSize: 
         batches = microBatches(sampler ? sampler.indices(epoch) : order(epoch), perRank);
         epochCached = epoch;
       }
-      return makeBatch(batches[index].map((i) => examples[i]), padId);
+      return batchOf(examples, batches[index], opts, padId);
     },
   };
 }
@@ -420,6 +473,12 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
   }
   if (parsed._.length) throw new UsageError(`unexpected argument ${JSON.stringify(parsed._[0])} (options start with --; see lora-cuda finetune --help)`);
   parsed.__given = rawArgKeys(argv);
+  if (parsed.maxLength !== undefined) {
+    if (parsed.seqLen !== undefined && parsed.seqLen !== parsed.maxLength) {
+      throw new UsageError(`--max-length ${parsed.maxLength} and --seq-len ${parsed.seqLen} disagree; give one (--seq-len is the older name of --max-length)`);
+    }
+    parsed.seqLen = parsed.maxLength;
+  }
 
   const out = (parsed.out as string | undefined) ?? FINETUNE_SPECS.out.default;
   const ckptDir = path.join(out, CHECKPOINT);
@@ -522,14 +581,35 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
       throw new CliError(`--model ${modelDir}: the tokenizer (tokenizer.json) gives the pad/eos token id ${padId}, but the model's ids are 0 to ${cfg.vocabSize - 1} (vocab_size ${cfg.vocabSize}); the tokenizer is damaged or does not belong to this model`);
     }
 
-    const tok = tokenizeExamples(data.examples, tokenizer, { seqLen: opts.seqLen, vocabSize: cfg.vocabSize, eosId }, opts.data);
-    if (!tok.examples.length) {
-      throw new CliError(`--data ${opts.data}: no usable examples: all ${data.examples.length} have fewer than 2 tokens or no completion token within --seq-len ${opts.seqLen}`);
+    const dataName = `--data ${opts.data}`;
+    let built: ReturnType<typeof buildExamples>;
+    try {
+      built = buildExamples(data.rows, tokenizer, { maxLength: opts.seqLen, addEos: opts.addEos, lines: data.lines, name: dataName });
+    } catch (e) {
+      // A row that does not render (the chat template fails, or the checkpoint has none) names its line.
+      if ((e as { code?: string }).code === 'ERR_OUT_OF_MEMORY') throw e;
+      throw new CliError(oneLine((e as Error).message).replace(/: applyChatTemplate: /, ': ')
+        .replace(/; pass one as the chatTemplate option$/, '; add chat_template to tokenizer_config.json, or use prompt/completion rows'));
     }
-    const examples = tok.examples;
+    const { examples, report } = built;
+    for (const ex of examples) {
+      const bad = ex.ids.find((id) => id >= cfg.vocabSize);
+      if (bad !== undefined) {
+        throw new CliError(`${dataName} line ${ex.line}: the tokenizer produced token id ${bad}, but the model's vocab_size is ${cfg.vocabSize}; use the tokenizer.json that belongs to this model`);
+      }
+    }
+    if (!examples.length) {
+      const d = report.dropped;
+      const why = [d.noAssistantTurn ? `${d.noAssistantTurn} without an assistant turn` : '', d.tooShort ? `${d.tooShort} under 2 tokens` : '',
+        d.noTargetsAfterTruncation ? `${d.noTargetsAfterTruncation} with nothing to train on within --max-length ${opts.seqLen}` : ''].filter(Boolean).join(', ');
+      throw new CliError(`${dataName}: no usable examples: all ${report.rows} rows were dropped (${why})`);
+    }
+    if (opts.pack === undefined) opts.pack = data.textOnly;
     const split = splitTrainEval(examples.length, opts.evalEvery > 0 ? opts.evalFraction : 0, opts.seed);
-    if (resumeState && resumeState.metadata.data.examples !== examples.length) {
-      throw new CliError(`--resume: the data gives ${examples.length} examples, the checkpoint had ${resumeState.metadata.data.examples}; resume with the same data and tokenizer`);
+    if (resumeState && (resumeState.metadata.data.examples !== examples.length ||
+      (resumeState.metadata.data.tokens !== undefined && resumeState.metadata.data.tokens !== report.tokens))) {
+      throw new CliError(`--resume: the data gives ${examples.length} examples, the checkpoint had ${resumeState.metadata.data.examples}` +
+        `${resumeState.metadata.data.examples === examples.length ? ` (${report.tokens} tokens against ${resumeState.metadata.data.tokens})` : ''}; resume with the same data and tokenizer`);
     }
     const train = split.train;
     const evalSet = split.eval;
@@ -568,11 +648,11 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
     let interrupted = false;
     const trainer = new Trainer({
       model,
-      train: trainBatches(examples, train, opts.batchSize, opts.seed, padId, group),
+      train: trainBatches(examples, train, opts, padId, group),
       distributed: group !== null,
       ...(evalSet.length ? {
         eval: function* () {
-          for (const mb of microBatches(evalSet, opts.batchSize)) yield makeBatch(mb.map((i) => examples[i]), padId);
+          for (const mb of groupBatches(examples, evalSet, opts) ?? microBatches(evalSet, opts.batchSize)) yield batchOf(examples, mb, opts, padId);
         },
       } : {}),
       epochs: opts.epochs,
@@ -588,7 +668,7 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
       checkpointDir: ckptDir,
       saveModel: saveTo,
       metadata: {
-        data: { sha256: data.sha256, examples: examples.length },
+        data: { sha256: data.sha256, examples: examples.length, tokens: report.tokens },
         args: Object.fromEntries([...FIXED_ON_RESUME, ...CARRIED_ON_RESUME].map((k) => [k, opts[k]])),
       } satisfies RunMetadata,
       onLog: (l) => {
@@ -620,15 +700,20 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
     sizes = { adapter: trainable, model: modelParams };
     const layerKinds = [...new Set(replaced.map((n) => n.slice(n.lastIndexOf('.') + 1)))];
     io.stdout(`model: ${modelDir} (${cfg.modelType}, ${cfg.numHiddenLayers} layers, hidden ${cfg.hiddenSize}, vocab ${cfg.vocabSize}), device ${opts.device}\n`);
-    if (group) io.stdout(`distributed: ${group.worldSize} ranks over ${group.backend}, ${opts.batchSize / group.worldSize} examples per rank per micro-batch\n`);
+    if (group) io.stdout(`distributed: ${group.worldSize} ranks over ${group.backend}, ${opts.pack || opts.batchTokens ? 'one token-budget micro-batch' : `${opts.batchSize / group.worldSize} examples`} per rank per micro-batch\n`);
     io.stdout(`lora: r=${opts.r} alpha=${opts.alpha} dropout=${opts.dropout} on ${replaced.length} layers (${layerKinds.join(', ')}), ${fmtInt(trainable)} trainable parameters\n`);
+    const d = report.dropped;
     const notes = [
-      tok.truncated ? `${tok.truncated} cut to --seq-len ${opts.seqLen}` : '',
-      tok.skipped ? `${tok.skipped} skipped (nothing to predict)` : '',
+      report.truncated ? `${report.truncated} cut to --max-length ${opts.seqLen}` : '',
+      d.noAssistantTurn ? `${d.noAssistantTurn} dropped (no assistant turn)` : '',
+      d.tooShort ? `${d.tooShort} dropped (under 2 tokens)` : '',
+      d.noTargetsAfterTruncation ? `${d.noTargetsAfterTruncation} dropped (nothing to train on within --max-length ${opts.seqLen})` : '',
     ].filter(Boolean);
-    io.stdout(`data: ${opts.data}: ${examples.length} examples (${train.length} train, ${evalSet.length} eval), ${fmtInt(tok.tokens)} tokens${notes.length ? `; ${notes.join(', ')}` : ''}\n`);
+    io.stdout(`data: ${opts.data}: ${examples.length} examples (${train.length} train, ${evalSet.length} eval), ${fmtInt(report.tokens)} tokens, ${fmtInt(report.targets)} trained${notes.length ? `; ${notes.join(', ')}` : ''}\n`);
+    // The library's warnings (unknown tokens, templates, prompt boundaries); truncation and drops are on the line above.
+    for (const w of report.warnings) if (!/ rows were (cut|dropped)/.test(w)) io.stderr(`warning: ${w}\n`);
     if (opts.evalEvery > 0 && !evalSet.length) io.stderr('warning: --eval-every needs at least 2 examples to hold one out; evaluation is off\n');
-    io.stdout(`training: ${opts.epochs} epoch${opts.epochs > 1 ? 's' : ''} x ${stepsPerEpoch} step${stepsPerEpoch > 1 ? 's' : ''} = ${totalSteps} step${totalSteps > 1 ? 's' : ''} (batch ${opts.batchSize} x grad-accum ${opts.gradAccum}), lr ${opts.lr} (${opts.lrSchedule}${opts.warmupSteps ? `, warm-up ${opts.warmupSteps} steps` : ''}), ${opts.maxGradNorm > 0 ? `gradients clipped to norm ${opts.maxGradNorm}` : 'no gradient clipping'}\n`);
+    io.stdout(`training: ${opts.epochs} epoch${opts.epochs > 1 ? 's' : ''} x ${stepsPerEpoch} step${stepsPerEpoch > 1 ? 's' : ''} = ${totalSteps} step${totalSteps > 1 ? 's' : ''} (${batchWords(opts)} x grad-accum ${opts.gradAccum}), lr ${opts.lr} (${opts.lrSchedule}${opts.warmupSteps ? `, warm-up ${opts.warmupSteps} steps` : ''}), ${opts.maxGradNorm > 0 ? `gradients clipped to norm ${opts.maxGradNorm}` : 'no gradient clipping'}\n`);
     if (!resumeState && statPath('--out', path.join(ckptDir, 'trainer_state.json'))) {
       io.stderr(`warning: ${ckptDir} holds a checkpoint; starting fresh will replace it (use --resume to continue it)\n`);
     }

@@ -18,6 +18,7 @@ const SPECS = {
   model: { type: 'string', metavar: 'DIR', help: 'Hugging Face checkpoint: config.json, model.safetensors (or shards), tokenizer.json (required)' },
   adapter: { type: 'string', metavar: 'DIR', help: 'a PEFT adapter directory to apply (adapter_config.json, adapter_model.safetensors)' },
   prompt: { type: 'string', metavar: 'TEXT', help: 'the text to continue (required)' },
+  chat: { type: 'boolean', help: 'send --prompt as a user message through the checkpoint\'s chat template (with the generation prompt) and print only the reply' },
   'max-new-tokens': { type: 'number', integer: true, min: 0, default: 50, metavar: 'N', help: 'tokens to generate at most' },
   temperature: { type: 'number', min: 0, default: 0, metavar: 'T', help: '0 = greedy (the most likely token each step); > 0 samples with this temperature' },
   'top-k': { type: 'number', integer: true, min: 0, default: 50, metavar: 'K', help: 'when sampling: among the K most likely tokens only, 0 = all' },
@@ -45,7 +46,8 @@ export async function generateCommand(argv: string[], io: CliIO): Promise<number
   const a = parseArgs('generate', SPECS, argv);
   if (a.help) {
     io.stdout(helpText('generate', `${COMMAND_TEXT.generate.summary}\n\n` +
-      'Prints the prompt and its continuation. Generation stops at the end-of-sequence token (config.json\'s\n' +
+      'Prints the prompt and its continuation; with --chat, the prompt goes through the chat template as a user\n' +
+      'message and only the reply is printed. Generation stops at the end-of-sequence token (config.json\'s\n' +
       'eos_token_id, or tokenizer_config.json\'s eos_token) or after --max-new-tokens. Each step runs the whole\n' +
       'sequence again (no key/value cache), which suits short texts.', SPECS,
     COMMAND_TEXT.generate.usage));
@@ -85,7 +87,16 @@ export async function generateCommand(argv: string[], io: CliIO): Promise<number
     }
   }
 
-  const ids = Array.from(tokenizer.encode(a.prompt).ids, Number);
+  let text = a.prompt;
+  if (a.chat) {
+    try {
+      text = tokenizer.applyChatTemplate([{ role: 'user', content: a.prompt }], { addGenerationPrompt: true });
+    } catch (e) {
+      throw new CliError(`--chat: ${oneLine((e as Error).message).replace(/^applyChatTemplate: /, '').replace(/; pass one as the chatTemplate option$/, '; leave out --chat, or add chat_template to tokenizer_config.json')}`);
+    }
+  }
+  // A rendered template holds its special tokens already (transformers encodes it without adding more).
+  const ids = Array.from(tokenizer.encode(text, { add_special_tokens: !a.chat }).ids, Number);
   if (!ids.length) throw new CliError('--prompt gives no tokens; give some text');
   const V = model.config.vocabSize;
   // The ids come from tokenizer.json: one that is no token of the model is the tokenizer's fault, not the prompt's.
@@ -124,7 +135,7 @@ export async function generateCommand(argv: string[], io: CliIO): Promise<number
   }
   const secs = (performance.now() - t0) / 1000;
   const added = out.length - ids.length;
-  io.stdout(`${tokenizer.decode(out, { skip_special_tokens: true })}\n`);
+  io.stdout(`${tokenizer.decode(a.chat ? out.slice(ids.length) : out, { skip_special_tokens: true })}\n`);
   io.stderr(`${added} new token${added === 1 ? '' : 's'} in ${secs.toFixed(2)} s (${(added / Math.max(secs, 1e-9)).toFixed(1)} tokens/s, ${device}` +
     `${a.adapter !== undefined ? `, adapter ${a.adapter}` : ''}${a.temperature! > 0 ? `, sampled at temperature ${a.temperature}` : ', greedy'})\n`);
   return 0;

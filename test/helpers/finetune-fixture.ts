@@ -41,12 +41,16 @@ export function tokenizerJson(): object {
   };
 }
 
+/** A chat template in the style of the real ones (roles, an end-of-turn token, a generation prompt), in words the tokenizer knows. */
+export const CHAT_TEMPLATE =
+  "{% for m in messages %}{{ m.role }} : {{ m.content }} {{ eos_token }} {% endfor %}{% if add_generation_prompt %}assistant : {% endif %}";
+
 /** Writes DIR/model (checkpoint + tokenizer) and DIR/data.txt (LINES, then a blank line); returns their paths. */
 export async function finetuneFixture(dir: string): Promise<{ model: string; data: string }> {
   const model = path.join(dir, 'model');
   await writeCheckpoint(model, loadCases().cases.llama_gqa);
   fs.writeFileSync(path.join(model, 'tokenizer.json'), JSON.stringify(tokenizerJson()));
-  fs.writeFileSync(path.join(model, 'tokenizer_config.json'), JSON.stringify({ eos_token: '</s>', pad_token: '<pad>' }));
+  fs.writeFileSync(path.join(model, 'tokenizer_config.json'), JSON.stringify({ eos_token: '</s>', pad_token: '<pad>', chat_template: CHAT_TEMPLATE }));
   const data = path.join(dir, 'data.txt');
   fs.writeFileSync(data, LINES.join('\n') + '\n\n');
   return { model, data };
