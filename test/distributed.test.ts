@@ -202,9 +202,10 @@ describeMpi('two MPI ranks on this machine (skipped without mpirun)', () => {
 
     // --seq-len 3 cuts every example to 3 tokens, so each rank's half of a batch has as many target
     // tokens as the other's and the mean of the ranks' mean losses is the whole batch's mean loss.
-    // No dropout: the ranks draw their masks from the same generator state.
+    // No dropout: the ranks draw their masks from the same generator state. --no-pack: padded batches of
+    // --batch-size examples, the ones a rank's half is compared against.
     const args = (out: string, extra: string[] = []) => ['finetune', '--model', model, '--data', data, '--out', out,
-      '--batch-size', '4', '--seq-len', '3', '--dropout', '0', '--epochs', '17', '--lr', '0.01', '--log-every', '10', '--seed', '3', ...extra];
+      '--no-pack', '--batch-size', '4', '--seq-len', '3', '--dropout', '0', '--epochs', '17', '--lr', '0.01', '--log-every', '10', '--seed', '3', ...extra];
     const adapter = (dir: string) => {
       const st = SafetensorsFile.openSync(path.join(dir, 'adapter_model.safetensors'));
       try {
@@ -244,6 +245,20 @@ describeMpi('two MPI ranks on this machine (skipped without mpirun)', () => {
       expect(rest.stdout).toMatch(/resuming from .* at step 20 of 51/);
       const c = adapter(path.join(tmp, 'resumed'));
       for (const k of Object.keys(b)) expect(c[k]).toEqual(b[k]);
+    });
+
+    test('packed rows (the default for text) are shared out by group: each rank trains its own packed micro-batches', () => {
+      const packed = (out: string) => ['finetune', '--model', model, '--data', data, '--out', out, '--batch-size', '4',
+        '--seq-len', '3', '--dropout', '0', '--epochs', '2', '--lr', '0.01', '--seed', '3'];
+      const one = spawnSync(process.execPath, ['-r', register, bin, ...packed(path.join(tmp, 'packed-one'))], { encoding: 'utf8', cwd: root });
+      expect(one.status).toBe(0);
+      const two = mpirun(2, [bin, ...packed(path.join(tmp, 'packed-two'))]);
+      expect(two.status).toBe(0);
+      expect(two.stdout).toMatch(/^distributed: 2 ranks over mpi, one token-budget micro-batch per rank per micro-batch$/m);
+      // Half as many steps per epoch as one process: the groups of an epoch are split between the ranks.
+      const steps = (s: string) => Number(/x (\d+) steps? =/.exec(s)![1]);
+      expect(steps(one.stdout)).toBeGreaterThan(2);
+      expect(steps(two.stdout)).toBe(Math.ceil(steps(one.stdout) / 2));
     });
 
     test('lora-cuda launch --nproc 2 runs the same job through mpirun', () => {
