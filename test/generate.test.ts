@@ -3,7 +3,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { LlamaForCausalLM, injectLora, manualSeed, nativeMemoryBytes, noGrad } from '../lib';
+import { LlamaForCausalLM, backendInfo, injectLora, manualSeed, nativeMemoryBytes, noGrad } from '../lib';
 import { sampleToken } from '../lib/models/llama';
 import { loadCases, writeCheckpoint } from './helpers/llama-weights';
 import { expectThrows } from './helpers/expect-throws';
@@ -198,6 +198,29 @@ describe('key/value cache', () => {
     const before = nativeMemoryBytes();
     model.generate(RAGGED, { maxNewTokens: 20, eosTokenId: null });
     expect(nativeMemoryBytes()).toBe(before);
+  });
+});
+
+// On a GPU (or the CUDA emulator): the cache on the device gives the full recompute's tokens, and
+// the CPU's for greedy decoding.
+(backendInfo().cuda.available ? describe : describe.skip)('key/value cache on CUDA', () => {
+  const RAGGED = [[1, 5, 9, 2, 11, 4], [7, 3], [60, 2, 8, 8]];
+  let gpu: LlamaForCausalLM;
+  beforeAll(async () => {
+    gpu = await LlamaForCausalLM.fromPretrained(tmp, { device: 'cuda' });
+  });
+
+  test('cached and uncached generation give the same tokens, greedy and sampled', () => {
+    for (const prompts of [PROMPTS, RAGGED]) {
+      const greedy = gpu.generate(prompts, { maxNewTokens: 10, eosTokenId: null });
+      expect(gpu.generate(prompts, { maxNewTokens: 10, eosTokenId: null, useCache: false })).toEqual(greedy);
+      expect(greedy).toEqual(model.generate(prompts, { maxNewTokens: 10, eosTokenId: null }));
+      manualSeed(5);
+      const a = gpu.generate(prompts, { maxNewTokens: 10, doSample: true, temperature: 1.3, topK: 20, eosTokenId: null });
+      manualSeed(5);
+      const b = gpu.generate(prompts, { maxNewTokens: 10, doSample: true, temperature: 1.3, topK: 20, eosTokenId: null, useCache: false });
+      expect(a).toEqual(b);
+    }
   });
 });
 
