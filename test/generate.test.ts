@@ -197,7 +197,8 @@ describe('key/value cache', () => {
     model.generate(RAGGED, { maxNewTokens: 3 });
     const before = nativeMemoryBytes();
     model.generate(RAGGED, { maxNewTokens: 20, eosTokenId: null });
-    expect(nativeMemoryBytes()).toBe(before);
+    // Garbage of earlier tests may be collected meanwhile: at most, never the cache's bytes more.
+    expect(nativeMemoryBytes()).toBeLessThanOrEqual(before);
   });
 });
 
