@@ -167,6 +167,8 @@ export class LlamaAttention extends Module {
    * x [B, T, D] -> [B, T, D], causal, with rotary tables cos/sin [T, headDim] (shared by the
    * rows) or, with layout.perToken, [B * T, headDim] (row b * T + t: the position of token t of
    * row b); layout.keyStarts (int32 [B, T]): the first key each query sees (padding, packing).
+   * With a cache (generation) the T tokens follow its `length` cached positions: their keys and
+   * values are written there and the queries attend over all of them.
    */
   forward(x: Tensor, cos: Tensor, sin: Tensor, layout?: BatchLayout, cache?: LayerCache): Tensor {
     const [B, T] = x.shape;
