@@ -193,6 +193,13 @@ describe('key/value cache', () => {
     expect(stopped[0]).toHaveLength(RAGGED[0].length + 3);
   });
 
+  test('a float64 model keeps a float64 cache: the same tokens as the full recompute', () => {
+    const m64 = new LlamaForCausalLM(model.config.raw, { dtype: 'float64', init: false });
+    m64.loadStateDict(model.stateDict());
+    const greedy = m64.generate(RAGGED, { maxNewTokens: 10, eosTokenId: null });
+    expect(m64.generate(RAGGED, { maxNewTokens: 10, eosTokenId: null, useCache: false })).toEqual(greedy);
+  });
+
   test('the cache is freed: native memory is back where it was', () => {
     model.generate(RAGGED, { maxNewTokens: 3 });
     const before = nativeMemoryBytes();
