@@ -33,6 +33,9 @@ __device__ __forceinline__ T neg_inf() {
 
 struct AttnDims {
   int64_t B, Hq, Hkv, T, S, Dh, Dv, group;
+  // Causal alignment (bottom-right): query i sits at key position i + off, off = S - T >= 0
+  // (0 when S == T; S > T is a decode step over cached keys).
+  int64_t off;
 };
 
 // Flat kv slice read by query slice bh = b * Hq + h.
@@ -41,14 +44,14 @@ __device__ __forceinline__ int64_t kv_of(const AttnDims& a, int64_t bh) {
 }
 // Keys visible to query row i.
 __device__ __forceinline__ int64_t visible(const AttnDims& a, int64_t i, bool causal) {
-  return causal ? min(i + 1, a.S) : a.S;
+  return causal ? min(i + a.off + 1, a.S) : a.S;
 }
-// First key visible to query row i of batch row b: starts[b, i] clamped into [0, i] (a bad
-// value cannot reach outside the row), or 0 without starts.
+// First key visible to query row i of batch row b: starts[b, i] clamped into [0, i + off] (a
+// bad value cannot reach outside the row), or 0 without starts.
 __device__ __forceinline__ int64_t first_key(const int32_t* st, const AttnDims& a, int64_t b,
                                              int64_t i) {
   if (!st) return 0;
-  return max(int64_t{0}, min(static_cast<int64_t>(st[b * a.T + i]), i));
+  return max(int64_t{0}, min(static_cast<int64_t>(st[b * a.T + i]), i + a.off));
 }
 
 // Odd row stride of a shared-memory tile read one row per lane: lanes then hit
@@ -153,7 +156,7 @@ __global__ void attn_forward_tiled(const T* q, const T* k, const T* v, T* out, T
     const int64_t jn = row_ok ? visible(a, i, causal) : 0;
     const int64_t js = row_ok ? first_key(st, a, bh / a.Hq, i) : 0;
     // Keys any row of the block sees (block-uniform, so are the barriers below).
-    const int64_t kend = causal ? min(a.S, i0 + br) : a.S;
+    const int64_t kend = causal ? min(a.S, i0 + a.off + br) : a.S;
     __syncthreads();  // the previous tile's readers are done with Qs
     stage_rows_clamped(Qs, a.Dh, q + bh * a.T * a.Dh, i0, br, a.T, a.Dh);
     T m = neg_inf<T>();
@@ -221,7 +224,7 @@ __global__ void attn_backward_q_tiled(const T* q, const T* k, const T* v, const 
     const bool row_ok = i < a.T;
     const int64_t jn = row_ok ? visible(a, i, causal) : 0;
     const int64_t js = row_ok ? first_key(st, a, bh / a.Hq, i) : 0;
-    const int64_t kend = causal ? min(a.S, i0 + br) : a.S;
+    const int64_t kend = causal ? min(a.S, i0 + a.off + br) : a.S;
     const T li = row_ok ? lse[r] : T(0);
     __syncthreads();  // the previous tile's readers are done with Qs, Gs
     stage_rows_clamped(Qs, a.Dh, q + bh * a.T * a.Dh, i0, br, a.T, a.Dh);
@@ -303,7 +306,7 @@ __global__ void attn_backward_kv_tiled(const T* q, const T* k, const T* v, const
 #pragma unroll
     for (int kk = 0; kk < NV; ++kk) ak[kk] = av[kk] = T(0);
     // Query rows below the block's first key see none of its keys.
-    const int64_t istart = causal ? j0 : 0;
+    const int64_t istart = causal ? max(int64_t{0}, j0 - a.off) : 0;
     for (int64_t g = 0; g < a.group; ++g) {
       const int64_t bh = b * a.Hq + hk * a.group + g;
       for (int64_t i0 = istart; i0 < a.T; i0 += bc) {
@@ -318,7 +321,7 @@ __global__ void attn_backward_kv_tiled(const T* q, const T* k, const T* v, const
         }
         __syncthreads();
         // First lane whose query row sees key j (warp-uniform).
-        const int lo = causal ? static_cast<int>(max(int64_t{0}, min(j - i0, int64_t{nq}))) : 0;
+        const int lo = causal ? static_cast<int>(max(int64_t{0}, min(j - a.off - i0, int64_t{nq}))) : 0;
         if (key_ok && lo < nq) {
           const bool vis = lane >= lo && lane < nq && (!st || Js[lane] <= j);
           T p = T(0), ds = T(0);
@@ -448,8 +451,8 @@ __global__ void attn_backward_kv_plain(const T* q, const T* k, const T* v, const
       for (int64_t d = lane; d < a.Dv; d += 32) dvj[d] = T(0);
     for (int64_t g = 0; g < a.group; ++g) {
       const int64_t bh = b * a.Hq + hk * a.group + g;
-      // Causal: rows from j on see key j, so every lane of these chunks does.
-      for (int64_t i0 = causal ? j : 0; i0 < a.T; i0 += 32) {
+      // Causal: rows from j - off on see key j, so every lane of these chunks does.
+      for (int64_t i0 = causal ? max(int64_t{0}, j - a.off) : 0; i0 < a.T; i0 += 32) {
         const int64_t i = i0 + lane, r = bh * a.T + i;
         T p = T(0), ds = T(0);
         if (i < a.T && first_key(st, a, b, i) <= j) {
@@ -479,6 +482,7 @@ AttnDims attn_dims(const Tensor& q, const Tensor& v) {
   a.S = v.shape[2];
   a.Dv = v.shape[3];
   a.group = a.Hkv ? a.Hq / a.Hkv : 1;
+  a.off = a.S > a.T ? a.S - a.T : 0;
   return a;
 }
 

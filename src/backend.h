@@ -213,11 +213,12 @@ class Backend {
 
   // Scaled dot-product attention with grouped KV heads: q [B, Hq, T, Dh], k [B, Hkv, S, Dh],
   // v [B, Hkv, S, Dv], Hq a multiple of Hkv; query head h reads kv head h / (Hq / Hkv).
-  // With `causal` (S == T) query i sees keys 0..i. out [B, Hq, T, Dv] (set) =
+  // With `causal` (S >= T) query i sees keys 0..i + S - T (bottom-right aligned: with S > T
+  // the queries are the last T of S positions, a decode step over cached keys). out [B, Hq, T, Dv] (set) =
   // softmax(scale * q k^T) v; lse [B, Hq, T] (set) = logsumexp of each row of scaled scores,
   // kept for backward, which recomputes the probabilities from it. S == 0 gives zero rows.
   // `starts` (null, or int32 [B, T] with causal): query i of row b sees keys starts[b, i]..i only,
-  // 0 <= starts[b, i] <= i (checked by the caller). One array expresses right and left padding
+  // 0 <= starts[b, i] <= i + S - T (checked by the caller). One array expresses right and left padding
   // (a padded query sees itself only) and packed documents (each token's document start).
   virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                                  double scale, const Tensor& out, const Tensor& lse,

@@ -615,7 +615,11 @@ void check_attention(const char* op, const Tensor& q, const Tensor& k, const Ten
   LC_CHECK(k.shape[1] >= 1 && q.shape[1] % k.shape[1] == 0,
            std::string(op) + ": the query heads (" + std::to_string(q.shape[1]) +
                ") must be a multiple of the kv heads (" + std::to_string(k.shape[1]) + ")");
-  if (causal) dim_eq(k.shape[2], q.shape[2], op, "the key length with causal masking");
+  // Causal with S > T: the T queries are the last T positions of the S keys (a decode step).
+  LC_CHECK(!causal || k.shape[2] >= q.shape[2],
+           std::string(op) + ": the key length (" + std::to_string(k.shape[2]) +
+               ") must be at least the query length (" + std::to_string(q.shape[2]) +
+               ") with causal masking");
 }
 // The per-query first keys: int32 [B, T] beside q, causal only (their values are clamped
 // into [0, i] by the kernels; the TypeScript layer refuses values outside it).

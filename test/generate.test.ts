@@ -3,7 +3,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { LlamaForCausalLM, injectLora, manualSeed, nativeMemoryBytes, noGrad } from '../lib';
+import { LlamaForCausalLM, backendInfo, injectLora, manualSeed, nativeMemoryBytes, noGrad } from '../lib';
 import { sampleToken } from '../lib/models/llama';
 import { loadCases, writeCheckpoint } from './helpers/llama-weights';
 import { expectThrows } from './helpers/expect-throws';
@@ -105,7 +105,16 @@ test('dropout is off while generating and the training flags are restored', () =
 test('bad input names the argument', () => {
   const g = (ids: unknown, o?: unknown) => () => model.generate(ids as number[][], o as never);
   expectThrows(g('hello'), TypeError, /^LlamaForCausalLM\.generate: inputIds must be number\[\]\[\]/);
-  expectThrows(g([[1, 2], [3]]), RangeError, /inputIds\[1\]\.length must be 2 \(rows must have equal lengths\)/);
+  expectThrows(g([[1, 2], [3]], { attentionMask: [[1, 1], [1]] }), RangeError, /inputIds\[1\]\.length must be 2 \(rows must have equal lengths\)/);
+  expectThrows(g([[1, 2], []]), RangeError, /inputIds\[1\] must be a non-empty array of token ids/);
+  expectThrows(g([[1, 2], [3, 4]], { attentionMask: [[1, 1], [1, 0]] }), RangeError, /options\.attentionMask\[1\] must be left padding/);
+  expectThrows(g([[1, 2], [3, 4]], { attentionMask: [[1, 1], [0, 0]] }), RangeError, /options\.attentionMask\[1\] must be at least one 1/);
+  expectThrows(g([[1, 2], [3, 4]], { attentionMask: [[1, 1], [2, 1]] }), RangeError, /options\.attentionMask\[1\]\[0\] must be 0 \(padding\) or 1 \(token\), got 2/);
+  expectThrows(g([[1]], { stopStrings: ['x'] }), TypeError, /options\.decode must be a function/);
+  expectThrows(g([[1]], { stopStrings: [''], decode: () => '' }), TypeError, /options\.stopStrings must be an array of non-empty strings/);
+  expectThrows(g([[1]], { onToken: 3 }), TypeError, /options\.onToken must be a function/);
+  expectThrows(g([[1]], { useCache: 'yes' }), TypeError, /options\.useCache must be a boolean/);
+  expectThrows(g([[1]], { padTokenId: 67 }), RangeError, /options\.padTokenId must be a token id in \[0, 67\), got 67/);
   expectThrows(g([[1, 67]]), RangeError, /inputIds\[0\]\[1\] must be a token id in \[0, 67\), got 67/);
   expectThrows(g([[1]], { maxNewTokens: -1 }), RangeError, /options\.maxNewTokens must be a non-negative integer/);
   expectThrows(g([[1]], { temperature: 0 }), RangeError, /options\.temperature must be a number > 0 \(use doSample: false for greedy decoding\), got 0/);
@@ -114,6 +123,113 @@ test('bad input names the argument', () => {
   expectThrows(g([[1]], { eosTokenId: [1, 99] }), RangeError, /options\.eosTokenId\[1\] must be a token id in \[0, 67\), got 99/);
   expectThrows(g([[1]], { doSample: 1 }), TypeError, /options\.doSample must be a boolean/);
   expectThrows(g([[1]], { max_new_tokens: 3 }), TypeError, /unknown option "max_new_tokens"/);
+});
+
+describe('key/value cache', () => {
+  const RAGGED = [[1, 5, 9, 2, 11, 4], [7, 3], [60, 2, 8, 8]];
+
+  test('cached and uncached generation give the same tokens: greedy, sampled, equal and ragged rows', () => {
+    for (const prompts of [PROMPTS, RAGGED]) {
+      const greedy = model.generate(prompts, { maxNewTokens: 12, eosTokenId: null });
+      expect(model.generate(prompts, { maxNewTokens: 12, eosTokenId: null, useCache: false })).toEqual(greedy);
+      for (const seed of [3, 11]) {
+        manualSeed(seed);
+        const a = model.generate(prompts, { maxNewTokens: 12, doSample: true, temperature: 1.3, topK: 20, topP: 0.95, eosTokenId: null });
+        manualSeed(seed);
+        const b = model.generate(prompts, { maxNewTokens: 12, doSample: true, temperature: 1.3, topK: 20, topP: 0.95, eosTokenId: null, useCache: false });
+        expect(a).toEqual(b);
+      }
+    }
+    // Equal rows: the cache gives the greedy loop over forward().
+    expect(model.generate(PROMPTS, { maxNewTokens: 6, eosTokenId: null })).toEqual(greedyByForward(model, PROMPTS, 6));
+  });
+
+  test('a left-padded batch continues each row as that row alone does', () => {
+    const batch = model.generate(RAGGED, { maxNewTokens: 8, eosTokenId: null });
+    RAGGED.forEach((row, b) => {
+      expect(batch[b]).toEqual(model.generate([row], { maxNewTokens: 8, eosTokenId: null })[0]);
+      expect(batch[b]).toEqual(greedyByForward(model, [row], 8)[0]);
+    });
+    // The same batch padded by the caller with a mask: rows come back as given, padding and all.
+    const T = 6;
+    const padded = RAGGED.map((r) => [...new Array<number>(T - r.length).fill(0), ...r]);
+    const mask = RAGGED.map((r) => [...new Array<number>(T - r.length).fill(0), ...new Array<number>(r.length).fill(1)]);
+    for (const useCache of [true, false]) {
+      const out = model.generate(padded, { maxNewTokens: 8, eosTokenId: null, attentionMask: mask, useCache });
+      out.forEach((row, b) => expect(row).toEqual([...padded[b].slice(0, T - RAGGED[b].length), ...batch[b]]));
+    }
+  });
+
+  test('end of sequence per row, padding for finished rows, onToken per step, stop strings', () => {
+    const full = model.generate(RAGGED, { maxNewTokens: 8, eosTokenId: null });
+    const eos = full[1][RAGGED[1].length + 1]; // row 1's second new token
+    const steps: (number | null)[][] = [];
+    const cut = model.generate(RAGGED, { maxNewTokens: 8, eosTokenId: eos, onToken: (t, step) => {
+      expect(step).toBe(steps.length);
+      steps.push(t.slice());
+    } });
+    const end = (row: number[], T0: number) => {
+      const k = row.findIndex((id, i) => i >= T0 && id === eos);
+      return k < 0 ? row : row.slice(0, k + 1);
+    };
+    expect(cut).toEqual(full.map((r, b) => end(r, RAGGED[b].length)));
+    expect(cut[1]).toHaveLength(RAGGED[1].length + 2);
+    // The callback saw every new token of each row, in order, then null once the row had ended.
+    cut.forEach((row, b) => {
+      const seen = steps.map((t) => t[b]);
+      const fresh = row.slice(RAGGED[b].length);
+      expect(seen.slice(0, fresh.length)).toEqual(fresh);
+      expect(seen.slice(fresh.length).every((x) => x === null)).toBe(true);
+    });
+    // Stop strings: a row ends at the token that completes the string in its new text.
+    const decode = (ids: number[]) => ids.map((i) => `<${i}>`).join('');
+    const stop = `<${full[0][RAGGED[0].length + 2]}>`;
+    const stopped = model.generate(RAGGED, { maxNewTokens: 8, eosTokenId: null, stopStrings: [stop], decode });
+    stopped.forEach((row, b) => {
+      const fresh = full[b].slice(RAGGED[b].length);
+      const k = fresh.findIndex((_, i) => decode(fresh.slice(0, i + 1)).includes(stop));
+      expect(row).toEqual(k < 0 ? full[b] : full[b].slice(0, RAGGED[b].length + k + 1));
+    });
+    expect(stopped[0]).toHaveLength(RAGGED[0].length + 3);
+  });
+
+  test('a float64 model keeps a float64 cache: the same tokens as the full recompute', () => {
+    const m64 = new LlamaForCausalLM(model.config.raw, { dtype: 'float64', init: false });
+    m64.loadStateDict(model.stateDict());
+    const greedy = m64.generate(RAGGED, { maxNewTokens: 10, eosTokenId: null });
+    expect(m64.generate(RAGGED, { maxNewTokens: 10, eosTokenId: null, useCache: false })).toEqual(greedy);
+  });
+
+  test('the cache is freed: native memory is back where it was', () => {
+    model.generate(RAGGED, { maxNewTokens: 3 });
+    const before = nativeMemoryBytes();
+    model.generate(RAGGED, { maxNewTokens: 20, eosTokenId: null });
+    // Garbage of earlier tests may be collected meanwhile: at most, never the cache's bytes more.
+    expect(nativeMemoryBytes()).toBeLessThanOrEqual(before);
+  });
+});
+
+// On a GPU (or the CUDA emulator): the cache on the device gives the full recompute's tokens, and
+// the CPU's for greedy decoding.
+(backendInfo().cuda.available ? describe : describe.skip)('key/value cache on CUDA', () => {
+  const RAGGED = [[1, 5, 9, 2, 11, 4], [7, 3], [60, 2, 8, 8]];
+  let gpu: LlamaForCausalLM;
+  beforeAll(async () => {
+    gpu = await LlamaForCausalLM.fromPretrained(tmp, { device: 'cuda' });
+  });
+
+  test('cached and uncached generation give the same tokens, greedy and sampled', () => {
+    for (const prompts of [PROMPTS, RAGGED]) {
+      const greedy = gpu.generate(prompts, { maxNewTokens: 10, eosTokenId: null });
+      expect(gpu.generate(prompts, { maxNewTokens: 10, eosTokenId: null, useCache: false })).toEqual(greedy);
+      expect(greedy).toEqual(model.generate(prompts, { maxNewTokens: 10, eosTokenId: null }));
+      manualSeed(5);
+      const a = gpu.generate(prompts, { maxNewTokens: 10, doSample: true, temperature: 1.3, topK: 20, eosTokenId: null });
+      manualSeed(5);
+      const b = gpu.generate(prompts, { maxNewTokens: 10, doSample: true, temperature: 1.3, topK: 20, eosTokenId: null, useCache: false });
+      expect(a).toEqual(b);
+    }
+  });
 });
 
 describe('rotary tables', () => {

@@ -463,6 +463,28 @@ describe('argument errors (the ops\' own are in the op registry, test/ops/)', ()
     expect(() => scaledDotProductAttention(q, f64([1, 2, 5, 2], 1), f64([1, 2, 5, 2], 1), { causal: false })).not.toThrow();
   });
 
+  test('scaledDotProductAttention: causal with S > T is the last T query rows of the S x S causal attention', () => {
+    // A decode step: the T new queries see every earlier key and the new ones causally.
+    const [B, Hq, Hkv, S, T, D] = [2, 4, 2, 7, 3, 4];
+    const qFull = f64([B, Hq, S, D], 90);
+    const k = f64([B, Hkv, S, D], 91);
+    const v = f64([B, Hkv, S, D], 92);
+    const q = qFull.narrow(2, S - T, T);
+    const want = scaledDotProductAttention(qFull, k, v).narrow(2, S - T, T).toArray();
+    const got = scaledDotProductAttention(q, k, v).toArray();
+    got.forEach((x, i) => expect(x).toBeCloseTo(want[i], 12));
+    // With keyStarts: row 1's first two keys are padding, in both.
+    const startsFull = tensor([...new Array(S).fill(0), 0, 1, 2, 2, 2, 2, 2], { dtype: 'int32', shape: [B, S] });
+    const starts = tensor([0, 0, 0, 2, 2, 2], { dtype: 'int32', shape: [B, T] });
+    const wantSt = scaledDotProductAttention(qFull, k, v, { keyStarts: startsFull }).narrow(2, S - T, T).toArray();
+    const gotSt = scaledDotProductAttention(q, k, v, { keyStarts: starts }).toArray();
+    gotSt.forEach((x, i) => expect(x).toBeCloseTo(wantSt[i], 12));
+    expect(gotSt).not.toEqual(got);
+    // A start past the query's own position (S - T + i) is refused.
+    expectThrows(() => scaledDotProductAttention(q, k, v, { keyStarts: tensor([0, 0, 0, 0, 0, 7], { dtype: 'int32', shape: [B, T] }) }), RangeError,
+      /options.keyStarts\[1, 2\] must be a key index in \[0, 6\]/);
+  });
+
   test('devices', () => {
     if (backendInfo().cuda.available) return;
     expectThrows(() => new Embedding(3, 2, { device: 'cuda' }), RangeError, /^Embedding: options.device "cuda" is not available/);

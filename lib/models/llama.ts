@@ -12,7 +12,8 @@ import {
   Embedding, RMSNorm, RopeScaling, applyRotary, rotaryTables, scaledDotProductAttention,
 } from '../nn/transformer';
 import { Tensor, DType } from '../tensor';
-import { rand, randn, tensor } from '../creation';
+import { rand, randn, tensor, zeros } from '../creation';
+import { writeAlong_ } from '../ops/views';
 import { tidy } from '../scope';
 import { noGrad } from '../autograd';
 import { DeviceSpec } from '../device';
@@ -166,8 +167,10 @@ export class LlamaAttention extends Module {
    * x [B, T, D] -> [B, T, D], causal, with rotary tables cos/sin [T, headDim] (shared by the
    * rows) or, with layout.perToken, [B * T, headDim] (row b * T + t: the position of token t of
    * row b); layout.keyStarts (int32 [B, T]): the first key each query sees (padding, packing).
+   * With a cache (generation) the T tokens follow its `length` cached positions: their keys and
+   * values are written there and the queries attend over all of them.
    */
-  forward(x: Tensor, cos: Tensor, sin: Tensor, layout?: BatchLayout): Tensor {
+  forward(x: Tensor, cos: Tensor, sin: Tensor, layout?: BatchLayout, cache?: LayerCache): Tensor {
     const [B, T] = x.shape;
     const { numAttentionHeads: H, numKeyValueHeads: Hkv, headDim: hd } = this.config;
     const heads = (t: Tensor, n: number) => t.reshape(B, T, n, hd).transpose(1, 2);
@@ -177,8 +180,17 @@ export class LlamaAttention extends Module {
       ? applyRotary(t.reshape(B, T, n, hd).permute(2, 0, 1, 3).reshape(n, 1, B * T, hd), cos, sin).reshape(n, B, T, hd).permute(1, 0, 2, 3)
       : applyRotary(heads(t, n), cos, sin));
     const q = rope(this.q_proj.forward(x), H);
-    const k = rope(this.k_proj.forward(x), Hkv);
-    const v = heads(this.v_proj.forward(x), Hkv);
+    let k = rope(this.k_proj.forward(x), Hkv);
+    let v = heads(this.v_proj.forward(x), Hkv);
+    if (cache) {
+      // This step's keys and values go into the preallocated cache at its fill mark; the
+      // queries then see every key so far (causal with S > T aligns them bottom-right).
+      writeAlong_(cache.k, k, 2, cache.length);
+      writeAlong_(cache.v, v, 2, cache.length);
+      const S = cache.length + T;
+      k = S === cache.k.shape[2] ? cache.k : cache.k.narrow(2, 0, S);
+      v = S === cache.v.shape[2] ? cache.v : cache.v.narrow(2, 0, S);
+    }
     const o = scaledDotProductAttention(q, k, v, layout?.keyStarts ? { causal: true, keyStarts: layout.keyStarts } : { causal: true });
     return this.o_proj.forward(o.transpose(1, 2).reshape(B, T, H * hd));
   }
@@ -216,8 +228,8 @@ export class LlamaDecoderLayer extends Module {
     this.post_attention_layernorm = new RMSNorm(config.hiddenSize, { eps: config.rmsNormEps, dtype: o.dtype, device: o.device });
   }
 
-  forward(x: Tensor, cos: Tensor, sin: Tensor, layout?: BatchLayout): Tensor {
-    const h = x.add(this.self_attn.forward(this.input_layernorm.forward(x), cos, sin, layout));
+  forward(x: Tensor, cos: Tensor, sin: Tensor, layout?: BatchLayout, cache?: LayerCache): Tensor {
+    const h = x.add(this.self_attn.forward(this.input_layernorm.forward(x), cos, sin, layout, cache));
     return h.add(this.mlp.forward(this.post_attention_layernorm.forward(h)));
   }
 }
@@ -300,8 +312,10 @@ export class LlamaModel extends Module {
    * ids int32 [B, T] -> hidden states [B, T, D] after the final norm. layout (from
    * batchLayout(): attention mask, position ids, packed documents): per-token positions and
    * the first key each query sees; without it every row holds one sequence at positions 0..T-1.
+   * cache: the keys and values of the positions before these T (layout's starts and positions
+   * then index the whole cached sequence); this step's are written into it.
    */
-  forward(ids: Tensor, layout?: HostLayout): Tensor {
+  forward(ids: Tensor, layout?: HostLayout, cache?: KVCache): Tensor {
     let x = this.embed_tokens.forward(ids);
     let cos: Tensor;
     let sin: Tensor;
@@ -315,8 +329,46 @@ export class LlamaModel extends Module {
       const keyStarts = layout.starts ? tensor(layout.starts, { dtype: 'int32', shape: [...ids.shape], device: x.device as DeviceSpec }) : undefined;
       dev = { perToken: layout.positions !== null, keyStarts };
     }
-    for (const layer of this.layers) x = layer.forward(x, cos, sin, dev);
+    let i = 0;
+    for (const layer of this.layers) x = layer.forward(x, cos, sin, dev, cache?.layers[i++]);
+    if (cache) {
+      for (const c of cache.layers) c.length += ids.shape[1];
+    }
     return this.norm.forward(x);
+  }
+}
+
+/** The keys and values of one attention layer, [B, Hkv, maxLength, headDim], filled to `length`. */
+interface LayerCache {
+  k: Tensor;
+  v: Tensor;
+  length: number;
+}
+
+/**
+ * A key/value cache for generate(): per layer, keys and values (after rotary) preallocated to the
+ * longest sequence in the model's dtype and on its device, written in place step by step.
+ */
+class KVCache {
+  readonly layers: LayerCache[];
+
+  constructor(config: LlamaConfig, B: number, maxLength: number, dtype: DType, device: string) {
+    const shape = [B, config.numKeyValueHeads, maxLength, config.headDim];
+    const opts = { dtype: dtype as 'float32', device: device as DeviceSpec };
+    this.layers = [];
+    try {
+      for (let i = 0; i < config.numHiddenLayers; i++) this.layers.push({ k: zeros(shape, opts), v: zeros(shape, opts), length: 0 });
+    } catch (e) {
+      this.dispose();
+      throw e;
+    }
+  }
+
+  dispose(): void {
+    for (const c of this.layers) {
+      c.k.dispose();
+      c.v.dispose();
+    }
   }
 }
 
@@ -334,6 +386,18 @@ export interface GenerateOptions {
   topP?: number;
   /** A row ends after one of these tokens. Default: config.json's eos_token_id; null = never. */
   eosTokenId?: number | number[] | null;
+  /** The token of finished rows (and of the left padding added to shorter rows). Default: config.json's pad_token_id, else the first eosTokenId, else 0. */
+  padTokenId?: number;
+  /** With rows of equal length: 1 = token, 0 = padding (left padding only), as transformers. */
+  attentionMask?: number[][];
+  /** Keep keys and values between steps (default true); false reruns the whole sequence each step. */
+  useCache?: boolean;
+  /** Called after every step with each row's new token (null for a row already finished) and the step number. */
+  onToken?: (tokens: (number | null)[], step: number) => void;
+  /** A row ends at the token that completes one of these strings in its new text (needs decode). */
+  stopStrings?: string[];
+  /** Token ids -> text (e.g. ids => tokenizer.decode(ids)), for stopStrings. */
+  decode?: (ids: number[]) => string;
 }
 
 export interface FromPretrainedOptions {
@@ -440,18 +504,24 @@ export class LlamaForCausalLM extends Module {
   }
 
   /**
-   * Continues each row of inputIds (token ids, rows of equal length; no padding is involved) and
-   * returns the rows with their new tokens, each ending at its first end-of-sequence token. Greedy
-   * by default; with doSample, temperature, top-k and top-p filter the distribution as in
-   * transformers, and the draws come from the global generator (manualSeed makes them repeatable).
-   * Runs without a graph and with dropout off (the modules' training flags are restored after).
-   * Every step runs the whole sequence again (there is no key/value cache): fine for short texts.
+   * Continues each row of inputIds and returns the rows (as given) with their new tokens, each
+   * ending at its first end-of-sequence token or at the token that completes a stop string.
+   * Rows may differ in length: they are left-padded (as transformers' generate wants), or pass
+   * rows of equal length with options.attentionMask (1 = token, 0 = padding, left padding only);
+   * positions come from the mask and padded keys are never attended. Greedy by default; with
+   * doSample, temperature, top-k and top-p filter the distribution as in transformers, and the
+   * draws come from the global generator (manualSeed makes them repeatable). A finished row
+   * takes padTokenId while the others go on. With the key/value cache (the default) the prompt
+   * runs once and every later step runs the one new token per row; useCache: false runs the
+   * whole sequence every step (the same tokens, slower). Runs without a graph and with dropout
+   * off (the modules' training flags are restored after).
    */
   generate(inputIds: number[][], options?: GenerateOptions): number[][] {
     const where = 'LlamaForCausalLM.generate';
-    if (!Array.isArray(inputIds)) throw typeError(where, 'inputIds', 'number[][] (rows of token ids of equal length)', inputIds);
+    if (!Array.isArray(inputIds)) throw typeError(where, 'inputIds', 'number[][] (rows of token ids)', inputIds);
     const o = checkOptions(where, options);
-    checkKnownKeys(where, o, ['maxNewTokens', 'doSample', 'temperature', 'topK', 'topP', 'eosTokenId']);
+    checkKnownKeys(where, o, ['maxNewTokens', 'doSample', 'temperature', 'topK', 'topP', 'eosTokenId', 'padTokenId', 'attentionMask',
+      'useCache', 'onToken', 'stopStrings', 'decode']);
     const maxNew = o.maxNewTokens === undefined ? 20 : checkInt(where, 'options.maxNewTokens', o.maxNewTokens);
     const doSample = o.doSample === undefined ? false : checkBool(where, 'options.doSample', o.doSample);
     const temperature = o.temperature === undefined ? 1 : checkNumber(where, 'options.temperature', o.temperature);
@@ -459,6 +529,9 @@ export class LlamaForCausalLM extends Module {
     const topK = o.topK === undefined ? 50 : checkInt(where, 'options.topK', o.topK);
     const topP = o.topP === undefined ? 1 : checkNumber(where, 'options.topP', o.topP);
     if (!(topP > 0 && topP <= 1)) throw rangeError(where, 'options.topP', 'in (0, 1]', topP);
+    const useCache = o.useCache === undefined ? true : checkBool(where, 'options.useCache', o.useCache);
+    const onToken = o.onToken;
+    if (onToken !== undefined && typeof onToken !== 'function') throw typeError(where, 'options.onToken', 'a function (tokens, step) => void', onToken);
     const V = this.config.vocabSize;
     const eos = new Set<number>();
     const eosGiven = o.eosTokenId === undefined ? this.config.raw.eos_token_id : o.eosTokenId;
@@ -471,51 +544,136 @@ export class LlamaForCausalLM extends Module {
         eos.add(id as number);
       });
     }
-    // The prompt rows are checked (and their length against the model) as forward() checks them.
-    const first = toIds(where, 'inputIds', inputIds, V, 'cpu');
-    first.dispose();
-    checkLength(where, inputIds[0].length + maxNew, this.config);
+    // transformers: pad_token_id, else the (first) end-of-sequence token.
+    let pad: number;
+    if (o.padTokenId !== undefined) {
+      pad = checkInt(where, 'options.padTokenId', o.padTokenId);
+      if (pad < 0 || pad >= V) throw rangeError(where, 'options.padTokenId', `a token id in [0, ${V})`, pad);
+    } else {
+      const p = this.config.raw.pad_token_id;
+      pad = Number.isInteger(p) && (p as number) >= 0 && (p as number) < V ? (p as number) : eos.size ? [...eos][0] : 0;
+    }
+    let stops: string[] = [];
+    let decode: ((ids: number[]) => string) | null = null;
+    if (o.stopStrings !== undefined) {
+      if (!Array.isArray(o.stopStrings) || o.stopStrings.some((x) => typeof x !== 'string' || x.length === 0)) {
+        throw typeError(where, 'options.stopStrings', 'an array of non-empty strings', o.stopStrings);
+      }
+      stops = o.stopStrings as string[];
+      if (stops.length && typeof o.decode !== 'function') {
+        throw typeError(where, 'options.decode', 'a function (ids: number[]) => string (e.g. ids => tokenizer.decode(ids)) with options.stopStrings', o.decode);
+      }
+      decode = o.decode as (ids: number[]) => string;
+    } else if (o.decode !== undefined && typeof o.decode !== 'function') {
+      throw typeError(where, 'options.decode', 'a function (ids: number[]) => string', o.decode);
+    }
 
-    const rows = inputIds.map((r) => r.slice());
+    // The prompt: rows as given, left-padded to one length when they differ.
+    const B = inputIds.length;
+    if (B === 0) throw rangeError(where, 'inputIds', 'at least one row', inputIds);
+    inputIds.forEach((r, b) => {
+      if (!Array.isArray(r) || r.length === 0) throw rangeError(where, `inputIds[${b}]`, 'a non-empty array of token ids', r);
+    });
+    const T0 = Math.max(...inputIds.map((r) => r.length));
+    let mask: number[][];
+    let prompt: number[][];
+    if (o.attentionMask !== undefined) {
+      prompt = inputIds.map((r) => r.slice());
+      // Rows of one length with a mask (checked as forward() checks them).
+      toIds(where, 'inputIds', prompt, V, 'cpu').dispose();
+      const m = intMatrix(where, 'options.attentionMask', o.attentionMask, B, inputIds[0].length);
+      mask = prompt.map((_, b) => Array.from(m.subarray(b * T0, b * T0 + T0)));
+      batchLayout(where, { attentionMask: mask }, B, T0, this.config); // values 0/1, no row all padding
+      mask.forEach((row, b) => {
+        const first = row.indexOf(1);
+        if (first >= 0 && row.slice(first).some((x) => x !== 1)) {
+          throw rangeError(where, `options.attentionMask[${b}]`, 'left padding (zeros, then ones to the end: generate continues the last token)', row);
+        }
+      });
+    } else {
+      prompt = inputIds.map((r) => [...new Array<number>(T0 - r.length).fill(pad), ...r]);
+      mask = inputIds.map((r) => [...new Array<number>(T0 - r.length).fill(0), ...new Array<number>(r.length).fill(1)]);
+    }
+    // The prompt rows are checked (and their length against the model) as forward() checks them.
+    const first = toIds(where, 'inputIds', prompt, V, 'cpu');
+    first.dispose();
+    checkLength(where, T0 + maxNew, this.config);
+    const padded = mask.some((row) => row[0] === 0);
+    const promptLayout = padded ? batchLayout(where, { attentionMask: mask }, B, T0, this.config) : undefined;
+    const padCount = mask.map((row) => row.indexOf(1));
+
+    const rows = prompt.map((r) => r.slice());
+    const fresh: number[][] = inputIds.map(() => []);
     const done = rows.map(() => false);
     const modes = [...this.modules()].map((m) => [m, m.training] as const);
     this.eval();
+    let cache: KVCache | null = null;
     try {
       noGrad(() => {
+        if (useCache && maxNew > 0) cache = new KVCache(this.config, B, T0 + maxNew, this.model.embed_tokens.weight.dtype, this.device());
         for (let step = 0; step < maxNew && done.some((d) => !d); step++) {
           // Each step's tensors (the rotary tables among them) are freed when it ends.
-          const logits = tidy(() => this.lastLogits(rows));
-          const u = doSample ? rand([rows.length]).toArray() : null;
-          rows.forEach((row, b) => {
-            // Finished rows still run (the batch keeps one length); their tokens are dropped below.
+          const logits = tidy(() => {
+            if (!cache) return this.lastLogits(rows, padded ? { attentionMask: rows.map((r, b) => [...mask[b], ...new Array<number>(r.length - T0).fill(1)]) } : undefined);
+            if (step === 0) return this.stepLogits(prompt, promptLayout, cache);
+            // One new token per row at position (its real tokens so far); it sees its row's keys
+            // from the first real one on.
+            const T = rows[0].length;
+            const positions = Int32Array.from(padCount, (p) => T - 1 - p);
+            const starts = Int32Array.from(padCount);
+            return this.stepLogits(rows.map((r) => [r[T - 1]]), { positions, starts, predicts: new Uint8Array(B) }, cache);
+          });
+          const u = doSample ? rand([B]).toArray() : null;
+          const picked: (number | null)[] = rows.map((row, b) => {
+            // Finished rows still run (the batch keeps one length) on padding (as transformers).
             const l = logits.subarray(b * V, (b + 1) * V);
-            row.push(doSample ? sampleToken(l, temperature, topK, topP, u![b]) : argmax(l));
+            const id = doSample ? sampleToken(l, temperature, topK, topP, u![b]) : argmax(l);
+            if (done[b]) {
+              row.push(pad);
+              return null;
+            }
+            row.push(id);
+            fresh[b].push(id);
+            return id;
           });
-          rows.forEach((row, b) => {
-            if (!done[b] && eos.has(row[row.length - 1])) done[b] = true;
+          picked.forEach((id, b) => {
+            if (id === null) return;
+            if (eos.has(id)) done[b] = true;
+            else if (decode && stops.length) {
+              const text = decode(fresh[b]);
+              if (stops.some((x) => text.includes(x))) done[b] = true;
+            }
           });
+          if (onToken) onToken(picked, step);
         }
       });
     } finally {
+      if (cache) (cache as KVCache).dispose();
       for (const [m, t] of modes) m.training = t;
     }
-    // Cut each row after its first end-of-sequence token among the new ones.
-    const T0 = inputIds[0].length;
-    return rows.map((row) => {
-      const k = row.findIndex((id, i) => i >= T0 && eos.has(id));
-      return k < 0 ? row : row.slice(0, k + 1);
-    });
+    return inputIds.map((r, b) => [...r, ...fresh[b]]);
   }
 
-  /** Logits [B, vocab] of the last position of each row, on the host. */
-  private lastLogits(rows: number[][]): Float32Array | Float64Array {
-    const B = rows.length;
-    const T = rows[0].length;
-    const D = this.config.hiddenSize;
+  /** Logits [B, vocab] of the last position of each row, on the host (no cache). */
+  private lastLogits(rows: number[][], options?: BatchOptions): Float32Array | Float64Array {
     const ids = tensor(rows, { dtype: 'int32', device: this.device() as DeviceSpec });
-    const hidden = this.model.forward(ids);
+    const layout = options ? batchLayout('LlamaForCausalLM.generate', options, rows.length, rows[0].length, this.config) : undefined;
+    const hidden = this.model.forward(ids, layout);
     ids.dispose();
-    // Only the last position goes through the head: read the hidden states back, keep one row each.
+    return this.headLast(hidden);
+  }
+
+  /** The same for rows run through the cache (holding the positions before them). */
+  private stepLogits(rows: number[][], layout: HostLayout | undefined, cache: KVCache): Float32Array | Float64Array {
+    const ids = tensor(rows, { dtype: 'int32', device: this.device() as DeviceSpec });
+    const hidden = this.model.forward(ids, layout, cache);
+    ids.dispose();
+    return this.headLast(hidden);
+  }
+
+  /** Only the last position goes through the head: read the hidden states back, keep one row each. */
+  private headLast(hidden: Tensor): Float32Array | Float64Array {
+    const [B, T, D] = hidden.shape;
     const h = hidden.toArray();
     hidden.dispose();
     const last = new (h.constructor as Float32ArrayConstructor)(B * D);

@@ -333,12 +333,18 @@ export function rotaryTables(T: number, headDim: number, options: RotaryTablesOp
 // ================================================================ attention
 
 export interface AttentionOptions {
-  /** Query i sees keys 0..i (needs S == T). Default true. */
+  /**
+   * Query i sees keys 0..i + S - T (needs S >= T). Default true. With S == T that is keys 0..i;
+   * with S > T the queries are the last T of S positions (bottom-right aligned, as
+   * flash-attention: a decode step over cached keys). torch's is_causal aligns top-left instead,
+   * so S > T differs from it; S < T is refused.
+   */
   causal?: boolean;
   /** Multiplies q k^T before the softmax. Default 1 / sqrt(Dh). */
   scale?: number;
   /**
-   * int32 [B, T], causal only: query i of row b sees keys keyStarts[b][i]..i (0 <= value <= i).
+   * int32 [B, T], causal only: query i of row b sees keys keyStarts[b][i]..i + S - T
+   * (0 <= value <= i + S - T).
    * Expresses padding (a padded query sees itself) and packed documents (each token's document
    * start) without a [T, T] mask; LlamaForCausalLM builds it from attentionMask / positionIds.
    */
@@ -349,7 +355,7 @@ export interface AttentionOptions {
  * softmax(scale * q k^T [+ causal mask]) v with grouped KV heads:
  * q [B, Hq, T, Dh], k [B, Hkv, S, Dh], v [B, Hkv, S, Dv] (Dv is usually Dh) -> [B, Hq, T, Dv].
  * Hq must be a multiple of Hkv; query head h reads kv head floor(h / (Hq / Hkv)), as
- * transformers' repeat_kv. Causal masking (the default) needs S == T. The softmax is
+ * transformers' repeat_kv. Causal masking (the default) needs S >= T (bottom-right aligned). The softmax is
  * max-subtracted; forward keeps only the row logsumexp [B, Hq, T] and backward recomputes
  * the probabilities from it. Gradients for q, k and v, each only when needed.
  */
@@ -379,15 +385,15 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, optio
   checkKnownKeys(where, o, ['causal', 'scale', 'keyStarts']);
   const causal = o.causal === undefined ? true : checkBool(where, 'options.causal', o.causal);
   const scale = o.scale === undefined ? (Dh > 0 ? 1 / Math.sqrt(Dh) : 1) : checkNumber(where, 'options.scale', o.scale);
-  if (causal && S !== T) {
-    throw rangeError(where, 'k.shape[2] (key length)', `${T} (q.shape[2]) with causal masking (or pass { causal: false })`, S);
+  if (causal && S < T) {
+    throw rangeError(where, 'k.shape[2] (key length)', `at least ${T} (q.shape[2]) with causal masking (or pass { causal: false })`, S);
   }
-  const starts = o.keyStarts === undefined ? null : checkKeyStarts(where, o.keyStarts, q, causal);
+  const starts = o.keyStarts === undefined ? null : checkKeyStarts(where, o.keyStarts, q, causal, S - T);
   return ops.attention(q, k, v, causal, scale, starts);
 }
 
 /** options.keyStarts: an int32 tensor [B, T] on q's device, causal, each value in [0, i]. */
-function checkKeyStarts(where: string, st: unknown, q: Tensor, causal: boolean): Tensor {
+function checkKeyStarts(where: string, st: unknown, q: Tensor, causal: boolean, off: number): Tensor {
   const [B, , T] = q.shape;
   if (!(st instanceof Tensor)) throw typeError(where, 'options.keyStarts', `an int32 tensor [${B}, ${T}]`, st);
   st._checkLive(where, 'options.keyStarts');
@@ -398,7 +404,7 @@ function checkKeyStarts(where: string, st: unknown, q: Tensor, causal: boolean):
   if (!causal) throw rangeError(where, 'options.causal', 'true with options.keyStarts', false);
   const flat = st._int32Values(where);
   for (let n = 0; n < flat.length; n++) {
-    const i = n % T;
+    const i = (n % T) + off;
     if (flat[n] < 0 || flat[n] > i) throw rangeError(where, `options.keyStarts${multiIndex([B, T], n)}`, `a key index in [0, ${i}] (at most the query's own position)`, flat[n]);
   }
   return st;

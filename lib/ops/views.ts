@@ -142,3 +142,14 @@ export const triangle = defineFunction<[x: Tensor, k: number, upper: boolean], {
     return [triangle(g, ctx.k, ctx.upper), null, null];
   },
 });
+
+/**
+ * src written into dst at `start` along `dim`, in place and outside the graph (a preallocated
+ * key/value cache filled step by step); shapes are checked by the caller: src has dst's shape
+ * except along dim, where start + src.shape[dim] <= dst.shape[dim].
+ */
+export function writeAlong_(dst: Tensor, src: Tensor, dim: number, start: number): void {
+  if (src.numel === 0) return;
+  const st = stridesOf(dst.shape);
+  native.stridedWrite(dst._h, src.shape.slice(), st, start * st[dim], src._h);
+}

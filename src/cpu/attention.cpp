@@ -45,18 +45,22 @@ struct AttnDims {
   int64_t B, Hq, Hkv, T, S, Dh, Dv, group;
   AttnDims(const Tensor& q, const Tensor& v)
       : B(q.shape[0]), Hq(q.shape[1]), Hkv(v.shape[1]), T(q.shape[2]), S(v.shape[2]),
-        Dh(q.shape[3]), Dv(v.shape[3]), group(v.shape[1] ? q.shape[1] / v.shape[1] : 1) {}
+        Dh(q.shape[3]), Dv(v.shape[3]), group(v.shape[1] ? q.shape[1] / v.shape[1] : 1),
+        off(S > T ? S - T : 0) {}
+  // Causal alignment (bottom-right): query i sits at key position i + off, off = S - T >= 0
+  // (0 when S == T; S > T is a decode step over cached keys).
+  int64_t off;
   // Flat index of the kv head read by query slice bh = b * Hq + h.
   int64_t kv_of(int64_t bh) const { return (bh / Hq) * Hkv + (bh % Hq) / group; }
   // Keys visible to query row i.
-  int64_t visible(int64_t i, bool causal) const { return causal ? std::min(i + 1, S) : S; }
+  int64_t visible(int64_t i, bool causal) const { return causal ? std::min(i + off + 1, S) : S; }
 };
 
-// First key visible to query row i of batch row b: starts[b, i] (clamped into [0, i], so
+// First key visible to query row i of batch row b: starts[b, i] (clamped into [0, i + off], so
 // a bad value cannot reach outside the row), or 0 without starts.
-inline int64_t first_key(const int32_t* st, int64_t b, int64_t T, int64_t i) {
+inline int64_t first_key(const int32_t* st, int64_t b, int64_t T, int64_t i, int64_t off) {
   if (!st) return 0;
-  return std::max<int64_t>(0, std::min<int64_t>(st[b * T + i], i));
+  return std::max<int64_t>(0, std::min<int64_t>(st[b * T + i], i + off));
 }
 
 template <typename T>
@@ -79,7 +83,7 @@ void attn_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal
     for (int64_t r = r0; r < r1; ++r) {
       int64_t i = r % a.T, bh = r / a.T, kv = a.kv_of(bh);
       int64_t jn = a.visible(i, causal);
-      const int64_t j0 = first_key(st, bh / a.Hq, a.T, i);
+      const int64_t j0 = first_key(st, bh / a.Hq, a.T, i, a.off);
       T* o = po + r * a.Dv;
       std::fill_n(o, a.Dv, T(0));
       if (jn == 0) {  // no keys: a zero row, as softmax over nothing times nothing
@@ -150,7 +154,7 @@ void attn_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const T
       for (int64_t i = 0; i < a.T; ++i) {
         int64_t r = bh * a.T + i;
         int64_t jn = a.visible(i, causal);
-        const int64_t j0 = first_key(st, bh / a.Hq, a.T, i);
+        const int64_t j0 = first_key(st, bh / a.Hq, a.T, i, a.off);
         const T* qi = pq + r * a.Dh;
         const T* gi = pg + r * a.Dv;
         T* dqi = pdq ? pdq + r * a.Dh : nullptr;

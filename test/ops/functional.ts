@@ -131,6 +131,24 @@ for (const { B, Hq, Hkv, T, D, rows } of [
   });
 }
 
+// Causal with S > T (bottom-right aligned: the queries are the last T of S positions, a decode
+// step over cached keys), with and without keyStarts (left padding of the cached keys).
+for (const { B, Hq, Hkv, T, S, D, starts, grad } of [
+  { B: 2, Hq: 4, Hkv: 2, T: 1, S: 5, D: 3, starts: null, grad: true },
+  { B: 2, Hq: 2, Hkv: 1, T: 3, S: 7, D: 4, starts: [2, 2, 2, 0, 0, 0], grad: true },
+  { B: 2, Hq: 4, Hkv: 2, T: 1, S: 6, D: 3, starts: [3, 1], grad: true },
+  { B: 2, Hq: 4, Hkv: 2, T: 1, S: 70, D: 16, starts: [33, 0], grad: false },
+  { B: 1, Hq: 2, Hkv: 1, T: 20, S: 57, D: 64, starts: null, grad: false },
+  { B: 1, Hq: 6, Hkv: 2, T: 5, S: 40, D: 264, starts: [7, 7, 7, 7, 7], grad: false },
+]) {
+  attentionSamples.push({
+    name: `causal S > T B${B} Hq${Hq} Hkv${Hkv} T${T} S${S} D${D}${starts ? ' with keyStarts' : ''}`,
+    inputs: [I([B, Hq, T, D]), I([B, Hkv, S, D]), I([B, Hkv, S, D]), ...(starts ? [ids([B, T], starts)] : [])],
+    call: ([q, k, v, st]) => F.scaledDotProductAttention(q, k, v, st ? { causal: true, keyStarts: st } : { causal: true }),
+    ...(grad ? {} : { gradcheck: false }),
+  });
+}
+
 type AttentionOpts = Parameters<typeof F.scaledDotProductAttention>[3];
 const q4 = () => f64([1, 4, 3, 2]);
 const k2 = () => f64([1, 2, 3, 2]);
@@ -346,8 +364,8 @@ export const FUNCTIONAL_OPS: OpInfo[] = [
       { name: 'another head dim in k', call: () => F.scaledDotProductAttention(q4(), f64([1, 2, 3, 3]), k2()), type: RangeError, message: /k.shape\[3\] \(head dim\) must be 2 \(q.shape\[3\]\), got 3/ },
       { name: 'another batch in k', call: () => F.scaledDotProductAttention(q4(), f64([2, 2, 3, 2]), k2()), type: RangeError, message: /k.shape\[0\] \(batch\) must be 1/ },
       { name: 'v of another length', call: () => F.scaledDotProductAttention(q4(), k2(), f64([1, 2, 4, 2])), type: RangeError, message: /v.shape must be \[1, 2, 3, Dv\]/ },
-      { name: 'S != T with causal masking', call: () => F.scaledDotProductAttention(q4(), f64([1, 2, 5, 2]), f64([1, 2, 5, 2])), type: RangeError,
-        message: /k.shape\[2\] \(key length\) must be 3 \(q.shape\[2\]\) with causal masking/ },
+      { name: 'S < T with causal masking', call: () => F.scaledDotProductAttention(q4(), f64([1, 2, 2, 2]), f64([1, 2, 2, 2])), type: RangeError,
+        message: /k.shape\[2\] \(key length\) must be at least 3 \(q.shape\[2\]\) with causal masking/ },
       { name: 'float32 k for float64 q', call: () => F.scaledDotProductAttention(q4(), zeros([1, 2, 3, 2]), k2()), type: TypeError, message: /q is float64 but k is float32/ },
       { name: 'a misspelt option', call: () => F.scaledDotProductAttention(q4(), k2(), k2(), { casual: true } as AttentionOpts), type: TypeError, message: /unknown option "casual"/ },
       { name: 'a string scale', call: () => F.scaledDotProductAttention(q4(), k2(), k2(), { scale: '1' } as unknown as AttentionOpts), type: TypeError, message: /options.scale must be a number/ },
