@@ -712,6 +712,31 @@ describe('lora-cuda generate', () => {
     expect(s1.stderr).toMatch(/sampled at temperature 2\)$/m);
   });
 
+  test('the text streams while generate runs, in pieces that join to the whole output', async () => {
+    const c = capture();
+    const chunks: { text: string; during: boolean }[] = [];
+    let during = false;
+    const io: CliIO = { ...c.io, stdout: (t) => chunks.push({ text: t, during }) };
+    const real = LlamaForCausalLM.prototype.generate;
+    const spy = jest.spyOn(LlamaForCausalLM.prototype, 'generate').mockImplementation(function (this: LlamaForCausalLM, ...args) {
+      during = true;
+      try {
+        return real.apply(this, args);
+      } finally {
+        during = false;
+      }
+    });
+    try {
+      expect(await main(['generate', '--model', modelDir, '--prompt', prompt, '--max-new-tokens', '8', '--device', 'cpu'], io)).toBe(0);
+    } finally {
+      spy.mockRestore();
+    }
+    expect(chunks.map((k) => k.text).join('')).toBe(await expected({}));
+    expect(chunks.filter((k) => k.during).length).toBeGreaterThan(1);
+    // Each piece before the end stops after a space or a newline (transformers' TextStreamer).
+    for (const k of chunks.slice(0, -2)) expect(k.text).toMatch(/[ \n]$/);
+  });
+
   test('--chat: the prompt as a user message through the checkpoint\'s template with the generation prompt; the reply alone is printed', async () => {
     const tok = await loadTokenizer(modelDir);
     const rendered = tok.applyChatTemplate([{ role: 'user', content: prompt }], { addGenerationPrompt: true });

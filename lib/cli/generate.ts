@@ -48,8 +48,8 @@ export async function generateCommand(argv: string[], io: CliIO): Promise<number
     io.stdout(helpText('generate', `${COMMAND_TEXT.generate.summary}\n\n` +
       'Prints the prompt and its continuation; with --chat, the prompt goes through the chat template as a user\n' +
       'message and only the reply is printed. Generation stops at the end-of-sequence token (config.json\'s\n' +
-      'eos_token_id, or tokenizer_config.json\'s eos_token) or after --max-new-tokens. Each step runs the whole\n' +
-      'sequence again (no key/value cache), which suits short texts.', SPECS,
+      'eos_token_id, or tokenizer_config.json\'s eos_token) or after --max-new-tokens. The text is printed as it\n' +
+      'is generated (up to the last space, as transformers\' TextStreamer does), with a key/value cache.', SPECS,
     COMMAND_TEXT.generate.usage));
     return 0;
   }
@@ -119,14 +119,38 @@ export async function generateCommand(argv: string[], io: CliIO): Promise<number
     }
   }
 
+  // Streaming: the shown ids decoded after each step, printed up to the last space (a token may
+  // change how the text before it decodes: a merged character, a space the decoder removes), the
+  // rest at the end; what is printed is always a prefix of the whole decoded text.
+  const shownIds = a.chat ? [] : ids.slice();
+  const decode = (t: number[]) => (t.length ? tokenizer.decode(t, { skip_special_tokens: true }) : '');
+  let printed = '';
+  const show = (text: string, all: boolean) => {
+    if (!text.startsWith(printed)) {
+      // Never seen with the decoders of Llama-family tokenizers; the whole text then follows on a line of its own.
+      if (all) io.stdout(`\n${text}`);
+      return;
+    }
+    const upTo = all || text.endsWith('\n') ? text.length : text.lastIndexOf(' ') + 1;
+    if (upTo > printed.length) {
+      io.stdout(text.slice(printed.length, upTo));
+      printed = text.slice(0, upTo);
+    }
+  };
   manualSeed(a.seed!);
   const t0 = performance.now();
   let out: number[];
   try {
+    show(decode(shownIds), false);
     out = model.generate([ids], {
       maxNewTokens: a.maxNewTokens,
       ...(a.temperature! > 0 ? { doSample: true, temperature: a.temperature, topK: a.topK, topP: a.topP } : {}),
       eosTokenId: eos,
+      onToken: ([token]) => {
+        if (token === null) return;
+        shownIds.push(token);
+        show(decode(shownIds), false);
+      },
     })[0];
   } catch (e) {
     if ((e as { code?: string }).code === 'ERR_OUT_OF_MEMORY') throw new CliError('out of memory: use a shorter --prompt or fewer --max-new-tokens');
@@ -135,7 +159,8 @@ export async function generateCommand(argv: string[], io: CliIO): Promise<number
   }
   const secs = (performance.now() - t0) / 1000;
   const added = out.length - ids.length;
-  io.stdout(`${tokenizer.decode(a.chat ? out.slice(ids.length) : out, { skip_special_tokens: true })}\n`);
+  show(decode(a.chat ? out.slice(ids.length) : out), true);
+  io.stdout('\n');
   io.stderr(`${added} new token${added === 1 ? '' : 's'} in ${secs.toFixed(2)} s (${(added / Math.max(secs, 1e-9)).toFixed(1)} tokens/s, ${device}` +
     `${a.adapter !== undefined ? `, adapter ${a.adapter}` : ''}${a.temperature! > 0 ? `, sampled at temperature ${a.temperature}` : ', greedy'})\n`);
   return 0;
