@@ -1473,6 +1473,22 @@ export function mergeAndUnload<M extends Module>(model: M, options?: { safe?: bo
   const o = checkOptions(where, options);
   checkKnownKeys(where, o, ['safe']);
   mergeLora(model, o.safe === undefined ? undefined : { safe: checkBool(where, 'options.safe', o.safe) });
+  return unloadLayers(model);
+}
+
+/**
+ * PEFT's unload: removes every LoRA layer without merging, putting each wrapped Linear back in its
+ * place. As in PEFT, an adapter merged before stays in its weight (unmergeLora first to get the base
+ * weights back). The adapters' tensors are freed. Returns the model (the wrapped Linear when the model
+ * itself is a LoRALinear).
+ */
+export function unload<M extends Module>(model: M): M | Linear {
+  if (!(model instanceof Module)) throw typeError('unload', 'model', 'a Module', model);
+  return unloadLayers(model);
+}
+
+/** What mergeAndUnload and unload share (PEFT's _unload_and_optionally_merge after any merge). */
+function unloadLayers<M extends Module>(model: M): M | Linear {
   const layers = loraLayers(model);
   for (const [name, m] of layers) dropLayer(model, name, m);
   for (const [name, m] of loraEmbeddingLayers(model)) dropLayer(model, name, m);
@@ -1487,20 +1503,3 @@ function unwrapModulesToSave(model: Module): void {
   for (const [name, w] of modulesToSaveLayers(model)) if (name !== '') model.setSubmodule(name, w.modulesToSave);
 }
 
-/**
- * PEFT's unload: removes every LoRA layer without merging, putting each wrapped Linear back in its
- * place. A merged adapter is unmerged first, so the weights are the base model's again (PEFT would
- * keep a merged adapter's update in the weight). The adapters' tensors are freed. Returns the model
- * (the wrapped Linear when the model itself is a LoRALinear).
- */
-export function unload<M extends Module>(model: M): M | Linear {
-  if (!(model instanceof Module)) throw typeError('unload', 'model', 'a Module', model);
-  unmergeLora(model);
-  const layers = loraLayers(model);
-  for (const [name, m] of layers) dropLayer(model, name, m);
-  for (const [name, m] of loraEmbeddingLayers(model)) dropLayer(model, name, m);
-  const root = layers.find(([n]) => n === '');
-  unwrapModulesToSave(model);
-  dropStored(model);
-  return root ? root[1].origLinear : model;
-}

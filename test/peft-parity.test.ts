@@ -76,14 +76,20 @@ describe('mergeAndUnload and unload', () => {
     for (const l of layers) expect(l.A).toBeNull();
   });
 
-  test('unload gives the base model back, unmerging a merged adapter first', () => {
+  test('unload removes the adapters without merging; an adapter merged before stays in the weight, as PEFT', () => {
     const { model, x } = adapted();
     const base = new Sequential(...loraLayers(model).map(([, l]) => l.origLinear));
     const want = noGrad(() => base.forward(x) as Tensor).toArray();
-    mergeLora(model);
     unload(model);
     expect(loraLayers(model)).toEqual([]);
     expect(maxAbsDiff(noGrad(() => model.forward(x) as Tensor).toArray(), want)).toBeLessThan(1e-6);
+
+    const merged = adapted();
+    const adaptedOut = noGrad(() => merged.model.forward(merged.x) as Tensor).toArray();
+    mergeLora(merged.model);
+    unload(merged.model);
+    expect(loraLayers(merged.model)).toEqual([]);
+    expect(maxAbsDiff(noGrad(() => merged.model.forward(merged.x) as Tensor).toArray(), adaptedOut)).toBeLessThan(1e-5);
   });
 
   test('a model that is itself a LoRALinear gives back its Linear', () => {
