@@ -11,6 +11,7 @@ import { COMMAND_TEXT } from '../lib/cli/commands';
 import { BENCH_SHAPES, cpuSlug, runBenchmarks } from './cpu';
 import { gpuSlug, runCudaBenchmarks } from './cuda';
 import { allReduceSlug, runAllReduceBenchmark } from './allreduce';
+import { runGenerateBench } from './generate';
 import { launchEnv } from '../lib/distributed';
 
 const SPECS = {
@@ -20,6 +21,7 @@ const SPECS = {
   results: { type: 'string', metavar: 'DIR', help: 'also write the results as JSON into DIR, in a file named after the machine (cpu-<cpu>-<blas>.json, cuda-<gpu>.json; -quick with --quick)' },
   allreduce: { type: 'boolean', help: 'instead: time the allReduce of a 7B model\'s LoRA gradients (r 16 on q, k, v, o of 32 layers) between --nproc MPI ranks on this machine (mpirun)' },
   nproc: { type: 'number', integer: true, min: 2, metavar: 'N', help: 'with --allreduce: ranks (default 2)' },
+  generate: { type: 'boolean', help: 'instead: LlamaForCausalLM.generate tokens/s with and without the key/value cache on the CPU, 256 new tokens per row (16 with --quick) (generate-cpu-<cpu>.json)' },
 } satisfies Specs;
 
 // Not in --help: a single tiny shape, so tests can run the command in a moment.
@@ -73,6 +75,12 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
   const results = a.results === undefined ? undefined : path.resolve(a.results);
   if (results !== undefined) checkWritableDir(results, results, '--results DIR');
   if (a.allreduce) return allReduceBench(a, io, json, results);
+  if (a.generate) {
+    if (a.device !== undefined && a.device !== 'cpu') throw new UsageError('--generate runs on the CPU: leave out --device or give --device cpu');
+    const r = runGenerateBench(a.quick ? 16 : 256, a.quick ? 1 : 3, (l) => io.stdout(l + '\n'));
+    writeResults(io, r, [json, results === undefined ? undefined : path.join(results, `generate-cpu-${cpuSlug(r.machine.cpu)}${a.quick ? '-quick' : ''}.json`)]);
+    return 0;
+  }
   const shapes = a.shapes as 'full' | 'quick' | 'tiny' | undefined;
   const log = (line: string) => io.stdout(line + '\n');
   let result: object;
@@ -95,10 +103,14 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
     machine = `cpu-${cpuSlug(r.machine.cpu)}-${r.backend.blas}`;
   }
   if (io.isTTY) io.stderr('\r\x1b[K');
-  const files = [json, results === undefined ? undefined : path.join(results, resultFileName(machine, { quick: a.quick, shapes }))];
+  writeResults(io, result, [json, results === undefined ? undefined : path.join(results, resultFileName(machine, { quick: a.quick, shapes }))]);
+  return 0;
+}
+
+/** Writes a result as JSON to each file given. A plain write: a benchmark result is cheap to measure again if it is cut short. */
+function writeResults(io: CliIO, result: object, files: (string | undefined)[]): void {
   for (const file of files) {
     if (file === undefined) continue;
-    // A plain write: a benchmark result is cheap to measure again if it is cut short.
     try {
       fs.writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
     } catch (e) {
@@ -106,7 +118,6 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
     }
     io.stdout(`wrote ${path.relative(process.cwd(), file) || file}\n`);
   }
-  return 0;
 }
 
 /**
@@ -123,14 +134,6 @@ async function allReduceBench(a: { quick: boolean; nproc?: number; device?: stri
   }
   const r = runAllReduceBenchmark({ quick: a.quick, log: (l) => io.stdout(l + '\n') });
   if (env.rank !== 0) return 0;
-  for (const file of [json, results === undefined ? undefined : path.join(results, `${allReduceSlug(r)}${a.quick ? '-quick' : ''}.json`)]) {
-    if (file === undefined) continue;
-    try {
-      fs.writeFileSync(file, JSON.stringify(r, null, 2) + '\n');
-    } catch (e) {
-      throw new CliError(`cannot write ${file}: ${(e as Error).message}`);
-    }
-    io.stdout(`wrote ${path.relative(process.cwd(), file) || file}\n`);
-  }
+  writeResults(io, r, [json, results === undefined ? undefined : path.join(results, `${allReduceSlug(r)}${a.quick ? '-quick' : ''}.json`)]);
   return 0;
 }

@@ -1,11 +1,8 @@
-// `npm run bench:generate`: LlamaForCausalLM.generate tokens/s with and without the key/value cache
-// on the CPU, for a small randomly initialised model (the weights do not change the work per token).
-// Writes bench/results/generate-cpu-<cpu>.json (the machine named in the file and its name).
-import * as fs from 'fs';
+// `lora-cuda bench --generate` (`npm run bench -- --generate`): LlamaForCausalLM.generate tokens/s with
+// and without the key/value cache on the CPU, for a small randomly initialised model (the weights do not
+// change the work per token). --results writes generate-cpu-<cpu>.json (the machine named in it).
 import * as os from 'os';
-import * as path from 'path';
 import { LlamaForCausalLM, backendInfo, manualSeed } from '../lib';
-import { cpuSlug } from './cpu';
 
 /** The model: 4 layers, hidden 256, 4 query heads over 2 kv heads, vocab 2048. */
 export const GENERATE_BENCH_CONFIG = {
@@ -53,13 +50,4 @@ export function runGenerateBench(newTokens = 256, reps = 3, log: (s: string) => 
     reps,
     rows,
   };
-}
-
-if (require.main === module) {
-  const result = runGenerateBench(256, 3, (s) => console.log(s));
-  const dir = path.join(__dirname, '..', '..', 'bench', 'results');
-  const file = path.join(dir, `generate-cpu-${cpuSlug(result.machine.cpu)}.json`);
-  fs.mkdirSync(dir, { recursive: true });
-  fs.writeFileSync(file, JSON.stringify(result, null, 2) + '\n');
-  console.log(`wrote ${path.relative(process.cwd(), file)}`);
 }

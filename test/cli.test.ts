@@ -499,6 +499,20 @@ describe('lora-cuda bench', () => {
     expect(files[0]).toBe(`cpu-${json.machine.cpu.toLowerCase().replace(/\(r\)|\(tm\)|cpu|@.*$/g, '').replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '')}-${json.backend.blas}-tiny.json`);
   });
 
+  test('--generate times generate with and without the key/value cache', async () => {
+    const file = path.join(tmp, 'bench', 'generate.json');
+    const r = await run(['bench', '--generate', '--quick', '--json', file]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const json = JSON.parse(fs.readFileSync(file, 'utf8'));
+    expect(json.rows.map((row: { batch: number; useCache: boolean }) => [row.batch, row.useCache])).toEqual([[1, true], [1, false], [4, true], [4, false]]);
+    for (const row of json.rows) {
+      expect(row.newTokens).toBe(16);
+      expect(row.tokensPerSecond).toBeCloseTo((row.batch * 16) / (row.ms / 1000), 6);
+    }
+    expect(json.machine.cpu).toEqual(expect.any(String));
+  });
+
   test('the benchmarks are outside the library: lib/ only dispatches to them, the binding keeps them apart', () => {
     const files = (dir: string): string[] => fs.readdirSync(dir, { withFileTypes: true })
       .flatMap((d) => (d.isDirectory() ? files(path.join(dir, d.name)) : d.name.endsWith('.ts') ? [path.join(dir, d.name)] : []));
