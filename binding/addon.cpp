@@ -13,10 +13,12 @@
 
 #include "../src/backend.h"
 #include "../src/cuda_api.h"
+#include "../src/half.h"
 #include "../src/ops.h"
 #include "bench.h"
 #include "distributed.h"
 #include "glue.h"
+#include "../src/half.h"
 
 namespace {
 
@@ -220,8 +222,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     if (!a[0].IsTypedArray()) throw Napi::TypeError::New(a.Env(), "fromArray: expected a typed array");
     Napi::TypedArray ta = a[0].As<Napi::TypedArray>();
     lc::DType dt = dtype_arg(a[2]);
+    // The halves come as their raw 16-bit patterns (a Uint16Array): safetensors data loads
+    // without passing through float32.
     napi_typedarray_type want = dt == lc::DType::F64   ? napi_float64_array
                                 : dt == lc::DType::I32 ? napi_int32_array
+                                : lc::is_half(dt)      ? napi_uint16_array
                                                        : napi_float32_array;
     if (ta.TypedArrayType() != want)
       throw Napi::TypeError::New(a.Env(), "fromArray: typed array type does not match dtype");
@@ -246,12 +251,32 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
         lc::ops::to_host(t, out.Data(), n * 8);
         return out;
       }
+      case lc::DType::BF16:
+      case lc::DType::F16: {  // as float32 numbers (exact: every half is a float32)
+        std::vector<uint16_t> bits(n);
+        lc::ops::to_host(t, bits.data(), n * 2);
+        auto out = Napi::Float32Array::New(env, n);
+        const bool bf = t.dtype == lc::DType::BF16;
+        for (size_t i = 0; i < n; ++i)
+          out[i] = bf ? lc::bf16_bits_to_float(bits[i]) : lc::f16_bits_to_float(bits[i]);
+        return out;
+      }
       default: {
         auto out = Napi::Int32Array::New(env, n);
         lc::ops::to_host(t, out.Data(), n * 4);
         return out;
       }
     }
+  });
+  // The raw 16-bit patterns of a bfloat16 or float16 tensor (what safetensors stores).
+  def("toHalfBits", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    const Tensor& t = T(a[0], "toHalfBits");
+    if (!lc::is_half(t.dtype))
+      throw Napi::TypeError::New(a.Env(), "toHalfBits: expected a bfloat16 or float16 tensor");
+    size_t n = static_cast<size_t>(t.numel());
+    auto out = Napi::Uint16Array::New(a.Env(), n);
+    lc::ops::to_host(t, out.Data(), n * 2);
+    return out;
   });
   def("random", [](const Napi::CallbackInfo& a) {
     return wrap(a.Env(), lc::ops::random(shape_arg(a[0], "shape"), dtype_arg(a[1]),

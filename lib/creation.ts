@@ -35,6 +35,9 @@ const ARRAY_OF: Record<DType, Float32ArrayConstructor | Float64ArrayConstructor 
   float32: Float32Array,
   float64: Float64Array,
   int32: Int32Array,
+  // The halves are written from float32 numbers and rounded to nearest even natively.
+  bfloat16: Float32Array,
+  float16: Float32Array,
 };
 
 function inferDataShape(data: unknown): number[] {

@@ -54,9 +54,11 @@ export interface NativeEnums {
 export interface Binding {
   enums: NativeEnums;
   full(shape: number[], dtype: number, devType: number, devIndex: number, value: number): N;
-  fromArray(data: Float32Array | Float64Array | Int32Array, shape: number[], dtype: number,
+  fromArray(data: Float32Array | Float64Array | Int32Array | Uint16Array, shape: number[], dtype: number,
     devType: number, devIndex: number): N;
   toArray(t: N): Float32Array | Float64Array | Int32Array;
+  /** The raw bits of a bfloat16 or float16 tensor. */
+  toHalfBits(t: N): Uint16Array;
   random(shape: number[], dtype: number, devType: number, devIndex: number, kind: number,
     seed: bigint, offset: bigint, a: number, b: number): N;
   view(t: N, shape: number[]): N;

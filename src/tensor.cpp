@@ -40,7 +40,7 @@ Error int32_conversion_error(int64_t index, double value) {
                kErrOutOfRange);
 }
 
-size_t dtype_size(DType t) { return t == DType::F64 ? 8 : 4; }
+size_t dtype_size(DType t) { return t == DType::F64 ? 8 : is_half(t) ? 2 : 4; }
 const char* dtype_name(DType t) {
   for (const auto& e : kDTypeNames)
     if (e.value == t) return e.name;

@@ -44,10 +44,16 @@ struct EnumName {
   E value;
 };
 
-// I32 holds class indices and token ids; arithmetic ops take floats only.
-enum class DType : int { F32 = 0, F64 = 1, I32 = 2 };
-inline constexpr EnumName<DType> kDTypeNames[] = {
-    {"float32", DType::F32}, {"float64", DType::F64}, {"int32", DType::I32}};
+// I32 holds class indices and token ids; arithmetic ops take floats only. BF16 and F16 are
+// storage types (half.h): ops on them compute in float and round once on store.
+enum class DType : int { F32 = 0, F64 = 1, I32 = 2, BF16 = 3, F16 = 4 };
+inline constexpr EnumName<DType> kDTypeNames[] = {{"float32", DType::F32},
+                                                  {"float64", DType::F64},
+                                                  {"int32", DType::I32},
+                                                  {"bfloat16", DType::BF16},
+                                                  {"float16", DType::F16}};
+inline bool is_half(DType t) { return t == DType::BF16 || t == DType::F16; }
+inline bool is_floating(DType t) { return t != DType::I32; }
 size_t dtype_size(DType t);
 const char* dtype_name(DType t);
 

@@ -68,8 +68,8 @@ describe('tensor creation', () => {
   });
 
   test('unknown dtype', () => {
-    expectThrows(() => tensor([1], { dtype: 'float16' as 'float32' }), RangeError,
-      /^tensor: options\.dtype must be one of "float32", "float64", "int32", got "float16"$/);
+    expectThrows(() => tensor([1], { dtype: 'int8' as 'float32' }), RangeError,
+      /^tensor: options\.dtype must be one of "float32", "float64", "int32", "bfloat16", "float16", got "int8"$/);
     expectThrows(() => zeros([1], { dtype: 3 as unknown as 'float32' }), TypeError, /options\.dtype must be one of .*, got 3$/);
     expectThrows(() => new Linear(2, 2, { dtype: 'int32' as 'float32' }), RangeError,
       /^Linear: options\.dtype must be one of "float32", "float64", got "int32"$/);
@@ -399,7 +399,7 @@ describe('devices', () => {
     expectThrows(() => tensor([1], { device: 'tpu' as 'cpu' }), RangeError,
       /^tensor: options\.device must be 'cpu', 'cuda' or 'cuda:N', got "tpu"$/);
     expectThrows(() => zeros([1]).to('tpu' as 'cpu'), RangeError,
-      /^Tensor\.to: target must be a device \('cpu', 'cuda' or 'cuda:N'\) or a dtype \('float32', 'float64' or 'int32'\), got "tpu"$/);
+      /^Tensor\.to: target must be a device \('cpu', 'cuda' or 'cuda:N'\) or a dtype \('float32', 'float64', 'int32', 'bfloat16' or 'float16'\), got "tpu"$/);
     expectThrows(() => new Linear(2, 2).to('tpu' as 'cpu'), RangeError, /^Module\.to: device must be 'cpu', 'cuda' or 'cuda:N', got "tpu"$/);
     expectThrows(() => tensor([1], { device: 0 as unknown as 'cpu' }), TypeError, /options\.device must be 'cpu', 'cuda' or 'cuda:N', got 0$/);
   });

@@ -1,16 +1,29 @@
 // New tensors: from host data, filled, random, and the copy of a tensor on
 // another device or in another dtype; writing host data into a tensor.
 import { Tensor } from '../tensor';
-import { native } from '../native';
-import type { DType } from '../dtype';
+import { native, NativeTensor } from '../native';
+import { DType, isHalf } from '../dtype';
 import type { ParsedDevice } from '../device';
 import { defineFunction } from '../autograd';
 import { DEVICE_TYPE, RANDOM_KIND, RandomKind, dtypeCode } from './enums';
 import { HostArray, toArray } from './memory';
 
 export function fromArray(data: HostArray, shape: number[], dtype: DType, device: ParsedDevice): Tensor {
-  const h = native.fromArray(data, shape, dtypeCode(dtype), DEVICE_TYPE[device.type], device.index);
-  return new Tensor(h, shape, dtype, device);
+  return new Tensor(nativeFromArray(data, shape, dtype, device), shape, dtype, device);
+}
+
+/** A half tensor from float numbers is made in float32 and rounded natively (once, to nearest even);
+ * from a Uint16Array the bits are taken as they are. */
+function nativeFromArray(data: HostArray, shape: number[], dtype: DType, device: ParsedDevice): NativeTensor {
+  if (isHalf(dtype) && !(data instanceof Uint16Array)) {
+    const f32 = native.fromArray(data instanceof Float32Array ? data : Float32Array.from(data), shape, dtypeCode('float32'), DEVICE_TYPE.cpu, 0);
+    try {
+      return native.to(f32, DEVICE_TYPE[device.type], device.index, dtypeCode(dtype));
+    } finally {
+      native.dispose(f32);
+    }
+  }
+  return native.fromArray(data, shape, dtypeCode(dtype), DEVICE_TYPE[device.type], device.index);
 }
 
 export function full(shape: number[], dtype: DType, device: ParsedDevice, value: number): Tensor {
@@ -39,7 +52,7 @@ export function fill_(t: Tensor, value: number): void {
 
 /** Writes host data (t's numel, t's dtype) into t. */
 export function copyFromArray_(t: Tensor, data: HostArray): void {
-  const tmp = native.fromArray(data, t.shape as number[], dtypeCode(t.dtype), DEVICE_TYPE.cpu, 0);
+  const tmp = nativeFromArray(data, t.shape as number[], t.dtype, { type: 'cpu', index: 0, name: 'cpu' });
   native.copy_(t._h, tmp);
   native.dispose(tmp);
 }

@@ -8,7 +8,8 @@ import { native, NativeTensor } from '../native';
 import { sameShape } from '../shape';
 import { BINARY_OP } from './enums';
 
-export type HostArray = Float32Array | Float64Array | Int32Array;
+// Uint16Array: the raw bit patterns of a bfloat16 or float16 tensor (safetensors data).
+export type HostArray = Float32Array | Float64Array | Int32Array | Uint16Array;
 
 /** Frees a tensor's storage (every view of it). */
 export function disposeStorage(t: Tensor): void {
@@ -21,8 +22,8 @@ export function free(buffer: Tensor | NativeTensor): void {
   else native.dispose(buffer as NativeTensor);
 }
 
-/** A flat, row-major copy of the data. */
-export function toArray(t: Tensor): HostArray {
+/** A flat, row-major copy of the data (the halves as float32 numbers). */
+export function toArray(t: Tensor): Float32Array | Float64Array | Int32Array {
   return native.toArray(t._h);
 }
 
@@ -64,4 +65,9 @@ export function gradsLike(grads: (NativeTensor | null)[], inputs: (Tensor | null
     const d = grads[i];
     return t && d ? t._make(d, t.shape) : null;
   });
+}
+
+/** The raw 16-bit patterns of a bfloat16 or float16 tensor. */
+export function toHalfBits(t: Tensor): Uint16Array {
+  return native.toHalfBits(t._h);
 }

@@ -5,6 +5,8 @@
 #include <string>
 #include <type_traits>
 
+#include "../dispatch.h"
+#include "../half.h"
 #include "cpu_backend.h"
 
 namespace lc {
@@ -36,26 +38,43 @@ void CpuBackend::copy(const Tensor& dst, const Tensor& src) {
   if (dst.dtype == DType::I32) {
     // Float to int32 truncates; NaN, infinities and values outside int32's range are refused
     // (converting them is undefined behaviour), before anything is written.
-    dispatch_float(src.dtype, "copy", [&](auto z) {
+    dispatch_floating(src.dtype, "copy", [&](auto z) {
       const auto* s = src.data<decltype(z)>();
-      for (int64_t i = 0; i < n; ++i)
-        if (!(s[i] > -2147483649.0 && s[i] < 2147483648.0)) throw int32_conversion_error(i, s[i]);
+      for (int64_t i = 0; i < n; ++i) {
+        const double v = static_cast<opmath_t<decltype(z)>>(s[i]);
+        if (!(v > -2147483649.0 && v < 2147483648.0)) throw int32_conversion_error(i, v);
+      }
     });
   }
+  // Every cast goes through the source's value (float for the halves) and rounds once into the
+  // destination (to nearest even for the halves; float64 -> half rounds through float, as torch).
   auto cast = [n](auto* d, const auto* s) {
-    for (int64_t i = 0; i < n; ++i) d[i] = static_cast<std::remove_pointer_t<decltype(d)>>(s[i]);
+    using D = std::remove_pointer_t<decltype(d)>;
+    using S = std::remove_const_t<std::remove_pointer_t<decltype(s)>>;
+    for (int64_t i = 0; i < n; ++i) {
+      if constexpr (std::is_same_v<D, int32_t>)
+        d[i] = static_cast<int32_t>(static_cast<opmath_t<S>>(s[i]));
+      else if constexpr (is_half_v<S> && is_half_v<D>)
+        d[i] = D(static_cast<float>(s[i]));
+      else
+        d[i] = static_cast<D>(s[i]);
+    }
   };
   auto from = [&](auto* d) {
     switch (src.dtype) {
       case DType::F32: cast(d, src.data<float>()); break;
       case DType::F64: cast(d, src.data<double>()); break;
       case DType::I32: cast(d, src.data<int32_t>()); break;
+      case DType::BF16: cast(d, src.data<bf16>()); break;
+      case DType::F16: cast(d, src.data<f16>()); break;
     }
   };
   switch (dst.dtype) {
     case DType::F32: from(dst.data<float>()); break;
     case DType::F64: from(dst.data<double>()); break;
     case DType::I32: from(dst.data<int32_t>()); break;
+    case DType::BF16: from(dst.data<bf16>()); break;
+    case DType::F16: from(dst.data<f16>()); break;
   }
 }
 

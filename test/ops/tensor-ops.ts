@@ -304,10 +304,10 @@ export const TENSOR_OPS: OpInfo[] = [
         call: ([a], { device, dtype }) => [a.to('cpu').mul(3).to(device), zeros([3, 17], { dtype, device }).copy_(a.detach().to('cpu'))] },
     ],
     errors: [
-      { name: 'an unknown target', call: () => zeros([2]).to('float16' as 'float32'), type: RangeError,
-        message: /^Tensor\.to: target must be a device \('cpu', 'cuda' or 'cuda:N'\) or a dtype \('float32', 'float64' or 'int32'\), got "float16"$/, standard: true },
+      { name: 'an unknown target', call: () => zeros([2]).to('int8' as 'float32'), type: RangeError,
+        message: /^Tensor\.to: target must be a device \('cpu', 'cuda' or 'cuda:N'\) or a dtype \('float32', 'float64', 'int32', 'bfloat16' or 'float16'\), got "int8"$/, standard: true },
       { name: 'a target that is not a string', call: () => zeros([2]).to(0 as unknown as 'cpu'), type: TypeError,
-        message: /^Tensor\.to: target must be a device \('cpu', 'cuda' or 'cuda:N'\) or a dtype \('float32', 'float64' or 'int32'\), got 0$/, standard: true },
+        message: /^Tensor\.to: target must be a device \('cpu', 'cuda' or 'cuda:N'\) or a dtype \('float32', 'float64', 'int32', 'bfloat16' or 'float16'\), got 0$/, standard: true },
     ],
   },
   {
