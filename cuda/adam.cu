@@ -2,7 +2,10 @@
 // the kernel gets a table of (param, grad, moments, size, bias corrections)
 // as its argument and each block finds its tensor by binary search over the
 // blocks' prefix sums. The update is element for element the CPU backend's,
-// which follows torch.optim.Adam / AdamW (single-tensor path).
+// which follows torch.optim.Adam / AdamW (single-tensor path). Half parameters
+// (with their gradients and moments in the same dtype) update in float, each
+// stored value rounded once, as torch's fused Adam does; float32 adapters on a
+// half model are plain float32 parameters here.
 #include <algorithm>
 
 #include "kernels.cuh"
@@ -54,28 +57,29 @@ __global__ void adam_kernel(const __grid_constant__ AdamTable tab, AdamScalars s
   T* m = static_cast<T*>(e.m);
   T* v = static_cast<T*>(e.v);
   T* vmax = static_cast<T*>(e.vmax);
-  const T step_size = static_cast<T>(e.step_size), bc2_sqrt = static_cast<T>(e.bc2_sqrt);
-  const T b1 = static_cast<T>(s.beta1), b2 = static_cast<T>(s.beta2);
-  const T omb1 = static_cast<T>(1.0 - s.beta1), omb2 = static_cast<T>(1.0 - s.beta2);
-  const T eps = static_cast<T>(s.eps), wd = static_cast<T>(s.weight_decay);
-  const T decay = static_cast<T>(s.decay);
+  using A = opmath_t<T>;
+  const A step_size = static_cast<A>(e.step_size), bc2_sqrt = static_cast<A>(e.bc2_sqrt);
+  const A b1 = static_cast<A>(s.beta1), b2 = static_cast<A>(s.beta2);
+  const A omb1 = static_cast<A>(1.0 - s.beta1), omb2 = static_cast<A>(1.0 - s.beta2);
+  const A eps = static_cast<A>(s.eps), wd = static_cast<A>(s.weight_decay);
+  const A decay = static_cast<A>(s.decay);
   const int64_t start = (b - tab.block_start[lo]) * kAdamChunk;
   const int64_t end = min(e.n, start + kAdamChunk);
   for (int64_t i = start + threadIdx.x; i < end; i += blockDim.x) {
-    T pi = p[i], gi = g[i];
+    A pi = ld(p[i]), gi = ld(g[i]);
     if (s.shrink) pi = pi * decay;
     if (s.l2) gi = gi + wd * pi;
-    T mi = m[i] * b1 + omb1 * gi;
-    T vi = v[i] * b2 + omb2 * gi * gi;
-    m[i] = mi;
-    v[i] = vi;
-    T vv = vi;
+    A mi = ld(m[i]) * b1 + omb1 * gi;
+    A vi = ld(v[i]) * b2 + omb2 * gi * gi;
+    m[i] = static_cast<T>(mi);
+    v[i] = static_cast<T>(vi);
+    A vv = vi;
     if (vmax) {
-      vv = max(vmax[i], vi);
-      vmax[i] = vv;
+      vv = max(ld(vmax[i]), vi);
+      vmax[i] = static_cast<T>(vv);
     }
-    T denom = d_sqrt(vv) / bc2_sqrt + eps;
-    p[i] = pi - step_size * (mi / denom);
+    A denom = d_sqrt(vv) / bc2_sqrt + eps;
+    p[i] = static_cast<T>(pi - step_size * (mi / denom));
   }
 }
 
@@ -87,7 +91,7 @@ void CudaBackend::adam_step(const std::vector<AdamParam>& params, const AdamConf
   Guard g(c_);
   AdamScalars s{cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay, 1.0 - cfg.lr * cfg.weight_decay,
                 !cfg.decoupled && cfg.weight_decay != 0, cfg.decoupled && cfg.weight_decay != 0};
-  for (DType dt : {DType::F32, DType::F64}) {
+  for (DType dt : {DType::F32, DType::F64, DType::BF16, DType::F16}) {
     AdamTable tab;
     tab.count = 0;
     int64_t blocks = 0;
@@ -95,7 +99,7 @@ void CudaBackend::adam_step(const std::vector<AdamParam>& params, const AdamConf
       if (tab.count == 0) return;
       tab.block_start[tab.count] = blocks;
       if (blocks > 0) {
-        dispatch_float(dt, "adam", [&](auto z) {
+        dispatch_floating(dt, "adam", [&](auto z) {
           using T = decltype(z);
           adam_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, c_.stream>>>(tab, s);
         });

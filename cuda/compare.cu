@@ -1,5 +1,5 @@
 // Comparisons with broadcasting into int32 masks, and where(cond, a, b), any dtype; as the CPU
-// backend (src/cpu/compare.cpp).
+// backend (src/cpu/compare.cpp). Halves compare as float; where moves elements as words.
 #include "kernels.cuh"
 
 namespace lc::cuda {
@@ -22,7 +22,7 @@ __device__ __forceinline__ int32_t apply_compare(int op, T a, T b) {
 template <typename T>
 __global__ void compare_kernel(int op, const T* a, Indexer ia, const T* b, Indexer ib, int32_t* out,
                                int64_t n) {
-  LC_GRID_STRIDE(i, n) out[i] = apply_compare(op, a[ia(i)], b[ib(i)]);
+  LC_GRID_STRIDE(i, n) out[i] = apply_compare(op, ld(a[ia(i)]), ld(b[ib(i)]));
 }
 
 template <typename T>
@@ -34,7 +34,7 @@ __global__ void where_kernel(const int32_t* cond, Indexer ic, const T* a, Indexe
 template <typename Fn>
 void dispatch_any(DType t, const char* op, Fn&& fn) {
   if (t == DType::I32) fn(int32_t{});
-  else dispatch_float(t, op, fn);
+  else dispatch_floating(t, op, fn);
 }
 
 }  // namespace
@@ -60,7 +60,7 @@ void CudaBackend::where(const Tensor& cond, const Tensor& a, const Tensor& b, co
   if (!n) return;
   auto ix = make_indexers(out.shape, {broadcast_strides(cond.shape, out.shape), broadcast_strides(a.shape, out.shape),
                                       broadcast_strides(b.shape, out.shape)});
-  dispatch_any(out.dtype, "where", [&](auto z) {
+  dispatch_word(out.dtype, [&](auto z) {
     using T = decltype(z);
     where_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<int32_t>(cond), ix[0], dp<T>(a), ix[1], dp<T>(b),
                                                               ix[2], dp<T>(out), n);

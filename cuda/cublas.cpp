@@ -26,6 +26,8 @@ bool bind(void* lib, Cublas& c) {
   sym(lib, "cublasDgemm_v2", c.dgemm, missing);
   sym(lib, "cublasSgemmStridedBatched", c.sgemm_strided_batched, missing);
   sym(lib, "cublasDgemmStridedBatched", c.dgemm_strided_batched, missing);
+  sym(lib, "cublasGemmEx", c.gemm_ex, missing);
+  sym(lib, "cublasGemmStridedBatchedEx", c.gemm_strided_batched_ex, missing);
   if (!missing.empty()) {
     c.error = "it lacks " + missing;
     return false;

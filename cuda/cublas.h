@@ -18,6 +18,12 @@ using cublasHandle_t = struct cublasContext*;
 using cublasStatus_t = int;  // 0 = CUBLAS_STATUS_SUCCESS
 enum cublasOperation_t : int { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 };
 enum cublasMath_t : int { CUBLAS_DEFAULT_MATH = 0, CUBLAS_TF32_TENSOR_OP_MATH = 3 };
+// The products on 16-bit types (cublasGemmEx): operand types (cudaDataType_t of
+// library_types.h; named apart from it, which a runtime header may declare),
+// the compute type and the algorithm choice.
+enum BlasDataType : int { kBlasR32F = 0, kBlasR16F = 2, kBlasR16BF = 14 };
+enum cublasComputeType_t : int { CUBLAS_COMPUTE_32F = 68 };
+enum cublasGemmAlgo_t : int { CUBLAS_GEMM_DEFAULT_TENSOR_OP = 99 };
 
 struct Cublas {
   bool loaded = false;
@@ -44,6 +50,18 @@ struct Cublas {
                                           long long, const double*, int, long long,
                                           const double*, double*, int, long long,
                                           int) = nullptr;
+  // bf16 / fp16 inputs and outputs (or fp32 outputs) with fp32 accumulation
+  // (CUBLAS_COMPUTE_32F) on tensor cores; alpha and beta are floats.
+  cublasStatus_t (*gemm_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+                            const void*, const void*, BlasDataType, int, const void*, BlasDataType,
+                            int, const void*, void*, BlasDataType, int, cublasComputeType_t,
+                            cublasGemmAlgo_t) = nullptr;
+  cublasStatus_t (*gemm_strided_batched_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t,
+                                            int, int, int, const void*, const void*, BlasDataType,
+                                            int, long long, const void*, BlasDataType, int,
+                                            long long, const void*, void*, BlasDataType, int,
+                                            long long, int, cublasComputeType_t,
+                                            cublasGemmAlgo_t) = nullptr;
   // Optional (absent in old releases): a readable name for a status.
   const char* (*status_string)(cublasStatus_t) = nullptr;
 };

@@ -1,6 +1,6 @@
 // Prefix sums along a dim (suffix sums for the backward), accumulated in double as on the CPU
 // (src/cpu/cumsum.cpp): one thread per (outer, inner) column, in order, so both backends round
-// alike.
+// alike (halves once per output, from the double sum).
 #include "kernels.cuh"
 
 namespace lc::cuda {
@@ -31,7 +31,7 @@ void CudaBackend::cumsum(const Tensor& x, int64_t dim, bool reverse, const Tenso
   const int64_t outer = ds.outer, n = ds.n, inner = ds.inner;
   const int64_t cols = outer * inner;
   if (!cols || !n) return;
-  dispatch_float(x.dtype, "cumsum", [&](auto z) {
+  dispatch_floating(x.dtype, "cumsum", [&](auto z) {
     using T = decltype(z);
     cumsum_kernel<T><<<grid_for(cols), kThreads, 0, c_.stream>>>(dp<T>(x), cols, n, inner, reverse, dp<T>(out));
   });

@@ -2,8 +2,10 @@
 // broadcasting, affine, axpy, unary ops and their derivatives, broadcast and
 // permute copies, the finiteness check and dropout. The formulas are those of
 // the CPU backend (src/cpu/elementwise.cpp), which is the reference in the
-// parity tests.
+// parity tests. Half types compute in opmath_t (float) and round once on
+// store (kernels.cuh).
 #include <algorithm>
+#include <type_traits>
 
 #include "../src/philox.h"
 #include "kernels.cuh"
@@ -29,9 +31,22 @@ __global__ void random_kernel(T* p, int64_t n, bool normal, uint64_t seed, uint6
   LC_GRID_STRIDE(i, n) p[i] = static_cast<T>(philox_sample(normal, seed, offset, i, a, b));
 }
 
+// Every cast goes through the source's value (float for the halves) and rounds
+// once into the destination, as the CPU's copy: to nearest even for the halves,
+// float64 -> half through float (as torch), half -> half through float.
+template <typename D, typename S>
+__device__ __forceinline__ D cast_value(S v) {
+  if constexpr (std::is_same_v<D, int32_t>)
+    return static_cast<int32_t>(static_cast<opmath_t<S>>(v));
+  else if constexpr (is_half_v<S> && is_half_v<D>)
+    return D(static_cast<float>(v));
+  else
+    return static_cast<D>(v);
+}
+
 template <typename D, typename S>
 __global__ void cast_kernel(D* d, const S* s, int64_t n) {
-  LC_GRID_STRIDE(i, n) d[i] = static_cast<D>(s[i]);
+  LC_GRID_STRIDE(i, n) d[i] = cast_value<D>(s[i]);
 }
 
 // Float to int32 as on the CPU: NaN, infinities and values outside int32's
@@ -50,7 +65,7 @@ template <typename S>
 __global__ void cast_to_int32_kernel(int32_t* d, const S* s, int64_t n,
                                      const unsigned long long* first) {
   if (*first != ~0ull) return;
-  LC_GRID_STRIDE(i, n) d[i] = static_cast<int32_t>(s[i]);
+  LC_GRID_STRIDE(i, n) d[i] = cast_value<int32_t>(s[i]);
 }
 
 template <typename S>
@@ -77,29 +92,32 @@ __device__ __forceinline__ T apply_binary(int op, T a, T b) {
 
 template <typename T>
 __global__ void binary_same_kernel(int op, const T* a, const T* b, T* out, int64_t n) {
-  LC_GRID_STRIDE(i, n) out[i] = apply_binary(op, a[i], b[i]);
+  LC_GRID_STRIDE(i, n) out[i] = static_cast<T>(apply_binary(op, ld(a[i]), ld(b[i])));
 }
 
 template <typename T>
 __global__ void binary_scalar_kernel(int op, const T* a, const T* b, T* out, int64_t n) {
-  const T bv = b[0];
-  LC_GRID_STRIDE(i, n) out[i] = apply_binary(op, a[i], bv);
+  const opmath_t<T> bv = ld(b[0]);
+  LC_GRID_STRIDE(i, n) out[i] = static_cast<T>(apply_binary(op, ld(a[i]), bv));
 }
 
 template <typename T>
 __global__ void binary_bcast_kernel(int op, const T* a, Indexer ia, const T* b, Indexer ib,
                                     T* out, int64_t n) {
-  LC_GRID_STRIDE(i, n) out[i] = apply_binary(op, a[ia(i)], b[ib(i)]);
+  LC_GRID_STRIDE(i, n) out[i] = static_cast<T>(apply_binary(op, ld(a[ia(i)]), ld(b[ib(i)])));
 }
 
 template <typename T>
-__global__ void affine_kernel(const T* x, T alpha, T beta, T* out, int64_t n) {
-  LC_GRID_STRIDE(i, n) out[i] = alpha * x[i] + beta;
+__global__ void affine_kernel(const T* x, opmath_t<T> alpha, opmath_t<T> beta, T* out, int64_t n) {
+  LC_GRID_STRIDE(i, n) out[i] = static_cast<T>(alpha * ld(x[i]) + beta);
 }
 
-template <typename T>
-__global__ void axpy_kernel(T* y, const T* x, T alpha, int64_t n) {
-  LC_GRID_STRIDE(i, n) y[i] += alpha * x[i];
+// y (of Y) += alpha x (of X): the same dtype, or a half and float32 either way
+// (a float32 product added into a half output, or the reverse), in float.
+template <typename Y, typename X>
+__global__ void axpy_kernel(Y* y, const X* x, opmath_t<Y> alpha, int64_t n) {
+  using A = opmath_t<Y>;
+  LC_GRID_STRIDE(i, n) y[i] = static_cast<Y>(ld(y[i]) + alpha * static_cast<A>(ld(x[i])));
 }
 
 template <typename T>
@@ -156,15 +174,15 @@ __device__ __forceinline__ T unary_df(int op, T x) {
 
 template <typename T>
 __global__ void unary_kernel(int op, const T* x, T* out, int64_t n) {
-  LC_GRID_STRIDE(i, n) out[i] = unary_f(op, x[i]);
+  LC_GRID_STRIDE(i, n) out[i] = static_cast<T>(unary_f(op, ld(x[i])));
 }
 
 template <typename T>
 __global__ void unary_backward_kernel(int op, const T* x, const T* dy, T* dx, int64_t n) {
-  LC_GRID_STRIDE(i, n) dx[i] = dy[i] * unary_df(op, x[i]);
+  LC_GRID_STRIDE(i, n) dx[i] = static_cast<T>(ld(dy[i]) * unary_df(op, ld(x[i])));
 }
 
-// Moves elements of 4 or 8 bytes (float, int32, double) by an Indexer.
+// Moves elements of 2, 4 or 8 bytes (halves, float, int32, double) by an Indexer.
 template <typename W>
 __global__ void gather_kernel(const W* x, Indexer ix, W* out, int64_t n) {
   LC_GRID_STRIDE(i, n) out[i] = x[ix(i)];
@@ -174,15 +192,16 @@ __global__ void gather_kernel(const W* x, Indexer ix, W* out, int64_t n) {
 // every writer writes the same value).
 template <typename T>
 __global__ void all_finite_kernel(const T* x, int64_t n, int* flag) {
-  LC_GRID_STRIDE(i, n) if (!d_finite(x[i])) *flag = 0;
+  LC_GRID_STRIDE(i, n) if (!d_finite(ld(x[i]))) *flag = 0;
 }
 
 template <typename T>
-__global__ void dropout_kernel(const T* x, T* out, int64_t n, uint32_t threshold, T keep_scale,
-                               uint64_t seed, uint64_t offset) {
+__global__ void dropout_kernel(const T* x, T* out, int64_t n, uint32_t threshold,
+                               opmath_t<T> keep_scale, uint64_t seed, uint64_t offset) {
   LC_GRID_STRIDE(i, n) {
-    out[i] = dropout_keep(seed, offset, static_cast<uint64_t>(i), threshold) ? x[i] * keep_scale
-                                                                             : T(0);
+    out[i] = dropout_keep(seed, offset, static_cast<uint64_t>(i), threshold)
+                 ? static_cast<T>(ld(x[i]) * keep_scale)
+                 : T(0);
   }
 }
 
@@ -213,7 +232,7 @@ void CudaBackend::fill(const Tensor& t, double value) {
     fill_kernel<int32_t><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<int32_t>(t), n,
                                                                   static_cast<int32_t>(value));
   } else {
-    dispatch_float(t.dtype, "fill", [&](auto z) {
+    dispatch_floating(t.dtype, "fill", [&](auto z) {
       using T = decltype(z);
       fill_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<T>(t), n, static_cast<T>(value));
     });
@@ -227,7 +246,7 @@ void CudaBackend::random(const Tensor& t, RandomKind kind, uint64_t seed, uint64
   int64_t n = t.numel();
   if (!n) return;
   const bool normal = kind == RandomKind::Normal;
-  dispatch_float(t.dtype, "random", [&](auto z) {
+  dispatch_floating(t.dtype, "random", [&](auto z) {
     using T = decltype(z);
     random_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<T>(t), n, normal, seed, offset, a, b);
   });
@@ -241,7 +260,7 @@ void CudaBackend::cast(const Tensor& dst, const Tensor& src) {
   if (dst.dtype == DType::I32) {  // from a float dtype: checked
     Tensor holder;
     unsigned long long* first = first_bad_word(c_, holder);
-    dispatch_float(src.dtype, "copy (dtype cast)", [&](auto z) {
+    dispatch_floating(src.dtype, "copy (dtype cast)", [&](auto z) {
       using S = decltype(z);
       int32_range_check_kernel<S><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<S>(src), n, first);
       launched(c_, "copy (dtype cast)");
@@ -259,12 +278,16 @@ void CudaBackend::cast(const Tensor& dst, const Tensor& src) {
       case DType::F32: cast_kernel<D, float><<<grid_for(n), kThreads, 0, c_.stream>>>(d, dp<float>(src), n); break;
       case DType::F64: cast_kernel<D, double><<<grid_for(n), kThreads, 0, c_.stream>>>(d, dp<double>(src), n); break;
       case DType::I32: cast_kernel<D, int32_t><<<grid_for(n), kThreads, 0, c_.stream>>>(d, dp<int32_t>(src), n); break;
+      case DType::BF16: cast_kernel<D, bf16><<<grid_for(n), kThreads, 0, c_.stream>>>(d, dp<bf16>(src), n); break;
+      case DType::F16: cast_kernel<D, f16><<<grid_for(n), kThreads, 0, c_.stream>>>(d, dp<f16>(src), n); break;
     }
   };
   switch (dst.dtype) {
     case DType::F32: from(dp<float>(dst)); break;
     case DType::F64: from(dp<double>(dst)); break;
     case DType::I32: from(dp<int32_t>(dst)); break;
+    case DType::BF16: from(dp<bf16>(dst)); break;
+    case DType::F16: from(dp<f16>(dst)); break;
   }
   launched(c_, "copy (dtype cast)");
 }
@@ -274,7 +297,7 @@ void CudaBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Te
   int64_t n = out.numel();
   if (!n) return;
   int o = static_cast<int>(op);
-  dispatch_float(out.dtype, "binary op", [&](auto z) {
+  dispatch_floating(out.dtype, "binary op", [&](auto z) {
     using T = decltype(z);
     if (a.shape == out.shape && b.shape == out.shape) {
       binary_same_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(o, dp<T>(a), dp<T>(b), dp<T>(out), n);
@@ -293,10 +316,11 @@ void CudaBackend::affine(const Tensor& x, double alpha, double beta, const Tenso
   Guard g(c_);
   int64_t n = out.numel();
   if (!n) return;
-  dispatch_float(out.dtype, "affine", [&](auto z) {
+  dispatch_floating(out.dtype, "affine", [&](auto z) {
     using T = decltype(z);
-    affine_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<T>(x), static_cast<T>(alpha),
-                                                              static_cast<T>(beta), dp<T>(out), n);
+    using A = opmath_t<T>;
+    affine_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<T>(x), static_cast<A>(alpha),
+                                                              static_cast<A>(beta), dp<T>(out), n);
   });
   launched(c_, "affine");
 }
@@ -305,9 +329,27 @@ void CudaBackend::axpy(const Tensor& y, const Tensor& x, double alpha) {
   Guard g(c_);
   int64_t n = y.numel();
   if (!n) return;
-  dispatch_float(y.dtype, "accumulate", [&](auto z) {
-    using T = decltype(z);
-    axpy_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<T>(y), dp<T>(x), static_cast<T>(alpha), n);
+  dispatch_floating(y.dtype, "accumulate", [&](auto z) {
+    using Y = decltype(z);
+    const auto al = static_cast<opmath_t<Y>>(alpha);
+    if (x.dtype == y.dtype) {
+      axpy_kernel<Y, Y><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<Y>(y), dp<Y>(x), al, n);
+    } else if constexpr (is_half_v<Y>) {
+      LC_CHECK(x.dtype == DType::F32, std::string("accumulate: a ") + dtype_name(y.dtype) +
+                                          " tensor takes float32 or its own dtype, got " + dtype_name(x.dtype));
+      axpy_kernel<Y, float><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<Y>(y), dp<float>(x), al, n);
+    } else if constexpr (std::is_same_v<Y, float>) {
+      dispatch_floating(x.dtype, "accumulate", [&](auto w) {
+        using X = decltype(w);
+        if constexpr (is_half_v<X>)
+          axpy_kernel<float, X><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<float>(y), dp<X>(x), al, n);
+        else
+          fail(std::string("accumulate: a float32 tensor takes float32, bfloat16 or float16, got ") +
+               dtype_name(x.dtype));
+      });
+    } else {
+      fail(std::string("accumulate: dtypes differ: ") + dtype_name(y.dtype) + " and " + dtype_name(x.dtype));
+    }
   });
   launched(c_, "accumulate");
 }
@@ -316,7 +358,7 @@ void CudaBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out) {
   Guard g(c_);
   int64_t n = out.numel();
   if (!n) return;
-  dispatch_float(out.dtype, "unary op", [&](auto z) {
+  dispatch_floating(out.dtype, "unary op", [&](auto z) {
     using T = decltype(z);
     unary_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(static_cast<int>(op), dp<T>(x), dp<T>(out), n);
   });
@@ -327,7 +369,7 @@ void CudaBackend::unary_backward(UnaryOp op, const Tensor& x, const Tensor& dy, 
   Guard g(c_);
   int64_t n = dx.numel();
   if (!n) return;
-  dispatch_float(dx.dtype, "unary backward", [&](auto z) {
+  dispatch_floating(dx.dtype, "unary backward", [&](auto z) {
     using T = decltype(z);
     unary_backward_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(static_cast<int>(op), dp<T>(x),
                                                                       dp<T>(dy), dp<T>(dx), n);
@@ -340,10 +382,10 @@ void CudaBackend::gather(const Tensor& x, const Tensor& out, const std::vector<i
   int64_t n = out.numel();
   if (!n) return;
   Indexer ix = make_indexers(out.shape, {strides})[0];
-  if (dtype_size(out.dtype) == 8)
-    gather_kernel<uint64_t><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<uint64_t>(x), ix, dp<uint64_t>(out), n);
-  else
-    gather_kernel<uint32_t><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<uint32_t>(x), ix, dp<uint32_t>(out), n);
+  dispatch_word(out.dtype, [&](auto w) {
+    using W = decltype(w);
+    gather_kernel<W><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<W>(x), ix, dp<W>(out), n);
+  });
   launched(c_, "expand/permute");
 }
 
@@ -356,10 +398,10 @@ void CudaBackend::expand(const Tensor& x, const Tensor& out) {
     return;
   }
   // Bias rows and the like: no Indexer.
-  if (dtype_size(out.dtype) == 8)
-    broadcast_rows_kernel<uint64_t><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<uint64_t>(out), dp<uint64_t>(x), n, cols);
-  else
-    broadcast_rows_kernel<uint32_t><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<uint32_t>(out), dp<uint32_t>(x), n, cols);
+  dispatch_word(out.dtype, [&](auto w) {
+    using W = decltype(w);
+    broadcast_rows_kernel<W><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<W>(out), dp<W>(x), n, cols);
+  });
   launched(c_, "expand");
 }
 
@@ -378,7 +420,7 @@ bool CudaBackend::all_finite(const Tensor& x) {
   int64_t n = x.numel();
   if (!n) return true;
   check(cudaMemsetAsync(c_.flag, 1, sizeof(int), c_.stream), "cudaMemsetAsync");
-  dispatch_float(x.dtype, "all_finite", [&](auto z) {
+  dispatch_floating(x.dtype, "all_finite", [&](auto z) {
     using T = decltype(z);
     all_finite_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<T>(x), n, c_.flag);
   });
@@ -392,10 +434,11 @@ void CudaBackend::dropout(const Tensor& x, const Tensor& out, double p, uint64_t
   int64_t n = out.numel();
   if (!n) return;
   uint32_t thr = dropout_threshold(p);
-  dispatch_float(out.dtype, "dropout", [&](auto z) {
+  dispatch_floating(out.dtype, "dropout", [&](auto z) {
     using T = decltype(z);
     dropout_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<T>(x), dp<T>(out), n, thr,
-                                                               static_cast<T>(1.0 / (1.0 - p)), seed, offset);
+                                                               static_cast<opmath_t<T>>(1.0 / (1.0 - p)),
+                                                               seed, offset);
   });
   launched(c_, "dropout");
 }

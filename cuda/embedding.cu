@@ -1,6 +1,8 @@
 // Embedding on CUDA: a row gather forward, and an atomic-free backward that
 // adds each id's rows in position order, as the CPU does (the same bits).
 // Bad ids are reported to the next synchronisation, as the CPU would throw.
+// The forward moves elements as words (any dtype); the backward sums halves in
+// float and rounds once.
 #include "kernels.cuh"
 
 namespace lc::cuda {
@@ -70,13 +72,13 @@ __global__ void embedding_backward_kernel(const int32_t* ids, const int32_t* ord
       const int64_t m = order[p - 1];
       if (m >= 0 && m < N && ids[m] == id) continue;  // inside a run: its start sums it
     }
-    T acc = T(0);
+    opmath_t<T> acc = 0;
     for (int64_t q = p; q < N; ++q) {
       const int64_t nq = order[q];
       if (nq < 0 || nq >= N || ids[nq] != id) break;
-      acc += dy[nq * D + d];
+      acc += ld(dy[nq * D + d]);
     }
-    dw[id * D + d] = acc;
+    dw[id * D + d] = static_cast<T>(acc);
   }
 }
 
@@ -95,10 +97,10 @@ void CudaBackend::embedding_forward(const Tensor& ids, const Tensor& weight, con
     ids_check_kernel<<<grid_for(N), kThreads, 0, c_.stream>>>(pid, N, V, first);
     launched(c_, "embedding");
   } else {
-    dispatch_float(weight.dtype, "embedding", [&](auto z) {
-      using T = decltype(z);
-      embedding_forward_kernel<T><<<grid_for(N * D), kThreads, 0, c_.stream>>>(
-          pid, dp<T>(weight), dp<T>(out), N, V, D, first);
+    dispatch_word(weight.dtype, [&](auto w) {
+      using W = decltype(w);
+      embedding_forward_kernel<W><<<grid_for(N * D), kThreads, 0, c_.stream>>>(
+          pid, dp<W>(weight), dp<W>(out), N, V, D, first);
       launched(c_, "embedding");
     });
   }
@@ -126,7 +128,7 @@ void CudaBackend::embedding_backward(const Tensor& ids, const Tensor* order, con
     ids_check_kernel<<<grid_for(N), kThreads, 0, c_.stream>>>(pid, N, V, first);
     launched(c_, "embedding backward");
   } else {
-    dispatch_float(dweight.dtype, "embedding backward", [&](auto z) {
+    dispatch_floating(dweight.dtype, "embedding backward", [&](auto z) {
       using T = decltype(z);
       embedding_backward_kernel<T><<<grid_for(N * D), kThreads, 0, c_.stream>>>(
           pid, dp<int32_t>(*order), dp<T>(dy), dp<T>(dweight), N, V, D, first);

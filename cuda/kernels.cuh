@@ -1,6 +1,11 @@
 // Helpers shared by the kernel files: strided indexing (broadcast and
 // permuted reads), warp and block reductions, type-generic math, the
 // float/double dispatch of the methods, and launch shapes.
+//
+// Half storage (bf16, f16 of src/half.h): a kernel on T reads its elements as
+// opmath_t<T> (float for the halves, T itself for float and double), computes
+// in it, and rounds once when it stores, as PyTorch's CUDA kernels do; for
+// float and double the code is what it was, bit for bit.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -72,6 +77,48 @@ __device__ __forceinline__ float d_abs(float x) { return fabsf(x); }
 __device__ __forceinline__ double d_abs(double x) { return fabs(x); }
 __device__ __forceinline__ bool d_finite(float x) { return isfinite(x); }
 __device__ __forceinline__ bool d_finite(double x) { return isfinite(x); }
+
+// ---- half storage. ld(x) is an element in its arithmetic type; scalars a
+// launcher hands a kernel (alpha, a clamp bound) travel as opmath_t<T> too, so
+// they are not rounded to the storage type first.
+template <typename T>
+__device__ __forceinline__ opmath_t<T> ld(T v) {
+  return static_cast<opmath_t<T>>(v);
+}
+
+// Runs fn(W{}) with W an unsigned word of the dtype's size (2, 4 or 8 bytes):
+// the kernels that only move elements (copies, gathers, masks) serve every dtype.
+template <typename Fn>
+void dispatch_word(DType t, Fn&& fn) {
+  switch (dtype_size(t)) {
+    case 8: fn(uint64_t{}); return;
+    case 4: fn(uint32_t{}); return;
+    default: fn(uint16_t{}); return;
+  }
+}
+
+// Runs fn(T{}, S{}) for an op on data of dtype t that keeps a side tensor of
+// dtype s (RMSNorm's rstd, the cross entropy's log-sum-exp and loss, rotary
+// tables): s is t, or float32 beside half data (statistics kept in float).
+template <typename Fn>
+void dispatch_with_side(DType t, DType s, const char* op, const char* side, Fn&& fn) {
+  dispatch_floating(t, op, [&](auto z) {
+    using T = decltype(z);
+    if (s == t) {
+      fn(z, z);
+      return;
+    }
+    if constexpr (is_half_v<T>) {
+      if (s == DType::F32) {
+        fn(z, float{});
+        return;
+      }
+    }
+    fail(std::string(op) + ": " + side + " must be " + dtype_name(t) +
+         (is_half_v<T> ? " or float32" : "") + " beside " + dtype_name(t) + " data, got " +
+         dtype_name(s));
+  });
+}
 
 // ---- bad-input reports. A check kernel notes the flat index of the first bad
 // element by atomicMin, so that the report names the lowest index (as the CPU

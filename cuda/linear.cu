@@ -2,6 +2,9 @@
 // linear layer, LoRA and the merge (written from it once, src/composite.cpp).
 // Row-major throughout: a row-major C = op(A) op(B) is the column-major
 // C^T = op(B)^T op(A)^T, so every call hands cuBLAS the operands swapped.
+// bfloat16 / float16 operands go through cublasGemmEx (tensor cores, fp32
+// accumulation, one rounding on store), as PyTorch's bf16 matmul does; their
+// result may also be float32 (half inputs, a float32 output).
 #include <climits>
 
 #include "kernels.cuh"
@@ -13,8 +16,8 @@ namespace lc::cuda {
 // kernel of its own.
 namespace {
 template <typename T>
-__global__ void scale_kernel(T* p, int64_t n, T beta) {
-  LC_GRID_STRIDE(i, n) p[i] *= beta;
+__global__ void scale_kernel(T* p, int64_t n, opmath_t<T> beta) {
+  LC_GRID_STRIDE(i, n) p[i] = static_cast<T>(ld(p[i]) * beta);
 }
 }  // namespace
 
@@ -30,6 +33,14 @@ int as_int(int64_t v, const char* what) {
 
 cublasOperation_t op(bool t) { return t ? CUBLAS_OP_T : CUBLAS_OP_N; }
 
+BlasDataType blas_type(DType t) {
+  switch (t) {
+    case DType::BF16: return kBlasR16BF;
+    case DType::F16: return kBlasR16F;
+    default: return kBlasR32F;
+  }
+}
+
 }  // namespace
 
 void CudaBackend::gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, double alpha,
@@ -37,6 +48,10 @@ void CudaBackend::gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, double
                        const Tensor& Ct, int64_t sC, int64_t batch) {
   Guard g(c_);
   const DType dtype = Ct.dtype;
+  // One dtype throughout, or half inputs with a float32 result (cublasGemmEx's fp32 output).
+  if (At.dtype != Bt.dtype || (dtype != At.dtype && !(is_half(At.dtype) && dtype == DType::F32)))
+    fail(std::string("matrix product: A, B and C must share a dtype (or C float32 with half A and B), got ") +
+         dtype_name(At.dtype) + ", " + dtype_name(Bt.dtype) + " and " + dtype_name(dtype));
   const void* A = At.raw();
   const void* B = Bt.raw();
   void* C = Ct.raw();
@@ -52,9 +67,10 @@ void CudaBackend::gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, double
       check(cudaMemsetAsync(C, 0, static_cast<size_t>(n) * dtype_size(dtype), c_.stream), "cudaMemsetAsync");
       return;
     }
-    dispatch_float(dtype, "matrix product", [&](auto z) {
+    dispatch_floating(dtype, "matrix product", [&](auto z) {
       using T = decltype(z);
-      scale_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(static_cast<T*>(C), n, static_cast<T>(beta));
+      scale_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(static_cast<T*>(C), n,
+                                                               static_cast<opmath_t<T>>(beta));
     });
     launched(c_, "matrix product (K = 0)");
     return;
@@ -63,8 +79,23 @@ void CudaBackend::gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, double
   const int l_a = as_int(ldb, "ldb"), l_b = as_int(lda, "lda"), l_c = as_int(ldc, "ldc");
   const int nb = as_int(batch, "batch");
   const Cublas& b = cublas();
-  cublasHandle_t h = blas_handle(c_, dtype == DType::F32);
-  if (dtype == DType::F32) {
+  // Halves keep the handle's math mode (it only concerns float32 inputs), so a model mixing
+  // the two does not switch it on every call.
+  cublasHandle_t h = blas_handle(c_, dtype == DType::F32 || is_half(At.dtype));
+  if (is_half(At.dtype)) {
+    // alpha and beta are floats for CUBLAS_COMPUTE_32F.
+    const float al = static_cast<float>(alpha), be = static_cast<float>(beta);
+    const BlasDataType ab = blas_type(At.dtype), ct = blas_type(dtype);
+    if (nb == 1)
+      check_blas(b.gemm_ex(h, op(tB), op(tA), m, n, k, &al, B, ab, l_a, A, ab, l_b, &be, C, ct, l_c,
+                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT_TENSOR_OP),
+                 "cublasGemmEx");
+    else
+      check_blas(b.gemm_strided_batched_ex(h, op(tB), op(tA), m, n, k, &al, B, ab, l_a, sB, A, ab, l_b,
+                                           sA, &be, C, ct, l_c, sC, nb, CUBLAS_COMPUTE_32F,
+                                           CUBLAS_GEMM_DEFAULT_TENSOR_OP),
+                 "cublasGemmStridedBatchedEx");
+  } else if (dtype == DType::F32) {
     const float al = static_cast<float>(alpha), be = static_cast<float>(beta);
     const float* pa = static_cast<const float*>(B);
     const float* pb = static_cast<const float*>(A);
@@ -86,7 +117,7 @@ void CudaBackend::gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, double
                                          sA, &beta, pc, l_c, sC, nb),
                  "cublasDgemmStridedBatched");
   } else {
-    fail("matrix product: expected float32 or float64");
+    fail("matrix product: expected float32, float64, bfloat16 or float16");
   }
   launched(c_, "matrix product (cuBLAS)");
 }

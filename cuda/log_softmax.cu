@@ -1,5 +1,6 @@
 // Log-softmax over the last dim and its backward: one block per row, its threads striding over
-// the columns, sums in double as on the CPU (src/cpu/log_softmax.cpp).
+// the columns, sums in double as on the CPU (src/cpu/log_softmax.cpp); halves read as float and
+// round once on store.
 #include "kernels.cuh"
 
 namespace lc::cuda {
@@ -12,8 +13,8 @@ __global__ void log_softmax_kernel(const T* x, T* y, int64_t rows, int64_t cols)
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const T* r = x + row * cols;
     T* o = y + row * cols;
-    T mx = T(-INFINITY);
-    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) mx = max(mx, r[j]);
+    opmath_t<T> mx = -INFINITY;
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) mx = max(mx, ld(r[j]));
     mx = block_max(mx);
     double s = 0;
     for (int64_t j = threadIdx.x; j < cols; j += blockDim.x)
@@ -35,7 +36,7 @@ __global__ void log_softmax_backward_kernel(const T* y, const T* dy, T* dx, int6
     for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) s += static_cast<double>(gr[j]);
     s = block_sum(s);
     for (int64_t j = threadIdx.x; j < cols; j += blockDim.x)
-      dr[j] = static_cast<T>(gr[j] - exp(static_cast<double>(yr[j])) * s);
+      dr[j] = static_cast<T>(static_cast<double>(gr[j]) - exp(static_cast<double>(yr[j])) * s);
   }
 }
 
@@ -47,7 +48,7 @@ void CudaBackend::log_softmax(const Tensor& x, const Tensor& y) {
   Guard g(c_);
   const int64_t cols = x.shape.back(), rows = cols ? x.numel() / cols : 0;
   if (!rows) return;
-  dispatch_float(x.dtype, "log softmax", [&](auto z) {
+  dispatch_floating(x.dtype, "log softmax", [&](auto z) {
     using T = decltype(z);
     log_softmax_kernel<T><<<row_grid(rows), row_threads(cols), 0, c_.stream>>>(dp<T>(x), dp<T>(y), rows, cols);
   });
@@ -58,7 +59,7 @@ void CudaBackend::log_softmax_backward(const Tensor& y, const Tensor& dy, const 
   Guard g(c_);
   const int64_t cols = y.shape.back(), rows = cols ? y.numel() / cols : 0;
   if (!rows) return;
-  dispatch_float(y.dtype, "log softmax backward", [&](auto z) {
+  dispatch_floating(y.dtype, "log softmax backward", [&](auto z) {
     using T = decltype(z);
     log_softmax_backward_kernel<T><<<row_grid(rows), row_threads(cols), 0, c_.stream>>>(dp<T>(y), dp<T>(dy),
                                                                                          dp<T>(dx), rows, cols);

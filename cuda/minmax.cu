@@ -1,6 +1,7 @@
 // Max and min along a dim with the index of the first extreme, and the backward shared with
 // topk (gradients put back at the chosen indices). The CPU backend (src/cpu/minmax.cpp) is the
-// reference: ties keep the first index, a NaN wins (the first NaN's index).
+// reference: ties keep the first index, a NaN wins (the first NaN's index). Halves compare as
+// float (the pick is stored back unchanged); the backward adds in float and rounds per add.
 #include "kernels.cuh"
 
 namespace lc::cuda {
@@ -26,14 +27,14 @@ __global__ void minmax_by_thread(const T* x, int64_t cols, int64_t n, int64_t in
                                  T* values, int32_t* indices) {
   LC_GRID_STRIDE(c, cols) {
     const T* col = x + (c / inner) * n * inner + c % inner;
-    T best = col[0];
+    opmath_t<T> best = ld(col[0]);
     int64_t at = 0;
     for (int64_t j = 1; j < n; ++j)
-      if (takes(is_max, col[j * inner], j, best, at)) {
-        best = col[j * inner];
+      if (takes(is_max, ld(col[j * inner]), j, best, at)) {
+        best = ld(col[j * inner]);
         at = j;
       }
-    values[c] = best;
+    values[c] = col[at * inner];
     indices[c] = static_cast<int32_t>(at);
   }
 }
@@ -43,15 +44,16 @@ __global__ void minmax_by_thread(const T* x, int64_t cols, int64_t n, int64_t in
 template <typename T>
 __global__ void minmax_by_block(const T* x, int64_t rows, int64_t n, bool is_max, T* values,
                                 int32_t* indices) {
-  __shared__ T sv[kThreads];
+  using A = opmath_t<T>;
+  __shared__ A sv[kThreads];
   __shared__ int64_t si[kThreads];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* row = x + r * n;
-    T best = T(0);
+    A best = A(0);
     int64_t at = -1;
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x)
-      if (takes(is_max, row[j], j, best, at)) {
-        best = row[j];
+      if (takes(is_max, ld(row[j]), j, best, at)) {
+        best = ld(row[j]);
         at = j;
       }
     __syncthreads();  // the previous row's readers are done
@@ -66,7 +68,7 @@ __global__ void minmax_by_block(const T* x, int64_t rows, int64_t n, bool is_max
       __syncthreads();
     }
     if (threadIdx.x == 0) {
-      values[r] = sv[0];
+      values[r] = row[si[0]];
       indices[r] = static_cast<int32_t>(si[0]);
     }
   }
@@ -82,7 +84,10 @@ __global__ void index_dim_backward_kernel(const T* dy, const int32_t* idx, int64
     for (int64_t j = 0; j < k; ++j) {
       const int64_t src = (o * k + j) * inner + i;
       const int64_t at = idx[src];
-      if (at >= 0 && at < n) dx[(o * n + at) * inner + i] += dy[src];  // from the forward: always in range
+      if (at >= 0 && at < n) {  // from the forward: always in range
+        T& d = dx[(o * n + at) * inner + i];
+        d = static_cast<T>(ld(d) + ld(dy[src]));
+      }
     }
   }
 }
@@ -99,7 +104,7 @@ void CudaBackend::minmax_dim(const Tensor& x, int64_t dim, bool is_max, const Te
   const int64_t cols = outer * inner;
   if (!cols) return;
   const char* op = is_max ? "max" : "min";
-  dispatch_float(x.dtype, op, [&](auto z) {
+  dispatch_floating(x.dtype, op, [&](auto z) {
     using T = decltype(z);
     if (inner == 1)
       minmax_by_block<T><<<row_grid(cols), kThreads, 0, c_.stream>>>(dp<T>(x), cols, n, is_max, dp<T>(values),
@@ -119,7 +124,7 @@ void CudaBackend::index_dim_backward(const Tensor& dy, const Tensor& indices, in
   const int64_t k = dy.shape[dim], cols = outer * inner;
   fill(dx, 0.0);
   if (!cols || !k) return;
-  dispatch_float(dx.dtype, "index backward", [&](auto z) {
+  dispatch_floating(dx.dtype, "index backward", [&](auto z) {
     using T = decltype(z);
     index_dim_backward_kernel<T><<<grid_for(cols), kThreads, 0, c_.stream>>>(
         dp<T>(dy), dp<int32_t>(indices), cols, n, k, inner, dp<T>(dx));

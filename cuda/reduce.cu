@@ -93,7 +93,7 @@ void CudaBackend::reduce_sum_to(const Tensor& x, const Tensor& out) {
   Indexer kept = make_indexers(kept_shape, {kept_st})[0];
   Indexer red = make_indexers(red_shape, {red_st})[0];
   const int64_t sms = c_.multiprocessors;
-  dispatch_float(x.dtype, "sum", [&](auto z) {
+  dispatch_floating(x.dtype, "sum", [&](auto z) {
     using T = decltype(z);
     const bool by_block = inner_summed || m < kThreads;
     // Enough chunks to fill the GPU, none smaller than a few hundred elements.

@@ -1,5 +1,6 @@
 // Rotary position embedding on CUDA ("rotate half" layout): the forward map
-// and its transpose, which is the backward.
+// and its transpose, which is the backward. Half data computes in float and
+// rounds once; the cos/sin tables are the data's dtype or float32.
 #include "kernels.cuh"
 
 namespace lc::cuda {
@@ -10,21 +11,25 @@ namespace {
 // With h = Dh / 2, per row of Dh at position t = row % Tn:
 //   forward:  out_j = x_j c_j - x_{j+h} s_j (j < h),       x_j c_j + x_{j-h} s_j (j >= h)
 //   adjoint:  dx_j = g_j c_j + g_{j+h} s_{j+h} (j < h),   g_j c_j - g_{j-h} s_{j-h} (j >= h)
-template <typename T>
-__global__ void rotary_kernel(const T* x, const T* cs, const T* sn, T* out, int64_t n, int64_t Tn,
+template <typename T, typename C>
+__global__ void rotary_kernel(const T* x, const C* cs, const C* sn, T* out, int64_t n, int64_t Tn,
                               int64_t Dh, bool adjoint) {
+  using A = opmath_t<T>;
   const int64_t h = Dh / 2;
   LC_GRID_STRIDE(i, n) {
     const int64_t r = i / Dh, j = i - r * Dh;
     const T* xr = x + r * Dh;
-    const T* c = cs + (r % Tn) * Dh;
-    const T* s = sn + (r % Tn) * Dh;
-    T o;
+    const C* c = cs + (r % Tn) * Dh;
+    const C* s = sn + (r % Tn) * Dh;
+    auto xv = [&](int64_t k) { return ld(xr[k]); };
+    auto cv = [&](int64_t k) { return static_cast<A>(ld(c[k])); };
+    auto sv = [&](int64_t k) { return static_cast<A>(ld(s[k])); };
+    A o;
     if (!adjoint)
-      o = j < h ? xr[j] * c[j] - xr[j + h] * s[j] : xr[j] * c[j] + xr[j - h] * s[j];
+      o = j < h ? xv(j) * cv(j) - xv(j + h) * sv(j) : xv(j) * cv(j) + xv(j - h) * sv(j);
     else
-      o = j < h ? xr[j] * c[j] + xr[j + h] * s[j + h] : xr[j] * c[j] - xr[j - h] * s[j - h];
-    out[i] = o;
+      o = j < h ? xv(j) * cv(j) + xv(j + h) * sv(j + h) : xv(j) * cv(j) - xv(j - h) * sv(j - h);
+    out[i] = static_cast<T>(o);
   }
 }
 
@@ -39,10 +44,12 @@ void rotary(Context& c, const Tensor& x, const Tensor& cos, const Tensor& sin, b
   const int64_t Tn = cos.shape[0], Dh = cos.shape[1], n = x.numel();
   if (n == 0 || Tn == 0 || Dh == 0) return;
   const char* op = adjoint ? "rotary backward" : "rotary";
-  dispatch_float(x.dtype, op, [&](auto z) {
+  LC_CHECK(cos.dtype == sin.dtype, std::string(op) + ": cos and sin must share a dtype");
+  dispatch_with_side(x.dtype, cos.dtype, op, "cos/sin", [&](auto z, auto zc) {
     using T = decltype(z);
-    rotary_kernel<T><<<grid_for(n), kThreads, 0, c.stream>>>(dp<T>(x), dp<T>(cos), dp<T>(sin),
-                                                              dp<T>(out), n, Tn, Dh, adjoint);
+    using C = decltype(zc);
+    rotary_kernel<T, C><<<grid_for(n), kThreads, 0, c.stream>>>(dp<T>(x), dp<C>(cos), dp<C>(sin),
+                                                                 dp<T>(out), n, Tn, Dh, adjoint);
     launched(c, op);
   });
 }

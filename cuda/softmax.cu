@@ -1,7 +1,9 @@
 // Row-wise ops over the last dim: softmax and its backward, and the fused
 // cross entropy (log-softmax and NLL with ignore index and label smoothing).
 // One block per row, its threads striding over the columns; sums in double
-// as on the CPU.
+// as on the CPU. Half logits compute in float (the cross entropy in double),
+// rounding once on store; its loss and log-sum-exp (L) and the incoming loss
+// gradient (G) are the logits' dtype or float32.
 #include "kernels.cuh"
 
 namespace lc::cuda {
@@ -11,17 +13,18 @@ namespace {
 
 template <typename T>
 __global__ void softmax_kernel(const T* x, T* y, int64_t rows, int64_t cols) {
+  using A = opmath_t<T>;
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const T* r = x + row * cols;
     T* o = y + row * cols;
-    T mx = T(-INFINITY);
-    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) mx = max(mx, r[j]);
+    A mx = A(-INFINITY);
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) mx = max(mx, ld(r[j]));
     mx = block_max(mx);
     double s = 0;
-    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) s += static_cast<double>(d_exp(r[j] - mx));
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) s += static_cast<double>(d_exp(ld(r[j]) - mx));
     s = block_sum(s);
-    const T inv = static_cast<T>(1.0 / s);
-    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) o[j] = d_exp(r[j] - mx) * inv;
+    const A inv = static_cast<A>(1.0 / s);
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) o[j] = static_cast<T>(d_exp(ld(r[j]) - mx) * inv);
   }
 }
 
@@ -35,15 +38,15 @@ __global__ void softmax_backward_kernel(const T* y, const T* dy, T* dx, int64_t 
     double dot = 0;
     for (int64_t j = threadIdx.x; j < cols; j += blockDim.x)
       dot += static_cast<double>(gr[j]) * static_cast<double>(yr[j]);
-    const T d = static_cast<T>(block_sum(dot));
-    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) dr[j] = yr[j] * (gr[j] - d);
+    const opmath_t<T> d = static_cast<opmath_t<T>>(block_sum(dot));
+    for (int64_t j = threadIdx.x; j < cols; j += blockDim.x) dr[j] = static_cast<T>(ld(yr[j]) * (ld(gr[j]) - d));
   }
 }
 
-template <typename T>
+template <typename T, typename L>
 __global__ void cross_entropy_forward_kernel(const T* logits, const int32_t* targets, int64_t N,
-                                             int64_t C, int64_t ignore, double ls, T* loss_rows,
-                                             T* lse, DeviceError* err) {
+                                             int64_t C, int64_t ignore, double ls, L* loss_rows,
+                                             L* lse, DeviceError* err) {
   for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
     const T* row = logits + i * C;
     const int64_t ti = targets[i];
@@ -62,31 +65,31 @@ __global__ void cross_entropy_forward_kernel(const T* logits, const int32_t* tar
     sum_x = block_sum(sum_x);
     if (threadIdx.x != 0) continue;
     const double l = mx + log(s);
-    lse[i] = static_cast<T>(l);
+    lse[i] = static_cast<L>(l);
     if (bad) {
       if (atomicCAS(&err->code, 0, kErrCrossEntropyTarget) == 0) {
         err->a = ti;
         err->b = i;
         err->c = C;
       }
-      loss_rows[i] = T(0);
+      loss_rows[i] = L(0);
       continue;
     }
     if (ignored) {
-      loss_rows[i] = T(0);
+      loss_rows[i] = L(0);
       continue;
     }
     const double nll = l - static_cast<double>(row[ti]);
     const double smooth = l - sum_x / static_cast<double>(C);
-    loss_rows[i] = static_cast<T>((1.0 - ls) * nll + ls * smooth);
+    loss_rows[i] = static_cast<L>((1.0 - ls) * nll + ls * smooth);
   }
 }
 
 // dlogits (set) = grad * scale * (softmax - smoothed one-hot); 0 for ignored rows.
-template <typename T>
-__global__ void cross_entropy_backward_kernel(const T* logits, const T* lse, const int32_t* targets,
+template <typename T, typename L, typename G>
+__global__ void cross_entropy_backward_kernel(const T* logits, const L* lse, const int32_t* targets,
                                               int64_t N, int64_t C, int64_t ignore, double ls,
-                                              const T* grad, bool per_row, double grad_scale,
+                                              const G* grad, bool per_row, double grad_scale,
                                               T* dlogits) {
   const double off = ls / static_cast<double>(C);
   for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
@@ -114,7 +117,7 @@ void CudaBackend::softmax(const Tensor& x, const Tensor& y) {
   Guard g(c_);
   const int64_t cols = x.shape.back(), rows = cols ? x.numel() / cols : 0;
   if (!rows || !cols) return;
-  dispatch_float(x.dtype, "softmax", [&](auto z) {
+  dispatch_floating(x.dtype, "softmax", [&](auto z) {
     using T = decltype(z);
     softmax_kernel<T><<<row_grid(rows), row_threads(cols), 0, c_.stream>>>(dp<T>(x), dp<T>(y), rows, cols);
   });
@@ -125,7 +128,7 @@ void CudaBackend::softmax_backward(const Tensor& y, const Tensor& dy, const Tens
   Guard g(c_);
   const int64_t cols = y.shape.back(), rows = cols ? y.numel() / cols : 0;
   if (!rows || !cols) return;
-  dispatch_float(y.dtype, "softmax backward", [&](auto z) {
+  dispatch_floating(y.dtype, "softmax backward", [&](auto z) {
     using T = decltype(z);
     softmax_backward_kernel<T><<<row_grid(rows), row_threads(cols), 0, c_.stream>>>(
         dp<T>(y), dp<T>(dy), dp<T>(dx), rows, cols);
@@ -139,10 +142,12 @@ void CudaBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targ
   Guard g(c_);
   const int64_t N = logits.shape[0], C = logits.shape[1];
   if (!N || !C) return;
-  dispatch_float(logits.dtype, "cross entropy", [&](auto z) {
+  LC_CHECK(loss_rows.dtype == lse.dtype, "cross entropy: the loss rows and lse must share a dtype");
+  dispatch_with_side(logits.dtype, lse.dtype, "cross entropy", "lse", [&](auto z, auto zl) {
     using T = decltype(z);
-    cross_entropy_forward_kernel<T><<<row_grid(N), row_threads(C), 0, c_.stream>>>(
-        dp<T>(logits), dp<int32_t>(targets), N, C, ignore_index, ls, dp<T>(loss_rows), dp<T>(lse),
+    using L = decltype(zl);
+    cross_entropy_forward_kernel<T, L><<<row_grid(N), row_threads(C), 0, c_.stream>>>(
+        dp<T>(logits), dp<int32_t>(targets), N, C, ignore_index, ls, dp<L>(loss_rows), dp<L>(lse),
         c_.err);
   });
   launched(c_, "cross entropy");
@@ -155,11 +160,15 @@ void CudaBackend::cross_entropy_backward(const Tensor& logits, const Tensor& lse
   Guard g(c_);
   const int64_t N = logits.shape[0], C = logits.shape[1];
   if (!N || !C) return;
-  dispatch_float(logits.dtype, "cross entropy backward", [&](auto z) {
+  dispatch_with_side(logits.dtype, lse.dtype, "cross entropy backward", "lse", [&](auto z, auto zl) {
     using T = decltype(z);
-    cross_entropy_backward_kernel<T><<<row_grid(N), row_threads(C), 0, c_.stream>>>(
-        dp<T>(logits), dp<T>(lse), dp<int32_t>(targets), N, C, ignore_index, ls, dp<T>(grad),
-        grad.numel() != 1, grad_scale, dp<T>(dlogits));
+    using L = decltype(zl);
+    dispatch_with_side(logits.dtype, grad.dtype, "cross entropy backward", "the loss gradient", [&](auto, auto zg) {
+      using G = decltype(zg);
+      cross_entropy_backward_kernel<T, L, G><<<row_grid(N), row_threads(C), 0, c_.stream>>>(
+          dp<T>(logits), dp<L>(lse), dp<int32_t>(targets), N, C, ignore_index, ls, dp<G>(grad),
+          grad.numel() != 1, grad_scale, dp<T>(dlogits));
+    });
   });
   launched(c_, "cross entropy backward");
 }

@@ -1,5 +1,6 @@
 // The k largest (or smallest) elements along a dim, sorted, with their indices. The CPU backend
 // (src/cpu/topk.cpp) is the reference: equal values in index order, NaN above every number.
+// Halves compare as float; the values are copied unchanged.
 #include "kernels.cuh"
 
 namespace lc::cuda {
@@ -31,12 +32,12 @@ __global__ void topk_kernel(const T* x, int64_t cols, int64_t n, int64_t k, int6
     const int64_t o = c / inner, i = c % inner;
     const T* col = x + o * n * inner + i;
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
-      const T v = col[j * inner];
+      const opmath_t<T> v = ld(col[j * inner]);
       int64_t rank = 0;
       for (int64_t m = 0; m < n && rank < k; ++m)
-        if (m != j && ranks_before(largest, col[m * inner], m, v, j)) ++rank;
+        if (m != j && ranks_before(largest, ld(col[m * inner]), m, v, j)) ++rank;
       if (rank < k) {
-        values[(o * k + rank) * inner + i] = v;
+        values[(o * k + rank) * inner + i] = col[j * inner];
         indices[(o * k + rank) * inner + i] = static_cast<int32_t>(j);
       }
     }
@@ -54,7 +55,7 @@ void CudaBackend::topk(const Tensor& x, int64_t dim, int64_t k, bool largest, co
   const int64_t outer = ds.outer, n = ds.n, inner = ds.inner;
   const int64_t cols = outer * inner;
   if (!cols || !k) return;
-  dispatch_float(x.dtype, "topk", [&](auto z) {
+  dispatch_floating(x.dtype, "topk", [&](auto z) {
     using T = decltype(z);
     topk_kernel<T><<<row_grid(cols), row_threads(n), 0, c_.stream>>>(dp<T>(x), cols, n, k, inner, largest,
                                                                 dp<T>(values), dp<int32_t>(indices));

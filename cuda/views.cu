@@ -1,6 +1,7 @@
 // Views and joins on CUDA: strided copies (slices, cat, their gradients), the gather along a dim
 // of torch.gather / index_select with an atomic-free backward that adds in the CPU's order (the
-// same bits), and tril/triu. Elements move as 4- or 8-byte words, so every dtype is served.
+// same bits), and tril/triu. Elements move as 2-, 4- or 8-byte words, so every dtype is served;
+// the backward sums add in opmath_t (float for the halves) and round once.
 // A bad index is reported to the next synchronisation, as the CPU would throw.
 #include "kernels.cuh"
 
@@ -60,7 +61,7 @@ __global__ void gather_backward_kernel(const int32_t* idx, GatherGeom g, const T
         base_i += c * g.is[d];
       }
     }
-    T acc = T(0);
+    opmath_t<T> acc = 0;
     if (inside) {
       const int64_t L = g.dy[g.dim];
       for (int64_t j = 0; j < L; ++j) {
@@ -69,11 +70,11 @@ __global__ void gather_backward_kernel(const int32_t* idx, GatherGeom g, const T
         if (iv < 0 || iv >= g.dx[g.dim]) {
           note_bad(first, io);
         } else if (iv == v) {
-          acc += dy[base_dy + j * g.dys[g.dim]];
+          acc += ld(dy[base_dy + j * g.dys[g.dim]]);
         }
       }
     }
-    dx[p] = acc;
+    dx[p] = static_cast<T>(acc);
   }
 }
 
@@ -98,13 +99,13 @@ __global__ void select_backward_kernel(const int32_t* idx, const int32_t* order,
       const int64_t m = order[p - 1];
       if (m >= 0 && m < L && idx[m] == v) continue;  // inside a run: its start sums it
     }
-    T acc = T(0);
+    opmath_t<T> acc = 0;
     for (int64_t q = p; q < L; ++q) {
       const int64_t nq = order[q];
       if (nq < 0 || nq >= L || idx[nq] != v) break;
-      acc += dy[(o * L + nq) * inner + c];
+      acc += ld(dy[(o * L + nq) * inner + c]);
     }
-    dx[(o * S + v) * inner + c] = acc;
+    dx[(o * S + v) * inner + c] = static_cast<T>(acc);
   }
 }
 
@@ -135,12 +136,6 @@ std::vector<int64_t> contiguous_strides(const Shape& shape) {
   for (int64_t d = static_cast<int64_t>(shape.size()) - 2; d >= 0; --d)
     st[d] = st[d + 1] * shape[d + 1];
   return st;
-}
-
-template <typename Fn>
-void dispatch_word(DType t, Fn&& fn) {
-  if (dtype_size(t) == 8) fn(uint64_t{});
-  else fn(uint32_t{});
 }
 
 }  // namespace
@@ -203,7 +198,7 @@ void CudaBackend::index_gather_backward(const Tensor& index, const Tensor* order
     const int64_t outer = ds.outer, inner = ds.inner, L = dy.shape[dim], S = ds.n;
     Tensor holder;
     unsigned long long* first = first_bad_word(c_, holder);
-    dispatch_float(dx.dtype, "index_select backward", [&](auto z) {
+    dispatch_floating(dx.dtype, "index_select backward", [&](auto z) {
       using T = decltype(z);
       select_backward_kernel<T><<<grid_for(outer * L * inner), kThreads, 0, c_.stream>>>(
           dp<int32_t>(index), dp<int32_t>(*order), dp<T>(dy), dp<T>(dx), outer, L, S, inner,
@@ -229,7 +224,7 @@ void CudaBackend::index_gather_backward(const Tensor& index, const Tensor* order
   }
   Tensor holder;
   unsigned long long* first = first_bad_word(c_, holder);
-  dispatch_float(dx.dtype, "gather backward", [&](auto z) {
+  dispatch_floating(dx.dtype, "gather backward", [&](auto z) {
     using T = decltype(z);
     gather_backward_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(
         dp<int32_t>(index), geom, dp<T>(dy), dp<T>(dx), n, first);

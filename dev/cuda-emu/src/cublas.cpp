@@ -3,7 +3,11 @@
 // transb, leading dimensions at least the stored rows, batch strides, beta = 0
 // never reading C, alpha and beta through host pointers), computed with plain
 // loops that accumulate in double. TF32 math mode rounds the float inputs to
-// TF32 (10 mantissa bits) as tensor cores do. The operands must lie in live
+// TF32 (10 mantissa bits) as tensor cores do. cublasGemmEx and
+// cublasGemmStridedBatchedEx take bfloat16 / float16 inputs with a result of
+// the same type or float (CUBLAS_COMPUTE_32F, float alpha and beta): the
+// accumulator, in double, is rounded to float (the tensor cores' fp32
+// accumulator) and then once to the 16-bit type on store. The operands must lie in live
 // device memory of the handle's device, as the emulated runtime tracks it; a
 // product that reaches outside is a fault of the GPU (a sticky error at the
 // next runtime call), as it would be on a GPU.
@@ -63,6 +67,79 @@ float tf32(float x) {
   return x;
 }
 
+// The 16-bit types as the GPU stores them (bit patterns), converted here by
+// their definition rather than by the project's own conversions (src/half.h),
+// so that the emulator checks those: a value is rounded to p significant bits
+// (to nearest, ties to even: nearbyint in the default rounding mode) at the
+// quantum of its binade, or of the smallest normal binade for subnormals.
+struct Bf16 {
+  uint16_t bits;
+};
+struct F16 {
+  uint16_t bits;
+};
+
+// Finite x rounded to p bits with minimum normal exponent emin; beyond max_finite an infinity.
+double round_bits(double x, int p, int emin, double max_finite) {
+  if (x == 0 || std::isinf(x)) return x;
+  const int e = std::max(std::ilogb(x), emin);
+  const double q = std::ldexp(1.0, e - (p - 1));
+  const double r = std::nearbyint(x / q) * q;
+  return std::fabs(r) > max_finite ? std::copysign(INFINITY, x) : r;
+}
+
+double value(float v) { return v; }
+double value(double v) { return v; }
+double value(Bf16 v) {
+  const uint32_t b = static_cast<uint32_t>(v.bits) << 16;
+  float f;
+  std::memcpy(&f, &b, sizeof f);
+  return f;
+}
+double value(F16 v) {
+  const int e = (v.bits >> 10) & 0x1f, m = v.bits & 0x3ff;
+  const double sign = (v.bits & 0x8000) ? -1.0 : 1.0;
+  if (e == 0x1f) return m ? NAN : sign * INFINITY;
+  if (e == 0) return sign * std::ldexp(m, -24);
+  return sign * std::ldexp(1024 + m, e - 25);
+}
+
+template <typename T>
+T stored(float v);
+template <>
+float stored<float>(float v) {
+  return v;
+}
+template <>
+Bf16 stored<Bf16>(float v) {
+  if (std::isnan(v)) return Bf16{0x7fff};  // the canonical NaN the conversion intrinsics give
+  const float r = static_cast<float>(round_bits(v, 8, -126, 0x1.fep127));  // exact in float
+  uint32_t b;
+  std::memcpy(&b, &r, sizeof b);
+  return Bf16{static_cast<uint16_t>(b >> 16)};
+}
+template <>
+F16 stored<F16>(float v) {
+  if (std::isnan(v)) return F16{0x7fff};
+  const double r = round_bits(v, 11, -14, 65504.0);
+  const uint16_t sign = std::signbit(r) ? 0x8000 : 0;
+  const double a = std::fabs(r);
+  if (std::isinf(a)) return F16{static_cast<uint16_t>(sign | 0x7c00)};
+  if (a < 0x1p-14) return F16{static_cast<uint16_t>(sign | static_cast<uint16_t>(std::ldexp(a, 24)))};
+  const int e = std::ilogb(a);
+  const int m = static_cast<int>(std::ldexp(a, 10 - e)) - 1024;
+  return F16{static_cast<uint16_t>(sign | ((e + 15) << 10) | m)};
+}
+
+// The value stored into a result of type T from an accumulated double: float
+// and double as C++ converts, the 16-bit types through float (one rounding
+// from the fp32 accumulator).
+template <typename T>
+T store(double v) {
+  if constexpr (std::is_same<T, double>::value) return v;
+  else return stored<T>(static_cast<float>(v));
+}
+
 // Bytes spanned by a column-major rows x cols matrix with leading dimension ld.
 size_t extent(int rows, int cols, int ld, size_t elem) {
   if (rows == 0 || cols == 0) return 0;
@@ -106,12 +183,13 @@ bool operands_ok(const emu::Services* s, const char* api, const Handle* h, const
   return true;
 }
 
-template <typename T>
+// Inputs of type T, the result of type TC (T, or float for 16-bit inputs).
+template <typename T, typename TC>
 void gemm_one(int ta, int tb, int m, int n, int k, double alpha, const T* A, int lda, const T* B, int ldb,
-              double beta, T* C, int ldc, bool round_tf32, std::vector<double>& ap, std::vector<double>& acc) {
+              double beta, TC* C, int ldc, bool round_tf32, std::vector<double>& ap, std::vector<double>& acc) {
   auto in = [&](T v) -> double {
     if constexpr (std::is_same<T, float>::value) return round_tf32 ? tf32(v) : v;
-    return v;
+    return value(v);
   };
   const bool product = alpha != 0.0 && k > 0;  // alpha = 0: A and B are not read
   if (product) {
@@ -132,18 +210,19 @@ void gemm_one(int ta, int tb, int m, int n, int k, double alpha, const T* A, int
         for (int i = 0; i < m; ++i) acc[i] += a[i] * b;
       }
     }
-    T* c = C + static_cast<size_t>(j) * ldc;
+    TC* c = C + static_cast<size_t>(j) * ldc;
     for (int i = 0; i < m; ++i) {
       double v = product ? alpha * acc[i] : 0.0;
-      if (beta != 0.0) v += beta * static_cast<double>(c[i]);  // beta = 0: C is only written
-      c[i] = static_cast<T>(v);
+      if (beta != 0.0) v += beta * value(c[i]);  // beta = 0: C is only written
+      c[i] = store<TC>(v);
     }
   }
 }
 
-template <typename T>
-int gemm(const char* api, Handle* h, int ta, int tb, int m, int n, int k, const T* alpha, const T* A, int lda,
-         long long sa, const T* B, int ldb, long long sb, const T* beta, T* C, int ldc, long long sc, int batch) {
+// Inputs T, result TC, alpha and beta S (T for the typed entry points, float for the Ex ones).
+template <typename T, typename TC = T, typename S = T>
+int gemm(const char* api, Handle* h, int ta, int tb, int m, int n, int k, const S* alpha, const T* A, int lda,
+         long long sa, const T* B, int ldb, long long sb, const S* beta, TC* C, int ldc, long long sc, int batch) {
   const emu::Services* s = svc();
   if (!s || !valid(h)) return kNotInitialized;
   if ((ta != kOpN && ta != kOpT && ta != kOpC) || (tb != kOpN && tb != kOpT && tb != kOpC)) return kInvalidValue;
@@ -166,22 +245,59 @@ int gemm(const char* api, Handle* h, int ta, int tb, int m, int n, int k, const 
   }
   const double al = static_cast<double>(*alpha), be = static_cast<double>(*beta);
   const bool reads_ab = al != 0.0 && k > 0;
-  auto span = [&](int rows, int cols, int ld, long long stride) -> size_t {
-    size_t one = extent(rows, cols, ld, sizeof(T));
+  auto span = [&](int rows, int cols, int ld, long long stride, size_t elem) -> size_t {
+    size_t one = extent(rows, cols, ld, elem);
     if (batch == 1 || one == 0) return one;
     if (stride < 0) return SIZE_MAX;  // not supported here: refuse as out of range
-    return static_cast<size_t>(stride) * sizeof(T) * static_cast<size_t>(batch - 1) + one;
+    return static_cast<size_t>(stride) * elem * static_cast<size_t>(batch - 1) + one;
   };
   Operand ops[3] = {
-      {"A", A, reads_ab ? span(rows_a, cols_a, lda, sa) : 0, reads_ab ? extent(rows_a, cols_a, lda, sizeof(T)) : 0},
-      {"B", B, reads_ab ? span(rows_b, cols_b, ldb, sb) : 0, reads_ab ? extent(rows_b, cols_b, ldb, sizeof(T)) : 0},
-      {"C", C, span(m, n, ldc, sc), extent(m, n, ldc, sizeof(T))}};
+      {"A", A, reads_ab ? span(rows_a, cols_a, lda, sa, sizeof(T)) : 0,
+       reads_ab ? extent(rows_a, cols_a, lda, sizeof(T)) : 0},
+      {"B", B, reads_ab ? span(rows_b, cols_b, ldb, sb, sizeof(T)) : 0,
+       reads_ab ? extent(rows_b, cols_b, ldb, sizeof(T)) : 0},
+      {"C", C, span(m, n, ldc, sc, sizeof(TC)), extent(m, n, ldc, sizeof(TC))}};
   if (!operands_ok(s, api, h, ops, 3)) return kSuccess;
-  const bool round = std::is_same<T, float>::value && (h->math & 0xf) == kTf32TensorOpMath;
+  const bool round = std::is_same<T, float>::value && (h->math & 0xf) == kTf32TensorOpMath;  // 32F inputs only
   std::vector<double> ap, acc;
   for (int b = 0; b < batch; ++b)
-    gemm_one<T>(ta, tb, m, n, k, al, A + b * sa, lda, B + b * sb, ldb, be, C + b * sc, ldc, round, ap, acc);
+    gemm_one<T, TC>(ta, tb, m, n, k, al, A + b * sa, lda, B + b * sb, ldb, be, C + b * sc, ldc, round, ap, acc);
   return kSuccess;
+}
+
+// cudaDataType_t and cuBLAS values the Ex entry points take.
+constexpr int kR32F = 0, kR16F = 2, kR16BF = 14;
+constexpr int kCompute32F = 68;
+constexpr int kGemmDefault = -1, kGemmDefaultTensorOp = 99;
+
+// The Ex products: the type combinations of CUBLAS_COMPUTE_32F that the
+// project uses (16BF or 16F inputs with a result of the same type or 32F;
+// 32F throughout); other types, compute types and algorithms are not
+// emulated (CUBLAS_STATUS_NOT_SUPPORTED).
+int gemm_ex(const char* api, Handle* h, int ta, int tb, int m, int n, int k, const void* alpha, const void* A,
+            int atype, int lda, long long sa, const void* B, int btype, int ldb, long long sb, const void* beta,
+            void* C, int ctype, int ldc, long long sc, int batch, int compute, int algo) {
+  if (!valid(h)) return kNotInitialized;
+  if (compute != kCompute32F || (algo != kGemmDefault && algo != kGemmDefaultTensorOp)) return kNotSupported;
+  if (atype != btype) return kNotSupported;
+  const float* al = static_cast<const float*>(alpha);
+  const float* be = static_cast<const float*>(beta);
+  if (atype == kR16BF && ctype == kR16BF)
+    return gemm<Bf16, Bf16, float>(api, h, ta, tb, m, n, k, al, static_cast<const Bf16*>(A), lda, sa,
+                                   static_cast<const Bf16*>(B), ldb, sb, be, static_cast<Bf16*>(C), ldc, sc, batch);
+  if (atype == kR16BF && ctype == kR32F)
+    return gemm<Bf16, float, float>(api, h, ta, tb, m, n, k, al, static_cast<const Bf16*>(A), lda, sa,
+                                    static_cast<const Bf16*>(B), ldb, sb, be, static_cast<float*>(C), ldc, sc, batch);
+  if (atype == kR16F && ctype == kR16F)
+    return gemm<F16, F16, float>(api, h, ta, tb, m, n, k, al, static_cast<const F16*>(A), lda, sa,
+                                 static_cast<const F16*>(B), ldb, sb, be, static_cast<F16*>(C), ldc, sc, batch);
+  if (atype == kR16F && ctype == kR32F)
+    return gemm<F16, float, float>(api, h, ta, tb, m, n, k, al, static_cast<const F16*>(A), lda, sa,
+                                   static_cast<const F16*>(B), ldb, sb, be, static_cast<float*>(C), ldc, sc, batch);
+  if (atype == kR32F && ctype == kR32F)
+    return gemm<float, float, float>(api, h, ta, tb, m, n, k, al, static_cast<const float*>(A), lda, sa,
+                                     static_cast<const float*>(B), ldb, sb, be, static_cast<float*>(C), ldc, sc, batch);
+  return kNotSupported;
 }
 
 }  // namespace
@@ -267,4 +383,19 @@ EMU_EXPORT int cublasDgemmStridedBatched(Handle* h, int ta, int tb, int m, int n
                                          int batch) {
   return gemm<double>("cublasDgemmStridedBatched", h, ta, tb, m, n, k, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc,
                       sc, batch);
+}
+
+EMU_EXPORT int cublasGemmEx(Handle* h, int ta, int tb, int m, int n, int k, const void* alpha, const void* A,
+                            int atype, int lda, const void* B, int btype, int ldb, const void* beta, void* C,
+                            int ctype, int ldc, int compute, int algo) {
+  return gemm_ex("cublasGemmEx", h, ta, tb, m, n, k, alpha, A, atype, lda, 0, B, btype, ldb, 0, beta, C, ctype,
+                 ldc, 0, 1, compute, algo);
+}
+
+EMU_EXPORT int cublasGemmStridedBatchedEx(Handle* h, int ta, int tb, int m, int n, int k, const void* alpha,
+                                          const void* A, int atype, int lda, long long sa, const void* B, int btype,
+                                          int ldb, long long sb, const void* beta, void* C, int ctype, int ldc,
+                                          long long sc, int batch, int compute, int algo) {
+  return gemm_ex("cublasGemmStridedBatchedEx", h, ta, tb, m, n, k, alpha, A, atype, lda, sa, B, btype, ldb, sb,
+                 beta, C, ctype, ldc, sc, batch, compute, algo);
 }

@@ -400,6 +400,116 @@ std::string ok_cublas() {
   return sync_error();
 }
 
+// cublasGemmEx / cublasGemmStridedBatchedEx on bfloat16 and float16: sums rounded once, to
+// nearest even, on store (ties, overflow to infinity), a float32 result of 16-bit inputs, strided
+// batches with transposes against a direct loop, beta = 0 never reading C, and the refusals.
+std::string ok_cublas_ex() {
+  void* lib = dlopen(g_cublas_path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!lib) return std::string("dlopen: ") + dlerror();
+  using Create = int (*)(void**);
+  using GemmEx = int (*)(void*, int, int, int, int, int, const void*, const void*, int, int, const void*, int, int,
+                         const void*, void*, int, int, int, int);
+  using GemmExB = int (*)(void*, int, int, int, int, int, const void*, const void*, int, int, long long,
+                          const void*, int, int, long long, const void*, void*, int, int, long long, int, int, int);
+  auto create = reinterpret_cast<Create>(dlsym(lib, "cublasCreate_v2"));
+  auto gemm_ex = reinterpret_cast<GemmEx>(dlsym(lib, "cublasGemmEx"));
+  auto gemm_ex_b = reinterpret_cast<GemmExB>(dlsym(lib, "cublasGemmStridedBatchedEx"));
+  CHECK(create && gemm_ex && gemm_ex_b);
+  void* h = nullptr;
+  CHECK(create(&h) == 0);
+  const int R32F = 0, R16F = 2, R16BF = 14, C32F = 68, TENSOR_OP = 99;
+  const float one = 1, zero = 0;
+  // A 1 x 2 row times a 2 x 1 column of ones: C = a0 + a1, in the given type.
+  auto dot2 = [&](int type, uint16_t a0, uint16_t a1, uint16_t ones) -> uint16_t {
+    uint16_t* a = dev<uint16_t>(2);
+    uint16_t* b = dev<uint16_t>(2);
+    uint16_t* c = dev<uint16_t>(1);
+    const uint16_t ha[2] = {a0, a1}, hb[2] = {ones, ones};
+    cudaMemcpy(a, ha, 4, cudaMemcpyHostToDevice);
+    cudaMemcpy(b, hb, 4, cudaMemcpyHostToDevice);
+    if (gemm_ex(h, 0, 0, 1, 1, 2, &one, a, type, 1, b, type, 2, &zero, c, type, 1, C32F, TENSOR_OP) != 0) return 1;
+    return host(c, 1)[0];
+  };
+  // bfloat16: 1 + 2^-8 is a tie between 1 and 1 + 2^-7: to even (1); 1 + 3 * 2^-8 rounds up to 1 + 2^-6.
+  CHECK(dot2(R16BF, 0x3f80, 0x3b80, 0x3f80) == 0x3f80);
+  CHECK(dot2(R16BF, 0x3f80, 0x3c40, 0x3f80) == 0x3f82);
+  // float16: 2048 + 1 ties to 2048, 2048 + 3 to 2052; 65504 + 16 overflows, 65504 + 8 does not.
+  CHECK(dot2(R16F, 0x6800, 0x3c00, 0x3c00) == 0x6800);
+  CHECK(dot2(R16F, 0x6800, 0x4200, 0x3c00) == 0x6802);
+  CHECK(dot2(R16F, 0x7bff, 0x4c00, 0x3c00) == 0x7c00);
+  CHECK(dot2(R16F, 0x7bff, 0x4800, 0x3c00) == 0x7bff);
+  {  // bfloat16 inputs, a float32 result: the sum unrounded (1 + 2^-8).
+    uint16_t* a = dev<uint16_t>(2);
+    uint16_t* b = dev<uint16_t>(2);
+    float* c = dev<float>(1);
+    const uint16_t ha[2] = {0x3f80, 0x3b80}, hb[2] = {0x3f80, 0x3f80};
+    CUDA(cudaMemcpy(a, ha, 4, cudaMemcpyHostToDevice));
+    CUDA(cudaMemcpy(b, hb, 4, cudaMemcpyHostToDevice));
+    CHECK(gemm_ex(h, 0, 0, 1, 1, 2, &one, a, R16BF, 1, b, R16BF, 2, &zero, c, R32F, 1, C32F, TENSOR_OP) == 0);
+    CHECK(host(c, 1)[0] == 1.00390625f);
+  }
+  // Strided batches with every transpose, small integers (exact in bfloat16, sums too), beta = 1.
+  const int m = 3, n = 4, k = 5, batch = 2;
+  auto bf = [](float v) {
+    uint32_t b;
+    std::memcpy(&b, &v, 4);
+    return static_cast<uint16_t>(b >> 16);  // exact for these values
+  };
+  auto unbf = [](uint16_t v) {
+    const uint32_t b = static_cast<uint32_t>(v) << 16;
+    float f;
+    std::memcpy(&f, &b, 4);
+    return f;
+  };
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb) {
+      const int lda = (ta ? k : m) + 1, ldb = tb ? n : k, ldc = m + 2;
+      const long long sa = lda * (ta ? m : k), sb = ldb * (tb ? k : n) + 3, sc = ldc * n;
+      std::vector<uint16_t> A(sa * batch), B(sb * batch), C(sc * batch);
+      for (size_t q = 0; q < A.size(); ++q) A[q] = bf(static_cast<float>(static_cast<int>(q % 7) - 3));
+      for (size_t q = 0; q < B.size(); ++q) B[q] = bf(static_cast<float>(static_cast<int>(q % 5) - 2));
+      for (size_t q = 0; q < C.size(); ++q) C[q] = bf(static_cast<float>(q % 3));
+      uint16_t* dA = dev<uint16_t>(A.size());
+      uint16_t* dB = dev<uint16_t>(B.size());
+      uint16_t* dC = dev<uint16_t>(C.size());
+      CUDA(cudaMemcpy(dA, A.data(), A.size() * 2, cudaMemcpyHostToDevice));
+      CUDA(cudaMemcpy(dB, B.data(), B.size() * 2, cudaMemcpyHostToDevice));
+      CUDA(cudaMemcpy(dC, C.data(), C.size() * 2, cudaMemcpyHostToDevice));
+      const float alpha = 2, beta = 1;
+      CHECK(gemm_ex_b(h, ta, tb, m, n, k, &alpha, dA, R16BF, lda, sa, dB, R16BF, ldb, sb, &beta, dC, R16BF, ldc, sc,
+                      batch, C32F, TENSOR_OP) == 0);
+      auto got = host(dC, C.size());
+      for (int b = 0; b < batch; ++b)
+        for (int j = 0; j < n; ++j)
+          for (int i = 0; i < m; ++i) {
+            float acc = 0;
+            for (int l = 0; l < k; ++l) {
+              float a = unbf(ta ? A[b * sa + l + i * lda] : A[b * sa + i + l * lda]);
+              float bb = unbf(tb ? B[b * sb + j + l * ldb] : B[b * sb + l + j * ldb]);
+              acc += a * bb;
+            }
+            const float want = alpha * acc + beta * unbf(C[b * sc + i + j * ldc]);
+            CHECK(unbf(got[b * sc + i + j * ldc]) == want);
+          }
+      // beta = 0 never reads C: NaN there stays out of the result.
+      CUDA(cudaMemset(dC, 0xFF, C.size() * 2));
+      CHECK(gemm_ex(h, ta, tb, m, n, k, &alpha, dA, R16BF, lda, dB, R16BF, ldb, &zero, dC, R16BF, ldc, C32F,
+                    TENSOR_OP) == 0);
+      got = host(dC, static_cast<size_t>(ldc) * n);
+      for (int j = 0; j < n; ++j)
+        for (int i = 0; i < m; ++i) CHECK(std::isfinite(unbf(got[i + j * ldc])));
+    }
+  uint16_t* d = dev<uint16_t>(16);
+  // lda < m: CUBLAS_STATUS_INVALID_VALUE; a float32 x float32 -> bfloat16 product, mixed input
+  // types or another compute type: CUBLAS_STATUS_NOT_SUPPORTED.
+  CHECK(gemm_ex(h, 0, 0, 4, 4, 4, &one, d, R16BF, 3, d, R16BF, 4, &one, d, R16BF, 4, C32F, TENSOR_OP) == 7);
+  float* f = dev<float>(16);
+  CHECK(gemm_ex(h, 0, 0, 4, 4, 4, &one, f, R32F, 4, f, R32F, 4, &zero, d, R16BF, 4, C32F, TENSOR_OP) == 15);
+  CHECK(gemm_ex(h, 0, 0, 4, 4, 4, &one, d, R16BF, 4, d, R16F, 4, &zero, f, R32F, 4, C32F, TENSOR_OP) == 15);
+  CHECK(gemm_ex(h, 0, 0, 4, 4, 4, &one, d, R16F, 4, d, R16F, 4, &zero, f, R32F, 4, 64, TENSOR_OP) == 15);
+  return sync_error();
+}
+
 std::string bug_cublas_out_of_range() {
   void* lib = dlopen(g_cublas_path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (!lib) return std::string("dlopen: ") + dlerror();
@@ -512,6 +622,7 @@ const Case kCases[] = {
     {"launch limits are launch errors, not sticky", ok_launch_limits, "ok"},
     {"memory: total, pool, trim, checked copies, events", ok_memory, "ok"},
     {"cuBLAS column-major semantics", ok_cublas, "ok"},
+    {"cuBLAS GemmEx: bfloat16 and float16 rounded once on store", ok_cublas_ex, "ok"},
     {"divergent __syncthreads", bug_divergent_barrier, "divergent __syncthreads()"},
     {"__syncthreads after threads returned", bug_early_return, "a barrier not every thread reaches"},
     {"divergent shuffles", bug_divergent_shuffle, "divergent warp"},
