@@ -1,6 +1,7 @@
 // Sums over broadcast dims (the gradient of a broadcast, bias gradients,
 // sum/mean): out has x's rank, or fewer leading dims, with 1 on every summed
-// dim. Accumulates in double like the CPU backend, and deterministically: each
+// dim. Accumulates in double like the CPU backend (halves read as float, rounded
+// once on store), and deterministically: each
 // output is summed in a fixed order, in at most `splits` chunks whose partial
 // sums are added in order by a second kernel.
 #include <algorithm>
