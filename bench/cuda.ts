@@ -3,9 +3,11 @@
 // `lora-cuda bench --device cuda` (bench/command.ts).
 //
 // Method: first the two floors of this GPU, measured in the same process
-// (the matrix rate of a large square GEMM, fp32 and TF32, and the copy
+// (the matrix rate of a large square GEMM, fp32, TF32 and bf16, and the copy
 // bandwidth of a large device-to-device copy); then, per shape (M tokens,
-// d = in = out, r) and math mode:
+// d = in = out, r) and math mode (fp32; TF32; bf16: the frozen layer, its
+// input and output in bfloat16, its products on tensor cores through
+// cublasGemmEx, the adapter in float32 as PEFT keeps it):
 //   baseline fwd       y = x W^T                one cuBLAS GEMM
 //   baseline fwd+bwd   y = x W^T, dx = dy W     two cuBLAS GEMMs (the weight is frozen: no dW)
 //   lora fwd           LoRALinear.forward (bias, adapter accumulated into y)
@@ -18,6 +20,7 @@
 // (bench/binding.ts); everything else is the public API.
 import * as os from 'os';
 import { Linear, LoRALinear, backendInfo, cuda, manualSeed, noGrad, randn, tidy, zeros } from '../lib';
+import type { Tensor } from '../lib';
 import { benchNative } from './binding';
 
 export interface CudaBenchShape {
@@ -28,7 +31,7 @@ export interface CudaBenchShape {
 
 export interface CudaBenchRow {
   shape: CudaBenchShape;
-  math: 'fp32' | 'tf32';
+  math: CudaBenchMath;
   op: string;
   medianMs: number;
   minMs: number;
@@ -43,9 +46,12 @@ export interface CudaBenchRow {
   baseline: string | null;
 }
 
+/** fp32 and TF32: a float32 layer without and with TF32 tensor cores; bf16: a bfloat16 layer with float32 adapters. */
+export type CudaBenchMath = 'fp32' | 'tf32' | 'bf16';
+
 export interface CudaFloors {
-  /** TFLOP/s of a large square SGEMM, fp32 and TF32. */
-  matrixTflops: { fp32: number; tf32: number };
+  /** TFLOP/s of a large square GEMM: SGEMM in fp32 and TF32, cublasGemmEx in bf16 (fp32 accumulation). */
+  matrixTflops: { fp32: number; tf32: number; bf16: number };
   /** GB/s of a large device-to-device copy (bytes read + written). */
   copyGBps: number;
 }
@@ -78,8 +84,8 @@ export interface RunCudaBenchmarksOptions {
   /** Timed runs per row (default 50; 10 with quick). */
   reps?: number;
   quick?: boolean;
-  /** Math modes (default both). */
-  math?: ('fp32' | 'tf32')[];
+  /** Math modes (default all three). */
+  math?: CudaBenchMath[];
   log?: (line: string) => void;
 }
 
@@ -120,34 +126,50 @@ function measureFloors(reps: number): CudaFloors {
   };
   const fp32 = rate(false);
   const tf32 = rate(true);
+  const [ah, bh, ch] = [a, b, c].map((t) => t.to('bfloat16'));
+  const th = timeCuda(() => benchNative.gemmInto(ah._h, bh._h, ch._h, false, false, 1, 0), Math.max(5, Math.floor(reps / 5)), 3);
+  const bf16 = (2 * n * n * n) / (th.median * 1e-3) / 1e12;
+  for (const x of [ah, bh, ch]) x.dispose();
   // 1 GiB copied: 2 GiB moved (read + write).
   const src = zeros([2 ** 28], { device: 'cuda' });
   const dst = zeros([2 ** 28], { device: 'cuda' });
   const t = timeCuda(() => dst.copy_(src), Math.max(5, Math.floor(reps / 5)), 3);
   const copyGBps = (2 * 4 * 2 ** 28) / (t.median * 1e-3) / 1e9;
   for (const x of [a, b, c, src, dst]) x.dispose();
-  return { matrixTflops: { fp32, tf32 }, copyGBps };
+  return { matrixTflops: { fp32, tf32, bf16 }, copyGBps };
 }
 
-function benchShape(s: CudaBenchShape, math: 'fp32' | 'tf32', reps: number, floors: CudaFloors, l2: number): CudaBenchRow[] {
+function benchShape(s: CudaBenchShape, math: CudaBenchMath, reps: number, floors: CudaFloors, l2: number): CudaBenchRow[] {
   const { M, d, r } = s;
   manualSeed(0);
+  // bf16: the frozen layer's weight, bias, input, output and gradients in bfloat16 (as a bf16
+  // checkpoint loads); the adapter's A and B stay float32.
+  const dtype = math === 'bf16' ? 'bfloat16' : 'float32';
   const lin = new Linear(d, d, { device: 'cuda' });
+  // A float32 tensor in the layer's dtype (the float32 one disposed).
+  const inDtype = (t: Tensor): Tensor => {
+    if (dtype === 'float32') return t;
+    const h = t.detach().to(dtype);
+    t.dispose();
+    return h;
+  };
+  lin.weight = inDtype(lin.weight);
+  lin.bias = inDtype(lin.bias!);
   lin.requiresGrad_(false);
   const lora = new LoRALinear(lin, { r, alpha: 2 * r });
-  noGrad(() => lora.B!.copy_(randn([d, r], { std: 0.01, device: 'cuda' })));
-  const k = rotation(4 * M * d, l2);
-  const xs = Array.from({ length: k }, () => randn([M, d], { device: 'cuda' }).requiresGrad_(true));
-  const dys = Array.from({ length: k }, () => randn([M, d], { device: 'cuda' }));
-  const y = zeros([M, d], { device: 'cuda' });
-  const dx = zeros([M, d], { device: 'cuda' });
+  noGrad(() => lora.B!.copy_(randn([d, r], { std: 0.01, device: 'cuda', dtype: lora.B!.dtype })));
+  const E = math === 'bf16' ? 2 : 4;  // bytes per element of the layer's tensors
+  const k = rotation(E * M * d, l2);
+  const xs = Array.from({ length: k }, () => inDtype(randn([M, d], { device: 'cuda' })).requiresGrad_(true));
+  const dys = Array.from({ length: k }, () => inDtype(randn([M, d], { device: 'cuda' })));
+  const y = inDtype(zeros([M, d], { device: 'cuda' }));
+  const dx = inDtype(zeros([M, d], { device: 'cuda' }));
   let i = 0;
   const next = () => i++ % k;
 
   const gemm = 2 * M * d * d;
   const adapterFwd = 2 * M * r * (2 * d);
   const adapterBwd = 2 * (2 * M * r * d) + 2 * (2 * M * r * d); // dB, dh; dA, dh A
-  const F32 = 4;
   const rowFlops = {
     'baseline fwd': gemm,
     'baseline fwd+bwd': 2 * gemm,
@@ -155,13 +177,14 @@ function benchShape(s: CudaBenchShape, math: 'fp32' | 'tf32', reps: number, floo
     'lora fwd+bwd': 2 * gemm + adapterFwd + adapterBwd,
     merge: 2 * d * d * r,
   };
-  // Bytes each op must move at least: inputs read once, outputs written once.
+  // Bytes each op must move at least: inputs read once, outputs written once (the adapter's
+  // rank-r matrices are too small to count).
   const rowBytes = {
-    'baseline fwd': F32 * (M * d + d * d + M * d),
-    'baseline fwd+bwd': F32 * (2 * (M * d + d * d + M * d)),
-    'lora fwd': F32 * (M * d + d * d + M * d),
-    'lora fwd+bwd': F32 * (2 * (M * d + d * d + M * d)),
-    merge: F32 * 2 * d * d,
+    'baseline fwd': E * (M * d + d * d + M * d),
+    'baseline fwd+bwd': E * (2 * (M * d + d * d + M * d)),
+    'lora fwd': E * (M * d + d * d + M * d),
+    'lora fwd+bwd': E * (2 * (M * d + d * d + M * d)),
+    merge: E * 2 * d * d,
   };
 
   cuda.setAllowTF32(math === 'tf32');
@@ -261,26 +284,28 @@ export function runCudaBenchmarks(options: RunCudaBenchmarksOptions = {}): CudaB
   const log = options.log ?? (() => undefined);
   const shapes = Array.isArray(options.shapes) ? options.shapes : CUDA_BENCH_SHAPES[options.shapes ?? (quick ? 'quick' : 'full')];
   const reps = options.reps ?? (quick ? 10 : 50);
-  const maths = options.math ?? ['fp32', 'tf32'];
+  const maths = options.math ?? ['fp32', 'tf32', 'bf16'];
   const dev = info.cuda.devices[0];
   // L2 sizes are not reported by the runtime API here; 64 MiB covers every GPU this build targets.
   const l2 = 64 * 2 ** 20;
   log(`lora-cuda bench (CUDA): ${dev.name} (sm ${dev.capability}, ${(dev.memory / 2 ** 30).toFixed(0)} GiB), ` +
     `cuBLAS ${info.cuda.cublas?.version ?? '?'}, ${reps} runs per row, median, CUDA events`);
   const floors = measureFloors(reps);
-  log(`floors: matrix ${floors.matrixTflops.fp32.toFixed(1)} TFLOP/s fp32, ${floors.matrixTflops.tf32.toFixed(1)} TFLOP/s tf32; ` +
+  log(`floors: matrix ${floors.matrixTflops.fp32.toFixed(1)} TFLOP/s fp32, ${floors.matrixTflops.tf32.toFixed(1)} TFLOP/s tf32, ` +
+    `${floors.matrixTflops.bf16.toFixed(1)} TFLOP/s bf16; ` +
     `copy ${floors.copyGBps.toFixed(0)} GB/s`);
   const rows: CudaBenchRow[] = [];
   for (const math of maths) for (const s of shapes) rows.push(...benchShape(s, math, reps, floors, l2));
   for (const line of formatCudaBenchTable(rows)) log(line);
 
   const targets: CudaBenchTarget[] = [];
-  for (const math of maths) {
+  // The fp32 / TF32 layers have a target; the bf16 rows (against cublasGemmEx) are reported as measured.
+  for (const math of maths.filter((m) => m !== 'bf16')) {
     const fb = rows.filter((r) => r.math === math && r.op === 'lora fwd+bwd' && r.shape.d === 4096 && r.shape.r === 16);
     const worst = fb.length ? Math.max(...fb.map((r) => r.ratio ?? Infinity)) : null;
     targets.push({ metric: `lora fwd+bwd / baseline fwd+bwd at d = 4096, r = 16 (${math}, worst M)`, limit: 1.15, value: worst, met: worst !== null && worst <= 1.15 });
   }
-  const merges = rows.filter((r) => r.op === 'merge' && r.shape.d === 4096);
+  const merges = rows.filter((r) => r.op === 'merge' && r.shape.d === 4096 && r.math !== 'bf16');
   const mergeFrac = merges.length ? Math.min(...merges.map((r) => r.gbps)) / floors.copyGBps : null;
   targets.push({ metric: 'merge bandwidth / copy bandwidth at d = 4096 (worst)', limit: 0.7, value: mergeFrac, met: mergeFrac !== null && mergeFrac >= 0.7 });
   for (const t of targets) {
