@@ -4,15 +4,31 @@
 import { Tensor } from './tensor';
 import { checkInt, rangeError, typeError } from './errors';
 import { numelOf } from './shape';
+import { isHalf } from './dtype';
 
 export function assertTensor(where: string, what: string, v: unknown): asserts v is Tensor {
   if (!(v instanceof Tensor)) throw typeError(where, what, 'a Tensor', v);
 }
 
-/** Throws unless t is a live float tensor. */
+/** Throws unless t is a live float tensor (float32, float64, bfloat16 or float16). */
 export function requireFloat(where: string, t: Tensor, what = 'the tensor'): void {
   t._checkLive(where);
-  if (t.dtype === 'int32') throw rangeError(where, `${what}'s dtype`, 'float32 or float64', t.dtype);
+  if (t.dtype === 'int32') throw rangeError(where, `${what}'s dtype`, FLOAT_DTYPE_NAMES, t.dtype);
+}
+
+/** How errors name the float dtypes. */
+export const FLOAT_DTYPE_NAMES = 'float32, float64, bfloat16 or float16';
+
+/**
+ * An adapter matrix (A, B, a magnitude) of a layer whose weight is `ref`: on its device, in its
+ * dtype or, for a bfloat16/float16 layer, in float32 (PEFT's autocast_adapter_dtype), as the
+ * native LoRA ops take them. Any other mix is refused naming both tensors.
+ */
+export function requireAdapterDtype(where: string, ref: Tensor, refName: string, t: Tensor, what: string): void {
+  requireSameDevice(where, ref, refName, t, what);
+  if (t.dtype === ref.dtype || (isHalf(ref.dtype) && t.dtype === 'float32')) return;
+  const allowed = isHalf(ref.dtype) ? `${ref.dtype} or float32` : ref.dtype;
+  throw new TypeError(`${where}: ${what} is ${t.dtype} but ${refName} is ${ref.dtype}; the adapters of a ${ref.dtype} layer must be ${allowed}`);
 }
 
 /** Inputs of one op (an index or mask too) must be on one device. */

@@ -156,7 +156,7 @@ export function ones(shape: readonly number[], opts?: TensorOptions): Tensor {
 function randomTensor(where: string, shape: readonly number[], opts: unknown, kind: RandomKind, a: number, b: number, extra: string[]): Tensor {
   const s = checkShape(where, 'shape', shape);
   const { dtype, device, requiresGrad } = readOptions(where, opts, extra);
-  if (dtype === 'int32') throw rangeError(where, 'options.dtype', 'float32 or float64', dtype);
+  if (dtype === 'int32') throw rangeError(where, 'options.dtype', 'float32, float64, bfloat16 or float16', dtype);
   return finish(creation.random(s, dtype, device, kind, nextRandomKey(), a, b), requiresGrad);
 }
 

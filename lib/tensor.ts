@@ -128,7 +128,7 @@ export class Tensor {
       throw new Error(`${where}: only leaf tensors can change requiresGrad${name ? ` (${name} is not one)` : ''}; use detach() for a non-leaf`);
     }
     if (flag && this._dtype === 'int32') {
-      throw rangeError(where, name ? `the dtype of ${name}` : 'dtype', 'float32 or float64 for a tensor that requires grad', this._dtype);
+      throw rangeError(where, name ? `the dtype of ${name}` : 'dtype', 'a float dtype (float32, float64, bfloat16 or float16) for a tensor that requires grad', this._dtype);
     }
   }
 

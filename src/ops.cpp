@@ -15,6 +15,28 @@ void require_float(const Tensor& t, const char* op, const char* name) {
            std::string(op) + ": " + name + " must be float32 or float64, got " + dtype_name(t.dtype));
 }
 
+// The ops that take the 16-bit types: bfloat16 and float16 besides float32 and float64.
+void require_floating(const Tensor& t, const char* op, const char* name) {
+  LC_CHECK(is_floating(t.dtype), std::string(op) + ": " + name +
+                                     " must be float32, float64, bfloat16 or float16, got " +
+                                     dtype_name(t.dtype));
+}
+
+// The dtype an op computes and keeps its float statistics in (rstd, a loss, a logsumexp):
+// float32 for the halves (PyTorch's opmath type), the dtype itself otherwise.
+DType opmath_dtype(DType t) { return is_half(t) ? DType::F32 : t; }
+
+// t must be in `dtype` on like's device: the float32 statistics saved beside a half tensor.
+void require_dtype(const Tensor& t, DType dtype, const Tensor& like, const char* op,
+                   const char* name) {
+  LC_CHECK(t.device() == like.device(), std::string(op) + ": " + name + " is on " +
+                                            t.device().str() + " but the input is on " +
+                                            like.device().str());
+  LC_CHECK(t.dtype == dtype, std::string(op) + ": " + name + " must be " + dtype_name(dtype) +
+                                 " for a " + dtype_name(like.dtype) + " input, got " +
+                                 dtype_name(t.dtype));
+}
+
 void same(const Tensor& a, const Tensor& b, const char* op, const char* na, const char* nb) {
   LC_CHECK(a.device() == b.device(), std::string(op) + ": " + na + " is on " + a.device().str() +
                                          " but " + nb + " is on " + b.device().str());
@@ -63,7 +85,7 @@ void to_host(const Tensor& t, void* dst, size_t bytes) {
 Tensor random(const Shape& shape, DType dtype, Device dev, RandomKind kind, uint64_t seed,
               uint64_t offset, double a, double b) {
   Tensor t = empty(shape, dtype, dev);
-  require_float(t, "random", "tensor");
+  require_floating(t, "random", "tensor");
   if (t.numel()) backend_for(dev).random(t, kind, seed, offset, a, b);
   return t;
 }
@@ -109,14 +131,14 @@ Shape broadcast_shapes(const Shape& a, const Shape& b) {
 
 Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
   same(a, b, "binary op", "a", "b");
-  require_float(a, "binary op", "a");
+  require_floating(a, "binary op", "a");
   Tensor out = empty(broadcast_shapes(a.shape, b.shape), a.dtype, a.device());
   if (out.numel()) be(a).binary(op, a, b, out);
   return out;
 }
 
 Tensor affine(const Tensor& x, double alpha, double beta) {
-  require_float(x, "affine", "x");
+  require_floating(x, "affine", "x");
   Tensor out = empty(x.shape, x.dtype, x.device());
   if (out.numel()) be(x).affine(x, alpha, beta, out);
   return out;
@@ -124,7 +146,7 @@ Tensor affine(const Tensor& x, double alpha, double beta) {
 
 void axpy_(const Tensor& y, const Tensor& x, double alpha) {
   same(y, x, "accumulate", "destination", "source");
-  require_float(y, "accumulate", "destination");
+  require_floating(y, "accumulate", "destination");
   LC_CHECK(y.numel() == x.numel(), "accumulate: shapes " + shape_str(y.shape) + " and " +
                                        shape_str(x.shape) + " differ");
   if (y.numel()) be(y).axpy(y, x, alpha);
@@ -139,7 +161,7 @@ void check_unary_op(UnaryOp op) {
 
 Tensor unary(UnaryOp op, const Tensor& x) {
   check_unary_op(op);
-  require_float(x, "unary op", "x");
+  require_floating(x, "unary op", "x");
   Tensor out = empty(x.shape, x.dtype, x.device());
   if (out.numel()) be(x).unary(op, x, out);
   return out;
@@ -148,7 +170,7 @@ Tensor unary(UnaryOp op, const Tensor& x) {
 Tensor unary_backward(UnaryOp op, const Tensor& x, const Tensor& dy) {
   check_unary_op(op);
   same(x, dy, "unary backward", "x", "grad");
-  require_float(x, "unary backward", "x");
+  require_floating(x, "unary backward", "x");
   LC_CHECK(x.numel() == dy.numel(), "unary backward: grad shape mismatch");
   Tensor dx = empty(x.shape, x.dtype, x.device());
   if (dx.numel()) be(x).unary_backward(op, x, dy, dx);
@@ -156,7 +178,7 @@ Tensor unary_backward(UnaryOp op, const Tensor& x, const Tensor& dy) {
 }
 
 Tensor sum_to(const Tensor& x, const Shape& shape) {
-  require_float(x, "sum", "x");
+  require_floating(x, "sum", "x");
   LC_CHECK(shape.size() <= x.shape.size(), "sum: cannot reduce " + shape_str(x.shape) + " to " +
                                                 shape_str(shape));
   size_t off = x.shape.size() - shape.size();
@@ -197,12 +219,12 @@ Tensor permute(const Tensor& x, const std::vector<int64_t>& perm) {
 }
 
 bool all_finite(const Tensor& x) {
-  require_float(x, "all_finite", "x");
+  require_floating(x, "all_finite", "x");
   return x.numel() == 0 || be(x).all_finite(x);
 }
 
 Tensor softmax(const Tensor& x) {
-  require_float(x, "softmax", "x");
+  require_floating(x, "softmax", "x");
   LC_CHECK(x.dim() >= 1, "softmax: x must have at least one dim");
   Tensor y = empty(x.shape, x.dtype, x.device());
   if (y.numel()) be(x).softmax(x, y);
@@ -220,7 +242,7 @@ Tensor softmax_backward(const Tensor& y, const Tensor& dy) {
 Tensor bmm(const Tensor& a, const Tensor& b, bool tA, bool tB) {
   const char* op = "matmul";
   same(a, b, op, "a", "b");
-  require_float(a, op, "a");
+  require_floating(a, op, "a");
   rank(a, 3, op, "a");
   rank(b, 3, op, "b");
   int64_t Ba = a.shape[0], Bb = b.shape[0];
@@ -243,7 +265,7 @@ void gemm_into(const Tensor& a, const Tensor& b, const Tensor& c, bool tA, bool 
   const char* op = "gemm";
   same(a, b, op, "a", "b");
   same(a, c, op, "a", "c");
-  require_float(a, op, "a");
+  require_floating(a, op, "a");
   rank(a, 2, op, "a");
   rank(b, 2, op, "b");
   rank(c, 2, op, "c");
@@ -261,7 +283,7 @@ void check_linear(const char* op, const Tensor& x, const Tensor& W, const Tensor
   rank(x, 2, op, "x");
   rank(W, 2, op, "weight");
   same(x, W, op, "x", "weight");
-  require_float(x, op, "x");
+  require_floating(x, op, "x");
   dim_eq(x.shape[1], W.shape[1], op, "x.shape[1] (in features)");
   if (b) {
     same(x, *b, op, "x", "bias");
@@ -269,11 +291,23 @@ void check_linear(const char* op, const Tensor& x, const Tensor& W, const Tensor
     dim_eq(b->shape[0], W.shape[0], op, "bias.shape[0]");
   }
 }
+// A and B share a dtype: the layer's, or float32 on a bfloat16/float16 layer (PEFT's
+// autocast_adapter_dtype keeps a half layer's adapters in float32). No other mix.
 void check_adapter(const char* op, const Tensor& W, const Tensor& A, const Tensor& B) {
   rank(A, 2, op, "A");
   rank(B, 2, op, "B");
-  same(W, A, op, "weight", "A");
-  same(W, B, op, "weight", "B");
+  if (is_half(W.dtype) && A.dtype == DType::F32) {
+    LC_CHECK(A.device() == W.device(), std::string(op) + ": weight is on " + W.device().str() +
+                                           " but A is on " + A.device().str());
+    same(A, B, op, "A", "B");
+  } else {
+    LC_CHECK(!is_half(W.dtype) || A.dtype == W.dtype,
+             std::string(op) + ": A is " + dtype_name(A.dtype) + " but weight is " +
+                 dtype_name(W.dtype) + " (the adapters of a " + dtype_name(W.dtype) +
+                 " layer are " + dtype_name(W.dtype) + " or float32)");
+    same(W, A, op, "weight", "A");
+    same(W, B, op, "weight", "B");
+  }
   dim_eq(A.shape[1], W.shape[1], op, "A.shape[1] (in features)");
   dim_eq(B.shape[0], W.shape[0], op, "B.shape[0] (out features)");
   dim_eq(B.shape[1], A.shape[0], op, "B.shape[1] (rank)");
@@ -326,8 +360,9 @@ LoraOut lora_forward(const Tensor& x, const Tensor& W, const Tensor* b, const Te
   check_linear("lora forward", x, W, b);
   check_adapter("lora forward", W, A, B);
   LC_CHECK(p >= 0 && p < 1, "lora forward: dropout must be in [0, 1)");
+  // h, the adapter's bottleneck, is in the adapters' dtype.
   LoraOut o{empty({x.shape[0], W.shape[0]}, x.dtype, x.device()),
-            empty({x.shape[0], A.shape[0]}, x.dtype, x.device())};
+            empty({x.shape[0], A.shape[0]}, A.dtype, x.device())};
   if (o.y.numel()) be(x).lora_forward(x, W, b, A, B, scale, p, seed, offset, o.y, o.h);
   return o;
 }
@@ -340,7 +375,7 @@ LoraGrads lora_backward(const Tensor& dy, const Tensor& x, const Tensor& W, cons
   check_linear(op, x, W, nullptr);
   check_adapter(op, W, A, B);
   check_grad_out(op, dy, x, W);
-  same(h, x, op, "h", "x");
+  require_dtype(h, A.dtype, x, op, "saved h");
   LC_CHECK(h.dim() == 2 && h.shape[0] == x.shape[0] && h.shape[1] == A.shape[0],
            "lora backward: saved h has the wrong shape " + shape_str(h.shape));
   LoraGrads g{maybe(need_dx, x.shape, x), maybe(need_dA, A.shape, A), maybe(need_dB, B.shape, B),
@@ -356,14 +391,14 @@ LoraGrads lora_backward(const Tensor& dy, const Tensor& x, const Tensor& W, cons
 
 bool lora_merge(const Tensor& W, const Tensor& A, const Tensor& B, double scale, bool safe) {
   rank(W, 2, "merge", "weight");
-  require_float(W, "merge", "weight");
+  require_floating(W, "merge", "weight");
   check_adapter("merge", W, A, B);
   if (!W.numel()) return true;
   return be(W).lora_merge(W, A, B, scale, safe);
 }
 
 Tensor dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset) {
-  require_float(x, "dropout", "x");
+  require_floating(x, "dropout", "x");
   LC_CHECK(p >= 0 && p < 1, "dropout: p must be in [0, 1)");
   Tensor out = empty(x.shape, x.dtype, x.device());
   if (out.numel()) be(x).dropout(x, out, p, seed, offset);
@@ -375,7 +410,7 @@ void adam_step(const std::vector<AdamParam>& params, const AdamConfig& cfg) {
   Device dev = params[0].param.device();
   for (const AdamParam& p : params) {
     const char* op = "adam";
-    require_float(p.param, op, "param");
+    require_floating(p.param, op, "param");
     same(p.param, p.grad, op, "param", "grad");
     same(p.param, p.exp_avg, op, "param", "exp_avg");
     same(p.param, p.exp_avg_sq, op, "param", "exp_avg_sq");
@@ -398,13 +433,16 @@ CrossEntropyOut cross_entropy_forward(const Tensor& logits, const Tensor& target
                                       int64_t ignore_index, double ls) {
   const char* op = "cross entropy";
   rank(logits, 2, op, "logits");
-  require_float(logits, op, "logits");
+  require_floating(logits, op, "logits");
   LC_CHECK(targets.dtype == DType::I32, "cross entropy: targets must be int32");
   LC_CHECK(targets.device() == logits.device(), "cross entropy: targets on another device");
   dim_eq(targets.numel(), logits.shape[0], op, "number of targets");
   LC_CHECK(logits.shape[1] > 0, "cross entropy: logits must have at least one class");
-  CrossEntropyOut o{empty({logits.shape[0]}, logits.dtype, logits.device()),
-                    empty({logits.shape[0]}, logits.dtype, logits.device())};
+  // The per-row loss and logsumexp: float32 for half logits (the loss of a half model is
+  // computed and kept in float32).
+  const DType lt = opmath_dtype(logits.dtype);
+  CrossEntropyOut o{empty({logits.shape[0]}, lt, logits.device()),
+                    empty({logits.shape[0]}, lt, logits.device())};
   if (logits.numel())
     be(logits).cross_entropy_forward(logits, targets, ignore_index, ls, o.loss_rows, o.lse);
   return o;
@@ -415,8 +453,9 @@ Tensor cross_entropy_backward(const Tensor& logits, const Tensor& lse, const Ten
                               double grad_scale) {
   const char* op = "cross entropy backward";
   rank(logits, 2, op, "logits");
-  same(logits, lse, op, "logits", "lse");
-  same(logits, grad, op, "logits", "grad");
+  require_floating(logits, op, "logits");
+  require_dtype(lse, opmath_dtype(logits.dtype), logits, op, "lse");
+  require_dtype(grad, opmath_dtype(logits.dtype), logits, op, "grad");
   LC_CHECK(targets.dtype == DType::I32 && targets.numel() == logits.shape[0],
            "cross entropy backward: bad targets");
   LC_CHECK(grad.numel() == 1 || grad.numel() == logits.shape[0],
@@ -451,7 +490,7 @@ void check_mask(const char* op, const Tensor& mask, const Tensor& like, const ch
 
 ValuesIndices minmax(const Tensor& x, int64_t dim, bool is_max) {
   const char* op = is_max ? "max" : "min";
-  require_float(x, op, "x");
+  require_floating(x, op, "x");
   check_dim(op, x, dim);
   LC_CHECK(x.shape[dim] > 0, std::string(op) + ": cannot reduce an empty dim of shape " +
                                  shape_str(x.shape));
@@ -464,7 +503,7 @@ ValuesIndices minmax(const Tensor& x, int64_t dim, bool is_max) {
 Tensor index_dim_backward(const Tensor& dy, const Tensor& indices, int64_t dim,
                           const Shape& x_shape) {
   const char* op = "index backward";
-  require_float(dy, op, "grad");
+  require_floating(dy, op, "grad");
   check_mask(op, indices, dy, "indices");
   LC_CHECK(dy.shape == indices.shape && dim >= 0 && dim < dy.dim() &&
                static_cast<int64_t>(x_shape.size()) == dy.dim() &&
@@ -480,7 +519,7 @@ Tensor index_dim_backward(const Tensor& dy, const Tensor& indices, int64_t dim,
 }
 
 ValuesIndices topk(const Tensor& x, int64_t k, int64_t dim, bool largest) {
-  require_float(x, "topk", "x");
+  require_floating(x, "topk", "x");
   check_dim("topk", x, dim);
   LC_CHECK(k >= 0 && k <= x.shape[dim], "topk: k must be in [0, " + std::to_string(x.shape[dim]) +
                                             "], got " + std::to_string(k));
@@ -491,7 +530,7 @@ ValuesIndices topk(const Tensor& x, int64_t k, int64_t dim, bool largest) {
 }
 
 Tensor cumsum(const Tensor& x, int64_t dim, bool reverse) {
-  require_float(x, "cumsum", "x");
+  require_floating(x, "cumsum", "x");
   check_dim("cumsum", x, dim);
   Tensor out = empty(x.shape, x.dtype, x.device());
   if (out.numel()) be(x).cumsum(x, dim, reverse, out);
@@ -517,7 +556,7 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
 }
 
 Tensor clamp(const Tensor& x, double lo, double hi) {
-  require_float(x, "clamp", "x");
+  require_floating(x, "clamp", "x");
   LC_CHECK(!std::isnan(lo) && !std::isnan(hi), "clamp: the bounds must not be NaN");
   Tensor out = empty(x.shape, x.dtype, x.device());
   if (out.numel()) be(x).clamp(x, lo, hi, out);
@@ -525,7 +564,7 @@ Tensor clamp(const Tensor& x, double lo, double hi) {
 }
 
 Tensor clamp_backward(const Tensor& x, double lo, double hi, const Tensor& dy) {
-  require_float(x, "clamp backward", "x");
+  require_floating(x, "clamp backward", "x");
   same(x, dy, "clamp backward", "x", "grad");
   LC_CHECK(x.shape == dy.shape, "clamp backward: grad shape mismatch");
   Tensor dx = empty(x.shape, x.dtype, x.device());
@@ -535,7 +574,7 @@ Tensor clamp_backward(const Tensor& x, double lo, double hi, const Tensor& dy) {
 
 Tensor pow(const Tensor& a, const Tensor& b) {
   same(a, b, "pow", "base", "exponent");
-  require_float(a, "pow", "base");
+  require_floating(a, "pow", "base");
   Tensor out = empty(broadcast_shapes(a.shape, b.shape), a.dtype, a.device());
   if (out.numel()) be(a).pow(a, b, out);
   return out;
@@ -546,7 +585,7 @@ PowGrads pow_backward(const Tensor& a, const Tensor& b, const Tensor& dy, bool n
   const char* op = "pow backward";
   same(a, b, op, "base", "exponent");
   same(a, dy, op, "base", "grad");
-  require_float(a, op, "base");
+  require_floating(a, op, "base");
   LC_CHECK(dy.shape == broadcast_shapes(a.shape, b.shape), "pow backward: grad has shape " +
                                                                shape_str(dy.shape));
   // Per output element first, then summed down to each operand's shape.
@@ -559,7 +598,7 @@ PowGrads pow_backward(const Tensor& a, const Tensor& b, const Tensor& dy, bool n
 }
 
 Tensor log_softmax(const Tensor& x) {
-  require_float(x, "log softmax", "x");
+  require_floating(x, "log softmax", "x");
   LC_CHECK(x.dim() >= 1, "log softmax: x must have at least one dim");
   Tensor y = empty(x.shape, x.dtype, x.device());
   if (y.numel()) be(x).log_softmax(x, y);
@@ -568,7 +607,7 @@ Tensor log_softmax(const Tensor& x) {
 
 Tensor log_softmax_backward(const Tensor& y, const Tensor& dy) {
   same(y, dy, "log softmax backward", "y", "grad");
-  require_float(y, "log softmax backward", "y");
+  require_floating(y, "log softmax backward", "y");
   LC_CHECK(y.shape == dy.shape, "log softmax backward: grad shape mismatch");
   Tensor dx = empty(y.shape, y.dtype, y.device());
   if (dx.numel()) be(y).log_softmax_backward(y, dy, dx);
@@ -586,9 +625,15 @@ void check_ids(const char* op, const Tensor& ids, const Tensor& like) {
 }
 // x [..., T, Dh] against cos/sin [T, Dh].
 void check_rotary(const char* op, const Tensor& x, const Tensor& cos, const Tensor& sin) {
-  require_float(x, op, "x");
-  same(x, cos, op, "x", "cos");
-  same(x, sin, op, "x", "sin");
+  require_floating(x, op, "x");
+  // Half x takes its tables in its own dtype or in float32 (transformers computes them in float32).
+  if (is_half(x.dtype) && cos.dtype == DType::F32) {
+    require_dtype(cos, DType::F32, x, op, "cos");
+    require_dtype(sin, DType::F32, x, op, "sin");
+  } else {
+    same(x, cos, op, "x", "cos");
+    same(x, sin, op, "x", "sin");
+  }
   rank(cos, 2, op, "cos");
   LC_CHECK(cos.shape == sin.shape, std::string(op) + ": cos has shape " + shape_str(cos.shape) +
                                        " but sin has shape " + shape_str(sin.shape));
@@ -640,7 +685,7 @@ void check_starts(const char* op, const Tensor* starts, const Tensor& q, bool ca
 Tensor embedding(const Tensor& ids, const Tensor& weight) {
   const char* op = "embedding";
   rank(weight, 2, op, "weight");
-  require_float(weight, op, "weight");
+  require_floating(weight, op, "weight");
   check_ids(op, ids, weight);
   Shape shape = ids.shape;
   shape.push_back(weight.shape[1]);
@@ -652,7 +697,7 @@ Tensor embedding(const Tensor& ids, const Tensor& weight) {
 Tensor embedding_backward(const Tensor& ids, const Tensor* order, const Tensor& dy,
                           int64_t num_embeddings) {
   const char* op = "embedding backward";
-  require_float(dy, op, "grad");
+  require_floating(dy, op, "grad");
   check_ids(op, ids, dy);
   if (order) {
     check_ids(op, *order, dy);
@@ -672,7 +717,7 @@ Tensor embedding_backward(const Tensor& ids, const Tensor* order, const Tensor& 
 
 RmsNormOut rms_norm(const Tensor& x, const Tensor* weight, double eps) {
   const char* op = "rms norm";
-  require_float(x, op, "x");
+  require_floating(x, op, "x");
   LC_CHECK(x.dim() >= 1, "rms norm: x must have at least one dim");
   LC_CHECK(std::isfinite(eps) && eps >= 0, "rms norm: eps must be a finite number >= 0");
   int64_t D = x.shape.back();
@@ -682,8 +727,9 @@ RmsNormOut rms_norm(const Tensor& x, const Tensor* weight, double eps) {
     dim_eq(weight->shape[0], D, op, "weight.shape[0]");
   }
   Shape rows(x.shape.begin(), x.shape.end() - 1);
+  // rstd in float32 for half x (LlamaRMSNorm's statistics are float32).
   RmsNormOut o{empty(x.shape, x.dtype, x.device()),
-               empty({shape_numel(rows)}, x.dtype, x.device())};
+               empty({shape_numel(rows)}, opmath_dtype(x.dtype), x.device())};
   if (x.numel())
     be(x).rms_norm_forward(x, weight, eps, o.y, o.rstd);
   else if (o.rstd.numel())  // D == 0: the mean of nothing counts as 0
@@ -694,9 +740,9 @@ RmsNormOut rms_norm(const Tensor& x, const Tensor* weight, double eps) {
 RmsNormGrads rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor* weight,
                                const Tensor& rstd, bool need_dx, bool need_dweight) {
   const char* op = "rms norm backward";
-  require_float(x, op, "x");
+  require_floating(x, op, "x");
   same(x, dy, op, "x", "grad");
-  same(x, rstd, op, "x", "rstd");
+  require_dtype(rstd, opmath_dtype(x.dtype), x, op, "rstd");
   LC_CHECK(x.dim() >= 1 && dy.shape == x.shape, "rms norm backward: grad has shape " +
                                                     shape_str(dy.shape) + ", x has shape " +
                                                     shape_str(x.shape));
@@ -861,7 +907,7 @@ Tensor gather(const Tensor& x, const Tensor& index, int64_t dim, bool select) {
 Tensor gather_backward(const Tensor& index, const Tensor* order, int64_t dim, bool select,
                        const Tensor& dy, const Shape& x_shape) {
   const char* op = select ? "index_select backward" : "gather backward";
-  require_float(dy, op, "grad");
+  require_floating(dy, op, "grad");
   LC_CHECK(dy.device() == index.device(), std::string(op) + ": grad is on " + dy.device().str() +
                                               " but index is on " + index.device().str());
   for (int64_t s : x_shape) LC_CHECK(s >= 0, std::string(op) + ": bad input shape");

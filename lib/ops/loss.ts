@@ -3,6 +3,7 @@ import type { Tensor } from '../tensor';
 import { native, NativeTensor } from '../native';
 import { defineFunction } from '../autograd';
 import { viewOf } from './memory';
+import { isHalf } from '../dtype';
 
 type Reduction = 'mean' | 'sum' | 'none';
 
@@ -32,19 +33,21 @@ export const crossEntropy = defineFunction<CrossEntropyArgs, CrossEntropyState>(
     const logits2 = native.view(logits._h, [N, C]);
     const [rows, lse] = native.crossEntropyForward(logits2, targets._h, ignoreIndex, labelSmoothing);
     ctx.own(lse);
+    // The loss of half logits is float32 (computed in float, as the loss of a half model is).
+    const lossDtype = isHalf(logits.dtype) ? 'float32' : logits.dtype;
     let out: Tensor;
     let scale = 1;
     if (reduction === 'none') {
-      out = logits._make(logits.ndim === 2 ? rows : native.view(rows, []), logits.ndim === 2 ? [N] : []);
+      out = logits._make(logits.ndim === 2 ? rows : native.view(rows, []), logits.ndim === 2 ? [N] : [], lossDtype);
     } else {
       const s = native.sumTo(rows, []);
       native.dispose(rows);
       if (reduction === 'mean') {
         scale = 1 / count;
-        out = logits._make(native.affine(s, scale, 0), []);
+        out = logits._make(native.affine(s, scale, 0), [], lossDtype);
         native.dispose(s);
       } else {
-        out = logits._make(s, []);
+        out = logits._make(s, [], lossDtype);
       }
     }
     ctx.rows2 = [N, C];

@@ -1,6 +1,7 @@
 // Comparisons with broadcasting, giving int32 masks (1 true, 0 false), and where(cond, a, b):
 // the mask ops behind eq/ne/lt/le/gt/ge, where and maskedFill. Any dtype.
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_backend.h"
@@ -11,11 +12,14 @@ namespace {
 template <typename Fn>
 void dispatch_any(DType t, Fn&& fn) {
   if (t == DType::I32) fn(int32_t{});
-  else dispatch_float(t, "compare", fn);
+  else dispatch_floating(t, "compare", fn);
 }
 
 template <typename T>
-inline int32_t apply_compare(CompareOp op, T a, T b) {
+inline int32_t apply_compare(CompareOp op, T a_, T b_) {
+  // Halves compare as float (exactly).
+  using M = std::conditional_t<std::is_same_v<T, int32_t>, int32_t, opmath_t<T>>;
+  const M a = M(a_), b = M(b_);
   switch (op) {
     case CompareOp::Eq: return a == b;
     case CompareOp::Ne: return a != b;

@@ -2,6 +2,8 @@
 // affine, axpy, unary ops and their derivatives, broadcast and permute copies,
 // the finiteness check and dropout. Compiled without FMA contraction: the
 // random draws must round exactly as the CUDA kernels do (philox.h).
+// Every op reads bfloat16/float16 as float, computes in M = opmath_t<T> and
+// rounds once on store (T(...)), as PyTorch's CPU kernels for the halves.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -101,7 +103,7 @@ void gather(const Tensor& x, const Tensor& out, const std::vector<int64_t>& stri
     });
   };
   if (out.dtype == DType::I32) run(int32_t{});
-  else dispatch_float(out.dtype, op, run);
+  else dispatch_floating(out.dtype, op, run);
 }
 
 }  // namespace
@@ -112,7 +114,7 @@ void CpuBackend::fill(const Tensor& t, double value) {
     std::fill_n(t.data<int32_t>(), n, static_cast<int32_t>(value));
     return;
   }
-  dispatch_float(t.dtype, "fill", [&](auto z) {
+  dispatch_floating(t.dtype, "fill", [&](auto z) {
     using T = decltype(z);
     std::fill_n(t.data<T>(), n, static_cast<T>(value));
   });
@@ -120,7 +122,8 @@ void CpuBackend::fill(const Tensor& t, double value) {
 
 void CpuBackend::random(const Tensor& t, RandomKind kind, uint64_t seed, uint64_t offset,
                         double a, double b) {
-  dispatch_float(t.dtype, "random", [&](auto z) {
+  // Halves: the draw (a double, as for float) rounds once into the half.
+  dispatch_floating(t.dtype, "random", [&](auto z) {
     using T = decltype(z);
     T* p = t.data<T>();
     par(t.numel(), [&](int64_t s, int64_t e) {
@@ -133,22 +136,23 @@ void CpuBackend::random(const Tensor& t, RandomKind kind, uint64_t seed, uint64_
 }
 
 void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out) {
-  dispatch_float(out.dtype, "binary op", [&](auto z) {
+  dispatch_floating(out.dtype, "binary op", [&](auto z) {
     using T = decltype(z);
+    using M = opmath_t<T>;
     const T* pa = a.data<T>();
     const T* pb = b.data<T>();
     T* po = out.data<T>();
     int64_t n = out.numel();
     if (a.shape == out.shape && b.shape == out.shape) {
       par(n, [&](int64_t s, int64_t e) {
-        for (int64_t i = s; i < e; ++i) po[i] = apply_binary(op, pa[i], pb[i]);
+        for (int64_t i = s; i < e; ++i) po[i] = T(apply_binary<M>(op, M(pa[i]), M(pb[i])));
       });
       return;
     }
     if (a.shape == out.shape && b.numel() == 1) {
-      T bv = pb[0];
+      const M bv = M(pb[0]);
       par(n, [&](int64_t s, int64_t e) {
-        for (int64_t i = s; i < e; ++i) po[i] = apply_binary(op, pa[i], bv);
+        for (int64_t i = s; i < e; ++i) po[i] = T(apply_binary<M>(op, M(pa[i]), bv));
       });
       return;
     }
@@ -157,59 +161,64 @@ void CpuBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Ten
     for_each_bcast<2>(out.shape, st, [&](int64_t base, int64_t len, const int64_t* off,
                                          const int64_t* ist) {
       if (!ist) {
-        po[base] = apply_binary(op, pa[off[0]], pb[off[1]]);
+        po[base] = T(apply_binary<M>(op, M(pa[off[0]]), M(pb[off[1]])));
         return;
       }
       for (int64_t i = 0; i < len; ++i)
-        po[base + i] = apply_binary(op, pa[off[0] + i * ist[0]], pb[off[1] + i * ist[1]]);
+        po[base + i] =
+            T(apply_binary<M>(op, M(pa[off[0] + i * ist[0]]), M(pb[off[1] + i * ist[1]])));
     });
   });
 }
 
 void CpuBackend::affine(const Tensor& x, double alpha, double beta, const Tensor& out) {
-  dispatch_float(out.dtype, "affine", [&](auto z) {
+  dispatch_floating(out.dtype, "affine", [&](auto z) {
     using T = decltype(z);
+    using M = opmath_t<T>;
     const T* px = x.data<T>();
     T* po = out.data<T>();
-    T al = static_cast<T>(alpha), be = static_cast<T>(beta);
+    M al = static_cast<M>(alpha), be = static_cast<M>(beta);
     par(out.numel(), [&](int64_t s, int64_t e) {
-      for (int64_t i = s; i < e; ++i) po[i] = al * px[i] + be;
+      for (int64_t i = s; i < e; ++i) po[i] = T(al * M(px[i]) + be);
     });
   });
 }
 
 void CpuBackend::axpy(const Tensor& y, const Tensor& x, double alpha) {
-  dispatch_float(y.dtype, "axpy", [&](auto z) {
+  dispatch_floating(y.dtype, "axpy", [&](auto z) {
     using T = decltype(z);
+    using M = opmath_t<T>;
     const T* px = x.data<T>();
     T* py = y.data<T>();
-    T al = static_cast<T>(alpha);
+    M al = static_cast<M>(alpha);
     par(y.numel(), [&](int64_t s, int64_t e) {
-      for (int64_t i = s; i < e; ++i) py[i] += al * px[i];
+      for (int64_t i = s; i < e; ++i) py[i] = T(M(py[i]) + al * M(px[i]));
     });
   });
 }
 
 void CpuBackend::unary(UnaryOp op, const Tensor& x, const Tensor& out) {
-  dispatch_float(out.dtype, "unary op", [&](auto z) {
+  dispatch_floating(out.dtype, "unary op", [&](auto z) {
     using T = decltype(z);
+    using M = opmath_t<T>;
     const T* px = x.data<T>();
     T* po = out.data<T>();
     par(out.numel(), [&](int64_t s, int64_t e) {
-      for (int64_t i = s; i < e; ++i) po[i] = unary_f(op, px[i]);
+      for (int64_t i = s; i < e; ++i) po[i] = T(unary_f<M>(op, M(px[i])));
     });
   });
 }
 
 void CpuBackend::unary_backward(UnaryOp op, const Tensor& x, const Tensor& dy,
                                 const Tensor& dx) {
-  dispatch_float(dx.dtype, "unary backward", [&](auto z) {
+  dispatch_floating(dx.dtype, "unary backward", [&](auto z) {
     using T = decltype(z);
+    using M = opmath_t<T>;
     const T* px = x.data<T>();
     const T* pg = dy.data<T>();
     T* po = dx.data<T>();
     par(dx.numel(), [&](int64_t s, int64_t e) {
-      for (int64_t i = s; i < e; ++i) po[i] = pg[i] * unary_df(op, px[i]);
+      for (int64_t i = s; i < e; ++i) po[i] = T(M(pg[i]) * unary_df<M>(op, M(px[i])));
     });
   });
 }
@@ -231,10 +240,10 @@ void CpuBackend::permute(const Tensor& x, const std::vector<int64_t>& perm,
 
 bool CpuBackend::all_finite(const Tensor& x) {
   bool ok = true;
-  dispatch_float(x.dtype, "all_finite", [&](auto z) {
+  dispatch_floating(x.dtype, "all_finite", [&](auto z) {
     using T = decltype(z);
     const T* p = x.data<T>();
-    for (int64_t i = 0, n = x.numel(); i < n && ok; ++i) ok = std::isfinite(p[i]);
+    for (int64_t i = 0, n = x.numel(); i < n && ok; ++i) ok = std::isfinite(opmath_t<T>(p[i]));
   });
   return ok;
 }
@@ -243,16 +252,18 @@ bool CpuBackend::all_finite(const Tensor& x) {
 // elementwise, so out may be x.
 void CpuBackend::dropout(const Tensor& x, const Tensor& out, double p, uint64_t seed,
                          uint64_t offset) {
-  dispatch_float(out.dtype, "dropout", [&](auto z) {
+  dispatch_floating(out.dtype, "dropout", [&](auto z) {
     using T = decltype(z);
+    using M = opmath_t<T>;
     const T* px = x.data<T>();
     T* po = out.data<T>();
     uint32_t thr = dropout_threshold(p);
-    T keep_scale = T(1.0 / (1.0 - p));
+    M keep_scale = M(1.0 / (1.0 - p));
     par(out.numel(), [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i)
-        po[i] = dropout_keep(seed, offset, static_cast<uint64_t>(i), thr) ? px[i] * keep_scale
-                                                                          : T(0);
+        po[i] = dropout_keep(seed, offset, static_cast<uint64_t>(i), thr)
+                    ? T(M(px[i]) * keep_scale)
+                    : T(M(0));
     });
   });
 }

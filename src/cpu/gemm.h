@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 
+#include "../half.h"
+
 namespace lc {
 
 // Row-major C = alpha * op(A) * op(B) + beta * C, with op(X) = X or X^T.
@@ -17,6 +19,21 @@ void builtin_sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, fl
 void builtin_dgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, double alpha,
                    const double* A, int64_t lda, const double* B, int64_t ldb, double beta,
                    double* C, int64_t ldc);
+
+}  // namespace lc
+
+namespace lc {
+
+// bfloat16/float16 A, B and C with float32 accumulation, rounded once into C
+// (half_gemm.cpp): the same row-major contract as above, alpha and beta in float.
+// Panels of A and B are converted to float a block at a time and multiplied on
+// the float32 path; never a float copy of a whole operand.
+void gemm_bf16(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+               const bf16* A, int64_t lda, const bf16* B, int64_t ldb, float beta, bf16* C,
+               int64_t ldc);
+void gemm_f16(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+              const f16* A, int64_t lda, const f16* B, int64_t ldb, float beta, f16* C,
+              int64_t ldc);
 
 }  // namespace lc
 

@@ -22,6 +22,15 @@ inline void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, double alpha
   gemm_f64(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+inline void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, float alpha, const bf16* A,
+                 int64_t lda, const bf16* B, int64_t ldb, float beta, bf16* C, int64_t ldc) {
+  gemm_bf16(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+inline void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, float alpha, const f16* A,
+                 int64_t lda, const f16* B, int64_t ldb, float beta, f16* C, int64_t ldc) {
+  gemm_f16(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
 inline void low_rank_rows(float* C, int64_t M, int64_t N, int64_t r, float alpha, const float* U,
                           const float* V, const float* init, bool acc, double p, uint64_t seed,
                           uint64_t offset) {
@@ -47,21 +56,29 @@ std::vector<T> transposed(const T* in, int64_t rows, int64_t cols) {
 void CpuBackend::gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, double alpha,
                       const Tensor& A, int64_t sA, const Tensor& B, int64_t sB, double beta,
                       const Tensor& C, int64_t sC, int64_t batch) {
-  dispatch_float(C.dtype, "matmul", [&](auto z) {
+  // Halves: bf16/f16 in and out, float32 accumulation (half_gemm.cpp).
+  dispatch_floating(C.dtype, "matmul", [&](auto z) {
     using T = decltype(z);
+    using M_ = opmath_t<T>;
     const T* pa = A.data<T>();
     const T* pb = B.data<T>();
     T* pc = C.data<T>();
     int64_t lda = tA ? M : K, ldb = tB ? K : N;
     for (int64_t i = 0; i < batch; ++i)
-      lc::gemm(tA, tB, M, N, K, static_cast<T>(alpha), pa + i * sA, lda, pb + i * sB, ldb,
-               static_cast<T>(beta), pc + i * sC, N);
+      lc::gemm(tA, tB, M, N, K, static_cast<M_>(alpha), pa + i * sA, lda, pb + i * sB, ldb,
+               static_cast<M_>(beta), pc + i * sC, N);
   });
 }
 
 void CpuBackend::lora_forward(const Tensor& x, const Tensor& W, const Tensor* b, const Tensor& A,
                               const Tensor& B, double scale, double p, uint64_t seed,
                               uint64_t offset, const Tensor& y, const Tensor& h) {
+  // Halves (all in one half type, or a half base with float32 adapters) take the composite,
+  // whose products run through the half GEMM above.
+  if (is_half(x.dtype)) {
+    Backend::lora_forward(x, W, b, A, B, scale, p, seed, offset, y, h);
+    return;
+  }
   dispatch_float(y.dtype, "lora forward", [&](auto z) {
     using T = decltype(z);
     int64_t M = x.shape[0], K = x.shape[1], N = W.shape[0], r = A.shape[0];
@@ -88,6 +105,10 @@ void CpuBackend::lora_backward(const Tensor& dy, const Tensor& x, const Tensor& 
                                double p, uint64_t seed, uint64_t offset, const Tensor* dx,
                                const Tensor* dA, const Tensor* dB, const Tensor* dW,
                                const Tensor* db) {
+  if (is_half(x.dtype)) {
+    Backend::lora_backward(dy, x, W, A, B, h, scale, p, seed, offset, dx, dA, dB, dW, db);
+    return;
+  }
   dispatch_float(dy.dtype, "lora backward", [&](auto z) {
     using T = decltype(z);
     int64_t M = x.shape[0], K = x.shape[1], N = W.shape[0], r = A.shape[0];

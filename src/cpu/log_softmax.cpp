@@ -1,5 +1,5 @@
 // Log-softmax over the last dim: x - max - log(sum exp(x - max)), the sum in double; and its
-// backward dx = dy - exp(y) * sum(dy).
+// backward dx = dy - exp(y) * sum(dy). Halves are read as float and rounded once on store.
 #include <algorithm>
 #include <cmath>
 
@@ -8,8 +8,9 @@
 namespace lc {
 
 void CpuBackend::log_softmax(const Tensor& x, const Tensor& y) {
-  dispatch_float(x.dtype, "log softmax", [&](auto z) {
+  dispatch_floating(x.dtype, "log softmax", [&](auto z) {
     using T = decltype(z);
+    using M = opmath_t<T>;
     const int64_t cols = x.shape.back(), rows = x.numel() / cols;
     const T* px = x.data<T>();
     T* py = y.data<T>();
@@ -17,20 +18,21 @@ void CpuBackend::log_softmax(const Tensor& x, const Tensor& y) {
       for (int64_t i = r0; i < r1; ++i) {
         const T* r = px + i * cols;
         T* o = py + i * cols;
-        T mx = r[0];
-        for (int64_t j = 1; j < cols; ++j) mx = std::max(mx, r[j]);
+        M mx = M(r[0]);
+        for (int64_t j = 1; j < cols; ++j) mx = std::max(mx, M(r[j]));
         double s = 0;
-        for (int64_t j = 0; j < cols; ++j) s += std::exp(static_cast<double>(r[j]) - static_cast<double>(mx));
+        for (int64_t j = 0; j < cols; ++j) s += std::exp(static_cast<double>(M(r[j])) - static_cast<double>(mx));
         const double lse = static_cast<double>(mx) + std::log(s);
-        for (int64_t j = 0; j < cols; ++j) o[j] = static_cast<T>(static_cast<double>(r[j]) - lse);
+        for (int64_t j = 0; j < cols; ++j) o[j] = static_cast<T>(static_cast<double>(M(r[j])) - lse);
       }
     });
   });
 }
 
 void CpuBackend::log_softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) {
-  dispatch_float(y.dtype, "log softmax backward", [&](auto z) {
+  dispatch_floating(y.dtype, "log softmax backward", [&](auto z) {
     using T = decltype(z);
+    using M = opmath_t<T>;
     const int64_t cols = y.shape.back(), rows = y.numel() / cols;
     const T* py = y.data<T>();
     const T* pg = dy.data<T>();
@@ -41,8 +43,9 @@ void CpuBackend::log_softmax_backward(const Tensor& y, const Tensor& dy, const T
         const T* gr = pg + i * cols;
         T* dr = pd + i * cols;
         double s = 0;
-        for (int64_t j = 0; j < cols; ++j) s += static_cast<double>(gr[j]);
-        for (int64_t j = 0; j < cols; ++j) dr[j] = static_cast<T>(gr[j] - std::exp(static_cast<double>(yr[j])) * s);
+        for (int64_t j = 0; j < cols; ++j) s += static_cast<double>(M(gr[j]));
+        for (int64_t j = 0; j < cols; ++j)
+          dr[j] = static_cast<T>(static_cast<double>(M(gr[j])) - std::exp(static_cast<double>(M(yr[j]))) * s);
       }
     });
   });

@@ -1,33 +1,38 @@
 // Row-wise ops over the last dim: softmax and its backward, and the fused
 // cross entropy (log-softmax and NLL with ignore index and label smoothing).
-// Sums in double.
+// Sums in double. bfloat16/float16 logits are read as float and every result
+// rounds once; the cross entropy's per-row loss and logsumexp are float32 for
+// them (opmath_t), as the loss of a half model is computed in float32.
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "cpu_backend.h"
 
 namespace lc {
 
 void CpuBackend::softmax(const Tensor& x, const Tensor& y) {
-  dispatch_float(x.dtype, "softmax", [&](auto z) {
+  dispatch_floating(x.dtype, "softmax", [&](auto z) {
     using T = decltype(z);
+    using M = opmath_t<T>;
     int64_t cols = x.shape.back(), rows = x.numel() / cols;
     const T* px = x.data<T>();
     T* py = y.data<T>();
     auto rows_fn = [&](int64_t r0, int64_t r1) {
+      std::vector<M> e(static_cast<size_t>(cols));  // the exponentials, unrounded
       for (int64_t i = r0; i < r1; ++i) {
         const T* r = px + i * cols;
         T* o = py + i * cols;
-        T mx = r[0];
-        for (int64_t j = 1; j < cols; ++j) mx = std::max(mx, r[j]);
+        M mx = M(r[0]);
+        for (int64_t j = 1; j < cols; ++j) mx = std::max(mx, M(r[j]));
         double sum = 0;
         for (int64_t j = 0; j < cols; ++j) {
-          o[j] = std::exp(r[j] - mx);
-          sum += o[j];
+          e[j] = std::exp(M(r[j]) - mx);
+          sum += e[j];
         }
-        T inv = static_cast<T>(1.0 / sum);
-        for (int64_t j = 0; j < cols; ++j) o[j] *= inv;
+        M inv = static_cast<M>(1.0 / sum);
+        for (int64_t j = 0; j < cols; ++j) o[j] = T(e[j] * inv);
       }
     };
     if (rows * cols < 2 * kGrain) rows_fn(0, rows);
@@ -36,8 +41,9 @@ void CpuBackend::softmax(const Tensor& x, const Tensor& y) {
 }
 
 void CpuBackend::softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) {
-  dispatch_float(y.dtype, "softmax backward", [&](auto z) {
+  dispatch_floating(y.dtype, "softmax backward", [&](auto z) {
     using T = decltype(z);
+    using M = opmath_t<T>;
     int64_t cols = y.shape.back(), rows = y.numel() / cols;
     const T* py = y.data<T>();
     const T* pg = dy.data<T>();
@@ -47,9 +53,9 @@ void CpuBackend::softmax_backward(const Tensor& y, const Tensor& dy, const Tenso
       const T* gr = pg + i * cols;
       T* dr = pd + i * cols;
       double dot = 0;
-      for (int64_t j = 0; j < cols; ++j) dot += static_cast<double>(gr[j]) * yr[j];
-      T d = static_cast<T>(dot);
-      for (int64_t j = 0; j < cols; ++j) dr[j] = yr[j] * (gr[j] - d);
+      for (int64_t j = 0; j < cols; ++j) dot += static_cast<double>(M(gr[j])) * M(yr[j]);
+      M d = static_cast<M>(dot);
+      for (int64_t j = 0; j < cols; ++j) dr[j] = T(M(yr[j]) * (M(gr[j]) - d));
     }
   });
 }
@@ -57,13 +63,14 @@ void CpuBackend::softmax_backward(const Tensor& y, const Tensor& dy, const Tenso
 void CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targets,
                                        int64_t ignore_index, double ls, const Tensor& loss_rows,
                                        const Tensor& lse) {
-  dispatch_float(logits.dtype, "cross entropy", [&](auto z) {
+  dispatch_floating(logits.dtype, "cross entropy", [&](auto z) {
     using T = decltype(z);
+    using L = opmath_t<T>;  // the loss and logsumexp
     int64_t N = logits.shape[0], C = logits.shape[1];
     const T* x = logits.data<T>();
     const int32_t* t = targets.data<int32_t>();
-    T* lr = loss_rows.data<T>();
-    T* pl = lse.data<T>();
+    L* lr = loss_rows.data<L>();
+    L* pl = lse.data<L>();
     for (int64_t i = 0; i < N; ++i) {
       const T* row = x + i * C;
       int64_t ti = t[i];
@@ -71,21 +78,21 @@ void CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targe
         fail("cross entropy: target " + std::to_string(ti) + " at row " + std::to_string(i) +
              " is outside [0, " + std::to_string(C) + ")");
       double mx = -INFINITY;
-      for (int64_t j = 0; j < C; ++j) mx = std::max(mx, static_cast<double>(row[j]));
+      for (int64_t j = 0; j < C; ++j) mx = std::max(mx, static_cast<double>(L(row[j])));
       double s = 0, sum_x = 0;
       for (int64_t j = 0; j < C; ++j) {
-        s += std::exp(static_cast<double>(row[j]) - mx);
-        sum_x += row[j];
+        s += std::exp(static_cast<double>(L(row[j])) - mx);
+        sum_x += static_cast<double>(L(row[j]));
       }
       double l = mx + std::log(s);
-      pl[i] = static_cast<T>(l);
+      pl[i] = static_cast<L>(l);
       if (ti == ignore_index) {
-        lr[i] = T(0);
+        lr[i] = L(0);
         continue;
       }
-      double nll = l - row[ti];
+      double nll = l - static_cast<double>(L(row[ti]));
       double smooth = l - sum_x / static_cast<double>(C);
-      lr[i] = static_cast<T>((1.0 - ls) * nll + ls * smooth);
+      lr[i] = static_cast<L>((1.0 - ls) * nll + ls * smooth);
     }
   });
 }
@@ -94,14 +101,15 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& lse,
                                         const Tensor& targets, int64_t ignore_index, double ls,
                                         const Tensor& grad, double grad_scale,
                                         const Tensor& dlogits) {
-  dispatch_float(logits.dtype, "cross entropy backward", [&](auto z) {
+  dispatch_floating(logits.dtype, "cross entropy backward", [&](auto z) {
     using T = decltype(z);
+    using L = opmath_t<T>;
     int64_t N = logits.shape[0], C = logits.shape[1];
     const T* x = logits.data<T>();
-    const T* pl = lse.data<T>();
+    const L* pl = lse.data<L>();
     const int32_t* t = targets.data<int32_t>();
     T* d = dlogits.data<T>();
-    const T* pg = grad.data<T>();
+    const L* pg = grad.data<L>();
     bool per_row = grad.numel() != 1;
     double off = ls / static_cast<double>(C);
     for (int64_t i = 0; i < N; ++i) {
@@ -115,7 +123,7 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& lse,
       double l = pl[i];
       for (int64_t j = 0; j < C; ++j) {
         double target = off + (j == t[i] ? 1.0 - ls : 0.0);
-        drow[j] = static_cast<T>(gs * (std::exp(static_cast<double>(row[j]) - l) - target));
+        drow[j] = static_cast<T>(gs * (std::exp(static_cast<double>(L(row[j])) - l) - target));
       }
     }
   });

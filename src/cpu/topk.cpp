@@ -11,8 +11,9 @@ void CpuBackend::topk(const Tensor& x, int64_t dim, int64_t k, bool largest, con
                       const Tensor& indices) {
   const DimSplit ds = split_at_dim(x.shape, dim);
   const int64_t outer = ds.outer, n = ds.n, inner = ds.inner;
-  dispatch_float(x.dtype, "topk", [&](auto z) {
+  dispatch_floating(x.dtype, "topk", [&](auto z) {
     using T = decltype(z);
+    using M = opmath_t<T>;  // halves compare as float (exactly)
     const T* px = x.data<T>();
     T* pv = values.data<T>();
     int32_t* pi = indices.data<int32_t>();
@@ -24,7 +25,7 @@ void CpuBackend::topk(const Tensor& x, int64_t dim, int64_t k, bool largest, con
         for (int64_t j = 0; j < n; ++j) order[j] = j;
         // "a before b": a ranks higher; NaN above every number; equal values by index.
         auto before = [&](int64_t a, int64_t bb) {
-          const T va = col[a * inner], vb = col[bb * inner];
+          const M va = M(col[a * inner]), vb = M(col[bb * inner]);
           const bool na = std::isnan(va), nb = std::isnan(vb);
           if (na || nb) return largest ? (na && !nb) || (na && nb && a < bb) : (nb && !na) || (na && nb && a < bb);
           if (va != vb) return largest ? va > vb : va < vb;

@@ -1,9 +1,10 @@
 // Views and joins on the CPU: strided copies (slices, cat, their gradients), the gather along a
 // dim of torch.gather / index_select with its scatter-add backward, and tril/triu. Tensors are
-// contiguous, so every one of these copies; elements are moved as 4- or 8-byte words, so they
-// serve every dtype.
+// contiguous, so every one of these copies; elements are moved as 2-, 4- or 8-byte words, so
+// they serve every dtype. The gather's scatter-add sums halves in float, rounded once.
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "cpu_backend.h"
 
@@ -22,6 +23,7 @@ std::vector<int64_t> contiguous_strides(const Shape& shape) {
 template <typename Fn>
 void dispatch_word(DType t, Fn&& fn) {
   if (dtype_size(t) == 8) fn(uint64_t{});
+  else if (dtype_size(t) == 2) fn(uint16_t{});
   else fn(uint32_t{});
 }
 
@@ -91,16 +93,22 @@ void CpuBackend::index_gather_backward(const Tensor& index, const Tensor*,
                                        const Tensor& dy, const Tensor& dx) {
   const int64_t size = dx.shape[dim], xst = contiguous_strides(dx.shape)[dim];
   const int32_t* idx = dy.numel() ? index.data<int32_t>() : nullptr;
-  dispatch_float(dx.dtype, "gather backward", [&](auto z) {
+  dispatch_floating(dx.dtype, "gather backward", [&](auto z) {
     using T = decltype(z);
+    using M = opmath_t<T>;
+    // The sums: in dx itself, or for the halves in a float buffer rounded once at the end.
+    std::vector<M> buf(is_half_v<T> ? static_cast<size_t>(dx.numel()) : 0);
     T* pdx = dx.data<T>();
-    std::fill_n(pdx, dx.numel(), T(0));
+    M* acc = is_half_v<T> ? buf.data() : reinterpret_cast<M*>(pdx);
+    std::fill_n(acc, dx.numel(), M(0));
     const T* g = dy.data<T>();
     walk_gather(dy.shape, dx.shape, index_strides, dim, [&](int64_t i, int64_t xo, int64_t io) {
       const int64_t v = idx[io];
       if (v < 0 || v >= size) bad_index(v, io, size);
-      pdx[xo + v * xst] += g[i];
+      acc[xo + v * xst] += M(g[i]);
     });
+    if constexpr (is_half_v<T>)
+      for (int64_t i = 0, n = dx.numel(); i < n; ++i) pdx[i] = T(buf[i]);
   });
 }
 
