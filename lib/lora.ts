@@ -5,7 +5,8 @@
 import { Tensor } from './tensor';
 import { randn, rand, zeros } from './creation';
 import { keep } from './scope';
-import { assertTensor, checkLinearInput, checkLinearWeights, requireFloat, requireSame } from './checks';
+import { assertTensor, checkLinearInput, checkLinearWeights, requireAdapterDtype, requireFloat, requireSame } from './checks';
+import { DType, FloatDType, isHalf } from './dtype';
 import { noGrad } from './autograd';
 import { Module } from './nn/module';
 import { Linear } from './nn/layers';
@@ -53,11 +54,38 @@ export interface LoRAOptions {
   loraBias?: boolean;
   /** PEFT's use_dora: DoRA, a trainable magnitude per output row over the row norms of W + scale B A. Default false. */
   useDora?: boolean;
+  /**
+   * PEFT's autocast_adapter_dtype: on a bfloat16/float16 layer, A, B (and loraBias, magnitude, so
+   * their gradients and optimiser state) are float32 (true, the default); false keeps them in the
+   * layer's dtype. float32 and float64 layers always have adapters of their own dtype.
+   */
+  autocastAdapterDtype?: boolean;
 }
 
-const LORA_KEYS = ['r', 'alpha', 'dropout', 'init', 'useRslora', 'loraBias', 'useDora'] as const;
+const LORA_KEYS = ['r', 'alpha', 'dropout', 'init', 'useRslora', 'loraBias', 'useDora', 'autocastAdapterDtype'] as const;
+
+/** The dtype of a layer's adapters: float32 on a half layer with autocast (PEFT's default), else the layer's. */
+export function adapterDtype(layerDtype: DType, autocast: boolean): FloatDType {
+  return (isHalf(layerDtype) && autocast ? 'float32' : layerDtype) as FloatDType;
+}
+
+/** t, or t upcast (exactly) to other's dtype when t is half and other is not: PyTorch's type promotion. */
+function promoted(t: Tensor, other: Tensor): Tensor {
+  return t.dtype === other.dtype || !isHalf(t.dtype) ? t : t.to(other.dtype);
+}
+
+/** a + b with PyTorch's promotion (a half tensor meeting a float32 one computes in float32). */
+function addP(a: Tensor, b: Tensor): Tensor {
+  return promoted(a, b).add(promoted(b, a));
+}
+
+/** t in `dtype` (one rounding to a half type), t itself when it already is. */
+function asDtype(t: Tensor, dtype: DType): Tensor {
+  return t.dtype === dtype ? t : t.to(dtype);
+}
 
 interface ResolvedLoRAOptions {
+  autocastAdapterDtype: boolean;
   r: number;
   alpha: number;
   dropout: number;
@@ -78,24 +106,29 @@ function resolveLoraOptions(where: string, o: Record<string, unknown>): Resolved
   const useDora = o.useDora === undefined ? false : checkBool(where, 'options.useDora', o.useDora);
   // As PEFT's LoraConfig: its DoRA forward and merge disagree on a lora_B bias.
   if (loraBias && useDora) throw new RangeError(`${where}: options.loraBias is not supported with options.useDora (as in PEFT)`);
-  return { r, alpha, dropout, init, useRslora, loraBias, useDora };
+  const autocastAdapterDtype = o.autocastAdapterDtype === undefined ? true : checkBool(where, 'options.autocastAdapterDtype', o.autocastAdapterDtype);
+  return { r, alpha, dropout, init, useRslora, loraBias, useDora, autocastAdapterDtype };
 }
 
-/** A or B of a layer: a live float tensor of the given shape on the device and in the dtype of `ref` (x, or the weight). */
+/**
+ * A or B of a layer: a live float tensor of the given shape on the device of `ref` (x, or the
+ * weight), in its dtype or, for a half layer, float32 (autocastAdapterDtype).
+ */
 function checkAdapter(where: string, ref: Tensor, refName: string, t: unknown, what: string, shape: number[], dims: string): void {
   assertTensor(where, what, t);
   requireFloat(where, t, what);
-  requireSame(where, ref, refName, t, what);
+  requireAdapterDtype(where, ref, refName, t, what);
   if (t.ndim !== 2 || t.shape[0] !== shape[0] || t.shape[1] !== shape[1]) {
     throw rangeError(where, what, `a 2-D tensor of shape [${shape.join(', ')}] (${dims})`, t);
   }
 }
 
-/** A 1-D float tensor [n] on the device and in the dtype of `ref`. */
-function checkVector(where: string, ref: Tensor, refName: string, t: unknown, what: string, n: number): void {
+/** A 1-D float tensor [n] on the device of `ref`, in the dtype an adapter (strict: the layer) may have. */
+function checkVector(where: string, ref: Tensor, refName: string, t: unknown, what: string, n: number, strict = false): void {
   assertTensor(where, what, t);
   requireFloat(where, t, what);
-  requireSame(where, ref, refName, t, what);
+  if (strict) requireSame(where, ref, refName, t, what);
+  else requireAdapterDtype(where, ref, refName, t, what);
   if (t.ndim !== 1 || t.shape[0] !== n) throw rangeError(where, what, `a 1-D tensor of shape [${n}] ([outFeatures])`, t);
 }
 
@@ -120,6 +153,8 @@ export class LoRALinear extends Module {
   /** DoRA's magnitude [out] (null unless options.useDora), PEFT's lora_magnitude_vector. */
   magnitude: Tensor | null = null;
   readonly useDora: boolean;
+  /** PEFT's autocast_adapter_dtype: the adapters of a half layer are float32 (see LoRAOptions). */
+  readonly autocastAdapterDtype: boolean;
   /** True while scale * B A is folded into origLinear.weight. */
   merged = false;
   /**
@@ -143,8 +178,9 @@ export class LoRALinear extends Module {
     }
     const o = checkOptions(where, options);
     checkKnownKeys(where, o, LORA_KEYS);
-    const { r, alpha, dropout, init, useRslora, loraBias, useDora } = resolveLoraOptions(where, o);
+    const { r, alpha, dropout, init, useRslora, loraBias, useDora, autocastAdapterDtype } = resolveLoraOptions(where, o);
     this.origLinear = origLinear;
+    this.autocastAdapterDtype = autocastAdapterDtype;
     this.useDora = useDora;
     this.A = null;
     this.B = null;
@@ -163,7 +199,7 @@ export class LoRALinear extends Module {
     this.training = origLinear.training;
     if (r > 0) {
       const w = origLinear.weight;
-      const opts = { dtype: w.dtype as 'float32' | 'float64', device: w.device as 'cpu' };
+      const opts = { dtype: adapterDtype(w.dtype, autocastAdapterDtype), device: w.device as 'cpu' };
       const bound = this.inFeatures > 0 ? 1 / Math.sqrt(this.inFeatures) : 0;
       this.A = (init === 'kaiming'
         ? rand([r, this.inFeatures], { ...opts, low: -bound, high: bound })
@@ -184,17 +220,19 @@ export class LoRALinear extends Module {
   _mergedTensors(): { weight: Tensor; bias: Tensor | null } {
     const W = this.origLinear.weight;
     return noGrad(() => {
-      const V = W.add(this.B!.matmul(this.A!).mul(this.scale));
+      // In the adapters' dtype (float32 for a half layer), rounded once to the layer's.
+      const V = addP(W, this.B!.matmul(this.A!).mul(this.scale));
       const weight = this.useDora ? V.mul(this.magnitude!.div(this._weightNorm(W, this.A!, this.B!)).reshape(this.outFeatures, 1)) : V;
-      const bias = this.loraBias ? this.origLinear.bias!.add(this.loraBias.mul(this.scale)) : null;
-      return { weight, bias };
+      const b = this.origLinear.bias;
+      const bias = this.loraBias ? asDtype(addP(b!, this.loraBias.mul(this.scale)), b!.dtype) : null;
+      return { weight: asDtype(weight, W.dtype), bias };
     });
   }
 
   /** @internal ‖W + scale B A‖ per output row, [out], without a graph (DoRA treats it as a constant). */
   _weightNorm(W: Tensor, A: Tensor, B: Tensor): Tensor {
     return noGrad(() => {
-      const V = W.add(B.matmul(A).mul(this.scale));
+      const V = addP(W, B.matmul(A).mul(this.scale));
       return V.mul(V).sum(1).sqrt();
     });
   }
@@ -228,7 +266,8 @@ export class LoRALinear extends Module {
     if (lb) checkVector(where, x, 'x', lb, 'loraBias', this.outFeatures);
     if (!this.useDora) {
       const y = ops.loraLinear(x, W, A, B, b, this.scale, p, key);
-      return lb ? y.add(lb.mul(this.scale)) : y;
+      // A float32 lora bias on a half layer: added in float32, rounded once (PEFT's result.to(dtype)).
+      return lb ? asDtype(addP(y, lb.mul(this.scale)), y.dtype) : y;
     }
     const m = this.magnitude;
     checkVector(where, x, 'x', m, 'magnitude', this.outFeatures);
@@ -236,15 +275,18 @@ export class LoRALinear extends Module {
     // (the norm a constant in backward), plus the rescaled LoRA term; the base bias is not rescaled.
     const ratio = m!.div(this._weightNorm(W, A, B));
     const none = { seed: 0n, offset: 0n };
+    // On a half layer with float32 adapters the ratio is float32: the sums run in float32 and the
+    // result is rounded once to the layer's dtype.
     if (p === 0) {
-      const y = ops.loraLinear(x, W, A, B, null, this.scale, 0, none).mul(ratio);
-      return b ? y.add(b) : y;
+      const y = promoted(ops.loraLinear(x, W, A, B, null, this.scale, 0, none), ratio).mul(ratio);
+      return asDtype(b ? addP(y, b) : y, x.dtype);
     }
     // With dropout PEFT rescales the base output of the dropped-out input: x Wᵀ + b + (ratio − 1) xd Wᵀ +
     // ratio scale lora(xd), with one dropout mask.
     const xd = dropout(x, p, key);
-    const adapted = ops.loraLinear(xd, W, A, B, null, this.scale, 0, none).mul(ratio);
-    return ops.linear(x, W, b).add(adapted).sub(ops.linear(xd, W, null));
+    const adapted = promoted(ops.loraLinear(xd, W, A, B, null, this.scale, 0, none), ratio).mul(ratio);
+    const base = ops.linear(x, W, b);
+    return asDtype(addP(base, adapted).sub(promoted(ops.linear(xd, W, null), adapted)), x.dtype);
   }
 
   /**
@@ -280,7 +322,8 @@ export class LoRALinear extends Module {
         // W ← (magnitude / ‖W + ΔW‖) (W + ΔW) per row; the factor is kept to unmerge as PEFT does.
         const merged = noGrad(() => {
           factor = keep(m!.div(this._weightNorm(W, copies.A, copies.B)).reshape(this.outFeatures, 1));
-          return W.add(copies.B.matmul(copies.A).mul(this.scale)).mul(factor);
+          // Computed in the adapters' dtype, rounded once to W's (checked for NaN/Inf as stored).
+          return asDtype(addP(W, copies.B.matmul(copies.A).mul(this.scale)).mul(factor), W.dtype);
         });
         try {
           ok = !safe || allFinite(merged);
@@ -289,7 +332,7 @@ export class LoRALinear extends Module {
           merged.dispose();
         }
       } else {
-        if (safe && lb && !noGrad(() => { const nb = this.origLinear.bias!.add(copies.loraBias!.mul(this.scale)); try { return allFinite(nb); } finally { nb.dispose(); } })) {
+        if (safe && lb && !noGrad(() => { const b = this.origLinear.bias!; const nb = asDtype(addP(b, copies.loraBias!.mul(this.scale)), b.dtype); try { return allFinite(nb); } finally { nb.dispose(); } })) {
           ok = false;
         } else {
           ok = noGrad(() => ops.loraMerge(W, copies.A, copies.B, this.scale, safe));
@@ -298,8 +341,8 @@ export class LoRALinear extends Module {
       if (ok && lb) {
         const bias = this.origLinear.bias!;
         noGrad(() => {
-          const nb = bias.add(copies.loraBias!.mul(this.scale));
-          bias.copy_(nb);
+          const nb = addP(bias, copies.loraBias!.mul(this.scale));
+          bias.copy_(nb); // rounds once to the bias's dtype
           nb.dispose();
         });
         bias._bumpVersion();
@@ -348,7 +391,8 @@ export class LoRALinear extends Module {
         if (factor) {
           // PEFT's DoRA unmerge: W / factor − ΔW.
           noGrad(() => {
-            const orig = W.div(factor).sub(B.matmul(A).mul(this.scale));
+            const BA = B.matmul(A).mul(this.scale);
+            const orig = promoted(W, factor).div(factor).sub(promoted(BA, W)); // copy_ rounds once to W's dtype
             W.copy_(orig);
             orig.dispose();
           });
@@ -366,7 +410,8 @@ export class LoRALinear extends Module {
       const bias = this.origLinear.bias!;
       const lb = bias.device === m.loraBias.device ? m.loraBias : noGrad(() => m.loraBias!.to(bias.device as DeviceSpec));
       noGrad(() => {
-        const nb = bias.sub(lb.mul(this.scale));
+        const d = lb.mul(this.scale);
+        const nb = promoted(bias, d).sub(d);
         bias.copy_(nb);
         nb.dispose();
       });
@@ -412,7 +457,7 @@ export class LoRALinear extends Module {
       checkVector(where, W, wn, this.loraBias, 'loraBias', this.outFeatures);
       // As PEFT: the bias of B can only be merged into a bias of the layer.
       if (!this.origLinear.bias) throw new Error(`${where}: the layer has a LoRA bias (loraBias) but the wrapped Linear has no bias to merge it into`);
-      checkVector(where, W, wn, this.origLinear.bias, 'origLinear.bias', this.outFeatures);
+      checkVector(where, W, wn, this.origLinear.bias, 'origLinear.bias', this.outFeatures, true);
     }
   }
 
@@ -457,6 +502,8 @@ export class LoRAEmbedding extends Module {
   readonly alpha: number;
   readonly scale: number;
   readonly useRslora: boolean;
+  /** PEFT's autocast_adapter_dtype: the adapters of a half embedding are float32 (see LoRAOptions). */
+  readonly autocastAdapterDtype: boolean;
   merged = false;
   enabled = true;
   /** @internal While merged: the copies of A and B merged, and the tensors they came from. */
@@ -468,8 +515,9 @@ export class LoRAEmbedding extends Module {
     if (!(origEmbedding instanceof Embedding)) throw typeError(where, 'origEmbedding', 'an Embedding', origEmbedding);
     const o = checkOptions(where, options);
     checkKnownKeys(where, o, LORA_KEYS);
-    const { r, alpha, useRslora, loraBias, useDora } = resolveLoraOptions(where, o);
+    const { r, alpha, useRslora, loraBias, useDora, autocastAdapterDtype } = resolveLoraOptions(where, o);
     if (loraBias || useDora) throw new RangeError(`${where}: ${loraBias ? 'loraBias' : 'useDora'} is not supported on an Embedding`);
+    this.autocastAdapterDtype = autocastAdapterDtype;
     this.origEmbedding = origEmbedding;
     this.numEmbeddings = origEmbedding.numEmbeddings;
     this.embeddingDim = origEmbedding.embeddingDim;
@@ -483,7 +531,7 @@ export class LoRAEmbedding extends Module {
     this.B = null;
     if (r > 0) {
       const w = origEmbedding.weight;
-      const opts = { dtype: w.dtype as 'float32' | 'float64', device: w.device as 'cpu' };
+      const opts = { dtype: adapterDtype(w.dtype, autocastAdapterDtype), device: w.device as 'cpu' };
       this.A = zeros([r, this.numEmbeddings], opts).requiresGrad_(true);
       this.B = randn([this.embeddingDim, r], opts).requiresGrad_(true);
     }
@@ -501,12 +549,21 @@ export class LoRAEmbedding extends Module {
     if (this.r === 0 || this.merged || !this.enabled || !this.A || !this.B) return y;
     checkAdapter(where, W, 'origEmbedding.weight', this.A, 'A', [this.r, this.numEmbeddings], '[r, numEmbeddings]');
     checkAdapter(where, W, 'origEmbedding.weight', this.B, 'B', [this.embeddingDim, this.r], '[embeddingDim, r]');
-    return y.add(embedding(ids, this.A.t()).matmul(this.B.t()).mul(this.scale));
+    // float32 adapters on a half embedding: the sum in float32, rounded once (PEFT's result.to(dtype)).
+    return asDtype(addP(y, embedding(ids, this.A.t()).matmul(this.B.t()).mul(this.scale)), y.dtype);
   }
 
   /** @internal scale (B A)ᵀ [numEmbeddings, embeddingDim], without a graph. */
   _delta(A: Tensor, B: Tensor): Tensor {
     return noGrad(() => B.matmul(A).t().mul(this.scale));
+  }
+
+  /** @internal W ± scale (B A)ᵀ (a new tensor, no graph), in the adapters' dtype and rounded once to W's. */
+  _mergedWeight(W: Tensor, A: Tensor, B: Tensor, sign = 1): Tensor {
+    return noGrad(() => {
+      const d = this._delta(A, B);
+      return asDtype(sign > 0 ? addP(W, d) : promoted(W, d).sub(d), W.dtype);
+    });
   }
 
   /** @internal The checks before a merge. */
@@ -529,7 +586,7 @@ export class LoRAEmbedding extends Module {
     const A = this.A;
     const B = this.B;
     const copies = noGrad(() => ({ A: keep(A.clone()), B: keep(B.clone()) }));
-    const merged = noGrad(() => W.add(this._delta(copies.A, copies.B)));
+    const merged = this._mergedWeight(W, copies.A, copies.B);
     try {
       if (safe && !allFinite(merged)) {
         copies.A.dispose();
@@ -552,7 +609,7 @@ export class LoRAEmbedding extends Module {
     if (!this.merged || !m) return;
     const W = this.origEmbedding.weight;
     noGrad(() => {
-      const orig = W.sub(this._delta(m.A.to(W.device as DeviceSpec), m.B.to(W.device as DeviceSpec)));
+      const orig = this._mergedWeight(W, m.A.to(W.device as DeviceSpec), m.B.to(W.device as DeviceSpec), -1);
       W.copy_(orig);
       orig.dispose();
     });
@@ -972,7 +1029,7 @@ export function injectLora(model: Module, options?: InjectLoraOptions): string[]
   for (const [name, layer] of made) model.setSubmodule(name, layer);
   for (const [name, emb] of chosenEmb) {
     if (name === '') throw new TypeError(`${where}: the model itself is an Embedding; wrap it directly with new LoRAEmbedding(model, options)`);
-    model.setSubmodule(name, new LoRAEmbedding(emb, { r: rankOf(name), alpha: alphaOf(name), useRslora: loraOpts.useRslora }));
+    model.setSubmodule(name, new LoRAEmbedding(emb, { r: rankOf(name), alpha: alphaOf(name), useRslora: loraOpts.useRslora, autocastAdapterDtype: loraOpts.autocastAdapterDtype }));
   }
 
   if (freezeBase) {
@@ -1099,7 +1156,7 @@ export function mergeLora(model: Module, options?: { safe?: boolean }): string[]
         if (o !== m.origEmbedding && Object.values(o).includes(W)) throw new Error('its weight is tied to another module, which the merge would change too (saveMerged writes the merged model without changing it)');
       }
       if (safe) {
-        const t = noGrad(() => W.add(m._delta(m.A!, m.B!)));
+        const t = m._mergedWeight(W, m.A!, m.B!);
         try {
           if (!allFinite(t)) throw new Error('the merged weight would contain NaN or Inf (check A and B for non-finite values)');
         } finally {

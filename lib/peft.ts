@@ -8,14 +8,14 @@ import * as path from 'path';
 import { Module } from './nn/module';
 import { Linear } from './nn/layers';
 import { Embedding } from './nn/transformer';
-import { _adapterNames, _inAdapterSlotAsync, LoRAEmbedding, loraEmbeddingLayers, LoRALinear, ModulesToSaveWrapper, _wrapModulesToSave, checkPeftTargetFields, getLoraAB, loraLayers, modulesToSaveLayers, peftTargetMatcher } from './lora';
+import { _adapterNames, _inAdapterSlotAsync, adapterDtype, LoRAEmbedding, loraEmbeddingLayers, LoRALinear, ModulesToSaveWrapper, _wrapModulesToSave, checkPeftTargetFields, getLoraAB, loraLayers, modulesToSaveLayers, peftTargetMatcher } from './lora';
 import { Tensor } from './tensor';
 import { noGrad } from './autograd';
 import { SafetensorsFile, saveSafetensors } from './safetensors';
 import { stageFile } from './atomic';
 import { READ_LIMITS, pathExists, readJsonFile, readWholeFile, realPathOf } from './fsio';
 import { allFinite } from './ops/elementwise';
-import { checkOptions, checkKnownKeys, describe, typeError } from './errors';
+import { checkBool, checkOptions, checkKnownKeys, describe, typeError } from './errors';
 
 const PREFIX = 'base_model.model.';
 const CONFIG = 'adapter_config.json';
@@ -31,6 +31,11 @@ export interface SaveAdapterOptions {
 export interface LoadAdapterOptions {
   /** PEFT's adapter_name: load as this named adapter (a new name next to an active adapter is added inactive). */
   adapterName?: string;
+  /**
+   * PEFT's autocast_adapter_dtype (PeftModel.from_pretrained): the adapters of bfloat16/float16
+   * layers are float32 (default true); false keeps them in the layer's dtype.
+   */
+  autocastAdapterDtype?: boolean;
 }
 
 /** The last save queued for each directory, by its real path (see inTurn). */
@@ -372,12 +377,13 @@ export async function loadAdapter(model: Module, dir: string, options?: LoadAdap
   if (!(model instanceof Module)) throw typeError(where, 'model', 'a Module', model);
   if (typeof dir !== 'string' || dir === '') throw typeError(where, 'dir', 'a directory path', dir);
   const o = checkOptions(where, options);
-  checkKnownKeys(where, o, ['adapterName']);
+  checkKnownKeys(where, o, ['adapterName', 'autocastAdapterDtype']);
+  const autocast = o.autocastAdapterDtype === undefined ? true : checkBool(where, 'options.autocastAdapterDtype', o.autocastAdapterDtype);
   if (o.adapterName !== undefined) {
     if (typeof o.adapterName !== 'string' || o.adapterName === '' || /[/\\]/.test(o.adapterName)) {
       throw typeError(where, 'options.adapterName', 'a non-empty name without a path separator', o.adapterName);
     }
-    return _inAdapterSlotAsync(where, model, o.adapterName, () => loadAdapter(model, dir));
+    return _inAdapterSlotAsync(where, model, o.adapterName, () => loadAdapter(model, dir, { autocastAdapterDtype: autocast }));
   }
   const cfgPath = path.join(dir, CONFIG);
   let cfg: Record<string, unknown>;
@@ -641,11 +647,14 @@ export async function loadAdapter(model: Module, dir: string, options?: LoadAdap
     try {
       for (const name of names) {
         const m = modules.get(name)!;
-        const dtype = baseOf(m).weight.dtype as 'float32';
+        const dtype = baseOf(m).weight.dtype;
+        // The adapters' own dtype: an existing layer's, or float32 on a half layer (autocast_adapter_dtype).
+        const own = m instanceof LoRALinear || m instanceof LoRAEmbedding ? m.A?.dtype : undefined;
+        const aDtype = own ?? adapterDtype(dtype, autocast);
         const pair: Tensor[] = [];
         const e = found.get(name)!;
         for (const key of [e.A!, e.B!, ...(e.bias ? [e.bias] : []), ...(e.magnitude ? [e.magnitude] : [])]) {
-          const t = await st._readTensor(where, key, { dtype });
+          const t = await st._readTensor(where, key, { dtype: aDtype });
           pair.push(t);
           t._checkLive(where);
           if (!allFinite(t)) {
@@ -676,11 +685,11 @@ export async function loadAdapter(model: Module, dir: string, options?: LoadAdap
           const lin = modules.get(name) as Linear | Embedding;
           if (lin instanceof Embedding) {
             frozen.push([lin.weight, lin.weight.requiresGrad]);
-            made.set(name, new LoRAEmbedding(lin, { r: s.r, alpha: s.alpha, useRslora }));
+            made.set(name, new LoRAEmbedding(lin, { r: s.r, alpha: s.alpha, useRslora, autocastAdapterDtype: autocast }));
             continue;
           }
           for (const t of [lin.weight, lin.bias]) if (t) frozen.push([t, t.requiresGrad]);
-          made.set(name, new LoRALinear(lin, { r: s.r, alpha: s.alpha, dropout, useRslora, init, useDora, loraBias }));
+          made.set(name, new LoRALinear(lin, { r: s.r, alpha: s.alpha, dropout, useRslora, init, useDora, loraBias, autocastAdapterDtype: autocast }));
         }
       }
       const layerOf = (name: string) => made.get(name) ?? (modules.get(name) as LoRALinear | LoRAEmbedding);
@@ -738,7 +747,9 @@ export async function loadAdapter(model: Module, dir: string, options?: LoadAdap
 
 /**
  * Writes the model with every adapter folded in as an ordinary Hugging Face
- * checkpoint (config.json + model.safetensors). The model itself is not changed.
+ * checkpoint (config.json + model.safetensors). The model itself is not changed. Weights are
+ * written in the model's dtype (config.json's torch_dtype says which): a bfloat16 model gives a
+ * bfloat16 checkpoint, each merged weight W + scale B A computed in float32 and rounded once.
  */
 export async function saveMerged(model: Module & { config?: { raw?: Record<string, unknown> } }, dir: string): Promise<void> {
   const where = 'saveMerged';
@@ -766,7 +777,7 @@ export async function saveMerged(model: Module & { config?: { raw?: Record<strin
       let merged = t;
       if (embLayer.r > 0 && !embLayer.merged && embLayer.A && embLayer.B) {
         embLayer._checkMergeable(where);
-        merged = noGrad(() => t.add(embLayer._delta(embLayer.A!, embLayer.B!)));
+        merged = embLayer._mergedWeight(t, embLayer.A!, embLayer.B!);
         temps.push(merged);
       }
       out[`${e[1]}.weight`] = merged;
@@ -782,7 +793,7 @@ export async function saveMerged(model: Module & { config?: { raw?: Record<strin
     const unmerged = layer.r > 0 && !layer.merged && layer.A && layer.B;
     if (m[3] === 'bias') {
       // b + scale * loraBias, computed aside, as the weight.
-      const merged = unmerged && layer.loraBias ? noGrad(() => t.add(layer.loraBias!.mul(layer.scale))) : t;
+      const merged = unmerged && layer.loraBias ? noGrad(() => { const d = layer.loraBias!.mul(layer.scale); return (t.dtype === d.dtype ? t : t.to(d.dtype)).add(d).to(t.dtype); }) : t;
       if (merged !== t) temps.push(merged);
       out[`${m[1]}.bias`] = merged;
     } else {
@@ -809,7 +820,9 @@ export async function saveMerged(model: Module & { config?: { raw?: Record<strin
     await inTurn(dir, async () => {
       await fs.promises.mkdir(dir, { recursive: true });
       if (model.config?.raw) {
-        const cfg: Record<string, unknown> = { ...model.config.raw, torch_dtype: 'float32' };
+        // The dtype the weights are written in (the model's: a bfloat16 model gives a bfloat16 checkpoint).
+        const first = Object.values(out).find((t) => t.dtype !== 'int32');
+        const cfg: Record<string, unknown> = { ...model.config.raw, torch_dtype: first?.dtype ?? 'float32' };
         if (!tied && head !== undefined && cfg.tie_word_embeddings === true) cfg.tie_word_embeddings = false;
         await writePair(path.join(dir, 'model.safetensors'), out, { format: 'pt' }, path.join(dir, 'config.json'), JSON.stringify(cfg, null, 2) + '\n');
       } else {

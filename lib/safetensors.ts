@@ -21,7 +21,10 @@ import * as os from 'os';
 import { TextDecoder } from 'util';
 import { constants as bufferConstants } from 'buffer';
 import { DType, Tensor } from './tensor';
+import { DTYPES, isHalf } from './dtype';
 import { tensor } from './creation';
+import { fromArray as rawFromArray } from './ops/creation';
+import { toHalfBits } from './ops/memory';
 import { checkKnownKeys, checkOneOf, checkOptions, rangeError, typeError } from './errors';
 import { Io, MAX_JSON_CONTAINERS, openForReading, quietly, readFully, runAsync, runSync, scanJsonShape, writeFully } from './fsio';
 import { atomicWriteOps } from './atomic';
@@ -43,8 +46,12 @@ export interface SafetensorsEntry {
 /** Options of SafetensorsFile.read / readSync and loadSafetensors. */
 export interface SafetensorsReadOptions {
   /**
-   * dtype of the returned tensor. Default: 'float32' for F64/F32/F16/BF16, 'int32' for the integer
-   * dtypes and BOOL. Float data cannot be read as 'int32'; I64 values must fit in int32 when read as 'int32'.
+   * dtype of the returned tensor. Default: 'bfloat16' for BF16 and 'float16' for F16 (the stored bits,
+   * unconverted, as safetensors' own loaders give them), 'float32' for F64/F32, 'int32' for the
+   * integer dtypes and BOOL. Any float dtype can be asked for (conversions round once, to nearest
+   * even); a value beyond float16's range (largest finite 65504) read as 'float16' is an error naming
+   * the tensor, not an infinity. Float data cannot be read as 'int32'; I64 values must fit in int32
+   * when read as 'int32'.
    */
   dtype?: DType;
 }
@@ -53,8 +60,9 @@ export interface WriteOptions {
   /** Free-form string-to-string map, stored under "__metadata__". */
   metadata?: Record<string, string>;
   /**
-   * On-disk dtype of every float tensor (float32 and float64). Without it, float32 tensors are
-   * written as F32 and float64 tensors as F64. int32 tensors are always written as I32.
+   * On-disk dtype of every float tensor. Without it, each float tensor keeps its dtype: float32 as
+   * F32, float64 as F64, bfloat16 as BF16 and float16 as F16 (the bits as they are). int32 tensors
+   * are always written as I32.
    */
   dtype?: 'F32' | 'F16' | 'BF16';
 }
@@ -433,7 +441,7 @@ function* openOps(where: string, path: string): Io<{ fd: number; header: ParsedH
 function checkReadOptions(where: string, opts: unknown): DType | undefined {
   const o = checkOptions(where, opts);
   checkKnownKeys(where, o, ['dtype']);
-  return o.dtype === undefined ? undefined : checkOneOf(where, 'options.dtype', o.dtype, ['float32', 'float64', 'int32'] as const);
+  return o.dtype === undefined ? undefined : checkOneOf(where, 'options.dtype', o.dtype, DTYPES);
 }
 
 /**
@@ -502,7 +510,10 @@ export class SafetensorsFile {
     return this._closed;
   }
 
-  /** Reads one tensor; F64/F32/F16/BF16 become float32 and the integer dtypes int32 unless options.dtype says otherwise. */
+  /**
+   * Reads one tensor; BF16 and F16 stay bfloat16 and float16 (bits unchanged), F64/F32 become float32
+   * and the integer dtypes int32, unless options.dtype says otherwise.
+   */
   async read(name: string, opts?: SafetensorsReadOptions): Promise<Tensor> {
     return this._readTensor('SafetensorsFile.read', name, opts);
   }
@@ -612,17 +623,23 @@ export class SafetensorsFile {
 
 function targetDtype(where: string, e: SafetensorsEntry, target: DType | undefined): DType {
   const isFloat = FLOAT_DTYPES.has(e.dtype);
-  if (target === undefined) return isFloat ? 'float32' : 'int32';
+  if (target === undefined) return e.dtype === 'BF16' ? 'bfloat16' : e.dtype === 'F16' ? 'float16' : isFloat ? 'float32' : 'int32';
   if (isFloat && target === 'int32') {
-    throw rangeError(where, 'options.dtype', `'float32' or 'float64' for tensor ${quote(e.name)}, stored as ${e.dtype}`, target);
+    throw rangeError(where, 'options.dtype', `a float dtype ('float32', 'float64', 'bfloat16' or 'float16') for tensor ${quote(e.name)}, stored as ${e.dtype}`, target);
   }
   return target;
 }
 
 /** Converts a tensor's stored bytes (a fresh, aligned buffer, which may be reused) to a tensor. */
 function toTensor(where: string, e: SafetensorsEntry, bytes: Uint8Array, dtype: DType): Tensor {
+  if (!LITTLE_ENDIAN) swapBytes(bytes, DTYPE_SIZE[e.dtype]);
+  if (isHalf(dtype)) return toHalfTensor(where, e, bytes, dtype);
+  return tensor(toTensorData(where, e, bytes, dtype), { shape: e.shape, dtype });
+}
+
+/** Stored values (little-endian bytes, already in host order) as a float32, float64 or int32 array. */
+function toTensorData(where: string, e: SafetensorsEntry, bytes: Uint8Array, dtype: DType): Float32Array | Float64Array | Int32Array {
   const size = DTYPE_SIZE[e.dtype];
-  if (!LITTLE_ENDIAN) swapBytes(bytes, size);
   const n = bytes.byteLength / size;
   const buf = bytes.buffer;
   const off = bytes.byteOffset;
@@ -699,7 +716,37 @@ function toTensor(where: string, e: SafetensorsEntry, bytes: Uint8Array, dtype: 
       break;
     }
   }
-  return tensor(data, { shape: e.shape, dtype });
+  return data;
+}
+
+const CPU = { type: 'cpu' as const, index: 0, name: 'cpu' };
+/** float16's overflow threshold: from 65520 up (65504 + half an ulp, a tie going to even) a value rounds to Inf. */
+const F16_OVERFLOW = 65520;
+
+/**
+ * A tensor's stored values as a half tensor: the bits themselves when the stored dtype is the one
+ * asked for, else through float32 (F64 rounded to odd first, so the result is rounded once). A finite
+ * value too large for float16 is refused with the tensor's name: PyTorch's cast would give Inf.
+ */
+function toHalfTensor(where: string, e: SafetensorsEntry, bytes: Uint8Array, dtype: 'bfloat16' | 'float16'): Tensor {
+  const n = bytes.byteLength / DTYPE_SIZE[e.dtype];
+  if ((e.dtype === 'BF16' && dtype === 'bfloat16') || (e.dtype === 'F16' && dtype === 'float16')) {
+    return rawFromArray(new Uint16Array(bytes.buffer, bytes.byteOffset, n), e.shape, dtype, CPU);
+  }
+  let f32: Float32Array;
+  if (e.dtype === 'F64') f32 = toFloat32RoundToOdd(new Float64Array(bytes.buffer, bytes.byteOffset, n));
+  else f32 = toTensorData(where, e, bytes, 'float32') as Float32Array;
+  if (dtype === 'float16') {
+    for (let i = 0; i < f32.length; i++) {
+      const v = f32[i];
+      if (Math.abs(v) >= F16_OVERFLOW && Number.isFinite(v)) {
+        const shown = e.dtype === 'F64' ? new Float64Array(bytes.buffer, bytes.byteOffset, n)[i] : v;
+        throw new RangeError(`${where}: tensor ${quote(e.name)} (${e.dtype}) holds ${shown} at index ${i}, beyond float16's range ` +
+          `(largest finite value 65504); read it as 'float32' or 'bfloat16'`);
+      }
+    }
+  }
+  return rawFromArray(f32, e.shape, dtype, CPU);
 }
 
 /** Reads every tensor of a file, in file order (see SafetensorsFile.read for the dtypes). */
@@ -749,6 +796,11 @@ function disposedError(where: string, what: string): Error {
   return e;
 }
 
+/** The on-disk dtype a float tensor keeps when no options.dtype is given. */
+const STORED_AS: Readonly<Record<Exclude<DType, 'int32'>, SafetensorsDtype>> = {
+  float32: 'F32', float64: 'F64', bfloat16: 'BF16', float16: 'F16',
+};
+
 function planWrite(where: string, tensors: unknown, opts: unknown): WritePlan {
   if (tensors === null || typeof tensors !== 'object' || Array.isArray(tensors) || tensors instanceof Tensor || tensors instanceof Map) {
     throw typeError(where, 'tensors', 'an object mapping names to tensors', tensors);
@@ -780,7 +832,7 @@ function planWrite(where: string, tensors: unknown, opts: unknown): WritePlan {
     if (LONE_SURROGATE.test(name)) throw rangeError(where, 'tensor name', 'well-formed Unicode (no lone surrogates)', name);
     if (!(t instanceof Tensor)) throw typeError(where, what, 'a Tensor', t);
     if (t.isDisposed) throw disposedError(where, what);
-    const dtype: SafetensorsDtype = t.dtype === 'int32' ? 'I32' : floatDtype ?? (t.dtype === 'float64' ? 'F64' : 'F32');
+    const dtype: SafetensorsDtype = t.dtype === 'int32' ? 'I32' : floatDtype ?? STORED_AS[t.dtype];
     items.push({ name, t, dtype, byteLength: t.numel * DTYPE_SIZE[dtype], pos: 0 });
   }
   // The reference writer's layout: by descending alignment, then by name; so no padding is needed.
@@ -808,9 +860,11 @@ function planWrite(where: string, tensors: unknown, opts: unknown): WritePlan {
 
 /** One tensor's bytes in its on-disk dtype, little-endian. */
 function encode(where: string, name: string, t: Tensor, dtype: SafetensorsDtype, byteLength: number): Uint8Array {
-  let data: Float32Array | Float64Array | Int32Array;
+  let data: Float32Array | Float64Array | Int32Array | Uint16Array;
+  // A half tensor written in its own dtype: its bits as they are, no conversion.
+  const sameHalf = (t.dtype === 'bfloat16' && dtype === 'BF16') || (t.dtype === 'float16' && dtype === 'F16');
   try {
-    data = t.toArray();
+    data = sameHalf ? toHalfBits(t) : t.toArray();
   } catch (e) {
     const err = new Error(`${where}: tensor ${quote(name)} could not be read: ${(e as Error).message}`, { cause: e });
     if ((e as NodeJS.ErrnoException).code) (err as NodeJS.ErrnoException).code = (e as NodeJS.ErrnoException).code;
@@ -819,7 +873,9 @@ function encode(where: string, name: string, t: Tensor, dtype: SafetensorsDtype,
   // Go by the tensor's dtype, not instanceof: arrays made by the native addon may come from another realm.
   const isF64 = t.dtype === 'float64';
   let out: Uint8Array;
-  if (dtype === 'F16' || dtype === 'BF16') {
+  if (sameHalf) {
+    out = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  } else if (dtype === 'F16' || dtype === 'BF16') {
     const f32 = isF64 ? toFloat32RoundToOdd(data as Float64Array) : (data as Float32Array);
     const bits = new Uint32Array(f32.buffer, f32.byteOffset, f32.length);
     const half = new Uint16Array(f32.length);

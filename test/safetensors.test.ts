@@ -6,6 +6,7 @@ import {
 } from '../lib/safetensors';
 import { Tensor } from '../lib/tensor';
 import { tensor } from '../lib/creation';
+import { toHalfBits } from '../lib/ops/memory';
 import { openFilesOf } from './helpers/fds';
 
 let dir: string;
@@ -353,7 +354,8 @@ describe('F16 and BF16', () => {
   test('every F16 value survives F16 -> float32 -> F16', () => {
     const all = new Uint16Array(65536).map((_, i) => i);
     const p = writeBytes(buildFile({ h: { dtype: 'F16', shape: [65536], data_offsets: [0, 131072] } }, new Uint8Array(all.buffer)));
-    const t = loadSafetensorsSync(p).h;
+    const t = loadSafetensorsSync(p, { dtype: 'float32' }).h;
+    expect(t.dtype).toBe('float32');
     const q = tmpFile();
     saveSafetensorsSync(q, { h: t }, { dtype: 'F16' });
     const back = new Uint16Array(fs.readFileSync(q).buffer.slice(-131072));
@@ -363,6 +365,111 @@ describe('F16 and BF16', () => {
       if (isNaN16 ? !((back[i] & 0x7c00) === 0x7c00 && (back[i] & 0x3ff) !== 0) : back[i] !== i) mismatches++;
     }
     expect(mismatches).toBe(0);
+  });
+});
+
+// ====================================================================== bfloat16 / float16 tensors
+
+describe('bfloat16 and float16 tensors', () => {
+  const all = new Uint16Array(65536).map((_, i) => i);
+  const allBytes = new Uint8Array(all.buffer);
+
+  test.each([['BF16', 'bfloat16'], ['F16', 'float16']] as const)('%s reads as %s and writes back bit for bit (all 65536 patterns)', async (st, dtype) => {
+    const p = writeBytes(buildFile({ h: { dtype: st, shape: [256, 256], data_offsets: [0, 131072] } }, allBytes));
+    const t = (await loadSafetensors(p)).h;
+    expect(t.dtype).toBe(dtype);
+    expect(t.shape).toEqual([256, 256]);
+    // Every stored pattern, NaN payloads and signed zeros included, is the tensor's own bits.
+    expect(Buffer.compare(Buffer.from(toHalfBits(t).buffer), Buffer.from(all.buffer))).toBe(0);
+    const q = tmpFile();
+    saveSafetensorsSync(q, { h: t });
+    expect((headerOf(q).json.h as { dtype: string }).dtype).toBe(st);
+    expect(Buffer.compare(fs.readFileSync(q).subarray(-131072), Buffer.from(allBytes))).toBe(0);
+    const again = SafetensorsFile.openSync(q);
+    expect(Buffer.compare(again.readRawSync('h'), Buffer.from(allBytes))).toBe(0);
+    again.close();
+  });
+
+  test('a half tensor made from numbers is written in its dtype, and read back to the same bits', async () => {
+    const values = [1, -2.5, 3.140625, 1e-3, 65504, -0, 1 / 3];
+    for (const [dtype, st] of [['bfloat16', 'BF16'], ['float16', 'F16']] as const) {
+      const t = tensor(values, { dtype });
+      const q = tmpFile();
+      await saveSafetensors(q, { w: t });
+      const f = await SafetensorsFile.open(q);
+      expect(f.entry('w')).toMatchObject({ dtype: st, shape: [values.length], byteLength: 2 * values.length });
+      const raw = await f.readRaw('w');
+      expect(Array.from(new Uint16Array(raw.buffer, raw.byteOffset, values.length))).toEqual(Array.from(toHalfBits(t)));
+      const back = await f.read('w');
+      expect(back.dtype).toBe(dtype);
+      expect(Array.from(toHalfBits(back))).toEqual(Array.from(toHalfBits(t)));
+      // The stored values, as float32 numbers (each rounded from `values` once).
+      expect(Array.from((await f.read('w', { dtype: 'float32' })).toArray())).toEqual(Array.from(t.toArray()));
+      f.close();
+    }
+  });
+
+  test('a bf16 file still reads as float32 or float64 when asked (exact)', () => {
+    const bits = [0x3f80, 0x4049, 0xc2f7, 0x0001];
+    const p = writeBytes(buildFile({ b: { dtype: 'BF16', shape: [4], data_offsets: [0, 8] } }, u16(...bits)));
+    const expected = bits.map((b) => new Float32Array(new Uint32Array([b << 16]).buffer)[0]);
+    const f32 = loadSafetensorsSync(p, { dtype: 'float32' }).b;
+    expect(f32.dtype).toBe('float32');
+    expect(Array.from(f32.toArray())).toEqual(expected);
+    const f64 = loadSafetensorsSync(p, { dtype: 'float64' }).b;
+    expect(Array.from(f64.toArray())).toEqual(expected);
+  });
+
+  test('F32, F64 and the other half convert to a half dtype rounding once, to nearest even', async () => {
+    // float32 1 + 2^-8 + 2^-9 lies above the bf16 tie 1 + 2^-8 (rounds up to 0x3f81); 1 + 2^-8 is a tie (even: 0x3f80).
+    const p = writeBytes(buildFile({
+      a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] },
+      d: { dtype: 'F64', shape: [2], data_offsets: [8, 24] },
+      h: { dtype: 'F16', shape: [1], data_offsets: [24, 26] },
+    }, [...bytesOf(new Float32Array([1 + 2 ** -8 + 2 ** -9, 1 + 2 ** -8])), ...bytesOf(new Float64Array([1 + 2 ** -11 + 2 ** -40, 1 + 2 ** -11])), ...u16(0x3c01)]));
+    const f = await SafetensorsFile.open(p);
+    expect(Array.from(toHalfBits(await f.read('a', { dtype: 'bfloat16' })))).toEqual([0x3f81, 0x3f80]);
+    // Just above a float16 tie in float64: through a plain float32 it would become the tie and round to even (0x3c00).
+    expect(Array.from(toHalfBits(await f.read('d', { dtype: 'float16' })))).toEqual([0x3c01, 0x3c00]);
+    // F16 1 + 2^-10 read as bfloat16: 1 + 2^-10 is below bf16's half ulp (2^-8), so 1.0.
+    expect(Array.from(toHalfBits(f.readSync('h', { dtype: 'bfloat16' })))).toEqual([0x3f80]);
+    f.close();
+  });
+
+  test('a value beyond float16 range read as float16 is an error naming the tensor', async () => {
+    const p = writeBytes(buildFile({
+      'layers.0.weight': { dtype: 'F32', shape: [4], data_offsets: [0, 16] },
+      ok: { dtype: 'F32', shape: [4], data_offsets: [16, 32] },
+      wide: { dtype: 'BF16', shape: [1], data_offsets: [32, 34] },
+    }, [...bytesOf(new Float32Array([1, -2, 70000, 3])), ...bytesOf(new Float32Array([65519, -65519, Infinity, NaN])), ...u16(0x4780)]));
+    const f = await SafetensorsFile.open(p);
+    await expect(f.read('layers.0.weight', { dtype: 'float16' })).rejects.toThrow(
+      'SafetensorsFile.read: tensor "layers.0.weight" (F32) holds 70000 at index 2, beyond float16\'s range (largest finite value 65504); read it as \'float32\' or \'bfloat16\'');
+    // 65519 rounds to 65504 (below the overflow tie at 65520); an infinity stays one.
+    const ok = f.readSync('ok', { dtype: 'float16' });
+    expect(Array.from(toHalfBits(ok))).toEqual([0x7bff, 0xfbff, 0x7c00, 0x7e00]);
+    // bfloat16 65536 does not fit float16 either.
+    expect(() => f.readSync('wide', { dtype: 'float16' })).toThrow(/tensor "wide" \(BF16\) holds 65536 at index 0, beyond float16's range/);
+    f.close();
+    await expect(loadSafetensors(p, { dtype: 'float16' })).rejects.toThrow(/loadSafetensors: tensor "layers.0.weight" \(F32\) holds 70000/);
+  });
+
+  test('half tensors can still be written as another float dtype', () => {
+    const t = tensor([1.5, -3, 1 + 2 ** -7], { dtype: 'bfloat16' });
+    const q = tmpFile();
+    saveSafetensorsSync(q, { t }, { dtype: 'F32' });
+    const f = SafetensorsFile.openSync(q);
+    expect(f.entry('t').dtype).toBe('F32');
+    const back = f.readSync('t');
+    expect(back.dtype).toBe('float32');
+    expect(Array.from(back.toArray())).toEqual([1.5, -3, 1 + 2 ** -7]);
+    f.close();
+  });
+
+  test('an unknown dtype is refused, naming the choices', () => {
+    const p = writeBytes(buildFile({ a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] } }, bytesOf(new Float32Array([1]))));
+    expect(() => loadSafetensorsSync(p, { dtype: 'bfloat' as 'bfloat16' })).toThrow(
+      'loadSafetensorsSync: options.dtype must be one of "float32", "float64", "int32", "bfloat16", "float16", got "bfloat"');
   });
 });
 
@@ -420,7 +527,7 @@ describe('integer dtypes (files built by hand)', () => {
     saveSafetensorsSync(p, { w: tensor([1.5]) });
     const f = SafetensorsFile.openSync(p);
     expect(() => f.readSync('w', { dtype: 'int32' })).toThrow(
-      `SafetensorsFile.readSync: options.dtype must be 'float32' or 'float64' for tensor "w", stored as F32, got "int32"`);
+      `SafetensorsFile.readSync: options.dtype must be a float dtype ('float32', 'float64', 'bfloat16' or 'float16') for tensor "w", stored as F32, got "int32"`);
     f.close();
   });
 });
@@ -628,8 +735,8 @@ describe('SafetensorsFile', () => {
     await expect(f.read('nope')).rejects.toThrow(/SafetensorsFile.read: name must be a tensor in .* \(available: .*\), got "nope"/);
     expect(() => f.readSync(3 as unknown as string)).toThrow(TypeError);
     await expect(f.readRaw('nope')).rejects.toThrow(RangeError);
-    await expect(f.read('model.layers.0.mlp.up_proj.weight', { dtype: 'float16' as 'float32' })).rejects.toThrow(
-      'SafetensorsFile.read: options.dtype must be one of "float32", "float64", "int32", got "float16"');
+    await expect(f.read('model.layers.0.mlp.up_proj.weight', { dtype: 'float8' as 'float32' })).rejects.toThrow(
+      'SafetensorsFile.read: options.dtype must be one of "float32", "float64", "int32", "bfloat16", "float16", got "float8"');
     await expect(f.read('model.layers.0.mlp.up_proj.weight', { type: 'x' } as never)).rejects.toThrow(/unknown option "type"/);
     f.close();
   });

@@ -12,6 +12,7 @@ import {
   Embedding, RMSNorm, RopeScaling, applyRotary, rotaryTables, scaledDotProductAttention,
 } from '../nn/transformer';
 import { Tensor, DType } from '../tensor';
+import { FloatDType, FLOAT_DTYPES, isHalf } from '../dtype';
 import { rand, randn, tensor, zeros } from '../creation';
 import { writeAlong_ } from '../ops/views';
 import { tidy } from '../scope';
@@ -144,7 +145,7 @@ export function parseLlamaConfig(raw: unknown, where = 'parseLlamaConfig'): Llam
 }
 
 interface BuildOptions {
-  dtype: 'float32' | 'float64';
+  dtype: FloatDType;
   device?: DeviceSpec;
 }
 
@@ -401,8 +402,41 @@ export interface GenerateOptions {
 }
 
 export interface FromPretrainedOptions {
-  dtype?: 'float32' | 'float64';
+  /**
+   * The dtype the weights are stored in: a float dtype, or 'auto' for config.json's torch_dtype
+   * (else the dtype of the checkpoint's first float tensor), as transformers' torch_dtype="auto".
+   * Default 'float32', as transformers without torch_dtype.
+   */
+  dtype?: FloatDType | 'auto';
   device?: DeviceSpec;
+}
+
+/** The dtypes a model's weights can be loaded in. */
+export const MODEL_DTYPES: readonly (FloatDType | 'auto')[] = Object.freeze(['auto', ...FLOAT_DTYPES]);
+
+/** transformers' names of the torch dtypes (config.json's torch_dtype), and the checkpoint's. */
+const TORCH_DTYPES: Readonly<Record<string, FloatDType>> = {
+  float32: 'float32', float: 'float32', float64: 'float64', double: 'float64',
+  bfloat16: 'bfloat16', float16: 'float16', half: 'float16',
+};
+const STORED_DTYPES: Readonly<Record<string, FloatDType>> = { F32: 'float32', F64: 'float64', BF16: 'bfloat16', F16: 'float16' };
+
+/**
+ * The dtype of 'auto': config.json's torch_dtype (newer configs call it dtype), else the dtype of
+ * the first float tensor in the checkpoint (transformers' get_state_dict_dtype); float32 without either.
+ */
+function autoDtype(where: string, configPath: string, raw: Record<string, unknown>, first: () => string | undefined): FloatDType {
+  const key = raw.torch_dtype != null ? 'torch_dtype' : 'dtype';
+  const v = raw[key];
+  if (v != null && v !== 'auto') {
+    const name = typeof v === 'string' ? v.replace(/^torch\./, '') : v;
+    if (typeof name !== 'string' || !Object.hasOwn(TORCH_DTYPES, name)) {
+      throw rangeError(where, `${configPath}: ${key}`, `one of "bfloat16", "float16", "float32", "float64" for dtype 'auto' (or pass an explicit options.dtype)`, v);
+    }
+    return TORCH_DTYPES[name];
+  }
+  const stored = first();
+  return stored !== undefined && Object.hasOwn(STORED_DTYPES, stored) ? STORED_DTYPES[stored] : 'float32';
 }
 
 export class LlamaForCausalLM extends Module {
@@ -420,7 +454,7 @@ export class LlamaForCausalLM extends Module {
     const cfg = isParsed(config) ? config : parseLlamaConfig(config, where);
     const o = checkOptions(where, options);
     checkKnownKeys(where, o, ['dtype', 'device', 'init']);
-    const dtype = o.dtype === undefined ? 'float32' : checkOneOf(where, 'options.dtype', o.dtype, ['float32', 'float64'] as const);
+    const dtype = o.dtype === undefined ? 'float32' : checkOneOf(where, 'options.dtype', o.dtype, FLOAT_DTYPES);
     const build: BuildOptions = { dtype, device: o.device as DeviceSpec | undefined };
     this.config = cfg;
     this.model = new LlamaModel(cfg, build);
@@ -465,9 +499,19 @@ export class LlamaForCausalLM extends Module {
       if (ids !== inputIds) ids.dispose();
       throw e;
     }
-    const logits = this.lm_head.forward(this.model.forward(ids, layout));
+    const logits = this.head(this.model.forward(ids, layout));
     if (ids !== inputIds) ids.dispose();
     return logits;
+  }
+
+  /**
+   * The head's logits, in float32 for a half model: the half values upcast exactly, as transformers'
+   * LlamaForCausalLM did (logits.float()) and its loss still does, so the loss, sampling and softmax
+   * over them run in float32.
+   */
+  private head(hidden: Tensor): Tensor {
+    const logits = this.lm_head.forward(hidden);
+    return isHalf(logits.dtype) ? logits.to('float32') : logits;
   }
 
   /**
@@ -498,7 +542,7 @@ export class LlamaForCausalLM extends Module {
         targets[n] = t + 1 < T && (!layout || layout.predicts[n]) ? lab[n + 1] : -100;
       }
     }
-    const logits = this.lm_head.forward(this.model.forward(ids, layout));
+    const logits = this.head(this.model.forward(ids, layout));
     if (ids !== inputIds) ids.dispose();
     return F.crossEntropy(logits.reshape(B * T, this.config.vocabSize), targets, { ignoreIndex: -100 });
   }
@@ -679,7 +723,7 @@ export class LlamaForCausalLM extends Module {
     const last = new (h.constructor as Float32ArrayConstructor)(B * D);
     for (let b = 0; b < B; b++) last.set(h.subarray((b * T + T - 1) * D, (b * T + T) * D), b * D);
     const x = tensor(last, { shape: [B, D], dtype: hidden.dtype as 'float32', device: this.device() as DeviceSpec });
-    const logits = this.lm_head.forward(x);
+    const logits = this.head(x);
     x.dispose();
     const out = logits.toArray() as Float32Array | Float64Array;
     logits.dispose();
@@ -689,14 +733,16 @@ export class LlamaForCausalLM extends Module {
   /**
    * Loads config.json and model.safetensors (or a sharded
    * model.safetensors.index.json) from a Hugging Face checkpoint directory.
-   * F32, F16 and BF16 weights are converted to the requested dtype (float32).
+   * F32, F64, F16 and BF16 weights are stored in options.dtype (default float32; 'auto': the
+   * checkpoint's torch_dtype), converted one tensor at a time as they are read, so loading never
+   * holds more than the model and one tensor (a BF16 tensor loaded as bfloat16 keeps its bits).
    */
   static async fromPretrained(dir: string, options?: FromPretrainedOptions): Promise<LlamaForCausalLM> {
     const where = 'LlamaForCausalLM.fromPretrained';
     if (typeof dir !== 'string') throw typeError(where, 'dir', 'a checkpoint directory path', dir);
     const o = checkOptions(where, options);
     checkKnownKeys(where, o, ['dtype', 'device']);
-    if (o.dtype !== undefined) checkOneOf(where, 'options.dtype', o.dtype, ['float32', 'float64'] as const);
+    const asked = o.dtype === undefined ? 'float32' : checkOneOf(where, 'options.dtype', o.dtype, MODEL_DTYPES);
     const configPath = path.join(dir, 'config.json');
     let raw: unknown;
     try {
@@ -732,7 +778,12 @@ export class LlamaForCausalLM extends Module {
         throw new RangeError(`${where}: ${configPath} describes a model of ${needed} parameters, far more than the ${stored} values the checkpoint holds; the config does not belong to these weights`);
       }
       untiedHead = config.tieWordEmbeddings && [...keysOf.values()].some((keys) => keys.includes('lm_head.weight'));
-      model = new LlamaForCausalLM(untiedHead ? { ...config, tieWordEmbeddings: false } : config, { ...(o as FromPretrainedOptions), init: false });
+      const firstStored = () => {
+        for (const [st, keys] of keysOf) for (const k of keys) if (Object.hasOwn(STORED_DTYPES, st.entry(k).dtype)) return st.entry(k).dtype;
+        return undefined;
+      };
+      const dtype = asked === 'auto' ? autoDtype(where, configPath, config.raw, firstStored) : asked;
+      model = new LlamaForCausalLM(untiedHead ? { ...config, tieWordEmbeddings: false } : config, { device: o.device as DeviceSpec | undefined, dtype, init: false });
       const expected = new Map(Object.entries(model.stateDict()));
       for (const [st, keys] of keysOf) {
         const file = st.path;
@@ -750,7 +801,8 @@ export class LlamaForCausalLM extends Module {
           if (!['F32', 'F16', 'BF16', 'F64'].includes(e.dtype)) {
             throw new RangeError(`${where}: ${path.basename(file)}: '${key}' has dtype ${e.dtype}; F32, F16, BF16 and F64 are supported`);
           }
-          const t = await st._readTensor(where, key, { dtype: target.dtype as 'float32' });
+          // Read in the model's dtype (a half checkpoint as its bits), so no float32 copy is made.
+          const t = await st._readTensor(where, key, { dtype: target.dtype });
           noGrad(() => target.copy_(t));
           t.dispose();
           loaded.add(key);

@@ -1,5 +1,6 @@
 // Standard layers: Linear, containers and activations.
 import { Tensor, DType } from '../tensor';
+import { FLOAT_DTYPES } from '../dtype';
 import { rand } from '../creation';
 import { checkLinearInput, checkLinearWeights } from '../checks';
 import * as linearOps from '../ops/linear';
@@ -30,7 +31,7 @@ export class Linear extends Module {
     const o = checkOptions(where, options);
     checkKnownKeys(where, o, ['bias', 'dtype', 'device']);
     const bias = o.bias === undefined ? true : checkBool(where, 'options.bias', o.bias);
-    const dtype = o.dtype === undefined ? 'float32' : checkOneOf(where, 'options.dtype', o.dtype, ['float32', 'float64'] as const);
+    const dtype = o.dtype === undefined ? 'float32' : checkOneOf(where, 'options.dtype', o.dtype, FLOAT_DTYPES);
     const device = o.device as DeviceSpec | undefined;
     this.inFeatures = inFeatures;
     this.outFeatures = outFeatures;

@@ -7,7 +7,8 @@
 import { Tensor } from '../tensor';
 import { assertTensor } from '../checks';
 import { DeviceSpec, parseDevice } from '../device';
-import { checkBool, checkOptions, checkKnownKeys, rangeError, typeError } from '../errors';
+import { checkBool, checkOneOf, checkOptions, checkKnownKeys, rangeError, typeError } from '../errors';
+import { DType, DTYPES, FloatDType, FLOAT_DTYPES, isFloating } from '../dtype';
 import { clearGrads, noGrad } from '../autograd';
 
 export interface LoadStateDictResult {
@@ -16,6 +17,12 @@ export interface LoadStateDictResult {
 }
 
 export type StateDict = Record<string, Tensor>;
+
+/** Module.to's options: where the tensors go and the dtype of the float ones. */
+export interface ModuleToOptions {
+  device?: DeviceSpec;
+  dtype?: FloatDType;
+}
 
 export abstract class Module {
   /** Training mode (dropout active); set by train() / eval(). */
@@ -266,22 +273,46 @@ export abstract class Module {
   }
 
   /**
-   * Moves every parameter and buffer to a device in place (tensor objects are
-   * kept, so optimisers holding them stay valid); returns this.
+   * Moves every parameter and buffer to a device and/or casts the float ones to a float dtype, in
+   * place (tensor objects are kept, so optimisers holding them stay valid); returns this. As torch's
+   * Module.to: to('cuda'), to('bfloat16'), to({ device, dtype }); int32 buffers keep their dtype, and
+   * gradients follow their tensors.
    */
-  to(device: DeviceSpec): this {
+  to(target: DeviceSpec | FloatDType | ModuleToOptions): this {
     const where = 'Module.to';
-    const dev = parseDevice(where, 'device', device);
-    // Every tensor to move is checked before any moves, so a disposed one leaves the module where it was.
+    let device: DeviceSpec | undefined;
+    let dtype: FloatDType | undefined;
+    if (typeof target === 'string' && (DTYPES as readonly string[]).includes(target)) {
+      dtype = checkOneOf(where, 'dtype', target, FLOAT_DTYPES);
+    } else if (target !== null && typeof target === 'object') {
+      const o = checkOptions(where, target);
+      checkKnownKeys(where, o, ['device', 'dtype']);
+      device = o.device as DeviceSpec | undefined;
+      if (o.dtype !== undefined) dtype = checkOneOf(where, 'options.dtype', o.dtype, FLOAT_DTYPES);
+    } else {
+      device = target as DeviceSpec;
+    }
+    const dev = device === undefined ? null : parseDevice(where, 'device', device);
+    const targetDtype = (t: Tensor) => (dtype !== undefined && isFloating(t.dtype) ? dtype : t.dtype);
+    const changes = (t: Tensor) => (dev !== null && t.device !== dev.name) || targetDtype(t) !== t.dtype;
+    // Every tensor to change is checked before any changes, so a disposed one leaves the module as it was.
     for (const [name, t] of [...this.namedParameters(), ...this.namedBuffers()]) {
-      if (t.device === dev.name) continue;
+      if (!changes(t)) continue;
       t._checkLive(where, `'${name}'`);
       t.grad?._checkLive(where, `the gradient of '${name}'`);
     }
-    for (const t of [...this.parameters(), ...this.buffers()]) {
-      if (t.device === dev.name) continue;
-      const moved = t.detach().to(dev.name as DeviceSpec);
-      const grad = t.grad ? t.grad.to(dev.name as DeviceSpec) : null;
+    const convert = (t: Tensor, d: DType) => {
+      let out = t.detach();
+      if (d !== out.dtype) out = out.to(d);
+      if (dev !== null && out.device !== dev.name) out = out.to(dev.name as DeviceSpec);
+      return out;
+    };
+    // A tensor shared by two modules (tied weights) is converted once.
+    for (const t of new Set([...this.parameters(), ...this.buffers()])) {
+      if (!changes(t)) continue;
+      const d = targetDtype(t);
+      const moved = convert(t, d);
+      const grad = t.grad ? convert(t.grad, d) : null;
       t._replaceWith(moved);
       t.grad = grad;
     }

@@ -10,7 +10,7 @@ import { Module } from './module';
 import { checkBool, checkInt, checkKnownKeys, checkNumber, checkOneOf, checkOptions, rangeError, typeError } from '../errors';
 import { pyFloat, pyValue } from '../printing';
 
-type FloatDType = 'float32' | 'float64';
+import { FloatDType, FLOAT_DTYPES } from '../dtype';
 
 /** normalizedShape as torch takes it: one size or a list of sizes. */
 function readShape(where: string, what: string, s: unknown): number[] {
@@ -91,7 +91,7 @@ export class LayerNorm extends Module {
     if (eps < 0) throw rangeError(where, 'options.eps', 'a number >= 0', eps);
     const affine = o.elementwiseAffine === undefined ? true : checkBool(where, 'options.elementwiseAffine', o.elementwiseAffine);
     const bias = o.bias === undefined ? true : checkBool(where, 'options.bias', o.bias);
-    const dtype = o.dtype === undefined ? 'float32' : checkOneOf(where, 'options.dtype', o.dtype, ['float32', 'float64'] as const);
+    const dtype = o.dtype === undefined ? 'float32' : checkOneOf(where, 'options.dtype', o.dtype, FLOAT_DTYPES);
     parseDevice(where, 'options.device', o.device);
     const device = o.device as DeviceSpec | undefined;
     this.normalizedShape = Object.freeze(shape);

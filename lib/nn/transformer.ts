@@ -4,6 +4,7 @@
 // Each op is one fused native call forward and one backward (lib/ops/transformer.ts);
 // arguments are checked here first. Also the Embedding and RMSNorm modules.
 import { DType, Tensor } from '../tensor';
+import { FloatDType, FLOAT_DTYPES } from '../dtype';
 import { ones, randn, tensor } from '../creation';
 import { assertTensor, requireFloat, requireSame, requireSameDevice } from '../checks';
 import { isGradEnabled } from '../autograd';
@@ -13,8 +14,6 @@ import { Module } from './module';
 import { pyFloat, pyValue } from '../printing';
 import { checkBool, checkInt, checkKnownKeys, checkNumber, checkOneOf, checkOptions, rangeError, typeError } from '../errors';
 
-type FloatDType = 'float32' | 'float64';
-const FLOAT_DTYPES: readonly FloatDType[] = ['float32', 'float64'];
 
 const shapeStr = (s: readonly number[]) => `[${s.join(', ')}]`;
 
@@ -220,7 +219,7 @@ export interface RotaryTablesOptions {
   theta: number;
   /** Frequency scaling (rope_scaling); none by default. */
   scaling?: RopeScaling | null;
-  /** dtype of the tables; default 'float32'. */
+  /** dtype of the tables; default 'float32' (a half dtype: the float32 tables rounded once). */
   dtype?: FloatDType;
   /** Position of the first row; default 0. */
   positionOffset?: number;
@@ -288,7 +287,8 @@ const ROTARY_TABLE_MAX = 2 ** 31 - 1;
  * inv_freq_i = 1 / theta^(2i / headDim) (i < headDim / 2), adjusted by `scaling`
  * ('llama3' as _compute_llama3_parameters, 'linear' as inv_freq / factor);
  * emb = concat(freqs, freqs) with freqs = position * inv_freq; cos(emb), sin(emb).
- * Computed in float64, stored in `dtype` (default float32).
+ * Computed in float64, stored in `dtype` (default float32); a half dtype is rounded from the
+ * float32 table, as transformers computes the tables in fp32 and casts them to the activations' dtype.
  */
 export function rotaryTables(T: number, headDim: number, options: RotaryTablesOptions): { cos: Tensor; sin: Tensor } {
   const where = 'rotaryTables';
