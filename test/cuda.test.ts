@@ -14,7 +14,7 @@ import { benchNative } from '../bench/binding';
 import { expectThrows } from './helpers/expect-throws';
 import { collectGarbage } from './helpers/gc';
 import { randnArray } from './helpers/gradcheck';
-import { isDifferentiable, isInt, makeInputs, outputs, paritySamples, sampleSeed, title } from './ops';
+import { HALF_TOL, HALVES, isDifferentiable, isInt, makeInputs, outputs, paritySamples, sampleSeed, title } from './ops';
 import type { OpInfo, OpSample } from './ops';
 import type { DeviceSpec } from '../lib';
 
@@ -151,6 +151,34 @@ function parity(op: OpInfo, s: OpSample): void {
 
 // Every op of the registry (test/ops/), each sample: outputs and gradients on CUDA against the CPU.
 const CASES = paritySamples().map(([op, s]) => [title(op, s), op, s] as const);
+
+// The same samples in bfloat16 and float16 (each op's `halves`, default both), CUDA against the CPU
+// on the same half inputs. Both backends compute in float and round once on store, but sum in
+// different orders (the GEMMs: cuBLAS against the CPU's panels), so a result may round to the
+// neighbouring half value: the registry's half tolerance (HALF_TOL, 4 units of roundoff) bounds it.
+const HALF_CASES = paritySamples().flatMap(([op, s]) => (op.halves ?? HALVES)
+  .map((half) => [`${title(op, s)} (${half})`, op, s, half] as const));
+
+describeCuda('CUDA parity with the CPU backend in bfloat16 and float16', () => {
+  test.each(HALF_CASES)('%s', (_name, op, s, half) => {
+    const dtype = half as unknown as DT;  // the registry's contexts are typed float32/float64
+    const ref = evaluate(op, s, 'cpu', dtype);
+    const got = evaluate(op, s, 'cuda', dtype);
+    const tol = op.tolHalf?.[half] ?? HALF_TOL[half];
+    ref.outs.forEach((o, k) => {
+      const e = normError(o, got.outs[k]);
+      if (!(e <= tol)) throw new Error(`${title(op, s)} (${half}): output ${k} differs from the CPU by ${e} (tolerance ${tol})`);
+    });
+    ref.grads.forEach((g, k) => {
+      if (g === null) {
+        expect(got.grads[k]).toBeNull();
+        return;
+      }
+      const e = normError(g, got.grads[k] as number[]);
+      if (!(e <= tol)) throw new Error(`${title(op, s)} (${half}): gradient of input ${k} differs from the CPU by ${e} (tolerance ${tol})`);
+    });
+  });
+});
 
 // The cases themselves are checked on every machine, so the GPU run does not
 // find a broken case first: each runs on the CPU, gives finite outputs, and a
