@@ -2,10 +2,13 @@
 // every op in the half dtypes on the CPU and on CUDA): the cast kernels between every pair of
 // dtypes, bit for bit against the CPU's casts and against the rounding rule itself (to nearest,
 // ties to even, float16 overflowing to infinity from 65520), the refusal of half values int32
-// cannot hold, and half and float32 operands refused where an op takes one dtype.
+// cannot hold, the LoRA of a half layer with float32 adapters (the mixed composite, through the
+// CUDA casts, half and float32 GEMMs and accumulation), and half and float32 operands refused
+// where an op takes one dtype.
 // Runs where CUDA is available (in CI under the emulator, scripts/test-cuda-emu.sh).
-import { cuda, tensor, backendInfo } from '../lib';
+import { LoRALinear, Linear, cuda, manualSeed, noGrad, randn, tensor, backendInfo } from '../lib';
 import type { DType } from '../lib';
+import { HALF_TOL } from './ops';
 import { expectThrows } from './helpers/expect-throws';
 
 const available = cuda.isAvailable();
@@ -103,6 +106,55 @@ describeCuda('half and float32 together on CUDA', () => {
       expectThrows(() => f.mul(h), Error, both);
       expectThrows(() => h.matmul(f), Error, both);
       expectThrows(() => f.where(f.gt(0), h), Error, both);
+    }
+  });
+});
+
+/** max |a - b| / max |a| (the registry's normalised error). */
+function normError(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let scale = 1e-30;
+  let err = 0;
+  for (let i = 0; i < a.length; i++) {
+    scale = Math.max(scale, Math.abs(a[i]));
+    err = Math.max(err, Math.abs(a[i] - b[i]));
+  }
+  return a.length === b.length ? err / scale : Infinity;
+}
+
+describeCuda('LoRA on a half layer on CUDA', () => {
+  test('forward, backward and merge with float32 adapters and dropout agree with the CPU', () => {
+    for (const half of ['bfloat16', 'float16'] as const) {
+      const run = (device: 'cpu' | 'cuda') => {
+        manualSeed(3);
+        const lin = new Linear(48, 24).to(half);
+        lin.requiresGrad_(false);
+        const lora = new LoRALinear(lin, { r: 4, alpha: 8, dropout: 0.25 });
+        noGrad(() => lora.B!.copy_(randn([24, 4], { std: 0.1 })));
+        lora.to(device);
+        const x = randn([10, 48]).to(half).to(device).requiresGrad_(true);
+        const y = lora.forward(x);
+        y.backward(randn([10, 24]).to(half).to(device));
+        lora.mergeToOrig();
+        const f = (t: { to(d: DType): { cpu(): { toArray(): ArrayLike<number> } } }) => Array.from(t.to('float32').cpu().toArray());
+        return {
+          dtypes: [y.dtype, lora.A!.dtype, lora.A!.grad!.dtype, x.grad!.dtype, lin.weight.dtype],
+          y: f(y), dx: f(x.grad!), dA: f(lora.A!.grad!), dB: f(lora.B!.grad!), merged: f(lin.weight),
+        };
+      };
+      const ref = run('cpu');
+      const got = run('cuda');
+      expect(got.dtypes).toEqual([half, 'float32', 'float32', half, half]);
+      expect(got.dtypes).toEqual(ref.dtypes);
+      // The half results: both backends round once from float sums (orders differ): the registry's half
+      // tolerance. The float32 adapter gradients: float32 sums in another order.
+      for (const k of ['y', 'dx', 'merged'] as const) {
+        const e = normError(ref[k], got[k]);
+        if (!(e <= HALF_TOL[half])) throw new Error(`${half} ${k}: CUDA differs from the CPU by ${e}`);
+      }
+      for (const k of ['dA', 'dB'] as const) {
+        const e = normError(ref[k], got[k]);
+        if (!(e <= 1e-5)) throw new Error(`${half} ${k}: CUDA differs from the CPU by ${e}`);
+      }
     }
   });
 });
