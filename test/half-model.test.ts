@@ -14,6 +14,7 @@ import { toHalfBits } from '../lib/ops/memory';
 import { main } from '../lib/cli/index';
 import { CliIO } from '../lib/cli/io';
 import { LlamaCase, formulaValues, loadCases, writeCheckpoint } from './helpers/llama-weights';
+import { finetuneFixture } from './helpers/finetune-fixture';
 
 interface HalfCase extends LlamaCase {
   logits_f64: number[];
@@ -332,6 +333,25 @@ describe('lora-cuda --dtype', () => {
     expect(r.code).toBe(0);
     expect(dtypeOf(path.join(tmp, 'cli-m2'))).toEqual(['F32']);
     expect(JSON.parse(fs.readFileSync(path.join(tmp, 'cli-m2', 'config.json'), 'utf8')).torch_dtype).toBe('float32');
+  });
+
+  test('finetune trains float32 adapters on a bfloat16 base (--dtype bfloat16), float32 by default on the cpu; generate takes --dtype', async () => {
+    const { model: modelDir, data } = await finetuneFixture(path.join(tmp, 'ft'));
+    const common = ['--model', modelDir, '--data', data, '--r', '4', '--alpha', '8', '--lr', '1e-2', '--batch-size', '4', '--max-steps', '3', '--seed', '1'];
+    const out16 = path.join(tmp, 'ft-bf16');
+    let r = await run(['finetune', ...common, '--out', out16, '--dtype', 'bfloat16']);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/device cpu, dtype bfloat16\n/);
+    const st = SafetensorsFile.openSync(path.join(out16, 'adapter_model.safetensors'));
+    expect(new Set(st.keys().map((k) => st.entry(k).dtype))).toEqual(new Set(['F32']));
+    st.close();
+    r = await run(['finetune', ...common, '--out', path.join(tmp, 'ft-f32')]);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/device cpu, dtype float32\n/);
+    r = await run(['generate', '--model', modelDir, '--adapter', out16, '--prompt', 'the cat', '--max-new-tokens', '3', '--device', 'cpu', '--dtype', 'bfloat16']);
+    expect(r.code).toBe(0);
+    expect(r.stdout.startsWith('the cat')).toBe(true);
   });
 
   test.each(['merge', 'generate', 'finetune'])('%s refuses an unknown --dtype (usage error, exit 2)', async (cmd) => {
