@@ -519,18 +519,19 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   def("attentionForward", [](const Napi::CallbackInfo& a) -> Napi::Value {
     auto o = lc::ops::attention(T(a[0], "attention q"), T(a[1], "attention k"),
                                 T(a[2], "attention v"), flag(a[3]), num(a[4], "scale"),
-                                optT(a[5], "attention starts"));
+                                optT(a[5], "attention starts"), flag(a[6]));
     Napi::Env env = a.Env();
     return arr(env, {wrap(env, o.out), wrap(env, o.lse)});
   });
-  // attentionBackward(dout, q, k, v, lse, causal, scale, needs[q, k, v], starts|null) -> [dq, dk, dv]
+  // attentionBackward(dout, q, k, v, out, lse, causal, scale, needs[q, k, v], starts|null, bthd)
+  //   -> [dq, dk, dv]
   def("attentionBackward", [](const Napi::CallbackInfo& a) -> Napi::Value {
-    auto need = needs_arg(a[7], 3, "attentionBackward");
+    auto need = needs_arg(a[8], 3, "attentionBackward");
     auto g = lc::ops::attention_backward(T(a[0], "attention grad"), T(a[1], "attention q"),
                                          T(a[2], "attention k"), T(a[3], "attention v"),
-                                         T(a[4], "attention lse"), flag(a[5]), num(a[6], "scale"),
-                                         need[0], need[1], need[2],
-                                         optT(a[8], "attention starts"));
+                                         T(a[4], "attention out"), T(a[5], "attention lse"),
+                                         flag(a[6]), num(a[7], "scale"), need[0], need[1], need[2],
+                                         optT(a[9], "attention starts"), flag(a[10]));
     Napi::Env env = a.Env();
     return arr(env, {wrap_or_null(env, g.dq), wrap_or_null(env, g.dk), wrap_or_null(env, g.dv)});
   });

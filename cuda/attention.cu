@@ -1,9 +1,19 @@
 // Scaled dot-product attention on CUDA with grouped KV heads (semantics in
-// src/backend.h, reference in src/cpu/attention.cpp). A tiled online-softmax
-// kernel (one warp per query row, keys staged through shared memory), with a
-// plain global-memory path for head dims the tiles cannot hold. The backward
-// is atomic-free and deterministic: one kernel per query row (D_i and dq), one
-// per key row (dk and dv, summed over the query heads of its group).
+// src/backend.h, reference in src/cpu/attention.cpp), in either layout
+// ([B, H, T, D] or the projections' [B, T, H, D]), read through row offsets.
+//
+// bfloat16 / float16: FlashAttention-2 on tensor cores (nvcuda::wmma, fp32
+// accumulation and softmax statistics, only the row logsumexp kept for
+// backward), for equal q/v head dims up to 128; other head dims are widened to
+// float32 and take the float path.
+//
+// float32 / float64: a tiled online-softmax kernel (one warp per query row,
+// keys staged through shared memory), with a plain global-memory path for head
+// dims the tiles cannot hold. Their backward is atomic-free and deterministic:
+// one kernel per query row (D_i and dq), one per key row (dk and dv, summed
+// over the query heads of its group).
+#include <mma.h>
+
 #include <algorithm>
 #include <initializer_list>
 #include <type_traits>
@@ -36,7 +46,31 @@ struct AttnDims {
   // Causal alignment (bottom-right): query i sits at key position i + off, off = S - T >= 0
   // (0 when S == T; S > T is a decode step over cached keys).
   int64_t off;
+  bool bthd;  // [B, T, H, D] instead of [B, H, T, D]
 };
+
+// Element offset of row i of slice s (= b * H + h) of a tensor with H heads, L rows, D columns,
+// and the distance between consecutive rows of a slice.
+__host__ __device__ __forceinline__ int64_t attn_row(const AttnDims& a, int64_t s, int64_t i,
+                                                     int64_t H, int64_t L, int64_t D) {
+  return a.bthd ? ((s / H) * L + i) * H * D + (s % H) * D : (s * L + i) * D;
+}
+__device__ __forceinline__ int64_t qrow(const AttnDims& a, int64_t bh, int64_t i) {
+  return attn_row(a, bh, i, a.Hq, a.T, a.Dh);  // q, dq
+}
+__device__ __forceinline__ int64_t orow(const AttnDims& a, int64_t bh, int64_t i) {
+  return attn_row(a, bh, i, a.Hq, a.T, a.Dv);  // out, dout
+}
+__device__ __forceinline__ int64_t krow(const AttnDims& a, int64_t kv, int64_t j) {
+  return attn_row(a, kv, j, a.Hkv, a.S, a.Dh);  // k, dk
+}
+__device__ __forceinline__ int64_t vrow(const AttnDims& a, int64_t kv, int64_t j) {
+  return attn_row(a, kv, j, a.Hkv, a.S, a.Dv);  // v, dv
+}
+__device__ __forceinline__ int64_t qstep(const AttnDims& a) { return a.bthd ? a.Hq * a.Dh : a.Dh; }
+__device__ __forceinline__ int64_t ostep(const AttnDims& a) { return a.bthd ? a.Hq * a.Dv : a.Dv; }
+__device__ __forceinline__ int64_t kstep(const AttnDims& a) { return a.bthd ? a.Hkv * a.Dh : a.Dh; }
+__device__ __forceinline__ int64_t vstep(const AttnDims& a) { return a.bthd ? a.Hkv * a.Dv : a.Dv; }
 
 // Flat kv slice read by query slice bh = b * Hq + h.
 __device__ __forceinline__ int64_t kv_of(const AttnDims& a, int64_t bh) {
@@ -110,24 +144,24 @@ __device__ void acc_rows_global(T* row, int64_t len, T coef, int n, const T* src
 }
 
 // Block-wide copy of `rows` rows of `len` contiguous elements at src (row
-// stride len) into dst (row stride dstride).
+// stride sstride) into dst (row stride dstride).
 template <typename T>
-__device__ __forceinline__ void stage_rows(T* dst, int64_t dstride, const T* src, int64_t rows,
-                                           int64_t len) {
+__device__ __forceinline__ void stage_rows(T* dst, int64_t dstride, const T* src, int64_t sstride,
+                                           int64_t rows, int64_t len) {
   for (int64_t idx = threadIdx.x; idx < rows * len; idx += blockDim.x) {
     const int64_t rr = idx / len, d = idx - rr * len;
-    dst[rr * dstride + d] = src[idx];
+    dst[rr * dstride + d] = src[rr * sstride + d];
   }
 }
-// The same for rows first..first+rows-1 of a [total, len] matrix, zeros past
-// its end (rows of a tile beyond the last query or key).
+// The same for rows first..first+rows-1 of a matrix of `total` rows (row 0 at
+// src), zeros past its end (rows of a tile beyond the last query or key).
 template <typename T>
 __device__ __forceinline__ void stage_rows_clamped(T* dst, int64_t dstride, const T* src,
-                                                   int64_t first, int64_t rows, int64_t total,
-                                                   int64_t len) {
+                                                   int64_t sstride, int64_t first, int64_t rows,
+                                                   int64_t total, int64_t len) {
   for (int64_t idx = threadIdx.x; idx < rows * len; idx += blockDim.x) {
     const int64_t rr = idx / len, d = idx - rr * len;
-    dst[rr * dstride + d] = first + rr < total ? src[(first + rr) * len + d] : T(0);
+    dst[rr * dstride + d] = first + rr < total ? src[(first + rr) * sstride + d] : T(0);
   }
 }
 
@@ -158,7 +192,7 @@ __global__ void attn_forward_tiled(const T* q, const T* k, const T* v, T* out, T
     // Keys any row of the block sees (block-uniform, so are the barriers below).
     const int64_t kend = causal ? min(a.S, i0 + a.off + br) : a.S;
     __syncthreads();  // the previous tile's readers are done with Qs
-    stage_rows_clamped(Qs, a.Dh, q + bh * a.T * a.Dh, i0, br, a.T, a.Dh);
+    stage_rows_clamped(Qs, a.Dh, q + qrow(a, bh, 0), qstep(a), i0, br, a.T, a.Dh);
     T m = neg_inf<T>();
     double l = 0;
     T acc[NV];
@@ -167,8 +201,8 @@ __global__ void attn_forward_tiled(const T* q, const T* k, const T* v, T* out, T
     for (int64_t j0 = 0; j0 < kend; j0 += bc) {
       const int nk = static_cast<int>(min(static_cast<int64_t>(bc), kend - j0));
       __syncthreads();  // Qs written; the previous key tile's readers are done
-      stage_rows(Ks, ksd, k + (kvs * a.S + j0) * a.Dh, nk, a.Dh);
-      stage_rows(Vs, a.Dv, v + (kvs * a.S + j0) * a.Dv, nk, a.Dv);
+      stage_rows(Ks, ksd, k + krow(a, kvs, j0), kstep(a), nk, a.Dh);
+      stage_rows(Vs, a.Dv, v + vrow(a, kvs, j0), vstep(a), nk, a.Dv);
       __syncthreads();
       if (row_ok && j0 < jn && j0 + nk > js) {  // warp-uniform: the tile holds visible keys
         const bool vis = lane < nk && j0 + lane < jn && j0 + lane >= js;
@@ -186,7 +220,7 @@ __global__ void attn_forward_tiled(const T* q, const T* k, const T* v, T* out, T
     }
     if (row_ok) {
       const int64_t r = bh * a.T + i;
-      T* o = out + r * a.Dv;
+      T* o = out + orow(a, bh, i);
       // No visible keys (S == 0): a zero row and lse = -inf, as the CPU.
       const T inv = jn ? static_cast<T>(1.0 / l) : T(0);
 #pragma unroll
@@ -227,8 +261,8 @@ __global__ void attn_backward_q_tiled(const T* q, const T* k, const T* v, const 
     const int64_t kend = causal ? min(a.S, i0 + a.off + br) : a.S;
     const T li = row_ok ? lse[r] : T(0);
     __syncthreads();  // the previous tile's readers are done with Qs, Gs
-    stage_rows_clamped(Qs, a.Dh, q + bh * a.T * a.Dh, i0, br, a.T, a.Dh);
-    stage_rows_clamped(Gs, a.Dv, dout + bh * a.T * a.Dv, i0, br, a.T, a.Dv);
+    stage_rows_clamped(Qs, a.Dh, q + qrow(a, bh, 0), qstep(a), i0, br, a.T, a.Dh);
+    stage_rows_clamped(Gs, a.Dv, dout + orow(a, bh, 0), ostep(a), i0, br, a.T, a.Dv);
     double dsum = 0;
     T Drow = T(0);
     T acc[NV];
@@ -238,8 +272,8 @@ __global__ void attn_backward_q_tiled(const T* q, const T* k, const T* v, const 
       for (int64_t j0 = 0; j0 < kend; j0 += bc) {
         const int nk = static_cast<int>(min(static_cast<int64_t>(bc), kend - j0));
         __syncthreads();
-        stage_rows(Ks, ksd, k + (kvs * a.S + j0) * a.Dh, nk, a.Dh);
-        stage_rows(Vs, vsd, v + (kvs * a.S + j0) * a.Dv, nk, a.Dv);
+        stage_rows(Ks, ksd, k + krow(a, kvs, j0), kstep(a), nk, a.Dh);
+        stage_rows(Vs, vsd, v + vrow(a, kvs, j0), vstep(a), nk, a.Dv);
         __syncthreads();
         if (row_ok && j0 < jn && j0 + nk > js) {  // warp-uniform
           const bool vis = lane < nk && j0 + lane < jn && j0 + lane >= js;
@@ -263,7 +297,7 @@ __global__ void attn_backward_q_tiled(const T* q, const T* k, const T* v, const 
       }
     }
     if (row_ok && dq) {
-      T* o = dq + r * a.Dh;
+      T* o = dq + qrow(a, bh, i);
 #pragma unroll
       for (int kk = 0; kk < NV; ++kk) {
         const int64_t d = lane + 32 * kk;
@@ -300,8 +334,8 @@ __global__ void attn_backward_kv_tiled(const T* q, const T* k, const T* v, const
     const int64_t j = j0 + w;
     const bool key_ok = j < a.S;
     __syncthreads();  // the previous tile's readers are done with Kr, Vr
-    stage_rows_clamped(Kr, a.Dh, k + kvs * a.S * a.Dh, j0, br, a.S, a.Dh);
-    stage_rows_clamped(Vr, a.Dv, v + kvs * a.S * a.Dv, j0, br, a.S, a.Dv);
+    stage_rows_clamped(Kr, a.Dh, k + krow(a, kvs, 0), kstep(a), j0, br, a.S, a.Dh);
+    stage_rows_clamped(Vr, a.Dv, v + vrow(a, kvs, 0), vstep(a), j0, br, a.S, a.Dv);
     T ak[NV], av[NV];
 #pragma unroll
     for (int kk = 0; kk < NV; ++kk) ak[kk] = av[kk] = T(0);
@@ -312,8 +346,8 @@ __global__ void attn_backward_kv_tiled(const T* q, const T* k, const T* v, const
       for (int64_t i0 = istart; i0 < a.T; i0 += bc) {
         const int nq = static_cast<int>(min(static_cast<int64_t>(bc), a.T - i0));
         __syncthreads();  // Kr, Vr written; the previous query tile's readers are done
-        stage_rows(Qs, qsd, q + (bh * a.T + i0) * a.Dh, nq, a.Dh);
-        stage_rows(Gs, gsd, dout + (bh * a.T + i0) * a.Dv, nq, a.Dv);
+        stage_rows(Qs, qsd, q + qrow(a, bh, i0), qstep(a), nq, a.Dh);
+        stage_rows(Gs, gsd, dout + orow(a, bh, i0), ostep(a), nq, a.Dv);
         for (int t = threadIdx.x; t < nq; t += blockDim.x) {
           Ls[t] = lse[bh * a.T + i0 + t];
           Ds[t] = Dsave ? Dsave[bh * a.T + i0 + t] : T(0);
@@ -335,12 +369,11 @@ __global__ void attn_backward_kv_tiled(const T* q, const T* k, const T* v, const
       }
     }
     if (key_ok) {
-      const int64_t row = kvs * a.S + j;
 #pragma unroll
       for (int kk = 0; kk < NV; ++kk) {
         const int64_t d = lane + 32 * kk;
-        if (dk && d < a.Dh) dk[row * a.Dh + d] = ak[kk];
-        if (dv && d < a.Dv) dv[row * a.Dv + d] = av[kk];
+        if (dk && d < a.Dh) dk[krow(a, kvs, j) + d] = ak[kk];
+        if (dv && d < a.Dv) dv[vrow(a, kvs, j) + d] = av[kk];
       }
     }
   }
@@ -361,10 +394,11 @@ __global__ void attn_forward_plain(const T* q, const T* k, const T* v, T* out, T
   LC_WARP_STRIDE(r, a.B * a.Hq * a.T) {
     const int64_t i = r % a.T, bh = r / a.T, kvs = kv_of(a, bh);
     const int64_t jn = visible(a, i, causal), js = first_key(st, a, bh / a.Hq, i);
-    const T* qi = q + r * a.Dh;
-    const T* kb = k + kvs * a.S * a.Dh;
-    const T* vb = v + kvs * a.S * a.Dv;
-    T* o = out + r * a.Dv;
+    const T* qi = q + qrow(a, bh, i);
+    const T* kb = k + krow(a, kvs, 0);
+    const T* vb = v + vrow(a, kvs, 0);
+    const int64_t ks = kstep(a), vs = vstep(a);
+    T* o = out + orow(a, bh, i);
     for (int64_t d = lane; d < a.Dv; d += 32) o[d] = T(0);
     if (jn == 0) {
       if (lane == 0) lse[r] = neg_inf<T>();
@@ -373,16 +407,16 @@ __global__ void attn_forward_plain(const T* q, const T* k, const T* v, T* out, T
     T m = neg_inf<T>();
     for (int64_t j0 = js; j0 < jn; j0 += 32) {
       const int64_t j = j0 + lane;
-      const T s = j < jn ? score(qi, kb + j * a.Dh, a.Dh, scale) : neg_inf<T>();
+      const T s = j < jn ? score(qi, kb + j * ks, a.Dh, scale) : neg_inf<T>();
       m = max(m, warp_max(s));
     }
     double l = 0;
     for (int64_t j0 = js; j0 < jn; j0 += 32) {
       const int64_t j = j0 + lane;
-      const T p = j < jn ? d_exp(score(qi, kb + j * a.Dh, a.Dh, scale) - m) : T(0);
+      const T p = j < jn ? d_exp(score(qi, kb + j * ks, a.Dh, scale) - m) : T(0);
       l += warp_sum(static_cast<double>(p));
       const int nv = static_cast<int>(min(int64_t{32}, jn - j0));
-      acc_rows_global(o, a.Dv, p, nv, vb + j0 * a.Dv, a.Dv);
+      acc_rows_global(o, a.Dv, p, nv, vb + j0 * vs, vs);
     }
     const T inv = static_cast<T>(1.0 / l);
     for (int64_t d = lane; d < a.Dv; d += 32) o[d] *= inv;
@@ -399,35 +433,36 @@ __global__ void attn_backward_q_plain(const T* q, const T* k, const T* v, const 
   LC_WARP_STRIDE(r, a.B * a.Hq * a.T) {
     const int64_t i = r % a.T, bh = r / a.T, kvs = kv_of(a, bh);
     const int64_t jn = visible(a, i, causal), js = first_key(st, a, bh / a.Hq, i);
-    const T* qi = q + r * a.Dh;
-    const T* gi = dout + r * a.Dv;
-    const T* kb = k + kvs * a.S * a.Dh;
-    const T* vb = v + kvs * a.S * a.Dv;
+    const T* qi = q + qrow(a, bh, i);
+    const T* gi = dout + orow(a, bh, i);
+    const T* kb = k + krow(a, kvs, 0);
+    const T* vb = v + vrow(a, kvs, 0);
+    const int64_t ks = kstep(a), vs = vstep(a);
     const T li = lse[r];
     double dsum = 0;
     for (int64_t j0 = js; j0 < jn; j0 += 32) {
       const int64_t j = j0 + lane;
       T p = T(0), dP = T(0);
       if (j < jn) {
-        p = d_exp(score(qi, kb + j * a.Dh, a.Dh, scale) - li);
-        dP = dot(gi, vb + j * a.Dv, a.Dv);
+        p = d_exp(score(qi, kb + j * ks, a.Dh, scale) - li);
+        dP = dot(gi, vb + j * vs, a.Dv);
       }
       dsum += warp_sum(static_cast<double>(p) * static_cast<double>(dP));
     }
     const T Drow = static_cast<T>(dsum);
     if (lane == 0) Dsave[r] = Drow;
     if (!dq) continue;
-    T* o = dq + r * a.Dh;
+    T* o = dq + qrow(a, bh, i);
     for (int64_t d = lane; d < a.Dh; d += 32) o[d] = T(0);
     for (int64_t j0 = js; j0 < jn; j0 += 32) {
       const int64_t j = j0 + lane;
       T ds = T(0);
       if (j < jn) {
-        const T p = d_exp(score(qi, kb + j * a.Dh, a.Dh, scale) - li);
-        ds = scale * (p * (dot(gi, vb + j * a.Dv, a.Dv) - Drow));
+        const T p = d_exp(score(qi, kb + j * ks, a.Dh, scale) - li);
+        ds = scale * (p * (dot(gi, vb + j * vs, a.Dv) - Drow));
       }
       const int nv = static_cast<int>(min(int64_t{32}, jn - j0));
-      acc_rows_global(o, a.Dh, ds, nv, kb + j0 * a.Dh, a.Dh);
+      acc_rows_global(o, a.Dh, ds, nv, kb + j0 * ks, ks);
     }
   }
 }
@@ -441,10 +476,10 @@ __global__ void attn_backward_kv_plain(const T* q, const T* k, const T* v, const
   LC_WARP_STRIDE(row, a.B * a.Hkv * a.S) {
     const int64_t j = row % a.S, kvs = row / a.S;
     const int64_t b = kvs / a.Hkv, hk = kvs - b * a.Hkv;
-    const T* kj = k + row * a.Dh;
-    const T* vj = v + row * a.Dv;
-    T* dkj = dk ? dk + row * a.Dh : nullptr;
-    T* dvj = dv ? dv + row * a.Dv : nullptr;
+    const T* kj = k + krow(a, kvs, j);
+    const T* vj = v + vrow(a, kvs, j);
+    T* dkj = dk ? dk + krow(a, kvs, j) : nullptr;
+    T* dvj = dv ? dv + vrow(a, kvs, j) : nullptr;
     if (dkj)
       for (int64_t d = lane; d < a.Dh; d += 32) dkj[d] = T(0);
     if (dvj)
@@ -456,13 +491,12 @@ __global__ void attn_backward_kv_plain(const T* q, const T* k, const T* v, const
         const int64_t i = i0 + lane, r = bh * a.T + i;
         T p = T(0), ds = T(0);
         if (i < a.T && first_key(st, a, b, i) <= j) {
-          p = d_exp(score(q + r * a.Dh, kj, a.Dh, scale) - lse[r]);
-          if (dkj) ds = scale * (p * (dot(dout + r * a.Dv, vj, a.Dv) - Dsave[r]));
+          p = d_exp(score(q + qrow(a, bh, i), kj, a.Dh, scale) - lse[r]);
+          if (dkj) ds = scale * (p * (dot(dout + orow(a, bh, i), vj, a.Dv) - Dsave[r]));
         }
         const int nq = static_cast<int>(min(int64_t{32}, a.T - i0));
-        const int64_t r0 = bh * a.T + i0;
-        if (dvj) acc_rows_global(dvj, a.Dv, p, nq, dout + r0 * a.Dv, a.Dv);
-        if (dkj) acc_rows_global(dkj, a.Dh, ds, nq, q + r0 * a.Dh, a.Dh);
+        if (dvj) acc_rows_global(dvj, a.Dv, p, nq, dout + orow(a, bh, i0), ostep(a));
+        if (dkj) acc_rows_global(dkj, a.Dh, ds, nq, q + qrow(a, bh, i0), qstep(a));
       }
     }
   }
@@ -470,16 +504,433 @@ __global__ void attn_backward_kv_plain(const T* q, const T* k, const T* v, const
 
 #undef LC_WARP_STRIDE
 
+// ================================================================ tensor cores (bf16, fp16)
+//
+// FlashAttention-2 (Dao, 2023) on the warp matrix functions: 16x16x16 products of 16-bit
+// operands accumulated in fp32. A block of 4 warps takes 64 query rows (forward) or 64 keys
+// (backward), each warp 16 of them; tiles of q, k, v, dout are staged in shared memory as the
+// wmma type with the head dim padded with zeros to DP (64 or 128), so any length works. P and
+// dS are rounded to the 16-bit type for their products, as FlashAttention does; everything
+// else (scores, softmax statistics, the output, dq, dk, dv) stays fp32 until the final store.
+// A fragment's element order is the hardware's: row-wise work goes through shared memory, and
+// the row of each accumulator element is learnt once by loading a matrix of row numbers.
+
+using namespace nvcuda;
+
+constexpr int kTcTile = 64;          // rows per block and per inner tile
+constexpr int kTcThreads = 128;      // 4 warps x 16 rows
+constexpr int kTcLds = kTcTile + 4;  // row stride (floats) of a score tile
+constexpr int kTcLdp = kTcTile + 8;  // row stride (16-bit) of a P / dS tile
+
+__device__ __forceinline__ __nv_bfloat16 to_wmma(bf16 x) { return __ushort_as_bfloat16(x.bits); }
+__device__ __forceinline__ __half to_wmma(f16 x) { return __ushort_as_half(x.bits); }
+template <typename TW>
+__device__ __forceinline__ TW wmma_from(float x);
+template <>
+__device__ __forceinline__ __nv_bfloat16 wmma_from<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+template <>
+__device__ __forceinline__ __half wmma_from<__half>(float x) {
+  return __float2half_rn(x);
+}
+template <typename TS>
+struct WmmaOf;
+template <>
+struct WmmaOf<bf16> {
+  using type = __nv_bfloat16;
+};
+template <>
+struct WmmaOf<f16> {
+  using type = __half;
+};
+
+using AccFrag = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+static_assert(AccFrag::num_elements == 8, "a 16x16 fp32 accumulator holds 8 elements per lane");
+
+// Block-wide: rows first..first+63 of a slice (row r at src + r * step, `total` rows, D
+// columns) into dst [64][ld] as the wmma type; columns D..DP and rows past the end are zero.
+template <int DP, typename TS, typename TW>
+__device__ __forceinline__ void tc_stage(TW* dst, int ld, const TS* src, int64_t step,
+                                         int64_t first, int64_t total, int64_t D) {
+  for (int idx = threadIdx.x; idx < kTcTile * DP; idx += blockDim.x) {
+    const int r = idx / DP, d = idx - r * DP;
+    dst[r * ld + d] = first + r < total && d < D ? to_wmma(src[(first + r) * step + d])
+                                                 : wmma_from<TW>(0.0f);
+  }
+}
+
+// The row (0..15) of each element of this lane's accumulator fragments: a matrix whose entries
+// are their row numbers, loaded (buf: the warp's 16 x kTcLds floats of shared memory).
+__device__ __forceinline__ void tc_rows(float* buf, int (&rows)[8]) {
+  const int lane = threadIdx.x & 31;
+  for (int e = lane; e < 256; e += 32) buf[(e >> 4) * kTcLds + (e & 15)] = static_cast<float>(e >> 4);
+  __syncwarp();
+  AccFrag f;
+  wmma::load_matrix_sync(f, buf, kTcLds, wmma::mem_row_major);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) rows[e] = static_cast<int>(f.x[e]);
+  __syncwarp();
+}
+
+// Writes a warp's 16 x 16 fp32 fragment, times `mul`, as rows row0..row0+15, columns
+// col0..col0+15 (below `cols`) of a tensor of TS at dst + off(row) (rows below `nrows`),
+// through buf (the warp's 16 x kTcLds floats). Lane l writes row l / 2, 8 columns.
+template <typename TS, typename Off>
+__device__ __forceinline__ void tc_store_rows(const AccFrag& f, float mul, float* buf, TS* dst,
+                                              int64_t row0, int64_t nrows, int64_t col0,
+                                              int64_t cols, Off off) {
+  const int lane = threadIdx.x & 31, r = lane >> 1, c0 = (lane & 1) * 8;
+  __syncwarp();  // earlier readers of buf are done
+  wmma::store_matrix_sync(buf, f, kTcLds, wmma::mem_row_major);
+  __syncwarp();
+  if (row0 + r < nrows) {
+    TS* o = dst + off(row0 + r);
+#pragma unroll
+    for (int c = 0; c < 8; ++c)
+      if (col0 + c0 + c < cols) o[col0 + c0 + c] = TS(mul * buf[r * kTcLds + c0 + c]);
+  }
+}
+
+extern __shared__ __align__(128) unsigned char attn_tc_smem[];
+
+template <int DP>
+constexpr size_t tc_forward_smem() {
+  return 2 * kTcTile * (DP + 8) * 2 + kTcTile * kTcLds * 4 + kTcTile * kTcLdp * 2 + kTcTile * 4;
+}
+template <int DP>
+constexpr size_t tc_backward_smem() {
+  return 4 * kTcTile * (DP + 8) * 2 + kTcTile * kTcLds * 4 + 2 * kTcTile * kTcLdp * 2 + 3 * kTcTile * 4;
+}
+
+// Forward: block = 64 query rows of one (b, h) slice; per key tile of 64, S = Q K^T (warp: 16 x
+// 64), the online softmax on it (lane: half a row), O = O * corr + P V in fragments.
+template <typename TS, typename TW, int DP>
+__global__ void __launch_bounds__(kTcThreads)
+    attn_forward_tc(const TS* q, const TS* k, const TS* v, TS* out, float* lse, AttnDims a,
+                    bool causal, float scale, const int32_t* st) {
+  constexpr int LDH = DP + 8, NF = DP / 16;
+  TW* Ks = reinterpret_cast<TW*>(attn_tc_smem);
+  TW* Vs = Ks + kTcTile * LDH;
+  float* Ss = reinterpret_cast<float*>(Vs + kTcTile * LDH);  // [64][kTcLds] scores
+  TW* Ps = reinterpret_cast<TW*>(Ss + kTcTile * kTcLds);     // [64][kTcLdp] P
+  float* Cs = reinterpret_cast<float*>(Ps + kTcTile * kTcLdp);  // [64] per-row factors
+  TW* Qs = reinterpret_cast<TW*>(Ss);  // the q tile, over Ss and Ps until it is in fragments
+  static_assert(kTcTile * LDH * 2 <= kTcTile * (kTcLds * 4 + kTcLdp * 2), "q tile fits");
+  const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t nrt = (a.T + kTcTile - 1) / kTcTile;
+  const int64_t bh = blockIdx.x / nrt, i0 = (blockIdx.x - bh * nrt) * kTcTile;
+  const int64_t kvs = kv_of(a, bh), b = bh / a.Hq;
+
+  tc_stage<DP>(Qs, LDH, q + qrow(a, bh, 0), qstep(a), i0, a.T, a.Dh);
+  __syncthreads();
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, TW, wmma::row_major> qf[NF];
+#pragma unroll
+  for (int kk = 0; kk < NF; ++kk) wmma::load_matrix_sync(qf[kk], Qs + w * 16 * LDH + kk * 16, LDH);
+  __syncthreads();  // every warp holds its q rows before Ss (over Qs) is written
+  float* Sw = Ss + w * 16 * kTcLds;
+  TW* Pw = Ps + w * 16 * kTcLdp;
+  float* Cw = Cs + w * 16;
+  int rows[8];
+  tc_rows(Sw, rows);
+  AccFrag of[NF];
+#pragma unroll
+  for (int f = 0; f < NF; ++f) wmma::fill_fragment(of[f], 0.0f);
+
+  // Lane: row r of the warp's 16, columns half * 32 .. + 31 of each score tile.
+  const int r = lane >> 1, half = lane & 1;
+  const int64_t i = i0 + w * 16 + r;
+  const bool row_ok = i < a.T;
+  const int64_t jn = row_ok ? visible(a, i, causal) : 0;
+  const int64_t js = row_ok ? first_key(st, a, b, i) : 0;
+  float m = -INFINITY, l = 0.0f;
+  // Keys any row of the block sees (block-uniform, so are the barriers below).
+  const int64_t kend = causal ? min(a.S, i0 + a.off + kTcTile) : a.S;
+  for (int64_t j0 = 0; j0 < kend; j0 += kTcTile) {
+    __syncthreads();  // the previous tile's readers are done with Ks, Vs, Ss, Ps, Cs
+    tc_stage<DP>(Ks, LDH, k + krow(a, kvs, 0), kstep(a), j0, a.S, a.Dh);
+    tc_stage<DP>(Vs, LDH, v + vrow(a, kvs, 0), vstep(a), j0, a.S, a.Dv);
+    __syncthreads();
+#pragma unroll
+    for (int nt = 0; nt < kTcTile / 16; ++nt) {
+      AccFrag sf;
+      wmma::fill_fragment(sf, 0.0f);
+#pragma unroll
+      for (int kk = 0; kk < NF; ++kk) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, TW, wmma::col_major> kf;
+        wmma::load_matrix_sync(kf, Ks + nt * 16 * LDH + kk * 16, LDH);
+        wmma::mma_sync(sf, qf[kk], kf, sf);
+      }
+      wmma::store_matrix_sync(Sw + nt * 16, sf, kTcLds, wmma::mem_row_major);
+    }
+    __syncwarp();
+    // Online softmax: scale and mask, the new row max, P (rounded for the product), the factor
+    // that rescales what was accumulated under the old max.
+    float* srow = Sw + r * kTcLds + half * 32;
+    TW* prow = Pw + r * kTcLdp + half * 32;
+    float mx = -INFINITY;
+    for (int c = 0; c < 32; ++c) {
+      const int64_t j = j0 + half * 32 + c;
+      const float sc = j >= js && j < jn ? srow[c] * scale : -INFINITY;
+      srow[c] = sc;
+      mx = fmaxf(mx, sc);
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, 1));
+    const float mn = fmaxf(m, mx);
+    const float corr = mn == -INFINITY ? 1.0f : expf(m - mn);
+    float sum = 0.0f;
+    for (int c = 0; c < 32; ++c) {
+      const float p = srow[c] == -INFINITY ? 0.0f : expf(srow[c] - mn);
+      prow[c] = wmma_from<TW>(p);
+      sum += p;
+    }
+    sum += __shfl_xor_sync(kFull, sum, 1);
+    l = l * corr + sum;
+    m = mn;
+    if (half == 0) Cw[r] = corr;
+    __syncwarp();
+#pragma unroll
+    for (int f = 0; f < NF; ++f)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) of[f].x[e] *= Cw[rows[e]];
+#pragma unroll
+    for (int kk = 0; kk < kTcTile / 16; ++kk) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, TW, wmma::row_major> pf;
+      wmma::load_matrix_sync(pf, Pw + kk * 16, kTcLdp);
+#pragma unroll
+      for (int nt = 0; nt < NF; ++nt) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, TW, wmma::row_major> vf;
+        wmma::load_matrix_sync(vf, Vs + kk * 16 * LDH + nt * 16, LDH);
+        wmma::mma_sync(of[nt], pf, vf, of[nt]);
+      }
+    }
+  }
+  // O / l and lse = m + log l; a row without keys (S == 0) is zeros with lse = -inf.
+  __syncwarp();
+  if (half == 0) {
+    Cw[r] = l > 0.0f ? 1.0f / l : 0.0f;
+    if (row_ok) lse[bh * a.T + i] = l > 0.0f ? m + logf(l) : -INFINITY;
+  }
+  __syncwarp();
+#pragma unroll
+  for (int f = 0; f < NF; ++f) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) of[f].x[e] *= Cw[rows[e]];
+    tc_store_rows(of[f], 1.0f, Sw, out, i0 + w * 16, a.T, f * 16, a.Dv,
+                  [&](int64_t ii) { return orow(a, bh, ii); });
+  }
+}
+
+// D_i = dout_i . out_i in fp32 (FlashAttention-2's rowsum(dO * O)), one warp per row.
+template <typename TS>
+__global__ void attn_backward_dot_tc(const TS* dout, const TS* out, float* Dsave, AttnDims a) {
+  const int lane = threadIdx.x & 31;
+  const int64_t rows = a.B * a.Hq * a.T;
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+       r < rows; r += static_cast<int64_t>(gridDim.x) * (blockDim.x >> 5)) {
+    const int64_t bh = r / a.T, i = r - bh * a.T;
+    const TS* g = dout + orow(a, bh, i);
+    const TS* o = out + orow(a, bh, i);
+    float acc = 0.0f;
+    for (int64_t d = lane; d < a.Dv; d += 32) acc += static_cast<float>(g[d]) * static_cast<float>(o[d]);
+    acc = warp_sum(acc);
+    if (lane == 0) Dsave[r] = acc;
+  }
+}
+
+// Backward: block = 64 keys of one kv slice (warp: 16 of them), over the query heads of its
+// group and the query tiles that see them. Per tile five products: S^T = K Q^T, dV += P^T dO,
+// dP^T = V dO^T, dK += dS^T Q, dQ += dS K (fp32 atomics into dqacc [B * Hq * T, Dh]), with
+// P = exp(scale S - lse) and dS = P (dP - D).
+template <typename TS, typename TW, int DP>
+__global__ void __launch_bounds__(kTcThreads)
+    attn_backward_tc(const TS* q, const TS* k, const TS* v, const TS* dout, const float* lse,
+                     const float* Dsave, float* dqacc, TS* dk, TS* dv, AttnDims a, bool causal,
+                     float scale, const int32_t* st) {
+  constexpr int LDH = DP + 8, NF = DP / 16;
+  TW* Ks = reinterpret_cast<TW*>(attn_tc_smem);
+  TW* Vs = Ks + kTcTile * LDH;
+  TW* Qs = Vs + kTcTile * LDH;
+  TW* Gs = Qs + kTcTile * LDH;                                // dout tile
+  float* Ss = reinterpret_cast<float*>(Gs + kTcTile * LDH);   // [64 keys][kTcLds]: S^T, then dP^T
+  TW* Ps = reinterpret_cast<TW*>(Ss + kTcTile * kTcLds);      // [64 keys][kTcLdp]: P^T
+  TW* Ds = Ps + kTcTile * kTcLdp;                             // [64 keys][kTcLdp]: dS^T
+  float* Ls = reinterpret_cast<float*>(Ds + kTcTile * kTcLdp);  // [64] lse of the query rows
+  float* Dr = Ls + kTcTile;                                     // [64] D of the query rows
+  int* Js = reinterpret_cast<int*>(Dr + kTcTile);               // [64] their first keys
+  const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t nkt = (a.S + kTcTile - 1) / kTcTile;
+  const int64_t kvs = blockIdx.x / nkt, j0 = (blockIdx.x - kvs * nkt) * kTcTile;
+  const int64_t b = kvs / a.Hkv, hk = kvs - b * a.Hkv;
+  tc_stage<DP>(Ks, LDH, k + krow(a, kvs, 0), kstep(a), j0, a.S, a.Dh);
+  tc_stage<DP>(Vs, LDH, v + vrow(a, kvs, 0), vstep(a), j0, a.S, a.Dv);
+  float* Sw = Ss + w * 16 * kTcLds;
+  TW* Pw = Ps + w * 16 * kTcLdp;
+  TW* Dw = Ds + w * 16 * kTcLdp;
+  AccFrag dkf[NF], dvf[NF];
+#pragma unroll
+  for (int f = 0; f < NF; ++f) {
+    wmma::fill_fragment(dkf[f], 0.0f);
+    wmma::fill_fragment(dvf[f], 0.0f);
+  }
+  // Lane: key row r of the warp's 16, query columns half * 32 .. + 31 of each tile.
+  const int r = lane >> 1, half = lane & 1;
+  const int64_t j = j0 + w * 16 + r;
+  float pr[32];
+  // Query rows below the block's first key see none of its keys.
+  const int64_t istart = causal ? max(int64_t{0}, j0 - a.off) : 0;
+  for (int64_t g = 0; g < a.group; ++g) {
+    const int64_t bh = b * a.Hq + hk * a.group + g;
+    for (int64_t i0 = istart; i0 < a.T; i0 += kTcTile) {
+      __syncthreads();  // Ks, Vs written; the previous tile's readers are done
+      tc_stage<DP>(Qs, LDH, q + qrow(a, bh, 0), qstep(a), i0, a.T, a.Dh);
+      tc_stage<DP>(Gs, LDH, dout + orow(a, bh, 0), ostep(a), i0, a.T, a.Dv);
+      for (int t = threadIdx.x; t < kTcTile; t += blockDim.x) {
+        const int64_t i = i0 + t;
+        Ls[t] = i < a.T ? lse[bh * a.T + i] : 0.0f;
+        Dr[t] = i < a.T ? Dsave[bh * a.T + i] : 0.0f;
+        Js[t] = i < a.T ? static_cast<int>(first_key(st, a, b, i)) : 0;
+      }
+      __syncthreads();
+      // S^T = K Q^T: the warp's 16 keys x 64 query rows.
+#pragma unroll
+      for (int nt = 0; nt < kTcTile / 16; ++nt) {
+        AccFrag sf;
+        wmma::fill_fragment(sf, 0.0f);
+#pragma unroll
+        for (int kk = 0; kk < NF; ++kk) {
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, TW, wmma::row_major> kf;
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, TW, wmma::col_major> qf;
+          wmma::load_matrix_sync(kf, Ks + w * 16 * LDH + kk * 16, LDH);
+          wmma::load_matrix_sync(qf, Qs + nt * 16 * LDH + kk * 16, LDH);
+          wmma::mma_sync(sf, kf, qf, sf);
+        }
+        wmma::store_matrix_sync(Sw + nt * 16, sf, kTcLds, wmma::mem_row_major);
+      }
+      __syncwarp();
+      // P^T from the saved logsumexp; keys a query row does not see are 0.
+      for (int c = 0; c < 32; ++c) {
+        const int t = half * 32 + c;
+        const int64_t i = i0 + t;
+        const bool vis = i < a.T && j < a.S && j >= Js[t] && (!causal || j <= i + a.off);
+        const float p = vis ? expf(Sw[r * kTcLds + t] * scale - Ls[t]) : 0.0f;
+        pr[c] = p;
+        Pw[r * kTcLdp + t] = wmma_from<TW>(p);
+      }
+      __syncwarp();
+      // dV += P^T dO.
+#pragma unroll
+      for (int kk = 0; kk < kTcTile / 16; ++kk) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, TW, wmma::row_major> pf;
+        wmma::load_matrix_sync(pf, Pw + kk * 16, kTcLdp);
+#pragma unroll
+        for (int nt = 0; nt < NF; ++nt) {
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, TW, wmma::row_major> gf;
+          wmma::load_matrix_sync(gf, Gs + kk * 16 * LDH + nt * 16, LDH);
+          wmma::mma_sync(dvf[nt], pf, gf, dvf[nt]);
+        }
+      }
+      // dP^T = V dO^T, over S^T (read above).
+#pragma unroll
+      for (int nt = 0; nt < kTcTile / 16; ++nt) {
+        AccFrag sf;
+        wmma::fill_fragment(sf, 0.0f);
+#pragma unroll
+        for (int kk = 0; kk < NF; ++kk) {
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, TW, wmma::row_major> vf;
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, TW, wmma::col_major> gf;
+          wmma::load_matrix_sync(vf, Vs + w * 16 * LDH + kk * 16, LDH);
+          wmma::load_matrix_sync(gf, Gs + nt * 16 * LDH + kk * 16, LDH);
+          wmma::mma_sync(sf, vf, gf, sf);
+        }
+        wmma::store_matrix_sync(Sw + nt * 16, sf, kTcLds, wmma::mem_row_major);
+      }
+      __syncwarp();
+      // dS^T = P^T (dP^T - D), rounded for its two products.
+      for (int c = 0; c < 32; ++c) {
+        const int t = half * 32 + c;
+        Dw[r * kTcLdp + t] = wmma_from<TW>(pr[c] * (Sw[r * kTcLds + t] - Dr[t]));
+      }
+      __syncwarp();
+      // dK += dS^T Q.
+#pragma unroll
+      for (int kk = 0; kk < kTcTile / 16; ++kk) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, TW, wmma::row_major> df;
+        wmma::load_matrix_sync(df, Dw + kk * 16, kTcLdp);
+#pragma unroll
+        for (int nt = 0; nt < NF; ++nt) {
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, TW, wmma::row_major> qf;
+          wmma::load_matrix_sync(qf, Qs + kk * 16 * LDH + nt * 16, LDH);
+          wmma::mma_sync(dkf[nt], df, qf, dkf[nt]);
+        }
+      }
+      if (dqacc) {
+        __syncthreads();  // every warp's dS^T rows are written
+        // dQ (the warp's 16 query rows) += dS K, dS read column-major out of dS^T.
+        for (int nt = 0; nt < NF; ++nt) {
+          AccFrag qa;
+          wmma::fill_fragment(qa, 0.0f);
+#pragma unroll
+          for (int kk = 0; kk < kTcTile / 16; ++kk) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, TW, wmma::col_major> df;
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, TW, wmma::row_major> kf;
+            wmma::load_matrix_sync(df, Ds + kk * 16 * kTcLdp + w * 16, kTcLdp);
+            wmma::load_matrix_sync(kf, Ks + kk * 16 * LDH + nt * 16, LDH);
+            wmma::mma_sync(qa, df, kf, qa);
+          }
+          __syncwarp();  // this warp's earlier readers of Sw are done
+          wmma::store_matrix_sync(Sw, qa, kTcLds, wmma::mem_row_major);
+          __syncwarp();
+          const int64_t i = i0 + w * 16 + r;
+          if (i < a.T) {
+            float* o = dqacc + (bh * a.T + i) * a.Dh + nt * 16 + half * 8;
+#pragma unroll
+            for (int c = 0; c < 8; ++c)
+              if (nt * 16 + half * 8 + c < a.Dh) atomicAdd(o + c, scale * Sw[r * kTcLds + half * 8 + c]);
+          }
+        }
+      }
+    }
+  }
+  // dk = scale dS^T Q, dv = P^T dO, summed over the group: the block's key rows (set).
+#pragma unroll
+  for (int f = 0; f < NF; ++f) {
+    if (dk)
+      tc_store_rows(dkf[f], scale, Sw, dk, j0 + w * 16, a.S, f * 16, a.Dh,
+                    [&](int64_t jj) { return krow(a, kvs, jj); });
+    if (dv)
+      tc_store_rows(dvf[f], 1.0f, Sw, dv, j0 + w * 16, a.S, f * 16, a.Dv,
+                    [&](int64_t jj) { return vrow(a, kvs, jj); });
+  }
+}
+
+// dq (in q's layout) = dqacc rounded once.
+template <typename TS>
+__global__ void attn_dq_store_tc(const float* dqacc, TS* dq, AttnDims a) {
+  LC_GRID_STRIDE(idx, a.B * a.Hq * a.T * a.Dh) {
+    const int64_t r = idx / a.Dh, d = idx - r * a.Dh;
+    dq[qrow(a, r / a.T, r % a.T) + d] = TS(dqacc[idx]);
+  }
+}
+
+// y = x converted through float (16-bit inputs of the float path and its results).
+template <typename S, typename D>
+__global__ void attn_convert(const S* x, D* y, int64_t n) {
+  LC_GRID_STRIDE(i, n) y[i] = D(static_cast<float>(x[i]));
+}
+
 // ---------------------------------------------------------------- launch helpers
 
-AttnDims attn_dims(const Tensor& q, const Tensor& v) {
+AttnDims attn_dims(const Tensor& q, const Tensor& v, bool bthd) {
   AttnDims a;
+  const int hd = bthd ? 2 : 1, td = bthd ? 1 : 2;
+  a.bthd = bthd;
   a.B = q.shape[0];
-  a.Hq = q.shape[1];
-  a.T = q.shape[2];
+  a.Hq = q.shape[hd];
+  a.T = q.shape[td];
   a.Dh = q.shape[3];
-  a.Hkv = v.shape[1];
-  a.S = v.shape[2];
+  a.Hkv = v.shape[hd];
+  a.S = v.shape[td];
   a.Dv = v.shape[3];
   a.group = a.Hkv ? a.Hq / a.Hkv : 1;
   a.off = a.S > a.T ? a.S - a.T : 0;
@@ -530,97 +981,227 @@ unsigned plain_grid(int64_t rows) {
       std::max<int64_t>(1, std::min<int64_t>(ceil_div(rows, wpb), 1 << 20)));
 }
 
+// fn(std::integral_constant<int, DP>) with DP the padded head dim of the tensor-core kernels.
+template <typename Fn>
+void with_dp(int64_t d, Fn&& fn) {
+  if (d <= 64) fn(std::integral_constant<int, 64>{});
+  else fn(std::integral_constant<int, 128>{});
+}
+// The tensor-core kernels take equal q/v head dims up to 128.
+bool tc_fits(const AttnDims& a) { return a.Dh == a.Dv && a.Dh >= 1 && a.Dh <= 128; }
+
+// Kernels whose shared memory passes the default 48 KB need the opt-in (per device, cheap).
+template <typename K>
+void allow_smem(K* kernel, size_t bytes) {
+  if (bytes > static_cast<size_t>(kSmemBytes))
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(bytes)),
+          "cudaFuncSetAttribute");
+}
+
+template <typename Fn>
+void dispatch_half(DType t, Fn&& fn) {
+  if (t == DType::BF16) fn(bf16{});
+  else fn(f16{});
+}
+
+template <typename S, typename D>
+void convert(Context& c, const S* x, D* y, int64_t n, const char* op) {
+  if (n == 0) return;
+  attn_convert<S, D><<<row_grid(ceil_div(n, kThreads)), kThreads, 0, c.stream>>>(x, y, n);
+  launched(c, op);
+}
+
+// The float / double path (tiled, or plain for wide heads).
+template <typename T>
+void forward_float(Context& c, const T* q, const T* k, const T* v, T* out, T* lse,
+                   const AttnDims& a, bool causal, double scale, const int32_t* pst,
+                   const char* op) {
+  const int64_t rows = a.B * a.Hq * a.T;
+  const T s = static_cast<T>(scale);
+  const Tiles t = plan_tiles(a, a.Dh, odd_stride(a.Dh) + a.Dv, sizeof(T));
+  if (t.br) {
+    const unsigned grid = row_grid(a.B * a.Hq * ceil_div(a.T, t.br));
+    with_nv(std::max(a.Dh, a.Dv), [&](auto nv) {
+      attn_forward_tiled<T, decltype(nv)::value><<<grid, 32 * t.br, t.bytes, c.stream>>>(
+          q, k, v, out, lse, a, causal, s, t.bc, pst);
+      launched(c, op);
+    });
+  } else {
+    attn_forward_plain<T><<<plain_grid(rows), kPlainThreads, 0, c.stream>>>(q, k, v, out, lse, a,
+                                                                            causal, s, pst);
+    launched(c, op);
+  }
+}
+
+template <typename T>
+void backward_float(Context& c, const T* dout, const T* q, const T* k, const T* v, const T* lse,
+                    T* pdq, T* pdk, T* pdv, const AttnDims& a, bool causal, double scale,
+                    const int32_t* pst, const char* op) {
+  const int64_t rows = a.B * a.Hq * a.T, keys = a.B * a.Hkv * a.S;
+  const T s = static_cast<T>(scale);
+  // D_i = sum_j P_ij dP_ij feeds dq and dk; the key kernel reads it back.
+  Tensor Dt;
+  if ((pdq || pdk) && rows > 0) {
+    Dt = scratch(c, {rows}, std::is_same<T, float>::value ? DType::F32 : DType::F64);
+    const Tiles t = plan_tiles(a, a.Dh + a.Dv, odd_stride(a.Dh) + odd_stride(a.Dv), sizeof(T));
+    if (t.br) {
+      const unsigned grid = row_grid(a.B * a.Hq * ceil_div(a.T, t.br));
+      with_nv(a.Dh, [&](auto nv) {
+        attn_backward_q_tiled<T, decltype(nv)::value><<<grid, 32 * t.br, t.bytes, c.stream>>>(
+            q, k, v, dout, lse, dp<T>(Dt), pdq, a, causal, s, t.bc, pst);
+        launched(c, op);
+      });
+    } else {
+      attn_backward_q_plain<T><<<plain_grid(rows), kPlainThreads, 0, c.stream>>>(
+          q, k, v, dout, lse, dp<T>(Dt), pdq, a, causal, s, pst);
+      launched(c, op);
+    }
+  }
+  if ((pdk || pdv) && keys > 0) {
+    // Read only for dk and only where there are query rows (then Dt exists).
+    const T* pD = pdk && rows > 0 ? dp<T>(Dt) : nullptr;
+    const Tiles t =
+        plan_tiles(a, a.Dh + a.Dv, odd_stride(a.Dh) + odd_stride(a.Dv) + 3, sizeof(T));
+    if (t.br) {
+      const unsigned grid = row_grid(a.B * a.Hkv * ceil_div(a.S, t.br));
+      with_nv(std::max(a.Dh, a.Dv), [&](auto nv) {
+        attn_backward_kv_tiled<T, decltype(nv)::value><<<grid, 32 * t.br, t.bytes, c.stream>>>(
+            q, k, v, dout, lse, pD, pdk, pdv, a, causal, s, t.bc, pst);
+        launched(c, op);
+      });
+    } else {
+      attn_backward_kv_plain<T><<<plain_grid(keys), kPlainThreads, 0, c.stream>>>(
+          q, k, v, dout, lse, pD, pdk, pdv, a, causal, s, pst);
+      launched(c, op);
+    }
+  }
+}
+
+// A float32 copy of a 16-bit tensor (the float path for head dims the tensor-core kernels do
+// not take).
+template <typename TS>
+Tensor widen(Context& c, const Tensor& x, const char* op) {
+  Tensor f = scratch(c, x.shape, DType::F32);
+  convert(c, dp<TS>(x), dp<float>(f), x.numel(), op);
+  return f;
+}
+
 }  // namespace
 
 // ================================================================ methods
 
 void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                                     double scale, const Tensor& out, const Tensor& lse,
-                                    const Tensor* starts) {
+                                    const Tensor* starts, bool bthd) {
   Guard g(c_);
   const int32_t* pst = starts ? dp<int32_t>(*starts) : nullptr;
-  const AttnDims a = attn_dims(q, v);
+  const AttnDims a = attn_dims(q, v, bthd);
   const int64_t rows = a.B * a.Hq * a.T;
   if (rows == 0) return;
   const char* op = "attention";
-  dispatch_float(q.dtype, op, [&](auto z) {
-    using T = decltype(z);
-    const T s = static_cast<T>(scale);
-    const Tiles t = plan_tiles(a, a.Dh, odd_stride(a.Dh) + a.Dv, sizeof(T));
-    if (t.br) {
-      const unsigned grid = row_grid(a.B * a.Hq * ceil_div(a.T, t.br));
-      with_nv(std::max(a.Dh, a.Dv), [&](auto nv) {
-        attn_forward_tiled<T, decltype(nv)::value><<<grid, 32 * t.br, t.bytes, c_.stream>>>(
-            dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(out), dp<T>(lse), a, causal, s, t.bc, pst);
+  if (is_half(q.dtype)) {
+    dispatch_half(q.dtype, [&](auto z) {
+      using TS = decltype(z);
+      using TW = typename WmmaOf<TS>::type;
+      if (!tc_fits(a)) {
+        Tensor qf = widen<TS>(c_, q, op), kf = widen<TS>(c_, k, op), vf = widen<TS>(c_, v, op);
+        Tensor of = scratch(c_, out.shape, DType::F32);
+        forward_float<float>(c_, dp<float>(qf), dp<float>(kf), dp<float>(vf), dp<float>(of),
+                             dp<float>(lse), a, causal, scale, pst, op);
+        convert(c_, dp<float>(of), dp<TS>(out), out.numel(), op);
+        return;
+      }
+      with_dp(a.Dh, [&](auto d) {
+        constexpr int DP = decltype(d)::value;
+        constexpr size_t bytes = tc_forward_smem<DP>();
+        allow_smem(attn_forward_tc<TS, TW, DP>, bytes);
+        const unsigned grid = static_cast<unsigned>(a.B * a.Hq * ceil_div(a.T, kTcTile));
+        attn_forward_tc<TS, TW, DP><<<grid, kTcThreads, bytes, c_.stream>>>(
+            dp<TS>(q), dp<TS>(k), dp<TS>(v), dp<TS>(out), dp<float>(lse), a, causal,
+            static_cast<float>(scale), pst);
         launched(c_, op);
       });
-    } else {
-      attn_forward_plain<T><<<plain_grid(rows), kPlainThreads, 0, c_.stream>>>(
-          dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(out), dp<T>(lse), a, causal, s, pst);
-      launched(c_, op);
-    }
+    });
+    return;
+  }
+  dispatch_float(q.dtype, op, [&](auto z) {
+    using T = decltype(z);
+    forward_float<T>(c_, dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(out), dp<T>(lse), a, causal, scale,
+                     pst, op);
   });
 }
 
 void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
-                                     const Tensor& v, const Tensor& lse, bool causal, double scale,
-                                     const Tensor* dq, const Tensor* dk, const Tensor* dv,
-                                     const Tensor* starts) {
+                                     const Tensor& v, const Tensor& out, const Tensor& lse,
+                                     bool causal, double scale, const Tensor* dq, const Tensor* dk,
+                                     const Tensor* dv, const Tensor* starts, bool bthd) {
   Guard g(c_);
   const int32_t* pst = starts ? dp<int32_t>(*starts) : nullptr;
-  const AttnDims a = attn_dims(q, v);
+  const AttnDims a = attn_dims(q, v, bthd);
   const int64_t rows = a.B * a.Hq * a.T, keys = a.B * a.Hkv * a.S;
   // Empty gradients need no work (and may have no memory).
   const bool want_dq = dq && dq->numel() > 0;
   const bool want_dk = dk && dk->numel() > 0;
   const bool want_dv = dv && dv->numel() > 0;
   const char* op = "attention backward";
+  if (is_half(q.dtype)) {
+    dispatch_half(q.dtype, [&](auto z) {
+      using TS = decltype(z);
+      using TW = typename WmmaOf<TS>::type;
+      if (!tc_fits(a)) {
+        Tensor gf = widen<TS>(c_, dout, op), qf = widen<TS>(c_, q, op), kf = widen<TS>(c_, k, op),
+               vf = widen<TS>(c_, v, op);
+        Tensor dqf = want_dq ? scratch(c_, q.shape, DType::F32) : Tensor();
+        Tensor dkf = want_dk ? scratch(c_, k.shape, DType::F32) : Tensor();
+        Tensor dvf = want_dv ? scratch(c_, v.shape, DType::F32) : Tensor();
+        backward_float<float>(c_, dp<float>(gf), dp<float>(qf), dp<float>(kf), dp<float>(vf),
+                              dp<float>(lse), want_dq ? dp<float>(dqf) : nullptr,
+                              want_dk ? dp<float>(dkf) : nullptr,
+                              want_dv ? dp<float>(dvf) : nullptr, a, causal, scale, pst, op);
+        if (want_dq) convert(c_, dp<float>(dqf), dp<TS>(*dq), dq->numel(), op);
+        if (want_dk) convert(c_, dp<float>(dkf), dp<TS>(*dk), dk->numel(), op);
+        if (want_dv) convert(c_, dp<float>(dvf), dp<TS>(*dv), dv->numel(), op);
+        return;
+      }
+      if (!want_dq && !want_dk && !want_dv) return;
+      Tensor Dt = scratch(c_, {rows}, DType::F32);
+      attn_backward_dot_tc<TS><<<plain_grid(rows), kPlainThreads, 0, c_.stream>>>(
+          dp<TS>(dout), dp<TS>(out), dp<float>(Dt), a);
+      launched(c_, op);
+      Tensor dqacc;
+      if (want_dq) {
+        dqacc = scratch(c_, {rows * a.Dh}, DType::F32);
+        check(cudaMemsetAsync(dqacc.raw(), 0, static_cast<size_t>(rows * a.Dh) * sizeof(float),
+                              c_.stream),
+              "cudaMemsetAsync");
+      }
+      if (keys > 0) {
+        with_dp(a.Dh, [&](auto d) {
+          constexpr int DP = decltype(d)::value;
+          constexpr size_t bytes = tc_backward_smem<DP>();
+          allow_smem(attn_backward_tc<TS, TW, DP>, bytes);
+          const unsigned grid = static_cast<unsigned>(a.B * a.Hkv * ceil_div(a.S, kTcTile));
+          attn_backward_tc<TS, TW, DP><<<grid, kTcThreads, bytes, c_.stream>>>(
+              dp<TS>(q), dp<TS>(k), dp<TS>(v), dp<TS>(dout), dp<float>(lse), dp<float>(Dt),
+              want_dq ? dp<float>(dqacc) : nullptr, want_dk ? dp<TS>(*dk) : nullptr,
+              want_dv ? dp<TS>(*dv) : nullptr, a, causal, static_cast<float>(scale), pst);
+          launched(c_, op);
+        });
+      }
+      if (want_dq) {
+        attn_dq_store_tc<TS><<<row_grid(ceil_div(rows * a.Dh, kThreads)), kThreads, 0,
+                               c_.stream>>>(dp<float>(dqacc), dp<TS>(*dq), a);
+        launched(c_, op);
+      }
+    });
+    return;
+  }
   dispatch_float(q.dtype, op, [&](auto z) {
     using T = decltype(z);
-    const T s = static_cast<T>(scale);
-    T* pdq = want_dq ? dp<T>(*dq) : nullptr;
-    T* pdk = want_dk ? dp<T>(*dk) : nullptr;
-    T* pdv = want_dv ? dp<T>(*dv) : nullptr;
-    // D_i = sum_j P_ij dP_ij feeds dq and dk; the key kernel reads it back.
-    Tensor Dt;
-    if ((want_dq || want_dk) && rows > 0) {
-      Dt = scratch(c_, {rows}, q.dtype);
-      const Tiles t = plan_tiles(a, a.Dh + a.Dv, odd_stride(a.Dh) + odd_stride(a.Dv), sizeof(T));
-      if (t.br) {
-        const unsigned grid = row_grid(a.B * a.Hq * ceil_div(a.T, t.br));
-        with_nv(a.Dh, [&](auto nv) {
-          attn_backward_q_tiled<T, decltype(nv)::value><<<grid, 32 * t.br, t.bytes, c_.stream>>>(
-              dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(dout), dp<T>(lse), dp<T>(Dt), pdq, a, causal,
-              s, t.bc, pst);
-          launched(c_, op);
-        });
-      } else {
-        attn_backward_q_plain<T><<<plain_grid(rows), kPlainThreads, 0, c_.stream>>>(
-            dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(dout), dp<T>(lse), dp<T>(Dt), pdq, a, causal, s,
-            pst);
-        launched(c_, op);
-      }
-    }
-    if ((want_dk || want_dv) && keys > 0) {
-      // Read only for dk and only where there are query rows (then Dt exists).
-      const T* pD = want_dk && rows > 0 ? dp<T>(Dt) : nullptr;
-      const Tiles t =
-          plan_tiles(a, a.Dh + a.Dv, odd_stride(a.Dh) + odd_stride(a.Dv) + 3, sizeof(T));
-      if (t.br) {
-        const unsigned grid = row_grid(a.B * a.Hkv * ceil_div(a.S, t.br));
-        with_nv(std::max(a.Dh, a.Dv), [&](auto nv) {
-          attn_backward_kv_tiled<T, decltype(nv)::value><<<grid, 32 * t.br, t.bytes, c_.stream>>>(
-              dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(dout), dp<T>(lse), pD, pdk, pdv, a, causal, s,
-              t.bc, pst);
-          launched(c_, op);
-        });
-      } else {
-        attn_backward_kv_plain<T><<<plain_grid(keys), kPlainThreads, 0, c_.stream>>>(
-            dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(dout), dp<T>(lse), pD, pdk, pdv, a, causal, s,
-            pst);
-        launched(c_, op);
-      }
-    }
+    backward_float<T>(c_, dp<T>(dout), dp<T>(q), dp<T>(k), dp<T>(v), dp<T>(lse),
+                      want_dq ? dp<T>(*dq) : nullptr, want_dk ? dp<T>(*dk) : nullptr,
+                      want_dv ? dp<T>(*dv) : nullptr, a, causal, scale, pst, op);
   });
 }
 

@@ -102,10 +102,11 @@ class CudaBackend final : public Backend {
                        const Tensor& dx) override;
   void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                          double scale, const Tensor& out, const Tensor& lse,
-                         const Tensor* starts) override;
+                         const Tensor* starts, bool bthd) override;
   void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
-                          const Tensor& lse, bool causal, double scale, const Tensor* dq,
-                          const Tensor* dk, const Tensor* dv, const Tensor* starts) override;
+                          const Tensor& out, const Tensor& lse, bool causal, double scale,
+                          const Tensor* dq, const Tensor* dk, const Tensor* dv,
+                          const Tensor* starts, bool bthd) override;
 
   // ---- views.cu (strided copies, gather along a dim, triangles)
   void strided_copy(const Tensor& dst, int64_t dst_offset, const std::vector<int64_t>& dst_strides,

@@ -128,10 +128,11 @@ export interface Binding {
   rotaryBackward(dy: N, cos: N, sin: N): N;
   /** q [B, Hq, T, Dh], k [B, Hkv, S, Dh], v [B, Hkv, S, Dv] -> [out [B, Hq, T, Dv], lse [B, Hq, T]]. */
   /** starts: null or int32 [B, T], the first key each query row sees (causal only). */
-  attentionForward(q: N, k: N, v: N, causal: boolean, scale: number, starts: N | null): [N, N];
-  /** needs and grads: [q, k, v]. */
-  attentionBackward(dout: N, q: N, k: N, v: N, lse: N, causal: boolean, scale: number,
-    needs: boolean[], starts: N | null): (N | null)[];
+  /** bthd: q/k/v/out are [B, T, H, D] instead. lse is float32 for 16-bit inputs. */
+  attentionForward(q: N, k: N, v: N, causal: boolean, scale: number, starts: N | null, bthd: boolean): [N, N];
+  /** out: the forward's output; needs and grads: [q, k, v]. */
+  attentionBackward(dout: N, q: N, k: N, v: N, out: N, lse: N, causal: boolean, scale: number,
+    needs: boolean[], starts: N | null, bthd: boolean): (N | null)[];
   /** A new tensor of `sizes`: element i = x[offset + sum_d i_d strides[d]] (element units). */
   stridedRead(x: N, sizes: number[], strides: number[], offset: number): N;
   /** dst[offset + sum_d i_d strides[d]] = src[i] in place (distinct destination elements). */

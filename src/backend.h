@@ -220,14 +220,18 @@ class Backend {
   // `starts` (null, or int32 [B, T] with causal): query i of row b sees keys starts[b, i]..i only,
   // 0 <= starts[b, i] <= i + S - T (checked by the caller). One array expresses right and left padding
   // (a padded query sees itself only) and packed documents (each token's document start).
+  // bthd: q [B, T, Hq, Dh], k [B, S, Hkv, Dh], v [B, S, Hkv, Dv], out [B, T, Hq, Dv] instead (the
+  // layout linear projections produce, so no permuted copies); lse stays [B, Hq, T]. float32,
+  // float64, bfloat16, float16; lse is float32 for the 16-bit types (float math inside).
   virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                                  double scale, const Tensor& out, const Tensor& lse,
-                                 const Tensor* starts) = 0;
-  // dq (set); dk, dv (set: summed over the query heads that share a kv head).
+                                 const Tensor* starts, bool bthd) = 0;
+  // dq (set); dk, dv (set: summed over the query heads that share a kv head). out: the forward's
+  // output (D_i = dout_i . out_i).
   virtual void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
-                                  const Tensor& v, const Tensor& lse, bool causal, double scale,
-                                  const Tensor* dq, const Tensor* dk, const Tensor* dv,
-                                  const Tensor* starts) = 0;
+                                  const Tensor& v, const Tensor& out, const Tensor& lse, bool causal,
+                                  double scale, const Tensor* dq, const Tensor* dk, const Tensor* dv,
+                                  const Tensor* starts, bool bthd) = 0;
 
   // ---- views and joins (slicing, cat, gather, triangles): tensors stay contiguous, so these copy.
   // For every index i of `sizes`: dst[dst_offset + sum_d i_d dst_strides[d]] =

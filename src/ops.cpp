@@ -644,41 +644,50 @@ void check_rotary(const char* op, const Tensor& x, const Tensor& cos, const Tens
   LC_CHECK(cos.shape[1] % 2 == 0, std::string(op) + ": the head dim must be even, got " +
                                       std::to_string(cos.shape[1]));
 }
+// Attention shapes: [B, H, T, D], or [B, T, H, D] with bthd (heads at dim hd, length at dim td).
+struct AttnAxes {
+  int hd, td;
+  explicit AttnAxes(bool bthd) : hd(bthd ? 2 : 1), td(bthd ? 1 : 2) {}
+};
 void check_attention(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
-                     bool causal) {
-  require_float(q, op, "q");
+                     bool causal, bool bthd) {
+  LC_CHECK(is_floating(q.dtype), std::string(op) + ": q must be float32, float64, bfloat16 or "
+                                                   "float16, got " + dtype_name(q.dtype));
   same(q, k, op, "q", "k");
   same(q, v, op, "q", "v");
   rank(q, 4, op, "q");
   rank(k, 4, op, "k");
   rank(v, 4, op, "v");
+  const AttnAxes x(bthd);
+  const std::string H = std::to_string(x.hd), L = std::to_string(x.td);
   dim_eq(k.shape[0], q.shape[0], op, "k.shape[0] (batch)");
   dim_eq(k.shape[3], q.shape[3], op, "k.shape[3] (head dim)");
   dim_eq(v.shape[0], k.shape[0], op, "v.shape[0] (batch)");
-  dim_eq(v.shape[1], k.shape[1], op, "v.shape[1] (kv heads)");
-  dim_eq(v.shape[2], k.shape[2], op, "v.shape[2] (key length)");
-  LC_CHECK(k.shape[1] >= 1 && q.shape[1] % k.shape[1] == 0,
-           std::string(op) + ": the query heads (" + std::to_string(q.shape[1]) +
-               ") must be a multiple of the kv heads (" + std::to_string(k.shape[1]) + ")");
+  dim_eq(v.shape[x.hd], k.shape[x.hd], op, "v.shape[" + H + "] (kv heads)");
+  dim_eq(v.shape[x.td], k.shape[x.td], op, "v.shape[" + L + "] (key length)");
+  LC_CHECK(k.shape[x.hd] >= 1 && q.shape[x.hd] % k.shape[x.hd] == 0,
+           std::string(op) + ": the query heads (" + std::to_string(q.shape[x.hd]) +
+               ") must be a multiple of the kv heads (" + std::to_string(k.shape[x.hd]) + ")");
   // Causal with S > T: the T queries are the last T positions of the S keys (a decode step).
-  LC_CHECK(!causal || k.shape[2] >= q.shape[2],
-           std::string(op) + ": the key length (" + std::to_string(k.shape[2]) +
-               ") must be at least the query length (" + std::to_string(q.shape[2]) +
+  LC_CHECK(!causal || k.shape[x.td] >= q.shape[x.td],
+           std::string(op) + ": the key length (" + std::to_string(k.shape[x.td]) +
+               ") must be at least the query length (" + std::to_string(q.shape[x.td]) +
                ") with causal masking");
 }
 // The per-query first keys: int32 [B, T] beside q, causal only (their values are clamped
 // into [0, i] by the kernels; the TypeScript layer refuses values outside it).
-void check_starts(const char* op, const Tensor* starts, const Tensor& q, bool causal) {
+void check_starts(const char* op, const Tensor* starts, const Tensor& q, bool causal, bool bthd) {
   if (!starts) return;
+  const int64_t T = q.shape[AttnAxes(bthd).td];
   LC_CHECK(causal, std::string(op) + ": key starts need causal attention");
   LC_CHECK(starts->dtype == DType::I32, std::string(op) + ": starts must be int32, got " +
                                             dtype_name(starts->dtype));
   LC_CHECK(starts->device() == q.device(), std::string(op) + ": starts are on " +
                                                starts->device().str() + " but q is on " +
                                                q.device().str());
-  LC_CHECK(starts->shape == Shape({q.shape[0], q.shape[2]}),
+  LC_CHECK(starts->shape == Shape({q.shape[0], T}),
            std::string(op) + ": starts must have shape [B, T] = " +
-               shape_str({q.shape[0], q.shape[2]}) + ", got " + shape_str(starts->shape));
+               shape_str({q.shape[0], T}) + ", got " + shape_str(starts->shape));
 }
 }  // namespace
 
@@ -779,31 +788,41 @@ Tensor rotary_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin) {
   return dx;
 }
 
+// The dtype of the saved logsumexp: float32 for 16-bit inputs (statistics in float).
+DType lse_dtype(DType t) { return is_half(t) ? DType::F32 : t; }
+
 AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
-                       double scale, const Tensor* starts) {
-  check_attention("attention", q, k, v, causal);
-  check_starts("attention", starts, q, causal);
+                       double scale, const Tensor* starts, bool bthd) {
+  check_attention("attention", q, k, v, causal, bthd);
+  check_starts("attention", starts, q, causal, bthd);
   LC_CHECK(std::isfinite(scale), "attention: scale must be finite");
-  int64_t B = q.shape[0], Hq = q.shape[1], T = q.shape[2], Dv = v.shape[3];
-  AttentionOut o{empty({B, Hq, T, Dv}, q.dtype, q.device()),
-                 empty({B, Hq, T}, q.dtype, q.device())};
-  if (o.lse.numel()) be(q).attention_forward(q, k, v, causal, scale, o.out, o.lse, starts);
+  const AttnAxes x(bthd);
+  int64_t B = q.shape[0], Hq = q.shape[x.hd], T = q.shape[x.td], Dv = v.shape[3];
+  AttentionOut o{empty(bthd ? Shape{B, T, Hq, Dv} : Shape{B, Hq, T, Dv}, q.dtype, q.device()),
+                 empty({B, Hq, T}, lse_dtype(q.dtype), q.device())};
+  if (o.lse.numel())
+    be(q).attention_forward(q, k, v, causal, scale, o.out, o.lse, starts, bthd);
   return o;
 }
 
 AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
-                                  const Tensor& v, const Tensor& lse, bool causal, double scale,
-                                  bool need_dq, bool need_dk, bool need_dv,
-                                  const Tensor* starts) {
+                                  const Tensor& v, const Tensor& out, const Tensor& lse,
+                                  bool causal, double scale, bool need_dq, bool need_dk,
+                                  bool need_dv, const Tensor* starts, bool bthd) {
   const char* op = "attention backward";
-  check_attention(op, q, k, v, causal);
-  check_starts(op, starts, q, causal);
+  check_attention(op, q, k, v, causal, bthd);
+  check_starts(op, starts, q, causal, bthd);
   LC_CHECK(std::isfinite(scale), "attention backward: scale must be finite");
-  int64_t B = q.shape[0], Hq = q.shape[1], T = q.shape[2];
+  const AttnAxes x(bthd);
+  int64_t B = q.shape[0], Hq = q.shape[x.hd], T = q.shape[x.td];
+  const Shape oshape = bthd ? Shape{B, T, Hq, v.shape[3]} : Shape{B, Hq, T, v.shape[3]};
   same(q, dout, op, "q", "grad");
-  same(q, lse, op, "q", "lse");
-  LC_CHECK(dout.shape == Shape({B, Hq, T, v.shape[3]}),
-           "attention backward: grad has shape " + shape_str(dout.shape));
+  same(q, out, op, "q", "out");
+  LC_CHECK(lse.device() == q.device() && lse.dtype == lse_dtype(q.dtype),
+           "attention backward: saved lse must be " + std::string(dtype_name(lse_dtype(q.dtype))) +
+               " on " + q.device().str());
+  LC_CHECK(dout.shape == oshape, "attention backward: grad has shape " + shape_str(dout.shape));
+  LC_CHECK(out.shape == oshape, "attention backward: out has shape " + shape_str(out.shape));
   LC_CHECK(lse.shape == Shape({B, Hq, T}),
            "attention backward: saved lse has the wrong shape " + shape_str(lse.shape));
   AttentionGrads g{maybe(need_dq, q.shape, q), maybe(need_dk, k.shape, k),
@@ -813,8 +832,8 @@ AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Ten
       if (t->storage && t->numel()) be(q).fill(*t, 0.0);
     return g;
   }
-  be(q).attention_backward(dout, q, k, v, lse, causal, scale, ptr(g.dq), ptr(g.dk), ptr(g.dv),
-                           starts);
+  be(q).attention_backward(dout, q, k, v, out, lse, causal, scale, ptr(g.dq), ptr(g.dk),
+                           ptr(g.dv), starts, bthd);
   return g;
 }
 

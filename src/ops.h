@@ -121,18 +121,20 @@ Tensor rotary(const Tensor& x, const Tensor& cos, const Tensor& sin);
 Tensor rotary_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin);
 
 struct AttentionOut {
-  Tensor out, lse;  // lse [B, Hq, T]
+  Tensor out, lse;  // lse [B, Hq, T], float32 for 16-bit inputs
 };
 // starts: null or int32 [B, T] (causal only), the first key each query sees (backend.h).
+// bthd: q/k/v/out laid out [B, T, H, D] instead of [B, H, T, D] (backend.h).
 AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
-                       double scale, const Tensor* starts = nullptr);
+                       double scale, const Tensor* starts = nullptr, bool bthd = false);
 struct AttentionGrads {
   Tensor dq, dk, dv;  // storage null when not requested
 };
+// out: the forward's output.
 AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
-                                  const Tensor& v, const Tensor& lse, bool causal, double scale,
-                                  bool need_dq, bool need_dk, bool need_dv,
-                                  const Tensor* starts = nullptr);
+                                  const Tensor& v, const Tensor& out, const Tensor& lse,
+                                  bool causal, double scale, bool need_dq, bool need_dk,
+                                  bool need_dv, const Tensor* starts = nullptr, bool bthd = false);
 
 // ---- views and joins (backend.h: strided_copy, index_gather, triangle)
 // A new contiguous tensor of `sizes`: element i = x[offset + sum_d i_d strides[d]].

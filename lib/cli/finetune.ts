@@ -29,6 +29,7 @@ import { backendInfo } from '../backend';
 import { ensureWritableDir } from '../atomic';
 import { BatchSource, CheckpointInfo, Trainer, TrainerError, readCheckpoint } from '../trainer';
 import type { DeviceSpec } from '../device';
+import { CLI_DTYPES, CliDtype, DTYPE_HELP, resolveDtype } from './device';
 import { DistributedSampler, ProcessGroup, initDistributed, launchEnv } from '../distributed';
 
 const COMMAND = 'finetune';
@@ -76,6 +77,7 @@ const FINETUNE_SPECS = {
   'add-eos': { type: 'boolean', help: 'append the EOS token (tokenizer_config.json eos_token) to every example' },
   seed: { type: 'number', integer: true, min: 0, default: 0, metavar: 'N', help: 'seed of the data order, the split, LoRA init and dropout' },
   device: { type: 'string', default: 'cpu', metavar: 'cpu|cuda', help: 'where to train' },
+  dtype: { type: 'string', metavar: 'auto|float32|bfloat16|float16', help: `${DTYPE_HELP}; the adapters stay float32` },
   'eval-every': { type: 'number', integer: true, min: 0, default: 0, metavar: 'N', help: 'held-out loss every N steps and at the end, 0 = off (no split)' },
   'eval-fraction': { type: 'number', min: 0, max: 0.9, default: 0.1, metavar: 'F', help: 'share of the examples held out when --eval-every is on (at least 1 when there are 2 or more)' },
   'save-every': { type: 'number', integer: true, min: 0, default: 0, metavar: 'N', help: 'write the adapter and a resume checkpoint every N steps, 0 = only at the end' },
@@ -123,6 +125,8 @@ interface Options {
   addEos: boolean;
   seed: number;
   device: string;
+  /** undefined until resolved: auto on cuda, float32 on cpu. */
+  dtype: CliDtype | undefined;
   evalEvery: number;
   evalFraction: number;
   saveEvery: number;
@@ -133,7 +137,7 @@ interface Options {
 /** Options that define the run: on --resume they come from the checkpoint and may not be changed. */
 const FIXED_ON_RESUME = ['r', 'alpha', 'dropout', 'target', 'batchSize', 'gradAccum', 'seqLen', 'addEos', 'seed', 'evalFraction', 'pack', 'batchTokens'] as const;
 /** Options taken from the checkpoint on --resume unless given again. */
-const CARRIED_ON_RESUME = ['model', 'data', 'lr', 'lrSchedule', 'warmupSteps', 'maxGradNorm', 'weightDecay', 'epochs', 'device', 'evalEvery', 'saveEvery', 'logEvery'] as const;
+const CARRIED_ON_RESUME = ['model', 'data', 'lr', 'lrSchedule', 'warmupSteps', 'maxGradNorm', 'weightDecay', 'epochs', 'device', 'dtype', 'evalEvery', 'saveEvery', 'logEvery'] as const;
 
 const SCHEDULES = ['constant', 'linear', 'cosine'] as const;
 
@@ -199,6 +203,7 @@ function resolveOptions(a: Record<string, unknown>, saved: Partial<Options> | un
   }
   if (!(opts.dropout >= 0 && opts.dropout < 1)) throw new UsageError(`--dropout must be in [0, 1), got ${opts.dropout}`);
   if (opts.device !== 'cpu' && opts.device !== 'cuda') throw new UsageError(`--device must be cpu or cuda, got ${JSON.stringify(opts.device)}`);
+  opts.dtype = resolveDtype(opts.dtype, opts.device);
   if (!targetList(opts.target).length) throw new UsageError('--target needs at least one layer name, e.g. q_proj,v_proj');
   if (saved && saved.evalEvery !== undefined && (opts.evalEvery > 0) !== (saved.evalEvery > 0)) {
     throw new UsageError(saved.evalEvery > 0
@@ -425,6 +430,7 @@ function savedArgsProblem(args: Record<string, unknown>): string | null {
   if (a.dropout !== undefined && !(a.dropout < 1)) return `"args.dropout" (--dropout) must be < 1, got ${a.dropout}`;
   if (a.lrSchedule !== undefined && !(SCHEDULES as readonly string[]).includes(a.lrSchedule)) return `"args.lrSchedule" (--lr-schedule) must be ${SCHEDULES.join(', ')}, got ${describe(a.lrSchedule)}`;
   if (a.device !== undefined && a.device !== 'cpu' && a.device !== 'cuda') return `"args.device" (--device) must be cpu or cuda, got ${describe(a.device)}`;
+  if (a.dtype !== undefined && !(CLI_DTYPES as readonly string[]).includes(a.dtype)) return `"args.dtype" (--dtype) must be ${CLI_DTYPES.join(', ')}, got ${describe(a.dtype)}`;
   if (a.target !== undefined && !targetList(a.target).length) return `"args.target" (--target) names no layer: ${describe(a.target)}`;
   return null;
 }
@@ -568,7 +574,7 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
   try {
     let model: LlamaForCausalLM;
     try {
-      model = await LlamaForCausalLM.fromPretrained(modelDir, device !== 'cpu' ? { device } : undefined);
+      model = await LlamaForCausalLM.fromPretrained(modelDir, device !== 'cpu' ? { device, dtype: opts.dtype } : { dtype: opts.dtype });
     } catch (e) {
       if ((e as { code?: string }).code === 'ERR_OUT_OF_MEMORY') throw e;
       throw new CliError(`--model ${modelDir}: ${oneLine((e as Error).message)}`);
@@ -699,7 +705,7 @@ export async function finetuneCommand(argv: string[], io: CliIO, hooks: Finetune
     const trainable = trainer.params.reduce((s, p) => s + p.numel, 0);
     sizes = { adapter: trainable, model: modelParams };
     const layerKinds = [...new Set(replaced.map((n) => n.slice(n.lastIndexOf('.') + 1)))];
-    io.stdout(`model: ${modelDir} (${cfg.modelType}, ${cfg.numHiddenLayers} layers, hidden ${cfg.hiddenSize}, vocab ${cfg.vocabSize}), device ${opts.device}\n`);
+    io.stdout(`model: ${modelDir} (${cfg.modelType}, ${cfg.numHiddenLayers} layers, hidden ${cfg.hiddenSize}, vocab ${cfg.vocabSize}), device ${opts.device}, dtype ${model.model.embed_tokens.weight.dtype}\n`);
     if (group) io.stdout(`distributed: ${group.worldSize} ranks over ${group.backend}, ${opts.pack || opts.batchTokens ? 'one token-budget micro-batch' : `${opts.batchSize / group.worldSize} examples`} per rank per micro-batch\n`);
     io.stdout(`lora: r=${opts.r} alpha=${opts.alpha} dropout=${opts.dropout} on ${replaced.length} layers (${layerKinds.join(', ')}), ${fmtInt(trainable)} trainable parameters\n`);
     const d = report.dropped;

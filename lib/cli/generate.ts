@@ -6,7 +6,7 @@ import { LlamaForCausalLM } from '../models/llama';
 import { loadAdapter } from '../peft';
 import { manualSeed } from '../random';
 import { loadTokenizer } from '../tokenizer';
-import { resolveDevice } from './device';
+import { DTYPE_HELP, resolveDevice, resolveDtype } from './device';
 import { helpText, parseArgs, Specs } from './args';
 import { CliError, CliIO, UsageError, oneLine, statPath, tokenContent } from './io';
 import { COMMAND_TEXT } from './commands';
@@ -25,6 +25,7 @@ const SPECS = {
   'top-p': { type: 'number', min: 0, max: 1, default: 1, metavar: 'P', help: 'when sampling: among the most likely tokens whose probabilities reach P' },
   seed: { type: 'number', integer: true, min: 0, default: 0, metavar: 'N', help: 'seed of the sampling' },
   device: { type: 'string', metavar: 'cpu|cuda', help: 'where to run (default: cuda when available)' },
+  dtype: { type: 'string', metavar: 'auto|float32|bfloat16|float16', help: DTYPE_HELP },
 } satisfies Specs;
 
 /** tokenizer_config.json's eos_token as text ("</s>" or { content: "</s>" }), if any (loadTokenizer has read the file already). */
@@ -58,6 +59,7 @@ export async function generateCommand(argv: string[], io: CliIO): Promise<number
   if (a.prompt === undefined) throw new UsageError('--prompt TEXT is required');
   if (a.topP === 0) throw new UsageError('--top-p must be > 0');
   const device = resolveDevice(a.device);
+  const dtype = resolveDtype(a.dtype, device);
   const modelDir = a.model;
   if (!statPath('--model', modelDir)?.isDirectory()) {
     throw new CliError(`--model ${modelDir}: not a directory (give a Hugging Face checkpoint directory with config.json, model.safetensors and tokenizer.json)`);
@@ -68,7 +70,7 @@ export async function generateCommand(argv: string[], io: CliIO): Promise<number
 
   let model: LlamaForCausalLM;
   try {
-    model = await LlamaForCausalLM.fromPretrained(modelDir, { device });
+    model = await LlamaForCausalLM.fromPretrained(modelDir, { device, dtype });
   } catch (e) {
     if ((e as { code?: string }).code === 'ERR_OUT_OF_MEMORY') throw e;
     throw new CliError(oneLine((e as Error).message));

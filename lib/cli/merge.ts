@@ -10,12 +10,14 @@ import { READ_LIMITS, pathExists, readWholeFileSync } from '../fsio';
 import { helpText, parseArgs, Specs } from './args';
 import { writeFileAtomicSync } from '../atomic';
 import { COMMAND_TEXT } from './commands';
+import { resolveDtype } from './device';
 
 
 const SPECS = {
   model: { type: 'string', metavar: 'DIR', help: 'the base model: a Hugging Face checkpoint directory (config.json, model.safetensors)' },
   adapter: { type: 'string', metavar: 'DIR', help: 'the adapter: a PEFT directory (adapter_config.json, adapter_model.safetensors)' },
   out: { type: 'string', metavar: 'DIR', help: 'where to write the merged checkpoint' },
+  dtype: { type: 'string', default: 'auto', metavar: 'auto|float32|bfloat16|float16', help: 'the dtype of the merge and of the merged checkpoint: auto = the base checkpoint\'s torch_dtype' },
 } satisfies Specs;
 
 /** Files copied from the model directory so the merged checkpoint is usable as is. */
@@ -58,6 +60,9 @@ export async function mergeCommand(argv: string[], io: CliIO): Promise<number> {
   if (a._.length) throw new UsageError(`unexpected argument '${a._[0]}' (give directories with --model, --adapter and --out)`);
   const missing = (['model', 'adapter', 'out'] as const).filter((k) => !a[k]);
   if (missing.length) throw new UsageError(`missing ${missing.map((k) => `--${k} DIR`).join(', ')}`);
+  // auto on every device: the merged checkpoint keeps the base's dtype (a bf16 base merges in bf16,
+  // each W + scale B A computed in float32 and rounded once, as PEFT's merge_and_unload on a bf16 model).
+  const dtype = resolveDtype(a.dtype, 'cuda');
   const modelDir = path.resolve(a.model!);
   const adapterDir = path.resolve(a.adapter!);
   const outDir = path.resolve(a.out!);
@@ -69,11 +74,12 @@ export async function mergeCommand(argv: string[], io: CliIO): Promise<number> {
   if (statPath('--out', outDir) && !isDir('--out', outDir)) throw new CliError(`--out ${a.out} exists and is not a directory; choose a directory path`);
 
   const t0 = process.hrtime.bigint();
-  const model = await userStep(() => LlamaForCausalLM.fromPretrained(modelDir));
+  const model = await userStep(() => LlamaForCausalLM.fromPretrained(modelDir, { dtype }));
   const c = model.config;
   const arch = (c.raw.architectures as string[] | undefined)?.[0] ?? c.modelType;
+  const modelDtype = model.model.embed_tokens.weight.dtype;
   io.stdout(`loaded ${modelDir}: ${arch}, ${c.numHiddenLayers} layers, hidden ${c.hiddenSize}, vocab ${c.vocabSize}, ` +
-    `${model.numParameters().toLocaleString('en-US')} parameters\n`);
+    `${model.numParameters().toLocaleString('en-US')} parameters, ${modelDtype}\n`);
 
   const layers = await userStep(() => loadAdapter(model, adapterDir),
     (m) => (/has shape|has no weights for layers|not a Linear layer/.test(m) ? ' (was the adapter trained on this base model?)' : ''));
@@ -102,7 +108,7 @@ export async function mergeCommand(argv: string[], io: CliIO): Promise<number> {
   }
   const size = fs.statSync(path.join(outDir, 'model.safetensors')).size;
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-  io.stdout(`wrote ${outDir}: config.json, model.safetensors (${formatBytes(size)}, float32)` +
+  io.stdout(`wrote ${outDir}: config.json, model.safetensors (${formatBytes(size)}, ${modelDtype})` +
     `${copied.length ? `, ${copied.join(', ')}` : ''} in ${seconds.toFixed(1)} s\n`);
   io.stdout('the merged model needs no adapter: load it with LlamaForCausalLM.fromPretrained or transformers\n');
   return 0;

@@ -174,26 +174,30 @@ export class LlamaAttention extends Module {
   forward(x: Tensor, cos: Tensor, sin: Tensor, layout?: BatchLayout, cache?: LayerCache): Tensor {
     const [B, T] = x.shape;
     const { numAttentionHeads: H, numKeyValueHeads: Hkv, headDim: hd } = this.config;
-    const heads = (t: Tensor, n: number) => t.reshape(B, T, n, hd).transpose(1, 2);
-    // Per-token tables: heads first ([n, 1, B * T, hd]), so that rotary's row index runs
-    // over (b, t) and meets the table row of that token.
-    const rope = (t: Tensor, n: number) => (layout?.perToken
-      ? applyRotary(t.reshape(B, T, n, hd).permute(2, 0, 1, 3).reshape(n, 1, B * T, hd), cos, sin).reshape(n, B, T, hd).permute(1, 0, 2, 3)
-      : applyRotary(heads(t, n), cos, sin));
+    // The projections stay [B, T, heads, hd] (reshapes share storage) and attention reads that
+    // layout ('BTHD'), so no transposed copies. Rotary runs over rows (token, head) against
+    // tables whose rows repeat per head: [L * n, hd] for tables of L rows (T shared positions,
+    // or B * T per-token ones).
+    const rope = (t: Tensor, n: number) => {
+      const [c, s] = headTables(cos, sin, n);
+      return applyRotary(t.reshape(-1, 1, c.shape[0], hd), c, s).reshape(B, T, n, hd);
+    };
     const q = rope(this.q_proj.forward(x), H);
     let k = rope(this.k_proj.forward(x), Hkv);
-    let v = heads(this.v_proj.forward(x), Hkv);
+    let v = this.v_proj.forward(x).reshape(B, T, Hkv, hd);
     if (cache) {
       // This step's keys and values go into the preallocated cache at its fill mark; the
       // queries then see every key so far (causal with S > T aligns them bottom-right).
-      writeAlong_(cache.k, k, 2, cache.length);
-      writeAlong_(cache.v, v, 2, cache.length);
+      writeAlong_(cache.k, k, 1, cache.length);
+      writeAlong_(cache.v, v, 1, cache.length);
       const S = cache.length + T;
-      k = S === cache.k.shape[2] ? cache.k : cache.k.narrow(2, 0, S);
-      v = S === cache.v.shape[2] ? cache.v : cache.v.narrow(2, 0, S);
+      k = S === cache.k.shape[1] ? cache.k : cache.k.narrow(1, 0, S);
+      v = S === cache.v.shape[1] ? cache.v : cache.v.narrow(1, 0, S);
     }
-    const o = scaledDotProductAttention(q, k, v, layout?.keyStarts ? { causal: true, keyStarts: layout.keyStarts } : { causal: true });
-    return this.o_proj.forward(o.transpose(1, 2).reshape(B, T, H * hd));
+    const o = scaledDotProductAttention(q, k, v, layout?.keyStarts
+      ? { causal: true, keyStarts: layout.keyStarts, layout: 'BTHD' }
+      : { causal: true, layout: 'BTHD' });
+    return this.o_proj.forward(o.reshape(B, T, H * hd));
   }
 }
 
@@ -339,7 +343,28 @@ export class LlamaModel extends Module {
   }
 }
 
-/** The keys and values of one attention layer, [B, Hkv, maxLength, headDim], filled to `length`. */
+/**
+ * Rotary tables with each row repeated n times ([L, hd] -> [L * n, hd]: row l * n + h is row l),
+ * for rows that run over (position, head). Made once per table and head count (every layer
+ * shares them), again after the table was disposed.
+ */
+const headTableCache = new WeakMap<Tensor, Map<number, Tensor>>();
+function headTable(t: Tensor, n: number): Tensor {
+  if (n === 1) return t;
+  let m = headTableCache.get(t);
+  if (!m) headTableCache.set(t, (m = new Map()));
+  const hit = m.get(n);
+  if (hit && !hit.isDisposed) return hit;
+  const [L, D] = t.shape;
+  const r = t.reshape(L, 1, D).expand(L, n, D).reshape(L * n, D);
+  m.set(n, r);
+  return r;
+}
+function headTables(cos: Tensor, sin: Tensor, n: number): [Tensor, Tensor] {
+  return [headTable(cos, n), headTable(sin, n)];
+}
+
+/** The keys and values of one attention layer, [B, maxLength, Hkv, headDim], filled to `length`. */
 interface LayerCache {
   k: Tensor;
   v: Tensor;
@@ -354,7 +379,7 @@ class KVCache {
   readonly layers: LayerCache[];
 
   constructor(config: LlamaConfig, B: number, maxLength: number, dtype: DType, device: string) {
-    const shape = [B, config.numKeyValueHeads, maxLength, config.headDim];
+    const shape = [B, maxLength, config.numKeyValueHeads, config.headDim];
     const opts = { dtype: dtype as 'float32', device: device as DeviceSpec };
     this.layers = [];
     try {

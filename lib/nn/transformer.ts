@@ -356,15 +356,24 @@ export interface AttentionOptions {
    * start) without a [T, T] mask; LlamaForCausalLM builds it from attentionMask / positionIds.
    */
   keyStarts?: Tensor;
+  /**
+   * 'BHTD' (the default): q [B, Hq, T, Dh], k [B, Hkv, S, Dh], v [B, Hkv, S, Dv], output
+   * [B, Hq, T, Dv], as torch. 'BTHD': q [B, T, Hq, Dh], k [B, S, Hkv, Dh], v [B, S, Hkv, Dv],
+   * output [B, T, Hq, Dv] (flash-attn's layout): what a linear projection gives after a reshape,
+   * so no transposed copies on the way in or out.
+   */
+  layout?: 'BHTD' | 'BTHD';
 }
 
 /**
  * softmax(scale * q k^T [+ causal mask]) v with grouped KV heads:
- * q [B, Hq, T, Dh], k [B, Hkv, S, Dh], v [B, Hkv, S, Dv] (Dv is usually Dh) -> [B, Hq, T, Dv].
+ * q [B, Hq, T, Dh], k [B, Hkv, S, Dh], v [B, Hkv, S, Dv] (Dv is usually Dh) -> [B, Hq, T, Dv],
+ * or with options.layout 'BTHD' the same as [B, T, H, D] tensors.
  * Hq must be a multiple of Hkv; query head h reads kv head floor(h / (Hq / Hkv)), as
  * transformers' repeat_kv. Causal masking (the default) needs S >= T (bottom-right aligned). The softmax is
  * max-subtracted; forward keeps only the row logsumexp [B, Hq, T] and backward recomputes
- * the probabilities from it. Gradients for q, k and v, each only when needed.
+ * the probabilities from it. Gradients for q, k and v, each only when needed. float32, float64,
+ * bfloat16 and float16 (float arithmetic inside; on CUDA, tensor cores for the 16-bit types).
  */
 export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, options?: AttentionOptions): Tensor {
   const where = 'scaledDotProductAttention';
@@ -376,32 +385,43 @@ export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, optio
   requireFloat(where, v, 'v');
   requireSame(where, q, 'q', k, 'k');
   requireSame(where, q, 'q', v, 'v');
-  if (q.ndim !== 4) throw rangeError(where, 'q', 'a 4-D tensor [B, Hq, T, Dh]', q);
-  if (k.ndim !== 4) throw rangeError(where, 'k', 'a 4-D tensor [B, Hkv, S, Dh]', k);
-  if (v.ndim !== 4) throw rangeError(where, 'v', 'a 4-D tensor [B, Hkv, S, Dv]', v);
-  const [B, Hq, T, Dh] = q.shape;
-  const [Bk, Hkv, S, Dk] = k.shape;
+  const o = checkOptions(where, options);
+  checkKnownKeys(where, o, ['causal', 'scale', 'keyStarts', 'layout']);
+  if (o.layout !== undefined && o.layout !== 'BHTD' && o.layout !== 'BTHD') {
+    throw rangeError(where, 'options.layout', "'BHTD' or 'BTHD'", o.layout);
+  }
+  const bthd = o.layout === 'BTHD';
+  // Dims of the heads (h) and of the length (t) in the layout.
+  const h = bthd ? 2 : 1;
+  const t = bthd ? 1 : 2;
+  const name = bthd ? ['B, T, Hq, Dh', 'B, S, Hkv, Dh', 'B, S, Hkv, Dv'] : ['B, Hq, T, Dh', 'B, Hkv, S, Dh', 'B, Hkv, S, Dv'];
+  if (q.ndim !== 4) throw rangeError(where, 'q', `a 4-D tensor [${name[0]}]`, q);
+  if (k.ndim !== 4) throw rangeError(where, 'k', `a 4-D tensor [${name[1]}]`, k);
+  if (v.ndim !== 4) throw rangeError(where, 'v', `a 4-D tensor [${name[2]}]`, v);
+  const [B, Dh] = [q.shape[0], q.shape[3]];
+  const Hq = q.shape[h];
+  const T = q.shape[t];
+  const [Bk, Dk] = [k.shape[0], k.shape[3]];
+  const Hkv = k.shape[h];
+  const S = k.shape[t];
   if (Bk !== B) throw rangeError(where, 'k.shape[0] (batch)', `${B} (q.shape[0])`, Bk);
   if (Dk !== Dh) throw rangeError(where, 'k.shape[3] (head dim)', `${Dh} (q.shape[3])`, Dk);
-  if (v.shape[0] !== B || v.shape[1] !== Hkv || v.shape[2] !== S) {
-    throw rangeError(where, 'v.shape', `[${B}, ${Hkv}, ${S}, Dv] (k's batch, heads and length)`, v.shape);
+  if (v.shape[0] !== B || v.shape[h] !== Hkv || v.shape[t] !== S) {
+    throw rangeError(where, 'v.shape', bthd ? `[${B}, ${S}, ${Hkv}, Dv] (k's batch, length and heads)` : `[${B}, ${Hkv}, ${S}, Dv] (k's batch, heads and length)`, v.shape);
   }
-  if (Hkv === 0) throw rangeError(where, 'k.shape[1] (kv heads)', 'at least 1', Hkv);
-  if (Hq % Hkv !== 0) throw rangeError(where, 'q.shape[1] (query heads)', `a multiple of k.shape[1] (${Hkv} kv heads)`, Hq);
-  const o = checkOptions(where, options);
-  checkKnownKeys(where, o, ['causal', 'scale', 'keyStarts']);
+  if (Hkv === 0) throw rangeError(where, `k.shape[${h}] (kv heads)`, 'at least 1', Hkv);
+  if (Hq % Hkv !== 0) throw rangeError(where, `q.shape[${h}] (query heads)`, `a multiple of k.shape[${h}] (${Hkv} kv heads)`, Hq);
   const causal = o.causal === undefined ? true : checkBool(where, 'options.causal', o.causal);
   const scale = o.scale === undefined ? (Dh > 0 ? 1 / Math.sqrt(Dh) : 1) : checkNumber(where, 'options.scale', o.scale);
   if (causal && S < T) {
-    throw rangeError(where, 'k.shape[2] (key length)', `at least ${T} (q.shape[2]) with causal masking (or pass { causal: false })`, S);
+    throw rangeError(where, `k.shape[${t}] (key length)`, `at least ${T} (q.shape[${t}]) with causal masking (or pass { causal: false })`, S);
   }
-  const starts = o.keyStarts === undefined ? null : checkKeyStarts(where, o.keyStarts, q, causal, S - T);
-  return ops.attention(q, k, v, causal, scale, starts);
+  const starts = o.keyStarts === undefined ? null : checkKeyStarts(where, o.keyStarts, B, T, q, causal, S - T);
+  return ops.attention(q, k, v, causal, scale, starts, bthd);
 }
 
 /** options.keyStarts: an int32 tensor [B, T] on q's device, causal, each value in [0, i]. */
-function checkKeyStarts(where: string, st: unknown, q: Tensor, causal: boolean, off: number): Tensor {
-  const [B, , T] = q.shape;
+function checkKeyStarts(where: string, st: unknown, B: number, T: number, q: Tensor, causal: boolean, off: number): Tensor {
   if (!(st instanceof Tensor)) throw typeError(where, 'options.keyStarts', `an int32 tensor [${B}, ${T}]`, st);
   st._checkLive(where, 'options.keyStarts');
   if (st.dtype !== 'int32' || st.ndim !== 2 || st.shape[0] !== B || st.shape[1] !== T) {

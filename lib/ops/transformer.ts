@@ -161,27 +161,32 @@ export const rotary = defineFunction<[x: Tensor, cos: Tensor, sin: Tensor]>({
 
 /**
  * softmax(scale * q k^T [+ causal mask]) v with grouped KV heads: q [B, Hq, T, Dh],
- * k [B, Hkv, S, Dh], v [B, Hkv, S, Dv] (checked by the caller) -> [B, Hq, T, Dv]. starts: null or
- * int32 [B, T] (causal only, values in [0, i], checked by the caller): query i of row b sees keys
- * starts[b, i]..i. Forward keeps the row logsumexp; backward recomputes the probabilities from it.
+ * k [B, Hkv, S, Dh], v [B, Hkv, S, Dv] (checked by the caller) -> [B, Hq, T, Dv]; with bthd the
+ * same as q [B, T, Hq, Dh], k [B, S, Hkv, Dh], v [B, S, Hkv, Dv] -> [B, T, Hq, Dv]. starts: null
+ * or int32 [B, T] (causal only, values in [0, i], checked by the caller): query i of row b sees
+ * keys starts[b, i]..i. Forward keeps the row logsumexp (float32 for 16-bit inputs) and the
+ * output; backward recomputes the probabilities from them.
  */
-export const attention = defineFunction<[q: Tensor, k: Tensor, v: Tensor, causal: boolean, scale: number, starts?: Tensor | null],
-  { lse: NativeTensor; causal: boolean; scale: number }>({
+export const attention = defineFunction<[q: Tensor, k: Tensor, v: Tensor, causal: boolean, scale: number, starts?: Tensor | null, bthd?: boolean],
+  { lse: NativeTensor; causal: boolean; scale: number; bthd: boolean }>({
   name: 'ScaledDotProductAttentionBackward',
-  forward(ctx, q, k, v, causal, scale, starts) {
-    const [out, lse] = native.attentionForward(q._h, k._h, v._h, causal, scale, starts ? starts._h : null);
+  forward(ctx, q, k, v, causal, scale, starts, bthd = false) {
+    const [out, lse] = native.attentionForward(q._h, k._h, v._h, causal, scale, starts ? starts._h : null, bthd);
     ctx.own(lse);
     ctx.lse = lse;
     ctx.causal = causal;
     ctx.scale = scale;
-    ctx.saveForBackward(q, k, v, starts ?? null);
-    const [B, Hq, T] = q.shape;
-    return q._make(out, [B, Hq, T, v.shape[3]]);
+    ctx.bthd = bthd;
+    const [B, d1, d2] = q.shape;
+    const o = q._make(out, [B, d1, d2, v.shape[3]]);
+    // The output is read back by backward (D_i = dout_i . out_i), as torch's flash attention saves it.
+    ctx.saveForBackward(q, k, v, starts ?? null, o);
+    return o;
   },
   backward(ctx, g) {
-    const [q, k, v, starts] = ctx.savedTensors as [Tensor, Tensor, Tensor, Tensor | null];
-    const grads = native.attentionBackward(g._h, q._h, k._h, v._h, ctx.lse, ctx.causal, ctx.scale, ctx.needsInputGrad.slice(0, 3),
-      starts ? starts._h : null);
-    return [...gradsLike(grads, [q, k, v]), null, null, null];
+    const [q, k, v, starts, o] = ctx.savedTensors as [Tensor, Tensor, Tensor, Tensor | null, Tensor];
+    const grads = native.attentionBackward(g._h, q._h, k._h, v._h, o._h, ctx.lse, ctx.causal, ctx.scale, ctx.needsInputGrad.slice(0, 3),
+      starts ? starts._h : null, ctx.bthd);
+    return [...gradsLike(grads, [q, k, v]), null, null, null, null];
   },
 });

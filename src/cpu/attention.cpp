@@ -2,7 +2,9 @@
 // backward. Plain loops laid out so that the inner loops are unit-stride and
 // vectorise (keys and values transposed once per call); rows, then heads,
 // split over the thread pool. The backward recomputes the probabilities from
-// the saved logsumexp with the forward's exact operations.
+// the saved logsumexp with the forward's exact operations. Either layout
+// ([B, H, T, D] or [B, T, H, D]) is read through row offsets; bfloat16 and
+// float16 inputs are widened to float, computed as float32 and rounded once.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -19,15 +21,16 @@ inline void row_axpy(T* y, T a, const T* x, int64_t n) {
   for (int64_t d = 0; d < n; ++d) y[d] += a * x[d];
 }
 
-// dst[s] [cols, rows] = src[s] [rows, cols]^T for `slices` matrices.
-template <typename T>
-void transpose_slices(const T* src, int64_t slices, int64_t rows, int64_t cols, T* dst) {
+// Kt[s] [cols, rows] = the rows of slice s transposed, row r of slice s at src + row(s, r).
+template <typename T, typename Row>
+void transpose_slices(const T* src, int64_t slices, int64_t rows, int64_t cols, Row row, T* dst) {
   par_items(slices, rows * cols, [&](int64_t b, int64_t e) {
     for (int64_t s = b; s < e; ++s) {
-      const T* in = src + s * rows * cols;
       T* out = dst + s * rows * cols;
-      for (int64_t i = 0; i < rows; ++i)
-        for (int64_t j = 0; j < cols; ++j) out[j * rows + i] = in[i * cols + j];
+      for (int64_t i = 0; i < rows; ++i) {
+        const T* in = src + row(s, i);
+        for (int64_t j = 0; j < cols; ++j) out[j * rows + i] = in[j];
+      }
     }
   });
 }
@@ -43,17 +46,26 @@ inline void scores(const T* qi, const T* Kt, int64_t S, int64_t Dh, int64_t jn, 
 
 struct AttnDims {
   int64_t B, Hq, Hkv, T, S, Dh, Dv, group;
-  AttnDims(const Tensor& q, const Tensor& v)
-      : B(q.shape[0]), Hq(q.shape[1]), Hkv(v.shape[1]), T(q.shape[2]), S(v.shape[2]),
-        Dh(q.shape[3]), Dv(v.shape[3]), group(v.shape[1] ? q.shape[1] / v.shape[1] : 1),
-        off(S > T ? S - T : 0) {}
   // Causal alignment (bottom-right): query i sits at key position i + off, off = S - T >= 0
   // (0 when S == T; S > T is a decode step over cached keys).
   int64_t off;
+  bool bthd;  // [B, T, H, D] instead of [B, H, T, D]
+  AttnDims(const Tensor& q, const Tensor& v, bool bthd_)
+      : B(q.shape[0]), Hq(q.shape[bthd_ ? 2 : 1]), Hkv(v.shape[bthd_ ? 2 : 1]),
+        T(q.shape[bthd_ ? 1 : 2]), S(v.shape[bthd_ ? 1 : 2]), Dh(q.shape[3]), Dv(v.shape[3]),
+        group(Hkv ? Hq / Hkv : 1), off(S > T ? S - T : 0), bthd(bthd_) {}
   // Flat index of the kv head read by query slice bh = b * Hq + h.
   int64_t kv_of(int64_t bh) const { return (bh / Hq) * Hkv + (bh % Hq) / group; }
   // Keys visible to query row i.
   int64_t visible(int64_t i, bool causal) const { return causal ? std::min(i + off + 1, S) : S; }
+  // Element offset of row i of slice s (= b * H + h) of a tensor with H heads, L rows, D columns.
+  int64_t row(int64_t s, int64_t i, int64_t H, int64_t L, int64_t D) const {
+    return bthd ? ((s / H) * L + i) * H * D + (s % H) * D : (s * L + i) * D;
+  }
+  int64_t qrow(int64_t bh, int64_t i) const { return row(bh, i, Hq, T, Dh); }  // q, dq
+  int64_t orow(int64_t bh, int64_t i) const { return row(bh, i, Hq, T, Dv); }  // out, dout
+  int64_t krow(int64_t kv, int64_t j) const { return row(kv, j, Hkv, S, Dh); }  // k, dk
+  int64_t vrow(int64_t kv, int64_t j) const { return row(kv, j, Hkv, S, Dv); }  // v, dv
 };
 
 // First key visible to query row i of batch row b: starts[b, i] (clamped into [0, i + off], so
@@ -64,17 +76,13 @@ inline int64_t first_key(const int32_t* st, int64_t b, int64_t T, int64_t i, int
 }
 
 template <typename T>
-void attn_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale_d,
-                  const Tensor& out, const Tensor& lse, const Tensor* starts) {
-  const int32_t* st = starts ? starts->data<int32_t>() : nullptr;
-  const AttnDims a(q, v);
-  const T* pq = q.data<T>();
-  const T* pv = v.data<T>();
-  T* po = out.data<T>();
-  T* pl = lse.data<T>();
+void attn_forward(const T* pq, const T* pk, const T* pv, T* po, T* pl, const AttnDims& a,
+                  bool causal, double scale_d, const int32_t* st) {
   const T scale = static_cast<T>(scale_d);
-  std::vector<T> Kt(static_cast<size_t>(k.numel()));
-  if (!Kt.empty()) transpose_slices(k.data<T>(), a.B * a.Hkv, a.S, a.Dh, Kt.data());
+  std::vector<T> Kt(static_cast<size_t>(a.B * a.Hkv * a.S * a.Dh));
+  if (!Kt.empty())
+    transpose_slices(pk, a.B * a.Hkv, a.S, a.Dh, [&](int64_t s, int64_t j) { return a.krow(s, j); },
+                     Kt.data());
   // Rows of all heads are independent: split over B * Hq * T rows.
   int64_t rows = a.B * a.Hq * a.T;
   int64_t cost = std::max<int64_t>(1, (causal ? a.S / 2 : a.S) * (a.Dh + a.Dv + 1));
@@ -84,14 +92,14 @@ void attn_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal
       int64_t i = r % a.T, bh = r / a.T, kv = a.kv_of(bh);
       int64_t jn = a.visible(i, causal);
       const int64_t j0 = first_key(st, bh / a.Hq, a.T, i, a.off);
-      T* o = po + r * a.Dv;
+      T* o = po + a.orow(bh, i);
       std::fill_n(o, a.Dv, T(0));
       if (jn == 0) {  // no keys: a zero row, as softmax over nothing times nothing
         pl[r] = -std::numeric_limits<T>::infinity();
         continue;
       }
       // Scores of keys j0..jn-1, kept at s[j0..jn-1] (j0 == 0 without starts).
-      scores(pq + r * a.Dh, Kt.data() + kv * a.Dh * a.S + j0, a.S, a.Dh, jn - j0, scale,
+      scores(pq + a.qrow(bh, i), Kt.data() + kv * a.Dh * a.S + j0, a.S, a.Dh, jn - j0, scale,
              s.data() + j0);
       T m = s[j0];
       for (int64_t j = j0 + 1; j < jn; ++j) m = std::max(m, s[j]);
@@ -100,8 +108,7 @@ void attn_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal
         s[j] = std::exp(s[j] - m);
         l += s[j];
       }
-      const T* vk = pv + kv * a.S * a.Dv;
-      for (int64_t j = j0; j < jn; ++j) row_axpy(o, s[j], vk + j * a.Dv, a.Dv);
+      for (int64_t j = j0; j < jn; ++j) row_axpy(o, s[j], pv + a.vrow(kv, j), a.Dv);
       T inv = static_cast<T>(1.0 / l);
       for (int64_t d = 0; d < a.Dv; ++d) o[d] *= inv;
       pl[r] = static_cast<T>(static_cast<double>(m) + std::log(l));
@@ -109,55 +116,46 @@ void attn_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal
   });
 }
 
+// pdq, pdk, pdv (set) in the inputs' layouts; null when not wanted.
 template <typename T>
-void attn_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
-                   const Tensor& lse, bool causal, double scale_d, const Tensor* dq,
-                   const Tensor* dk, const Tensor* dv, const Tensor* starts) {
-  const AttnDims a(q, v);
-  const int32_t* st = starts ? starts->data<int32_t>() : nullptr;
-  const T* pg = dout.data<T>();
-  const T* pq = q.data<T>();
-  const T* pk = k.data<T>();
-  const T* pl = lse.data<T>();
+void attn_backward(const T* pg, const T* pq, const T* pk, const T* pv, const T* pl, T* pdq,
+                   T* pdk, T* pdv, const AttnDims& a, bool causal, double scale_d,
+                   const int32_t* st) {
   const T scale = static_cast<T>(scale_d);
-  const bool need_ds = dq || dk;  // the score gradient feeds dq and dk
-  std::vector<T> Kt(static_cast<size_t>(k.numel())), Vt;
-  if (!Kt.empty()) transpose_slices(pk, a.B * a.Hkv, a.S, a.Dh, Kt.data());
-  if (need_ds && v.numel()) {
-    Vt.resize(static_cast<size_t>(v.numel()));
-    transpose_slices(v.data<T>(), a.B * a.Hkv, a.S, a.Dv, Vt.data());
+  const bool need_ds = pdq || pdk;  // the score gradient feeds dq and dk
+  auto krow = [&](int64_t s, int64_t j) { return a.krow(s, j); };
+  auto vrow = [&](int64_t s, int64_t j) { return a.vrow(s, j); };
+  std::vector<T> Kt(static_cast<size_t>(a.B * a.Hkv * a.S * a.Dh)), Vt;
+  if (!Kt.empty()) transpose_slices(pk, a.B * a.Hkv, a.S, a.Dh, krow, Kt.data());
+  if (need_ds && a.B * a.Hkv * a.S * a.Dv > 0) {
+    Vt.resize(static_cast<size_t>(a.B * a.Hkv * a.S * a.Dv));
+    transpose_slices(pv, a.B * a.Hkv, a.S, a.Dv, vrow, Vt.data());
   }
-  // One task per query head. dk/dv of a kv head shared by several query heads
-  // are built per query head in scratch and summed afterwards, so tasks never
+  // One task per query head. dk/dv are built per query head in contiguous scratch
+  // [B * Hq, S, D] and summed into each kv head (in its layout) afterwards, so tasks never
   // write to the same memory.
-  const bool shared = a.group > 1;
   std::vector<T> dk_part, dv_part;
-  if (shared && dk) dk_part.resize(static_cast<size_t>(a.B * a.Hq * a.S * a.Dh));
-  if (shared && dv) dv_part.resize(static_cast<size_t>(a.B * a.Hq * a.S * a.Dv));
-  T* pdq = dq ? dq->data<T>() : nullptr;
-  T* pdk = dk ? (shared ? dk_part.data() : dk->data<T>()) : nullptr;
-  T* pdv = dv ? (shared ? dv_part.data() : dv->data<T>()) : nullptr;
+  if (pdk) dk_part.resize(static_cast<size_t>(a.B * a.Hq * a.S * a.Dh));
+  if (pdv) dv_part.resize(static_cast<size_t>(a.B * a.Hq * a.S * a.Dv));
 
   int64_t cost = std::max<int64_t>(1, a.T * (causal ? a.S / 2 : a.S) * (2 * a.Dh + 2 * a.Dv + 2));
   par_items(a.B * a.Hq, cost, [&](int64_t h0, int64_t h1) {
     std::vector<T> p(static_cast<size_t>(a.S)), ds(static_cast<size_t>(a.S));
     for (int64_t bh = h0; bh < h1; ++bh) {
       int64_t kv = a.kv_of(bh);
-      // Without sharing, query slice bh and kv slice kv are the same index.
-      T* dkh = pdk ? pdk + bh * a.S * a.Dh : nullptr;
-      T* dvh = pdv ? pdv + bh * a.S * a.Dv : nullptr;
+      T* dkh = pdk ? dk_part.data() + bh * a.S * a.Dh : nullptr;
+      T* dvh = pdv ? dv_part.data() + bh * a.S * a.Dv : nullptr;
       if (dkh) std::fill_n(dkh, a.S * a.Dh, T(0));
       if (dvh) std::fill_n(dvh, a.S * a.Dv, T(0));
       const T* Ktk = Kt.data() + kv * a.Dh * a.S;
       const T* Vtk = Vt.empty() ? nullptr : Vt.data() + kv * a.Dv * a.S;
-      const T* kk = pk + kv * a.S * a.Dh;
       for (int64_t i = 0; i < a.T; ++i) {
         int64_t r = bh * a.T + i;
         int64_t jn = a.visible(i, causal);
         const int64_t j0 = first_key(st, bh / a.Hq, a.T, i, a.off);
-        const T* qi = pq + r * a.Dh;
-        const T* gi = pg + r * a.Dv;
-        T* dqi = pdq ? pdq + r * a.Dh : nullptr;
+        const T* qi = pq + a.qrow(bh, i);
+        const T* gi = pg + a.orow(bh, i);
+        T* dqi = pdq ? pdq + a.qrow(bh, i) : nullptr;
         if (dqi) std::fill_n(dqi, a.Dh, T(0));
         if (jn == 0) continue;
         // P row (keys j0..jn-1 at p[j0..jn-1]), recomputed from the saved logsumexp.
@@ -176,46 +174,90 @@ void attn_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const T
         T D = static_cast<T>(dot);
         for (int64_t j = j0; j < jn; ++j) ds[j] = scale * (p[j] * (ds[j] - D));
         if (dqi)  // dq_i = sum_j dS_ij k_j
-          for (int64_t j = j0; j < jn; ++j) row_axpy(dqi, ds[j], kk + j * a.Dh, a.Dh);
+          for (int64_t j = j0; j < jn; ++j) row_axpy(dqi, ds[j], pk + a.krow(kv, j), a.Dh);
         if (dkh)  // dk_j += dS_ij q_i
           for (int64_t j = j0; j < jn; ++j) row_axpy(dkh + j * a.Dh, ds[j], qi, a.Dh);
       }
     }
   });
-  if (!shared) return;
-  // Sum the per-query-head parts into each kv head (set).
-  auto reduce = [&](const std::vector<T>& part, T* dst, int64_t D) {
-    int64_t n = a.S * D;
-    par_items(a.B * a.Hkv, a.group * n, [&](int64_t s0, int64_t s1) {
+  // Sum the per-query-head parts into each kv head (set), in the kv layout.
+  auto reduce = [&](const std::vector<T>& part, T* dst, int64_t D, bool is_k) {
+    par_items(a.B * a.Hkv, a.group * a.S * D, [&](int64_t s0, int64_t s1) {
       for (int64_t kv = s0; kv < s1; ++kv) {
         int64_t b = kv / a.Hkv, kvh = kv % a.Hkv;
-        T* o = dst + kv * n;
-        const T* first = part.data() + (b * a.Hq + kvh * a.group) * n;
-        std::copy(first, first + n, o);
-        for (int64_t g = 1; g < a.group; ++g) row_axpy(o, T(1), first + g * n, n);
+        const T* first = part.data() + (b * a.Hq + kvh * a.group) * a.S * D;
+        for (int64_t j = 0; j < a.S; ++j) {
+          T* o = dst + (is_k ? a.krow(kv, j) : a.vrow(kv, j));
+          std::copy(first + j * D, first + (j + 1) * D, o);
+          for (int64_t g = 1; g < a.group; ++g) row_axpy(o, T(1), first + (g * a.S + j) * D, D);
+        }
       }
     });
   };
-  if (dk) reduce(dk_part, dk->data<T>(), a.Dh);
-  if (dv) reduce(dv_part, dv->data<T>(), a.Dv);
+  if (pdk) reduce(dk_part, pdk, a.Dh, true);
+  if (pdv) reduce(dv_part, pdv, a.Dv, false);
+}
+
+// The elements of t as float (a 16-bit tensor's values, exactly).
+template <typename H>
+std::vector<float> widen(const Tensor& t) {
+  std::vector<float> f(static_cast<size_t>(t.numel()));
+  const H* p = t.data<H>();
+  for (size_t i = 0; i < f.size(); ++i) f[i] = static_cast<float>(p[i]);
+  return f;
+}
+// t (set) = f rounded once to t's 16-bit type.
+template <typename H>
+void narrow(const std::vector<float>& f, const Tensor& t) {
+  H* p = t.data<H>();
+  for (size_t i = 0; i < f.size(); ++i) p[i] = H(f[i]);
 }
 
 }  // namespace
 
 void CpuBackend::attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                                    double scale, const Tensor& out, const Tensor& lse,
-                                   const Tensor* starts) {
-  dispatch_float(q.dtype, "attention", [&](auto z) {
-    attn_forward<decltype(z)>(q, k, v, causal, scale, out, lse, starts);
+                                   const Tensor* starts, bool bthd) {
+  const AttnDims a(q, v, bthd);
+  const int32_t* st = starts ? starts->data<int32_t>() : nullptr;
+  dispatch_floating(q.dtype, "attention", [&](auto z) {
+    using T = decltype(z);
+    if constexpr (is_half_v<T>) {
+      const auto fq = widen<T>(q), fk = widen<T>(k), fv = widen<T>(v);
+      std::vector<float> fo(static_cast<size_t>(out.numel()));
+      attn_forward<float>(fq.data(), fk.data(), fv.data(), fo.data(), lse.data<float>(), a, causal,
+                          scale, st);
+      narrow<T>(fo, out);
+    } else {
+      attn_forward<T>(q.data<T>(), k.data<T>(), v.data<T>(), out.data<T>(), lse.data<T>(), a,
+                      causal, scale, st);
+    }
   });
 }
 
 void CpuBackend::attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k,
-                                    const Tensor& v, const Tensor& lse, bool causal, double scale,
-                                    const Tensor* dq, const Tensor* dk, const Tensor* dv,
-                                    const Tensor* starts) {
-  dispatch_float(q.dtype, "attention backward", [&](auto z) {
-    attn_backward<decltype(z)>(dout, q, k, v, lse, causal, scale, dq, dk, dv, starts);
+                                    const Tensor& v, const Tensor& out, const Tensor& lse,
+                                    bool causal, double scale, const Tensor* dq, const Tensor* dk,
+                                    const Tensor* dv, const Tensor* starts, bool bthd) {
+  (void)out;  // D_i is computed from the probabilities here (the same value)
+  const AttnDims a(q, v, bthd);
+  const int32_t* st = starts ? starts->data<int32_t>() : nullptr;
+  dispatch_floating(q.dtype, "attention backward", [&](auto z) {
+    using T = decltype(z);
+    if constexpr (is_half_v<T>) {
+      const auto fg = widen<T>(dout), fq = widen<T>(q), fk = widen<T>(k), fv = widen<T>(v);
+      std::vector<float> gq(dq ? fq.size() : 0), gk(dk ? fk.size() : 0), gv(dv ? fv.size() : 0);
+      attn_backward<float>(fg.data(), fq.data(), fk.data(), fv.data(), lse.data<float>(),
+                           dq ? gq.data() : nullptr, dk ? gk.data() : nullptr,
+                           dv ? gv.data() : nullptr, a, causal, scale, st);
+      if (dq) narrow<T>(gq, *dq);
+      if (dk) narrow<T>(gk, *dk);
+      if (dv) narrow<T>(gv, *dv);
+    } else {
+      attn_backward<T>(dout.data<T>(), q.data<T>(), k.data<T>(), v.data<T>(), lse.data<T>(),
+                       dq ? dq->data<T>() : nullptr, dk ? dk->data<T>() : nullptr,
+                       dv ? dv->data<T>() : nullptr, a, causal, scale, st);
+    }
   });
 }
 

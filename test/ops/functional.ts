@@ -151,6 +151,24 @@ for (const { B, Hq, Hkv, T, S, D, starts, grad } of [
   });
 }
 
+// The projections' layout ([B, T, H, D], options.layout 'BTHD'): grouped heads, S > T, keyStarts,
+// head dims the tensor-core tiles take and pad.
+for (const { B, Hq, Hkv, T, S, D, causal, starts, grad } of [
+  { B: 2, Hq: 4, Hkv: 2, T: 5, S: 5, D: 3, causal: true, starts: null, grad: true },
+  { B: 1, Hq: 3, Hkv: 1, T: 4, S: 6, D: 2, causal: false, starts: null, grad: true },
+  { B: 2, Hq: 2, Hkv: 1, T: 3, S: 7, D: 4, causal: true, starts: [2, 2, 2, 0, 0, 0], grad: true },
+  { B: 2, Hq: 4, Hkv: 2, T: 70, S: 70, D: 64, causal: true, starts: null, grad: false },
+  { B: 1, Hq: 2, Hkv: 1, T: 33, S: 90, D: 128, causal: false, starts: null, grad: false },
+  { B: 2, Hq: 2, Hkv: 2, T: 37, S: 37, D: 48, causal: true, starts: keyStarts(37, [[0, 13], [-5, 20]]), grad: false },
+]) {
+  attentionSamples.push({
+    name: `layout BTHD B${B} Hq${Hq} Hkv${Hkv} T${T} S${S} D${D} ${causal ? 'causal' : 'full'}${starts ? ' with keyStarts' : ''}`,
+    inputs: [I([B, T, Hq, D]), I([B, S, Hkv, D]), I([B, S, Hkv, D]), ...(starts ? [ids([B, T], starts)] : [])],
+    call: ([q, k, v, st]) => F.scaledDotProductAttention(q, k, v, st ? { causal, keyStarts: st, layout: 'BTHD' } : { causal, layout: 'BTHD' }),
+    ...(grad ? {} : { gradcheck: false }),
+  });
+}
+
 type AttentionOpts = Parameters<typeof F.scaledDotProductAttention>[3];
 const q4 = () => f64([1, 4, 3, 2]);
 const k2 = () => f64([1, 2, 3, 2]);
@@ -374,6 +392,10 @@ export const FUNCTIONAL_OPS: OpInfo[] = [
         message: /k.shape\[2\] \(key length\) must be at least 3 \(q.shape\[2\]\) with causal masking/ },
       { name: 'float32 k for float64 q', call: () => F.scaledDotProductAttention(q4(), zeros([1, 2, 3, 2]), k2()), type: TypeError, message: /q is float64 but k is float32/ },
       { name: 'a misspelt option', call: () => F.scaledDotProductAttention(q4(), k2(), k2(), { casual: true } as AttentionOpts), type: TypeError, message: /unknown option "casual"/ },
+      { name: 'an unknown layout', call: () => F.scaledDotProductAttention(q4(), k2(), k2(), { layout: 'BSHD' } as unknown as AttentionOpts), type: RangeError,
+        message: /^scaledDotProductAttention: options.layout must be 'BHTD' or 'BTHD', got "BSHD"$/, standard: true },
+      { name: 'BTHD k with another head count', call: () => F.scaledDotProductAttention(f64([1, 3, 4, 2]), f64([1, 3, 3, 2]), f64([1, 3, 3, 2]), { layout: 'BTHD' }), type: RangeError,
+        message: /q.shape\[2\] \(query heads\) must be a multiple of k.shape\[2\] \(3 kv heads\), got 4/ },
       { name: 'a string scale', call: () => F.scaledDotProductAttention(q4(), k2(), k2(), { scale: '1' } as unknown as AttentionOpts), type: TypeError, message: /options.scale must be a number/ },
       { name: 'causal not a boolean', call: () => F.scaledDotProductAttention(q4(), k2(), k2(), { causal: 1 } as unknown as AttentionOpts), type: TypeError, message: /options.causal must be a boolean/ },
       { name: 'an int32 k', call: () => F.scaledDotProductAttention(q4(), int32([0, 0, 0, 0], [1, 1, 2, 2]), k2()), type: RangeError, message: /k's dtype must be float32, float64, bfloat16 or float16/ },

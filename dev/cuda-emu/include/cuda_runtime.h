@@ -38,11 +38,14 @@ extern dim3 g_block_dim, g_grid_dim;
 
 void syncthreads(const char* file, int line);
 
-enum WarpOp : int { kShflIdx, kShflUp, kShflDown, kShflXor, kSyncWarp };
+enum WarpOp : int { kShflIdx, kShflUp, kShflDown, kShflXor, kSyncWarp, kWmmaLoad, kWmmaStore, kWmmaMma, kWmmaMmaDone };
 // The calling lane's value is in `in` (16 bytes, `size` of them used); returns
 // with the lane's result in `out` (16 bytes).
 void warp_op(const char* file, int line, WarpOp op, unsigned mask, int arg, int width, const void* in,
              void* out, size_t size);
+
+// A fault found by device code of the headers (mma.h): ends the launch as lane faults do.
+[[noreturn]] void device_fault(const char* file, int line, const char* what);
 
 // __syncwarp() and __syncwarp(mask), with the call site.
 struct SyncWarp {

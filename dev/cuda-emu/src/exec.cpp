@@ -141,6 +141,10 @@ const char* op_name(WarpOp op) {
     case kShflUp: return "__shfl_up_sync";
     case kShflDown: return "__shfl_down_sync";
     case kShflXor: return "__shfl_xor_sync";
+    case kWmmaLoad: return "wmma::load_matrix_sync";
+    case kWmmaStore: return "wmma::store_matrix_sync";
+    case kWmmaMma: return "wmma::mma_sync";
+    case kWmmaMmaDone: return "wmma::mma_sync (results)";
     default: return "__syncwarp";
   }
 }
@@ -707,6 +711,10 @@ void* static_smem(const void* site, size_t size, size_t align) {
   e.static_used = off + size + 16;
   e.static_sites.push_back({site, p});
   return p;
+}
+
+void device_fault(const char* file, int line, const char* what) {
+  lane_fault(fmt("%s at %s", what, site_str(file, line).c_str()));
 }
 
 void* dynamic_smem() { return g_exec->dyn_base + g_exec->dyn_head; }

@@ -6,6 +6,7 @@
 //
 //   cuda_emu_selftest LIBCUBLAS_EMU   (run by scripts/test-cuda-emu.sh)
 #include <cuda_runtime.h>
+#include <mma.h>
 #include <dlfcn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -184,6 +185,73 @@ __device__ int deep(int n, volatile char* sink) {
 __global__ void stack_overflow(char* sink) { sink[1] = static_cast<char>(deep(1 << 20, sink)); }
 
 __global__ void divide(int* p, int d) { p[threadIdx.x] = 100 / d; }
+
+
+// Warp matrix products: each warp computes C = A B + C0 for its own 16x16 matrices, bf16 with
+// A row-major and B column-major, fp16 with A column-major and B row-major; C0 loaded row-major,
+// C stored column-major.
+template <typename T, typename La, typename Lb>
+__global__ void wmma_product(const T* a, const T* b, const float* c0, float* c) {
+  using namespace nvcuda;
+  const int w = threadIdx.x >> 5;
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, T, La> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, T, Lb> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> fc;
+  wmma::load_matrix_sync(fa, a + w * 256, 16);
+  wmma::load_matrix_sync(fb, b + w * 256, 16);
+  wmma::load_matrix_sync(fc, c0 + w * 256, 16, wmma::mem_row_major);
+  wmma::mma_sync(fc, fa, fb, fc);
+  wmma::store_matrix_sync(c + w * 256, fc, 16, wmma::mem_col_major);
+}
+
+// Each lane writes 8 elements of a tile in shared memory and the warp loads it at once: without
+// the __syncwarp() a lane reads elements the others have not written yet.
+__global__ void wmma_load_unsynced(float* out, int sync) {
+  using namespace nvcuda;
+  __shared__ __align__(32) __nv_bfloat16 tile[256];
+  const int l = threadIdx.x;
+  for (int i = 0; i < 8; ++i) tile[l * 8 + i] = __float2bfloat16(1.0f);
+  if (sync) __syncwarp();
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> fc;
+  wmma::load_matrix_sync(fa, tile, 16);
+  wmma::load_matrix_sync(fb, tile, 16);
+  wmma::fill_fragment(fc, 0.0f);
+  wmma::mma_sync(fc, fa, fb, fc);
+  wmma::store_matrix_sync(out, fc, 16, wmma::mem_row_major);
+}
+
+// Reads the element of another lane right after store_matrix_sync, without a __syncwarp().
+__global__ void wmma_store_unsynced(float* out) {
+  using namespace nvcuda;
+  __shared__ __align__(32) float tile[256];
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> fc;
+  wmma::fill_fragment(fc, 2.0f);
+  wmma::store_matrix_sync(tile, fc, 16, wmma::mem_row_major);
+  out[threadIdx.x] = tile[255 - threadIdx.x];
+}
+
+// One lane skips the product.
+__global__ void wmma_divergent(float* out) {
+  using namespace nvcuda;
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> fc;
+  wmma::fill_fragment(fa, __float2half(1.0f));
+  wmma::fill_fragment(fb, __float2half(1.0f));
+  wmma::fill_fragment(fc, 0.0f);
+  if (threadIdx.x != 3) wmma::mma_sync(fc, fa, fb, fc);
+  out[threadIdx.x] = fc.x[0];
+}
+
+// A leading dimension of 12 halves (24 bytes): CUDA needs a multiple of 16 bytes.
+__global__ void wmma_bad_ldm(const __half* a, float* out) {
+  using namespace nvcuda;
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
+  wmma::load_matrix_sync(fa, a, 12);
+  out[threadIdx.x] = static_cast<float>(fa.x[0]);
+}
 
 // ---------------------------------------------------------------- cases
 
@@ -608,6 +676,85 @@ std::string bug_cublas_overlap() {
   return sync_error();
 }
 
+
+template <typename T, typename La, typename Lb>
+std::string check_wmma(float (*round)(float)) {
+  const int W = 2;
+  std::vector<float> av(W * 256), bv(W * 256), cv(W * 256);
+  std::vector<T> ah(W * 256), bh(W * 256);
+  for (int i = 0; i < W * 256; ++i) {
+    av[i] = round(std::sin(0.37f * i) * 3.0f);
+    bv[i] = round(std::cos(0.11f * i + 1.0f) * 2.0f);
+    cv[i] = 0.01f * static_cast<float>(i % 17) - 0.05f;
+    ah[i] = T(av[i]);
+    bh[i] = T(bv[i]);
+  }
+  T* a = dev<T>(W * 256);
+  T* b = dev<T>(W * 256);
+  float* c0 = dev<float>(W * 256);
+  float* c = dev<float>(W * 256);
+  CUDA(cudaMemcpy(a, ah.data(), W * 256 * sizeof(T), cudaMemcpyHostToDevice));
+  CUDA(cudaMemcpy(b, bh.data(), W * 256 * sizeof(T), cudaMemcpyHostToDevice));
+  CUDA(cudaMemcpy(c0, cv.data(), W * 256 * sizeof(float), cudaMemcpyHostToDevice));
+  wmma_product<T, La, Lb><<<1, 32 * W>>>(a, b, c0, c);
+  CUDA(cudaGetLastError());
+  auto got = host(c, W * 256);
+  const bool acol = std::is_same<La, nvcuda::wmma::col_major>::value;
+  const bool bcol = std::is_same<Lb, nvcuda::wmma::col_major>::value;
+  for (int w = 0; w < W; ++w)
+    for (int r = 0; r < 16; ++r)
+      for (int n = 0; n < 16; ++n) {
+        double acc = cv[w * 256 + r * 16 + n];
+        for (int k = 0; k < 16; ++k)
+          acc += static_cast<double>(av[w * 256 + (acol ? k * 16 + r : r * 16 + k)]) *
+                 bv[w * 256 + (bcol ? n * 16 + k : k * 16 + n)];
+        CHECK(got[w * 256 + n * 16 + r] == static_cast<float>(acc));  // stored column-major
+      }
+  return sync_error();
+}
+std::string ok_wmma() {
+  std::string r = check_wmma<__nv_bfloat16, nvcuda::wmma::row_major, nvcuda::wmma::col_major>(
+      [](float x) { return static_cast<float>(__nv_bfloat16(x)); });
+  if (r != "ok") return r;
+  return check_wmma<__half, nvcuda::wmma::col_major, nvcuda::wmma::row_major>(
+      [](float x) { return static_cast<float>(__half(x)); });
+}
+std::string nan_report(const float* d, int n) {
+  auto v = host(d, n);
+  for (float x : v)
+    if (std::isnan(x)) return "read NaN";
+  return sync_error();
+}
+std::string ok_wmma_load_synced() {
+  float* out = dev<float>(256);
+  wmma_load_unsynced<<<1, 32>>>(out, 1);
+  CUDA(cudaGetLastError());
+  auto v = host(out, 256);
+  for (float x : v) CHECK(x == 16.0f);
+  return sync_error();
+}
+std::string bug_wmma_load_unsynced() {
+  float* out = dev<float>(256);
+  wmma_load_unsynced<<<1, 32>>>(out, 0);
+  return nan_report(out, 256);
+}
+std::string bug_wmma_store_unsynced() {
+  float* out = dev<float>(32);
+  wmma_store_unsynced<<<1, 32>>>(out);
+  return nan_report(out, 32);
+}
+std::string bug_wmma_divergent() {
+  float* out = dev<float>(32);
+  wmma_divergent<<<1, 32>>>(out);
+  return sync_error();
+}
+std::string bug_wmma_bad_ldm() {
+  __half* a = dev<__half>(256);
+  float* out = dev<float>(32);
+  wmma_bad_ldm<<<1, 32>>>(a, out);
+  return sync_error();
+}
+
 struct Case {
   const char* name;
   std::function<std::string()> run;
@@ -623,6 +770,8 @@ const Case kCases[] = {
     {"memory: total, pool, trim, checked copies, events", ok_memory, "ok"},
     {"cuBLAS column-major semantics", ok_cublas, "ok"},
     {"cuBLAS GemmEx: bfloat16 and float16 rounded once on store", ok_cublas_ex, "ok"},
+    {"warp matrix products (wmma), bf16 and fp16, both layouts", ok_wmma, "ok"},
+    {"wmma loads after __syncwarp", ok_wmma_load_synced, "ok"},
     {"divergent __syncthreads", bug_divergent_barrier, "divergent __syncthreads()"},
     {"__syncthreads after threads returned", bug_early_return, "a barrier not every thread reaches"},
     {"divergent shuffles", bug_divergent_shuffle, "divergent warp"},
@@ -643,6 +792,10 @@ const Case kCases[] = {
     {"errors are sticky", bug_sticky, "cudaErrorIllegalAddress"},
     {"cuBLAS operands outside their allocation", bug_cublas_out_of_range, "matrix A (64 bytes"},
     {"a cuBLAS result that overlaps an input", bug_cublas_overlap, "overlaps matrix B"},
+    {"wmma load of a tile other lanes wrote without __syncwarp", bug_wmma_load_unsynced, "read NaN"},
+    {"reading another lane's wmma store without __syncwarp", bug_wmma_store_unsynced, "read NaN"},
+    {"a lane that skips wmma::mma_sync", bug_wmma_divergent, "wmma::mma_sync"},
+    {"a wmma leading dimension that is not 16 bytes", bug_wmma_bad_ldm, "not a multiple of 16 bytes"},
 };
 
 }  // namespace
