@@ -4,11 +4,13 @@
 //
 // No float32 copy of a whole operand is made: the product walks C in blocks
 // of at most kMB x kNB, and for each K-block of at most kKB converts the two
-// panels it needs (op(A)[rows, kblock] and op(B)[kblock, cols], each a few MB
-// at most) to float and hands them to the float32 path (gemm_f32: the CBLAS
+// panels it needs (op(A)[rows, kblock] and op(B)[kblock, cols]: at most 4 MB
+// and 2 MB of float) and hands them to the float32 path (gemm_f32: the CBLAS
 // found at run time or the built-in kernel), which accumulates into a float
-// C block (beta = 1 after the first K-block). The conversion costs
-// O(1/kNB + 1/kMB) of the multiply-adds.
+// C block of at most 8 MB (beta = 1 after the first K-block). The conversion
+// costs O(1/kNB + 1/kMB) of the multiply-adds. (An OpenBLAS built with
+// sbgemm could take bfloat16 directly; the one this was measured with has
+// none, so there is no such path yet.)
 //
 // gemm_bf16/gemm_f16 (gemm.h) are the entry points: a kernel with native
 // half dot products can be dispatched from them without touching callers.
@@ -27,7 +29,7 @@
 namespace lc {
 namespace {
 
-constexpr int64_t kMB = 512;   // rows of C per block
+constexpr int64_t kMB = 2048;  // rows of C per block
 constexpr int64_t kNB = 1024;  // columns of C per block
 constexpr int64_t kKB = 512;   // depth of one panel pair
 
