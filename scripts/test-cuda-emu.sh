@@ -61,7 +61,7 @@ if [ $# -gt 0 ]; then
   npx jest --ci "$@" || status=$?
 else
   # Every suite with parts that run only when CUDA is available.
-  npx jest --ci test/cuda.test.ts test/cuda-probe.test.ts test/soak.test.ts test/bad-input.test.ts test/errors.test.ts test/tensor.test.ts \
+  npx jest --ci test/cuda.test.ts test/cuda-half.test.ts test/cuda-probe.test.ts test/soak.test.ts test/bad-input.test.ts test/errors.test.ts test/tensor.test.ts \
     test/cli-finetune.test.ts test/gradcheck.test.ts test/distributed.test.ts \
     || status=$?
   for schedule in reverse warp-ahead reverse,warp-ahead; do
