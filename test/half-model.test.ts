@@ -6,7 +6,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import {
-  Adam, Embedding, LoRALinear, Linear, LlamaForCausalLM, Module, RMSNorm, getLoraAB, injectLora, loadAdapter, manualSeed,
+  Adam, Embedding, LoRALinear, clipGradNorm, Linear, LlamaForCausalLM, Module, RMSNorm, getLoraAB, injectLora, loadAdapter, manualSeed,
   mergeLora, noGrad, randn, saveAdapter, saveMerged, tensor,
 } from '../lib';
 import { SafetensorsFile, saveSafetensors } from '../lib/safetensors';
@@ -238,6 +238,21 @@ describe('LoRA on a bfloat16 base', () => {
     expect(() => layer.forward(randn([1, 4]).to('bfloat16'))).toThrow(
       'LoRALinear.forward: A is float64 but x is bfloat16; the adapters of a bfloat16 layer must be bfloat16 or float32');
   });
+});
+
+test('clipGradNorm clips float32 adapter gradients and bfloat16 gradients together (norm in float32)', () => {
+  const a = tensor([0, 0], { dtype: 'float32' }).requiresGrad_(true);
+  const h = tensor([0, 0], { dtype: 'bfloat16' }).requiresGrad_(true);
+  a.grad = tensor([3, 0]);
+  h.grad = tensor([0, 4], { dtype: 'bfloat16' });
+  const norm = clipGradNorm([a, h], 1);
+  expect(norm.dtype).toBe('float32');
+  expect(norm.item()).toBe(5);
+  // Each scaled in float32 (coefficient 1 / (5 + 1e-6)), the bf16 one rounded once.
+  const coef = Math.fround(1 / Math.fround(5 + 1e-6));
+  expect(Array.from(a.grad!.toArray())).toEqual([Math.fround(3 * coef), 0]);
+  expect(h.grad!.dtype).toBe('bfloat16');
+  expect(bitsOf(h.grad!)).toEqual(bitsOf(tensor([0, Math.fround(4 * coef)], { dtype: 'bfloat16' })));
 });
 
 describe('merging into a half weight', () => {
