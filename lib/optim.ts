@@ -115,7 +115,7 @@ export class Adam {
         const what = flat ? `${P}[${i}]` : `${P}[${gi}].params[${i}]`;
         assertTensor(where, what, p);
         p._checkLive(where, what);
-        if (p.dtype === 'int32') throw rangeError(where, `${what}.dtype`, 'float32 or float64', p.dtype);
+        if (p.dtype === 'int32') throw rangeError(where, `${what}.dtype`, 'float32, float64, bfloat16 or float16', p.dtype);
         if (!p.isLeaf) throw new TypeError(`${where}: ${what} is not a leaf tensor (it was computed by ${p.gradFn}); optimise the parameters themselves`);
         if (seen.has(p)) throw new RangeError(`${where}: ${what} appears more than once`);
         seen.add(p);

@@ -557,7 +557,7 @@ describe('Module methods that change every tensor check them all first, under th
   test('requiresGrad_(true) over an int32 parameter: names the parameter, no parameter changes', () => {
     const m = new WithIds();
     expectThrows(() => m.requiresGrad_(true), RangeError,
-      /^Module\.requiresGrad_: the dtype of parameter 'ids' must be float32 or float64 for a tensor that requires grad, got "int32"$/);
+      /^Module\.requiresGrad_: the dtype of parameter 'ids' must be a float dtype \(float32, float64, bfloat16 or float16\) for a tensor that requires grad, got "int32"$/);
     expect(m.w.requiresGrad).toBe(false);
     expect(m.requiresGrad_(false).w.requiresGrad).toBe(false);
   });

@@ -73,7 +73,7 @@ describe('tensor creation', () => {
     expectThrows(() => zeros([1], { dtype: 3 as unknown as 'float32' }), TypeError, /options\.dtype must be one of .*, got 3$/);
     expectThrows(() => new Linear(2, 2, { dtype: 'int32' as 'float32' }), RangeError,
       /^Linear: options\.dtype must be one of "float32", "float64", got "int32"$/);
-    expectThrows(() => randn([2], { dtype: 'int32' }), RangeError, /^randn: options\.dtype must be float32 or float64, got "int32"$/);
+    expectThrows(() => randn([2], { dtype: 'int32' }), RangeError, /^randn: options\.dtype must be float32, float64, bfloat16 or float16, got "int32"$/);
   });
 
   test('unknown option key', () => {
@@ -363,7 +363,7 @@ describe('Adam / AdamW', () => {
       /^Adam: params\[0\](\.params\[0\])? is not a leaf tensor \(it was computed by MulBackward\)/);
     const q = p();
     expectThrows(() => new Adam([q, q]), RangeError, /params\[1\] appears more than once$/);
-    expectThrows(() => new Adam([tensor([1], { dtype: 'int32' })]), RangeError, /params\[0\]\.dtype must be float32 or float64, got "int32"$/);
+    expectThrows(() => new Adam([tensor([1], { dtype: 'int32' })]), RangeError, /params\[0\]\.dtype must be float32, float64, bfloat16 or float16, got "int32"$/);
   });
 
   test('element names: a flat list says params[i], parameter groups say params[g].params[i]', () => {
@@ -373,7 +373,7 @@ describe('Adam / AdamW', () => {
     const q = p();
     expectThrows(() => new Adam([q, q]), RangeError, /^Adam: params\[1\] appears more than once$/);
     expectThrows(() => new Adam([tensor([1], { dtype: 'int32' })]), RangeError,
-      /^Adam: params\[0\]\.dtype must be float32 or float64, got "int32"$/);
+      /^Adam: params\[0\]\.dtype must be float32, float64, bfloat16 or float16, got "int32"$/);
     expectThrows(() => new Adam([{ params: [p(), 3] }] as never), TypeError, /^Adam: params\[0\]\.params\[1\] must be a Tensor, got 3$/);
     expectThrows(() => new Adam([{ params: [p()] }, { params: [p(), 3] }] as never), TypeError,
       /^Adam: params\[1\]\.params\[1\] must be a Tensor, got 3$/);
@@ -500,7 +500,7 @@ describe('messages name the entry point that was called', () => {
   test('the activation layers name their own forward, not the F function they share', () => {
     expectThrows(() => new ReLU().forward('x' as unknown as Tensor), TypeError, /^ReLU\.forward: x must be a Tensor, got "x"$/);
     expectThrows(() => new GELU({ approximate: 'tanh' }).forward(tensor([1], { dtype: 'int32' })), RangeError,
-      /^GELU\.forward: x's dtype must be float32 or float64, got "int32"$/);
+      /^GELU\.forward: x's dtype must be float32, float64, bfloat16 or float16, got "int32"$/);
     expectThrows(() => new SiLU().forward(null as unknown as Tensor), TypeError, /^SiLU\.forward: x must be a Tensor, got null$/);
   });
 

@@ -363,7 +363,7 @@ describe('errors', () => {
     expect(() => new Trainer({ ...base, optimizer: { lr: -1 } })).toThrow(/^Trainer: options\.optimizer\.lr must be a number > 0, got -1$/);
     expect(() => new Trainer({ ...base, optimizer: { beta: 0.9 } as AdamOptions })).toThrow(/^Trainer: options\.optimizer: unknown option "beta" \(known: lr, /);
     expect(() => new Trainer({ ...base, optimizer: 5 as AdamOptions })).toThrow(/^Trainer: options\.optimizer must be an object, got 5$/);
-    expect(() => new Trainer({ ...base, params: [p, tensor([1], { dtype: 'int32' })] })).toThrow(/^Trainer: options\.params\[1\]\.dtype must be float32 or float64, got "int32"$/);
+    expect(() => new Trainer({ ...base, params: [p, tensor([1], { dtype: 'int32' })] })).toThrow(/^Trainer: options\.params\[1\]\.dtype must be float32, float64, bfloat16 or float16, got "int32"$/);
     const gone = tensor([1]).requiresGrad_(true);
     gone.dispose();
     expect(() => new Trainer({ ...base, params: [p, gone] })).toThrow(/^Trainer: options\.params\[1\] has been disposed$/);

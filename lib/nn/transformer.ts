@@ -7,6 +7,7 @@ import { DType, Tensor } from '../tensor';
 import { FloatDType, FLOAT_DTYPES } from '../dtype';
 import { ones, randn, tensor } from '../creation';
 import { assertTensor, requireFloat, requireSame, requireSameDevice } from '../checks';
+import { isHalf } from '../dtype';
 import { isGradEnabled } from '../autograd';
 import { DeviceSpec, parseDevice } from '../device';
 import * as ops from '../ops/transformer';
@@ -184,8 +185,14 @@ export function applyRotary(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
   requireFloat(where, x, 'x');
   requireFloat(where, cos, 'cos');
   requireFloat(where, sin, 'sin');
-  requireSame(where, x, 'x', cos, 'cos');
-  requireSame(where, x, 'x', sin, 'sin');
+  // A bfloat16/float16 x also takes float32 tables (transformers computes them in float32).
+  if (isHalf(x.dtype) && cos.dtype === 'float32') {
+    requireSameDevice(where, x, 'x', cos, 'cos');
+    requireSame(where, cos, 'cos', sin, 'sin');
+  } else {
+    requireSame(where, x, 'x', cos, 'cos');
+    requireSame(where, x, 'x', sin, 'sin');
+  }
   if (x.ndim !== 4) throw rangeError(where, 'x', 'a 4-D tensor [B, H, T, Dh]', x);
   const T = x.shape[2];
   const Dh = x.shape[3];

@@ -7,6 +7,7 @@ import { defineFunction } from '../autograd';
 import { fromArray } from './creation';
 import { gradsLike } from './memory';
 import { BINARY_OP, DEVICE_TYPE, dtypeCode } from './enums';
+import { isHalf } from '../dtype';
 
 /** The positions 0..N-1 of ids (each in [0, V)) sorted by (id, position). */
 export function sortedPositions(ids: ArrayLike<number>, V: number): Int32Array {
@@ -47,7 +48,8 @@ export const embedding = defineFunction<[ids: Tensor, weight: Tensor, hostIds: I
       if (ctx.order) ctx.own(ctx.order);
       ctx.weightShape = weight.shape;
       const V = weight.shape[0];
-      ctx.scale = rowScale ? fromArray(weight.dtype === 'float32' ? Float32Array.from(rowScale) : rowScale, [V, 1], weight.dtype, device) : null;
+      // A half weight's scales are made from float32 numbers (rounded once natively).
+      ctx.scale = rowScale ? fromArray(weight.dtype === 'float64' ? rowScale : Float32Array.from(rowScale), [V, 1], weight.dtype, device) : null;
       if (ctx.scale) ctx.own(ctx.scale);
     }
     return out;
@@ -78,7 +80,7 @@ export function embeddingRenorm_(weight: Tensor, unique: Int32Array, maxNorm: nu
   const rows = native.toArray(rowsH);
   native.dispose(rowsH);
   native.dispose(idsAll);
-  const f32 = weight.dtype === 'float32';
+  const f32 = weight.dtype !== 'float64'; // the halves scale in float, as torch's opmath
   const round = f32 ? Math.fround : (v: number) => v;
   const changed: number[] = [];
   const deltas: number[] = [];
@@ -98,6 +100,19 @@ export function embeddingRenorm_(weight: Tensor, unique: Int32Array, maxNorm: nu
     for (const v of row) deltas.push(round(v * scale) - v);
   }
   if (!changed.length) return false;
+  if (isHalf(weight.dtype)) {
+    // A half row cannot take an exact float delta: each changed row is written whole, its
+    // values v * scale (in float) rounded once to the half type.
+    changed.forEach((id, u) => {
+      const row = Float32Array.from(deltas.slice(u * D, (u + 1) * D));
+      const old = rows.subarray(unique.indexOf(id) * D, (unique.indexOf(id) + 1) * D);
+      for (let d = 0; d < D; d++) row[d] = Math.fround(row[d] + old[d]);
+      const t = fromArray(row, [D], weight.dtype, dev);
+      native.stridedWrite(weight._h, [D], [1], id * D, t._h);
+      t.dispose();
+    });
+    return true;
+  }
   const ids = new Int32Array(changed);
   const mk = (data: Float32Array | Float64Array | Int32Array, shape: number[], dtype: 'int32' | 'float32' | 'float64') =>
     native.fromArray(data, shape, dtypeCode(dtype), DEVICE_TYPE[dev.type], dev.index);

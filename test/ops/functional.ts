@@ -34,6 +34,8 @@ linearSamples.push(
 // ------------------------------------------------------------ F.crossEntropy
 
 const TARGETS = [1, 4, 0, 2];
+/** Rotary tables for x of `dtype`: float32 for a half x (as transformers computes them). */
+const tablesDtype = (dtype: string): string => (dtype === 'float64' ? 'float64' : 'float32');
 const WITH_IGNORED = [1, -100, 3, 0];
 const ceCases: [string, number[], number[] | number, CeOptions][] = [];
 for (const reduction of ['mean', 'sum', 'none'] as const) {
@@ -193,7 +195,7 @@ export const FUNCTIONAL_OPS: OpInfo[] = [
     samples: [{ name: 'F.relu (away from 0)', inputs: [I([3, 4], { values: awayFromZero(0.05) })], call: ([x]) => F.relu(x) }],
     errors: [
       { name: 'not a tensor', call: () => F.relu([1] as unknown as Tensor), type: TypeError, message: /^F\.relu: x must be a Tensor, got \[1\]$/, standard: true },
-      { name: 'an int32 tensor', call: () => F.relu(int32([1, 2], [2])), type: RangeError, message: /^F\.relu: x's dtype must be float32 or float64, got "int32"$/, standard: true },
+      { name: 'an int32 tensor', call: () => F.relu(int32([1, 2], [2])), type: RangeError, message: /^F\.relu: x's dtype must be float32, float64, bfloat16 or float16, got "int32"$/, standard: true },
     ],
   },
   {
@@ -205,7 +207,7 @@ export const FUNCTIONAL_OPS: OpInfo[] = [
     errors: [
       { name: 'not a tensor', call: () => F.gelu('x' as unknown as Tensor), type: TypeError, message: /^F\.gelu: x must be a Tensor, got "x"$/, standard: true },
       { name: 'an unknown approximation', call: () => F.gelu(zeros([2]), 'fast' as 'tanh'), type: RangeError, message: /^F\.gelu: approximate must be one of "none", "tanh", got "fast"$/ },
-      { name: 'an int32 tensor', call: () => F.gelu(int32([1], [1])), type: RangeError, message: /^F\.gelu: x's dtype must be float32 or float64, got "int32"$/ },
+      { name: 'an int32 tensor', call: () => F.gelu(int32([1], [1])), type: RangeError, message: /^F\.gelu: x's dtype must be float32, float64, bfloat16 or float16, got "int32"$/ },
     ],
   },
   {
@@ -213,7 +215,7 @@ export const FUNCTIONAL_OPS: OpInfo[] = [
     samples: [{ name: 'F.silu', inputs: [I([3, 4])], call: ([x]) => F.silu(x) }],
     errors: [
       { name: 'not a tensor', call: () => F.silu(3 as unknown as Tensor), type: TypeError, message: /^F\.silu: x must be a Tensor, got 3$/, standard: true },
-      { name: 'an int32 tensor', call: () => F.silu(int32([1], [1])), type: RangeError, message: /^F\.silu: x's dtype must be float32 or float64, got "int32"$/ },
+      { name: 'an int32 tensor', call: () => F.silu(int32([1], [1])), type: RangeError, message: /^F\.silu: x's dtype must be float32, float64, bfloat16 or float16, got "int32"$/ },
     ],
   },
   {
@@ -274,7 +276,7 @@ export const FUNCTIONAL_OPS: OpInfo[] = [
       { name: 'float ids', call: () => F.embedding(tensor([0, 1]), f64([5, 3])), type: TypeError, message: /embedding: ids must be an int32 tensor/ },
       { name: 'ids that are not a tensor', call: () => F.embedding([0, 1] as unknown as Tensor, f64([5, 3])), type: TypeError, message: /embedding: ids must be a Tensor, got \[0, 1\]/ },
       { name: 'a 1-D weight', call: () => F.embedding(int32([0], [1]), f64([5])), type: RangeError, message: /embedding: weight must be a 2-D tensor/, standard: true },
-      { name: 'an int32 weight', call: () => F.embedding(int32([0], [1]), int32([1, 2], [1, 2])), type: RangeError, message: /weight's dtype must be float32 or float64/ },
+      { name: 'an int32 weight', call: () => F.embedding(int32([0], [1]), int32([1, 2], [1, 2])), type: RangeError, message: /weight's dtype must be float32, float64, bfloat16 or float16/ },
       ...F_EMBEDDING_OPTION_ERRORS,
     ],
   },
@@ -295,7 +297,7 @@ export const FUNCTIONAL_OPS: OpInfo[] = [
       { name: 'a negative eps', call: () => F.rmsNorm(f64([2, 4]), null, -1), type: RangeError, message: /rmsNorm: eps must be a number >= 0, got -1/ },
       { name: 'eps as a string', call: () => F.rmsNorm(f64([2, 4]), null, '1e-6' as unknown as number), type: TypeError, message: /eps must be a number/ },
       { name: 'a 0-d x', call: () => F.rmsNorm(tensor(3, { dtype: 'float64' }), null), type: RangeError, message: /rmsNorm: x must be a tensor with at least 1 dim/ },
-      { name: 'int32 x', call: () => F.rmsNorm(int32([1], [1]), null), type: RangeError, message: /x's dtype must be float32 or float64/ },
+      { name: 'int32 x', call: () => F.rmsNorm(int32([1], [1]), null), type: RangeError, message: /x's dtype must be float32, float64, bfloat16 or float16/ },
     ],
   },
   {
@@ -304,7 +306,7 @@ export const FUNCTIONAL_OPS: OpInfo[] = [
       ...([[1, 1, 1, 2], [2, 3, 5, 4]] as number[][]).flatMap(([B, H, T, Dh]): OpSample[] => [
         { name: `x ${fmt([B, H, T, Dh])}, tables with theta 100 from position 3`, inputs: [I([B, H, T, Dh])],
           call: ([x], { dtype, device }) => {
-            const { cos, sin } = F.rotaryTables(T, Dh, { theta: 100, dtype, device, positionOffset: 3 } as never);
+            const { cos, sin } = F.rotaryTables(T, Dh, { theta: 100, dtype: tablesDtype(dtype), device, positionOffset: 3 } as never);
             return F.applyRotary(x, cos, sin);
           } },
         // cos/sin whose halves differ exercise every term of the adjoint.
@@ -313,7 +315,7 @@ export const FUNCTIONAL_OPS: OpInfo[] = [
       ]),
       { name: 'x [2,3,7,16], tables with theta 10000', inputs: [I([2, 3, 7, 16])],
         call: ([x], { dtype, device }) => {
-          const { cos, sin } = F.rotaryTables(7, 16, { theta: 10000, dtype, device } as never);
+          const { cos, sin } = F.rotaryTables(7, 16, { theta: 10000, dtype: tablesDtype(dtype), device } as never);
           return F.applyRotary(x, cos, sin);
         }, gradcheck: false },
     ],
@@ -334,6 +336,8 @@ export const FUNCTIONAL_OPS: OpInfo[] = [
   },
   {
     name: 'F.rotaryTables', where: ['rotaryTables'], differentiable: false, dtypes: FLOATS, devices: BOTH_DEVICES,
+    // Tables are float32 or float64 (float32 tables serve a half model, as in transformers).
+    halves: [],
     samples: [
       { name: 'T 7, head dim 16, theta 10000', inputs: [], call: (_xs, { dtype, device }) => {
         const { cos, sin } = F.rotaryTables(7, 16, { theta: 10000, dtype, device } as never);
@@ -364,6 +368,8 @@ export const FUNCTIONAL_OPS: OpInfo[] = [
   },
   {
     name: 'F.scaledDotProductAttention', where: ['scaledDotProductAttention'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES, tol32: 5e-5,
+    // Halves: with the attention op's own work.
+    halves: [],
     samples: attentionSamples,
     errors: [
       { name: 'a 3-D q', call: () => F.scaledDotProductAttention(f64([4, 3, 2]), k2(), k2()), type: RangeError,
@@ -392,7 +398,7 @@ export const FUNCTIONAL_OPS: OpInfo[] = [
         message: /q.shape\[2\] \(query heads\) must be a multiple of k.shape\[2\] \(3 kv heads\), got 4/ },
       { name: 'a string scale', call: () => F.scaledDotProductAttention(q4(), k2(), k2(), { scale: '1' } as unknown as AttentionOpts), type: TypeError, message: /options.scale must be a number/ },
       { name: 'causal not a boolean', call: () => F.scaledDotProductAttention(q4(), k2(), k2(), { causal: 1 } as unknown as AttentionOpts), type: TypeError, message: /options.causal must be a boolean/ },
-      { name: 'an int32 k', call: () => F.scaledDotProductAttention(q4(), int32([0, 0, 0, 0], [1, 1, 2, 2]), k2()), type: RangeError, message: /k's dtype must be float32 or float64/ },
+      { name: 'an int32 k', call: () => F.scaledDotProductAttention(q4(), int32([0, 0, 0, 0], [1, 1, 2, 2]), k2()), type: RangeError, message: /k's dtype must be float32, float64, bfloat16 or float16/ },
     ],
   },
 ];

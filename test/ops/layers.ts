@@ -178,6 +178,8 @@ function withAdapter(l: LoRALinear, t: { A?: Tensor; B?: Tensor }): LoRALinear {
 export const LAYER_OPS: OpInfo[] = [
   {
     name: 'Linear.forward', where: ['Linear.forward'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES,
+    // Halves: the module's dtype option takes them with the models' mixed-precision work.
+    halves: [],
     samples: [{
       name: 'x [2,4], weight [3,4], bias [3]', inputs: [I([2, 4]), I([3, 4], { state: true }), I([3], { state: true })],
       call: ([x, w, b], { dtype, device }) => {
@@ -210,6 +212,8 @@ export const LAYER_OPS: OpInfo[] = [
   },
   {
     name: 'LoRALinear.forward', where: ['LoRALinear.forward'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES, tol32: 1e-4,
+    // Halves: the module's dtype option takes them with the models' mixed-precision work.
+    halves: [],
     samples: loraSamples,
     errors: [
       { name: 'x [32] for 64 in-features', call: () => new LoRALinear(new Linear(64, 16), { r: 4 }).forward(zeros([32])), type: RangeError,
@@ -231,7 +235,7 @@ export const LAYER_OPS: OpInfo[] = [
         return l.forward(zeros([2, 64]));
       }, type: TypeError, message: /^LoRALinear\.forward: x is float32 but origLinear\.bias is float64/ },
       { name: 'an int32 B', call: () => withAdapter(new LoRALinear(new Linear(64, 16), { r: 4 }), { B: zeros([16, 4], { dtype: 'int32' }) }).forward(zeros([2, 64])),
-        type: RangeError, message: /^LoRALinear\.forward: B's dtype must be float32 or float64, got "int32"$/, standard: true },
+        type: RangeError, message: /^LoRALinear\.forward: B's dtype must be float32, float64, bfloat16 or float16, got "int32"$/, standard: true },
       { name: 'a B of the wrong shape', call: () => withAdapter(new LoRALinear(new Linear(64, 16), { r: 4 }), { B: zeros([4, 16]) }).forward(zeros([2, 64])),
         type: RangeError, message: /^LoRALinear\.forward: B must be a 2-D tensor of shape \[16, 4\] \(\[outFeatures, r\]\), got Tensor\(shape \[4, 16\], float32, cpu\)$/, standard: true },
       { name: 'an A that is not a tensor', call: () => withAdapter(new LoRALinear(new Linear(64, 16), { r: 4 }), { A: [[0]] as unknown as Tensor }).forward(zeros([2, 64])),
@@ -240,6 +244,8 @@ export const LAYER_OPS: OpInfo[] = [
   },
   {
     name: 'LoRAEmbedding.forward', where: ['LoRAEmbedding.forward', 'embedding'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES,
+    // Halves: the module's dtype option takes them with the models' mixed-precision work.
+    halves: [],
     samples: [{
       name: 'ids [2,3] into [5,3], r 2: dA, dB', inputs: [ids([2, 3], [4, 0, 4, 2, 1, 0]), I([5, 3], { grad: false, state: true }),
         I([2, 5], { values: scaled(0.5), state: true }), I([3, 2], { values: scaled(0.5), state: true })],
@@ -262,6 +268,8 @@ export const LAYER_OPS: OpInfo[] = [
   },
   {
     name: 'Embedding.forward', where: ['Embedding.forward'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES,
+    // Halves: the module's dtype option takes them with the models' mixed-precision work.
+    halves: [],
     samples: [{
       name: 'repeated ids [2,3] into [5,3]', inputs: [ids([2, 3], [4, 0, 4, 2, 1, 0]), I([5, 3], { state: true })],
       call: ([i, w], { dtype, device }) => {
@@ -278,6 +286,8 @@ export const LAYER_OPS: OpInfo[] = [
   },
   {
     name: 'RMSNorm.forward', where: ['RMSNorm.forward'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES,
+    // Halves: the module's dtype option takes them with the models' mixed-precision work.
+    halves: [],
     samples: [{
       name: 'x [3,6], eps 1e-5', inputs: [I([3, 6]), I([6], { values: (v) => 1 + 0.1 * v, state: true })],
       call: ([x, w], { dtype, device }) => {

@@ -15,7 +15,7 @@ const dimErrors = (op: string, call: (x: Tensor) => unknown): OpInfo['errors'] =
 ];
 const int32Error = (op: string, call: (x: Tensor) => unknown): OpInfo['errors'][number] =>
   ({ name: 'an int32 tensor', call: () => call(tensor([1, 2], { dtype: 'int32' })), type: RangeError,
-    message: new RegExp(`^Tensor\\.${op}: the tensor's dtype must be float32 or float64, got "int32"$`), standard: true });
+    message: new RegExp(`^Tensor\\.${op}: the tensor's dtype must be float32, float64, bfloat16 or float16, got "int32"$`), standard: true });
 
 function minmaxEntry(op: 'max' | 'min'): OpInfo {
   const samples: OpSample[] = [
@@ -152,7 +152,7 @@ export const SELECT_OPS: OpInfo[] = [
     errors: [
       { name: 'shapes that do not broadcast', call: () => zeros([2, 3]).pow(zeros([4])), type: RangeError, message: /^Tensor\.pow: shapes \[2, 3\] and \[4\] cannot be broadcast together \(dim 1: 3 vs 4\)$/ },
       { name: 'a string exponent', call: () => zeros([2]).pow('2' as unknown as number), type: TypeError, message: /^Tensor\.pow: exponent must be a Tensor, got "2"$/, standard: true },
-      { name: 'an int32 exponent', call: () => zeros([2]).pow(tensor([2], { dtype: 'int32' })), type: RangeError, message: /^Tensor\.pow: exponent's dtype must be float32 or float64, got "int32"$/, standard: true },
+      { name: 'an int32 exponent', call: () => zeros([2]).pow(tensor([2], { dtype: 'int32' })), type: RangeError, message: /^Tensor\.pow: exponent's dtype must be float32, float64, bfloat16 or float16, got "int32"$/, standard: true },
       int32Error('pow', (x) => x.pow(2)),
     ],
   },

@@ -10,6 +10,16 @@ import type { GradcheckOptions } from '../helpers/gradcheck';
 
 export type Dev = 'cpu' | 'cuda';
 export type FloatDType = 'float32' | 'float64';
+export type HalfDType = 'bfloat16' | 'float16';
+export const HALVES: HalfDType[] = ['bfloat16', 'float16'];
+/**
+ * Default normalised tolerance (max |half - float32| / max |float32|) of a sample evaluated in a half
+ * dtype against float32 on the same (rounded) inputs. Each op rounds once on store, to nearest even:
+ * a relative error of at most u = 2^-8 (bfloat16, 8 significant bits) or 2^-11 (float16, 11 bits)
+ * per rounding. A sample's outputs and gradients pass through a few roundings (a composed op, its
+ * backward, the product with the random output weights): 4u, rounded up.
+ */
+export const HALF_TOL: Record<HalfDType, number> = { bfloat16: 1.6e-2, float16: 2e-3 };
 
 export interface InputSpec {
   shape: readonly number[];
@@ -93,6 +103,14 @@ export interface OpInfo {
   devices: Dev[];
   /** Default float32 parity tolerance of its samples. */
   tol32?: number;
+  /**
+   * The 16-bit dtypes it takes on the CPU (test/half.test.ts evaluates each sample in them and
+   * compares with float32 on the same rounded inputs); default both. [] where the op's public
+   * entry point does not take them yet (said at the entry).
+   */
+  halves?: HalfDType[];
+  /** Its samples' normalised tolerance per half dtype (default HALF_TOL). */
+  tolHalf?: Partial<Record<HalfDType, number>>;
   samples: OpSample[];
   errors: ErrorCase[];
 }
