@@ -13,14 +13,20 @@
 //   lora fwd           LoRALinear.forward (bias, adapter accumulated into y)
 //   lora fwd+bwd       forward and backward (dx, dA, dB)
 //   merge              W += s B A in place
+// Then attention (causal, bf16, head dim 128, grouped heads 32/8 as Llama-3-8B, the
+// projections' [B, T, H, D] layout) at T = 2048 and 4096, forward and forward+backward, against
+// cuBLAS bf16 GEMMs of the same FLOPs (4096 x 4096 outputs, K chosen to match), each as a
+// fraction of the bf16 tensor-core peak measured in the same run (a large square bf16 GEMM,
+// fp32 accumulation). FLOPs as FlashAttention counts them: forward 4 B H T^2 D / 2 (causal),
+// backward 2.5 times that. The bf16 rows need the build's GEMM to take bf16; without it they
+// report the attention times alone.
 // Each row is the median of many runs after warm-up, each run timed between
 // two events on the device's stream. Inputs rotate over enough buffers to
 // exceed the L2 cache, so no run reads the previous run's data from cache.
 // The events and the plain GEMM come from the addon's `bench` object
 // (bench/binding.ts); everything else is the public API.
 import * as os from 'os';
-import { Linear, LoRALinear, backendInfo, cuda, manualSeed, noGrad, randn, tidy, zeros } from '../lib';
-import type { Tensor } from '../lib';
+import { F, Linear, LoRALinear, Tensor, backendInfo, cuda, manualSeed, noGrad, randn, tensor, tidy, zeros } from '../lib';
 import { benchNative } from './binding';
 
 export interface CudaBenchShape {
@@ -56,6 +62,25 @@ export interface CudaFloors {
   copyGBps: number;
 }
 
+export interface CudaAttentionRow {
+  B: number;
+  T: number;
+  Hq: number;
+  Hkv: number;
+  D: number;
+  /** 'attention fwd', 'attention fwd+bwd', or the cuBLAS GEMM of the same FLOPs ('gemm fwd', 'gemm fwd+bwd'). */
+  op: string;
+  medianMs: number;
+  minMs: number;
+  reps: number;
+  flops: number;
+  tflops: number;
+  /** tflops / the bf16 GEMM peak of this run (null without a bf16 GEMM). */
+  peakFraction: number | null;
+  /** medianMs / the same-FLOPs GEMM's (attention rows; null without a bf16 GEMM). */
+  ratio: number | null;
+}
+
 export interface CudaBenchTarget {
   metric: string;
   limit: number;
@@ -70,6 +95,9 @@ export interface CudaBenchResult {
   reps: number;
   floors: CudaFloors;
   rows: CudaBenchRow[];
+  /** TFLOP/s of a large square bf16 GEMM (fp32 accumulation); null when the build's GEMM refuses bf16. */
+  bf16PeakTflops: number | null;
+  attention: CudaAttentionRow[];
   targets: CudaBenchTarget[];
 }
 
@@ -86,6 +114,8 @@ export interface RunCudaBenchmarksOptions {
   quick?: boolean;
   /** Math modes (default all three). */
   math?: CudaBenchMath[];
+  /** The attention rows (default true). */
+  attention?: boolean;
   log?: (line: string) => void;
 }
 
@@ -260,6 +290,95 @@ function benchShape(s: CudaBenchShape, math: CudaBenchMath, reps: number, floors
   });
 }
 
+/** A bf16 tensor on cuda:0 of N(0, std^2) values, made on the host (Box-Muller over a seeded LCG). */
+function bf16Randn(shape: number[], seed: number, std = 1): Tensor {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const f = new Float32Array(n);
+  let x = (seed * 2654435761) >>> 0 || 1;
+  const u = () => ((x = (Math.imul(x, 1664525) + 1013904223) >>> 0) + 1) / 4294967297;
+  for (let i = 0; i < n; i += 2) {
+    const r = std * Math.sqrt(-2 * Math.log(u()));
+    const a = 2 * Math.PI * u();
+    f[i] = r * Math.cos(a);
+    if (i + 1 < n) f[i + 1] = r * Math.sin(a);
+  }
+  return tensor(f, { dtype: 'bfloat16', shape, device: 'cuda' });
+}
+
+/** Median time of C = A B in bf16, A [M, K], B [K, N]; null when the GEMM refuses bf16. */
+function timeBf16Gemm(M: number, N: number, K: number, reps: number, log: (l: string) => void): { median: number; min: number } | null {
+  const a = bf16Randn([M, K], 1, 0.1);
+  const b = bf16Randn([K, N], 2, 0.1);
+  const c = bf16Randn([M, N], 3, 0);
+  try {
+    return timeCuda(() => benchNative.gemmInto(a._h, b._h, c._h, false, false, 1, 0), reps, 3);
+  } catch (e) {
+    log(`bf16 GEMM not available in this build (${(e as Error).message.split('\n')[0]}): attention rows without a baseline`);
+    return null;
+  } finally {
+    for (const x of [a, b, c]) x.dispose();
+  }
+}
+
+/** Attention forward and forward+backward (bf16, causal, 'BTHD'), with same-FLOPs GEMM baselines. */
+export function benchAttention(shapes: { B: number; T: number; Hq: number; Hkv: number; D: number }[], reps: number,
+  log: (l: string) => void): { peak: number | null; rows: CudaAttentionRow[] } {
+  const peakN = 8192;
+  const pt = timeBf16Gemm(peakN, peakN, peakN, Math.max(5, Math.floor(reps / 5)), log);
+  const peak = pt ? (2 * peakN ** 3) / (pt.median * 1e-3) / 1e12 : null;
+  const rows: CudaAttentionRow[] = [];
+  for (const { B, T, Hq, Hkv, D } of shapes) {
+    const q = bf16Randn([B, T, Hq, D], 11).requiresGrad_(true);
+    const k = bf16Randn([B, T, Hkv, D], 12).requiresGrad_(true);
+    const v = bf16Randn([B, T, Hkv, D], 13).requiresGrad_(true);
+    const g = bf16Randn([B, T, Hq, D], 14);
+    const opts = { causal: true, layout: 'BTHD' as const };
+    const fwdFlops = (4 * B * Hq * T * T * D) / 2;
+    const flops = { 'attention fwd': fwdFlops, 'attention fwd+bwd': 3.5 * fwdFlops };
+    const times = {
+      'attention fwd': timeCuda(() => tidy(() => {
+        noGrad(() => F.scaledDotProductAttention(q, k, v, opts));
+      }), reps, 3),
+      'attention fwd+bwd': timeCuda(() => tidy(() => {
+        F.scaledDotProductAttention(q, k, v, opts).backward(g);
+        for (const t of [q, k, v]) {
+          t.grad?.dispose();
+          t.grad = null;
+        }
+      }), reps, 3),
+    };
+    for (const t of [q, k, v, g]) t.dispose();
+    for (const op of ['attention fwd', 'attention fwd+bwd'] as const) {
+      // The GEMM of the same FLOPs: C [4096, 4096] = A [4096, K] B [K, 4096] (K a multiple of 64).
+      const n = Math.min(4096, 64 * Math.max(1, Math.round(Math.sqrt(flops[op] / 2) / 64)));
+      const K = Math.max(64, 64 * Math.round(flops[op] / (2 * n * n) / 64));
+      const gt = peak === null ? null : timeBf16Gemm(n, n, K, reps, log);
+      const t = times[op];
+      const tflops = flops[op] / (t.median * 1e-3) / 1e12;
+      rows.push({ B, T, Hq, Hkv, D, op, medianMs: t.median, minMs: t.min, reps, flops: flops[op], tflops,
+        peakFraction: peak === null ? null : tflops / peak, ratio: gt ? t.median / gt.median : null });
+      if (gt) {
+        const gf = 2 * n * n * K;
+        const gtf = gf / (gt.median * 1e-3) / 1e12;
+        rows.push({ B, T, Hq, Hkv, D, op: op.replace('attention', 'gemm'), medianMs: gt.median, minMs: gt.min, reps, flops: gf,
+          tflops: gtf, peakFraction: peak === null ? null : gtf / peak, ratio: null });
+      }
+    }
+  }
+  return { peak, rows };
+}
+
+function formatAttentionTable(rows: CudaAttentionRow[]): string[] {
+  const header = ['B', 'T', 'Hq/Hkv', 'D', 'op', 'median ms', 'TFLOP/s', 'of bf16 peak', 'vs same-FLOPs GEMM'];
+  const table = rows.map((r) => [
+    String(r.B), String(r.T), `${r.Hq}/${r.Hkv}`, String(r.D), r.op, r.medianMs.toFixed(4), r.tflops.toFixed(1),
+    r.peakFraction === null ? 'n/a' : `${(100 * r.peakFraction).toFixed(1)}%`, r.ratio === null ? '' : `${r.ratio.toFixed(2)}x`,
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...table.map((t) => t[i].length)));
+  const fmt = (cells: string[]) => cells.map((c, i) => (i === 4 || i === 8 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ');
+  return [fmt(header), widths.map((w) => '-'.repeat(w)).join('  '), ...table.map(fmt)];
+}
+
 function formatCudaBenchTable(rows: CudaBenchRow[]): string[] {
   const header = ['M', 'd', 'r', 'math', 'op', 'median ms', 'floor ms', 'TFLOP/s', 'GB/s', 'vs baseline'];
   const table = rows.map((r) => [
@@ -297,6 +416,13 @@ export function runCudaBenchmarks(options: RunCudaBenchmarksOptions = {}): CudaB
   const rows: CudaBenchRow[] = [];
   for (const math of maths) for (const s of shapes) rows.push(...benchShape(s, math, reps, floors, l2));
   for (const line of formatCudaBenchTable(rows)) log(line);
+  // Llama-3-8B's attention (32 query heads over 8 kv heads, head dim 128); tiny: a small one.
+  const attnShapes = options.shapes === 'tiny'
+    ? [{ B: 1, T: 128, Hq: 4, Hkv: 2, D: 128 }]
+    : [2048, 4096].map((T) => ({ B: 1, T, Hq: 32, Hkv: 8, D: 128 }));
+  const attn = options.attention === false ? { peak: null, rows: [] } : benchAttention(attnShapes, reps, log);
+  if (attn.peak !== null) log(`bf16 GEMM peak (${8192}^3): ${attn.peak.toFixed(1)} TFLOP/s`);
+  if (attn.rows.length) for (const line of formatAttentionTable(attn.rows)) log(line);
 
   const targets: CudaBenchTarget[] = [];
   // The fp32 / TF32 layers have a target; the bf16 rows (against cublasGemmEx) are reported as measured.
@@ -319,6 +445,8 @@ export function runCudaBenchmarks(options: RunCudaBenchmarksOptions = {}): CudaB
     reps,
     floors,
     rows,
+    bf16PeakTflops: attn.peak,
+    attention: attn.rows,
     targets,
   };
 }

@@ -548,11 +548,27 @@ struct WmmaOf<f16> {
 using AccFrag = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
 static_assert(AccFrag::num_elements == 8, "a 16x16 fp32 accumulator holds 8 elements per lane");
 
+// 16 bytes: 8 elements moved at once.
+struct alignas(16) Vec16 {
+  uint32_t w[4];
+};
+
 // Block-wide: rows first..first+63 of a slice (row r at src + r * step, `total` rows, D
 // columns) into dst [64][ld] as the wmma type; columns D..DP and rows past the end are zero.
+// 16-byte loads where the head dim, the row stride and the base allow them.
 template <int DP, typename TS, typename TW>
 __device__ __forceinline__ void tc_stage(TW* dst, int ld, const TS* src, int64_t step,
                                          int64_t first, int64_t total, int64_t D) {
+  if (D % 8 == 0 && ((reinterpret_cast<uintptr_t>(src) | static_cast<uintptr_t>(step) * 2) & 15) == 0) {
+    constexpr int C = DP / 8;
+    for (int idx = threadIdx.x; idx < kTcTile * C; idx += blockDim.x) {
+      const int r = idx / C, c = (idx - r * C) * 8;
+      Vec16 val = {{0, 0, 0, 0}};
+      if (first + r < total && c < D) val = *reinterpret_cast<const Vec16*>(src + (first + r) * step + c);
+      *reinterpret_cast<Vec16*>(dst + r * ld + c) = val;
+    }
+    return;
+  }
   for (int idx = threadIdx.x; idx < kTcTile * DP; idx += blockDim.x) {
     const int r = idx / DP, d = idx - r * DP;
     dst[r * ld + d] = first + r < total && d < D ? to_wmma(src[(first + r) * step + d])

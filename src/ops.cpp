@@ -789,7 +789,7 @@ Tensor rotary_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin) {
 }
 
 // The dtype of the saved logsumexp: float32 for 16-bit inputs (statistics in float).
-DType lse_dtype(DType t) { return is_half(t) ? DType::F32 : t; }
+static DType lse_dtype(DType t) { return is_half(t) ? DType::F32 : t; }
 
 AttentionOut attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                        double scale, const Tensor* starts, bool bthd) {

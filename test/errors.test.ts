@@ -72,7 +72,7 @@ describe('tensor creation', () => {
       /^tensor: options\.dtype must be one of "float32", "float64", "int32", "bfloat16", "float16", got "int8"$/);
     expectThrows(() => zeros([1], { dtype: 3 as unknown as 'float32' }), TypeError, /options\.dtype must be one of .*, got 3$/);
     expectThrows(() => new Linear(2, 2, { dtype: 'int32' as 'float32' }), RangeError,
-      /^Linear: options\.dtype must be one of "float32", "float64", got "int32"$/);
+      /^Linear: options\.dtype must be one of "float32", "float64", "bfloat16", "float16", got "int32"$/);
     expectThrows(() => randn([2], { dtype: 'int32' }), RangeError, /^randn: options\.dtype must be float32, float64, bfloat16 or float16, got "int32"$/);
   });
 

@@ -6,7 +6,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import {
-  Adam, Embedding, LoRALinear, Linear, LlamaForCausalLM, Module, RMSNorm, getLoraAB, injectLora, loadAdapter, manualSeed,
+  Adam, Embedding, LoRAEmbedding, LoRALinear, clipGradNorm, Linear, LlamaForCausalLM, Module, RMSNorm, getLoraAB, injectLora, loadAdapter, manualSeed,
   mergeLora, noGrad, randn, saveAdapter, saveMerged, tensor,
 } from '../lib';
 import { SafetensorsFile, saveSafetensors } from '../lib/safetensors';
@@ -238,6 +238,52 @@ describe('LoRA on a bfloat16 base', () => {
     expect(() => layer.forward(randn([1, 4]).to('bfloat16'))).toThrow(
       'LoRALinear.forward: A is float64 but x is bfloat16; the adapters of a bfloat16 layer must be bfloat16 or float32');
   });
+});
+
+test('clipGradNorm clips float32 adapter gradients and bfloat16 gradients together (norm in float32)', () => {
+  const a = tensor([0, 0], { dtype: 'float32' }).requiresGrad_(true);
+  const h = tensor([0, 0], { dtype: 'bfloat16' }).requiresGrad_(true);
+  a.grad = tensor([3, 0]);
+  h.grad = tensor([0, 4], { dtype: 'bfloat16' });
+  const norm = clipGradNorm([a, h], 1);
+  expect(norm.dtype).toBe('float32');
+  expect(norm.item()).toBe(5);
+  // Each scaled in float32 (coefficient 1 / (5 + 1e-6)), the bf16 one rounded once.
+  const coef = Math.fround(1 / Math.fround(5 + 1e-6));
+  expect(Array.from(a.grad!.toArray())).toEqual([Math.fround(3 * coef), 0]);
+  expect(h.grad!.dtype).toBe('bfloat16');
+  expect(bitsOf(h.grad!)).toEqual(bitsOf(tensor([0, Math.fround(4 * coef)], { dtype: 'bfloat16' })));
+});
+
+test('DoRA, lora_bias and embedding adapters on half layers: float32 adapters, half outputs, merged results equal to the unmerged ones', () => {
+  manualSeed(9);
+  const x = randn([3, 8]).to('bfloat16');
+  for (const opts of [{ useDora: true }, { loraBias: true }]) {
+    const l = new LoRALinear(new Linear(8, 5, { dtype: 'bfloat16' }), { r: 2, alpha: 4, ...opts });
+    noGrad(() => l.B!.copy_(randn([5, 2], { std: 0.3 })));
+    if (l.loraBias) noGrad(() => l.loraBias!.copy_(randn([5], { std: 0.3 })));
+    const extra = l.magnitude ?? l.loraBias!;
+    expect([l.A!.dtype, l.B!.dtype, extra.dtype]).toEqual(['float32', 'float32', 'float32']);
+    const y = l.forward(x);
+    expect(y.dtype).toBe('bfloat16');
+    y.to('float32').sum().backward();
+    expect(extra.grad!.dtype).toBe('float32');
+    const before = y.toArray();
+    l.mergeToOrig();
+    const after = noGrad(() => l.forward(x)).toArray();
+    // One bf16 rounding of the weight and of the output apart: a few bf16 ulps of values of about 1.
+    expect(maxAbsDiff(after, before)).toBeLessThan(0.05);
+  }
+  const emb = new Embedding(6, 4, { dtype: 'bfloat16' });
+  const le = new LoRAEmbedding(emb, { r: 2, alpha: 2 });
+  expect([le.A!.dtype, le.B!.dtype]).toEqual(['float32', 'float32']);
+  noGrad(() => le.A!.copy_(randn([2, 6], { std: 0.5 })));
+  const ids = tensor([[1, 4, 5]], { dtype: 'int32' });
+  const ye = noGrad(() => le.forward(ids));
+  expect(ye.dtype).toBe('bfloat16');
+  le.mergeToOrig();
+  expect(emb.weight.dtype).toBe('bfloat16');
+  expect(maxAbsDiff(noGrad(() => le.forward(ids)).toArray(), ye.toArray())).toBeLessThan(0.05);
 });
 
 describe('merging into a half weight', () => {

@@ -398,7 +398,8 @@ function oomAdvice(opts: Options, sizes: RunSizes | null, more: string): string 
   if (sizes && sizes.adapter > sizes.model) {
     return `the adapter (--r ${opts.r}) has ${fmtCount(sizes.adapter)} parameters, more than the model's ${fmtCount(sizes.model)}, and training holds 4 floats for each: use a much smaller --r (8 to 64 is usual)`;
   }
-  return `use a smaller --batch-size or --seq-len${more}`;
+  // float32 weights: bfloat16 would halve them (the adapters stay float32).
+  return `use a smaller --batch-size or --seq-len${opts.dtype === 'float32' ? ', or --dtype bfloat16 (half the weights\' memory)' : ''}${more}`;
 }
 
 /**

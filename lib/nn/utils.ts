@@ -5,6 +5,18 @@ import { checkBool, checkKnownKeys, checkOptions, checkPositive, rangeError, typ
 import { Tensor } from '../tensor';
 import { full } from '../creation';
 import { assertTensor } from '../checks';
+import { DType } from '../dtype';
+
+/**
+ * PyTorch's promotion over the gradients' dtypes: float64 over float32 over the halves; bfloat16
+ * with float16 gives float32. (A half model's float32 adapters and its half modules to save mix.)
+ */
+function promotedDtype(dtypes: DType[]): DType {
+  const set = new Set(dtypes);
+  if (set.has('float64')) return 'float64';
+  if (set.has('float32') || set.size > 1) return 'float32';
+  return dtypes[0] ?? 'float32';
+}
 
 export interface ClipGradNormOptions {
   /** Throw a RangeError, before any gradient changes, when the total norm is NaN or infinite (this reads it back, so on a GPU it waits). Default false. */
@@ -38,12 +50,14 @@ export function clipGradNorm(parameters: Iterable<Tensor>, maxNorm: number, opti
     if (!g) return;
     g._checkLive(where);
     const first = grads[0];
-    if (first && (g.device !== first.device || g.dtype !== first.dtype)) {
-      throw rangeError(where, `parameters[${i}].grad`, `on ${first.device} in ${first.dtype} like the first gradient`, `${g.dtype} on ${g.device}`);
+    if (first && g.device !== first.device) {
+      throw rangeError(where, `parameters[${i}].grad`, `on ${first.device} like the first gradient`, `${g.dtype} on ${g.device}`);
     }
     grads.push(g);
   });
-  const dtype = (grads[0]?.dtype ?? 'float32') as 'float32' | 'float64';
+  // Gradients of several dtypes (float32 adapters beside half modules) are clipped together, as
+  // torch does: the norm in the promoted dtype, each gradient scaled in it and rounded once.
+  const dtype = promotedDtype(grads.map((g) => g.dtype)) as 'float32';
   const device = (grads[0]?.device ?? 'cpu') as DeviceSpec;
   if (!grads.length) return full([], 0, { dtype, device });
 
@@ -52,8 +66,10 @@ export function clipGradNorm(parameters: Iterable<Tensor>, maxNorm: number, opti
     let sq: Tensor | null = null;
     for (const g of grads) {
       const g2 = g.mul(g);
-      const s = g2.sum();
+      const s0 = g2.sum();
       g2.dispose();
+      const s = s0.dtype === dtype ? s0 : s0.to(dtype);
+      if (s !== s0) s0.dispose();
       if (sq) {
         const next: Tensor = sq.add(s);
         sq.dispose();
@@ -81,9 +97,11 @@ export function clipGradNorm(parameters: Iterable<Tensor>, maxNorm: number, opti
     const coef = m.div(denom);
     for (const t of [excess, over, denom, m]) t.dispose();
     for (const g of grads) {
-      const scaled = g.mul(coef);
-      g.copy_(scaled);
+      const wide = g.dtype === dtype ? g : g.to(dtype);
+      const scaled = wide.mul(coef);
+      g.copy_(scaled); // rounds once to a half gradient's dtype
       scaled.dispose();
+      if (wide !== g) wide.dispose();
     }
     coef.dispose();
     return norm;

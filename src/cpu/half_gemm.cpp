@@ -71,6 +71,12 @@ void panel(const H* src, int64_t ld, int64_t rows, int64_t cols, float* dst) {
   for (int64_t r = 0; r < rows; ++r) widen(src + r * ld, dst + r * cols, cols);
 }
 
+// The size of ceil(n / limit) equal blocks covering n.
+int64_t even_block(int64_t n, int64_t limit) {
+  const int64_t blocks = (n + limit - 1) / limit;
+  return (n + blocks - 1) / blocks;
+}
+
 template <typename H>
 void half_gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, float alpha, const H* A,
                int64_t lda, const H* B, int64_t ldb, float beta, H* C, int64_t ldc) {
@@ -82,15 +88,17 @@ void half_gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, float alpha, c
         C[i * ldc + j] = beta == 0.0f ? H(0.0f) : H(beta * static_cast<float>(C[i * ldc + j]));
     return;
   }
-  const int64_t mbm = std::min(M, kMB), nbm = std::min(N, kNB), kbm = std::min(K, kKB);
+  // Blocks of equal size (at most the limits): no thin remainder panel (K = 576 runs as two
+  // products 288 deep, not 512 and 64).
+  const int64_t mbm = even_block(M, kMB), nbm = even_block(N, kNB), kbm = even_block(K, kKB);
   std::vector<float> a(static_cast<size_t>(mbm * kbm)), b(static_cast<size_t>(kbm * nbm)),
       c(static_cast<size_t>(mbm * nbm));
-  for (int64_t i0 = 0; i0 < M; i0 += kMB) {
-    const int64_t mb = std::min(kMB, M - i0);
-    for (int64_t j0 = 0; j0 < N; j0 += kNB) {
-      const int64_t nb = std::min(kNB, N - j0);
-      for (int64_t k0 = 0; k0 < K; k0 += kKB) {
-        const int64_t kb = std::min(kKB, K - k0);
+  for (int64_t i0 = 0; i0 < M; i0 += mbm) {
+    const int64_t mb = std::min(mbm, M - i0);
+    for (int64_t j0 = 0; j0 < N; j0 += nbm) {
+      const int64_t nb = std::min(nbm, N - j0);
+      for (int64_t k0 = 0; k0 < K; k0 += kbm) {
+        const int64_t kb = std::min(kbm, K - k0);
         // The panels keep their stored orientation (rows read contiguously); the float GEMM
         // applies the transposes.
         if (!tA) panel(A + i0 * lda + k0, lda, mb, kb, a.data());

@@ -479,8 +479,9 @@ export async function runSafetensors(file: string, rng: Rng): Promise<Outcome> {
       const raw = sync ? f.readRawSync(name) : await f.readRaw(name);
       if (!raw.equals(bytes.subarray(e.byteOffset, e.byteOffset + e.byteLength))) violation(`readRaw(${JSON.stringify(name)}) is not the file's bytes`);
       const target = FLOAT.has(e.dtype) ? rng.pick(['float32', 'float64', undefined, 'int32'] as const) : rng.pick(['int32', 'float32', 'float64', undefined] as const);
-      const dtype = target ?? (FLOAT.has(e.dtype) ? 'float32' : 'int32');
-      const want = FLOAT.has(e.dtype) && dtype === 'int32' ? 'refused' : referenceValues(e.dtype, raw, dtype);
+      // By default BF16 and F16 keep their dtype (their values read back as float32 numbers, exactly).
+      const dtype = target ?? (e.dtype === 'BF16' ? 'bfloat16' : e.dtype === 'F16' ? 'float16' : FLOAT.has(e.dtype) ? 'float32' : 'int32');
+      const want = FLOAT.has(e.dtype) && dtype === 'int32' ? 'refused' : referenceValues(e.dtype, raw, dtype === 'bfloat16' || dtype === 'float16' ? 'float32' : dtype);
       let t: Tensor;
       try {
         t = sync ? f.readSync(name, target && { dtype: target }) : await f.read(name, target && { dtype: target });

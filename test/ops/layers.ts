@@ -226,7 +226,7 @@ export const LAYER_OPS: OpInfo[] = [
         message: /^LoRALinear\.forward: x must be a Tensor, got "x"$/ },
       // Tensors replaced after construction: checked before native code, naming the tensor.
       { name: 'a float64 A', call: () => withAdapter(new LoRALinear(new Linear(64, 16), { r: 4 }), { A: zeros([4, 64], { dtype: 'float64' }) }).forward(zeros([2, 64])),
-        type: TypeError, message: /^LoRALinear\.forward: x is float32 but A is float64; convert one with \.to\('float32'\)$/ },
+        type: TypeError, message: /^LoRALinear\.forward: A is float64 but x is float32; the adapters of a float32 layer must be float32$/ },
       { name: 'a float64 origLinear.bias', call: () => new LoRALinear(withBias(new Linear(64, 16), zeros([16], { dtype: 'float64' })), { r: 4 }).forward(zeros([2, 64])),
         type: TypeError, message: /^LoRALinear\.forward: x is float32 but origLinear\.bias is float64; convert one with \.to\('float32'\)$/ },
       { name: 'a float64 origLinear.bias with the adapter disabled', call: () => {
