@@ -581,7 +581,7 @@ describe('lora-cuda doctor', () => {
     expect(r.stdout).toMatch(new RegExp(`^node +${process.version.replace(/\./g, '\\.')} \\(Node-API \\d+\\), linux-x64$`, 'm'));
     expect(r.stdout).toMatch(/^glibc +\d+\.\d+$/m);
     expect(r.stdout).toContain(`addon   ${info.addon.path} (`);
-    expect(r.stdout).toMatch(new RegExp(`^cpu +.*; ${info.cpu.threads} threads; features: .*; kernels: (avx2\\+fma|generic)$`, 'm'));
+    expect(r.stdout).toMatch(new RegExp(`^cpu +.*; ${info.cpu.threads} threads; features: .*; kernels: (avx512|avx2\\+fma|generic)$`, 'm'));
     expect(r.stdout).toMatch(/^check +a LoRA forward and backward ran on the CPU$/m);
     expect(r.stdout).toMatch(/^ready: the CPU path works/m);
     if (!info.cuda.available && info.cuda.compiled && info.cuda.driverVersion === 0) {
@@ -609,8 +609,11 @@ describe('lora-cuda doctor', () => {
     const info = backendInfo();
     expect(['prebuilt', 'build', 'override']).toContain(info.addon.kind);
     expect(fs.existsSync(info.addon.path)).toBe(true);
-    for (const f of info.cpu.features) expect(['avx2', 'fma', 'avx512f', 'avx512bf16']).toContain(f);
-    expect(info.cpu.kernels).toBe(info.cpu.features.includes('avx2') && info.cpu.features.includes('fma') ? 'avx2+fma' : 'generic');
+    for (const f of info.cpu.features) expect(['avx2', 'fma', 'avx512f', 'avx512vl', 'avx512bf16']).toContain(f);
+    const has = (...fs: string[]) => fs.every((f) => info.cpu.features.includes(f));
+    const best = has('avx2', 'fma', 'avx512f', 'avx512vl') ? 'avx512' : has('avx2', 'fma') ? 'avx2+fma' : 'generic';
+    const forced = process.env.LORA_CUDA_CPU_KERNELS;
+    expect(info.cpu.kernels).toBe(forced === undefined || forced === '' ? best : forced === 'avx2' ? 'avx2+fma' : forced);
   });
 });
 
