@@ -45,6 +45,7 @@ export interface TorchSide {
   steps: number;
   medianMs: number;
   minMs: number;
+  cpuMs: number;
   tokensPerSecond: number;
   loss: number;
 }
@@ -54,12 +55,15 @@ export interface ModelBenchResult {
   machine: { cpu: string; cores: number; node: string; platform: string; loadavg: number[] };
   backend: ReturnType<typeof backendInfo>['cpu'];
   config: ModelBenchConfig;
-  lora: { medianMs: number; minMs: number; steps: number; tokensPerSecond: number; loss: number; trainable: number };
+  /** cpuMs: the median step's CPU time over all threads (steadier than wall time on a shared machine). */
+  lora: { medianMs: number; minMs: number; cpuMs: number; steps: number; tokensPerSecond: number; loss: number; trainable: number };
   pytorch: TorchSide | null;
   /** Why PyTorch did not run, when it did not. */
   pytorchSkipped?: string;
-  /** Our tokens/s over PyTorch's. */
+  /** Our tokens/s over PyTorch's (median wall times). */
   ratio: number | null;
+  /** PyTorch's CPU time per step over ours. */
+  cpuRatio: number | null;
 }
 
 function median(xs: number[]): number {
@@ -91,14 +95,18 @@ function runOurs(c: ModelBenchConfig) {
   };
   for (let i = 0; i < c.warmup; i++) step();
   const ts: number[] = [];
+  const cpu: number[] = [];
   for (let i = 0; i < c.steps; i++) {
     const t0 = process.hrtime.bigint();
+    const c0 = process.cpuUsage();
     step();
+    const dc = process.cpuUsage(c0);
     ts.push(Number(process.hrtime.bigint() - t0) / 1e6);
+    cpu.push((dc.user + dc.system) / 1000);
   }
   const ms = median(ts);
   return {
-    medianMs: ms, minMs: Math.min(...ts), steps: ts.length, tokensPerSecond: (c.batch * c.seq) / (ms / 1000), loss,
+    medianMs: ms, minMs: Math.min(...ts), cpuMs: median(cpu), steps: ts.length, tokensPerSecond: (c.batch * c.seq) / (ms / 1000), loss,
     trainable: params.reduce((n, p) => n + p.numel, 0),
   };
 }
@@ -128,7 +136,7 @@ export function runModelBench(kind: 'full' | 'quick' | 'tiny', options: { torch?
     `Llama hidden ${c.hidden}, intermediate ${c.intermediate}, ${c.layers} layers, ${c.heads}/${c.kvHeads} heads, vocab ${c.vocab}; ` +
     `batch ${c.batch} x ${c.seq} tokens; LoRA r ${c.r}, alpha ${c.alpha} on q_proj, v_proj; AdamW; median of ${c.steps} steps`);
   const ours = runOurs(c);
-  log(`lora-cuda: ${ours.medianMs.toFixed(1)} ms/step (min ${ours.minMs.toFixed(1)}), ${ours.tokensPerSecond.toFixed(0)} tokens/s, loss ${ours.loss.toFixed(4)}`);
+  log(`lora-cuda: ${ours.medianMs.toFixed(1)} ms/step (min ${ours.minMs.toFixed(1)}; CPU ${ours.cpuMs.toFixed(0)} ms), ${ours.tokensPerSecond.toFixed(0)} tokens/s, loss ${ours.loss.toFixed(4)}`);
   let pytorch: TorchSide | null = null;
   let why: string | undefined;
   if (options.torch === false) {
@@ -139,13 +147,14 @@ export function runModelBench(kind: 'full' | 'quick' | 'tiny', options: { torch?
     why = t.why;
   }
   if (pytorch) {
-    log(`pytorch ${pytorch.torch} (${pytorch.threads} threads): ${pytorch.medianMs.toFixed(1)} ms/step (min ${pytorch.minMs.toFixed(1)}), ` +
+    log(`pytorch ${pytorch.torch} (${pytorch.threads} threads): ${pytorch.medianMs.toFixed(1)} ms/step (min ${pytorch.minMs.toFixed(1)}; CPU ${pytorch.cpuMs.toFixed(0)} ms), ` +
       `${pytorch.tokensPerSecond.toFixed(0)} tokens/s, loss ${pytorch.loss.toFixed(4)}`);
   } else {
     log(`pytorch: not run (${why})`);
   }
   const ratio = pytorch ? ours.tokensPerSecond / pytorch.tokensPerSecond : null;
-  if (ratio !== null) log(`ratio: ${ratio.toFixed(2)}x PyTorch's tokens/s`);
+  const cpuRatio = pytorch ? pytorch.cpuMs / ours.cpuMs : null;
+  if (ratio !== null) log(`ratio: ${ratio.toFixed(2)}x PyTorch's tokens/s (CPU time per step: ${cpuRatio!.toFixed(2)}x less); load average ${os.loadavg()[0].toFixed(1)} on ${os.cpus().length} cores`);
   return {
     date: new Date().toISOString(),
     machine: { cpu, cores: os.cpus().length, node: process.version, platform: `${process.platform}-${process.arch}`, loadavg: os.loadavg() },
@@ -155,5 +164,6 @@ export function runModelBench(kind: 'full' | 'quick' | 'tiny', options: { torch?
     pytorch,
     ...(pytorch ? {} : { pytorchSkipped: why }),
     ratio,
+    cpuRatio,
   };
 }

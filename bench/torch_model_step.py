@@ -7,7 +7,7 @@ RMSNorm in float32, rotate-half rotary embeddings, grouped-query attention (repe
 softmax attention, SiLU-gated MLP, tied or untied head. LoRA is the seed article's LoRALinear on
 q_proj and v_proj: A = randn(r, in) * 0.01, B = zeros(out, r), out = W x + (x A^T) B^T * alpha / r.
 
-Prints one JSON object on stdout: the step times and tokens per second.
+Prints one JSON object on stdout: the step times (wall, and CPU time of all threads) and tokens per second.
 Usage: torch_model_step.py CONFIG_JSON (the same object bench/model.ts uses), e.g.
   {"vocab": 49152, "hidden": 576, "intermediate": 1536, "layers": 4, "heads": 9, "kvHeads": 3,
    "batch": 4, "seq": 128, "r": 8, "alpha": 32, "lr": 1e-4, "steps": 10, "warmup": 2, "threads": 2}
@@ -159,16 +159,18 @@ def main():
     for _ in range(c["warmup"]):
         step()
     times = []
+    cpu = []
     loss = 0.0
     for _ in range(c["steps"]):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = step()
         times.append((time.perf_counter() - t0) * 1000)
+        cpu.append((time.process_time() - c0) * 1000)
     s = sorted(times)
     median = s[len(s) // 2]
     print(json.dumps({
         "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": len(times),
-        "medianMs": median, "minMs": s[0], "tokensPerSecond": c["batch"] * c["seq"] / (median / 1000),
+        "medianMs": median, "minMs": s[0], "cpuMs": sorted(cpu)[len(cpu) // 2], "tokensPerSecond": c["batch"] * c["seq"] / (median / 1000),
         "loss": loss, "trainable": sum(p.numel() for p in params),
     }))
 

@@ -98,21 +98,29 @@ function relError(got: ArrayLike<number>, ref: Float64Array): number {
 }
 
 describe.each([
-  ['the CBLAS found at run time (or the built-in kernel when none is)', {}],
+  ['the default (the built-in AVX-512 kernel where it runs, else the CBLAS found at run time, else the built-in kernel)', {}],
   ['the built-in kernel (LORA_CUDA_BLAS=builtin)', { LORA_CUDA_BLAS: 'builtin' }],
-])('matrix products through %s', (_label, extra) => {
+  ['OpenBLAS named (LORA_CUDA_BLAS=libopenblas.so.0)', { LORA_CUDA_BLAS: 'libopenblas.so.0' }],
+] as [string, Record<string, string>][])('matrix products through %s', (_label, extra) => {
   const env = { ...process.env, ...extra } as NodeJS.ProcessEnv;
   if (!('LORA_CUDA_BLAS' in extra)) delete env.LORA_CUDA_BLAS;
   const child = runChild(env);
 
   test('reports which path it took', () => {
-    if ('LORA_CUDA_BLAS' in extra) {
+    const expected = process.env.LORA_CUDA_EXPECT_BLAS;
+    if (extra.LORA_CUDA_BLAS === 'builtin') {
       expect(child.info.cpu.blas).toBe('builtin');
       expect(child.info.cpu.blasReason).toMatch(/LORA_CUDA_BLAS=builtin/);
+    } else if (extra.LORA_CUDA_BLAS) {
+      expect(['openblas', 'builtin']).toContain(child.info.cpu.blas);
+      // CI installs OpenBLAS and says so, so a missing library cannot pass silently.
+      if (expected === 'openblas') expect(child.info.cpu.blas).toBe('openblas');
+    } else if (child.info.cpu.kernels === 'avx512') {
+      expect(child.info.cpu.blas).toBe('builtin');
+      expect(child.info.cpu.blasReason).toMatch(/built-in AVX-512 kernel is the default/);
     } else {
       expect(['openblas', 'cblas', 'builtin']).toContain(child.info.cpu.blas);
-      // CI installs OpenBLAS and says so, so a missing library cannot pass silently.
-      if (process.env.LORA_CUDA_EXPECT_BLAS) expect(child.info.cpu.blas).toBe(process.env.LORA_CUDA_EXPECT_BLAS);
+      if (expected) expect(child.info.cpu.blas).toBe(expected);
     }
     expect(child.info.cpu.threads).toBeGreaterThanOrEqual(1);
   });
