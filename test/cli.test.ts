@@ -513,6 +513,22 @@ describe('lora-cuda bench', () => {
     expect(json.machine.cpu).toEqual(expect.any(String));
   });
 
+  test('--model times a LoRA training step beside PyTorch\'s (a tiny model here)', async () => {
+    const file = path.join(tmp, 'bench', 'model.json');
+    const r = await run(['bench', '--model', '--shapes', 'tiny', '--no-torch', '--json', file]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^lora-cuda: [\d.]+ ms\/step \(min [\d.]+; CPU \d+ ms\), \d+ tokens\/s, loss [\d.]+$/m);
+    expect(r.stdout).toContain('pytorch: not run (--no-torch)');
+    const json = JSON.parse(fs.readFileSync(file, 'utf8'));
+    expect(json.config).toMatchObject({ layers: 2, batch: 2, seq: 16, r: 4 });
+    expect(json.lora.tokensPerSecond).toBeCloseTo((2 * 16) / (json.lora.medianMs / 1000), 6);
+    // Adapters on q_proj and v_proj of 2 layers: A [4, 64] and B [64, 4] on q, B [32, 4] on v.
+    expect(json.lora.trainable).toBe(2 * (4 * 64 + 64 * 4 + 4 * 64 + 32 * 4));
+    expect(json.pytorch).toBeNull();
+    expect(json.ratio).toBeNull();
+  });
+
   test('the benchmarks are outside the library: lib/ only dispatches to them, the binding keeps them apart', () => {
     const files = (dir: string): string[] => fs.readdirSync(dir, { withFileTypes: true })
       .flatMap((d) => (d.isDirectory() ? files(path.join(dir, d.name)) : d.name.endsWith('.ts') ? [path.join(dir, d.name)] : []));
