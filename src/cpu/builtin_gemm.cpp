@@ -359,11 +359,14 @@ void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A
   }
   switch (cpu_kernels()) {
     case CpuKernels::Avx512:
-      if (fns.avx512) {
+      // A product with 16 rows or columns or fewer (the adapter's, with K or N = r) half-fills
+      // the 12 x 32 tile and packs its large operand for a few multiply-adds per element; the
+      // AVX2 copy's 6 x 16 tile ran those twice as fast on a Zen 4 core (bench/NOTES.md).
+      if (fns.avx512 && std::min(M, N) > 16) {
         gemm_threaded<T, 64>(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, fns.avx512);
         return;
       }
-      break;
+      [[fallthrough]];
     case CpuKernels::Avx2:
       if (fns.avx2) {
         gemm_threaded<T, 32>(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, fns.avx2);
