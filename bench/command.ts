@@ -12,6 +12,7 @@ import { BENCH_SHAPES, cpuSlug, runBenchmarks } from './cpu';
 import { gpuSlug, runCudaBenchmarks } from './cuda';
 import { allReduceSlug, runAllReduceBenchmark } from './allreduce';
 import { runGenerateBench } from './generate';
+import { runModelBench } from './model';
 import { launchEnv } from '../lib/distributed';
 
 const SPECS = {
@@ -22,6 +23,8 @@ const SPECS = {
   allreduce: { type: 'boolean', help: 'instead: time the allReduce of a 7B model\'s LoRA gradients (r 16 on q, k, v, o of 32 layers) between --nproc MPI ranks on this machine (mpirun)' },
   nproc: { type: 'number', integer: true, min: 2, metavar: 'N', help: 'with --allreduce: ranks (default 2)' },
   generate: { type: 'boolean', help: 'instead: LlamaForCausalLM.generate tokens/s with and without the key/value cache on the CPU, 256 new tokens per row (16 with --quick) (generate-cpu-<cpu>.json)' },
+  model: { type: 'boolean', help: 'instead: one LoRA training step (forward, backward, AdamW; LoRA r 8 on q_proj, v_proj) of a 4-layer SmolLM-135M-shaped Llama, 4 x 128 tokens, on the CPU, beside the same step in PyTorch (bench/torch_model_step.py, when python3 has torch) (model-cpu-<cpu>-<blas>.json)' },
+  'no-torch': { type: 'boolean', help: 'with --model: skip the PyTorch step' },
 } satisfies Specs;
 
 // Not in --help: a single tiny shape, so tests can run the command in a moment.
@@ -79,6 +82,14 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
     if (a.device !== undefined && a.device !== 'cpu') throw new UsageError('--generate runs on the CPU: leave out --device or give --device cpu');
     const r = runGenerateBench(a.quick ? 16 : 256, a.quick ? 1 : 3, (l) => io.stdout(l + '\n'));
     writeResults(io, r, [json, results === undefined ? undefined : path.join(results, `generate-cpu-${cpuSlug(r.machine.cpu)}${a.quick ? '-quick' : ''}.json`)]);
+    return 0;
+  }
+  if (a.model) {
+    if (a.device !== undefined && a.device !== 'cpu') throw new UsageError('--model runs on the CPU: leave out --device or give --device cpu');
+    const kind = a.shapes === 'tiny' ? 'tiny' : a.quick ? 'quick' : 'full';
+    const r = runModelBench(kind, { torch: !a.noTorch, log: (l) => io.stdout(l + '\n') });
+    const suffix = kind === 'full' ? '' : `-${kind}`;
+    writeResults(io, r, [json, results === undefined ? undefined : path.join(results, `model-cpu-${cpuSlug(r.machine.cpu)}-${r.backend.blas}${suffix}.json`)]);
     return 0;
   }
   const shapes = a.shapes as 'full' | 'quick' | 'tiny' | undefined;

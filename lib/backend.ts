@@ -44,8 +44,8 @@ export interface CudaInfo {
 export interface BackendInfo {
   /**
    * blas: 'openblas', 'cblas' or 'builtin'; blasPath: the library loaded; threads: our CPU pool size;
-   * features: the processor's extensions that matter ('avx2', 'fma', 'avx512f', 'avx512bf16');
-   * kernels: what the built-in kernels use on it ('avx2+fma' or 'generic').
+   * features: the processor's extensions that matter ('avx2', 'fma', 'avx512f', 'avx512vl', 'avx512bf16');
+   * kernels: what the built-in kernels use on it ('avx512', 'avx2+fma' or 'generic'; LORA_CUDA_CPU_KERNELS forces one).
    */
   cpu: CpuInfo;
   cuda: CudaInfo;

@@ -17,9 +17,9 @@ export interface CpuInfo {
   blasReason?: string;
   blasThreads: number;
   threads: number;
-  /** Extensions of this processor that matter here: 'avx2', 'fma', 'avx512f', 'avx512bf16'. */
+  /** Extensions of this processor that matter here: 'avx2', 'fma', 'avx512f', 'avx512vl', 'avx512bf16'. */
   features: string[];
-  /** What this build's own kernels use on it: 'avx2+fma' or 'generic'. */
+  /** What this build's own kernels use on it: 'avx512', 'avx2+fma' or 'generic'. */
   kernels: string;
 }
 export interface NativeCudaInfo {

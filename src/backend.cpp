@@ -4,6 +4,7 @@
 
 #include "cpu/blas.h"
 #include "cpu/cpu_backend.h"
+#include "cpu/gemm.h"
 #include "cuda_api.h"
 #include "parallel.h"
 
@@ -32,12 +33,12 @@ CpuInfo cpu_info() {
   if (__builtin_cpu_supports("avx2")) i.features.emplace_back("avx2");
   if (__builtin_cpu_supports("fma")) i.features.emplace_back("fma");
   if (__builtin_cpu_supports("avx512f")) i.features.emplace_back("avx512f");
+  if (__builtin_cpu_supports("avx512vl")) i.features.emplace_back("avx512vl");
   if (__builtin_cpu_supports("avx512bf16")) i.features.emplace_back("avx512bf16");
-  // The built-in GEMM and the rank-r pass pick their AVX2+FMA code by the same test at run time.
-  i.kernels = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? "avx2+fma" : "generic";
-#else
-  i.kernels = "generic";
 #endif
+  // The built-in GEMM, the rank-r pass and the fused loops all run the copy chosen here (CPUID, or
+  // LORA_CUDA_CPU_KERNELS); an impossible forced choice throws, as every product then would.
+  i.kernels = cpu_kernels_name(cpu_kernels());
   return i;
 }
 

@@ -1,6 +1,7 @@
 // Both CPU matrix-product paths: the CBLAS loaded at run time and the built-in
 // blocked kernel (forced with LORA_CUDA_BLAS=builtin), checked against a
-// float64 reference on odd sizes, transposes and batches.
+// float64 reference on odd sizes, transposes and batches; the built-in kernel
+// again on each instruction-set path this processor has (LORA_CUDA_CPU_KERNELS).
 import { spawnSync } from 'child_process';
 import * as path from 'path';
 import { backendInfo } from '../lib';
@@ -64,14 +65,23 @@ for (const dtype of ['float32', 'float64'] as const) {
       cases.push(makeCase(dtype, [1, 1], m, n, k, tA, tB));
     }
   }
+  // K over every kernel's K block (two blocks of the AVX-512 path), M over its row block, N over
+  // the column block: the edges between blocks.
+  cases.push(makeCase(dtype, [1, 1], 50, 9, 1500, false, true));
+  cases.push(makeCase(dtype, [1, 1], 61, 33, 1100, true, false));
+  cases.push(makeCase(dtype, [1, 1], 13, 2100, 3, false, false));
   cases.push(makeCase(dtype, [3, 3], 9, 5, 7, false, false));
   cases.push(makeCase(dtype, [4, 1], 6, 11, 13, false, true)); // B broadcast over the batch
   cases.push(makeCase(dtype, [1, 2], 5, 4, 3, true, false)); // A broadcast over the batch
 }
 
-function runChild(env: NodeJS.ProcessEnv): { info: ReturnType<typeof backendInfo>; results: number[][] } {
+function spawnChild(env: NodeJS.ProcessEnv) {
   const script = path.join(__dirname, 'helpers', 'blas-child.js');
-  const r = spawnSync(process.execPath, [script], { env, input: JSON.stringify(cases), encoding: 'utf8', maxBuffer: 64 << 20 });
+  return spawnSync(process.execPath, [script], { env, input: JSON.stringify(cases), encoding: 'utf8', maxBuffer: 64 << 20 });
+}
+
+function runChild(env: NodeJS.ProcessEnv): { info: ReturnType<typeof backendInfo>; results: number[][] } {
+  const r = spawnChild(env);
   if (r.status !== 0) throw new Error(`child failed (${r.status ?? r.error}): ${r.stderr}`);
   return JSON.parse(r.stdout);
 }
@@ -88,21 +98,29 @@ function relError(got: ArrayLike<number>, ref: Float64Array): number {
 }
 
 describe.each([
-  ['the CBLAS found at run time (or the built-in kernel when none is)', {}],
+  ['the default (the built-in AVX-512 kernel where it runs, else the CBLAS found at run time, else the built-in kernel)', {}],
   ['the built-in kernel (LORA_CUDA_BLAS=builtin)', { LORA_CUDA_BLAS: 'builtin' }],
-])('matrix products through %s', (_label, extra) => {
+  ['OpenBLAS named (LORA_CUDA_BLAS=libopenblas.so.0)', { LORA_CUDA_BLAS: 'libopenblas.so.0' }],
+] as [string, Record<string, string>][])('matrix products through %s', (_label, extra) => {
   const env = { ...process.env, ...extra } as NodeJS.ProcessEnv;
   if (!('LORA_CUDA_BLAS' in extra)) delete env.LORA_CUDA_BLAS;
   const child = runChild(env);
 
   test('reports which path it took', () => {
-    if ('LORA_CUDA_BLAS' in extra) {
+    const expected = process.env.LORA_CUDA_EXPECT_BLAS;
+    if (extra.LORA_CUDA_BLAS === 'builtin') {
       expect(child.info.cpu.blas).toBe('builtin');
       expect(child.info.cpu.blasReason).toMatch(/LORA_CUDA_BLAS=builtin/);
+    } else if (extra.LORA_CUDA_BLAS) {
+      expect(['openblas', 'builtin']).toContain(child.info.cpu.blas);
+      // CI installs OpenBLAS and says so, so a missing library cannot pass silently.
+      if (expected === 'openblas') expect(child.info.cpu.blas).toBe('openblas');
+    } else if (child.info.cpu.kernels === 'avx512') {
+      expect(child.info.cpu.blas).toBe('builtin');
+      expect(child.info.cpu.blasReason).toMatch(/built-in AVX-512 kernel is the default/);
     } else {
       expect(['openblas', 'cblas', 'builtin']).toContain(child.info.cpu.blas);
-      // CI installs OpenBLAS and says so, so a missing library cannot pass silently.
-      if (process.env.LORA_CUDA_EXPECT_BLAS) expect(child.info.cpu.blas).toBe(process.env.LORA_CUDA_EXPECT_BLAS);
+      if (expected) expect(child.info.cpu.blas).toBe(expected);
     }
     expect(child.info.cpu.threads).toBeGreaterThanOrEqual(1);
   });
@@ -120,4 +138,31 @@ test('a library named by LORA_CUDA_BLAS that cannot be loaded falls back to the 
   const child = runChild(env);
   expect(child.info.cpu.blas).toBe('builtin');
   expect(child.info.cpu.blasReason).toMatch(/libnothing\.so/);
+});
+
+// The built-in kernel's instruction-set copies, each forced in a child process; those this processor
+// lacks are skipped (a forced one it lacks is an error, not a crash).
+const features = backendInfo().cpu.features;
+const has = (...fs: string[]) => fs.every((f) => features.includes(f));
+const paths: [string, string, boolean][] = [
+  ['generic', 'generic', true],
+  ['avx2', 'avx2+fma', has('avx2', 'fma')],
+  ['avx512', 'avx512', has('avx2', 'fma', 'avx512f', 'avx512vl')],
+];
+describe.each(paths)('the built-in kernel forced to LORA_CUDA_CPU_KERNELS=%s', (forced, name, supported) => {
+  const run = supported ? test : test.skip;
+  const child = supported ? runChild({ ...process.env, LORA_CUDA_BLAS: 'builtin', LORA_CUDA_CPU_KERNELS: forced }) : null;
+  run('reports that path', () => {
+    expect(child!.info.cpu.kernels).toBe(name);
+    expect(child!.info.cpu.blas).toBe('builtin');
+  });
+  run('every case matches the float64 reference', () => {
+    cases.forEach((c, i) => expect([i, relError(child!.results[i], reference(c)) < (c.dtype === 'float64' ? 1e-13 : 2e-6)]).toEqual([i, true]));
+  });
+});
+
+test('an unknown LORA_CUDA_CPU_KERNELS is an error that names the choices', () => {
+  const r = spawnChild({ ...process.env, LORA_CUDA_CPU_KERNELS: 'sse9' });
+  expect(r.status).not.toBe(0);
+  expect(r.stderr).toContain("LORA_CUDA_CPU_KERNELS must be avx512, avx2 or generic, got 'sse9'");
 });

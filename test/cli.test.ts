@@ -513,6 +513,22 @@ describe('lora-cuda bench', () => {
     expect(json.machine.cpu).toEqual(expect.any(String));
   });
 
+  test('--model times a LoRA training step beside PyTorch\'s (a tiny model here)', async () => {
+    const file = path.join(tmp, 'bench', 'model.json');
+    const r = await run(['bench', '--model', '--shapes', 'tiny', '--no-torch', '--json', file]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^lora-cuda: [\d.]+ ms\/step \(min [\d.]+; CPU \d+ ms\), \d+ tokens\/s, loss [\d.]+$/m);
+    expect(r.stdout).toContain('pytorch: not run (--no-torch)');
+    const json = JSON.parse(fs.readFileSync(file, 'utf8'));
+    expect(json.config).toMatchObject({ layers: 2, batch: 2, seq: 16, r: 4 });
+    expect(json.lora.tokensPerSecond).toBeCloseTo((2 * 16) / (json.lora.medianMs / 1000), 6);
+    // Adapters on q_proj and v_proj of 2 layers: A [4, 64] and B [64, 4] on q, B [32, 4] on v.
+    expect(json.lora.trainable).toBe(2 * (4 * 64 + 64 * 4 + 4 * 64 + 32 * 4));
+    expect(json.pytorch).toBeNull();
+    expect(json.ratio).toBeNull();
+  });
+
   test('the benchmarks are outside the library: lib/ only dispatches to them, the binding keeps them apart', () => {
     const files = (dir: string): string[] => fs.readdirSync(dir, { withFileTypes: true })
       .flatMap((d) => (d.isDirectory() ? files(path.join(dir, d.name)) : d.name.endsWith('.ts') ? [path.join(dir, d.name)] : []));
@@ -581,7 +597,7 @@ describe('lora-cuda doctor', () => {
     expect(r.stdout).toMatch(new RegExp(`^node +${process.version.replace(/\./g, '\\.')} \\(Node-API \\d+\\), linux-x64$`, 'm'));
     expect(r.stdout).toMatch(/^glibc +\d+\.\d+$/m);
     expect(r.stdout).toContain(`addon   ${info.addon.path} (`);
-    expect(r.stdout).toMatch(new RegExp(`^cpu +.*; ${info.cpu.threads} threads; features: .*; kernels: (avx2\\+fma|generic)$`, 'm'));
+    expect(r.stdout).toMatch(new RegExp(`^cpu +.*; ${info.cpu.threads} threads; features: .*; kernels: (avx512|avx2\\+fma|generic)$`, 'm'));
     expect(r.stdout).toMatch(/^check +a LoRA forward and backward ran on the CPU$/m);
     expect(r.stdout).toMatch(/^ready: the CPU path works/m);
     if (!info.cuda.available && info.cuda.compiled && info.cuda.driverVersion === 0) {
@@ -609,8 +625,11 @@ describe('lora-cuda doctor', () => {
     const info = backendInfo();
     expect(['prebuilt', 'build', 'override']).toContain(info.addon.kind);
     expect(fs.existsSync(info.addon.path)).toBe(true);
-    for (const f of info.cpu.features) expect(['avx2', 'fma', 'avx512f', 'avx512bf16']).toContain(f);
-    expect(info.cpu.kernels).toBe(info.cpu.features.includes('avx2') && info.cpu.features.includes('fma') ? 'avx2+fma' : 'generic');
+    for (const f of info.cpu.features) expect(['avx2', 'fma', 'avx512f', 'avx512vl', 'avx512bf16']).toContain(f);
+    const has = (...fs: string[]) => fs.every((f) => info.cpu.features.includes(f));
+    const best = has('avx2', 'fma', 'avx512f', 'avx512vl') ? 'avx512' : has('avx2', 'fma') ? 'avx2+fma' : 'generic';
+    const forced = process.env.LORA_CUDA_CPU_KERNELS;
+    expect(info.cpu.kernels).toBe(forced === undefined || forced === '' ? best : forced === 'avx2' ? 'avx2+fma' : forced);
   });
 });
 

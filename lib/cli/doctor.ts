@@ -145,7 +145,7 @@ export function formatReport(r: DoctorReport): string {
   const info = r.info;
   if (info) {
     const cpu = info.cpu;
-    lines.push({ name: 'cpu', value: `${os.cpus()[0]?.model?.trim() ?? 'unknown'}; ${cpu.threads} threads; features: ${cpu.features.join(', ') || 'none of avx2, fma, avx512f, avx512bf16'}; kernels: ${cpu.kernels}` });
+    lines.push({ name: 'cpu', value: `${os.cpus()[0]?.model?.trim() ?? 'unknown'}; ${cpu.threads} threads; features: ${cpu.features.join(', ') || 'none of avx2, fma, avx512f, avx512vl, avx512bf16'}; kernels: ${cpu.kernels}` });
     lines.push(cpu.blas === 'builtin'
       ? { name: 'blas', value: `built-in kernel${cpu.blasReason ? ` (${cpu.blasReason})` : ''}`, fix: 'optional: a CBLAS such as OpenBLAS is faster for large products (Debian/Ubuntu: apt-get install libopenblas0)' }
       : { name: 'blas', value: `${cpu.blas} (${cpu.blasPath}, ${cpu.blasThreads} threads)` });

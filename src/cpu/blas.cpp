@@ -53,7 +53,10 @@ bool try_load(Blas& b, const std::string& path, std::string& why) {
 const Blas& blas() {
   static Blas b;
   static std::once_flag once;
-  std::call_once(once, [] {
+  // Outside call_once: an exception must not unwind through it (GCC's call_once runs on
+  // pthread_once, and a throw there aborts). Throws for an impossible LORA_CUDA_CPU_KERNELS.
+  const CpuKernels isa = cpu_kernels();
+  std::call_once(once, [isa] {
     const char* env = std::getenv("LORA_CUDA_BLAS");
     std::string why;
     bool ok = false;
@@ -61,6 +64,12 @@ const Blas& blas() {
       why = "LORA_CUDA_BLAS=builtin";
     } else if (env && *env) {
       ok = try_load(b, env, why);
+    } else if (isa == CpuKernels::Avx512) {
+      // Measured on a Zen 4 VM (bench/NOTES.md): the built-in AVX-512 kernel matches OpenBLAS's
+      // rate on the model's products, and one thread pool for every product and loop beats two
+      // (OpenBLAS's threads spin after each call and lose the cores under contention).
+      why = "the built-in AVX-512 kernel is the default where the processor has AVX-512 "
+            "(LORA_CUDA_BLAS=libopenblas.so.0 loads OpenBLAS instead)";
     } else {
       ok = try_load(b, "libopenblas.so.0", why) || try_load(b, "libblas.so.3", why);
     }

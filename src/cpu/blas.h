@@ -1,6 +1,7 @@
 // CBLAS loaded at run time, so the addon needs no BLAS at build or load time.
 // Search order: $LORA_CUDA_BLAS (a library path, or "builtin" to force the
-// built-in kernel), then libopenblas.so.0, then libblas.so.3.
+// built-in kernel); unset, the built-in kernel where it runs its AVX-512 copy
+// (as fast here, bench/NOTES.md), else libopenblas.so.0, then libblas.so.3.
 #pragma once
 #include <cstdint>
 #include <string>

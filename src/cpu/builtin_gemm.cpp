@@ -2,12 +2,15 @@
 // into MC x KC panels (transposes are resolved while packing), and a
 // register-blocked MR x NR micro-kernel streams over the packed data. The
 // kernel uses GCC vector extensions so one source serves float and double and
-// any ISA; on x86-64 an AVX2+FMA copy is selected at run time because the
-// library is built without -march.
+// any ISA; on x86-64 AVX-512 and AVX2+FMA copies are selected at run time from
+// CPUID (cpu_kernels()) because the library is built without -march.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <cstdlib>
 #include <memory>
+#include <stdexcept>
+#include <string>
 
 #include "../parallel.h"
 #include "gemm.h"
@@ -48,15 +51,35 @@ struct Kern<double, 16> {
   typedef double V __attribute__((vector_size(16)));
   static constexpr int MR = 6, NR = 4;
 };
-template <typename T>
-struct Blocks;
+// W = 64 is the AVX-512 build: 32 zmm registers take 12 x (2 vectors) = 24
+// accumulators, 2 B vectors and the broadcasts; a row of C is 32 floats (two
+// cache lines), so the kernel loads half as many B bytes per multiply-add as
+// the AVX2 one and issues half the instructions.
 template <>
-struct Blocks<float> {
-  static constexpr int64_t KC = 256, MC = 168, NC = 2048;
+struct Kern<float, 64> {
+  typedef float V __attribute__((vector_size(64)));
+  static constexpr int MR = 12, NR = 32;
 };
 template <>
-struct Blocks<double> {
-  static constexpr int64_t KC = 256, MC = 72, NC = 1024;
+struct Kern<double, 64> {
+  typedef double V __attribute__((vector_size(64)));
+  static constexpr int MR = 12, NR = 16;
+};
+// KC x NR of B is one micro-panel, MC x KC of A one packed block. The AVX2 and
+// portable shapes keep the micro-panel in L1 and A in L2 (MC is a multiple of
+// their MR). The AVX-512 shape was tuned by measurement on a Zen 4 core
+// (bench/NOTES.md): the whole K up to 1024 in one block (C is read and written
+// once per 1024 multiply-adds instead of per 256) with a short A block beat
+// the L1-sized blocks by 10-25% on the model's shapes; its MC is 4 x MR.
+template <typename T, int W>
+struct Blocks;
+template <int W>
+struct Blocks<float, W> {
+  static constexpr int64_t KC = W == 64 ? 1024 : 256, MC = W == 64 ? 48 : 168, NC = 2048;
+};
+template <int W>
+struct Blocks<double, W> {
+  static constexpr int64_t KC = W == 64 ? 512 : 256, MC = W == 64 ? 48 : 72, NC = 1024;
 };
 
 // C[0:mr, 0:nr] = alpha * (a-panel x b-panel) + beta * C; beta == 0 never reads C.
@@ -71,7 +94,7 @@ LC_INLINE void micro_kernel(int64_t kc, const T* __restrict a, const T* __restri
     V bv[NV];
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) std::memcpy(&bv[v], b + v * VL, sizeof(V));
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       const T ai = a[i];
 #pragma GCC unroll 4
@@ -81,7 +104,7 @@ LC_INLINE void micro_kernel(int64_t kc, const T* __restrict a, const T* __restri
     b += NR;
   }
   if (mr == MR && nr == NR) {
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
       T* c = C + i * ldc;
 #pragma GCC unroll 4
@@ -174,9 +197,9 @@ LC_INLINE void pack_b(bool tB, const T* B, int64_t ldb, int64_t kc, int64_t nc, 
 
 // Splits K into near-equal blocks of at most KC so a K just over KC does not
 // leave a tiny, inefficient last block.
-template <typename T>
+template <typename T, int W>
 int64_t k_block(int64_t K) {
-  const int64_t KC = Blocks<T>::KC;
+  const int64_t KC = Blocks<T, W>::KC;
   const int64_t nb = (K + KC - 1) / KC;
   return (K + nb - 1) / nb;
 }
@@ -188,8 +211,8 @@ LC_INLINE void gemm_block(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T a
                           int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, T* Ap,
                           T* Bp) {
   constexpr int MR = Kern<T, W>::MR, NR = Kern<T, W>::NR;
-  constexpr int64_t MC = Blocks<T>::MC, NC = Blocks<T>::NC;
-  const int64_t kcb = k_block<T>(K);
+  constexpr int64_t MC = Blocks<T, W>::MC, NC = Blocks<T, W>::NC;
+  const int64_t kcb = k_block<T, W>(K);
   for (int64_t jc = 0; jc < N; jc += NC) {
     const int64_t nc = std::min(NC, N - jc);
     for (int64_t pc = 0; pc < K; pc += kcb) {
@@ -230,32 +253,35 @@ LC_BLOCK_FN(block_f_base, float, 16, )
 LC_BLOCK_FN(block_d_base, double, 16, )
 
 #if defined(__x86_64__) && defined(__GNUC__)
-// The same code compiled for AVX2+FMA and picked at run time. Not
+// The same code compiled for AVX2+FMA and for AVX-512, picked at run time. Not
 // target_clones: an "avx2" clone would not enable FMA, and "arch=" clones
 // dispatch on the CPU model rather than its features.
 LC_BLOCK_FN(block_f_avx2, float, 32, __attribute__((target("avx2,fma"))))
 LC_BLOCK_FN(block_d_avx2, double, 32, __attribute__((target("avx2,fma"))))
-
-bool have_avx2_fma() {
-  static const bool v = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return v;
-}
+LC_BLOCK_FN(block_f_avx512, float, 64, __attribute__((target("avx512f,avx512vl,avx2,fma"))))
+LC_BLOCK_FN(block_d_avx512, double, 64, __attribute__((target("avx512f,avx512vl,avx2,fma"))))
 #endif
 
-// Packing buffer aligned to a cache line; default-initialised (not zeroed)
-// because packing overwrites every element it uses.
+// Packing buffers, kept per thread between calls and grown when needed: a
+// product of the model's shapes packs megabytes of B, and a new allocation
+// each call costs a page fault per 4 KiB (as much as the packing itself).
+// Aligned to a cache line; not zeroed, as packing writes every element used.
 template <typename T>
-struct AlignedBuf {
-  std::unique_ptr<T[]> raw;
-  T* p;
-  explicit AlignedBuf(size_t n) : raw(new T[n + 64 / sizeof(T)]) {
-    auto a = reinterpret_cast<uintptr_t>(raw.get());
-    p = reinterpret_cast<T*>((a + 63) & ~uintptr_t(63));
+T* pack_buffer(int slot, size_t n) {
+  struct Buf {
+    std::unique_ptr<T[]> raw;
+    size_t cap = 0;
+  };
+  thread_local Buf bufs[2];
+  Buf& b = bufs[slot];
+  if (b.cap < n) {
+    b.raw.reset();
+    b.raw.reset(new T[n + 64 / sizeof(T)]);
+    b.cap = n;
   }
-};
+  auto a = reinterpret_cast<uintptr_t>(b.raw.get());
+  return reinterpret_cast<T*>((a + 63) & ~uintptr_t(63));
+}
 
 // Balanced split of `tiles` tiles of `tile` elements into `parts`; returns
 // the element offset where part i starts, clamped to `total`.
@@ -273,7 +299,7 @@ void gemm_threaded(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, c
                    int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc,
                    BlockFn<T> block) {
   constexpr int MR = Kern<T, W>::MR, NR = Kern<T, W>::NR;
-  constexpr int64_t MC = Blocks<T>::MC, NC = Blocks<T>::NC;
+  constexpr int64_t MC = Blocks<T, W>::MC, NC = Blocks<T, W>::NC;
   const int64_t mt = (M + MR - 1) / MR, ntl = (N + NR - 1) / NR;
 
   // Threads: no more than the work justifies, then a grid of mg x ng C blocks
@@ -293,26 +319,32 @@ void gemm_threaded(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, c
   }
   const int64_t max_rows = std::min(MC, (mt + mg - 1) / mg * MR);
   const int64_t max_cols = std::min(NC, (ntl + ng - 1) / ng * NR);
-  const int64_t kcb = k_block<T>(K);
+  const int64_t kcb = k_block<T, W>(K);
 
   parallel_for(mg * ng, 1, [&](int64_t b, int64_t e) {
-    // Per-chunk buffers keep the kernel reentrant across threads and callers.
-    AlignedBuf<T> ap(size_t(max_rows * kcb)), bp(size_t(max_cols * kcb));
+    // Per-thread buffers keep the kernel reentrant across threads and callers (a
+    // block never calls back into gemm, so one thread never needs two at once).
+    T* ap = pack_buffer<T>(0, size_t(max_rows * kcb));
+    T* bp = pack_buffer<T>(1, size_t(max_cols * kcb));
     for (int64_t part = b; part < e; ++part) {
       const int64_t pi = part / ng, pj = part % ng;
       const int64_t r0 = split_at(pi, mg, mt, MR, M), r1 = split_at(pi + 1, mg, mt, MR, M);
       const int64_t c0 = split_at(pj, ng, ntl, NR, N), c1 = split_at(pj + 1, ng, ntl, NR, N);
       if (r0 >= r1 || c0 >= c1) continue;
       block(tA, tB, r1 - r0, c1 - c0, K, alpha, tA ? A + r0 : A + r0 * lda, lda,
-            tB ? B + c0 * ldb : B + c0, ldb, beta, C + r0 * ldc + c0, ldc, ap.p, bp.p);
+            tB ? B + c0 * ldb : B + c0, ldb, beta, C + r0 * ldc + c0, ldc, ap, bp);
     }
   });
 }
 
 template <typename T>
+struct BlockFns {
+  BlockFn<T> base, avx2, avx512;
+};
+
+template <typename T>
 void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
-          const T* B, int64_t ldb, T beta, T* C, int64_t ldc, BlockFn<T> base,
-          BlockFn<T> avx2) {
+          const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const BlockFns<T>& fns) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == T(0)) {
     // BLAS semantics: A and B are not read; beta == 0 does not read C.
@@ -325,37 +357,98 @@ void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A
     }
     return;
   }
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (avx2 && have_avx2_fma()) {
-    gemm_threaded<T, 32>(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, avx2);
-    return;
+  switch (cpu_kernels()) {
+    case CpuKernels::Avx512:
+      // A product with 16 rows or columns or fewer (the adapter's, with K or N = r) half-fills
+      // the 12 x 32 tile and packs its large operand for a few multiply-adds per element; the
+      // AVX2 copy's 6 x 16 tile ran those twice as fast on a Zen 4 core (bench/NOTES.md).
+      if (fns.avx512 && std::min(M, N) > 16) {
+        gemm_threaded<T, 64>(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, fns.avx512);
+        return;
+      }
+      [[fallthrough]];
+    case CpuKernels::Avx2:
+      if (fns.avx2) {
+        gemm_threaded<T, 32>(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, fns.avx2);
+        return;
+      }
+      break;
+    case CpuKernels::Generic:
+      break;
   }
-#else
-  (void)avx2;
-#endif
-  gemm_threaded<T, 16>(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, base);
+  gemm_threaded<T, 16>(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, fns.base);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-constexpr BlockFn<float> kAvx2F = block_f_avx2;
-constexpr BlockFn<double> kAvx2D = block_d_avx2;
+const BlockFns<float> kFloatFns{block_f_base, block_f_avx2, block_f_avx512};
+const BlockFns<double> kDoubleFns{block_d_base, block_d_avx2, block_d_avx512};
 #else
-constexpr BlockFn<float> kAvx2F = nullptr;
-constexpr BlockFn<double> kAvx2D = nullptr;
+const BlockFns<float> kFloatFns{block_f_base, nullptr, nullptr};
+const BlockFns<double> kDoubleFns{block_d_base, nullptr, nullptr};
 #endif
 
+struct KernelChoice {
+  CpuKernels kernels = CpuKernels::Generic;
+  std::string error;  // LORA_CUDA_CPU_KERNELS asked for what cannot run here
+};
+
+const KernelChoice& kernel_choice() {
+  static const KernelChoice c = [] {
+    KernelChoice k;
+    bool avx2 = false, avx512 = false;
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    // avx512vl: the AVX-512 copies may use 256-bit forms of its instructions.
+    avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
+#endif
+    k.kernels = avx512 ? CpuKernels::Avx512 : avx2 ? CpuKernels::Avx2 : CpuKernels::Generic;
+    const char* env = std::getenv("LORA_CUDA_CPU_KERNELS");
+    if (!env || !*env) return k;
+    const std::string v(env);
+    if (v == "generic") {
+      k.kernels = CpuKernels::Generic;
+    } else if (v == "avx2" || v == "avx2+fma") {
+      if (avx2) k.kernels = CpuKernels::Avx2;
+      else k.error = "LORA_CUDA_CPU_KERNELS=" + v + ": this processor lacks AVX2 or FMA";
+    } else if (v == "avx512") {
+      if (avx512) k.kernels = CpuKernels::Avx512;
+      else k.error = "LORA_CUDA_CPU_KERNELS=" + v + ": this processor lacks AVX-512 (avx512f, avx512vl)";
+    } else {
+      k.error = "LORA_CUDA_CPU_KERNELS must be avx512, avx2 or generic, got '" + v + "'";
+    }
+    return k;
+  }();
+  return c;
+}
+
 }  // namespace
+
+CpuKernels cpu_kernels() {
+  const KernelChoice& k = kernel_choice();
+  if (!k.error.empty()) throw std::invalid_argument(k.error);
+  return k.kernels;
+}
+
+const char* cpu_kernels_name(CpuKernels k) {
+  switch (k) {
+    case CpuKernels::Avx512: return "avx512";
+    case CpuKernels::Avx2: return "avx2+fma";
+    case CpuKernels::Generic: break;
+  }
+  return "generic";
+}
 
 void builtin_sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
                    const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
                    int64_t ldc) {
-  gemm<float>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, block_f_base, kAvx2F);
+  gemm<float>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, kFloatFns);
 }
 
 void builtin_dgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, double alpha,
                    const double* A, int64_t lda, const double* B, int64_t ldb, double beta,
                    double* C, int64_t ldc) {
-  gemm<double>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, block_d_base, kAvx2D);
+  gemm<double>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, kDoubleFns);
 }
 
 }  // namespace lc

@@ -7,6 +7,15 @@
 
 namespace lc {
 
+// Which copy of the built-in kernels (GEMM, rank-r pass, fused elementwise
+// loops) runs: chosen once from CPUID, or forced with LORA_CUDA_CPU_KERNELS=
+// avx512|avx2|generic. Throws std::invalid_argument when that variable asks for
+// an ISA this processor lacks or is not one of those words.
+enum class CpuKernels { Generic, Avx2, Avx512 };
+CpuKernels cpu_kernels();
+// "avx512", "avx2+fma" or "generic".
+const char* cpu_kernels_name(CpuKernels k);
+
 // Row-major C = alpha * op(A) * op(B) + beta * C, with op(X) = X or X^T.
 // op(A) is M x K, op(B) is K x N, C is M x N; lda/ldb/ldc are row strides of
 // the stored (untransposed) matrices. beta == 0 means C is written without

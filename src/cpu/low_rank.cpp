@@ -51,9 +51,11 @@ __attribute__((target("avx2,fma"))) void rows_avx2(T* C, int64_t i0, int64_t i1,
                                                    uint64_t seed, uint64_t offset) {
   rows_impl(C, i0, i1, N, r, alpha, U, V, row_init, accumulate, p, seed, offset);
 }
-bool has_avx2() {
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return yes;
+template <typename T>
+__attribute__((target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512"))) void rows_avx512(
+    T* C, int64_t i0, int64_t i1, int64_t N, int64_t r, T alpha, const T* U, const T* V,
+    const T* row_init, bool accumulate, double p, uint64_t seed, uint64_t offset) {
+  rows_impl(C, i0, i1, N, r, alpha, U, V, row_init, accumulate, p, seed, offset);
 }
 #endif
 
@@ -68,9 +70,14 @@ template <typename T>
 void low_rank_rows(T* C, int64_t M, int64_t N, int64_t r, T alpha, const T* U, const T* V,
                    const T* row_init, bool accumulate, double p, uint64_t seed, uint64_t offset) {
   if (M <= 0 || N <= 0) return;
+  const CpuKernels isa = cpu_kernels();
   auto body = [&](int64_t i0, int64_t i1) {
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (has_avx2()) {
+    if (isa == CpuKernels::Avx512) {
+      rows_avx512(C, i0, i1, N, r, alpha, U, V, row_init, accumulate, p, seed, offset);
+      return;
+    }
+    if (isa == CpuKernels::Avx2) {
       rows_avx2(C, i0, i1, N, r, alpha, U, V, row_init, accumulate, p, seed, offset);
       return;
     }

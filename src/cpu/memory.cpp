@@ -2,6 +2,11 @@
 // between tensors with a dtype cast.
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <iterator>
+#include <mutex>
+#include <utility>
+#include <vector>
 #include <string>
 #include <type_traits>
 
@@ -11,15 +16,72 @@
 
 namespace lc {
 
+namespace {
+// Large blocks are kept for reuse after they are freed. A training step frees
+// and reallocates the same large buffers every time (the logits and their
+// gradient over a 49k vocabulary are 100 MB each); glibc returns blocks that
+// large to the kernel at once, and getting them back costs a page fault and a
+// cleared page per 4 KiB, each step. Blocks are matched by exact (page-rounded)
+// size; at most kBigCacheBytes are held, the oldest freed first.
+constexpr size_t kBigBlock = size_t(4) << 20;
+#if defined(__SANITIZE_ADDRESS__)
+constexpr size_t kBigCacheBytes = 0;  // AddressSanitizer must see every free to catch later use
+#else
+constexpr size_t kBigCacheBytes = size_t(512) << 20;
+#endif
+struct BigCache {
+  std::mutex mu;
+  std::deque<std::pair<size_t, void*>> blocks;  // oldest first
+  size_t bytes = 0;
+};
+BigCache& big_cache() {
+  static BigCache* c = new BigCache;  // never destroyed: tensors may be freed during exit
+  return *c;
+}
+size_t round_big(size_t bytes) { return (bytes + 4095) / 4096 * 4096; }
+}  // namespace
+
 void* CpuBackend::allocate(size_t bytes) {
+  if (bytes >= kBigBlock) {
+    BigCache& c = big_cache();
+    const size_t n = round_big(bytes);
+    std::lock_guard<std::mutex> lock(c.mu);
+    for (auto it = c.blocks.rbegin(); it != c.blocks.rend(); ++it) {
+      if (it->first != n) continue;
+      void* p = it->second;
+      c.bytes -= n;
+      c.blocks.erase(std::next(it).base());
+      return p;
+    }
+  }
   // 64-byte alignment suits the vector loads of BLAS kernels.
-  void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+  const size_t n = bytes >= kBigBlock ? round_big(bytes) : (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, n);
   if (!p) throw Error("out of memory allocating " + std::to_string(bytes) + " bytes on the CPU",
                       "ERR_OUT_OF_MEMORY");
   return p;
 }
 
-void CpuBackend::deallocate(void* p, size_t) { std::free(p); }
+void CpuBackend::deallocate(void* p, size_t bytes) {
+  if (p && bytes >= kBigBlock && round_big(bytes) <= kBigCacheBytes) {
+    BigCache& c = big_cache();
+    const size_t n = round_big(bytes);
+    std::vector<void*> drop;
+    {
+      std::lock_guard<std::mutex> lock(c.mu);
+      c.blocks.emplace_back(n, p);
+      c.bytes += n;
+      while (c.bytes > kBigCacheBytes) {
+        drop.push_back(c.blocks.front().second);
+        c.bytes -= c.blocks.front().first;
+        c.blocks.pop_front();
+      }
+    }
+    for (void* q : drop) std::free(q);
+    return;
+  }
+  std::free(p);
+}
 
 void CpuBackend::write_from_host(const Tensor& dst, const void* src) {
   std::memcpy(dst.raw(), src, dst.numel() * dtype_size(dst.dtype));

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cpu_backend.h"
+#include "fast_f32.h"
 
 namespace lc {
 
@@ -63,6 +64,13 @@ void CpuBackend::softmax_backward(const Tensor& y, const Tensor& dy, const Tenso
 void CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targets,
                                        int64_t ignore_index, double ls, const Tensor& loss_rows,
                                        const Tensor& lse) {
+  // float32: the vectorised, threaded rows of fast_f32.cpp; a bad target falls through to the
+  // loop below, which reports it.
+  if (logits.dtype == DType::F32 &&
+      cross_entropy_forward_f32(logits.data<float>(), targets.data<int32_t>(), logits.shape[0],
+                                logits.shape[1], ignore_index, ls, loss_rows.data<float>(),
+                                lse.data<float>()) < 0)
+    return;
   dispatch_floating(logits.dtype, "cross entropy", [&](auto z) {
     using T = decltype(z);
     using L = opmath_t<T>;  // the loss and logsumexp
@@ -91,8 +99,10 @@ void CpuBackend::cross_entropy_forward(const Tensor& logits, const Tensor& targe
         continue;
       }
       double nll = l - static_cast<double>(L(row[ti]));
-      double smooth = l - sum_x / static_cast<double>(C);
-      lr[i] = static_cast<L>((1.0 - ls) * nll + ls * smooth);
+      // Without smoothing the mean logit is not used: a -inf (masked) logit leaves the loss finite,
+      // as in PyTorch.
+      double smooth = ls > 0 ? l - sum_x / static_cast<double>(C) : 0.0;
+      lr[i] = static_cast<L>(ls > 0 ? (1.0 - ls) * nll + ls * smooth : nll);
     }
   });
 }
@@ -101,6 +111,13 @@ void CpuBackend::cross_entropy_backward(const Tensor& logits, const Tensor& lse,
                                         const Tensor& targets, int64_t ignore_index, double ls,
                                         const Tensor& grad, double grad_scale,
                                         const Tensor& dlogits) {
+  if (logits.dtype == DType::F32) {
+    cross_entropy_backward_f32(logits.data<float>(), lse.data<float>(), targets.data<int32_t>(),
+                               logits.shape[0], logits.shape[1], ignore_index, ls,
+                               grad.data<float>(), grad.numel() != 1, grad_scale,
+                               dlogits.data<float>());
+    return;
+  }
   dispatch_floating(logits.dtype, "cross entropy backward", [&](auto z) {
     using T = decltype(z);
     using L = opmath_t<T>;

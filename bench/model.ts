@@ -1,0 +1,169 @@
+// `lora-cuda bench --model` (`npm run bench -- --model`): one LoRA training step of a Llama model of
+// SmolLM-135M's shape cut to 4 layers (hidden 576, intermediate 1536, 9 heads over 3 key/value heads,
+// vocab 49,152, tied head), batch 4 x 128 tokens: forward, cross-entropy, backward and AdamW on
+// LoRA adapters of q_proj and v_proj (the seed formulation: r 8, alpha 32). Prints tokens/s and the
+// median step time, and runs the same step in PyTorch (bench/torch_model_step.py, when python3 with
+// torch is found) for the ratio. --results writes model-cpu-<cpu>-<blas>.json.
+import { spawnSync } from 'child_process';
+import * as os from 'os';
+import * as path from 'path';
+import * as fs from 'fs';
+import { AdamW, LlamaForCausalLM, backendInfo, getLoraParameters, injectLora, manualSeed } from '../lib';
+
+export interface ModelBenchConfig {
+  vocab: number;
+  hidden: number;
+  intermediate: number;
+  layers: number;
+  heads: number;
+  kvHeads: number;
+  batch: number;
+  seq: number;
+  r: number;
+  alpha: number;
+  lr: number;
+  steps: number;
+  warmup: number;
+  threads: number;
+}
+
+/** SmolLM-135M's shape, 4 layers, 4 x 128 tokens; 'tiny' is for tests. */
+export function modelBenchConfig(kind: 'full' | 'quick' | 'tiny'): ModelBenchConfig {
+  const threads = backendInfo().cpu.threads;
+  if (kind === 'tiny') {
+    return { vocab: 256, hidden: 64, intermediate: 128, layers: 2, heads: 4, kvHeads: 2, batch: 2, seq: 16, r: 4, alpha: 8, lr: 1e-4, steps: 2, warmup: 1, threads };
+  }
+  return {
+    vocab: 49152, hidden: 576, intermediate: 1536, layers: 4, heads: 9, kvHeads: 3, batch: 4, seq: 128,
+    r: 8, alpha: 32, lr: 1e-4, steps: kind === 'quick' ? 3 : 10, warmup: kind === 'quick' ? 1 : 2, threads,
+  };
+}
+
+export interface TorchSide {
+  torch: string;
+  threads: number;
+  steps: number;
+  medianMs: number;
+  minMs: number;
+  cpuMs: number;
+  tokensPerSecond: number;
+  loss: number;
+}
+
+export interface ModelBenchResult {
+  date: string;
+  machine: { cpu: string; cores: number; node: string; platform: string; loadavg: number[] };
+  backend: ReturnType<typeof backendInfo>['cpu'];
+  config: ModelBenchConfig;
+  /** cpuMs: the median step's CPU time over all threads (steadier than wall time on a shared machine). */
+  lora: { medianMs: number; minMs: number; cpuMs: number; steps: number; tokensPerSecond: number; loss: number; trainable: number };
+  pytorch: TorchSide | null;
+  /** Why PyTorch did not run, when it did not. */
+  pytorchSkipped?: string;
+  /** Our tokens/s over PyTorch's (median wall times). */
+  ratio: number | null;
+  /** PyTorch's CPU time per step over ours. */
+  cpuRatio: number | null;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+/** Our step: the model's loss, backward, AdamW; median and min over `steps` after `warmup`. */
+function runOurs(c: ModelBenchConfig) {
+  manualSeed(0);
+  const model = new LlamaForCausalLM({
+    model_type: 'llama', vocab_size: c.vocab, hidden_size: c.hidden, intermediate_size: c.intermediate,
+    num_hidden_layers: c.layers, num_attention_heads: c.heads, num_key_value_heads: c.kvHeads,
+    max_position_embeddings: 2048, rope_theta: 10000, rms_norm_eps: 1e-5, tie_word_embeddings: true,
+  });
+  injectLora(model, { targetModules: ['q_proj', 'v_proj'], r: c.r, alpha: c.alpha });
+  const params = getLoraParameters(model);
+  const opt = new AdamW(params, { lr: c.lr });
+  // Token ids drawn once (a fixed pattern: the values do not change the work).
+  const ids = Array.from({ length: c.batch }, (_, b) => Array.from({ length: c.seq }, (_, t) => (t * 7919 + b * 104729 + 13) % c.vocab));
+  let loss = 0;
+  const step = () => {
+    const l = model.loss(ids);
+    opt.zeroGrad();
+    l.backward();
+    opt.step();
+    loss = l.item();
+    l.dispose();
+  };
+  for (let i = 0; i < c.warmup; i++) step();
+  const ts: number[] = [];
+  const cpu: number[] = [];
+  for (let i = 0; i < c.steps; i++) {
+    const t0 = process.hrtime.bigint();
+    const c0 = process.cpuUsage();
+    step();
+    const dc = process.cpuUsage(c0);
+    ts.push(Number(process.hrtime.bigint() - t0) / 1e6);
+    cpu.push((dc.user + dc.system) / 1000);
+  }
+  const ms = median(ts);
+  return {
+    medianMs: ms, minMs: Math.min(...ts), cpuMs: median(cpu), steps: ts.length, tokensPerSecond: (c.batch * c.seq) / (ms / 1000), loss,
+    trainable: params.reduce((n, p) => n + p.numel, 0),
+  };
+}
+
+/** The PyTorch step in a child process: /usr/bin/python3 (else python3 on PATH) with torch. */
+function runTorch(c: ModelBenchConfig): { side: TorchSide | null; why?: string } {
+  const script = path.join(__dirname, '..', '..', 'bench', 'torch_model_step.py');
+  const scriptPath = fs.existsSync(script) ? script : path.join(__dirname, 'torch_model_step.py');
+  for (const py of ['/usr/bin/python3', 'python3']) {
+    const r = spawnSync(py, [scriptPath, JSON.stringify(c)], { encoding: 'utf8', maxBuffer: 1 << 20 });
+    if (r.error) continue;
+    if (r.status !== 0) {
+      const err = r.stderr.trim().split('\n').pop() ?? '';
+      return { side: null, why: `${py} ${path.basename(scriptPath)} failed: ${err}` };
+    }
+    return { side: JSON.parse(r.stdout.trim().split('\n').pop() as string) };
+  }
+  return { side: null, why: 'no python3 found' };
+}
+
+export function runModelBench(kind: 'full' | 'quick' | 'tiny', options: { torch?: boolean; log?: (s: string) => void } = {}): ModelBenchResult {
+  const log = options.log ?? (() => undefined);
+  const c = modelBenchConfig(kind);
+  const info = backendInfo().cpu;
+  const cpu = os.cpus()[0]?.model ?? 'unknown cpu';
+  log(`lora-cuda bench --model: ${cpu}, ${os.cpus().length} cores, BLAS ${info.blas}, kernels ${info.kernels}; ` +
+    `Llama hidden ${c.hidden}, intermediate ${c.intermediate}, ${c.layers} layers, ${c.heads}/${c.kvHeads} heads, vocab ${c.vocab}; ` +
+    `batch ${c.batch} x ${c.seq} tokens; LoRA r ${c.r}, alpha ${c.alpha} on q_proj, v_proj; AdamW; median of ${c.steps} steps`);
+  const ours = runOurs(c);
+  log(`lora-cuda: ${ours.medianMs.toFixed(1)} ms/step (min ${ours.minMs.toFixed(1)}; CPU ${ours.cpuMs.toFixed(0)} ms), ${ours.tokensPerSecond.toFixed(0)} tokens/s, loss ${ours.loss.toFixed(4)}`);
+  let pytorch: TorchSide | null = null;
+  let why: string | undefined;
+  if (options.torch === false) {
+    why = '--no-torch';
+  } else {
+    const t = runTorch(c);
+    pytorch = t.side;
+    why = t.why;
+  }
+  if (pytorch) {
+    log(`pytorch ${pytorch.torch} (${pytorch.threads} threads): ${pytorch.medianMs.toFixed(1)} ms/step (min ${pytorch.minMs.toFixed(1)}; CPU ${pytorch.cpuMs.toFixed(0)} ms), ` +
+      `${pytorch.tokensPerSecond.toFixed(0)} tokens/s, loss ${pytorch.loss.toFixed(4)}`);
+  } else {
+    log(`pytorch: not run (${why})`);
+  }
+  const ratio = pytorch ? ours.tokensPerSecond / pytorch.tokensPerSecond : null;
+  const cpuRatio = pytorch ? pytorch.cpuMs / ours.cpuMs : null;
+  if (ratio !== null) log(`ratio: ${ratio.toFixed(2)}x PyTorch's tokens/s (CPU time per step: ${cpuRatio!.toFixed(2)}x less); load average ${os.loadavg()[0].toFixed(1)} on ${os.cpus().length} cores`);
+  return {
+    date: new Date().toISOString(),
+    machine: { cpu, cores: os.cpus().length, node: process.version, platform: `${process.platform}-${process.arch}`, loadavg: os.loadavg() },
+    backend: info,
+    config: c,
+    lora: ours,
+    pytorch,
+    ...(pytorch ? {} : { pytorchSkipped: why }),
+    ratio,
+    cpuRatio,
+  };
+}

@@ -1,0 +1,242 @@
+// See fast_f32.h. GCC vector extensions, one template per vector width W
+// (bytes), instantiated under target attributes as builtin_gemm.cpp does.
+#include "fast_f32.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "../parallel.h"
+#include "gemm.h"
+
+// The helpers below take and return vectors but are always inlined into their
+// target-attributed callers, so no call crosses the ABI GCC warns about.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+#if defined(__GNUC__)
+#define LC_INLINE inline __attribute__((always_inline))
+#else
+#define LC_INLINE inline
+#endif
+
+namespace lc {
+namespace {
+
+template <int W>
+struct Vec {
+  typedef float F __attribute__((vector_size(W)));
+  typedef int32_t I __attribute__((vector_size(W)));
+  static constexpr int L = W / 4;
+};
+
+template <int W>
+LC_INLINE typename Vec<W>::F load(const float* p) {
+  typename Vec<W>::F v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <int W>
+LC_INLINE void store(float* p, typename Vec<W>::F v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+template <int W>
+LC_INLINE typename Vec<W>::F splat(float x) {
+  typename Vec<W>::F v;
+  for (int i = 0; i < Vec<W>::L; ++i) v[i] = x;
+  return v;
+}
+
+// exp(x): x = n ln2 + r with |r| <= ln2/2 (n rounded with the 1.5 * 2^23 trick), a degree-6
+// polynomial for e^r (Cephes' expf), then 2^n put into the exponent bits.
+template <int W>
+LC_INLINE typename Vec<W>::F vexp(typename Vec<W>::F x) {
+  using F = typename Vec<W>::F;
+  using I = typename Vec<W>::I;
+  const F hi = splat<W>(88.3762626647950f), lo = splat<W>(-88.3762626647949f);
+  const I under = x < lo;  // exp is 0 (to float) there; -inf included
+  x = x > hi ? hi : x;
+  x = x < lo ? lo : x;
+  const F magic = splat<W>(12582912.0f);
+  F n = (x * 1.44269504088896341f + magic) - magic;
+  F r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  F p = splat<W>(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const I e = (__builtin_convertvector(n, I) + 127) << 23;
+  F scale;
+  std::memcpy(&scale, &e, sizeof(scale));
+  F y = p * scale;
+  I bits;
+  std::memcpy(&bits, &y, sizeof(bits));
+  bits &= ~under;
+  std::memcpy(&y, &bits, sizeof(y));
+  return y;
+}
+
+template <int W>
+LC_INLINE double hsum(typename Vec<W>::F v) {
+  double s = 0;
+  for (int i = 0; i < Vec<W>::L; ++i) s += v[i];
+  return s;
+}
+
+// Max and sum of exp(x - mx) over one row; the sum is kept in float per lane over
+// blocks of 64 vectors and added into double, so no lane sums many terms in float.
+template <int W>
+LC_INLINE void row_lse(const float* row, int64_t C, bool want_sum_x, double& mx_out, double& s_out,
+                       double& sum_x_out) {
+  using F = typename Vec<W>::F;
+  constexpr int L = Vec<W>::L;
+  const float ninf = -std::numeric_limits<float>::infinity();
+  F m = splat<W>(ninf);
+  int64_t j = 0;
+  for (; j + L <= C; j += L) {
+    F v = load<W>(row + j);
+    m = v > m ? v : m;
+  }
+  float mx = ninf;
+  for (int i = 0; i < L; ++i) mx = std::max(mx, m[i]);
+  bool nan = false;
+  for (int64_t k = j; k < C; ++k) {
+    mx = std::max(mx, row[k]);
+    nan |= std::isnan(row[k]);
+  }
+  double s = 0, sx = 0;
+  const F vm = splat<W>(mx);
+  j = 0;
+  while (j + L <= C) {
+    F acc = splat<W>(0.f), accx = splat<W>(0.f);
+    const int64_t end = std::min(C - L + 1, j + 64 * L);
+    for (; j < end; j += L) {
+      F v = load<W>(row + j);
+      acc += vexp<W>(v - vm);
+      if (want_sum_x) accx += v;
+    }
+    s += hsum<W>(acc);
+    if (want_sum_x) sx += hsum<W>(accx);
+  }
+  for (; j < C; ++j) {
+    s += std::exp(static_cast<double>(row[j]) - mx);
+    sx += row[j];
+  }
+  // A NaN anywhere makes the row's loss NaN, as the plain loop's sum does.
+  if (nan || std::isnan(s)) s = std::numeric_limits<double>::quiet_NaN();
+  mx_out = mx;
+  s_out = s;
+  sum_x_out = sx;
+}
+
+template <int W>
+LC_INLINE void forward_rows(const float* x, const int32_t* t, int64_t i0, int64_t i1, int64_t C,
+                  int64_t ignore_index, double ls, float* lr, float* pl) {
+  for (int64_t i = i0; i < i1; ++i) {
+    const float* row = x + i * C;
+    const int64_t ti = t[i];
+    double mx, s, sum_x;
+    row_lse<W>(row, C, ls > 0, mx, s, sum_x);
+    const double l = mx + std::log(s);
+    pl[i] = static_cast<float>(l);
+    if (ti == ignore_index) {
+      lr[i] = 0.f;
+      continue;
+    }
+    const double nll = l - row[ti];
+    const double smooth = ls > 0 ? l - sum_x / static_cast<double>(C) : 0.0;
+    lr[i] = static_cast<float>(ls > 0 ? (1.0 - ls) * nll + ls * smooth : nll);
+  }
+}
+
+template <int W>
+LC_INLINE void backward_rows(const float* x, const float* pl, const int32_t* t, int64_t i0, int64_t i1,
+                   int64_t C, int64_t ignore_index, double ls, const float* g, bool per_row,
+                   double scale, float* d) {
+  using F = typename Vec<W>::F;
+  constexpr int L = Vec<W>::L;
+  const double off = ls / static_cast<double>(C);
+  for (int64_t i = i0; i < i1; ++i) {
+    float* drow = d + i * C;
+    if (t[i] == ignore_index) {
+      std::fill_n(drow, C, 0.f);
+      continue;
+    }
+    const double gs = scale * static_cast<double>(g[per_row ? i : 0]);
+    const float* row = x + i * C;
+    const F vl = splat<W>(pl[i]), vg = splat<W>(static_cast<float>(gs)),
+            voff = splat<W>(static_cast<float>(gs * off));
+    int64_t j = 0;
+    for (; j + L <= C; j += L) store<W>(drow + j, vg * vexp<W>(load<W>(row + j) - vl) - voff);
+    for (; j < C; ++j)
+      drow[j] = static_cast<float>(gs * (std::exp(static_cast<double>(row[j]) - pl[i]) - off));
+    const int64_t ti = t[i];
+    if (ti < 0 || ti >= C) continue;  // checked by the forward; never written out of the row
+    drow[ti] = static_cast<float>(gs * (std::exp(static_cast<double>(row[ti]) - pl[i]) - off - (1.0 - ls)));
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define LC_AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma")))
+#define LC_AVX2 __attribute__((target("avx2,fma")))
+LC_AVX512 void fwd_avx512(const float* x, const int32_t* t, int64_t i0, int64_t i1, int64_t C,
+                          int64_t ii, double ls, float* lr, float* pl) {
+  forward_rows<64>(x, t, i0, i1, C, ii, ls, lr, pl);
+}
+LC_AVX2 void fwd_avx2(const float* x, const int32_t* t, int64_t i0, int64_t i1, int64_t C,
+                      int64_t ii, double ls, float* lr, float* pl) {
+  forward_rows<32>(x, t, i0, i1, C, ii, ls, lr, pl);
+}
+LC_AVX512 void bwd_avx512(const float* x, const float* pl, const int32_t* t, int64_t i0,
+                          int64_t i1, int64_t C, int64_t ii, double ls, const float* g,
+                          bool per_row, double scale, float* d) {
+  backward_rows<64>(x, pl, t, i0, i1, C, ii, ls, g, per_row, scale, d);
+}
+LC_AVX2 void bwd_avx2(const float* x, const float* pl, const int32_t* t, int64_t i0, int64_t i1,
+                      int64_t C, int64_t ii, double ls, const float* g, bool per_row,
+                      double scale, float* d) {
+  backward_rows<32>(x, pl, t, i0, i1, C, ii, ls, g, per_row, scale, d);
+}
+#endif
+
+// Rows per chunk: about 64K logits, so small batches stay on one thread.
+int64_t row_grain(int64_t C) { return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(C, 1)); }
+
+}  // namespace
+
+int64_t cross_entropy_forward_f32(const float* x, const int32_t* t, int64_t N, int64_t C,
+                                  int64_t ignore_index, double ls, float* loss_rows, float* lse) {
+  for (int64_t i = 0; i < N; ++i)
+    if (t[i] != ignore_index && (t[i] < 0 || t[i] >= C)) return i;
+  const CpuKernels isa = cpu_kernels();
+  parallel_for(N, row_grain(C), [&](int64_t i0, int64_t i1) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (isa == CpuKernels::Avx512) return fwd_avx512(x, t, i0, i1, C, ignore_index, ls, loss_rows, lse);
+    if (isa == CpuKernels::Avx2) return fwd_avx2(x, t, i0, i1, C, ignore_index, ls, loss_rows, lse);
+#endif
+    (void)isa;
+    forward_rows<16>(x, t, i0, i1, C, ignore_index, ls, loss_rows, lse);
+  });
+  return -1;
+}
+
+void cross_entropy_backward_f32(const float* x, const float* lse, const int32_t* t, int64_t N,
+                                int64_t C, int64_t ignore_index, double ls, const float* g,
+                                bool per_row, double scale, float* d) {
+  const CpuKernels isa = cpu_kernels();
+  parallel_for(N, row_grain(C), [&](int64_t i0, int64_t i1) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (isa == CpuKernels::Avx512)
+      return bwd_avx512(x, lse, t, i0, i1, C, ignore_index, ls, g, per_row, scale, d);
+    if (isa == CpuKernels::Avx2)
+      return bwd_avx2(x, lse, t, i0, i1, C, ignore_index, ls, g, per_row, scale, d);
+#endif
+    (void)isa;
+    backward_rows<16>(x, lse, t, i0, i1, C, ignore_index, ls, g, per_row, scale, d);
+  });
+}
+
+}  // namespace lc
