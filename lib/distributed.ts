@@ -6,6 +6,7 @@
 //
 // Every rank must make the same collective calls in the same order with tensors of the same
 // shapes, or they wait for each other until the timeout (default 30 minutes, as PyTorch's).
+import { isHalf } from './dtype';
 import * as fs from 'fs';
 import * as path from 'path';
 import * as dist from './ops/distributed';
@@ -258,6 +259,9 @@ function checkTensors(where: string, tensors: unknown): Tensor[] {
     assertTensor(where, `tensors[${i}]`, t);
     t._checkLive(where, `tensors[${i}]`);
     if (seen.has(t)) throw rangeError(where, `tensors[${i}]`, 'a tensor not already in the list', t);
+    // The native collectives pack float32, float64 and int32 only: a half tensor is refused here
+    // rather than skipped or packed with the wrong element size.
+    if (isHalf(t.dtype)) throw typeError(where, `tensors[${i}]`, 'a float32, float64 or int32 tensor (collectives do not carry bfloat16 or float16 yet)', t);
     seen.add(t);
   });
   return tensors as Tensor[];
