@@ -622,9 +622,9 @@ constexpr size_t tc_backward_smem() {
 // Forward: block = 64 query rows of one (b, h) slice; per key tile of 64, S = Q K^T (warp: 16 x
 // 64), the online softmax on it (lane: half a row), O = O * corr + P V in fragments.
 template <typename TS, typename TW, int DP>
-__global__ void __launch_bounds__(kTcThreads)
-    attn_forward_tc(const TS* q, const TS* k, const TS* v, TS* out, float* lse, AttnDims a,
-                    bool causal, float scale, const int32_t* st) {
+__device__ __forceinline__ void attn_forward_tc_body(const TS* q, const TS* k, const TS* v, TS* out,
+                                                     float* lse, AttnDims a, bool causal,
+                                                     float scale, const int32_t* st) {
   constexpr int LDH = DP + 8, NF = DP / 16;
   TW* Ks = reinterpret_cast<TW*>(attn_tc_smem);
   TW* Vs = Ks + kTcTile * LDH;
@@ -759,10 +759,11 @@ __global__ void attn_backward_dot_tc(const TS* dout, const TS* out, float* Dsave
 // dP^T = V dO^T, dK += dS^T Q, dQ += dS K (fp32 atomics into dqacc [B * Hq * T, Dh]), with
 // P = exp(scale S - lse) and dS = P (dP - D).
 template <typename TS, typename TW, int DP>
-__global__ void __launch_bounds__(kTcThreads)
-    attn_backward_tc(const TS* q, const TS* k, const TS* v, const TS* dout, const float* lse,
-                     const float* Dsave, float* dqacc, TS* dk, TS* dv, AttnDims a, bool causal,
-                     float scale, const int32_t* st) {
+__device__ __forceinline__ void attn_backward_tc_body(const TS* q, const TS* k, const TS* v,
+                                                      const TS* dout, const float* lse,
+                                                      const float* Dsave, float* dqacc, TS* dk,
+                                                      TS* dv, AttnDims a, bool causal, float scale,
+                                                      const int32_t* st) {
   constexpr int LDH = DP + 8, NF = DP / 16;
   TW* Ks = reinterpret_cast<TW*>(attn_tc_smem);
   TW* Vs = Ks + kTcTile * LDH;
@@ -921,6 +922,36 @@ __global__ void __launch_bounds__(kTcThreads)
 }
 
 // dq (in q's layout) = dqacc rounded once.
+// bf16 tensor-core fragments exist from compute capability 8.0; fp16 ones from 7.0. The
+// launchers never start a kernel the device cannot run (tc_runs), so the stub only keeps the
+// build for older architectures whole.
+template <typename TW>
+__device__ constexpr bool tc_compiled() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  return !std::is_same<TW, __nv_bfloat16>::value;
+#else
+  return true;
+#endif
+}
+
+template <typename TS, typename TW, int DP>
+__global__ void __launch_bounds__(kTcThreads)
+    attn_forward_tc(const TS* q, const TS* k, const TS* v, TS* out, float* lse, AttnDims a,
+                    bool causal, float scale, const int32_t* st) {
+  if constexpr (tc_compiled<TW>()) attn_forward_tc_body<TS, TW, DP>(q, k, v, out, lse, a, causal, scale, st);
+  else __trap();
+}
+
+template <typename TS, typename TW, int DP>
+__global__ void __launch_bounds__(kTcThreads)
+    attn_backward_tc(const TS* q, const TS* k, const TS* v, const TS* dout, const float* lse,
+                     const float* Dsave, float* dqacc, TS* dk, TS* dv, AttnDims a, bool causal,
+                     float scale, const int32_t* st) {
+  if constexpr (tc_compiled<TW>())
+    attn_backward_tc_body<TS, TW, DP>(q, k, v, dout, lse, Dsave, dqacc, dk, dv, a, causal, scale, st);
+  else __trap();
+}
+
 template <typename TS>
 __global__ void attn_dq_store_tc(const float* dqacc, TS* dq, AttnDims a) {
   LC_GRID_STRIDE(idx, a.B * a.Hq * a.T * a.Dh) {
@@ -1005,6 +1036,11 @@ void with_dp(int64_t d, Fn&& fn) {
 }
 // The tensor-core kernels take equal q/v head dims up to 128.
 bool tc_fits(const AttnDims& a) { return a.Dh == a.Dv && a.Dh >= 1 && a.Dh <= 128; }
+// ... on a device with the fragments of the type: bf16 needs compute capability 8.0 (on a
+// 7.5 card bf16 attention takes the float path).
+bool tc_runs(const Context& c, const AttnDims& a, DType t) {
+  return tc_fits(a) && (t != DType::BF16 || c.capability >= 80);
+}
 
 // Kernels whose shared memory passes the default 48 KB need the opt-in (per device, cheap).
 template <typename K>
@@ -1120,7 +1156,7 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
     dispatch_half(q.dtype, [&](auto z) {
       using TS = decltype(z);
       using TW = typename WmmaOf<TS>::type;
-      if (!tc_fits(a)) {
+      if (!tc_runs(c_, a, q.dtype)) {
         Tensor qf = widen<TS>(c_, q, op), kf = widen<TS>(c_, k, op), vf = widen<TS>(c_, v, op);
         Tensor of = scratch(c_, out.shape, DType::F32);
         forward_float<float>(c_, dp<float>(qf), dp<float>(kf), dp<float>(vf), dp<float>(of),
@@ -1165,7 +1201,7 @@ void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const 
     dispatch_half(q.dtype, [&](auto z) {
       using TS = decltype(z);
       using TW = typename WmmaOf<TS>::type;
-      if (!tc_fits(a)) {
+      if (!tc_runs(c_, a, q.dtype)) {
         Tensor gf = widen<TS>(c_, dout, op), qf = widen<TS>(c_, q, op), kf = widen<TS>(c_, k, op),
                vf = widen<TS>(c_, v, op);
         Tensor dqf = want_dq ? scratch(c_, q.shape, DType::F32) : Tensor();

@@ -180,8 +180,11 @@ ncclDataType_t nccl_type(DType t) {
     case DType::F32: return ncclFloat32;
     case DType::F64: return ncclFloat64;
     case DType::I32: return ncclInt32;
+    case DType::BF16:
+    case DType::F16: break;  // refused in lib/distributed.ts before any call
   }
-  return ncclFloat32;
+  throw Error(std::string("NCCL collectives take float32, float64 or int32 tensors, got ") + dtype_name(t),
+              "ERR_INVALID_ARG_TYPE");
 }
 
 template <typename Post>
@@ -296,7 +299,7 @@ void nccl_all_reduce(const std::vector<Tensor>& tensors, bool mean, double timeo
   const Nccl& n = need();
   ready("allReduce");
   for (const Tensor& t : tensors)
-    if (mean && t.dtype == DType::I32) throw Error("allReduce: 'mean' needs floating-point tensors, got int32", "ERR_DIST_DTYPE");
+    if (mean && t.dtype == DType::I32) throw Error("allReduce: 'mean' needs floating-point tensors, got int32", "ERR_INVALID_ARG_TYPE");
   bucketed(n, tensors, bucket_bytes, timeout_s, "ncclAllReduce",
            [&](void* p, size_t count, ncclDataType_t type, cudaStream_t s) {
              return n.all_reduce(p, p, count, type, mean ? ncclAvg : ncclSum, comm, s);

@@ -216,6 +216,10 @@ Context* create_context(int index, int ordinal) {
   int sms = 1;
   check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ordinal), "cudaDeviceGetAttribute");
   c->multiprocessors = sms;
+  int major = 0, minor = 0;
+  check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ordinal), "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, ordinal), "cudaDeviceGetAttribute");
+  c->capability = major * 10 + minor;
   check(cudaMalloc(reinterpret_cast<void**>(&c->err), sizeof(DeviceError)), "cudaMalloc");
   check(cudaMalloc(reinterpret_cast<void**>(&c->flag), sizeof(int)), "cudaMalloc");
   check(cudaMemsetAsync(c->err, 0, sizeof(DeviceError), c->stream), "cudaMemsetAsync");

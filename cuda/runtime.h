@@ -45,6 +45,7 @@ struct Context {
   bool pools = false;             // cudaMallocAsync supported
   int64_t allocated = 0, peak = 0;
   int multiprocessors = 1;
+  int capability = 0;  // compute capability as major * 10 + minor (86 for 8.6)
   std::vector<std::string> pending;  // ops queued since the last synchronisation (bounded)
   bool sync_each_op = false;         // LORA_CUDA_SYNC=1: synchronise after every op
 };
