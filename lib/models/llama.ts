@@ -15,7 +15,8 @@ import { Tensor, DType } from '../tensor';
 import { rand, randn, tensor, zeros } from '../creation';
 import { writeAlong_ } from '../ops/views';
 import { tidy } from '../scope';
-import { noGrad } from '../autograd';
+import { isGradEnabled, noGrad, releaseIntermediate } from '../autograd';
+import { checkpoint } from '../checkpoint';
 import { DeviceSpec } from '../device';
 import { SafetensorsFile } from '../safetensors';
 import { READ_LIMITS, pathExists, readJsonFile } from '../fsio';
@@ -173,12 +174,32 @@ export class LlamaAttention extends Module {
   forward(x: Tensor, cos: Tensor, sin: Tensor, layout?: BatchLayout, cache?: LayerCache): Tensor {
     const [B, T] = x.shape;
     const { numAttentionHeads: H, numKeyValueHeads: Hkv, headDim: hd } = this.config;
-    const heads = (t: Tensor, n: number) => t.reshape(B, T, n, hd).transpose(1, 2);
+    // Each intermediate is freed as soon as it has been read (at once, or when the last node that
+    // kept it for backward goes): projections before the head split, heads before rotary, the
+    // attention output before its transpose. Never x itself: it belongs to the caller.
+    const done = (...ts: Tensor[]) => releaseIntermediate(...ts.filter((t) => t._store !== x._store));
+    const heads = (t: Tensor, n: number) => {
+      const r = t.reshape(B, T, n, hd).transpose(1, 2);
+      done(t);
+      return r;
+    };
     // Per-token tables: heads first ([n, 1, B * T, hd]), so that rotary's row index runs
     // over (b, t) and meets the table row of that token.
-    const rope = (t: Tensor, n: number) => (layout?.perToken
-      ? applyRotary(t.reshape(B, T, n, hd).permute(2, 0, 1, 3).reshape(n, 1, B * T, hd), cos, sin).reshape(n, B, T, hd).permute(1, 0, 2, 3)
-      : applyRotary(heads(t, n), cos, sin));
+    const rope = (t: Tensor, n: number) => {
+      if (layout?.perToken) {
+        const a = t.reshape(B, T, n, hd).permute(2, 0, 1, 3);
+        done(t);
+        const r = applyRotary(a.reshape(n, 1, B * T, hd), cos, sin);
+        done(a);
+        const out = r.reshape(n, B, T, hd).permute(1, 0, 2, 3);
+        done(r);
+        return out;
+      }
+      const h = heads(t, n);
+      const r = applyRotary(h, cos, sin);
+      done(h);
+      return r;
+    };
     const q = rope(this.q_proj.forward(x), H);
     let k = rope(this.k_proj.forward(x), Hkv);
     let v = heads(this.v_proj.forward(x), Hkv);
@@ -187,12 +208,19 @@ export class LlamaAttention extends Module {
       // queries then see every key so far (causal with S > T aligns them bottom-right).
       writeAlong_(cache.k, k, 2, cache.length);
       writeAlong_(cache.v, v, 2, cache.length);
+      done(k, v);
       const S = cache.length + T;
       k = S === cache.k.shape[2] ? cache.k : cache.k.narrow(2, 0, S);
       v = S === cache.v.shape[2] ? cache.v : cache.v.narrow(2, 0, S);
     }
     const o = scaledDotProductAttention(q, k, v, layout?.keyStarts ? { causal: true, keyStarts: layout.keyStarts } : { causal: true });
-    return this.o_proj.forward(o.transpose(1, 2).reshape(B, T, H * hd));
+    done(q);
+    if (!cache) done(k, v);
+    const t = o.transpose(1, 2);
+    done(o);
+    const y = this.o_proj.forward(t.reshape(B, T, H * hd));
+    done(t);
+    return y;
   }
 }
 
@@ -210,7 +238,17 @@ export class LlamaMLP extends Module {
   }
 
   forward(x: Tensor): Tensor {
-    return this.down_proj.forward(F.silu(this.gate_proj.forward(x)).mul(this.up_proj.forward(x)));
+    // Intermediates freed once read, as in LlamaAttention.forward.
+    const done = (...ts: Tensor[]) => releaseIntermediate(...ts.filter((t) => t._store !== x._store));
+    const g = this.gate_proj.forward(x);
+    const s = F.silu(g);
+    done(g);
+    const u = this.up_proj.forward(x);
+    const p = s.mul(u);
+    done(s, u);
+    const y = this.down_proj.forward(p);
+    done(p);
+    return y;
   }
 }
 
@@ -229,8 +267,19 @@ export class LlamaDecoderLayer extends Module {
   }
 
   forward(x: Tensor, cos: Tensor, sin: Tensor, layout?: BatchLayout, cache?: LayerCache): Tensor {
-    const h = x.add(this.self_attn.forward(this.input_layernorm.forward(x), cos, sin, layout, cache));
-    return h.add(this.mlp.forward(this.post_attention_layernorm.forward(h)));
+    // Intermediates freed once read, as in LlamaAttention.forward; x belongs to the caller.
+    const done = (...ts: Tensor[]) => releaseIntermediate(...ts.filter((t) => t._store !== x._store));
+    const n1 = this.input_layernorm.forward(x);
+    const a = this.self_attn.forward(n1, cos, sin, layout, cache);
+    done(n1);
+    const h = x.add(a);
+    done(a);
+    const n2 = this.post_attention_layernorm.forward(h);
+    const m = this.mlp.forward(n2);
+    done(n2);
+    const y = h.add(m);
+    done(h, m);
+    return y;
   }
 }
 
@@ -250,6 +299,11 @@ export class LlamaModel extends Module {
    * or to the garbage collector, so a model that sees many lengths holds one pair at most.
    */
   private _rope: { T: number; cos: Tensor; sin: Tensor } | null = null;
+  /**
+   * Whether a training forward keeps only each decoder layer's input and recomputes the layer in
+   * backward (transformers' gradient_checkpointing; set by LlamaForCausalLM.gradientCheckpointingEnable).
+   */
+  gradientCheckpointing = false;
 
   constructor(readonly config: LlamaConfig, o: BuildOptions) {
     super();
@@ -330,11 +384,23 @@ export class LlamaModel extends Module {
       dev = { perToken: layout.positions !== null, keyStarts };
     }
     let i = 0;
-    for (const layer of this.layers) x = layer.forward(x, cos, sin, dev, cache?.layers[i++]);
+    // As transformers: checkpointed layers only while training with a graph (never with a cache).
+    const ckpt = this.gradientCheckpointing && this.training && isGradEnabled() && !cache;
+    for (const layer of this.layers) {
+      const y = ckpt
+        ? checkpoint((h) => layer.forward(h, cos, sin, dev), x, layer.parameters(), [cos, sin, dev?.keyStarts])
+        : layer.forward(x, cos, sin, dev, cache?.layers[i++]);
+      // Each layer's input is freed once no node needs it (with checkpointing: after its backward).
+      if (y._store !== x._store) releaseIntermediate(x);
+      x = y;
+    }
     if (cache) {
       for (const c of cache.layers) c.length += ids.shape[1];
     }
-    return this.norm.forward(x);
+    const out = this.norm.forward(x);
+    if (out._store !== x._store) releaseIntermediate(x);
+    releaseIntermediate(dev?.keyStarts);
+    return out;
   }
 }
 
@@ -443,6 +509,27 @@ export class LlamaForCausalLM extends Module {
     });
   }
 
+  /**
+   * Activation checkpointing per decoder layer, as transformers' gradient_checkpointing_enable: in
+   * training mode with grad enabled, each layer keeps only its input during forward and runs again
+   * in backward, with the same dropout masks (the random state is replayed), so the gradients are
+   * bit for bit those without it, for about one more forward pass of compute. Memory of the
+   * activations drops from every layer's to one layer's plus each layer's input.
+   */
+  gradientCheckpointingEnable(): void {
+    this.model.gradientCheckpointing = true;
+  }
+
+  /** Turns activation checkpointing off again (transformers' gradient_checkpointing_disable). */
+  gradientCheckpointingDisable(): void {
+    this.model.gradientCheckpointing = false;
+  }
+
+  /** Whether activation checkpointing is on (transformers' is_gradient_checkpointing). */
+  get isGradientCheckpointing(): boolean {
+    return this.model.gradientCheckpointing;
+  }
+
   /** Where the model's weights are ('cpu' or 'cuda:N'). */
   device(): string {
     return this.model.embed_tokens.weight.device;
@@ -498,9 +585,13 @@ export class LlamaForCausalLM extends Module {
         targets[n] = t + 1 < T && (!layout || layout.predicts[n]) ? lab[n + 1] : -100;
       }
     }
-    const logits = this.lm_head.forward(this.model.forward(ids, layout));
+    const hidden = this.model.forward(ids, layout);
+    const logits = this.lm_head.forward(hidden);
     if (ids !== inputIds) ids.dispose();
-    return F.crossEntropy(logits.reshape(B * T, this.config.vocabSize), targets, { ignoreIndex: -100 });
+    if (logits._store !== hidden._store) releaseIntermediate(hidden);
+    const loss = F.crossEntropy(logits.reshape(B * T, this.config.vocabSize), targets, { ignoreIndex: -100 });
+    releaseIntermediate(logits);
+    return loss;
   }
 
   /**
