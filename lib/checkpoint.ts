@@ -4,7 +4,7 @@
 // bit for bit from the same Philox keys), and backpropagates through that. The gradients are
 // those of the run without checkpointing, bit for bit: the same kernels on the same values.
 import type { Tensor } from './tensor';
-import { defineFunction, enableGrad, noGrad, runBackward } from './autograd';
+import { defineFunction, enableGrad, noGrad, releaseIntermediate, runBackward } from './autograd';
 import { getRngState, setRngState } from './random';
 import { detach } from './ops/shape';
 
@@ -35,6 +35,8 @@ const Checkpoint = defineFunction<Args, { fn: Block; rng: RngState; nParams: num
       const xd = detach(x);
       if (needX) xd.requiresGrad_(true);
       const y = enableGrad(() => ctx.fn(xd));
+      // Only y's node is needed from here, not its values (the forward's output was kept instead).
+      if (y._store !== xd._store) releaseIntermediate(y);
       try {
         // g stays the caller's (userGrad): the outer engine frees it. The block's parameters
         // collect their gradients in .grad here, as they would in the run without checkpointing.

@@ -199,6 +199,9 @@ function peakOfStep(T: number, layers: number, ckpt: boolean): { peak: number; a
     const x = 256 * 64 * 4; // a layer's input [1, T, hidden] in float32, which checkpointing keeps
     const c = peakOfStep(256, L, true);
     expect(perLayer).toBeGreaterThan(4 * x);
-    expect(p[2].peak - c.peak).toBeGreaterThanOrEqual((L - 1) * (perLayer - x));
+    // Checkpointed, the step keeps every layer's input and rebuilds one layer's activations at a
+    // time: the peak drops by the other L - 1 layers' activations less the L inputs kept (a 1%
+    // allowance for small per-layer buffers).
+    expect(p[2].peak - c.peak).toBeGreaterThanOrEqual((L - 1) * perLayer - L * x - 0.01 * perLayer);
   });
 });
