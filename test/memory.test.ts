@@ -2,8 +2,10 @@
 // model's intermediates go as soon as nothing needs them), activation checkpointing
 // (bit-identical gradients with the same dropout masks), and on CUDA (the emulator in CI)
 // the peak device memory of a training step.
+import { spawnSync } from 'child_process';
+import * as path from 'path';
 import {
-  LlamaForCausalLM, Tensor, backendInfo, cuda, getRngState, injectLora, manualSeed, tensor,
+  LlamaForCausalLM, Tensor, backendInfo, cuda, getRngState, injectLora, manualSeed, tensor, zeros,
 } from '../lib';
 import { releaseIntermediate } from '../lib/autograd';
 
@@ -203,5 +205,65 @@ function peakOfStep(T: number, layers: number, ckpt: boolean): { peak: number; a
     // time: the peak drops by the other L - 1 layers' activations less the L inputs kept (a 1%
     // allowance for small per-layer buffers).
     expect(p[2].peak - c.peak).toBeGreaterThanOrEqual((L - 1) * perLayer - L * x - 0.01 * perLayer);
+  });
+});
+
+(cudaAvailable ? describe : describe.skip)('device memory pressure (CUDA)', () => {
+  test('an allocation that fails collects unreferenced tensors, releases the cache and retries', () => {
+    const total = backendInfo().cuda.devices[0].memory;
+    const block = Math.floor(total / 16); // a quarter of the device, in float32 elements
+    const before = cuda.memoryStats().allocated;
+    // Three quarters of the device held by tensors nothing refers to, never disposed: device memory
+    // is not reported to V8, so only the collection run by the failing allocation frees them.
+    for (let i = 0; i < 3; i++) zeros([block], { device: 'cuda' });
+    expect(cuda.memoryStats().allocated - before).toBeGreaterThanOrEqual(3 * block * 4);
+    const big = zeros([2 * block], { device: 'cuda' }); // half the device: fits once they are gone
+    expect(big.numel).toBe(2 * block);
+    expect(cuda.memoryStats().allocated - before).toBeLessThan(3 * block * 4);
+    big.dispose();
+    // More than the device has still fails, after the collection, as ERR_CUDA_OOM.
+    let err: NodeJS.ErrnoException | null = null;
+    try {
+      zeros([5 * block], { device: 'cuda' });
+    } catch (e) {
+      err = e as NodeJS.ErrnoException;
+    }
+    expect(err?.code).toBe('ERR_CUDA_OOM');
+  });
+
+  const emulated = backendInfo().cuda.devices[0]?.name === 'lora-cuda CUDA emulator';
+  (emulated ? test : test.skip)('without stream-ordered pools: freed blocks are reused, emptyCache and OOM give them back', () => {
+    // A child process, since the device reports no pools only from its start (LORA_CUDA_EMU_NO_POOLS).
+    const script = `
+      const { cuda, zeros } = require('./lib');
+      const MiB = 2 ** 20;
+      const s = () => cuda.memoryStats();
+      const a = zeros([MiB], { device: 'cuda' });
+      const r0 = s().reserved;
+      a.dispose();
+      const kept = s();
+      const b = zeros([MiB], { device: 'cuda' });
+      const reused = s().reserved === r0;
+      b.dispose();
+      cuda.emptyCache();
+      const emptied = s();
+      // Garbage in the cache and in unreferenced tensors, then an allocation only both together allow.
+      const total = require('./lib').backendInfo().cuda.devices[0].memory;
+      const q = Math.floor(total / 16);
+      zeros([q], { device: 'cuda' }).dispose();
+      for (let i = 0; i < 2; i++) zeros([q], { device: 'cuda' });
+      const big = zeros([3 * q], { device: 'cuda' });
+      console.log(JSON.stringify({ kept, reused, emptied, big: big.numel === 3 * q }));
+    `;
+    const r = spawnSync(process.execPath, ['-r', './test/helpers/ts-register.js', '-e', script], {
+      cwd: path.join(__dirname, '..'), env: { ...process.env, LORA_CUDA_EMU_NO_POOLS: '1' }, encoding: 'utf8',
+    });
+    expect(r.stderr).toBe('');
+    const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
+    expect(out.kept.allocated).toBe(0);
+    expect(out.kept.reserved).toBeGreaterThanOrEqual(4 * 2 ** 20); // the freed block stays cached
+    expect(out.reused).toBe(true);
+    expect(out.emptied.reserved).toBe(0);
+    expect(out.big).toBe(true);
   });
 });
