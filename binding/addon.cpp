@@ -464,6 +464,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     return a.Env().Undefined();
   });
 
+  // ---- clipGradNorm_(grads, maxNorm, skipNonfinite) -> the total norm (0-d); grads scaled in place
+  def("clipGradNorm_", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::clip_grad_norm_(tensor_list(a[0], "grads"), num(a[1], "maxNorm"), flag(a[2])));
+  });
+
   // ---- losses
   def("crossEntropyForward", [](const Napi::CallbackInfo& a) -> Napi::Value {
     auto o = lc::ops::cross_entropy_forward(T(a[0], "logits"), T(a[1], "targets"),

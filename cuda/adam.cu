@@ -4,6 +4,8 @@
 // blocks' prefix sums. The update is element for element the CPU backend's,
 // which follows torch.optim.Adam / AdamW (single-tensor path).
 #include <algorithm>
+#include <cmath>
+#include <vector>
 
 #include "kernels.cuh"
 
@@ -79,9 +81,129 @@ __global__ void adam_kernel(const __grid_constant__ AdamTable tab, AdamScalars s
   }
 }
 
+// ---- clip_grad_norm_: sum of squares per chunk (double), one block adds the partials in
+// order (deterministic), then every gradient is scaled by the coefficient it left on the device.
+constexpr int kClipChunk = 8192;  // elements per block
+constexpr int kClipMaxTensors = 1000;
+
+struct ClipEntry {
+  void* g;
+  int64_t n;
+};
+struct ClipTable {
+  int count;
+  int64_t block_start[kClipMaxTensors + 1];
+  ClipEntry e[kClipMaxTensors];
+};
+static_assert(sizeof(ClipTable) < 32000, "the clip table must fit in the kernel arguments");
+
+__device__ __forceinline__ int clip_entry(const ClipTable& tab, int64_t b) {
+  int lo = 0, hi = tab.count - 1;  // the last tensor whose first block is <= b
+  while (lo < hi) {
+    int mid = (lo + hi + 1) / 2;
+    if (tab.block_start[mid] <= b) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+template <typename T>
+__global__ void clip_sumsq_kernel(const __grid_constant__ ClipTable tab, double* partial) {
+  const int64_t b = blockIdx.x;
+  const int k = clip_entry(tab, b);
+  const ClipEntry& e = tab.e[k];
+  const T* g = static_cast<const T*>(e.g);
+  const int64_t start = (b - tab.block_start[k]) * kClipChunk;
+  const int64_t end = min(e.n, start + kClipChunk);
+  double acc = 0;
+  for (int64_t i = start + threadIdx.x; i < end; i += blockDim.x) {
+    const double v = static_cast<double>(g[i]);
+    acc += v * v;
+  }
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) partial[b] = acc;
+}
+
+// One block: the partials of every launch so far, in order; norm and coefficient out.
+template <typename T>
+__global__ void clip_total_kernel(const double* partial, int64_t n, double max_norm, T* norm, T* coef) {
+  double acc = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) acc += partial[i];
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) {
+    const T nrm = static_cast<T>(sqrt(acc));
+    *norm = nrm;
+    // torch: clip_coef = max_norm / (total_norm + 1e-6), clamped to 1, in the grads' dtype;
+    // a NaN norm scales by 1 (leaves the grads as they are), as the CPU does.
+    T c = static_cast<T>(max_norm) / (nrm + static_cast<T>(1e-6));
+    *coef = c <= T(1) ? c : T(1);
+  }
+}
+
+template <typename T>
+__global__ void clip_scale_kernel(const __grid_constant__ ClipTable tab, const T* coef) {
+  const int64_t b = blockIdx.x;
+  const int k = clip_entry(tab, b);
+  const ClipEntry& e = tab.e[k];
+  T* g = static_cast<T*>(e.g);
+  const T c = *coef;
+  const int64_t start = (b - tab.block_start[k]) * kClipChunk;
+  const int64_t end = min(e.n, start + kClipChunk);
+  for (int64_t i = start + threadIdx.x; i < end; i += blockDim.x) g[i] = g[i] * c;
+}
+
 }  // namespace
 
 // ================================================================ methods
+
+void CudaBackend::clip_grad_norm_(const std::vector<Tensor>& grads, double max_norm,
+                                  bool skip_nonfinite, const Tensor& norm) {
+  Guard g(c_);
+  // The tables of the launches (more than kClipMaxTensors gradients take several).
+  std::vector<ClipTable> tables;
+  std::vector<int64_t> first_block;  // each table's first block in the partials
+  int64_t total_blocks = 0;
+  for (const Tensor& t : grads) {
+    const int64_t n = t.numel();
+    if (n == 0) continue;
+    const int64_t nb = (n + kClipChunk - 1) / kClipChunk;
+    if (tables.empty() || tables.back().count == kClipMaxTensors ||
+        tables.back().block_start[tables.back().count] + nb > 0x7fffffffLL) {
+      tables.emplace_back();
+      tables.back().count = 0;
+      tables.back().block_start[0] = 0;
+      first_block.push_back(total_blocks);
+    }
+    ClipTable& tab = tables.back();
+    tab.e[tab.count] = ClipEntry{t.raw(), n};
+    tab.block_start[tab.count + 1] = tab.block_start[tab.count] + nb;
+    ++tab.count;
+    total_blocks += nb;
+  }
+  Tensor partial = scratch(c_, {std::max<int64_t>(total_blocks, 1)}, DType::F64);
+  Tensor coef = scratch(c_, {}, norm.dtype);
+  dispatch_float(norm.dtype, "clip grad norm", [&](auto z) {
+    using T = decltype(z);
+    for (size_t k = 0; k < tables.size(); ++k) {
+      const int64_t blocks = tables[k].block_start[tables[k].count];
+      clip_sumsq_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, c_.stream>>>(tables[k], dp<double>(partial) + first_block[k]);
+      launched(c_, "clip grad norm");
+    }
+    clip_total_kernel<T><<<1, 1024, 0, c_.stream>>>(dp<double>(partial), total_blocks, max_norm, dp<T>(norm), dp<T>(coef));
+    launched(c_, "clip grad norm");
+    if (skip_nonfinite) {
+      T host = 0;
+      check(cudaMemcpyAsync(&host, dp<T>(norm), sizeof(T), cudaMemcpyDeviceToHost, c_.stream), "copy from the GPU");
+      sync(c_);
+      if (!std::isfinite(static_cast<double>(host))) return;
+    }
+    for (const ClipTable& tab : tables) {
+      const int64_t blocks = tab.block_start[tab.count];
+      clip_scale_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, c_.stream>>>(tab, dp<T>(coef));
+      launched(c_, "clip grad norm");
+    }
+  });
+}
 
 void CudaBackend::adam_step(const std::vector<AdamParam>& params, const AdamConfig& cfg) {
   Guard g(c_);

@@ -40,6 +40,39 @@ __global__ void softmax_backward_kernel(const T* y, const T* dy, T* dx, int64_t 
   }
 }
 
+// Online softmax state of a row part: running max m and sum s of exp(x - m).
+template <typename A>
+struct OnlineLse {
+  A m, s;
+};
+
+// Two parts merged: the larger max, each sum rescaled to it (parts that saw only -inf add 0).
+template <typename A>
+__device__ __forceinline__ OnlineLse<A> merge(OnlineLse<A> a, OnlineLse<A> b) {
+  const A m = max(a.m, b.m);
+  if (m == -INFINITY) return {m, A(0)};
+  return {m, a.s * d_exp(a.m - m) + b.s * d_exp(b.m - m)};
+}
+
+// Every thread gets the merge over the block (blockDim.x a multiple of 32).
+template <typename A>
+__device__ OnlineLse<A> block_merge(OnlineLse<A> v) {
+  __shared__ A pm[32], ps[32];
+  for (int o = 16; o > 0; o >>= 1) v = merge(v, OnlineLse<A>{__shfl_xor_sync(0xffffffffu, v.m, o), __shfl_xor_sync(0xffffffffu, v.s, o)});
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  __syncthreads();  // the previous call's readers are done with pm, ps
+  if (lane == 0) {
+    pm[w] = v.m;
+    ps[w] = v.s;
+  }
+  __syncthreads();
+  v = lane < nw ? OnlineLse<A>{pm[lane], ps[lane]} : OnlineLse<A>{A(-INFINITY), A(0)};
+  for (int o = 16; o > 0; o >>= 1) v = merge(v, OnlineLse<A>{__shfl_xor_sync(0xffffffffu, v.m, o), __shfl_xor_sync(0xffffffffu, v.s, o)});
+  return v;
+}
+
+// One pass over each row (online softmax: the max and the sum of exponentials together), in the
+// logits' own precision: float32 rows accumulate in float, as a GPU softmax does.
 template <typename T>
 __global__ void cross_entropy_forward_kernel(const T* logits, const int32_t* targets, int64_t N,
                                              int64_t C, int64_t ignore, double ls, T* loss_rows,
@@ -49,20 +82,23 @@ __global__ void cross_entropy_forward_kernel(const T* logits, const int32_t* tar
     const int64_t ti = targets[i];
     const bool ignored = ti == ignore;
     const bool bad = !ignored && (ti < 0 || ti >= C);
-    double mx = -INFINITY;
-    for (int64_t j = threadIdx.x; j < C; j += blockDim.x) mx = max(mx, static_cast<double>(row[j]));
-    mx = block_max(mx);
-    double s = 0, sum_x = 0;
+    OnlineLse<T> st{T(-INFINITY), T(0)};
+    T sum_x = 0;
     for (int64_t j = threadIdx.x; j < C; j += blockDim.x) {
-      double v = static_cast<double>(row[j]);
-      s += exp(v - mx);
+      const T v = row[j];
+      if (v > st.m) {
+        st.s = (st.m == T(-INFINITY) ? T(0) : st.s * d_exp(st.m - v)) + T(1);
+        st.m = v;
+      } else if (st.m != T(-INFINITY)) {
+        st.s += d_exp(v - st.m);
+      }
       sum_x += v;
     }
-    s = block_sum(s);
+    st = block_merge(st);
     sum_x = block_sum(sum_x);
     if (threadIdx.x != 0) continue;
-    const double l = mx + log(s);
-    lse[i] = static_cast<T>(l);
+    const T l = st.m + d_log(st.s);
+    lse[i] = l;
     if (bad) {
       if (atomicCAS(&err->code, 0, kErrCrossEntropyTarget) == 0) {
         err->a = ti;
@@ -76,19 +112,21 @@ __global__ void cross_entropy_forward_kernel(const T* logits, const int32_t* tar
       loss_rows[i] = T(0);
       continue;
     }
-    const double nll = l - static_cast<double>(row[ti]);
-    const double smooth = l - sum_x / static_cast<double>(C);
-    loss_rows[i] = static_cast<T>((1.0 - ls) * nll + ls * smooth);
+    const T nll = l - row[ti];
+    const T smooth = l - sum_x / static_cast<T>(C);
+    loss_rows[i] = static_cast<T>(1.0 - ls) * nll + static_cast<T>(ls) * smooth;
   }
 }
 
-// dlogits (set) = grad * scale * (softmax - smoothed one-hot); 0 for ignored rows.
+// dlogits (set) = grad * scale * (softmax - smoothed one-hot); 0 for ignored rows. In the
+// logits' precision, as the forward.
 template <typename T>
 __global__ void cross_entropy_backward_kernel(const T* logits, const T* lse, const int32_t* targets,
                                               int64_t N, int64_t C, int64_t ignore, double ls,
                                               const T* grad, bool per_row, double grad_scale,
                                               T* dlogits) {
-  const double off = ls / static_cast<double>(C);
+  const T off = static_cast<T>(ls / static_cast<double>(C));
+  const T hit = static_cast<T>(1.0 - ls);
   for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
     T* drow = dlogits + i * C;
     const int64_t ti = targets[i];
@@ -97,11 +135,11 @@ __global__ void cross_entropy_backward_kernel(const T* logits, const T* lse, con
       continue;
     }
     const T* row = logits + i * C;
-    const double gs = grad_scale * static_cast<double>(grad[per_row ? i : 0]);
-    const double l = static_cast<double>(lse[i]);
+    const T gs = static_cast<T>(grad_scale * static_cast<double>(grad[per_row ? i : 0]));
+    const T l = lse[i];
     for (int64_t j = threadIdx.x; j < C; j += blockDim.x) {
-      double target = off + (j == ti ? 1.0 - ls : 0.0);
-      drow[j] = static_cast<T>(gs * (exp(static_cast<double>(row[j]) - l) - target));
+      const T target = off + (j == ti ? hit : T(0));
+      drow[j] = gs * (d_exp(row[j] - l) - target);
     }
   }
 }

@@ -68,6 +68,7 @@ export interface Binding {
   to(t: N, devType: number, devIndex: number, dtype: number): N;
   liveBytes(): number;
   setGarbageCollector(collect: () => void): void;
+  clipGradNorm_(grads: N[], maxNorm: number, skipNonfinite: boolean): N;
   binary(op: number, a: N, b: N): N;
   affine(x: N, alpha: number, beta: number): N;
   axpy_(y: N, x: N, alpha: number): void;

@@ -394,6 +394,18 @@ void adam_step(const std::vector<AdamParam>& params, const AdamConfig& cfg) {
   backend_for(dev).adam_step(params, cfg);
 }
 
+Tensor clip_grad_norm_(const std::vector<Tensor>& grads, double max_norm, bool skip_nonfinite) {
+  LC_CHECK(!grads.empty(), "clip grad norm: no gradients");
+  const Tensor& first = grads[0];
+  for (const Tensor& g : grads) {
+    require_float(g, "clip grad norm", "grad");
+    same(first, g, "clip grad norm", "the first grad", "grad");
+  }
+  Tensor norm = empty({}, first.dtype, first.device());
+  backend_for(first.device()).clip_grad_norm_(grads, max_norm, skip_nonfinite, norm);
+  return norm;
+}
+
 CrossEntropyOut cross_entropy_forward(const Tensor& logits, const Tensor& targets,
                                       int64_t ignore_index, double ls) {
   const char* op = "cross entropy";

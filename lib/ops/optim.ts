@@ -13,6 +13,17 @@ export interface AdamStepConfig {
 }
 
 /**
+ * torch.nn.utils.clip_grad_norm_ in one native call: the grads' total L2 norm (0-d, on their
+ * device), and each grad scaled in place by min(1, maxNorm / (norm + 1e-6)); with skipNonfinite
+ * a NaN or infinite norm leaves them unchanged.
+ */
+export function clipGradNorm_(grads: Tensor[], maxNorm: number, skipNonfinite: boolean): Tensor {
+  const norm = grads[0]._make(native.clipGradNorm_(grads.map((g) => g._h), maxNorm, skipNonfinite), []);
+  for (const g of grads) g._bumpVersion();
+  return norm;
+}
+
+/**
  * One Adam/AdamW update of params in place from grads, updating the moments (and with
  * maxExpAvgSq, AMSGrad's maxima); steps: each parameter's step count after this update.
  */

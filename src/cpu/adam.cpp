@@ -1,6 +1,8 @@
-// Adam / AdamW, element for element as torch.optim.Adam / AdamW (single-tensor path).
+// Adam / AdamW, element for element as torch.optim.Adam / AdamW (single-tensor path), and
+// clip_grad_norm_ over every gradient in one call.
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "cpu_backend.h"
 
@@ -45,6 +47,43 @@ void CpuBackend::adam_step(const std::vector<AdamParam>& params, const AdamConfi
       });
     });
   }
+}
+
+void CpuBackend::clip_grad_norm_(const std::vector<Tensor>& grads, double max_norm,
+                                 bool skip_nonfinite, const Tensor& norm) {
+  dispatch_float(norm.dtype, "clip grad norm", [&](auto z) {
+    using T = decltype(z);
+    // Sum of squares in double over fixed chunks, added in order: the same bits on any number
+    // of threads.
+    double total = 0;
+    for (const Tensor& g : grads) {
+      const T* d = g.data<T>();
+      const int64_t n = g.numel(), chunks = (n + kGrain - 1) / kGrain;
+      std::vector<double> part(static_cast<size_t>(chunks), 0.0);
+      par_items(chunks, kGrain, [&](int64_t s, int64_t e) {
+        for (int64_t c = s; c < e; ++c) {
+          double acc = 0;
+          const int64_t end = std::min(n, (c + 1) * kGrain);
+          for (int64_t i = c * kGrain; i < end; ++i) acc += static_cast<double>(d[i]) * static_cast<double>(d[i]);
+          part[static_cast<size_t>(c)] = acc;
+        }
+      });
+      for (double p : part) total += p;
+    }
+    const T nrm = static_cast<T>(std::sqrt(total));
+    norm.data<T>()[0] = nrm;
+    if (skip_nonfinite && !std::isfinite(static_cast<double>(nrm))) return;
+    // torch: clip_coef = max_norm / (total_norm + 1e-6), clamped to 1, in the grads' dtype;
+    // a NaN norm scales by 1 (leaves the grads as they are).
+    T coef = static_cast<T>(max_norm) / (nrm + static_cast<T>(1e-6));
+    if (!(coef <= T(1))) coef = T(1);
+    for (const Tensor& g : grads) {
+      T* d = g.data<T>();
+      par(g.numel(), [&](int64_t s, int64_t e) {
+        for (int64_t i = s; i < e; ++i) d[i] = d[i] * coef;
+      });
+    }
+  });
 }
 
 }  // namespace lc
