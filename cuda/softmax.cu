@@ -57,7 +57,8 @@ __device__ __forceinline__ OnlineLse<A> merge(OnlineLse<A> a, OnlineLse<A> b) {
 // Every thread gets the merge over the block (blockDim.x a multiple of 32).
 template <typename A>
 __device__ OnlineLse<A> block_merge(OnlineLse<A> v) {
-  __shared__ A pm[32], ps[32];
+  __shared__ A pm[32];
+  __shared__ A ps[32];
   for (int o = 16; o > 0; o >>= 1) v = merge(v, OnlineLse<A>{__shfl_xor_sync(0xffffffffu, v.m, o), __shfl_xor_sync(0xffffffffu, v.s, o)});
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
   __syncthreads();  // the previous call's readers are done with pm, ps

@@ -5,7 +5,7 @@
 import { spawnSync } from 'child_process';
 import * as path from 'path';
 import {
-  LlamaForCausalLM, Tensor, backendInfo, cuda, getRngState, injectLora, manualSeed, tensor, zeros,
+  LlamaForCausalLM, Tensor, Trainer, backendInfo, cuda, getRngState, injectLora, manualSeed, tensor, zeros,
 } from '../lib';
 import { releaseIntermediate } from '../lib/autograd';
 
@@ -148,6 +148,21 @@ describe('gradient checkpointing', () => {
     const loss = model.loss(ids(1, 5, 1));
     loss.backward();
     expect([...model.parameters()].some((p) => p.grad !== null)).toBe(true);
+  });
+
+  test('Trainer option gradientCheckpointing: turns it on when training starts; needs a model that has it', async () => {
+    manualSeed(3);
+    const model = new LlamaForCausalLM(tinyConfig(1));
+    injectLora(model, { targetModules: ['q_proj'], r: 2, alpha: 4 });
+    const trainer = new Trainer({ model, train: [{ ids: ids(1, 5, 4) }], gradientCheckpointing: true });
+    expect(model.isGradientCheckpointing).toBe(false);
+    await trainer.train();
+    expect(model.isGradientCheckpointing).toBe(true);
+    const w = tensor([1], { requiresGrad: true });
+    expect(() => new Trainer({ loss: () => w.sum(), params: [w], train: [{ ids: [[1]] }], gradientCheckpointing: true }))
+      .toThrow(/^Trainer: options\.model must be a model with gradientCheckpointingEnable\(\)/);
+    expect(() => new Trainer({ model, train: [{ ids: [[1]] }], gradientCheckpointing: 'yes' as unknown as boolean }))
+      .toThrow(/^Trainer: options\.gradientCheckpointing must be a boolean/);
   });
 
   test('a checkpointed layer whose input was modified in place since forward fails clearly', () => {
