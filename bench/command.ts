@@ -27,7 +27,10 @@ const SPECS = {
 } satisfies Specs;
 
 // Not in --help: a single tiny shape, so tests can run the command in a moment.
-const HIDDEN = { shapes: { type: 'string', metavar: 'full|quick|tiny', help: 'which shapes' } } satisfies Specs;
+const HIDDEN = {
+  shapes: { type: 'string', metavar: 'full|quick|tiny', help: 'which shapes' },
+  lengths: { type: 'string', metavar: 'T,T,...', help: 'with --memory: these sequence lengths instead' },
+} satisfies Specs;
 
 /** The file name --results gives a result: the machine, and -quick (or -tiny) when not every shape ran fully. */
 function resultFileName(machine: string, o: { quick?: boolean; shapes?: string }): string {
@@ -80,7 +83,9 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
   if (a.memory) {
     if (a.device === 'cpu') throw new UsageError('--memory measures device memory: leave out --device or give --device cuda');
     if (device !== 'cuda') throw new CliError('--memory measures device memory and needs CUDA (the emulator of scripts/test-cuda-emu.sh will do); CUDA is not available here');
-    const r = runMemoryBench(a.quick || a.shapes === 'tiny' ? [256, 512] : [256, 512, 1024, 2048], (l) => io.stdout(l + '\n'));
+    const given = a.lengths === undefined ? null : String(a.lengths).split(',').map(Number);
+    if (given && !given.every((t) => Number.isInteger(t) && t >= 2)) throw new UsageError(`--lengths must be integers >= 2 separated by commas, got ${JSON.stringify(a.lengths)}`);
+    const r = runMemoryBench(given ?? (a.quick || a.shapes === 'tiny' ? [256, 512] : [256, 512, 1024, 2048]), (l) => io.stdout(l + '\n'));
     const slug = `memory-${gpuSlug(r.machine.gpu)}${a.quick || a.shapes === 'tiny' ? '-quick' : ''}.json`;
     writeResults(io, r, [json, results === undefined ? undefined : path.join(results, slug)]);
     return 0;

@@ -5,7 +5,7 @@
 import { spawnSync } from 'child_process';
 import * as path from 'path';
 import {
-  LlamaForCausalLM, Tensor, Trainer, backendInfo, cuda, getRngState, injectLora, manualSeed, tensor, zeros,
+  F, LlamaForCausalLM, Tensor, Trainer, backendInfo, cuda, getRngState, injectLora, manualSeed, tensor, zeros,
 } from '../lib';
 import { releaseIntermediate } from '../lib/autograd';
 
@@ -71,6 +71,27 @@ describe('releaseIntermediate', () => {
     const w = tensor([1, 2], { requiresGrad: true });
     releaseIntermediate(w);
     expect(w.isDisposed).toBe(false);
+  });
+
+  test('a frozen linear layer does not keep its input; dx and db as with a trainable one', () => {
+    for (const device of cudaAvailable ? ['cpu', 'cuda'] as const : ['cpu'] as const) {
+      const grads = (freeze: boolean) => {
+        manualSeed(4);
+        const w = tensor(Array.from({ length: 12 }, (_, i) => Math.sin(i)), { shape: [3, 4], device });
+        const b = tensor([0.5, -1, 2], { device, requiresGrad: true });
+        w.requiresGrad = !freeze;
+        const leaf = tensor(Array.from({ length: 20 }, (_, i) => Math.cos(i)), { shape: [5, 4], device, requiresGrad: true });
+        const x = leaf.mul(2);
+        const y = F.linear(x, w, b);
+        releaseIntermediate(x);
+        expect(x.isDisposed).toBe(freeze); // kept for dW only
+        y.mul(y).sum().backward();
+        return [leaf.grad!.toArray(), b.grad!.toArray()];
+      };
+      const frozen = grads(true);
+      const trained = grads(false);
+      frozen.forEach((g, i) => Array.from(g).forEach((v, j) => expect(v).toBeCloseTo(trained[i][j], 5)));
+    }
   });
 
   test('a node does not keep the input it does not read alive', () => {
