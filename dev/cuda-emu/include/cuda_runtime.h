@@ -136,6 +136,8 @@ constexpr int warpSize = 32;
 
 #define __syncthreads() ::emu::syncthreads(__FILE__, __LINE__)
 #define __syncwarp ::emu::SyncWarp{__FILE__, __LINE__}
+// A trap ends the launch with an error, as on a GPU (cudaErrorLaunchFailure there).
+#define __trap() ::emu::device_fault(__FILE__, __LINE__, "__trap()")
 #define __shfl_sync(mask, v, ...) ::emu::shfl(__FILE__, __LINE__, ::emu::kShflIdx, (mask), (v), __VA_ARGS__)
 #define __shfl_up_sync(mask, v, ...) ::emu::shfl(__FILE__, __LINE__, ::emu::kShflUp, (mask), (v), __VA_ARGS__)
 #define __shfl_down_sync(mask, v, ...) ::emu::shfl(__FILE__, __LINE__, ::emu::kShflDown, (mask), (v), __VA_ARGS__)
