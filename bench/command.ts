@@ -13,6 +13,7 @@ import { gpuSlug, runCudaBenchmarks } from './cuda';
 import { allReduceSlug, runAllReduceBenchmark } from './allreduce';
 import { runGenerateBench } from './generate';
 import { runModelBench } from './model';
+import { runMemoryBench } from './memory';
 import { launchEnv } from '../lib/distributed';
 
 const SPECS = {
@@ -22,13 +23,17 @@ const SPECS = {
   results: { type: 'string', metavar: 'DIR', help: 'also write the results as JSON into DIR, in a file named after the machine (cpu-<cpu>-<blas>.json, cuda-<gpu>.json; -quick with --quick)' },
   allreduce: { type: 'boolean', help: 'instead: time the allReduce of a 7B model\'s LoRA gradients (r 16 on q, k, v, o of 32 layers) between --nproc MPI ranks on this machine (mpirun)' },
   nproc: { type: 'number', integer: true, min: 2, metavar: 'N', help: 'with --allreduce: ranks (default 2)' },
+  memory: { type: 'boolean', help: 'instead: the peak device memory of one LoRA training step of a small Llama for T = 256 to 2048 tokens, with and without --gradient-checkpointing (CUDA or its emulator; memory-<gpu>.json)' },
   generate: { type: 'boolean', help: 'instead: LlamaForCausalLM.generate tokens/s with and without the key/value cache on the CPU, 256 new tokens per row (16 with --quick) (generate-cpu-<cpu>.json)' },
   model: { type: 'boolean', help: 'instead: one LoRA training step (forward, backward, AdamW; LoRA r 8 on q_proj, v_proj) of a 4-layer SmolLM-135M-shaped Llama, 4 x 128 tokens, on the CPU, beside the same step in PyTorch (bench/torch_model_step.py, when python3 has torch) (model-cpu-<cpu>-<blas>.json)' },
   'no-torch': { type: 'boolean', help: 'with --model: skip the PyTorch step' },
 } satisfies Specs;
 
 // Not in --help: a single tiny shape, so tests can run the command in a moment.
-const HIDDEN = { shapes: { type: 'string', metavar: 'full|quick|tiny', help: 'which shapes' } } satisfies Specs;
+const HIDDEN = {
+  shapes: { type: 'string', metavar: 'full|quick|tiny', help: 'which shapes' },
+  lengths: { type: 'string', metavar: 'T,T,...', help: 'with --memory: these sequence lengths instead' },
+} satisfies Specs;
 
 /** The file name --results gives a result: the machine, and -quick (or -tiny) when not every shape ran fully. */
 function resultFileName(machine: string, o: { quick?: boolean; shapes?: string }): string {
@@ -78,6 +83,16 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
   const results = a.results === undefined ? undefined : path.resolve(a.results);
   if (results !== undefined) checkWritableDir(results, results, '--results DIR');
   if (a.allreduce) return allReduceBench(a, io, json, results);
+  if (a.memory) {
+    if (a.device === 'cpu') throw new UsageError('--memory measures device memory: leave out --device or give --device cuda');
+    if (device !== 'cuda') throw new CliError('--memory measures device memory and needs CUDA (the emulator of scripts/test-cuda-emu.sh will do); CUDA is not available here');
+    const given = a.lengths === undefined ? null : String(a.lengths).split(',').map(Number);
+    if (given && !given.every((t) => Number.isInteger(t) && t >= 2)) throw new UsageError(`--lengths must be integers >= 2 separated by commas, got ${JSON.stringify(a.lengths)}`);
+    const r = runMemoryBench(given ?? (a.quick || a.shapes === 'tiny' ? [256, 512] : [256, 512, 1024, 2048]), (l) => io.stdout(l + '\n'));
+    const slug = `memory-${gpuSlug(r.machine.gpu)}${a.quick || a.shapes === 'tiny' ? '-quick' : ''}.json`;
+    writeResults(io, r, [json, results === undefined ? undefined : path.join(results, slug)]);
+    return 0;
+  }
   if (a.generate) {
     if (a.device !== undefined && a.device !== 'cpu') throw new UsageError('--generate runs on the CPU: leave out --device or give --device cpu');
     const r = runGenerateBench(a.quick ? 16 : 256, a.quick ? 1 : 3, (l) => io.stdout(l + '\n'));

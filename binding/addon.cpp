@@ -31,13 +31,19 @@ using lc_napi::num;
 struct AddonData {
   Napi::FunctionReference ctor;
   int64_t reported_bytes = 0;
+  Napi::FunctionReference collect;  // a full garbage collection (setGarbageCollector)
+  ~AddonData() { lc::set_out_of_memory_hook(nullptr, nullptr); }  // this thread's env is going
 };
 
-// Tell V8 how much native memory this thread holds, so the garbage collector
-// runs finalizers of unreferenced tensors under native memory pressure.
+// Tell V8 how much host memory this thread's tensors hold, so the garbage collector runs
+// finalizers of unreferenced tensors under that pressure: CPU storages are process memory, which
+// V8's heap competes for. Device memory is not reported: V8 would count GPU gigabytes against
+// the host heap and collect again and again (tens of ms each) with no host memory to gain.
+// Device tensors are freed by dispose(), tidy() and the graph's release; an allocation that
+// fails runs a full collection (the hook below) before it retries.
 void sync_external(Napi::Env env) {
   auto* d = env.GetInstanceData<AddonData>();
-  int64_t live = lc::live_bytes_this_thread();
+  int64_t live = lc::live_host_bytes_this_thread();
   int64_t delta = live - d->reported_bytes;
   if (delta != 0) {
     Napi::MemoryManagement::AdjustExternalMemory(env, delta);
@@ -212,6 +218,20 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   enums.Set("randomKind", enum_object(env, lc::kRandomKindNames));
   enums.Set("compareOp", enum_object(env, lc::kCompareOpNames));
   exports.Set("enums", enums);
+
+  // ---- memory pressure: a device allocation that fails calls this thread's collector first
+  def("setGarbageCollector", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    auto* d = a.Env().GetInstanceData<AddonData>();
+    if (!a[0].IsFunction()) throw Napi::TypeError::New(a.Env(), "setGarbageCollector: expected a function");
+    d->collect = Napi::Persistent(a[0].As<Napi::Function>());
+    lc::set_out_of_memory_hook(
+        [](void* p) {
+          auto* dd = static_cast<AddonData*>(p);
+          if (!dd->collect.IsEmpty()) dd->collect.Call({});
+        },
+        d);
+    return a.Env().Undefined();
+  });
 
   // ---- creation, memory, host transfer
   def("full", [](const Napi::CallbackInfo& a) {
@@ -467,6 +487,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
                        num(a[9], "eps"),   num(a[10], "weightDecay"), flag(a[11]), ams};
     lc::ops::adam_step(list, cfg);
     return a.Env().Undefined();
+  });
+
+  // ---- clipGradNorm_(grads, maxNorm, skipNonfinite) -> the total norm (0-d); grads scaled in place
+  def("clipGradNorm_", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::clip_grad_norm_(tensor_list(a[0], "grads"), num(a[1], "maxNorm"), flag(a[2])));
   });
 
   // ---- losses

@@ -7,6 +7,8 @@
 // stored value rounded once, as torch's fused Adam does; float32 adapters on a
 // half model are plain float32 parameters here.
 #include <algorithm>
+#include <cmath>
+#include <vector>
 
 #include "kernels.cuh"
 
@@ -83,9 +85,156 @@ __global__ void adam_kernel(const __grid_constant__ AdamTable tab, AdamScalars s
   }
 }
 
+// ---- clip_grad_norm_: sum of squares per chunk (double), one block adds the partials in
+// order (deterministic), then every gradient is scaled by the coefficient it left on the device.
+// The grads may mix dtypes (a half model's float32 adapters): each entry names its own.
+constexpr int kClipChunk = 8192;  // elements per block
+constexpr int kClipMaxTensors = 900;
+
+struct ClipEntry {
+  void* g;
+  int64_t n;
+  int dtype;  // DType
+};
+struct ClipTable {
+  int count;
+  int64_t block_start[kClipMaxTensors + 1];
+  ClipEntry e[kClipMaxTensors];
+};
+static_assert(sizeof(ClipTable) < 32000, "the clip table must fit in the kernel arguments");
+
+__device__ __forceinline__ int clip_entry(const ClipTable& tab, int64_t b) {
+  int lo = 0, hi = tab.count - 1;  // the last tensor whose first block is <= b
+  while (lo < hi) {
+    int mid = (lo + hi + 1) / 2;
+    if (tab.block_start[mid] <= b) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+template <typename T>
+__device__ double clip_sumsq(const T* g, int64_t start, int64_t end) {
+  double acc = 0;
+  for (int64_t i = start + threadIdx.x; i < end; i += blockDim.x) {
+    const double v = static_cast<double>(ld(g[i]));
+    acc += v * v;
+  }
+  return acc;
+}
+
+__global__ void clip_sumsq_kernel(const __grid_constant__ ClipTable tab, double* partial) {
+  const int64_t b = blockIdx.x;
+  const int k = clip_entry(tab, b);
+  const ClipEntry& e = tab.e[k];
+  const int64_t start = (b - tab.block_start[k]) * kClipChunk;
+  const int64_t end = min(e.n, start + kClipChunk);
+  double acc = 0;
+  switch (static_cast<DType>(e.dtype)) {
+    case DType::F64: acc = clip_sumsq(static_cast<const double*>(e.g), start, end); break;
+    case DType::BF16: acc = clip_sumsq(static_cast<const bf16*>(e.g), start, end); break;
+    case DType::F16: acc = clip_sumsq(static_cast<const f16*>(e.g), start, end); break;
+    default: acc = clip_sumsq(static_cast<const float*>(e.g), start, end); break;
+  }
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) partial[b] = acc;
+}
+
+// One block: the partials of every launch so far, in order; the norm (S, the grads' promoted
+// dtype) and the coefficient out. torch: clip_coef = max_norm / (total_norm + 1e-6), clamped to
+// 1, as tensor ops in the norm's dtype (each rounded to it); a NaN norm scales by 1 (leaves the
+// grads as they are), as the CPU does. coef: that value, widened to double.
+template <typename S>
+__global__ void clip_total_kernel(const double* partial, int64_t n, double max_norm, S* norm, double* coef) {
+  using A = opmath_t<S>;
+  double acc = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) acc += partial[i];
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) {
+    const S nrm = static_cast<S>(sqrt(acc));
+    *norm = nrm;
+    const S denom = static_cast<S>(ld(nrm) + static_cast<A>(1e-6));
+    const S c = static_cast<S>(static_cast<A>(max_norm) / ld(denom));
+    *coef = ld(c) <= A(1) ? static_cast<double>(ld(c)) : 1.0;
+  }
+}
+
+// Each grad times the coefficient in its own arithmetic type, rounded once.
+template <typename T>
+__device__ void clip_scale(T* g, int64_t start, int64_t end, double coef) {
+  const opmath_t<T> c = static_cast<opmath_t<T>>(coef);
+  for (int64_t i = start + threadIdx.x; i < end; i += blockDim.x) g[i] = static_cast<T>(ld(g[i]) * c);
+}
+
+__global__ void clip_scale_kernel(const __grid_constant__ ClipTable tab, const double* coef) {
+  const int64_t b = blockIdx.x;
+  const int k = clip_entry(tab, b);
+  const ClipEntry& e = tab.e[k];
+  const double c = *coef;
+  const int64_t start = (b - tab.block_start[k]) * kClipChunk;
+  const int64_t end = min(e.n, start + kClipChunk);
+  switch (static_cast<DType>(e.dtype)) {
+    case DType::F64: clip_scale(static_cast<double*>(e.g), start, end, c); break;
+    case DType::BF16: clip_scale(static_cast<bf16*>(e.g), start, end, c); break;
+    case DType::F16: clip_scale(static_cast<f16*>(e.g), start, end, c); break;
+    default: clip_scale(static_cast<float*>(e.g), start, end, c); break;
+  }
+}
+
 }  // namespace
 
 // ================================================================ methods
+
+void CudaBackend::clip_grad_norm_(const std::vector<Tensor>& grads, double max_norm,
+                                  bool skip_nonfinite, const Tensor& norm) {
+  Guard g(c_);
+  // The tables of the launches (more than kClipMaxTensors gradients take several).
+  std::vector<ClipTable> tables;
+  std::vector<int64_t> first_block;  // each table's first block in the partials
+  int64_t total_blocks = 0;
+  for (const Tensor& t : grads) {
+    const int64_t n = t.numel();
+    if (n == 0) continue;
+    const int64_t nb = (n + kClipChunk - 1) / kClipChunk;
+    if (tables.empty() || tables.back().count == kClipMaxTensors ||
+        tables.back().block_start[tables.back().count] + nb > 0x7fffffffLL) {
+      tables.emplace_back();
+      tables.back().count = 0;
+      tables.back().block_start[0] = 0;
+      first_block.push_back(total_blocks);
+    }
+    ClipTable& tab = tables.back();
+    tab.e[tab.count] = ClipEntry{t.raw(), n, static_cast<int>(t.dtype)};
+    tab.block_start[tab.count + 1] = tab.block_start[tab.count] + nb;
+    ++tab.count;
+    total_blocks += nb;
+  }
+  Tensor partial = scratch(c_, {std::max<int64_t>(total_blocks, 1)}, DType::F64);
+  Tensor coef = scratch(c_, {}, DType::F64);
+  for (size_t k = 0; k < tables.size(); ++k) {
+    const int64_t blocks = tables[k].block_start[tables[k].count];
+    clip_sumsq_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, c_.stream>>>(tables[k], dp<double>(partial) + first_block[k]);
+    launched(c_, "clip grad norm");
+  }
+  bool finite = true;
+  dispatch_floating(norm.dtype, "clip grad norm", [&](auto z) {
+    using S = decltype(z);
+    clip_total_kernel<S><<<1, 1024, 0, c_.stream>>>(dp<double>(partial), total_blocks, max_norm, dp<S>(norm), dp<double>(coef));
+    launched(c_, "clip grad norm");
+    if (skip_nonfinite) {
+      S host{};
+      check(cudaMemcpyAsync(&host, dp<S>(norm), sizeof(S), cudaMemcpyDeviceToHost, c_.stream), "copy from the GPU");
+      sync(c_);
+      finite = std::isfinite(static_cast<double>(host));
+    }
+  });
+  if (!finite) return;
+  for (const ClipTable& tab : tables) {
+    const int64_t blocks = tab.block_start[tab.count];
+    clip_scale_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, c_.stream>>>(tab, dp<double>(coef));
+    launched(c_, "clip grad norm");
+  }
+}
 
 void CudaBackend::adam_step(const std::vector<AdamParam>& params, const AdamConfig& cfg) {
   Guard g(c_);

@@ -87,6 +87,8 @@ class CudaBackend final : public Backend {
 
   // ---- adam.cu (all parameters of one call in one launch per dtype)
   void adam_step(const std::vector<AdamParam>& params, const AdamConfig& cfg) override;
+  void clip_grad_norm_(const std::vector<Tensor>& grads, double max_norm, bool skip_nonfinite,
+                       const Tensor& norm) override;
 
   // ---- embedding.cu, rms_norm.cu, rotary.cu, attention.cu
   void embedding_forward(const Tensor& ids, const Tensor& weight, const Tensor& out) override;

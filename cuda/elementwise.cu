@@ -5,6 +5,7 @@
 // parity tests. Half types compute in opmath_t (float) and round once on
 // store (kernels.cuh).
 #include <algorithm>
+#include <cstdint>
 #include <type_traits>
 
 #include "../src/philox.h"
@@ -107,6 +108,56 @@ __global__ void binary_bcast_kernel(int op, const T* a, Indexer ia, const T* b, 
   LC_GRID_STRIDE(i, n) out[i] = static_cast<T>(apply_binary(op, ld(a[ia(i)]), ld(b[ib(i)])));
 }
 
+// 32-bit grid-stride loop for n < 2^31 (fits32).
+#define LC_GRID_STRIDE32(i, n)                                                     \
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < static_cast<uint32_t>(n); \
+       i += blockDim.x * gridDim.x)
+
+template <typename T>
+__global__ void binary_bcast32_kernel(int op, const T* a, Indexer ia, const T* b, Indexer ib,
+                                      T* out, int64_t n) {
+  LC_GRID_STRIDE32(i, n) out[i] = static_cast<T>(apply_binary(op, ld(a[ia.at32(i)]), ld(b[ib.at32(i)])));
+}
+
+// Four floats moved by one 16-byte load or store (ld.global.v4 on a GPU).
+struct alignas(16) F4 {
+  float x, y, z, w;
+};
+// Whether float kernels may use F4 on these pointers: every one 16-byte aligned.
+inline bool aligned16(const void* a, const void* b = nullptr, const void* c = nullptr) {
+  auto ok = [](const void* p) { return !p || reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  return ok(a) && ok(b) && ok(c);
+}
+
+// The same-shape float kernels four elements at a time (n4 = n / 4 groups); the tail goes
+// through the scalar kernels.
+__global__ void binary_same_f4_kernel(int op, const F4* a, const F4* b, F4* out, int64_t n4) {
+  LC_GRID_STRIDE(i, n4) {
+    const F4 x = a[i], y = b[i];
+    out[i] = F4{apply_binary(op, x.x, y.x), apply_binary(op, x.y, y.y), apply_binary(op, x.z, y.z),
+                apply_binary(op, x.w, y.w)};
+  }
+}
+
+__global__ void affine_f4_kernel(const F4* x, float alpha, float beta, F4* out, int64_t n4) {
+  LC_GRID_STRIDE(i, n4) {
+    const F4 v = x[i];
+    out[i] = F4{alpha * v.x + beta, alpha * v.y + beta, alpha * v.z + beta, alpha * v.w + beta};
+  }
+}
+
+__global__ void axpy_f4_kernel(F4* y, const F4* x, float alpha, int64_t n4) {
+  LC_GRID_STRIDE(i, n4) {
+    F4 v = y[i];
+    const F4 u = x[i];
+    v.x += alpha * u.x;
+    v.y += alpha * u.y;
+    v.z += alpha * u.z;
+    v.w += alpha * u.w;
+    y[i] = v;
+  }
+}
+
 template <typename T>
 __global__ void affine_kernel(const T* x, opmath_t<T> alpha, opmath_t<T> beta, T* out, int64_t n) {
   LC_GRID_STRIDE(i, n) out[i] = static_cast<T>(alpha * ld(x[i]) + beta);
@@ -186,6 +237,11 @@ __global__ void unary_backward_kernel(int op, const T* x, const T* dy, T* dx, in
 template <typename W>
 __global__ void gather_kernel(const W* x, Indexer ix, W* out, int64_t n) {
   LC_GRID_STRIDE(i, n) out[i] = x[ix(i)];
+}
+
+template <typename W>
+__global__ void gather32_kernel(const W* x, Indexer ix, W* out, int64_t n) {
+  LC_GRID_STRIDE32(i, n) out[i] = x[ix.at32(i)];
 }
 
 // *flag starts non-zero; any non-finite element clears it (a plain store:
@@ -300,13 +356,24 @@ void CudaBackend::binary(BinaryOp op, const Tensor& a, const Tensor& b, const Te
   dispatch_floating(out.dtype, "binary op", [&](auto z) {
     using T = decltype(z);
     if (a.shape == out.shape && b.shape == out.shape) {
-      binary_same_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(o, dp<T>(a), dp<T>(b), dp<T>(out), n);
+      int64_t done = 0;
+      if constexpr (std::is_same_v<T, float>) {
+        if (n >= 4 && aligned16(dp<T>(a), dp<T>(b), dp<T>(out))) {
+          done = n / 4 * 4;
+          binary_same_f4_kernel<<<grid_for(n / 4), kThreads, 0, c_.stream>>>(
+              o, reinterpret_cast<const F4*>(dp<T>(a)), reinterpret_cast<const F4*>(dp<T>(b)), reinterpret_cast<F4*>(dp<T>(out)), n / 4);
+        }
+      }
+      if (done < n)
+        binary_same_kernel<T><<<grid_for(n - done), kThreads, 0, c_.stream>>>(o, dp<T>(a) + done, dp<T>(b) + done, dp<T>(out) + done, n - done);
     } else if (a.shape == out.shape && b.numel() == 1) {
       binary_scalar_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(o, dp<T>(a), dp<T>(b), dp<T>(out), n);
     } else {
       auto ix = make_indexers(out.shape, {broadcast_strides(a.shape, out.shape), broadcast_strides(b.shape, out.shape)});
-      binary_bcast_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(o, dp<T>(a), ix[0], dp<T>(b), ix[1],
-                                                                      dp<T>(out), n);
+      if (fits32(n))  // a and b are no larger than out
+        binary_bcast32_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(o, dp<T>(a), ix[0], dp<T>(b), ix[1], dp<T>(out), n);
+      else
+        binary_bcast_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(o, dp<T>(a), ix[0], dp<T>(b), ix[1], dp<T>(out), n);
     }
   });
   launched(c_, "binary op");
@@ -319,8 +386,17 @@ void CudaBackend::affine(const Tensor& x, double alpha, double beta, const Tenso
   dispatch_floating(out.dtype, "affine", [&](auto z) {
     using T = decltype(z);
     using A = opmath_t<T>;
-    affine_kernel<T><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<T>(x), static_cast<A>(alpha),
-                                                              static_cast<A>(beta), dp<T>(out), n);
+    int64_t done = 0;
+    if constexpr (std::is_same_v<T, float>) {
+      if (n >= 4 && aligned16(dp<T>(x), dp<T>(out))) {
+        done = n / 4 * 4;
+        affine_f4_kernel<<<grid_for(n / 4), kThreads, 0, c_.stream>>>(reinterpret_cast<const F4*>(dp<T>(x)), static_cast<T>(alpha),
+                                                                       static_cast<T>(beta), reinterpret_cast<F4*>(dp<T>(out)), n / 4);
+      }
+    }
+    if (done < n)
+      affine_kernel<T><<<grid_for(n - done), kThreads, 0, c_.stream>>>(dp<T>(x) + done, static_cast<A>(alpha),
+                                                                       static_cast<A>(beta), dp<T>(out) + done, n - done);
   });
   launched(c_, "affine");
 }
@@ -333,7 +409,16 @@ void CudaBackend::axpy(const Tensor& y, const Tensor& x, double alpha) {
     using Y = decltype(z);
     const auto al = static_cast<opmath_t<Y>>(alpha);
     if (x.dtype == y.dtype) {
-      axpy_kernel<Y, Y><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<Y>(y), dp<Y>(x), al, n);
+      int64_t done = 0;
+      if constexpr (std::is_same_v<Y, float>) {
+        if (n >= 4 && aligned16(dp<Y>(y), dp<Y>(x))) {
+          done = n / 4 * 4;
+          axpy_f4_kernel<<<grid_for(n / 4), kThreads, 0, c_.stream>>>(reinterpret_cast<F4*>(dp<Y>(y)), reinterpret_cast<const F4*>(dp<Y>(x)),
+                                                                       al, n / 4);
+        }
+      }
+      if (done < n)
+        axpy_kernel<Y, Y><<<grid_for(n - done), kThreads, 0, c_.stream>>>(dp<Y>(y) + done, dp<Y>(x) + done, al, n - done);
     } else if constexpr (is_half_v<Y>) {
       LC_CHECK(x.dtype == DType::F32, std::string("accumulate: a ") + dtype_name(y.dtype) +
                                           " tensor takes float32 or its own dtype, got " + dtype_name(x.dtype));
@@ -382,9 +467,11 @@ void CudaBackend::gather(const Tensor& x, const Tensor& out, const std::vector<i
   int64_t n = out.numel();
   if (!n) return;
   Indexer ix = make_indexers(out.shape, {strides})[0];
+  const bool small = fits32(n) && fits32(x.numel());
   dispatch_word(out.dtype, [&](auto w) {
     using W = decltype(w);
-    gather_kernel<W><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<W>(x), ix, dp<W>(out), n);
+    if (small) gather32_kernel<W><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<W>(x), ix, dp<W>(out), n);
+    else gather_kernel<W><<<grid_for(n), kThreads, 0, c_.stream>>>(dp<W>(x), ix, dp<W>(out), n);
   });
   launched(c_, "expand/permute");
 }

@@ -186,16 +186,6 @@ std::vector<Context*>& contexts() {
   return *v;
 }
 
-// Pinned host copies of the device words, per context.
-struct HostWords {
-  DeviceError err;
-  int flag;
-};
-std::unordered_map<const Context*, HostWords*>& host_words() {
-  static auto* m = new std::unordered_map<const Context*, HostWords*>();
-  return *m;
-}
-
 Context* create_context(int index, int ordinal) {
   auto* c = new Context();
   c->index = index;
@@ -226,7 +216,7 @@ Context* create_context(int index, int ordinal) {
   HostWords* hw = nullptr;
   check(cudaMallocHost(reinterpret_cast<void**>(&hw), sizeof(HostWords)), "cudaMallocHost");
   std::memset(hw, 0, sizeof *hw);
-  host_words()[c] = hw;
+  c->host = hw;
   const char* s = std::getenv("LORA_CUDA_SYNC");
   c->sync_each_op = s && *s && std::strcmp(s, "0") != 0;
   check(cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
@@ -298,7 +288,7 @@ void launched(Context& c, const char* op) {
 }
 
 void sync(Context& c) {
-  HostWords* hw = host_words()[&c];
+  HostWords* hw = c.host;
   cudaError_t e = cudaMemcpyAsync(&hw->err, c.err, sizeof(DeviceError), cudaMemcpyDeviceToHost, c.stream);
   if (e == cudaSuccess) e = cudaStreamSynchronize(c.stream);
   if (e != cudaSuccess) {
@@ -321,26 +311,75 @@ void sync(Context& c) {
 }
 
 int read_flag(Context& c) {
-  HostWords* hw = host_words()[&c];
+  HostWords* hw = c.host;
   check(cudaMemcpyAsync(&hw->flag, c.flag, sizeof(int), cudaMemcpyDeviceToHost, c.stream),
         "cudaMemcpyAsync");
   sync(c);
   return hw->flag;
 }
 
+namespace {
+
+// The fallback cache's block size for a request: 512-byte steps up to 1 MiB, then 2 MiB steps,
+// so that a block is reused by requests of about its size.
+size_t cache_rounded(size_t bytes) {
+  const size_t step = bytes <= (size_t{1} << 20) ? 512 : (size_t{2} << 20);
+  return (bytes + step - 1) / step * step;
+}
+
+void* cache_take(Context& c, size_t rounded) {
+  for (auto& [size, blocks] : c.cache) {
+    if (size != rounded || blocks.empty()) continue;
+    void* p = blocks.back();
+    blocks.pop_back();
+    c.cached -= static_cast<int64_t>(rounded);
+    return p;
+  }
+  return nullptr;
+}
+
+// Frees every cached block (after the queued work that may still use them).
+void cache_release(Context& c) {
+  if (c.cache.empty()) return;
+  cudaStreamSynchronize(c.stream);
+  for (auto& [size, blocks] : c.cache)
+    for (void* p : blocks) cudaFree(p);
+  cudaGetLastError();
+  c.cache.clear();
+  c.cached = 0;
+}
+
+// Gives the memory no tensor uses back to the driver: the pool's cached blocks, or the fallback cache.
+void release_cached(Context& c) {
+  check(cudaStreamSynchronize(c.stream), "cudaStreamSynchronize");
+  if (c.pools) {
+    cudaMemPool_t pool;
+    check(cudaDeviceGetDefaultMemPool(&pool, c.ordinal), "cudaDeviceGetDefaultMemPool");
+    check(cudaMemPoolTrimTo(pool, 0), "cudaMemPoolTrimTo");
+  } else {
+    cache_release(c);
+  }
+}
+
+}  // namespace
+
 void* device_alloc(Context& c, size_t bytes) {
   void* p = nullptr;
-  auto attempt = [&]() { return c.pools ? cudaMallocAsync(&p, bytes, c.stream) : cudaMalloc(&p, bytes); };
+  const size_t size = c.pools ? bytes : cache_rounded(bytes);
+  if (!c.pools && (p = cache_take(c, size)) != nullptr) {
+    c.allocated += static_cast<int64_t>(bytes);
+    if (c.allocated > c.peak) c.peak = c.allocated;
+    return p;
+  }
+  auto attempt = [&]() { return c.pools ? cudaMallocAsync(&p, size, c.stream) : cudaMalloc(&p, size); };
   cudaError_t e = attempt();
   if (e == cudaErrorMemoryAllocation) {
     cudaGetLastError();
-    // Give the cache back to the driver (once queued work no longer needs it) and retry once.
-    check(cudaStreamSynchronize(c.stream), "cudaStreamSynchronize");
-    if (c.pools) {
-      cudaMemPool_t pool;
-      check(cudaDeviceGetDefaultMemPool(&pool, c.ordinal), "cudaDeviceGetDefaultMemPool");
-      check(cudaMemPoolTrimTo(pool, 0), "cudaMemPoolTrimTo");
-    }
+    // Tensors no JS code refers to any more may still hold device memory until the garbage
+    // collector finalizes them (device memory is not reported to V8, so nothing hurries it):
+    // a full collection frees them, then the cache goes back to the driver, and one retry.
+    run_out_of_memory_hook();
+    release_cached(c);
     e = attempt();
   }
   if (e == cudaErrorMemoryAllocation) {
@@ -362,11 +401,28 @@ void* device_alloc(Context& c, size_t bytes) {
 }
 
 void device_free(Context& c, void* p, size_t bytes) noexcept {
-  // Stream-ordered: the memory returns to the pool after the queued work that
-  // uses it. Errors are ignored (at exit the runtime may already be gone).
-  cudaError_t e = c.pools ? cudaFreeAsync(p, c.stream) : cudaFree(p);
-  if (e != cudaSuccess) cudaGetLastError();
   c.allocated -= static_cast<int64_t>(bytes);
+  if (c.pools) {
+    // Stream-ordered: the memory returns to the pool after the queued work that
+    // uses it. Errors are ignored (at exit the runtime may already be gone).
+    if (cudaFreeAsync(p, c.stream) != cudaSuccess) cudaGetLastError();
+    return;
+  }
+  // Kept for the next request of its size: every use is on this stream, so a later kernel
+  // that gets the block runs after the queued ones that still read it.
+  const size_t size = cache_rounded(bytes);
+  try {
+    for (auto& [s, blocks] : c.cache) {
+      if (s != size) continue;
+      blocks.push_back(p);
+      c.cached += static_cast<int64_t>(size);
+      return;
+    }
+    c.cache.emplace_back(size, std::vector<void*>{p});
+    c.cached += static_cast<int64_t>(size);
+  } catch (...) {
+    if (cudaFree(p) != cudaSuccess) cudaGetLastError();
+  }
 }
 
 cublasHandle_t blas_handle(Context& c, bool fp32) {
@@ -424,7 +480,7 @@ MemoryStats memory_stats(int index) {
     check(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &r), "cudaMemPoolGetAttribute");
     s.reserved = static_cast<int64_t>(r);
   } else {
-    s.reserved = c.allocated;
+    s.reserved = c.allocated + c.cached;
   }
   return s;
 }
@@ -439,11 +495,7 @@ void empty_cache(int index) {
   Context& c = context(index);
   Guard g(c);
   sync(c);
-  if (c.pools) {
-    cudaMemPool_t pool;
-    check(cudaDeviceGetDefaultMemPool(&pool, c.ordinal), "cudaDeviceGetDefaultMemPool");
-    check(cudaMemPoolTrimTo(pool, 0), "cudaMemPoolTrimTo");
-  }
+  release_cached(c);
 }
 
 void set_allow_tf32(bool allow) { g_allow_tf32.store(allow); }

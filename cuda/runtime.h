@@ -33,6 +33,17 @@ enum DeviceErrorCode : int {
   kErrGatherIndex = 5,          // a = index value, b = its position in the index, c = size of the dim
 };
 
+// Pinned host copies of the device words, read at synchronisation.
+struct HostWords {
+  DeviceError err;
+  int flag;
+};
+
+// Worker threads that use one device share its Context: its stream, its error word and its
+// queue of pending op names. Ops are serialised by `mu`, but a kernel's asynchronous error (or a
+// bad-input report) surfaces at the next synchronisation on that stream, whichever thread runs
+// it: a worker can see an error raised by another worker's op. The message names the op; work
+// that must not see other threads' failures uses a device of its own.
 struct Context {
   int index = 0;    // cuda:index, counting usable devices only
   int ordinal = 0;  // the CUDA runtime's device number (info().devices[index].ordinal)
@@ -41,11 +52,16 @@ struct Context {
   cublasHandle_t blas = nullptr;  // created on the first matrix product
   int blas_math = -1;             // math mode last set on the handle
   DeviceError* err = nullptr;     // mapped host memory, also the device pointer (UVA)
+  HostWords* host = nullptr;      // pinned; set once at creation, so reading it needs no lock
   int* flag = nullptr;            // mapped scratch word for all_finite
   bool pools = false;             // cudaMallocAsync supported
   int64_t allocated = 0, peak = 0;
   int multiprocessors = 1;
   int capability = 0;  // compute capability as major * 10 + minor (86 for 8.6)
+  // Without stream-ordered pools: freed blocks kept by rounded size for reuse on this stream
+  // (cudaFree would synchronise the whole device on every free); returned on OOM or empty_cache.
+  std::vector<std::pair<size_t, std::vector<void*>>> cache;
+  int64_t cached = 0;
   std::vector<std::string> pending;  // ops queued since the last synchronisation (bounded)
   bool sync_each_op = false;         // LORA_CUDA_SYNC=1: synchronise after every op
 };

@@ -1,9 +1,10 @@
 // Row-wise ops over the last dim: softmax and its backward, and the fused
 // cross entropy (log-softmax and NLL with ignore index and label smoothing).
-// One block per row, its threads striding over the columns; sums in double
-// as on the CPU. Half logits compute in float (the cross entropy in double),
-// rounding once on store; its loss and log-sum-exp (L) and the incoming loss
-// gradient (G) are the logits' dtype or float32.
+// One block per row, its threads striding over the columns. Softmax sums in
+// double as on the CPU; the cross entropy is one online pass in opmath_t<T>
+// (float for float32 and the halves), rounding once on store; its loss and
+// log-sum-exp (L) and the incoming loss gradient (G) are the logits' dtype or
+// float32.
 #include "kernels.cuh"
 
 namespace lc::cuda {
@@ -43,28 +44,66 @@ __global__ void softmax_backward_kernel(const T* y, const T* dy, T* dx, int64_t 
   }
 }
 
+// Online softmax state of a row part: running max m and sum s of exp(x - m).
+template <typename A>
+struct OnlineLse {
+  A m, s;
+};
+
+// Two parts merged: the larger max, each sum rescaled to it (parts that saw only -inf add 0).
+template <typename A>
+__device__ __forceinline__ OnlineLse<A> merge(OnlineLse<A> a, OnlineLse<A> b) {
+  const A m = max(a.m, b.m);
+  if (m == -INFINITY) return {m, A(0)};
+  return {m, a.s * d_exp(a.m - m) + b.s * d_exp(b.m - m)};
+}
+
+// Every thread gets the merge over the block (blockDim.x a multiple of 32).
+template <typename A>
+__device__ OnlineLse<A> block_merge(OnlineLse<A> v) {
+  __shared__ A pm[32];
+  __shared__ A ps[32];
+  for (int o = 16; o > 0; o >>= 1) v = merge(v, OnlineLse<A>{__shfl_xor_sync(0xffffffffu, v.m, o), __shfl_xor_sync(0xffffffffu, v.s, o)});
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  __syncthreads();  // the previous call's readers are done with pm, ps
+  if (lane == 0) {
+    pm[w] = v.m;
+    ps[w] = v.s;
+  }
+  __syncthreads();
+  v = lane < nw ? OnlineLse<A>{pm[lane], ps[lane]} : OnlineLse<A>{A(-INFINITY), A(0)};
+  for (int o = 16; o > 0; o >>= 1) v = merge(v, OnlineLse<A>{__shfl_xor_sync(0xffffffffu, v.m, o), __shfl_xor_sync(0xffffffffu, v.s, o)});
+  return v;
+}
+
+// One pass over each row (online softmax: the max and the sum of exponentials together) in
+// opmath_t<T>: float32 and half rows accumulate in float, as a GPU cross entropy does.
 template <typename T, typename L>
 __global__ void cross_entropy_forward_kernel(const T* logits, const int32_t* targets, int64_t N,
                                              int64_t C, int64_t ignore, double ls, L* loss_rows,
                                              L* lse, DeviceError* err) {
+  using A = opmath_t<T>;
   for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
     const T* row = logits + i * C;
     const int64_t ti = targets[i];
     const bool ignored = ti == ignore;
     const bool bad = !ignored && (ti < 0 || ti >= C);
-    double mx = -INFINITY;
-    for (int64_t j = threadIdx.x; j < C; j += blockDim.x) mx = max(mx, static_cast<double>(row[j]));
-    mx = block_max(mx);
-    double s = 0, sum_x = 0;
+    OnlineLse<A> st{A(-INFINITY), A(0)};
+    A sum_x = 0;
     for (int64_t j = threadIdx.x; j < C; j += blockDim.x) {
-      double v = static_cast<double>(row[j]);
-      s += exp(v - mx);
+      const A v = ld(row[j]);
+      if (v > st.m) {
+        st.s = (st.m == A(-INFINITY) ? A(0) : st.s * d_exp(st.m - v)) + A(1);
+        st.m = v;
+      } else if (st.m != A(-INFINITY)) {
+        st.s += d_exp(v - st.m);
+      }
       sum_x += v;
     }
-    s = block_sum(s);
+    st = block_merge(st);
     sum_x = block_sum(sum_x);
     if (threadIdx.x != 0) continue;
-    const double l = mx + log(s);
+    const A l = st.m + d_log(st.s);
     lse[i] = static_cast<L>(l);
     if (bad) {
       if (atomicCAS(&err->code, 0, kErrCrossEntropyTarget) == 0) {
@@ -79,19 +118,22 @@ __global__ void cross_entropy_forward_kernel(const T* logits, const int32_t* tar
       loss_rows[i] = L(0);
       continue;
     }
-    const double nll = l - static_cast<double>(row[ti]);
-    const double smooth = l - sum_x / static_cast<double>(C);
-    loss_rows[i] = static_cast<L>((1.0 - ls) * nll + ls * smooth);
+    const A nll = l - ld(row[ti]);
+    const A smooth = l - sum_x / static_cast<A>(C);
+    loss_rows[i] = static_cast<L>(static_cast<A>(1.0 - ls) * nll + static_cast<A>(ls) * smooth);
   }
 }
 
-// dlogits (set) = grad * scale * (softmax - smoothed one-hot); 0 for ignored rows.
+// dlogits (set) = grad * scale * (softmax - smoothed one-hot); 0 for ignored rows. In
+// opmath_t<T>, as the forward, rounding once on store.
 template <typename T, typename L, typename G>
 __global__ void cross_entropy_backward_kernel(const T* logits, const L* lse, const int32_t* targets,
                                               int64_t N, int64_t C, int64_t ignore, double ls,
                                               const G* grad, bool per_row, double grad_scale,
                                               T* dlogits) {
-  const double off = ls / static_cast<double>(C);
+  using A = opmath_t<T>;
+  const A off = static_cast<A>(ls / static_cast<double>(C));
+  const A hit = static_cast<A>(1.0 - ls);
   for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
     T* drow = dlogits + i * C;
     const int64_t ti = targets[i];
@@ -100,11 +142,11 @@ __global__ void cross_entropy_backward_kernel(const T* logits, const L* lse, con
       continue;
     }
     const T* row = logits + i * C;
-    const double gs = grad_scale * static_cast<double>(grad[per_row ? i : 0]);
-    const double l = static_cast<double>(lse[i]);
+    const A gs = static_cast<A>(grad_scale * static_cast<double>(grad[per_row ? i : 0]));
+    const A l = static_cast<A>(static_cast<double>(lse[i]));
     for (int64_t j = threadIdx.x; j < C; j += blockDim.x) {
-      double target = off + (j == ti ? 1.0 - ls : 0.0);
-      drow[j] = static_cast<T>(gs * (exp(static_cast<double>(row[j]) - l) - target));
+      const A target = off + (j == ti ? hit : A(0));
+      drow[j] = static_cast<T>(gs * (d_exp(ld(row[j]) - l) - target));
     }
   }
 }

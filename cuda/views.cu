@@ -15,6 +15,13 @@ __global__ void strided_copy_kernel(W* d, Indexer id, const W* s, Indexer is, in
   LC_GRID_STRIDE(i, n) d[id(i)] = s[is(i)];
 }
 
+// The same with 32-bit index arithmetic (Indexer::at32) for n < 2^31.
+template <typename W>
+__global__ void strided_copy32_kernel(W* d, Indexer id, const W* s, Indexer is, int64_t n) {
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < static_cast<uint32_t>(n); i += blockDim.x * gridDim.x)
+    d[id.at32(i)] = s[is.at32(i)];
+}
+
 // out element i reads x at xi(i) (its coordinates but dim's) + index[ii(i)] * dim_stride; a bad
 // index writes 0 and is noted, never read.
 template <typename W>
@@ -152,8 +159,12 @@ void CudaBackend::strided_copy(const Tensor& dst, int64_t dst_offset,
   auto ix = make_indexers(sizes, {dst_strides, src_strides});
   dispatch_word(dst.dtype, [&](auto w) {
     using W = decltype(w);
-    strided_copy_kernel<W><<<grid_for(n), kThreads, 0, c_.stream>>>(
-        dp<W>(dst) + dst_offset, ix[0], dp<W>(src) + src_offset, ix[1], n);
+    if (fits32(n))
+      strided_copy32_kernel<W><<<grid_for(n), kThreads, 0, c_.stream>>>(
+          dp<W>(dst) + dst_offset, ix[0], dp<W>(src) + src_offset, ix[1], n);
+    else
+      strided_copy_kernel<W><<<grid_for(n), kThreads, 0, c_.stream>>>(
+          dp<W>(dst) + dst_offset, ix[0], dp<W>(src) + src_offset, ix[1], n);
   });
   launched(c_, "strided copy");
 }

@@ -118,6 +118,8 @@ class Ctx implements FunctionCtx {
     for (const t of tensors) {
       this.savedTensors.push(t);
       this.versions.push(t ? t._store.version : 0);
+      // Counted per storage, so releaseIntermediate() frees it only once no node needs it.
+      if (t) t._store.saves = (t._store.saves ?? 0) + 1;
     }
   }
 
@@ -141,20 +143,61 @@ class Ctx implements FunctionCtx {
 
   release(): void {
     const owned = this.owned;
+    const saved = this.savedTensors;
     this.owned = [];
     this.savedTensors = [];
     this.versions = [];
     for (const b of owned) free(b);
+    for (const t of saved) {
+      if (!t) continue;
+      const st = t._store;
+      st.saves = (st.saves ?? 1) - 1;
+      if (st.saves === 0 && st.freeWhenUnsaved) freeStorage(t);
+    }
   }
 }
 
+/** Frees a tensor's storage (and its views') but leaves its place in the graph: its node still runs. */
+function freeStorage(t: Tensor): void {
+  if (t._store.disposed) return;
+  free(t._h);
+  t._store.disposed = true;
+}
+
+/**
+ * Frees intermediates a model made and no longer reads, as soon as possible: at once when no
+ * recorded node kept them for backward, else when the last such node is released (its backward
+ * ran, or the graph was freed). Their nodes stay in the graph, so gradients flow through them.
+ * Never for a leaf that requires grad (a parameter) or a tensor kept from tidy() (keep, a .grad);
+ * only for tensors nothing else refers to (a view of a freed storage is unusable too).
+ */
+export function releaseIntermediate(...tensors: (Tensor | null | undefined)[]): void {
+  for (const t of tensors) {
+    if (!t) continue;
+    const st = t._store;
+    if (st.disposed || st.escaped || (t.isLeaf && t.requiresGrad)) continue;
+    if (st.saves) st.freeWhenUnsaved = true;
+    else freeStorage(t);
+  }
+}
+
+/**
+ * Where the gradient of one argument goes: the node that made it, or the leaf that collects it.
+ * Only leaves are held as tensors: a node never keeps an intermediate alive (what backward reads
+ * is kept by saveForBackward, nothing else), so an intermediate's memory goes as soon as the
+ * forward code drops it or frees it.
+ */
+export type Edge = { node: Node; leaf: null } | { node: null; leaf: Tensor };
+
 /** One recorded call of an op. */
 export class Node {
+  /** Set when the output's tensor was disposed: the graph is cut there, backward skips it. */
+  cut = false;
   constructor(
     /** The gradFn name, e.g. 'MulBackward'. */
     readonly name: string,
-    /** The call's arguments that needed a gradient; null for the others. */
-    public inputs: (Tensor | null)[],
+    /** Per argument of the call: where its gradient goes; null for those that need none. */
+    public inputs: (Edge | null)[],
     private backward: ((grad: Tensor) => (Tensor | null)[]) | null,
     private free: (() => void) | null,
   ) {}
@@ -176,8 +219,9 @@ export class Node {
     return grads;
   }
 
-  /** Frees what the call kept for backward; it cannot run afterwards. */
-  release(): void {
+  /** Frees what the call kept for backward; it cannot run afterwards. cut: its output was disposed. */
+  release(cut = false): void {
+    if (cut) this.cut = true;
     const free = this.free;
     this.free = null;
     this.backward = null;
@@ -189,6 +233,11 @@ export class Node {
 /** An argument needs a gradient when grad mode is on and it is a tensor that requires grad. */
 function needsGrad(arg: unknown): boolean {
   return gradEnabled && arg !== null && typeof arg === 'object' && (arg as Partial<Tensor>).requiresGrad === true;
+}
+
+/** The edge to t's gradient: its node, or t itself when it is a leaf. */
+function edgeOf(t: Tensor): Edge {
+  return t._gradFn ? { node: t._gradFn, leaf: null } : { node: null, leaf: t };
 }
 
 /**
@@ -217,7 +266,7 @@ export function defineFunction<A extends unknown[], S extends object = object>(d
       ctx.checkSaved(def.name);
       return def.backward(opCtx, grad);
     };
-    out._setGradFn(new Node(def.name, args.map((a, i) => (needs[i] ? (a as Tensor) : null)), backward, () => ctx.release()));
+    out._setGradFn(new Node(def.name, args.map((a, i) => (needs[i] ? edgeOf(a as Tensor) : null)), backward, () => ctx.release()));
     return out;
   };
 }
@@ -293,7 +342,7 @@ export function runBackward(root: Tensor, rootGrad: Tensor, userGrad: boolean, r
     const [fn, i] = frame;
     if (i < fn.inputs.length) {
       frame[1]++;
-      const child = fn.inputs[i]?._gradFn;
+      const child = fn.inputs[i]?.node;
       if (child && !seen.has(child)) {
         seen.add(child);
         stack.push([child, 0]);
@@ -311,6 +360,11 @@ export function runBackward(root: Tensor, rootGrad: Tensor, userGrad: boolean, r
       const g = pending.get(fn);
       if (!g) continue;
       pending.delete(fn);
+      if (fn.cut) {
+        // Its output was disposed: as a disposed leaf, it takes no gradient.
+        drop(g);
+        continue;
+      }
       const grads = fn.apply(g);
       for (const gi of grads) if (gi) hold(gi);
       grads.forEach((gi, i) => {
@@ -319,19 +373,19 @@ export function runBackward(root: Tensor, rootGrad: Tensor, userGrad: boolean, r
           if (gi) drop(gi);
           return;
         }
-        if (input._gradFn) {
-          const prev = pending.get(input._gradFn);
+        if (input.node) {
+          const prev = pending.get(input.node);
           if (prev) {
             const sum = addGrads(prev, gi);
             hold(sum);
             drop(prev);
             drop(gi);
-            pending.set(input._gradFn, sum);
+            pending.set(input.node, sum);
           } else {
-            pending.set(input._gradFn, gi);
+            pending.set(input.node, gi);
           }
-        } else if (input.requiresGrad) {
-          accumulateLeaf(input, gi);
+        } else if (input.leaf.requiresGrad) {
+          accumulateLeaf(input.leaf, gi);
         } else {
           drop(gi);
         }

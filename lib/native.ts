@@ -3,6 +3,8 @@
 // lib/ops, the one layer that calls here.
 import * as fs from 'fs';
 import * as path from 'path';
+import * as v8 from 'v8';
+import * as vm from 'vm';
 import { glibcNeeded, glibcVersion, olderThan } from './platform';
 
 /** Opaque handle to native tensor storage plus shape. */
@@ -67,6 +69,8 @@ export interface Binding {
   copy_(dst: N, src: N): void;
   to(t: N, devType: number, devIndex: number, dtype: number): N;
   liveBytes(): number;
+  setGarbageCollector(collect: () => void): void;
+  clipGradNorm_(grads: N[], maxNorm: number, skipNonfinite: boolean): N;
   binary(op: number, a: N, b: N): N;
   affine(x: N, alpha: number, beta: number): N;
   axpy_(y: N, x: N, alpha: number): void;
@@ -260,3 +264,25 @@ export function loadError(root: string, cause: Error): Error {
 }
 
 export const native: Binding = load();
+
+// ---- device memory pressure
+// A device allocation that fails first runs a full garbage collection (whose finalizers free
+// unreferenced tensors' device memory), then retries. gc is global.gc under --expose-gc, else
+// taken from a fresh context once the flag is set (only when first needed).
+let gcFunction: (() => void) | null | undefined;
+function collectGarbage(): void {
+  if (gcFunction === undefined) {
+    const g = (globalThis as { gc?: unknown }).gc;
+    gcFunction = typeof g === 'function' ? (g as () => void) : null;
+    if (!gcFunction) {
+      try {
+        v8.setFlagsFromString('--expose-gc');
+        gcFunction = vm.runInNewContext('gc') as () => void;
+      } catch {
+        gcFunction = null;
+      }
+    }
+  }
+  gcFunction?.();
+}
+native.setGarbageCollector?.(collectGarbage);

@@ -33,6 +33,8 @@ export interface Store {
   version: number; // bumped by in-place writes, so stale saved tensors are caught
   disposed: boolean;
   escaped?: boolean; // held by something long-lived (a .grad, optimiser state): tidy() never frees it
+  saves?: number; // recorded nodes that kept it for backward (saveForBackward)
+  freeWhenUnsaved?: boolean; // releaseIntermediate() was called while saved: freed when the last such node goes
   // The values of an int32 GPU tensor as they were uploaded, valid while `version` is unchanged:
   // the ops that must check ids on the host (embedding, cross-entropy) read them without waiting
   // for the device.
@@ -252,7 +254,7 @@ export class Tensor {
     this._store.disposed = true;
     if (this._grad) this._grad.dispose();
     this._grad = null;
-    if (this._gradFn) this._gradFn.release();
+    if (this._gradFn) this._gradFn.release(true);
     this._gradFn = null;
   }
 

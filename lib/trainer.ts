@@ -25,7 +25,7 @@ import { DistributedDataParallel, allReduceNumbers, barrier } from './distribute
 import { SafetensorsFile, saveSafetensors } from './safetensors';
 import { asideDirs, recoverDir, replaceDir, writeFileAtomic } from './atomic';
 import { READ_LIMITS, pathExists, readJsonFile } from './fsio';
-import { checkInt, checkKnownKeys, checkNumber, checkOneOf, checkOptions, describe, typeError } from './errors';
+import { checkBool, checkInt, checkKnownKeys, checkNumber, checkOneOf, checkOptions, describe, typeError } from './errors';
 import { allFinite } from './ops/elementwise';
 import type { BatchOptions } from './models/llama';
 
@@ -155,6 +155,13 @@ export interface TrainerOptions {
    * (onLog, onStep and onEval run on every rank). Default false.
    */
   distributed?: boolean;
+  /**
+   * Turn on the model's activation checkpointing when training starts (transformers'
+   * gradient_checkpointing argument): each decoder layer keeps only its input and is recomputed
+   * in backward, the same gradients for less memory. Needs a model with gradientCheckpointingEnable()
+   * (LlamaForCausalLM). Default false (the model is left as it is).
+   */
+  gradientCheckpointing?: boolean;
   /** Writes the trained weights into a checkpoint directory; default: saveAdapter for LoRA models, else the params. */
   saveModel?: (dir: string) => Promise<void>;
   /** Reads them back on loadCheckpoint; default: loadAdapter for LoRA models, else the params. */
@@ -272,7 +279,7 @@ const SCHEDULES = ['constant', 'linear', 'cosine'] as const;
 const OPTION_KEYS = [
   'model', 'loss', 'params', 'train', 'eval', 'epochs', 'maxSteps', 'gradAccum', 'optimizer', 'lrSchedule', 'warmupSteps',
   'maxGradNorm', 'logEvery', 'evalEvery', 'saveEvery', 'checkpointDir', 'saveModel', 'loadModel', 'metadata', 'distributed',
-  'onStep', 'onLog', 'onEval', 'onCheckpoint',
+  'onStep', 'onLog', 'onEval', 'onCheckpoint', 'gradientCheckpointing',
 ] as const;
 
 const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
@@ -408,6 +415,7 @@ export class Trainer {
   private readonly opts: TrainerOptions;
   private readonly source: BatchSource;
   private readonly lossOf: LossFunction;
+  private readonly checkpointing: boolean = false;
   private readonly baseLr: number;
   private readonly baseWeightDecay: number;
   private readonly fixedOptions: { betas: [number, number]; eps: number; amsgrad: boolean };
@@ -420,6 +428,13 @@ export class Trainer {
     checkCallback(where, 'loss', o.loss);
     for (const k of ['saveModel', 'loadModel', 'onStep', 'onLog', 'onEval', 'onCheckpoint'] as const) checkCallback(where, k, o[k]);
     const model = o.model;
+    if (o.gradientCheckpointing !== undefined && checkBool(where, 'options.gradientCheckpointing', o.gradientCheckpointing)) {
+      const enable = (model as { gradientCheckpointingEnable?: unknown } | undefined)?.gradientCheckpointingEnable;
+      if (typeof enable !== 'function') {
+        throw typeError(where, 'options.model', 'a model with gradientCheckpointingEnable() (LlamaForCausalLM) with options.gradientCheckpointing', model);
+      }
+      this.checkpointing = true;
+    }
     if (o.loss) {
       this.lossOf = o.loss;
     } else {
@@ -644,6 +659,7 @@ export class Trainer {
       return { step: startStep, totalSteps: this.totalSteps, stepsRun: 0, reason: startStep >= this.totalSteps ? 'done' : 'max-steps', checkpoint: null };
     }
     model?.train();
+    if (this.checkpointing) (model as unknown as { gradientCheckpointingEnable(): void }).gradientCheckpointingEnable();
     let rngAtStep = getRngState();
     let checkpoint: string | null = null;
     let current = this._step + 1;

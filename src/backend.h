@@ -168,6 +168,11 @@ class Backend {
 
   // ---- optimiser: every parameter in one call
   virtual void adam_step(const std::vector<AdamParam>& params, const AdamConfig& cfg) = 0;
+  // torch.nn.utils.clip_grad_norm_ over every gradient in one call: norm (0-d, the grads' dtype)
+  // = sqrt of the sum of squares (accumulated in double), then each grad *= min(1, max_norm /
+  // (norm + 1e-6)) in place. With skip_nonfinite, a norm that is NaN or Inf scales nothing.
+  virtual void clip_grad_norm_(const std::vector<Tensor>& grads, double max_norm, bool skip_nonfinite,
+                               const Tensor& norm) = 0;
 
   // ---- losses. logits [N, C]; targets int32 [N] (same device); rows whose target equals
   // ignore_index contribute nothing. loss_rows [N] = -log softmax(logits)[target]

@@ -429,6 +429,25 @@ void adam_step(const std::vector<AdamParam>& params, const AdamConfig& cfg) {
   backend_for(dev).adam_step(params, cfg);
 }
 
+Tensor clip_grad_norm_(const std::vector<Tensor>& grads, double max_norm, bool skip_nonfinite) {
+  LC_CHECK(!grads.empty(), "clip grad norm: no gradients");
+  const Tensor& first = grads[0];
+  // The norm's dtype is PyTorch's promotion over the grads: float64 over float32 over the
+  // halves, bfloat16 with float16 giving float32 (a half model's float32 adapters mix so).
+  DType nd = first.dtype;
+  for (const Tensor& g : grads) {
+    require_floating(g, "clip grad norm", "grad");
+    LC_CHECK(g.device() == first.device(), std::string("clip grad norm: the first grad is on ") +
+                                               first.device().str() + " but a grad is on " + g.device().str());
+    if (g.dtype == nd) continue;
+    if (g.dtype == DType::F64 || nd == DType::F64) nd = DType::F64;
+    else nd = DType::F32;
+  }
+  Tensor norm = empty({}, nd, first.device());
+  backend_for(first.device()).clip_grad_norm_(grads, max_norm, skip_nonfinite, norm);
+  return norm;
+}
+
 CrossEntropyOut cross_entropy_forward(const Tensor& logits, const Tensor& targets,
                                       int64_t ignore_index, double ls) {
   const char* op = "cross entropy";

@@ -89,6 +89,9 @@ LoraGrads lora_backward(const Tensor& dy, const Tensor& x, const Tensor& W, cons
 bool lora_merge(const Tensor& W, const Tensor& A, const Tensor& B, double scale, bool safe);
 
 void adam_step(const std::vector<AdamParam>& params, const AdamConfig& cfg);
+// The total L2 norm of the grads (0-d), and the grads scaled in place to at most max_norm
+// (Backend::clip_grad_norm_); all on one device in one float dtype.
+Tensor clip_grad_norm_(const std::vector<Tensor>& grads, double max_norm, bool skip_nonfinite);
 
 struct CrossEntropyOut {
   Tensor loss_rows, lse;

@@ -12,6 +12,10 @@ namespace lc {
 
 namespace {
 thread_local int64_t t_live_bytes = 0;
+thread_local int64_t t_live_host_bytes = 0;
+thread_local void (*t_oom_hook)(void*) = nullptr;
+thread_local void* t_oom_arg = nullptr;
+thread_local bool t_oom_running = false;
 }
 
 void fail(const std::string& msg) { throw Error(msg); }
@@ -92,6 +96,7 @@ Storage::Storage(Device dev, size_t bytes) : dev_(dev), bytes_(bytes) {
   if (bytes_ > 0) {
     ptr_ = backend_for(dev_).allocate(bytes_);
     t_live_bytes += static_cast<int64_t>(bytes_);
+    if (dev_.type == DeviceType::CPU) t_live_host_bytes += static_cast<int64_t>(bytes_);
   }
 }
 
@@ -103,6 +108,7 @@ void Storage::release() {
   backend_for(dev_).deallocate(ptr_, bytes_);
   ptr_ = nullptr;
   t_live_bytes -= static_cast<int64_t>(bytes_);
+  if (dev_.type == DeviceType::CPU) t_live_host_bytes -= static_cast<int64_t>(bytes_);
 }
 
 void* Storage::data() const {
@@ -111,6 +117,24 @@ void* Storage::data() const {
 }
 
 int64_t live_bytes_this_thread() { return t_live_bytes; }
+
+int64_t live_host_bytes_this_thread() { return t_live_host_bytes; }
+
+void set_out_of_memory_hook(void (*hook)(void*), void* arg) {
+  t_oom_hook = hook;
+  t_oom_arg = arg;
+}
+
+void run_out_of_memory_hook() {
+  // Not re-entered: an allocation failing inside the collection (a finalizer) just fails.
+  if (!t_oom_hook || t_oom_running) return;
+  t_oom_running = true;
+  try {
+    t_oom_hook(t_oom_arg);
+  } catch (...) {
+  }
+  t_oom_running = false;
+}
 
 Tensor Tensor::view(const Shape& s) const {
   LC_CHECK(shape_numel(s) == numel(),

@@ -107,6 +107,15 @@ class Storage {
 // pressure; thread-local because each worker thread has its own JS heap.
 int64_t live_bytes_this_thread();
 
+// ---- device memory pressure
+// Host bytes only (CPU storages): what the binding reports to V8 as external memory.
+int64_t live_host_bytes_this_thread();
+// Called by a device allocator that ran out of memory, before it retries: the binding sets it
+// per thread to a full garbage collection of that thread's JS heap, whose finalizers free the
+// storages of unreferenced tensors. Does nothing when none is set (or while one runs).
+void set_out_of_memory_hook(void (*hook)(void*), void* arg);
+void run_out_of_memory_hook();
+
 struct Tensor {
   std::shared_ptr<Storage> storage;
   Shape shape;

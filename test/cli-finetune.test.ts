@@ -81,7 +81,7 @@ test('--help lists the options', async () => {
   const r = await run(['--help']);
   expect(r.code).toBe(0);
   for (const flag of ['--model DIR', '--data FILE', '--r N', '--eval-every', '--save-every', '--resume', '--grad-accum', '--seq-len', '--device',
-    '--lr-schedule NAME', '--warmup-steps N', '--max-grad-norm X']) {
+    '--lr-schedule NAME', '--warmup-steps N', '--max-grad-norm X', '--gradient-checkpointing']) {
     expect(r.stdout).toContain(flag);
   }
 });
@@ -379,6 +379,14 @@ describe('resume', () => {
     const again = await run(['--out', out, '--resume']);
     expect(again.code).toBe(0);
     expect(again.stdout).toMatch(/nothing to do: the checkpoint is at step 6 of 6/);
+    expectSame(out);
+  });
+
+  test('--gradient-checkpointing (dropout on, grad-accum 2): the same adapter bit for bit', async () => {
+    const out = path.join(tmp, 'checkpointed');
+    const r = await run([...args(out), '--gradient-checkpointing']);
+    expect(r.code).toBe(0);
+    expect(losses(r.stdout)).toHaveLength(6);
     expectSame(out);
   });
 

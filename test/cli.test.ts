@@ -486,6 +486,18 @@ describe('lora-cuda bench', () => {
     expect((await run(['bench', '--help'])).stdout).not.toContain('--shapes'); // for tests only
   });
 
+  test('--memory measures device memory: refused on the CPU, in one line', async () => {
+    const r = await run(['bench', '--memory', '--device', 'cpu']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/--memory measures device memory: leave out --device or give --device cuda/);
+    if (!backendInfo().cuda.available) {
+      const n = await run(['bench', '--memory']);
+      expect(n.code).toBe(1);
+      expect(n.stderr).toMatch(/--memory measures device memory and needs CUDA/);
+    }
+    expect((await run(['bench', '--help'])).stdout).toContain('--memory');
+  });
+
   test('--results DIR names the file after the machine, as npm run bench does', async () => {
     const dir = path.join(tmp, 'bench-results');
     const r = await run(['bench', '--shapes', 'tiny', '--results', dir]);

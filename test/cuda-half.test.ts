@@ -6,7 +6,7 @@
 // CUDA casts, half and float32 GEMMs and accumulation), and half and float32 operands refused
 // where an op takes one dtype.
 // Runs where CUDA is available (in CI under the emulator, scripts/test-cuda-emu.sh).
-import { LoRALinear, Linear, cuda, manualSeed, noGrad, randn, tensor, backendInfo } from '../lib';
+import { LoRALinear, Linear, clipGradNorm, cuda, manualSeed, noGrad, randn, tensor, zeros, backendInfo } from '../lib';
 import type { DType } from '../lib';
 import { HALF_TOL } from './ops';
 import { expectThrows } from './helpers/expect-throws';
@@ -155,6 +155,34 @@ describeCuda('LoRA on a half layer on CUDA', () => {
         const e = normError(ref[k], got[k]);
         if (!(e <= 1e-5)) throw new Error(`${half} ${k}: CUDA differs from the CPU by ${e}`);
       }
+    }
+  });
+});
+
+describeCuda('clipGradNorm over mixed dtypes on CUDA', () => {
+  // The multi-tensor kernel reads each gradient in its own dtype; the norm is in the grads'
+  // promoted dtype and each gradient is scaled in its own arithmetic type, rounded once, as on
+  // the CPU. Sums of squares are in double on both backends (in chunks, so the order differs
+  // only in the last bits of a double; the rounded float results agree).
+  test('float32 adapters beside bfloat16 and float16 gradients, and all-bfloat16 ones: the CPU\'s values', () => {
+    const cases: DType[][] = [['float32', 'bfloat16', 'float16'], ['bfloat16', 'bfloat16'], ['float16', 'bfloat16']];
+    for (const dtypes of cases) {
+      const run = (device: 'cpu' | 'cuda') => {
+        manualSeed(21);
+        const ps = dtypes.map((dtype, i) => zeros([37 + 9000 * i], { dtype: dtype as 'float32', device }).requiresGrad_(true));
+        ps.forEach((p) => {
+          p.grad = randn([...p.shape], { device }).to(p.dtype);
+        });
+        const norm = clipGradNorm(ps, 1.5);
+        return { dtype: norm.dtype, norm: norm.item(), grads: ps.map((p) => [p.grad!.dtype, values(p.grad!)]) };
+      };
+      const cpu = run('cpu');
+      const gpu = run('cuda');
+      expect(gpu.dtype).toBe(dtypes.every((d) => d === dtypes[0]) ? dtypes[0] : 'float32');
+      expect(gpu.dtype).toBe(cpu.dtype);
+      expect(cpu.norm).toBeGreaterThan(1.5);
+      expect(gpu.norm).toBe(cpu.norm);
+      expect(gpu.grads).toEqual(cpu.grads);
     }
   });
 });

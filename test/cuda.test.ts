@@ -524,6 +524,27 @@ describeCuda('CUDA memory and errors', () => {
     }
   });
 
+  test('clipGradNorm over more gradients than one launch takes, and long ones, in float32 and float64', () => {
+    for (const dtype of ['float32', 'float64'] as const) {
+      const run = (dev: 'cpu' | 'cuda') => {
+        manualSeed(9);
+        // 1100 small gradients (two tables of the multi-tensor kernel) and one of several blocks.
+        const shapes = [...Array.from({ length: 1100 }, (_, i) => [1 + (i % 7)]), [20011]];
+        const ps = shapes.map((s) => zeros(s, { device: dev, dtype }).requiresGrad_(true));
+        ps.forEach((p) => {
+          p.grad = randn([...p.shape], { device: dev, dtype });
+        });
+        const norm = clipGradNorm(ps, 3);
+        return { norm: norm.item(), grads: ps.map((p) => Array.from(p.grad!.toArray())).flat() };
+      };
+      const cpu = run('cpu');
+      const gpu = run('cuda');
+      expect(cpu.norm).toBeGreaterThan(3);
+      expect(Math.abs(gpu.norm - cpu.norm) / cpu.norm).toBeLessThan(dtype === 'float32' ? 1e-6 : 1e-14);
+      expect(normError(cpu.grads, gpu.grads)).toBeLessThan(dtype === 'float32' ? 1e-6 : 1e-14);
+    }
+  });
+
   test('ops refuse tensors of different devices with a clear message', () => {
     const a = randn([3], { device: 'cuda' });
     const b = randn([3]);

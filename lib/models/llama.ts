@@ -16,7 +16,8 @@ import { FloatDType, FLOAT_DTYPES, isHalf } from '../dtype';
 import { rand, randn, tensor, zeros } from '../creation';
 import { writeAlong_ } from '../ops/views';
 import { tidy } from '../scope';
-import { noGrad } from '../autograd';
+import { isGradEnabled, noGrad, releaseIntermediate } from '../autograd';
+import { checkpoint } from '../checkpoint';
 import { DeviceSpec } from '../device';
 import { SafetensorsFile } from '../safetensors';
 import { READ_LIMITS, pathExists, readJsonFile } from '../fsio';
@@ -178,9 +179,15 @@ export class LlamaAttention extends Module {
     // layout ('BTHD'), so no transposed copies. Rotary runs over rows (token, head) against
     // tables whose rows repeat per head: [L * n, hd] for tables of L rows (T shared positions,
     // or B * T per-token ones).
+    // Each intermediate is freed as soon as it has been read (at once, or when the last node that
+    // kept it for backward goes): projections before rotary, the attention's inputs and output.
+    // Never x itself: it belongs to the caller.
+    const done = (...ts: Tensor[]) => releaseIntermediate(...ts.filter((t) => t._store !== x._store));
     const rope = (t: Tensor, n: number) => {
       const [c, s] = headTables(cos, sin, n);
-      return applyRotary(t.reshape(-1, 1, c.shape[0], hd), c, s).reshape(B, T, n, hd);
+      const r = applyRotary(t.reshape(-1, 1, c.shape[0], hd), c, s).reshape(B, T, n, hd);
+      done(t);
+      return r;
     };
     const q = rope(this.q_proj.forward(x), H);
     let k = rope(this.k_proj.forward(x), Hkv);
@@ -190,6 +197,7 @@ export class LlamaAttention extends Module {
       // queries then see every key so far (causal with S > T aligns them bottom-right).
       writeAlong_(cache.k, k, 1, cache.length);
       writeAlong_(cache.v, v, 1, cache.length);
+      done(k, v);
       const S = cache.length + T;
       k = S === cache.k.shape[1] ? cache.k : cache.k.narrow(1, 0, S);
       v = S === cache.v.shape[1] ? cache.v : cache.v.narrow(1, 0, S);
@@ -197,7 +205,11 @@ export class LlamaAttention extends Module {
     const o = scaledDotProductAttention(q, k, v, layout?.keyStarts
       ? { causal: true, keyStarts: layout.keyStarts, layout: 'BTHD' }
       : { causal: true, layout: 'BTHD' });
-    return this.o_proj.forward(o.reshape(B, T, H * hd));
+    done(q);
+    if (!cache) done(k, v);
+    const y = this.o_proj.forward(o.reshape(B, T, H * hd));
+    done(o);
+    return y;
   }
 }
 
@@ -215,7 +227,17 @@ export class LlamaMLP extends Module {
   }
 
   forward(x: Tensor): Tensor {
-    return this.down_proj.forward(F.silu(this.gate_proj.forward(x)).mul(this.up_proj.forward(x)));
+    // Intermediates freed once read, as in LlamaAttention.forward.
+    const done = (...ts: Tensor[]) => releaseIntermediate(...ts.filter((t) => t._store !== x._store));
+    const g = this.gate_proj.forward(x);
+    const s = F.silu(g);
+    done(g);
+    const u = this.up_proj.forward(x);
+    const p = s.mul(u);
+    done(s, u);
+    const y = this.down_proj.forward(p);
+    done(p);
+    return y;
   }
 }
 
@@ -234,8 +256,19 @@ export class LlamaDecoderLayer extends Module {
   }
 
   forward(x: Tensor, cos: Tensor, sin: Tensor, layout?: BatchLayout, cache?: LayerCache): Tensor {
-    const h = x.add(this.self_attn.forward(this.input_layernorm.forward(x), cos, sin, layout, cache));
-    return h.add(this.mlp.forward(this.post_attention_layernorm.forward(h)));
+    // Intermediates freed once read, as in LlamaAttention.forward; x belongs to the caller.
+    const done = (...ts: Tensor[]) => releaseIntermediate(...ts.filter((t) => t._store !== x._store));
+    const n1 = this.input_layernorm.forward(x);
+    const a = this.self_attn.forward(n1, cos, sin, layout, cache);
+    done(n1);
+    const h = x.add(a);
+    done(a);
+    const n2 = this.post_attention_layernorm.forward(h);
+    const m = this.mlp.forward(n2);
+    done(n2);
+    const y = h.add(m);
+    done(h, m);
+    return y;
   }
 }
 
@@ -255,6 +288,11 @@ export class LlamaModel extends Module {
    * or to the garbage collector, so a model that sees many lengths holds one pair at most.
    */
   private _rope: { T: number; cos: Tensor; sin: Tensor } | null = null;
+  /**
+   * Whether a training forward keeps only each decoder layer's input and recomputes the layer in
+   * backward (transformers' gradient_checkpointing; set by LlamaForCausalLM.gradientCheckpointingEnable).
+   */
+  gradientCheckpointing = false;
 
   constructor(readonly config: LlamaConfig, o: BuildOptions) {
     super();
@@ -335,11 +373,23 @@ export class LlamaModel extends Module {
       dev = { perToken: layout.positions !== null, keyStarts };
     }
     let i = 0;
-    for (const layer of this.layers) x = layer.forward(x, cos, sin, dev, cache?.layers[i++]);
+    // As transformers: checkpointed layers only while training with a graph (never with a cache).
+    const ckpt = this.gradientCheckpointing && this.training && isGradEnabled() && !cache;
+    for (const layer of this.layers) {
+      const y = ckpt
+        ? checkpoint((h) => layer.forward(h, cos, sin, dev), x, layer.parameters(), [cos, sin, dev?.keyStarts])
+        : layer.forward(x, cos, sin, dev, cache?.layers[i++]);
+      // Each layer's input is freed once no node needs it (with checkpointing: after its backward).
+      if (y._store !== x._store) releaseIntermediate(x);
+      x = y;
+    }
     if (cache) {
       for (const c of cache.layers) c.length += ids.shape[1];
     }
-    return this.norm.forward(x);
+    const out = this.norm.forward(x);
+    if (out._store !== x._store) releaseIntermediate(x);
+    releaseIntermediate(dev?.keyStarts);
+    return out;
   }
 }
 
@@ -502,6 +552,27 @@ export class LlamaForCausalLM extends Module {
     });
   }
 
+  /**
+   * Activation checkpointing per decoder layer, as transformers' gradient_checkpointing_enable: in
+   * training mode with grad enabled, each layer keeps only its input during forward and runs again
+   * in backward, with the same dropout masks (the random state is replayed), so the gradients are
+   * bit for bit those without it, for about one more forward pass of compute. Memory of the
+   * activations drops from every layer's to one layer's plus each layer's input.
+   */
+  gradientCheckpointingEnable(): void {
+    this.model.gradientCheckpointing = true;
+  }
+
+  /** Turns activation checkpointing off again (transformers' gradient_checkpointing_disable). */
+  gradientCheckpointingDisable(): void {
+    this.model.gradientCheckpointing = false;
+  }
+
+  /** Whether activation checkpointing is on (transformers' is_gradient_checkpointing). */
+  get isGradientCheckpointing(): boolean {
+    return this.model.gradientCheckpointing;
+  }
+
   /** Where the model's weights are ('cpu' or 'cuda:N'). */
   device(): string {
     return this.model.embed_tokens.weight.device;
@@ -536,7 +607,10 @@ export class LlamaForCausalLM extends Module {
    */
   private head(hidden: Tensor): Tensor {
     const logits = this.lm_head.forward(hidden);
-    return isHalf(logits.dtype) ? logits.to('float32') : logits;
+    if (!isHalf(logits.dtype)) return logits;
+    const wide = logits.to('float32');
+    releaseIntermediate(logits);
+    return wide;
   }
 
   /**
@@ -567,9 +641,13 @@ export class LlamaForCausalLM extends Module {
         targets[n] = t + 1 < T && (!layout || layout.predicts[n]) ? lab[n + 1] : -100;
       }
     }
-    const logits = this.head(this.model.forward(ids, layout));
+    const hidden = this.model.forward(ids, layout);
+    const logits = this.head(hidden);
     if (ids !== inputIds) ids.dispose();
-    return F.crossEntropy(logits.reshape(B * T, this.config.vocabSize), targets, { ignoreIndex: -100 });
+    if (logits._store !== hidden._store) releaseIntermediate(hidden);
+    const loss = F.crossEntropy(logits.reshape(B * T, this.config.vocabSize), targets, { ignoreIndex: -100 });
+    releaseIntermediate(logits);
+    return loss;
   }
 
   /**

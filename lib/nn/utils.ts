@@ -1,11 +1,11 @@
 // Gradient clipping, as torch.nn.utils.clip_grad_norm_.
-import { noGrad } from '../autograd';
 import { DeviceSpec } from '../device';
 import { checkBool, checkKnownKeys, checkOptions, checkPositive, rangeError, typeError } from '../errors';
 import { Tensor } from '../tensor';
 import { full } from '../creation';
 import { assertTensor } from '../checks';
 import { DType } from '../dtype';
+import { clipGradNorm_ } from '../ops/optim';
 
 /**
  * PyTorch's promotion over the gradients' dtypes: float64 over float32 over the halves; bfloat16
@@ -61,49 +61,15 @@ export function clipGradNorm(parameters: Iterable<Tensor>, maxNorm: number, opti
   const device = (grads[0]?.device ?? 'cpu') as DeviceSpec;
   if (!grads.length) return full([], 0, { dtype, device });
 
-  return noGrad(() => {
-    // Sum of squares over all gradients, then one square root.
-    let sq: Tensor | null = null;
-    for (const g of grads) {
-      const g2 = g.mul(g);
-      const s0 = g2.sum();
-      g2.dispose();
-      const s = s0.dtype === dtype ? s0 : s0.to(dtype);
-      if (s !== s0) s0.dispose();
-      if (sq) {
-        const next: Tensor = sq.add(s);
-        sq.dispose();
-        s.dispose();
-        sq = next;
-      } else {
-        sq = s;
-      }
+  // One native call for every gradient: the norm, then (unless it is not finite and that is an
+  // error) the scaling, with no host round trip in between.
+  const norm = clipGradNorm_(grads, maxNorm, errorIfNonfinite, dtype);
+  if (errorIfNonfinite) {
+    const v = norm.item();
+    if (!Number.isFinite(v)) {
+      norm.dispose();
+      throw new RangeError(`${where}: the total norm of the gradients is ${v}, so they cannot be clipped; the gradients are unchanged`);
     }
-    const norm = sq!.sqrt();
-    sq!.dispose();
-    if (errorIfNonfinite) {
-      const v = norm.item();
-      if (!Number.isFinite(v)) {
-        norm.dispose();
-        throw new RangeError(`${where}: the total norm of the gradients is ${v}, so they cannot be clipped; the gradients are unchanged`);
-      }
-    }
-    // min(1, maxNorm / (norm + 1e-6)) without a comparison on the host:
-    // maxNorm / (maxNorm + relu(norm + 1e-6 - maxNorm)), exactly 1 when no clipping is needed.
-    const excess = norm.add(1e-6).sub(maxNorm);
-    const over = excess.relu();
-    const denom = over.add(maxNorm);
-    const m = full([], maxNorm, { dtype, device });
-    const coef = m.div(denom);
-    for (const t of [excess, over, denom, m]) t.dispose();
-    for (const g of grads) {
-      const wide = g.dtype === dtype ? g : g.to(dtype);
-      const scaled = wide.mul(coef);
-      g.copy_(scaled); // rounds once to a half gradient's dtype
-      scaled.dispose();
-      if (wide !== g) wide.dispose();
-    }
-    coef.dispose();
-    return norm;
-  });
+  }
+  return norm;
 }

@@ -47,23 +47,43 @@ function dxLike(x: Tensor, dx: NativeTensor | null): Tensor | null {
   return dx ? x._make(native.view(dx, x.shape as number[]), x.shape) : null;
 }
 
-/** y = x W^T + b for x [..., in], W [out, in], b [out] or null (checked by the caller). */
-export const linear = defineFunction<[x: Tensor, W: Tensor, b: Tensor | null], { x2: NativeTensor; M: number }>({
+/**
+ * y = x W^T + b for x [..., in], W [out, in], b [out] or null (checked by the caller). x is kept
+ * only when W needs a gradient (dW = g^T x): a frozen layer's input is not kept for backward,
+ * as torch's linear saves it only then.
+ */
+export const linear = defineFunction<[x: Tensor, W: Tensor, b: Tensor | null], { x2: NativeTensor | null; M: number; xShape: readonly number[] }>({
   name: 'LinearBackward',
   forward(ctx, x, W, b) {
     const [outF, inF] = W.shape;
     ctx.M = numelOf(x.shape.slice(0, -1)); // not numel / inF: inF may be 0
-    ctx.x2 = native.view(x._h, [ctx.M, inF]);
-    const y = native.linear(ctx.x2, W._h, b ? b._h : null);
-    ctx.saveForBackward(x, W, b);
+    ctx.xShape = x.shape;
+    const x2 = native.view(x._h, [ctx.M, inF]);
+    const y = native.linear(x2, W._h, b ? b._h : null);
+    const keepX = ctx.needsInputGrad[1];
+    ctx.x2 = keepX ? x2 : null;
+    ctx.saveForBackward(keepX ? x : null, W, b);
     const outShape = [...x.shape.slice(0, -1), outF];
     return x._make(native.view(y, outShape), outShape);
   },
   backward(ctx, g) {
-    const [x, W, b] = ctx.savedTensors as [Tensor, Tensor, Tensor | null];
-    const g2 = native.view(g._h, [ctx.M, W.shape[0]]);
-    const [dx, dW, db] = native.linearBackward(g2, ctx.x2, W._h, b ? b._h : null, ctx.needsInputGrad.slice());
-    return [dxLike(x, dx), ...gradsLike([dW, db], [W, b])];
+    const [, W, b] = ctx.savedTensors as [Tensor | null, Tensor, Tensor | null];
+    const [outF, inF] = W.shape;
+    const g2 = native.view(g._h, [ctx.M, outF]);
+    const needs = ctx.needsInputGrad;
+    const dxOf = (dx: NativeTensor | null) => (dx ? g._make(native.view(dx, ctx.xShape as number[]), ctx.xShape) : null);
+    if (ctx.x2) {
+      const [dx, dW, db] = native.linearBackward(g2, ctx.x2, W._h, b ? b._h : null, needs.slice());
+      return [dxOf(dx), ...gradsLike([dW, db], [W, b])];
+    }
+    // W frozen: dx = g W, db = the column sums of g; x is not needed (nor kept).
+    let dx: NativeTensor | null = null;
+    if (needs[0]) {
+      const d3 = native.bmm(native.view(g2, [1, ctx.M, outF]), native.view(W._h, [1, outF, inF]), false, false);
+      dx = native.view(d3, [ctx.M, inF]);
+    }
+    const db = needs[2] && b ? g._make(native.sumTo(g2, [outF]), [outF]) : null;
+    return [dxOf(dx), null, db];
   },
 });
 

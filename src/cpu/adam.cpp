@@ -1,8 +1,10 @@
-// Adam / AdamW, element for element as torch.optim.Adam / AdamW (single-tensor path).
-// A bfloat16/float16 parameter keeps its state in its own dtype (as torch's zeros_like state)
-// and is updated in float: each element's m, v and p are computed in float and rounded once.
+// Adam / AdamW, element for element as torch.optim.Adam / AdamW (single-tensor path), and
+// clip_grad_norm_ over every gradient in one call. A bfloat16/float16 parameter keeps its state
+// in its own dtype (as torch's zeros_like state) and is updated in float: each element's m, v
+// and p are computed in float and rounded once.
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "cpu_backend.h"
 
@@ -48,6 +50,61 @@ void CpuBackend::adam_step(const std::vector<AdamParam>& params, const AdamConfi
           T denom = std::sqrt(vv) / bc2_sqrt + eps;
           p[i] = S(pi - step_size * (mi / denom));
         }
+      });
+    });
+  }
+}
+
+void CpuBackend::clip_grad_norm_(const std::vector<Tensor>& grads, double max_norm,
+                                 bool skip_nonfinite, const Tensor& norm) {
+  // Sum of squares in double over fixed chunks, added in order: the same bits on any number
+  // of threads.
+  double total = 0;
+  for (const Tensor& g : grads) {
+    dispatch_floating(g.dtype, "clip grad norm", [&](auto z) {
+      using G = decltype(z);
+      const G* d = g.data<G>();
+      const int64_t n = g.numel(), chunks = (n + kGrain - 1) / kGrain;
+      std::vector<double> part(static_cast<size_t>(chunks), 0.0);
+      par_items(chunks, kGrain, [&](int64_t s, int64_t e) {
+        for (int64_t c = s; c < e; ++c) {
+          double acc = 0;
+          const int64_t end = std::min(n, (c + 1) * kGrain);
+          for (int64_t i = c * kGrain; i < end; ++i) {
+            const double v = static_cast<double>(d[i]);
+            acc += v * v;
+          }
+          part[static_cast<size_t>(c)] = acc;
+        }
+      });
+      for (double p : part) total += p;
+    });
+  }
+  // torch: clip_coef = max_norm / (total_norm + 1e-6), clamped to 1, as tensor ops in the norm's
+  // dtype (each rounded to it); a NaN norm scales by 1 (leaves the grads as they are).
+  double coef = 1;
+  bool finite = true;
+  dispatch_floating(norm.dtype, "clip grad norm", [&](auto z) {
+    using S = decltype(z);
+    using A = opmath_t<S>;
+    const S nrm = static_cast<S>(std::sqrt(total));
+    norm.data<S>()[0] = nrm;
+    finite = std::isfinite(static_cast<double>(nrm));
+    const S denom = static_cast<S>(static_cast<A>(nrm) + static_cast<A>(1e-6));
+    const S c = static_cast<S>(static_cast<A>(max_norm) / static_cast<A>(denom));
+    if (static_cast<A>(c) <= A(1)) coef = static_cast<double>(c);
+  });
+  if (skip_nonfinite && !finite) return;
+  // Each grad times the coefficient in its own arithmetic type, rounded once (torch's
+  // _foreach_mul_ of a grad by a 0-d coefficient keeps the grad's dtype).
+  for (const Tensor& g : grads) {
+    dispatch_floating(g.dtype, "clip grad norm", [&](auto z) {
+      using G = decltype(z);
+      using A = opmath_t<G>;
+      G* d = g.data<G>();
+      const A c = static_cast<A>(coef);
+      par(g.numel(), [&](int64_t s, int64_t e) {
+        for (int64_t i = s; i < e; ++i) d[i] = static_cast<G>(static_cast<A>(d[i]) * c);
       });
     });
   }

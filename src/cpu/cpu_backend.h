@@ -90,6 +90,8 @@ class CpuBackend final : public Backend {
 
   // ---- adam.cpp
   void adam_step(const std::vector<AdamParam>& params, const AdamConfig& cfg) override;
+  void clip_grad_norm_(const std::vector<Tensor>& grads, double max_norm, bool skip_nonfinite,
+                       const Tensor& norm) override;
 
   // ---- embedding.cpp, rms_norm.cpp, rotary.cpp, attention.cpp
   void embedding_forward(const Tensor& ids, const Tensor& weight, const Tensor& out) override;

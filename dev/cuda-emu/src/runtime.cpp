@@ -613,7 +613,7 @@ cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int d) {
     case cudaDevAttrComputeCapabilityMajor: *v = kMajor; break;
     case cudaDevAttrComputeCapabilityMinor: *v = kMinor; break;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = static_cast<int>(kSharedOptin); break;
-    case cudaDevAttrMemoryPoolsSupported: *v = 1; break;
+    case cudaDevAttrMemoryPoolsSupported: *v = env_int("LORA_CUDA_EMU_NO_POOLS", 0, 0, 1) ? 0 : 1; break;
     default: return fail(cudaErrorInvalidValue, fmt("device attribute %d", static_cast<int>(a)));
   }
   return cudaSuccess;
