@@ -610,6 +610,46 @@ __device__ __forceinline__ void tc_store_rows(const AccFrag& f, float mul, float
 
 extern __shared__ __align__(128) unsigned char attn_tc_smem[];
 
+// The warp's 16 x 64 fp32 tile Sw (row stride kTcLds) = X Y^T: X the warp's 16 rows of a
+// [.][LDH] tile, Y the 64 rows of another (both DP wide).
+template <typename TW, int DP>
+__device__ __forceinline__ void tc_rows_times_t(float* Sw, const TW* Xw, const TW* Y) {
+  constexpr int LDH = DP + 8, NF = DP / 16;
+#pragma unroll
+  for (int nt = 0; nt < kTcTile / 16; ++nt) {
+    AccFrag sf;
+    wmma::fill_fragment(sf, 0.0f);
+#pragma unroll
+    for (int kk = 0; kk < NF; ++kk) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, TW, wmma::row_major> xf;
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, TW, wmma::col_major> yf;
+      wmma::load_matrix_sync(xf, Xw + kk * 16, LDH);
+      wmma::load_matrix_sync(yf, Y + nt * 16 * LDH + kk * 16, LDH);
+      wmma::mma_sync(sf, xf, yf, sf);
+    }
+    wmma::store_matrix_sync(Sw + nt * 16, sf, kTcLds, wmma::mem_row_major);
+  }
+}
+
+// acc (the warp's 16 x DP) += Pw Y: Pw the warp's 16 x 64 16-bit tile (row stride kTcLdp), Y a
+// [64][LDH] tile.
+template <typename TW, int DP>
+__device__ __forceinline__ void tc_acc_times(AccFrag (&acc)[DP / 16], const TW* Pw, const TW* Y) {
+  constexpr int LDH = DP + 8, NF = DP / 16;
+#pragma unroll
+  for (int kk = 0; kk < kTcTile / 16; ++kk) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, TW, wmma::row_major> pf;
+    wmma::load_matrix_sync(pf, Pw + kk * 16, kTcLdp);
+#pragma unroll
+    for (int nt = 0; nt < NF; ++nt) {
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, TW, wmma::row_major> yf;
+      wmma::load_matrix_sync(yf, Y + kk * 16 * LDH + nt * 16, LDH);
+      wmma::mma_sync(acc[nt], pf, yf, acc[nt]);
+    }
+  }
+}
+
+
 template <int DP>
 constexpr size_t tc_forward_smem() {
   return 2 * kTcTile * (DP + 8) * 2 + kTcTile * kTcLds * 4 + kTcTile * kTcLdp * 2 + kTcTile * 4;
@@ -709,17 +749,7 @@ __device__ __forceinline__ void attn_forward_tc_body(const TS* q, const TS* k, c
     for (int f = 0; f < NF; ++f)
 #pragma unroll
       for (int e = 0; e < 8; ++e) of[f].x[e] *= Cw[rows[e]];
-#pragma unroll
-    for (int kk = 0; kk < kTcTile / 16; ++kk) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, TW, wmma::row_major> pf;
-      wmma::load_matrix_sync(pf, Pw + kk * 16, kTcLdp);
-#pragma unroll
-      for (int nt = 0; nt < NF; ++nt) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, TW, wmma::row_major> vf;
-        wmma::load_matrix_sync(vf, Vs + kk * 16 * LDH + nt * 16, LDH);
-        wmma::mma_sync(of[nt], pf, vf, of[nt]);
-      }
-    }
+    tc_acc_times<TW, DP>(of, Pw, Vs);
   }
   // O / l and lse = m + log l; a row without keys (S == 0) is zeros with lse = -inf.
   __syncwarp();
@@ -810,20 +840,7 @@ __device__ __forceinline__ void attn_backward_tc_body(const TS* q, const TS* k, 
       }
       __syncthreads();
       // S^T = K Q^T: the warp's 16 keys x 64 query rows.
-#pragma unroll
-      for (int nt = 0; nt < kTcTile / 16; ++nt) {
-        AccFrag sf;
-        wmma::fill_fragment(sf, 0.0f);
-#pragma unroll
-        for (int kk = 0; kk < NF; ++kk) {
-          wmma::fragment<wmma::matrix_a, 16, 16, 16, TW, wmma::row_major> kf;
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, TW, wmma::col_major> qf;
-          wmma::load_matrix_sync(kf, Ks + w * 16 * LDH + kk * 16, LDH);
-          wmma::load_matrix_sync(qf, Qs + nt * 16 * LDH + kk * 16, LDH);
-          wmma::mma_sync(sf, kf, qf, sf);
-        }
-        wmma::store_matrix_sync(Sw + nt * 16, sf, kTcLds, wmma::mem_row_major);
-      }
+      tc_rows_times_t<TW, DP>(Sw, Ks + w * 16 * LDH, Qs);
       __syncwarp();
       // P^T from the saved logsumexp; keys a query row does not see are 0.
       for (int c = 0; c < 32; ++c) {
@@ -836,32 +853,9 @@ __device__ __forceinline__ void attn_backward_tc_body(const TS* q, const TS* k, 
       }
       __syncwarp();
       // dV += P^T dO.
-#pragma unroll
-      for (int kk = 0; kk < kTcTile / 16; ++kk) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, TW, wmma::row_major> pf;
-        wmma::load_matrix_sync(pf, Pw + kk * 16, kTcLdp);
-#pragma unroll
-        for (int nt = 0; nt < NF; ++nt) {
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, TW, wmma::row_major> gf;
-          wmma::load_matrix_sync(gf, Gs + kk * 16 * LDH + nt * 16, LDH);
-          wmma::mma_sync(dvf[nt], pf, gf, dvf[nt]);
-        }
-      }
+      tc_acc_times<TW, DP>(dvf, Pw, Gs);
       // dP^T = V dO^T, over S^T (read above).
-#pragma unroll
-      for (int nt = 0; nt < kTcTile / 16; ++nt) {
-        AccFrag sf;
-        wmma::fill_fragment(sf, 0.0f);
-#pragma unroll
-        for (int kk = 0; kk < NF; ++kk) {
-          wmma::fragment<wmma::matrix_a, 16, 16, 16, TW, wmma::row_major> vf;
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, TW, wmma::col_major> gf;
-          wmma::load_matrix_sync(vf, Vs + w * 16 * LDH + kk * 16, LDH);
-          wmma::load_matrix_sync(gf, Gs + nt * 16 * LDH + kk * 16, LDH);
-          wmma::mma_sync(sf, vf, gf, sf);
-        }
-        wmma::store_matrix_sync(Sw + nt * 16, sf, kTcLds, wmma::mem_row_major);
-      }
+      tc_rows_times_t<TW, DP>(Sw, Vs + w * 16 * LDH, Gs);
       __syncwarp();
       // dS^T = P^T (dP^T - D), rounded for its two products.
       for (int c = 0; c < 32; ++c) {
@@ -870,17 +864,7 @@ __device__ __forceinline__ void attn_backward_tc_body(const TS* q, const TS* k, 
       }
       __syncwarp();
       // dK += dS^T Q.
-#pragma unroll
-      for (int kk = 0; kk < kTcTile / 16; ++kk) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, TW, wmma::row_major> df;
-        wmma::load_matrix_sync(df, Dw + kk * 16, kTcLdp);
-#pragma unroll
-        for (int nt = 0; nt < NF; ++nt) {
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, TW, wmma::row_major> qf;
-          wmma::load_matrix_sync(qf, Qs + kk * 16 * LDH + nt * 16, LDH);
-          wmma::mma_sync(dkf[nt], df, qf, dkf[nt]);
-        }
-      }
+      tc_acc_times<TW, DP>(dkf, Dw, Qs);
       if (dqacc) {
         __syncthreads();  // every warp's dS^T rows are written
         // dQ (the warp's 16 query rows) += dS K, dS read column-major out of dS^T.
@@ -921,7 +905,6 @@ __device__ __forceinline__ void attn_backward_tc_body(const TS* q, const TS* k, 
   }
 }
 
-// dq (in q's layout) = dqacc rounded once.
 // bf16 tensor-core fragments exist from compute capability 8.0; fp16 ones from 7.0. The
 // launchers never start a kernel the device cannot run (tc_runs), so the stub only keeps the
 // build for older architectures whole.
@@ -952,6 +935,7 @@ __global__ void __launch_bounds__(kTcThreads)
   else __trap();
 }
 
+// dq (in q's layout) = dqacc rounded once.
 template <typename TS>
 __global__ void attn_dq_store_tc(const float* dqacc, TS* dq, AttnDims a) {
   LC_GRID_STRIDE(idx, a.B * a.Hq * a.T * a.Dh) {
