@@ -62,7 +62,7 @@ if [ $# -gt 0 ]; then
 else
   # Every suite with parts that run only when CUDA is available.
   npx jest --ci test/cuda.test.ts test/cuda-half.test.ts test/cuda-probe.test.ts test/soak.test.ts test/bad-input.test.ts test/errors.test.ts test/tensor.test.ts \
-    test/cli-finetune.test.ts test/gradcheck.test.ts test/distributed.test.ts test/attention.test.ts \
+    test/cli-finetune.test.ts test/gradcheck.test.ts test/distributed.test.ts test/attention.test.ts test/memory.test.ts \
     || status=$?
   for schedule in reverse warp-ahead reverse,warp-ahead; do
     echo "test-cuda-emu: the parity suite again with LORA_CUDA_EMU_SCHEDULE=$schedule"

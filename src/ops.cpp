@@ -10,12 +10,7 @@
 namespace lc::ops {
 namespace {
 
-void require_float(const Tensor& t, const char* op, const char* name) {
-  LC_CHECK(t.dtype == DType::F32 || t.dtype == DType::F64,
-           std::string(op) + ": " + name + " must be float32 or float64, got " + dtype_name(t.dtype));
-}
-
-// The ops that take the 16-bit types: bfloat16 and float16 besides float32 and float64.
+// Every floating op takes the 16-bit types: bfloat16 and float16 besides float32 and float64.
 void require_floating(const Tensor& t, const char* op, const char* name) {
   LC_CHECK(is_floating(t.dtype), std::string(op) + ": " + name +
                                      " must be float32, float64, bfloat16 or float16, got " +

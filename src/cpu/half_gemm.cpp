@@ -23,6 +23,7 @@
 #include "gemm.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -49,8 +50,13 @@ __attribute__((target("avx,f16c"))) void widen_f16c(const f16* s, float* d, int6
     _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i))));
   for (; i < n; ++i) d[i] = f16_bits_to_float(s[i].bits);
 }
+// F16C from CPUID itself: older compilers (g++ 10, the release build's) do not know
+// __builtin_cpu_supports("f16c"); "avx" there also checks that the OS saves the ymm state.
 bool has_f16c() {
-  static const bool yes = __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+  static const bool yes = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    return __builtin_cpu_supports("avx") && __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C) != 0;
+  }();
   return yes;
 }
 #endif

@@ -225,11 +225,15 @@ void wait_all(Lib& m, std::vector<Request>& reqs, double timeout_s, const char* 
   }
 }
 
+bool mpi_known(DType t) { return t == DType::F32 || t == DType::F64 || t == DType::I32; }
+
 Handle mpi_type(Lib& m, DType t) {
   switch (t) {
     case DType::F32: return m.t_float;
     case DType::F64: return m.t_double;
     case DType::I32: return m.t_int;
+    case DType::BF16:
+    case DType::F16: break;
   }
   return nullptr;
 }
@@ -238,6 +242,10 @@ void check_tensors(const std::vector<Tensor>& ts, const char* what) {
   for (const Tensor& t : ts) {
     if (t.device().type != DeviceType::CPU)
       throw Error(std::string(what) + ": the MPI backend takes CPU tensors, got one on " + t.device().str(), "ERR_DIST_DEVICE");
+    // Refused in lib/distributed.ts before any call; kept here so no caller packs a type MPI is not told.
+    if (!mpi_known(t.dtype))
+      throw Error(std::string(what) + ": MPI collectives take float32, float64 or int32 tensors, got " + dtype_name(t.dtype),
+                  "ERR_INVALID_ARG_TYPE");
   }
 }
 
