@@ -63,6 +63,11 @@ Napi::Object bench_exports(Napi::Env env, TensorArg T) {
                   C.data<lc::bf16>(), ldc);
     return a.Env().Undefined();
   });
+  // The peak of the tensor bytes live on this thread since the last call with reset (the CPU
+  // backend's allocations: tensors only, not the GEMM's per-thread packing buffers).
+  def("livePeak", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    return Napi::Number::New(a.Env(), static_cast<double>(lc::peak_live_bytes_this_thread(flag(a[0]))));
+  });
   return o;
 }
 

@@ -1,5 +1,6 @@
 #include "tensor.h"
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdio>
@@ -12,6 +13,7 @@ namespace lc {
 
 namespace {
 thread_local int64_t t_live_bytes = 0;
+thread_local int64_t t_peak_bytes = 0;  // the most t_live_bytes has been since the last reset
 }
 
 void fail(const std::string& msg) { throw Error(msg); }
@@ -92,6 +94,7 @@ Storage::Storage(Device dev, size_t bytes) : dev_(dev), bytes_(bytes) {
   if (bytes_ > 0) {
     ptr_ = backend_for(dev_).allocate(bytes_);
     t_live_bytes += static_cast<int64_t>(bytes_);
+    t_peak_bytes = std::max(t_peak_bytes, t_live_bytes);
   }
 }
 
@@ -111,6 +114,12 @@ void* Storage::data() const {
 }
 
 int64_t live_bytes_this_thread() { return t_live_bytes; }
+
+int64_t peak_live_bytes_this_thread(bool reset) {
+  const int64_t peak = std::max(t_peak_bytes, t_live_bytes);
+  if (reset) t_peak_bytes = t_live_bytes;
+  return peak;
+}
 
 Tensor Tensor::view(const Shape& s) const {
   LC_CHECK(shape_numel(s) == numel(),
