@@ -89,9 +89,9 @@ const Bf16Choice& bf16_choice() {
 
 #define LC_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 
-// A Zen 4 core ran this tile at about 90% of its vdpbf16ps peak on the model's shapes with one
-// thread (bench/NOTES.md); a K block of 512 was 20-40% slower than 1024, 2048 and a longer A
-// block (8 x MR) no better.
+// About 2x the float32 AVX-512 kernel's GFLOP/s on the model's shapes on a Zen 4 core
+// (bench/NOTES.md); a K block of 512 was 20-40% slower than 1024, 2048 and a longer A block
+// (8 x MR) no better.
 constexpr int MR = 12;           // rows of the register tile
 constexpr int NV = 2;            // zmm per row: NR = 32 columns (pack_b's interleave assumes 32)
 constexpr int NR = 16 * NV;
