@@ -14,13 +14,14 @@
 // bfloat16 (to nearest even, NaN kept quiet, as float_to_bf16_bits) when
 // stored; a K over one block keeps its partial sums in a float32 buffer between
 // blocks, never in bfloat16. The pairs' products are exact in float32 (8-bit
-// significands); vdpbf16ps rounds each addition to nearest even whatever MXCSR
-// says, and treats bfloat16 subnormal inputs as zero and flushes subnormal
-// float32 results to zero (DAZ/FTZ): an input below 2^-126 in magnitude adds
-// nothing here where the panel path (and float64) would add its tiny product.
-// test/bf16-gemm.test.ts checks the products against float64 with one bf16
-// rounding plus a K-proportional float32 term, and that a subnormal input is
-// flushed on this path and kept on the panel path.
+// significands); vdpbf16ps, as documented, rounds each addition to nearest even
+// whatever MXCSR says, treats bfloat16 subnormal inputs as zero and flushes
+// subnormal float32 results to zero (DAZ/FTZ): an input below 2^-126 in
+// magnitude adds nothing here where the panel path (and float64) would add its
+// tiny product. test/bf16-gemm.test.ts checks the products against float64
+// with one bf16 rounding plus a K-proportional float32 term, bit-exact rounding
+// where the float32 sums are exact, and that a subnormal input is flushed on
+// this path and kept on the panel path (the result flush is not tested).
 //
 // Compiled for avx512f/bw/vl/bf16 by function attribute only (the library is
 // built without -march) and run only where the processor has them and the
