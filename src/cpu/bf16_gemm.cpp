@@ -40,9 +40,11 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define LC_BF16_NATIVE 1
-// GCC 12's AVX-512 shift and convert intrinsics pass _mm512_undefined_*() (a self-initialised
-// variable) as their unused merge source, which -Wmaybe-uninitialized reports once inlined.
+// GCC 12's AVX-512 shift, convert and unpack intrinsics pass _mm512_undefined_*() (a
+// self-initialised variable) as their unused merge source, which -W(maybe-)uninitialized report
+// once inlined.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 namespace lc {
@@ -210,6 +212,36 @@ LC_BF16_TARGET void pack_a(bool tA, const uint16_t* A, int64_t lda, int64_t mc, 
   }
 }
 
+// dst[q * ldd + j] = dword q of row j (rows at src + j * ld, 16 dwords each), j, q < 16: a 16 x 16
+// transpose of 32-bit pairs in four shuffle stages.
+LC_BF16_TARGET inline void transpose16(const uint16_t* src, int64_t ld, uint32_t* dst, int64_t ldd) {
+  __m512i u[16], v[16];
+  for (int g = 0; g < 4; ++g) {
+    const uint16_t* s = src + 4 * g * ld;
+    const __m512i r0 = _mm512_loadu_si512(s), r1 = _mm512_loadu_si512(s + ld),
+                  r2 = _mm512_loadu_si512(s + 2 * ld), r3 = _mm512_loadu_si512(s + 3 * ld);
+    const __m512i lo01 = _mm512_unpacklo_epi32(r0, r1), hi01 = _mm512_unpackhi_epi32(r0, r1);
+    const __m512i lo23 = _mm512_unpacklo_epi32(r2, r3), hi23 = _mm512_unpackhi_epi32(r2, r3);
+    // u[4g + c], 128-bit lane l: rows 4g..4g+3 of dword 4l + c.
+    u[4 * g + 0] = _mm512_unpacklo_epi64(lo01, lo23);
+    u[4 * g + 1] = _mm512_unpackhi_epi64(lo01, lo23);
+    u[4 * g + 2] = _mm512_unpacklo_epi64(hi01, hi23);
+    u[4 * g + 3] = _mm512_unpackhi_epi64(hi01, hi23);
+  }
+  for (int c = 0; c < 4; ++c) {
+    v[c] = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x88);       // dwords c, 8+c of rows 0-7
+    v[4 + c] = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xdd);   // dwords 4+c, 12+c of rows 0-7
+    v[8 + c] = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x88);
+    v[12 + c] = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xdd);
+  }
+  for (int c = 0; c < 4; ++c) {
+    _mm512_storeu_si512(dst + c * ldd, _mm512_shuffle_i32x4(v[c], v[8 + c], 0x88));
+    _mm512_storeu_si512(dst + (8 + c) * ldd, _mm512_shuffle_i32x4(v[c], v[8 + c], 0xdd));
+    _mm512_storeu_si512(dst + (4 + c) * ldd, _mm512_shuffle_i32x4(v[4 + c], v[12 + c], 0x88));
+    _mm512_storeu_si512(dst + (12 + c) * ldd, _mm512_shuffle_i32x4(v[4 + c], v[12 + c], 0xdd));
+  }
+}
+
 // op(B)[0:kc, 0:nc] -> NR-column panels of pairs, panel[p * NR + j].
 LC_BF16_TARGET void pack_b(bool tB, const uint16_t* B, int64_t ldb, int64_t kc, int64_t nc,
                            uint32_t* __restrict dst) {
@@ -224,10 +256,15 @@ LC_BF16_TARGET void pack_b(bool tB, const uint16_t* B, int64_t ldb, int64_t kc, 
     const int nr = int(std::min<int64_t>(NR, nc - jr));
     uint32_t* d = dst + jr * kp;
     if (tB) {
-      // op(B)(k, j) = B[j * ldb + k]: stored row j holds the pairs contiguously.
+      // op(B)(k, j) = B[j * ldb + k]: stored row j holds the pairs contiguously. A full panel
+      // goes 16 columns x 16 pairs at a time through a dword transpose; the rest pair by pair.
+      const int64_t pv = nr == NR ? ke / 16 * 16 : 0;
+      for (int h = 0; h < NR / 16 && pv; ++h)
+        for (int64_t p0 = 0; p0 < pv; p0 += 16)
+          transpose16(B + (jr + 16 * h) * ldb + 2 * p0, ldb, d + p0 * NR + 16 * h, NR);
       for (int j = 0; j < nr; ++j) {
         const uint16_t* s = B + (jr + j) * ldb;
-        for (int64_t p = 0; p < ke; ++p) d[p * NR + j] = load32(s + 2 * p);
+        for (int64_t p = pv; p < ke; ++p) d[p * NR + j] = load32(s + 2 * p);
         if (kc & 1) d[ke * NR + j] = s[kc - 1];
       }
       for (int j = nr; j < NR; ++j)
