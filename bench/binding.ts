@@ -12,6 +12,14 @@ export interface BenchBinding {
   /** c = alpha op(a) op(b) + beta c in place (2-D): the plain GEMM the layers are compared with. */
   gemmInto(a: NativeTensor, b: NativeTensor, c: NativeTensor, transA: boolean, transB: boolean,
     alpha: number, beta: number): void;
+  /**
+   * The bfloat16 GEMM itself on CPU bfloat16 tensors read as flat storage with row strides lda/ldb/ldc:
+   * C = alpha op(A) op(B) + beta C, op(A) [M, K], op(B) [K, N] (for the kernel's tests and per-shape timings).
+   */
+  gemmBf16(a: NativeTensor, b: NativeTensor, c: NativeTensor, transA: boolean, transB: boolean, M: number, N: number,
+    K: number, alpha: number, beta: number, lda: number, ldb: number, ldc: number): void;
+  /** Peak bytes of tensors live on this thread since the last livePeak(true) (which restarts it from now). */
+  livePeak(reset: boolean): number;
 }
 
 export const benchNative: BenchBinding = (native as unknown as { bench: BenchBinding }).bench;

@@ -27,6 +27,7 @@ const SPECS = {
   generate: { type: 'boolean', help: 'instead: LlamaForCausalLM.generate tokens/s with and without the key/value cache on the CPU, 256 new tokens per row (16 with --quick) (generate-cpu-<cpu>.json)' },
   model: { type: 'boolean', help: 'instead: one LoRA training step (forward, backward, AdamW; LoRA r 8 on q_proj, v_proj) of a 4-layer SmolLM-135M-shaped Llama, 4 x 128 tokens, on the CPU, beside the same step in PyTorch (bench/torch_model_step.py, when python3 has torch) (model-cpu-<cpu>-<blas>.json)' },
   'no-torch': { type: 'boolean', help: 'with --model: skip the PyTorch step' },
+  dtype: { type: 'string', metavar: 'float32|bfloat16', help: 'with --model: the model\'s dtype (default float32; bfloat16 keeps the adapters in float32; results file -bfloat16.json)' },
 } satisfies Specs;
 
 // Not in --help: a single tiny shape, so tests can run the command in a moment.
@@ -101,9 +102,11 @@ export async function benchCommand(argv: string[], io: CliIO): Promise<number> {
   }
   if (a.model) {
     if (a.device !== undefined && a.device !== 'cpu') throw new UsageError('--model runs on the CPU: leave out --device or give --device cpu');
+    if (a.dtype !== undefined && a.dtype !== 'float32' && a.dtype !== 'bfloat16') throw new UsageError(`--dtype must be float32 or bfloat16, got ${JSON.stringify(a.dtype)}`);
     const kind = a.shapes === 'tiny' ? 'tiny' : a.quick ? 'quick' : 'full';
-    const r = runModelBench(kind, { torch: !a.noTorch, log: (l) => io.stdout(l + '\n') });
-    const suffix = kind === 'full' ? '' : `-${kind}`;
+    const dtype = (a.dtype ?? 'float32') as 'float32' | 'bfloat16';
+    const r = runModelBench(kind, { torch: !a.noTorch, log: (l) => io.stdout(l + '\n'), dtype });
+    const suffix = (dtype === 'float32' ? '' : `-${dtype}`) + (kind === 'full' ? '' : `-${kind}`);
     writeResults(io, r, [json, results === undefined ? undefined : path.join(results, `model-cpu-${cpuSlug(r.machine.cpu)}-${r.backend.blas}${suffix}.json`)]);
     return 0;
   }

@@ -3,12 +3,18 @@
 // vocab 49,152, tied head), batch 4 x 128 tokens: forward, cross-entropy, backward and AdamW on
 // LoRA adapters of q_proj and v_proj (the seed formulation: r 8, alpha 32). Prints tokens/s and the
 // median step time, and runs the same step in PyTorch (bench/torch_model_step.py, when python3 with
-// torch is found) for the ratio. --results writes model-cpu-<cpu>-<blas>.json.
+// torch is found) for the ratio. --dtype bfloat16 builds the model in bfloat16 (adapters in float32, as
+// PEFT's autocast_adapter_dtype) on both sides. Memory: the parameters' bytes, and the peak of the tensor
+// bytes live during a step above those live before it (the CPU backend's allocation count).
+// --results writes model-cpu-<cpu>-<blas>.json (-bfloat16.json for --dtype bfloat16).
 import { spawnSync } from 'child_process';
 import * as os from 'os';
 import * as path from 'path';
 import * as fs from 'fs';
-import { AdamW, LlamaForCausalLM, backendInfo, getLoraParameters, injectLora, manualSeed } from '../lib';
+import { AdamW, LlamaForCausalLM, backendInfo, getLoraParameters, injectLora, manualSeed, nativeMemoryBytes } from '../lib';
+import { benchNative } from './binding';
+
+export type ModelBenchDtype = 'float32' | 'bfloat16';
 
 export interface ModelBenchConfig {
   vocab: number;
@@ -25,17 +31,19 @@ export interface ModelBenchConfig {
   steps: number;
   warmup: number;
   threads: number;
+  /** The model's dtype (LoRA adapters stay float32 on a bfloat16 model). */
+  dtype: ModelBenchDtype;
 }
 
 /** SmolLM-135M's shape, 4 layers, 4 x 128 tokens; 'tiny' is for tests. */
-export function modelBenchConfig(kind: 'full' | 'quick' | 'tiny'): ModelBenchConfig {
+export function modelBenchConfig(kind: 'full' | 'quick' | 'tiny', dtype: ModelBenchDtype = 'float32'): ModelBenchConfig {
   const threads = backendInfo().cpu.threads;
   if (kind === 'tiny') {
-    return { vocab: 256, hidden: 64, intermediate: 128, layers: 2, heads: 4, kvHeads: 2, batch: 2, seq: 16, r: 4, alpha: 8, lr: 1e-4, steps: 2, warmup: 1, threads };
+    return { vocab: 256, hidden: 64, intermediate: 128, layers: 2, heads: 4, kvHeads: 2, batch: 2, seq: 16, r: 4, alpha: 8, lr: 1e-4, steps: 2, warmup: 1, threads, dtype };
   }
   return {
     vocab: 49152, hidden: 576, intermediate: 1536, layers: 4, heads: 9, kvHeads: 3, batch: 4, seq: 128,
-    r: 8, alpha: 32, lr: 1e-4, steps: kind === 'quick' ? 3 : 10, warmup: kind === 'quick' ? 1 : 2, threads,
+    r: 8, alpha: 32, lr: 1e-4, steps: kind === 'quick' ? 3 : 10, warmup: kind === 'quick' ? 1 : 2, threads, dtype,
   };
 }
 
@@ -56,7 +64,14 @@ export interface ModelBenchResult {
   backend: ReturnType<typeof backendInfo>['cpu'];
   config: ModelBenchConfig;
   /** cpuMs: the median step's CPU time over all threads (steadier than wall time on a shared machine). */
-  lora: { medianMs: number; minMs: number; cpuMs: number; steps: number; tokensPerSecond: number; loss: number; trainable: number };
+  lora: {
+    medianMs: number; minMs: number; cpuMs: number; steps: number; tokensPerSecond: number; loss: number; trainable: number;
+    /**
+     * weightBytes: the parameters' storage (frozen and adapters; the tied head once); stepPeakBytes: the
+     * most tensor bytes live during a measured step above those live before it (largest over the steps).
+     */
+    memory: { weightBytes: number; stepPeakBytes: number };
+  };
   pytorch: TorchSide | null;
   /** Why PyTorch did not run, when it did not. */
   pytorchSkipped?: string;
@@ -78,8 +93,10 @@ function runOurs(c: ModelBenchConfig) {
     model_type: 'llama', vocab_size: c.vocab, hidden_size: c.hidden, intermediate_size: c.intermediate,
     num_hidden_layers: c.layers, num_attention_heads: c.heads, num_key_value_heads: c.kvHeads,
     max_position_embeddings: 2048, rope_theta: 10000, rms_norm_eps: 1e-5, tie_word_embeddings: true,
-  });
+  }, { dtype: c.dtype });
   injectLora(model, { targetModules: ['q_proj', 'v_proj'], r: c.r, alpha: c.alpha });
+  const itemBytes = { float32: 4, float64: 8, int32: 4, bfloat16: 2, float16: 2 } as const;
+  const weightBytes = model.parameters().reduce((n, p) => n + p.numel * itemBytes[p.dtype], 0);
   const params = getLoraParameters(model);
   const opt = new AdamW(params, { lr: c.lr });
   // Token ids drawn once (a fixed pattern: the values do not change the work).
@@ -96,18 +113,22 @@ function runOurs(c: ModelBenchConfig) {
   for (let i = 0; i < c.warmup; i++) step();
   const ts: number[] = [];
   const cpu: number[] = [];
+  let stepPeakBytes = 0;
   for (let i = 0; i < c.steps; i++) {
+    benchNative.livePeak(true);
+    const live0 = nativeMemoryBytes();
     const t0 = process.hrtime.bigint();
     const c0 = process.cpuUsage();
     step();
     const dc = process.cpuUsage(c0);
+    stepPeakBytes = Math.max(stepPeakBytes, benchNative.livePeak(false) - live0);
     ts.push(Number(process.hrtime.bigint() - t0) / 1e6);
     cpu.push((dc.user + dc.system) / 1000);
   }
   const ms = median(ts);
   return {
     medianMs: ms, minMs: Math.min(...ts), cpuMs: median(cpu), steps: ts.length, tokensPerSecond: (c.batch * c.seq) / (ms / 1000), loss,
-    trainable: params.reduce((n, p) => n + p.numel, 0),
+    trainable: params.reduce((n, p) => n + p.numel, 0), memory: { weightBytes, stepPeakBytes },
   };
 }
 
@@ -127,16 +148,17 @@ function runTorch(c: ModelBenchConfig): { side: TorchSide | null; why?: string }
   return { side: null, why: 'no python3 found' };
 }
 
-export function runModelBench(kind: 'full' | 'quick' | 'tiny', options: { torch?: boolean; log?: (s: string) => void } = {}): ModelBenchResult {
+export function runModelBench(kind: 'full' | 'quick' | 'tiny', options: { torch?: boolean; log?: (s: string) => void; dtype?: ModelBenchDtype } = {}): ModelBenchResult {
   const log = options.log ?? (() => undefined);
-  const c = modelBenchConfig(kind);
+  const c = modelBenchConfig(kind, options.dtype);
   const info = backendInfo().cpu;
   const cpu = os.cpus()[0]?.model ?? 'unknown cpu';
-  log(`lora-cuda bench --model: ${cpu}, ${os.cpus().length} cores, BLAS ${info.blas}, kernels ${info.kernels}; ` +
+  log(`lora-cuda bench --model: ${cpu}, ${os.cpus().length} cores, BLAS ${info.blas}, kernels ${info.kernels}, bfloat16 GEMM ${info.bf16Gemm}; ${c.dtype}; ` +
     `Llama hidden ${c.hidden}, intermediate ${c.intermediate}, ${c.layers} layers, ${c.heads}/${c.kvHeads} heads, vocab ${c.vocab}; ` +
     `batch ${c.batch} x ${c.seq} tokens; LoRA r ${c.r}, alpha ${c.alpha} on q_proj, v_proj; AdamW; median of ${c.steps} steps`);
   const ours = runOurs(c);
-  log(`lora-cuda: ${ours.medianMs.toFixed(1)} ms/step (min ${ours.minMs.toFixed(1)}; CPU ${ours.cpuMs.toFixed(0)} ms), ${ours.tokensPerSecond.toFixed(0)} tokens/s, loss ${ours.loss.toFixed(4)}`);
+  log(`lora-cuda: ${ours.medianMs.toFixed(1)} ms/step (min ${ours.minMs.toFixed(1)}; CPU ${ours.cpuMs.toFixed(0)} ms), ${ours.tokensPerSecond.toFixed(0)} tokens/s, loss ${ours.loss.toFixed(4)}; ` +
+    `weights ${(ours.memory.weightBytes / 2 ** 20).toFixed(1)} MiB, step peak ${(ours.memory.stepPeakBytes / 2 ** 20).toFixed(1)} MiB of tensors`);
   let pytorch: TorchSide | null = null;
   let why: string | undefined;
   if (options.torch === false) {

@@ -7,6 +7,10 @@ RMSNorm in float32, rotate-half rotary embeddings, grouped-query attention (repe
 softmax attention, SiLU-gated MLP, tied or untied head. LoRA is the seed article's LoRALinear on
 q_proj and v_proj: A = randn(r, in) * 0.01, B = zeros(out, r), out = W x + (x A^T) B^T * alpha / r.
 
+With "dtype": "bfloat16" the model is bfloat16 and the adapters float32 (PEFT's autocast_adapter_dtype:
+x is cast to float32 for the adapter, its output back to bfloat16), RMSNorm computes in float32 and the
+logits go to float32 for the loss, as transformers does.
+
 Prints one JSON object on stdout: the step times (wall, and CPU time of all threads) and tokens per second.
 Usage: torch_model_step.py CONFIG_JSON (the same object bench/model.ts uses), e.g.
   {"vocab": 49152, "hidden": 576, "intermediate": 1536, "layers": 4, "heads": 9, "kvHeads": 3,
@@ -36,7 +40,8 @@ class LoRALinear(nn.Module):
 
     def forward(self, x):
         out = self.orig_linear(x)
-        return out + torch.matmul(torch.matmul(x, self.A.t()), self.B.t()) * self.scale
+        h = x.to(self.A.dtype)
+        return out + (torch.matmul(torch.matmul(h, self.A.t()), self.B.t()) * self.scale).to(out.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -46,8 +51,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x):
+        dt = x.dtype
+        x = x.float()
         var = x.pow(2).mean(-1, keepdim=True)
-        return self.weight * (x * torch.rsqrt(var + self.eps))
+        return self.weight * (x * torch.rsqrt(var + self.eps)).to(dt)
 
 
 def rotate_half(x):
@@ -76,7 +83,7 @@ class Attention(nn.Module):
         k = k.repeat_interleave(rep, dim=1)
         v = v.repeat_interleave(rep, dim=1)
         s = torch.matmul(q, k.transpose(2, 3)) / math.sqrt(self.hd) + mask
-        p = torch.softmax(s, dim=-1, dtype=torch.float32)
+        p = torch.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)
         o = torch.matmul(p, v).transpose(1, 2).reshape(B, T, self.H * self.hd)
         return self.o_proj(o)
 
@@ -126,7 +133,7 @@ class Model(nn.Module):
         x = self.embed_tokens(ids)
         for layer in self.layers:
             x = layer(x, self.cos, self.sin, self.mask)
-        logits = self.lm_head(self.norm(x))
+        logits = self.lm_head(self.norm(x)).float()
         V = logits.shape[-1]
         # The model's loss: each position predicts the next token (the last predicts nothing).
         return F.cross_entropy(logits[:, :-1].reshape(-1, V), ids[:, 1:].reshape(-1))
@@ -140,6 +147,9 @@ def main():
     for p in model.parameters():
         nn.init.normal_(p, std=0.02) if p.dim() > 1 else None
         p.requires_grad = False
+    dt = torch.bfloat16 if c.get("dtype") == "bfloat16" else torch.float32
+    model.to(dt)
+    model.cos, model.sin, model.mask = model.cos.to(dt), model.sin.to(dt), model.mask.to(dt)
     for layer in model.layers:
         a = layer.self_attn
         a.q_proj = LoRALinear(a.q_proj, c["r"], c["alpha"])

@@ -630,6 +630,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     for (size_t i = 0; i < b.features.size(); ++i) features.Set(static_cast<uint32_t>(i), b.features[i]);
     cpu.Set("features", features);
     cpu.Set("kernels", b.kernels);
+    cpu.Set("bf16Gemm", b.bf16_gemm);
     const lc::cuda::Info& ci = lc::cuda::info();
     Napi::Object cuda = Napi::Object::New(env);
     cuda.Set("compiled", ci.compiled);

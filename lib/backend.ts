@@ -46,6 +46,8 @@ export interface BackendInfo {
    * blas: 'openblas', 'cblas' or 'builtin'; blasPath: the library loaded; threads: our CPU pool size;
    * features: the processor's extensions that matter ('avx2', 'fma', 'avx512f', 'avx512vl', 'avx512bf16');
    * kernels: what the built-in kernels use on it ('avx512', 'avx2+fma' or 'generic'; LORA_CUDA_CPU_KERNELS forces one).
+   * bf16Gemm: the bfloat16 matrix product, 'avx512bf16' (native vdpbf16ps kernel, with the AVX-512 kernels on a
+   * processor with AVX512_BF16) or 'panels' (float32 GEMM on converted panels; LORA_CUDA_BF16_GEMM forces one).
    */
   cpu: CpuInfo;
   cuda: CudaInfo;

@@ -23,6 +23,8 @@ export interface CpuInfo {
   features: string[];
   /** What this build's own kernels use on it: 'avx512', 'avx2+fma' or 'generic'. */
   kernels: string;
+  /** The bfloat16 GEMM: 'avx512bf16' (native kernel) or 'panels' (float32 GEMM on converted panels). */
+  bf16Gemm: string;
 }
 export interface NativeCudaInfo {
   compiled: boolean;

@@ -39,6 +39,7 @@ CpuInfo cpu_info() {
   // The built-in GEMM, the rank-r pass and the fused loops all run the copy chosen here (CPUID, or
   // LORA_CUDA_CPU_KERNELS); an impossible forced choice throws, as every product then would.
   i.kernels = cpu_kernels_name(cpu_kernels());
+  i.bf16_gemm = bf16_gemm_kernel_name(bf16_gemm_kernel());
   return i;
 }
 

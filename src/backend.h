@@ -281,6 +281,9 @@ struct CpuInfo {
   // "avx512bf16"), and the ones this build's own kernels use on it ("avx2+fma" or "generic").
   std::vector<std::string> features;
   std::string kernels;
+  // The bfloat16 GEMM: "avx512bf16" (native vdpbf16ps kernel) or "panels" (float32 GEMM on
+  // converted panels; always so for float16).
+  std::string bf16_gemm;
 };
 CpuInfo cpu_info();
 

@@ -1,5 +1,6 @@
 #include "tensor.h"
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdio>
@@ -16,6 +17,7 @@ thread_local int64_t t_live_host_bytes = 0;
 thread_local void (*t_oom_hook)(void*) = nullptr;
 thread_local void* t_oom_arg = nullptr;
 thread_local bool t_oom_running = false;
+thread_local int64_t t_peak_bytes = 0;  // the most t_live_bytes has been since the last reset
 }
 
 void fail(const std::string& msg) { throw Error(msg); }
@@ -97,6 +99,7 @@ Storage::Storage(Device dev, size_t bytes) : dev_(dev), bytes_(bytes) {
     ptr_ = backend_for(dev_).allocate(bytes_);
     t_live_bytes += static_cast<int64_t>(bytes_);
     if (dev_.type == DeviceType::CPU) t_live_host_bytes += static_cast<int64_t>(bytes_);
+    t_peak_bytes = std::max(t_peak_bytes, t_live_bytes);
   }
 }
 
@@ -134,6 +137,12 @@ void run_out_of_memory_hook() {
   } catch (...) {
   }
   t_oom_running = false;
+}
+
+int64_t peak_live_bytes_this_thread(bool reset) {
+  const int64_t peak = std::max(t_peak_bytes, t_live_bytes);
+  if (reset) t_peak_bytes = t_live_bytes;
+  return peak;
 }
 
 Tensor Tensor::view(const Shape& s) const {

@@ -106,6 +106,9 @@ class Storage {
 // The binding reports the changes to V8 so the garbage collector sees native
 // pressure; thread-local because each worker thread has its own JS heap.
 int64_t live_bytes_this_thread();
+// The most live_bytes_this_thread() has been since the last reset (or the thread's start); with
+// `reset`, starts the next interval from the current value. For the memory benchmarks.
+int64_t peak_live_bytes_this_thread(bool reset);
 
 // ---- device memory pressure
 // Host bytes only (CPU storages): what the binding reports to V8 as external memory.

@@ -530,15 +530,35 @@ describe('lora-cuda bench', () => {
     const r = await run(['bench', '--model', '--shapes', 'tiny', '--no-torch', '--json', file]);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
-    expect(r.stdout).toMatch(/^lora-cuda: [\d.]+ ms\/step \(min [\d.]+; CPU \d+ ms\), \d+ tokens\/s, loss [\d.]+$/m);
+    expect(r.stdout).toMatch(/^lora-cuda: [\d.]+ ms\/step \(min [\d.]+; CPU \d+ ms\), \d+ tokens\/s, loss [\d.]+; weights [\d.]+ MiB, step peak [\d.]+ MiB of tensors$/m);
     expect(r.stdout).toContain('pytorch: not run (--no-torch)');
     const json = JSON.parse(fs.readFileSync(file, 'utf8'));
-    expect(json.config).toMatchObject({ layers: 2, batch: 2, seq: 16, r: 4 });
+    expect(json.config).toMatchObject({ layers: 2, batch: 2, seq: 16, r: 4, dtype: 'float32' });
     expect(json.lora.tokensPerSecond).toBeCloseTo((2 * 16) / (json.lora.medianMs / 1000), 6);
     // Adapters on q_proj and v_proj of 2 layers: A [4, 64] and B [64, 4] on q, B [32, 4] on v.
     expect(json.lora.trainable).toBe(2 * (4 * 64 + 64 * 4 + 4 * 64 + 32 * 4));
     expect(json.pytorch).toBeNull();
     expect(json.ratio).toBeNull();
+    // Every parameter in float32: the tiny model's embedding (tied head), 2 layers' projections and norms,
+    // the final norm, and the adapters.
+    const layer = 64 * 64 + 2 * 32 * 64 + 64 * 64 + 3 * 64 * 128 + 2 * 64 + (4 * 64 + 64 * 4 + 4 * 64 + 32 * 4);
+    expect(json.lora.memory.weightBytes).toBe(4 * (256 * 64 + 2 * layer + 64));
+    expect(json.lora.memory.stepPeakBytes).toBeGreaterThan(0);
+  });
+
+  test('--model --dtype bfloat16: the model in bfloat16 with float32 adapters, its weights in half the bytes', async () => {
+    const file = path.join(tmp, 'bench', 'model-bf16.json');
+    const r = await run(['bench', '--model', '--shapes', 'tiny', '--no-torch', '--dtype', 'bfloat16', '--json', file]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const json = JSON.parse(fs.readFileSync(file, 'utf8'));
+    expect(json.config.dtype).toBe('bfloat16');
+    const frozen = 256 * 64 + 2 * (64 * 64 + 2 * 32 * 64 + 64 * 64 + 3 * 64 * 128 + 2 * 64) + 64;
+    const adapters = 2 * (4 * 64 + 64 * 4 + 4 * 64 + 32 * 4);
+    expect(json.lora.memory.weightBytes).toBe(2 * frozen + 4 * adapters);
+    const bad = await run(['bench', '--model', '--shapes', 'tiny', '--no-torch', '--dtype', 'float16']);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toContain('--dtype must be float32 or bfloat16, got "float16"');
   });
 
   test('the benchmarks are outside the library: lib/ only dispatches to them, the binding keeps them apart', () => {
@@ -549,7 +569,7 @@ describe('lora-cuda bench', () => {
     expect(fs.readFileSync(path.join(root, 'lib', 'cli', 'index.ts'), 'utf8')).toMatch(/await import\('\.\.\/\.\.\/bench\/command'\)/);
     const binding = native as unknown as Record<string, unknown> & { bench: Record<string, unknown> };
     for (const name of ['gemmInto', 'cudaEventRecord', 'cudaEventElapsed', 'cudaEventDestroy']) expect(binding[name]).toBeUndefined();
-    expect(Object.keys(binding.bench).sort()).toEqual(['eventDestroy', 'eventElapsed', 'eventRecord', 'gemmInto']);
+    expect(Object.keys(binding.bench).sort()).toEqual(['eventDestroy', 'eventElapsed', 'eventRecord', 'gemmBf16', 'gemmInto', 'livePeak']);
   });
 
   test('the bench binding: a plain GEMM into an existing matrix; C++ failures come back as JS Errors', () => {

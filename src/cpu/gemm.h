@@ -48,6 +48,23 @@ void gemm_f16(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float a
 
 namespace lc {
 
+// Which bfloat16 GEMM runs (bf16_gemm.cpp): the native AVX512_BF16 kernel where the processor has
+// it and the AVX-512 copy of the built-in kernels is chosen, else float32 panels (half_gemm.cpp).
+// LORA_CUDA_BF16_GEMM=panels|avx512bf16 forces one; throws std::invalid_argument when it asks for
+// what cannot run here or is not one of those words.
+enum class Bf16Kernel { Panels, Avx512Bf16 };
+Bf16Kernel bf16_gemm_kernel();
+// "avx512bf16" or "panels".
+const char* bf16_gemm_kernel_name(Bf16Kernel k);
+// The native kernel itself (M, N, K > 0; only where bf16_gemm_kernel() chose it).
+void gemm_bf16_avx512bf16(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+                          const bf16* A, int64_t lda, const bf16* B, int64_t ldb, float beta,
+                          bf16* C, int64_t ldc);
+
+}  // namespace lc
+
+namespace lc {
+
 // The adapter's rank-r product, row by row: for each row i of C [M, N]
 // (row stride N),
 //   C[i, :] = base + alpha * keep(i, :) * (U[i, :] V)

@@ -12,8 +12,8 @@
 // sbgemm could take bfloat16 directly; the one this was measured with has
 // none, so there is no such path yet.)
 //
-// gemm_bf16/gemm_f16 (gemm.h) are the entry points: a kernel with native
-// half dot products can be dispatched from them without touching callers.
+// gemm_bf16/gemm_f16 (gemm.h) are the entry points: gemm_bf16 hands its products to the
+// native AVX512_BF16 kernel (bf16_gemm.cpp) where that runs; float16 always takes the panels.
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -131,6 +131,11 @@ void half_gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, float alpha, c
 
 void gemm_bf16(bool tA, bool tB, int64_t M, int64_t N, int64_t K, float alpha, const bf16* A,
                int64_t lda, const bf16* B, int64_t ldb, float beta, bf16* C, int64_t ldc) {
+  // The native kernel (bf16_gemm.cpp) where it runs; an empty product or alpha == 0 stays here.
+  if (M > 0 && N > 0 && K > 0 && alpha != 0.0f && bf16_gemm_kernel() == Bf16Kernel::Avx512Bf16) {
+    gemm_bf16_avx512bf16(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
   half_gemm(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
