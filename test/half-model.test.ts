@@ -6,7 +6,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 import {
-  Adam, Embedding, LoRAEmbedding, LoRALinear, clipGradNorm, Linear, LlamaForCausalLM, Module, RMSNorm, getLoraAB, injectLora, loadAdapter, manualSeed,
+  Adam, Embedding, F, LoRAEmbedding, LoRALinear, clipGradNorm, Linear, LlamaForCausalLM, Module, RMSNorm, Tensor, getLoraAB, injectLora, loadAdapter, manualSeed,
   mergeLora, noGrad, randn, saveAdapter, saveMerged, tensor,
 } from '../lib';
 import { SafetensorsFile, saveSafetensors } from '../lib/safetensors';
@@ -220,6 +220,38 @@ describe('LoRA on a bfloat16 base', () => {
     expect(base.origLinear.weight.dtype).toBe('bfloat16');
     expect(bitsOf(base.origLinear.weight)).toEqual(baseBits);
     expect(base.origLinear.weight.grad).toBeNull();
+  });
+
+  test('the loss reads bf16 logits directly: the same loss and gradients as upcasting them first (transformers\' logits.float())', async () => {
+    const model = await LlamaForCausalLM.fromPretrained(await checkpoint('gqa', c, 'BF16'), { dtype: 'auto' });
+    manualSeed(3);
+    injectLora(model, { targetModules: ['q_proj', 'v_proj'], r: 4, alpha: 8 });
+    const ab = getLoraAB(model);
+    // B starts at zero; give it values so that A's gradient is not zero too.
+    noGrad(() => ab.filter((t) => t.shape[1] === 4).forEach((b) => b.copy_(randn([...b.shape], { std: 0.2 }))));
+    const grads = (lossOf: () => Tensor) => {
+      for (const t of ab) t.grad = null;
+      const loss = lossOf();
+      loss.backward();
+      return { loss: loss.item(), dtype: loss.dtype, g: ab.map((t) => Array.from(t.grad!.toArray())) };
+    };
+    const direct = grads(() => model.loss(c.input_ids, c.labels));
+    const upcast = grads(() => {
+      const logits = model.forward(c.input_ids); // float32: the bf16 head upcast
+      expect(logits.dtype).toBe('float32');
+      const [B, T, V] = logits.shape;
+      const targets: number[] = [];
+      for (let b = 0; b < B; b++) for (let t = 0; t < T; t++) targets.push(t + 1 < T ? c.labels[b][t + 1] : -100);
+      return F.crossEntropy(logits.reshape(B * T, V), targets);
+    });
+    expect(direct.dtype).toBe('float32');
+    // Both compute the cross entropy in float32 from the same bf16 logits (the half rows are widened
+    // into the float32 rows' code) and round the logits' gradient once to bf16: the same bits.
+    expect(direct.loss).toBe(upcast.loss);
+    direct.g.forEach((g, i) => {
+      expect(Math.max(...upcast.g[i].map(Math.abs))).toBeGreaterThan(0);
+      expect(g).toEqual(upcast.g[i]);
+    });
   });
 
   test('autocastAdapterDtype: false keeps the adapters in bfloat16', async () => {

@@ -426,3 +426,33 @@ describe('dtypes an op does not take, and mixes of half and float32', () => {
     expectThrows(() => F.silu(tensor([1], { dtype: 'int32' })), RangeError, /^F\.silu: x's dtype must be float32, float64, bfloat16 or float16, got "int32"$/);
   });
 });
+
+describe('cross entropy of half logits', () => {
+  // The CPU runs half logits through the float32 rows a block of rows at a time (at most 2^21
+  // floats): the loss and the logits' gradient must be those of upcasting the logits first, bit for
+  // bit, over several blocks (C = 50 000 gives 41 rows a block), with ignored rows, label smoothing
+  // and per-row gradients (reduction 'none').
+  for (const dtype of HALVES) {
+    test(`${dtype}: the same bits as upcasting to float32 first, over several row blocks`, () => {
+      manualSeed(12);
+      const N = 90, C = 50000;
+      const half = randn([N, C], { std: 3 }).to(dtype).requiresGrad_(true);
+      const wide = half.detach().to('float32').requiresGrad_(true);
+      const targets = Array.from({ length: N }, (_, i) => (i % 7 === 3 ? -100 : (i * 7919) % C));
+      for (const opts of [{}, { labelSmoothing: 0.1 }, { reduction: 'none' as const }]) {
+        half.grad = null;
+        wide.grad = null;
+        const lh = F.crossEntropy(half, targets, opts);
+        const lw = F.crossEntropy(wide, targets, opts);
+        expect(lh.dtype).toBe('float32');
+        expect(Array.from(lh.toArray())).toEqual(Array.from(lw.toArray()));
+        const g = opts.reduction === 'none' ? randn([N]) : tensor(1.5);
+        lh.backward(g);
+        lw.backward(g);
+        expect(half.grad!.dtype).toBe(dtype);
+        const rounded = wide.grad!.to(dtype);
+        expect(Array.from(native.toHalfBits(half.grad!._h))).toEqual(Array.from(native.toHalfBits(rounded._h)));
+      }
+    });
+  }
+});

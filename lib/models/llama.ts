@@ -642,7 +642,10 @@ export class LlamaForCausalLM extends Module {
       }
     }
     const hidden = this.model.forward(ids, layout);
-    const logits = this.head(hidden);
+    // Half logits go to the loss as they are: the cross entropy computes in float32 inside, its loss
+    // is float32 and the logits' gradient is rounded once to their dtype, which is what transformers'
+    // upcast (logits.float()) gives, without a float32 copy of the logits and of their gradient.
+    const logits = this.lm_head.forward(hidden);
     if (ids !== inputIds) ids.dispose();
     if (logits._store !== hidden._store) releaseIntermediate(hidden);
     const loss = F.crossEntropy(logits.reshape(B * T, this.config.vocabSize), targets, { ignoreIndex: -100 });
