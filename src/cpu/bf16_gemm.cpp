@@ -36,6 +36,7 @@
 
 #include "../parallel.h"
 #include "gemm.h"
+#include "gemm_grid.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -293,24 +294,6 @@ int64_t k_block(int64_t K) {
   return (kb + 1) & ~int64_t(1);
 }
 
-// Packing buffers kept per thread between calls, as the float32 kernel's.
-template <typename T>
-T* buffer(int slot, size_t n) {
-  struct Buf {
-    std::unique_ptr<T[]> raw;
-    size_t cap = 0;
-  };
-  thread_local Buf bufs[3];
-  Buf& b = bufs[slot];
-  if (b.cap < n) {
-    b.raw.reset();
-    b.raw.reset(new T[n + 64 / sizeof(T)]);
-    b.cap = n;
-  }
-  auto a = reinterpret_cast<uintptr_t>(b.raw.get());
-  return reinterpret_cast<T*>((a + 63) & ~uintptr_t(63));
-}
-
 // One thread's C block, single-threaded.
 LC_BF16_TARGET void gemm_block(bool tA, bool tB, int64_t M, int64_t N, int64_t K, float alpha,
                                const uint16_t* A, int64_t lda, const uint16_t* B, int64_t ldb,
@@ -319,9 +302,9 @@ LC_BF16_TARGET void gemm_block(bool tA, bool tB, int64_t M, int64_t N, int64_t K
   const bool multi = kcb < K;
   const int64_t mo_rows = multi ? MO : M;
   const int64_t ncmax = std::min(NC, (N + NR - 1) / NR * NR);
-  uint32_t* Ap = buffer<uint32_t>(0, size_t(MC * kpb));
-  uint32_t* Bp = buffer<uint32_t>(1, size_t(ncmax * kpb));
-  float* acc = multi ? buffer<float>(2, size_t((std::min(MO, M) + MR) * ncmax)) : nullptr;
+  uint32_t* Ap = gemm_grid::pack_buffer<uint32_t>(0, size_t(MC * kpb));
+  uint32_t* Bp = gemm_grid::pack_buffer<uint32_t>(1, size_t(ncmax * kpb));
+  float* acc = multi ? gemm_grid::pack_buffer<float>(2, size_t((std::min(MO, M) + MR) * ncmax)) : nullptr;
   for (int64_t mo = 0; mo < M; mo += mo_rows) {
     const int64_t mrows = std::min(mo_rows, M - mo);
     for (int64_t jc = 0; jc < N; jc += NC) {
@@ -348,10 +331,6 @@ LC_BF16_TARGET void gemm_block(bool tA, bool tB, int64_t M, int64_t N, int64_t K
   }
 }
 
-int64_t split_at(int64_t i, int64_t parts, int64_t tiles, int64_t tile, int64_t total) {
-  const int64_t q = tiles / parts, r = tiles % parts;
-  return std::min(total, (i * q + std::min(i, r)) * tile);
-}
 
 #endif  // LC_BF16_NATIVE
 
@@ -375,31 +354,11 @@ void gemm_bf16_avx512bf16(bool tA, bool tB, int64_t M, int64_t N, int64_t K, flo
   const auto* a = reinterpret_cast<const uint16_t*>(A);
   const auto* b = reinterpret_cast<const uint16_t*>(B);
   auto* c = reinterpret_cast<uint16_t*>(C);
-  const int64_t mt = (M + MR - 1) / MR, ntl = (N + NR - 1) / NR;
-  // Threads and their grid of C blocks as the float32 kernel chooses them (builtin_gemm.cpp):
-  // no more threads than about 2^20 multiply-adds each, then the grid whose largest padded
-  // block plus a charge for its packing traffic is smallest.
-  const double work = double(M) * double(N) * double(K);
-  int64_t nt = std::min<int64_t>(num_threads(), int64_t(std::max(1.0, work / double(1 << 20))));
-  nt = std::max<int64_t>(1, std::min(nt, mt * ntl));
-  int64_t mg = 1, ng = 1;
-  double best = -1;
-  for (int64_t m = 1; m <= nt; ++m) {
-    const int64_t n = nt / m;
-    if (m > mt || n > ntl) continue;
-    const double rows = double((mt + m - 1) / m * MR), cols = double((ntl + n - 1) / n * NR);
-    const double cost = rows * cols + 8.0 * (rows + cols);
-    if (best < 0 || cost < best) best = cost, mg = m, ng = n;
-  }
-  parallel_for(mg * ng, 1, [&](int64_t bgn, int64_t end) {
-    for (int64_t part = bgn; part < end; ++part) {
-      const int64_t pi = part / ng, pj = part % ng;
-      const int64_t r0 = split_at(pi, mg, mt, MR, M), r1 = split_at(pi + 1, mg, mt, MR, M);
-      const int64_t c0 = split_at(pj, ng, ntl, NR, N), c1 = split_at(pj + 1, ng, ntl, NR, N);
-      if (r0 >= r1 || c0 >= c1) continue;
-      gemm_block(tA, tB, r1 - r0, c1 - c0, K, alpha, tA ? a + r0 : a + r0 * lda, lda,
-                 tB ? b + c0 * ldb : b + c0, ldb, beta, c + r0 * ldc + c0, ldc);
-    }
+  // Threads and their grid of C blocks as the float32 kernel chooses them.
+  const gemm_grid::Grid g = gemm_grid::plan(M, N, K, MR, NR);
+  gemm_grid::for_each_block(g, MR, NR, M, N, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+    gemm_block(tA, tB, r1 - r0, c1 - c0, K, alpha, tA ? a + r0 : a + r0 * lda, lda,
+               tB ? b + c0 * ldb : b + c0, ldb, beta, c + r0 * ldc + c0, ldc);
   });
 #else
   (void)tA, (void)tB, (void)M, (void)N, (void)K, (void)alpha, (void)A, (void)lda, (void)B,

@@ -14,6 +14,7 @@
 
 #include "../parallel.h"
 #include "gemm.h"
+#include "gemm_grid.h"
 
 #if defined(__GNUC__)
 #define LC_INLINE inline __attribute__((always_inline))
@@ -262,78 +263,21 @@ LC_BLOCK_FN(block_f_avx512, float, 64, __attribute__((target("avx512f,avx512vl,a
 LC_BLOCK_FN(block_d_avx512, double, 64, __attribute__((target("avx512f,avx512vl,avx2,fma"))))
 #endif
 
-// Packing buffers, kept per thread between calls and grown when needed: a
-// product of the model's shapes packs megabytes of B, and a new allocation
-// each call costs a page fault per 4 KiB (as much as the packing itself).
-// Aligned to a cache line; not zeroed, as packing writes every element used.
-template <typename T>
-T* pack_buffer(int slot, size_t n) {
-  struct Buf {
-    std::unique_ptr<T[]> raw;
-    size_t cap = 0;
-  };
-  thread_local Buf bufs[2];
-  Buf& b = bufs[slot];
-  if (b.cap < n) {
-    b.raw.reset();
-    b.raw.reset(new T[n + 64 / sizeof(T)]);
-    b.cap = n;
-  }
-  auto a = reinterpret_cast<uintptr_t>(b.raw.get());
-  return reinterpret_cast<T*>((a + 63) & ~uintptr_t(63));
-}
-
-// Balanced split of `tiles` tiles of `tile` elements into `parts`; returns
-// the element offset where part i starts, clamped to `total`.
-int64_t split_at(int64_t i, int64_t parts, int64_t tiles, int64_t tile, int64_t total) {
-  const int64_t q = tiles / parts, r = tiles % parts;
-  return std::min(total, (i * q + std::min(i, r)) * tile);
-}
-
-// Below this many multiply-adds per thread, waking another thread costs more
-// than it saves.
-constexpr double kMinWorkPerThread = double(1 << 20);
-
 template <typename T, int W>
 void gemm_threaded(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
                    int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc,
                    BlockFn<T> block) {
   constexpr int MR = Kern<T, W>::MR, NR = Kern<T, W>::NR;
   constexpr int64_t MC = Blocks<T, W>::MC, NC = Blocks<T, W>::NC;
-  const int64_t mt = (M + MR - 1) / MR, ntl = (N + NR - 1) / NR;
-
-  // Threads: no more than the work justifies, then a grid of mg x ng C blocks
-  // (each thread owns whole blocks, so writes never overlap). The grid
-  // minimises the largest padded block plus a charge for its packing traffic.
-  const double work = double(M) * double(N) * double(K);
-  int64_t nt = std::min<int64_t>(num_threads(), int64_t(std::max(1.0, work / kMinWorkPerThread)));
-  nt = std::max<int64_t>(1, std::min(nt, mt * ntl));
-  int64_t mg = 1, ng = 1;
-  double best = -1;
-  for (int64_t m = 1; m <= nt; ++m) {
-    const int64_t n = nt / m;
-    if (m > mt || n > ntl) continue;
-    const double rows = double((mt + m - 1) / m * MR), cols = double((ntl + n - 1) / n * NR);
-    const double cost = rows * cols + 8.0 * (rows + cols);
-    if (best < 0 || cost < best) best = cost, mg = m, ng = n;
-  }
-  const int64_t max_rows = std::min(MC, (mt + mg - 1) / mg * MR);
-  const int64_t max_cols = std::min(NC, (ntl + ng - 1) / ng * NR);
+  const gemm_grid::Grid g = gemm_grid::plan(M, N, K, MR, NR);
+  const int64_t max_rows = std::min(MC, (g.mt + g.mg - 1) / g.mg * MR);
+  const int64_t max_cols = std::min(NC, (g.ntl + g.ng - 1) / g.ng * NR);
   const int64_t kcb = k_block<T, W>(K);
-
-  parallel_for(mg * ng, 1, [&](int64_t b, int64_t e) {
-    // Per-thread buffers keep the kernel reentrant across threads and callers (a
-    // block never calls back into gemm, so one thread never needs two at once).
-    T* ap = pack_buffer<T>(0, size_t(max_rows * kcb));
-    T* bp = pack_buffer<T>(1, size_t(max_cols * kcb));
-    for (int64_t part = b; part < e; ++part) {
-      const int64_t pi = part / ng, pj = part % ng;
-      const int64_t r0 = split_at(pi, mg, mt, MR, M), r1 = split_at(pi + 1, mg, mt, MR, M);
-      const int64_t c0 = split_at(pj, ng, ntl, NR, N), c1 = split_at(pj + 1, ng, ntl, NR, N);
-      if (r0 >= r1 || c0 >= c1) continue;
-      block(tA, tB, r1 - r0, c1 - c0, K, alpha, tA ? A + r0 : A + r0 * lda, lda,
-            tB ? B + c0 * ldb : B + c0, ldb, beta, C + r0 * ldc + c0, ldc, ap, bp);
-    }
+  gemm_grid::for_each_block(g, MR, NR, M, N, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+    T* ap = gemm_grid::pack_buffer<T>(0, size_t(max_rows * kcb));
+    T* bp = gemm_grid::pack_buffer<T>(1, size_t(max_cols * kcb));
+    block(tA, tB, r1 - r0, c1 - c0, K, alpha, tA ? A + r0 : A + r0 * lda, lda,
+          tB ? B + c0 * ldb : B + c0, ldb, beta, C + r0 * ldc + c0, ldc, ap, bp);
   });
 }
 
