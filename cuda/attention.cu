@@ -7,6 +7,12 @@
 // backward), for equal q/v head dims up to 128; other head dims are widened to
 // float32 and take the float path.
 //
+// float32 with TF32 allowed (cuda.setAllowTF32, as PyTorch's allow_tf32 for float32 products)
+// on compute capability 8.0+: the same kernels on TF32 fragments (16x16x8, float tiles in
+// shared memory, each operand rounded with __float_to_tf32, fp32 accumulation), where the
+// float tiles fit the device's opt-in shared memory; else the float path below. TF32 is off by
+// default, and float32 then never leaves exact fp32 arithmetic.
+//
 // float32 / float64: a tiled online-softmax kernel (one warp per query row,
 // keys staged through shared memory), with a plain global-memory path for head
 // dims the tiles cannot hold. Their backward is atomic-free and deterministic:
@@ -505,14 +511,15 @@ __global__ void attn_backward_kv_plain(const T* q, const T* k, const T* v, const
 
 #undef LC_WARP_STRIDE
 
-// ================================================================ tensor cores (bf16, fp16)
+// ================================================================ tensor cores (bf16, fp16, tf32)
 //
 // FlashAttention-2 (Dao, 2023) on the warp matrix functions: 16x16x16 products of 16-bit
-// operands accumulated in fp32. A block of 4 warps takes 64 query rows (forward) or 64 keys
-// (backward), each warp 16 of them; tiles of q, k, v, dout are staged in shared memory as the
-// wmma type with the head dim padded with zeros to DP (64 or 128), so any length works. P and
-// dS are rounded to the 16-bit type for their products, as FlashAttention does; everything
-// else (scores, softmax statistics, the output, dq, dk, dv) stays fp32 until the final store.
+// operands, or 16x16x8 products of TF32 ones (float32 with TF32 allowed), accumulated in fp32.
+// A block of 4 warps takes 64 query rows (forward) or 64 keys (backward), each warp 16 of them;
+// tiles of q, k, v, dout are staged in shared memory as the wmma type (float for TF32) with the
+// head dim padded with zeros to DP (64 or 128), so any length works. P and dS are rounded to
+// the operand type for their products, as FlashAttention does; everything else (scores,
+// softmax statistics, the output, dq, dk, dv) stays fp32 until the final store.
 // A fragment's element order is the hardware's: row-wise work goes through shared memory, and
 // the row of each accumulator element is learnt once by loading a matrix of row numbers.
 
@@ -521,7 +528,7 @@ using namespace nvcuda;
 constexpr int kTcTile = 64;          // rows per block and per inner tile
 constexpr int kTcThreads = 128;      // 4 warps x 16 rows
 constexpr int kTcLds = kTcTile + 4;  // row stride (floats) of a score tile
-constexpr int kTcLdp = kTcTile + 8;  // row stride (16-bit) of a P / dS tile
+constexpr int kTcLdp = kTcTile + 8;  // row stride (elements) of a P / dS tile
 
 __device__ __forceinline__ __nv_bfloat16 to_wmma(bf16 x) { return __ushort_as_bfloat16(x.bits); }
 __device__ __forceinline__ __half to_wmma(f16 x) { return __ushort_as_half(x.bits); }
@@ -713,9 +720,9 @@ __device__ __forceinline__ void tc_acc_times(Acc<TW> (&acc)[DP / 16], const E* P
 }
 
 
-// Bytes of dynamic shared memory: staged tiles of E (2 bytes, or 4 for TF32: forward 40 KB /
-// 57 KB at DP 64 / 128 in 16 bits, 71 KB / 103 KB in TF32; backward 67 KB / 103 KB, 126 KB /
-// 190 KB), fp32 scores and per-row values.
+// Bytes of dynamic shared memory: staged tiles of E (2 bytes, or 4 for TF32), fp32 scores and
+// per-row values. At DP 64 / 128: forward 44 / 60 KB in 16 bits, 71 / 103 KB in TF32; backward
+// 72 / 104 KB, 126 / 190 KB.
 template <typename TW, int DP>
 constexpr size_t tc_forward_smem() {
   constexpr size_t es = sizeof(typename Tc<TW>::E);
@@ -1099,8 +1106,9 @@ bool tc_runs(const Context& c, const AttnDims& a, DType t) {
 
 // float32 on TF32 tensor cores: when the user allows TF32 (as PyTorch's allow_tf32 lets float32
 // products use them), on compute capability 8.0+, for head dims the kernels take, and where the
-// float32 tiles fit the device's shared memory (not the backward at DP 128 on an 8.0 card, nor
-// DP 128 or the backward on 8.6 / 8.9): otherwise the exact float path.
+// float32 tiles fit the device's opt-in shared memory (227 KB on 9.0 / 10.0 take all; 163 KB on
+// 8.0 not the backward at DP 128; 99 KB on 8.6 / 8.9 / 12.0 only the forward at DP 64):
+// otherwise the exact float path.
 bool tf32_runs(const Context& c, const AttnDims& a, bool backward) {
   if (!allow_tf32() || c.capability < 80 || !tc_fits(a)) return false;
   size_t bytes = 0;
