@@ -19,7 +19,8 @@
 // fraction of the bf16 tensor-core peak measured in the same run (a large square bf16 GEMM,
 // fp32 accumulation). FLOPs as FlashAttention counts them: forward 4 B H T^2 D / 2 (causal),
 // backward 2.5 times that. The bf16 rows need the build's GEMM to take bf16; without it they
-// report the attention times alone.
+// report the attention times alone. At T = 2048 also float32 attention with TF32 allowed
+// ('(f32, tf32)' rows, as a fraction of the same bf16 peak).
 // Each row is the median of many runs after warm-up, each run timed between
 // two events on the device's stream. Inputs rotate over enough buffers to
 // exceed the L2 cache, so no run reads the previous run's data from cache.
@@ -68,7 +69,7 @@ export interface CudaAttentionRow {
   Hq: number;
   Hkv: number;
   D: number;
-  /** 'attention fwd', 'attention fwd+bwd', or the cuBLAS GEMM of the same FLOPs ('gemm fwd', 'gemm fwd+bwd'). */
+  /** 'attention fwd', 'attention fwd+bwd' (with ' (f32, tf32)': float32 with TF32 allowed), or the cuBLAS GEMM of the same FLOPs ('gemm fwd', 'gemm fwd+bwd'). */
   op: string;
   medianMs: number;
   minMs: number;
@@ -290,8 +291,8 @@ function benchShape(s: CudaBenchShape, math: CudaBenchMath, reps: number, floors
   });
 }
 
-/** A bf16 tensor on cuda:0 of N(0, std^2) values, made on the host (Box-Muller over a seeded LCG). */
-function bf16Randn(shape: number[], seed: number, std = 1): Tensor {
+/** A bf16 (or float32) tensor on cuda:0 of N(0, std^2) values, made on the host (Box-Muller over a seeded LCG). */
+function bf16Randn(shape: number[], seed: number, std = 1, dtype: 'bfloat16' | 'float32' = 'bfloat16'): Tensor {
   const n = shape.reduce((a, b) => a * b, 1);
   const f = new Float32Array(n);
   let x = (seed * 2654435761) >>> 0 || 1;
@@ -302,7 +303,7 @@ function bf16Randn(shape: number[], seed: number, std = 1): Tensor {
     f[i] = r * Math.cos(a);
     if (i + 1 < n) f[i + 1] = r * Math.sin(a);
   }
-  return tensor(f, { dtype: 'bfloat16', shape, device: 'cuda' });
+  return tensor(f, { dtype, shape, device: 'cuda' });
 }
 
 /** Median time of C = A B in bf16, A [M, K], B [K, N]; null when the GEMM refuses bf16. */
@@ -320,7 +321,7 @@ function timeBf16Gemm(M: number, N: number, K: number, reps: number, log: (l: st
   }
 }
 
-/** Attention forward and forward+backward (bf16, causal, 'BTHD'), with same-FLOPs GEMM baselines. */
+/** Attention forward and forward+backward (bf16, causal, 'BTHD'), with same-FLOPs GEMM baselines; float32 with TF32 at the first shape. */
 export function benchAttention(shapes: { B: number; T: number; Hq: number; Hkv: number; D: number }[], reps: number,
   log: (l: string) => void): { peak: number | null; rows: CudaAttentionRow[] } {
   const peakN = 8192;
@@ -348,6 +349,38 @@ export function benchAttention(shapes: { B: number; T: number; Hq: number; Hkv: 
       }), reps, 3),
     };
     for (const t of [q, k, v, g]) t.dispose();
+    // float32 with TF32 allowed (the first shape only): the TF32 tensor-core kernels where their
+    // float tiles fit the device's shared memory (the backward at head dim 128 needs 190 KB: H100 /
+    // H200 and newer; elsewhere it is the exact float path).
+    if (T === shapes[0].T) {
+      const was = cuda.getAllowTF32();
+      cuda.setAllowTF32(true);
+      try {
+        const [fq, fk, fv] = [[Hq, 21], [Hkv, 22], [Hkv, 23]].map(([h, seed]) =>
+          bf16Randn([B, T, h, D], seed, 1, 'float32').requiresGrad_(true));
+        const fg = bf16Randn([B, T, Hq, D], 24, 1, 'float32');
+        const tf = {
+          'attention fwd': timeCuda(() => tidy(() => {
+            noGrad(() => F.scaledDotProductAttention(fq, fk, fv, opts));
+          }), reps, 3),
+          'attention fwd+bwd': timeCuda(() => tidy(() => {
+            F.scaledDotProductAttention(fq, fk, fv, opts).backward(fg);
+            for (const t of [fq, fk, fv]) {
+              t.grad?.dispose();
+              t.grad = null;
+            }
+          }), reps, 3),
+        };
+        for (const t of [fq, fk, fv, fg]) t.dispose();
+        for (const op of ['attention fwd', 'attention fwd+bwd'] as const) {
+          const tflops = flops[op] / (tf[op].median * 1e-3) / 1e12;
+          rows.push({ B, T, Hq, Hkv, D, op: `${op} (f32, tf32)`, medianMs: tf[op].median, minMs: tf[op].min, reps,
+            flops: flops[op], tflops, peakFraction: peak === null ? null : tflops / peak, ratio: null });
+        }
+      } finally {
+        cuda.setAllowTF32(was);
+      }
+    }
     for (const op of ['attention fwd', 'attention fwd+bwd'] as const) {
       // The GEMM of the same FLOPs: C [4096, 4096] = A [4096, K] B [K, 4096] (K a multiple of 64).
       const n = Math.min(4096, 64 * Math.max(1, Math.round(Math.sqrt(flops[op] / 2) / 64)));

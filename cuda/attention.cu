@@ -7,6 +7,12 @@
 // backward), for equal q/v head dims up to 128; other head dims are widened to
 // float32 and take the float path.
 //
+// float32 with TF32 allowed (cuda.setAllowTF32, as PyTorch's allow_tf32 for float32 products)
+// on compute capability 8.0+: the same kernels on TF32 fragments (16x16x8, float tiles in
+// shared memory, each operand rounded with __float_to_tf32, fp32 accumulation), where the
+// float tiles fit the device's opt-in shared memory; else the float path below. TF32 is off by
+// default, and float32 then never leaves exact fp32 arithmetic.
+//
 // float32 / float64: a tiled online-softmax kernel (one warp per query row,
 // keys staged through shared memory), with a plain global-memory path for head
 // dims the tiles cannot hold. Their backward is atomic-free and deterministic:
@@ -18,6 +24,7 @@
 #include <initializer_list>
 #include <type_traits>
 
+#include "../src/cuda_api.h"
 #include "kernels.cuh"
 
 namespace lc::cuda {
@@ -504,14 +511,15 @@ __global__ void attn_backward_kv_plain(const T* q, const T* k, const T* v, const
 
 #undef LC_WARP_STRIDE
 
-// ================================================================ tensor cores (bf16, fp16)
+// ================================================================ tensor cores (bf16, fp16, tf32)
 //
 // FlashAttention-2 (Dao, 2023) on the warp matrix functions: 16x16x16 products of 16-bit
-// operands accumulated in fp32. A block of 4 warps takes 64 query rows (forward) or 64 keys
-// (backward), each warp 16 of them; tiles of q, k, v, dout are staged in shared memory as the
-// wmma type with the head dim padded with zeros to DP (64 or 128), so any length works. P and
-// dS are rounded to the 16-bit type for their products, as FlashAttention does; everything
-// else (scores, softmax statistics, the output, dq, dk, dv) stays fp32 until the final store.
+// operands, or 16x16x8 products of TF32 ones (float32 with TF32 allowed), accumulated in fp32.
+// A block of 4 warps takes 64 query rows (forward) or 64 keys (backward), each warp 16 of them;
+// tiles of q, k, v, dout are staged in shared memory as the wmma type (float for TF32) with the
+// head dim padded with zeros to DP (64 or 128), so any length works. P and dS are rounded to
+// the operand type for their products, as FlashAttention does; everything else (scores,
+// softmax statistics, the output, dq, dk, dv) stays fp32 until the final store.
 // A fragment's element order is the hardware's: row-wise work goes through shared memory, and
 // the row of each accumulator element is learnt once by loading a matrix of row numbers.
 
@@ -520,10 +528,11 @@ using namespace nvcuda;
 constexpr int kTcTile = 64;          // rows per block and per inner tile
 constexpr int kTcThreads = 128;      // 4 warps x 16 rows
 constexpr int kTcLds = kTcTile + 4;  // row stride (floats) of a score tile
-constexpr int kTcLdp = kTcTile + 8;  // row stride (16-bit) of a P / dS tile
+constexpr int kTcLdp = kTcTile + 8;  // row stride (elements) of a P / dS tile
 
 __device__ __forceinline__ __nv_bfloat16 to_wmma(bf16 x) { return __ushort_as_bfloat16(x.bits); }
 __device__ __forceinline__ __half to_wmma(f16 x) { return __ushort_as_half(x.bits); }
+__device__ __forceinline__ float to_wmma(float x) { return x; }
 template <typename TW>
 __device__ __forceinline__ TW wmma_from(float x);
 template <>
@@ -533,6 +542,60 @@ __device__ __forceinline__ __nv_bfloat16 wmma_from<__nv_bfloat16>(float x) {
 template <>
 __device__ __forceinline__ __half wmma_from<__half>(float x) {
   return __float2half_rn(x);
+}
+template <>
+__device__ __forceinline__ float wmma_from<float>(float x) {
+  return x;
+}
+
+// The tag of the TF32 kernels (wmma::precision::tf32 itself is declared for compute capability
+// 8.0 and newer only, and the kernels are instantiated for every architecture of the build).
+struct Tf32 {};
+
+// What the kernels stage and multiply for an operand type TW: the shared-memory element E,
+// the fragment's K and element type F, and how a loaded fragment or a P / dS value becomes an
+// operand. 16-bit types: themselves, 16x16x16. TF32: float tiles, 16x16x8 fragments whose
+// elements are rounded with __float_to_tf32 after the load (CUDA leaves the low 13 bits of an
+// unconverted element to the hardware), P and dS stored already rounded.
+template <typename TW>
+struct Tc {
+  using E = TW;
+  using F = TW;
+  static constexpr int K = 16;
+  template <typename Frag>
+  __device__ static void round(Frag&) {}
+  __device__ static E from(float x) { return wmma_from<TW>(x); }
+};
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define LC_TF32_MMA 1
+#endif
+template <>
+struct Tc<Tf32> {
+  using E = float;
+#ifdef LC_TF32_MMA
+  using F = wmma::precision::tf32;
+#endif
+  static constexpr int K = 8;
+#ifdef LC_TF32_MMA
+  template <typename Frag>
+  __device__ static void round(Frag& f) {
+#pragma unroll
+    for (int e = 0; e < f.num_elements; ++e) f.x[e] = wmma::__float_to_tf32(f.x[e]);
+  }
+  __device__ static float from(float x) { return wmma::__float_to_tf32(x); }
+#endif
+};
+template <typename TW, typename L>
+using FragA = wmma::fragment<wmma::matrix_a, 16, 16, Tc<TW>::K, typename Tc<TW>::F, L>;
+template <typename TW, typename L>
+using FragB = wmma::fragment<wmma::matrix_b, 16, 16, Tc<TW>::K, typename Tc<TW>::F, L>;
+template <typename TW>
+using Acc = wmma::fragment<wmma::accumulator, 16, 16, Tc<TW>::K, float>;
+// An operand fragment loaded and made ready for mma_sync.
+template <typename TW, typename Frag>
+__device__ __forceinline__ void tc_load(Frag& f, const typename Tc<TW>::E* p, unsigned ld) {
+  wmma::load_matrix_sync(f, p, ld);
+  Tc<TW>::round(f);
 }
 template <typename TS>
 struct WmmaOf;
@@ -544,9 +607,12 @@ template <>
 struct WmmaOf<f16> {
   using type = __half;
 };
+template <>
+struct WmmaOf<float> {
+  using type = Tf32;
+};
 
-using AccFrag = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
-static_assert(AccFrag::num_elements == 8, "a 16x16 fp32 accumulator holds 8 elements per lane");
+static_assert(Acc<__half>::num_elements == 8, "a 16x16 fp32 accumulator holds 8 elements per lane");
 
 // 16 bytes: 8 elements moved at once.
 struct alignas(16) Vec16 {
@@ -554,15 +620,18 @@ struct alignas(16) Vec16 {
 };
 
 // Block-wide: rows first..first+63 of a slice (row r at src + r * step, `total` rows, D
-// columns) into dst [64][ld] as the wmma type; columns D..DP and rows past the end are zero.
-// 16-byte loads where the head dim, the row stride and the base allow them.
-template <int DP, typename TS, typename TW>
-__device__ __forceinline__ void tc_stage(TW* dst, int ld, const TS* src, int64_t step,
+// columns) into dst [64][ld] as the staging type (of the same size); columns D..DP and rows
+// past the end are zero. 16-byte loads where the head dim, the row stride and the base allow.
+template <int DP, typename TS, typename E>
+__device__ __forceinline__ void tc_stage(E* dst, int ld, const TS* src, int64_t step,
                                          int64_t first, int64_t total, int64_t D) {
-  if (D % 8 == 0 && ((reinterpret_cast<uintptr_t>(src) | static_cast<uintptr_t>(step) * 2) & 15) == 0) {
-    constexpr int C = DP / 8;
+  static_assert(sizeof(E) == sizeof(TS), "staged as stored");
+  constexpr int V = 16 / sizeof(TS);  // elements per 16 bytes
+  if (D % V == 0 &&
+      ((reinterpret_cast<uintptr_t>(src) | static_cast<uintptr_t>(step) * sizeof(TS)) & 15) == 0) {
+    constexpr int C = DP / V;
     for (int idx = threadIdx.x; idx < kTcTile * C; idx += blockDim.x) {
-      const int r = idx / C, c = (idx - r * C) * 8;
+      const int r = idx / C, c = (idx - r * C) * V;
       Vec16 val = {{0, 0, 0, 0}};
       if (first + r < total && c < D) val = *reinterpret_cast<const Vec16*>(src + (first + r) * step + c);
       *reinterpret_cast<Vec16*>(dst + r * ld + c) = val;
@@ -572,17 +641,18 @@ __device__ __forceinline__ void tc_stage(TW* dst, int ld, const TS* src, int64_t
   for (int idx = threadIdx.x; idx < kTcTile * DP; idx += blockDim.x) {
     const int r = idx / DP, d = idx - r * DP;
     dst[r * ld + d] = first + r < total && d < D ? to_wmma(src[(first + r) * step + d])
-                                                 : wmma_from<TW>(0.0f);
+                                                 : wmma_from<E>(0.0f);
   }
 }
 
 // The row (0..15) of each element of this lane's accumulator fragments: a matrix whose entries
 // are their row numbers, loaded (buf: the warp's 16 x kTcLds floats of shared memory).
+template <typename AccT>
 __device__ __forceinline__ void tc_rows(float* buf, int (&rows)[8]) {
   const int lane = threadIdx.x & 31;
   for (int e = lane; e < 256; e += 32) buf[(e >> 4) * kTcLds + (e & 15)] = static_cast<float>(e >> 4);
   __syncwarp();
-  AccFrag f;
+  AccT f;
   wmma::load_matrix_sync(f, buf, kTcLds, wmma::mem_row_major);
 #pragma unroll
   for (int e = 0; e < 8; ++e) rows[e] = static_cast<int>(f.x[e]);
@@ -592,8 +662,8 @@ __device__ __forceinline__ void tc_rows(float* buf, int (&rows)[8]) {
 // Writes a warp's 16 x 16 fp32 fragment, times `mul`, as rows row0..row0+15, columns
 // col0..col0+15 (below `cols`) of a tensor of TS at dst + off(row) (rows below `nrows`),
 // through buf (the warp's 16 x kTcLds floats). Lane l writes row l / 2, 8 columns.
-template <typename TS, typename Off>
-__device__ __forceinline__ void tc_store_rows(const AccFrag& f, float mul, float* buf, TS* dst,
+template <typename TS, typename AccT, typename Off>
+__device__ __forceinline__ void tc_store_rows(const AccT& f, float mul, float* buf, TS* dst,
                                               int64_t row0, int64_t nrows, int64_t col0,
                                               int64_t cols, Off off) {
   const int lane = threadIdx.x & 31, r = lane >> 1, c0 = (lane & 1) * 8;
@@ -612,51 +682,56 @@ extern __shared__ __align__(128) unsigned char attn_tc_smem[];
 
 // The warp's 16 x 64 fp32 tile Sw (row stride kTcLds) = X Y^T: X the warp's 16 rows of a
 // [.][LDH] tile, Y the 64 rows of another (both DP wide).
-template <typename TW, int DP>
-__device__ __forceinline__ void tc_rows_times_t(float* Sw, const TW* Xw, const TW* Y) {
-  constexpr int LDH = DP + 8, NF = DP / 16;
+template <typename TW, int DP, typename E = typename Tc<TW>::E>
+__device__ __forceinline__ void tc_rows_times_t(float* Sw, const E* Xw, const E* Y) {
+  constexpr int LDH = DP + 8, KF = Tc<TW>::K, NK = DP / KF;
 #pragma unroll
   for (int nt = 0; nt < kTcTile / 16; ++nt) {
-    AccFrag sf;
+    Acc<TW> sf;
     wmma::fill_fragment(sf, 0.0f);
 #pragma unroll
-    for (int kk = 0; kk < NF; ++kk) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, TW, wmma::row_major> xf;
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, TW, wmma::col_major> yf;
-      wmma::load_matrix_sync(xf, Xw + kk * 16, LDH);
-      wmma::load_matrix_sync(yf, Y + nt * 16 * LDH + kk * 16, LDH);
+    for (int kk = 0; kk < NK; ++kk) {
+      FragA<TW, wmma::row_major> xf;
+      FragB<TW, wmma::col_major> yf;
+      tc_load<TW>(xf, Xw + kk * KF, LDH);
+      tc_load<TW>(yf, Y + nt * 16 * LDH + kk * KF, LDH);
       wmma::mma_sync(sf, xf, yf, sf);
     }
     wmma::store_matrix_sync(Sw + nt * 16, sf, kTcLds, wmma::mem_row_major);
   }
 }
 
-// acc (the warp's 16 x DP) += Pw Y: Pw the warp's 16 x 64 16-bit tile (row stride kTcLdp), Y a
+// acc (the warp's 16 x DP) += Pw Y: Pw the warp's 16 x 64 tile (row stride kTcLdp), Y a
 // [64][LDH] tile.
-template <typename TW, int DP>
-__device__ __forceinline__ void tc_acc_times(AccFrag (&acc)[DP / 16], const TW* Pw, const TW* Y) {
-  constexpr int LDH = DP + 8, NF = DP / 16;
+template <typename TW, int DP, typename E = typename Tc<TW>::E>
+__device__ __forceinline__ void tc_acc_times(Acc<TW> (&acc)[DP / 16], const E* Pw, const E* Y) {
+  constexpr int LDH = DP + 8, NF = DP / 16, KF = Tc<TW>::K;
 #pragma unroll
-  for (int kk = 0; kk < kTcTile / 16; ++kk) {
-    wmma::fragment<wmma::matrix_a, 16, 16, 16, TW, wmma::row_major> pf;
-    wmma::load_matrix_sync(pf, Pw + kk * 16, kTcLdp);
+  for (int kk = 0; kk < kTcTile / KF; ++kk) {
+    FragA<TW, wmma::row_major> pf;
+    tc_load<TW>(pf, Pw + kk * KF, kTcLdp);
 #pragma unroll
     for (int nt = 0; nt < NF; ++nt) {
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, TW, wmma::row_major> yf;
-      wmma::load_matrix_sync(yf, Y + kk * 16 * LDH + nt * 16, LDH);
+      FragB<TW, wmma::row_major> yf;
+      tc_load<TW>(yf, Y + kk * KF * LDH + nt * 16, LDH);
       wmma::mma_sync(acc[nt], pf, yf, acc[nt]);
     }
   }
 }
 
 
-template <int DP>
+// Bytes of dynamic shared memory: staged tiles of E (2 bytes, or 4 for TF32), fp32 scores and
+// per-row values. At DP 64 / 128: forward 44 / 60 KB in 16 bits, 71 / 103 KB in TF32; backward
+// 72 / 104 KB, 126 / 190 KB.
+template <typename TW, int DP>
 constexpr size_t tc_forward_smem() {
-  return 2 * kTcTile * (DP + 8) * 2 + kTcTile * kTcLds * 4 + kTcTile * kTcLdp * 2 + kTcTile * 4;
+  constexpr size_t es = sizeof(typename Tc<TW>::E);
+  return 2 * kTcTile * (DP + 8) * es + kTcTile * kTcLds * 4 + kTcTile * kTcLdp * es + kTcTile * 4;
 }
-template <int DP>
+template <typename TW, int DP>
 constexpr size_t tc_backward_smem() {
-  return 4 * kTcTile * (DP + 8) * 2 + kTcTile * kTcLds * 4 + 2 * kTcTile * kTcLdp * 2 + 3 * kTcTile * 4;
+  constexpr size_t es = sizeof(typename Tc<TW>::E);
+  return 4 * kTcTile * (DP + 8) * es + kTcTile * kTcLds * 4 + 2 * kTcTile * kTcLdp * es + 3 * kTcTile * 4;
 }
 
 // Forward: block = 64 query rows of one (b, h) slice; per key tile of 64, S = Q K^T (warp: 16 x
@@ -665,14 +740,16 @@ template <typename TS, typename TW, int DP>
 __device__ __forceinline__ void attn_forward_tc_body(const TS* q, const TS* k, const TS* v, TS* out,
                                                      float* lse, AttnDims a, bool causal,
                                                      float scale, const int32_t* st) {
-  constexpr int LDH = DP + 8, NF = DP / 16;
-  TW* Ks = reinterpret_cast<TW*>(attn_tc_smem);
-  TW* Vs = Ks + kTcTile * LDH;
+  using E = typename Tc<TW>::E;
+  constexpr int LDH = DP + 8, NF = DP / 16, KF = Tc<TW>::K, NK = DP / KF;
+  E* Ks = reinterpret_cast<E*>(attn_tc_smem);
+  E* Vs = Ks + kTcTile * LDH;
   float* Ss = reinterpret_cast<float*>(Vs + kTcTile * LDH);  // [64][kTcLds] scores
-  TW* Ps = reinterpret_cast<TW*>(Ss + kTcTile * kTcLds);     // [64][kTcLdp] P
+  E* Ps = reinterpret_cast<E*>(Ss + kTcTile * kTcLds);       // [64][kTcLdp] P
   float* Cs = reinterpret_cast<float*>(Ps + kTcTile * kTcLdp);  // [64] per-row factors
-  TW* Qs = reinterpret_cast<TW*>(Ss);  // the q tile, over Ss and Ps until it is in fragments
-  static_assert(kTcTile * LDH * 2 <= kTcTile * (kTcLds * 4 + kTcLdp * 2), "q tile fits");
+  E* Qs = reinterpret_cast<E*>(Ss);  // the q tile, over Ss and Ps until it is in fragments
+  static_assert(kTcTile * LDH * sizeof(E) <= kTcTile * (kTcLds * 4 + kTcLdp * sizeof(E)),
+                "q tile fits");
   const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t nrt = (a.T + kTcTile - 1) / kTcTile;
   const int64_t bh = blockIdx.x / nrt, i0 = (blockIdx.x - bh * nrt) * kTcTile;
@@ -680,16 +757,16 @@ __device__ __forceinline__ void attn_forward_tc_body(const TS* q, const TS* k, c
 
   tc_stage<DP>(Qs, LDH, q + qrow(a, bh, 0), qstep(a), i0, a.T, a.Dh);
   __syncthreads();
-  wmma::fragment<wmma::matrix_a, 16, 16, 16, TW, wmma::row_major> qf[NF];
+  FragA<TW, wmma::row_major> qf[NK];
 #pragma unroll
-  for (int kk = 0; kk < NF; ++kk) wmma::load_matrix_sync(qf[kk], Qs + w * 16 * LDH + kk * 16, LDH);
+  for (int kk = 0; kk < NK; ++kk) tc_load<TW>(qf[kk], Qs + w * 16 * LDH + kk * KF, LDH);
   __syncthreads();  // every warp holds its q rows before Ss (over Qs) is written
   float* Sw = Ss + w * 16 * kTcLds;
-  TW* Pw = Ps + w * 16 * kTcLdp;
+  E* Pw = Ps + w * 16 * kTcLdp;
   float* Cw = Cs + w * 16;
   int rows[8];
-  tc_rows(Sw, rows);
-  AccFrag of[NF];
+  tc_rows<Acc<TW>>(Sw, rows);
+  Acc<TW> of[NF];
 #pragma unroll
   for (int f = 0; f < NF; ++f) wmma::fill_fragment(of[f], 0.0f);
 
@@ -709,12 +786,12 @@ __device__ __forceinline__ void attn_forward_tc_body(const TS* q, const TS* k, c
     __syncthreads();
 #pragma unroll
     for (int nt = 0; nt < kTcTile / 16; ++nt) {
-      AccFrag sf;
+      Acc<TW> sf;
       wmma::fill_fragment(sf, 0.0f);
 #pragma unroll
-      for (int kk = 0; kk < NF; ++kk) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, TW, wmma::col_major> kf;
-        wmma::load_matrix_sync(kf, Ks + nt * 16 * LDH + kk * 16, LDH);
+      for (int kk = 0; kk < NK; ++kk) {
+        FragB<TW, wmma::col_major> kf;
+        tc_load<TW>(kf, Ks + nt * 16 * LDH + kk * KF, LDH);
         wmma::mma_sync(sf, qf[kk], kf, sf);
       }
       wmma::store_matrix_sync(Sw + nt * 16, sf, kTcLds, wmma::mem_row_major);
@@ -723,7 +800,7 @@ __device__ __forceinline__ void attn_forward_tc_body(const TS* q, const TS* k, c
     // Online softmax: scale and mask, the new row max, P (rounded for the product), the factor
     // that rescales what was accumulated under the old max.
     float* srow = Sw + r * kTcLds + half * 32;
-    TW* prow = Pw + r * kTcLdp + half * 32;
+    E* prow = Pw + r * kTcLdp + half * 32;
     float mx = -INFINITY;
     for (int c = 0; c < 32; ++c) {
       const int64_t j = j0 + half * 32 + c;
@@ -737,7 +814,7 @@ __device__ __forceinline__ void attn_forward_tc_body(const TS* q, const TS* k, c
     float sum = 0.0f;
     for (int c = 0; c < 32; ++c) {
       const float p = srow[c] == -INFINITY ? 0.0f : expf(srow[c] - mn);
-      prow[c] = wmma_from<TW>(p);
+      prow[c] = Tc<TW>::from(p);
       sum += p;
     }
     sum += __shfl_xor_sync(kFull, sum, 1);
@@ -794,14 +871,15 @@ __device__ __forceinline__ void attn_backward_tc_body(const TS* q, const TS* k, 
                                                       const float* Dsave, float* dqacc, TS* dk,
                                                       TS* dv, AttnDims a, bool causal, float scale,
                                                       const int32_t* st) {
-  constexpr int LDH = DP + 8, NF = DP / 16;
-  TW* Ks = reinterpret_cast<TW*>(attn_tc_smem);
-  TW* Vs = Ks + kTcTile * LDH;
-  TW* Qs = Vs + kTcTile * LDH;
-  TW* Gs = Qs + kTcTile * LDH;                                // dout tile
+  using E = typename Tc<TW>::E;
+  constexpr int LDH = DP + 8, NF = DP / 16, KF = Tc<TW>::K;
+  E* Ks = reinterpret_cast<E*>(attn_tc_smem);
+  E* Vs = Ks + kTcTile * LDH;
+  E* Qs = Vs + kTcTile * LDH;
+  E* Gs = Qs + kTcTile * LDH;                                 // dout tile
   float* Ss = reinterpret_cast<float*>(Gs + kTcTile * LDH);   // [64 keys][kTcLds]: S^T, then dP^T
-  TW* Ps = reinterpret_cast<TW*>(Ss + kTcTile * kTcLds);      // [64 keys][kTcLdp]: P^T
-  TW* Ds = Ps + kTcTile * kTcLdp;                             // [64 keys][kTcLdp]: dS^T
+  E* Ps = reinterpret_cast<E*>(Ss + kTcTile * kTcLds);        // [64 keys][kTcLdp]: P^T
+  E* Ds = Ps + kTcTile * kTcLdp;                              // [64 keys][kTcLdp]: dS^T
   float* Ls = reinterpret_cast<float*>(Ds + kTcTile * kTcLdp);  // [64] lse of the query rows
   float* Dr = Ls + kTcTile;                                     // [64] D of the query rows
   int* Js = reinterpret_cast<int*>(Dr + kTcTile);               // [64] their first keys
@@ -812,9 +890,9 @@ __device__ __forceinline__ void attn_backward_tc_body(const TS* q, const TS* k, 
   tc_stage<DP>(Ks, LDH, k + krow(a, kvs, 0), kstep(a), j0, a.S, a.Dh);
   tc_stage<DP>(Vs, LDH, v + vrow(a, kvs, 0), vstep(a), j0, a.S, a.Dv);
   float* Sw = Ss + w * 16 * kTcLds;
-  TW* Pw = Ps + w * 16 * kTcLdp;
-  TW* Dw = Ds + w * 16 * kTcLdp;
-  AccFrag dkf[NF], dvf[NF];
+  E* Pw = Ps + w * 16 * kTcLdp;
+  E* Dw = Ds + w * 16 * kTcLdp;
+  Acc<TW> dkf[NF], dvf[NF];
 #pragma unroll
   for (int f = 0; f < NF; ++f) {
     wmma::fill_fragment(dkf[f], 0.0f);
@@ -849,7 +927,7 @@ __device__ __forceinline__ void attn_backward_tc_body(const TS* q, const TS* k, 
         const bool vis = i < a.T && j < a.S && j >= Js[t] && (!causal || j <= i + a.off);
         const float p = vis ? expf(Sw[r * kTcLds + t] * scale - Ls[t]) : 0.0f;
         pr[c] = p;
-        Pw[r * kTcLdp + t] = wmma_from<TW>(p);
+        Pw[r * kTcLdp + t] = Tc<TW>::from(p);
       }
       __syncwarp();
       // dV += P^T dO.
@@ -860,7 +938,7 @@ __device__ __forceinline__ void attn_backward_tc_body(const TS* q, const TS* k, 
       // dS^T = P^T (dP^T - D), rounded for its two products.
       for (int c = 0; c < 32; ++c) {
         const int t = half * 32 + c;
-        Dw[r * kTcLdp + t] = wmma_from<TW>(pr[c] * (Sw[r * kTcLds + t] - Dr[t]));
+        Dw[r * kTcLdp + t] = Tc<TW>::from(pr[c] * (Sw[r * kTcLds + t] - Dr[t]));
       }
       __syncwarp();
       // dK += dS^T Q.
@@ -869,14 +947,14 @@ __device__ __forceinline__ void attn_backward_tc_body(const TS* q, const TS* k, 
         __syncthreads();  // every warp's dS^T rows are written
         // dQ (the warp's 16 query rows) += dS K, dS read column-major out of dS^T.
         for (int nt = 0; nt < NF; ++nt) {
-          AccFrag qa;
+          Acc<TW> qa;
           wmma::fill_fragment(qa, 0.0f);
 #pragma unroll
-          for (int kk = 0; kk < kTcTile / 16; ++kk) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, TW, wmma::col_major> df;
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, TW, wmma::row_major> kf;
-            wmma::load_matrix_sync(df, Ds + kk * 16 * kTcLdp + w * 16, kTcLdp);
-            wmma::load_matrix_sync(kf, Ks + kk * 16 * LDH + nt * 16, LDH);
+          for (int kk = 0; kk < kTcTile / KF; ++kk) {
+            FragA<TW, wmma::col_major> df;
+            FragB<TW, wmma::row_major> kf;
+            tc_load<TW>(df, Ds + kk * KF * kTcLdp + w * 16, kTcLdp);
+            tc_load<TW>(kf, Ks + kk * KF * LDH + nt * 16, LDH);
             wmma::mma_sync(qa, df, kf, qa);
           }
           __syncwarp();  // this warp's earlier readers of Sw are done
@@ -905,13 +983,13 @@ __device__ __forceinline__ void attn_backward_tc_body(const TS* q, const TS* k, 
   }
 }
 
-// bf16 tensor-core fragments exist from compute capability 8.0; fp16 ones from 7.0. The
-// launchers never start a kernel the device cannot run (tc_runs), so the stub only keeps the
-// build for older architectures whole.
+// bf16 and tf32 tensor-core fragments exist from compute capability 8.0; fp16 ones from 7.0.
+// The launchers never start a kernel the device cannot run (tc_runs, tf32_runs), so the stub
+// only keeps the build for older architectures whole.
 template <typename TW>
 __device__ constexpr bool tc_compiled() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-  return !std::is_same<TW, __nv_bfloat16>::value;
+  return std::is_same<TW, __half>::value;
 #else
   return true;
 #endif
@@ -1026,6 +1104,21 @@ bool tc_runs(const Context& c, const AttnDims& a, DType t) {
   return tc_fits(a) && (t != DType::BF16 || c.capability >= 80);
 }
 
+// float32 on TF32 tensor cores: when the user allows TF32 (as PyTorch's allow_tf32 lets float32
+// products use them), on compute capability 8.0+, for head dims the kernels take, and where the
+// float32 tiles fit the device's opt-in shared memory (227 KB on 9.0 / 10.0 take all; 163 KB on
+// 8.0 not the backward at DP 128; 99 KB on 8.6 / 8.9 / 12.0 only the forward at DP 64):
+// otherwise the exact float path.
+bool tf32_runs(const Context& c, const AttnDims& a, bool backward) {
+  if (!allow_tf32() || c.capability < 80 || !tc_fits(a)) return false;
+  size_t bytes = 0;
+  with_dp(a.Dh, [&](auto d) {
+    constexpr int DP = decltype(d)::value;
+    bytes = backward ? tc_backward_smem<Tf32, DP>() : tc_forward_smem<Tf32, DP>();
+  });
+  return bytes <= static_cast<size_t>(c.smem_optin);
+}
+
 // Kernels whose shared memory passes the default 48 KB need the opt-in (per device, cheap).
 template <typename K>
 void allow_smem(K* kernel, size_t bytes) {
@@ -1114,6 +1207,64 @@ void backward_float(Context& c, const T* dout, const T* q, const T* k, const T* 
   }
 }
 
+// The tensor-core forward (TS: bf16, f16, or float on TF32).
+template <typename TS>
+void forward_tc(Context& c, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                const Tensor& lse, const AttnDims& a, bool causal, double scale,
+                const int32_t* pst, const char* op) {
+  using TW = typename WmmaOf<TS>::type;
+  with_dp(a.Dh, [&](auto d) {
+    constexpr int DP = decltype(d)::value;
+    constexpr size_t bytes = tc_forward_smem<TW, DP>();
+    allow_smem(attn_forward_tc<TS, TW, DP>, bytes);
+    const unsigned grid = static_cast<unsigned>(a.B * a.Hq * ceil_div(a.T, kTcTile));
+    attn_forward_tc<TS, TW, DP><<<grid, kTcThreads, bytes, c.stream>>>(
+        dp<TS>(q), dp<TS>(k), dp<TS>(v), dp<TS>(out), dp<float>(lse), a, causal,
+        static_cast<float>(scale), pst);
+    launched(c, op);
+  });
+}
+
+// The tensor-core backward: D_i, the key-block kernel (dq in fp32 atomics), dq rounded once.
+template <typename TS>
+void backward_tc(Context& c, const Tensor& dout, const Tensor& q, const Tensor& k,
+                 const Tensor& v, const Tensor& out, const Tensor& lse, const AttnDims& a,
+                 bool causal, double scale, const Tensor* dq, const Tensor* dk, const Tensor* dv,
+                 const int32_t* pst, const char* op) {
+  using TW = typename WmmaOf<TS>::type;
+  const int64_t rows = a.B * a.Hq * a.T, keys = a.B * a.Hkv * a.S;
+  if (!dq && !dk && !dv) return;
+  Tensor Dt = scratch(c, {rows}, DType::F32);
+  attn_backward_dot_tc<TS><<<plain_grid(rows), kPlainThreads, 0, c.stream>>>(
+      dp<TS>(dout), dp<TS>(out), dp<float>(Dt), a);
+  launched(c, op);
+  Tensor dqacc;
+  if (dq) {
+    dqacc = scratch(c, {rows * a.Dh}, DType::F32);
+    check(cudaMemsetAsync(dqacc.raw(), 0, static_cast<size_t>(rows * a.Dh) * sizeof(float),
+                          c.stream),
+          "cudaMemsetAsync");
+  }
+  if (keys > 0) {
+    with_dp(a.Dh, [&](auto d) {
+      constexpr int DP = decltype(d)::value;
+      constexpr size_t bytes = tc_backward_smem<TW, DP>();
+      allow_smem(attn_backward_tc<TS, TW, DP>, bytes);
+      const unsigned grid = static_cast<unsigned>(a.B * a.Hkv * ceil_div(a.S, kTcTile));
+      attn_backward_tc<TS, TW, DP><<<grid, kTcThreads, bytes, c.stream>>>(
+          dp<TS>(q), dp<TS>(k), dp<TS>(v), dp<TS>(dout), dp<float>(lse), dp<float>(Dt),
+          dq ? dp<float>(dqacc) : nullptr, dk ? dp<TS>(*dk) : nullptr,
+          dv ? dp<TS>(*dv) : nullptr, a, causal, static_cast<float>(scale), pst);
+      launched(c, op);
+    });
+  }
+  if (dq) {
+    attn_dq_store_tc<TS><<<row_grid(ceil_div(rows * a.Dh, kThreads)), kThreads, 0, c.stream>>>(
+        dp<float>(dqacc), dp<TS>(*dq), a);
+    launched(c, op);
+  }
+}
+
 // A float32 copy of a 16-bit tensor (the float path for head dims the tensor-core kernels do
 // not take).
 template <typename TS>
@@ -1139,7 +1290,6 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
   if (is_half(q.dtype)) {
     dispatch_half(q.dtype, [&](auto z) {
       using TS = decltype(z);
-      using TW = typename WmmaOf<TS>::type;
       if (!tc_runs(c_, a, q.dtype)) {
         Tensor qf = widen<TS>(c_, q, op), kf = widen<TS>(c_, k, op), vf = widen<TS>(c_, v, op);
         Tensor of = scratch(c_, out.shape, DType::F32);
@@ -1148,17 +1298,12 @@ void CudaBackend::attention_forward(const Tensor& q, const Tensor& k, const Tens
         convert(c_, dp<float>(of), dp<TS>(out), out.numel(), op);
         return;
       }
-      with_dp(a.Dh, [&](auto d) {
-        constexpr int DP = decltype(d)::value;
-        constexpr size_t bytes = tc_forward_smem<DP>();
-        allow_smem(attn_forward_tc<TS, TW, DP>, bytes);
-        const unsigned grid = static_cast<unsigned>(a.B * a.Hq * ceil_div(a.T, kTcTile));
-        attn_forward_tc<TS, TW, DP><<<grid, kTcThreads, bytes, c_.stream>>>(
-            dp<TS>(q), dp<TS>(k), dp<TS>(v), dp<TS>(out), dp<float>(lse), a, causal,
-            static_cast<float>(scale), pst);
-        launched(c_, op);
-      });
+      forward_tc<TS>(c_, q, k, v, out, lse, a, causal, scale, pst, op);
     });
+    return;
+  }
+  if (q.dtype == DType::F32 && tf32_runs(c_, a, false)) {
+    forward_tc<float>(c_, q, k, v, out, lse, a, causal, scale, pst, op);
     return;
   }
   dispatch_float(q.dtype, op, [&](auto z) {
@@ -1175,7 +1320,6 @@ void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const 
   Guard g(c_);
   const int32_t* pst = starts ? dp<int32_t>(*starts) : nullptr;
   const AttnDims a = attn_dims(q, v, bthd);
-  const int64_t rows = a.B * a.Hq * a.T, keys = a.B * a.Hkv * a.S;
   // Empty gradients need no work (and may have no memory).
   const bool want_dq = dq && dq->numel() > 0;
   const bool want_dk = dk && dk->numel() > 0;
@@ -1184,7 +1328,6 @@ void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const 
   if (is_half(q.dtype)) {
     dispatch_half(q.dtype, [&](auto z) {
       using TS = decltype(z);
-      using TW = typename WmmaOf<TS>::type;
       if (!tc_runs(c_, a, q.dtype)) {
         Tensor gf = widen<TS>(c_, dout, op), qf = widen<TS>(c_, q, op), kf = widen<TS>(c_, k, op),
                vf = widen<TS>(c_, v, op);
@@ -1200,37 +1343,14 @@ void CudaBackend::attention_backward(const Tensor& dout, const Tensor& q, const 
         if (want_dv) convert(c_, dp<float>(dvf), dp<TS>(*dv), dv->numel(), op);
         return;
       }
-      if (!want_dq && !want_dk && !want_dv) return;
-      Tensor Dt = scratch(c_, {rows}, DType::F32);
-      attn_backward_dot_tc<TS><<<plain_grid(rows), kPlainThreads, 0, c_.stream>>>(
-          dp<TS>(dout), dp<TS>(out), dp<float>(Dt), a);
-      launched(c_, op);
-      Tensor dqacc;
-      if (want_dq) {
-        dqacc = scratch(c_, {rows * a.Dh}, DType::F32);
-        check(cudaMemsetAsync(dqacc.raw(), 0, static_cast<size_t>(rows * a.Dh) * sizeof(float),
-                              c_.stream),
-              "cudaMemsetAsync");
-      }
-      if (keys > 0) {
-        with_dp(a.Dh, [&](auto d) {
-          constexpr int DP = decltype(d)::value;
-          constexpr size_t bytes = tc_backward_smem<DP>();
-          allow_smem(attn_backward_tc<TS, TW, DP>, bytes);
-          const unsigned grid = static_cast<unsigned>(a.B * a.Hkv * ceil_div(a.S, kTcTile));
-          attn_backward_tc<TS, TW, DP><<<grid, kTcThreads, bytes, c_.stream>>>(
-              dp<TS>(q), dp<TS>(k), dp<TS>(v), dp<TS>(dout), dp<float>(lse), dp<float>(Dt),
-              want_dq ? dp<float>(dqacc) : nullptr, want_dk ? dp<TS>(*dk) : nullptr,
-              want_dv ? dp<TS>(*dv) : nullptr, a, causal, static_cast<float>(scale), pst);
-          launched(c_, op);
-        });
-      }
-      if (want_dq) {
-        attn_dq_store_tc<TS><<<row_grid(ceil_div(rows * a.Dh, kThreads)), kThreads, 0,
-                               c_.stream>>>(dp<float>(dqacc), dp<TS>(*dq), a);
-        launched(c_, op);
-      }
+      backward_tc<TS>(c_, dout, q, k, v, out, lse, a, causal, scale, want_dq ? dq : nullptr,
+                      want_dk ? dk : nullptr, want_dv ? dv : nullptr, pst, op);
     });
+    return;
+  }
+  if (q.dtype == DType::F32 && tf32_runs(c_, a, true)) {
+    backward_tc<float>(c_, dout, q, k, v, out, lse, a, causal, scale, want_dq ? dq : nullptr,
+                       want_dk ? dk : nullptr, want_dv ? dv : nullptr, pst, op);
     return;
   }
   dispatch_float(q.dtype, op, [&](auto z) {

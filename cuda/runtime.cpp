@@ -210,6 +210,8 @@ Context* create_context(int index, int ordinal) {
   check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ordinal), "cudaDeviceGetAttribute");
   check(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, ordinal), "cudaDeviceGetAttribute");
   c->capability = major * 10 + minor;
+  check(cudaDeviceGetAttribute(&c->smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, ordinal),
+        "cudaDeviceGetAttribute");
   check(cudaMalloc(reinterpret_cast<void**>(&c->err), sizeof(DeviceError)), "cudaMalloc");
   check(cudaMalloc(reinterpret_cast<void**>(&c->flag), sizeof(int)), "cudaMalloc");
   check(cudaMemsetAsync(c->err, 0, sizeof(DeviceError), c->stream), "cudaMemsetAsync");

@@ -58,6 +58,7 @@ struct Context {
   int64_t allocated = 0, peak = 0;
   int multiprocessors = 1;
   int capability = 0;  // compute capability as major * 10 + minor (86 for 8.6)
+  int smem_optin = 0;  // dynamic shared memory a block may opt in to (bytes)
   // Without stream-ordered pools: freed blocks kept by rounded size for reuse on this stream
   // (cudaFree would synchronise the whole device on every free); returned on OOM or empty_cache.
   std::vector<std::pair<size_t, std::vector<void*>>> cache;

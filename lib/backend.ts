@@ -115,8 +115,8 @@ export const cuda = {
     runtime.cudaEmptyCache(deviceIndex('cuda.emptyCache', device));
   },
   /**
-   * TF32 tensor-core math for float32 matrix products: faster on Ampere and
-   * newer, with a 10-bit mantissa for the products. Off by default.
+   * TF32 tensor-core math for float32 matrix products and attention: faster on
+   * Ampere and newer, with a 10-bit mantissa for the products. Off by default.
    */
   setAllowTF32(allow: boolean): void {
     if (typeof allow !== 'boolean') throw typeError('cuda.setAllowTF32', 'allow', 'a boolean', allow);

@@ -8,7 +8,8 @@
 // The reference reads the inputs as rounded to the dtype under test, so what is measured is the
 // op's own arithmetic. Errors are normalised by the largest reference magnitude of each output.
 // Tolerances: float32 1e-5; float16 2e-3 (outputs) / 3e-3 (gradients); bfloat16 1.2e-2 / 2e-2
-// (the largest errors measured are about a third of these):
+// (the largest errors measured are about a third of these; float32 with TF32 allowed on CUDA
+// below):
 // the 16-bit types round the output once on store and, on CUDA, P and dS to the 16-bit type
 // before their products (FlashAttention-2's numerics), bf16 with 8 bits of mantissa. Float64
 // gradient checks of both layouts are in the op registry (test/ops/functional.ts).
@@ -196,6 +197,44 @@ describe.each(DEVICES)('attention on %s against the naive float64 reference', (d
       });
     }
   }
+});
+
+// float32 on CUDA with cuda.setAllowTF32(true): q, k, v, dout and the P / dS tiles enter the
+// tensor cores rounded to TF32 (10 mantissa bits: a relative rounding of at most 2^-11 per
+// input, four times finer than bfloat16's 2^-9, like float16's), products accumulated in fp32.
+// Scores and outputs then carry errors of a few 2^-11 relative to their magnitude (about 1e-3):
+// the bounds are float16's, 2e-3 / 3e-3, about three times the largest errors measured (6e-4 /
+// 1e-3). TF32 is off by default and restored after each test. That the TF32 kernels ran shows
+// in the errors: above float32's 1e-5 (which the same inputs meet, around 1e-6, with TF32 off)
+// for the head dims the tensor-core kernels take, bit for bit the exact path's for the wider
+// one (it falls back).
+const TF32 = { out: 2e-3, grad: 3e-3 };
+(cuda.isAvailable() ? describe : describe.skip)('float32 attention on CUDA with TF32 allowed', () => {
+  afterEach(() => cuda.setAllowTF32(false));
+  CASES.forEach((c, n) => {
+    const bthd = n % 2 === 1;
+    test(`${name(c)} ${bthd ? 'BTHD' : 'BHTD'}`, () => {
+      expect(cuda.getAllowTF32()).toBe(false);  // the default
+      const x = inputs(c, 'float32');
+      const want = reference(c, x.q, x.k, x.v, x.g);
+      const exact = run(c, 'float32', 'cuda', bthd, x);
+      cuda.setAllowTF32(true);
+      const tf32 = run(c, 'float32', 'cuda', bthd, x);
+      cuda.setAllowTF32(false);
+      const again = run(c, 'float32', 'cuda', bthd, x);
+      const keys = ['out', 'dq', 'dk', 'dv'] as const;
+      for (const key of keys) {
+        const tol = key === 'out' ? TF32.out : TF32.grad;
+        const e = relErr(tf32[key], want[key]);
+        expect({ key, ok: e <= tol }).toEqual({ key, ok: true });
+        // TF32 off: the exact float path, the same bits before and after TF32 was on.
+        expect({ key, ok: relErr(exact[key], want[key]) <= TOL.float32.out }).toEqual({ key, ok: true });
+        expect(Array.from(again[key])).toEqual(Array.from(exact[key]));
+        if (c.D <= 128) expect({ key, tf32: e > TOL.float32.out }).toEqual({ key, tf32: true });
+        else expect(Array.from(tf32[key])).toEqual(Array.from(exact[key]));
+      }
+    });
+  });
 });
 
 describe('attention layouts', () => {

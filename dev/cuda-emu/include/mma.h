@@ -1,10 +1,14 @@
 // The emulator's warp matrix functions (nvcuda::wmma): 16x16x16 products of
-// __half or __nv_bfloat16 operands into float accumulators, as the tensor
-// cores compute them (exact products, fp32 accumulation).
+// __half or __nv_bfloat16 operands and 16x16x8 products of precision::tf32
+// operands (float in memory and in the fragment) into float accumulators, as
+// the tensor cores compute them (exact products, fp32 accumulation). A tf32
+// operand is read as the tensor cores read it, its low 13 mantissa bits
+// dropped: elements not rounded with __float_to_tf32 after the load (as CUDA
+// requires) give truncated, not rounded, products.
 //
 // Each lane holds only its own elements of a fragment, at the positions the
-// sm_80+ mma.sync layout gives them (8 per lane: lane l = 4 g + t holds rows g
-// and g + 8), so code that reads a fragment's x[] as if it held a row, or
+// sm_80+ mma.sync layout gives them (8 per lane for 16-bit operands and
+// accumulators, 4 for tf32 ones: lane l = 4 g + t holds rows g and g + 8), so code that reads a fragment's x[] as if it held a row, or
 // stores a fragment with one layout and loads it with another, computes wrong
 // numbers here too. Every call is a warp function: all 32 lanes must reach the
 // same call (the emulator reports a divergent or skipped one), and
@@ -36,6 +40,9 @@ struct matrix_a {};
 struct matrix_b {};
 struct accumulator {};
 enum layout_t { mem_row_major, mem_col_major };
+namespace precision {
+struct tf32 {};
+}  // namespace precision
 
 template <typename T, int N>
 struct __frag_base {
@@ -62,8 +69,30 @@ class fragment<matrix_b, 16, 16, 16, T, L> : public __frag_base<T, 8> {
   static_assert(std::is_same<L, row_major>::value || std::is_same<L, col_major>::value,
                 "matrix_b needs row_major or col_major");
 };
+template <typename L>
+class fragment<matrix_a, 16, 16, 8, precision::tf32, L> : public __frag_base<float, 4> {
+  static_assert(std::is_same<L, row_major>::value || std::is_same<L, col_major>::value,
+                "matrix_a needs row_major or col_major");
+};
+template <typename L>
+class fragment<matrix_b, 16, 16, 8, precision::tf32, L> : public __frag_base<float, 4> {
+  static_assert(std::is_same<L, row_major>::value || std::is_same<L, col_major>::value,
+                "matrix_b needs row_major or col_major");
+};
 template <>
 class fragment<accumulator, 16, 16, 16, float, void> : public __frag_base<float, 8> {};
+template <>
+class fragment<accumulator, 16, 16, 8, float, void> : public __frag_base<float, 8> {};
+
+// cvt.rna.tf32.f32: to 10 mantissa bits, to nearest with ties away from zero; the result is a
+// float whose low 13 bits are zero (Inf and NaN pass unchanged).
+inline float __float_to_tf32(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
 
 namespace detail {
 
@@ -86,6 +115,25 @@ inline void pos_b(int l, int e, int& r, int& c) {
   const int g = l >> 2, t = l & 3;
   r = 2 * t + (e & 1) + 8 * ((e >> 1) & 1);
   c = g + 8 * (e >> 2);
+}
+// The same for tf32 operands, as mma.m16n8k8's: A (16 x 8) and B (8 x 16, two n8 halves).
+inline void pos_a8(int l, int e, int& r, int& c) {
+  const int g = l >> 2, t = l & 3;
+  r = g + 8 * (e & 1);
+  c = t + 4 * (e >> 1);
+}
+inline void pos_b8(int l, int e, int& r, int& c) {
+  const int g = l >> 2, t = l & 3;
+  r = t + 4 * (e & 1);
+  c = g + 8 * (e >> 1);
+}
+// A tf32 operand as the tensor cores read it: the low 13 bits ignored.
+inline float tf32_bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  u &= 0xffffe000u;
+  std::memcpy(&x, &u, 4);
+  return x;
 }
 inline int64_t offset(int r, int c, unsigned ldm, bool col) {
   return col ? static_cast<int64_t>(c) * ldm + r : static_cast<int64_t>(r) * ldm + c;
@@ -113,7 +161,14 @@ template <typename Use, typename T, typename L>
 inline void fill_fragment(fragment<Use, 16, 16, 16, T, L>& f, const T& v) {
   for (int e = 0; e < f.num_elements; ++e) f.x[e] = v;
 }
+template <typename Use, typename L>
+inline void fill_fragment(fragment<Use, 16, 16, 8, precision::tf32, L>& f, float v) {
+  for (int e = 0; e < f.num_elements; ++e) f.x[e] = v;
+}
 inline void fill_fragment(fragment<accumulator, 16, 16, 16, float, void>& f, float v) {
+  for (int e = 0; e < f.num_elements; ++e) f.x[e] = v;
+}
+inline void fill_fragment(fragment<accumulator, 16, 16, 8, float, void>& f, float v) {
   for (int e = 0; e < f.num_elements; ++e) f.x[e] = v;
 }
 
@@ -141,7 +196,32 @@ inline void load_matrix_sync(fragment<matrix_b, 16, 16, 16, T, L>& f, const T* p
   }
   ::emu::warp_op(file, line, ::emu::kWmmaLoad, 0xffffffffu, 0, 32, nullptr, nullptr, 0);
 }
-inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float, void>& f, const float* p, unsigned ldm,
+template <typename L>
+inline void load_matrix_sync(fragment<matrix_a, 16, 16, 8, precision::tf32, L>& f, const float* p, unsigned ldm,
+                             const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  detail::check_ptr("wmma::load_matrix_sync", p, ldm, sizeof(float), file, line);
+  const int l = detail::lane();
+  for (int e = 0; e < 4; ++e) {
+    int r, c;
+    detail::pos_a8(l, e, r, c);
+    f.x[e] = p[detail::offset(r, c, ldm, detail::is_col<L>())];
+  }
+  ::emu::warp_op(file, line, ::emu::kWmmaLoad, 0xffffffffu, 0, 32, nullptr, nullptr, 0);
+}
+template <typename L>
+inline void load_matrix_sync(fragment<matrix_b, 16, 16, 8, precision::tf32, L>& f, const float* p, unsigned ldm,
+                             const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
+  detail::check_ptr("wmma::load_matrix_sync", p, ldm, sizeof(float), file, line);
+  const int l = detail::lane();
+  for (int e = 0; e < 4; ++e) {
+    int r, c;
+    detail::pos_b8(l, e, r, c);
+    f.x[e] = p[detail::offset(r, c, ldm, detail::is_col<L>())];
+  }
+  ::emu::warp_op(file, line, ::emu::kWmmaLoad, 0xffffffffu, 0, 32, nullptr, nullptr, 0);
+}
+template <int K>
+inline void load_matrix_sync(fragment<accumulator, 16, 16, K, float, void>& f, const float* p, unsigned ldm,
                              layout_t layout, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   detail::check_ptr("wmma::load_matrix_sync", p, ldm, sizeof(float), file, line);
   const int l = detail::lane();
@@ -153,7 +233,8 @@ inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float, void>& f, 
   ::emu::warp_op(file, line, ::emu::kWmmaLoad, 0xffffffffu, 0, 32, nullptr, nullptr, 0);
 }
 
-inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float, void>& f, unsigned ldm,
+template <int K>
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, K, float, void>& f, unsigned ldm,
                               layout_t layout, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   detail::check_ptr("wmma::store_matrix_sync", p, ldm, sizeof(float), file, line);
   ::emu::warp_op(file, line, ::emu::kWmmaStore, 0xffffffffu, 0, 32, nullptr, nullptr, 0);
@@ -190,6 +271,40 @@ inline void mma_sync(fragment<accumulator, 16, 16, 16, float, void>& d, const fr
     detail::pos_ac(l, e, r, n);
     double acc = s.c[r * 16 + n];
     for (int k = 0; k < 16; ++k) acc += static_cast<double>(s.a[r * 16 + k]) * s.b[k * 16 + n];
+    out[e] = static_cast<float>(acc);
+  }
+  ::emu::warp_op(file, line, ::emu::kWmmaMmaDone, 0xffffffffu, 0, 32, nullptr, nullptr, 0);
+  for (int e = 0; e < 8; ++e) d.x[e] = out[e];
+}
+
+// The same for tf32 operands (16 x 8 by 8 x 16), each read without its low 13 bits.
+template <typename La, typename Lb>
+inline void mma_sync(fragment<accumulator, 16, 16, 8, float, void>& d,
+                     const fragment<matrix_a, 16, 16, 8, precision::tf32, La>& a,
+                     const fragment<matrix_b, 16, 16, 8, precision::tf32, Lb>& b,
+                     const fragment<accumulator, 16, 16, 8, float, void>& c, const char* file = __builtin_FILE(),
+                     int line = __builtin_LINE()) {
+  detail::Scratch& s = detail::g_scratch[detail::warp()];
+  const int l = detail::lane();
+  for (int e = 0; e < 8; ++e) {
+    int r, k;
+    detail::pos_ac(l, e, r, k);
+    s.c[r * 16 + k] = c.x[e];
+  }
+  for (int e = 0; e < 4; ++e) {
+    int r, k;
+    detail::pos_a8(l, e, r, k);
+    s.a[r * 8 + k] = detail::tf32_bits(a.x[e]);
+    detail::pos_b8(l, e, k, r);
+    s.b[k * 16 + r] = detail::tf32_bits(b.x[e]);
+  }
+  ::emu::warp_op(file, line, ::emu::kWmmaMma, 0xffffffffu, 0, 32, nullptr, nullptr, 0);
+  float out[8];
+  for (int e = 0; e < 8; ++e) {
+    int r, n;
+    detail::pos_ac(l, e, r, n);
+    double acc = s.c[r * 16 + n];
+    for (int k = 0; k < 8; ++k) acc += static_cast<double>(s.a[r * 8 + k]) * s.b[k * 16 + n];
     out[e] = static_cast<float>(acc);
   }
   ::emu::warp_op(file, line, ::emu::kWmmaMmaDone, 0xffffffffu, 0, 32, nullptr, nullptr, 0);

@@ -204,6 +204,24 @@ __global__ void wmma_product(const T* a, const T* b, const float* c0, float* c) 
   wmma::store_matrix_sync(c + w * 256, fc, 16, wmma::mem_col_major);
 }
 
+// The same with tf32 operands: A 16 x 8, B 8 x 16 (floats), each element rounded with
+// __float_to_tf32 after the load, as CUDA requires.
+template <typename La, typename Lb>
+__global__ void wmma_product_tf32(const float* a, const float* b, const float* c0, float* c) {
+  using namespace nvcuda;
+  const int w = threadIdx.x >> 5;
+  wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, La> fa;
+  wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, Lb> fb;
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> fc;
+  wmma::load_matrix_sync(fa, a + w * 128, std::is_same<La, wmma::col_major>::value ? 16 : 8);
+  wmma::load_matrix_sync(fb, b + w * 128, std::is_same<Lb, wmma::col_major>::value ? 8 : 16);
+  for (int e = 0; e < fa.num_elements; ++e) fa.x[e] = wmma::__float_to_tf32(fa.x[e]);
+  for (int e = 0; e < fb.num_elements; ++e) fb.x[e] = wmma::__float_to_tf32(fb.x[e]);
+  wmma::load_matrix_sync(fc, c0 + w * 256, 16, wmma::mem_row_major);
+  wmma::mma_sync(fc, fa, fb, fc);
+  wmma::store_matrix_sync(c + w * 256, fc, 16, wmma::mem_col_major);
+}
+
 // Each lane writes 8 elements of a tile in shared memory and the warp loads it at once: without
 // the __syncwarp() a lane reads elements the others have not written yet.
 __global__ void wmma_load_unsynced(float* out, int sync) {
@@ -719,6 +737,58 @@ std::string ok_wmma() {
   return check_wmma<__half, nvcuda::wmma::col_major, nvcuda::wmma::row_major>(
       [](float x) { return static_cast<float>(__half(x)); });
 }
+// tf32: A (16 x 8) row-major and B (8 x 16) column-major, then the other way round, against
+// products of the inputs rounded to 10 mantissa bits by hand (to nearest, ties away from zero).
+float tf32_by_hand(float x) {
+  int e;
+  const double m = std::frexp(static_cast<double>(x), &e);  // |m| in [0.5, 1): 11 significant bits
+  return static_cast<float>(std::ldexp(std::round(m * 2048.0) / 2048.0, e));
+}
+template <typename La, typename Lb>
+std::string check_wmma_tf32() {
+  const int W = 2;
+  std::vector<float> av(W * 128), bv(W * 128), cv(W * 256);
+  for (int i = 0; i < W * 128; ++i) {
+    av[i] = std::sin(0.37f * i) * 3.0f;
+    bv[i] = std::cos(0.11f * i + 1.0f) * 2.0f;
+  }
+  for (int i = 0; i < W * 256; ++i) cv[i] = 0.01f * static_cast<float>(i % 17) - 0.05f;
+  float* a = dev<float>(W * 128);
+  float* b = dev<float>(W * 128);
+  float* c0 = dev<float>(W * 256);
+  float* c = dev<float>(W * 256);
+  CUDA(cudaMemcpy(a, av.data(), W * 128 * sizeof(float), cudaMemcpyHostToDevice));
+  CUDA(cudaMemcpy(b, bv.data(), W * 128 * sizeof(float), cudaMemcpyHostToDevice));
+  CUDA(cudaMemcpy(c0, cv.data(), W * 256 * sizeof(float), cudaMemcpyHostToDevice));
+  wmma_product_tf32<La, Lb><<<1, 32 * W>>>(a, b, c0, c);
+  CUDA(cudaGetLastError());
+  auto got = host(c, W * 256);
+  const bool acol = std::is_same<La, nvcuda::wmma::col_major>::value;
+  const bool bcol = std::is_same<Lb, nvcuda::wmma::col_major>::value;
+  for (int w = 0; w < W; ++w)
+    for (int r = 0; r < 16; ++r)
+      for (int n = 0; n < 16; ++n) {
+        double acc = cv[w * 256 + r * 16 + n];
+        for (int k = 0; k < 8; ++k)
+          acc += static_cast<double>(tf32_by_hand(av[w * 128 + (acol ? k * 16 + r : r * 8 + k)])) *
+                 tf32_by_hand(bv[w * 128 + (bcol ? n * 8 + k : k * 16 + n)]);
+        CHECK(got[w * 256 + n * 16 + r] == static_cast<float>(acc));  // stored column-major
+      }
+  return sync_error();
+}
+std::string ok_wmma_tf32() {
+  using nvcuda::wmma::__float_to_tf32;
+  // Ties go away from zero; the low 13 bits are cleared.
+  CHECK(__float_to_tf32(1.0f + std::ldexp(1.0f, -11)) == 1.0f + std::ldexp(1.0f, -10));
+  CHECK(__float_to_tf32(-1.0f - std::ldexp(1.0f, -11)) == -1.0f - std::ldexp(1.0f, -10));
+  CHECK(__float_to_tf32(1.0f + std::ldexp(1.0f, -11) - std::ldexp(1.0f, -23)) == 1.0f);
+  CHECK(__float_to_tf32(3.0f) == 3.0f);
+  for (float x : {0.1f, -2.7182817f, 1e-30f, 6.0e4f})
+    CHECK(__float_to_tf32(x) == tf32_by_hand(x));
+  std::string r = check_wmma_tf32<nvcuda::wmma::row_major, nvcuda::wmma::col_major>();
+  if (r != "ok") return r;
+  return check_wmma_tf32<nvcuda::wmma::col_major, nvcuda::wmma::row_major>();
+}
 std::string nan_report(const float* d, int n) {
   auto v = host(d, n);
   for (float x : v)
@@ -772,6 +842,7 @@ const Case kCases[] = {
     {"cuBLAS GemmEx: bfloat16 and float16 rounded once on store", ok_cublas_ex, "ok"},
     {"warp matrix products (wmma), bf16 and fp16, both layouts", ok_wmma, "ok"},
     {"wmma loads after __syncwarp", ok_wmma_load_synced, "ok"},
+    {"warp matrix products (wmma), tf32 16x16x8, both layouts", ok_wmma_tf32, "ok"},
     {"divergent __syncthreads", bug_divergent_barrier, "divergent __syncthreads()"},
     {"__syncthreads after threads returned", bug_early_return, "a barrier not every thread reaches"},
     {"divergent shuffles", bug_divergent_shuffle, "divergent warp"},
