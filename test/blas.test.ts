@@ -14,6 +14,10 @@ interface Case {
   transB: boolean;
   a: number[];
   b: number[];
+  /** With these, C = alpha op(A) op(B) + beta C0 into an existing C0 (the addon's gemmInto). */
+  alpha?: number;
+  beta?: number;
+  c0?: number[];
 }
 
 let seed = 12345;
@@ -51,7 +55,8 @@ function reference(c: Case): Float64Array {
           const bv = c.transB ? c.b[bo + j * cb + p] : c.b[bo + p * cb + j];
           s += av * bv;
         }
-        out[(t * m + i) * n + j] = s;
+        const o = (t * m + i) * n + j;
+        out[o] = c.c0 ? c.alpha! * s + c.beta! * c.c0[o] : s;
       }
     }
   }
@@ -73,6 +78,16 @@ for (const dtype of ['float32', 'float64'] as const) {
   cases.push(makeCase(dtype, [3, 3], 9, 5, 7, false, false));
   cases.push(makeCase(dtype, [4, 1], 6, 11, 13, false, true)); // B broadcast over the batch
   cases.push(makeCase(dtype, [1, 2], 5, 4, 3, true, false)); // A broadcast over the batch
+  // Thin products (a LoRA adapter's, N or M = r): the tall kernel that reads A in place (N <= 16,
+  // A not transposed; partial last row tile, N over one column panel of the float64 tiles) and
+  // C^T = op(B)^T A^T for a transposed A with N <= 16; with alpha and beta, C read back.
+  for (const [m, n, k] of [[2053, 13, 300], [97, 9, 40], [64, 16, 5], [700, 16, 1100], [401, 1, 20]]) {
+    for (const [tA, tB] of [[false, false], [true, false], [false, true], [true, true]] as const) {
+      cases.push(makeCase(dtype, [1, 1], m, n, k, tA, tB));
+      const c = makeCase(dtype, [1, 1], m, n, k, tA, tB);
+      cases.push({ ...c, alpha: -0.75, beta: 1.5, c0: Array.from({ length: m * n }, rnd) });
+    }
+  }
 }
 
 function spawnChild(env: NodeJS.ProcessEnv) {

@@ -1,8 +1,9 @@
 // The vectorised float32 paths of the CPU backend (src/cpu/fast_f32.cpp) against the plain float64
 // loops of the same ops: rows longer and shorter than a vector, a tail, -inf logits (masked
-// classes), NaN, ignored rows, label smoothing, per-row and scalar upstream gradients. CI runs
+// classes), NaN, ignored rows, label smoothing, per-row and scalar upstream gradients; and the LoRA
+// layer on the GEMM paths made for it (src/cpu/linear.cpp). CI runs
 // this file on every instruction-set path (LORA_CUDA_CPU_KERNELS).
-import { F, Tensor, manualSeed, noGrad, randn, tensor } from '../lib';
+import { F, Linear, LoRALinear, Tensor, manualSeed, noGrad, randn, tensor } from '../lib';
 
 function values(t: Tensor): number[] {
   return Array.from(t.toArray());
@@ -77,4 +78,62 @@ test('float32 cross entropy: a NaN logit makes its row NaN, as the float64 loop 
   expect(Number.isNaN(a.loss[1])).toBe(true);
   expect(Number.isNaN(b.loss[1])).toBe(true);
   expect(Math.abs(a.loss[0] - b.loss[0])).toBeLessThan(1e-5);
+});
+
+// The LoRA layer's CPU paths (src/cpu/linear.cpp): on the built-in GEMM the adapter's rank-r term
+// and the bias ride on the frozen product's last K block (forward, and dx without dropout), the
+// adapter's thin products run the tall kernel (h, dh) or the transposed one (dB). Checked against
+// the layer written out in float64 loops, on shapes over the kernels' K and column blocks, odd
+// tiles and a rank of 1, with and without a bias.
+describe.each([
+  [301, 1100, 70, 5, true],
+  [64, 40, 2100, 16, false],
+  [7, 33, 9, 1, true],
+  [130, 64, 48, 16, true],
+] as const)('a LoRA layer, x [%i, %i], out %i, r %i, bias %s, matches float64 loops', (M, inF, outF, r, bias) => {
+  const rnd = (n: number, s: number) => Array.from({ length: n }, (_, i) => s * Math.sin(1.3 * i + 0.7 * n + r));
+  const [x, W, b, A, B, g] = [rnd(M * inF, 1), rnd(outF * inF, 0.1), rnd(outF, 0.5), rnd(r * inF, 0.1), rnd(outF * r, 0.2), rnd(M * outF, 1)]
+    .map((v) => Array.from(Float32Array.from(v))); // both dtypes see the same values
+  const scale = 2.5;
+  // Float64 reference: y = x W^T + b + s (x A^T) B^T; dh = s g B; dx = g W + dh A; dA = dh^T x;
+  // dB = s g^T h.
+  const dot = (P: number[], i: number, Q: number[], j: number, n: number, sp: number, sq: number) => {
+    let s = 0;
+    for (let k = 0; k < n; k++) s += P[i + k * sp] * Q[j + k * sq];
+    return s;
+  };
+  const h = Array.from({ length: M * r }, (_, t) => dot(x, Math.floor(t / r) * inF, A, (t % r) * inF, inF, 1, 1));
+  const dh = Array.from({ length: M * r }, (_, t) => scale * dot(g, Math.floor(t / r) * outF, B, t % r, outF, 1, r));
+  const ref = {
+    y: Array.from({ length: M * outF }, (_, t) => {
+      const i = Math.floor(t / outF), j = t % outF;
+      return dot(x, i * inF, W, j * inF, inF, 1, 1) + (bias ? b[j] : 0) + scale * dot(h, i * r, B, j * r, r, 1, 1);
+    }),
+    dx: Array.from({ length: M * inF }, (_, t) => {
+      const i = Math.floor(t / inF), j = t % inF;
+      return dot(g, i * outF, W, j, outF, 1, inF) + dot(dh, i * r, A, j, r, 1, inF);
+    }),
+    dA: Array.from({ length: r * inF }, (_, t) => dot(dh, Math.floor(t / inF), x, t % inF, M, r, inF)),
+    dB: Array.from({ length: outF * r }, (_, t) => scale * dot(g, Math.floor(t / r), h, t % r, M, outF, r)),
+  };
+
+  test.each(['float32', 'float64'] as const)('%s: y, dx, dA, dB', (dtype) => {
+    const lin = new Linear(inF, outF, { bias, dtype });
+    const lora = new LoRALinear(lin, { r, alpha: scale * r });
+    noGrad(() => {
+      lin.weight.copy_(tensor(W, { dtype, shape: [outF, inF] }));
+      if (bias) lin.bias!.copy_(tensor(b, { dtype, shape: [outF] }));
+      lora.A!.copy_(tensor(A, { dtype, shape: [r, inF] }));
+      lora.B!.copy_(tensor(B, { dtype, shape: [outF, r] }));
+    });
+    const xt = tensor(x, { dtype, shape: [M, inF] }).requiresGrad_(true);
+    const y = lora.forward(xt);
+    y.backward(tensor(g, { dtype, shape: [M, outF] }));
+    // float32: relative to each output's size (sums of up to ~2000 rounded products).
+    const tol = (v: number[]) => (dtype === 'float32' ? 3e-6 : 1e-13) * v.reduce((m, e) => Math.max(m, Math.abs(e)), 1) * Math.sqrt(Math.max(inF, outF, M) / 64 + 1);
+    expect(maxAbsDiff(values(y), ref.y)).toBeLessThan(tol(ref.y));
+    expect(maxAbsDiff(values(xt.grad!), ref.dx)).toBeLessThan(tol(ref.dx));
+    expect(maxAbsDiff(values(lora.A!.grad!), ref.dA)).toBeLessThan(tol(ref.dA));
+    expect(maxAbsDiff(values(lora.B!.grad!), ref.dB)).toBeLessThan(tol(ref.dB));
+  });
 });

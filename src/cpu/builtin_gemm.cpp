@@ -11,6 +11,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "../parallel.h"
 #include "gemm.h"
@@ -84,9 +85,13 @@ struct Blocks<double, W> {
 };
 
 // C[0:mr, 0:nr] = alpha * (a-panel x b-panel) + beta * C; beta == 0 never reads C.
-template <typename T, int W>
+// Panels are packed (a[p * MR + i], b[p * NR + j]) unless SA: then a is MR stored
+// rows of A read in place (a[i * sa + p]), for thin products whose large operand
+// is used once and so is not worth packing (thin_gemm below).
+template <typename T, int W, bool SA = false>
 LC_INLINE void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T alpha,
-                            T beta, T* __restrict C, int64_t ldc, int mr, int nr) {
+                            T beta, T* __restrict C, int64_t ldc, int mr, int nr,
+                            int64_t sa = 0) {
   using V = typename Kern<T, W>::V;
   constexpr int MR = Kern<T, W>::MR, NR = Kern<T, W>::NR;
   constexpr int VL = int(sizeof(V) / sizeof(T)), NV = NR / VL;
@@ -97,11 +102,11 @@ LC_INLINE void micro_kernel(int64_t kc, const T* __restrict a, const T* __restri
     for (int v = 0; v < NV; ++v) std::memcpy(&bv[v], b + v * VL, sizeof(V));
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const T ai = a[i];
+      const T ai = SA ? a[i * sa] : a[i];
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[i][v] += ai * bv[v];
     }
-    a += MR;
+    a += SA ? 1 : MR;
     b += NR;
   }
   if (mr == MR && nr == NR) {
@@ -135,12 +140,14 @@ LC_INLINE void micro_kernel(int64_t kc, const T* __restrict a, const T* __restri
 }
 
 // Packs op(A)[0:mc, 0:kc] (A already offset to the block) into MR-row panels,
-// each laid out k-major: panel[p * MR + i].
+// each laid out k-major: panel[p * MR + i], panels `ps` >= kc steps apart (the
+// steps past kc are the tail's, packed by pack_a_tail).
 template <typename T, int MR>
-LC_INLINE void pack_a(bool tA, const T* A, int64_t lda, int64_t mc, int64_t kc, T* __restrict dst) {
+LC_INLINE void pack_a(bool tA, const T* A, int64_t lda, int64_t mc, int64_t kc, int64_t ps,
+                      T* __restrict dst) {
   for (int64_t ir = 0; ir < mc; ir += MR) {
     const int mr = int(std::min<int64_t>(MR, mc - ir));
-    T* d = dst + ir * kc;
+    T* d = dst + ir * ps;
     if (tA) {
       // op(A)(i, k) = A[k * lda + i]: MR contiguous values per k.
       const T* s = A + ir;
@@ -165,13 +172,34 @@ LC_INLINE void pack_a(bool tA, const T* A, int64_t lda, int64_t mc, int64_t kc, 
   }
 }
 
+// The tail's steps kc .. kc + q (+ 1 with a bias) of each A panel: u_scale * U's
+// rows, then a column of ones that meets the bias row of V.
+template <typename T, int MR>
+LC_INLINE void pack_a_tail(const GemmTail<T>& t, int64_t row0, int64_t mc, int64_t kc, int64_t ps,
+                           T* __restrict dst) {
+  const int64_t qe = t.q + (t.bias ? 1 : 0);
+  for (int64_t ir = 0; ir < mc; ir += MR) {
+    const int mr = int(std::min<int64_t>(MR, mc - ir));
+    T* d = dst + ir * ps + kc * MR;
+    for (int64_t p = 0; p < qe; ++p, d += MR) {
+      int i = 0;
+      if (p < t.q)
+        for (; i < mr; ++i) d[i] = t.u_scale * t.U[(row0 + ir + i) * t.ldu + p];
+      else
+        for (; i < mr; ++i) d[i] = T(1);
+      for (; i < MR; ++i) d[i] = T(0);
+    }
+  }
+}
+
 // Packs op(B)[0:kc, 0:nc] (B already offset to the block) into NR-column
-// panels, each laid out k-major: panel[p * NR + j].
+// panels, each laid out k-major: panel[p * NR + j], panels `ps` >= kc steps apart.
 template <typename T, int NR>
-LC_INLINE void pack_b(bool tB, const T* B, int64_t ldb, int64_t kc, int64_t nc, T* __restrict dst) {
+LC_INLINE void pack_b(bool tB, const T* B, int64_t ldb, int64_t kc, int64_t nc, int64_t ps,
+                      T* __restrict dst) {
   for (int64_t jr = 0; jr < nc; jr += NR) {
     const int nr = int(std::min<int64_t>(NR, nc - jr));
-    T* d = dst + jr * kc;
+    T* d = dst + jr * ps;
     if (tB) {
       // op(B)(k, j) = B[j * ldb + k]: read each stored row contiguously.
       for (int j = 0; j < nr; ++j) {
@@ -196,6 +224,27 @@ LC_INLINE void pack_b(bool tB, const T* B, int64_t ldb, int64_t kc, int64_t nc, 
   }
 }
 
+// The tail's steps of each B panel: V's rows q, then the bias.
+template <typename T, int NR>
+LC_INLINE void pack_b_tail(const GemmTail<T>& t, int64_t col0, int64_t nc, int64_t kc, int64_t ps,
+                           T* __restrict dst) {
+  const int64_t qe = t.q + (t.bias ? 1 : 0);
+  for (int64_t jr = 0; jr < nc; jr += NR) {
+    const int nr = int(std::min<int64_t>(NR, nc - jr));
+    T* d = dst + jr * ps + kc * NR;
+    for (int64_t p = 0; p < qe; ++p, d += NR) {
+      int j = 0;
+      if (p < t.q) {
+        const T* v = t.V + p * t.v_k + (col0 + jr) * t.v_n;
+        for (; j < nr; ++j) d[j] = v[j * t.v_n];
+      } else {
+        for (; j < nr; ++j) d[j] = t.bias[col0 + jr + j];
+      }
+      for (; j < NR; ++j) d[j] = T(0);
+    }
+  }
+}
+
 // Splits K into near-equal blocks of at most KC so a K just over KC does not
 // leave a tiny, inefficient last block.
 template <typename T, int W>
@@ -206,31 +255,39 @@ int64_t k_block(int64_t K) {
 }
 
 // Single-threaded blocked GEMM of one C block, using caller-provided packing
-// buffers (Ap: MC x kcb, Bp: kcb x NC, both rounded up to MR/NR).
+// buffers (Ap: MC x (kcb + tail), Bp: (kcb + tail) x NC, both rounded up to
+// MR/NR). A tail (already offset to the block; q = 0 for none) rides on the
+// last K block: its steps are packed after that block's, so the micro-kernel
+// adds U V (+ the bias) in the same accumulators and C is written once.
 template <typename T, int W>
 LC_INLINE void gemm_block(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
-                          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, T* Ap,
-                          T* Bp) {
+                          int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc,
+                          const GemmTail<T>& tail, T* Ap, T* Bp) {
   constexpr int MR = Kern<T, W>::MR, NR = Kern<T, W>::NR;
   constexpr int64_t MC = Blocks<T, W>::MC, NC = Blocks<T, W>::NC;
   const int64_t kcb = k_block<T, W>(K);
+  const int64_t qe = tail.q + (tail.bias ? 1 : 0);
   for (int64_t jc = 0; jc < N; jc += NC) {
     const int64_t nc = std::min(NC, N - jc);
     for (int64_t pc = 0; pc < K; pc += kcb) {
       const int64_t kc = std::min(kcb, K - pc);
-      pack_b<T, NR>(tB, tB ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, kc, nc, Bp);
+      const bool last = pc + kc >= K;
+      const int64_t ps = last ? kc + qe : kc;  // steps per packed panel
+      pack_b<T, NR>(tB, tB ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, kc, nc, ps, Bp);
+      if (last && qe) pack_b_tail<T, NR>(tail, jc, nc, kc, ps, Bp);
       // Later K blocks accumulate onto what the first one wrote.
       const T beta_k = pc == 0 ? beta : T(1);
       for (int64_t ic = 0; ic < M; ic += MC) {
         const int64_t mc = std::min(MC, M - ic);
-        pack_a<T, MR>(tA, tA ? A + pc * lda + ic : A + ic * lda + pc, lda, mc, kc, Ap);
+        pack_a<T, MR>(tA, tA ? A + pc * lda + ic : A + ic * lda + pc, lda, mc, kc, ps, Ap);
+        if (last && qe) pack_a_tail<T, MR>(tail, ic, mc, kc, ps, Ap);
         T* Cb = C + ic * ldc + jc;
         // jr outer so one B micro-panel stays in L1 while A streams from L2.
         for (int64_t jr = 0; jr < nc; jr += NR) {
           const int nr = int(std::min<int64_t>(NR, nc - jr));
           for (int64_t ir = 0; ir < mc; ir += MR) {
             const int mr = int(std::min<int64_t>(MR, mc - ir));
-            micro_kernel<T, W>(kc, Ap + ir * kc, Bp + jr * kc, alpha, beta_k, Cb + ir * ldc + jr,
+            micro_kernel<T, W>(ps, Ap + ir * ps, Bp + jr * ps, alpha, beta_k, Cb + ir * ldc + jr,
                                ldc, mr, nr);
           }
         }
@@ -241,13 +298,13 @@ LC_INLINE void gemm_block(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T a
 
 template <typename T>
 using BlockFn = void (*)(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t, const T*,
-                         int64_t, T, T*, int64_t, T*, T*);
+                         int64_t, T, T*, int64_t, const GemmTail<T>&, T*, T*);
 
 #define LC_BLOCK_FN(name, T, W, ATTR)                                                          \
   ATTR void name(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,      \
-                 int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, T* Ap,       \
-                 T* Bp) {                                                                      \
-    gemm_block<T, W>(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, Ap, Bp);            \
+                 int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc,              \
+                 const GemmTail<T>& tail, T* Ap, T* Bp) {                                      \
+    gemm_block<T, W>(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, tail, Ap, Bp);      \
   }
 
 LC_BLOCK_FN(block_f_base, float, 16, )
@@ -263,32 +320,98 @@ LC_BLOCK_FN(block_f_avx512, float, 64, __attribute__((target("avx512f,avx512vl,a
 LC_BLOCK_FN(block_d_avx512, double, 64, __attribute__((target("avx512f,avx512vl,avx2,fma"))))
 #endif
 
+// Tall thin products, N <= 16 with A not transposed: a LoRA adapter's h = x A^T and dh = dy B
+// (N = r). The general kernel packs the large A only to use each element once; here op(B) is
+// packed once per call over the whole K and A streams through the micro-kernel from its stored
+// rows (MR row streams, which the prefetchers follow). Row tiles [t0, t1) of MR rows; a last
+// partial tile is packed (its stored rows end before the tile's). The mirror case (M <= 16, B
+// read in place) was slower than packing: each step of a column panel is a new 4 KiB page.
+template <typename T, int W>
+LC_INLINE void thin_tall(int64_t t0, int64_t t1, int64_t M, int64_t N, int64_t K, T alpha,
+                         const T* A, int64_t lda, const T* Bp, T beta, T* C, int64_t ldc) {
+  constexpr int MR = Kern<T, W>::MR, NR = Kern<T, W>::NR;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t i = t * MR;
+    const int mr = int(std::min<int64_t>(MR, M - i));
+    std::unique_ptr<T[]> ap;
+    if (mr < MR) {
+      ap.reset(new T[size_t(MR * K)]);
+      pack_a<T, MR>(false, A + i * lda, lda, mr, K, K, ap.get());
+    }
+    for (int64_t j = 0; j < N; j += NR) {
+      const int nr = int(std::min<int64_t>(NR, N - j));
+      if (ap)
+        micro_kernel<T, W>(K, ap.get(), Bp + j * K, alpha, beta, C + i * ldc + j, ldc, mr, nr);
+      else
+        micro_kernel<T, W, true>(K, A + i * lda, Bp + j * K, alpha, beta, C + i * ldc + j, ldc,
+                                 mr, nr, lda);
+    }
+  }
+}
+
+template <typename T>
+using ThinTallFn = void (*)(int64_t, int64_t, int64_t, int64_t, int64_t, T, const T*, int64_t,
+                            const T*, T, T*, int64_t);
+
+#define LC_THIN_FN(name, T, W, ATTR)                                                          \
+  ATTR void name(int64_t t0, int64_t t1, int64_t M, int64_t N, int64_t K, T alpha, const T* A, \
+                 int64_t lda, const T* Bp, T beta, T* C, int64_t ldc) {                        \
+    thin_tall<T, W>(t0, t1, M, N, K, alpha, A, lda, Bp, beta, C, ldc);                         \
+  }
+
+LC_THIN_FN(tall_f_base, float, 16, )
+LC_THIN_FN(tall_d_base, double, 16, )
+#if defined(__x86_64__) && defined(__GNUC__)
+LC_THIN_FN(tall_f_avx2, float, 32, __attribute__((target("avx2,fma"))))
+LC_THIN_FN(tall_d_avx2, double, 32, __attribute__((target("avx2,fma"))))
+#endif
+
+// Runs a tall thin product on the W-byte tile: packs op(B) (once, on the calling thread) and
+// splits A's row tiles over the threads, about 2^20 multiply-adds or more each.
+template <typename T, int W>
+void thin_gemm(bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+               const T* B, int64_t ldb, T beta, T* C, int64_t ldc, ThinTallFn<T> fn) {
+  constexpr int MR = Kern<T, W>::MR, NR = Kern<T, W>::NR;
+  const int64_t npad = (N + NR - 1) / NR * NR, tiles = (M + MR - 1) / MR;
+  std::unique_ptr<T[]> bp(new T[size_t(npad * K)]);
+  pack_b<T, NR>(tB, B, ldb, K, N, K, bp.get());
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 20) / (MR * npad * K));
+  parallel_for(tiles, grain, [&](int64_t t0, int64_t t1) {
+    fn(t0, t1, M, N, K, alpha, A, lda, bp.get(), beta, C, ldc);
+  });
+}
+
 template <typename T, int W>
 void gemm_threaded(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
                    int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc,
-                   BlockFn<T> block) {
+                   const GemmTail<T>& tail, BlockFn<T> block) {
   constexpr int MR = Kern<T, W>::MR, NR = Kern<T, W>::NR;
   constexpr int64_t MC = Blocks<T, W>::MC, NC = Blocks<T, W>::NC;
   const gemm_grid::Grid g = gemm_grid::plan(M, N, K, MR, NR);
   const int64_t max_rows = std::min(MC, (g.mt + g.mg - 1) / g.mg * MR);
   const int64_t max_cols = std::min(NC, (g.ntl + g.ng - 1) / g.ng * NR);
-  const int64_t kcb = k_block<T, W>(K);
+  const int64_t steps = k_block<T, W>(K) + tail.q + (tail.bias ? 1 : 0);
   gemm_grid::for_each_block(g, MR, NR, M, N, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
-    T* ap = gemm_grid::pack_buffer<T>(0, size_t(max_rows * kcb));
-    T* bp = gemm_grid::pack_buffer<T>(1, size_t(max_cols * kcb));
+    T* ap = gemm_grid::pack_buffer<T>(0, size_t(max_rows * steps));
+    T* bp = gemm_grid::pack_buffer<T>(1, size_t(max_cols * steps));
+    GemmTail<T> t = tail;
+    if (t.q) t.U += r0 * t.ldu, t.V += c0 * t.v_n;
+    if (t.bias) t.bias += c0;
     block(tA, tB, r1 - r0, c1 - c0, K, alpha, tA ? A + r0 : A + r0 * lda, lda,
-          tB ? B + c0 * ldb : B + c0, ldb, beta, C + r0 * ldc + c0, ldc, ap, bp);
+          tB ? B + c0 * ldb : B + c0, ldb, beta, C + r0 * ldc + c0, ldc, t, ap, bp);
   });
 }
 
 template <typename T>
 struct BlockFns {
   BlockFn<T> base, avx2, avx512;
+  ThinTallFn<T> thin_base, thin_avx2;
 };
 
 template <typename T>
 void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
-          const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const BlockFns<T>& fns) {
+          const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const GemmTail<T>& tail,
+          const BlockFns<T>& fns) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == T(0)) {
     // BLAS semantics: A and B are not read; beta == 0 does not read C.
@@ -301,34 +424,63 @@ void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A
     }
     return;
   }
-  switch (cpu_kernels()) {
+  if (tA && N <= 16 && M > 4 * N && tail.q == 0 && !tail.bias) {
+    // A thin product over a transposed A (a LoRA adapter's dB = dy^T h): packing op(A) reads a
+    // few floats from each of K rows. C^T = op(B)^T A^T reads A row by row as the packed B
+    // operand instead, 2-3x faster on the adapter's shapes (bench/NOTES.md); then C = C^T^T.
+    std::vector<T> ct(static_cast<size_t>(N * M));
+    gemm<T>(!tB, false, N, M, K, alpha, B, ldb, A, lda, T(0), ct.data(), M, tail, fns);
+    for (int64_t i = 0; i < M; ++i) {
+      T* c = C + i * ldc;
+      for (int64_t j = 0; j < N; ++j)
+        c[j] = beta == T(0) ? ct[size_t(j * M + i)] : ct[size_t(j * M + i)] + beta * c[j];
+    }
+    return;
+  }
+  const bool plain = tail.q == 0 && !tail.bias;
+  const CpuKernels isa = cpu_kernels();
+  if (plain && !tA && N <= 16 && M >= 4 * N) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    // The AVX2 tile on AVX-512 machines too (the 12 x 32 one would be mostly padding).
+    if (isa != CpuKernels::Generic && fns.thin_avx2) {
+      thin_gemm<T, 32>(tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, fns.thin_avx2);
+      return;
+    }
+#endif
+    thin_gemm<T, 16>(tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, fns.thin_base);
+    return;
+  }
+  switch (isa) {
     case CpuKernels::Avx512:
       // A product with 16 rows or columns or fewer (the adapter's, with K or N = r) half-fills
       // the 12 x 32 tile and packs its large operand for a few multiply-adds per element; the
       // AVX2 copy's 6 x 16 tile ran those twice as fast on a Zen 4 core (bench/NOTES.md).
       if (fns.avx512 && std::min(M, N) > 16) {
-        gemm_threaded<T, 64>(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, fns.avx512);
+        gemm_threaded<T, 64>(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, tail,
+                             fns.avx512);
         return;
       }
       [[fallthrough]];
     case CpuKernels::Avx2:
       if (fns.avx2) {
-        gemm_threaded<T, 32>(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, fns.avx2);
+        gemm_threaded<T, 32>(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, tail, fns.avx2);
         return;
       }
       break;
     case CpuKernels::Generic:
       break;
   }
-  gemm_threaded<T, 16>(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, fns.base);
+  gemm_threaded<T, 16>(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, tail, fns.base);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-const BlockFns<float> kFloatFns{block_f_base, block_f_avx2, block_f_avx512};
-const BlockFns<double> kDoubleFns{block_d_base, block_d_avx2, block_d_avx512};
+const BlockFns<float> kFloatFns{block_f_base, block_f_avx2, block_f_avx512, tall_f_base,
+                                tall_f_avx2};
+const BlockFns<double> kDoubleFns{block_d_base, block_d_avx2, block_d_avx512, tall_d_base,
+                                  tall_d_avx2};
 #else
-const BlockFns<float> kFloatFns{block_f_base, nullptr, nullptr};
-const BlockFns<double> kDoubleFns{block_d_base, nullptr, nullptr};
+const BlockFns<float> kFloatFns{block_f_base, nullptr, nullptr, tall_f_base, nullptr};
+const BlockFns<double> kDoubleFns{block_d_base, nullptr, nullptr, tall_d_base, nullptr};
 #endif
 
 struct KernelChoice {
@@ -386,13 +538,29 @@ const char* cpu_kernels_name(CpuKernels k) {
 void builtin_sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
                    const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C,
                    int64_t ldc) {
-  gemm<float>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, kFloatFns);
+  gemm<float>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, GemmTail<float>{},
+              kFloatFns);
 }
 
 void builtin_dgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, double alpha,
                    const double* A, int64_t lda, const double* B, int64_t ldb, double beta,
                    double* C, int64_t ldc) {
-  gemm<double>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, kDoubleFns);
+  gemm<double>(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, GemmTail<double>{},
+               kDoubleFns);
+}
+
+void builtin_sgemm_tail(bool transA, bool transB, int64_t M, int64_t N, int64_t K, const float* A,
+                        int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                        int64_t ldc, const GemmTail<float>& tail) {
+  if (K <= 0) throw std::invalid_argument("builtin_sgemm_tail: K must be positive");
+  gemm<float>(transA, transB, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc, tail, kFloatFns);
+}
+
+void builtin_dgemm_tail(bool transA, bool transB, int64_t M, int64_t N, int64_t K,
+                        const double* A, int64_t lda, const double* B, int64_t ldb, double beta,
+                        double* C, int64_t ldc, const GemmTail<double>& tail) {
+  if (K <= 0) throw std::invalid_argument("builtin_dgemm_tail: K must be positive");
+  gemm<double>(transA, transB, M, N, K, 1.0, A, lda, B, ldb, beta, C, ldc, tail, kDoubleFns);
 }
 
 }  // namespace lc

@@ -29,6 +29,31 @@ void builtin_dgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, do
                    const double* A, int64_t lda, const double* B, int64_t ldb, double beta,
                    double* C, int64_t ldc);
 
+// Extra steps appended to a product's K: the tail adds U V (+ 1 bias^T) with U [M, q] (row
+// stride ldu, each element times u_scale), V [q, N] read as V[k * v_k + j * v_n] (so a row-major
+// V or the transpose of a row-major [N, q] both fit without a copy) and bias [N] or nullptr.
+// q = 0 and no bias is no tail.
+template <typename T>
+struct GemmTail {
+  int64_t q = 0;
+  const T* U = nullptr;
+  int64_t ldu = 0;
+  T u_scale = T(1);
+  const T* V = nullptr;
+  int64_t v_k = 0, v_n = 0;
+  const T* bias = nullptr;
+};
+
+// C = op(A) op(B) + beta * C + U V (+ 1 bias^T) on the built-in kernel, the tail's multiply-adds
+// packed after the last K block's so they share its accumulators and C is written once: LoRA's
+// y = x W^T + b + s h B^T and dx = dy W + dh A in one pass over C. K must be positive.
+void builtin_sgemm_tail(bool transA, bool transB, int64_t M, int64_t N, int64_t K, const float* A,
+                        int64_t lda, const float* B, int64_t ldb, float beta, float* C,
+                        int64_t ldc, const GemmTail<float>& tail);
+void builtin_dgemm_tail(bool transA, bool transB, int64_t M, int64_t N, int64_t K,
+                        const double* A, int64_t lda, const double* B, int64_t ldb, double beta,
+                        double* C, int64_t ldc, const GemmTail<double>& tail);
+
 }  // namespace lc
 
 namespace lc {

@@ -31,6 +31,21 @@ inline void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, float alpha,
   gemm_f16(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+inline void gemm_tail(bool tA, bool tB, int64_t M, int64_t N, int64_t K, const float* A,
+                      int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
+                      const GemmTail<float>& t) {
+  builtin_sgemm_tail(tA, tB, M, N, K, A, lda, B, ldb, 0.0f, C, ldc, t);
+}
+inline void gemm_tail(bool tA, bool tB, int64_t M, int64_t N, int64_t K, const double* A,
+                      int64_t lda, const double* B, int64_t ldb, double* C, int64_t ldc,
+                      const GemmTail<double>& t) {
+  builtin_dgemm_tail(tA, tB, M, N, K, A, lda, B, ldb, 0.0, C, ldc, t);
+}
+
+// The built-in kernel takes the adapter's rank-r term as extra steps of the frozen product (a
+// GEMM tail); an external BLAS cannot, so there the row-wise pass writes it first.
+inline bool fused_tail(int64_t K) { return K > 0 && blas_info().name == "builtin"; }
+
 inline void low_rank_rows(float* C, int64_t M, int64_t N, int64_t r, float alpha, const float* U,
                           const float* V, const float* init, bool acc, double p, uint64_t seed,
                           uint64_t offset) {
@@ -91,6 +106,16 @@ void CpuBackend::lora_forward(const Tensor& x, const Tensor& W, const Tensor* b,
     }
     lc::gemm(false, true, M, r, K, T(1), (p > 0 ? xd : x).data<T>(), K, A.data<T>(), K,
              T(0), h.data<T>(), r);
+    if (fused_tail(K)) {
+      // y = x W^T + [h, 1] [scale B^T; b]: the adapter and the bias ride on the frozen
+      // product's last K block, so y is written once.
+      GemmTail<T> t;
+      t.q = r, t.U = h.data<T>(), t.ldu = r, t.u_scale = static_cast<T>(scale);
+      t.V = B.data<T>(), t.v_k = 1, t.v_n = r;
+      t.bias = b ? b->data<T>() : nullptr;
+      gemm_tail(false, true, M, N, K, x.data<T>(), K, W.data<T>(), K, py, N, t);
+      return;
+    }
     // y = b + scale * h B^T in one pass, then the frozen GEMM accumulates
     // x W^T on top (beta = 1): no separate bias or adapter pass over y.
     std::vector<T> Bt = transposed(B.data<T>(), N, r);
@@ -132,7 +157,12 @@ void CpuBackend::lora_backward(const Tensor& dy, const Tensor& x, const Tensor& 
       lc::gemm(true, false, r, K, M, T(1), dh.data(), r, (p > 0 ? xd : x).data<T>(), K,
                T(0), dA->data<T>(), K);
     }
-    if (dx) {
+    if (dx && p == 0 && fused_tail(N)) {
+      // dx = dy W + dh A in one product, the adapter's steps appended to the frozen ones.
+      GemmTail<T> t;
+      t.q = r, t.U = dh.data(), t.ldu = r, t.V = A.data<T>(), t.v_k = K, t.v_n = 1;
+      gemm_tail(false, false, M, K, N, g, N, W.data<T>(), K, dx->data<T>(), K, t);
+    } else if (dx) {
       // dx = drop'(dh A) (set, mask applied in the same pass), then the
       // frozen path dy W accumulates on top (beta = 1).
       T* pdx = dx->data<T>();
