@@ -8,7 +8,8 @@
 //   lora fwd         y = x W^T + b + s (x A^T) B^T (one native call)
 //   lora fwd+bwd     forward plus dx, dA, dB (one native call each way)
 //   merge            W += s B A in place (one GEMM over W)
-// Each row is the median of timed repetitions after warm-up; inputs are fresh
+// Each row is the median of timed repetitions after warm-up, a LoRA op's
+// repetitions alternating with its baseline's; inputs are fresh
 // random tensors (never zeros). Only the public API is used.
 import * as os from 'os';
 import { F, Linear, LoRALinear, Tensor, backendInfo, manualSeed, noGrad, randn } from '../lib';
@@ -91,21 +92,35 @@ export interface RunBenchmarksOptions {
   onShape?: (shape: BenchShape, index: number, count: number) => void;
 }
 
-function timeIt(fn: () => void, reps: number, warmup: number): { median: number; min: number; cpu: number } {
-  for (let i = 0; i < warmup; i++) fn();
-  const ts: number[] = [];
-  const cpu: number[] = [];
-  for (let i = 0; i < reps; i++) {
+/**
+ * Times a LoRA op and its frozen baseline alternately (a, b, a, b, ...), so a slow spell of a shared
+ * machine falls on both rather than on whichever ran during it. Wall-time median and minimum, and
+ * the median of the process's CPU time (all threads), per op.
+ */
+function timePair(a: () => void, b: () => void, reps: number, warmup: number) {
+  const ta: number[] = [], tb: number[] = [], ca: number[] = [], cb: number[] = [];
+  const once = (fn: () => void, ts: number[], cs: number[]) => {
     const t0 = process.hrtime.bigint();
     const c0 = process.cpuUsage();
     fn();
     const dc = process.cpuUsage(c0);
     ts.push(Number(process.hrtime.bigint() - t0) / 1e6);
-    cpu.push((dc.user + dc.system) / 1000);
+    cs.push((dc.user + dc.system) / 1000);
+  };
+  for (let i = 0; i < warmup; i++) {
+    a();
+    b();
   }
-  ts.sort((a, b) => a - b);
-  cpu.sort((a, b) => a - b);
-  return { median: ts[Math.floor(ts.length / 2)], min: ts[0], cpu: cpu[Math.floor(cpu.length / 2)] };
+  for (let i = 0; i < reps; i++) {
+    once(a, ta, ca);
+    once(b, tb, cb);
+  }
+  const stat = (ts: number[], cs: number[]) => {
+    ts.sort((p, q) => p - q);
+    cs.sort((p, q) => p - q);
+    return { median: ts[Math.floor(ts.length / 2)], min: ts[0], cpu: cs[Math.floor(cs.length / 2)] };
+  };
+  return [stat(ta, ca), stat(tb, cb)];
 }
 
 function benchShape(s: BenchShape, reps: number): BenchRow[] {
@@ -143,18 +158,20 @@ function benchShape(s: BenchShape, reps: number): BenchRow[] {
     if (out instanceof Tensor) out.dispose();
     clearGrads();
   };
-  const frozenFwd = timeIt(run(() => noGrad(() => F.linear(nextX(), lin.weight, lin.bias))), reps, 2);
-  const frozenFwdDx = timeIt(run(() => {
-    const y = F.linear(nextX(), lin.weight, lin.bias);
-    y.backward(dy);
-    return y;
-  }), reps, 2);
-  const loraFwd = timeIt(run(() => noGrad(() => lora.forward(nextX()))), reps, 2);
-  const loraFwdBwd = timeIt(run(() => {
-    const y = lora.forward(nextX());
-    y.backward(dy);
-    return y;
-  }), reps, 2);
+  const [frozenFwd, loraFwd] = timePair(
+    run(() => noGrad(() => F.linear(nextX(), lin.weight, lin.bias))),
+    run(() => noGrad(() => lora.forward(nextX()))), reps, 2);
+  const [frozenFwdDx, loraFwdBwd] = timePair(
+    run(() => {
+      const y = F.linear(nextX(), lin.weight, lin.bias);
+      y.backward(dy);
+      return y;
+    }),
+    run(() => {
+      const y = lora.forward(nextX());
+      y.backward(dy);
+      return y;
+    }), reps, 2);
   // Merge then unmerge keeps W bounded; time each half from the same loop.
   const mergeTimes: number[] = [];
   for (let i = 0; i < reps + 2; i++) {

@@ -1,7 +1,7 @@
 // The vectorised float32 paths of the CPU backend (src/cpu/fast_f32.cpp) against the plain float64
 // loops of the same ops: rows longer and shorter than a vector, a tail, -inf logits (masked
 // classes), NaN, ignored rows, label smoothing, per-row and scalar upstream gradients; and the LoRA
-// layer on the GEMM paths made for it (src/cpu/linear.cpp). CI runs
+// and linear layers on the GEMM paths made for them (src/cpu/linear.cpp). CI runs
 // this file on every instruction-set path (LORA_CUDA_CPU_KERNELS).
 import { F, Linear, LoRALinear, Tensor, manualSeed, noGrad, randn, tensor } from '../lib';
 
@@ -117,7 +117,7 @@ describe.each([
     dB: Array.from({ length: outF * r }, (_, t) => scale * dot(g, Math.floor(t / r), h, t % r, M, outF, r)),
   };
 
-  test.each(['float32', 'float64'] as const)('%s: y, dx, dA, dB', (dtype) => {
+  test.each(['float32', 'float64'] as const)('%s: y, dx, dA, dB, and the wrapped layer\'s y', (dtype) => {
     const lin = new Linear(inF, outF, { bias, dtype });
     const lora = new LoRALinear(lin, { r, alpha: scale * r });
     noGrad(() => {
@@ -135,5 +135,9 @@ describe.each([
     expect(maxAbsDiff(values(xt.grad!), ref.dx)).toBeLessThan(tol(ref.dx));
     expect(maxAbsDiff(values(lora.A!.grad!), ref.dA)).toBeLessThan(tol(ref.dA));
     expect(maxAbsDiff(values(lora.B!.grad!), ref.dB)).toBeLessThan(tol(ref.dB));
+    // The wrapped layer alone: its bias is the product's tail too.
+    const yLin = values(noGrad(() => lin.forward(xt)));
+    const refLin = Array.from({ length: M * outF }, (_, t) => dot(x, Math.floor(t / outF) * inF, W, (t % outF) * inF, inF, 1, 1) + (bias ? b[t % outF] : 0));
+    expect(maxAbsDiff(yLin, refLin)).toBeLessThan(tol(refLin));
   });
 });

@@ -366,6 +366,93 @@ LC_THIN_FN(tall_f_avx2, float, 32, __attribute__((target("avx2,fma"))))
 LC_THIN_FN(tall_d_avx2, double, 32, __attribute__((target("avx2,fma"))))
 #endif
 
+// Wide thin products, M <= 16 with B not transposed, on the AVX-512 copy: a LoRA adapter's
+// dA = dh^T x and dB^T = h^T dy (M = r, K = tokens). The general path packs B for a few
+// multiply-adds per element (three 6-row tiles for 16 rows); here all MW rows of op(A) are one
+// packed panel (Ap[p * MW + i], zero past M) and each vector of B's stored rows is loaded once
+// for MW multiply-adds into MW accumulators. K goes in chunks of 32 rows: at the model's widths
+// each row of B is its own 4 KiB page, and one strip's pass over 32 of them stays within the
+// first-level TLB (72 entries on Zen 4); chunks of 64 or 256 rows ran 2-3x slower, 16 a little
+// (bench/NOTES.md). Columns [j0, j1) of C, `acc` MW x (j1 - j0) scratch for the sums between
+// chunks.
+template <typename T, int W, int MW>
+LC_INLINE void thin_wide(int64_t j0, int64_t j1, int64_t M, int64_t K, T alpha, const T* Ap,
+                         const T* B, int64_t ldb, T beta, T* C, int64_t ldc, T* acc) {
+  using V = typename Kern<T, W>::V;
+  constexpr int VL = int(sizeof(V) / sizeof(T));
+  constexpr int64_t KW = 32;
+  constexpr int PF = 2;
+  const int64_t n = j1 - j0;
+  for (int64_t pc = 0; pc < K; pc += KW) {
+    const int64_t kc = std::min(KW, K - pc);
+    int64_t j = 0;
+    for (; j + VL <= n; j += VL) {
+      V a[MW];
+#pragma GCC unroll 16
+      for (int i = 0; i < MW; ++i) {
+        if (pc == 0) a[i] = V{} ;
+        else std::memcpy(&a[i], acc + i * n + j, sizeof(V));
+      }
+      const T* b = B + pc * ldb + j0 + j;
+      const T* ap = Ap + pc * MW;
+      for (int64_t p = 0; p < kc; ++p, b += ldb, ap += MW) {
+        V bv;
+        std::memcpy(&bv, b, sizeof(V));
+        __builtin_prefetch(b + PF * VL);
+#pragma GCC unroll 16
+        for (int i = 0; i < MW; ++i) a[i] += ap[i] * bv;
+      }
+#pragma GCC unroll 16
+      for (int i = 0; i < MW; ++i) std::memcpy(acc + i * n + j, &a[i], sizeof(V));
+    }
+    for (; j < n; ++j)  // the columns past the last whole vector
+      for (int64_t i = 0; i < M; ++i) {
+        T sum = pc == 0 ? T(0) : acc[i * n + j];
+        for (int64_t p = 0; p < kc; ++p) sum += Ap[(pc + p) * MW + i] * B[(pc + p) * ldb + j0 + j];
+        acc[i * n + j] = sum;
+      }
+  }
+  for (int64_t i = 0; i < M; ++i) {
+    T* c = C + i * ldc + j0;
+    for (int64_t jj = 0; jj < n; ++jj)
+      c[jj] = beta == T(0) ? alpha * acc[i * n + jj] : alpha * acc[i * n + jj] + beta * c[jj];
+  }
+}
+
+template <typename T>
+using ThinWideFn = void (*)(int64_t, int64_t, int64_t, int64_t, T, const T*, const T*, int64_t, T,
+                            T*, int64_t, T*);
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define LC_WIDE_FN(name, T, MW)                                                                \
+  __attribute__((target("avx512f,avx512vl,avx2,fma"))) void name(                              \
+      int64_t j0, int64_t j1, int64_t M, int64_t K, T alpha, const T* Ap, const T* B,          \
+      int64_t ldb, T beta, T* C, int64_t ldc, T* acc) {                                        \
+    thin_wide<T, 64, MW>(j0, j1, M, K, alpha, Ap, B, ldb, beta, C, ldc, acc);                  \
+  }
+LC_WIDE_FN(wide8_f_avx512, float, 8)
+LC_WIDE_FN(wide16_f_avx512, float, 16)
+LC_WIDE_FN(wide8_d_avx512, double, 8)
+LC_WIDE_FN(wide16_d_avx512, double, 16)
+#endif
+
+// Runs a wide thin product: packs op(A) (once, on the calling thread) and splits C's columns
+// over the threads, whole vectors each, about 2^20 multiply-adds or more each.
+template <typename T, int MW>
+void thin_wide_gemm(bool tA, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+                    const T* B, int64_t ldb, T beta, T* C, int64_t ldc, ThinWideFn<T> fn) {
+  constexpr int64_t VL = 64 / sizeof(T);
+  std::unique_ptr<T[]> ap(new T[size_t(MW * K)]);
+  pack_a<T, MW>(tA, A, lda, M, K, K, ap.get());
+  const int64_t strips = (N + VL - 1) / VL;
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 20) / (MW * VL * K));
+  parallel_for(strips, grain, [&](int64_t s0, int64_t s1) {
+    const int64_t j0 = s0 * VL, j1 = std::min(N, s1 * VL);
+    std::unique_ptr<T[]> acc(new T[size_t(MW * (j1 - j0))]);
+    fn(j0, j1, M, K, alpha, ap.get(), B, ldb, beta, C, ldc, acc.get());
+  });
+}
+
 // Runs a tall thin product on the W-byte tile: packs op(B) (once, on the calling thread) and
 // splits A's row tiles over the threads, about 2^20 multiply-adds or more each.
 template <typename T, int W>
@@ -406,6 +493,7 @@ template <typename T>
 struct BlockFns {
   BlockFn<T> base, avx2, avx512;
   ThinTallFn<T> thin_base, thin_avx2;
+  ThinWideFn<T> wide8_avx512, wide16_avx512;
 };
 
 template <typename T>
@@ -450,6 +538,15 @@ void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A
     thin_gemm<T, 16>(tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, fns.thin_base);
     return;
   }
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (plain && !tB && M <= 16 && N >= 4 * M && isa == CpuKernels::Avx512 && fns.wide16_avx512) {
+    if (M <= 8)
+      thin_wide_gemm<T, 8>(tA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, fns.wide8_avx512);
+    else
+      thin_wide_gemm<T, 16>(tA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, fns.wide16_avx512);
+    return;
+  }
+#endif
   switch (isa) {
     case CpuKernels::Avx512:
       // A product with 16 rows or columns or fewer (the adapter's, with K or N = r) half-fills
@@ -474,13 +571,15 @@ void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-const BlockFns<float> kFloatFns{block_f_base, block_f_avx2, block_f_avx512, tall_f_base,
-                                tall_f_avx2};
-const BlockFns<double> kDoubleFns{block_d_base, block_d_avx2, block_d_avx512, tall_d_base,
-                                  tall_d_avx2};
+const BlockFns<float> kFloatFns{block_f_base,   block_f_avx2,   block_f_avx512, tall_f_base,
+                                tall_f_avx2,    wide8_f_avx512, wide16_f_avx512};
+const BlockFns<double> kDoubleFns{block_d_base,   block_d_avx2,   block_d_avx512, tall_d_base,
+                                  tall_d_avx2,    wide8_d_avx512, wide16_d_avx512};
 #else
-const BlockFns<float> kFloatFns{block_f_base, nullptr, nullptr, tall_f_base, nullptr};
-const BlockFns<double> kDoubleFns{block_d_base, nullptr, nullptr, tall_d_base, nullptr};
+const BlockFns<float> kFloatFns{block_f_base, nullptr, nullptr, tall_f_base, nullptr, nullptr,
+                                nullptr};
+const BlockFns<double> kDoubleFns{block_d_base, nullptr, nullptr, tall_d_base, nullptr, nullptr,
+                                  nullptr};
 #endif
 
 struct KernelChoice {

@@ -76,10 +76,12 @@ class CpuBackend final : public Backend {
   void log_softmax(const Tensor& x, const Tensor& y) override;
   void log_softmax_backward(const Tensor& y, const Tensor& dy, const Tensor& dx) override;
 
-  // ---- linear.cpp (GEMM; LoRA fused with the row-wise rank-r pass of low_rank.cpp)
+  // ---- linear.cpp (GEMM; bias and LoRA's rank-r term as the GEMM's tail, else the row pass)
   void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, double alpha,
             const Tensor& A, int64_t strideA, const Tensor& B, int64_t strideB, double beta,
             const Tensor& C, int64_t strideC, int64_t batch) override;
+  void linear_forward(const Tensor& x, const Tensor& W, const Tensor* b,
+                      const Tensor& y) override;
   void lora_forward(const Tensor& x, const Tensor& W, const Tensor* b, const Tensor& A,
                     const Tensor& B, double scale, double p, uint64_t seed, uint64_t offset,
                     const Tensor& y, const Tensor& h) override;

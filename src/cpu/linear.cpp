@@ -1,9 +1,12 @@
 // Matrix products on the CPU: the batched GEMM behind matmul and the linear
 // layer (gemm_f32/gemm_f64: a CBLAS or the built-in kernel), and the LoRA
-// forward and backward fused with the row-wise rank-r pass of low_rank.cpp.
-// A GEMM with K = r is a poor fit for BLAS, so the adapter's product is added
-// into the output row by row (bias and dropout mask in the same pass), and the
-// frozen GEMM accumulates on top of it with beta = 1.
+// forward and backward. On the built-in kernel the bias and the adapter's
+// rank-r term are extra K steps of the frozen product (its tail), so the output
+// is written once. A CBLAS cannot take them, and a GEMM with K = r is a poor fit
+// for it: there the adapter's product is added into the output row by row
+// (bias and dropout mask in the same pass, low_rank.cpp), and the frozen GEMM
+// accumulates on top of it with beta = 1; so too dx under dropout, whose mask
+// applies to the adapter's term only.
 #include <vector>
 
 #include "blas.h"
@@ -82,6 +85,22 @@ void CpuBackend::gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, double 
     for (int64_t i = 0; i < batch; ++i)
       lc::gemm(tA, tB, M, N, K, static_cast<M_>(alpha), pa + i * sA, lda, pb + i * sB, ldb,
                static_cast<M_>(beta), pc + i * sC, N);
+  });
+}
+
+void CpuBackend::linear_forward(const Tensor& x, const Tensor& W, const Tensor* b,
+                                const Tensor& y) {
+  const int64_t M = x.shape[0], K = x.shape[1], N = W.shape[0];
+  if (!b || is_half(x.dtype) || !fused_tail(K)) {
+    Backend::linear_forward(x, W, b, y);
+    return;
+  }
+  // y = x W^T + 1 b^T: the bias as one more K step of the product, so y is written once.
+  dispatch_float(y.dtype, "linear", [&](auto z) {
+    using T = decltype(z);
+    GemmTail<T> t;
+    t.bias = b->data<T>();
+    gemm_tail(false, true, M, N, K, x.data<T>(), K, W.data<T>(), K, y.data<T>(), N, t);
   });
 }
 
