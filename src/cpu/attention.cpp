@@ -1,7 +1,9 @@
 // Scaled dot-product attention on the CPU, grouped KV heads, forward and
 // backward. Plain loops laid out so that the inner loops are unit-stride and
-// vectorise (keys and values transposed once per call); rows, then heads,
-// split over the thread pool. The backward recomputes the probabilities from
+// vectorise (keys and values transposed once per call), compiled once more for
+// AVX2+FMA and for AVX-512 and picked with the GEMM's copy (cpu_kernels(): the
+// library is built without -march, so the plain copy has 16-byte vectors);
+// rows, then heads, split over the thread pool. The backward recomputes the probabilities from
 // the saved logsumexp with the forward's exact operations. Either layout
 // ([B, H, T, D] or [B, T, H, D]) is read through row offsets; bfloat16 and
 // float16 inputs are widened to float, computed as float32 and rounded once.
@@ -11,13 +13,20 @@
 #include <vector>
 
 #include "cpu_backend.h"
+#include "gemm.h"
+
+#if defined(__GNUC__)
+#define LC_AINLINE inline __attribute__((always_inline))
+#else
+#define LC_AINLINE inline
+#endif
 
 namespace lc {
 namespace {
 
 // y[0:n] += a * x[0:n]
 template <typename T>
-inline void row_axpy(T* y, T a, const T* x, int64_t n) {
+LC_AINLINE void row_axpy(T* y, T a, const T* x, int64_t n) {
   for (int64_t d = 0; d < n; ++d) y[d] += a * x[d];
 }
 
@@ -39,7 +48,7 @@ void transpose_slices(const T* src, int64_t slices, int64_t rows, int64_t cols, 
 // (so the loop over j is unit-stride). Forward and backward both call this, so
 // the backward's probabilities are the forward's to the last bit.
 template <typename T>
-inline void scores(const T* qi, const T* Kt, int64_t S, int64_t Dh, int64_t jn, T scale, T* s) {
+LC_AINLINE void scores(const T* qi, const T* Kt, int64_t S, int64_t Dh, int64_t jn, T scale, T* s) {
   std::fill_n(s, jn, T(0));
   for (int64_t d = 0; d < Dh; ++d) row_axpy(s, scale * qi[d], Kt + d * S, jn);
 }
@@ -75,45 +84,172 @@ inline int64_t first_key(const int32_t* st, int64_t b, int64_t T, int64_t i, int
   return std::max<int64_t>(0, std::min<int64_t>(st[b * T + i], i + off));
 }
 
+// The forward's rows [r0, r1) of all heads (r = bh * T + i), Kt the keys transposed.
+template <typename T>
+struct FwdRows {
+  const T *q, *Kt, *v;
+  T *o, *lse;
+  const AttnDims* a;
+  bool causal;
+  T scale;
+  const int32_t* st;
+};
+
+template <typename T>
+LC_AINLINE void fwd_rows_impl(const FwdRows<T>& f, int64_t r0, int64_t r1) {
+  const AttnDims& a = *f.a;
+  std::vector<T> s(static_cast<size_t>(a.S));
+  for (int64_t r = r0; r < r1; ++r) {
+    int64_t i = r % a.T, bh = r / a.T, kv = a.kv_of(bh);
+    int64_t jn = a.visible(i, f.causal);
+    const int64_t j0 = first_key(f.st, bh / a.Hq, a.T, i, a.off);
+    T* o = f.o + a.orow(bh, i);
+    std::fill_n(o, a.Dv, T(0));
+    if (jn == 0) {  // no keys: a zero row, as softmax over nothing times nothing
+      f.lse[r] = -std::numeric_limits<T>::infinity();
+      continue;
+    }
+    // Scores of keys j0..jn-1, kept at s[j0..jn-1] (j0 == 0 without starts).
+    scores(f.q + a.qrow(bh, i), f.Kt + kv * a.Dh * a.S + j0, a.S, a.Dh, jn - j0, f.scale,
+           s.data() + j0);
+    T m = s[j0];
+    for (int64_t j = j0 + 1; j < jn; ++j) m = std::max(m, s[j]);
+    double l = 0;
+    for (int64_t j = j0; j < jn; ++j) {
+      s[j] = std::exp(s[j] - m);
+      l += s[j];
+    }
+    for (int64_t j = j0; j < jn; ++j) row_axpy(o, s[j], f.v + a.vrow(kv, j), a.Dv);
+    T inv = static_cast<T>(1.0 / l);
+    for (int64_t d = 0; d < a.Dv; ++d) o[d] *= inv;
+    f.lse[r] = static_cast<T>(static_cast<double>(m) + std::log(l));
+  }
+}
+
+template <typename T>
+void fwd_rows_generic(const FwdRows<T>& f, int64_t r0, int64_t r1) {
+  fwd_rows_impl(f, r0, r1);
+}
+#if defined(__x86_64__) && defined(__GNUC__)
+template <typename T>
+__attribute__((target("avx2,fma"))) void fwd_rows_avx2(const FwdRows<T>& f, int64_t r0,
+                                                       int64_t r1) {
+  fwd_rows_impl(f, r0, r1);
+}
+template <typename T>
+__attribute__((target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512"))) void fwd_rows_avx512(
+    const FwdRows<T>& f, int64_t r0, int64_t r1) {
+  fwd_rows_impl(f, r0, r1);
+}
+#endif
+
+template <typename T>
+void fwd_rows(CpuKernels isa, const FwdRows<T>& f, int64_t r0, int64_t r1) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (isa == CpuKernels::Avx512) return fwd_rows_avx512(f, r0, r1);
+  if (isa == CpuKernels::Avx2) return fwd_rows_avx2(f, r0, r1);
+#endif
+  (void)isa;
+  fwd_rows_generic(f, r0, r1);
+}
+
 template <typename T>
 void attn_forward(const T* pq, const T* pk, const T* pv, T* po, T* pl, const AttnDims& a,
                   bool causal, double scale_d, const int32_t* st) {
-  const T scale = static_cast<T>(scale_d);
   std::vector<T> Kt(static_cast<size_t>(a.B * a.Hkv * a.S * a.Dh));
   if (!Kt.empty())
     transpose_slices(pk, a.B * a.Hkv, a.S, a.Dh, [&](int64_t s, int64_t j) { return a.krow(s, j); },
                      Kt.data());
+  const FwdRows<T> f{pq, Kt.data(), pv, po, pl, &a, causal, static_cast<T>(scale_d), st};
+  const CpuKernels isa = cpu_kernels();
   // Rows of all heads are independent: split over B * Hq * T rows.
   int64_t rows = a.B * a.Hq * a.T;
   int64_t cost = std::max<int64_t>(1, (causal ? a.S / 2 : a.S) * (a.Dh + a.Dv + 1));
-  par_items(rows, cost, [&](int64_t r0, int64_t r1) {
-    std::vector<T> s(static_cast<size_t>(a.S));
-    for (int64_t r = r0; r < r1; ++r) {
-      int64_t i = r % a.T, bh = r / a.T, kv = a.kv_of(bh);
-      int64_t jn = a.visible(i, causal);
-      const int64_t j0 = first_key(st, bh / a.Hq, a.T, i, a.off);
-      T* o = po + a.orow(bh, i);
-      std::fill_n(o, a.Dv, T(0));
-      if (jn == 0) {  // no keys: a zero row, as softmax over nothing times nothing
-        pl[r] = -std::numeric_limits<T>::infinity();
-        continue;
-      }
-      // Scores of keys j0..jn-1, kept at s[j0..jn-1] (j0 == 0 without starts).
-      scores(pq + a.qrow(bh, i), Kt.data() + kv * a.Dh * a.S + j0, a.S, a.Dh, jn - j0, scale,
-             s.data() + j0);
-      T m = s[j0];
-      for (int64_t j = j0 + 1; j < jn; ++j) m = std::max(m, s[j]);
-      double l = 0;
-      for (int64_t j = j0; j < jn; ++j) {
-        s[j] = std::exp(s[j] - m);
-        l += s[j];
-      }
-      for (int64_t j = j0; j < jn; ++j) row_axpy(o, s[j], pv + a.vrow(kv, j), a.Dv);
-      T inv = static_cast<T>(1.0 / l);
-      for (int64_t d = 0; d < a.Dv; ++d) o[d] *= inv;
-      pl[r] = static_cast<T>(static_cast<double>(m) + std::log(l));
+  par_items(rows, cost, [&](int64_t r0, int64_t r1) { fwd_rows(isa, f, r0, r1); });
+}
+
+// The backward's query heads [h0, h1) (bh = b * Hq + h): dq in place, dk and dv into per-head
+// scratch [S, D] at dk_part / dv_part + bh * S * D.
+template <typename T>
+struct BwdHeads {
+  const T *g, *q, *k, *lse, *Kt, *Vt;
+  T *dq, *dk_part, *dv_part;
+  const AttnDims* a;
+  bool causal;
+  T scale;
+  const int32_t* st;
+};
+
+template <typename T>
+LC_AINLINE void bwd_heads_impl(const BwdHeads<T>& f, int64_t h0, int64_t h1) {
+  const AttnDims& a = *f.a;
+  const bool need_ds = f.dq || f.dk_part;  // the score gradient feeds dq and dk
+  std::vector<T> p(static_cast<size_t>(a.S)), ds(static_cast<size_t>(a.S));
+  for (int64_t bh = h0; bh < h1; ++bh) {
+    int64_t kv = a.kv_of(bh);
+    T* dkh = f.dk_part ? f.dk_part + bh * a.S * a.Dh : nullptr;
+    T* dvh = f.dv_part ? f.dv_part + bh * a.S * a.Dv : nullptr;
+    if (dkh) std::fill_n(dkh, a.S * a.Dh, T(0));
+    if (dvh) std::fill_n(dvh, a.S * a.Dv, T(0));
+    const T* Ktk = f.Kt + kv * a.Dh * a.S;
+    const T* Vtk = f.Vt ? f.Vt + kv * a.Dv * a.S : nullptr;
+    for (int64_t i = 0; i < a.T; ++i) {
+      int64_t r = bh * a.T + i;
+      int64_t jn = a.visible(i, f.causal);
+      const int64_t j0 = first_key(f.st, bh / a.Hq, a.T, i, a.off);
+      const T* qi = f.q + a.qrow(bh, i);
+      const T* gi = f.g + a.orow(bh, i);
+      T* dqi = f.dq ? f.dq + a.qrow(bh, i) : nullptr;
+      if (dqi) std::fill_n(dqi, a.Dh, T(0));
+      if (jn == 0) continue;
+      // P row (keys j0..jn-1 at p[j0..jn-1]), recomputed from the saved logsumexp.
+      scores(qi, Ktk + j0, a.S, a.Dh, jn - j0, f.scale, p.data() + j0);
+      T l = f.lse[r];
+      for (int64_t j = j0; j < jn; ++j) p[j] = std::exp(p[j] - l);
+      if (dvh)  // dv_j += p_ij dO_i
+        for (int64_t j = j0; j < jn; ++j) row_axpy(dvh + j * a.Dv, p[j], gi, a.Dv);
+      if (!need_ds) continue;
+      // dP_ij = dO_i . v_j; dS_ij = P_ij (dP_ij - sum_j P_ij dP_ij), times scale.
+      std::fill_n(ds.data() + j0, jn - j0, T(0));
+      for (int64_t d = 0; d < a.Dv; ++d)
+        row_axpy(ds.data() + j0, gi[d], Vtk + d * a.S + j0, jn - j0);
+      double dot = 0;
+      for (int64_t j = j0; j < jn; ++j) dot += static_cast<double>(p[j]) * ds[j];
+      T D = static_cast<T>(dot);
+      for (int64_t j = j0; j < jn; ++j) ds[j] = f.scale * (p[j] * (ds[j] - D));
+      if (dqi)  // dq_i = sum_j dS_ij k_j
+        for (int64_t j = j0; j < jn; ++j) row_axpy(dqi, ds[j], f.k + a.krow(kv, j), a.Dh);
+      if (dkh)  // dk_j += dS_ij q_i
+        for (int64_t j = j0; j < jn; ++j) row_axpy(dkh + j * a.Dh, ds[j], qi, a.Dh);
     }
-  });
+  }
+}
+
+template <typename T>
+void bwd_heads_generic(const BwdHeads<T>& f, int64_t h0, int64_t h1) {
+  bwd_heads_impl(f, h0, h1);
+}
+#if defined(__x86_64__) && defined(__GNUC__)
+template <typename T>
+__attribute__((target("avx2,fma"))) void bwd_heads_avx2(const BwdHeads<T>& f, int64_t h0,
+                                                        int64_t h1) {
+  bwd_heads_impl(f, h0, h1);
+}
+template <typename T>
+__attribute__((target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512"))) void bwd_heads_avx512(
+    const BwdHeads<T>& f, int64_t h0, int64_t h1) {
+  bwd_heads_impl(f, h0, h1);
+}
+#endif
+
+template <typename T>
+void bwd_heads(CpuKernels isa, const BwdHeads<T>& f, int64_t h0, int64_t h1) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (isa == CpuKernels::Avx512) return bwd_heads_avx512(f, h0, h1);
+  if (isa == CpuKernels::Avx2) return bwd_heads_avx2(f, h0, h1);
+#endif
+  (void)isa;
+  bwd_heads_generic(f, h0, h1);
 }
 
 // pdq, pdk, pdv (set) in the inputs' layouts; null when not wanted.
@@ -121,7 +257,6 @@ template <typename T>
 void attn_backward(const T* pg, const T* pq, const T* pk, const T* pv, const T* pl, T* pdq,
                    T* pdk, T* pdv, const AttnDims& a, bool causal, double scale_d,
                    const int32_t* st) {
-  const T scale = static_cast<T>(scale_d);
   const bool need_ds = pdq || pdk;  // the score gradient feeds dq and dk
   auto krow = [&](int64_t s, int64_t j) { return a.krow(s, j); };
   auto vrow = [&](int64_t s, int64_t j) { return a.vrow(s, j); };
@@ -137,49 +272,12 @@ void attn_backward(const T* pg, const T* pq, const T* pk, const T* pv, const T* 
   std::vector<T> dk_part, dv_part;
   if (pdk) dk_part.resize(static_cast<size_t>(a.B * a.Hq * a.S * a.Dh));
   if (pdv) dv_part.resize(static_cast<size_t>(a.B * a.Hq * a.S * a.Dv));
-
+  const BwdHeads<T> f{pg, pq, pk, pl, Kt.data(), Vt.empty() ? nullptr : Vt.data(), pdq,
+                      pdk ? dk_part.data() : nullptr, pdv ? dv_part.data() : nullptr, &a, causal,
+                      static_cast<T>(scale_d), st};
+  const CpuKernels isa = cpu_kernels();
   int64_t cost = std::max<int64_t>(1, a.T * (causal ? a.S / 2 : a.S) * (2 * a.Dh + 2 * a.Dv + 2));
-  par_items(a.B * a.Hq, cost, [&](int64_t h0, int64_t h1) {
-    std::vector<T> p(static_cast<size_t>(a.S)), ds(static_cast<size_t>(a.S));
-    for (int64_t bh = h0; bh < h1; ++bh) {
-      int64_t kv = a.kv_of(bh);
-      T* dkh = pdk ? dk_part.data() + bh * a.S * a.Dh : nullptr;
-      T* dvh = pdv ? dv_part.data() + bh * a.S * a.Dv : nullptr;
-      if (dkh) std::fill_n(dkh, a.S * a.Dh, T(0));
-      if (dvh) std::fill_n(dvh, a.S * a.Dv, T(0));
-      const T* Ktk = Kt.data() + kv * a.Dh * a.S;
-      const T* Vtk = Vt.empty() ? nullptr : Vt.data() + kv * a.Dv * a.S;
-      for (int64_t i = 0; i < a.T; ++i) {
-        int64_t r = bh * a.T + i;
-        int64_t jn = a.visible(i, causal);
-        const int64_t j0 = first_key(st, bh / a.Hq, a.T, i, a.off);
-        const T* qi = pq + a.qrow(bh, i);
-        const T* gi = pg + a.orow(bh, i);
-        T* dqi = pdq ? pdq + a.qrow(bh, i) : nullptr;
-        if (dqi) std::fill_n(dqi, a.Dh, T(0));
-        if (jn == 0) continue;
-        // P row (keys j0..jn-1 at p[j0..jn-1]), recomputed from the saved logsumexp.
-        scores(qi, Ktk + j0, a.S, a.Dh, jn - j0, scale, p.data() + j0);
-        T l = pl[r];
-        for (int64_t j = j0; j < jn; ++j) p[j] = std::exp(p[j] - l);
-        if (dvh)  // dv_j += p_ij dO_i
-          for (int64_t j = j0; j < jn; ++j) row_axpy(dvh + j * a.Dv, p[j], gi, a.Dv);
-        if (!need_ds) continue;
-        // dP_ij = dO_i . v_j; dS_ij = P_ij (dP_ij - sum_j P_ij dP_ij), times scale.
-        std::fill_n(ds.data() + j0, jn - j0, T(0));
-        for (int64_t d = 0; d < a.Dv; ++d)
-          row_axpy(ds.data() + j0, gi[d], Vtk + d * a.S + j0, jn - j0);
-        double dot = 0;
-        for (int64_t j = j0; j < jn; ++j) dot += static_cast<double>(p[j]) * ds[j];
-        T D = static_cast<T>(dot);
-        for (int64_t j = j0; j < jn; ++j) ds[j] = scale * (p[j] * (ds[j] - D));
-        if (dqi)  // dq_i = sum_j dS_ij k_j
-          for (int64_t j = j0; j < jn; ++j) row_axpy(dqi, ds[j], pk + a.krow(kv, j), a.Dh);
-        if (dkh)  // dk_j += dS_ij q_i
-          for (int64_t j = j0; j < jn; ++j) row_axpy(dkh + j * a.Dh, ds[j], qi, a.Dh);
-      }
-    }
-  });
+  par_items(a.B * a.Hq, cost, [&](int64_t h0, int64_t h1) { bwd_heads(isa, f, h0, h1); });
   // Sum the per-query-head parts into each kv head (set), in the kv layout.
   auto reduce = [&](const std::vector<T>& part, T* dst, int64_t D, bool is_k) {
     par_items(a.B * a.Hkv, a.group * a.S * D, [&](int64_t s0, int64_t s1) {
