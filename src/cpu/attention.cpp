@@ -24,6 +24,38 @@
 namespace lc {
 namespace {
 
+// Three copies of impl(args, begin, end) (plain, AVX2+FMA, AVX-512), as template functions
+// name_generic/_avx2/_avx512, and name(isa, args, begin, end) calling the one for cpu_kernels().
+#if defined(__x86_64__) && defined(__GNUC__)
+#define LC_ISA_COPIES(name, Args, impl)                                                        \
+  template <typename T>                                                                        \
+  void name##_generic(const Args<T>& f, int64_t b, int64_t e) {                                \
+    impl(f, b, e);                                                                             \
+  }                                                                                            \
+  template <typename T>                                                                        \
+  __attribute__((target("avx2,fma"))) void name##_avx2(const Args<T>& f, int64_t b, int64_t e) { \
+    impl(f, b, e);                                                                             \
+  }                                                                                            \
+  template <typename T>                                                                        \
+  __attribute__((target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512"))) void            \
+      name##_avx512(const Args<T>& f, int64_t b, int64_t e) {                                  \
+    impl(f, b, e);                                                                             \
+  }                                                                                            \
+  template <typename T>                                                                        \
+  void name(CpuKernels isa, const Args<T>& f, int64_t b, int64_t e) {                          \
+    if (isa == CpuKernels::Avx512) return name##_avx512(f, b, e);                              \
+    if (isa == CpuKernels::Avx2) return name##_avx2(f, b, e);                                  \
+    name##_generic(f, b, e);                                                                   \
+  }
+#else
+#define LC_ISA_COPIES(name, Args, impl)                                                        \
+  template <typename T>                                                                        \
+  void name(CpuKernels, const Args<T>& f, int64_t b, int64_t e) {                              \
+    impl(f, b, e);                                                                             \
+  }
+#endif
+
+
 // y[0:n] += a * x[0:n]
 template <typename T>
 LC_AINLINE void row_axpy(T* y, T a, const T* x, int64_t n) {
@@ -126,32 +158,7 @@ LC_AINLINE void fwd_rows_impl(const FwdRows<T>& f, int64_t r0, int64_t r1) {
   }
 }
 
-template <typename T>
-void fwd_rows_generic(const FwdRows<T>& f, int64_t r0, int64_t r1) {
-  fwd_rows_impl(f, r0, r1);
-}
-#if defined(__x86_64__) && defined(__GNUC__)
-template <typename T>
-__attribute__((target("avx2,fma"))) void fwd_rows_avx2(const FwdRows<T>& f, int64_t r0,
-                                                       int64_t r1) {
-  fwd_rows_impl(f, r0, r1);
-}
-template <typename T>
-__attribute__((target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512"))) void fwd_rows_avx512(
-    const FwdRows<T>& f, int64_t r0, int64_t r1) {
-  fwd_rows_impl(f, r0, r1);
-}
-#endif
-
-template <typename T>
-void fwd_rows(CpuKernels isa, const FwdRows<T>& f, int64_t r0, int64_t r1) {
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (isa == CpuKernels::Avx512) return fwd_rows_avx512(f, r0, r1);
-  if (isa == CpuKernels::Avx2) return fwd_rows_avx2(f, r0, r1);
-#endif
-  (void)isa;
-  fwd_rows_generic(f, r0, r1);
-}
+LC_ISA_COPIES(fwd_rows, FwdRows, fwd_rows_impl)
 
 template <typename T>
 void attn_forward(const T* pq, const T* pk, const T* pv, T* po, T* pl, const AttnDims& a,
@@ -225,32 +232,7 @@ LC_AINLINE void bwd_heads_impl(const BwdHeads<T>& f, int64_t h0, int64_t h1) {
   }
 }
 
-template <typename T>
-void bwd_heads_generic(const BwdHeads<T>& f, int64_t h0, int64_t h1) {
-  bwd_heads_impl(f, h0, h1);
-}
-#if defined(__x86_64__) && defined(__GNUC__)
-template <typename T>
-__attribute__((target("avx2,fma"))) void bwd_heads_avx2(const BwdHeads<T>& f, int64_t h0,
-                                                        int64_t h1) {
-  bwd_heads_impl(f, h0, h1);
-}
-template <typename T>
-__attribute__((target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512"))) void bwd_heads_avx512(
-    const BwdHeads<T>& f, int64_t h0, int64_t h1) {
-  bwd_heads_impl(f, h0, h1);
-}
-#endif
-
-template <typename T>
-void bwd_heads(CpuKernels isa, const BwdHeads<T>& f, int64_t h0, int64_t h1) {
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (isa == CpuKernels::Avx512) return bwd_heads_avx512(f, h0, h1);
-  if (isa == CpuKernels::Avx2) return bwd_heads_avx2(f, h0, h1);
-#endif
-  (void)isa;
-  bwd_heads_generic(f, h0, h1);
-}
+LC_ISA_COPIES(bwd_heads, BwdHeads, bwd_heads_impl)
 
 // pdq, pdk, pdv (set) in the inputs' layouts; null when not wanted.
 template <typename T>

@@ -172,24 +172,35 @@ LC_INLINE void pack_a(bool tA, const T* A, int64_t lda, int64_t mc, int64_t kc, 
   }
 }
 
-// The tail's steps kc .. kc + q (+ 1 with a bias) of each A panel: u_scale * U's
-// rows, then a column of ones that meets the bias row of V.
+// The tail's steps kc .. kc + qe of each R-wide panel (of A's rows or B's columns), n of them
+// valid: elem(x, p) for x < n, zero padding. A's are u_scale * U's rows then ones, B's V's rows
+// then the bias, so the ones meet the bias.
+template <typename T, int R, typename Elem>
+LC_INLINE void pack_tail(int64_t n, int64_t qe, int64_t kc, int64_t ps, T* __restrict dst,
+                         Elem elem) {
+  for (int64_t xr = 0; xr < n; xr += R) {
+    const int nx = int(std::min<int64_t>(R, n - xr));
+    T* d = dst + xr * ps + kc * R;
+    for (int64_t p = 0; p < qe; ++p, d += R) {
+      int x = 0;
+      for (; x < nx; ++x) d[x] = elem(xr + x, p);
+      for (; x < R; ++x) d[x] = T(0);
+    }
+  }
+}
 template <typename T, int MR>
 LC_INLINE void pack_a_tail(const GemmTail<T>& t, int64_t row0, int64_t mc, int64_t kc, int64_t ps,
                            T* __restrict dst) {
-  const int64_t qe = t.q + (t.bias ? 1 : 0);
-  for (int64_t ir = 0; ir < mc; ir += MR) {
-    const int mr = int(std::min<int64_t>(MR, mc - ir));
-    T* d = dst + ir * ps + kc * MR;
-    for (int64_t p = 0; p < qe; ++p, d += MR) {
-      int i = 0;
-      if (p < t.q)
-        for (; i < mr; ++i) d[i] = t.u_scale * t.U[(row0 + ir + i) * t.ldu + p];
-      else
-        for (; i < mr; ++i) d[i] = T(1);
-      for (; i < MR; ++i) d[i] = T(0);
-    }
-  }
+  pack_tail<T, MR>(mc, t.q + (t.bias ? 1 : 0), kc, ps, dst, [&](int64_t i, int64_t p) {
+    return p < t.q ? t.u_scale * t.U[(row0 + i) * t.ldu + p] : T(1);
+  });
+}
+template <typename T, int NR>
+LC_INLINE void pack_b_tail(const GemmTail<T>& t, int64_t col0, int64_t nc, int64_t kc, int64_t ps,
+                           T* __restrict dst) {
+  pack_tail<T, NR>(nc, t.q + (t.bias ? 1 : 0), kc, ps, dst, [&](int64_t j, int64_t p) {
+    return p < t.q ? t.V[p * t.v_k + (col0 + j) * t.v_n] : t.bias[col0 + j];
+  });
 }
 
 // Packs op(B)[0:kc, 0:nc] (B already offset to the block) into NR-column
@@ -220,27 +231,6 @@ LC_INLINE void pack_b(bool tB, const T* B, int64_t ldb, int64_t kc, int64_t nc, 
         for (; j < nr; ++j) d[j] = s[j];
         for (; j < NR; ++j) d[j] = T(0);
       }
-    }
-  }
-}
-
-// The tail's steps of each B panel: V's rows q, then the bias.
-template <typename T, int NR>
-LC_INLINE void pack_b_tail(const GemmTail<T>& t, int64_t col0, int64_t nc, int64_t kc, int64_t ps,
-                           T* __restrict dst) {
-  const int64_t qe = t.q + (t.bias ? 1 : 0);
-  for (int64_t jr = 0; jr < nc; jr += NR) {
-    const int nr = int(std::min<int64_t>(NR, nc - jr));
-    T* d = dst + jr * ps + kc * NR;
-    for (int64_t p = 0; p < qe; ++p, d += NR) {
-      int j = 0;
-      if (p < t.q) {
-        const T* v = t.V + p * t.v_k + (col0 + jr) * t.v_n;
-        for (; j < nr; ++j) d[j] = v[j * t.v_n];
-      } else {
-        for (; j < nr; ++j) d[j] = t.bias[col0 + jr + j];
-      }
-      for (; j < NR; ++j) d[j] = T(0);
     }
   }
 }
