@@ -56,21 +56,32 @@ node -r ./test/helpers/ts-register.js -e '
   }
 '
 
+# Each jest run also writes its results as JSON, so that the failures of every run can be listed
+# once more at the very end: the later schedule runs go on after a failure and would otherwise push
+# it out of the last screens of a CI log.
+results="$build_dir/jest-results"
+rm -rf "$results"
+mkdir -p "$results"
 status=0
 if [ $# -gt 0 ]; then
-  npx jest --ci "$@" || status=$?
+  npx jest --ci --json --outputFile="$results/1-arguments.json" "$@" || status=$?
 else
   # Every suite with parts that run only when CUDA is available.
-  npx jest --ci test/cuda.test.ts test/cuda-half.test.ts test/cuda-probe.test.ts test/soak.test.ts test/bad-input.test.ts test/errors.test.ts test/tensor.test.ts \
+  npx jest --ci --json --outputFile="$results/1-suites.json" \
+    test/cuda.test.ts test/cuda-half.test.ts test/cuda-probe.test.ts test/soak.test.ts test/bad-input.test.ts test/errors.test.ts test/tensor.test.ts \
     test/cli-finetune.test.ts test/gradcheck.test.ts test/distributed.test.ts test/attention.test.ts test/memory.test.ts \
     || status=$?
+  n=2
   for schedule in reverse warp-ahead reverse,warp-ahead; do
     echo "test-cuda-emu: the parity suite again with LORA_CUDA_EMU_SCHEDULE=$schedule"
-    LORA_CUDA_EMU_SCHEDULE=$schedule npx jest --ci test/cuda.test.ts || status=$?
+    LORA_CUDA_EMU_SCHEDULE=$schedule npx jest --ci --json --outputFile="$results/$n-schedule-${schedule/,/+}.json" \
+      test/cuda.test.ts || status=$?
+    n=$((n + 1))
   done
 fi
 echo "test-cuda-emu: $(($(date +%s) - start)) s in all"
 if [ "$status" -ne 0 ]; then
+  node scripts/jest-failures.js "$results"/*.json >&2 || true
   echo "test-cuda-emu: jest failed with the emulated CUDA backend (exit $status)" >&2
   exit "$status"
 fi
