@@ -18,6 +18,8 @@ export interface BenchBinding {
    */
   gemmBf16(a: NativeTensor, b: NativeTensor, c: NativeTensor, transA: boolean, transB: boolean, M: number, N: number,
     K: number, alpha: number, beta: number, lda: number, ldb: number, ldc: number): void;
+  /** The float32 multiply-add peak of the built-in kernels' vectors on the pool's threads (about `seconds` long). */
+  fmaPeak(seconds: number): { gflops: number; gflopsPerThread: number; threads: number; kernels: string };
   /** Peak bytes of tensors live on this thread since the last livePeak(true) (which restarts it from now). */
   livePeak(reset: boolean): number;
 }

@@ -79,6 +79,13 @@ export interface ModelBenchResult {
   ratio: number | null;
   /** PyTorch's CPU time per step over ours. */
   cpuRatio: number | null;
+  /**
+   * What the hardware allows (float32 only): the step's matrix products counted from the shapes
+   * (productFlops), the float32 multiply-add peak of the built-in kernels' vectors on all threads
+   * measured in the same run (fmaPeakGflops), and the time the products alone would take at that
+   * peak (productFloorMs): no implementation's step can be shorter.
+   */
+  floor: { productGflop: number; fmaPeakGflops: number; fmaKernels: string; threads: number; productFloorMs: number } | null;
 }
 
 function median(xs: number[]): number {
@@ -132,6 +139,36 @@ function runOurs(c: ModelBenchConfig) {
   };
 }
 
+/**
+ * The multiply-adds (x 2) of the matrix products one training step needs, from the shapes: the
+ * frozen projections forward and their input gradients (none for layer 0's q, k and v, whose input
+ * needs no gradient), the tied head forward and input gradient, the adapters' six products (their
+ * dx again not in layer 0), and attention's two forward and four backward products over the causal
+ * half of each score matrix (no dK in layer 0). The floor counts only what must be computed.
+ */
+export function productFlops(c: ModelBenchConfig): number {
+  const T = c.batch * c.seq;
+  const hd = c.hidden / c.heads;
+  const kv = c.kvHeads * hd;
+  const h = c.hidden;
+  const perLayer = 2 * h * h + 2 * h * kv + 3 * h * c.intermediate; // q, o; k, v; gate, up, down
+  const qkv = h * (h + 2 * kv);
+  let mults = 0;
+  mults += T * perLayer * c.layers; // forward
+  mults += T * perLayer * c.layers - T * qkv; // input gradients
+  mults += 2 * T * h * c.vocab; // head: logits and their input gradient
+  const adapters = [[h, h], [h, kv]]; // q_proj, v_proj: in, out
+  for (const [i, o] of adapters) {
+    const fwd = T * c.r * (i + o); // h = x A^T, y += s h B^T
+    const bwd = T * c.r * (o + o + i); // dB, dh, dA
+    const dx = T * c.r * i;
+    mults += c.layers * (fwd + bwd) + (c.layers - 1) * dx;
+  }
+  const scores = c.batch * c.heads * (c.seq * (c.seq + 1) / 2) * hd; // one product over the causal half
+  mults += c.layers * 6 * scores - scores; // QK^T, PV; dV, dP, dQ, dK (no dK in layer 0)
+  return 2 * mults;
+}
+
 /** The PyTorch step in a child process: /usr/bin/python3 (else python3 on PATH) with torch. */
 function runTorch(c: ModelBenchConfig): { side: TorchSide | null; why?: string } {
   const script = path.join(__dirname, '..', '..', 'bench', 'torch_model_step.py');
@@ -177,6 +214,19 @@ export function runModelBench(kind: 'full' | 'quick' | 'tiny', options: { torch?
   const ratio = pytorch ? ours.tokensPerSecond / pytorch.tokensPerSecond : null;
   const cpuRatio = pytorch ? pytorch.cpuMs / ours.cpuMs : null;
   if (ratio !== null) log(`ratio: ${ratio.toFixed(2)}x PyTorch's tokens/s (CPU time per step: ${cpuRatio!.toFixed(2)}x less); load average ${os.loadavg()[0].toFixed(1)} on ${os.cpus().length} cores`);
+  let floor: ModelBenchResult['floor'] = null;
+  if (c.dtype === 'float32') {
+    // Measured after both steps, in the same run, so it sees the machine as they did.
+    const peak = benchNative.fmaPeak(kind === 'tiny' ? 0.05 : 1.5);
+    const flops = productFlops(c);
+    floor = {
+      productGflop: flops / 1e9, fmaPeakGflops: peak.gflops, fmaKernels: peak.kernels, threads: peak.threads,
+      productFloorMs: flops / (peak.gflops * 1e9) * 1000,
+    };
+    log(`floor: the step's products are ${floor.productGflop.toFixed(1)} GFLOP; at this machine's float32 multiply-add peak ` +
+      `(${peak.gflops.toFixed(0)} GFLOP/s on ${peak.threads} threads, ${peak.kernels} vectors) they alone take ${floor.productFloorMs.toFixed(0)} ms ` +
+      `(our step: ${ours.medianMs.toFixed(0)} ms${pytorch ? `; 3x PyTorch's tokens/s needs ${(pytorch.medianMs / 3).toFixed(0)} ms` : ''})`);
+  }
   return {
     date: new Date().toISOString(),
     machine: { cpu, cores: os.cpus().length, node: process.version, platform: `${process.platform}-${process.arch}`, loadavg: os.loadavg() },
@@ -187,5 +237,6 @@ export function runModelBench(kind: 'full' | 'quick' | 'tiny', options: { torch?
     ...(pytorch ? {} : { pytorchSkipped: why }),
     ratio,
     cpuRatio,
+    floor,
   };
 }

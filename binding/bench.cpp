@@ -63,6 +63,20 @@ Napi::Object bench_exports(Napi::Env env, TensorArg T) {
                   C.data<lc::bf16>(), ldc);
     return a.Env().Undefined();
   });
+  // The float32 multiply-add peak of the built-in kernels' vectors on the pool's threads:
+  // fmaPeak(seconds) -> { gflops, gflopsPerThread, threads, kernels }.
+  def("fmaPeak", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    const double seconds = num(a[0], "seconds");
+    if (!(seconds > 0 && seconds <= 60))
+      throw Napi::RangeError::New(a.Env(), "fmaPeak: seconds must be in (0, 60]");
+    const lc::FmaPeak p = lc::fma_peak(seconds);
+    Napi::Object r = Napi::Object::New(a.Env());
+    r.Set("gflops", p.gflops);
+    r.Set("gflopsPerThread", p.gflops_per_thread);
+    r.Set("threads", p.threads);
+    r.Set("kernels", p.kernels);
+    return r;
+  });
   // The peak of the tensor bytes live on this thread since the last call with reset (the CPU
   // backend's allocations: tensors only, not the GEMM's per-thread packing buffers).
   def("livePeak", [](const Napi::CallbackInfo& a) -> Napi::Value {

@@ -544,6 +544,16 @@ describe('lora-cuda bench', () => {
     const layer = 64 * 64 + 2 * 32 * 64 + 64 * 64 + 3 * 64 * 128 + 2 * 64 + (4 * 64 + 64 * 4 + 4 * 64 + 32 * 4);
     expect(json.lora.memory.weightBytes).toBe(4 * (256 * 64 + 2 * layer + 64));
     expect(json.lora.memory.stepPeakBytes).toBeGreaterThan(0);
+    // The floor: the step's products counted by hand for 32 tokens (multiply-adds): projections
+    // forward 32 * 36864 * 2 layers, their input gradients the same less layer 0's q, k, v (32 * 64 * 128),
+    // the head forward and dx 2 * 32 * 64 * 256, the q and v adapters (forward, dB, dh, dA; dx in layer 1
+    // only) 90112 + 65536, attention's 6 causal products (2 * 4 heads * 136 * 16 each; no dK in layer 0) x 11.
+    const mults = 2 * 32 * 36864 * 2 - 32 * 64 * 128 + 2 * 32 * 64 * 256 + 90112 + 65536 + 11 * (2 * 4 * 136 * 16);
+    expect(json.floor.productGflop).toBeCloseTo((2 * mults) / 1e9, 12);
+    expect(json.floor.fmaPeakGflops).toBeGreaterThan(0);
+    expect(json.floor.fmaKernels).toBe(json.backend.kernels);
+    expect(json.floor.productFloorMs).toBeCloseTo((json.floor.productGflop / json.floor.fmaPeakGflops) * 1000, 9);
+    expect(r.stdout).toMatch(/^floor: the step's products are 0\.0 GFLOP; at this machine's float32 multiply-add peak \(\d+ GFLOP\/s on \d+ threads, \S+ vectors\) they alone take \d+ ms \(our step: \d+ ms\)$/m);
   });
 
   test('--model --dtype bfloat16: the model in bfloat16 with float32 adapters, its weights in half the bytes', async () => {
@@ -556,6 +566,7 @@ describe('lora-cuda bench', () => {
     const frozen = 256 * 64 + 2 * (64 * 64 + 2 * 32 * 64 + 64 * 64 + 3 * 64 * 128 + 2 * 64) + 64;
     const adapters = 2 * (4 * 64 + 64 * 4 + 4 * 64 + 32 * 4);
     expect(json.lora.memory.weightBytes).toBe(2 * frozen + 4 * adapters);
+    expect(json.floor).toBeNull(); // the float32 peak says nothing of the bfloat16 kernels
     const bad = await run(['bench', '--model', '--shapes', 'tiny', '--no-torch', '--dtype', 'float16']);
     expect(bad.code).not.toBe(0);
     expect(bad.stderr).toContain('--dtype must be float32 or bfloat16, got "float16"');

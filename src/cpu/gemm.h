@@ -16,6 +16,16 @@ CpuKernels cpu_kernels();
 // "avx512", "avx2+fma" or "generic".
 const char* cpu_kernels_name(CpuKernels k);
 
+// The float32 multiply-add peak of the chosen kernel copy's vectors on all of the pool's threads
+// (fma_peak.cpp): what no product can exceed here. For the benchmarks; runs about `seconds`.
+struct FmaPeak {
+  double gflops;             // all threads together
+  double gflops_per_thread;  // the fastest single thread
+  int threads;
+  const char* kernels;
+};
+FmaPeak fma_peak(double seconds);
+
 // Row-major C = alpha * op(A) * op(B) + beta * C, with op(X) = X or X^T.
 // op(A) is M x K, op(B) is K x N, C is M x N; lda/ldb/ldc are row strides of
 // the stored (untransposed) matrices. beta == 0 means C is written without
