@@ -580,7 +580,17 @@ describe('lora-cuda bench', () => {
     expect(fs.readFileSync(path.join(root, 'lib', 'cli', 'index.ts'), 'utf8')).toMatch(/await import\('\.\.\/\.\.\/bench\/command'\)/);
     const binding = native as unknown as Record<string, unknown> & { bench: Record<string, unknown> };
     for (const name of ['gemmInto', 'cudaEventRecord', 'cudaEventElapsed', 'cudaEventDestroy']) expect(binding[name]).toBeUndefined();
-    expect(Object.keys(binding.bench).sort()).toEqual(['eventDestroy', 'eventElapsed', 'eventRecord', 'gemmBf16', 'gemmInto', 'livePeak']);
+    expect(Object.keys(binding.bench).sort()).toEqual(['eventDestroy', 'eventElapsed', 'eventRecord', 'fmaPeak', 'gemmBf16', 'gemmInto', 'livePeak']);
+  });
+
+  test('the bench binding: fmaPeak measures on every thread, and refuses a bad duration', () => {
+    const p = benchNative.fmaPeak(0.05);
+    expect(p.threads).toBe(backendInfo().cpu.threads);
+    expect(p.kernels).toBe(backendInfo().cpu.kernels);
+    expect(p.gflopsPerThread).toBeGreaterThan(0);
+    // All threads together can beat one by at most the thread count (a late thread only lowers it).
+    expect(p.gflops).toBeLessThanOrEqual(p.gflopsPerThread * p.threads * 1.0001);
+    for (const bad of [0, -1, 61, NaN]) expect(() => benchNative.fmaPeak(bad)).toThrow(/^fmaPeak: seconds must be in \(0, 60\]$/);
   });
 
   test('the bench binding: a plain GEMM into an existing matrix; C++ failures come back as JS Errors', () => {
