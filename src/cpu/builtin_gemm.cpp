@@ -11,6 +11,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../parallel.h"
@@ -139,10 +140,57 @@ LC_INLINE void micro_kernel(int64_t kc, const T* __restrict a, const T* __restri
   }
 }
 
+// Transposes VL x VL elements held as VL row vectors (r[i][c] becomes r[c][i]): stage D swaps the
+// off-diagonal D x D blocks of every 2D x 2D block, log2(VL) stages of two-vector shuffles (64 for
+// 16 floats, where one element at a time costs a load and a store each).
+template <int D, int VL, typename V, int... I>
+LC_INLINE void swap_blocks(V& a, V& b, std::integer_sequence<int, I...>) {
+  const V lo = __builtin_shufflevector(a, b, ((I & D) ? I - D + VL : I)...);
+  const V hi = __builtin_shufflevector(a, b, ((I & D) ? I + VL : I + D)...);
+  a = lo;
+  b = hi;
+}
+template <int D, int VL, typename V>
+LC_INLINE void transpose(V* r) {
+  if constexpr (D < VL) {
+#pragma GCC unroll 16
+    for (int i = 0; i < VL; ++i)
+      if (!(i & D)) swap_blocks<D, VL>(r[i], r[i + D], std::make_integer_sequence<int, VL>{});
+    transpose<2 * D, VL>(r);
+  }
+}
+
+// dst[p * ldd + i] = src[i * lds + p] for i < n (rows past n read as zero) and p < kc, keeping the
+// first `width` values of each step: stored rows become k-major panels, VL x VL blocks at a time
+// through transpose() on the W-byte vector, the last kc % VL steps one value at a time.
+template <typename T, int W>
+LC_INLINE void pack_transposed(const T* src, int64_t lds, int n, int width, int64_t kc,
+                               T* __restrict dst, int64_t ldd) {
+  using V = typename Kern<T, W>::V;
+  constexpr int VL = int(sizeof(V) / sizeof(T));
+  for (int g = 0; g < width; g += VL) {
+    const int rows = std::max(0, std::min(VL, n - g)), keep = std::min(VL, width - g);
+    int64_t p = 0;
+    for (; p + VL <= kc; p += VL) {
+      V r[VL];
+#pragma GCC unroll 16
+      for (int i = 0; i < VL; ++i) {
+        if (i < rows) std::memcpy(&r[i], src + (g + i) * lds + p, sizeof(V));
+        else r[i] = V{};
+      }
+      transpose<1, VL>(r);
+#pragma GCC unroll 16
+      for (int i = 0; i < VL; ++i) std::memcpy(dst + (p + i) * ldd + g, &r[i], keep * sizeof(T));
+    }
+    for (; p < kc; ++p)
+      for (int i = 0; i < keep; ++i) dst[p * ldd + g + i] = i < rows ? src[(g + i) * lds + p] : T(0);
+  }
+}
+
 // Packs op(A)[0:mc, 0:kc] (A already offset to the block) into MR-row panels,
 // each laid out k-major: panel[p * MR + i], panels `ps` >= kc steps apart (the
 // steps past kc are the tail's, packed by pack_a_tail).
-template <typename T, int MR>
+template <typename T, int MR, int W>
 LC_INLINE void pack_a(bool tA, const T* A, int64_t lda, int64_t mc, int64_t kc, int64_t ps,
                       T* __restrict dst) {
   for (int64_t ir = 0; ir < mc; ir += MR) {
@@ -156,18 +204,9 @@ LC_INLINE void pack_a(bool tA, const T* A, int64_t lda, int64_t mc, int64_t kc, 
         for (; i < mr; ++i) d[i] = s[i];
         for (; i < MR; ++i) d[i] = T(0);
       }
-    } else if (mr == MR) {
-      const T* s = A + ir * lda;
-      for (int64_t p = 0; p < kc; ++p, d += MR)
-#pragma GCC unroll 8
-        for (int i = 0; i < MR; ++i) d[i] = s[i * lda + p];
     } else {
-      const T* s = A + ir * lda;
-      for (int64_t p = 0; p < kc; ++p, d += MR) {
-        int i = 0;
-        for (; i < mr; ++i) d[i] = s[i * lda + p];
-        for (; i < MR; ++i) d[i] = T(0);
-      }
+      // op(A)(i, k) = A[i * lda + k]: MR stored rows, transposed into the panel.
+      pack_transposed<T, W>(A + ir * lda, lda, mr, MR, kc, d, MR);
     }
   }
 }
@@ -205,20 +244,15 @@ LC_INLINE void pack_b_tail(const GemmTail<T>& t, int64_t col0, int64_t nc, int64
 
 // Packs op(B)[0:kc, 0:nc] (B already offset to the block) into NR-column
 // panels, each laid out k-major: panel[p * NR + j], panels `ps` >= kc steps apart.
-template <typename T, int NR>
+template <typename T, int NR, int W>
 LC_INLINE void pack_b(bool tB, const T* B, int64_t ldb, int64_t kc, int64_t nc, int64_t ps,
                       T* __restrict dst) {
   for (int64_t jr = 0; jr < nc; jr += NR) {
     const int nr = int(std::min<int64_t>(NR, nc - jr));
     T* d = dst + jr * ps;
     if (tB) {
-      // op(B)(k, j) = B[j * ldb + k]: read each stored row contiguously.
-      for (int j = 0; j < nr; ++j) {
-        const T* s = B + (jr + j) * ldb;
-        for (int64_t p = 0; p < kc; ++p) d[p * NR + j] = s[p];
-      }
-      for (int j = nr; j < NR; ++j)
-        for (int64_t p = 0; p < kc; ++p) d[p * NR + j] = T(0);
+      // op(B)(k, j) = B[j * ldb + k]: NR stored rows, transposed into the panel.
+      pack_transposed<T, W>(B + jr * ldb, ldb, nr, NR, kc, d, NR);
     } else if (nr == NR) {
       const T* s = B + jr;
       for (int64_t p = 0; p < kc; ++p, s += ldb, d += NR)
@@ -263,13 +297,13 @@ LC_INLINE void gemm_block(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T a
       const int64_t kc = std::min(kcb, K - pc);
       const bool last = pc + kc >= K;
       const int64_t ps = last ? kc + qe : kc;  // steps per packed panel
-      pack_b<T, NR>(tB, tB ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, kc, nc, ps, Bp);
+      pack_b<T, NR, W>(tB, tB ? B + jc * ldb + pc : B + pc * ldb + jc, ldb, kc, nc, ps, Bp);
       if (last && qe) pack_b_tail<T, NR>(tail, jc, nc, kc, ps, Bp);
       // Later K blocks accumulate onto what the first one wrote.
       const T beta_k = pc == 0 ? beta : T(1);
       for (int64_t ic = 0; ic < M; ic += MC) {
         const int64_t mc = std::min(MC, M - ic);
-        pack_a<T, MR>(tA, tA ? A + pc * lda + ic : A + ic * lda + pc, lda, mc, kc, ps, Ap);
+        pack_a<T, MR, W>(tA, tA ? A + pc * lda + ic : A + ic * lda + pc, lda, mc, kc, ps, Ap);
         if (last && qe) pack_a_tail<T, MR>(tail, ic, mc, kc, ps, Ap);
         T* Cb = C + ic * ldc + jc;
         // jr outer so one B micro-panel stays in L1 while A streams from L2.
@@ -326,7 +360,7 @@ LC_INLINE void thin_tall(int64_t t0, int64_t t1, int64_t M, int64_t N, int64_t K
     std::unique_ptr<T[]> ap;
     if (mr < MR) {
       ap.reset(new T[size_t(MR * K)]);
-      pack_a<T, MR>(false, A + i * lda, lda, mr, K, K, ap.get());
+      pack_a<T, MR, W>(false, A + i * lda, lda, mr, K, K, ap.get());
     }
     for (int64_t j = 0; j < N; j += NR) {
       const int nr = int(std::min<int64_t>(NR, N - j));
@@ -433,7 +467,7 @@ void thin_wide_gemm(bool tA, int64_t M, int64_t N, int64_t K, T alpha, const T* 
                     const T* B, int64_t ldb, T beta, T* C, int64_t ldc, ThinWideFn<T> fn) {
   constexpr int64_t VL = 64 / sizeof(T);
   std::unique_ptr<T[]> ap(new T[size_t(MW * K)]);
-  pack_a<T, MW>(tA, A, lda, M, K, K, ap.get());
+  pack_a<T, MW, 16>(tA, A, lda, M, K, K, ap.get());
   const int64_t strips = (N + VL - 1) / VL;
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 20) / (MW * VL * K));
   parallel_for(strips, grain, [&](int64_t s0, int64_t s1) {
@@ -451,7 +485,7 @@ void thin_gemm(bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A, in
   constexpr int MR = Kern<T, W>::MR, NR = Kern<T, W>::NR;
   const int64_t npad = (N + NR - 1) / NR * NR, tiles = (M + MR - 1) / MR;
   std::unique_ptr<T[]> bp(new T[size_t(npad * K)]);
-  pack_b<T, NR>(tB, B, ldb, K, N, K, bp.get());
+  pack_b<T, NR, 16>(tB, B, ldb, K, N, K, bp.get());
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 20) / (MR * npad * K));
   parallel_for(tiles, grain, [&](int64_t t0, int64_t t1) {
     fn(t0, t1, M, N, K, alpha, A, lda, bp.get(), beta, C, ldc);
