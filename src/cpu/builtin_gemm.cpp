@@ -160,31 +160,31 @@ LC_INLINE void transpose(V* r) {
   }
 }
 
-// dst[p * ldd + i] = src[i * lds + p] for i < n (rows past n read as zero) and p < kc, keeping the
-// first `width` values of each step: stored rows become k-major panels, VL x VL blocks at a time
-// through transpose() on the W-byte vector, the last kc % VL steps one value at a time.
-template <typename T, int W>
-LC_INLINE void pack_transposed(const T* src, int64_t lds, int n, int width, int64_t kc,
-                               T* __restrict dst, int64_t ldd) {
+// dst[p * ldd + G + i] = src[(G + i) * lds + p] for G + i < n (rows past n read as zero), i < the
+// group's VL rows (fewer for the last group of WIDTH) and p < kc: VL stored rows become VL
+// k-major steps through transpose() on the W-byte vector, the last kc % VL steps one value at a
+// time; then the next group. WIDTH and G are constants so each store has a fixed size.
+template <typename T, int W, int WIDTH, int G = 0>
+LC_INLINE void pack_transposed(const T* src, int64_t lds, int n, int64_t kc, T* __restrict dst,
+                               int64_t ldd) {
   using V = typename Kern<T, W>::V;
-  constexpr int VL = int(sizeof(V) / sizeof(T));
-  for (int g = 0; g < width; g += VL) {
-    const int rows = std::max(0, std::min(VL, n - g)), keep = std::min(VL, width - g);
-    int64_t p = 0;
-    for (; p + VL <= kc; p += VL) {
-      V r[VL];
+  constexpr int VL = int(sizeof(V) / sizeof(T)), KEEP = WIDTH - G < VL ? WIDTH - G : VL;
+  const int rows = std::max(0, std::min(VL, n - G));
+  int64_t p = 0;
+  for (; p + VL <= kc; p += VL) {
+    V r[VL];
 #pragma GCC unroll 16
-      for (int i = 0; i < VL; ++i) {
-        if (i < rows) std::memcpy(&r[i], src + (g + i) * lds + p, sizeof(V));
-        else r[i] = V{};
-      }
-      transpose<1, VL>(r);
-#pragma GCC unroll 16
-      for (int i = 0; i < VL; ++i) std::memcpy(dst + (p + i) * ldd + g, &r[i], keep * sizeof(T));
+    for (int i = 0; i < VL; ++i) {
+      if (i < rows) std::memcpy(&r[i], src + (G + i) * lds + p, sizeof(V));
+      else r[i] = V{};
     }
-    for (; p < kc; ++p)
-      for (int i = 0; i < keep; ++i) dst[p * ldd + g + i] = i < rows ? src[(g + i) * lds + p] : T(0);
+    transpose<1, VL>(r);
+#pragma GCC unroll 16
+    for (int i = 0; i < VL; ++i) std::memcpy(dst + (p + i) * ldd + G, &r[i], KEEP * sizeof(T));
   }
+  for (; p < kc; ++p)
+    for (int i = 0; i < KEEP; ++i) dst[p * ldd + G + i] = i < rows ? src[(G + i) * lds + p] : T(0);
+  if constexpr (G + VL < WIDTH) pack_transposed<T, W, WIDTH, G + VL>(src, lds, n, kc, dst, ldd);
 }
 
 // Packs op(A)[0:mc, 0:kc] (A already offset to the block) into MR-row panels,
@@ -199,6 +199,11 @@ LC_INLINE void pack_a(bool tA, const T* A, int64_t lda, int64_t mc, int64_t kc, 
     if (tA) {
       // op(A)(i, k) = A[k * lda + i]: MR contiguous values per k.
       const T* s = A + ir;
+      if (mr == MR) {
+        // A fixed-size copy, expanded inline (a run-time count made it a memcpy call per step).
+        for (int64_t p = 0; p < kc; ++p, s += lda, d += MR) std::memcpy(d, s, MR * sizeof(T));
+        continue;
+      }
       for (int64_t p = 0; p < kc; ++p, s += lda, d += MR) {
         int i = 0;
         for (; i < mr; ++i) d[i] = s[i];
@@ -206,7 +211,7 @@ LC_INLINE void pack_a(bool tA, const T* A, int64_t lda, int64_t mc, int64_t kc, 
       }
     } else {
       // op(A)(i, k) = A[i * lda + k]: MR stored rows, transposed into the panel.
-      pack_transposed<T, W>(A + ir * lda, lda, mr, MR, kc, d, MR);
+      pack_transposed<T, W, MR>(A + ir * lda, lda, mr, kc, d, MR);
     }
   }
 }
@@ -252,12 +257,11 @@ LC_INLINE void pack_b(bool tB, const T* B, int64_t ldb, int64_t kc, int64_t nc, 
     T* d = dst + jr * ps;
     if (tB) {
       // op(B)(k, j) = B[j * ldb + k]: NR stored rows, transposed into the panel.
-      pack_transposed<T, W>(B + jr * ldb, ldb, nr, NR, kc, d, NR);
+      pack_transposed<T, W, NR>(B + jr * ldb, ldb, nr, kc, d, NR);
     } else if (nr == NR) {
+      // A fixed-size copy, expanded inline (a copy loop became a memmove call per step).
       const T* s = B + jr;
-      for (int64_t p = 0; p < kc; ++p, s += ldb, d += NR)
-#pragma GCC unroll 16
-        for (int j = 0; j < NR; ++j) d[j] = s[j];
+      for (int64_t p = 0; p < kc; ++p, s += ldb, d += NR) std::memcpy(d, s, NR * sizeof(T));
     } else {
       const T* s = B + jr;
       for (int64_t p = 0; p < kc; ++p, s += ldb, d += NR) {
