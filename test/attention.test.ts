@@ -54,6 +54,8 @@ const CASES: Case[] = [
   { B: 1, Hq: 4, Hkv: 2, T: 19, S: 83, D: 64, causal: true },   // S > T: the last T of S positions
   { B: 2, Hq: 2, Hkv: 1, T: 77, S: 77, D: 48, causal: true, starts: startsFor(2, 77, 77) },
   { B: 2, Hq: 2, Hkv: 2, T: 9, S: 45, D: 64, causal: true, starts: startsFor(2, 9, 45) },
+  // Two blocks of query rows over a longer key range (S > T), GQA and per-row first keys.
+  { B: 1, Hq: 4, Hkv: 2, T: 70, S: 100, D: 32, causal: true, starts: startsFor(1, 70, 100) },
   { B: 1, Hq: 2, Hkv: 1, T: 21, S: 21, D: 36, causal: false },  // a head dim the tiles pad, rows not 16-byte aligned
   { B: 1, Hq: 2, Hkv: 2, T: 13, S: 13, D: 160, causal: true },  // wider than the tensor-core kernels
 ];

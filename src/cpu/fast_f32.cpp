@@ -179,6 +179,28 @@ LC_INLINE void backward_rows(const float* x, const float* pl, const int32_t* t, 
   }
 }
 
+template <int W>
+LC_INLINE double exp_shift_row(float* x, int64_t n, float m) {
+  using F = typename Vec<W>::F;
+  constexpr int L = Vec<W>::L;
+  const F vm = splat<W>(m);
+  F acc = splat<W>(0.f);
+  double s = 0;
+  int64_t j = 0;
+  for (; j + L <= n; j += L) {
+    const F e = vexp<W>(load<W>(x + j) - vm);
+    store<W>(x + j, e);
+    acc += e;
+    if ((j / L) % 64 == 63) {  // as row_lse: no lane sums more than 64 terms in float
+      s += hsum<W>(acc);
+      acc = splat<W>(0.f);
+    }
+  }
+  s += hsum<W>(acc);
+  for (; j < n; ++j) s += (x[j] = static_cast<float>(std::exp(static_cast<double>(x[j]) - m)));
+  return s;
+}
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #define LC_AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma")))
 #define LC_AVX2 __attribute__((target("avx2,fma")))
@@ -200,6 +222,8 @@ LC_AVX2 void bwd_avx2(const float* x, const float* pl, const int32_t* t, int64_t
                       double scale, float* d) {
   backward_rows<32>(x, pl, t, i0, i1, C, ii, ls, g, per_row, scale, d);
 }
+LC_AVX512 double exp_shift_avx512(float* x, int64_t n, float m) { return exp_shift_row<64>(x, n, m); }
+LC_AVX2 double exp_shift_avx2(float* x, int64_t n, float m) { return exp_shift_row<32>(x, n, m); }
 #endif
 
 // Rows per chunk: about 64K logits, so small batches stay on one thread.
@@ -237,6 +261,15 @@ void cross_entropy_backward_f32(const float* x, const float* lse, const int32_t*
     (void)isa;
     backward_rows<16>(x, lse, t, i0, i1, C, ignore_index, ls, g, per_row, scale, d);
   });
+}
+
+double exp_shift_f32(float* x, int64_t n, float m) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  const CpuKernels isa = cpu_kernels();
+  if (isa == CpuKernels::Avx512) return exp_shift_avx512(x, n, m);
+  if (isa == CpuKernels::Avx2) return exp_shift_avx2(x, n, m);
+#endif
+  return exp_shift_row<16>(x, n, m);
 }
 
 }  // namespace lc

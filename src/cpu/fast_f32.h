@@ -22,4 +22,7 @@ void cross_entropy_backward_f32(const float* x, const float* lse, const int32_t*
                                 int64_t C, int64_t ignore_index, double ls, const float* g,
                                 bool per_row, double scale, float* d);
 
+// x[j] = exp(x[j] - m) for j < n, returning their sum in double: a softmax row (attention's).
+double exp_shift_f32(float* x, int64_t n, float m);
+
 }  // namespace lc
