@@ -201,6 +201,34 @@ LC_INLINE double exp_shift_row(float* x, int64_t n, float m) {
   return s;
 }
 
+template <int W>
+LC_INLINE void silu_rows(const float* x, float* y, int64_t n) {
+  constexpr int L = Vec<W>::L;
+  const auto one = splat<W>(1.f);
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    const auto v = load<W>(x + i);
+    store<W>(y + i, v / (one + vexp<W>(-v)));
+  }
+  for (; i < n; ++i) y[i] = x[i] / (1.f + std::exp(-x[i]));
+}
+
+template <int W>
+LC_INLINE void silu_backward_rows(const float* x, const float* dy, float* dx, int64_t n) {
+  constexpr int L = Vec<W>::L;
+  const auto one = splat<W>(1.f);
+  int64_t i = 0;
+  for (; i + L <= n; i += L) {
+    const auto v = load<W>(x + i);
+    const auto s = one / (one + vexp<W>(-v));
+    store<W>(dx + i, load<W>(dy + i) * (s * (one + v * (one - s))));
+  }
+  for (; i < n; ++i) {
+    const float s = 1.f / (1.f + std::exp(-x[i]));
+    dx[i] = dy[i] * (s * (1.f + x[i] * (1.f - s)));
+  }
+}
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #define LC_AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma")))
 #define LC_AVX2 __attribute__((target("avx2,fma")))
@@ -221,6 +249,14 @@ LC_AVX2 void bwd_avx2(const float* x, const float* pl, const int32_t* t, int64_t
                       int64_t C, int64_t ii, double ls, const float* g, bool per_row,
                       double scale, float* d) {
   backward_rows<32>(x, pl, t, i0, i1, C, ii, ls, g, per_row, scale, d);
+}
+LC_AVX512 void silu_avx512(const float* x, float* y, int64_t n) { silu_rows<64>(x, y, n); }
+LC_AVX2 void silu_avx2(const float* x, float* y, int64_t n) { silu_rows<32>(x, y, n); }
+LC_AVX512 void silu_bwd_avx512(const float* x, const float* dy, float* dx, int64_t n) {
+  silu_backward_rows<64>(x, dy, dx, n);
+}
+LC_AVX2 void silu_bwd_avx2(const float* x, const float* dy, float* dx, int64_t n) {
+  silu_backward_rows<32>(x, dy, dx, n);
 }
 LC_AVX512 double exp_shift_avx512(float* x, int64_t n, float m) { return exp_shift_row<64>(x, n, m); }
 LC_AVX2 double exp_shift_avx2(float* x, int64_t n, float m) { return exp_shift_row<32>(x, n, m); }
@@ -270,6 +306,24 @@ double exp_shift_f32(float* x, int64_t n, float m) {
   if (isa == CpuKernels::Avx2) return exp_shift_avx2(x, n, m);
 #endif
   return exp_shift_row<16>(x, n, m);
+}
+
+void silu_f32(const float* x, float* y, int64_t n) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  const CpuKernels isa = cpu_kernels();
+  if (isa == CpuKernels::Avx512) return silu_avx512(x, y, n);
+  if (isa == CpuKernels::Avx2) return silu_avx2(x, y, n);
+#endif
+  silu_rows<16>(x, y, n);
+}
+
+void silu_backward_f32(const float* x, const float* dy, float* dx, int64_t n) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  const CpuKernels isa = cpu_kernels();
+  if (isa == CpuKernels::Avx512) return silu_bwd_avx512(x, dy, dx, n);
+  if (isa == CpuKernels::Avx2) return silu_bwd_avx2(x, dy, dx, n);
+#endif
+  silu_backward_rows<16>(x, dy, dx, n);
 }
 
 }  // namespace lc

@@ -22,6 +22,13 @@ void cross_entropy_backward_f32(const float* x, const float* lse, const int32_t*
                                 int64_t C, int64_t ignore_index, double ls, const float* g,
                                 bool per_row, double scale, float* d);
 
+// SiLU over n floats, y = x / (1 + exp(-x)), and its backward dx = dy * s * (1 + x * (1 - s)) with
+// s = 1 / (1 + exp(-x)): the formulas of elementwise.cpp on the vectorised exp, one pass each
+// (the MLP's activation: two passes of exp over [tokens, intermediate] per layer and step).
+// Called per chunk of the caller's split (no threading inside).
+void silu_f32(const float* x, float* y, int64_t n);
+void silu_backward_f32(const float* x, const float* dy, float* dx, int64_t n);
+
 // x[j] = exp(x[j] - m) for j < n, returning their sum in double: a softmax row (attention's).
 double exp_shift_f32(float* x, int64_t n, float m);
 
