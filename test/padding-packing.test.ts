@@ -4,7 +4,7 @@
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
-import { LlamaForCausalLM, noGrad, tensor } from '../lib';
+import { F, LlamaForCausalLM, noGrad, tensor } from '../lib';
 import { LlamaCase, writeCheckpoint } from './helpers/llama-weights';
 
 interface Layout { input_ids: number[][]; attention_mask?: number[][]; position_ids: number[][]; cu_seq_lens?: number[][]; logits: number[]; loss: number }
@@ -113,6 +113,42 @@ describe.each(Object.keys(fixture.cases))('%s', (name) => {
     }));
     expect(scale).toBeGreaterThan(0);
     expect(m).toBeLessThan(1e-4 * Math.max(1, scale));
+  });
+
+  test('the loss runs the head on the predicting rows only: the cross entropy of all the logits, its loss and gradient', async () => {
+    // A masked prompt (-100) and right padding leave rows that predict nothing; model.loss skips
+    // them, the reference runs the head on every row and lets the cross entropy ignore them.
+    const model = await load(name);
+    const L = c.right;
+    const B = L.input_ids.length;
+    const T = L.input_ids[0].length;
+    const labels = L.input_ids.map((row) => row.map((id, t) => (t < 2 ? -100 : id)));
+    const targets: number[] = [];
+    for (let b = 0; b < B; b++) {
+      for (let t = 0; t < T; t++) {
+        const next = t + 1 < T && L.attention_mask![b][t] === 1 && L.attention_mask![b][t + 1] === 1;
+        targets.push(next ? labels[b][t + 1] : -100);
+      }
+    }
+    expect(targets.filter((x) => x === -100).length).toBeGreaterThan(B); // more than the last positions
+    const grads = (f: () => ReturnType<LlamaForCausalLM['loss']>) => {
+      for (const p of model.parameters()) p.grad = null;
+      const loss = f();
+      loss.backward();
+      return { loss: loss.item(), out: [...model.parameters()].map((p) => Array.from(p.grad!.toArray())) };
+    };
+    const a = grads(() => model.loss(L.input_ids, labels, { attentionMask: L.attention_mask }));
+    const b = grads(() => F.crossEntropy(model.forward(L.input_ids, { attentionMask: L.attention_mask }).reshape(B * T, V), targets, { ignoreIndex: -100 }));
+    expect(Number.isFinite(a.loss)).toBe(true);
+    expect(Math.abs(a.loss - b.loss)).toBeLessThan(1e-6);
+    let m = 0;
+    let scale = 0;
+    a.out.forEach((g: number[], i: number) => g.forEach((x: number, j: number) => {
+      m = Math.max(m, Math.abs(x - b.out[i][j]));
+      scale = Math.max(scale, Math.abs(x));
+    }));
+    expect(scale).toBeGreaterThan(0);
+    expect(m).toBeLessThan(1e-6 * Math.max(1, scale));
   });
 });
 

@@ -642,14 +642,31 @@ export class LlamaForCausalLM extends Module {
       }
     }
     const hidden = this.model.forward(ids, layout);
+    if (ids !== inputIds) ids.dispose();
+    // A position that predicts nothing (the last of each row, padding, a label of -100) adds
+    // nothing to the loss, and its logits' gradient is zero, so its hidden state's is too: the
+    // head and the cross entropy run on the predicting rows only (gathered, their gradient
+    // scattered back as zeros elsewhere), the same loss and gradients for less of the largest
+    // product (the prompt of an instruction-tuning row, a batch's padding).
+    const keep: number[] = [];
+    for (let n = 0; n < B * T; n++) if (targets[n] !== -100) keep.push(n);
+    const flat = hidden.reshape(B * T, this.config.hiddenSize);
+    let rows = flat;
+    let index: Tensor | undefined;
+    let kept = targets;
+    if (keep.length > 0 && keep.length < B * T) {
+      index = tensor(keep, { dtype: 'int32', device: hidden.device as DeviceSpec });
+      rows = flat.indexSelect(0, index);
+      kept = keep.map((n) => targets[n]);
+      releaseIntermediate(hidden);
+    }
     // Half logits go to the loss as they are: the cross entropy computes in float32 inside, its loss
     // is float32 and the logits' gradient is rounded once to their dtype, which is what transformers'
     // upcast (logits.float()) gives, without a float32 copy of the logits and of their gradient.
-    const logits = this.lm_head.forward(hidden);
-    if (ids !== inputIds) ids.dispose();
-    if (logits._store !== hidden._store) releaseIntermediate(hidden);
-    const loss = F.crossEntropy(logits.reshape(B * T, this.config.vocabSize), targets, { ignoreIndex: -100 });
-    releaseIntermediate(logits);
+    const logits = this.lm_head.forward(rows);
+    if (logits._store !== rows._store) releaseIntermediate(rows);
+    const loss = F.crossEntropy(logits, kept, { ignoreIndex: -100 });
+    releaseIntermediate(logits, index);
     return loss;
   }
 
