@@ -142,7 +142,8 @@ function runOurs(c: ModelBenchConfig) {
 /**
  * The multiply-adds (x 2) of the matrix products one training step needs, from the shapes: the
  * frozen projections forward and their input gradients (none for layer 0's q, k and v, whose input
- * needs no gradient), the tied head forward and input gradient, the adapters' six products (their
+ * needs no gradient), the tied head forward and input gradient over the rows that predict a token
+ * (each row's last position predicts none), the adapters' six products (their
  * dx again not in layer 0), and attention's two forward and four backward products over the causal
  * half of each score matrix (no dK in layer 0). The floor counts only what must be computed.
  */
@@ -156,7 +157,7 @@ export function productFlops(c: ModelBenchConfig): number {
   let mults = 0;
   mults += T * perLayer * c.layers; // forward
   mults += T * perLayer * c.layers - T * qkv; // input gradients
-  mults += 2 * T * h * c.vocab; // head: logits and their input gradient
+  mults += 2 * c.batch * (c.seq - 1) * h * c.vocab; // head: logits and their input gradient, rows that predict a token
   const adapters = [[h, h], [h, kv]]; // q_proj, v_proj: in, out
   for (const [i, o] of adapters) {
     const fwd = T * c.r * (i + o); // h = x A^T, y += s h B^T
