@@ -11,6 +11,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -145,8 +146,12 @@ LC_INLINE void micro_kernel(int64_t kc, const T* __restrict a, const T* __restri
 // 16 floats, where one element at a time costs a load and a store each).
 template <int D, int VL, typename V, int... I>
 LC_INLINE void swap_blocks(V& a, V& b, std::integer_sequence<int, I...>) {
-  const V lo = __builtin_shufflevector(a, b, ((I & D) ? I - D + VL : I)...);
-  const V hi = __builtin_shufflevector(a, b, ((I & D) ? I + VL : I + D)...);
+  // __builtin_shuffle (GCC 4.7 on; __builtin_shufflevector needs GCC 12) with constant masks of
+  // integers as wide as the elements: index VL + j picks b[j].
+  typedef std::conditional_t<sizeof(a[0]) == 8, int64_t, int32_t> E;
+  typedef E M __attribute__((vector_size(sizeof(V))));
+  const M lo_idx = {E((I & D) ? I - D + VL : I)...}, hi_idx = {E((I & D) ? I + VL : I + D)...};
+  const V lo = __builtin_shuffle(a, b, lo_idx), hi = __builtin_shuffle(a, b, hi_idx);
   a = lo;
   b = hi;
 }
