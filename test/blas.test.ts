@@ -76,6 +76,12 @@ for (const dtype of ['float32', 'float64'] as const) {
   cases.push(makeCase(dtype, [1, 1], 61, 33, 1100, true, false));
   cases.push(makeCase(dtype, [1, 1], 13, 2100, 3, false, false));
   cases.push(makeCase(dtype, [3, 3], 9, 5, 7, false, false));
+  // Deep products, K at least 32 times M and N (the model's head dx): K in two halves summed
+  // after, the halves' lengths not a whole number of K blocks; with beta below.
+  for (const [tA, tB] of [[false, false], [true, false], [false, true], [true, true]] as const) {
+    cases.push(makeCase(dtype, [1, 1], 40, 37, 3000, tA, tB));
+  }
+  cases.push({ ...makeCase(dtype, [1, 1], 20, 70, 2300, false, false), alpha: 0.5, beta: -2, c0: Array.from({ length: 20 * 70 }, rnd) });
   cases.push(makeCase(dtype, [4, 1], 6, 11, 13, false, true)); // B broadcast over the batch
   cases.push(makeCase(dtype, [1, 2], 5, 4, 3, true, false)); // A broadcast over the batch
   // Thin products (a LoRA adapter's, N or M = r): the tall kernel that reads A in place (N <= 16,
@@ -100,7 +106,7 @@ function spawnChild(env: NodeJS.ProcessEnv) {
 
 function runChild(env: NodeJS.ProcessEnv): { info: ReturnType<typeof backendInfo>; results: number[][] } {
   const r = spawnChild(env);
-  if (r.status !== 0) throw new Error(`child failed (${r.status ?? r.error}): ${r.stderr}`);
+  if (r.status !== 0) throw new Error(`child failed (${r.status ?? r.signal ?? r.error}): ${r.stderr}`);
   return JSON.parse(r.stdout);
 }
 
@@ -176,6 +182,17 @@ describe.each(paths)('the built-in kernel forced to LORA_CUDA_CPU_KERNELS=%s', (
   });
   run('every case matches the float64 reference', () => {
     cases.forEach((c, i) => expect([i, relError(child!.results[i], reference(c)) < (c.dtype === 'float64' ? 1e-13 : 2e-6)]).toEqual([i, true]));
+  });
+});
+
+// Each element of C is summed in an order fixed by the shape alone (K blocks, the deep products'
+// halves), whichever threads computed it: one, two or three threads give the same bits.
+test('the built-in kernel gives the same bits on any number of threads', () => {
+  const runs = ['1', '2', '3'].map((n) => runChild({ ...process.env, LORA_CUDA_BLAS: 'builtin', LORA_CUDA_NUM_THREADS: n }));
+  expect(runs.map((r) => r.info.cpu.threads)).toEqual([1, 2, 3]);
+  cases.forEach((_c, i) => {
+    expect([i, runs[1].results[i]]).toEqual([i, runs[0].results[i]]);
+    expect([i, runs[2].results[i]]).toEqual([i, runs[0].results[i]]);
   });
 });
 

@@ -501,25 +501,63 @@ void thin_gemm(bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A, in
   });
 }
 
+// A deep product, K at least kDeep times M and N (the model's head: dx = dlogits W, 508 x 576
+// over K = 49,152), goes as two halves of K, each over its own C grid, the second half's product
+// then added onto the first's. Split over C instead, every thread packs all of the operand the
+// blocks share (there, all 100 MB of dlogits, transposed, once per thread). The split is fixed by
+// the shape, never by the thread count, so a result does not depend on how many threads ran it.
+constexpr int64_t kDeep = 32;
+
 template <typename T, int W>
 void gemm_threaded(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
                    int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc,
                    const GemmTail<T>& tail, BlockFn<T> block) {
   constexpr int MR = Kern<T, W>::MR, NR = Kern<T, W>::NR;
   constexpr int64_t MC = Blocks<T, W>::MC, NC = Blocks<T, W>::NC;
-  const gemm_grid::Grid g = gemm_grid::plan(M, N, K, MR, NR);
+  const bool plain = tail.q == 0 && !tail.bias;
+  const int64_t kparts = plain && K >= kDeep * std::max(M, N) ? 2 : 1;
+  // The first half's length, a whole number of 16-element steps (the packs' vector width).
+  const int64_t k0 = kparts == 2 ? K / 32 * 16 : K;
+  const int64_t threads = std::max<int64_t>(1, num_threads() / kparts);
+  const gemm_grid::Grid g = gemm_grid::plan(M, N, k0, MR, NR, threads);
   const int64_t max_rows = std::min(MC, (g.mt + g.mg - 1) / g.mg * MR);
   const int64_t max_cols = std::min(NC, (g.ntl + g.ng - 1) / g.ng * NR);
-  const int64_t steps = k_block<T, W>(K) + tail.q + (tail.bias ? 1 : 0);
-  gemm_grid::for_each_block(g, MR, NR, M, N, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
-    T* ap = gemm_grid::pack_buffer<T>(0, size_t(max_rows * steps));
-    T* bp = gemm_grid::pack_buffer<T>(1, size_t(max_cols * steps));
-    GemmTail<T> t = tail;
-    if (t.q) t.U += r0 * t.ldu, t.V += c0 * t.v_n;
-    if (t.bias) t.bias += c0;
-    block(tA, tB, r1 - r0, c1 - c0, K, alpha, tA ? A + r0 : A + r0 * lda, lda,
-          tB ? B + c0 * ldb : B + c0, ldb, beta, C + r0 * ldc + c0, ldc, t, ap, bp);
-  });
+  const int64_t kb = kparts == 2 ? std::max(k_block<T, W>(k0), k_block<T, W>(K - k0))
+                                  : k_block<T, W>(K);
+  const int64_t steps = kb + tail.q + (tail.bias ? 1 : 0);
+  std::unique_ptr<T[]> second(kparts == 2 ? new T[size_t(M * N)] : nullptr);
+  gemm_grid::for_each_block(
+      g, MR, NR, M, N, kparts, [&](int64_t kp, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+        T* ap = gemm_grid::pack_buffer<T>(0, size_t(max_rows * steps));
+        T* bp = gemm_grid::pack_buffer<T>(1, size_t(max_cols * steps));
+        GemmTail<T> t = tail;
+        if (t.q) t.U += r0 * t.ldu, t.V += c0 * t.v_n;
+        if (t.bias) t.bias += c0;
+        if (kparts == 1) {
+          block(tA, tB, r1 - r0, c1 - c0, K, alpha, tA ? A + r0 : A + r0 * lda, lda,
+                tB ? B + c0 * ldb : B + c0, ldb, beta, C + r0 * ldc + c0, ldc, t, ap, bp);
+          return;
+        }
+        // Half kp: steps [p0, p0 + kn) of K; the first onto C (with beta), the second set into
+        // `second` (row stride N).
+        const int64_t p0 = kp == 0 ? 0 : k0, kn = kp == 0 ? k0 : K - k0;
+        const T* a = tA ? A + p0 * lda + r0 : A + r0 * lda + p0;
+        const T* b = tB ? B + c0 * ldb + p0 : B + p0 * ldb + c0;
+        if (kp == 0)
+          block(tA, tB, r1 - r0, c1 - c0, kn, alpha, a, lda, b, ldb, beta, C + r0 * ldc + c0, ldc,
+                t, ap, bp);
+        else
+          block(tA, tB, r1 - r0, c1 - c0, kn, alpha, a, lda, b, ldb, T(0),
+                second.get() + r0 * N + c0, N, t, ap, bp);
+      });
+  if (kparts == 2)
+    parallel_for(M, std::max<int64_t>(1, (int64_t(1) << 16) / N), [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        T* c = C + i * ldc;
+        const T* s = second.get() + i * N;
+        for (int64_t j = 0; j < N; ++j) c[j] += s[j];
+      }
+    });
 }
 
 template <typename T>

@@ -47,10 +47,11 @@ struct Grid {
   int64_t mg, ng;   // blocks down and across
 };
 
-inline Grid plan(int64_t M, int64_t N, int64_t K, int64_t MR, int64_t NR) {
+inline Grid plan(int64_t M, int64_t N, int64_t K, int64_t MR, int64_t NR,
+                 int64_t threads = num_threads()) {
   Grid g{(M + MR - 1) / MR, (N + NR - 1) / NR, 1, 1};
   const double work = double(M) * double(N) * double(K);
-  int64_t nt = std::min<int64_t>(num_threads(), int64_t(std::max(1.0, work / double(1 << 20))));
+  int64_t nt = std::min<int64_t>(threads, int64_t(std::max(1.0, work / double(1 << 20))));
   nt = std::max<int64_t>(1, std::min(nt, g.mt * g.ntl));
   double best = -1;
   for (int64_t m = 1; m <= nt; ++m) {
@@ -63,17 +64,26 @@ inline Grid plan(int64_t M, int64_t N, int64_t K, int64_t MR, int64_t NR) {
   return g;
 }
 
-// fn(r0, r1, c0, c1) for every non-empty C block of the grid, the blocks spread over the threads.
+// fn(k, r0, r1, c0, c1) for every non-empty C block of the grid in each of `kparts` splits of K
+// (k = 0 .. kparts - 1, one grid each), the blocks spread over the threads: with as many threads
+// as splits, each thread takes one split whole.
 template <typename Fn>
-void for_each_block(const Grid& g, int64_t MR, int64_t NR, int64_t M, int64_t N, Fn&& fn) {
-  parallel_for(g.mg * g.ng, 1, [&](int64_t b, int64_t e) {
-    for (int64_t part = b; part < e; ++part) {
-      const int64_t pi = part / g.ng, pj = part % g.ng;
+void for_each_block(const Grid& g, int64_t MR, int64_t NR, int64_t M, int64_t N, int64_t kparts,
+                    Fn&& fn) {
+  const int64_t nb = g.mg * g.ng;
+  parallel_for(kparts * nb, 1, [&](int64_t b, int64_t e) {
+    for (int64_t item = b; item < e; ++item) {
+      const int64_t part = item % nb, pi = part / g.ng, pj = part % g.ng;
       const int64_t r0 = split_at(pi, g.mg, g.mt, MR, M), r1 = split_at(pi + 1, g.mg, g.mt, MR, M);
       const int64_t c0 = split_at(pj, g.ng, g.ntl, NR, N), c1 = split_at(pj + 1, g.ng, g.ntl, NR, N);
-      if (r0 < r1 && c0 < c1) fn(r0, r1, c0, c1);
+      if (r0 < r1 && c0 < c1) fn(item / nb, r0, r1, c0, c1);
     }
   });
+}
+template <typename Fn>
+void for_each_block(const Grid& g, int64_t MR, int64_t NR, int64_t M, int64_t N, Fn&& fn) {
+  for_each_block(g, MR, NR, M, N, 1,
+                 [&](int64_t, int64_t r0, int64_t r1, int64_t c0, int64_t c1) { fn(r0, r1, c0, c1); });
 }
 
 }  // namespace lc::gemm_grid
