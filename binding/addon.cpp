@@ -507,6 +507,12 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
                              i64(a[3], "ignoreIndex"), num(a[4], "labelSmoothing"), T(a[5], "grad"),
                              num(a[6], "scale")));
   });
+  def("linearCrossEntropyBackward", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::linear_cross_entropy_backward(
+                             T(a[0], "logits"), T(a[1], "lse"), T(a[2], "targets"),
+                             i64(a[3], "ignoreIndex"), num(a[4], "labelSmoothing"), T(a[5], "grad"),
+                             num(a[6], "scale"), T(a[7], "weight")));
+  });
 
   // ---- transformer blocks
   def("embeddingForward", [](const Napi::CallbackInfo& a) {

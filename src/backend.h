@@ -165,6 +165,15 @@ class Backend {
   // and false is returned.
   virtual bool lora_merge(const Tensor& W, const Tensor& A, const Tensor& B, double scale,
                           bool safe);
+  // The head's input gradient through its cross entropy: dx [N, H] (set) = dlogits W, dlogits
+  // as cross_entropy_backward makes it from logits [N, V] (= x W^T), lse, targets, grad and
+  // grad_scale; W [V, H]. The CPU forms dlogits while packing the product's operand, never
+  // writing the [N, V] gradient out.
+  virtual void linear_cross_entropy_backward(const Tensor& logits, const Tensor& lse,
+                                             const Tensor& targets, int64_t ignore_index,
+                                             double label_smoothing, const Tensor& grad,
+                                             double grad_scale, const Tensor& W,
+                                             const Tensor& dx);
 
   // ---- optimiser: every parameter in one call
   virtual void adam_step(const std::vector<AdamParam>& params, const AdamConfig& cfg) = 0;

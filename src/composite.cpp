@@ -185,4 +185,14 @@ bool Backend::lora_merge(const Tensor& W, const Tensor& A, const Tensor& B, doub
   return true;
 }
 
+void Backend::linear_cross_entropy_backward(const Tensor& logits, const Tensor& lse,
+                                            const Tensor& targets, int64_t ignore_index,
+                                            double label_smoothing, const Tensor& grad,
+                                            double grad_scale, const Tensor& W, const Tensor& dx) {
+  const int64_t N = logits.shape[0], V = logits.shape[1], H = W.shape[1];
+  Tensor d = empty(logits.shape, logits.dtype, device());
+  cross_entropy_backward(logits, lse, targets, ignore_index, label_smoothing, grad, grad_scale, d);
+  mm(*this, false, false, N, H, V, 1.0, d, W, 0.0, dx);  // dx = dlogits W (set)
+}
+
 }  // namespace lc

@@ -480,6 +480,30 @@ Tensor cross_entropy_backward(const Tensor& logits, const Tensor& lse, const Ten
   return d;
 }
 
+Tensor linear_cross_entropy_backward(const Tensor& logits, const Tensor& lse,
+                                     const Tensor& targets, int64_t ignore_index, double ls,
+                                     const Tensor& grad, double grad_scale, const Tensor& W) {
+  const char* op = "linear cross entropy backward";
+  rank(logits, 2, op, "logits");
+  rank(W, 2, op, "weight");
+  require_floating(logits, op, "logits");
+  same(logits, W, op, "logits", "weight");
+  dim_eq(W.shape[0], logits.shape[1], op, "weight's rows (one per class)");
+  require_dtype(lse, opmath_dtype(logits.dtype), logits, op, "lse");
+  require_dtype(grad, opmath_dtype(logits.dtype), logits, op, "grad");
+  dim_eq(lse.numel(), logits.shape[0], op, "number of logsumexps");
+  LC_CHECK(targets.dtype == DType::I32 && targets.numel() == logits.shape[0] &&
+               targets.device() == logits.device(),
+           "linear cross entropy backward: bad targets");
+  LC_CHECK(grad.numel() == 1 || grad.numel() == logits.shape[0],
+           "linear cross entropy backward: grad must have 1 or N elements");
+  Tensor dx = empty({logits.shape[0], W.shape[1]}, W.dtype, W.device());
+  if (dx.numel())
+    be(logits).linear_cross_entropy_backward(logits, lse, targets, ignore_index, ls, grad,
+                                             grad_scale, W, dx);
+  return dx;
+}
+
 // ---------------------------------------------------------------- selection, scans, masks
 
 namespace {

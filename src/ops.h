@@ -101,6 +101,12 @@ CrossEntropyOut cross_entropy_forward(const Tensor& logits, const Tensor& target
 Tensor cross_entropy_backward(const Tensor& logits, const Tensor& lse, const Tensor& targets,
                               int64_t ignore_index, double label_smoothing, const Tensor& grad,
                               double grad_scale);
+// dx [N, H] = cross_entropy_backward(...) W for logits [N, V] = x W^T, W [V, H] (the head's input
+// gradient without the [N, V] one in memory on the CPU).
+Tensor linear_cross_entropy_backward(const Tensor& logits, const Tensor& lse,
+                                     const Tensor& targets, int64_t ignore_index,
+                                     double label_smoothing, const Tensor& grad, double grad_scale,
+                                     const Tensor& W);
 
 // ---- transformer blocks (see backend.h for the exact semantics)
 // ids int32 of any shape, weight [V, D] -> [...ids.shape, D].

@@ -4,6 +4,7 @@
 // and linear layers on the GEMM paths made for them (src/cpu/linear.cpp). CI runs
 // this file on every instruction-set path (LORA_CUDA_CPU_KERNELS).
 import { F, Linear, LoRALinear, Tensor, manualSeed, noGrad, randn, tensor } from '../lib';
+import { native } from '../lib/native';
 
 function values(t: Tensor): number[] {
   return Array.from(t.toArray());
@@ -139,5 +140,56 @@ describe.each([
     const yLin = values(noGrad(() => lin.forward(xt)));
     const refLin = Array.from({ length: M * outF }, (_, t) => dot(x, Math.floor(t / outF) * inF, W, (t % outF) * inF, inF, 1, 1) + (bias ? b[t % outF] : 0));
     expect(maxAbsDiff(yLin, refLin)).toBeLessThan(tol(refLin));
+  });
+});
+
+// The head's dx through its cross entropy in one product (native linearCrossEntropyBackward): on
+// float32 with the built-in kernel, the cross entropy's gradient is formed while the product packs
+// the logits. Against the float64 loop on the same float32 logits: ignored rows (one of NaN
+// logits, which must add nothing), label smoothing, a scalar or per-row upstream gradient,
+// targets on the first and last class and on both sides of the K blocks and of the deep
+// products' halves (V = 3000 over 30 x 40 goes as halves of 1488 and 1512 columns).
+describe.each([[30, 40, 3000], [13, 20, 100], [50, 64, 700]])('the head\'s dx through the cross entropy, %i rows, hidden %i, %i classes', (N, H, V) => {
+  manualSeed(N + V);
+  const xs = values(noGrad(() => randn([N, H], { dtype: 'float64' })));
+  const ws = values(noGrad(() => randn([V, H], { dtype: 'float64', std: 0.5 })));
+  const special = [0, V - 1, 743, 744, 1487, 1488, 2999].filter((t) => t < V);
+  const targets = Array.from({ length: N }, (_, i) => (i % 7 === 3 ? -100 : i < special.length ? special[i] : (i * 7919) % V));
+  const nanRow = 3; // ignored: its logits are made NaN below
+
+  test.each([
+    ['float32', 0, false], ['float32', 0.1, false], ['float32', 0.1, true], ['float64', 0.1, true],
+  ] as const)('%s, label smoothing %f, per-row gradient %s', (dtype, ls, perRow) => {
+    const x = tensor(xs, { dtype, shape: [N, H] });
+    const w = tensor(ws, { dtype, shape: [V, H] });
+    const logits = noGrad(() => F.linear(x, w));
+    const lv = values(logits);
+    for (let j = 0; j < V; j++) lv[nanRow * V + j] = NaN;
+    const lt = tensor(lv, { dtype, shape: [N, V] });
+    const tt = tensor(Int32Array.from(targets), { dtype: 'int32', shape: [N] });
+    const [rows, lse] = native.crossEntropyForward(lt._h, tt._h, -100, ls);
+    const gv = perRow ? Array.from({ length: N }, (_, i) => 0.5 + (i % 5) / 4) : [1.25];
+    const g = tensor(gv, { dtype, shape: perRow ? [N] : [] });
+    const scale = perRow ? 1 : 1 / targets.filter((t) => t !== -100).length;
+    const dx = values(x._make(native.linearCrossEntropyBackward(lt._h, lse, tt._h, -100, ls, g._h, scale, w._h), [N, H]));
+    native.dispose(rows);
+    native.dispose(lse);
+    // float64 loop: dlogits = gs (softmax - smoothed one-hot), then dx = dlogits W.
+    const ref = new Array<number>(N * H).fill(0);
+    const wv = values(w);
+    for (let i = 0; i < N; i++) {
+      if (targets[i] === -100) continue;
+      const row = lv.slice(i * V, (i + 1) * V);
+      const m = Math.max(...row);
+      const l = m + Math.log(row.reduce((s, v) => s + Math.exp(v - m), 0));
+      const gs = scale * gv[perRow ? i : 0];
+      for (let k = 0; k < V; k++) {
+        const d = gs * (Math.exp(row[k] - l) - ls / V - (k === targets[i] ? 1 - ls : 0));
+        for (let j = 0; j < H; j++) ref[i * H + j] += d * wv[k * H + j];
+      }
+    }
+    for (let j = 0; j < H; j++) expect(dx[nanRow * H + j]).toBe(0);
+    const big = ref.reduce((a, v) => Math.max(a, Math.abs(v)), 0);
+    expect(maxAbsDiff(dx, ref)).toBeLessThan((dtype === 'float32' ? 3e-6 : 1e-13) * big * Math.sqrt(V / 64 + 1));
   });
 });

@@ -15,6 +15,8 @@ import { Tensor, DType } from '../tensor';
 import { FloatDType, FLOAT_DTYPES, isHalf } from '../dtype';
 import { rand, randn, tensor, zeros } from '../creation';
 import { writeAlong_ } from '../ops/views';
+import { linearCrossEntropy } from '../ops/loss';
+import { checkLinearWeights } from '../checks';
 import { tidy } from '../scope';
 import { isGradEnabled, noGrad, releaseIntermediate } from '../autograd';
 import { checkpoint } from '../checkpoint';
@@ -663,7 +665,18 @@ export class LlamaForCausalLM extends Module {
     // Half logits go to the loss as they are: the cross entropy computes in float32 inside, its loss
     // is float32 and the logits' gradient is rounded once to their dtype, which is what transformers'
     // upcast (logits.float()) gives, without a float32 copy of the logits and of their gradient.
-    const logits = this.lm_head.forward(rows);
+    const head = this.lm_head;
+    if (head instanceof Linear && head.bias === null) {
+      // The head and its cross entropy as one node (a LoRA-wrapped head takes the path below):
+      // the backward forms the hidden states' gradient from the logits without the logits'
+      // gradient in memory ([rows, vocab], as large as the logits).
+      checkLinearWeights(where, rows, head.weight, null, { weight: 'lm_head.weight', bias: 'lm_head.bias' });
+      const targetIds = tensor(Int32Array.from(kept), { dtype: 'int32', shape: [kept.length], device: hidden.device as DeviceSpec });
+      const loss = linearCrossEntropy(rows, head.weight, targetIds, -100, keep.length);
+      releaseIntermediate(rows, index);
+      return loss;
+    }
+    const logits = head.forward(rows);
     if (logits._store !== rows._store) releaseIntermediate(rows);
     const loss = F.crossEntropy(logits, kept, { ignoreIndex: -100 });
     releaseIntermediate(logits, index);

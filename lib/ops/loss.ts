@@ -66,3 +66,64 @@ export const crossEntropy = defineFunction<CrossEntropyArgs, CrossEntropyState>(
     return [viewOf(logits._make(d, ctx.rows2), logits.shape), null, null, null, null, null];
   },
 });
+
+type LinearCrossEntropyArgs = [x: Tensor, weight: Tensor, targets: Tensor, ignoreIndex: number, count: number];
+interface LinearCrossEntropyState {
+  logits: NativeTensor;
+  lse: NativeTensor;
+  targets: Tensor;
+  ignoreIndex: number;
+  scale: number;
+}
+
+/**
+ * The mean cross entropy of a bias-free head's logits, crossEntropy(linear(x, weight), targets)
+ * as one node: x [N, H], weight [V, H], int32 targets [N] (checked by the caller; the op owns
+ * them), `count` of them not ignoreIndex. The same loss and gradients; backward forms x's
+ * gradient from the logits without their [N, V] gradient in memory (on the CPU the product
+ * makes it while packing its operand). A weight that wants its gradient takes the plain path.
+ */
+export const linearCrossEntropy = defineFunction<LinearCrossEntropyArgs, LinearCrossEntropyState>({
+  name: 'LinearCrossEntropyBackward',
+  forward(ctx, x, weight, targets, ignoreIndex, count) {
+    ctx.own(targets);
+    const logits = native.linear(x._h, weight._h, null);
+    let rows: NativeTensor;
+    let lse: NativeTensor;
+    try {
+      [rows, lse] = native.crossEntropyForward(logits, targets._h, ignoreIndex, 0);
+    } catch (e) {
+      native.dispose(logits);
+      throw e;
+    }
+    ctx.own(logits, lse);
+    const s = native.sumTo(rows, []);
+    native.dispose(rows);
+    ctx.scale = 1 / count;
+    const out = x._make(native.affine(s, ctx.scale, 0), [], isHalf(x.dtype) ? 'float32' : x.dtype);
+    native.dispose(s);
+    ctx.logits = logits;
+    ctx.lse = lse;
+    ctx.targets = targets;
+    ctx.ignoreIndex = ignoreIndex;
+    ctx.saveForBackward(ctx.needsInputGrad[1] ? x : null, weight);
+    return out;
+  },
+  backward(ctx, g) {
+    const [x, weight] = ctx.savedTensors as [Tensor | null, Tensor];
+    const [needX, needW] = ctx.needsInputGrad;
+    if (!needW) {
+      const dx = needX
+        ? native.linearCrossEntropyBackward(ctx.logits, ctx.lse, ctx.targets._h, ctx.ignoreIndex, 0, g._h, ctx.scale, weight._h)
+        : null;
+      return [dx ? g._make(dx, [ctx.targets.shape[0], weight.shape[1]], weight.dtype) : null, null, null, null, null];
+    }
+    const d = native.crossEntropyBackward(ctx.logits, ctx.lse, ctx.targets._h, ctx.ignoreIndex, 0, g._h, ctx.scale);
+    try {
+      const [dx, dW] = native.linearBackward(d, x!._h, weight._h, null, [needX, true, false]);
+      return [dx ? g._make(dx, x!.shape, x!.dtype) : null, g._make(dW!, weight.shape, weight.dtype), null, null, null];
+    } finally {
+      native.dispose(d);
+    }
+  },
+});

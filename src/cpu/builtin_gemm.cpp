@@ -5,6 +5,7 @@
 // any ISA; on x86-64 AVX-512 and AVX2+FMA copies are selected at run time from
 // CPUID (cpu_kernels()) because the library is built without -march.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <cstdlib>
@@ -24,6 +25,8 @@
 #else
 #define LC_INLINE inline
 #endif
+
+#include "vec_exp.h"
 
 namespace lc {
 namespace {
@@ -165,13 +168,40 @@ LC_INLINE void transpose(V* r) {
   }
 }
 
+// SoftmaxRows (gemm.h) seen from one packed block: its first row is row row0 of the product, its
+// first column column k0 of the logits (where the targets are counted from).
+struct RowXform {
+  const SoftmaxRows* r;
+  int64_t row0, k0;
+};
+
+// The softmax gradient of `rows` stored rows held as vectors (row i is the product's row
+// x.row0 + G + i): mul * exp(v - shift) - sub, zeros for a row whose mul is 0 (NaN logits there
+// must not leak into the product).
+template <int W, int VL, typename V>
+LC_INLINE void softmax_rows(V* r, int rows, const RowXform& x, int G) {
+  for (int i = 0; i < rows; ++i) {
+    const int64_t R = x.row0 + G + i;
+    const float m = x.r->mul[R];
+    if (m == 0.f) {
+      r[i] = V{};
+      continue;
+    }
+    r[i] = m * vexp<W>(r[i] - x.r->shift[R]) - x.r->sub[R];
+  }
+}
+LC_INLINE float softmax_one(float v, const RowXform& x, int64_t R) {
+  const float m = x.r->mul[R];
+  return m == 0.f ? 0.f : m * std::exp(v - x.r->shift[R]) - x.r->sub[R];
+}
+
 // dst[p * ldd + G + i] = src[(G + i) * lds + p] for G + i < n (rows past n read as zero), i < the
 // group's VL rows (fewer for the last group of WIDTH) and p < kc: VL stored rows become VL
 // k-major steps through transpose() on the W-byte vector, the last kc % VL steps one value at a
 // time; then the next group. WIDTH and G are constants so each store has a fixed size.
 template <typename T, int W, int WIDTH, int G = 0>
 LC_INLINE void pack_transposed(const T* src, int64_t lds, int n, int64_t kc, T* __restrict dst,
-                               int64_t ldd) {
+                               int64_t ldd, const RowXform* xf = nullptr) {
   using V = typename Kern<T, W>::V;
   constexpr int VL = int(sizeof(V) / sizeof(T)), KEEP = WIDTH - G < VL ? WIDTH - G : VL;
   const int rows = std::max(0, std::min(VL, n - G));
@@ -183,13 +213,21 @@ LC_INLINE void pack_transposed(const T* src, int64_t lds, int n, int64_t kc, T* 
       if (i < rows) std::memcpy(&r[i], src + (G + i) * lds + p, sizeof(V));
       else r[i] = V{};
     }
+    if constexpr (std::is_same_v<T, float>)
+      if (xf) softmax_rows<W, VL>(r, rows, *xf, G);
     transpose<1, VL>(r);
 #pragma GCC unroll 16
     for (int i = 0; i < VL; ++i) std::memcpy(dst + (p + i) * ldd + G, &r[i], KEEP * sizeof(T));
   }
   for (; p < kc; ++p)
-    for (int i = 0; i < KEEP; ++i) dst[p * ldd + G + i] = i < rows ? src[(G + i) * lds + p] : T(0);
-  if constexpr (G + VL < WIDTH) pack_transposed<T, W, WIDTH, G + VL>(src, lds, n, kc, dst, ldd);
+    for (int i = 0; i < KEEP; ++i) {
+      T v = i < rows ? src[(G + i) * lds + p] : T(0);
+      if constexpr (std::is_same_v<T, float>)
+        if (xf && i < rows) v = softmax_one(v, *xf, xf->row0 + G + i);
+      dst[p * ldd + G + i] = v;
+    }
+  if constexpr (G + VL < WIDTH)
+    pack_transposed<T, W, WIDTH, G + VL>(src, lds, n, kc, dst, ldd, xf);
 }
 
 // Packs op(A)[0:mc, 0:kc] (A already offset to the block) into MR-row panels,
@@ -197,7 +235,7 @@ LC_INLINE void pack_transposed(const T* src, int64_t lds, int n, int64_t kc, T* 
 // steps past kc are the tail's, packed by pack_a_tail).
 template <typename T, int MR, int W>
 LC_INLINE void pack_a(bool tA, const T* A, int64_t lda, int64_t mc, int64_t kc, int64_t ps,
-                      T* __restrict dst) {
+                      T* __restrict dst, const RowXform* xf = nullptr) {
   for (int64_t ir = 0; ir < mc; ir += MR) {
     const int mr = int(std::min<int64_t>(MR, mc - ir));
     T* d = dst + ir * ps;
@@ -216,7 +254,17 @@ LC_INLINE void pack_a(bool tA, const T* A, int64_t lda, int64_t mc, int64_t kc, 
       }
     } else {
       // op(A)(i, k) = A[i * lda + k]: MR stored rows, transposed into the panel.
-      pack_transposed<T, W, MR>(A + ir * lda, lda, mr, kc, d, MR);
+      if (!xf) {
+        pack_transposed<T, W, MR>(A + ir * lda, lda, mr, kc, d, MR);
+        continue;
+      }
+      const RowXform x{xf->r, xf->row0 + ir, xf->k0};
+      pack_transposed<T, W, MR>(A + ir * lda, lda, mr, kc, d, MR, &x);
+      // Each row's target, when it falls in these kc columns, takes its one-hot share.
+      for (int i = 0; i < mr; ++i) {
+        const int64_t R = x.row0 + i, t = int64_t(x.r->tgt[R]) - x.k0;
+        if (x.r->mul[R] != 0.f && t >= 0 && t < kc) d[t * MR + i] -= x.r->tsub[R];
+      }
     }
   }
 }
@@ -295,7 +343,7 @@ int64_t k_block(int64_t K) {
 template <typename T, int W>
 LC_INLINE void gemm_block(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
                           int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc,
-                          const GemmTail<T>& tail, T* Ap, T* Bp) {
+                          const GemmTail<T>& tail, T* Ap, T* Bp, const RowXform* xf) {
   constexpr int MR = Kern<T, W>::MR, NR = Kern<T, W>::NR;
   constexpr int64_t MC = Blocks<T, W>::MC, NC = Blocks<T, W>::NC;
   const int64_t kcb = k_block<T, W>(K);
@@ -312,7 +360,9 @@ LC_INLINE void gemm_block(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T a
       const T beta_k = pc == 0 ? beta : T(1);
       for (int64_t ic = 0; ic < M; ic += MC) {
         const int64_t mc = std::min(MC, M - ic);
-        pack_a<T, MR, W>(tA, tA ? A + pc * lda + ic : A + ic * lda + pc, lda, mc, kc, ps, Ap);
+        const RowXform x = xf ? RowXform{xf->r, xf->row0 + ic, xf->k0 + pc} : RowXform{};
+        pack_a<T, MR, W>(tA, tA ? A + pc * lda + ic : A + ic * lda + pc, lda, mc, kc, ps, Ap,
+                         xf ? &x : nullptr);
         if (last && qe) pack_a_tail<T, MR>(tail, ic, mc, kc, ps, Ap);
         T* Cb = C + ic * ldc + jc;
         // jr outer so one B micro-panel stays in L1 while A streams from L2.
@@ -331,13 +381,13 @@ LC_INLINE void gemm_block(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T a
 
 template <typename T>
 using BlockFn = void (*)(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t, const T*,
-                         int64_t, T, T*, int64_t, const GemmTail<T>&, T*, T*);
+                         int64_t, T, T*, int64_t, const GemmTail<T>&, T*, T*, const RowXform*);
 
 #define LC_BLOCK_FN(name, T, W, ATTR)                                                          \
   ATTR void name(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,      \
                  int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc,              \
-                 const GemmTail<T>& tail, T* Ap, T* Bp) {                                      \
-    gemm_block<T, W>(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, tail, Ap, Bp);      \
+                 const GemmTail<T>& tail, T* Ap, T* Bp, const RowXform* xf) {                  \
+    gemm_block<T, W>(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, tail, Ap, Bp, xf);  \
   }
 
 LC_BLOCK_FN(block_f_base, float, 16, )
@@ -511,7 +561,7 @@ constexpr int64_t kDeep = 32;
 template <typename T, int W>
 void gemm_threaded(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
                    int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc,
-                   const GemmTail<T>& tail, BlockFn<T> block) {
+                   const GemmTail<T>& tail, BlockFn<T> block, const SoftmaxRows* sm = nullptr) {
   constexpr int MR = Kern<T, W>::MR, NR = Kern<T, W>::NR;
   constexpr int64_t MC = Blocks<T, W>::MC, NC = Blocks<T, W>::NC;
   const bool plain = tail.q == 0 && !tail.bias;
@@ -534,8 +584,10 @@ void gemm_threaded(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, c
         if (t.q) t.U += r0 * t.ldu, t.V += c0 * t.v_n;
         if (t.bias) t.bias += c0;
         if (kparts == 1) {
+          const RowXform x{sm, r0, 0};
           block(tA, tB, r1 - r0, c1 - c0, K, alpha, tA ? A + r0 : A + r0 * lda, lda,
-                tB ? B + c0 * ldb : B + c0, ldb, beta, C + r0 * ldc + c0, ldc, t, ap, bp);
+                tB ? B + c0 * ldb : B + c0, ldb, beta, C + r0 * ldc + c0, ldc, t, ap, bp,
+                sm ? &x : nullptr);
           return;
         }
         // Half kp: steps [p0, p0 + kn) of K; the first onto C (with beta), the second set into
@@ -543,12 +595,13 @@ void gemm_threaded(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, c
         const int64_t p0 = kp == 0 ? 0 : k0, kn = kp == 0 ? k0 : K - k0;
         const T* a = tA ? A + p0 * lda + r0 : A + r0 * lda + p0;
         const T* b = tB ? B + c0 * ldb + p0 : B + p0 * ldb + c0;
+        const RowXform x{sm, r0, p0};
         if (kp == 0)
           block(tA, tB, r1 - r0, c1 - c0, kn, alpha, a, lda, b, ldb, beta, C + r0 * ldc + c0, ldc,
-                t, ap, bp);
+                t, ap, bp, sm ? &x : nullptr);
         else
           block(tA, tB, r1 - r0, c1 - c0, kn, alpha, a, lda, b, ldb, T(0),
-                second.get() + r0 * N + c0, N, t, ap, bp);
+                second.get() + r0 * N + c0, N, t, ap, bp, sm ? &x : nullptr);
       });
   if (kparts == 2)
     parallel_for(M, std::max<int64_t>(1, (int64_t(1) << 16) / N), [&](int64_t i0, int64_t i1) {
@@ -732,6 +785,31 @@ void builtin_dgemm_tail(bool transA, bool transB, int64_t M, int64_t N, int64_t 
                         double* C, int64_t ldc, const GemmTail<double>& tail) {
   if (K <= 0) throw std::invalid_argument("builtin_dgemm_tail: K must be positive");
   gemm<double>(transA, transB, M, N, K, 1.0, A, lda, B, ldb, beta, C, ldc, tail, kDoubleFns);
+}
+
+void builtin_sgemm_softmax_a(int64_t M, int64_t N, int64_t K, const float* X, int64_t ldx,
+                             const SoftmaxRows& rows, const float* B, int64_t ldb, float* C,
+                             int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, 0.f);
+    return;
+  }
+  // Always the general blocked kernel (the thin ones read A in place, unpacked); the ISA's copy.
+  const GemmTail<float> none{};
+  switch (cpu_kernels()) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    case CpuKernels::Avx512:
+      return gemm_threaded<float, 64>(false, false, M, N, K, 1.f, X, ldx, B, ldb, 0.f, C, ldc,
+                                      none, block_f_avx512, &rows);
+    case CpuKernels::Avx2:
+      return gemm_threaded<float, 32>(false, false, M, N, K, 1.f, X, ldx, B, ldb, 0.f, C, ldc,
+                                      none, block_f_avx2, &rows);
+#endif
+    default:
+      return gemm_threaded<float, 16>(false, false, M, N, K, 1.f, X, ldx, B, ldb, 0.f, C, ldc,
+                                      none, block_f_base, &rows);
+  }
 }
 
 }  // namespace lc

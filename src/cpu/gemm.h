@@ -64,6 +64,23 @@ void builtin_dgemm_tail(bool transA, bool transB, int64_t M, int64_t N, int64_t 
                         const double* A, int64_t lda, const double* B, int64_t ldb, double beta,
                         double* C, int64_t ldc, const GemmTail<double>& tail);
 
+// The cross entropy's gradient as the A operand, made while A is packed: row i of the stored
+// logits X becomes mul[i] * exp(X[i, k] - shift[i]) - sub[i], less tsub[i] at column tgt[i],
+// and all zeros where mul[i] == 0 (an ignored row). So the head's dx = dlogits W runs without
+// dlogits in memory (a [tokens, vocab] pass written and read back).
+struct SoftmaxRows {
+  const float* shift = nullptr;  // the row's logsumexp
+  const float* mul = nullptr;    // the row's gradient scale, 0 for a row that adds nothing
+  const float* sub = nullptr;    // subtracted everywhere (label smoothing's share)
+  const float* tsub = nullptr;   // subtracted at the target
+  const int32_t* tgt = nullptr;  // the target column (outside [0, K) for none)
+};
+// C (set) = A' B on the built-in kernel, A' [M, K] from X [M, K] (row stride ldx) as above, B
+// [K, N] row-major (row stride ldb): the head's dx from its logits and weight.
+void builtin_sgemm_softmax_a(int64_t M, int64_t N, int64_t K, const float* X, int64_t ldx,
+                             const SoftmaxRows& rows, const float* B, int64_t ldb, float* C,
+                             int64_t ldc);
+
 }  // namespace lc
 
 namespace lc {

@@ -88,6 +88,43 @@ void CpuBackend::gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, double 
   });
 }
 
+// float32 on the built-in kernel: the row factors of cross_entropy_backward_f32 (fast_f32.cpp),
+// dlogits[i, k] = gs exp(x - lse) - gs ls / V, less gs (1 - ls) at the target, where gs is the
+// row's grad times grad_scale (0 for an ignored row), applied to the logits as the product packs
+// them. The same float formula as that pass but for the target's share, there subtracted in
+// float rather than formed in double.
+void CpuBackend::linear_cross_entropy_backward(const Tensor& logits, const Tensor& lse,
+                                               const Tensor& targets, int64_t ignore_index,
+                                               double ls, const Tensor& grad, double grad_scale,
+                                               const Tensor& W, const Tensor& dx) {
+  if (logits.dtype != DType::F32 || !fused_tail(logits.shape[1])) {
+    Backend::linear_cross_entropy_backward(logits, lse, targets, ignore_index, ls, grad,
+                                           grad_scale, W, dx);
+    return;
+  }
+  const int64_t N = logits.shape[0], V = logits.shape[1], H = W.shape[1];
+  const int32_t* t = targets.data<int32_t>();
+  const float* g = grad.data<float>();
+  const bool per_row = grad.numel() != 1;
+  const double off = ls / static_cast<double>(V);
+  std::vector<float> mul(static_cast<size_t>(N)), sub(mul.size()), tsub(mul.size());
+  for (int64_t i = 0; i < N; ++i) {
+    if (t[i] == ignore_index) continue;  // mul 0: a zero row
+    const double gs = grad_scale * static_cast<double>(g[per_row ? i : 0]);
+    mul[i] = static_cast<float>(gs);
+    sub[i] = static_cast<float>(gs * off);
+    tsub[i] = static_cast<float>(gs * (1.0 - ls));
+  }
+  SoftmaxRows rows;
+  rows.shift = lse.data<float>();
+  rows.mul = mul.data();
+  rows.sub = sub.data();
+  rows.tsub = tsub.data();
+  rows.tgt = t;
+  builtin_sgemm_softmax_a(N, H, V, logits.data<float>(), V, rows, W.data<float>(), H,
+                          dx.data<float>(), H);
+}
+
 void CpuBackend::linear_forward(const Tensor& x, const Tensor& W, const Tensor* b,
                                 const Tensor& y) {
   const int64_t M = x.shape[0], K = x.shape[1], N = W.shape[0];
