@@ -507,6 +507,13 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
                              i64(a[3], "ignoreIndex"), num(a[4], "labelSmoothing"), T(a[5], "grad"),
                              num(a[6], "scale")));
   });
+  def("linearCrossEntropyForward", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    auto o = lc::ops::linear_cross_entropy_forward(T(a[0], "x"), T(a[1], "weight"),
+                                                   T(a[2], "targets"), i64(a[3], "ignoreIndex"),
+                                                   num(a[4], "labelSmoothing"));
+    Napi::Env env = a.Env();
+    return arr(env, {wrap(env, o.logits), wrap(env, o.loss_rows), wrap(env, o.lse)});
+  });
   def("linearCrossEntropyBackward", [](const Napi::CallbackInfo& a) {
     return wrap(a.Env(), lc::ops::linear_cross_entropy_backward(
                              T(a[0], "logits"), T(a[1], "lse"), T(a[2], "targets"),

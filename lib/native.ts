@@ -116,6 +116,8 @@ export interface Binding {
     steps: number[], lr: number, beta1: number, beta2: number, eps: number, weightDecay: number,
     decoupled: boolean): void;
   crossEntropyForward(logits: N, targets: N, ignoreIndex: number, labelSmoothing: number): [N, N];
+  /** x [N, H], weight [V, H] -> [logits [N, V], lossRows [N], lse [N]]. */
+  linearCrossEntropyForward(x: N, weight: N, targets: N, ignoreIndex: number, labelSmoothing: number): [N, N, N];
   linearCrossEntropyBackward(logits: N, lse: N, targets: N, ignoreIndex: number, labelSmoothing: number, grad: N, scale: number,
     weight: N): N;
   crossEntropyBackward(logits: N, lse: N, targets: N, ignoreIndex: number, labelSmoothing: number,

@@ -165,6 +165,13 @@ class Backend {
   // and false is returned.
   virtual bool lora_merge(const Tensor& W, const Tensor& A, const Tensor& B, double scale,
                           bool safe);
+  // The head and its cross entropy: logits [N, V] (set) = x [N, H] W^T (W [V, H]), then loss_rows
+  // and lse (set) as cross_entropy_forward gives them. The CPU folds the logsumexp into the
+  // product as it writes the logits instead of a pass reading them back.
+  virtual void linear_cross_entropy_forward(const Tensor& x, const Tensor& W,
+                                            const Tensor& targets, int64_t ignore_index,
+                                            double label_smoothing, const Tensor& logits,
+                                            const Tensor& loss_rows, const Tensor& lse);
   // The head's input gradient through its cross entropy: dx [N, H] (set) = dlogits W, dlogits
   // as cross_entropy_backward makes it from logits [N, V] (= x W^T), lse, targets, grad and
   // grad_scale; W [V, H]. The CPU forms dlogits while packing the product's operand, never

@@ -185,6 +185,14 @@ bool Backend::lora_merge(const Tensor& W, const Tensor& A, const Tensor& B, doub
   return true;
 }
 
+void Backend::linear_cross_entropy_forward(const Tensor& x, const Tensor& W,
+                                           const Tensor& targets, int64_t ignore_index,
+                                           double label_smoothing, const Tensor& logits,
+                                           const Tensor& loss_rows, const Tensor& lse) {
+  linear_forward(x, W, nullptr, logits);
+  cross_entropy_forward(logits, targets, ignore_index, label_smoothing, loss_rows, lse);
+}
+
 void Backend::linear_cross_entropy_backward(const Tensor& logits, const Tensor& lse,
                                             const Tensor& targets, int64_t ignore_index,
                                             double label_smoothing, const Tensor& grad,

@@ -480,6 +480,28 @@ Tensor cross_entropy_backward(const Tensor& logits, const Tensor& lse, const Ten
   return d;
 }
 
+LinearCrossEntropyOut linear_cross_entropy_forward(const Tensor& x, const Tensor& W,
+                                                   const Tensor& targets, int64_t ignore_index,
+                                                   double ls) {
+  const char* op = "linear cross entropy";
+  rank(x, 2, op, "x");
+  rank(W, 2, op, "weight");
+  require_floating(x, op, "x");
+  same(x, W, op, "x", "weight");
+  dim_eq(W.shape[1], x.shape[1], op, "weight's columns (x's features)");
+  LC_CHECK(targets.dtype == DType::I32, "linear cross entropy: targets must be int32");
+  LC_CHECK(targets.device() == x.device(), "linear cross entropy: targets on another device");
+  dim_eq(targets.numel(), x.shape[0], op, "number of targets");
+  LC_CHECK(W.shape[0] > 0, "linear cross entropy: the weight must have at least one row (class)");
+  const DType lt = opmath_dtype(x.dtype);
+  LinearCrossEntropyOut o{empty({x.shape[0], W.shape[0]}, x.dtype, x.device()),
+                          empty({x.shape[0]}, lt, x.device()), empty({x.shape[0]}, lt, x.device())};
+  if (x.shape[0])
+    be(x).linear_cross_entropy_forward(x, W, targets, ignore_index, ls, o.logits, o.loss_rows,
+                                       o.lse);
+  return o;
+}
+
 Tensor linear_cross_entropy_backward(const Tensor& logits, const Tensor& lse,
                                      const Tensor& targets, int64_t ignore_index, double ls,
                                      const Tensor& grad, double grad_scale, const Tensor& W) {

@@ -101,6 +101,13 @@ CrossEntropyOut cross_entropy_forward(const Tensor& logits, const Tensor& target
 Tensor cross_entropy_backward(const Tensor& logits, const Tensor& lse, const Tensor& targets,
                               int64_t ignore_index, double label_smoothing, const Tensor& grad,
                               double grad_scale);
+// linear(x, W) (no bias) and cross_entropy_forward of it in one call: {logits, loss_rows, lse}.
+struct LinearCrossEntropyOut {
+  Tensor logits, loss_rows, lse;
+};
+LinearCrossEntropyOut linear_cross_entropy_forward(const Tensor& x, const Tensor& W,
+                                                   const Tensor& targets, int64_t ignore_index,
+                                                   double label_smoothing);
 // dx [N, H] = cross_entropy_backward(...) W for logits [N, V] = x W^T, W [V, H] (the head's input
 // gradient without the [N, V] one in memory on the CPU).
 Tensor linear_cross_entropy_backward(const Tensor& logits, const Tensor& lse,

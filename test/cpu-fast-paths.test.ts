@@ -5,6 +5,8 @@
 // this file on every instruction-set path (LORA_CUDA_CPU_KERNELS).
 import { F, Linear, LoRALinear, Tensor, manualSeed, noGrad, randn, tensor } from '../lib';
 import { native } from '../lib/native';
+import { spawnSync } from 'child_process';
+import * as path from 'path';
 
 function values(t: Tensor): number[] {
   return Array.from(t.toArray());
@@ -192,4 +194,72 @@ describe.each([[30, 40, 3000], [13, 20, 100], [50, 64, 700]])('the head\'s dx th
     const big = ref.reduce((a, v) => Math.max(a, Math.abs(v)), 0);
     expect(maxAbsDiff(dx, ref)).toBeLessThan((dtype === 'float32' ? 3e-6 : 1e-13) * big * Math.sqrt(V / 64 + 1));
   });
+});
+
+// The head's logits with their logsumexp folded in as the product writes them (native
+// linearCrossEntropyForward; float32 on the built-in kernel, one partial per 2048 columns): against
+// the float64 loop over the same float32 logits, with more than one chunk per thread, rows past a
+// whole row block, an ignored row and a row of NaN (its loss NaN, as the cross entropy gives).
+describe.each([[50, 40, 3000], [13, 20, 5000], [7, 9, 100]])('the head\'s logits and logsumexp in one product, %i rows, hidden %i, %i classes', (N, H, V) => {
+  test.each(['float32', 'float64'] as const)('%s', (dtype) => {
+    manualSeed(N * V);
+    const xs = values(noGrad(() => randn([N, H], { dtype: 'float64' })));
+    const nanRow = 5;
+    for (let j = 0; j < H; j++) xs[nanRow * H + j] = NaN;
+    const x = tensor(xs, { dtype, shape: [N, H] });
+    const w = noGrad(() => randn([V, H], { dtype, std: 0.7 }));
+    const targets = Array.from({ length: N }, (_, i) => (i === 2 ? -100 : (i * 7919) % V));
+    const tt = tensor(Int32Array.from(targets), { dtype: 'int32', shape: [N] });
+    const [lh, rh, sh] = native.linearCrossEntropyForward(x._h, w._h, tt._h, -100, 0);
+    const logits = values(x._make(lh, [N, V]));
+    const rows = values(x._make(rh, [N]));
+    const lse = values(x._make(sh, [N]));
+    const plain = values(noGrad(() => F.linear(x, w)));
+    expect(maxAbsDiff(logits, plain)).toBe(0); // the same product
+    for (let i = 0; i < N; i++) {
+      const row = logits.slice(i * V, (i + 1) * V);
+      if (i === nanRow) {
+        expect([i, lse[i], rows[i]]).toEqual([i, NaN, NaN]);
+        continue;
+      }
+      const m = Math.max(...row);
+      const l = m + Math.log(row.reduce((s, v) => s + Math.exp(v - m), 0));
+      const tol = (dtype === 'float32' ? 2e-6 : 1e-13) * Math.max(1, Math.abs(l));
+      expect([i, Math.abs(lse[i] - l) < tol]).toEqual([i, true]);
+      const loss = targets[i] === -100 ? 0 : l - row[targets[i]];
+      expect([i, Math.abs(rows[i] - loss) < tol * 2]).toEqual([i, true]);
+    }
+  });
+});
+
+test('a target outside the classes is the cross entropy\'s error, before any product', () => {
+  const x = randn([3, 4]);
+  const w = randn([10, 4]);
+  const tt = tensor(Int32Array.from([1, 10, 2]), { dtype: 'int32', shape: [3] });
+  expect(() => native.linearCrossEntropyForward(x._h, w._h, tt._h, -100, 0)).toThrow('cross entropy: target 10 at row 1 is outside [0, 10)');
+});
+
+// The fused head's forward and backward sum in orders fixed by the shape (whole 2048-column chunks
+// for the logsumexp, the deep product's halves for dx): the same bits on one, two and three threads.
+test('the fused head gives the same bits on any number of threads', () => {
+  const root = path.resolve(__dirname, '..');
+  const script = `
+    const native = require('node-gyp-build')(${JSON.stringify(root)});
+    const N = 37, H = 24, V = 9000;
+    const f = (n, k) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * k) * 2);
+    const x = native.fromArray(f(N * H, 0.37), [N, H], 0, 0, 0);
+    const w = native.fromArray(f(V * H, 0.011), [V, H], 0, 0, 0);
+    const t = native.fromArray(Int32Array.from({ length: N }, (_, i) => (i * 7919) % V), [N], 2, 0, 0);
+    const g = native.fromArray(Float32Array.from([1]), [], 0, 0, 0);
+    const [l, r, s] = native.linearCrossEntropyForward(x, w, t, -100, 0);
+    const dx = native.linearCrossEntropyBackward(l, s, t, -100, 0, g, 1 / N, w);
+    process.stdout.write(JSON.stringify([r, s, dx].map((h) => Array.from(native.toArray(h)))));`;
+  const runs = ['1', '2', '3'].map((n) => {
+    const r = spawnSync(process.execPath, ['-e', script], { env: { ...process.env, LORA_CUDA_NUM_THREADS: n, LORA_CUDA_BLAS: 'builtin' }, encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`child failed (${r.status ?? r.signal}): ${r.stderr}`);
+    return JSON.parse(r.stdout) as number[][];
+  });
+  expect(runs[0][1].every(Number.isFinite)).toBe(true);
+  expect(runs[1]).toEqual(runs[0]);
+  expect(runs[2]).toEqual(runs[0]);
 });

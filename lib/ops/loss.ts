@@ -87,15 +87,7 @@ export const linearCrossEntropy = defineFunction<LinearCrossEntropyArgs, LinearC
   name: 'LinearCrossEntropyBackward',
   forward(ctx, x, weight, targets, ignoreIndex, count) {
     ctx.own(targets);
-    const logits = native.linear(x._h, weight._h, null);
-    let rows: NativeTensor;
-    let lse: NativeTensor;
-    try {
-      [rows, lse] = native.crossEntropyForward(logits, targets._h, ignoreIndex, 0);
-    } catch (e) {
-      native.dispose(logits);
-      throw e;
-    }
+    const [logits, rows, lse] = native.linearCrossEntropyForward(x._h, weight._h, targets._h, ignoreIndex, 0);
     ctx.own(logits, lse);
     const s = native.sumTo(rows, []);
     native.dispose(rows);

@@ -6,6 +6,7 @@
 // CPUID (cpu_kernels()) because the library is built without -march.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <cstdint>
 #include <cstring>
 #include <cstdlib>
@@ -335,6 +336,53 @@ int64_t k_block(int64_t K) {
   return (K + nb - 1) / nb;
 }
 
+// Logsumexp partials of C's rows, one per NC columns (a chunk, counted from column 0 of the
+// product; the grid splits columns on chunk boundaries then): m[q * ld + i] the largest value of
+// row i in chunk q, s[q * ld + i] the sum of exp(c - m) there. m and s point at the C block's first
+// row and chunk. Fixed chunks, merged in order, so the sums do not depend on the thread count.
+struct LsePart {
+  float* m;
+  double* s;
+  int64_t ld;
+};
+
+// Sets the partials of columns [0, cols) of rows [0, rows) of C, while those rows were just
+// written and are still in cache: the cross entropy's pass over the logits without reading them
+// back from memory. Lanes sum at most 64 terms in float before the row's double, as the cross
+// entropy's own pass does.
+template <int W>
+LC_INLINE void block_lse(const float* C, int64_t ldc, int64_t rows, int64_t cols, float* M,
+                         double* S) {
+  using F = typename Vec<W>::F;
+  constexpr int L = Vec<W>::L;
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* c = C + i * ldc;
+    float mb = -std::numeric_limits<float>::infinity();
+    int64_t j = 0;
+    if (cols >= L) {
+      F m = load<W>(c);
+      for (j = L; j + L <= cols; j += L) {
+        const F v = load<W>(c + j);
+        m = v > m ? v : m;
+      }
+      for (int l = 0; l < L; ++l) mb = std::max(mb, m[l]);
+    }
+    for (int64_t k = j; k < cols; ++k) mb = std::max(mb, c[k]);
+    const F vm = splat<W>(mb);
+    double sb = 0;
+    j = 0;
+    while (j + L <= cols) {
+      F acc = splat<W>(0.f);
+      const int64_t end = std::min(cols - L + 1, j + 64 * L);
+      for (; j < end; j += L) acc += vexp<W>(load<W>(c + j) - vm);
+      for (int l = 0; l < L; ++l) sb += acc[l];
+    }
+    for (; j < cols; ++j) sb += std::exp(static_cast<double>(c[j]) - mb);
+    M[i] = mb;
+    S[i] = sb;
+  }
+}
+
 // Single-threaded blocked GEMM of one C block, using caller-provided packing
 // buffers (Ap: MC x (kcb + tail), Bp: (kcb + tail) x NC, both rounded up to
 // MR/NR). A tail (already offset to the block; q = 0 for none) rides on the
@@ -343,7 +391,8 @@ int64_t k_block(int64_t K) {
 template <typename T, int W>
 LC_INLINE void gemm_block(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
                           int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc,
-                          const GemmTail<T>& tail, T* Ap, T* Bp, const RowXform* xf) {
+                          const GemmTail<T>& tail, T* Ap, T* Bp, const RowXform* xf,
+                          const LsePart* lp) {
   constexpr int MR = Kern<T, W>::MR, NR = Kern<T, W>::NR;
   constexpr int64_t MC = Blocks<T, W>::MC, NC = Blocks<T, W>::NC;
   const int64_t kcb = k_block<T, W>(K);
@@ -374,6 +423,10 @@ LC_INLINE void gemm_block(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T a
                                ldc, mr, nr);
           }
         }
+        if constexpr (std::is_same_v<T, float>)
+          if (lp && last)
+            block_lse<W>(Cb, ldc, mc, nc, lp->m + jc / NC * lp->ld + ic,
+                         lp->s + jc / NC * lp->ld + ic);
       }
     }
   }
@@ -381,13 +434,16 @@ LC_INLINE void gemm_block(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T a
 
 template <typename T>
 using BlockFn = void (*)(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t, const T*,
-                         int64_t, T, T*, int64_t, const GemmTail<T>&, T*, T*, const RowXform*);
+                         int64_t, T, T*, int64_t, const GemmTail<T>&, T*, T*, const RowXform*,
+                         const LsePart*);
 
 #define LC_BLOCK_FN(name, T, W, ATTR)                                                          \
   ATTR void name(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,      \
                  int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc,              \
-                 const GemmTail<T>& tail, T* Ap, T* Bp, const RowXform* xf) {                  \
-    gemm_block<T, W>(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, tail, Ap, Bp, xf);  \
+                 const GemmTail<T>& tail, T* Ap, T* Bp, const RowXform* xf,                    \
+                 const LsePart* lp) {                                                          \
+    gemm_block<T, W>(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, tail, Ap, Bp, xf,   \
+                     lp);                                                                      \
   }
 
 LC_BLOCK_FN(block_f_base, float, 16, )
@@ -561,23 +617,29 @@ constexpr int64_t kDeep = 32;
 template <typename T, int W>
 void gemm_threaded(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
                    int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc,
-                   const GemmTail<T>& tail, BlockFn<T> block, const SoftmaxRows* sm = nullptr) {
+                   const GemmTail<T>& tail, BlockFn<T> block, const SoftmaxRows* sm = nullptr,
+                   float* lse = nullptr) {
   constexpr int MR = Kern<T, W>::MR, NR = Kern<T, W>::NR;
   constexpr int64_t MC = Blocks<T, W>::MC, NC = Blocks<T, W>::NC;
   const bool plain = tail.q == 0 && !tail.bias;
-  const int64_t kparts = plain && K >= kDeep * std::max(M, N) ? 2 : 1;
+  const int64_t kparts = plain && !lse && K >= kDeep * std::max(M, N) ? 2 : 1;
   // The first half's length, a whole number of 16-element steps (the packs' vector width).
   const int64_t k0 = kparts == 2 ? K / 32 * 16 : K;
   const int64_t threads = std::max<int64_t>(1, num_threads() / kparts);
-  const gemm_grid::Grid g = gemm_grid::plan(M, N, k0, MR, NR, threads);
+  // With lse, C's columns are split on whole chunks of NC (LsePart).
+  const int64_t col_tile = lse ? NC : NR;
+  const gemm_grid::Grid g = gemm_grid::plan(M, N, k0, MR, col_tile, threads);
   const int64_t max_rows = std::min(MC, (g.mt + g.mg - 1) / g.mg * MR);
-  const int64_t max_cols = std::min(NC, (g.ntl + g.ng - 1) / g.ng * NR);
+  const int64_t max_cols = std::min(NC, (g.ntl + g.ng - 1) / g.ng * col_tile);
   const int64_t kb = kparts == 2 ? std::max(k_block<T, W>(k0), k_block<T, W>(K - k0))
                                   : k_block<T, W>(K);
   const int64_t steps = kb + tail.q + (tail.bias ? 1 : 0);
   std::unique_ptr<T[]> second(kparts == 2 ? new T[size_t(M * N)] : nullptr);
+  const int64_t chunks = (N + NC - 1) / NC;
+  std::vector<float> part_m(lse ? size_t(chunks * M) : 0);
+  std::vector<double> part_s(part_m.size());
   gemm_grid::for_each_block(
-      g, MR, NR, M, N, kparts, [&](int64_t kp, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+      g, MR, col_tile, M, N, kparts, [&](int64_t kp, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
         T* ap = gemm_grid::pack_buffer<T>(0, size_t(max_rows * steps));
         T* bp = gemm_grid::pack_buffer<T>(1, size_t(max_cols * steps));
         GemmTail<T> t = tail;
@@ -585,9 +647,11 @@ void gemm_threaded(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, c
         if (t.bias) t.bias += c0;
         if (kparts == 1) {
           const RowXform x{sm, r0, 0};
+          const int64_t q0 = c0 / NC;  // c0 is on a chunk boundary with lse
+          const LsePart lp{part_m.data() + q0 * M + r0, part_s.data() + q0 * M + r0, M};
           block(tA, tB, r1 - r0, c1 - c0, K, alpha, tA ? A + r0 : A + r0 * lda, lda,
                 tB ? B + c0 * ldb : B + c0, ldb, beta, C + r0 * ldc + c0, ldc, t, ap, bp,
-                sm ? &x : nullptr);
+                sm ? &x : nullptr, lse ? &lp : nullptr);
           return;
         }
         // Half kp: steps [p0, p0 + kn) of K; the first onto C (with beta), the second set into
@@ -598,11 +662,21 @@ void gemm_threaded(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, c
         const RowXform x{sm, r0, p0};
         if (kp == 0)
           block(tA, tB, r1 - r0, c1 - c0, kn, alpha, a, lda, b, ldb, beta, C + r0 * ldc + c0, ldc,
-                t, ap, bp, sm ? &x : nullptr);
+                t, ap, bp, sm ? &x : nullptr, nullptr);
         else
           block(tA, tB, r1 - r0, c1 - c0, kn, alpha, a, lda, b, ldb, T(0),
-                second.get() + r0 * N + c0, N, t, ap, bp, sm ? &x : nullptr);
+                second.get() + r0 * N + c0, N, t, ap, bp, sm ? &x : nullptr, nullptr);
       });
+  // lse[i] = the log of the row's sum of exp, from its chunks' partials in column order.
+  if (lse)
+    for (int64_t i = 0; i < M; ++i) {
+      float m = part_m[size_t(i)];
+      for (int64_t q = 1; q < chunks; ++q) m = std::max(m, part_m[size_t(q * M + i)]);
+      double s = 0;
+      for (int64_t q = 0; q < chunks; ++q)
+        s += part_s[size_t(q * M + i)] * std::exp(static_cast<double>(part_m[size_t(q * M + i)]) - m);
+      lse[i] = static_cast<float>(static_cast<double>(m) + std::log(s));
+    }
   if (kparts == 2)
     parallel_for(M, std::max<int64_t>(1, (int64_t(1) << 16) / N), [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
@@ -785,6 +859,26 @@ void builtin_dgemm_tail(bool transA, bool transB, int64_t M, int64_t N, int64_t 
                         double* C, int64_t ldc, const GemmTail<double>& tail) {
   if (K <= 0) throw std::invalid_argument("builtin_dgemm_tail: K must be positive");
   gemm<double>(transA, transB, M, N, K, 1.0, A, lda, B, ldb, beta, C, ldc, tail, kDoubleFns);
+}
+
+void builtin_sgemm_lse(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                       const float* B, int64_t ldb, float* C, int64_t ldc, float* lse) {
+  if (M <= 0) return;
+  if (N <= 0 || K <= 0) throw std::invalid_argument("builtin_sgemm_lse: N and K must be positive");
+  const GemmTail<float> none{};
+  switch (cpu_kernels()) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    case CpuKernels::Avx512:
+      return gemm_threaded<float, 64>(false, true, M, N, K, 1.f, A, lda, B, ldb, 0.f, C, ldc,
+                                      none, block_f_avx512, nullptr, lse);
+    case CpuKernels::Avx2:
+      return gemm_threaded<float, 32>(false, true, M, N, K, 1.f, A, lda, B, ldb, 0.f, C, ldc,
+                                      none, block_f_avx2, nullptr, lse);
+#endif
+    default:
+      return gemm_threaded<float, 16>(false, true, M, N, K, 1.f, A, lda, B, ldb, 0.f, C, ldc,
+                                      none, block_f_base, nullptr, lse);
+  }
 }
 
 void builtin_sgemm_softmax_a(int64_t M, int64_t N, int64_t K, const float* X, int64_t ldx,

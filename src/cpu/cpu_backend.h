@@ -80,6 +80,10 @@ class CpuBackend final : public Backend {
   void gemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, double alpha,
             const Tensor& A, int64_t strideA, const Tensor& B, int64_t strideB, double beta,
             const Tensor& C, int64_t strideC, int64_t batch) override;
+  void linear_cross_entropy_forward(const Tensor& x, const Tensor& W, const Tensor& targets,
+                                    int64_t ignore_index, double label_smoothing,
+                                    const Tensor& logits, const Tensor& loss_rows,
+                                    const Tensor& lse) override;
   void linear_cross_entropy_backward(const Tensor& logits, const Tensor& lse,
                                      const Tensor& targets, int64_t ignore_index,
                                      double label_smoothing, const Tensor& grad, double grad_scale,

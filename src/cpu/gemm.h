@@ -75,6 +75,11 @@ struct SoftmaxRows {
   const float* tsub = nullptr;   // subtracted at the target
   const int32_t* tgt = nullptr;  // the target column (outside [0, K) for none)
 };
+// C (set) = A B^T on the built-in kernel, A [M, K], B [N, K] row-major (the head's logits x W^T),
+// and lse[i] = log sum_j exp(C[i, j]) (the cross entropy's logsumexp), folded in as each block of
+// C is written instead of a pass reading the logits back. N and K must be positive.
+void builtin_sgemm_lse(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                       const float* B, int64_t ldb, float* C, int64_t ldc, float* lse);
 // C (set) = A' B on the built-in kernel, A' [M, K] from X [M, K] (row stride ldx) as above, B
 // [K, N] row-major (row stride ldb): the head's dx from its logits and weight.
 void builtin_sgemm_softmax_a(int64_t M, int64_t N, int64_t K, const float* X, int64_t ldx,

@@ -7,6 +7,7 @@
 // (bias and dropout mask in the same pass, low_rank.cpp), and the frozen GEMM
 // accumulates on top of it with beta = 1; so too dx under dropout, whose mask
 // applies to the adapter's term only.
+#include <string>
 #include <vector>
 
 #include "blas.h"
@@ -86,6 +87,31 @@ void CpuBackend::gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, double 
       lc::gemm(tA, tB, M, N, K, static_cast<M_>(alpha), pa + i * sA, lda, pb + i * sB, ldb,
                static_cast<M_>(beta), pc + i * sC, N);
   });
+}
+
+// float32 on the built-in kernel without label smoothing: the logits' product folds each row's
+// logsumexp in as it writes them (builtin_sgemm_lse), and a row's loss is lse - its target's
+// logit. Targets are checked first, as the cross entropy checks them.
+void CpuBackend::linear_cross_entropy_forward(const Tensor& x, const Tensor& W,
+                                              const Tensor& targets, int64_t ignore_index,
+                                              double ls, const Tensor& logits,
+                                              const Tensor& loss_rows, const Tensor& lse) {
+  const int64_t N = x.shape[0], H = x.shape[1], V = W.shape[0];
+  if (x.dtype != DType::F32 || ls != 0 || H == 0 || !fused_tail(H)) {
+    Backend::linear_cross_entropy_forward(x, W, targets, ignore_index, ls, logits, loss_rows, lse);
+    return;
+  }
+  const int32_t* t = targets.data<int32_t>();
+  for (int64_t i = 0; i < N; ++i)
+    if (t[i] != ignore_index && (t[i] < 0 || t[i] >= V))
+      fail("cross entropy: target " + std::to_string(t[i]) + " at row " + std::to_string(i) +
+           " is outside [0, " + std::to_string(V) + ")");
+  float* l = logits.data<float>();
+  float* pl = lse.data<float>();
+  builtin_sgemm_lse(N, V, H, x.data<float>(), H, W.data<float>(), H, l, V, pl);
+  float* lr = loss_rows.data<float>();
+  for (int64_t i = 0; i < N; ++i)
+    lr[i] = t[i] == ignore_index ? 0.f : static_cast<float>(static_cast<double>(pl[i]) - l[i * V + t[i]]);
 }
 
 // float32 on the built-in kernel: the row factors of cross_entropy_backward_f32 (fast_f32.cpp),
