@@ -546,6 +546,17 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
     Napi::Env env = a.Env();
     return arr(env, {wrap_or_null(env, g.dx), wrap_or_null(env, g.dweight)});
   });
+  def("swigluForward", [](const Napi::CallbackInfo& a) {
+    return wrap(a.Env(), lc::ops::swiglu(T(a[0], "swiglu gate"), T(a[1], "swiglu up")));
+  });
+  // swigluBackward(gate, up, dy, needs[gate, up]) -> [dgate, dup]
+  def("swigluBackward", [](const Napi::CallbackInfo& a) -> Napi::Value {
+    auto need = needs_arg(a[3], 2, "swigluBackward");
+    auto g = lc::ops::swiglu_backward(T(a[0], "swiglu gate"), T(a[1], "swiglu up"),
+                                      T(a[2], "swiglu grad"), need[0], need[1]);
+    Napi::Env env = a.Env();
+    return arr(env, {wrap_or_null(env, g.dgate), wrap_or_null(env, g.dup)});
+  });
   def("rotaryForward", [](const Napi::CallbackInfo& a) {
     return wrap(a.Env(), lc::ops::rotary(T(a[0], "rotary x"), T(a[1], "rotary cos"),
                                          T(a[2], "rotary sin")));

@@ -41,6 +41,9 @@ class CudaBackend final : public Backend {
   void axpy(const Tensor& y, const Tensor& x, double alpha) override;
   void unary(UnaryOp op, const Tensor& x, const Tensor& out) override;
   void unary_backward(UnaryOp op, const Tensor& x, const Tensor& dy, const Tensor& dx) override;
+  void swiglu_forward(const Tensor& gate, const Tensor& up, const Tensor& out) override;
+  void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dy, const Tensor* dgate,
+                       const Tensor* dup) override;
   void expand(const Tensor& x, const Tensor& out) override;
   void permute(const Tensor& x, const std::vector<int64_t>& perm, const Tensor& out) override;
   bool all_finite(const Tensor& x) override;  // synchronises

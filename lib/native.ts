@@ -134,6 +134,8 @@ export interface Binding {
   /** needs and grads: [x, weight]. */
   rmsNormBackward(dy: N, x: N, weight: N | null, rstd: N, needs: boolean[]): (N | null)[];
   /** x [..., T, Dh], cos/sin [T, Dh] (rotate-half layout). */
+  swigluForward(gate: N, up: N): N;
+  swigluBackward(gate: N, up: N, dy: N, needs: boolean[]): (N | null)[];
   rotaryForward(x: N, cos: N, sin: N): N;
   rotaryBackward(dy: N, cos: N, sin: N): N;
   /** q [B, Hq, T, Dh], k [B, Hkv, S, Dh], v [B, Hkv, S, Dv] -> [out [B, Hq, T, Dv], lse [B, Hq, T]]. */

@@ -69,7 +69,7 @@ else
   # Every suite with parts that run only when CUDA is available.
   npx jest --ci --json --outputFile="$results/1-suites.json" \
     test/cuda.test.ts test/cuda-half.test.ts test/cuda-probe.test.ts test/soak.test.ts test/bad-input.test.ts test/errors.test.ts test/tensor.test.ts \
-    test/cli-finetune.test.ts test/gradcheck.test.ts test/distributed.test.ts test/attention.test.ts test/memory.test.ts \
+    test/cli-finetune.test.ts test/gradcheck.test.ts test/distributed.test.ts test/attention.test.ts test/memory.test.ts test/swiglu.test.ts \
     || status=$?
   n=2
   for schedule in reverse warp-ahead reverse,warp-ahead; do

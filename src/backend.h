@@ -254,6 +254,15 @@ class Backend {
                                   double scale, const Tensor* dq, const Tensor* dk, const Tensor* dv,
                                   const Tensor* starts, bool bthd) = 0;
 
+  // The Llama MLP's gate (SwiGLU): out (set) = silu(gate) * up, same shapes and dtype, rounded as
+  // SiLU followed by a multiply round it (PyTorch's act_fn(gate_proj(x)) * up_proj(x), each op
+  // rounding to the tensors' dtype). Composite: unary + binary; the CPU fuses float32 into one pass.
+  virtual void swiglu_forward(const Tensor& gate, const Tensor& up, const Tensor& out);
+  // dgate (set) = silu'(gate) * (dy * up), dup (set) = dy * silu(gate), as the two ops' backwards
+  // round them; either may be null (not wanted).
+  virtual void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dy,
+                               const Tensor* dgate, const Tensor* dup);
+
   // ---- views and joins (slicing, cat, gather, triangles): tensors stay contiguous, so these copy.
   // For every index i of `sizes`: dst[dst_offset + sum_d i_d dst_strides[d]] =
   // src[src_offset + sum_d i_d src_strides[d]] (element offsets and strides, >= 0, in range;

@@ -203,4 +203,22 @@ void Backend::linear_cross_entropy_backward(const Tensor& logits, const Tensor& 
   mm(*this, false, false, N, H, V, 1.0, d, W, 0.0, dx);  // dx = dlogits W (set)
 }
 
+void Backend::swiglu_forward(const Tensor& gate, const Tensor& up, const Tensor& out) {
+  unary(UnaryOp::Silu, gate, out);  // out holds silu(gate) for the moment
+  binary(BinaryOp::Mul, out, up, out);
+}
+
+void Backend::swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dy,
+                              const Tensor* dgate, const Tensor* dup) {
+  if (dup) {
+    unary(UnaryOp::Silu, gate, *dup);
+    binary(BinaryOp::Mul, dy, *dup, *dup);
+  }
+  if (dgate) {
+    Tensor t = empty(dy.shape, dy.dtype, device());
+    binary(BinaryOp::Mul, dy, up, t);
+    unary_backward(UnaryOp::Silu, gate, t, *dgate);
+  }
+}
+
 }  // namespace lc

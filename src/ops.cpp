@@ -834,6 +834,37 @@ RmsNormGrads rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor* 
   return g;
 }
 
+namespace {
+void check_swiglu(const char* op, const Tensor& gate, const Tensor& up) {
+  require_floating(gate, op, "gate");
+  same(gate, up, op, "gate", "up");
+  LC_CHECK(gate.shape == up.shape, std::string(op) + ": gate has shape " + shape_str(gate.shape) +
+                                       " but up has shape " + shape_str(up.shape));
+}
+}  // namespace
+
+Tensor swiglu(const Tensor& gate, const Tensor& up) {
+  check_swiglu("swiglu", gate, up);
+  Tensor out = empty(gate.shape, gate.dtype, gate.device());
+  if (out.numel()) be(gate).swiglu_forward(gate, up, out);
+  return out;
+}
+
+SwigluGrads swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dy, bool need_dgate,
+                            bool need_dup) {
+  check_swiglu("swiglu backward", gate, up);
+  same(gate, dy, "swiglu backward", "gate", "grad");
+  LC_CHECK(dy.shape == gate.shape, "swiglu backward: grad has shape " + shape_str(dy.shape) +
+                                       " but gate has shape " + shape_str(gate.shape));
+  SwigluGrads g;
+  if (need_dgate) g.dgate = empty(gate.shape, gate.dtype, gate.device());
+  if (need_dup) g.dup = empty(gate.shape, gate.dtype, gate.device());
+  if (gate.numel() && (need_dgate || need_dup))
+    be(gate).swiglu_backward(gate, up, dy, need_dgate ? &g.dgate : nullptr,
+                             need_dup ? &g.dup : nullptr);
+  return g;
+}
+
 Tensor rotary(const Tensor& x, const Tensor& cos, const Tensor& sin) {
   check_rotary("rotary", x, cos, sin);
   Tensor out = empty(x.shape, x.dtype, x.device());

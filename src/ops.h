@@ -133,6 +133,14 @@ struct RmsNormGrads {
 RmsNormGrads rms_norm_backward(const Tensor& dy, const Tensor& x, const Tensor* weight,
                                const Tensor& rstd, bool need_dx, bool need_dweight);
 
+// silu(gate) * up (Backend::swiglu_forward); gate and up of one shape and dtype.
+Tensor swiglu(const Tensor& gate, const Tensor& up);
+struct SwigluGrads {
+  Tensor dgate, dup;  // storage null when not requested
+};
+SwigluGrads swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dy, bool need_dgate,
+                            bool need_dup);
+
 Tensor rotary(const Tensor& x, const Tensor& cos, const Tensor& sin);
 Tensor rotary_backward(const Tensor& dy, const Tensor& cos, const Tensor& sin);
 

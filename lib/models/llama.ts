@@ -232,11 +232,9 @@ export class LlamaMLP extends Module {
     // Intermediates freed once read, as in LlamaAttention.forward.
     const done = (...ts: Tensor[]) => releaseIntermediate(...ts.filter((t) => t._store !== x._store));
     const g = this.gate_proj.forward(x);
-    const s = F.silu(g);
-    done(g);
     const u = this.up_proj.forward(x);
-    const p = s.mul(u);
-    done(s, u);
+    const p = F.swiglu(g, u); // silu(g) * u as one op: silu(g) is never stored
+    done(g, u);
     const y = this.down_proj.forward(p);
     done(p);
     return y;

@@ -4,6 +4,7 @@ import { tensor } from '../creation';
 import { assertTensor, checkLinearWeights, normalizeDim, requireFloat, requireSame } from '../checks';
 import * as linearOps from '../ops/linear';
 import * as lossOps from '../ops/loss';
+import * as transformerOps from '../ops/transformer';
 import { activation } from './activation';
 import { logSoftmaxOp } from '../tensor';
 import { checkInt, checkNumber, checkOneOf, checkOptions, checkKnownKeys, rangeError, typeError } from '../errors';
@@ -31,6 +32,25 @@ export function gelu(x: Tensor, approximate: 'none' | 'tanh' = 'none'): Tensor {
 
 export function silu(x: Tensor): Tensor {
   return activation('F.silu', x, 'silu');
+}
+
+/**
+ * silu(gate) * up in one op: the gate of Llama-family MLPs (`act_fn(gate_proj(x)) * up_proj(x)`),
+ * with the same values as `F.silu(gate).mul(up)` (each step rounded to the tensors' dtype) but
+ * one pass over memory each way and silu(gate) never stored for backward. gate and up: float
+ * tensors of one shape, dtype and device (no broadcasting).
+ */
+export function swiglu(gate: Tensor, up: Tensor): Tensor {
+  const where = 'F.swiglu';
+  assertTensor(where, 'gate', gate);
+  assertTensor(where, 'up', up);
+  requireFloat(where, gate, 'gate');
+  requireFloat(where, up, 'up');
+  requireSame(where, gate, 'gate', up, 'up');
+  if (gate.shape.length !== up.shape.length || gate.shape.some((d, i) => d !== up.shape[i])) {
+    throw rangeError(where, 'up.shape', `[${gate.shape.join(', ')}] (gate's shape)`, up.shape);
+  }
+  return transformerOps.swiglu(gate, up);
 }
 
 export function sigmoid(x: Tensor): Tensor {

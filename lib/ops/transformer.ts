@@ -1,6 +1,6 @@
 // Transformer blocks in the Hugging Face Llama layout, each one fused native
 // call forward and one backward: token embedding, RMSNorm, rotary position
-// embedding and scaled dot-product attention.
+// embedding, the MLP's SwiGLU gate and scaled dot-product attention.
 import type { Tensor } from '../tensor';
 import { native, NativeTensor } from '../native';
 import { defineFunction } from '../autograd';
@@ -143,6 +143,22 @@ export const rmsNorm = defineFunction<[x: Tensor, weight: Tensor | null, eps: nu
     const [x, w] = ctx.savedTensors as [Tensor, Tensor | null];
     const grads = native.rmsNormBackward(g._h, x._h, w ? w._h : null, ctx.rstd, ctx.needsInputGrad.slice(0, 2));
     return [...gradsLike(grads, [x, w]), null];
+  },
+});
+
+/**
+ * silu(gate) * up for gate and up of one shape and dtype (checked by the caller): the Llama MLP's
+ * gate as one node, saving gate and up (silu(gate) is never kept) and rounding as silu then mul.
+ */
+export const swiglu = defineFunction<[gate: Tensor, up: Tensor]>({
+  name: 'SwiGLUBackward',
+  forward(ctx, gate, up) {
+    ctx.saveForBackward(gate, up);
+    return gate._make(native.swigluForward(gate._h, up._h), gate.shape);
+  },
+  backward(ctx, g) {
+    const [gate, up] = ctx.savedTensors as Tensor[];
+    return gradsLike(native.swigluBackward(gate._h, up._h, g._h, ctx.needsInputGrad.slice(0, 2)), [gate, up]);
   },
 });
 

@@ -236,6 +236,24 @@ void CpuBackend::unary_backward(UnaryOp op, const Tensor& x, const Tensor& dy,
   });
 }
 
+void CpuBackend::swiglu_forward(const Tensor& gate, const Tensor& up, const Tensor& out) {
+  if (out.dtype != DType::F32) return Backend::swiglu_forward(gate, up, out);
+  const float *pg = gate.data<float>(), *pu = up.data<float>();
+  float* po = out.data<float>();
+  par(out.numel(), [&](int64_t s, int64_t e) { swiglu_f32(pg + s, pu + s, po + s, e - s); });
+}
+
+void CpuBackend::swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dy,
+                                 const Tensor* dgate, const Tensor* dup) {
+  if (dy.dtype != DType::F32 || !dgate || !dup)
+    return Backend::swiglu_backward(gate, up, dy, dgate, dup);
+  const float *pg = gate.data<float>(), *pu = up.data<float>(), *pd = dy.data<float>();
+  float *dg = dgate->data<float>(), *du = dup->data<float>();
+  par(dy.numel(), [&](int64_t s, int64_t e) {
+    swiglu_backward_f32(pg + s, pu + s, pd + s, dg + s, du + s, e - s);
+  });
+}
+
 void CpuBackend::expand(const Tensor& x, const Tensor& out) {
   gather(x, out, broadcast_strides(x.shape, out.shape), "expand");
 }

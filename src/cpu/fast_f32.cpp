@@ -140,32 +140,78 @@ LC_INLINE double exp_shift_row(float* x, int64_t n, float m) {
   return s;
 }
 
+// Runs body(i, L) over the vectors of [0, n) and then once on the last n % L elements copied into
+// zero-padded arrays, so every element goes through the same vector formula wherever a caller's
+// chunks begin and end (results never depend on the thread count). `in` and `out` list the
+// arrays body reads and writes at offset i; the tail swaps in the padded copies.
+template <int W, int NI, int NO, typename Body>
+LC_INLINE void each_vector(int64_t n, const float* const (&in)[NI], float* const (&out)[NO],
+                           Body body) {
+  constexpr int L = Vec<W>::L;
+  int64_t i = 0;
+  for (; i + L <= n; i += L) body(in, out, i);
+  const int64_t r = n - i;
+  if (r == 0) return;
+  alignas(64) float ti[NI][L] = {}, to[NO][L] = {};
+  const float* pi[NI];
+  float* po[NO];
+  for (int k = 0; k < NI; ++k) {
+    std::memcpy(ti[k], in[k] + i, size_t(r) * sizeof(float));
+    pi[k] = ti[k];
+  }
+  for (int k = 0; k < NO; ++k) po[k] = to[k];
+  body(pi, po, 0);
+  for (int k = 0; k < NO; ++k) std::memcpy(out[k] + i, to[k], size_t(r) * sizeof(float));
+}
+
+// SiLU and its derivative factor on one vector: silu = v / (1 + e^-v), and
+// dsilu = s (1 + v (1 - s)) with s = 1 / (1 + e^-v). The fused SwiGLU below uses the same two
+// expressions, so it gives the bits of SiLU followed by a product.
+template <int W>
+LC_INLINE typename Vec<W>::F silu_v(typename Vec<W>::F v) {
+  return v / (splat<W>(1.f) + vexp<W>(-v));
+}
+template <int W>
+LC_INLINE typename Vec<W>::F dsilu_v(typename Vec<W>::F v) {
+  const auto one = splat<W>(1.f);
+  const auto s = one / (one + vexp<W>(-v));
+  return s * (one + v * (one - s));
+}
+
 template <int W>
 LC_INLINE void silu_rows(const float* x, float* y, int64_t n) {
-  constexpr int L = Vec<W>::L;
-  const auto one = splat<W>(1.f);
-  int64_t i = 0;
-  for (; i + L <= n; i += L) {
-    const auto v = load<W>(x + i);
-    store<W>(y + i, v / (one + vexp<W>(-v)));
-  }
-  for (; i < n; ++i) y[i] = x[i] / (1.f + std::exp(-x[i]));
+  each_vector<W, 1, 1>(n, {x}, {y}, [](const float* const* a, float* const* o, int64_t i) {
+    store<W>(o[0] + i, silu_v<W>(load<W>(a[0] + i)));
+  });
 }
 
 template <int W>
 LC_INLINE void silu_backward_rows(const float* x, const float* dy, float* dx, int64_t n) {
-  constexpr int L = Vec<W>::L;
-  const auto one = splat<W>(1.f);
-  int64_t i = 0;
-  for (; i + L <= n; i += L) {
-    const auto v = load<W>(x + i);
-    const auto s = one / (one + vexp<W>(-v));
-    store<W>(dx + i, load<W>(dy + i) * (s * (one + v * (one - s))));
-  }
-  for (; i < n; ++i) {
-    const float s = 1.f / (1.f + std::exp(-x[i]));
-    dx[i] = dy[i] * (s * (1.f + x[i] * (1.f - s)));
-  }
+  each_vector<W, 2, 1>(n, {x, dy}, {dx}, [](const float* const* a, float* const* o, int64_t i) {
+    store<W>(o[0] + i, load<W>(a[1] + i) * dsilu_v<W>(load<W>(a[0] + i)));
+  });
+}
+
+// y = silu(g) u; backward: du = dy silu(g), dg = (dy u) dsilu(g), each product rounded to float
+// as the separate SiLU and multiply round it.
+template <int W>
+LC_INLINE void swiglu_rows(const float* g, const float* u, float* y, int64_t n) {
+  each_vector<W, 2, 1>(n, {g, u}, {y}, [](const float* const* a, float* const* o, int64_t i) {
+    const auto s = silu_v<W>(load<W>(a[0] + i));
+    store<W>(o[0] + i, s * load<W>(a[1] + i));
+  });
+}
+
+template <int W>
+LC_INLINE void swiglu_backward_rows(const float* g, const float* u, const float* dy, float* dg,
+                                    float* du, int64_t n) {
+  each_vector<W, 3, 2>(n, {g, u, dy}, {dg, du},
+                       [](const float* const* a, float* const* o, int64_t i) {
+                         const auto v = load<W>(a[0] + i), d = load<W>(a[2] + i);
+                         store<W>(o[1] + i, d * silu_v<W>(v));
+                         const auto dyu = d * load<W>(a[1] + i);
+                         store<W>(o[0] + i, dyu * dsilu_v<W>(v));
+                       });
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -196,6 +242,20 @@ LC_AVX512 void silu_bwd_avx512(const float* x, const float* dy, float* dx, int64
 }
 LC_AVX2 void silu_bwd_avx2(const float* x, const float* dy, float* dx, int64_t n) {
   silu_backward_rows<32>(x, dy, dx, n);
+}
+LC_AVX512 void swiglu_avx512(const float* g, const float* u, float* y, int64_t n) {
+  swiglu_rows<64>(g, u, y, n);
+}
+LC_AVX2 void swiglu_avx2(const float* g, const float* u, float* y, int64_t n) {
+  swiglu_rows<32>(g, u, y, n);
+}
+LC_AVX512 void swiglu_bwd_avx512(const float* g, const float* u, const float* dy, float* dg,
+                                 float* du, int64_t n) {
+  swiglu_backward_rows<64>(g, u, dy, dg, du, n);
+}
+LC_AVX2 void swiglu_bwd_avx2(const float* g, const float* u, const float* dy, float* dg, float* du,
+                             int64_t n) {
+  swiglu_backward_rows<32>(g, u, dy, dg, du, n);
 }
 LC_AVX512 double exp_shift_avx512(float* x, int64_t n, float m) { return exp_shift_row<64>(x, n, m); }
 LC_AVX2 double exp_shift_avx2(float* x, int64_t n, float m) { return exp_shift_row<32>(x, n, m); }
@@ -263,6 +323,25 @@ void silu_backward_f32(const float* x, const float* dy, float* dx, int64_t n) {
   if (isa == CpuKernels::Avx2) return silu_bwd_avx2(x, dy, dx, n);
 #endif
   silu_backward_rows<16>(x, dy, dx, n);
+}
+
+void swiglu_f32(const float* g, const float* u, float* y, int64_t n) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  const CpuKernels isa = cpu_kernels();
+  if (isa == CpuKernels::Avx512) return swiglu_avx512(g, u, y, n);
+  if (isa == CpuKernels::Avx2) return swiglu_avx2(g, u, y, n);
+#endif
+  swiglu_rows<16>(g, u, y, n);
+}
+
+void swiglu_backward_f32(const float* g, const float* u, const float* dy, float* dg, float* du,
+                         int64_t n) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  const CpuKernels isa = cpu_kernels();
+  if (isa == CpuKernels::Avx512) return swiglu_bwd_avx512(g, u, dy, dg, du, n);
+  if (isa == CpuKernels::Avx2) return swiglu_bwd_avx2(g, u, dy, dg, du, n);
+#endif
+  swiglu_backward_rows<16>(g, u, dy, dg, du, n);
 }
 
 }  // namespace lc

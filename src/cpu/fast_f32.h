@@ -3,7 +3,7 @@
 // entropy over a 49k vocabulary: two passes of exp over 25M logits). Each is
 // compiled for AVX-512, AVX2+FMA and the portable width and runs the copy
 // cpu_kernels() chose; exp is a Cephes-style polynomial (about 2 ulp, exact 0
-// below -88.4, NaN kept), row sums in double as the plain loops do.
+// below -88.4, +inf above ln(FLT_MAX) as expf, NaN kept), row sums in double as the plain loops do.
 #pragma once
 #include <cstdint>
 
@@ -25,9 +25,16 @@ void cross_entropy_backward_f32(const float* x, const float* lse, const int32_t*
 // SiLU over n floats, y = x / (1 + exp(-x)), and its backward dx = dy * s * (1 + x * (1 - s)) with
 // s = 1 / (1 + exp(-x)): the formulas of elementwise.cpp on the vectorised exp, one pass each
 // (the MLP's activation: two passes of exp over [tokens, intermediate] per layer and step).
-// Called per chunk of the caller's split (no threading inside).
+// Called per chunk of the caller's split (no threading inside); every element takes the vector
+// formula, the last n % width too, so results do not depend on where the chunks fall.
 void silu_f32(const float* x, float* y, int64_t n);
 void silu_backward_f32(const float* x, const float* dy, float* dx, int64_t n);
+// The Llama MLP's gate, y = silu(g) u, and its backward du = dy silu(g), dg = (dy u) silu'(g),
+// each product rounded as SiLU then a multiply round it (the same bits), in one pass each.
+// Every element takes the vector formula (the last n % width too), so chunking never shows.
+void swiglu_f32(const float* g, const float* u, float* y, int64_t n);
+void swiglu_backward_f32(const float* g, const float* u, const float* dy, float* dg, float* du,
+                         int64_t n);
 
 // x[j] = exp(x[j] - m) for j < n, returning their sum in double: a softmax row (attention's).
 double exp_shift_f32(float* x, int64_t n, float m);

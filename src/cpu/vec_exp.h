@@ -47,12 +47,14 @@ LC_INLINE typename Vec<W>::F splat(float x) {
 }
 
 // exp(x): x = n ln2 + r with |r| <= ln2/2 (n rounded with the 1.5 * 2^23 trick), a degree-6
-// polynomial for e^r (Cephes' expf), then 2^n put into the exponent bits.
+// polynomial for e^r (Cephes' expf), then 2^n applied as two exact power-of-two factors (n up to
+// 128 would not fit one float's exponent): +inf above ln(FLT_MAX), as expf; 0 below -88.38.
 template <int W>
 LC_INLINE typename Vec<W>::F vexp(typename Vec<W>::F x) {
   using F = typename Vec<W>::F;
   using I = typename Vec<W>::I;
-  const F hi = splat<W>(88.3762626647950f), lo = splat<W>(-88.3762626647949f);
+  const F hi = splat<W>(88.72283935546875f), lo = splat<W>(-88.3762626647949f);
+  const I over = x > hi;   // exp overflows float there; +inf included (NaN compares false)
   const I under = x < lo;  // exp is 0 (to float) there; -inf included
   x = x > hi ? hi : x;
   x = x < lo ? lo : x;
@@ -67,13 +69,16 @@ LC_INLINE typename Vec<W>::F vexp(typename Vec<W>::F x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
-  const I e = (__builtin_convertvector(n, I) + 127) << 23;
-  F scale;
-  std::memcpy(&scale, &e, sizeof(scale));
-  F y = p * scale;
+  const I ni = __builtin_convertvector(n, I), h = ni >> 1;
+  const I e1 = (h + 127) << 23, e2 = (ni - h + 127) << 23;
+  F s1, s2;
+  std::memcpy(&s1, &e1, sizeof(s1));
+  std::memcpy(&s2, &e2, sizeof(s2));
+  F y = (p * s1) * s2;
   I bits;
   std::memcpy(&bits, &y, sizeof(bits));
   bits &= ~under;
+  bits = (bits & ~over) | (over & 0x7f800000);
   std::memcpy(&y, &bits, sizeof(y));
   return y;
 }

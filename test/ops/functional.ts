@@ -1,6 +1,6 @@
 // Registry entries for the functional ops (`F`).
 import { F, Tensor, ones, tensor, zeros } from '../../lib';
-import { I, OpInfo, OpSample, awayFromZero, fmt, ids } from './types';
+import { I, OpInfo, OpSample, awayFromZero, fmt, ids, scaled } from './types';
 import { F_EMBEDDING_OPTION_ERRORS, F_EMBEDDING_OPTION_SAMPLES } from './modules';
 
 const BOTH_DEVICES: OpInfo['devices'] = ['cpu', 'cuda'];
@@ -216,6 +216,27 @@ export const FUNCTIONAL_OPS: OpInfo[] = [
     errors: [
       { name: 'not a tensor', call: () => F.silu(3 as unknown as Tensor), type: TypeError, message: /^F\.silu: x must be a Tensor, got 3$/, standard: true },
       { name: 'an int32 tensor', call: () => F.silu(int32([1], [1])), type: RangeError, message: /^F\.silu: x's dtype must be float32, float64, bfloat16 or float16, got "int32"$/ },
+    ],
+  },
+  {
+    name: 'F.swiglu', where: ['F.swiglu'], dtypes: FLOATS, int32: 'refused', devices: BOTH_DEVICES,
+    samples: [
+      { name: 'F.swiglu', inputs: [I([3, 4]), I([3, 4])], call: ([g, u]) => F.swiglu(g, u) },
+      { name: 'up without grad', inputs: [I([2, 5]), I([2, 5], { grad: false })], call: ([g, u]) => F.swiglu(g, u) },
+      { name: 'gate without grad', inputs: [I([2, 5], { grad: false }), I([2, 5])], call: ([g, u]) => F.swiglu(g, u) },
+      // Large gates (exp saturating both ways) over several vectors and a tail.
+      { name: '[3,37] wide gates', inputs: [I([3, 37], { values: scaled(12) }), I([3, 37])], call: ([g, u]) => F.swiglu(g, u), gradcheck: false },
+    ],
+    errors: [
+      { name: 'not a tensor', call: () => F.swiglu(3 as unknown as Tensor, zeros([1])), type: TypeError, message: /^F\.swiglu: gate must be a Tensor, got 3$/, standard: true },
+      { name: 'up not a tensor', call: () => F.swiglu(zeros([1]), null as unknown as Tensor), type: TypeError, message: /^F\.swiglu: up must be a Tensor, got null$/, standard: true },
+      { name: 'mismatched shapes', call: () => F.swiglu(zeros([2, 3]), zeros([3, 2])), type: RangeError,
+        message: /^F\.swiglu: up\.shape must be \[2, 3\] \(gate's shape\), got \[3, 2\]$/, standard: true },
+      { name: 'no broadcasting', call: () => F.swiglu(zeros([2, 3]), zeros([3])), type: RangeError,
+        message: /^F\.swiglu: up\.shape must be \[2, 3\] \(gate's shape\), got \[3\]$/ },
+      { name: 'mixed dtypes', call: () => F.swiglu(zeros([2]), zeros([2], { dtype: 'float64' })), type: TypeError,
+        message: /^F\.swiglu: gate is float32 but up is float64; convert one with \.to\('float32'\)$/ },
+      { name: 'an int32 tensor', call: () => F.swiglu(int32([1], [1]), zeros([1])), type: RangeError, message: /^F\.swiglu: gate's dtype must be float32, float64, bfloat16 or float16, got "int32"$/ },
     ],
   },
   {
