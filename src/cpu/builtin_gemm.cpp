@@ -188,7 +188,7 @@ LC_INLINE void softmax_rows(V* r, int rows, const RowXform& x, int G) {
       r[i] = V{};
       continue;
     }
-    r[i] = m * vexp<W>(r[i] - x.r->shift[R]) - x.r->sub[R];
+    r[i] = m * vexp_shifted<W>(r[i] - x.r->shift[R]) - x.r->sub[R];
   }
 }
 LC_INLINE float softmax_one(float v, const RowXform& x, int64_t R) {
@@ -374,7 +374,7 @@ LC_INLINE void block_lse(const float* C, int64_t ldc, int64_t rows, int64_t cols
     while (j + L <= cols) {
       F acc = splat<W>(0.f);
       const int64_t end = std::min(cols - L + 1, j + 64 * L);
-      for (; j < end; j += L) acc += vexp<W>(load<W>(c + j) - vm);
+      for (; j < end; j += L) acc += vexp_shifted<W>(load<W>(c + j) - vm);
       for (int l = 0; l < L; ++l) sb += acc[l];
     }
     for (; j < cols; ++j) sb += std::exp(static_cast<double>(c[j]) - mb);

@@ -54,7 +54,7 @@ LC_INLINE void row_lse(const float* row, int64_t C, bool want_sum_x, double& mx_
     const int64_t end = std::min(C - L + 1, j + 64 * L);
     for (; j < end; j += L) {
       F v = load<W>(row + j);
-      acc += vexp<W>(v - vm);
+      acc += vexp_shifted<W>(v - vm);
       if (want_sum_x) accx += v;
     }
     s += hsum<W>(acc);
@@ -109,7 +109,7 @@ LC_INLINE void backward_rows(const float* x, const float* pl, const int32_t* t, 
     const F vl = splat<W>(pl[i]), vg = splat<W>(static_cast<float>(gs)),
             voff = splat<W>(static_cast<float>(gs * off));
     int64_t j = 0;
-    for (; j + L <= C; j += L) store<W>(drow + j, vg * vexp<W>(load<W>(row + j) - vl) - voff);
+    for (; j + L <= C; j += L) store<W>(drow + j, vg * vexp_shifted<W>(load<W>(row + j) - vl) - voff);
     for (; j < C; ++j)
       drow[j] = static_cast<float>(gs * (std::exp(static_cast<double>(row[j]) - pl[i]) - off));
     const int64_t ti = t[i];
@@ -127,7 +127,7 @@ LC_INLINE double exp_shift_row(float* x, int64_t n, float m) {
   double s = 0;
   int64_t j = 0;
   for (; j + L <= n; j += L) {
-    const F e = vexp<W>(load<W>(x + j) - vm);
+    const F e = vexp_shifted<W>(load<W>(x + j) - vm);
     store<W>(x + j, e);
     acc += e;
     if ((j / L) % 64 == 63) {  // as row_lse: no lane sums more than 64 terms in float

@@ -46,20 +46,22 @@ LC_INLINE typename Vec<W>::F splat(float x) {
   return v;
 }
 
-// exp(x): x = n ln2 + r with |r| <= ln2/2 (n rounded with the 1.5 * 2^23 trick), a degree-6
-// polynomial for e^r (Cephes' expf), then 2^n applied as two exact power-of-two factors (n up to
-// 128 would not fit one float's exponent): +inf above ln(FLT_MAX), as expf; 0 below -88.38.
+// The exponent bits of 2^n for float n (an integer in [-127, 127]): a float scale.
 template <int W>
-LC_INLINE typename Vec<W>::F vexp(typename Vec<W>::F x) {
+LC_INLINE typename Vec<W>::F pow2(typename Vec<W>::I n) {
+  const typename Vec<W>::I e = (n + 127) << 23;
+  typename Vec<W>::F s;
+  std::memcpy(&s, &e, sizeof(s));
+  return s;
+}
+
+// e^r for the reduced argument: x = n ln2 + r with |r| <= ln2/2 (n rounded with the 1.5 * 2^23
+// trick), a degree-6 polynomial (Cephes' expf). x must be clamped into [-88.38, 88.73].
+template <int W>
+LC_INLINE typename Vec<W>::F exp_reduced(typename Vec<W>::F x, typename Vec<W>::F& n) {
   using F = typename Vec<W>::F;
-  using I = typename Vec<W>::I;
-  const F hi = splat<W>(88.72283935546875f), lo = splat<W>(-88.3762626647949f);
-  const I over = x > hi;   // exp overflows float there; +inf included (NaN compares false)
-  const I under = x < lo;  // exp is 0 (to float) there; -inf included
-  x = x > hi ? hi : x;
-  x = x < lo ? lo : x;
   const F magic = splat<W>(12582912.0f);
-  F n = (x * 1.44269504088896341f + magic) - magic;
+  n = (x * 1.44269504088896341f + magic) - magic;
   F r = x - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
   F p = splat<W>(1.9875691500e-4f);
@@ -68,17 +70,49 @@ LC_INLINE typename Vec<W>::F vexp(typename Vec<W>::F x) {
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  const I ni = __builtin_convertvector(n, I), h = ni >> 1;
-  const I e1 = (h + 127) << 23, e2 = (ni - h + 127) << 23;
-  F s1, s2;
-  std::memcpy(&s1, &e1, sizeof(s1));
-  std::memcpy(&s2, &e2, sizeof(s2));
-  F y = (p * s1) * s2;
+  return p * (r * r) + r + 1.0f;
+}
+
+constexpr float kExpLo = -88.3762626647949f;  // below it exp is 0 here (-inf included)
+
+// exp(x) for softmax-style arguments, x = v - max <= 0 (valid up to 88.37, where 2^n still fits a
+// float's exponent): about 2 ulp, 0 below -88.38, NaN kept. The hot paths: the cross entropy,
+// attention, the head's fused products.
+template <int W>
+LC_INLINE typename Vec<W>::F vexp_shifted(typename Vec<W>::F x) {
+  using F = typename Vec<W>::F;
+  using I = typename Vec<W>::I;
+  const F lo = splat<W>(kExpLo);
+  const I under = x < lo;
+  x = x < lo ? lo : x;
+  F n;
+  F y = exp_reduced<W>(x, n) * pow2<W>(__builtin_convertvector(n, I));
   I bits;
   std::memcpy(&bits, &y, sizeof(bits));
   bits &= ~under;
-  bits = (bits & ~over) | (over & 0x7f800000);
+  std::memcpy(&y, &bits, sizeof(y));
+  return y;
+}
+
+// exp(x) over the whole float range (SiLU's exp(-x)): 2^n as two exact power-of-two factors, as
+// n reaches 128 there, so x up to ln(FLT_MAX) gets expf's values and larger x +inf (x is clamped
+// there and the product overflows, as expf does), the denormal results of x in [-88.38, -87.34]
+// too; 0 below -88.38; NaN kept. Bits equal vexp_shifted's where 2^n is a normal float.
+template <int W>
+LC_INLINE typename Vec<W>::F vexp(typename Vec<W>::F x) {
+  using F = typename Vec<W>::F;
+  using I = typename Vec<W>::I;
+  const F hi = splat<W>(88.72283935546875f), lo = splat<W>(kExpLo);
+  const I under = x < lo;
+  x = x > hi ? hi : x;
+  x = x < lo ? lo : x;
+  F n;
+  const F p = exp_reduced<W>(x, n);
+  const I ni = __builtin_convertvector(n, I), h = ni >> 1;
+  F y = (p * pow2<W>(h)) * pow2<W>(ni - h);
+  I bits;
+  std::memcpy(&bits, &y, sizeof(bits));
+  bits &= ~under;
   std::memcpy(&y, &bits, sizeof(y));
   return y;
 }
