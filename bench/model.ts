@@ -28,8 +28,15 @@ export interface ModelBenchConfig {
   r: number;
   alpha: number;
   lr: number;
+  /** Measured steps per round, on each side. */
   steps: number;
+  /** Unmeasured steps before the first round (PyTorch: in each round's process). */
   warmup: number;
+  /**
+   * Rounds, alternating our steps and PyTorch's, so both sides see the same stretches of a shared
+   * machine's load; medians are over every measured step of all rounds.
+   */
+  rounds: number;
   threads: number;
   /** The model's dtype (LoRA adapters stay float32 on a bfloat16 model). */
   dtype: ModelBenchDtype;
@@ -39,11 +46,11 @@ export interface ModelBenchConfig {
 export function modelBenchConfig(kind: 'full' | 'quick' | 'tiny', dtype: ModelBenchDtype = 'float32'): ModelBenchConfig {
   const threads = backendInfo().cpu.threads;
   if (kind === 'tiny') {
-    return { vocab: 256, hidden: 64, intermediate: 128, layers: 2, heads: 4, kvHeads: 2, batch: 2, seq: 16, r: 4, alpha: 8, lr: 1e-4, steps: 2, warmup: 1, threads, dtype };
+    return { vocab: 256, hidden: 64, intermediate: 128, layers: 2, heads: 4, kvHeads: 2, batch: 2, seq: 16, r: 4, alpha: 8, lr: 1e-4, steps: 2, warmup: 1, rounds: 1, threads, dtype };
   }
   return {
     vocab: 49152, hidden: 576, intermediate: 1536, layers: 4, heads: 9, kvHeads: 3, batch: 4, seq: 128,
-    r: 8, alpha: 32, lr: 1e-4, steps: kind === 'quick' ? 3 : 10, warmup: kind === 'quick' ? 1 : 2, threads, dtype,
+    r: 8, alpha: 32, lr: 1e-4, steps: kind === 'quick' ? 3 : 6, warmup: kind === 'quick' ? 1 : 2, rounds: kind === 'quick' ? 1 : 3, threads, dtype,
   };
 }
 
@@ -56,6 +63,12 @@ export interface TorchSide {
   cpuMs: number;
   tokensPerSecond: number;
   loss: number;
+}
+
+/** One round's medians: ours, then PyTorch's right after it (null without PyTorch). */
+export interface ModelBenchRound {
+  loraMs: number;
+  pytorchMs: number | null;
 }
 
 export interface ModelBenchResult {
@@ -75,7 +88,9 @@ export interface ModelBenchResult {
   pytorch: TorchSide | null;
   /** Why PyTorch did not run, when it did not. */
   pytorchSkipped?: string;
-  /** Our tokens/s over PyTorch's (median wall times). */
+  /** Each round's median step times (the ratio's spread across the run). */
+  rounds: ModelBenchRound[];
+  /** Our tokens/s over PyTorch's (median wall times over all rounds). */
   ratio: number | null;
   /** PyTorch's CPU time per step over ours. */
   cpuRatio: number | null;
@@ -93,8 +108,8 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)];
 }
 
-/** Our step: the model's loss, backward, AdamW; median and min over `steps` after `warmup`. */
-function runOurs(c: ModelBenchConfig) {
+/** Our step (the model's loss, backward, AdamW), built once and measured round by round. */
+function makeOurs(c: ModelBenchConfig) {
   manualSeed(0);
   const model = new LlamaForCausalLM({
     model_type: 'llama', vocab_size: c.vocab, hidden_size: c.hidden, intermediate_size: c.intermediate,
@@ -117,25 +132,36 @@ function runOurs(c: ModelBenchConfig) {
     loss = l.item();
     l.dispose();
   };
-  for (let i = 0; i < c.warmup; i++) step();
-  const ts: number[] = [];
+  const times: number[] = [];
   const cpu: number[] = [];
   let stepPeakBytes = 0;
-  for (let i = 0; i < c.steps; i++) {
-    benchNative.livePeak(true);
-    const live0 = nativeMemoryBytes();
-    const t0 = process.hrtime.bigint();
-    const c0 = process.cpuUsage();
-    step();
-    const dc = process.cpuUsage(c0);
-    stepPeakBytes = Math.max(stepPeakBytes, benchNative.livePeak(false) - live0);
-    ts.push(Number(process.hrtime.bigint() - t0) / 1e6);
-    cpu.push((dc.user + dc.system) / 1000);
-  }
-  const ms = median(ts);
   return {
-    medianMs: ms, minMs: Math.min(...ts), cpuMs: median(cpu), steps: ts.length, tokensPerSecond: (c.batch * c.seq) / (ms / 1000), loss,
-    trainable: params.reduce((n, p) => n + p.numel, 0), memory: { weightBytes, stepPeakBytes },
+    /** `warmup` unmeasured steps, then `steps` measured; returns this round's median. */
+    round(warmup: number, steps: number): number {
+      for (let i = 0; i < warmup; i++) step();
+      const ts: number[] = [];
+      for (let i = 0; i < steps; i++) {
+        benchNative.livePeak(true);
+        const live0 = nativeMemoryBytes();
+        const t0 = process.hrtime.bigint();
+        const c0 = process.cpuUsage();
+        step();
+        const dc = process.cpuUsage(c0);
+        stepPeakBytes = Math.max(stepPeakBytes, benchNative.livePeak(false) - live0);
+        ts.push(Number(process.hrtime.bigint() - t0) / 1e6);
+        cpu.push((dc.user + dc.system) / 1000);
+      }
+      times.push(...ts);
+      return median(ts);
+    },
+    /** Medians and min over every measured step so far. */
+    result() {
+      const ms = median(times);
+      return {
+        medianMs: ms, minMs: Math.min(...times), cpuMs: median(cpu), steps: times.length, tokensPerSecond: (c.batch * c.seq) / (ms / 1000), loss,
+        trainable: params.reduce((n, p) => n + p.numel, 0), memory: { weightBytes, stepPeakBytes },
+      };
+    },
   };
 }
 
@@ -170,8 +196,11 @@ export function productFlops(c: ModelBenchConfig): number {
   return 2 * mults;
 }
 
-/** The PyTorch step in a child process: /usr/bin/python3 (else python3 on PATH) with torch. */
-function runTorch(c: ModelBenchConfig): { side: TorchSide | null; why?: string } {
+/** What one PyTorch process reports: its side's summary and every measured step's wall and CPU ms. */
+type TorchRun = TorchSide & { times: number[]; cpuTimes: number[] };
+
+/** One round of the PyTorch step in a child process: /usr/bin/python3 (else python3 on PATH) with torch. */
+function runTorch(c: ModelBenchConfig): { side: TorchRun | null; why?: string } {
   const script = path.join(__dirname, '..', '..', 'bench', 'torch_model_step.py');
   const scriptPath = fs.existsSync(script) ? script : path.join(__dirname, 'torch_model_step.py');
   for (const py of ['/usr/bin/python3', 'python3']) {
@@ -193,23 +222,42 @@ export function runModelBench(kind: 'full' | 'quick' | 'tiny', options: { torch?
   const cpu = os.cpus()[0]?.model ?? 'unknown cpu';
   log(`lora-cuda bench --model: ${cpu}, ${os.cpus().length} cores, BLAS ${info.blas}, kernels ${info.kernels}, bfloat16 GEMM ${info.bf16Gemm}; ${c.dtype}; ` +
     `Llama hidden ${c.hidden}, intermediate ${c.intermediate}, ${c.layers} layers, ${c.heads}/${c.kvHeads} heads, vocab ${c.vocab}; ` +
-    `batch ${c.batch} x ${c.seq} tokens; LoRA r ${c.r}, alpha ${c.alpha} on q_proj, v_proj; AdamW; median of ${c.steps} steps`);
-  const ours = runOurs(c);
+    `batch ${c.batch} x ${c.seq} tokens; LoRA r ${c.r}, alpha ${c.alpha} on q_proj, v_proj; AdamW; median of ${c.steps * c.rounds} steps` +
+    (c.rounds > 1 ? ` in ${c.rounds} rounds alternating with PyTorch's` : ''));
+  const side = makeOurs(c);
+  const rounds: ModelBenchRound[] = [];
+  const torchRuns: TorchRun[] = [];
+  let why: string | undefined = options.torch === false ? '--no-torch' : undefined;
+  for (let i = 0; i < c.rounds; i++) {
+    const loraMs = side.round(i === 0 ? c.warmup : 1, c.steps); // a step to warm the caches again after PyTorch's
+    let pytorchMs: number | null = null;
+    if (why === undefined) {
+      const t = runTorch(c);
+      if (t.side) {
+        torchRuns.push(t.side);
+        pytorchMs = t.side.medianMs;
+      } else {
+        why = t.why;
+      }
+    }
+    rounds.push({ loraMs, pytorchMs });
+    if (c.rounds > 1) log(`round ${i + 1}: lora-cuda ${loraMs.toFixed(1)} ms/step` + (pytorchMs === null ? '' : `, pytorch ${pytorchMs.toFixed(1)} ms/step (${(pytorchMs / loraMs).toFixed(2)}x)`));
+  }
+  const ours = side.result();
   log(`lora-cuda: ${ours.medianMs.toFixed(1)} ms/step (min ${ours.minMs.toFixed(1)}; CPU ${ours.cpuMs.toFixed(0)} ms), ${ours.tokensPerSecond.toFixed(0)} tokens/s, loss ${ours.loss.toFixed(4)}; ` +
     `weights ${(ours.memory.weightBytes / 2 ** 20).toFixed(1)} MiB, step peak ${(ours.memory.stepPeakBytes / 2 ** 20).toFixed(1)} MiB of tensors`);
   let pytorch: TorchSide | null = null;
-  let why: string | undefined;
-  if (options.torch === false) {
-    why = '--no-torch';
-  } else {
-    const t = runTorch(c);
-    pytorch = t.side;
-    why = t.why;
-  }
-  if (pytorch) {
+  if (torchRuns.length === c.rounds) {
+    const times = torchRuns.flatMap((t) => t.times), ms = median(times);
+    const last = torchRuns[torchRuns.length - 1];
+    pytorch = {
+      torch: last.torch, threads: last.threads, steps: times.length, medianMs: ms, minMs: Math.min(...times),
+      cpuMs: median(torchRuns.flatMap((t) => t.cpuTimes)), tokensPerSecond: (c.batch * c.seq) / (ms / 1000), loss: last.loss,
+    };
     log(`pytorch ${pytorch.torch} (${pytorch.threads} threads): ${pytorch.medianMs.toFixed(1)} ms/step (min ${pytorch.minMs.toFixed(1)}; CPU ${pytorch.cpuMs.toFixed(0)} ms), ` +
       `${pytorch.tokensPerSecond.toFixed(0)} tokens/s, loss ${pytorch.loss.toFixed(4)}`);
   } else {
+    for (const r of rounds) r.pytorchMs = null;
     log(`pytorch: not run (${why})`);
   }
   const ratio = pytorch ? ours.tokensPerSecond / pytorch.tokensPerSecond : null;
@@ -235,6 +283,7 @@ export function runModelBench(kind: 'full' | 'quick' | 'tiny', options: { torch?
     config: c,
     lora: ours,
     pytorch,
+    rounds,
     ...(pytorch ? {} : { pytorchSkipped: why }),
     ratio,
     cpuRatio,

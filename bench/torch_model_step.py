@@ -11,7 +11,8 @@ With "dtype": "bfloat16" the model is bfloat16 and the adapters float32 (PEFT's 
 x is cast to float32 for the adapter, its output back to bfloat16), RMSNorm computes in float32 and the
 logits go to float32 for the loss, as transformers does.
 
-Prints one JSON object on stdout: the step times (wall, and CPU time of all threads) and tokens per second.
+Prints one JSON object on stdout: the step times (wall, and CPU time of all threads: medians, and every
+measured step in "times" and "cpuTimes") and tokens per second. bench/model.ts runs it once per round.
 Usage: torch_model_step.py CONFIG_JSON (the same object bench/model.ts uses), e.g.
   {"vocab": 49152, "hidden": 576, "intermediate": 1536, "layers": 4, "heads": 9, "kvHeads": 3,
    "batch": 4, "seq": 128, "r": 8, "alpha": 32, "lr": 1e-4, "steps": 10, "warmup": 2, "threads": 2}
@@ -182,6 +183,7 @@ def main():
         "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": len(times),
         "medianMs": median, "minMs": s[0], "cpuMs": sorted(cpu)[len(cpu) // 2], "tokensPerSecond": c["batch"] * c["seq"] / (median / 1000),
         "loss": loss, "trainable": sum(p.numel() for p in params),
+        "times": times, "cpuTimes": cpu,
     }))
 
 

@@ -539,6 +539,9 @@ describe('lora-cuda bench', () => {
     expect(json.lora.trainable).toBe(2 * (4 * 64 + 64 * 4 + 4 * 64 + 32 * 4));
     expect(json.pytorch).toBeNull();
     expect(json.ratio).toBeNull();
+    // One round here (the full benchmark alternates three with PyTorch's): its median is the run's.
+    expect(json.config.rounds).toBe(1);
+    expect(json.rounds).toEqual([{ loraMs: json.lora.medianMs, pytorchMs: null }]);
     // Every parameter in float32: the tiny model's embedding (tied head), 2 layers' projections and norms,
     // the final norm, and the adapters.
     const layer = 64 * 64 + 2 * 32 * 64 + 64 * 64 + 3 * 64 * 128 + 2 * 64 + (4 * 64 + 64 * 4 + 4 * 64 + 32 * 4);
