@@ -2,9 +2,17 @@
 // multiply, forward and backward, in every float dtype, on the CPU (fused for float32) and on CUDA
 // where available (fused kernels; in CI under the emulator, scripts/test-cuda-emu.sh). Gradients
 // against finite differences, parity between devices and argument errors come from the op
-// registry (test/ops/functional.ts).
+// registry (test/ops/functional.ts); values against PyTorch's from test/fixtures/swiglu.json.
+import * as fs from 'fs';
+import * as path from 'path';
 import { F, Tensor, backendInfo, cuda, randn, tensor } from '../lib';
 import type { DType, DeviceSpec } from '../lib';
+
+// PyTorch's silu(gate) * up in float32 and bfloat16 with gradients (test/fixtures/generate_swiglu.py).
+type Num = number | 'NaN' | 'Infinity' | '-Infinity' | '-0';
+interface TorchCase { dtype: 'float32' | 'bfloat16'; gate: Num[]; up: Num[]; w: Num[]; silu: Num[]; y: Num[]; dgate: Num[]; dup: Num[] }
+const torchFixture = JSON.parse(fs.readFileSync(path.join(__dirname, 'fixtures', 'swiglu.json'), 'utf8')) as { cases: TorchCase[] };
+const dec = (v: Num): number => (v === 'NaN' ? NaN : v === 'Infinity' ? Infinity : v === '-Infinity' ? -Infinity : v === '-0' ? -0 : v);
 
 const FLOAT_DTYPES: DType[] = ['float32', 'float64', 'bfloat16', 'float16'];
 
@@ -60,6 +68,37 @@ describe('F.swiglu on the CPU', () => {
       const ok = Number.isNaN(w) ? Number.isNaN(v) : !Number.isFinite(w) || w === 0 ? Object.is(v, w) : Math.abs(v - w) <= 1e-6 * Math.abs(w);
       expect({ op: k ? 'silu' : 'swiglu', gate: gv[i], value: v, ok }).toEqual({ op: k ? 'silu' : 'swiglu', gate: gv[i], value: v, ok: true });
     }));
+  });
+
+  test.each(torchFixture.cases.map((c) => [c.dtype, c] as const))('%s: PyTorch\'s values and gradients, over exp\'s whole range', (dtype, c) => {
+    const [gv, uv, wv] = [c.gate, c.up, c.w].map((a) => a.map(dec));
+    const g = tensor(gv, { dtype }), u = tensor(uv, { dtype });
+    g.requiresGrad = true;
+    u.requiresGrad = true;
+    const y = F.swiglu(g, u);
+    y.mul(tensor(wv, { dtype })).sum().backward();
+    const got = { silu: F.silu(g.detach()), y, dgate: g.grad!, dup: u.grad! };
+    // float32: our exp is a polynomial (about 2 ulp), torch's another, so a few ulp apart. bfloat16:
+    // silu(gate) is rounded to 8 bits before the product on both sides, and a float difference that
+    // small can flip that rounding near a tie (2 ulp in y); torch 1.13 also rounds silu_backward's
+    // intermediate steps to bfloat16 (at gate 3: -1.3984 where the float formula rounds to -1.4141),
+    // where every half op here computes in float and rounds once.
+    const rel = dtype === 'float32' ? 4e-6 : 2 ** -6, gradRel = dtype === 'float32' ? 4e-6 : 2 ** -5;
+    const abs = dtype === 'float32' ? 1e-40 : 1e-38; // subnormal results keep few bits
+    const bad: string[] = [];
+    for (const k of ['silu', 'y', 'dgate', 'dup'] as const) {
+      const a = Array.from(got[k].detach().toArray()), b = c[k].map(dec);
+      a.forEach((v, i) => {
+        const w = b[i];
+        // NaN and the infinities exactly; zeros with their sign in the forward values (-0 where
+        // exp(-gate) overflows), as numbers in the gradients (their sign follows the formula's order).
+        const ok = Number.isNaN(w) ? Number.isNaN(v) : !Number.isFinite(w) ? v === w
+          : w === 0 ? (k === 'silu' || k === 'y' ? Object.is(v, w) : v === 0)
+          : Math.abs(v - w) <= (k === 'silu' || k === 'y' ? rel : gradRel) * Math.abs(w) + abs;
+        if (!ok) bad.push(`${k}[${i}] gate ${gv[i]}: ${v} vs torch ${w}`);
+      });
+    }
+    expect(bad).toEqual([]);
   });
 
   test('an element gets the same bits wherever it sits (vector, padded tail, another thread chunk)', () => {
