@@ -12,6 +12,18 @@ import { checkInt, checkNumber, checkOneOf, checkOptions, checkKnownKeys, rangeE
 export type Reduction = 'mean' | 'sum' | 'none';
 const REDUCTIONS: readonly Reduction[] = ['mean', 'sum', 'none'];
 
+/** a and b: live float tensors of one dtype, device and shape (no broadcasting); `shapeOf` names a's shape in the error. */
+function checkFloatPair(where: string, a: unknown, an: string, b: unknown, bn: string, shapeOf: string): void {
+  assertTensor(where, an, a);
+  assertTensor(where, bn, b);
+  requireFloat(where, a, an);
+  requireFloat(where, b, bn);
+  requireSame(where, a, an, b, bn);
+  if (a.shape.length !== b.shape.length || a.shape.some((d, i) => d !== b.shape[i])) {
+    throw rangeError(where, `${bn}.shape`, `[${a.shape.join(', ')}] (${shapeOf})`, b.shape);
+  }
+}
+
 /** y = x W^T + b for x [..., in], weight [out, in], bias [out]. */
 export function linear(x: Tensor, weight: Tensor, bias: Tensor | null = null): Tensor {
   const b = checkLinearWeights('F.linear', x, weight, bias);
@@ -41,15 +53,7 @@ export function silu(x: Tensor): Tensor {
  * tensors of one shape, dtype and device (no broadcasting).
  */
 export function swiglu(gate: Tensor, up: Tensor): Tensor {
-  const where = 'F.swiglu';
-  assertTensor(where, 'gate', gate);
-  assertTensor(where, 'up', up);
-  requireFloat(where, gate, 'gate');
-  requireFloat(where, up, 'up');
-  requireSame(where, gate, 'gate', up, 'up');
-  if (gate.shape.length !== up.shape.length || gate.shape.some((d, i) => d !== up.shape[i])) {
-    throw rangeError(where, 'up.shape', `[${gate.shape.join(', ')}] (gate's shape)`, up.shape);
-  }
+  checkFloatPair('F.swiglu', gate, 'gate', up, 'up', "gate's shape");
   return transformerOps.swiglu(gate, up);
 }
 
@@ -84,14 +88,7 @@ function reduce(t: Tensor, reduction: Reduction): Tensor {
 /** Mean squared error; input and target must have the same shape. */
 export function mseLoss(input: Tensor, target: Tensor, options?: { reduction?: Reduction }): Tensor {
   const where = 'F.mseLoss';
-  assertTensor(where, 'input', input);
-  assertTensor(where, 'target', target);
-  requireFloat(where, input, 'input');
-  requireFloat(where, target, 'target');
-  requireSame(where, input, 'input', target, 'target');
-  if (input.shape.length !== target.shape.length || input.shape.some((d, i) => d !== target.shape[i])) {
-    throw rangeError(where, 'target.shape', `[${input.shape.join(', ')}] (the input's shape)`, target.shape);
-  }
+  checkFloatPair(where, input, 'input', target, 'target', "the input's shape");
   const o = checkOptions(where, options);
   checkKnownKeys(where, o, ['reduction']);
   const reduction = o.reduction === undefined ? 'mean' : checkOneOf(where, 'options.reduction', o.reduction, REDUCTIONS);
