@@ -140,10 +140,10 @@ LC_INLINE double exp_shift_row(float* x, int64_t n, float m) {
   return s;
 }
 
-// Runs body(i, L) over the vectors of [0, n) and then once on the last n % L elements copied into
-// zero-padded arrays, so every element goes through the same vector formula wherever a caller's
-// chunks begin and end (results never depend on the thread count). `in` and `out` list the
-// arrays body reads and writes at offset i; the tail swaps in the padded copies.
+// Runs body(in, out, i) for each vector of [0, n), then once more on the last n % L elements
+// copied into zero-padded arrays, so every element goes through the same vector formula wherever a
+// caller's chunks begin and end (results never depend on the thread count). `in` and `out` list
+// the arrays body reads and writes at offset i; for the tail they are the padded copies, at 0.
 template <int W, int NI, int NO, typename Body>
 LC_INLINE void each_vector(int64_t n, const float* const (&in)[NI], float* const (&out)[NO],
                            Body body) {

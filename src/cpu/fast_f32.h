@@ -3,7 +3,8 @@
 // entropy over a 49k vocabulary: two passes of exp over 25M logits). Each is
 // compiled for AVX-512, AVX2+FMA and the portable width and runs the copy
 // cpu_kernels() chose; exp is a Cephes-style polynomial (about 2 ulp, exact 0
-// below -88.4, +inf above ln(FLT_MAX) as expf, NaN kept), row sums in double as the plain loops do.
+// below -88.4, NaN kept; SiLU's over the whole float range, +inf past ln(FLT_MAX) as expf), row sums
+// in double as the plain loops do.
 #pragma once
 #include <cstdint>
 
