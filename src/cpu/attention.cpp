@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_backend.h"
@@ -109,14 +110,18 @@ void attn_forward(const T* pq, const T* pk, const T* pv, T* po, T* pl, const Att
             pl[bh * a.T + i] = -std::numeric_limits<T>::infinity();
             continue;
           }
-          T m = p[j0];
-          for (int64_t j = j0 + 1; j < je; ++j) m = std::max(m, p[j]);
-          const double l = exp_shift(p + j0, je - j0, m);
-          const T inv = static_cast<T>(1.0 / l);
-          for (int64_t j = j0; j < je; ++j) p[j] *= inv;
+          if constexpr (std::is_same_v<T, float>) {
+            pl[bh * a.T + i] = softmax_row_f32(p + j0, je - j0);  // the same steps, vectorised
+          } else {
+            T m = p[j0];
+            for (int64_t j = j0 + 1; j < je; ++j) m = std::max(m, p[j]);
+            const double l = exp_shift(p + j0, je - j0, m);
+            const T inv = static_cast<T>(1.0 / l);
+            for (int64_t j = j0; j < je; ++j) p[j] *= inv;
+            pl[bh * a.T + i] = static_cast<T>(static_cast<double>(m) + std::log(l));
+          }
           std::fill_n(p, j0, T(0));
           std::fill_n(p + je, jn - je, T(0));
-          pl[bh * a.T + i] = static_cast<T>(static_cast<double>(m) + std::log(l));
         }
         // out rows (set) = P v.
         gemm(false, false, i1 - i0, a.Dv, jn, T(1), s.data(), jn, pv + a.vrow(kv, 0),

@@ -140,6 +140,29 @@ LC_INLINE double exp_shift_row(float* x, int64_t n, float m) {
   return s;
 }
 
+// Attention's softmax row in place (see softmax_row_f32). The max as the scalar loop takes it: a
+// NaN first element gives NaN, later NaNs are passed over (x > NaN and NaN > m are both false).
+template <int W>
+LC_INLINE float softmax_row(float* x, int64_t n) {
+  using F = typename Vec<W>::F;
+  constexpr int L = Vec<W>::L;
+  F vm = splat<W>(x[0]);
+  int64_t j = 0;
+  for (; j + L <= n; j += L) {
+    const F v = load<W>(x + j);
+    vm = v > vm ? v : vm;
+  }
+  float m = x[0];
+  for (int l = 0; l < L; ++l) m = vm[l] > m ? vm[l] : m;
+  for (; j < n; ++j) m = x[j] > m ? x[j] : m;
+  const double sum = exp_shift_row<W>(x, n, m);
+  const float inv = static_cast<float>(1.0 / sum);
+  const F vi = splat<W>(inv);
+  for (j = 0; j + L <= n; j += L) store<W>(x + j, load<W>(x + j) * vi);
+  for (; j < n; ++j) x[j] *= inv;
+  return static_cast<float>(static_cast<double>(m) + std::log(sum));
+}
+
 // Runs body(in, out, i) for each vector of [0, n), then once more on the last n % L elements
 // copied into zero-padded arrays, so every element goes through the same vector formula wherever a
 // caller's chunks begin and end (results never depend on the thread count). `in` and `out` list
@@ -257,6 +280,8 @@ LC_AVX2 void swiglu_bwd_avx2(const float* g, const float* u, const float* dy, fl
                              int64_t n) {
   swiglu_backward_rows<32>(g, u, dy, dg, du, n);
 }
+LC_AVX512 float softmax_row_avx512(float* x, int64_t n) { return softmax_row<64>(x, n); }
+LC_AVX2 float softmax_row_avx2(float* x, int64_t n) { return softmax_row<32>(x, n); }
 LC_AVX512 double exp_shift_avx512(float* x, int64_t n, float m) { return exp_shift_row<64>(x, n, m); }
 LC_AVX2 double exp_shift_avx2(float* x, int64_t n, float m) { return exp_shift_row<32>(x, n, m); }
 #endif
@@ -342,6 +367,15 @@ void swiglu_backward_f32(const float* g, const float* u, const float* dy, float*
   if (isa == CpuKernels::Avx2) return swiglu_bwd_avx2(g, u, dy, dg, du, n);
 #endif
   swiglu_backward_rows<16>(g, u, dy, dg, du, n);
+}
+
+float softmax_row_f32(float* x, int64_t n) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  const CpuKernels isa = cpu_kernels();
+  if (isa == CpuKernels::Avx512) return softmax_row_avx512(x, n);
+  if (isa == CpuKernels::Avx2) return softmax_row_avx2(x, n);
+#endif
+  return softmax_row<16>(x, n);
 }
 
 }  // namespace lc

@@ -40,4 +40,9 @@ void swiglu_backward_f32(const float* g, const float* u, const float* dy, float*
 // x[j] = exp(x[j] - m) for j < n, returning their sum in double: a softmax row (attention's).
 double exp_shift_f32(float* x, int64_t n, float m);
 
+// Attention's softmax row in place: x[j] = exp(x[j] - m) / sum over j < n (n >= 1, m the row's
+// max), returning the logsumexp m + log(sum) (sum in double): the bits of the scalar max, then
+// exp_shift_f32, then a multiply by 1 / sum, with the max and the multiply vectorised too.
+float softmax_row_f32(float* x, int64_t n);
+
 }  // namespace lc
