@@ -8,6 +8,7 @@ import {
   F, LlamaForCausalLM, Tensor, Trainer, backendInfo, cuda, getRngState, injectLora, manualSeed, tensor, zeros,
 } from '../lib';
 import { releaseIntermediate } from '../lib/autograd';
+import { collectGarbage } from './helpers/gc';
 
 const cudaAvailable = backendInfo().cuda.available;
 
@@ -211,6 +212,10 @@ function peakOfStep(T: number, layers: number, ckpt: boolean): { peak: number; a
   // One step first, so that gradients (kept between steps) and the rotary tables exist.
   model.loss(batch).backward();
   cuda.synchronize();
+  // Tensors dropped earlier (by this file's other tests or by other suites in this worker) are freed
+  // now rather than by a collection in the middle of the measured step, which would lower its peak
+  // below the base taken here.
+  collectGarbage();
   const base = cuda.memoryStats().allocated;
   cuda.resetPeakMemoryStats();
   const loss = model.loss(batch);
