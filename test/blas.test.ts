@@ -85,12 +85,14 @@ for (const dtype of ['float32', 'float64'] as const) {
   cases.push(makeCase(dtype, [4, 1], 6, 11, 13, false, true)); // B broadcast over the batch
   cases.push(makeCase(dtype, [1, 2], 5, 4, 3, true, false)); // A broadcast over the batch
   // Thin products (a LoRA adapter's, N or M = r): the tall kernel that reads A in place (N <= 16,
-  // A not transposed; partial last row tile, N over one column panel of the float64 tiles) and
+  // A not transposed; partial last row tile, N over one column panel of the float64 tiles, N that
+  // fills the AVX-512 copy's half-vector tile (8 floats, 4 doubles) or one past it) and
   // C^T = op(B)^T A^T for a transposed A with N <= 64; with alpha and beta, C read back.
   // And their mirror (M <= 16, B not transposed: dA = dh^T x, dB^T = h^T dy) on the AVX-512 copy's
   // wide kernel: 8 and 16 row panels, K over its chunks, columns past the last whole vector.
   for (const [m, n, k] of [[605, 13, 300], [97, 9, 40], [64, 16, 5], [300, 16, 200], [401, 1, 20],
-    [16, 200, 500], [9, 170, 100], [5, 37, 130], [8, 64, 33], [1, 250, 7], [401, 40, 50]]) {
+    [16, 200, 500], [9, 170, 100], [5, 37, 130], [8, 64, 33], [1, 250, 7], [401, 40, 50],
+    [205, 8, 70], [77, 5, 33], [120, 4, 64]]) {
     for (const [tA, tB] of [[false, false], [true, false], [false, true], [true, true]] as const) {
       cases.push(makeCase(dtype, [1, 1], m, n, k, tA, tB));
       const c = makeCase(dtype, [1, 1], m, n, k, tA, tB);
