@@ -11,6 +11,7 @@
 // Each row is the median of timed repetitions after warm-up, a LoRA op's
 // repetitions alternating with its baseline's; inputs are fresh
 // random tensors (never zeros). Only the public API is used.
+import * as fs from 'fs';
 import * as os from 'os';
 import { F, Linear, LoRALinear, Tensor, backendInfo, manualSeed, noGrad, randn } from '../lib';
 import type { BackendInfo } from '../lib';
@@ -50,7 +51,7 @@ export interface BenchTarget {
 
 export interface BenchResult {
   date: string;
-  machine: { cpu: string; cores: number; node: string; platform: string };
+  machine: { cpu: string; cpuId: string | null; cores: number; node: string; platform: string };
   backend: BackendInfo['cpu'];
   device: string;
   reps: number;
@@ -220,6 +221,23 @@ function formatBenchTable(rows: BenchRow[]): string[] {
   return [fmt(header), widths.map((w) => '-'.repeat(w)).join('  '), ...table.map(fmt)];
 }
 
+/**
+ * The processor's vendor, family and model as /proc/cpuinfo gives them (e.g. 'AuthenticAMD family 26
+ * model 2', a Zen 5), or null elsewhere: a VM's model name ('AMD EPYC') can hide which
+ * generation ran a result, and the generations' vector units differ.
+ */
+export function cpuId(): string | null {
+  let text: string;
+  try {
+    text = fs.readFileSync('/proc/cpuinfo', 'utf8');
+  } catch {
+    return null;
+  }
+  const field = (name: string) => new RegExp(`^${name}\\s*:\\s*(.*)$`, 'm').exec(text)?.[1].trim();
+  const vendor = field('vendor_id'), family = field('cpu family'), model = field('model');
+  return vendor && family && model ? `${vendor} family ${family} model ${model}` : null;
+}
+
 /** A file-name-friendly CPU name, e.g. 'intel-xeon-platinum-8370c'. */
 export function cpuSlug(s: string): string {
   return s.toLowerCase().replace(/\(r\)|\(tm\)|cpu|@.*$/g, '').replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '');
@@ -256,7 +274,7 @@ export function runBenchmarks(options: RunBenchmarksOptions = {}): BenchResult {
 
   return {
     date: new Date().toISOString(),
-    machine: { cpu: cpuModel, cores: os.cpus().length, node: process.version, platform: `${process.platform}-${process.arch}` },
+    machine: { cpu: cpuModel, cpuId: cpuId(), cores: os.cpus().length, node: process.version, platform: `${process.platform}-${process.arch}` },
     backend: info.cpu,
     device: options.device ?? 'cpu',
     reps,

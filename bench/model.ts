@@ -13,6 +13,7 @@ import * as path from 'path';
 import * as fs from 'fs';
 import { AdamW, LlamaForCausalLM, backendInfo, getLoraParameters, injectLora, manualSeed, nativeMemoryBytes } from '../lib';
 import { benchNative } from './binding';
+import { cpuId } from './cpu';
 
 export type ModelBenchDtype = 'float32' | 'bfloat16';
 
@@ -63,6 +64,8 @@ export interface TorchSide {
   cpuMs: number;
   tokensPerSecond: number;
   loss: number;
+  /** The BLAS torch's products ran on (for OpenBLAS: its build and the kernel it chose), when found. */
+  blas: string | null;
 }
 
 /** One round's medians: ours, then PyTorch's right after it (null without PyTorch). */
@@ -73,7 +76,7 @@ export interface ModelBenchRound {
 
 export interface ModelBenchResult {
   date: string;
-  machine: { cpu: string; cores: number; node: string; platform: string; loadavg: number[] };
+  machine: { cpu: string; cpuId: string | null; cores: number; node: string; platform: string; loadavg: number[] };
   backend: ReturnType<typeof backendInfo>['cpu'];
   config: ModelBenchConfig;
   /** cpuMs: the median step's CPU time over all threads (steadier than wall time on a shared machine). */
@@ -220,7 +223,8 @@ export function runModelBench(kind: 'full' | 'quick' | 'tiny', options: { torch?
   const c = modelBenchConfig(kind, options.dtype);
   const info = backendInfo().cpu;
   const cpu = os.cpus()[0]?.model ?? 'unknown cpu';
-  log(`lora-cuda bench --model: ${cpu}, ${os.cpus().length} cores, BLAS ${info.blas}, kernels ${info.kernels}, bfloat16 GEMM ${info.bf16Gemm}; ${c.dtype}; ` +
+  const id = cpuId();
+  log(`lora-cuda bench --model: ${cpu}${id ? ` (${id})` : ''}, ${os.cpus().length} cores, BLAS ${info.blas}, kernels ${info.kernels}, bfloat16 GEMM ${info.bf16Gemm}; ${c.dtype}; ` +
     `Llama hidden ${c.hidden}, intermediate ${c.intermediate}, ${c.layers} layers, ${c.heads}/${c.kvHeads} heads, vocab ${c.vocab}; ` +
     `batch ${c.batch} x ${c.seq} tokens; LoRA r ${c.r}, alpha ${c.alpha} on q_proj, v_proj; AdamW; median of ${c.steps * c.rounds} steps` +
     (c.rounds > 1 ? ` in ${c.rounds} rounds alternating with PyTorch's` : ''));
@@ -253,9 +257,10 @@ export function runModelBench(kind: 'full' | 'quick' | 'tiny', options: { torch?
     pytorch = {
       torch: last.torch, threads: last.threads, steps: times.length, medianMs: ms, minMs: Math.min(...times),
       cpuMs: median(torchRuns.flatMap((t) => t.cpuTimes)), tokensPerSecond: (c.batch * c.seq) / (ms / 1000), loss: last.loss,
+      blas: last.blas ?? null,
     };
     log(`pytorch ${pytorch.torch} (${pytorch.threads} threads): ${pytorch.medianMs.toFixed(1)} ms/step (min ${pytorch.minMs.toFixed(1)}; CPU ${pytorch.cpuMs.toFixed(0)} ms), ` +
-      `${pytorch.tokensPerSecond.toFixed(0)} tokens/s, loss ${pytorch.loss.toFixed(4)}`);
+      `${pytorch.tokensPerSecond.toFixed(0)} tokens/s, loss ${pytorch.loss.toFixed(4)}${pytorch.blas ? `; BLAS ${pytorch.blas}` : ''}`);
   } else {
     for (const r of rounds) r.pytorchMs = null;
     log(`pytorch: not run (${why})`);
@@ -278,7 +283,7 @@ export function runModelBench(kind: 'full' | 'quick' | 'tiny', options: { torch?
   }
   return {
     date: new Date().toISOString(),
-    machine: { cpu, cores: os.cpus().length, node: process.version, platform: `${process.platform}-${process.arch}`, loadavg: os.loadavg() },
+    machine: { cpu, cpuId: cpuId(), cores: os.cpus().length, node: process.version, platform: `${process.platform}-${process.arch}`, loadavg: os.loadavg() },
     backend: info,
     config: c,
     lora: ours,

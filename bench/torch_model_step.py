@@ -17,6 +17,7 @@ Usage: torch_model_step.py CONFIG_JSON (the same object bench/model.ts uses), e.
   {"vocab": 49152, "hidden": 576, "intermediate": 1536, "layers": 4, "heads": 9, "kvHeads": 3,
    "batch": 4, "seq": 128, "r": 8, "alpha": 32, "lr": 1e-4, "steps": 10, "warmup": 2, "threads": 2}
 """
+import ctypes
 import json
 import math
 import os
@@ -140,6 +141,24 @@ class Model(nn.Module):
         return F.cross_entropy(logits[:, :-1].reshape(-1, V), ids[:, 1:].reshape(-1))
 
 
+def blas_kernel():
+    """The BLAS library torch's products ran on, and OpenBLAS's kernel (OPENBLAS_CORETYPE or detected)."""
+    try:
+        with open("/proc/self/maps") as f:
+            libs = sorted({line.split()[-1] for line in f if "blas" in line.split()[-1].lower() and ".so" in line})
+    except OSError:
+        return None
+    for lib in libs:
+        try:
+            h = ctypes.CDLL(lib)  # already loaded: the same handle
+            core, config = h.openblas_get_corename, h.openblas_get_config
+        except (OSError, AttributeError):
+            continue
+        core.restype = config.restype = ctypes.c_char_p
+        return "%s (%s, kernel %s)" % (os.path.basename(lib), config().decode().strip(), core().decode())
+    return os.path.basename(libs[0]) if libs else None
+
+
 def main():
     c = json.loads(sys.argv[1])
     torch.set_num_threads(int(c.get("threads", os.cpu_count() or 1)))
@@ -183,7 +202,7 @@ def main():
         "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": len(times),
         "medianMs": median, "minMs": s[0], "cpuMs": sorted(cpu)[len(cpu) // 2], "tokensPerSecond": c["batch"] * c["seq"] / (median / 1000),
         "loss": loss, "trainable": sum(p.numel() for p in params),
-        "times": times, "cpuTimes": cpu,
+        "times": times, "cpuTimes": cpu, "blas": blas_kernel(),
     }))
 
 
