@@ -221,24 +221,16 @@ void CpuBackend::lora_backward(const Tensor& dy, const Tensor& x, const Tensor& 
     int64_t M = x.shape[0], K = x.shape[1], N = W.shape[0], r = A.shape[0];
     const T* g = dy.data<T>();
     T sc = static_cast<T>(scale);
-    // dB = scale * dy^T h  [N, r] (set)
-    if (dB) lc::gemm(true, false, N, r, M, sc, g, N, h.data<T>(), r, T(0), dB->data<T>(), r);
+    // The products that read dy run back to back (dh, dB, then dx's, which packs dy again), and
+    // dA, the only one that reads x, last: dy's later reads then find it in the last-level cache.
     std::vector<T> dh;
     if (dA || dx) {
       // dh = scale * dy B  [M, r]: the gradient at the adapter's bottleneck.
       dh.resize(static_cast<size_t>(M * r));
       lc::gemm(false, false, M, r, N, sc, g, N, B.data<T>(), r, T(0), dh.data(), r);
     }
-    if (dA) {
-      // dA = dh^T drop(x)  [r, K] (set); the mask is regenerated, not stored.
-      Tensor xd;
-      if (p > 0) {
-        xd = empty(x.shape, x.dtype, device());
-        dropout(x, xd, p, seed, offset);
-      }
-      lc::gemm(true, false, r, K, M, T(1), dh.data(), r, (p > 0 ? xd : x).data<T>(), K,
-               T(0), dA->data<T>(), K);
-    }
+    // dB = scale * dy^T h  [N, r] (set)
+    if (dB) lc::gemm(true, false, N, r, M, sc, g, N, h.data<T>(), r, T(0), dB->data<T>(), r);
     if (dx && p == 0 && fused_tail(N)) {
       // dx = dy W + dh A in one product, the adapter's steps appended to the frozen ones.
       GemmTail<T> t;
@@ -250,6 +242,16 @@ void CpuBackend::lora_backward(const Tensor& dy, const Tensor& x, const Tensor& 
       T* pdx = dx->data<T>();
       low_rank_rows(pdx, M, K, r, T(1), dh.data(), A.data<T>(), nullptr, false, p, seed, offset);
       lc::gemm(false, false, M, K, N, T(1), g, N, W.data<T>(), K, T(1), pdx, K);
+    }
+    if (dA) {
+      // dA = dh^T drop(x)  [r, K] (set); the mask is regenerated, not stored.
+      Tensor xd;
+      if (p > 0) {
+        xd = empty(x.shape, x.dtype, device());
+        dropout(x, xd, p, seed, offset);
+      }
+      lc::gemm(true, false, r, K, M, T(1), dh.data(), r, (p > 0 ? xd : x).data<T>(), K,
+               T(0), dA->data<T>(), K);
     }
     if (dW) lc::gemm(true, false, N, K, M, T(1), g, N, x.data<T>(), K, T(0), dW->data<T>(), K);
     if (db) reduce_sum_to(dy, *db);  // column sums of dy, in double
