@@ -383,6 +383,31 @@ LC_INLINE void block_lse(const float* C, int64_t ldc, int64_t rows, int64_t cols
   }
 }
 
+// Rows [row0, row0 + mc) of a computed tail's U (GemmTail::P), K steps [pc, pc + kc) of them,
+// from op(A)'s packed panels (ps steps apart): U (set at pc == 0, then accumulated) =
+// p_alpha * panel x P's packed panels, on an MR-row tile one vector wide where q fits in one
+// (r = 16: the ISA's 12 x 32 tile would be half padding), else the ISA's own.
+template <typename T, int W>
+LC_INLINE void block_u(const GemmTail<T>& t, int64_t row0, int64_t mc, int64_t pc, int64_t kc,
+                       int64_t K, int64_t ps, const T* Ap) {
+  constexpr int MR = Kern<T, W>::MR, NR = Kern<T, W>::NR, VL = int(W / sizeof(T));
+  T* u = t.Uw + row0 * t.ldu;
+  const T beta = pc == 0 ? T(0) : T(1);
+  for (int64_t ir = 0; ir < mc; ir += MR) {
+    const int mr = int(std::min<int64_t>(MR, mc - ir));
+    for (int64_t jr = 0; jr < t.q; jr += t.pp_nr) {
+      const int nr = int(std::min<int64_t>(t.pp_nr, t.q - jr));
+      const T* pp = t.Pp + jr * K + pc * t.pp_nr;
+      if (t.pp_nr == VL)
+        micro_kernel<T, W, false, MR, VL>(kc, Ap + ir * ps, pp, t.p_alpha, beta,
+                                          u + ir * t.ldu + jr, t.ldu, mr, nr);
+      else
+        micro_kernel<T, W, false, MR, NR>(kc, Ap + ir * ps, pp, t.p_alpha, beta,
+                                          u + ir * t.ldu + jr, t.ldu, mr, nr);
+    }
+  }
+}
+
 // Single-threaded blocked GEMM of one C block, using caller-provided packing
 // buffers (Ap: MC x (kcb + tail), Bp: (kcb + tail) x NC, both rounded up to
 // MR/NR). A tail (already offset to the block; q = 0 for none) rides on the
@@ -412,6 +437,9 @@ LC_INLINE void gemm_block(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T a
         const RowXform x = xf ? RowXform{xf->r, xf->row0 + ic, xf->k0 + pc} : RowXform{};
         pack_a<T, MR, W>(tA, tA ? A + pc * lda + ic : A + ic * lda + pc, lda, mc, kc, ps, Ap,
                          xf ? &x : nullptr);
+        // The tail's U from these rows, once (the block has all of C's columns), K block by K
+        // block, complete when the last one packs it.
+        if (tail.Pp && jc == 0) block_u<T, W>(tail, ic, mc, pc, kc, K, ps, Ap);
         if (last && qe) pack_a_tail<T, MR>(tail, ic, mc, kc, ps, Ap);
         T* Cb = C + ic * ldc + jc;
         // jr outer so one B micro-panel stays in L1 while A streams from L2.
@@ -632,11 +660,27 @@ void gemm_threaded(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, c
   constexpr int64_t MC = Blocks<T, W>::MC, NC = Blocks<T, W>::NC;
   const bool plain = tail.q == 0 && !tail.bias;
   const int64_t kparts = plain && !lse && K >= kDeep * std::max(M, N) ? 2 : 1;
+  // A computed tail: P packed once for every block; each block takes whole rows of C (the rows'
+  // U is made by the block that packs them).
+  GemmTail<T> ct = tail;
+  std::unique_ptr<T[]> pp;
+  if (tail.P) {
+    constexpr int VL = int(W / sizeof(T));
+    ct.pp_nr = tail.q <= VL ? VL : NR;
+    const int64_t qpad = (tail.q + ct.pp_nr - 1) / ct.pp_nr * ct.pp_nr;
+    pp.reset(new T[size_t(qpad * K)]);
+    if (ct.pp_nr == VL)
+      pack_b<T, VL, 16>(tail.p_t, tail.P, tail.p_t ? K : tail.q, K, tail.q, K, pp.get());
+    else
+      pack_b<T, NR, 16>(tail.p_t, tail.P, tail.p_t ? K : tail.q, K, tail.q, K, pp.get());
+    ct.Pp = pp.get();
+  }
   // The first half's length, a whole number of 16-element steps (the packs' vector width).
   const int64_t k0 = kparts == 2 ? K / 32 * 16 : K;
   const int64_t threads = std::max<int64_t>(1, num_threads() / kparts);
-  // With lse, C's columns are split on whole chunks of NC (LsePart).
-  const int64_t col_tile = lse ? NC : NR;
+  // With lse, C's columns are split on whole chunks of NC (LsePart); with a computed tail, not at
+  // all.
+  const int64_t col_tile = lse ? NC : tail.P ? (N + NR - 1) / NR * NR : NR;
   const gemm_grid::Grid g = gemm_grid::plan(M, N, k0, MR, col_tile, threads);
   const int64_t max_rows = std::min(MC, (g.mt + g.mg - 1) / g.mg * MR);
   const int64_t max_cols = std::min(NC, (g.ntl + g.ng - 1) / g.ng * col_tile);
@@ -651,8 +695,9 @@ void gemm_threaded(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, c
       g, MR, col_tile, M, N, kparts, [&](int64_t kp, int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
         T* ap = gemm_grid::pack_buffer<T>(0, size_t(max_rows * steps));
         T* bp = gemm_grid::pack_buffer<T>(1, size_t(max_cols * steps));
-        GemmTail<T> t = tail;
+        GemmTail<T> t = ct;
         if (t.q) t.U += r0 * t.ldu, t.V += c0 * t.v_n;
+        if (t.Uw) t.Uw += r0 * t.ldu;
         if (t.bias) t.bias += c0;
         if (kparts == 1) {
           const RowXform x{sm, r0, 0};
@@ -695,6 +740,9 @@ void gemm_threaded(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, c
       }
     });
 }
+
+// A computed tail (GemmTail::P) is made inside the product from this many rows of C up.
+constexpr int64_t kComputedTailRows = 384;  // 32 row tiles: a block per thread up to 16 threads
 
 template <typename T>
 struct BlockFns {
@@ -786,6 +834,26 @@ void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A
   gemm_threaded<T, 16>(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, tail, fns.base);
 }
 
+// A product with a tail (builtin_sgemm_tail): a computed one's U is read from where it is written,
+// and from kComputedTailRows rows up made inside the product; below, as a product of its own
+// first (a block per thread of whole rows would leave threads idle), then an ordinary tail. Chosen
+// by the shape alone, as every split here.
+template <typename T>
+void gemm_tail(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+               int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc,
+               const GemmTail<T>& tail, const BlockFns<T>& fns) {
+  GemmTail<T> t = tail;
+  if (t.P) {
+    t.U = t.Uw;
+    if (M < kComputedTailRows) {
+      gemm<T>(tA, t.p_t, M, t.q, K, t.p_alpha, A, lda, t.P, t.p_t ? K : t.q, T(0), t.Uw, t.ldu,
+              GemmTail<T>{}, fns);
+      t.P = nullptr;
+    }
+  }
+  gemm<T>(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, t, fns);
+}
+
 #if defined(__x86_64__) && defined(__GNUC__)
 const BlockFns<float> kFloatFns{block_f_base,  block_f_avx2,   block_f_avx512,
                                 tall_f_base,   tall_f_avx2,    tall_f_avx512,
@@ -870,14 +938,15 @@ void builtin_sgemm_tail(bool transA, bool transB, int64_t M, int64_t N, int64_t 
                         int64_t lda, const float* B, int64_t ldb, float beta, float* C,
                         int64_t ldc, const GemmTail<float>& tail) {
   if (K <= 0) throw std::invalid_argument("builtin_sgemm_tail: K must be positive");
-  gemm<float>(transA, transB, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc, tail, kFloatFns);
+  gemm_tail<float>(transA, transB, M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc, tail, kFloatFns);
 }
 
 void builtin_dgemm_tail(bool transA, bool transB, int64_t M, int64_t N, int64_t K,
                         const double* A, int64_t lda, const double* B, int64_t ldb, double beta,
                         double* C, int64_t ldc, const GemmTail<double>& tail) {
   if (K <= 0) throw std::invalid_argument("builtin_dgemm_tail: K must be positive");
-  gemm<double>(transA, transB, M, N, K, 1.0, A, lda, B, ldb, beta, C, ldc, tail, kDoubleFns);
+  gemm_tail<double>(transA, transB, M, N, K, 1.0, A, lda, B, ldb, beta, C, ldc, tail,
+                    kDoubleFns);
 }
 
 void builtin_sgemm_lse(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,

@@ -43,6 +43,12 @@ void builtin_dgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, do
 // stride ldu, each element times u_scale), V [q, N] read as V[k * v_k + j * v_n] (so a row-major
 // V or the transpose of a row-major [N, q] both fit without a copy) and bias [N] or nullptr.
 // q = 0 and no bias is no tail.
+//
+// Or U is the product's own: with P set, U = p_alpha op(A) P (P [K, q] row-major, p_t false, or
+// the transpose of a row-major [q, K], p_t true) is computed and written to Uw [M, q] (row stride
+// ldu; U itself is not read): LoRA's h = x A^T and dh = s dy B, made from op(A)'s rows while the
+// product has them packed, where a product of their own would read all of x or dy again. U's sums
+// run over K blocks in a fixed order, so its values do not depend on the thread count.
 template <typename T>
 struct GemmTail {
   int64_t q = 0;
@@ -52,6 +58,13 @@ struct GemmTail {
   const T* V = nullptr;
   int64_t v_k = 0, v_n = 0;
   const T* bias = nullptr;
+  const T* P = nullptr;
+  bool p_t = false;
+  T p_alpha = T(1);
+  T* Uw = nullptr;
+  // Set by the kernel: P packed into panels of pp_nr columns, K steps each.
+  const T* Pp = nullptr;
+  int pp_nr = 0;
 };
 
 // C = op(A) op(B) + beta * C + U V (+ 1 bias^T) on the built-in kernel, the tail's multiply-adds

@@ -186,18 +186,26 @@ void CpuBackend::lora_forward(const Tensor& x, const Tensor& W, const Tensor* b,
       xd = empty(x.shape, x.dtype, device());
       dropout(x, xd, p, seed, offset);
     }
-    lc::gemm(false, true, M, r, K, T(1), (p > 0 ? xd : x).data<T>(), K, A.data<T>(), K,
-             T(0), h.data<T>(), r);
     if (fused_tail(K)) {
       // y = x W^T + [h, 1] [scale B^T; b]: the adapter and the bias ride on the frozen
-      // product's last K block, so y is written once.
+      // product's last K block, so y is written once; without dropout h = x A^T too is made
+      // there, from x's rows as the product packs them.
       GemmTail<T> t;
-      t.q = r, t.U = h.data<T>(), t.ldu = r, t.u_scale = static_cast<T>(scale);
+      t.q = r, t.ldu = r, t.u_scale = static_cast<T>(scale);
       t.V = B.data<T>(), t.v_k = 1, t.v_n = r;
       t.bias = b ? b->data<T>() : nullptr;
+      if (p > 0) {
+        lc::gemm(false, true, M, r, K, T(1), xd.data<T>(), K, A.data<T>(), K, T(0),
+                 h.data<T>(), r);
+        t.U = h.data<T>();
+      } else {
+        t.P = A.data<T>(), t.p_t = true, t.Uw = h.data<T>();
+      }
       gemm_tail(false, true, M, N, K, x.data<T>(), K, W.data<T>(), K, py, N, t);
       return;
     }
+    lc::gemm(false, true, M, r, K, T(1), (p > 0 ? xd : x).data<T>(), K, A.data<T>(), K,
+             T(0), h.data<T>(), r);
     // y = b + scale * h B^T in one pass, then the frozen GEMM accumulates
     // x W^T on top (beta = 1): no separate bias or adapter pass over y.
     std::vector<T> Bt = transposed(B.data<T>(), N, r);
@@ -221,20 +229,23 @@ void CpuBackend::lora_backward(const Tensor& dy, const Tensor& x, const Tensor& 
     int64_t M = x.shape[0], K = x.shape[1], N = W.shape[0], r = A.shape[0];
     const T* g = dy.data<T>();
     T sc = static_cast<T>(scale);
-    // The products that read dy run back to back (dh, dB, then dx's, which packs dy again), and
-    // dA, the only one that reads x, last: dy's later reads then find it in the last-level cache.
+    // The products that read dy run back to back (dB, dh, dx's, which packs dy), and dA, the
+    // only one that reads x, last: dy's later reads then find it in the last-level cache.
+    // dh = scale * dy B  [M, r]: the gradient at the adapter's bottleneck; made by dx's product
+    // where it has the adapter's steps, else a product of its own.
     std::vector<T> dh;
-    if (dA || dx) {
-      // dh = scale * dy B  [M, r]: the gradient at the adapter's bottleneck.
-      dh.resize(static_cast<size_t>(M * r));
-      lc::gemm(false, false, M, r, N, sc, g, N, B.data<T>(), r, T(0), dh.data(), r);
-    }
+    const bool dh_in_dx = dx && p == 0 && fused_tail(N);
+    if (dA || dx) dh.resize(static_cast<size_t>(M * r));
     // dB = scale * dy^T h  [N, r] (set)
     if (dB) lc::gemm(true, false, N, r, M, sc, g, N, h.data<T>(), r, T(0), dB->data<T>(), r);
-    if (dx && p == 0 && fused_tail(N)) {
-      // dx = dy W + dh A in one product, the adapter's steps appended to the frozen ones.
+    if (!dh.empty() && !dh_in_dx)
+      lc::gemm(false, false, M, r, N, sc, g, N, B.data<T>(), r, T(0), dh.data(), r);
+    if (dh_in_dx) {
+      // dx = dy W + dh A in one product, the adapter's steps appended to the frozen ones, and
+      // dh = scale * dy B made from dy's rows as it packs them.
       GemmTail<T> t;
-      t.q = r, t.U = dh.data(), t.ldu = r, t.V = A.data<T>(), t.v_k = K, t.v_n = 1;
+      t.q = r, t.ldu = r, t.V = A.data<T>(), t.v_k = K, t.v_n = 1;
+      t.P = B.data<T>(), t.p_alpha = sc, t.Uw = dh.data();
       gemm_tail(false, false, M, K, N, g, N, W.data<T>(), K, dx->data<T>(), K, t);
     } else if (dx) {
       // dx = drop'(dh A) (set, mask applied in the same pass), then the
