@@ -258,14 +258,16 @@ test('a target outside the classes is the cross entropy\'s error, before any pro
   expect(() => native.linearCrossEntropyForward(x._h, w._h, tt._h, -100, 0)).toThrow('cross entropy: target 10 at row 1 is outside [0, 10)');
 });
 
-// A LoRA layer whose h and dh are made inside the frozen products (400 rows, a computed tail): each
-// thread takes whole rows, and a row's sums do not depend on which thread ran it, so one, two and
+// A LoRA layer's h and dh on the built-in kernel are made inside the frozen products (a computed
+// tail) or by a thin product first, as the thread count makes worth it: here the forward's h is
+// made inside on one thread and outside on two (1200 outputs over 400 rows), over two K blocks
+// (1100 inputs, float32 on AVX-512). Either way each element is the same sum, so one, two and
 // three threads give the same bits.
 test('a LoRA layer with computed tails gives the same bits on any number of threads', () => {
   const root = path.resolve(__dirname, '..');
   const script = `
     const native = require('node-gyp-build')(${JSON.stringify(root)});
-    const M = 400, I = 300, O = 200, r = 8;
+    const M = 400, I = 1100, O = 1200, r = 8;
     const f = (n, k) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * k) * 2);
     const x = native.fromArray(f(M * I, 0.37), [M, I], 0, 0, 0);
     const w = native.fromArray(f(O * I, 0.011), [O, I], 0, 0, 0);
@@ -282,7 +284,7 @@ test('a LoRA layer with computed tails gives the same bits on any number of thre
     if (r.status !== 0) throw new Error(`child failed (${r.status ?? r.signal}): ${r.stderr}`);
     return JSON.parse(r.stdout) as string[];
   });
-  const sizes = [400 * 200, 400 * 8, 400 * 300, 8 * 300, 200 * 8];
+  const sizes = [400 * 1200, 400 * 8, 400 * 1100, 8 * 1100, 1200 * 8];
   runs[0].forEach((b64, i) => {
     const v = new Float32Array(Uint8Array.from(Buffer.from(b64, 'base64')).buffer);
     expect(v.length).toBe(sizes[i]);

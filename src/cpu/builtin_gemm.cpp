@@ -95,13 +95,21 @@ struct Blocks<double, W> {
 // rows of A read in place (a[i * sa + p]), for thin products whose large operand
 // is used once and so is not worth packing (thin_gemm below).
 // MR x NR is the tile (the ISA's Kern shape unless a thin product asks for another).
+// With `carry` the sums start from C's values instead of zero (beta is then 0): a sum over K
+// continued in a later block exactly as if it had run in one.
 template <typename T, int W, bool SA = false, int MR = Kern<T, W>::MR, int NR = Kern<T, W>::NR>
 LC_INLINE void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T alpha,
                             T beta, T* __restrict C, int64_t ldc, int mr, int nr,
-                            int64_t sa = 0) {
+                            int64_t sa = 0, bool carry = false) {
   using V = typename Kern<T, W>::V;
   constexpr int VL = int(sizeof(V) / sizeof(T)), NV = NR / VL;
   V acc[MR][NV] = {};
+  if (carry) {
+    alignas(64) T tmp[MR * NR] = {};
+    for (int i = 0; i < mr; ++i)
+      for (int j = 0; j < nr; ++j) tmp[i * NR + j] = C[i * ldc + j];
+    std::memcpy(acc, tmp, sizeof(tmp));
+  }
   for (int64_t p = 0; p < kc; ++p) {
     V bv[NV];
 #pragma GCC unroll 4
@@ -384,26 +392,29 @@ LC_INLINE void block_lse(const float* C, int64_t ldc, int64_t rows, int64_t cols
 }
 
 // Rows [row0, row0 + mc) of a computed tail's U (GemmTail::P), K steps [pc, pc + kc) of them,
-// from op(A)'s packed panels (ps steps apart): U (set at pc == 0, then accumulated) =
-// p_alpha * panel x P's packed panels, on an MR-row tile one vector wide where q fits in one
-// (r = 16: the ISA's 12 x 32 tile would be half padding), else the ISA's own.
+// from op(A)'s packed panels (ps steps apart), on an MR-row tile one vector wide where q fits in
+// one (r = 16: the ISA's 12 x 32 tile would be half padding), else the ISA's own. Between K blocks
+// U holds the raw sums, carried into the next block, and the last one scales them by p_alpha: each
+// element is the one sum over K in order that the thin kernel makes (thin_tall_gemm), so U has
+// the same bits made here or there.
 template <typename T, int W>
 LC_INLINE void block_u(const GemmTail<T>& t, int64_t row0, int64_t mc, int64_t pc, int64_t kc,
                        int64_t K, int64_t ps, const T* Ap) {
   constexpr int MR = Kern<T, W>::MR, NR = Kern<T, W>::NR, VL = int(W / sizeof(T));
   T* u = t.Uw + row0 * t.ldu;
-  const T beta = pc == 0 ? T(0) : T(1);
+  const bool carry = pc > 0;
+  const T alpha = pc + kc >= K ? t.p_alpha : T(1);
   for (int64_t ir = 0; ir < mc; ir += MR) {
     const int mr = int(std::min<int64_t>(MR, mc - ir));
     for (int64_t jr = 0; jr < t.q; jr += t.pp_nr) {
       const int nr = int(std::min<int64_t>(t.pp_nr, t.q - jr));
       const T* pp = t.Pp + jr * K + pc * t.pp_nr;
       if (t.pp_nr == VL)
-        micro_kernel<T, W, false, MR, VL>(kc, Ap + ir * ps, pp, t.p_alpha, beta,
-                                          u + ir * t.ldu + jr, t.ldu, mr, nr);
+        micro_kernel<T, W, false, MR, VL>(kc, Ap + ir * ps, pp, alpha, T(0),
+                                          u + ir * t.ldu + jr, t.ldu, mr, nr, 0, carry);
       else
-        micro_kernel<T, W, false, MR, NR>(kc, Ap + ir * ps, pp, t.p_alpha, beta,
-                                          u + ir * t.ldu + jr, t.ldu, mr, nr);
+        micro_kernel<T, W, false, MR, NR>(kc, Ap + ir * ps, pp, alpha, T(0),
+                                          u + ir * t.ldu + jr, t.ldu, mr, nr, 0, carry);
     }
   }
 }
@@ -741,15 +752,36 @@ void gemm_threaded(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, c
     });
 }
 
-// A computed tail (GemmTail::P) is made inside the product from this many rows of C up.
-constexpr int64_t kComputedTailRows = 384;  // 32 row tiles: a block per thread up to 16 threads
-
 template <typename T>
 struct BlockFns {
   BlockFn<T> base, avx2, avx512;
   ThinTallFn<T> thin_base, thin_avx2, thin_avx512, thin_half_avx512;
   ThinWideFn<T> wide8_avx512, wide16_avx512;
 };
+
+// A tall thin product, A not transposed, on the ISA's tall kernel: each element one sum over K
+// in order (N <= 16 when chosen by gemm(); any N when a computed tail's U needs those bits).
+template <typename T>
+void thin_tall_gemm(bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+                    const T* B, int64_t ldb, T beta, T* C, int64_t ldc, const BlockFns<T>& fns) {
+  constexpr int VL = int(64 / sizeof(T));  // one 64-byte vector's elements
+  const CpuKernels isa = cpu_kernels();
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (isa == CpuKernels::Avx512 && fns.thin_avx512) {
+    if (N <= VL / 2)
+      thin_gemm<T, 12, VL / 2>(tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
+                               fns.thin_half_avx512);
+    else
+      thin_gemm<T, 12, VL>(tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, fns.thin_avx512);
+    return;
+  }
+  if (isa != CpuKernels::Generic && fns.thin_avx2) {
+    thin_gemm<T, 6, VL>(tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, fns.thin_avx2);
+    return;
+  }
+#endif
+  thin_gemm<T, 6, VL / 2>(tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, fns.thin_base);
+}
 
 template <typename T>
 void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
@@ -784,22 +816,7 @@ void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A
   const bool plain = tail.q == 0 && !tail.bias;
   const CpuKernels isa = cpu_kernels();
   if (plain && !tA && N <= 16 && M >= 4 * N) {
-    constexpr int VL = int(64 / sizeof(T));  // one 64-byte vector's elements
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (isa == CpuKernels::Avx512 && fns.thin_avx512) {
-      if (N <= VL / 2)
-        thin_gemm<T, 12, VL / 2>(tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
-                                 fns.thin_half_avx512);
-      else
-        thin_gemm<T, 12, VL>(tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, fns.thin_avx512);
-      return;
-    }
-    if (isa != CpuKernels::Generic && fns.thin_avx2) {
-      thin_gemm<T, 6, VL>(tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, fns.thin_avx2);
-      return;
-    }
-#endif
-    thin_gemm<T, 6, VL / 2>(tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, fns.thin_base);
+    thin_tall_gemm<T>(tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, fns);
     return;
   }
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -834,20 +851,38 @@ void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A
   gemm_threaded<T, 16>(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, tail, fns.base);
 }
 
-// A product with a tail (builtin_sgemm_tail): a computed one's U is read from where it is written,
-// and from kComputedTailRows rows up made inside the product; below, as a product of its own
-// first (a block per thread of whole rows would leave threads idle), then an ordinary tail. Chosen
-// by the shape alone, as every split here.
+// Whether a computed tail's U is made inside the product (M x N, the ISA's MR-row tiles). Its
+// blocks then take whole rows of C, so each thread packs all of op(B), where the grid the product
+// would choose packs 1/ng of it; that saves a read of op(A) (U's own product), M/mg rows of it
+// per thread: worth it while N (1 - 1/ng) <= M / mg, and while whole rows still give every
+// thread of that grid a block. (2048, 1024, 1024) on two threads: 512 <= 2048, inside;
+// (1024, 4096, 4096): 2048 > 1024, outside (inside, the LoRA layer ran 2-3% slower there).
+inline bool tail_inside(int64_t M, int64_t N, int64_t K, int64_t MR, int64_t NR) {
+  const gemm_grid::Grid g = gemm_grid::plan(M, N, K, MR, NR);
+  const gemm_grid::Grid rows = gemm_grid::plan(M, N, K, MR, (N + NR - 1) / NR * NR);
+  return rows.mg >= g.mg * g.ng && double(N) * double(g.ng - 1) / double(g.ng) <= double(M) / double(g.mg);
+}
+
+// A product with a tail (builtin_sgemm_tail). A computed tail's U is read from where it is
+// written, made inside the product where tail_inside() says so, else by the tall thin kernel
+// first: the same bits either way (block_u), so the choice may follow the thread count.
 template <typename T>
 void gemm_tail(bool tA, bool tB, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
                int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc,
                const GemmTail<T>& tail, const BlockFns<T>& fns) {
   GemmTail<T> t = tail;
   if (t.P) {
+    if (tA) throw std::invalid_argument("gemm tail: a computed U needs op(A) = A");
     t.U = t.Uw;
-    if (M < kComputedTailRows) {
-      gemm<T>(tA, t.p_t, M, t.q, K, t.p_alpha, A, lda, t.P, t.p_t ? K : t.q, T(0), t.Uw, t.ldu,
-              GemmTail<T>{}, fns);
+    // The tile the product will run on (gemm() below).
+    const CpuKernels isa = cpu_kernels();
+    const bool wide = isa == CpuKernels::Avx512 && fns.avx512 && std::min(M, N) > 16;
+    const bool avx2 = !wide && isa != CpuKernels::Generic && fns.avx2;
+    const int64_t MR = wide ? Kern<T, 64>::MR : avx2 ? Kern<T, 32>::MR : Kern<T, 16>::MR;
+    const int64_t NR = wide ? Kern<T, 64>::NR : avx2 ? Kern<T, 32>::NR : Kern<T, 16>::NR;
+    if (!tail_inside(M, N, K, MR, NR)) {
+      thin_tall_gemm<T>(t.p_t, M, t.q, K, t.p_alpha, A, lda, t.P, t.p_t ? K : t.q, T(0), t.Uw,
+                        t.ldu, fns);
       t.P = nullptr;
     }
   }
