@@ -2,7 +2,8 @@
 // layer (gemm_f32/gemm_f64: a CBLAS or the built-in kernel), and the LoRA
 // forward and backward. On the built-in kernel the bias and the adapter's
 // rank-r term are extra K steps of the frozen product (its tail), so the output
-// is written once. A CBLAS cannot take them, and a GEMM with K = r is a poor fit
+// is written once, and without dropout the tail's h = x A^T (dh = s dy B for
+// dx) is made by that product from the rows it packs. A CBLAS cannot take them, and a GEMM with K = r is a poor fit
 // for it: there the adapter's product is added into the output row by row
 // (bias and dropout mask in the same pass, low_rank.cpp), and the frozen GEMM
 // accumulates on top of it with beta = 1; so too dx under dropout, whose mask
