@@ -47,8 +47,9 @@ void builtin_dgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, do
 // Or U is the product's own: with P set, U = p_alpha op(A) P (P [K, q] row-major, p_t false, or
 // the transpose of a row-major [q, K], p_t true) is computed and written to Uw [M, q] (row stride
 // ldu; U itself is not read): LoRA's h = x A^T and dh = s dy B, made from op(A)'s rows while the
-// product has them packed, where a product of their own would read all of x or dy again. U's sums
-// run over K blocks in a fixed order, so its values do not depend on the thread count.
+// product has them packed, where a product of their own would read all of x or dy again (made
+// inside where that pays for the thread count, else first on its own; each element is one sum over
+// K in order either way, so U's bits do not depend on which). op(A) must not be transposed.
 template <typename T>
 struct GemmTail {
   int64_t q = 0;
